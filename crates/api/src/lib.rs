@@ -1,0 +1,124 @@
+//! The daemon's API, shared by the daemon and the CLI: the REST resources (served on
+//! the Unix socket and on 127.0.0.1:--rest-port) and the run channel, the one part that
+//! is not REST because it carries a file descriptor (the app's seccomp listener).
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon keeps its sockets and state.
+pub const RUN_DIR: &str = "/var/run/appswitch";
+/// The REST API on a Unix socket (root only).
+pub const API_SOCKET: &str = "/var/run/appswitch/ax.sock";
+/// The run channel: `ax run` registers here and hands over its listener.
+pub const RUN_SOCKET: &str = "/var/run/appswitch/run.sock";
+
+pub mod wire;
+
+/// What a client says when the daemon's socket cannot be reached.
+pub fn unreachable(path: &str, err: &std::io::Error) -> String {
+    format!("cannot reach the ax daemon at {path} ({err}): start it first with 'ax daemon' (as root)")
+}
+
+/// REST paths.
+pub mod path {
+    pub const APPS: &str = "/v1/apps";
+    pub const SERVERS: &str = "/v1/servers";
+    pub const SOCKETS: &str = "/v1/sockets";
+    pub const INFO: &str = "/v1/info";
+}
+
+/// `ax get apps`: one row per running app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    pub app_id: String,
+    pub node_id: String,
+    pub cluster: String,
+    pub app_ip: String,
+    pub driver: String,
+    pub labels: String,
+    pub zones: String,
+}
+
+/// `ax get servers`: one row per service (a listening socket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerView {
+    pub node_id: String,
+    pub cluster: String,
+    pub app_id: String,
+    pub proto: String,
+    pub service_addr: String,
+    pub ipv4_addr: String,
+    pub labels: String,
+}
+
+/// `ax get sockets`: one row per socket an app bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketView {
+    pub id: String,
+    pub node_id: String,
+    pub app_id: String,
+    pub inode: u64,
+    pub proto: String,
+    pub flags: i32,
+    pub bind_ip: String,
+    pub backlog: i32,
+}
+
+/// `GET /v1/info`: what the daemon is and how it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub node_id: String,
+    pub cluster: String,
+    pub node_ip: String,
+    pub driver: String,
+    pub ports: String,
+    pub ports_in_use: usize,
+}
+
+/// The body of every 4xx/5xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// What `ax run` asks when it registers an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub ip: Option<String>,
+    pub labels: String,
+    /// The `ax run` process (the app's parent), for the log.
+    pub pid: i32,
+}
+
+/// Messages from `ax run` on the run channel, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunRequest {
+    Register(Register),
+    /// Sent with the app's seccomp listener attached (SCM_RIGHTS); `pid` is the app's
+    /// first process.
+    Attach { pid: i32 },
+}
+
+/// The daemon's answers on the run channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunReply {
+    Registered { app_id: String, ip: String },
+    Attached,
+    Error { error: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_messages_are_tagged_json() {
+        let m = RunRequest::Attach { pid: 7 };
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"attach":{"pid":7}}"#);
+        let r: RunReply = serde_json::from_str(r#"{"error":{"error":"no"}}"#).unwrap();
+        assert_eq!(r, RunReply::Error { error: "no".into() });
+    }
+}

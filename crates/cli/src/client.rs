@@ -1,0 +1,75 @@
+//! A small HTTP/1.1 client for the daemon's Unix socket: one request per connection,
+//! JSON bodies. (The CLI is single-threaded and makes one or two calls; a full HTTP
+//! stack would cost more to build than it saves.)
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ax_api::{ErrorBody, API_SOCKET};
+use serde::de::DeserializeOwned;
+
+/// GETs `path` from the daemon and decodes the JSON answer.
+pub fn get<T: DeserializeOwned>(path: &str) -> Result<T> {
+    let mut s = UnixStream::connect(API_SOCKET).map_err(|e| anyhow!(ax_api::unreachable(API_SOCKET, &e)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: ax\r\nAccept: application/json\r\nConnection: close\r\n\r\n").context("cannot send the request to the ax daemon")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).context("cannot read the ax daemon's answer")?;
+    let (status, body) = parse_response(&raw)?;
+    if !(200..300).contains(&status) {
+        let msg = serde_json::from_slice::<ErrorBody>(&body).map(|e| e.error).unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        bail!("the ax daemon answered {status}: {msg}");
+    }
+    serde_json::from_slice(&body).with_context(|| format!("the ax daemon's answer to {path} is not what this ax expects"))
+}
+
+/// Splits a whole HTTP/1.1 response into its status and its (de-chunked) body.
+pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("malformed HTTP answer: no end of headers")?;
+    let head = std::str::from_utf8(&raw[..split]).context("malformed HTTP answer: headers are not text")?;
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP answer: no status")?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    Ok((status, if chunked { dechunk(body)? } else { body.to_vec() }))
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").context("malformed chunked body")?;
+        let size_text = std::str::from_utf8(&b[..eol])?.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).context("malformed chunk size")?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size + 2 {
+            bail!("truncated chunked body");
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_chunked_bodies() {
+        let (s, b) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]").unwrap();
+        assert_eq!((s, b.as_slice()), (200, b"[]".as_slice()));
+        let (s, b) = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!((s, b.as_slice()), (404, b"abcde".as_slice()));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab").is_err());
+    }
+}

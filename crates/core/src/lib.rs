@@ -1,0 +1,21 @@
+//! The decisions of ax's virtual network, as plain functions over plain data: how an
+//! app's sockaddr bytes read, which host port a virtual bind gets, whether two apps
+//! share a label, which backend a connect goes to, and what getsockname answers.
+//!
+//! Nothing here performs I/O; the trap engine and the daemon are adapters around it,
+//! and everything here is tested without root.
+
+pub mod addr;
+pub mod ids;
+pub mod labels;
+pub mod ports;
+pub mod table;
+
+pub use addr::{Family, SockAddr};
+pub use labels::Labels;
+pub use ports::{PortPool, PortRanges};
+pub use ids::AppId;
+pub use table::{App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Route, Table};
+
+/// An errno value to hand back to an app (positive, as in `errno`).
+pub type Errno = i32;

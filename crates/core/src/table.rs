@@ -1,0 +1,552 @@
+//! The daemon's tables: apps, the sockets they bound (each on a pool port of the node
+//! address), and the service rows those sockets make when they listen. The routing
+//! decisions for bind, connect, getsockname and getpeername are made here.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::addr::{self, Family};
+use crate::ids::{self, AppId};
+use crate::labels::Labels;
+use crate::ports::PortPool;
+use crate::Errno;
+
+/// This node, as rows name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub cluster: String,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The protocol of a socket of this type (flags masked off), if ax virtualizes it.
+    pub fn from_sock_type(ty: i32) -> Option<Proto> {
+        match ty & 0xf {
+            libc::SOCK_STREAM => Some(Proto::Tcp),
+            libc::SOCK_DGRAM => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// An app run under ax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub id: AppId,
+    pub uuid: String,
+    pub name: Option<String>,
+    pub ip: Ipv4Addr,
+    pub labels: Labels,
+    pub pid: i32,
+    pub driver: String,
+}
+
+/// What an app asks for when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct NewApp {
+    pub name: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub labels: Labels,
+    pub pid: i32,
+    pub driver: String,
+}
+
+/// A socket an app bound to a virtual address, and where it really is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub id: String,
+    pub app: AppId,
+    pub inode: u64,
+    pub proto: Proto,
+    pub family: Family,
+    /// The address the app passed to bind, as it passed it.
+    pub requested: SocketAddr,
+    /// File status flags of the socket when it was bound (O_NONBLOCK and the like).
+    pub flags: i32,
+    /// The address clients use: the app's own address for a wildcard bind.
+    pub service: SocketAddrV4,
+    /// Node address and pool port.
+    pub host: SocketAddrV4,
+    pub listening: bool,
+    pub backlog: i32,
+}
+
+/// The facts about a socket being bound that the table records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundSocket {
+    pub inode: u64,
+    pub proto: Proto,
+    pub family: Family,
+    pub requested: SocketAddr,
+    pub flags: i32,
+}
+
+/// How to carry out a bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindPlan {
+    /// A loopback address: the socket moves into the app's own namespace and the
+    /// bind happens there, private to the app.
+    Private,
+    /// Bind on the node address at a pool port; the app sees `service`.
+    Host { service: SocketAddrV4 },
+}
+
+/// Where a connect goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Loopback: inside the app's own namespace.
+    Private,
+    /// A served address the app may not reach, or a virtual address nobody serves:
+    /// ECONNREFUSED, and no packet leaves.
+    Refused,
+    /// A service: its host addresses in the order to try (the first is the random
+    /// choice, the rest are fallbacks should it have just gone away).
+    Backends(Vec<SocketAddrV4>),
+    /// Not ax's: straight out from the host.
+    Direct(SocketAddr),
+}
+
+/// The tables of one daemon.
+#[derive(Debug)]
+pub struct Table {
+    node: NodeInfo,
+    apps: BTreeMap<AppId, App>,
+    bindings: BTreeMap<(Proto, u16), Binding>,
+    pool: PortPool,
+    rng: fastrand::Rng,
+}
+
+impl Table {
+    pub fn new(node: NodeInfo, pool: PortPool, seed: u64) -> Table {
+        Table {
+            node,
+            apps: BTreeMap::new(),
+            bindings: BTreeMap::new(),
+            pool,
+            rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    pub fn pool(&self) -> &PortPool {
+        &self.pool
+    }
+
+    /// Registers an app; it gets a fresh id and, without `--ip`, the node address.
+    pub fn add_app(&mut self, new: NewApp) -> App {
+        let id = loop {
+            let id = AppId(0xf000_0000 | (self.rng.u32(..) & 0x0fff_ffff));
+            if !self.apps.contains_key(&id) {
+                break id;
+            }
+        };
+        let app = App {
+            id,
+            uuid: ids::random_uuid(&mut self.rng),
+            name: new.name,
+            ip: new.ip.unwrap_or(self.node.ip),
+            labels: new.labels,
+            pid: new.pid,
+            driver: new.driver,
+        };
+        self.apps.insert(id, app.clone());
+        app
+    }
+
+    /// Removes an app with every socket it bound; their ports go back to the pool.
+    pub fn remove_app(&mut self, id: AppId) -> Option<(App, Vec<Binding>)> {
+        let app = self.apps.remove(&id)?;
+        let keys: Vec<_> = self.bindings.iter().filter(|(_, b)| b.app == id).map(|(k, _)| *k).collect();
+        let gone = keys.into_iter().filter_map(|k| self.drop_binding(k)).collect();
+        Some((app, gone))
+    }
+
+    pub fn app(&self, id: AppId) -> Option<&App> {
+        self.apps.get(&id)
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &App> {
+        self.apps.values()
+    }
+
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
+    /// Listening sockets: the rows of the service table.
+    pub fn services(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().filter(|b| b.listening)
+    }
+
+    /// Decides where a bind of `requested` by `app` goes.
+    pub fn plan_bind(&self, app: AppId, requested: SocketAddr) -> Result<BindPlan, Errno> {
+        let app = self.apps.get(&app).ok_or(libc::EPERM)?;
+        let want = addr::unmap(requested);
+        if addr::is_loopback(want.ip()) {
+            return Ok(BindPlan::Private);
+        }
+        match want {
+            SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => Ok(BindPlan::Host {
+                service: SocketAddrV4::new(app.ip, v4.port()),
+            }),
+            // The app has no other address to bind to, as the kernel would say.
+            _ => Err(libc::EADDRNOTAVAIL),
+        }
+    }
+
+    /// Takes a pool port for a bind; None when the pool is exhausted.
+    pub fn take_port(&mut self) -> Option<u16> {
+        self.pool.take()
+    }
+
+    /// Gives back a port taken with [`Table::take_port`] that the host bind did not use.
+    pub fn give_back_port(&mut self, port: u16) {
+        self.pool.give_back(port);
+    }
+
+    /// Records a bound socket. A bind to port 0 is reported as the host port.
+    pub fn add_binding(&mut self, app: AppId, socket: BoundSocket, service: SocketAddrV4, host_port: u16) -> Binding {
+        let service = if service.port() == 0 { SocketAddrV4::new(*service.ip(), host_port) } else { service };
+        let b = Binding {
+            id: ids::random_uuid(&mut self.rng),
+            app,
+            inode: socket.inode,
+            proto: socket.proto,
+            family: socket.family,
+            requested: socket.requested,
+            flags: socket.flags,
+            service,
+            host: SocketAddrV4::new(self.node.ip, host_port),
+            listening: false,
+            backlog: 0,
+        };
+        self.bindings.insert((socket.proto, host_port), b.clone());
+        b
+    }
+
+    /// The socket bound at this host port, if ax bound it.
+    pub fn binding(&self, proto: Proto, host_port: u16) -> Option<&Binding> {
+        self.bindings.get(&(proto, host_port))
+    }
+
+    /// Marks the socket at `host_port` (whose inode must match) as listening, which
+    /// makes it a service row.
+    pub fn set_listening(&mut self, proto: Proto, host_port: u16, inode: u64, backlog: i32) -> Option<&Binding> {
+        let b = self.bindings.get_mut(&(proto, host_port)).filter(|b| b.inode == inode)?;
+        b.listening = true;
+        b.backlog = backlog;
+        Some(b)
+    }
+
+    fn drop_binding(&mut self, key: (Proto, u16)) -> Option<Binding> {
+        let b = self.bindings.remove(&key)?;
+        self.pool.give_back(key.1);
+        Some(b)
+    }
+
+    /// Removes the sockets of `proto` the kernel no longer has: listening ones whose
+    /// inode is not in `live`, and, when `check_unlistened`, bound ones likewise.
+    pub fn sweep(&mut self, proto: Proto, live: &HashSet<u64>, check_unlistened: bool) -> Vec<Binding> {
+        let dead: Vec<_> = self
+            .bindings
+            .iter()
+            .filter(|(k, b)| k.0 == proto && (b.listening || check_unlistened) && !live.contains(&b.inode))
+            .map(|(k, _)| *k)
+            .collect();
+        dead.into_iter().filter_map(|k| self.drop_binding(k)).collect()
+    }
+
+    /// Decides where a connect by `client` to `dest` goes. The backend order is
+    /// random, so connections spread over every backend of an address.
+    pub fn route_connect(&mut self, client: AppId, proto: Proto, dest: SocketAddr) -> Route {
+        let dest = addr::unmap(dest);
+        if addr::is_loopback(dest.ip()) {
+            return Route::Private;
+        }
+        let SocketAddr::V4(v4) = dest else {
+            return Route::Direct(dest);
+        };
+        let Some(client) = self.apps.get(&client) else {
+            return Route::Refused;
+        };
+        // A connect straight to a backend's host address is a connect to its service:
+        // labels cannot be bypassed by naming the pool port.
+        let service = match self.bindings.get(&(proto, v4.port())) {
+            Some(b) if b.listening && b.host == v4 => b.service,
+            _ => v4,
+        };
+        let rows: Vec<&Binding> = self.services().filter(|b| b.proto == proto && b.service == service).collect();
+        if rows.is_empty() {
+            let is_virtual = *v4.ip() != self.node.ip && self.apps.values().any(|a| a.ip == *v4.ip());
+            return if is_virtual { Route::Refused } else { Route::Direct(dest) };
+        }
+        let mut allowed: Vec<SocketAddrV4> = rows
+            .into_iter()
+            .filter(|b| self.apps.get(&b.app).is_some_and(|server| server.labels.shares(&client.labels)))
+            .map(|b| b.host)
+            .collect();
+        if allowed.is_empty() {
+            return Route::Refused;
+        }
+        self.rng.shuffle(&mut allowed);
+        Route::Backends(allowed)
+    }
+
+    /// What getsockname shows `app` for a socket whose real address is `real`: the
+    /// virtual address of a socket it bound, or its own address in place of the node's.
+    pub fn local_name(&self, app: AppId, proto: Proto, real: SocketAddr) -> Option<SocketAddr> {
+        let SocketAddr::V4(v4) = addr::unmap(real) else { return None };
+        if *v4.ip() != self.node.ip {
+            return None;
+        }
+        if let Some(b) = self.bindings.get(&(proto, v4.port())).filter(|b| b.app == app) {
+            return Some(SocketAddr::V4(b.service));
+        }
+        let me = self.apps.get(&app)?;
+        Some(SocketAddr::V4(SocketAddrV4::new(me.ip, v4.port())))
+    }
+
+    /// What getpeername shows for a peer whose real address is `real`: a service's
+    /// virtual address in place of its host address.
+    pub fn peer_name(&self, proto: Proto, real: SocketAddr) -> Option<SocketAddr> {
+        let SocketAddr::V4(v4) = addr::unmap(real) else { return None };
+        let b = self.bindings.get(&(proto, v4.port())).filter(|b| b.listening && b.host == v4)?;
+        Some(SocketAddr::V4(b.service))
+    }
+
+    /// True when `ip` is an app's address and not the node's own.
+    pub fn is_virtual(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => v4 != self.node.ip && self.apps.values().any(|a| a.ip == v4),
+            IpAddr::V6(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::PortRanges;
+    use proptest::prelude::*;
+
+    const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+    fn table() -> Table {
+        let node = NodeInfo {
+            name: "n1".into(),
+            cluster: "appswitch".into(),
+            ip: NODE,
+        };
+        Table::new(node, PortPool::new(PortRanges::parse("40000-40009").unwrap()), 7)
+    }
+
+    fn app(t: &mut Table, ip: Option<&str>, labels: &str) -> AppId {
+        t.add_app(NewApp {
+            ip: ip.map(|s| s.parse().unwrap()),
+            labels: Labels::parse(labels).unwrap(),
+            pid: 1,
+            driver: "user".into(),
+            ..NewApp::default()
+        })
+        .id
+    }
+
+    /// Binds and listens like the trap engine does, returning the host port.
+    fn serve(t: &mut Table, id: AppId, addr: &str, inode: u64) -> u16 {
+        let BindPlan::Host { service } = t.plan_bind(id, addr.parse().unwrap()).unwrap() else { panic!("private") };
+        let port = t.take_port().unwrap();
+        t.add_binding(id, bound(inode, addr), service, port);
+        assert!(t.set_listening(Proto::Tcp, port, inode, 128).is_some());
+        port
+    }
+
+    fn bound(inode: u64, requested: &str) -> BoundSocket {
+        BoundSocket {
+            inode,
+            proto: Proto::Tcp,
+            family: Family::V4,
+            requested: sa(requested),
+            flags: 0,
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_ip_is_the_node() {
+        let mut t = table();
+        let a = app(&mut t, None, "zone=default");
+        assert_eq!(t.app(a).unwrap().ip, NODE);
+        assert_eq!(t.app(a).unwrap().id.to_string().len(), 8);
+    }
+
+    #[test]
+    fn bind_plans() {
+        let mut t = table();
+        let a = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let host = |s| BindPlan::Host { service: s };
+        assert_eq!(t.plan_bind(a, sa("0.0.0.0:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("[::]:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("[::ffff:198.18.0.1]:81")), Ok(host("198.18.0.1:81".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("127.0.0.1:80")), Ok(BindPlan::Private));
+        assert_eq!(t.plan_bind(a, sa("[::1]:80")), Ok(BindPlan::Private));
+        assert_eq!(t.plan_bind(a, sa("198.18.0.2:80")), Err(libc::EADDRNOTAVAIL));
+        assert_eq!(t.plan_bind(a, sa("[2001:db8::1]:80")), Err(libc::EADDRNOTAVAIL));
+    }
+
+    #[test]
+    fn two_backends_on_one_address_both_get_chosen() {
+        let mut t = table();
+        let s1 = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let s2 = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        let p1 = serve(&mut t, s1, "0.0.0.0:80", 11);
+        let p2 = serve(&mut t, s2, "[::]:80", 12);
+        let mut seen = HashSet::new();
+        for _ in 0..100 {
+            let Route::Backends(b) = t.route_connect(c, Proto::Tcp, sa("198.18.0.1:80")) else { panic!() };
+            assert_eq!(b.len(), 2);
+            seen.insert(b[0].port());
+        }
+        assert_eq!(seen, HashSet::from([p1, p2]));
+    }
+
+    #[test]
+    fn labels_isolate_both_ways() {
+        let mut t = table();
+        let prod = app(&mut t, Some("198.18.0.2"), "role=prod");
+        let other = app(&mut t, Some("198.18.0.3"), "zone=default");
+        let client_prod = app(&mut t, None, "role=prod");
+        let client_default = app(&mut t, None, "zone=default");
+        let pp = serve(&mut t, prod, "0.0.0.0:6379", 1);
+        serve(&mut t, other, "0.0.0.0:6379", 2);
+        assert_eq!(t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.2:6379")), Route::Backends(vec![SocketAddrV4::new(NODE, pp)]));
+        assert_eq!(t.route_connect(client_default, Proto::Tcp, sa("198.18.0.2:6379")), Route::Refused);
+        assert_eq!(t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.3:6379")), Route::Refused);
+        // Naming the host port directly is no way around the labels.
+        assert_eq!(t.route_connect(client_default, Proto::Tcp, SocketAddr::V4(SocketAddrV4::new(NODE, pp))), Route::Refused);
+    }
+
+    #[test]
+    fn unserved_virtual_address_is_refused_and_others_go_direct() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        serve(&mut t, s, "0.0.0.0:80", 1);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.0.1:81")), Route::Refused);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:22")), Route::Direct(sa("10.0.0.1:22")));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("[::ffff:127.0.0.1]:5")), Route::Private);
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("198.18.0.1:80")), Route::Refused);
+    }
+
+    #[test]
+    fn names_translate_both_ways() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, Some("198.18.0.9"), "zone=default");
+        let p = serve(&mut t, s, "[::]:80", 5);
+        let host = SocketAddr::V4(SocketAddrV4::new(NODE, p));
+        assert_eq!(t.local_name(s, Proto::Tcp, host), Some(sa("198.18.0.1:80")));
+        assert_eq!(t.peer_name(Proto::Tcp, host), Some(sa("198.18.0.1:80")));
+        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.0.0.1:33000")), Some(sa("198.18.0.9:33000")));
+        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.9.9.9:33000")), None);
+        assert_eq!(t.peer_name(Proto::Tcp, sa("10.0.0.1:1")), None);
+    }
+
+    #[test]
+    fn closed_listener_and_exited_app_leave() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        serve(&mut t, s, "0.0.0.0:80", 1);
+        serve(&mut t, s, "0.0.0.0:81", 2);
+        let gone = t.sweep(Proto::Tcp, &HashSet::from([2]), false);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].service, "198.18.0.1:80".parse().unwrap());
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.0.1:80")), Route::Refused);
+        let (_, gone) = t.remove_app(s).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(t.services().count(), 0);
+        assert_eq!(t.pool().in_use(), 0);
+        // With its app gone the address is no longer virtual: it would go direct.
+        assert!(!t.is_virtual("198.18.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn listen_needs_the_same_socket() {
+        let mut t = table();
+        let s = app(&mut t, None, "zone=default");
+        let port = t.take_port().unwrap();
+        t.add_binding(s, bound(9, "0.0.0.0:0"), SocketAddrV4::new(NODE, 0), port);
+        assert_eq!(t.binding(Proto::Tcp, port).unwrap().service.port(), port);
+        assert!(t.set_listening(Proto::Tcp, port, 10, 5).is_none());
+        assert!(t.set_listening(Proto::Tcp, port, 9, 5).is_some());
+    }
+
+    proptest! {
+        /// Whatever apps come and go, the table never holds a row of an app it does not
+        /// know, never two rows on one host port, and the pool count matches.
+        #[test]
+        fn table_stays_consistent(ops in proptest::collection::vec((0u8..4, 0u8..4, 0u16..3), 1..200)) {
+            let mut t = table();
+            let mut apps: Vec<AppId> = Vec::new();
+            let mut inode = 0;
+            for (op, who, port) in ops {
+                match op {
+                    0 => apps.push(app(&mut t, Some(["198.18.0.1", "198.18.0.2"][who as usize % 2]), ["a=1", "b=2"][who as usize % 2])),
+                    1 if !apps.is_empty() => {
+                        let id = apps[who as usize % apps.len()];
+                        if let Some(p) = t.take_port() {
+                            inode += 1;
+                            let svc = SocketAddrV4::new(t.app(id).unwrap().ip, 80 + port);
+                            t.add_binding(id, bound(inode, "0.0.0.0:80"), svc, p);
+                            t.set_listening(Proto::Tcp, p, inode, 1);
+                        }
+                    }
+                    2 if !apps.is_empty() => {
+                        let id = apps.swap_remove(who as usize % apps.len());
+                        t.remove_app(id);
+                    }
+                    _ => {
+                        let live: HashSet<u64> = t.bindings().map(|b| b.inode).filter(|i| i % 2 == 0).collect();
+                        t.sweep(Proto::Tcp, &live, true);
+                    }
+                }
+                prop_assert_eq!(t.pool().in_use(), t.bindings().count());
+                for b in t.bindings() {
+                    prop_assert!(t.app(b.app).is_some());
+                }
+                if let Some(&c) = apps.first() {
+                    for dest in ["198.18.0.1:80", "198.18.0.2:81"] {
+                        if let Route::Backends(hosts) = t.route_connect(c, Proto::Tcp, sa(dest)) {
+                            for h in hosts {
+                                let b = t.binding(Proto::Tcp, h.port()).unwrap();
+                                prop_assert!(b.listening);
+                                prop_assert!(t.app(b.app).unwrap().labels.shares(&t.app(c).unwrap().labels));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The run channel: `ax run` registers its app here, hands over the app's seccomp
+//! listener, and the connection's thread then runs the app's trap engine until the
+//! app's last process is gone, when the app and its rows leave the tables.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ax_api::{wire, Register, RunReply, RunRequest};
+use ax_core::table::NewApp;
+use ax_core::{addr, AppId, Labels};
+use ax_sys::seccomp::Listener;
+use ax_trap::Engine;
+use tracing::{info, warn};
+
+use crate::Daemon;
+
+pub fn spawn(listener: UnixListener, daemon: Daemon) -> std::io::Result<()> {
+    std::thread::Builder::new().name("run-channel".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(conn) => {
+                    let d = daemon.clone();
+                    let spawned = std::thread::Builder::new().name("app".into()).spawn(move || serve(conn, d));
+                    if let Err(e) = spawned {
+                        warn!("cannot start a thread for an app: {e}");
+                    }
+                }
+                Err(e) => warn!("run channel accept failed: {e}"),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn reply(conn: &UnixStream, r: &RunReply) -> Result<()> {
+    wire::send(conn.as_fd(), r, None).context("cannot answer ax run")
+}
+
+fn recv(conn: &UnixStream) -> Result<Option<(RunRequest, Option<OwnedFd>)>> {
+    wire::recv(conn.as_fd()).context("cannot read from ax run")
+}
+
+fn serve(conn: UnixStream, daemon: Daemon) {
+    let mut app = None;
+    if let Err(e) = session(&conn, &daemon, &mut app) {
+        warn!("ax run session ended: {e:#}");
+        let _ = reply(&conn, &RunReply::Error { error: format!("{e:#}") });
+    }
+    if let Some(id) = app {
+        if let Some((_, gone)) = daemon.table().remove_app(id) {
+            info!(app = %id, rows = gone.iter().filter(|b| b.listening).count(), sockets = gone.len(), "app exited; its rows are removed");
+        }
+    }
+}
+
+fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Result<()> {
+    let cred = ax_sys::scm::peer_cred(conn.as_fd())?;
+    if cred.uid != 0 {
+        bail!("ax run must run as root (uid {} is not)", cred.uid);
+    }
+    let Some((RunRequest::Register(req), _)) = recv(conn)? else {
+        bail!("expected a register request first");
+    };
+    let new = validate(&req, cred.pid)?;
+    let registered = daemon.table().add_app(new);
+    *app = Some(registered.id);
+    info!(app = %registered.id, ip = %registered.ip, labels = %registered.labels, "app registered");
+    reply(
+        conn,
+        &RunReply::Registered {
+            app_id: registered.id.to_string(),
+            ip: registered.ip.to_string(),
+        },
+    )?;
+    let (pid, fd) = match recv(conn)? {
+        Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
+        Some((RunRequest::Attach { .. }, None)) => bail!("attach came without the seccomp listener"),
+        Some(_) => bail!("expected attach after register"),
+        // ax run gave up before starting the app (a failed exec setup, say).
+        None => return Ok(()),
+    };
+    let engine = Engine::new(registered.id, daemon.table.clone(), Listener::new(fd), pid)
+        .map_err(|e| anyhow!("cannot take over app {} (pid {pid}): {e}", registered.id))?;
+    reply(conn, &RunReply::Attached)?;
+    info!(app = %registered.id, pid, "app started");
+    engine.run();
+    Ok(())
+}
+
+/// Checks a registration as the API's contract says; every error names the field.
+fn validate(req: &Register, peer_pid: i32) -> Result<NewApp> {
+    let ip = match &req.ip {
+        Some(s) => {
+            let ip: Ipv4Addr = s.parse().map_err(|_| anyhow!("--ip {s} is not an IPv4 address"))?;
+            addr::check_app_ip(ip).map_err(|e| anyhow!(e))?;
+            Some(ip)
+        }
+        None => None,
+    };
+    let labels = Labels::parse(&req.labels).map_err(|e| anyhow!("--labels: {e}"))?;
+    Ok(NewApp {
+        name: None,
+        ip,
+        labels,
+        pid: if req.pid > 0 { req.pid } else { peer_pid },
+        driver: crate::DRIVER.into(),
+    })
+}

@@ -1,0 +1,171 @@
+//! The ax daemon: one per host, as root. It owns the tables (`ax_core::Table`), serves
+//! the API (REST on a root-only Unix socket and on 127.0.0.1), takes apps in on the run
+//! channel and runs a trap engine for each, and watches the kernel's socket list so
+//! that rows of closed listeners leave.
+//!
+//! It does not parse command lines (the CLI builds a [`Config`]) and keeps no state
+//! across restarts yet.
+
+mod channel;
+mod rest;
+mod views;
+mod watch;
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use ax_api::{API_SOCKET, RUN_DIR, RUN_SOCKET};
+use ax_core::{NodeInfo, PortPool, PortRanges, Table};
+use tracing::info;
+
+/// The daemon's settings, resolved from flags and environment by the CLI.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Interface name or IPv4 address; None picks the first non-loopback interface
+    /// with an IPv4 address.
+    pub node_interface: Option<String>,
+    pub node_name: Option<String>,
+    pub cluster: String,
+    pub ports: PortRanges,
+    pub rest_port: u16,
+}
+
+/// The driver this daemon runs (the kernel driver is not built yet).
+pub const DRIVER: &str = "user";
+
+/// Shared by the API, the run channel and the watcher.
+#[derive(Clone)]
+pub struct Daemon {
+    pub table: Arc<Mutex<Table>>,
+}
+
+impl Daemon {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<()> {
+    if ax_sys::proc::effective_uid() != 0 {
+        bail!("ax daemon must run as root: it makes sockets for apps in the host's network namespace and reads their memory (try: sudo ax daemon)");
+    }
+    let node = NodeInfo {
+        name: match config.node_name {
+            Some(n) => n,
+            None => hostname()?,
+        },
+        cluster: config.cluster,
+        ip: node_ip(config.node_interface.as_deref())?,
+    };
+    prepare_dir(Path::new(RUN_DIR))?;
+    let api_std = bind_unix(API_SOCKET)?;
+    let run_sock = bind_unix(RUN_SOCKET)?;
+    let rest_addr = (Ipv4Addr::LOCALHOST, config.rest_port);
+    let rest_std = std::net::TcpListener::bind(rest_addr)
+        .with_context(|| format!("cannot serve REST on 127.0.0.1:{}: is another daemon running? (pick another with --rest-port)", config.rest_port))?;
+
+    let mut seed = [0u8; 8];
+    ax_sys::proc::random_bytes(&mut seed)?;
+    let table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
+    let daemon = Daemon {
+        table: Arc::new(Mutex::new(table)),
+    };
+    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, "ax daemon starting");
+
+    watch::spawn(daemon.clone())?;
+    channel::spawn(run_sock, daemon.clone())?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(async move {
+        rest_std.set_nonblocking(true)?;
+        api_std.set_nonblocking(true)?;
+        let tcp = tokio::net::TcpListener::from_std(rest_std)?;
+        let unix = tokio::net::UnixListener::from_std(api_std)?;
+        info!("serving the API on {API_SOCKET} and http://127.0.0.1:{}", config.rest_port);
+        rest::serve(tcp, unix, daemon, shutdown_signal()).await
+    });
+    let _ = fs::remove_file(API_SOCKET);
+    let _ = fs::remove_file(RUN_SOCKET);
+    info!("ax daemon stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn hostname() -> Result<String> {
+    let h = fs::read_to_string("/proc/sys/kernel/hostname").context("cannot read the host name")?;
+    Ok(h.trim().to_string())
+}
+
+/// The node address: `--node-interface` as an IPv4 address or an interface name, or
+/// the first non-loopback interface that is up and has an IPv4 address.
+fn node_ip(choice: Option<&str>) -> Result<Ipv4Addr> {
+    let addrs = ax_sys::proc::interface_addrs().context("cannot list network interfaces")?;
+    let v4 = |a: &ax_sys::proc::InterfaceAddr| match a.addr {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    };
+    match choice {
+        Some(c) => {
+            if let Ok(ip) = c.parse::<Ipv4Addr>() {
+                if addrs.iter().any(|a| a.addr == IpAddr::V4(ip)) {
+                    return Ok(ip);
+                }
+                bail!("--node-interface {ip}: no interface of this host has that address");
+            }
+            if c.parse::<IpAddr>().is_ok() {
+                bail!("--node-interface {c}: the node address must be IPv4");
+            }
+            let named: Vec<_> = addrs.iter().filter(|a| a.name == c).collect();
+            if named.is_empty() {
+                bail!("--node-interface {c}: no such interface with an address on this host");
+            }
+            named
+                .iter()
+                .find_map(|a| v4(a))
+                .with_context(|| format!("--node-interface {c}: the interface has no IPv4 address"))
+        }
+        None => addrs
+            .iter()
+            .filter(|a| !a.loopback && a.up)
+            .find_map(v4)
+            .context("no non-loopback interface with an IPv4 address is up: name one with --node-interface"),
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict {}", dir.display()))?;
+    Ok(())
+}
+
+/// Binds a root-only Unix socket at `path`, refusing to steal it from a live daemon.
+fn bind_unix(path: &str) -> Result<std::os::unix::net::UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another ax daemon is already serving at {path}");
+    }
+    let _ = fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {path}"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot restrict {path}"))?;
+    Ok(l)
+}

@@ -1,0 +1,25 @@
+//! Every direct call into the kernel that ax makes lives here, behind small safe
+//! functions: seccomp filters and their notification listeners, pidfds, reads and
+//! writes of an app's memory, sockets by raw fd, namespaces, sock_diag, fd passing and
+//! process control. Nothing here decides anything; the callers hold the policy.
+//!
+//! Each `unsafe` block says why it is sound. The rest of the workspace forbids `unsafe`.
+
+pub mod diag;
+pub mod ns;
+pub mod pidfd;
+pub mod proc;
+pub mod scm;
+pub mod seccomp;
+pub mod sock;
+
+use std::io;
+
+/// Turns a libc-style return value (negative on error, errno set) into a `Result`.
+pub(crate) fn cvt<T: Default + PartialOrd + Copy>(ret: T) -> io::Result<T> {
+    if ret < T::default() {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}

@@ -1,0 +1,251 @@
+//! Process control: fork and exec for `ax run`, waiting, signals, and a few
+//! process-wide facts (uid, randomness, interfaces).
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::cvt;
+
+/// Which side of a fork this is.
+pub enum Fork {
+    Parent(i32),
+    Child,
+}
+
+/// Forks the calling process. Sound only while the process has a single thread (the
+/// `ax run` launcher never starts another), so the child inherits no held locks.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: the caller is single-threaded (see above); the child only calls
+    // async-signal-safe functions or execs, or uses this process's own allocator which
+    // no other thread can have locked.
+    let pid = cvt(unsafe { libc::fork() })?;
+    Ok(if pid == 0 { Fork::Child } else { Fork::Parent(pid) })
+}
+
+/// Replaces the process image, searching PATH like a shell. Returns only on failure.
+pub fn exec(program: &OsStr, args: &[&OsStr]) -> io::Error {
+    let to_c = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let prog = match to_c(program) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut owned = Vec::with_capacity(args.len());
+    for a in args {
+        match to_c(a) {
+            Ok(c) => owned.push(c),
+            Err(e) => return e,
+        }
+    }
+    let mut argv: Vec<*const libc::c_char> = owned.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: `prog` and every argv entry are valid C strings that outlive the call;
+    // argv ends with a null pointer.
+    unsafe { libc::execvp(prog.as_ptr(), argv.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Ends the process at once, without running destructors or atexit handlers (for a
+/// forked child that must not flush its parent's buffers).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no process state we rely on.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The status a shell would report: the code, or 128 + the signal number.
+    pub fn shell_status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Reaps `pid` if it has ended (never blocks).
+pub fn try_wait(pid: i32) -> io::Result<Option<Exit>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out pointer.
+    let r = cvt(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
+    if r == 0 {
+        return Ok(None);
+    }
+    if libc::WIFEXITED(status) {
+        Ok(Some(Exit::Code(libc::WEXITSTATUS(status))))
+    } else if libc::WIFSIGNALED(status) {
+        Ok(Some(Exit::Signal(libc::WTERMSIG(status))))
+    } else {
+        Ok(None)
+    }
+}
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data and sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks `signals` for the calling thread so they can be taken with [`wait_signal`].
+pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+    let set = sigset(signals);
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Clears the signal mask (a forked child does this before exec).
+pub fn unblock_all_signals() -> io::Result<()> {
+    let set = sigset(&[]);
+    // SAFETY: `set` is initialised and empty.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// A signal taken from the pending set.
+#[derive(Debug, Clone, Copy)]
+pub struct Signal {
+    pub signo: i32,
+    /// True when another process sent it (kill/sigqueue); false when the kernel did,
+    /// as for signals from the terminal, which reach the whole process group anyway.
+    pub from_process: bool,
+}
+
+/// Waits for one of the (blocked) `signals`.
+pub fn wait_signal(signals: &[i32]) -> io::Result<Signal> {
+    let set = sigset(signals);
+    loop {
+        // SAFETY: siginfo_t is plain data filled by the kernel.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is initialised and `info` is a valid out pointer.
+        let r = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        if r >= 0 {
+            return Ok(Signal {
+                signo: r,
+                from_process: info.si_code == libc::SI_USER || info.si_code == libc::SI_QUEUE,
+            });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes integers.
+    cvt(unsafe { libc::kill(pid, sig) })?;
+    Ok(())
+}
+
+/// Asks the kernel to send `sig` to this process when its parent dies.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes an integer.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// Sets no_new_privs, which an unprivileged seccomp filter requires and which keeps
+/// setuid programs from gaining privileges under the filter.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    Ok(())
+}
+
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn pid() -> i32 {
+    std::process::id() as i32
+}
+
+/// Fills `buf` from the kernel's random source.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// An address of a network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub name: String,
+    pub addr: IpAddr,
+    pub loopback: bool,
+    pub up: bool,
+}
+
+/// Every inet address of every interface, in the kernel's order.
+pub fn interface_addrs() -> io::Result<Vec<InterfaceAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out pointer; freed below with freeifaddrs.
+    cvt(unsafe { libc::getifaddrs(&mut head) })?;
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr is non-null and points at a sockaddr of its family; we
+            // copy at most a sockaddr_storage, and from_raw checks the family's length.
+            let addr = unsafe {
+                let fam = (*ifa.ifa_addr).sa_family as i32;
+                let len = match fam {
+                    libc::AF_INET => std::mem::size_of::<libc::sockaddr_in>(),
+                    libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
+                    _ => 0,
+                };
+                let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+                std::ptr::copy_nonoverlapping(ifa.ifa_addr.cast::<u8>(), (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(), len);
+                crate::sock::from_raw(&ss, len as libc::socklen_t)
+            };
+            if let Some(a) = addr {
+                // SAFETY: ifa_name is a valid C string for the list's lifetime.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+                out.push(InterfaceAddr {
+                    name,
+                    addr: a.ip(),
+                    loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
+                    up: ifa.ifa_flags & libc::IFF_UP as u32 != 0,
+                });
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}

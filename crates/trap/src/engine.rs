@@ -1,0 +1,435 @@
+//! The engine of one app: waits on its seccomp listener and answers each trapped call
+//! in the host's network namespace.
+//!
+//! Every address is read from the app's memory once, into our own buffer, and the
+//! notification is checked still valid before the daemon acts on it: an app racing its
+//! own memory only changes what it asked for, never what the daemon does.
+
+use std::fs::File;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ax_core::addr::{self, Family, SockAddr};
+use ax_core::{AppId, BindPlan, BoundSocket, Errno, Proto, Route, Table};
+use ax_sys::seccomp::{Listener, Notification, Ready};
+use ax_sys::{ns, sock};
+use tracing::{debug, info, warn};
+
+use crate::task::Tasks;
+
+/// The largest sockaddr the kernel accepts (sizeof(struct sockaddr_storage)).
+const MAX_SOCKADDR: usize = 128;
+/// How many busy host ports a bind skips before giving up.
+const MAX_BIND_TRIES: usize = 256;
+
+/// How a trapped call is answered.
+#[derive(Debug)]
+enum Answer {
+    Value(i64),
+    Fail(Errno),
+    /// The kernel runs the call as made (only where that is safe).
+    Proceed,
+    /// Already answered (ADDFD with SEND).
+    Sent,
+    /// A helper thread answers once a blocking connect finishes.
+    Later,
+}
+
+/// The namespaces an engine moves sockets between.
+struct Namespaces {
+    app: File,
+    host: File,
+    host_cookie: u64,
+}
+
+/// Answers the trapped calls of one app.
+pub struct Engine {
+    app: AppId,
+    table: Arc<Mutex<Table>>,
+    listener: Arc<Listener>,
+    tasks: Tasks,
+    ns: Namespaces,
+}
+
+fn errno(e: std::io::Error) -> Errno {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl Engine {
+    /// An engine for `app`, whose first process is `pid`; call from a thread in the
+    /// host's network namespace.
+    pub fn new(app: AppId, table: Arc<Mutex<Table>>, listener: Listener, pid: i32) -> std::io::Result<Engine> {
+        listener.set_sync_wakeup()?;
+        let probe = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        Ok(Engine {
+            app,
+            table,
+            listener: Arc::new(listener),
+            tasks: Tasks::default(),
+            ns: Namespaces {
+                app: ns::open_netns(pid)?,
+                host: ns::current_netns()?,
+                host_cookie: sock::netns_cookie(probe.as_fd())?,
+            },
+        })
+    }
+
+    /// Serves until every process of the app is gone.
+    pub fn run(mut self) {
+        loop {
+            match self.listener.wait() {
+                Ok(Ready::Notification) => {}
+                Ok(Ready::Hangup) => return,
+                Err(e) => {
+                    warn!(app = %self.app, "seccomp listener failed: {e}");
+                    return;
+                }
+            }
+            // ENOENT: the caller was killed between the wake-up and now.
+            if let Ok(n) = self.listener.recv() {
+                self.dispatch(n);
+            }
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dispatch(&mut self, n: Notification) {
+        let result = match n.nr as i64 {
+            libc::SYS_socket => self.socket(&n),
+            libc::SYS_bind => self.bind(&n),
+            libc::SYS_listen => self.listen(&n),
+            libc::SYS_connect => self.connect(&n),
+            libc::SYS_getsockname => self.name(&n, false),
+            libc::SYS_getpeername => self.name(&n, true),
+            _ => Ok(Answer::Proceed),
+        };
+        let sent = match result {
+            Ok(Answer::Value(v)) => self.listener.reply(n.id, v),
+            Ok(Answer::Fail(e)) | Err(e) => self.listener.fail(n.id, e),
+            Ok(Answer::Proceed) => self.listener.proceed(n.id),
+            Ok(Answer::Sent | Answer::Later) => Ok(()),
+        };
+        // The caller may have died meanwhile (ENOENT); nothing is owed to anyone then.
+        if let Err(e) = sent {
+            debug!(app = %self.app, nr = n.nr, "answer not delivered: {e}");
+        }
+    }
+
+    fn socket(&mut self, n: &Notification) -> Result<Answer, Errno> {
+        let (domain, ty, protocol) = (n.args[0] as i32, n.args[1] as i32, n.args[2] as i32);
+        let plain = match Proto::from_sock_type(ty) {
+            Some(Proto::Tcp) => protocol == 0 || protocol == libc::IPPROTO_TCP,
+            Some(Proto::Udp) => protocol == 0 || protocol == libc::IPPROTO_UDP,
+            None => false,
+        };
+        if !plain {
+            // Raw, ICMP, SCTP and the like stay in the app's own (empty) namespace.
+            return Ok(Answer::Proceed);
+        }
+        let s = sock::socket(domain, ty & !libc::SOCK_CLOEXEC, protocol).map_err(errno)?;
+        let cloexec = ty & libc::SOCK_CLOEXEC != 0;
+        self.listener.add_fd(n.id, s.as_fd(), None, cloexec, true).map_err(errno)?;
+        Ok(Answer::Sent)
+    }
+
+    /// The app's socket `fd`, when it is an inet socket of the host namespace (one the
+    /// daemon made). Anything else lives in the app's own namespace and may run natively.
+    fn host_socket(&mut self, n: &Notification) -> Result<Option<(OwnedFd, Family, Proto)>, Errno> {
+        let s = self.tasks.get_fd(n.pid, n.id, &self.listener, n.args[0] as RawFd)?;
+        let fd = s.as_fd();
+        let Some(family) = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok().and_then(Family::from_raw) else {
+            return Ok(None);
+        };
+        if sock::netns_cookie(fd).map_err(errno)? != self.ns.host_cookie {
+            return Ok(None);
+        }
+        let Some(proto) = Proto::from_sock_type(sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(errno)?) else {
+            return Ok(None);
+        };
+        Ok(Some((s, family, proto)))
+    }
+
+    /// Copies the sockaddr at args[1] (length args[2]) out of the app, then makes sure
+    /// the call is still pending before anything is done with it.
+    fn read_addr(&mut self, n: &Notification, family: Family) -> Result<SockAddr, Errno> {
+        let len = n.args[2] as u32 as i32;
+        if len < 0 || len as usize > MAX_SOCKADDR {
+            return Err(libc::EINVAL);
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.tasks.read(n.pid, n.id, &self.listener, n.args[1], &mut buf)?;
+        if !self.listener.id_valid(n.id) {
+            return Err(libc::EINTR);
+        }
+        let a = addr::parse(&buf)?;
+        if let (Family::V4, SockAddr::Inet(SocketAddr::V6(_))) = (family, a) {
+            return Err(libc::EAFNOSUPPORT);
+        }
+        Ok(a)
+    }
+
+    fn bind(&mut self, n: &Notification) -> Result<Answer, Errno> {
+        let Some((s, family, proto)) = self.host_socket(n)? else {
+            return Ok(Answer::Proceed);
+        };
+        let SockAddr::Inet(want) = self.read_addr(n, family)? else {
+            return Err(libc::EAFNOSUPPORT);
+        };
+        let plan = self.table().plan_bind(self.app, want)?;
+        match plan {
+            BindPlan::Private => {
+                self.privatize(n, s.as_fd())?;
+                Ok(Answer::Proceed)
+            }
+            BindPlan::Host { service } => {
+                self.bind_host(s.as_fd(), family, proto, want, service)?;
+                Ok(Answer::Value(0))
+            }
+        }
+    }
+
+    /// Binds the socket on the node address at a pool port and records it.
+    fn bind_host(&self, s: BorrowedFd<'_>, family: Family, proto: Proto, requested: SocketAddr, service: SocketAddrV4) -> Result<u16, Errno> {
+        if sock::local_addr(s).map_err(errno)?.is_some_and(|a| a.port() != 0) {
+            return Err(libc::EINVAL);
+        }
+        if family == Family::V6 && sock::get_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0 {
+            // A v6-only `::` socket is served on the node's IPv4 address like any other.
+            sock::set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0).map_err(errno)?;
+        }
+        let node = self.table().node().ip;
+        for _ in 0..MAX_BIND_TRIES {
+            let Some(port) = self.table().take_port() else {
+                let t = self.table();
+                warn!(
+                    app = %self.app,
+                    "port pool exhausted: all {} ports of --ports {} are in use; the bind of {service} fails with EADDRINUSE",
+                    t.pool().capacity(),
+                    t.pool().ranges()
+                );
+                return Err(libc::EADDRINUSE);
+            };
+            let host = addr::for_family(SocketAddr::V4(SocketAddrV4::new(node, port)), family);
+            match sock::bind(s, &host) {
+                Ok(()) => {
+                    let socket = BoundSocket {
+                        inode: sock::inode(s).map_err(errno)?,
+                        proto,
+                        family,
+                        requested,
+                        flags: sock::file_flags(s).map_err(errno)?,
+                    };
+                    self.table().add_binding(self.app, socket, service, port);
+                    debug!(app = %self.app, %service, %host, "bound");
+                    return Ok(port);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                    debug!(app = %self.app, port, "pool port is busy on the host; trying the next");
+                    self.table().give_back_port(port);
+                }
+                Err(e) => {
+                    self.table().give_back_port(port);
+                    return Err(errno(e));
+                }
+            }
+        }
+        warn!(app = %self.app, "no free host port for {service} after {MAX_BIND_TRIES} busy ones; the bind fails with EADDRINUSE");
+        Err(libc::EADDRINUSE)
+    }
+
+    fn listen(&mut self, n: &Notification) -> Result<Answer, Errno> {
+        let Some((s, family, proto)) = self.host_socket(n)? else {
+            return Ok(Answer::Proceed);
+        };
+        let fd = s.as_fd();
+        let backlog = n.args[1] as i32;
+        let local = sock::local_addr(fd).map_err(errno)?.ok_or(libc::EINVAL)?;
+        let port = if local.port() == 0 {
+            // listen() on an unbound socket binds it to a wildcard port, as the kernel does.
+            let ip = self.table().app(self.app).ok_or(libc::EPERM)?.ip;
+            self.bind_host(fd, family, proto, local, SocketAddrV4::new(ip, 0))?
+        } else {
+            local.port()
+        };
+        sock::listen(fd, backlog).map_err(errno)?;
+        let inode = sock::inode(fd).map_err(errno)?;
+        if let Some(b) = self.table().set_listening(proto, port, inode, backlog) {
+            info!(app = %self.app, service = %b.service, host = %b.host, "service row added");
+        }
+        Ok(Answer::Value(0))
+    }
+
+    fn connect(&mut self, n: &Notification) -> Result<Answer, Errno> {
+        let Some((s, family, proto)) = self.host_socket(n)? else {
+            return Ok(Answer::Proceed);
+        };
+        let dest = match self.read_addr(n, family)? {
+            SockAddr::Inet(a) => a,
+            SockAddr::Unspec => {
+                sock::disconnect(s.as_fd()).map_err(errno)?;
+                return Ok(Answer::Value(0));
+            }
+            SockAddr::Other(_) => return Err(libc::EAFNOSUPPORT),
+        };
+        let route = self.table().route_connect(self.app, proto, dest);
+        debug!(app = %self.app, %dest, ?route, "connect");
+        match route {
+            Route::Private => {
+                self.privatize(n, s.as_fd())?;
+                Ok(Answer::Proceed)
+            }
+            Route::Refused => Err(libc::ECONNREFUSED),
+            Route::Direct(a) => self.connect_to(n, s, &[a], family),
+            Route::Backends(hosts) => {
+                let hosts: Vec<SocketAddr> = hosts.into_iter().map(SocketAddr::V4).collect();
+                self.connect_to(n, s, &hosts, family)
+            }
+        }
+    }
+
+    /// Connects the app's socket to the first of `targets` that does not refuse. A
+    /// blocking socket is connected without blocking this thread: if the handshake is
+    /// not done at once, a helper thread answers the app when it is.
+    fn connect_to(&self, n: &Notification, s: OwnedFd, targets: &[SocketAddr], family: Family) -> Result<Answer, Errno> {
+        let fd = s.as_fd();
+        let flags = sock::file_flags(fd).map_err(errno)?;
+        let blocking = flags & libc::O_NONBLOCK == 0;
+        if blocking {
+            sock::set_file_flags(fd, flags | libc::O_NONBLOCK).map_err(errno)?;
+        }
+        let mut answer = Err(libc::ECONNREFUSED);
+        for (i, target) in targets.iter().enumerate() {
+            let more = i + 1 < targets.len();
+            answer = match sock::connect(fd, &addr::for_family(*target, family)).map_err(errno) {
+                Ok(()) => Ok(Answer::Value(0)),
+                Err(libc::EINPROGRESS) => match sock::wait_writable(fd, 0) {
+                    Ok(true) => match so_error(fd) {
+                        0 => Ok(Answer::Value(0)),
+                        libc::ECONNREFUSED if more => continue,
+                        e => Err(e),
+                    },
+                    Ok(false) if blocking => Ok(Answer::Later),
+                    Ok(false) => Ok(Answer::Fail(libc::EINPROGRESS)),
+                    Err(e) => Err(errno(e)),
+                },
+                Err(libc::ECONNREFUSED) if more => continue,
+                Err(e) => Err(e),
+            };
+            break;
+        }
+        if blocking {
+            sock::set_file_flags(fd, flags).map_err(errno)?;
+        }
+        if let Ok(Answer::Later) = answer {
+            let listener = Arc::clone(&self.listener);
+            let id = n.id;
+            std::thread::spawn(move || {
+                let result = match sock::wait_writable(s.as_fd(), -1) {
+                    Ok(_) => so_error(s.as_fd()),
+                    Err(e) => errno(e),
+                };
+                let _ = if result == 0 { listener.reply(id, 0) } else { listener.fail(id, result) };
+            });
+        }
+        answer
+    }
+
+    fn name(&mut self, n: &Notification, peer: bool) -> Result<Answer, Errno> {
+        let s = self.tasks.get_fd(n.pid, n.id, &self.listener, n.args[0] as RawFd)?;
+        let fd = s.as_fd();
+        let real = if peer { sock::peer_addr(fd) } else { sock::local_addr(fd) }.map_err(errno)?;
+        let Some(real) = real else {
+            return Ok(Answer::Proceed);
+        };
+        let proto = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok().and_then(Proto::from_sock_type);
+        let shown = proto.and_then(|p| {
+            let t = self.table();
+            if peer {
+                t.peer_name(p, real)
+            } else {
+                t.local_name(self.app, p, real)
+            }
+        });
+        let Some(shown) = shown.filter(|s| *s != addr::unmap(real)) else {
+            return Ok(Answer::Proceed);
+        };
+        let family = if real.is_ipv4() { Family::V4 } else { Family::V6 };
+        let bytes = addr::encode(shown, family);
+        let (addr_ptr, len_ptr) = (n.args[1], n.args[2]);
+        let mut len = [0u8; 4];
+        self.tasks.read(n.pid, n.id, &self.listener, len_ptr, &mut len)?;
+        let len = i32::from_ne_bytes(len);
+        if len < 0 {
+            return Err(libc::EINVAL);
+        }
+        if !self.listener.id_valid(n.id) {
+            return Err(libc::EINTR);
+        }
+        let shown_len = bytes.len().min(len as usize);
+        self.tasks.write(n.pid, n.id, &self.listener, addr_ptr, &bytes[..shown_len])?;
+        self.tasks.write(n.pid, n.id, &self.listener, len_ptr, &(bytes.len() as u32).to_ne_bytes())?;
+        Ok(Answer::Value(0))
+    }
+
+    /// Replaces the app's socket `fd` with a fresh one in the app's own namespace, with
+    /// the same type and the options that matter, so a loopback bind or connect stays
+    /// private to the app. The call then runs natively on the new socket.
+    fn privatize(&mut self, n: &Notification, old: BorrowedFd<'_>) -> Result<(), Errno> {
+        let get = |opt| sock::get_int(old, libc::SOL_SOCKET, opt).map_err(errno);
+        let (domain, ty, protocol) = (get(libc::SO_DOMAIN)?, get(libc::SO_TYPE)?, get(libc::SO_PROTOCOL)?);
+        let fresh = ns::with_netns(&self.ns.app, &self.ns.host, || sock::socket(domain, ty, protocol)).map_err(errno)?.map_err(errno)?;
+        copy_options(old, fresh.as_fd());
+        let flags = sock::file_flags(old).map_err(errno)?;
+        sock::set_file_flags(fresh.as_fd(), flags).map_err(errno)?;
+        let fd = n.args[0] as RawFd;
+        let cloexec = fd_cloexec(n.pid, fd);
+        self.listener.add_fd(n.id, fresh.as_fd(), Some(fd), cloexec, false).map_err(errno)?;
+        Ok(())
+    }
+}
+
+fn so_error(fd: BorrowedFd<'_>) -> Errno {
+    sock::get_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or_else(errno)
+}
+
+/// Options an app commonly sets before bind or connect, carried to a replacement socket.
+const CARRIED_OPTIONS: &[(i32, i32, usize)] = &[
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, 4),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, 4),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST, 4),
+    (libc::SOL_SOCKET, libc::SO_LINGER, 8),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, 16),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, 16),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 4),
+];
+
+fn copy_options(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    let mut buf = [0u8; 16];
+    for &(level, opt, size) in CARRIED_OPTIONS {
+        // Options that do not apply to this socket's family or type fail both ways.
+        if let Ok(n) = sock::get_opt(from, level, opt, &mut buf[..size]) {
+            let _ = sock::set_opt(to, level, opt, &buf[..n]);
+        }
+    }
+}
+
+/// Whether the app's descriptor has close-on-exec set (a per-descriptor flag that the
+/// duplicate we hold does not share), from /proc.
+fn fd_cloexec(tid: i32, fd: RawFd) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|info| {
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_string();
+            i32::from_str_radix(&flags, 8).ok()
+        })
+        .is_some_and(|f| f & libc::O_CLOEXEC != 0)
+}

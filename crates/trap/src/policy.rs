@@ -1,0 +1,211 @@
+//! The seccomp policy as data: each rule names a system call, what happens to it, and
+//! why. [`compile`] turns the rules into the BPF program `ax run` installs.
+
+use ax_sys::seccomp::sock_filter;
+
+/// What the filter does with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let the kernel run it.
+    Allow,
+    /// Stop the caller and ask the daemon.
+    Notify,
+    /// Fail it with this errno without asking anyone.
+    Errno(i32),
+}
+
+/// When a rule applies beyond the call number.
+#[derive(Debug, Clone, Copy)]
+pub enum When {
+    Always,
+    /// The low 32 bits of argument `arg` is one of `values`.
+    ArgIn { arg: usize, values: &'static [u32] },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub nr: i64,
+    pub when: When,
+    pub action: Action,
+    pub why: &'static str,
+}
+
+const INET_FAMILIES: &[u32] = &[libc::AF_INET as u32, libc::AF_INET6 as u32];
+
+/// The user driver's rules. Calls not named here run natively: accept, read, write,
+/// send, recv, poll and close stay off the daemon's path.
+pub const RULES: &[Rule] = &[
+    Rule {
+        nr: libc::SYS_socket,
+        when: When::ArgIn { arg: 0, values: INET_FAMILIES },
+        action: Action::Notify,
+        why: "inet sockets are made in the host namespace by the daemon; AF_UNIX and the rest stay native",
+    },
+    Rule {
+        nr: libc::SYS_bind,
+        when: When::Always,
+        action: Action::Notify,
+        why: "a virtual address becomes the node address and a pool port",
+    },
+    Rule {
+        nr: libc::SYS_listen,
+        when: When::Always,
+        action: Action::Notify,
+        why: "the daemon listens and adds the service row",
+    },
+    Rule {
+        nr: libc::SYS_connect,
+        when: When::Always,
+        action: Action::Notify,
+        why: "service address to backend, label check; the daemon connects with its own copy of the address",
+    },
+    Rule {
+        nr: libc::SYS_getsockname,
+        when: When::Always,
+        action: Action::Notify,
+        why: "the app sees its virtual address, not the host's",
+    },
+    Rule {
+        nr: libc::SYS_getpeername,
+        when: When::Always,
+        action: Action::Notify,
+        why: "the app sees the service address it connected to",
+    },
+    Rule {
+        nr: libc::SYS_io_uring_setup,
+        when: When::Always,
+        action: Action::Errno(libc::ENOSYS),
+        why: "io_uring would carry socket calls past the filter; apps fall back to plain calls",
+    },
+];
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+/// x32 system calls on x86_64 have this bit set; they are refused outright.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+const OFF_ARGS: u32 = 16;
+
+const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+fn ret(action: Action) -> sock_filter {
+    let k = match action {
+        Action::Allow => libc::SECCOMP_RET_ALLOW,
+        Action::Notify => libc::SECCOMP_RET_USER_NOTIF,
+        Action::Errno(e) => libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA),
+    };
+    stmt(BPF_RET_K, k)
+}
+
+/// Compiles `rules` into a filter: foreign architectures and x32 calls get ENOSYS,
+/// each rule tests the call number (and its argument), everything else is allowed.
+pub fn compile(rules: &[Rule]) -> Vec<sock_filter> {
+    let mut p = vec![
+        stmt(BPF_LD_W_ABS, OFF_ARCH),
+        jump(BPF_JEQ_K, AUDIT_ARCH, 1, 0),
+        ret(Action::Errno(libc::ENOSYS)),
+        stmt(BPF_LD_W_ABS, OFF_NR),
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
+        ret(Action::Errno(libc::ENOSYS)),
+    ];
+    for r in rules {
+        match r.when {
+            When::Always => {
+                p.push(jump(BPF_JEQ_K, r.nr as u32, 0, 1));
+                p.push(ret(r.action));
+            }
+            When::ArgIn { arg, values } => {
+                let n = values.len();
+                // Skip the block: the load, one test per value, and two returns.
+                p.push(jump(BPF_JEQ_K, r.nr as u32, 0, (n + 3) as u8));
+                p.push(stmt(BPF_LD_W_ABS, OFF_ARGS + 8 * arg as u32));
+                for (i, v) in values.iter().enumerate() {
+                    p.push(jump(BPF_JEQ_K, *v, (n - i) as u8, 0));
+                }
+                p.push(ret(Action::Allow));
+                p.push(ret(r.action));
+            }
+        }
+    }
+    p.push(ret(Action::Allow));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the subset of classic BPF that [`compile`] emits.
+    fn run(prog: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let mut data = vec![0u8; 64];
+        data[0..4].copy_from_slice(&nr.to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let ins = prog[pc];
+            pc += 1;
+            match ins.code {
+                BPF_LD_W_ABS => acc = u32::from_ne_bytes(data[ins.k as usize..ins.k as usize + 4].try_into().unwrap()),
+                BPF_JEQ_K => pc += if acc == ins.k { ins.jt } else { ins.jf } as usize,
+                BPF_JGE_K => pc += if acc >= ins.k { ins.jt } else { ins.jf } as usize,
+                BPF_RET_K => return ins.k,
+                other => panic!("unexpected opcode {other}"),
+            }
+        }
+    }
+
+    fn verdict(nr: i64, arg0: u64) -> u32 {
+        run(&compile(RULES), AUDIT_ARCH, nr as u32, [arg0, 0, 0, 0, 0, 0])
+    }
+
+    #[test]
+    fn inet_sockets_are_trapped_and_unix_ones_are_not() {
+        assert_eq!(verdict(libc::SYS_socket, libc::AF_INET as u64), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(verdict(libc::SYS_socket, libc::AF_INET6 as u64), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(verdict(libc::SYS_socket, libc::AF_UNIX as u64), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(verdict(libc::SYS_socket, libc::AF_NETLINK as u64), libc::SECCOMP_RET_ALLOW);
+        // Only the low 32 bits of the int argument count, as the kernel reads it.
+        assert_eq!(verdict(libc::SYS_socket, (1 << 32) | libc::AF_INET as u64), libc::SECCOMP_RET_USER_NOTIF);
+    }
+
+    #[test]
+    fn the_data_path_is_never_trapped() {
+        for nr in [libc::SYS_accept, libc::SYS_accept4, libc::SYS_read, libc::SYS_write, libc::SYS_sendto, libc::SYS_recvfrom, libc::SYS_close, libc::SYS_poll, libc::SYS_epoll_wait] {
+            assert_eq!(verdict(nr, 0), libc::SECCOMP_RET_ALLOW, "syscall {nr}");
+        }
+        for nr in [libc::SYS_bind, libc::SYS_listen, libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername] {
+            assert_eq!(verdict(nr, 3), libc::SECCOMP_RET_USER_NOTIF, "syscall {nr}");
+        }
+    }
+
+    #[test]
+    fn io_uring_and_foreign_abis_get_enosys() {
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        assert_eq!(verdict(libc::SYS_io_uring_setup, 0), enosys);
+        assert_eq!(run(&compile(RULES), 0x4000_0003, libc::SYS_socket as u32, [2, 0, 0, 0, 0, 0]), enosys);
+        assert_eq!(verdict(X32_SYSCALL_BIT as i64 | libc::SYS_socket, 2), enosys);
+    }
+
+    #[test]
+    fn every_rule_says_why() {
+        assert!(RULES.iter().all(|r| r.why.len() > 20));
+    }
+}
