@@ -98,7 +98,9 @@ pub enum RunRequest {
     Register(Register),
     /// Sent with the app's seccomp listener attached (SCM_RIGHTS); `pid` is the app's
     /// first process.
-    Attach { pid: i32 },
+    Attach {
+        pid: i32,
+    },
 }
 
 /// The daemon's answers on the run channel.

@@ -46,7 +46,8 @@ pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Option<(T, 
             return Err(io::Error::new(io::ErrorKind::InvalidData, "run channel message too long"));
         }
     }
-    let msg = serde_json::from_slice(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad run channel message: {e}")))?;
+    let msg = serde_json::from_slice(&line)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad run channel message: {e}")))?;
     Ok(Some((msg, fd)))
 }
 

@@ -28,7 +28,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Daemon(d) => {
             init_logging();
-            ax_daemon::run(daemon_config(d)?)?;
+            ax_daemon::run(daemon_config(*d)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(r) => {
@@ -44,7 +44,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -66,9 +67,5 @@ fn run_options(r: RunArgs) -> Result<ax_run::Options> {
         ax_core::addr::check_app_ip(parsed).map_err(|e| anyhow!(e))?;
     }
     ax_core::Labels::parse(&r.labels).map_err(|e| anyhow!("--labels {}: {e}", r.labels))?;
-    Ok(ax_run::Options {
-        ip: r.ip,
-        labels: r.labels,
-        command: r.command,
-    })
+    Ok(ax_run::Options { ip: r.ip, labels: r.labels, command: r.command })
 }

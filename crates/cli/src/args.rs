@@ -8,7 +8,11 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "ax", version, about = "Application-level network virtualization: virtual IPs, names, labels and load balancing for unmodified programs, with a native data path")]
+#[command(
+    name = "ax",
+    version,
+    about = "Application-level network virtualization: virtual IPs, names, labels and load balancing for unmodified programs, with a native data path"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -17,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the ax daemon (once per host, as root)
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Run an application under ax
     Run(RunArgs),
     /// Get active resources
@@ -28,7 +32,6 @@ pub enum Command {
     #[command(visible_alias = "del")]
     Delete(DeleteArgs),
 }
-
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {

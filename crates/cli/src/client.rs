@@ -12,15 +12,19 @@ use serde::de::DeserializeOwned;
 /// GETs `path` from the daemon and decodes the JSON answer.
 pub fn get<T: DeserializeOwned>(path: &str) -> Result<T> {
     let mut s = UnixStream::connect(API_SOCKET).map_err(|e| anyhow!(ax_api::unreachable(API_SOCKET, &e)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: ax\r\nAccept: application/json\r\nConnection: close\r\n\r\n").context("cannot send the request to the ax daemon")?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: ax\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+        .context("cannot send the request to the ax daemon")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).context("cannot read the ax daemon's answer")?;
     let (status, body) = parse_response(&raw)?;
     if !(200..300).contains(&status) {
-        let msg = serde_json::from_slice::<ErrorBody>(&body).map(|e| e.error).unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        let msg = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         bail!("the ax daemon answered {status}: {msg}");
     }
-    serde_json::from_slice(&body).with_context(|| format!("the ax daemon's answer to {path} is not what this ax expects"))
+    serde_json::from_slice(&body)
+        .with_context(|| format!("the ax daemon's answer to {path} is not what this ax expects"))
 }
 
 /// Splits a whole HTTP/1.1 response into its status and its (de-chunked) body.
@@ -67,7 +71,10 @@ mod tests {
     fn plain_and_chunked_bodies() {
         let (s, b) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]").unwrap();
         assert_eq!((s, b.as_slice()), (200, b"[]".as_slice()));
-        let (s, b) = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let (s, b) = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((s, b.as_slice()), (404, b"abcde".as_slice()));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab").is_err());

@@ -27,7 +27,18 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn apps(rows: &[AppView]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|a| vec![a.name.clone(), a.app_id.clone(), a.node_id.clone(), a.cluster.clone(), a.app_ip.clone(), a.driver.clone(), a.labels.clone(), a.zones.clone()])
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.app_id.clone(),
+                a.node_id.clone(),
+                a.cluster.clone(),
+                a.app_ip.clone(),
+                a.driver.clone(),
+                a.labels.clone(),
+                a.zones.clone(),
+            ]
+        })
         .collect();
     render(&["NAME", "APPID", "NODEID", "CLUSTER", "APPIP", "DRIVER", "LABELS", "ZONES"], &body)
 }
@@ -35,7 +46,16 @@ pub fn apps(rows: &[AppView]) -> String {
 pub fn servers(rows: &[ServerView]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|s| vec![s.node_id.clone(), s.cluster.clone(), s.app_id.clone(), s.proto.clone(), s.service_addr.clone(), s.ipv4_addr.clone()])
+        .map(|s| {
+            vec![
+                s.node_id.clone(),
+                s.cluster.clone(),
+                s.app_id.clone(),
+                s.proto.clone(),
+                s.service_addr.clone(),
+                s.ipv4_addr.clone(),
+            ]
+        })
         .collect();
     render(&["NODEID", "CLUSTER", "APPID", "PROTO", "SERVICEADDR", "IPV4ADDR"], &body)
 }

@@ -12,9 +12,9 @@ pub mod ports;
 pub mod table;
 
 pub use addr::{Family, SockAddr};
+pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
-pub use ids::AppId;
 pub use table::{App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Route, Table};
 
 /// An errno value to hand back to an app (positive, as in `errno`).

@@ -126,12 +126,7 @@ pub struct PortPool {
 impl PortPool {
     pub fn new(ranges: PortRanges) -> PortPool {
         let n = ranges.len();
-        PortPool {
-            ranges,
-            used: vec![false; n],
-            in_use: 0,
-            cursor: 0,
-        }
+        PortPool { ranges, used: vec![false; n], in_use: 0, cursor: 0 }
     }
 
     pub fn ranges(&self) -> &PortRanges {

@@ -83,6 +83,8 @@ pub struct Binding {
     pub host: SocketAddrV4,
     pub listening: bool,
     pub backlog: i32,
+    /// The table's change count when this row last changed (see [`Table::mark`]).
+    pub changed: u64,
 }
 
 /// The facts about a socket being bound that the table records.
@@ -128,6 +130,7 @@ pub struct Table {
     bindings: BTreeMap<(Proto, u16), Binding>,
     pool: PortPool,
     rng: fastrand::Rng,
+    changes: u64,
 }
 
 impl Table {
@@ -138,7 +141,19 @@ impl Table {
             bindings: BTreeMap::new(),
             pool,
             rng: fastrand::Rng::with_seed(seed),
+            changes: 0,
         }
+    }
+
+    /// A mark to take before listing the kernel's sockets: [`Table::sweep`] with it
+    /// leaves alone every row that changed after, which the listing cannot have seen.
+    pub fn mark(&self) -> u64 {
+        self.changes
+    }
+
+    fn next_change(&mut self) -> u64 {
+        self.changes += 1;
+        self.changes
     }
 
     pub fn node(&self) -> &NodeInfo {
@@ -203,9 +218,9 @@ impl Table {
             return Ok(BindPlan::Private);
         }
         match want {
-            SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => Ok(BindPlan::Host {
-                service: SocketAddrV4::new(app.ip, v4.port()),
-            }),
+            SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => {
+                Ok(BindPlan::Host { service: SocketAddrV4::new(app.ip, v4.port()) })
+            }
             // The app has no other address to bind to, as the kernel would say.
             _ => Err(libc::EADDRNOTAVAIL),
         }
@@ -224,6 +239,7 @@ impl Table {
     /// Records a bound socket. A bind to port 0 is reported as the host port.
     pub fn add_binding(&mut self, app: AppId, socket: BoundSocket, service: SocketAddrV4, host_port: u16) -> Binding {
         let service = if service.port() == 0 { SocketAddrV4::new(*service.ip(), host_port) } else { service };
+        let changed = self.next_change();
         let b = Binding {
             id: ids::random_uuid(&mut self.rng),
             app,
@@ -236,6 +252,7 @@ impl Table {
             host: SocketAddrV4::new(self.node.ip, host_port),
             listening: false,
             backlog: 0,
+            changed,
         };
         self.bindings.insert((socket.proto, host_port), b.clone());
         b
@@ -249,7 +266,9 @@ impl Table {
     /// Marks the socket at `host_port` (whose inode must match) as listening, which
     /// makes it a service row.
     pub fn set_listening(&mut self, proto: Proto, host_port: u16, inode: u64, backlog: i32) -> Option<&Binding> {
+        let changed = self.next_change();
         let b = self.bindings.get_mut(&(proto, host_port)).filter(|b| b.inode == inode)?;
+        b.changed = changed;
         b.listening = true;
         b.backlog = backlog;
         Some(b)
@@ -262,12 +281,15 @@ impl Table {
     }
 
     /// Removes the sockets of `proto` the kernel no longer has: listening ones whose
-    /// inode is not in `live`, and, when `check_unlistened`, bound ones likewise.
-    pub fn sweep(&mut self, proto: Proto, live: &HashSet<u64>, check_unlistened: bool) -> Vec<Binding> {
+    /// inode is not in `live`, and, when `check_unlistened`, bound ones likewise. Only
+    /// rows unchanged since `mark` (taken before `live` was listed) are judged.
+    pub fn sweep(&mut self, proto: Proto, live: &HashSet<u64>, check_unlistened: bool, mark: u64) -> Vec<Binding> {
         let dead: Vec<_> = self
             .bindings
             .iter()
-            .filter(|(k, b)| k.0 == proto && (b.listening || check_unlistened) && !live.contains(&b.inode))
+            .filter(|(k, b)| {
+                k.0 == proto && b.changed <= mark && (b.listening || check_unlistened) && !live.contains(&b.inode)
+            })
             .map(|(k, _)| *k)
             .collect();
         dead.into_iter().filter_map(|k| self.drop_binding(k)).collect()
@@ -349,11 +371,7 @@ mod tests {
     const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
     fn table() -> Table {
-        let node = NodeInfo {
-            name: "n1".into(),
-            cluster: "appswitch".into(),
-            ip: NODE,
-        };
+        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE };
         Table::new(node, PortPool::new(PortRanges::parse("40000-40009").unwrap()), 7)
     }
 
@@ -378,13 +396,7 @@ mod tests {
     }
 
     fn bound(inode: u64, requested: &str) -> BoundSocket {
-        BoundSocket {
-            inode,
-            proto: Proto::Tcp,
-            family: Family::V4,
-            requested: sa(requested),
-            flags: 0,
-        }
+        BoundSocket { inode, proto: Proto::Tcp, family: Family::V4, requested: sa(requested), flags: 0 }
     }
 
     fn sa(s: &str) -> SocketAddr {
@@ -439,11 +451,17 @@ mod tests {
         let client_default = app(&mut t, None, "zone=default");
         let pp = serve(&mut t, prod, "0.0.0.0:6379", 1);
         serve(&mut t, other, "0.0.0.0:6379", 2);
-        assert_eq!(t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.2:6379")), Route::Backends(vec![SocketAddrV4::new(NODE, pp)]));
+        assert_eq!(
+            t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.2:6379")),
+            Route::Backends(vec![SocketAddrV4::new(NODE, pp)])
+        );
         assert_eq!(t.route_connect(client_default, Proto::Tcp, sa("198.18.0.2:6379")), Route::Refused);
         assert_eq!(t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.3:6379")), Route::Refused);
         // Naming the host port directly is no way around the labels.
-        assert_eq!(t.route_connect(client_default, Proto::Tcp, SocketAddr::V4(SocketAddrV4::new(NODE, pp))), Route::Refused);
+        assert_eq!(
+            t.route_connect(client_default, Proto::Tcp, SocketAddr::V4(SocketAddrV4::new(NODE, pp))),
+            Route::Refused
+        );
     }
 
     #[test]
@@ -479,7 +497,7 @@ mod tests {
         let c = app(&mut t, None, "zone=default");
         serve(&mut t, s, "0.0.0.0:80", 1);
         serve(&mut t, s, "0.0.0.0:81", 2);
-        let gone = t.sweep(Proto::Tcp, &HashSet::from([2]), false);
+        let gone = t.sweep(Proto::Tcp, &HashSet::from([2]), false, t.mark());
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].service, "198.18.0.1:80".parse().unwrap());
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.0.1:80")), Route::Refused);
@@ -489,6 +507,17 @@ mod tests {
         assert_eq!(t.pool().in_use(), 0);
         // With its app gone the address is no longer virtual: it would go direct.
         assert!(!t.is_virtual("198.18.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn sweep_spares_rows_newer_than_its_listing() {
+        let mut t = table();
+        let s = app(&mut t, None, "zone=default");
+        let mark = t.mark();
+        // Bound and listening after the kernel was asked: not in `live`, yet alive.
+        serve(&mut t, s, "0.0.0.0:80", 1);
+        assert!(t.sweep(Proto::Tcp, &HashSet::new(), true, mark).is_empty());
+        assert_eq!(t.sweep(Proto::Tcp, &HashSet::new(), true, t.mark()).len(), 1);
     }
 
     #[test]
@@ -528,7 +557,8 @@ mod tests {
                     }
                     _ => {
                         let live: HashSet<u64> = t.bindings().map(|b| b.inode).filter(|i| i % 2 == 0).collect();
-                        t.sweep(Proto::Tcp, &live, true);
+                        let mark = t.mark();
+                        t.sweep(Proto::Tcp, &live, true, mark);
                     }
                 }
                 prop_assert_eq!(t.pool().in_use(), t.bindings().count());

@@ -67,13 +67,7 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
     let registered = daemon.table().add_app(new);
     *app = Some(registered.id);
     info!(app = %registered.id, ip = %registered.ip, labels = %registered.labels, "app registered");
-    reply(
-        conn,
-        &RunReply::Registered {
-            app_id: registered.id.to_string(),
-            ip: registered.ip.to_string(),
-        },
-    )?;
+    reply(conn, &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip.to_string() })?;
     let (pid, fd) = match recv(conn)? {
         Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
         Some((RunRequest::Attach { .. }, None)) => bail!("attach came without the seccomp listener"),

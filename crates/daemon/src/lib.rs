@@ -66,15 +66,17 @@ pub fn run(config: Config) -> Result<()> {
     let api_std = bind_unix(API_SOCKET)?;
     let run_sock = bind_unix(RUN_SOCKET)?;
     let rest_addr = (Ipv4Addr::LOCALHOST, config.rest_port);
-    let rest_std = std::net::TcpListener::bind(rest_addr)
-        .with_context(|| format!("cannot serve REST on 127.0.0.1:{}: is another daemon running? (pick another with --rest-port)", config.rest_port))?;
+    let rest_std = std::net::TcpListener::bind(rest_addr).with_context(|| {
+        format!(
+            "cannot serve REST on 127.0.0.1:{}: is another daemon running? (pick another with --rest-port)",
+            config.rest_port
+        )
+    })?;
 
     let mut seed = [0u8; 8];
     ax_sys::proc::random_bytes(&mut seed)?;
     let table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
-    let daemon = Daemon {
-        table: Arc::new(Mutex::new(table)),
-    };
+    let daemon = Daemon { table: Arc::new(Mutex::new(table)) };
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, "ax daemon starting");
 
     watch::spawn(daemon.clone())?;
@@ -155,7 +157,8 @@ fn prepare_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", dir.display()))?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use ax_api::{path, ErrorBody};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -11,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
-use ax_api::{path, ErrorBody};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::{views, Daemon};
@@ -24,9 +24,7 @@ struct Peer {
 
 impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Peer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
+        Peer { uid: stream.io().peer_cred().ok().map(|c| c.uid()) }
     }
 }
 
@@ -48,19 +46,27 @@ fn router(daemon: Daemon) -> Router {
         .route(path::SERVERS, get(|State(d): State<Daemon>| async move { Json(views::servers(&d.table())) }))
         .route(path::SOCKETS, get(|State(d): State<Daemon>| async move { Json(views::sockets(&d.table())) }))
         .route(path::INFO, get(|State(d): State<Daemon>| async move { Json(views::info(&d.table())) }))
-        .fallback(|req: Request| async move { error(StatusCode::NOT_FOUND, format!("no such resource: {} {}", req.method(), req.uri().path())) })
+        .fallback(|req: Request| async move {
+            error(StatusCode::NOT_FOUND, format!("no such resource: {} {}", req.method(), req.uri().path()))
+        })
         .with_state(daemon)
 }
 
 /// Serves the API on both listeners until `shutdown` completes.
-pub async fn serve(tcp: TcpListener, unix: UnixListener, daemon: Daemon, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    tcp: TcpListener,
+    unix: UnixListener,
+    daemon: Daemon,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let unix_app = router(daemon.clone()).layer(middleware::from_fn(root_only));
     let mut rx1 = stop_rx.clone();
     let mut rx2 = stop_rx;
-    let unix_srv = axum::serve(unix, unix_app.into_make_service_with_connect_info::<Peer>()).with_graceful_shutdown(async move {
-        let _ = rx1.changed().await;
-    });
+    let unix_srv =
+        axum::serve(unix, unix_app.into_make_service_with_connect_info::<Peer>()).with_graceful_shutdown(async move {
+            let _ = rx1.changed().await;
+        });
     let tcp_srv = axum::serve(tcp, router(daemon)).with_graceful_shutdown(async move {
         let _ = rx2.changed().await;
     });

@@ -31,6 +31,7 @@ pub fn spawn(daemon: Daemon) -> std::io::Result<()> {
 }
 
 fn sweep(daemon: &Daemon, bound_only: bool) -> std::io::Result<()> {
+    let mark = daemon.table().mark();
     let mut states = 1u32 << TCP_LISTEN;
     if bound_only {
         states |= 1 << TCP_BOUND_INACTIVE;
@@ -38,8 +39,8 @@ fn sweep(daemon: &Daemon, bound_only: bool) -> std::io::Result<()> {
     let tcp: HashSet<u64> = diag::list(libc::IPPROTO_TCP as u8, states)?.into_iter().map(|s| s.inode).collect();
     let udp: HashSet<u64> = diag::list(libc::IPPROTO_UDP as u8, u32::MAX)?.into_iter().map(|s| s.inode).collect();
     let mut t = daemon.table();
-    let mut gone = t.sweep(Proto::Tcp, &tcp, bound_only);
-    gone.extend(t.sweep(Proto::Udp, &udp, true));
+    let mut gone = t.sweep(Proto::Tcp, &tcp, bound_only, mark);
+    gone.extend(t.sweep(Proto::Udp, &udp, true, mark));
     drop(t);
     for b in gone.iter().filter(|b| b.listening) {
         info!(app = %b.app, service = %b.service, host = %b.host, "service row removed: its listener was closed");

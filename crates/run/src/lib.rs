@@ -25,7 +25,8 @@ pub struct Options {
 }
 
 /// Signals the launcher passes on to the app; SIGCHLD tells it the app ended.
-const FORWARDED: &[i32] = &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
+const FORWARDED: &[i32] =
+    &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 /// The child's byte that says "exec now".
 const GO: u8 = b'G';
 
@@ -38,11 +39,8 @@ pub fn run(opts: Options) -> Result<i32> {
         bail!("ax run must run as root: it creates a network namespace for the app (try: sudo ax run ...)");
     }
     let daemon = UnixStream::connect(RUN_SOCKET).map_err(|e| anyhow!(ax_api::unreachable(RUN_SOCKET, &e)))?;
-    let register = RunRequest::Register(Register {
-        ip: opts.ip.clone(),
-        labels: opts.labels.clone(),
-        pid: proc::pid(),
-    });
+    let register =
+        RunRequest::Register(Register { ip: opts.ip.clone(), labels: opts.labels.clone(), pid: proc::pid() });
     wire::send(daemon.as_fd(), &register, None).context("cannot talk to the ax daemon")?;
     match answer(&daemon)? {
         RunReply::Registered { .. } => {}
@@ -93,7 +91,8 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32]) -> R
 }
 
 fn attach(daemon: &UnixStream, pid: i32, listener: OwnedFd) -> Result<()> {
-    wire::send(daemon.as_fd(), &RunRequest::Attach { pid }, Some(listener.as_fd())).context("cannot hand the app to the ax daemon")?;
+    wire::send(daemon.as_fd(), &RunRequest::Attach { pid }, Some(listener.as_fd()))
+        .context("cannot hand the app to the ax daemon")?;
     match answer(daemon)? {
         RunReply::Attached => Ok(()),
         other => bail!("unexpected answer from the ax daemon: {other:?}"),
@@ -141,8 +140,9 @@ fn setup(parent: &UnixStream) -> Result<bool> {
     ns::unshare_net_and_mount().context("cannot create the app's namespaces")?;
     ns::make_mounts_private().context("cannot make the app's mounts private")?;
     ns::loopback_up().context("cannot bring up lo in the app's namespace")?;
-    let listener = seccomp::install_filter(&policy::compile(policy::RULES)).context("cannot install the seccomp filter")?;
-    scm::send(parent.as_fd(), &[b'L'], Some(listener.as_fd())).context("cannot pass the seccomp listener to ax run")?;
+    let listener =
+        seccomp::install_filter(&policy::compile(policy::RULES)).context("cannot install the seccomp filter")?;
+    scm::send(parent.as_fd(), b"L", Some(listener.as_fd())).context("cannot pass the seccomp listener to ax run")?;
     drop(listener);
     let mut go = [0u8; 1];
     let (n, _) = scm::recv(parent.as_fd(), &mut go)?;

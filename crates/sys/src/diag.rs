@@ -30,7 +30,8 @@ pub struct DiagSocket {
 /// bit mask `states` (bit n for state n), both address families.
 pub fn list(protocol: u8, states: u32) -> io::Result<Vec<DiagSocket>> {
     // SAFETY: socket takes integers and returns a new fd or -1.
-    let fd = cvt(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
     // SAFETY: the kernel returned a new descriptor that we now own.
     let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut out = Vec::new();

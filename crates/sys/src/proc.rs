@@ -229,7 +229,11 @@ pub fn interface_addrs() -> io::Result<Vec<InterfaceAddr>> {
                     _ => 0,
                 };
                 let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-                std::ptr::copy_nonoverlapping(ifa.ifa_addr.cast::<u8>(), (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(), len);
+                std::ptr::copy_nonoverlapping(
+                    ifa.ifa_addr.cast::<u8>(),
+                    (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+                    len,
+                );
                 crate::sock::from_raw(&ss, len as libc::socklen_t)
             };
             if let Some(a) = addr {

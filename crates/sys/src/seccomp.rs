@@ -31,20 +31,12 @@ pub struct Notification {
 pub fn install_filter(prog: &[sock_filter]) -> io::Result<OwnedFd> {
     crate::proc::set_no_new_privs()?;
     let len = u16::try_from(prog.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
-    let fprog = libc::sock_fprog {
-        len,
-        filter: prog.as_ptr() as *mut sock_filter,
-    };
+    let fprog = libc::sock_fprog { len, filter: prog.as_ptr() as *mut sock_filter };
     let flags = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
     // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the
     // program before returning.
     let fd = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &fprog as *const libc::sock_fprog,
-        )
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &fprog as *const libc::sock_fprog)
     })?;
     // SAFETY: on success the kernel returned a new file descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
@@ -73,11 +65,7 @@ impl Listener {
     pub fn set_sync_wakeup(&self) -> io::Result<()> {
         // SAFETY: SET_FLAGS takes its flags by value; no memory is passed.
         cvt(unsafe {
-            libc::ioctl(
-                self.0.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
-                SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
-            )
+            libc::ioctl(self.0.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
         })?;
         Ok(())
     }
@@ -86,11 +74,7 @@ impl Listener {
     /// (A blocked RECV would not return on the latter; poll shares RECV's wait queue,
     /// so the synchronous wake-up still applies.)
     pub fn wait(&self) -> io::Result<Ready> {
-        let mut p = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut p = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         loop {
             // SAFETY: `p` is one valid pollfd for the duration of the call.
             let r = unsafe { libc::poll(&mut p, 1, -1) };
@@ -116,13 +100,7 @@ impl Listener {
         let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
         // SAFETY: RECV writes one seccomp_notif into `n`, which is large enough.
         cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) })?;
-        Ok(Notification {
-            id: n.id,
-            pid: n.pid as i32,
-            nr: n.data.nr,
-            arch: n.data.arch,
-            args: n.data.args,
-        })
+        Ok(Notification { id: n.id, pid: n.pid as i32, nr: n.data.nr, arch: n.data.arch, args: n.data.args })
     }
 
     /// True while the notification is still waiting for an answer: its thread has not
@@ -134,12 +112,7 @@ impl Listener {
     }
 
     fn send(&self, id: u64, val: i64, errno: i32, flags: u32) -> io::Result<()> {
-        let mut resp = libc::seccomp_notif_resp {
-            id,
-            val,
-            error: -errno,
-            flags,
-        };
+        let mut resp = libc::seccomp_notif_resp { id, val, error: -errno, flags };
         // SAFETY: SEND reads one seccomp_notif_resp from the pointer we pass.
         cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) })?;
         Ok(())
@@ -164,7 +137,14 @@ impl Listener {
     /// Installs `fd` in the caller. With `at`, it replaces that descriptor number;
     /// otherwise the kernel picks the lowest free one. With `answer`, the same ioctl
     /// also answers the call with the new number (no separate reply).
-    pub fn add_fd(&self, id: u64, fd: BorrowedFd<'_>, at: Option<RawFd>, cloexec: bool, answer: bool) -> io::Result<RawFd> {
+    pub fn add_fd(
+        &self,
+        id: u64,
+        fd: BorrowedFd<'_>,
+        at: Option<RawFd>,
+        cloexec: bool,
+        answer: bool,
+    ) -> io::Result<RawFd> {
         let mut flags = 0;
         if at.is_some() {
             flags |= libc::SECCOMP_ADDFD_FLAG_SETFD;

@@ -18,9 +18,7 @@ pub fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -32,9 +30,7 @@ pub fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -130,7 +126,9 @@ pub fn get_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, buf: &mut [u8]) -> io::
 /// Sets a socket option from raw bytes.
 pub fn set_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, value: &[u8]) -> io::Result<()> {
     // SAFETY: `value` is readable for its length.
-    cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, value.as_ptr().cast(), value.len() as libc::socklen_t) })?;
+    cvt(unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, opt, value.as_ptr().cast(), value.len() as libc::socklen_t)
+    })?;
     Ok(())
 }
 
@@ -175,11 +173,7 @@ pub fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// Waits up to `timeout_ms` (-1: forever) for the socket to become writable, which is
 /// how a pending connect reports that it finished.
 pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
     loop {
         // SAFETY: `p` is one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
@@ -195,11 +189,7 @@ pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
 
 /// Waits for a descriptor to become readable (or hung up); used for wake-up fds.
 pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: `p` is one valid pollfd.
     let r = cvt(unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
     Ok(r > 0)

@@ -147,7 +147,8 @@ impl Engine {
         if sock::netns_cookie(fd).map_err(errno)? != self.ns.host_cookie {
             return Ok(None);
         }
-        let Some(proto) = Proto::from_sock_type(sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(errno)?) else {
+        let Some(proto) = Proto::from_sock_type(sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(errno)?)
+        else {
             return Ok(None);
         };
         Ok(Some((s, family, proto)))
@@ -193,7 +194,14 @@ impl Engine {
     }
 
     /// Binds the socket on the node address at a pool port and records it.
-    fn bind_host(&self, s: BorrowedFd<'_>, family: Family, proto: Proto, requested: SocketAddr, service: SocketAddrV4) -> Result<u16, Errno> {
+    fn bind_host(
+        &self,
+        s: BorrowedFd<'_>,
+        family: Family,
+        proto: Proto,
+        requested: SocketAddr,
+        service: SocketAddrV4,
+    ) -> Result<u16, Errno> {
         if sock::local_addr(s).map_err(errno)?.is_some_and(|a| a.port() != 0) {
             return Err(libc::EINVAL);
         }
@@ -294,7 +302,13 @@ impl Engine {
     /// Connects the app's socket to the first of `targets` that does not refuse. A
     /// blocking socket is connected without blocking this thread: if the handshake is
     /// not done at once, a helper thread answers the app when it is.
-    fn connect_to(&self, n: &Notification, s: OwnedFd, targets: &[SocketAddr], family: Family) -> Result<Answer, Errno> {
+    fn connect_to(
+        &self,
+        n: &Notification,
+        s: OwnedFd,
+        targets: &[SocketAddr],
+        family: Family,
+    ) -> Result<Answer, Errno> {
         let fd = s.as_fd();
         let flags = sock::file_flags(fd).map_err(errno)?;
         let blocking = flags & libc::O_NONBLOCK == 0;
@@ -381,7 +395,9 @@ impl Engine {
     fn privatize(&mut self, n: &Notification, old: BorrowedFd<'_>) -> Result<(), Errno> {
         let get = |opt| sock::get_int(old, libc::SOL_SOCKET, opt).map_err(errno);
         let (domain, ty, protocol) = (get(libc::SO_DOMAIN)?, get(libc::SO_TYPE)?, get(libc::SO_PROTOCOL)?);
-        let fresh = ns::with_netns(&self.ns.app, &self.ns.host, || sock::socket(domain, ty, protocol)).map_err(errno)?.map_err(errno)?;
+        let fresh = ns::with_netns(&self.ns.app, &self.ns.host, || sock::socket(domain, ty, protocol))
+            .map_err(errno)?
+            .map_err(errno)?;
         copy_options(old, fresh.as_fd());
         let flags = sock::file_flags(old).map_err(errno)?;
         sock::set_file_flags(fresh.as_fd(), flags).map_err(errno)?;

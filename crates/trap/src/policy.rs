@@ -19,7 +19,10 @@ pub enum Action {
 pub enum When {
     Always,
     /// The low 32 bits of argument `arg` is one of `values`.
-    ArgIn { arg: usize, values: &'static [u32] },
+    ArgIn {
+        arg: usize,
+        values: &'static [u32],
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -152,7 +155,7 @@ mod tests {
 
     /// Runs the subset of classic BPF that [`compile`] emits.
     fn run(prog: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
         for (i, a) in args.iter().enumerate() {
@@ -188,7 +191,17 @@ mod tests {
 
     #[test]
     fn the_data_path_is_never_trapped() {
-        for nr in [libc::SYS_accept, libc::SYS_accept4, libc::SYS_read, libc::SYS_write, libc::SYS_sendto, libc::SYS_recvfrom, libc::SYS_close, libc::SYS_poll, libc::SYS_epoll_wait] {
+        for nr in [
+            libc::SYS_accept,
+            libc::SYS_accept4,
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_sendto,
+            libc::SYS_recvfrom,
+            libc::SYS_close,
+            libc::SYS_poll,
+            libc::SYS_epoll_wait,
+        ] {
             assert_eq!(verdict(nr, 0), libc::SECCOMP_RET_ALLOW, "syscall {nr}");
         }
         for nr in [libc::SYS_bind, libc::SYS_listen, libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername] {

@@ -64,7 +64,9 @@ impl Tasks {
     /// Duplicates descriptor `fd` of thread `tid` (the app's own socket).
     pub fn get_fd(&mut self, tid: i32, id: u64, listener: &Listener, fd: RawFd) -> Result<OwnedFd, Errno> {
         match self.entry(tid, id, listener, false)?.pidfd.get_fd(fd) {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => self.entry(tid, id, listener, true)?.pidfd.get_fd(fd).map_err(errno),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                self.entry(tid, id, listener, true)?.pidfd.get_fd(fd).map_err(errno)
+            }
             r => r.map_err(errno),
         }
     }

@@ -1,0 +1,336 @@
+//! End-to-end tests, as root: unmodified programs from Debian packages under `ax run`,
+//! through the real trap engine, each test in a test host of its own.
+
+mod support;
+
+use std::collections::HashSet;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use support::{TestHost, NODE_IP, PEER_IP};
+
+const PY: &str = "/usr/bin/python3";
+
+fn host(programs: &[&str]) -> TestHost {
+    support::require_root_and(programs);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h
+}
+
+/// A python http.server backend serving a directory whose `who` file says `name`.
+fn python_backend(h: &mut TestHost, name: &str, ip: &str, port: u16) {
+    let root = h.dir.join(name);
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("who"), name).unwrap();
+    let port = port.to_string();
+    let root = root.to_string_lossy().into_owned();
+    h.spawn_app(name, &["--ip", ip, "--", PY, "-m", "http.server", &port, "--directory", &root]);
+}
+
+#[test]
+fn two_backends_on_one_address_both_answer_curl() {
+    let mut h = host(&["curl", PY]);
+    python_backend(&mut h, "b1", "198.18.0.1", 80);
+    python_backend(&mut h, "b2", "198.18.0.1", 80);
+    h.wait_for_rows("198.18.0.1:80", 2);
+    let mut seen = HashSet::new();
+    for _ in 0..30 {
+        seen.insert(h.run_ok(&["--", "curl", "-sf", "http://198.18.0.1/who"]));
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, HashSet::from(["b1".to_string(), "b2".to_string()]));
+    let head = h.run_ok(&["--", "curl", "-sI", "http://198.18.0.1/"]);
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+}
+
+#[test]
+fn nginx_with_its_stock_config_serves_on_both_stacks() {
+    let mut h = host(&["curl", "nginx"]);
+    h.spawn_app("nginx", &["--ip", "198.18.0.5", "--", "nginx", "-g", "daemon off;"]);
+    h.wait_for_rows("198.18.0.5:80", 2);
+    let sockets = h.get("sockets");
+    let binds: HashSet<&str> = sockets.iter().map(|s| s["bind_ip"].as_str().unwrap()).collect();
+    assert_eq!(binds, HashSet::from(["0.0.0.0:80", "[::]:80"]));
+    for url in ["http://198.18.0.5/", "http://[::ffff:198.18.0.5]/"] {
+        let body = h.run_ok(&["--", "curl", "-sf", url]);
+        assert!(body.contains("Welcome to nginx"), "{url}: {body}");
+    }
+}
+
+#[test]
+fn redis_with_labels_and_benchmark() {
+    let mut h = host(&["redis-server", "redis-cli", "redis-benchmark"]);
+    h.spawn_app(
+        "redis",
+        &[
+            "--ip",
+            "198.18.0.2",
+            "--labels",
+            "role=prod",
+            "--",
+            "redis-server",
+            "--port",
+            "6379",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+        ],
+    );
+    h.wait_for_rows("198.18.0.2:6379", 2);
+    assert_eq!(h.run_ok(&["--labels", "role=prod", "--", "redis-cli", "-h", "198.18.0.2", "ping"]).trim(), "PONG");
+    // No shared label: refused, before any packet.
+    let denied = h.run(&["--", "redis-cli", "-h", "198.18.0.2", "ping"]);
+    let text = String::from_utf8_lossy(&denied.stdout).to_string() + &String::from_utf8_lossy(&denied.stderr);
+    assert!(text.contains("Connection refused"), "{text}");
+    let bench = h.run_ok(&[
+        "--labels",
+        "role=prod",
+        "--",
+        "redis-benchmark",
+        "-h",
+        "198.18.0.2",
+        "-q",
+        "-n",
+        "2000",
+        "-c",
+        "10",
+        "-t",
+        "get,set",
+    ]);
+    assert!(bench.contains("SET:") && bench.contains("GET:"), "{bench}");
+}
+
+#[test]
+fn labels_isolate_in_both_directions() {
+    let mut h = host(&["curl", PY]);
+    h.spawn_app("prod", &["--ip", "198.18.1.1", "--labels", "role=prod", "--", PY, "-m", "http.server", "80"]);
+    h.spawn_app("test", &["--ip", "198.18.1.2", "--labels", "role=test,team=a", "--", PY, "-m", "http.server", "80"]);
+    h.wait_for_rows("198.18.1.1:80", 1);
+    h.wait_for_rows("198.18.1.2:80", 1);
+    let code = |labels: &str, url: &str| {
+        h.run(&["--labels", labels, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+    };
+    assert_eq!(code("role=prod", "http://198.18.1.1/").stdout, b"200");
+    assert_eq!(code("team=a", "http://198.18.1.2/").stdout, b"200");
+    // curl's exit code 7: failed to connect.
+    assert_eq!(code("role=prod", "http://198.18.1.2/").status.code(), Some(7));
+    assert_eq!(code("role=test", "http://198.18.1.1/").status.code(), Some(7));
+    assert_eq!(code("zone=default", "http://198.18.1.1/").status.code(), Some(7));
+}
+
+#[test]
+fn iperf3_client_to_server() {
+    let mut h = host(&["iperf3"]);
+    h.spawn_app("iperf", &["--ip", "198.18.0.6", "--", "iperf3", "-s", "-1"]);
+    h.wait_for_rows("198.18.0.6:5201", 1);
+    let out = h.run_ok(&["--", "iperf3", "-c", "198.18.0.6", "-t", "1", "-J"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    assert!(bytes > 1e6, "received only {bytes} bytes");
+    // iperf3 -s -1 exits after one test; its rows leave with it.
+    h.wait_for_rows("198.18.0.6:5201", 0);
+}
+
+#[test]
+fn static_busybox_httpd_and_wget() {
+    let mut h = host(&["busybox"]);
+    let www = h.dir.join("www");
+    fs::create_dir_all(&www).unwrap();
+    fs::write(www.join("index.html"), "static hello\n").unwrap();
+    let busybox = if std::path::Path::new("/bin/busybox").exists() { "/bin/busybox" } else { "busybox" };
+    h.spawn_app(
+        "httpd",
+        &["--ip", "198.18.0.7", "--", busybox, "httpd", "-f", "-p", "8080", "-h", www.to_str().unwrap()],
+    );
+    h.wait_for_rows("198.18.0.7:8080", 1);
+    assert_eq!(h.run_ok(&["--", busybox, "wget", "-q", "-O", "-", "http://198.18.0.7:8080/"]), "static hello\n");
+}
+
+#[test]
+fn a_closed_listener_leaves_within_a_second_and_refuses() {
+    let mut h = host(&[PY]);
+    let flag = h.dir.join("close-now");
+    let script = format!(
+        "import socket,os,time\ns=socket.socket()\ns.bind(('',7000))\ns.listen()\nwhile not os.path.exists('{}'): time.sleep(0.02)\ns.close()\ntime.sleep(60)",
+        flag.display()
+    );
+    h.spawn_app("closer", &["--ip", "198.18.2.1", "--", PY, "-c", &script]);
+    h.wait_for_rows("198.18.2.1:7000", 1);
+    fs::write(&flag, "").unwrap();
+    let t0 = Instant::now();
+    h.wait_for_rows("198.18.2.1:7000", 0);
+    assert!(t0.elapsed() < Duration::from_millis(1500), "row left after {:?}", t0.elapsed());
+    // The app still runs, but the address is not served: refused.
+    assert_eq!(h.get("apps").len(), 1);
+    let probe = "import socket\ntry:\n  socket.create_connection(('198.18.2.1',7000),timeout=5)\n  print('connected')\nexcept ConnectionRefusedError:\n  print('refused')";
+    assert_eq!(h.run_ok(&["--", PY, "-c", probe]).trim(), "refused");
+}
+
+#[test]
+fn an_exited_app_leaves_every_table() {
+    let mut h = host(&[PY]);
+    h.spawn_app(
+        "short",
+        &[
+            "--ip",
+            "198.18.2.2",
+            "--",
+            PY,
+            "-c",
+            "import socket,time\ns=socket.socket()\ns.bind(('',80))\ns.listen()\ntime.sleep(1.5)",
+        ],
+    );
+    h.wait_for_rows("198.18.2.2:80", 1);
+    assert_eq!(h.get("sockets").len(), 1);
+    h.wait_until("the app to leave", Duration::from_secs(10), || h.get("apps").is_empty());
+    assert!(h.get("servers").is_empty());
+    assert!(h.get("sockets").is_empty());
+}
+
+#[test]
+fn a_bad_pointer_gets_efault_and_the_daemon_serves_the_next_app() {
+    let mut h = host(&[PY, "curl"]);
+    let script = "import ctypes,socket,errno\nlibc=ctypes.CDLL(None,use_errno=True)\ns=socket.socket()\n\
+        r=libc.connect(s.fileno(),ctypes.c_void_p(16),16)\nprint(r,errno.errorcode[ctypes.get_errno()])\n\
+        r=libc.getsockname(s.fileno(),ctypes.c_void_p(16),ctypes.c_void_p(32))\nprint(r,errno.errorcode[ctypes.get_errno()])";
+    assert_eq!(h.run_ok(&["--", PY, "-c", script]), "-1 EFAULT\n-1 EFAULT\n");
+    python_backend(&mut h, "after", "198.18.2.3", 80);
+    h.wait_for_rows("198.18.2.3:80", 1);
+    assert_eq!(h.run_ok(&["--", "curl", "-sf", "http://198.18.2.3/who"]), "after");
+}
+
+#[test]
+fn io_uring_is_refused_and_unix_sockets_are_untouched() {
+    let h = host(&[PY]);
+    let script = "import ctypes,socket,errno,os\nlibc=ctypes.CDLL(None,use_errno=True)\n\
+        r=libc.syscall(425,8,ctypes.c_void_p(0))\nprint(r,errno.errorcode[ctypes.get_errno()])\n\
+        a,b=socket.socketpair()\na.sendall(b'unix-ok')\nprint(b.recv(16).decode())\n\
+        p='/tmp/ax-e2e-%d.sock'%os.getpid()\nl=socket.socket(socket.AF_UNIX)\nl.bind(p)\nl.listen()\n\
+        c=socket.socket(socket.AF_UNIX)\nc.connect(p)\nprint(c.getpeername()==p)\nos.unlink(p)";
+    assert_eq!(h.run_ok(&["--", PY, "-c", script]), "-1 ENOSYS\nunix-ok\nTrue\n");
+}
+
+#[test]
+fn apps_see_virtual_addresses_and_loopback_stays_private() {
+    let mut h = host(&[PY]);
+    h.spawn_app("srv", &["--ip", "198.18.3.1", "--", PY, "-c", "import socket,time\ns=socket.socket()\ns.bind(('',80))\ns.listen()\nprint(s.getsockname(),flush=True)\nc,_=s.accept()\nprint(c.getsockname(),flush=True)\ntime.sleep(30)"]);
+    h.wait_for_rows("198.18.3.1:80", 1);
+    let client = "import socket\nc=socket.create_connection(('198.18.3.1',80))\nprint(c.getpeername())\n\
+        l=socket.socket()\nl.bind(('127.0.0.1',9000))\nl.listen()\nx=socket.create_connection(('127.0.0.1',9000))\nprint(x.getpeername())";
+    assert_eq!(h.run_ok(&["--ip", "198.18.3.2", "--", PY, "-c", client]), "('198.18.3.1', 80)\n('127.0.0.1', 9000)\n");
+    h.wait_until("the server's view", Duration::from_secs(5), || h.app_log("srv").lines().count() >= 2);
+    assert_eq!(h.app_log("srv"), "('198.18.3.1', 80)\n('198.18.3.1', 80)\n");
+    // Nothing of the app's loopback listener reached the host's namespace or tables.
+    assert!(h.get("sockets").iter().all(|s| !s["bind_ip"].as_str().unwrap().starts_with("127.")));
+}
+
+#[test]
+fn threads_and_non_blocking_sockets() {
+    let mut h = host(&[PY]);
+    python_backend(&mut h, "mt", "198.18.4.1", 80);
+    h.wait_for_rows("198.18.4.1:80", 1);
+    let script = "import socket,threading,asyncio\nok=[]\n\
+        def w():\n  for _ in range(10):\n    c=socket.create_connection(('198.18.4.1',80));c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n    ok.append(c.recv(4096).startswith(b'HTTP/1.0 200'));c.close()\n\
+        ts=[threading.Thread(target=w) for _ in range(8)]\n[t.start() for t in ts]\n[t.join() for t in ts]\nprint(sum(ok))\n\
+        async def a():\n  r,w=await asyncio.open_connection('198.18.4.1',80)\n  w.write(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n  return (await r.read()).endswith(b'mt')\n\
+        async def m():\n  return sum(await asyncio.gather(*[a() for _ in range(20)]))\nprint(asyncio.run(m()))";
+    assert_eq!(h.run_ok(&["--", PY, "-c", script]), "80\n20\n");
+}
+
+#[test]
+fn other_addresses_go_out_directly_from_the_host() {
+    let mut h = host(&[PY, "curl"]);
+    let www = h.dir.join("peer");
+    fs::create_dir_all(&www).unwrap();
+    fs::write(www.join("who"), "plain peer").unwrap();
+    let mut c = h.peer_cmd(PY);
+    c.args(["-m", "http.server", "8081", "--bind", PEER_IP, "--directory", www.to_str().unwrap()]);
+    h.spawn_plain("peer", c);
+    let url = format!("http://{PEER_IP}:8081/who");
+    h.wait_until("the peer server", Duration::from_secs(10), || h.run(&["--", "curl", "-sf", &url]).status.success());
+    assert_eq!(h.run_ok(&["--", "curl", "-sf", &url]), "plain peer");
+    // It came from the node address: the connection left the host as itself.
+    assert!(h.app_log("peer").contains(NODE_IP), "{}", h.app_log("peer"));
+}
+
+#[test]
+fn tables_have_the_manuals_columns() {
+    let mut h = host(&[PY]);
+    python_backend(&mut h, "t", "198.18.5.1", 8000);
+    h.wait_for_rows("198.18.5.1:8000", 1);
+    let apps = h.get("apps");
+    assert_eq!(apps.len(), 1);
+    let a = &apps[0];
+    let id = a["app_id"].as_str().unwrap();
+    assert!(id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    assert!(a["name"].as_str().unwrap().starts_with('<') && a["name"].as_str().unwrap().len() == 38);
+    assert_eq!(a["app_ip"], "198.18.5.1");
+    assert_eq!(a["labels"], "zone=default");
+    assert_eq!(a["zones"], "[zone==default]");
+    assert_eq!(a["driver"], "user");
+    let s = &h.get("servers")[0];
+    assert_eq!(s["app_id"], id);
+    assert_eq!(s["proto"], "tcp");
+    assert!(s["ipv4_addr"].as_str().unwrap().starts_with(&format!("{NODE_IP}:")));
+    let text = String::from_utf8(h.ax().args(["get", "servers"]).output().unwrap().stdout).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NODEID", "CLUSTER", "APPID", "PROTO", "SERVICEADDR", "IPV4ADDR"]);
+    let text = String::from_utf8(h.ax().args(["get", "sockets"]).output().unwrap().stdout).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["ID", "NODEID", "APPID", "INODE", "PROTO", "FLAGS", "BINDIP", "BACKLOG"]);
+}
+
+#[test]
+fn exit_status_is_the_programs() {
+    let h = host(&[]);
+    assert_eq!(h.run(&["--", "sh", "-c", "exit 3"]).status.code(), Some(3));
+    let missing = h.run(&["--", "no-such-program-ax"]);
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-program-ax: command not found"));
+    assert_eq!(h.run(&["--", "sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let mut h = host(&[]);
+    let fails = |out: std::process::Output, want: &str| {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains(want), "expected {want:?} in {err:?}");
+    };
+    fails(h.run(&["--ip", "300.1.1.1", "--", "true"]), "--ip 300.1.1.1 is not an IPv4 address");
+    fails(h.run(&["--ip", "127.0.0.1", "--", "true"]), "loopback");
+    fails(h.run(&["--labels", "role", "--", "true"]), "label 'role' is not of the form label=value");
+    fails(h.ax().args(["daemon", "--ports", "5000-4000"]).output().unwrap(), "range '5000-4000' ends before it starts");
+    fails(h.ax().args(["daemon", "--ports", "http"]).output().unwrap(), "'http' is not a port");
+    fails(h.ax().args(["daemon", "--neighbors", "10.0.0.2"]).output().unwrap(), "--neighbors is not supported yet");
+    // A second daemon on the same host is refused.
+    fails(h.ax().args(["daemon", "--node-interface", "ax0"]).output().unwrap(), "another ax daemon is already serving");
+    // With no daemon: the message names the socket and how to start it.
+    h.stop_daemon();
+    let out = h.run(&["--", "true"]);
+    fails(out, "cannot reach the ax daemon at /var/run/appswitch/run.sock");
+    let out = h.ax().args(["get", "apps"]).output().unwrap();
+    fails(out, "start it first with 'ax daemon'");
+}
+
+#[test]
+fn an_exhausted_port_pool_fails_the_bind_with_eaddrinuse() {
+    support::require_root_and(&[PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&["--ports", "45000-45001"]);
+    let script = "import socket,errno\nkeep=[]\nfor p in (80,81,82):\n  s=socket.socket()\n  try:\n    s.bind(('',p));keep.append(s);print('bound',p)\n  except OSError as e:\n    print(errno.errorcode[e.errno],p)";
+    assert_eq!(h.run_ok(&["--ip", "198.18.6.1", "--", PY, "-c", script]), "bound 80\nbound 81\nEADDRINUSE 82\n");
+    assert!(
+        h.daemon_log().contains("port pool exhausted: all 2 ports of --ports 45000-45001 are in use"),
+        "{}",
+        h.daemon_log()
+    );
+    // The ports came back when the app exited.
+    h.wait_until("ports back", Duration::from_secs(5), || h.get("sockets").is_empty());
+    assert_eq!(h.run_ok(&["--ip", "198.18.6.1", "--", PY, "-c", script]), "bound 80\nbound 81\nEADDRINUSE 82\n");
+}

@@ -1,0 +1,262 @@
+//! Test hosts for end-to-end tests. Each [`TestHost`] is a network namespace with a
+//! veth node interface (its peer in a second namespace, no route out), its own mount
+//! namespace with a private /run (so its own /var/run/appswitch), and its own PID
+//! namespace, so everything started in it dies with it, even if the test process is
+//! killed. Tests run their daemon and apps inside and touch nothing of the machine's.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const NODE_IP: &str = "10.251.0.1";
+pub const PEER_IP: &str = "10.251.0.2";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The ax binary under test.
+pub fn ax_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ax")
+}
+
+fn sh(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Fails the test at once with a useful message when the suite cannot run here.
+pub fn require_root_and(programs: &[&str]) {
+    assert_eq!(
+        fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
+        Some("0"),
+        "the end-to-end tests need root (they make network namespaces): run the README's test command as root"
+    );
+    for p in programs {
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {p}")).output().unwrap().status.success();
+        assert!(found, "{p} is not installed: .ci/run installs the Debian packages the tests use");
+    }
+}
+
+/// Removes namespaces left by test processes that died without cleaning up.
+fn reap_stale() {
+    let Ok(list) = fs::read_dir("/run/netns") else { return };
+    for e in list.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("axt-") else { continue };
+        let Some(pid) = rest.split('-').next() else { continue };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+pub struct TestHost {
+    pub name: String,
+    holder: Child,
+    /// The PID namespace's init, whose namespaces every command enters.
+    init: i32,
+    pub dir: PathBuf,
+    daemon: Option<Child>,
+    background: Vec<Child>,
+}
+
+impl TestHost {
+    pub fn new() -> TestHost {
+        reap_stale();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("axt-{}-{n}", std::process::id());
+        let peer = format!("{name}-p");
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        sh(Command::new("ip").args(["netns", "add", &peer]));
+        sh(Command::new("ip")
+            .args(["link", "add", "ax0", "netns", &name, "type", "veth", "peer", "name", "ax1", "netns", &peer]));
+        for (ns, dev, ip) in [(&name, "ax0", NODE_IP), (&peer, "ax1", PEER_IP)] {
+            sh(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev]));
+            sh(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]));
+            sh(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
+        }
+        let dir = std::env::temp_dir().join(&name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // setpriv: the chain dies if this test process dies; unshare --kill-child: the
+        // PID namespace (and all in it) dies with unshare.
+        let holder = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "ip", "netns", "exec", &name])
+            .args(["unshare", "--mount", "--propagation", "private", "--pid", "--kill-child", "--mount-proc"])
+            .args(["sh", "-c", "mount -t tmpfs tmpfs /run && exec sleep infinity"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("cannot start the test host");
+        let unshare_pid = holder.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let init = loop {
+            let children =
+                fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children")).unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmdline.starts_with(b"sleep") {
+                    break pid;
+                }
+            }
+            assert!(Instant::now() < deadline, "test host did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        TestHost { name, holder, init, dir, daemon: None, background: Vec::new() }
+    }
+
+    /// A command that runs inside the test host.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.init.to_string(), "-m", "-n", "-p", "--", program]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// A command in the test host's peer namespace: a plain host on the wire, not ax's.
+    pub fn peer_cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &format!("{}-p", self.name), program]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn ax(&self) -> Command {
+        self.cmd(ax_bin())
+    }
+
+    pub fn log_path(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{what}.log"))
+    }
+
+    fn logged(&self, mut c: Command, what: &str) -> Child {
+        let log = fs::File::create(self.log_path(what)).unwrap();
+        c.stdout(log.try_clone().unwrap()).stderr(log);
+        c.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
+    }
+
+    /// Starts `ax daemon` with `args` and waits until its API answers.
+    pub fn start_daemon(&mut self, args: &[&str]) {
+        let mut c = self.ax();
+        c.arg("daemon").arg("--node-interface").arg("ax0").args(args).env("RUST_LOG", "ax=debug,info");
+        self.daemon = Some(self.logged(c, "daemon"));
+        self.wait_until("the daemon answers", Duration::from_secs(10), || {
+            self.ax().args(["get", "apps"]).output().is_ok_and(|o| o.status.success())
+        });
+    }
+
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.log_path("daemon")).unwrap_or_default()
+    }
+
+    /// Starts `ax run ARGS` in the background; its output goes to `<what>.log`.
+    pub fn spawn_app(&mut self, what: &str, args: &[&str]) {
+        let mut c = self.ax();
+        c.arg("run").args(args);
+        let child = self.logged(c, what);
+        self.background.push(child);
+    }
+
+    /// Starts a plain program in the background in the test host (not under ax).
+    pub fn spawn_plain(&mut self, what: &str, mut c: Command) {
+        let child = self.logged(
+            {
+                c.stdin(Stdio::null());
+                c
+            },
+            what,
+        );
+        self.background.push(child);
+    }
+
+    pub fn app_log(&self, what: &str) -> String {
+        fs::read_to_string(self.log_path(what)).unwrap_or_default()
+    }
+
+    /// Runs `ax run ARGS` to completion (killed after 60 s).
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd("timeout");
+        c.args(["60", ax_bin(), "run"]).args(args);
+        c.output().expect("cannot run ax run")
+    }
+
+    /// Runs `ax run ARGS`, which must succeed; returns its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ax run {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `ax get RESOURCE -o json`.
+    pub fn get(&self, resource: &str) -> Vec<Value> {
+        let out = sh(self.ax().args(["get", resource, "-o", "json"]));
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("JSON rows")
+    }
+
+    /// Service rows for a service address.
+    pub fn servers_at(&self, service: &str) -> Vec<Value> {
+        self.get("servers").into_iter().filter(|r| r["service_addr"] == service).collect()
+    }
+
+    /// Waits until `n` service rows for `service` exist.
+    pub fn wait_for_rows(&self, service: &str, n: usize) {
+        self.wait_until(&format!("{n} rows for {service}"), Duration::from_secs(15), || {
+            self.servers_at(service).len() == n
+        });
+    }
+
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n--- daemon log ---\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM to the daemon and waits for it.
+    pub fn stop_daemon(&mut self) -> std::process::ExitStatus {
+        let mut d = self.daemon.take().expect("a daemon");
+        let _ = Command::new("kill").args(["-TERM", &d.id().to_string()]).status();
+        // nsenter forks; signal the daemon itself too.
+        let _ = self.cmd("pkill").args(["-TERM", "-f", "ax daemon"]).status();
+        d.wait().unwrap()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} daemon log ---\n{}", self.name, self.daemon_log());
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        for c in self.background.iter_mut().chain(self.daemon.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &format!("{}-p", self.name)]).status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
