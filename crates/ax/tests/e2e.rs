@@ -334,3 +334,57 @@ fn an_exhausted_port_pool_fails_the_bind_with_eaddrinuse() {
     h.wait_until("ports back", Duration::from_secs(5), || h.get("sockets").is_empty());
     assert_eq!(h.run_ok(&["--ip", "198.18.6.1", "--", PY, "-c", script]), "bound 80\nbound 81\nEADDRINUSE 82\n");
 }
+
+#[test]
+fn default_address_is_the_node_and_rest_answers_on_loopback() {
+    let mut h = host(&[PY, "curl"]);
+    let root = h.dir.join("n");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("who"), "on the node").unwrap();
+    h.spawn_app("node", &["--", PY, "-m", "http.server", "8000", "--directory", root.to_str().unwrap()]);
+    let service = format!("{NODE_IP}:8000");
+    h.wait_for_rows(&service, 1);
+    assert_eq!(h.run_ok(&["--", "curl", "-sf", &format!("http://{service}/who")]), "on the node");
+    // The REST API on 127.0.0.1:6664, from the host's side (not under ax).
+    let out = h.cmd("curl").args(["-sf", "http://127.0.0.1:6664/v1/servers"]).output().unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["service_addr"], service.as_str());
+    let out = h.cmd("curl").args(["-s", "-w", "%{http_code}", "http://127.0.0.1:6664/v1/nope"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("404"));
+    // The API socket and its directory are root's alone.
+    let modes = String::from_utf8(h.cmd("stat").args(["-c", "%a %U", "/var/run/appswitch", "/var/run/appswitch/ax.sock"]).output().unwrap().stdout).unwrap();
+    assert_eq!(modes, "700 root\n600 root\n");
+}
+
+#[test]
+fn a_slow_blocking_connect_does_not_hold_up_the_apps_other_threads() {
+    let mut h = host(&[PY]);
+    python_backend(&mut h, "fast", "198.18.7.1", 80);
+    h.wait_for_rows("198.18.7.1:80", 1);
+    // 10.251.0.3 is on the node's subnet but nobody has it: the blocking connect waits
+    // for ARP to give up, in a helper thread of the daemon, while thread B is served.
+    let script = "import socket,threading,time,errno\nlog=[]\n\
+        def a():\n  s=socket.socket()\n  try:\n    s.connect(('10.251.0.3',80));log.append('A connected')\n  except OSError as e:\n    log.append('A '+errno.errorcode[e.errno])\n\
+        def b():\n  time.sleep(0.3)\n  c=socket.create_connection(('198.18.7.1',80));c.close();log.append('B connected')\n\
+        ts=[threading.Thread(target=f) for f in (a,b)]\n[t.start() for t in ts]\n[t.join() for t in ts]\nprint(','.join(log))";
+    assert_eq!(h.run_ok(&["--", PY, "-c", script]).trim(), "B connected,A EHOSTUNREACH");
+}
+
+#[test]
+fn daemon_settings_from_flags_and_environment() {
+    support::require_root_and(&["curl"]);
+    let mut h = TestHost::new();
+    // A non-root daemon is refused with the reason.
+    let out = h.cmd("setpriv").args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", support::ax_bin(), "daemon"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ax daemon must run as root"), "{out:?}");
+    let mut c = h.ax();
+    c.args(["daemon", "--node-interface", NODE_IP, "--node-name", "n7"]).env("AX_PORTS", "41000-41009").env("AX_CLUSTER", "c1");
+    h.spawn_plain("daemon", c);
+    h.wait_until("the daemon", Duration::from_secs(10), || h.ax().args(["get", "apps"]).output().is_ok_and(|o| o.status.success()));
+    let out = h.cmd("curl").args(["-sf", "http://127.0.0.1:6664/v1/info"]).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((info["node_id"].as_str(), info["cluster"].as_str()), (Some("n7"), Some("c1")));
+    assert_eq!((info["node_ip"].as_str(), info["ports"].as_str()), (Some(NODE_IP), Some("41000-41009")));
+    let bad = h.ax().args(["daemon", "--node-interface", "nosuch0", "--rest-port", "6665"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--node-interface nosuch0: no such interface"), "{bad:?}");
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# ax vs native, side by side in one run, on a test host of its own (a network, mount
+# and PID namespace with a veth node interface; nothing leaves it). Run as root.
+#
+#   bench/run.sh            # all benchmarks
+#   SECONDS_PER_RUN=10 bench/run.sh
+#
+# Prints each figure for native host networking and for ax, and their ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${SECONDS_PER_RUN:-5}
+[ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (it makes network namespaces)" >&2; exit 1; }
+for p in iperf3 redis-server redis-benchmark nsenter unshare setpriv; do
+  command -v $p >/dev/null || { echo "$p is not installed (see .ci/run for the packages)" >&2; exit 1; }
+done
+cargo build --release -q -p ax -p ax-bench
+AX=$PWD/target/release/ax
+AXB=$PWD/target/release/ax-bench
+
+NS=axb-$$
+NODE=10.252.0.1
+WORK=$(mktemp -d)
+cleanup() {
+  [ -n "${HOLDER:-}" ] && kill -9 "$HOLDER" 2>/dev/null || true
+  wait 2>/dev/null || true
+  ip netns del $NS 2>/dev/null || true
+  ip netns del $NS-p 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ip netns add $NS; ip netns add $NS-p
+ip link add ax0 netns $NS type veth peer name ax1 netns $NS-p
+ip -n $NS addr add $NODE/24 dev ax0; ip -n $NS link set ax0 up; ip -n $NS link set lo up
+setpriv --pdeathsig KILL ip netns exec $NS unshare --mount --propagation private --pid --kill-child --mount-proc \
+  sh -c 'mount -t tmpfs tmpfs /run && exec sleep infinity' &
+HOLDER=$!
+for _ in $(seq 100); do
+  INIT=$(cat /proc/$HOLDER/task/$HOLDER/children 2>/dev/null | awk '{print $1}')
+  [ -n "$INIT" ] && grep -q sleep /proc/$INIT/cmdline 2>/dev/null && break
+  sleep 0.05
+done
+IN="nsenter -t $INIT -m -n -p --"
+$IN $AX daemon --node-interface ax0 >"$WORK/daemon.log" 2>&1 &
+for _ in $(seq 100); do $IN $AX get apps >/dev/null 2>&1 && break; sleep 0.05; done
+RUN="$IN $AX run"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+row() { printf "%-34s %14s %14s %8s\n" "$1" "$2" "$3" "$4"; }
+wait_port() { for _ in $(seq 200); do $IN ss -ltn | grep -q ":$1 " && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
+wait_row() { for _ in $(seq 200); do $IN $AX get servers | grep -q "$1" && return 0; sleep 0.05; done; echo "no row for $1" >&2; return 1; }
+
+echo "ax benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), ${T}s per run"
+row "benchmark" "native" "ax" "ax/native"
+row "---------" "------" "--" "---------"
+
+# iperf3: client to server, one stream.
+gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+$IN iperf3 -s -B $NODE -p 5301 >/dev/null 2>&1 & wait_port 5301
+$RUN --ip 198.18.9.1 -- iperf3 -s -p 5201 >/dev/null 2>&1 & wait_row 198.18.9.1:5201
+N1=$($IN iperf3 -c $NODE -p 5301 -t $T -J | gbps)
+A1=$($RUN -- iperf3 -c 198.18.9.1 -p 5201 -t $T -J | gbps)
+N2=$($IN iperf3 -c $NODE -p 5301 -t $T -J | gbps)
+A2=$($RUN -- iperf3 -c 198.18.9.1 -p 5201 -t $T -J | gbps)
+N=$(awk -v a=$N1 -v b=$N2 'BEGIN{printf "%.2f",(a+b)/2}'); A=$(awk -v a=$A1 -v b=$A2 'BEGIN{printf "%.2f",(a+b)/2}')
+row "iperf3 throughput (Gbit/s)" "$N" "$A" "$(ratio $A $N)"
+
+# redis-benchmark: GET and SET, 50 clients, keep-alive.
+$IN redis-server --bind $NODE --port 6390 --protected-mode no --save '' >/dev/null 2>&1 & wait_port 6390
+$RUN --ip 198.18.9.2 -- redis-server --port 6379 --protected-mode no --save '' >/dev/null 2>&1 & wait_row 198.18.9.2:6379
+REQS=$((T * 40000))
+rps() { awk -F, -v t="\"$1\"" '$1==t {gsub(/"/,"",$2); print $2}'; }
+NR=$($IN redis-benchmark -h $NODE -p 6390 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
+AR=$($RUN -- redis-benchmark -h 198.18.9.2 -p 6379 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
+for op in SET GET; do
+  n=$(echo "$NR" | rps $op); a=$(echo "$AR" | rps $op)
+  row "redis-benchmark $op (req/s)" "$n" "$a" "$(ratio $a $n)"
+done
+
+# One trapped call: getsockname on a bound socket, answered by a write into the app.
+NS_=$($IN $AXB syscall 200000 | sed 's/median_ns=\([0-9]*\).*/\1/')
+AS_=$($RUN --ip 198.18.9.3 -- $AXB syscall 200000 | sed 's/median_ns=\([0-9]*\).*/\1/')
+row "getsockname median (ns)" "$NS_" "$AS_" "$(ratio $AS_ $NS_)"
+printf "%-34s %14s %14s\n" "  added by the trap (us)" "" "$(awk -v a=$AS_ -v n=$NS_ 'BEGIN{printf "%.2f",(a-n)/1000}')"
+
+# New TCP connections per second: connect, read EOF, close; the server accepts and closes.
+$IN $AXB serve $NODE:7300 & wait_port 7300
+$RUN --ip 198.18.9.4 -- $AXB serve 0.0.0.0:7200 & wait_row 198.18.9.4:7200
+NC=$($IN $AXB connect $NODE:7300 $T | sed 's/conns_per_sec=//')
+AC=$($RUN -- $AXB connect 198.18.9.4:7200 $T | sed 's/conns_per_sec=//')
+row "new TCP connections (conn/s)" "$NC" "$AC" "$(ratio $AC $NC)"
