@@ -352,7 +352,14 @@ fn default_address_is_the_node_and_rest_answers_on_loopback() {
     let out = h.cmd("curl").args(["-s", "-w", "%{http_code}", "http://127.0.0.1:6664/v1/nope"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("404"));
     // The API socket and its directory are root's alone.
-    let modes = String::from_utf8(h.cmd("stat").args(["-c", "%a %U", "/var/run/appswitch", "/var/run/appswitch/ax.sock"]).output().unwrap().stdout).unwrap();
+    let modes = String::from_utf8(
+        h.cmd("stat")
+            .args(["-c", "%a %U", "/var/run/appswitch", "/var/run/appswitch/ax.sock"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(modes, "700 root\n600 root\n");
 }
 
@@ -375,12 +382,20 @@ fn daemon_settings_from_flags_and_environment() {
     support::require_root_and(&["curl"]);
     let mut h = TestHost::new();
     // A non-root daemon is refused with the reason.
-    let out = h.cmd("setpriv").args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", support::ax_bin(), "daemon"]).output().unwrap();
+    let out = h
+        .cmd("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", support::ax_bin(), "daemon"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("ax daemon must run as root"), "{out:?}");
     let mut c = h.ax();
-    c.args(["daemon", "--node-interface", NODE_IP, "--node-name", "n7"]).env("AX_PORTS", "41000-41009").env("AX_CLUSTER", "c1");
+    c.args(["daemon", "--node-interface", NODE_IP, "--node-name", "n7"])
+        .env("AX_PORTS", "41000-41009")
+        .env("AX_CLUSTER", "c1");
     h.spawn_plain("daemon", c);
-    h.wait_until("the daemon", Duration::from_secs(10), || h.ax().args(["get", "apps"]).output().is_ok_and(|o| o.status.success()));
+    h.wait_until("the daemon", Duration::from_secs(10), || {
+        h.ax().args(["get", "apps"]).output().is_ok_and(|o| o.status.success())
+    });
     let out = h.cmd("curl").args(["-sf", "http://127.0.0.1:6664/v1/info"]).output().unwrap();
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((info["node_id"].as_str(), info["cluster"].as_str()), (Some("n7"), Some("c1")));

@@ -48,10 +48,6 @@ impl Labels {
         self.0.iter().any(|p| other.0.contains(p))
     }
 
-    pub fn pairs(&self) -> &[(String, String)] {
-        &self.0
-    }
-
     /// The selector form the manual shows in its ZONES column: `[zone==default]`.
     pub fn selectors(&self) -> String {
         let inner: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}=={v}")).collect();

@@ -149,19 +149,6 @@ impl PortPool {
         None
     }
 
-    /// Marks a specific pool port as taken (restoring state, or a port found busy on
-    /// the host). False if it is not a pool port or already taken.
-    pub fn take_port(&mut self, port: u16) -> bool {
-        match self.ranges.index_of(port) {
-            Some(i) if !self.used[i] => {
-                self.used[i] = true;
-                self.in_use += 1;
-                true
-            }
-            _ => false,
-        }
-    }
-
     pub fn give_back(&mut self, port: u16) {
         if let Some(i) = self.ranges.index_of(port) {
             if self.used[i] {

@@ -316,8 +316,7 @@ impl Table {
         };
         let rows: Vec<&Binding> = self.services().filter(|b| b.proto == proto && b.service == service).collect();
         if rows.is_empty() {
-            let is_virtual = *v4.ip() != self.node.ip && self.apps.values().any(|a| a.ip == *v4.ip());
-            return if is_virtual { Route::Refused } else { Route::Direct(dest) };
+            return if self.is_virtual(dest.ip()) { Route::Refused } else { Route::Direct(dest) };
         }
         let mut allowed: Vec<SocketAddrV4> = rows
             .into_iter()

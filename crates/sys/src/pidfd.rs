@@ -13,17 +13,8 @@ impl Pidfd {
     /// Opens a pidfd for one thread (not only a thread-group leader), so the trapped
     /// threads of multi-threaded programs can be named.
     pub fn open_thread(tid: i32) -> io::Result<Self> {
-        Self::open_with(tid, libc::PIDFD_THREAD)
-    }
-
-    /// Opens a pidfd for a process.
-    pub fn open(pid: i32) -> io::Result<Self> {
-        Self::open_with(pid, 0)
-    }
-
-    fn open_with(pid: i32, flags: libc::c_uint) -> io::Result<Self> {
         // SAFETY: pidfd_open takes two integers and returns a new fd or -1.
-        let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })?;
+        let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, tid, libc::PIDFD_THREAD) })?;
         // SAFETY: the kernel returned a new descriptor that we now own.
         Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
     }
@@ -35,13 +26,6 @@ impl Pidfd {
         let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.0.as_raw_fd(), fd, 0) })?;
         // SAFETY: the kernel returned a new descriptor that we now own.
         Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
-    }
-
-    /// Sends a signal to the process.
-    pub fn send_signal(&self, sig: i32) -> io::Result<()> {
-        // SAFETY: pidfd_send_signal with a null siginfo sends a plain signal.
-        cvt(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), sig, 0usize, 0) })?;
-        Ok(())
     }
 }
 

@@ -157,13 +157,6 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Asks the kernel to send `sig` to this process when its parent dies.
-pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG takes an integer.
-    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })?;
-    Ok(())
-}
-
 /// Sets no_new_privs, which an unprivileged seccomp filter requires and which keeps
 /// setuid programs from gaining privileges under the filter.
 pub fn set_no_new_privs() -> io::Result<()> {

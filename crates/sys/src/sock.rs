@@ -5,7 +5,7 @@
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::cvt;
 
@@ -185,14 +185,6 @@ pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
             return Err(e);
         }
     }
-}
-
-/// Waits for a descriptor to become readable (or hung up); used for wake-up fds.
-pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: `p` is one valid pollfd.
-    let r = cvt(unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
-    Ok(r > 0)
 }
 
 /// Dissolves a datagram socket's association (connect with AF_UNSPEC).
