@@ -18,14 +18,18 @@ fn host(programs: &[&str]) -> TestHost {
     h
 }
 
-/// A python http.server backend serving a directory whose `who` file says `name`.
-fn python_backend(h: &mut TestHost, name: &str, ip: &str, port: u16) {
+/// A directory `name` in the test's scratch space holding one file.
+fn web_root(h: &TestHost, name: &str, file: &str, content: &str) -> String {
     let root = h.dir.join(name);
     fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("who"), name).unwrap();
-    let port = port.to_string();
-    let root = root.to_string_lossy().into_owned();
-    h.spawn_app(name, &["--ip", ip, "--", PY, "-m", "http.server", &port, "--directory", &root]);
+    fs::write(root.join(file), content).unwrap();
+    root.to_string_lossy().into_owned()
+}
+
+/// A python http.server backend serving a directory whose `who` file says `name`.
+fn python_backend(h: &mut TestHost, name: &str, ip: &str, port: u16) {
+    let root = web_root(h, name, "who", name);
+    h.spawn_app(name, &["--ip", ip, "--", PY, "-m", "http.server", &port.to_string(), "--directory", &root]);
 }
 
 #[test]
@@ -138,14 +142,9 @@ fn iperf3_client_to_server() {
 #[test]
 fn static_busybox_httpd_and_wget() {
     let mut h = host(&["busybox"]);
-    let www = h.dir.join("www");
-    fs::create_dir_all(&www).unwrap();
-    fs::write(www.join("index.html"), "static hello\n").unwrap();
+    let www = web_root(&h, "www", "index.html", "static hello\n");
     let busybox = if std::path::Path::new("/bin/busybox").exists() { "/bin/busybox" } else { "busybox" };
-    h.spawn_app(
-        "httpd",
-        &["--ip", "198.18.0.7", "--", busybox, "httpd", "-f", "-p", "8080", "-h", www.to_str().unwrap()],
-    );
+    h.spawn_app("httpd", &["--ip", "198.18.0.7", "--", busybox, "httpd", "-f", "-p", "8080", "-h", &www]);
     h.wait_for_rows("198.18.0.7:8080", 1);
     assert_eq!(h.run_ok(&["--", busybox, "wget", "-q", "-O", "-", "http://198.18.0.7:8080/"]), "static hello\n");
 }
@@ -244,11 +243,9 @@ fn threads_and_non_blocking_sockets() {
 #[test]
 fn other_addresses_go_out_directly_from_the_host() {
     let mut h = host(&[PY, "curl"]);
-    let www = h.dir.join("peer");
-    fs::create_dir_all(&www).unwrap();
-    fs::write(www.join("who"), "plain peer").unwrap();
+    let www = web_root(&h, "peer", "who", "plain peer");
     let mut c = h.peer_cmd(PY);
-    c.args(["-m", "http.server", "8081", "--bind", PEER_IP, "--directory", www.to_str().unwrap()]);
+    c.args(["-m", "http.server", "8081", "--bind", PEER_IP, "--directory", &www]);
     h.spawn_plain("peer", c);
     let url = format!("http://{PEER_IP}:8081/who");
     h.wait_until("the peer server", Duration::from_secs(10), || h.run(&["--", "curl", "-sf", &url]).status.success());
@@ -338,10 +335,8 @@ fn an_exhausted_port_pool_fails_the_bind_with_eaddrinuse() {
 #[test]
 fn default_address_is_the_node_and_rest_answers_on_loopback() {
     let mut h = host(&[PY, "curl"]);
-    let root = h.dir.join("n");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("who"), "on the node").unwrap();
-    h.spawn_app("node", &["--", PY, "-m", "http.server", "8000", "--directory", root.to_str().unwrap()]);
+    let root = web_root(&h, "n", "who", "on the node");
+    h.spawn_app("node", &["--", PY, "-m", "http.server", "8000", "--directory", &root]);
     let service = format!("{NODE_IP}:8000");
     h.wait_for_rows(&service, 1);
     assert_eq!(h.run_ok(&["--", "curl", "-sf", &format!("http://{service}/who")]), "on the node");

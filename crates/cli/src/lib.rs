@@ -15,17 +15,17 @@ use args::{Output, Resource};
 /// `ax get RESOURCE`: fetches the rows from the daemon and prints them.
 pub fn get(resource: Resource, output: Output) -> Result<String> {
     match resource {
-        Resource::Apps => render::<AppView>(path::APPS, output, table::apps),
-        Resource::Servers => render::<ServerView>(path::SERVERS, output, table::servers),
-        Resource::Sockets => render::<SocketView>(path::SOCKETS, output, table::sockets),
+        Resource::Apps => render::<AppView>(path::APPS, output),
+        Resource::Servers => render::<ServerView>(path::SERVERS, output),
+        Resource::Sockets => render::<SocketView>(path::SOCKETS, output),
         other => Err(args::not_supported(&format!("ax get {}", other.name()), "its feature")),
     }
 }
 
-fn render<T: DeserializeOwned + Serialize>(path: &str, output: Output, table: fn(&[T]) -> String) -> Result<String> {
+fn render<T: DeserializeOwned + Serialize + table::Row>(path: &str, output: Output) -> Result<String> {
     let rows: Vec<T> = client::get(path)?;
     Ok(match output {
-        Output::Table => table(&rows),
+        Output::Table => table::rows(&rows),
         Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
     })
 }

@@ -24,59 +24,50 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn apps(rows: &[AppView]) -> String {
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|a| {
-            vec![
-                a.name.clone(),
-                a.app_id.clone(),
-                a.node_id.clone(),
-                a.cluster.clone(),
-                a.app_ip.clone(),
-                a.driver.clone(),
-                a.labels.clone(),
-                a.zones.clone(),
-            ]
-        })
-        .collect();
-    render(&["NAME", "APPID", "NODEID", "CLUSTER", "APPIP", "DRIVER", "LABELS", "ZONES"], &body)
+/// A resource that prints as a table row.
+pub trait Row {
+    const HEADER: &'static [&'static str];
+    fn cells(&self) -> Vec<String>;
 }
 
-pub fn servers(rows: &[ServerView]) -> String {
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|s| {
-            vec![
-                s.node_id.clone(),
-                s.cluster.clone(),
-                s.app_id.clone(),
-                s.proto.clone(),
-                s.service_addr.clone(),
-                s.ipv4_addr.clone(),
-            ]
-        })
-        .collect();
-    render(&["NODEID", "CLUSTER", "APPID", "PROTO", "SERVICEADDR", "IPV4ADDR"], &body)
+/// Renders rows of one resource under its header.
+pub fn rows<T: Row>(rows: &[T]) -> String {
+    let body: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
+    render(T::HEADER, &body)
 }
 
-pub fn sockets(rows: &[SocketView]) -> String {
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|s| {
-            vec![
-                s.id.clone(),
-                s.node_id.clone(),
-                s.app_id.clone(),
-                s.inode.to_string(),
-                s.proto.clone(),
-                s.flags.to_string(),
-                s.bind_ip.clone(),
-                s.backlog.to_string(),
-            ]
-        })
-        .collect();
-    render(&["ID", "NODEID", "APPID", "INODE", "PROTO", "FLAGS", "BINDIP", "BACKLOG"], &body)
+impl Row for AppView {
+    const HEADER: &'static [&'static str] =
+        &["NAME", "APPID", "NODEID", "CLUSTER", "APPIP", "DRIVER", "LABELS", "ZONES"];
+    fn cells(&self) -> Vec<String> {
+        let a = self.clone();
+        vec![a.name, a.app_id, a.node_id, a.cluster, a.app_ip, a.driver, a.labels, a.zones]
+    }
+}
+
+impl Row for ServerView {
+    const HEADER: &'static [&'static str] = &["NODEID", "CLUSTER", "APPID", "PROTO", "SERVICEADDR", "IPV4ADDR"];
+    fn cells(&self) -> Vec<String> {
+        let s = self.clone();
+        vec![s.node_id, s.cluster, s.app_id, s.proto, s.service_addr, s.ipv4_addr]
+    }
+}
+
+impl Row for SocketView {
+    const HEADER: &'static [&'static str] = &["ID", "NODEID", "APPID", "INODE", "PROTO", "FLAGS", "BINDIP", "BACKLOG"];
+    fn cells(&self) -> Vec<String> {
+        let s = self.clone();
+        vec![
+            s.id,
+            s.node_id,
+            s.app_id,
+            s.inode.to_string(),
+            s.proto,
+            s.flags.to_string(),
+            s.bind_ip,
+            s.backlog.to_string(),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +85,7 @@ mod tests {
             ipv4_addr: "10.0.23.11:40000".into(),
             labels: "zone=default".into(),
         }];
-        let out = servers(&rows);
+        let out = super::rows(&rows);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[1].chars().all(|c| c == '-'));
