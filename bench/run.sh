@@ -88,3 +88,18 @@ $RUN --ip 198.18.9.4 -- $AXB serve 0.0.0.0:7200 & wait_row 198.18.9.4:7200
 NC=$($IN $AXB connect $NODE:7300 $T | sed 's/conns_per_sec=//')
 AC=$($RUN -- $AXB connect 198.18.9.4:7200 $T | sed 's/conns_per_sec=//')
 row "new TCP connections (conn/s)" "$NC" "$AC" "$(ratio $AC $NC)"
+
+# A closed listener leaving the service table: from close() in the app to the row's
+# absence in `ax get servers` (polled; includes one CLI round trip).
+FLAG=$WORK/close-now
+$RUN --ip 198.18.9.5 -- python3 -c "
+import socket,os,time
+s=socket.socket(); s.bind(('',7500)); s.listen()
+while not os.path.exists('$FLAG'): time.sleep(0.005)
+s.close(); open('$WORK/closed-at','w').write(repr(time.time())); time.sleep(30)" >/dev/null 2>&1 &
+wait_row 198.18.9.5:7500
+touch "$FLAG"
+while [ ! -s "$WORK/closed-at" ]; do sleep 0.002; done
+while $IN $AX get servers | grep -q 198.18.9.5:7500; do :; done
+GONE=$(date +%s.%N)
+printf "%-34s %14s %14s\n" "closed listener leaves table (ms)" "" "$(awk -v g=$GONE -v c=$(cat "$WORK/closed-at") 'BEGIN{printf "%.0f",(g-c)*1000}')"
