@@ -86,7 +86,11 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register {
     pub ip: Option<String>,
+    /// A DNS label; the app answers to it (and to it under the DNS domain).
+    pub name: Option<String>,
     pub labels: String,
+    /// Give the app a resolv.conf pointing at the daemon's DNS server.
+    pub dns_override: bool,
     /// The `ax run` process (the app's parent), for the log.
     pub pid: i32,
 }
@@ -107,9 +111,16 @@ pub enum RunRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunReply {
-    Registered { app_id: String, ip: String },
+    Registered {
+        app_id: String,
+        ip: String,
+        /// The private resolv.conf to mount over /etc/resolv.conf, when asked for.
+        resolv_conf: Option<String>,
+    },
     Attached,
-    Error { error: String },
+    Error {
+        error: String,
+    },
 }
 
 #[cfg(test)]

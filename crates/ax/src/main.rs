@@ -51,12 +51,22 @@ fn init_logging() {
 
 fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
     let ports = PortRanges::parse(&d.ports).map_err(|e| anyhow!("--ports {}: {e}", d.ports))?;
+    let dns = match d.dns {
+        Some(false) => None,
+        _ => {
+            let servers =
+                d.dns_servers.as_deref().map(ax_dns::zone::parse_servers).transpose().map_err(|e| anyhow!(e))?;
+            ax_dns::zone::Zone::new(&d.dns_domain).map_err(|e| anyhow!(e))?;
+            Some(ax_daemon::DnsConfig { domain: d.dns_domain, servers })
+        }
+    };
     Ok(ax_daemon::Config {
         node_interface: d.node_interface,
         node_name: d.node_name,
         cluster: d.cluster,
         ports,
         rest_port: d.rest_port,
+        dns,
     })
 }
 
@@ -66,6 +76,35 @@ fn run_options(r: RunArgs) -> Result<ax_run::Options> {
         let parsed = ip.parse().map_err(|_| anyhow!("--ip {ip} is not an IPv4 address"))?;
         ax_core::addr::check_app_ip(parsed).map_err(|e| anyhow!(e))?;
     }
+    if let Some(name) = &r.name {
+        ax_dns::wire::check_label(name).map_err(|e| anyhow!(e))?;
+    }
     ax_core::Labels::parse(&r.labels).map_err(|e| anyhow!("--labels {}: {e}", r.labels))?;
-    Ok(ax_run::Options { ip: r.ip, labels: r.labels, command: r.command })
+    let new_netns = r.new_netns.unwrap_or(true);
+    if let Some(name) = &r.interface {
+        ax_run::check_interface_name(name).map_err(|e| anyhow!(e))?;
+        if !new_netns {
+            return Err(anyhow!(
+                "--interface needs the app's own network namespace: it cannot go with --new-netns=false"
+            ));
+        }
+    }
+    let user = match &r.user {
+        Some(who) => Some(
+            ax_sys::proc::lookup_user(who)
+                .map_err(|e| anyhow!("--user {who}: cannot read the user database: {e}"))?
+                .ok_or_else(|| anyhow!("--user {who}: no such user"))?,
+        ),
+        None => None,
+    };
+    Ok(ax_run::Options {
+        ip: r.ip,
+        name: r.name,
+        labels: r.labels,
+        user,
+        interface: r.interface,
+        new_netns,
+        dns_override: r.dns_override.unwrap_or(true),
+        command: r.command,
+    })
 }

@@ -142,6 +142,65 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// An IPv4 network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn new(ip: Ipv4Addr, prefix: u8) -> Subnet {
+        let prefix = prefix.min(32);
+        Subnet { base: Ipv4Addr::from(u32::from(ip) & Self::mask(prefix)), prefix }
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.prefix) == u32::from(self.base)
+    }
+
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        self.contains(other.base) || other.contains(self.base)
+    }
+
+    /// Number of addresses in the network.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - self.prefix)
+    }
+
+    /// The `i`-th address of the network.
+    pub fn nth(&self, i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base).wrapping_add(i))
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// Ranges that made-up app addresses come from, in order of preference: never routed
+/// on the Internet, and the first that overlaps none of the host's networks is used.
+pub const MADE_UP_RANGES: [Subnet; 3] = [
+    Subnet { base: Ipv4Addr::new(198, 19, 0, 0), prefix: 16 },
+    Subnet { base: Ipv4Addr::new(100, 127, 0, 0), prefix: 16 },
+    Subnet { base: Ipv4Addr::new(172, 31, 254, 0), prefix: 23 },
+];
+
+/// The first of [`MADE_UP_RANGES`] that overlaps none of `host_networks`.
+pub fn made_up_range(host_networks: &[Subnet]) -> Option<Subnet> {
+    MADE_UP_RANGES.into_iter().find(|r| host_networks.iter().all(|n| !n.overlaps(r)))
+}
+
 /// Checks that `ip` can serve as an app's virtual address: a unicast IPv4 address
 /// that is not the host's loopback.
 pub fn check_app_ip(ip: Ipv4Addr) -> Result<(), String> {
@@ -196,6 +255,17 @@ mod tests {
         assert_eq!(unmap(w), "0.0.0.0:80".parse().unwrap());
         assert!(is_loopback("::ffff:127.0.0.5".parse().unwrap()));
         assert!(!is_loopback("198.18.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn made_up_ranges_avoid_the_hosts_networks() {
+        let n = |s: &str, p| Subnet::new(s.parse().unwrap(), p);
+        assert_eq!(made_up_range(&[n("10.0.0.1", 24)]), Some(MADE_UP_RANGES[0]));
+        assert_eq!(made_up_range(&[n("198.18.0.1", 15)]), Some(MADE_UP_RANGES[1]));
+        assert_eq!(made_up_range(&[n("0.0.0.0", 0)]), None);
+        assert!(n("198.19.3.4", 16).contains("198.19.200.1".parse().unwrap()));
+        assert_eq!(n("198.19.3.4", 16).to_string(), "198.19.0.0/16");
+        assert_eq!(n("1.2.3.4", 32).size(), 1);
     }
 
     #[test]

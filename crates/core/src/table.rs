@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use crate::addr::{self, Family};
+use crate::addr::{self, Family, Subnet};
 use crate::ids::{self, AppId};
 use crate::labels::Labels;
 use crate::ports::PortPool;
@@ -131,6 +131,8 @@ pub struct Table {
     pool: PortPool,
     rng: fastrand::Rng,
     changes: u64,
+    /// Where apps with a name and no `--ip` get their address, and the next to try.
+    made_up: Option<(Subnet, u32)>,
 }
 
 impl Table {
@@ -142,7 +144,44 @@ impl Table {
             pool,
             rng: fastrand::Rng::with_seed(seed),
             changes: 0,
+            made_up: None,
         }
+    }
+
+    /// Sets the range made-up addresses come from (see [`addr::made_up_range`]).
+    pub fn set_made_up_range(&mut self, range: Subnet) {
+        self.made_up = Some((range, 0));
+    }
+
+    /// A free address from the made-up range: not the network's first or last of any
+    /// /24, and used by no app.
+    fn make_up_ip(&mut self) -> Result<Ipv4Addr, String> {
+        let (range, cursor) = self.made_up.ok_or("no address range for made-up addresses: give --ip")?;
+        let size = range.size() as u32;
+        for step in 0..size {
+            let i = cursor.wrapping_add(step) % size;
+            let ip = range.nth(i);
+            let last = ip.octets()[3];
+            if last == 0 || last == 255 || ip == self.node.ip || self.apps.values().any(|a| a.ip == ip) {
+                continue;
+            }
+            self.made_up = Some((range, i.wrapping_add(1) % size));
+            return Ok(ip);
+        }
+        Err(format!("every address of the made-up range {range} is in use: give --ip"))
+    }
+
+    /// Every address serving the name `label` (apps' names compare without case).
+    pub fn addresses_named(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
+        let mut ips: Vec<Ipv4Addr> = self
+            .apps
+            .values()
+            .filter(|a| a.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(label)))
+            .map(|a| a.ip)
+            .collect();
+        ips.sort();
+        ips.dedup();
+        (!ips.is_empty()).then_some(ips)
     }
 
     /// A mark to take before listing the kernel's sockets: [`Table::sweep`] with it
@@ -164,8 +203,14 @@ impl Table {
         &self.pool
     }
 
-    /// Registers an app; it gets a fresh id and, without `--ip`, the node address.
-    pub fn add_app(&mut self, new: NewApp) -> App {
+    /// Registers an app; it gets a fresh id and, without `--ip`, a made-up address if
+    /// it has a name, else the node address.
+    pub fn add_app(&mut self, new: NewApp) -> Result<App, String> {
+        let ip = match (new.ip, &new.name) {
+            (Some(ip), _) => ip,
+            (None, Some(_)) => self.make_up_ip()?,
+            (None, None) => self.node.ip,
+        };
         let id = loop {
             let id = AppId(0xf000_0000 | (self.rng.u32(..) & 0x0fff_ffff));
             if !self.apps.contains_key(&id) {
@@ -175,14 +220,14 @@ impl Table {
         let app = App {
             id,
             uuid: ids::random_uuid(&mut self.rng),
-            name: new.name,
-            ip: new.ip.unwrap_or(self.node.ip),
+            name: new.name.map(|n| n.to_ascii_lowercase()),
+            ip,
             labels: new.labels,
             pid: new.pid,
             driver: new.driver,
         };
         self.apps.insert(id, app.clone());
-        app
+        Ok(app)
     }
 
     /// Removes an app with every socket it bound; their ports go back to the pool.
@@ -382,6 +427,7 @@ mod tests {
             driver: "user".into(),
             ..NewApp::default()
         })
+        .unwrap()
         .id
     }
 
@@ -400,6 +446,37 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn named(t: &mut Table, name: &str, ip: Option<&str>) -> Result<App, String> {
+        t.add_app(NewApp { name: Some(name.into()), ip: ip.map(|s| s.parse().unwrap()), ..NewApp::default() })
+    }
+
+    #[test]
+    fn named_apps_get_made_up_unique_addresses() {
+        let mut t = table();
+        assert!(named(&mut t, "web", None).unwrap_err().contains("give --ip"));
+        t.set_made_up_range(Subnet::new("198.19.0.0".parse().unwrap(), 23));
+        let a = named(&mut t, "web", None).unwrap();
+        let b = named(&mut t, "Web", None).unwrap();
+        let c = named(&mut t, "db", Some("198.19.0.3")).unwrap();
+        assert_eq!(a.ip, "198.19.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(b.ip, "198.19.0.2".parse::<Ipv4Addr>().unwrap());
+        // 198.19.0.3 is taken by --ip.
+        assert_eq!(named(&mut t, "x", None).unwrap().ip, "198.19.0.4".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(t.addresses_named("WEB"), Some(vec![a.ip, b.ip]));
+        assert_eq!(t.addresses_named("db"), Some(vec![c.ip]));
+        assert_eq!(t.addresses_named("nope"), None);
+        t.remove_app(c.id);
+        assert_eq!(t.addresses_named("db"), None);
+        let mut ips = HashSet::new();
+        while let Ok(app) = named(&mut t, "many", None) {
+            assert!(ips.insert(app.ip), "{} handed out twice", app.ip);
+            let last = app.ip.octets()[3];
+            assert!(last != 0 && last != 255);
+        }
+        // 512 addresses less four ends (two /24s), less the three apps still there.
+        assert_eq!(ips.len(), 512 - 4 - 3);
     }
 
     #[test]

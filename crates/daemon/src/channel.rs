@@ -49,6 +49,7 @@ fn serve(conn: UnixStream, daemon: Daemon) {
         let _ = reply(&conn, &RunReply::Error { error: format!("{e:#}") });
     }
     if let Some(id) = app {
+        crate::names::remove_resolv_conf(id);
         if let Some((_, gone)) = daemon.table().remove_app(id) {
             info!(app = %id, rows = gone.iter().filter(|b| b.listening).count(), sockets = gone.len(), "app exited; its rows are removed");
         }
@@ -64,10 +65,23 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
         bail!("expected a register request first");
     };
     let new = validate(&req, cred.pid)?;
-    let registered = daemon.table().add_app(new);
+    if new.name.is_some() && daemon.dns_domain.is_none() {
+        bail!("--name needs the daemon's DNS server, and this daemon runs with --dns=false");
+    }
+    let registered = daemon.table().add_app(new).map_err(|e| anyhow!(e))?;
     *app = Some(registered.id);
-    info!(app = %registered.id, ip = %registered.ip, labels = %registered.labels, "app registered");
-    reply(conn, &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip.to_string() })?;
+    info!(app = %registered.id, name = ?registered.name, ip = %registered.ip, labels = %registered.labels, "app registered");
+    let resolv_conf = match (&daemon.dns_domain, req.dns_override) {
+        (Some(domain), true) => {
+            let node = daemon.table().node().ip;
+            Some(crate::names::write_resolv_conf(registered.id, node, domain)?)
+        }
+        _ => None,
+    };
+    reply(
+        conn,
+        &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip.to_string(), resolv_conf },
+    )?;
     let (pid, fd) = match recv(conn)? {
         Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
         Some((RunRequest::Attach { .. }, None)) => bail!("attach came without the seccomp listener"),
@@ -94,8 +108,11 @@ fn validate(req: &Register, peer_pid: i32) -> Result<NewApp> {
         None => None,
     };
     let labels = Labels::parse(&req.labels).map_err(|e| anyhow!("--labels: {e}"))?;
+    if let Some(name) = &req.name {
+        ax_dns::wire::check_label(name).map_err(|e| anyhow!(e))?;
+    }
     Ok(NewApp {
-        name: None,
+        name: req.name.clone(),
         ip,
         labels,
         pid: if req.pid > 0 { req.pid } else { peer_pid },

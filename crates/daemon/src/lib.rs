@@ -7,6 +7,7 @@
 //! across restarts yet.
 
 mod channel;
+mod names;
 mod rest;
 mod views;
 mod watch;
@@ -19,8 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use ax_api::{API_SOCKET, RUN_DIR, RUN_SOCKET};
+use ax_core::addr::{self, Subnet};
 use ax_core::{NodeInfo, PortPool, PortRanges, Table};
-use tracing::info;
+use tracing::{info, warn};
 
 /// The daemon's settings, resolved from flags and environment by the CLI.
 #[derive(Debug, Clone)]
@@ -32,6 +34,15 @@ pub struct Config {
     pub cluster: String,
     pub ports: PortRanges,
     pub rest_port: u16,
+    /// The built-in DNS server: None with `--dns=false`.
+    pub dns: Option<DnsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub domain: String,
+    /// `--dns-servers`; None: the host's resolv.conf nameservers.
+    pub servers: Option<Vec<std::net::SocketAddr>>,
 }
 
 /// The driver this daemon runs (the kernel driver is not built yet).
@@ -41,6 +52,8 @@ pub const DRIVER: &str = "user";
 #[derive(Clone)]
 pub struct Daemon {
     pub table: Arc<Mutex<Table>>,
+    /// The DNS domain, when the DNS server runs.
+    pub dns_domain: Option<String>,
 }
 
 impl Daemon {
@@ -54,14 +67,23 @@ pub fn run(config: Config) -> Result<()> {
     if ax_sys::proc::effective_uid() != 0 {
         bail!("ax daemon must run as root: it makes sockets for apps in the host's network namespace and reads their memory (try: sudo ax daemon)");
     }
+    let interfaces = ax_sys::proc::interface_addrs().context("cannot list network interfaces")?;
     let node = NodeInfo {
         name: match config.node_name {
             Some(n) => n,
             None => hostname()?,
         },
         cluster: config.cluster,
-        ip: node_ip(config.node_interface.as_deref())?,
+        ip: node_ip(&interfaces, config.node_interface.as_deref())?,
     };
+    let host_networks: Vec<Subnet> = interfaces
+        .iter()
+        .filter_map(|a| match a.addr {
+            IpAddr::V4(ip) => Some(Subnet::new(ip, a.prefix)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let made_up = addr::made_up_range(&host_networks);
     prepare_dir(Path::new(RUN_DIR))?;
     let api_std = bind_unix(API_SOCKET)?;
     let run_sock = bind_unix(RUN_SOCKET)?;
@@ -75,9 +97,20 @@ pub fn run(config: Config) -> Result<()> {
 
     let mut seed = [0u8; 8];
     ax_sys::proc::random_bytes(&mut seed)?;
-    let table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
-    let daemon = Daemon { table: Arc::new(Mutex::new(table)) };
-    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, "ax daemon starting");
+    let mut table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
+    match made_up {
+        Some(range) => table.set_made_up_range(range),
+        None => warn!(
+            "every candidate range for made-up addresses overlaps this host's networks: apps with --name need --ip"
+        ),
+    }
+    let dns = match &config.dns {
+        Some(d) => Some(names::bind(node.ip, d)?),
+        None => None,
+    };
+    let daemon =
+        Daemon { table: Arc::new(Mutex::new(table)), dns_domain: config.dns.as_ref().map(|d| d.domain.clone()) };
+    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, "ax daemon starting");
 
     watch::spawn(daemon.clone())?;
     channel::spawn(run_sock, daemon.clone())?;
@@ -92,6 +125,9 @@ pub fn run(config: Config) -> Result<()> {
         api_std.set_nonblocking(true)?;
         let tcp = tokio::net::TcpListener::from_std(rest_std)?;
         let unix = tokio::net::UnixListener::from_std(api_std)?;
+        if let Some(dns) = dns {
+            names::spawn(dns, daemon.clone())?;
+        }
         info!("serving the API on {API_SOCKET} and http://127.0.0.1:{}", config.rest_port);
         rest::serve(tcp, unix, daemon, shutdown_signal()).await
     });
@@ -117,8 +153,7 @@ fn hostname() -> Result<String> {
 
 /// The node address: `--node-interface` as an IPv4 address or an interface name, or
 /// the first non-loopback interface that is up and has an IPv4 address.
-fn node_ip(choice: Option<&str>) -> Result<Ipv4Addr> {
-    let addrs = ax_sys::proc::interface_addrs().context("cannot list network interfaces")?;
+fn node_ip(addrs: &[ax_sys::proc::InterfaceAddr], choice: Option<&str>) -> Result<Ipv4Addr> {
     let v4 = |a: &ax_sys::proc::InterfaceAddr| match a.addr {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ax_core::Proto;
-use ax_sys::diag::{self, TCP_LISTEN};
+use ax_sys::netlink::{self as diag, TCP_LISTEN};
 use tracing::{info, warn};
 
 use crate::Daemon;

@@ -1,27 +1,49 @@
 //! `ax run`: registers the app with the daemon, forks, puts the child in new network
-//! and mount namespaces with only `lo`, installs the seccomp filter, hands the filter's
-//! listener to the daemon, and execs the program. The parent forwards signals and
-//! exits with the program's status.
+//! and mount namespaces with only `lo` (and the `--interface` device), mounts its
+//! private resolv.conf, installs the seccomp filter, hands the filter's listener to the
+//! daemon, switches to `--user`, and execs the program. The parent forwards signals
+//! and exits with the program's status.
 //!
 //! The launcher stays single-threaded so that the fork is sound.
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ax_api::{wire, Register, RunReply, RunRequest, RUN_SOCKET};
+use ax_sys::pidfd::Pidfd;
 use ax_sys::proc::{self, Fork};
-use ax_sys::{ns, scm, seccomp};
+use ax_sys::{ns, seccomp};
 use ax_trap::policy;
 
 /// What to run and as what.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub ip: Option<String>,
+    pub name: Option<String>,
     pub labels: String,
+    /// Who the program runs as (looked up before anything starts).
+    pub user: Option<proc::User>,
+    /// A non-loopback device to create in the app's namespace, with its address /32.
+    pub interface: Option<String>,
+    /// False: stay in the caller's network namespace (still trapped).
+    pub new_netns: bool,
+    pub dns_override: bool,
     pub command: Vec<OsString>,
+}
+
+/// Link types tried for `--interface`, in order: `ifb` looks like the manual's dummy
+/// device (BROADCAST,NOARP,UP,LOWER_UP); a port-less bridge is the fallback. This
+/// kernel has no `dummy` type.
+const INTERFACE_KINDS: &[&str] = &["ifb", "bridge"];
+
+/// What the child needs to know from the daemon's answer.
+struct Setup<'a> {
+    opts: &'a Options,
+    ip: std::net::Ipv4Addr,
+    resolv_conf: Option<String>,
 }
 
 /// Signals the launcher passes on to the app; SIGCHLD tells it the app ended.
@@ -39,13 +61,20 @@ pub fn run(opts: Options) -> Result<i32> {
         bail!("ax run must run as root: it creates a network namespace for the app (try: sudo ax run ...)");
     }
     let daemon = UnixStream::connect(RUN_SOCKET).map_err(|e| anyhow!(ax_api::unreachable(RUN_SOCKET, &e)))?;
-    let register =
-        RunRequest::Register(Register { ip: opts.ip.clone(), labels: opts.labels.clone(), pid: proc::pid() });
+    let register = RunRequest::Register(Register {
+        ip: opts.ip.clone(),
+        name: opts.name.clone(),
+        labels: opts.labels.clone(),
+        dns_override: opts.dns_override,
+        pid: proc::pid(),
+    });
     wire::send(daemon.as_fd(), &register, None).context("cannot talk to the ax daemon")?;
-    match answer(&daemon)? {
-        RunReply::Registered { .. } => {}
+    let setup = match answer(&daemon)? {
+        RunReply::Registered { ip, resolv_conf, .. } => {
+            Setup { opts: &opts, ip: ip.parse().context("the ax daemon gave a bad address")?, resolv_conf }
+        }
         other => bail!("unexpected answer from the ax daemon: {other:?}"),
-    }
+    };
 
     let (parent_end, child_end) = UnixStream::pair().context("cannot make a socket pair")?;
     let mut all = FORWARDED.to_vec();
@@ -55,7 +84,7 @@ pub fn run(opts: Options) -> Result<i32> {
         Fork::Child => {
             drop(parent_end);
             drop(daemon);
-            child(child_end, &opts.command)
+            child(child_end, &setup)
         }
         Fork::Parent(pid) => {
             drop(child_end);
@@ -73,13 +102,17 @@ fn answer(daemon: &UnixStream) -> Result<RunReply> {
 }
 
 fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32]) -> Result<i32> {
-    let mut byte = [0u8; 1];
-    let (n, listener) = scm::recv(child.as_fd(), &mut byte).context("cannot hear from the app's process")?;
-    let Some(listener) = listener.filter(|_| n == 1) else {
+    // The child says which descriptor holds its listener; we take it with pidfd_getfd.
+    // (Passing it with sendmsg would trap the child on its own filter.)
+    let mut number = [0u8; 4];
+    if (&child).read_exact(&mut number).is_err() {
         // The child failed to set up and said why on stderr; pass its status on.
         return wait_for(pid, signals);
-    };
-    if let Err(e) = attach(&daemon, pid, listener) {
+    }
+    let listener = Pidfd::open_thread(pid)
+        .and_then(|p| p.get_fd(i32::from_ne_bytes(number)))
+        .context("cannot take the seccomp listener from the app's process");
+    if let Err(e) = listener.and_then(|l| attach(&daemon, pid, &l)) {
         let _ = proc::kill(pid, libc::SIGKILL);
         let _ = wait_for(pid, &[libc::SIGCHLD]);
         return Err(e);
@@ -90,7 +123,7 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32]) -> R
     status
 }
 
-fn attach(daemon: &UnixStream, pid: i32, listener: OwnedFd) -> Result<()> {
+fn attach(daemon: &UnixStream, pid: i32, listener: &OwnedFd) -> Result<()> {
     wire::send(daemon.as_fd(), &RunRequest::Attach { pid }, Some(listener.as_fd()))
         .context("cannot hand the app to the ax daemon")?;
     match answer(daemon)? {
@@ -114,8 +147,9 @@ fn wait_for(pid: i32, signals: &[i32]) -> Result<i32> {
 }
 
 /// The forked child: never returns.
-fn child(parent: UnixStream, command: &[OsString]) -> ! {
-    match setup(&parent) {
+fn child(parent: UnixStream, setup: &Setup) -> ! {
+    let command = &setup.opts.command;
+    match prepare(&parent, setup) {
         Ok(true) => {}
         Ok(false) => proc::exit_now(1),
         Err(e) => {
@@ -134,17 +168,84 @@ fn child(parent: UnixStream, command: &[OsString]) -> ! {
     proc::exit_now(126);
 }
 
-/// Namespaces, filter, hand-over; true once the parent says go.
-fn setup(parent: &UnixStream) -> Result<bool> {
+/// Namespaces, resolv.conf, filter, hand-over, user; true once the parent says go.
+fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
+    let opts = setup.opts;
     proc::unblock_all_signals()?;
-    ns::unshare_net_and_mount().context("cannot create the app's namespaces")?;
+    ns::unshare(opts.new_netns).context("cannot create the app's namespaces")?;
     ns::make_mounts_private().context("cannot make the app's mounts private")?;
-    ns::loopback_up().context("cannot bring up lo in the app's namespace")?;
+    if opts.new_netns {
+        ns::loopback_up().context("cannot bring up lo in the app's namespace")?;
+    }
+    if let Some(name) = &opts.interface {
+        add_interface(name, setup.ip)?;
+    }
+    if let Some(path) = &setup.resolv_conf {
+        ns::bind_mount(path, "/etc/resolv.conf").context("cannot mount the app's resolv.conf over /etc/resolv.conf")?;
+    }
     let listener =
         seccomp::install_filter(&policy::compile(policy::RULES)).context("cannot install the seccomp filter")?;
-    scm::send(parent.as_fd(), b"L", Some(listener.as_fd())).context("cannot pass the seccomp listener to ax run")?;
-    drop(listener);
+    // From here on only calls the filter lets through: read and write.
+    let mut io = parent;
+    io.write_all(&listener.as_raw_fd().to_ne_bytes()).context("cannot tell ax run where the seccomp listener is")?;
     let mut go = [0u8; 1];
-    let (n, _) = scm::recv(parent.as_fd(), &mut go)?;
-    Ok(n == 1 && go[0] == GO)
+    if io.read_exact(&mut go).is_err() || go[0] != GO {
+        return Ok(false);
+    }
+    drop(listener);
+    if let Some(user) = &opts.user {
+        std::env::set_var("HOME", &user.home);
+        std::env::set_var("USER", &user.name);
+        std::env::set_var("LOGNAME", &user.name);
+        proc::become_user(user).with_context(|| format!("cannot switch to user {}", user.name))?;
+    }
+    Ok(true)
+}
+
+/// Creates `--interface` in the app's namespace with the app's address /32, up.
+fn add_interface(name: &str, ip: std::net::Ipv4Addr) -> Result<()> {
+    let mut last = None;
+    for kind in INTERFACE_KINDS {
+        match ns::create_link(name, kind) {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    if let Some(e) = last {
+        bail!("cannot create interface {name} (tried link types {INTERFACE_KINDS:?}): {e}");
+    }
+    ns::set_host_address(name, ip).with_context(|| format!("cannot give {name} the address {ip}/32"))?;
+    ns::link_up(name).with_context(|| format!("cannot bring {name} up"))
+}
+
+/// Checks an interface name as the kernel would: 1-15 bytes, not `.` or `..`, no `/`,
+/// `:` or white space.
+pub fn check_interface_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("--interface '{name}' is not a valid interface name: 1-15 characters, no '/', ':' or spaces"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        assert!(check_interface_name("eth0").is_ok());
+        assert!(check_interface_name("a-very-long-nm").is_ok());
+        for bad in ["", ".", "..", "eth/0", "eth:0", "eth 0", "sixteen-chars-xx"] {
+            assert!(check_interface_name(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //!
 //! Each `unsafe` block says why it is sound. The rest of the workspace forbids `unsafe`.
 
-pub mod diag;
+pub mod netlink;
 pub mod ns;
 pub mod pidfd;
 pub mod proc;

@@ -11,10 +11,22 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use crate::cvt;
 
-/// Moves the calling thread into new network and mount namespaces.
-pub fn unshare_net_and_mount() -> io::Result<()> {
+/// Moves the calling thread into a new mount namespace and, with `net`, a new network
+/// namespace.
+pub fn unshare(net: bool) -> io::Result<()> {
+    let flags = if net { libc::CLONE_NEWNET | libc::CLONE_NEWNS } else { libc::CLONE_NEWNS };
     // SAFETY: unshare takes flags only.
-    cvt(unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) })?;
+    cvt(unsafe { libc::unshare(flags) })?;
+    Ok(())
+}
+
+/// Bind-mounts the file `src` over `dst` (in this mount namespace only, once mounts
+/// are private).
+pub fn bind_mount(src: &str, dst: &str) -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let (src, dst) = (c(src)?, c(dst)?);
+    // SAFETY: both paths are valid C strings; a bind mount takes no type or data.
+    cvt(unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) })?;
     Ok(())
 }
 
@@ -36,14 +48,22 @@ pub fn make_mounts_private() -> io::Result<()> {
     Ok(())
 }
 
-/// Brings the loopback interface of the current network namespace up.
-pub fn loopback_up() -> io::Result<()> {
-    let sock = crate::sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
         *d = *s as libc::c_char;
     }
+    Ok(ifr)
+}
+
+/// Brings interface `name` of the current network namespace up.
+pub fn link_up(name: &str) -> io::Result<()> {
+    let sock = crate::sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let mut ifr = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS fills the flags of the named interface in `ifr`.
     cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) })?;
     // SAFETY: the union member for flags was just written by the kernel.
@@ -51,6 +71,60 @@ pub fn loopback_up() -> io::Result<()> {
     // SAFETY: SIOCSIFFLAGS reads the name and flags from `ifr`.
     cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) })?;
     Ok(())
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    link_up("lo")
+}
+
+/// Gives interface `name` the address `ip` with a /32 netmask.
+pub fn set_host_address(name: &str, ip: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = crate::sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    for (req, addr) in [(libc::SIOCSIFADDR, ip), (libc::SIOCSIFNETMASK, std::net::Ipv4Addr::BROADCAST)] {
+        let mut ifr = ifreq(name)?;
+        let (ss, _) = crate::sock::to_raw(&std::net::SocketAddr::from((addr, 0)));
+        // SAFETY: the union's sockaddr member is large enough for a sockaddr_in, which
+        // `ss` holds at its start.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&ss as *const libc::sockaddr_storage).cast::<u8>(),
+                (&mut ifr.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast::<u8>(),
+                std::mem::size_of::<libc::sockaddr>(),
+            )
+        };
+        // SAFETY: the ioctl reads the name and address from `ifr`.
+        cvt(unsafe { libc::ioctl(sock.as_raw_fd(), req, &ifr) })?;
+    }
+    Ok(())
+}
+
+/// Creates a network interface `name` of link type `kind` (as `ip link add NAME type
+/// KIND` does) in the current network namespace, through rtnetlink.
+pub fn create_link(name: &str, kind: &str) -> io::Result<()> {
+    const RTM_NEWLINK: u16 = 16;
+    const IFLA_IFNAME: u16 = 3;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_INFO_KIND: u16 = 1;
+    fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    let mut body = vec![0u8; 16]; // struct ifinfomsg, all zero: AF_UNSPEC, no flags
+    attr(&mut body, IFLA_IFNAME, format!("{name}\0").as_bytes());
+    let mut info = Vec::new();
+    attr(&mut info, IFLA_INFO_KIND, kind.as_bytes());
+    attr(&mut body, IFLA_LINKINFO, &info);
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    let mut msg = Vec::with_capacity(16 + body.len());
+    msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&[0; 8]);
+    msg.extend_from_slice(&body);
+    crate::netlink::request_ack(libc::NETLINK_ROUTE, &msg)
 }
 
 /// The network namespace of process `pid`, as an fd that keeps it alive.

@@ -197,6 +197,8 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
 pub struct InterfaceAddr {
     pub name: String,
     pub addr: IpAddr,
+    /// Length of the network prefix (from the netmask).
+    pub prefix: u8,
     pub loopback: bool,
     pub up: bool,
 }
@@ -212,22 +214,14 @@ pub fn interface_addrs() -> io::Result<Vec<InterfaceAddr>> {
         // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
         let ifa = unsafe { &*cur };
         if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr is non-null and points at a sockaddr of its family; we
-            // copy at most a sockaddr_storage, and from_raw checks the family's length.
-            let addr = unsafe {
-                let fam = (*ifa.ifa_addr).sa_family as i32;
-                let len = match fam {
-                    libc::AF_INET => std::mem::size_of::<libc::sockaddr_in>(),
-                    libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
-                    _ => 0,
-                };
-                let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-                std::ptr::copy_nonoverlapping(
-                    ifa.ifa_addr.cast::<u8>(),
-                    (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
-                    len,
-                );
-                crate::sock::from_raw(&ss, len as libc::socklen_t)
+            // SAFETY: ifa_addr is non-null and points at a sockaddr of its family.
+            let addr = unsafe { copy_sockaddr(ifa.ifa_addr) };
+            // SAFETY: ifa_netmask is null or points at a sockaddr of the same family.
+            let mask = unsafe { copy_sockaddr(ifa.ifa_netmask) };
+            let prefix = match mask.map(|m| m.ip()) {
+                Some(IpAddr::V4(m)) => u32::from(m).count_ones() as u8,
+                Some(IpAddr::V6(m)) => u128::from(m).count_ones() as u8,
+                None => 0,
             };
             if let Some(a) = addr {
                 // SAFETY: ifa_name is a valid C string for the list's lifetime.
@@ -235,6 +229,7 @@ pub fn interface_addrs() -> io::Result<Vec<InterfaceAddr>> {
                 out.push(InterfaceAddr {
                     name,
                     addr: a.ip(),
+                    prefix,
                     loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
                     up: ifa.ifa_flags & libc::IFF_UP as u32 != 0,
                 });
@@ -245,4 +240,94 @@ pub fn interface_addrs() -> io::Result<Vec<InterfaceAddr>> {
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// Copies an inet sockaddr the kernel handed us by pointer.
+///
+/// # Safety
+/// `sa` must be null or point at a readable sockaddr whose family says its size.
+unsafe fn copy_sockaddr(sa: *const libc::sockaddr) -> Option<std::net::SocketAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: the caller promises `sa` is readable; we copy only as many bytes as its
+    // family's struct has, into storage large enough for any of them.
+    unsafe {
+        let len = match (*sa).sa_family as i32 {
+            libc::AF_INET => std::mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
+            _ => return None,
+        };
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        std::ptr::copy_nonoverlapping(sa.cast::<u8>(), (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(), len);
+        crate::sock::from_raw(&ss, len as libc::socklen_t)
+    }
+}
+
+/// An account from the password database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    /// Every group the user is in, the primary one included.
+    pub groups: Vec<u32>,
+}
+
+/// Looks a user up by name or, for a number, by uid (through NSS, like `id`).
+pub fn lookup_user(who: &str) -> io::Result<Option<User>> {
+    let mut pw: libc::passwd = {
+        // SAFETY: passwd is plain data; all-zero is a valid value before the call fills it.
+        unsafe { std::mem::zeroed() }
+    };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let r = match who.parse::<u32>() {
+        // SAFETY: all pointers are valid for the call; the strings written into `buf`
+        // stay valid while `buf` lives.
+        Ok(uid) => unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) },
+        Err(_) => {
+            let c = CString::new(who).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: as above; `c` is a valid C string.
+            unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) }
+        }
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    if found.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: on success pw_name and pw_dir point at C strings inside `buf`.
+    let (name, home) = unsafe {
+        (
+            std::ffi::CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(),
+            std::ffi::CStr::from_ptr(pw.pw_dir).to_string_lossy().into_owned(),
+        )
+    };
+    let cname = CString::new(name.clone()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: `groups` has room for `n` entries; `n` is updated with the count.
+        let r = unsafe { libc::getgrouplist(cname.as_ptr(), pw.pw_gid, groups.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            groups.truncate(n as usize);
+            break;
+        }
+        groups.resize(n.max(groups.len() as libc::c_int * 2) as usize, 0);
+    }
+    Ok(Some(User { name, uid: pw.pw_uid, gid: pw.pw_gid, home, groups }))
+}
+
+/// Drops to `user`: its groups, its gid, then its uid (for good: no way back).
+pub fn become_user(user: &User) -> io::Result<()> {
+    // SAFETY: `groups` holds `len` gids.
+    cvt(unsafe { libc::setgroups(user.groups.len(), user.groups.as_ptr()) })?;
+    // SAFETY: setresgid/setresuid take integers.
+    cvt(unsafe { libc::setresgid(user.gid, user.gid, user.gid) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::setresuid(user.uid, user.uid, user.uid) })?;
+    Ok(())
 }

@@ -173,7 +173,16 @@ pub fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// Waits up to `timeout_ms` (-1: forever) for the socket to become writable, which is
 /// how a pending connect reports that it finished.
 pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    poll_one(fd, libc::POLLOUT, timeout_ms)
+}
+
+/// Waits up to `timeout_ms` (-1: forever) for the socket to become readable.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    poll_one(fd, libc::POLLIN, timeout_ms)
+}
+
+fn poll_one(fd: BorrowedFd<'_>, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
     loop {
         // SAFETY: `p` is one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
@@ -194,4 +203,63 @@ pub fn disconnect(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: `sa` is a valid sockaddr of the length passed.
     cvt(unsafe { libc::connect(fd.as_raw_fd(), &sa, size_of::<libc::sockaddr>() as libc::socklen_t) })?;
     Ok(())
+}
+
+/// What a datagram receive gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes the datagram had (may exceed the buffer with MSG_TRUNC).
+    pub len: usize,
+    pub from: Option<SocketAddr>,
+    /// Bytes of ancillary data written into the control buffer.
+    pub control_len: usize,
+    pub flags: i32,
+}
+
+/// recvmsg into one buffer (and a control buffer).
+pub fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8], control: &mut [u8], flags: i32) -> io::Result<Received> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !control.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len();
+    }
+    // SAFETY: every pointer in `msg` refers to a live buffer of the stated length.
+    let n = cvt(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) })? as usize;
+    Ok(Received { len: n, from: from_raw(&ss, msg.msg_namelen), control_len: msg.msg_controllen, flags: msg.msg_flags })
+}
+
+/// sendmsg of one buffer (and control data) to `to`, or to the connected peer.
+pub fn send_msg(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    control: &[u8],
+    flags: i32,
+    to: Option<&SocketAddr>,
+) -> io::Result<usize> {
+    let raw = to.map(to_raw);
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: msghdr is plain data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some((ss, len)) = &raw {
+        msg.msg_name = (ss as *const libc::sockaddr_storage) as *mut libc::c_void;
+        msg.msg_namelen = *len;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !control.is_empty() {
+        msg.msg_control = control.as_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len();
+    }
+    // SAFETY: every pointer in `msg` refers to a live buffer of the stated length; the
+    // kernel only reads them.
+    let n = cvt(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) })?;
+    Ok(n as usize)
 }

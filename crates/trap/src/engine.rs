@@ -25,7 +25,7 @@ const MAX_BIND_TRIES: usize = 256;
 
 /// How a trapped call is answered.
 #[derive(Debug)]
-enum Answer {
+pub(crate) enum Answer {
     Value(i64),
     Fail(Errno),
     /// The kernel runs the call as made (only where that is safe).
@@ -45,14 +45,14 @@ struct Namespaces {
 
 /// Answers the trapped calls of one app.
 pub struct Engine {
-    app: AppId,
-    table: Arc<Mutex<Table>>,
-    listener: Arc<Listener>,
-    tasks: Tasks,
+    pub(crate) app: AppId,
+    pub(crate) table: Arc<Mutex<Table>>,
+    pub(crate) listener: Arc<Listener>,
+    pub(crate) tasks: Tasks,
     ns: Namespaces,
 }
 
-fn errno(e: std::io::Error) -> Errno {
+pub(crate) fn errno(e: std::io::Error) -> Errno {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
@@ -93,7 +93,7 @@ impl Engine {
         }
     }
 
-    fn table(&self) -> MutexGuard<'_, Table> {
+    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -105,6 +105,10 @@ impl Engine {
             libc::SYS_connect => self.connect(&n),
             libc::SYS_getsockname => self.name(&n, false),
             libc::SYS_getpeername => self.name(&n, true),
+            libc::SYS_sendto => self.sendto(&n),
+            libc::SYS_sendmsg => self.sendmsg(&n),
+            libc::SYS_recvfrom => self.recvfrom(&n),
+            libc::SYS_recvmsg => self.recvmsg(&n),
             _ => Ok(Answer::Proceed),
         };
         let sent = match result {
@@ -138,7 +142,7 @@ impl Engine {
 
     /// The app's socket `fd`, when it is an inet socket of the host namespace (one the
     /// daemon made). Anything else lives in the app's own namespace and may run natively.
-    fn host_socket(&mut self, n: &Notification) -> Result<Option<(OwnedFd, Family, Proto)>, Errno> {
+    pub(crate) fn host_socket(&mut self, n: &Notification) -> Result<Option<(OwnedFd, Family, Proto)>, Errno> {
         let s = self.tasks.get_fd(n.pid, n.id, &self.listener, n.args[0] as RawFd)?;
         let fd = s.as_fd();
         let Some(family) = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok().and_then(Family::from_raw) else {
@@ -154,15 +158,21 @@ impl Engine {
         Ok(Some((s, family, proto)))
     }
 
-    /// Copies the sockaddr at args[1] (length args[2]) out of the app, then makes sure
-    /// the call is still pending before anything is done with it.
-    fn read_addr(&mut self, n: &Notification, family: Family) -> Result<SockAddr, Errno> {
-        let len = n.args[2] as u32 as i32;
+    /// Copies the sockaddr at `ptr` (`len` bytes) out of the app, then makes sure the
+    /// call is still pending before anything is done with it.
+    pub(crate) fn read_addr(
+        &mut self,
+        n: &Notification,
+        ptr: u64,
+        len: u64,
+        family: Family,
+    ) -> Result<SockAddr, Errno> {
+        let len = len as u32 as i32;
         if len < 0 || len as usize > MAX_SOCKADDR {
             return Err(libc::EINVAL);
         }
         let mut buf = vec![0u8; len as usize];
-        self.tasks.read(n.pid, n.id, &self.listener, n.args[1], &mut buf)?;
+        self.tasks.read(n.pid, n.id, &self.listener, ptr, &mut buf)?;
         if !self.listener.id_valid(n.id) {
             return Err(libc::EINTR);
         }
@@ -177,7 +187,7 @@ impl Engine {
         let Some((s, family, proto)) = self.host_socket(n)? else {
             return Ok(Answer::Proceed);
         };
-        let SockAddr::Inet(want) = self.read_addr(n, family)? else {
+        let SockAddr::Inet(want) = self.read_addr(n, n.args[1], n.args[2], family)? else {
             return Err(libc::EAFNOSUPPORT);
         };
         let plan = self.table().plan_bind(self.app, want)?;
@@ -231,7 +241,13 @@ impl Engine {
                         requested,
                         flags: sock::file_flags(s).map_err(errno)?,
                     };
-                    self.table().add_binding(self.app, socket, service, port);
+                    let mut t = self.table();
+                    let b = t.add_binding(self.app, socket, service, port);
+                    if proto == Proto::Udp && service.port() != 0 {
+                        // A datagram socket serves from its bind on: there is no listen.
+                        t.set_listening(proto, port, b.inode, 0);
+                        info!(app = %self.app, %service, %host, "udp service row added");
+                    }
                     debug!(app = %self.app, %service, %host, "bound");
                     return Ok(port);
                 }
@@ -275,7 +291,7 @@ impl Engine {
         let Some((s, family, proto)) = self.host_socket(n)? else {
             return Ok(Answer::Proceed);
         };
-        let dest = match self.read_addr(n, family)? {
+        let dest = match self.read_addr(n, n.args[1], n.args[2], family)? {
             SockAddr::Inet(a) => a,
             SockAddr::Unspec => {
                 sock::disconnect(s.as_fd()).map_err(errno)?;
@@ -392,7 +408,7 @@ impl Engine {
     /// Replaces the app's socket `fd` with a fresh one in the app's own namespace, with
     /// the same type and the options that matter, so a loopback bind or connect stays
     /// private to the app. The call then runs natively on the new socket.
-    fn privatize(&mut self, n: &Notification, old: BorrowedFd<'_>) -> Result<(), Errno> {
+    pub(crate) fn privatize(&mut self, n: &Notification, old: BorrowedFd<'_>) -> Result<(), Errno> {
         let get = |opt| sock::get_int(old, libc::SOL_SOCKET, opt).map_err(errno);
         let (domain, ty, protocol) = (get(libc::SO_DOMAIN)?, get(libc::SO_TYPE)?, get(libc::SO_PROTOCOL)?);
         let fresh = ns::with_netns(&self.ns.app, &self.ns.host, || sock::socket(domain, ty, protocol))

@@ -2,6 +2,7 @@
 //! and why, and compiles that to BPF; [`engine`] answers the trapped calls of one app
 //! in the host's network namespace, asking `ax_core`'s table what each call means.
 
+mod datagram;
 pub mod engine;
 pub mod policy;
 mod task;

@@ -23,6 +23,10 @@ pub enum When {
         arg: usize,
         values: &'static [u32],
     },
+    /// Argument `arg` (a pointer) is not null.
+    ArgNonNull {
+        arg: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +77,30 @@ pub const RULES: &[Rule] = &[
         when: When::Always,
         action: Action::Notify,
         why: "the app sees the service address it connected to",
+    },
+    Rule {
+        nr: libc::SYS_sendto,
+        when: When::ArgNonNull { arg: 4 },
+        action: Action::Notify,
+        why: "a datagram to a virtual address goes to its backend; sends without an address stay native",
+    },
+    Rule {
+        nr: libc::SYS_sendmsg,
+        when: When::Always,
+        action: Action::Notify,
+        why: "as sendto; the address is inside the msghdr, which only the daemon can read",
+    },
+    Rule {
+        nr: libc::SYS_recvfrom,
+        when: When::ArgNonNull { arg: 4 },
+        action: Action::Notify,
+        why: "a datagram from a backend shows the virtual address it was sent to; recv without an address stays native",
+    },
+    Rule {
+        nr: libc::SYS_recvmsg,
+        when: When::Always,
+        action: Action::Notify,
+        why: "as recvfrom; the address buffer is inside the msghdr",
     },
     Rule {
         nr: libc::SYS_io_uring_setup,
@@ -143,6 +171,16 @@ pub fn compile(rules: &[Rule]) -> Vec<sock_filter> {
                 p.push(ret(Action::Allow));
                 p.push(ret(r.action));
             }
+            When::ArgNonNull { arg } => {
+                let low = OFF_ARGS + 8 * arg as u32;
+                p.push(jump(BPF_JEQ_K, r.nr as u32, 0, 6));
+                p.push(stmt(BPF_LD_W_ABS, low));
+                p.push(jump(BPF_JEQ_K, 0, 0, 3));
+                p.push(stmt(BPF_LD_W_ABS, low + 4));
+                p.push(jump(BPF_JEQ_K, 0, 0, 1));
+                p.push(ret(Action::Allow));
+                p.push(ret(r.action));
+            }
         }
     }
     p.push(ret(Action::Allow));
@@ -177,6 +215,19 @@ mod tests {
 
     fn verdict(nr: i64, arg0: u64) -> u32 {
         run(&compile(RULES), AUDIT_ARCH, nr as u32, [arg0, 0, 0, 0, 0, 0])
+    }
+
+    #[test]
+    fn sends_and_receives_are_trapped_only_with_an_address() {
+        let with = |nr: i64, arg4: u64| run(&compile(RULES), AUDIT_ARCH, nr as u32, [3, 0, 0, 0, arg4, 0]);
+        for nr in [libc::SYS_sendto, libc::SYS_recvfrom] {
+            assert_eq!(with(nr, 0), libc::SECCOMP_RET_ALLOW);
+            assert_eq!(with(nr, 0x7fff_0000_1000), libc::SECCOMP_RET_USER_NOTIF);
+            assert_eq!(with(nr, 0x1000), libc::SECCOMP_RET_USER_NOTIF);
+            assert_eq!(with(nr, 1 << 40), libc::SECCOMP_RET_USER_NOTIF);
+        }
+        assert_eq!(with(libc::SYS_sendmsg, 0), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(with(libc::SYS_recvmsg, 0), libc::SECCOMP_RET_USER_NOTIF);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! sock_diag: the kernel's list of sockets in the calling thread's network namespace.
-//! The daemon uses it to notice listeners that their app has closed, without holding
-//! them open itself (a held listener would accept connections no app serves).
+//! Netlink. sock_diag: the kernel's list of sockets in the calling thread's network
+//! namespace, which the daemon uses to notice listeners that their app has closed,
+//! without holding them open itself (a held listener would accept connections no app
+//! serves). And single rtnetlink requests with an acknowledgement.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -39,6 +40,20 @@ pub fn list(protocol: u8, states: u32) -> io::Result<Vec<DiagSocket>> {
         dump(&sock, family, protocol, states, &mut out)?;
     }
     Ok(out)
+}
+
+/// Sends one netlink request of `protocol` and waits for its acknowledgement.
+pub(crate) fn request_ack(protocol: i32, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: socket takes integers and returns a new fd or -1.
+    let fd = cvt(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, protocol) })?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: `msg` is readable for its length; a null address sends to the kernel.
+    cvt(unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) })?;
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: `buf` is writable for its length.
+    let n = cvt(unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })? as usize;
+    parse(&buf[..n], &mut Vec::new()).map(|_| ())
 }
 
 fn request(family: u8, protocol: u8, states: u32) -> [u8; HDR + REQ] {

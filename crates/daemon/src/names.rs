@@ -1,0 +1,79 @@
+//! The daemon's DNS server: binds port 53 on the node address (UDP and TCP), answers
+//! apps' names from the table, and writes each app's private resolv.conf.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use ax_api::RUN_DIR;
+use ax_core::AppId;
+use ax_dns::server::Dns;
+use ax_dns::zone::{self, Names, Zone};
+use tracing::info;
+
+use crate::{Daemon, DnsConfig};
+
+/// The DNS server's bound sockets and settings, made before the runtime starts so a
+/// busy port 53 stops the daemon with a clear error.
+pub struct Bound {
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+    zone: Zone,
+    upstreams: Vec<SocketAddr>,
+}
+
+pub fn bind(node: Ipv4Addr, config: &DnsConfig) -> Result<Bound> {
+    let zone = Zone::new(&config.domain).map_err(|e| anyhow!(e))?;
+    let at = SocketAddr::from((node, 53));
+    let busy = |e| anyhow!("cannot serve DNS on {at} ({e}): free the port or start the daemon with --dns=false");
+    let udp = std::net::UdpSocket::bind(at).map_err(busy)?;
+    let tcp = std::net::TcpListener::bind(at).map_err(busy)?;
+    let upstreams = match &config.servers {
+        Some(s) => s.clone(),
+        None => {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            zone::resolv_conf_servers(&text, node.into())
+        }
+    };
+    Ok(Bound { udp, tcp, zone, upstreams })
+}
+
+struct TableNames(Daemon);
+
+impl Names for TableNames {
+    fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
+        self.0.table().addresses_named(label)
+    }
+}
+
+/// Starts serving on the runtime this is called from.
+pub fn spawn(b: Bound, daemon: Daemon) -> Result<()> {
+    b.udp.set_nonblocking(true)?;
+    b.tcp.set_nonblocking(true)?;
+    let udp = tokio::net::UdpSocket::from_std(b.udp)?;
+    let tcp = tokio::net::TcpListener::from_std(b.tcp)?;
+    info!(at = %udp.local_addr()?, domain = b.zone.domain(), upstreams = ?b.upstreams, "serving DNS");
+    let dns = Arc::new(Dns { zone: b.zone, names: Arc::new(TableNames(daemon)), upstreams: b.upstreams });
+    tokio::spawn(ax_dns::server::serve(udp, tcp, dns));
+    Ok(())
+}
+
+fn resolv_conf_path(app: AppId) -> PathBuf {
+    PathBuf::from(RUN_DIR).join("resolv").join(format!("{app}.conf"))
+}
+
+/// Writes the resolv.conf an app sees: the daemon's DNS server, and its domain to
+/// search. Returns its path.
+pub fn write_resolv_conf(app: AppId, node: Ipv4Addr, domain: &str) -> Result<String> {
+    let path = resolv_conf_path(app);
+    let dir = path.parent().expect("a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let text = format!("# written by ax for app {app}\nnameserver {node}\nsearch {domain}\noptions ndots:1\n");
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+pub fn remove_resolv_conf(app: AppId) {
+    let _ = std::fs::remove_file(resolv_conf_path(app));
+}

@@ -1,0 +1,206 @@
+//! The DNS server on UDP and TCP. It takes its bound sockets and answers until the
+//! runtime stops. Our names are answered at once; other queries are relayed byte for
+//! byte to the first upstream server that answers in time.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tracing::debug;
+
+use crate::wire::{self, WireError};
+use crate::zone::{Decision, Names, Zone};
+
+/// How long an upstream server gets before the next is tried.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Our own answers change as apps come and go.
+const TTL: u32 = 5;
+const MAX_UDP: usize = 4096;
+
+pub struct Dns {
+    pub zone: Zone,
+    pub names: Arc<dyn Names>,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+enum Reply {
+    Now(Vec<u8>),
+    Forward,
+    Drop,
+}
+
+impl Dns {
+    fn local(&self, raw: &[u8]) -> Reply {
+        match wire::parse_query(raw) {
+            Ok(q) => match self.zone.decide(&q, self.names.as_ref()) {
+                Decision::Answer { rcode, addrs } => Reply::Now(wire::answer(&q, raw, rcode, &addrs, TTL)),
+                Decision::Forward => Reply::Forward,
+            },
+            Err(WireError::Bad { id, rcode }) => Reply::Now(wire::error(id, rcode)),
+            Err(WireError::Short) => Reply::Drop,
+        }
+    }
+
+    fn servfail(raw: &[u8]) -> Option<Vec<u8>> {
+        wire::id(raw).map(|id| wire::error(id, wire::RCODE_SERVFAIL))
+    }
+
+    async fn forward_udp(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let id = wire::id(raw)?;
+        for up in &self.upstreams {
+            let local: SocketAddr =
+                if up.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+            let Ok(sock) = UdpSocket::bind(local).await else { continue };
+            if sock.connect(up).await.is_err() || sock.send(raw).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; MAX_UDP];
+            let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                if wire::id(&buf[..n]) == Some(id) {
+                    buf.truncate(n);
+                    return Some(buf);
+                }
+            }
+            debug!(upstream = %up, "no answer in time");
+        }
+        Self::servfail(raw)
+    }
+
+    async fn forward_tcp(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        for up in &self.upstreams {
+            let exchange = async {
+                let mut s = TcpStream::connect(up).await?;
+                s.write_all(&(raw.len() as u16).to_be_bytes()).await?;
+                s.write_all(raw).await?;
+                let len = s.read_u16().await? as usize;
+                let mut buf = vec![0u8; len];
+                s.read_exact(&mut buf).await?;
+                Ok::<_, std::io::Error>(buf)
+            };
+            if let Ok(Ok(reply)) = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+                return Some(reply);
+            }
+        }
+        Self::servfail(raw)
+    }
+}
+
+/// Serves DNS on `udp` and `tcp` until the task is dropped.
+pub async fn serve(udp: UdpSocket, tcp: TcpListener, dns: Arc<Dns>) {
+    let udp = Arc::new(udp);
+    let tcp_dns = dns.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = tcp.accept().await {
+            tokio::spawn(serve_tcp(conn, tcp_dns.clone()));
+        }
+    });
+    let mut buf = vec![0u8; MAX_UDP];
+    loop {
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+        let raw = buf[..n].to_vec();
+        match dns.local(&raw) {
+            Reply::Now(reply) => {
+                let _ = udp.send_to(&reply, from).await;
+            }
+            Reply::Forward => {
+                let (dns, udp) = (dns.clone(), udp.clone());
+                tokio::spawn(async move {
+                    if let Some(reply) = dns.forward_udp(&raw).await {
+                        let _ = udp.send_to(&reply, from).await;
+                    }
+                });
+            }
+            Reply::Drop => {}
+        }
+    }
+}
+
+async fn serve_tcp(mut conn: TcpStream, dns: Arc<Dns>) {
+    loop {
+        let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(10), conn.read_u16()).await else { return };
+        let mut raw = vec![0u8; len as usize];
+        if conn.read_exact(&mut raw).await.is_err() {
+            return;
+        }
+        let reply = match dns.local(&raw) {
+            Reply::Now(r) => Some(r),
+            Reply::Forward => dns.forward_tcp(&raw).await,
+            Reply::Drop => None,
+        };
+        let Some(reply) = reply else { return };
+        if conn.write_all(&(reply.len() as u16).to_be_bytes()).await.is_err() || conn.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{query_bytes, TYPE_A};
+
+    struct One;
+    impl Names for One {
+        fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
+            (label == "web").then(|| vec![Ipv4Addr::new(198, 18, 0, 1)])
+        }
+    }
+
+    /// A stand-in upstream on loopback that answers every query with one A record.
+    async fn upstream() -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut b = [0u8; 512];
+            while let Ok((n, from)) = s.recv_from(&mut b).await {
+                let q = wire::parse_query(&b[..n]).unwrap();
+                let _ = s.send_to(&wire::answer(&q, &b[..n], 0, &[Ipv4Addr::new(203, 0, 113, 7)], 60), from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn answers_ours_and_forwards_the_rest_over_udp_and_tcp() {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ua, ta) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        let dns = Arc::new(Dns {
+            zone: Zone::new("appswitch.local").unwrap(),
+            names: Arc::new(One),
+            upstreams: vec![upstream().await],
+        });
+        tokio::spawn(serve(udp, tcp, dns));
+
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut b = [0u8; 512];
+        for (name, want) in [("web.appswitch.local", [198, 18, 0, 1]), ("example.org", [203, 0, 113, 7])] {
+            client.send_to(&query_bytes(9, name, TYPE_A), ua).await.unwrap();
+            let n = client.recv(&mut b).await.unwrap();
+            assert_eq!(&b[n - 4..n], &want, "{name}");
+        }
+        client.send_to(&query_bytes(9, "nope.appswitch.local", TYPE_A), ua).await.unwrap();
+        let n = client.recv(&mut b).await.unwrap();
+        assert_eq!(b[3] & 0xf, wire::RCODE_NXDOMAIN);
+        assert!(n >= 12);
+
+        let mut s = TcpStream::connect(ta).await.unwrap();
+        let q = query_bytes(3, "web", TYPE_A);
+        s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&q).await.unwrap();
+        let len = s.read_u16().await.unwrap() as usize;
+        let mut r = vec![0u8; len];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(&r[len - 4..], &[198, 18, 0, 1]);
+    }
+
+    #[tokio::test]
+    async fn no_upstream_is_servfail() {
+        let dns = Dns { zone: Zone::new("appswitch.local").unwrap(), names: Arc::new(One), upstreams: vec![] };
+        let r = dns.forward_udp(&query_bytes(5, "example.org", TYPE_A)).await.unwrap();
+        assert_eq!((r[1], r[3] & 0xf), (5, wire::RCODE_SERVFAIL));
+    }
+}
