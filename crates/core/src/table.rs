@@ -85,7 +85,12 @@ pub struct Binding {
     pub backlog: i32,
     /// The table's change count when this row last changed (see [`Table::mark`]).
     pub changed: u64,
+    /// Listings of the kernel's sockets in a row that did not show this one.
+    pub missed: u8,
 }
+
+/// How many listings in a row must miss a socket before its row goes.
+pub const SWEEP_MISSES: u8 = 2;
 
 /// The facts about a socket being bound that the table records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +303,7 @@ impl Table {
             listening: false,
             backlog: 0,
             changed,
+            missed: 0,
         };
         self.bindings.insert((socket.proto, host_port), b.clone());
         b
@@ -325,26 +331,48 @@ impl Table {
         Some(b)
     }
 
-    /// Removes the sockets of `proto` the kernel no longer has: listening ones whose
-    /// inode is not in `live`, and, when `check_unlistened`, bound ones likewise. Only
-    /// rows unchanged since `mark` (taken before `live` was listed) are judged.
-    pub fn sweep(&mut self, proto: Proto, live: &HashSet<u64>, check_unlistened: bool, mark: u64) -> Vec<Binding> {
-        let dead: Vec<_> = self
-            .bindings
-            .iter()
-            .filter(|(k, b)| {
-                k.0 == proto && b.changed <= mark && (b.listening || check_unlistened) && !live.contains(&b.inode)
-            })
-            .map(|(k, _)| *k)
-            .collect();
+    /// Removes the sockets of `proto` the kernel no longer has. A listening row must be
+    /// in `listening`; a bound-only row in `bound`, when given (None: not judged). A
+    /// row goes after [`SWEEP_MISSES`] listings in a row without it (one listing can
+    /// skip a socket when others come and go meanwhile), and only rows unchanged since
+    /// `mark` (taken before the listings) are judged.
+    pub fn sweep(
+        &mut self,
+        proto: Proto,
+        listening: &HashSet<u64>,
+        bound: Option<&HashSet<u64>>,
+        mark: u64,
+    ) -> Vec<Binding> {
+        let mut dead = Vec::new();
+        for (k, b) in self.bindings.iter_mut().filter(|(k, b)| k.0 == proto && b.changed <= mark) {
+            let live = match (b.listening, bound) {
+                (true, _) => listening,
+                (false, Some(bound)) => bound,
+                (false, None) => continue,
+            };
+            if live.contains(&b.inode) {
+                b.missed = 0;
+            } else {
+                b.missed += 1;
+                if b.missed >= SWEEP_MISSES {
+                    dead.push(*k);
+                }
+            }
+        }
         dead.into_iter().filter_map(|k| self.drop_binding(k)).collect()
+    }
+
+    /// True when some socket of `proto` is bound but not listening.
+    pub fn has_unlistened(&self, proto: Proto) -> bool {
+        self.bindings.values().any(|b| b.proto == proto && !b.listening)
     }
 
     /// Decides where a connect by `client` to `dest` goes. The backend order is
     /// random, so connections spread over every backend of an address.
     pub fn route_connect(&mut self, client: AppId, proto: Proto, dest: SocketAddr) -> Route {
         let dest = addr::unmap(dest);
-        if addr::is_loopback(dest.ip()) {
+        // Linux takes a connect to 0.0.0.0 or :: as one to the loopback address.
+        if addr::is_loopback(dest.ip()) || dest.ip().is_unspecified() {
             return Route::Private;
         }
         let SocketAddr::V4(v4) = dest else {
@@ -549,6 +577,8 @@ mod tests {
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.0.1:81")), Route::Refused);
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:22")), Route::Direct(sa("10.0.0.1:22")));
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("[::ffff:127.0.0.1]:5")), Route::Private);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("0.0.0.0:6664")), Route::Private);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("[::]:6664")), Route::Private);
         assert_eq!(t.route_connect(c, Proto::Udp, sa("198.18.0.1:80")), Route::Refused);
     }
 
@@ -573,7 +603,9 @@ mod tests {
         let c = app(&mut t, None, "zone=default");
         serve(&mut t, s, "0.0.0.0:80", 1);
         serve(&mut t, s, "0.0.0.0:81", 2);
-        let gone = t.sweep(Proto::Tcp, &HashSet::from([2]), false, t.mark());
+        let live = HashSet::from([2]);
+        assert!(t.sweep(Proto::Tcp, &live, None, t.mark()).is_empty(), "one miss is not enough");
+        let gone = t.sweep(Proto::Tcp, &live, None, t.mark());
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].service, "198.18.0.1:80".parse().unwrap());
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.0.1:80")), Route::Refused);
@@ -592,8 +624,27 @@ mod tests {
         let mark = t.mark();
         // Bound and listening after the kernel was asked: not in `live`, yet alive.
         serve(&mut t, s, "0.0.0.0:80", 1);
-        assert!(t.sweep(Proto::Tcp, &HashSet::new(), true, mark).is_empty());
-        assert_eq!(t.sweep(Proto::Tcp, &HashSet::new(), true, t.mark()).len(), 1);
+        let none = HashSet::new();
+        assert!(t.sweep(Proto::Tcp, &none, Some(&none), mark).is_empty());
+        assert!(t.sweep(Proto::Tcp, &none, Some(&none), mark).is_empty());
+        t.sweep(Proto::Tcp, &none, Some(&none), t.mark());
+        assert_eq!(t.sweep(Proto::Tcp, &none, Some(&none), t.mark()).len(), 1);
+    }
+
+    #[test]
+    fn a_listening_row_needs_a_listener_and_a_seen_socket_is_forgiven() {
+        let mut t = table();
+        let s = app(&mut t, None, "zone=default");
+        serve(&mut t, s, "0.0.0.0:80", 1);
+        let bound = HashSet::from([1]);
+        let none = HashSet::new();
+        // Listed as bound-only (shut down): not a listener any more.
+        t.sweep(Proto::Tcp, &none, Some(&bound), t.mark());
+        // Seen again as a listener: the miss is forgiven.
+        t.sweep(Proto::Tcp, &bound, Some(&bound), t.mark());
+        assert!(t.sweep(Proto::Tcp, &none, Some(&bound), t.mark()).is_empty());
+        assert_eq!(t.sweep(Proto::Tcp, &none, Some(&bound), t.mark()).len(), 1);
+        assert!(!t.has_unlistened(Proto::Tcp));
     }
 
     #[test]
@@ -634,7 +685,7 @@ mod tests {
                     _ => {
                         let live: HashSet<u64> = t.bindings().map(|b| b.inode).filter(|i| i % 2 == 0).collect();
                         let mark = t.mark();
-                        t.sweep(Proto::Tcp, &live, true, mark);
+                        t.sweep(Proto::Tcp, &live, Some(&live), mark);
                     }
                 }
                 prop_assert_eq!(t.pool().in_use(), t.bindings().count());

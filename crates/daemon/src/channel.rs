@@ -43,15 +43,27 @@ fn recv(conn: &UnixStream) -> Result<Option<(RunRequest, Option<OwnedFd>)>> {
 }
 
 fn serve(conn: UnixStream, daemon: Daemon) {
-    let mut app = None;
-    if let Err(e) = session(&conn, &daemon, &mut app) {
+    let mut app = Registration { daemon: &daemon, id: None };
+    if let Err(e) = session(&conn, &daemon, &mut app.id) {
         warn!("ax run session ended: {e:#}");
         let _ = reply(&conn, &RunReply::Error { error: format!("{e:#}") });
     }
-    if let Some(id) = app {
+}
+
+/// An app's place in the tables, given back however its session ends (a panic in its
+/// engine included).
+struct Registration<'a> {
+    daemon: &'a Daemon,
+    id: Option<AppId>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
         crate::names::remove_resolv_conf(id);
-        if let Some((_, gone)) = daemon.table().remove_app(id) {
-            info!(app = %id, rows = gone.iter().filter(|b| b.listening).count(), sockets = gone.len(), "app exited; its rows are removed");
+        if let Some((_, gone)) = self.daemon.table().remove_app(id) {
+            let rows = gone.iter().filter(|b| b.listening).count();
+            info!(app = %id, rows, sockets = gone.len(), "app exited; its rows are removed");
         }
     }
 }

@@ -84,6 +84,7 @@ pub fn run(config: Config) -> Result<()> {
         })
         .collect();
     let made_up = addr::made_up_range(&host_networks);
+    let fds = ax_sys::proc::raise_fd_limit().context("cannot raise the open-file limit")?;
     prepare_dir(Path::new(RUN_DIR))?;
     let api_std = bind_unix(API_SOCKET)?;
     let run_sock = bind_unix(RUN_SOCKET)?;
@@ -110,7 +111,7 @@ pub fn run(config: Config) -> Result<()> {
     };
     let daemon =
         Daemon { table: Arc::new(Mutex::new(table)), dns_domain: config.dns.as_ref().map(|d| d.domain.clone()) };
-    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, "ax daemon starting");
+    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
 
     watch::spawn(daemon.clone())?;
     channel::spawn(run_sock, daemon.clone())?;

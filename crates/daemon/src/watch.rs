@@ -1,7 +1,8 @@
-//! Keeps the socket tables true to the kernel: every 250 ms it lists the host's TCP
-//! listeners (and bound-only TCP sockets, and UDP sockets) with sock_diag and drops
-//! rows whose socket is gone, so a closed listener leaves the service table well
-//! within a second. The daemon never holds an app's listener open itself.
+//! Keeps the socket tables true to the kernel: every 200 ms it lists the host's TCP
+//! listeners (and, when there are bound-only rows, every TCP socket; and UDP sockets)
+//! with sock_diag and drops rows whose socket two listings in a row did not show, so a
+//! closed listener leaves the service table within half a second. The daemon never
+//! holds an app's listener open itself.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::Daemon;
 
-const PERIOD: Duration = Duration::from_millis(250);
+const PERIOD: Duration = Duration::from_millis(200);
 /// sock_diag's pseudo-state for bound, not listening TCP sockets (kernel 6.10+).
 const TCP_BOUND_INACTIVE: u8 = 13;
 
@@ -31,19 +32,24 @@ pub fn spawn(daemon: Daemon) -> std::io::Result<()> {
 }
 
 fn sweep(daemon: &Daemon, bound_only: bool) -> std::io::Result<()> {
-    let mark = daemon.table().mark();
-    let mut states = 1u32 << TCP_LISTEN;
-    if bound_only {
-        states |= 1 << TCP_BOUND_INACTIVE;
-    }
-    let tcp: HashSet<u64> = diag::list(libc::IPPROTO_TCP as u8, states)?.into_iter().map(|s| s.inode).collect();
-    let udp: HashSet<u64> = diag::list(libc::IPPROTO_UDP as u8, u32::MAX)?.into_iter().map(|s| s.inode).collect();
+    let (mark, unlistened_tcp) = {
+        let t = daemon.table();
+        (t.mark(), t.has_unlistened(Proto::Tcp))
+    };
+    let inodes = |protocol: i32, states: u32| -> std::io::Result<HashSet<u64>> {
+        Ok(diag::list(protocol as u8, states)?.into_iter().map(|s| s.inode).collect())
+    };
+    let listening = inodes(libc::IPPROTO_TCP, 1 << TCP_LISTEN)?;
+    // Bound-only rows are judged against every TCP socket (one that bound and then
+    // connected still holds its port), and only where the kernel lists bound-only ones.
+    let bound = if unlistened_tcp && bound_only { Some(inodes(libc::IPPROTO_TCP, u32::MAX)?) } else { None };
+    let udp = inodes(libc::IPPROTO_UDP, u32::MAX)?;
     let mut t = daemon.table();
-    let mut gone = t.sweep(Proto::Tcp, &tcp, bound_only, mark);
-    gone.extend(t.sweep(Proto::Udp, &udp, true, mark));
+    let mut gone = t.sweep(Proto::Tcp, &listening, bound.as_ref(), mark);
+    gone.extend(t.sweep(Proto::Udp, &udp, Some(&udp), mark));
     drop(t);
     for b in gone.iter().filter(|b| b.listening) {
-        info!(app = %b.app, service = %b.service, host = %b.host, "service row removed: its listener was closed");
+        info!(app = %b.app, service = %b.service, host = %b.host, "service row removed: its socket was closed");
     }
     Ok(())
 }

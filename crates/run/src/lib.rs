@@ -112,14 +112,19 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32]) -> R
     let listener = Pidfd::open_thread(pid)
         .and_then(|p| p.get_fd(i32::from_ne_bytes(number)))
         .context("cannot take the seccomp listener from the app's process");
-    if let Err(e) = listener.and_then(|l| attach(&daemon, pid, &l)) {
-        let _ = proc::kill(pid, libc::SIGKILL);
-        let _ = wait_for(pid, &[libc::SIGCHLD]);
-        return Err(e);
-    }
+    // We keep our copy of the listener for as long as the app runs (DESIGN: it is what
+    // a restarted daemon would be handed).
+    let listener = match listener.and_then(|l| attach(&daemon, pid, &l).map(|()| l)) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = proc::kill(pid, libc::SIGKILL);
+            let _ = wait_for(pid, &[libc::SIGCHLD]);
+            return Err(e);
+        }
+    };
     (&child).write_all(&[GO]).context("cannot start the app")?;
     let status = wait_for(pid, signals);
-    drop(daemon);
+    drop((daemon, listener));
     status
 }
 

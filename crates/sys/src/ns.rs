@@ -144,10 +144,13 @@ pub fn enter_netns(ns: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `f` with the calling thread inside `ns`, then returns to `home`.
+/// Runs `f` with the calling thread inside `ns`, then returns to `home`. A thread that
+/// cannot return would go on making sockets in the wrong namespace: it panics.
 pub fn with_netns<T>(ns: &File, home: &File, f: impl FnOnce() -> T) -> io::Result<T> {
     enter_netns(ns.as_fd())?;
     let out = f();
-    enter_netns(home.as_fd())?;
+    if let Err(e) = enter_netns(home.as_fd()) {
+        panic!("cannot return to the host's network namespace: {e}");
+    }
     Ok(out)
 }

@@ -141,7 +141,8 @@ pub fn wait_signal(signals: &[i32]) -> io::Result<Signal> {
         if r >= 0 {
             return Ok(Signal {
                 signo: r,
-                from_process: info.si_code == libc::SI_USER || info.si_code == libc::SI_QUEUE,
+                // SI_USER, SI_QUEUE, SI_TKILL and the rest are <= 0; SI_KERNEL is not.
+                from_process: info.si_code <= 0,
             });
         }
         let e = io::Error::last_os_error();
@@ -330,4 +331,17 @@ pub fn become_user(user: &User) -> io::Result<()> {
     // SAFETY: as above.
     cvt(unsafe { libc::setresuid(user.uid, user.uid, user.uid) })?;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit (the daemon holds several
+/// descriptors per app).
+pub fn raise_fd_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain data filled by getrlimit.
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `r` is a valid out pointer.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) })?;
+    r.rlim_cur = r.rlim_max;
+    // SAFETY: `r` is a valid rlimit.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
+    Ok(r.rlim_cur)
 }

@@ -12,7 +12,7 @@ use ax_core::{Errno, Proto, Route, Table};
 use ax_sys::seccomp::{Listener, Notification};
 use ax_sys::sock::{self, Received};
 
-use crate::engine::{errno, Answer, Engine};
+use crate::engine::{errno, later, socket_timeout_ms, Answer, Engine};
 
 /// The most a datagram send may carry (the kernel's limit for UDP is below this).
 const MAX_PAYLOAD: usize = 256 * 1024;
@@ -195,8 +195,9 @@ impl Engine {
         let route = self.table().route_connect(self.app, Proto::Udp, dest);
         let target = match route {
             Route::Private => {
-                self.privatize(n, s.as_fd())?;
-                return Ok(Answer::Proceed);
+                let fresh = self.privatize(n, s.as_fd())?;
+                let sent = sock::send_msg(fresh.as_fd(), data, control, flags, Some(&dest)).map_err(errno)?;
+                return Ok(Answer::Value(sent as i64));
             }
             Route::Refused => return Err(libc::ECONNREFUSED),
             Route::Direct(a) => a,
@@ -275,8 +276,7 @@ impl Engine {
                     id: n.id,
                     tid: n.pid,
                 };
-                std::thread::spawn(move || waiter.finish(s, family, flags, into, data, control));
-                Ok(Answer::Later)
+                later(move || waiter.finish(s, family, flags, into, data, control))
             }
             Err(e) => Err(errno(e)),
         }
@@ -300,7 +300,7 @@ struct Waiter {
 
 impl Waiter {
     fn finish(self, s: OwnedFd, family: Family, flags: i32, into: Into, mut data: Vec<u8>, mut control: Vec<u8>) {
-        let timeout = receive_timeout_ms(s.as_fd());
+        let timeout = socket_timeout_ms(s.as_fd(), libc::SO_RCVTIMEO);
         let result = match sock::wait_readable(s.as_fd(), timeout) {
             Ok(false) => Err(libc::EAGAIN),
             Ok(true) => sock::recv_msg(s.as_fd(), &mut data, &mut control, flags | libc::MSG_DONTWAIT).map_err(errno),
@@ -323,21 +323,5 @@ impl Waiter {
             Ok(v) => self.listener.reply(self.id, v),
             Err(e) => self.listener.fail(self.id, e),
         };
-    }
-}
-
-/// SO_RCVTIMEO in milliseconds, or -1 for none.
-fn receive_timeout_ms(fd: std::os::fd::BorrowedFd<'_>) -> i32 {
-    let mut tv = [0u8; 16];
-    match sock::get_opt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &mut tv) {
-        Ok(16) => {
-            let secs = i64::from_ne_bytes(tv[0..8].try_into().expect("8 bytes"));
-            let usecs = i64::from_ne_bytes(tv[8..16].try_into().expect("8 bytes"));
-            match secs * 1000 + usecs / 1000 {
-                0 => -1,
-                ms => ms.clamp(1, i32::MAX as i64) as i32,
-            }
-        }
-        _ => -1,
     }
 }

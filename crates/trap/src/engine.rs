@@ -36,6 +36,16 @@ pub(crate) enum Answer {
     Later,
 }
 
+/// An app's socket, as the engine sees it.
+pub(crate) enum Sock {
+    /// TCP or UDP in the host's namespace: made by the daemon, virtualized.
+    Host(OwnedFd, Family, Proto),
+    /// Inet, in the app's own namespace (loopback sockets, raw sockets).
+    Private(OwnedFd, Family),
+    /// AF_UNIX and every other family: none of ax's business.
+    Other,
+}
+
 /// The namespaces an engine moves sockets between.
 struct Namespaces {
     app: File,
@@ -140,22 +150,30 @@ impl Engine {
         Ok(Answer::Sent)
     }
 
-    /// The app's socket `fd`, when it is an inet socket of the host namespace (one the
-    /// daemon made). Anything else lives in the app's own namespace and may run natively.
-    pub(crate) fn host_socket(&mut self, n: &Notification) -> Result<Option<(OwnedFd, Family, Proto)>, Errno> {
+    /// What the app's socket args[0] is. Bind, connect and listen are carried out by the
+    /// daemon on every inet socket, the app's own included: letting the kernel re-run
+    /// them by descriptor number would let a racing dup2 put a host socket there.
+    pub(crate) fn classify(&mut self, n: &Notification) -> Result<Sock, Errno> {
         let s = self.tasks.get_fd(n.pid, n.id, &self.listener, n.args[0] as RawFd)?;
         let fd = s.as_fd();
         let Some(family) = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok().and_then(Family::from_raw) else {
-            return Ok(None);
+            return Ok(Sock::Other);
         };
         if sock::netns_cookie(fd).map_err(errno)? != self.ns.host_cookie {
-            return Ok(None);
+            return Ok(Sock::Private(s, family));
         }
-        let Some(proto) = Proto::from_sock_type(sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(errno)?)
-        else {
-            return Ok(None);
-        };
-        Ok(Some((s, family, proto)))
+        match Proto::from_sock_type(sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).map_err(errno)?) {
+            Some(proto) => Ok(Sock::Host(s, family, proto)),
+            None => Ok(Sock::Private(s, family)),
+        }
+    }
+
+    /// The app's socket args[0], when it is a TCP or UDP socket the daemon made.
+    pub(crate) fn host_socket(&mut self, n: &Notification) -> Result<Option<(OwnedFd, Family, Proto)>, Errno> {
+        Ok(match self.classify(n)? {
+            Sock::Host(s, family, proto) => Some((s, family, proto)),
+            Sock::Private(..) | Sock::Other => None,
+        })
     }
 
     /// Copies the sockaddr at `ptr` (`len` bytes) out of the app, then makes sure the
@@ -177,15 +195,29 @@ impl Engine {
             return Err(libc::EINTR);
         }
         let a = addr::parse(&buf)?;
-        if let (Family::V4, SockAddr::Inet(SocketAddr::V6(_))) = (family, a) {
-            return Err(libc::EAFNOSUPPORT);
+        match (family, a) {
+            (Family::V4, SockAddr::Inet(SocketAddr::V6(_))) => Err(libc::EAFNOSUPPORT),
+            // Too short for a sockaddr_in6, as the kernel says for bind and connect.
+            (Family::V6, SockAddr::Inet(SocketAddr::V4(_)))
+                if n.nr as i64 != libc::SYS_sendto && n.nr as i64 != libc::SYS_sendmsg =>
+            {
+                Err(libc::EINVAL)
+            }
+            _ => Ok(a),
         }
-        Ok(a)
     }
 
     fn bind(&mut self, n: &Notification) -> Result<Answer, Errno> {
-        let Some((s, family, proto)) = self.host_socket(n)? else {
-            return Ok(Answer::Proceed);
+        let (s, family, proto) = match self.classify(n)? {
+            Sock::Host(s, family, proto) => (s, family, proto),
+            Sock::Private(s, family) => {
+                let SockAddr::Inet(want) = self.read_addr(n, n.args[1], n.args[2], family)? else {
+                    return Err(libc::EAFNOSUPPORT);
+                };
+                sock::bind(s.as_fd(), &want).map_err(errno)?;
+                return Ok(Answer::Value(0));
+            }
+            Sock::Other => return Ok(Answer::Proceed),
         };
         let SockAddr::Inet(want) = self.read_addr(n, n.args[1], n.args[2], family)? else {
             return Err(libc::EAFNOSUPPORT);
@@ -193,14 +225,14 @@ impl Engine {
         let plan = self.table().plan_bind(self.app, want)?;
         match plan {
             BindPlan::Private => {
-                self.privatize(n, s.as_fd())?;
-                Ok(Answer::Proceed)
+                let fresh = self.privatize(n, s.as_fd())?;
+                sock::bind(fresh.as_fd(), &want).map_err(errno)?;
             }
             BindPlan::Host { service } => {
                 self.bind_host(s.as_fd(), family, proto, want, service)?;
-                Ok(Answer::Value(0))
             }
         }
+        Ok(Answer::Value(0))
     }
 
     /// Binds the socket on the node address at a pool port and records it.
@@ -266,11 +298,16 @@ impl Engine {
     }
 
     fn listen(&mut self, n: &Notification) -> Result<Answer, Errno> {
-        let Some((s, family, proto)) = self.host_socket(n)? else {
-            return Ok(Answer::Proceed);
+        let backlog = n.args[1] as i32;
+        let (s, family, proto) = match self.classify(n)? {
+            Sock::Host(s, family, proto) => (s, family, proto),
+            Sock::Private(s, _) => {
+                sock::listen(s.as_fd(), backlog).map_err(errno)?;
+                return Ok(Answer::Value(0));
+            }
+            Sock::Other => return Ok(Answer::Proceed),
         };
         let fd = s.as_fd();
-        let backlog = n.args[1] as i32;
         let local = sock::local_addr(fd).map_err(errno)?.ok_or(libc::EINVAL)?;
         let port = if local.port() == 0 {
             // listen() on an unbound socket binds it to a wildcard port, as the kernel does.
@@ -288,8 +325,16 @@ impl Engine {
     }
 
     fn connect(&mut self, n: &Notification) -> Result<Answer, Errno> {
-        let Some((s, family, proto)) = self.host_socket(n)? else {
-            return Ok(Answer::Proceed);
+        let (s, family, proto) = match self.classify(n)? {
+            Sock::Host(s, family, proto) => (s, family, proto),
+            Sock::Private(s, family) => {
+                return match self.read_addr(n, n.args[1], n.args[2], family)? {
+                    SockAddr::Inet(dest) => self.connect_to(n, s, &[dest], family),
+                    SockAddr::Unspec => sock::disconnect(s.as_fd()).map(|()| Answer::Value(0)).map_err(errno),
+                    SockAddr::Other(_) => Err(libc::EAFNOSUPPORT),
+                };
+            }
+            Sock::Other => return Ok(Answer::Proceed),
         };
         let dest = match self.read_addr(n, n.args[1], n.args[2], family)? {
             SockAddr::Inet(a) => a,
@@ -303,8 +348,8 @@ impl Engine {
         debug!(app = %self.app, %dest, ?route, "connect");
         match route {
             Route::Private => {
-                self.privatize(n, s.as_fd())?;
-                Ok(Answer::Proceed)
+                let fresh = self.privatize(n, s.as_fd())?;
+                self.connect_to(n, fresh, &[dest], family)
             }
             Route::Refused => Err(libc::ECONNREFUSED),
             Route::Direct(a) => self.connect_to(n, s, &[a], family),
@@ -357,9 +402,11 @@ impl Engine {
         if let Ok(Answer::Later) = answer {
             let listener = Arc::clone(&self.listener);
             let id = n.id;
-            std::thread::spawn(move || {
-                let result = match sock::wait_writable(s.as_fd(), -1) {
-                    Ok(_) => so_error(s.as_fd()),
+            return later(move || {
+                // A connect that outlives SO_SNDTIMEO reports EINPROGRESS, as in the kernel.
+                let result = match sock::wait_writable(s.as_fd(), socket_timeout_ms(s.as_fd(), libc::SO_SNDTIMEO)) {
+                    Ok(true) => so_error(s.as_fd()),
+                    Ok(false) => libc::EINPROGRESS,
                     Err(e) => errno(e),
                 };
                 let _ = if result == 0 { listener.reply(id, 0) } else { listener.fail(id, result) };
@@ -407,8 +454,8 @@ impl Engine {
 
     /// Replaces the app's socket `fd` with a fresh one in the app's own namespace, with
     /// the same type and the options that matter, so a loopback bind or connect stays
-    /// private to the app. The call then runs natively on the new socket.
-    pub(crate) fn privatize(&mut self, n: &Notification, old: BorrowedFd<'_>) -> Result<(), Errno> {
+    /// private to the app. Returns our copy of the new socket.
+    pub(crate) fn privatize(&mut self, n: &Notification, old: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
         let get = |opt| sock::get_int(old, libc::SOL_SOCKET, opt).map_err(errno);
         let (domain, ty, protocol) = (get(libc::SO_DOMAIN)?, get(libc::SO_TYPE)?, get(libc::SO_PROTOCOL)?);
         let fresh = ns::with_netns(&self.ns.app, &self.ns.host, || sock::socket(domain, ty, protocol))
@@ -420,7 +467,32 @@ impl Engine {
         let fd = n.args[0] as RawFd;
         let cloexec = fd_cloexec(n.pid, fd);
         self.listener.add_fd(n.id, fresh.as_fd(), Some(fd), cloexec, false).map_err(errno)?;
-        Ok(())
+        Ok(fresh)
+    }
+}
+
+/// Runs `f` on a helper thread that will answer a call later; EAGAIN for the app if
+/// no thread can be had (the engine itself must never die of it).
+pub(crate) fn later(f: impl FnOnce() + Send + 'static) -> Result<Answer, Errno> {
+    std::thread::Builder::new().name("ax-later".into()).spawn(f).map(|_| Answer::Later).map_err(|e| {
+        warn!("cannot start a helper thread: {e}");
+        libc::EAGAIN
+    })
+}
+
+/// SO_RCVTIMEO or SO_SNDTIMEO in milliseconds, or -1 for none.
+pub(crate) fn socket_timeout_ms(fd: BorrowedFd<'_>, opt: i32) -> i32 {
+    let mut tv = [0u8; 16];
+    match sock::get_opt(fd, libc::SOL_SOCKET, opt, &mut tv) {
+        Ok(16) => {
+            let secs = i64::from_ne_bytes(tv[0..8].try_into().expect("8 bytes"));
+            let usecs = i64::from_ne_bytes(tv[8..16].try_into().expect("8 bytes"));
+            match secs * 1000 + usecs / 1000 {
+                0 => -1,
+                ms => ms.clamp(1, i32::MAX as i64) as i32,
+            }
+        }
+        _ => -1,
     }
 }
 

@@ -18,7 +18,7 @@ use ax_sys::seccomp::Listener;
 
 /// Past this many threads the cache starts over (threads come and go; this bounds the
 /// fds held for ones that are gone).
-const MAX_TASKS: usize = 512;
+const MAX_TASKS: usize = 64;
 
 pub struct Task {
     pidfd: Pidfd,
