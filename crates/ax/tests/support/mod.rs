@@ -70,6 +70,8 @@ pub struct TestHost {
     pub dir: PathBuf,
     daemon: Option<Child>,
     background: Vec<Child>,
+    /// The command line of each app started in the background, by name.
+    apps: std::collections::HashMap<String, String>,
 }
 
 impl TestHost {
@@ -113,13 +115,43 @@ impl TestHost {
             assert!(Instant::now() < deadline, "test host did not start");
             std::thread::sleep(Duration::from_millis(20));
         };
-        TestHost { name, holder, init, dir, daemon: None, background: Vec::new() }
+        TestHost { name, holder, init, dir, daemon: None, background: Vec::new(), apps: Default::default() }
     }
 
     /// A command that runs inside the test host.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.args(["-t", &self.init.to_string(), "-m", "-n", "-p", "--", program]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Starts a process holding a network namespace of its own (only `lo`, down) inside
+    /// the test host, as a container with no network would; returns its pid.
+    pub fn container(&mut self) -> i32 {
+        let mut c = self.cmd("unshare");
+        c.args(["--net", "sleep", "infinity"]);
+        let child = c.spawn().expect("cannot start the container");
+        let nsenter = child.id();
+        self.background.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let kids = fs::read_to_string(format!("/proc/{nsenter}/task/{nsenter}/children")).unwrap_or_default();
+            if let Some(pid) = kids.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if cmdline.starts_with(b"sleep") {
+                    return pid;
+                }
+            }
+            assert!(Instant::now() < deadline, "container did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `ax ARGS` run in the test host, but in the network namespace of process `pid`.
+    pub fn ax_in_netns_of(&self, pid: i32) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.init.to_string(), "-m", "-p", &format!("--net=/proc/{pid}/ns/net"), "--", ax_bin()]);
         c.stdin(Stdio::null());
         c
     }
@@ -164,6 +196,7 @@ impl TestHost {
     pub fn spawn_app(&mut self, what: &str, args: &[&str]) {
         let mut c = self.ax();
         c.arg("run").args(args);
+        self.apps.insert(what.to_string(), format!("{} run {}", ax_bin(), args.join(" ")));
         let child = self.logged(c, what);
         self.background.push(child);
     }
@@ -178,6 +211,14 @@ impl TestHost {
             what,
         );
         self.background.push(child);
+    }
+
+    /// Stops an app started with [`TestHost::spawn_app`] as `what` (SIGTERM to its
+    /// `ax run`, which passes it on).
+    pub fn stop_app(&mut self, what: &str) {
+        let pattern = self.apps.remove(what).unwrap_or_else(|| panic!("no app {what}"));
+        let status = self.cmd("pkill").args(["-TERM", "-f", &pattern]).status().unwrap();
+        assert!(status.success(), "no process matched {pattern}");
     }
 
     pub fn app_log(&self, what: &str) -> String {
