@@ -103,3 +103,28 @@ while [ ! -s "$WORK/closed-at" ]; do sleep 0.002; done
 while $IN $AX get servers | grep -q 198.18.9.5:7500; do :; done
 GONE=$(date +%s.%N)
 printf "%-34s %14s %14s\n" "closed listener leaves table (ms)" "" "$(awk -v g=$GONE -v c=$(cat "$WORK/closed-at") 'BEGIN{printf "%.0f",(g-c)*1000}')"
+
+# UDP request/response (unconnected sendto/recvfrom on both sides).
+$IN python3 $PWD/bench/udploop.py serve 9400 & wait_udp() { for _ in $(seq 200); do $IN ss -lun | grep -q ":$1 " && return 0; sleep 0.05; done; }; wait_udp 9400
+$RUN --ip 198.18.9.6 -- python3 $PWD/bench/udploop.py serve 9401 >/dev/null 2>&1 & wait_row 198.18.9.6:9401
+UN=$($IN python3 $PWD/bench/udploop.py ping $NODE 9400 $((T * 4000)) | sed 's/rtt_per_sec=//')
+UA=$($RUN -- python3 $PWD/bench/udploop.py ping 198.18.9.6 9401 $((T * 4000)) | sed 's/rtt_per_sec=//')
+row "UDP request/response (round trips/s)" "$UN" "$UA" "$(ratio $UA $UN)"
+
+# Name resolution: ax's DNS answering one of its own names, next to dnsmasq answering
+# one of its own (--address) on loopback, and ax forwarding to that dnsmasq.
+if command -v dnsmasq >/dev/null; then
+  $IN dnsmasq --no-daemon --port 5354 --listen-address 127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
+    --address /own.test/203.0.113.8 --pid-file=$WORK/dnsmasq.pid >/dev/null 2>&1 &
+  sleep 0.5
+  $RUN --name benchname -- sleep 600 >/dev/null 2>&1 &
+  for _ in $(seq 100); do $IN $AX get apps | grep -q benchname && break; sleep 0.05; done
+  Q=$((T * 2000))
+  D=$($IN python3 $PWD/bench/dnsloop.py 127.0.0.1 5354 own.test $Q)
+  X=$($IN python3 $PWD/bench/dnsloop.py $NODE 53 benchname.appswitch.local $Q)
+  printf "%-34s %14s %14s %8s\n" "DNS own name, median (us)" "$(echo $D | sed 's/median_us=\([0-9.]*\).*/\1/')" \
+    "$(echo $X | sed 's/median_us=\([0-9.]*\).*/\1/')" "(dnsmasq / ax)"
+  printf "%-34s %14s %14s\n" "DNS own name (queries/s)" "$(echo $D | sed 's/.*qps=//')" "$(echo $X | sed 's/.*qps=//')"
+else
+  echo "dnsmasq is not installed: DNS comparison skipped (apt-get install dnsmasq-base)"
+fi

@@ -47,15 +47,18 @@ impl Names for TableNames {
     }
 }
 
-/// Starts serving on the runtime this is called from.
+/// Starts serving: UDP on a thread of its own, TCP and forwarding on the runtime this
+/// is called from.
 pub fn spawn(b: Bound, daemon: Daemon) -> Result<()> {
-    b.udp.set_nonblocking(true)?;
     b.tcp.set_nonblocking(true)?;
-    let udp = tokio::net::UdpSocket::from_std(b.udp)?;
     let tcp = tokio::net::TcpListener::from_std(b.tcp)?;
-    info!(at = %udp.local_addr()?, domain = b.zone.domain(), upstreams = ?b.upstreams, "serving DNS");
+    info!(at = %b.udp.local_addr()?, domain = b.zone.domain(), upstreams = ?b.upstreams, "serving DNS");
     let dns = Arc::new(Dns { zone: b.zone, names: Arc::new(TableNames(daemon)), upstreams: b.upstreams });
-    tokio::spawn(ax_dns::server::serve(udp, tcp, dns));
+    let rt = tokio::runtime::Handle::current();
+    let udp_dns = dns.clone();
+    let udp = b.udp;
+    std::thread::Builder::new().name("dns".into()).spawn(move || ax_dns::server::serve_udp(udp, udp_dns, rt))?;
+    tokio::spawn(ax_dns::server::serve_tcp(tcp, dns));
     Ok(())
 }
 

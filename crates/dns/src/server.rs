@@ -88,28 +88,24 @@ impl Dns {
     }
 }
 
-/// Serves DNS on `udp` and `tcp` until the task is dropped.
-pub async fn serve(udp: UdpSocket, tcp: TcpListener, dns: Arc<Dns>) {
+/// Serves DNS on UDP on the calling thread, forever. Our own names are answered right
+/// here, with plain blocking calls (one wake-up per query, as a single-threaded
+/// server has); forwarded queries go to tasks on `rt`.
+pub fn serve_udp(udp: std::net::UdpSocket, dns: Arc<Dns>, rt: tokio::runtime::Handle) {
     let udp = Arc::new(udp);
-    let tcp_dns = dns.clone();
-    tokio::spawn(async move {
-        while let Ok((conn, _)) = tcp.accept().await {
-            tokio::spawn(serve_tcp(conn, tcp_dns.clone()));
-        }
-    });
     let mut buf = vec![0u8; MAX_UDP];
     loop {
-        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
-        let raw = buf[..n].to_vec();
-        match dns.local(&raw) {
+        let Ok((n, from)) = udp.recv_from(&mut buf) else { continue };
+        let raw = &buf[..n];
+        match dns.local(raw) {
             Reply::Now(reply) => {
-                let _ = udp.send_to(&reply, from).await;
+                let _ = udp.send_to(&reply, from);
             }
             Reply::Forward => {
-                let (dns, udp) = (dns.clone(), udp.clone());
-                tokio::spawn(async move {
+                let (dns, udp, raw) = (dns.clone(), udp.clone(), raw.to_vec());
+                rt.spawn(async move {
                     if let Some(reply) = dns.forward_udp(&raw).await {
-                        let _ = udp.send_to(&reply, from).await;
+                        let _ = udp.send_to(&reply, from);
                     }
                 });
             }
@@ -118,7 +114,14 @@ pub async fn serve(udp: UdpSocket, tcp: TcpListener, dns: Arc<Dns>) {
     }
 }
 
-async fn serve_tcp(mut conn: TcpStream, dns: Arc<Dns>) {
+/// Serves DNS on TCP until the task is dropped.
+pub async fn serve_tcp(tcp: TcpListener, dns: Arc<Dns>) {
+    while let Ok((conn, _)) = tcp.accept().await {
+        tokio::spawn(serve_conn(conn, dns.clone()));
+    }
+}
+
+async fn serve_conn(mut conn: TcpStream, dns: Arc<Dns>) {
     loop {
         let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(10), conn.read_u16()).await else { return };
         let mut raw = vec![0u8; len as usize];
@@ -163,9 +166,9 @@ mod tests {
         addr
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_ours_and_forwards_the_rest_over_udp_and_tcp() {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ua, ta) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
         let dns = Arc::new(Dns {
@@ -173,7 +176,9 @@ mod tests {
             names: Arc::new(One),
             upstreams: vec![upstream().await],
         });
-        tokio::spawn(serve(udp, tcp, dns));
+        let (rt, udp_dns) = (tokio::runtime::Handle::current(), dns.clone());
+        std::thread::spawn(move || serve_udp(udp, udp_dns, rt));
+        tokio::spawn(serve_tcp(tcp, dns));
 
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut b = [0u8; 512];
