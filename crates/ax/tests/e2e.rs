@@ -38,13 +38,7 @@ fn two_backends_on_one_address_both_answer_curl() {
     python_backend(&mut h, "b1", "198.18.0.1", 80);
     python_backend(&mut h, "b2", "198.18.0.1", 80);
     h.wait_for_rows("198.18.0.1:80", 2);
-    let mut seen = HashSet::new();
-    for _ in 0..30 {
-        seen.insert(h.run_ok(&["--", "curl", "-sf", "http://198.18.0.1/who"]));
-        if seen.len() == 2 {
-            break;
-        }
-    }
+    let seen = h.distinct_answers(&["--", "curl", "-sf", "http://198.18.0.1/who"], 2, 30);
     assert_eq!(seen, HashSet::from(["b1".to_string(), "b2".to_string()]));
     let head = h.run_ok(&["--", "curl", "-sI", "http://198.18.0.1/"]);
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");
@@ -295,11 +289,7 @@ fn exit_status_is_the_programs() {
 #[test]
 fn bad_input_gets_clear_errors() {
     let mut h = host(&[]);
-    let fails = |out: std::process::Output, want: &str| {
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(err.contains(want), "expected {want:?} in {err:?}");
-    };
+    let fails = support::fails_with;
     fails(h.run(&["--ip", "300.1.1.1", "--", "true"]), "--ip 300.1.1.1 is not an IPv4 address");
     fails(h.run(&["--ip", "127.0.0.1", "--", "true"]), "loopback");
     fails(h.run(&["--labels", "role", "--", "true"]), "label 'role' is not of the form label=value");

@@ -91,13 +91,7 @@ fn two_apps_sharing_a_name_both_get_connections() {
     serve_named(&mut h, "one", "shared", 8000, "one");
     serve_named(&mut h, "two", "shared", 8000, "two");
     h.wait_until("both rows", Duration::from_secs(10), || h.get("servers").len() == 2);
-    let mut seen = HashSet::new();
-    for _ in 0..40 {
-        seen.insert(h.run_ok(&["--", "curl", "-sf", "http://shared:8000/who"]));
-        if seen.len() == 2 {
-            break;
-        }
-    }
+    let seen = h.distinct_answers(&["--", "curl", "-sf", "http://shared:8000/who"], 2, 40);
     assert_eq!(seen, HashSet::from(["one".to_string(), "two".to_string()]));
 }
 
@@ -184,11 +178,7 @@ fn user_interface_and_callers_namespace() {
 #[test]
 fn bad_names_users_servers_and_interfaces_start_nothing() {
     let mut h = host(&[], &[]);
-    let fails = |out: std::process::Output, want: &str| {
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(err.contains(want), "expected {want:?} in {err:?}");
-    };
+    let fails = support::fails_with;
     fails(h.run(&["--name", "bad_name", "--", "true"]), "--name 'bad_name' is not a valid DNS label");
     fails(h.run(&["--user", "nosuchuser", "--", "true"]), "--user nosuchuser: no such user");
     fails(h.run(&["--interface", "eth0/1", "--", "true"]), "--interface 'eth0/1' is not a valid interface name");

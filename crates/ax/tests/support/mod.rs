@@ -49,6 +49,13 @@ pub fn require_root_and(programs: &[&str]) {
     }
 }
 
+/// Asserts a command failed and said `want` on stderr.
+pub fn fails_with(out: Output, want: &str) {
+    assert!(!out.status.success(), "expected a failure: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(want), "expected {want:?} in {err:?}");
+}
+
 /// Removes namespaces left by test processes that died without cleaning up.
 fn reap_stale() {
     let Ok(list) = fs::read_dir("/run/netns") else { return };
@@ -59,6 +66,21 @@ fn reap_stale() {
         if !PathBuf::from(format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
+    }
+}
+
+/// The pid of the `sleep` that process `parent` forks (unshare --fork, nsenter -p).
+fn sleeping_child(parent: u32, what: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kids = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap_or_default();
+        if let Some(pid) = kids.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
+            if fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().starts_with(b"sleep") {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -101,20 +123,7 @@ impl TestHost {
             .stdin(Stdio::null())
             .spawn()
             .expect("cannot start the test host");
-        let unshare_pid = holder.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let init = loop {
-            let children =
-                fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children")).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if cmdline.starts_with(b"sleep") {
-                    break pid;
-                }
-            }
-            assert!(Instant::now() < deadline, "test host did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let init = sleeping_child(holder.id(), "test host");
         TestHost { name, holder, init, dir, daemon: None, background: Vec::new(), apps: Default::default() }
     }
 
@@ -134,18 +143,7 @@ impl TestHost {
         let child = c.spawn().expect("cannot start the container");
         let nsenter = child.id();
         self.background.push(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let kids = fs::read_to_string(format!("/proc/{nsenter}/task/{nsenter}/children")).unwrap_or_default();
-            if let Some(pid) = kids.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if cmdline.starts_with(b"sleep") {
-                    return pid;
-                }
-            }
-            assert!(Instant::now() < deadline, "container did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sleeping_child(nsenter, "container")
     }
 
     /// `ax ARGS` run in the test host, but in the network namespace of process `pid`.
@@ -243,6 +241,19 @@ impl TestHost {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `ax run ARGS` until it has printed `want` different answers (or `tries`
+    /// times); returns the answers seen.
+    pub fn distinct_answers(&self, args: &[&str], want: usize, tries: usize) -> std::collections::HashSet<String> {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..tries {
+            seen.insert(self.run_ok(args));
+            if seen.len() >= want {
+                break;
+            }
+        }
+        seen
     }
 
     /// `ax get RESOURCE -o json`.
