@@ -24,6 +24,8 @@ pub mod path {
     pub const SERVERS: &str = "/v1/servers";
     pub const SOCKETS: &str = "/v1/sockets";
     pub const INFO: &str = "/v1/info";
+    pub const VSERVICES: &str = "/v1/vservices";
+    pub const PROXIES: &str = "/v1/proxies";
 }
 
 /// `ax get apps`: one row per running app.
@@ -64,6 +66,47 @@ pub struct SocketView {
     pub backlog: i32,
 }
 
+/// `POST /v1/vservices`: the flags of `ax create vservice`, as given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VserviceRequest {
+    pub name: String,
+    pub ip: String,
+    pub ports: String,
+    pub backends: String,
+    #[serde(default = "default_lbtype")]
+    pub lbtype: String,
+    #[serde(default)]
+    pub source_ip: Option<String>,
+    #[serde(default)]
+    pub external: bool,
+}
+
+fn default_lbtype() -> String {
+    "Random".into()
+}
+
+/// `ax get vservices`: one row per vservice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VserviceView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub lb_type: String,
+    pub ip: String,
+    pub ports: String,
+    pub backends: String,
+    pub external: bool,
+    pub source_ip: String,
+}
+
+/// `ax get proxies`: one row per relay the daemon runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyView {
+    pub id: u32,
+    pub proto: String,
+    pub listener: String,
+    pub dialers: Vec<String>,
+}
+
 /// `GET /v1/info`: what the daemon is and how it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonInfo {
@@ -91,6 +134,8 @@ pub struct Register {
     pub labels: String,
     /// Give the app a resolv.conf pointing at the daemon's DNS server.
     pub dns_override: bool,
+    /// `--expose` values, as given.
+    pub expose: Vec<String>,
     /// The `ax run` process (the app's parent), for the log.
     pub pid: i32,
 }

@@ -39,7 +39,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             print!("{}", ax_cli::get(g.resource, g.output)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Create(_) | Command::Delete(_) => unreachable!("refused by args::unsupported"),
+        Command::Create(c) => {
+            ax_cli::create(c)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete(d) => {
+            ax_cli::delete(d)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -80,6 +87,9 @@ fn run_options(r: RunArgs) -> Result<ax_run::Options> {
         ax_dns::wire::check_label(name).map_err(|e| anyhow!(e))?;
     }
     ax_core::Labels::parse(&r.labels).map_err(|e| anyhow!("--labels {}: {e}", r.labels))?;
+    for e in &r.expose {
+        ax_core::vservice::parse_expose(e).map_err(|e| anyhow!(e))?;
+    }
     let new_netns = r.new_netns.unwrap_or(true);
     if let Some(name) = &r.interface {
         ax_run::check_interface_name(name).map_err(|e| anyhow!(e))?;
@@ -105,6 +115,7 @@ fn run_options(r: RunArgs) -> Result<ax_run::Options> {
         interface: r.interface,
         new_netns,
         dns_override: r.dns_override.unwrap_or(true),
+        expose: r.expose,
         command: r.command,
     })
 }

@@ -198,8 +198,8 @@ pub struct VserviceArgs {
     /// Name of the virtual service
     pub name: String,
     /// IPv4 address for the virtual service
-    #[arg(long, value_name = "VALUE")]
-    pub ip: Option<String>,
+    #[arg(long, value_name = "VALUE", required = true)]
+    pub ip: String,
     /// Make this vservice external
     #[arg(long)]
     pub external: bool,
@@ -207,11 +207,11 @@ pub struct VserviceArgs {
     #[arg(long, default_value = "Random", value_name = "VALUE")]
     pub lbtype: String,
     /// Comma separated list of IPv4 IPs
-    #[arg(long, value_name = "VALUE")]
-    pub backends: Option<String>,
+    #[arg(long, value_name = "VALUE", required = true)]
+    pub backends: String,
     /// Comma separated list of <virtual port:application port>
-    #[arg(long, value_name = "VALUE")]
-    pub ports: Option<String>,
+    #[arg(long, value_name = "VALUE", required = true)]
+    pub ports: String,
     /// Host IP address to use when making the outbound connection
     #[arg(long, value_name = "IP")]
     pub source_ip: Option<String>,
@@ -261,8 +261,6 @@ const DAEMON_PENDING: &[(&str, &str, &str)] = &[
     ("federation_gateway_neighbors", "--federation-gateway-neighbors", "federation"),
 ];
 
-const RUN_PENDING: &[(&str, &str, &str)] = &[("expose", "--expose", "expose")];
-
 /// Refuses flags whose features are not built yet. `m` are the subcommand's matches.
 pub fn unsupported(command: &Command, m: &ArgMatches) -> anyhow::Result<()> {
     let check = |pending: &[(&str, &str, &str)]| -> anyhow::Result<()> {
@@ -281,9 +279,8 @@ pub fn unsupported(command: &Command, m: &ArgMatches) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run(_) => check(RUN_PENDING),
-        Command::Create(_) => Err(not_supported("ax create vservice", "vservices")),
-        Command::Delete(_) => Err(not_supported("ax delete vservice", "vservices")),
+        Command::Run(_) => Ok(()),
+        Command::Create(_) | Command::Delete(_) => Ok(()),
         Command::Get(_) => Ok(()),
     }
 }
@@ -348,12 +345,14 @@ mod tests {
         assert!(verdict(&["ax", "daemon", "--tls"]).unwrap_err().contains("--tls"));
         assert!(verdict(&["ax", "daemon", "--driver", "kernel"]).unwrap_err().contains("kernel driver"));
         assert!(verdict(&["ax", "daemon", "--driver", "user"]).is_ok());
-        assert!(verdict(&["ax", "run", "--expose", "80:8080", "--", "true"]).unwrap_err().contains("--expose"));
+        assert!(verdict(&["ax", "run", "--expose", "80:8080", "--", "true"]).is_ok());
         assert!(verdict(&["ax", "run", "--name", "web", "--new-netns=false", "--", "true"]).is_ok());
         assert!(verdict(&["ax", "run", "--new-netns", "--", "true"]).is_ok());
         assert!(verdict(&["ax", "run", "--dns-override=false", "--", "true"]).is_ok());
-        assert!(verdict(&["ax", "create", "vservice", "web", "--ip", "1.2.3.4"]).unwrap_err().contains("vservice"));
-        assert!(verdict(&["ax", "del", "vservice", "web"]).unwrap_err().contains("vservice"));
+        let create = ["ax", "create", "vservice", "web", "--ip", "1.2.3.4", "--ports", "80", "--backends", "1.2.3.5"];
+        assert!(verdict(&create).is_ok());
+        assert!(parse(&create[..6]).is_err(), "--ports and --backends are required");
+        assert!(verdict(&["ax", "del", "vservice", "web"]).is_ok());
     }
 
     #[test]

@@ -8,11 +8,34 @@ use std::os::unix::net::UnixStream;
 use anyhow::{anyhow, bail, Context, Result};
 use ax_api::{ErrorBody, API_SOCKET};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// GETs `path` from the daemon and decodes the JSON answer.
 pub fn get<T: DeserializeOwned>(path: &str) -> Result<T> {
+    let body = request("GET", path, None)?;
+    serde_json::from_slice(&body)
+        .with_context(|| format!("the ax daemon's answer to {path} is not what this ax expects"))
+}
+
+/// POSTs `body` as JSON to `path`.
+pub fn post<B: Serialize>(path: &str, body: &B) -> Result<()> {
+    request("POST", path, Some(serde_json::to_vec(body)?)).map(|_| ())
+}
+
+pub fn delete(path: &str) -> Result<()> {
+    request("DELETE", path, None).map(|_| ())
+}
+
+/// One request; an answer other than 2xx is an error carrying the daemon's message.
+fn request(method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
     let mut s = UnixStream::connect(API_SOCKET).map_err(|e| anyhow!(ax_api::unreachable(API_SOCKET, &e)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: ax\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: ax\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|()| s.write_all(&body))
         .context("cannot send the request to the ax daemon")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).context("cannot read the ax daemon's answer")?;
@@ -21,10 +44,9 @@ pub fn get<T: DeserializeOwned>(path: &str) -> Result<T> {
         let msg = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        bail!("the ax daemon answered {status}: {msg}");
+        bail!("{msg}");
     }
-    serde_json::from_slice(&body)
-        .with_context(|| format!("the ax daemon's answer to {path} is not what this ax expects"))
+    Ok(body)
 }
 
 /// Splits a whole HTTP/1.1 response into its status and its (de-chunked) body.

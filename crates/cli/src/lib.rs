@@ -6,7 +6,7 @@ pub mod client;
 pub mod table;
 
 use anyhow::Result;
-use ax_api::{path, AppView, ServerView, SocketView};
+use ax_api::{path, AppView, ProxyView, ServerView, SocketView, VserviceRequest, VserviceView};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -18,8 +18,31 @@ pub fn get(resource: Resource, output: Output) -> Result<String> {
         Resource::Apps => render::<AppView>(path::APPS, output),
         Resource::Servers => render::<ServerView>(path::SERVERS, output),
         Resource::Sockets => render::<SocketView>(path::SOCKETS, output),
-        other => Err(args::not_supported(&format!("ax get {}", other.name()), "its feature")),
+        Resource::Vservices => render::<VserviceView>(path::VSERVICES, output),
+        Resource::Proxies => render::<ProxyView>(path::PROXIES, output),
+        Resource::Nodes => Err(args::not_supported("ax get nodes", "the cluster")),
     }
+}
+
+/// `ax create vservice`.
+pub fn create(args: args::CreateArgs) -> Result<()> {
+    let args::CreateResource::Vservice(v) = args.resource;
+    let req = VserviceRequest {
+        name: v.name,
+        ip: v.ip,
+        ports: v.ports,
+        backends: v.backends,
+        lbtype: v.lbtype,
+        source_ip: v.source_ip,
+        external: v.external,
+    };
+    client::post(path::VSERVICES, &req)
+}
+
+/// `ax delete vservice NAME`.
+pub fn delete(args: args::DeleteArgs) -> Result<()> {
+    let args::DeleteResource::Vservice { name } = args.resource;
+    client::delete(&format!("{}/{name}", path::VSERVICES))
 }
 
 fn render<T: DeserializeOwned + Serialize + table::Row>(path: &str, output: Output) -> Result<String> {

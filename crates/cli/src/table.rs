@@ -1,6 +1,6 @@
 //! Tables as the manual prints them: a header, a rule of dashes, aligned columns.
 
-use ax_api::{AppView, ServerView, SocketView};
+use ax_api::{AppView, ProxyView, ServerView, SocketView, VserviceView};
 
 /// Renders rows under `header`, each column as wide as its widest cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -67,6 +67,22 @@ impl Row for SocketView {
             s.bind_ip,
             s.backlog.to_string(),
         ]
+    }
+}
+
+impl Row for VserviceView {
+    const HEADER: &'static [&'static str] = &["NAME", "TYPE", "IP", "PORTS", "BACKENDS", "EXTERNAL"];
+    fn cells(&self) -> Vec<String> {
+        let v = self.clone();
+        vec![v.name, v.lb_type, v.ip, v.ports, v.backends, v.external.to_string()]
+    }
+}
+
+impl Row for ProxyView {
+    const HEADER: &'static [&'static str] = &["ID", "PROTO", "LISTENER", "DIALERS"];
+    fn cells(&self) -> Vec<String> {
+        let p = self.clone();
+        vec![p.id.to_string(), p.proto, p.listener, format!("[{}]", p.dialers.join(" "))]
     }
 }
 

@@ -10,12 +10,13 @@ pub mod ids;
 pub mod labels;
 pub mod ports;
 pub mod table;
+pub mod vservice;
 
 pub use addr::{Family, SockAddr};
 pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
-pub use table::{App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Route, Table};
+pub use table::{App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Route, Table, Target};
 
 /// An errno value to hand back to an app (positive, as in `errno`).
 pub type Errno = i32;

@@ -9,6 +9,7 @@ use crate::addr::{self, Family, Subnet};
 use crate::ids::{self, AppId};
 use crate::labels::Labels;
 use crate::ports::PortPool;
+use crate::vservice::{Backend, LbType, Rotation, Vservice};
 use crate::Errno;
 
 /// This node, as rows name it.
@@ -53,6 +54,8 @@ pub struct App {
     pub labels: Labels,
     pub pid: i32,
     pub driver: String,
+    /// `--expose`: (app port, host port) pairs bound on the node address as they are.
+    pub expose: Vec<(u16, u16)>,
 }
 
 /// What an app asks for when it registers.
@@ -63,6 +66,7 @@ pub struct NewApp {
     pub labels: Labels,
     pub pid: i32,
     pub driver: String,
+    pub expose: Vec<(u16, u16)>,
 }
 
 /// A socket an app bound to a virtual address, and where it really is.
@@ -108,8 +112,16 @@ pub enum BindPlan {
     /// A loopback address: the socket moves into the app's own namespace and the
     /// bind happens there, private to the app.
     Private,
-    /// Bind on the node address at a pool port; the app sees `service`.
-    Host { service: SocketAddrV4 },
+    /// Bind on the node address at `host_port` (an exposed port) or else a pool port;
+    /// the app sees `service`.
+    Host { service: SocketAddrV4, host_port: Option<u16> },
+}
+
+/// One place a connect may go, and the host address to make it from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    pub addr: SocketAddrV4,
+    pub source: Option<Ipv4Addr>,
 }
 
 /// Where a connect goes.
@@ -120,9 +132,9 @@ pub enum Route {
     /// A served address the app may not reach, or a virtual address nobody serves:
     /// ECONNREFUSED, and no packet leaves.
     Refused,
-    /// A service: its host addresses in the order to try (the first is the random
-    /// choice, the rest are fallbacks should it have just gone away).
-    Backends(Vec<SocketAddrV4>),
+    /// A service or vservice: the targets in the order to try (the first is the
+    /// balancer's choice, the rest are fallbacks should it be down).
+    Backends(Vec<Target>),
     /// Not ax's: straight out from the host.
     Direct(SocketAddr),
 }
@@ -138,6 +150,8 @@ pub struct Table {
     changes: u64,
     /// Where apps with a name and no `--ip` get their address, and the next to try.
     made_up: Option<(Subnet, u32)>,
+    vservices: BTreeMap<String, Vservice>,
+    rotation: Rotation,
 }
 
 impl Table {
@@ -150,7 +164,92 @@ impl Table {
             rng: fastrand::Rng::with_seed(seed),
             changes: 0,
             made_up: None,
+            vservices: BTreeMap::new(),
+            rotation: Rotation::default(),
         }
+    }
+
+    /// Adds a vservice; its name and address must be new, and not an app's.
+    pub fn add_vservice(&mut self, v: Vservice) -> Result<(), String> {
+        if self.vservices.contains_key(&v.name) {
+            return Err(format!("a vservice named '{}' already exists", v.name));
+        }
+        if let Some(other) = self.vservices.values().find(|o| o.ip == v.ip) {
+            return Err(format!("vservice '{}' already has the address {}", other.name, v.ip));
+        }
+        if v.ip == self.node.ip || self.apps.values().any(|a| a.ip == v.ip) {
+            return Err(format!("{} is the address of an app or of this node: pick another for the vservice", v.ip));
+        }
+        self.vservices.insert(v.name.clone(), v);
+        Ok(())
+    }
+
+    pub fn remove_vservice(&mut self, name: &str) -> Result<Vservice, String> {
+        let v = self.vservices.remove(name).ok_or_else(|| format!("no vservice named '{name}'"))?;
+        self.rotation.forget(name);
+        Ok(v)
+    }
+
+    pub fn vservices(&self) -> impl Iterator<Item = &Vservice> {
+        self.vservices.values()
+    }
+
+    /// Where a connect to a vservice's `ip:port` goes: per backend, its choices (a
+    /// service-table address's rows the client may reach, shuffled; an external
+    /// address as is), backends in the balancer's order. `client` None (a client
+    /// outside ax, through an external port) skips the label check. None when `ip` is
+    /// no vservice's.
+    pub fn vservice_route(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Route> {
+        let name = self.vservices.values().find(|v| v.ip == ip)?.name.clone();
+        let app_ips: Vec<Ipv4Addr> = self.apps.values().map(|a| a.ip).collect();
+        let v = self.vservices.get_mut(&name).expect("found above");
+        for b in &v.backends {
+            let ip = match *b {
+                Backend::Ip(ip) => ip,
+                Backend::IpPort(sa) => *sa.ip(),
+            };
+            if app_ips.contains(&ip) {
+                v.app_backends.insert(ip);
+            }
+        }
+        let v = v.clone();
+        let Some(map) = v.ports.iter().find(|m| m.vport == port) else {
+            return Some(Route::Refused);
+        };
+        let mut groups: Vec<Vec<Target>> = Vec::new();
+        let mut denied = false;
+        for b in &v.backends {
+            let addr = match *b {
+                Backend::Ip(ip) => SocketAddrV4::new(ip, map.app_port),
+                Backend::IpPort(sa) => sa,
+            };
+            if !v.app_backends.contains(addr.ip()) {
+                groups.push(vec![Target { addr, source: v.source_ip }]);
+                continue;
+            }
+            let rows: Vec<&Binding> = self.services().filter(|r| r.proto == Proto::Tcp && r.service == addr).collect();
+            let mut reachable: Vec<Target> = rows
+                .iter()
+                .filter(|r| client.is_none_or(|c| self.apps.get(&r.app).is_some_and(|s| s.labels.shares(c))))
+                .map(|r| Target { addr: r.host, source: None })
+                .collect();
+            denied |= !rows.is_empty() && reachable.is_empty();
+            if !reachable.is_empty() {
+                self.rng.shuffle(&mut reachable);
+                groups.push(reachable);
+            }
+        }
+        if groups.is_empty() {
+            return Some(if denied { Route::Refused } else { Route::Backends(Vec::new()) });
+        }
+        match v.lb {
+            LbType::Random => self.rng.shuffle(&mut groups),
+            LbType::RoundRobin => {
+                let start = self.rotation.next(&v.name, port, groups.len());
+                groups.rotate_left(start);
+            }
+        }
+        Some(Route::Backends(groups.into_iter().flatten().collect()))
     }
 
     /// Sets the range made-up addresses come from (see [`addr::made_up_range`]).
@@ -178,12 +277,13 @@ impl Table {
 
     /// Every address serving the name `label` (apps' names compare without case).
     pub fn addresses_named(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
-        let mut ips: Vec<Ipv4Addr> = self
+        let apps = self
             .apps
             .values()
             .filter(|a| a.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(label)))
-            .map(|a| a.ip)
-            .collect();
+            .map(|a| a.ip);
+        let vservices = self.vservices.values().filter(|v| v.name.eq_ignore_ascii_case(label)).map(|v| v.ip);
+        let mut ips: Vec<Ipv4Addr> = apps.chain(vservices).collect();
         ips.sort();
         ips.dedup();
         (!ips.is_empty()).then_some(ips)
@@ -230,6 +330,7 @@ impl Table {
             labels: new.labels,
             pid: new.pid,
             driver: new.driver,
+            expose: new.expose,
         };
         self.apps.insert(id, app.clone());
         Ok(app)
@@ -269,7 +370,11 @@ impl Table {
         }
         match want {
             SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => {
-                Ok(BindPlan::Host { service: SocketAddrV4::new(app.ip, v4.port()) })
+                let host_port = app.expose.iter().find(|(inner, _)| *inner == v4.port()).map(|(_, host)| *host);
+                // One socket per exposed port gets it (nginx binds 0.0.0.0 and ::).
+                let host_port =
+                    host_port.filter(|h| !self.bindings.values().any(|b| b.app == app.id && b.host.port() == *h));
+                Ok(BindPlan::Host { service: SocketAddrV4::new(app.ip, v4.port()), host_port })
             }
             // The app has no other address to bind to, as the kernel would say.
             _ => Err(libc::EADDRNOTAVAIL),
@@ -378,9 +483,14 @@ impl Table {
         let SocketAddr::V4(v4) = dest else {
             return Route::Direct(dest);
         };
-        let Some(client) = self.apps.get(&client) else {
+        let Some(labels) = self.apps.get(&client).map(|c| c.labels.clone()) else {
             return Route::Refused;
         };
+        if proto == Proto::Tcp {
+            if let Some(route) = self.vservice_route(*v4.ip(), v4.port(), Some(&labels)) {
+                return route;
+            }
+        }
         // A connect straight to a backend's host address is a connect to its service:
         // labels cannot be bypassed by naming the pool port.
         let service = match self.bindings.get(&(proto, v4.port())) {
@@ -391,10 +501,10 @@ impl Table {
         if rows.is_empty() {
             return if self.is_virtual(dest.ip()) { Route::Refused } else { Route::Direct(dest) };
         }
-        let mut allowed: Vec<SocketAddrV4> = rows
+        let mut allowed: Vec<Target> = rows
             .into_iter()
-            .filter(|b| self.apps.get(&b.app).is_some_and(|server| server.labels.shares(&client.labels)))
-            .map(|b| b.host)
+            .filter(|b| self.apps.get(&b.app).is_some_and(|server| server.labels.shares(&labels)))
+            .map(|b| Target { addr: b.host, source: None })
             .collect();
         if allowed.is_empty() {
             return Route::Refused;
@@ -428,7 +538,10 @@ impl Table {
     /// True when `ip` is an app's address and not the node's own.
     pub fn is_virtual(&self, ip: IpAddr) -> bool {
         match ip {
-            IpAddr::V4(v4) => v4 != self.node.ip && self.apps.values().any(|a| a.ip == v4),
+            IpAddr::V4(v4) => {
+                v4 != self.node.ip
+                    && (self.apps.values().any(|a| a.ip == v4) || self.vservices.values().any(|v| v.ip == v4))
+            }
             IpAddr::V6(_) => false,
         }
     }
@@ -438,6 +551,7 @@ impl Table {
 mod tests {
     use super::*;
     use crate::ports::PortRanges;
+    use crate::vservice::{LbType, Vservice};
     use proptest::prelude::*;
 
     const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -461,7 +575,7 @@ mod tests {
 
     /// Binds and listens like the trap engine does, returning the host port.
     fn serve(t: &mut Table, id: AppId, addr: &str, inode: u64) -> u16 {
-        let BindPlan::Host { service } = t.plan_bind(id, addr.parse().unwrap()).unwrap() else { panic!("private") };
+        let BindPlan::Host { service, .. } = t.plan_bind(id, addr.parse().unwrap()).unwrap() else { panic!("private") };
         let port = t.take_port().unwrap();
         t.add_binding(id, bound(inode, addr), service, port);
         assert!(t.set_listening(Proto::Tcp, port, inode, 128).is_some());
@@ -519,7 +633,7 @@ mod tests {
     fn bind_plans() {
         let mut t = table();
         let a = app(&mut t, Some("198.18.0.1"), "zone=default");
-        let host = |s| BindPlan::Host { service: s };
+        let host = |s| BindPlan::Host { service: s, host_port: None };
         assert_eq!(t.plan_bind(a, sa("0.0.0.0:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
         assert_eq!(t.plan_bind(a, sa("[::]:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
         assert_eq!(t.plan_bind(a, sa("[::ffff:198.18.0.1]:81")), Ok(host("198.18.0.1:81".parse().unwrap())));
@@ -541,7 +655,7 @@ mod tests {
         for _ in 0..100 {
             let Route::Backends(b) = t.route_connect(c, Proto::Tcp, sa("198.18.0.1:80")) else { panic!() };
             assert_eq!(b.len(), 2);
-            seen.insert(b[0].port());
+            seen.insert(b[0].addr.port());
         }
         assert_eq!(seen, HashSet::from([p1, p2]));
     }
@@ -557,7 +671,7 @@ mod tests {
         serve(&mut t, other, "0.0.0.0:6379", 2);
         assert_eq!(
             t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.2:6379")),
-            Route::Backends(vec![SocketAddrV4::new(NODE, pp)])
+            Route::Backends(vec![Target { addr: SocketAddrV4::new(NODE, pp), source: None }])
         );
         assert_eq!(t.route_connect(client_default, Proto::Tcp, sa("198.18.0.2:6379")), Route::Refused);
         assert_eq!(t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.3:6379")), Route::Refused);
@@ -647,6 +761,112 @@ mod tests {
         assert!(!t.has_unlistened(Proto::Tcp));
     }
 
+    fn vservice(name: &str, ip: &str, lb: LbType, backends: &str) -> Vservice {
+        Vservice {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+            ports: crate::vservice::parse_ports("80:8000").unwrap(),
+            backends: crate::vservice::parse_backends(backends).unwrap(),
+            lb,
+            source_ip: None,
+            external: false,
+            app_backends: Default::default(),
+        }
+    }
+
+    fn first(route: Route) -> SocketAddrV4 {
+        match route {
+            Route::Backends(t) => t[0].addr,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_robin_alternates_exactly_and_skips_the_down() {
+        let mut t = table();
+        let a = app(&mut t, Some("198.18.1.1"), "zone=default");
+        let b = app(&mut t, Some("198.18.1.2"), "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        let pa = serve(&mut t, a, "0.0.0.0:8000", 1);
+        let pb = serve(&mut t, b, "0.0.0.0:8000", 2);
+        t.add_vservice(vservice("web", "198.18.2.1", LbType::RoundRobin, "198.18.1.1,198.18.1.2")).unwrap();
+        let ports: Vec<u16> =
+            (0..6).map(|_| first(t.route_connect(c, Proto::Tcp, sa("198.18.2.1:80"))).port()).collect();
+        assert_eq!(ports, [pa, pb, pa, pb, pa, pb]);
+        // An unmapped port of the vservice is refused; its name resolves.
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.2.1:81")), Route::Refused);
+        assert_eq!(t.addresses_named("WEB"), Some(vec!["198.18.2.1".parse().unwrap()]));
+        // b goes away: every connect goes to a.
+        t.remove_app(b);
+        for _ in 0..3 {
+            assert_eq!(first(t.route_connect(c, Proto::Tcp, sa("198.18.2.1:80"))).port(), pa);
+        }
+        t.remove_app(a);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.2.1:80")), Route::Backends(vec![]));
+        t.remove_vservice("web").unwrap();
+        assert!(!t.is_virtual("198.18.2.1".parse().unwrap()));
+        assert_eq!(t.remove_vservice("web").unwrap_err(), "no vservice named 'web'");
+    }
+
+    #[test]
+    fn vservice_backends_keep_labels_and_external_ones_go_direct() {
+        let mut t = table();
+        let prod = app(&mut t, Some("198.18.1.1"), "role=prod");
+        let c = app(&mut t, None, "role=test");
+        serve(&mut t, prod, "0.0.0.0:8000", 1);
+        t.add_vservice(vservice("p", "198.18.2.2", LbType::Random, "198.18.1.1")).unwrap();
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.2.2:80")), Route::Refused);
+        // Outside ax (an external port) there are no labels to check.
+        assert!(
+            matches!(t.vservice_route("198.18.2.2".parse().unwrap(), 80, None), Some(Route::Backends(b)) if b.len() == 1)
+        );
+        let mut ext = vservice("e", "198.18.2.3", LbType::Random, "127.0.0.1:9000,192.0.2.7");
+        ext.source_ip = Some(NODE);
+        t.add_vservice(ext).unwrap();
+        let Route::Backends(targets) = t.route_connect(c, Proto::Tcp, sa("198.18.2.3:80")) else { panic!() };
+        let mut addrs: Vec<String> = targets.iter().map(|t| t.addr.to_string()).collect();
+        addrs.sort();
+        assert_eq!(addrs, ["127.0.0.1:9000", "192.0.2.7:8000"]);
+        assert!(targets.iter().all(|t| t.source == Some(NODE)));
+    }
+
+    #[test]
+    fn vservice_names_and_addresses_are_unique() {
+        let mut t = table();
+        app(&mut t, Some("198.18.1.1"), "zone=default");
+        t.add_vservice(vservice("web", "198.18.2.1", LbType::Random, "198.18.1.1")).unwrap();
+        assert!(t
+            .add_vservice(vservice("web", "198.18.2.9", LbType::Random, "198.18.1.1"))
+            .unwrap_err()
+            .contains("already exists"));
+        assert!(t
+            .add_vservice(vservice("x", "198.18.2.1", LbType::Random, "198.18.1.1"))
+            .unwrap_err()
+            .contains("already has"));
+        assert!(t
+            .add_vservice(vservice("y", "198.18.1.1", LbType::Random, "198.18.1.1"))
+            .unwrap_err()
+            .contains("an app"));
+        assert_eq!(t.vservices().count(), 1);
+    }
+
+    #[test]
+    fn exposed_ports_are_bound_as_they_are_once_per_app() {
+        let mut t = table();
+        let id = t.add_app(NewApp { expose: vec![(8000, 9999)], ..NewApp::default() }).unwrap().id;
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8000")).unwrap() else { panic!() };
+        assert_eq!(host_port, Some(9999));
+        t.add_binding(id, bound(1, "0.0.0.0:8000"), SocketAddrV4::new(NODE, 8000), 9999);
+        // The app's second socket on that port ([::]) takes a pool port.
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("[::]:8000")).unwrap() else { panic!() };
+        assert_eq!(host_port, None);
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8001")).unwrap() else { panic!() };
+        assert_eq!(host_port, None);
+        // An exposed port is not the pool's to give back.
+        t.remove_app(id);
+        assert_eq!(t.pool().in_use(), 0);
+    }
+
     #[test]
     fn listen_needs_the_same_socket() {
         let mut t = table();
@@ -696,7 +916,7 @@ mod tests {
                     for dest in ["198.18.0.1:80", "198.18.0.2:81"] {
                         if let Route::Backends(hosts) = t.route_connect(c, Proto::Tcp, sa(dest)) {
                             for h in hosts {
-                                let b = t.binding(Proto::Tcp, h.port()).unwrap();
+                                let b = t.binding(Proto::Tcp, h.addr.port()).unwrap();
                                 prop_assert!(b.listening);
                                 prop_assert!(t.app(b.app).unwrap().labels.shares(&t.app(c).unwrap().labels));
                             }

@@ -9,7 +9,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use anyhow::{anyhow, bail, Context, Result};
 use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
-use ax_core::{addr, AppId, Labels};
+use ax_core::vservice::{parse_expose, ExposeAt};
+use ax_core::{addr, AppId, Labels, NodeInfo, PortRanges};
 use ax_sys::seccomp::Listener;
 use ax_trap::Engine;
 use tracing::{info, warn};
@@ -76,7 +77,11 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
     let Some((RunRequest::Register(req), _)) = recv(conn)? else {
         bail!("expected a register request first");
     };
-    let new = validate(&req, cred.pid)?;
+    let (node, ports) = {
+        let t = daemon.table();
+        (t.node().clone(), t.pool().ranges().clone())
+    };
+    let new = validate(&req, cred.pid, &node, &ports)?;
     if new.name.is_some() && daemon.dns_domain.is_none() {
         bail!("--name needs the daemon's DNS server, and this daemon runs with --dns=false");
     }
@@ -110,7 +115,7 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
 }
 
 /// Checks a registration as the API's contract says; every error names the field.
-fn validate(req: &Register, peer_pid: i32) -> Result<NewApp> {
+fn validate(req: &Register, peer_pid: i32, node: &NodeInfo, ports: &PortRanges) -> Result<NewApp> {
     let ip = match &req.ip {
         Some(s) => {
             let ip: Ipv4Addr = s.parse().map_err(|_| anyhow!("--ip {s} is not an IPv4 address"))?;
@@ -123,11 +128,29 @@ fn validate(req: &Register, peer_pid: i32) -> Result<NewApp> {
     if let Some(name) = &req.name {
         ax_dns::wire::check_label(name).map_err(|e| anyhow!(e))?;
     }
+    let mut expose = Vec::new();
+    for spec in &req.expose {
+        let e = parse_expose(spec).map_err(|e| anyhow!(e))?;
+        match e.at {
+            ExposeAt::Node(ip) if ip != node.ip => {
+                bail!(
+                    "--expose {spec}: {ip} is not this node's address ({}); other nodes come with the cluster",
+                    node.ip
+                )
+            }
+            _ => {}
+        }
+        if ports.contains(e.host_port) {
+            bail!("--expose {spec}: host port {} is inside the --ports pool ({ports})", e.host_port);
+        }
+        expose.push((e.internal, e.host_port));
+    }
     Ok(NewApp {
         name: req.name.clone(),
         ip,
         labels,
         pid: if req.pid > 0 { req.pid } else { peer_pid },
         driver: crate::DRIVER.into(),
+        expose,
     })
 }

@@ -8,8 +8,10 @@
 
 mod channel;
 mod names;
+mod relay;
 mod rest;
 mod views;
+mod vservices;
 mod watch;
 
 use std::fs;
@@ -54,11 +56,16 @@ pub struct Daemon {
     pub table: Arc<Mutex<Table>>,
     /// The DNS domain, when the DNS server runs.
     pub dns_domain: Option<String>,
+    relays: relay::Shared,
 }
 
 impl Daemon {
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn relays(&self) -> std::sync::MutexGuard<'_, relay::Relays> {
+        self.relays.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -109,8 +116,11 @@ pub fn run(config: Config) -> Result<()> {
         Some(d) => Some(names::bind(node.ip, d)?),
         None => None,
     };
-    let daemon =
-        Daemon { table: Arc::new(Mutex::new(table)), dns_domain: config.dns.as_ref().map(|d| d.domain.clone()) };
+    let daemon = Daemon {
+        table: Arc::new(Mutex::new(table)),
+        dns_domain: config.dns.as_ref().map(|d| d.domain.clone()),
+        relays: Default::default(),
+    };
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
 
     watch::spawn(daemon.clone())?;

@@ -4,17 +4,18 @@
 
 use std::future::Future;
 
-use ax_api::{path, ErrorBody};
-use axum::extract::{ConnectInfo, Request, State};
+use ax_api::{path, ErrorBody, VserviceRequest};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::{views, Daemon};
+use crate::{views, vservices, Daemon};
 
 /// Who is on the other end of a Unix-socket connection.
 #[derive(Clone, Debug)]
@@ -40,12 +41,46 @@ async fn root_only(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Nex
     }
 }
 
+fn refusal(r: vservices::Refusal) -> Response {
+    match r {
+        vservices::Refusal::Bad(m) => error(StatusCode::BAD_REQUEST, m),
+        vservices::Refusal::Conflict(m) => error(StatusCode::CONFLICT, m),
+        vservices::Refusal::Missing(m) => error(StatusCode::NOT_FOUND, m),
+    }
+}
+
+async fn create_vservice(State(d): State<Daemon>, body: Result<Json<VserviceRequest>, JsonRejection>) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed vservice request: {}", e.body_text())),
+    };
+    // Relays bind sockets: keep that off the async workers.
+    match tokio::task::spawn_blocking(move || vservices::create(&d, &req)).await {
+        Ok(Ok(())) => StatusCode::CREATED.into_response(),
+        Ok(Err(r)) => refusal(r),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("vservice creation failed: {e}")),
+    }
+}
+
+async fn delete_vservice(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
+    match vservices::delete(&d, &name) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
 fn router(daemon: Daemon) -> Router {
     Router::new()
         .route(path::APPS, get(|State(d): State<Daemon>| async move { Json(views::apps(&d.table())) }))
         .route(path::SERVERS, get(|State(d): State<Daemon>| async move { Json(views::servers(&d.table())) }))
         .route(path::SOCKETS, get(|State(d): State<Daemon>| async move { Json(views::sockets(&d.table())) }))
         .route(path::INFO, get(|State(d): State<Daemon>| async move { Json(views::info(&d.table())) }))
+        .route(
+            path::VSERVICES,
+            get(|State(d): State<Daemon>| async move { Json(vservices::views(&d.table())) }).post(create_vservice),
+        )
+        .route(&format!("{}/{{name}}", path::VSERVICES), delete(delete_vservice))
+        .route(path::PROXIES, get(|State(d): State<Daemon>| async move { Json(d.relays().views()) }))
         .fallback(|req: Request| async move {
             error(StatusCode::NOT_FOUND, format!("no such resource: {} {}", req.method(), req.uri().path()))
         })

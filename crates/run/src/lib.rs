@@ -31,6 +31,8 @@ pub struct Options {
     /// False: stay in the caller's network namespace (still trapped).
     pub new_netns: bool,
     pub dns_override: bool,
+    /// `--expose` values (checked by the daemon against its node and pool).
+    pub expose: Vec<String>,
     pub command: Vec<OsString>,
 }
 
@@ -66,6 +68,7 @@ pub fn run(opts: Options) -> Result<i32> {
         name: opts.name.clone(),
         labels: opts.labels.clone(),
         dns_override: opts.dns_override,
+        expose: opts.expose.clone(),
         pid: proc::pid(),
     });
     wire::send(daemon.as_fd(), &register, None).context("cannot talk to the ax daemon")?;

@@ -201,12 +201,13 @@ impl Engine {
             }
             Route::Refused => return Err(libc::ECONNREFUSED),
             Route::Direct(a) => a,
-            Route::Backends(mut hosts) => {
+            Route::Backends(mut targets) if !targets.is_empty() => {
                 // One socket keeps talking to one backend, so replies make sense.
-                hosts.sort();
+                targets.sort();
                 let inode = sock::inode(s.as_fd()).map_err(errno)?;
-                SocketAddr::V4(hosts[(inode % hosts.len() as u64) as usize])
+                SocketAddr::V4(targets[(inode % targets.len() as u64) as usize].addr)
             }
+            Route::Backends(_) => return Err(libc::ECONNREFUSED),
         };
         let sent =
             sock::send_msg(s.as_fd(), data, control, flags, Some(&addr::for_family(target, family))).map_err(errno)?;

@@ -6,7 +6,7 @@
 //! own memory only changes what it asked for, never what the daemon does.
 
 use std::fs::File;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -228,14 +228,16 @@ impl Engine {
                 let fresh = self.privatize(n, s.as_fd())?;
                 sock::bind(fresh.as_fd(), &want).map_err(errno)?;
             }
-            BindPlan::Host { service } => {
-                self.bind_host(s.as_fd(), family, proto, want, service)?;
+            BindPlan::Host { service, host_port } => {
+                self.bind_host(s.as_fd(), family, proto, want, service, host_port)?;
             }
         }
         Ok(Answer::Value(0))
     }
 
-    /// Binds the socket on the node address at a pool port and records it.
+    /// Binds the socket on the node address, at its exposed host port or else at a pool
+    /// port, and records it.
+    #[allow(clippy::too_many_arguments)]
     fn bind_host(
         &self,
         s: BorrowedFd<'_>,
@@ -243,6 +245,7 @@ impl Engine {
         proto: Proto,
         requested: SocketAddr,
         service: SocketAddrV4,
+        exposed: Option<u16>,
     ) -> Result<u16, Errno> {
         if sock::local_addr(s).map_err(errno)?.is_some_and(|a| a.port() != 0) {
             return Err(libc::EINVAL);
@@ -251,7 +254,18 @@ impl Engine {
             // A v6-only `::` socket is served on the node's IPv4 address like any other.
             sock::set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0).map_err(errno)?;
         }
-        let node = self.table().node().ip;
+        let bound = BoundSocket {
+            inode: sock::inode(s).map_err(errno)?,
+            proto,
+            family,
+            requested,
+            flags: sock::file_flags(s).map_err(errno)?,
+        };
+        if let Some(port) = exposed {
+            // No proxy: the app's own socket is bound on the exposed port.
+            self.bind_at(s, bound, service, port).map_err(errno)?;
+            return Ok(port);
+        }
         for _ in 0..MAX_BIND_TRIES {
             let Some(port) = self.table().take_port() else {
                 let t = self.table();
@@ -263,38 +277,35 @@ impl Engine {
                 );
                 return Err(libc::EADDRINUSE);
             };
-            let host = addr::for_family(SocketAddr::V4(SocketAddrV4::new(node, port)), family);
-            match sock::bind(s, &host) {
-                Ok(()) => {
-                    let socket = BoundSocket {
-                        inode: sock::inode(s).map_err(errno)?,
-                        proto,
-                        family,
-                        requested,
-                        flags: sock::file_flags(s).map_err(errno)?,
-                    };
-                    let mut t = self.table();
-                    let b = t.add_binding(self.app, socket, service, port);
-                    if proto == Proto::Udp && service.port() != 0 {
-                        // A datagram socket serves from its bind on: there is no listen.
-                        t.set_listening(proto, port, b.inode, 0);
-                        info!(app = %self.app, %service, %host, "udp service row added");
-                    }
-                    debug!(app = %self.app, %service, %host, "bound");
-                    return Ok(port);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
-                    debug!(app = %self.app, port, "pool port is busy on the host; trying the next");
-                    self.table().give_back_port(port);
-                }
+            match self.bind_at(s, bound, service, port) {
+                Ok(()) => return Ok(port),
                 Err(e) => {
                     self.table().give_back_port(port);
-                    return Err(errno(e));
+                    if e.raw_os_error() != Some(libc::EADDRINUSE) {
+                        return Err(errno(e));
+                    }
+                    debug!(app = %self.app, port, "pool port is busy on the host; trying the next");
                 }
             }
         }
         warn!(app = %self.app, "no free host port for {service} after {MAX_BIND_TRIES} busy ones; the bind fails with EADDRINUSE");
         Err(libc::EADDRINUSE)
+    }
+
+    /// Binds on node:`port` and records the socket (a UDP one is a service row at once:
+    /// there is no listen).
+    fn bind_at(&self, s: BorrowedFd<'_>, bound: BoundSocket, service: SocketAddrV4, port: u16) -> std::io::Result<()> {
+        let node = self.table().node().ip;
+        let host = addr::for_family(SocketAddr::V4(SocketAddrV4::new(node, port)), bound.family);
+        sock::bind(s, &host)?;
+        let mut t = self.table();
+        let b = t.add_binding(self.app, bound, service, port);
+        if bound.proto == Proto::Udp && service.port() != 0 {
+            t.set_listening(bound.proto, port, b.inode, 0);
+            info!(app = %self.app, %service, %host, "udp service row added");
+        }
+        debug!(app = %self.app, %service, %host, "bound");
+        Ok(())
     }
 
     fn listen(&mut self, n: &Notification) -> Result<Answer, Errno> {
@@ -312,7 +323,7 @@ impl Engine {
         let port = if local.port() == 0 {
             // listen() on an unbound socket binds it to a wildcard port, as the kernel does.
             let ip = self.table().app(self.app).ok_or(libc::EPERM)?.ip;
-            self.bind_host(fd, family, proto, local, SocketAddrV4::new(ip, 0))?
+            self.bind_host(fd, family, proto, local, SocketAddrV4::new(ip, 0), None)?
         } else {
             local.port()
         };
@@ -329,7 +340,7 @@ impl Engine {
             Sock::Host(s, family, proto) => (s, family, proto),
             Sock::Private(s, family) => {
                 return match self.read_addr(n, n.args[1], n.args[2], family)? {
-                    SockAddr::Inet(dest) => self.connect_to(n, s, &[dest], family),
+                    SockAddr::Inet(dest) => self.connect_to(n, s, &[(dest, None)], family),
                     SockAddr::Unspec => sock::disconnect(s.as_fd()).map(|()| Answer::Value(0)).map_err(errno),
                     SockAddr::Other(_) => Err(libc::EAFNOSUPPORT),
                 };
@@ -349,13 +360,13 @@ impl Engine {
         match route {
             Route::Private => {
                 let fresh = self.privatize(n, s.as_fd())?;
-                self.connect_to(n, fresh, &[dest], family)
+                self.connect_to(n, fresh, &[(dest, None)], family)
             }
             Route::Refused => Err(libc::ECONNREFUSED),
-            Route::Direct(a) => self.connect_to(n, s, &[a], family),
-            Route::Backends(hosts) => {
-                let hosts: Vec<SocketAddr> = hosts.into_iter().map(SocketAddr::V4).collect();
-                self.connect_to(n, s, &hosts, family)
+            Route::Direct(a) => self.connect_to(n, s, &[(a, None)], family),
+            Route::Backends(targets) => {
+                let targets: Vec<_> = targets.into_iter().map(|t| (SocketAddr::V4(t.addr), t.source)).collect();
+                self.connect_to(n, s, &targets, family)
             }
         }
     }
@@ -367,17 +378,23 @@ impl Engine {
         &self,
         n: &Notification,
         s: OwnedFd,
-        targets: &[SocketAddr],
+        targets: &[(SocketAddr, Option<Ipv4Addr>)],
         family: Family,
     ) -> Result<Answer, Errno> {
         let fd = s.as_fd();
+        // A vservice's --source-ip: the host address its external connections use.
+        if let Some(source) = targets.iter().find_map(|t| t.1) {
+            if sock::local_addr(fd).map_err(errno)?.is_none_or(|a| a.port() == 0) {
+                sock::bind(fd, &addr::for_family(SocketAddr::from((source, 0)), family)).map_err(errno)?;
+            }
+        }
         let flags = sock::file_flags(fd).map_err(errno)?;
         let blocking = flags & libc::O_NONBLOCK == 0;
         if blocking {
             sock::set_file_flags(fd, flags | libc::O_NONBLOCK).map_err(errno)?;
         }
         let mut answer = Err(libc::ECONNREFUSED);
-        for (i, target) in targets.iter().enumerate() {
+        for (i, (target, _)) in targets.iter().enumerate() {
             let more = i + 1 < targets.len();
             answer = match sock::connect(fd, &addr::for_family(*target, family)).map_err(errno) {
                 Ok(()) => Ok(Answer::Value(0)),

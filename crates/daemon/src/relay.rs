@@ -1,0 +1,157 @@
+//! L4 relays, for where bytes must be carried because no app's socket can be handed
+//! over: a vservice's `--external` port. Each relay listens on a node port, picks a
+//! backend per connection as the vservice's balancer says, and moves bytes both ways
+//! with splice(2) through a pipe (no copy to user space), half-close aware (an EOF one
+//! way is passed on as a shutdown of that direction), with the kernel's own
+//! back-pressure (a blocked splice waits for the slower side).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ax_api::ProxyView;
+use ax_core::Route;
+use ax_sys::sock;
+use tracing::{debug, info, warn};
+
+use crate::Daemon;
+
+const CHUNK: usize = 256 * 1024;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One running relay.
+struct Relay {
+    listener: Arc<TcpListener>,
+    /// The vservice it serves (relays leave with it).
+    vservice: String,
+    dialers: Vec<String>,
+}
+
+/// Every relay of the daemon, by id.
+#[derive(Default)]
+pub struct Relays {
+    next: u32,
+    running: BTreeMap<u32, Relay>,
+}
+
+impl Relays {
+    pub fn views(&self) -> Vec<ProxyView> {
+        self.running
+            .iter()
+            .map(|(id, r)| ProxyView {
+                id: *id,
+                proto: "tcp".into(),
+                listener: r.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                dialers: r.dialers.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Starts a relay on node:`vport` for vservice `name` at `vip:vport`.
+pub fn start(daemon: &Daemon, name: &str, vip: Ipv4Addr, vport: u16, dialers: Vec<String>) -> std::io::Result<()> {
+    let node = daemon.table().node().ip;
+    let listener = Arc::new(TcpListener::bind((node, vport))?);
+    let id = {
+        let mut relays = daemon.relays();
+        relays.next += 1;
+        let id = relays.next;
+        relays.running.insert(id, Relay { listener: listener.clone(), vservice: name.to_string(), dialers });
+        id
+    };
+    info!(id, listener = %listener.local_addr()?, vservice = name, "relay started");
+    let d = daemon.clone();
+    std::thread::Builder::new().name("relay".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(client) => {
+                    let d = d.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("relay-conn".into())
+                        .spawn(move || serve(&d, client, vip, vport));
+                    if let Err(e) = spawned {
+                        warn!("relay {id}: cannot start a thread: {e}");
+                    }
+                }
+                // Shut down by stop(): the relay is gone.
+                Err(_) => break,
+            }
+        }
+        debug!(id, "relay stopped");
+    })?;
+    Ok(())
+}
+
+/// Stops every relay of vservice `name`.
+pub fn stop(daemon: &Daemon, name: &str) {
+    let mut relays = daemon.relays();
+    let ids: Vec<u32> = relays.running.iter().filter(|(_, r)| r.vservice == name).map(|(id, _)| *id).collect();
+    for id in ids {
+        if let Some(r) = relays.running.remove(&id) {
+            // Wakes the accept loop with an error, which ends it.
+            let _ = sock::shutdown(r.listener.as_fd(), libc::SHUT_RDWR);
+            info!(id, vservice = name, "relay stopped");
+        }
+    }
+}
+
+/// One client: dial a backend as the balancer says (skipping ones that refuse), then
+/// move bytes both ways until both directions have ended.
+fn serve(daemon: &Daemon, client: TcpStream, vip: Ipv4Addr, vport: u16) {
+    let route = daemon.table().vservice_route(vip, vport, None);
+    let Some(Route::Backends(targets)) = route else { return };
+    let Some(backend) = targets.iter().find_map(|t| dial(t.addr, t.source)) else {
+        debug!(%vip, vport, "relay: no backend answered");
+        return;
+    };
+    let (c2, b2) = match (client.try_clone(), backend.try_clone()) {
+        (Ok(c), Ok(b)) => (c, b),
+        _ => return,
+    };
+    let up = std::thread::Builder::new().name("relay-up".into()).spawn(move || pump(&c2, &b2));
+    pump(&backend, &client);
+    if let Ok(h) = up {
+        let _ = h.join();
+    }
+}
+
+fn dial(addr: SocketAddrV4, source: Option<Ipv4Addr>) -> Option<TcpStream> {
+    let target = SocketAddr::V4(addr);
+    match source {
+        None => TcpStream::connect_timeout(&target, DIAL_TIMEOUT).ok(),
+        Some(src) => {
+            let s = sock::socket(libc::AF_INET, libc::SOCK_STREAM, 0).ok()?;
+            sock::bind(s.as_fd(), &SocketAddr::from((src, 0))).ok()?;
+            sock::connect(s.as_fd(), &target).ok()?;
+            Some(TcpStream::from(s))
+        }
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` ends, then shuts `to` for writing.
+fn pump(from: &TcpStream, to: &TcpStream) {
+    if let Ok((r, w)) = sock::pipe() {
+        loop {
+            match sock::splice(from.as_fd(), w.as_fd(), CHUNK) {
+                Ok(0) | Err(_) => break,
+                Ok(mut n) => {
+                    while n > 0 {
+                        match sock::splice(r.as_fd(), to.as_fd(), n) {
+                            Ok(0) | Err(_) => {
+                                let _ = sock::shutdown(from.as_fd(), libc::SHUT_RD);
+                                return;
+                            }
+                            Ok(m) => n -= m,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = sock::shutdown(to.as_fd(), libc::SHUT_WR);
+}
+
+/// Relays are shared by the API and the accept loops.
+pub type Shared = Arc<Mutex<Relays>>;
