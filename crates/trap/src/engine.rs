@@ -396,6 +396,11 @@ impl Engine {
         let mut answer = Err(libc::ECONNREFUSED);
         for (i, (target, _)) in targets.iter().enumerate() {
             let more = i + 1 < targets.len();
+            if i > 0 {
+                // After a refused attempt the socket must be reset (AF_UNSPEC) before it
+                // can connect again; otherwise Linux answers ECONNABORTED.
+                let _ = sock::disconnect(fd);
+            }
             answer = match sock::connect(fd, &addr::for_family(*target, family)).map_err(errno) {
                 Ok(()) => Ok(Answer::Value(0)),
                 Err(libc::EINPROGRESS) => match sock::wait_writable(fd, 0) {
