@@ -128,3 +128,52 @@ if command -v dnsmasq >/dev/null; then
 else
   echo "dnsmasq is not installed: DNS comparison skipped (apt-get install dnsmasq-base)"
 fi
+
+# vservices (issue 4): iperf3 and new connections through a vservice, next to native
+# direct and to HAProxy doing the same L4 balancing on loopback; and the relay of an
+# --external port. (iperf3 opens a control and a data connection that must meet one
+# server, so its vservice and HAProxy backend lists have one server each.)
+if command -v haproxy >/dev/null; then
+  $RUN --ip 198.18.9.11 -- iperf3 -s -p 5201 >/dev/null 2>&1 & wait_row 198.18.9.11:5201
+  $RUN --ip 198.18.9.13 -- $AXB serve 0.0.0.0:7200 & wait_row 198.18.9.13:7200
+  $RUN --ip 198.18.9.14 -- $AXB serve 0.0.0.0:7200 & wait_row 198.18.9.14:7200
+  $IN $AX create vservice ipf --ip 198.18.9.20 --ports 5201 --backends 198.18.9.11 --external
+  $IN $AX create vservice conn --ip 198.18.9.21 --ports 7200 --backends 198.18.9.13,198.18.9.14 --lbtype RoundRobin
+  $IN $AXB serve $NODE:7301 & $IN $AXB serve $NODE:7302 & wait_port 7302
+  cat > $WORK/haproxy.cfg <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend ipf
+  bind 127.0.0.1:15201
+  default_backend ipf
+backend ipf
+  server a $NODE:5301
+frontend conn
+  bind 127.0.0.1:17200
+  default_backend conn
+backend conn
+  balance roundrobin
+  server a $NODE:7301
+  server b $NODE:7302
+CFG
+  $IN haproxy -f $WORK/haproxy.cfg -db >/dev/null 2>&1 & wait_port 15201
+  VT=$($RUN -- iperf3 -c 198.18.9.20 -p 5201 -t $T -J | gbps)
+  HT=$($IN iperf3 -c 127.0.0.1 -p 15201 -t $T -J | gbps)
+  RT=$($IN iperf3 -c $NODE -p 5201 -t $T -J | gbps)
+  VC=$($RUN -- $AXB connect 198.18.9.21:7200 $T | sed 's/conns_per_sec=//')
+  HC=$($IN $AXB connect 127.0.0.1:17200 $T | sed 's/conns_per_sec=//')
+  echo
+  row "through a vservice" "native" "ax" "ax/native"
+  row "iperf3 via vservice (Gbit/s)" "$N" "$VT" "$(ratio $VT $N)"
+  row "  HAProxy L4 on loopback (Gbit/s)" "" "$HT" "ax/haproxy $(ratio $VT $HT)"
+  row "new conns via vservice (conn/s)" "$NC" "$VC" "$(ratio $VC $NC)"
+  row "  HAProxy L4 on loopback (conn/s)" "" "$HC" "ax/haproxy $(ratio $VC $HC)"
+  row "relay of an --external port (Gbit/s)" "$N" "$RT" "$(ratio $RT $N)"
+else
+  echo "haproxy is not installed: vservice comparison skipped (apt-get install haproxy)"
+fi

@@ -133,6 +133,8 @@ fn dial(addr: SocketAddrV4, source: Option<Ipv4Addr>) -> Option<TcpStream> {
 /// Moves bytes from `from` to `to` until `from` ends, then shuts `to` for writing.
 fn pump(from: &TcpStream, to: &TcpStream) {
     if let Ok((r, w)) = sock::pipe() {
+        // A larger pipe moves more per splice (the default is 64 KiB); best effort.
+        let _ = sock::set_pipe_size(w.as_fd(), CHUNK);
         loop {
             match sock::splice(from.as_fd(), w.as_fd(), CHUNK) {
                 Ok(0) | Err(_) => break,

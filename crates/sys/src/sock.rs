@@ -304,3 +304,10 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
         }
     }
 }
+
+/// Grows a pipe's buffer (F_SETPIPE_SZ); returns the size the kernel granted.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    // SAFETY: F_SETPIPE_SZ takes an integer.
+    let r = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) })?;
+    Ok(r as usize)
+}
