@@ -184,30 +184,32 @@ fn bad_vservice_requests_change_nothing() {
     let h = two_backends("zone=default");
     create_ok(&h, &["web", "--ip", "198.18.2.1", "--ports", "80:8000", "--backends", "198.18.1.1"]);
     let before = h.get("vservices");
-    support::fails_with(
-        create(&h, &["web", "--ip", "198.18.2.9", "--ports", "80", "--backends", "198.18.1.1"]),
-        "a vservice named 'web' already exists",
-    );
-    support::fails_with(
-        create(&h, &["w2", "--ip", "198.18.2.1", "--ports", "80", "--backends", "198.18.1.1"]),
-        "vservice 'web' already has the address 198.18.2.1",
-    );
-    support::fails_with(
-        create(&h, &["w3", "--ip", "198.18.2.3", "--ports", "80:x", "--backends", "198.18.1.1"]),
-        "--ports: 'x' is not a port",
-    );
-    support::fails_with(
-        create(&h, &["w4", "--ip", "198.18.2.4", "--ports", "80", "--backends", "web"]),
-        "--backends: 'web' is not an IPv4 address or IP:port",
-    );
-    support::fails_with(
-        create(&h, &["w5", "--ip", "198.18.2.5", "--ports", "80", "--backends", "198.18.1.1", "--lbtype", "LeastConn"]),
-        "--lbtype 'LeastConn' is not one of Random, RoundRobin",
-    );
-    support::fails_with(
-        create(&h, &["w6", "--ip", "300.1.1.1", "--ports", "80", "--backends", "198.18.1.1"]),
-        "--ip 300.1.1.1 is not an IPv4 address",
-    );
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["web", "--ip", "198.18.2.9", "--ports", "80", "--backends", "198.18.1.1"],
+            "a vservice named 'web' already exists",
+        ),
+        (
+            &["w2", "--ip", "198.18.2.1", "--ports", "80", "--backends", "198.18.1.1"],
+            "vservice 'web' already has the address 198.18.2.1",
+        ),
+        (&["w3", "--ip", "198.18.2.3", "--ports", "80:x", "--backends", "198.18.1.1"], "--ports: 'x' is not a port"),
+        (
+            &["w4", "--ip", "198.18.2.4", "--ports", "80", "--backends", "web"],
+            "--backends: 'web' is not an IPv4 address or IP:port",
+        ),
+        (
+            &["w5", "--ip", "198.18.2.5", "--ports", "80", "--backends", "198.18.1.1", "--lbtype", "LeastConn"],
+            "--lbtype 'LeastConn' is not one of Random, RoundRobin",
+        ),
+        (
+            &["w6", "--ip", "300.1.1.1", "--ports", "80", "--backends", "198.18.1.1"],
+            "--ip 300.1.1.1 is not an IPv4 address",
+        ),
+    ];
+    for (args, want) in cases {
+        support::fails_with(create(&h, args), want);
+    }
     support::fails_with(h.ax().args(["delete", "vservice", "nope"]).output().unwrap(), "no vservice named 'nope'");
     assert_eq!(h.get("vservices"), before);
     // The REST API names the field too, with a 4xx.
