@@ -16,7 +16,9 @@ pub use addr::{Family, SockAddr};
 pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
-pub use table::{App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Route, Table, Target};
+pub use table::{
+    App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Remote, RemoteApp, RemoteRow, Route, Table, Target,
+};
 
 /// An errno value to hand back to an app (positive, as in `errno`).
 pub type Errno = i32;

@@ -139,6 +139,34 @@ pub enum Route {
     Direct(SocketAddr),
 }
 
+/// A service row published by another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRow {
+    pub node: String,
+    pub app: String,
+    pub proto: Proto,
+    pub service: SocketAddrV4,
+    pub host: SocketAddrV4,
+    pub labels: Labels,
+}
+
+/// An app running on another node (for names and virtual addresses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteApp {
+    pub node: String,
+    pub name: Option<String>,
+    pub ip: Ipv4Addr,
+}
+
+/// What the rest of the cluster publishes, as last gossiped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Remote {
+    /// The other live nodes: name and node address.
+    pub nodes: Vec<(String, Ipv4Addr)>,
+    pub rows: Vec<RemoteRow>,
+    pub apps: Vec<RemoteApp>,
+}
+
 /// The tables of one daemon.
 #[derive(Debug)]
 pub struct Table {
@@ -152,6 +180,7 @@ pub struct Table {
     made_up: Option<(Subnet, u32)>,
     vservices: BTreeMap<String, Vservice>,
     rotation: Rotation,
+    remote: Remote,
 }
 
 impl Table {
@@ -166,7 +195,34 @@ impl Table {
             made_up: None,
             vservices: BTreeMap::new(),
             rotation: Rotation::default(),
+            remote: Remote::default(),
         }
+    }
+
+    /// Replaces what is known of the other nodes (from gossip).
+    pub fn set_remote(&mut self, remote: Remote) {
+        self.remote = remote;
+    }
+
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// Every row serving `service` over `proto`, this node's and the cluster's: the host
+    /// address to connect to, and the labels of the app behind it.
+    fn rows_at(&self, proto: Proto, service: SocketAddrV4) -> Vec<(SocketAddrV4, &Labels)> {
+        let local = self
+            .services()
+            .filter(|b| b.proto == proto && b.service == service)
+            .filter_map(|b| self.apps.get(&b.app).map(|a| (b.host, &a.labels)));
+        let remote =
+            self.remote.rows.iter().filter(|r| r.proto == proto && r.service == service).map(|r| (r.host, &r.labels));
+        local.chain(remote).collect()
+    }
+
+    /// Every app address, this node's and the cluster's.
+    fn is_app_ip(&self, ip: Ipv4Addr) -> bool {
+        self.apps.values().any(|a| a.ip == ip) || self.remote.apps.iter().any(|a| a.ip == ip)
     }
 
     /// Adds a vservice; its name and address must be new, and not an app's.
@@ -201,7 +257,8 @@ impl Table {
     /// no vservice's.
     pub fn vservice_route(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Route> {
         let name = self.vservices.values().find(|v| v.ip == ip)?.name.clone();
-        let app_ips: Vec<Ipv4Addr> = self.apps.values().map(|a| a.ip).collect();
+        let app_ips: Vec<Ipv4Addr> =
+            self.apps.values().map(|a| a.ip).chain(self.remote.apps.iter().map(|a| a.ip)).collect();
         let v = self.vservices.get_mut(&name).expect("found above");
         for b in &v.backends {
             let ip = match *b {
@@ -227,11 +284,11 @@ impl Table {
                 groups.push(vec![Target { addr, source: v.source_ip }]);
                 continue;
             }
-            let rows: Vec<&Binding> = self.services().filter(|r| r.proto == Proto::Tcp && r.service == addr).collect();
+            let rows = self.rows_at(Proto::Tcp, addr);
             let mut reachable: Vec<Target> = rows
                 .iter()
-                .filter(|r| client.is_none_or(|c| self.apps.get(&r.app).is_some_and(|s| s.labels.shares(c))))
-                .map(|r| Target { addr: r.host, source: None })
+                .filter(|(_, labels)| client.is_none_or(|c| labels.shares(c)))
+                .map(|(host, _)| Target { addr: *host, source: None })
                 .collect();
             denied |= !rows.is_empty() && reachable.is_empty();
             if !reachable.is_empty() {
@@ -283,7 +340,13 @@ impl Table {
             .filter(|a| a.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(label)))
             .map(|a| a.ip);
         let vservices = self.vservices.values().filter(|v| v.name.eq_ignore_ascii_case(label)).map(|v| v.ip);
-        let mut ips: Vec<Ipv4Addr> = apps.chain(vservices).collect();
+        let remote = self
+            .remote
+            .apps
+            .iter()
+            .filter(|a| a.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(label)))
+            .map(|a| a.ip);
+        let mut ips: Vec<Ipv4Addr> = apps.chain(vservices).chain(remote).collect();
         ips.sort();
         ips.dedup();
         (!ips.is_empty()).then_some(ips)
@@ -493,18 +556,15 @@ impl Table {
         }
         // A connect straight to a backend's host address is a connect to its service:
         // labels cannot be bypassed by naming the pool port.
-        let service = match self.bindings.get(&(proto, v4.port())) {
-            Some(b) if b.listening && b.host == v4 => b.service,
-            _ => v4,
-        };
-        let rows: Vec<&Binding> = self.services().filter(|b| b.proto == proto && b.service == service).collect();
+        let service = self.service_of_host(proto, v4).unwrap_or(v4);
+        let rows = self.rows_at(proto, service);
         if rows.is_empty() {
             return if self.is_virtual(dest.ip()) { Route::Refused } else { Route::Direct(dest) };
         }
         let mut allowed: Vec<Target> = rows
             .into_iter()
-            .filter(|b| self.apps.get(&b.app).is_some_and(|server| server.labels.shares(&labels)))
-            .map(|b| Target { addr: b.host, source: None })
+            .filter(|(_, server)| server.shares(&labels))
+            .map(|(host, _)| Target { addr: host, source: None })
             .collect();
         if allowed.is_empty() {
             return Route::Refused;
@@ -531,8 +591,15 @@ impl Table {
     /// virtual address in place of its host address.
     pub fn peer_name(&self, proto: Proto, real: SocketAddr) -> Option<SocketAddr> {
         let SocketAddr::V4(v4) = addr::unmap(real) else { return None };
-        let b = self.bindings.get(&(proto, v4.port())).filter(|b| b.listening && b.host == v4)?;
-        Some(SocketAddr::V4(b.service))
+        self.service_of_host(proto, v4).map(SocketAddr::V4)
+    }
+
+    /// The service a row's host address serves, on this node or another.
+    fn service_of_host(&self, proto: Proto, host: SocketAddrV4) -> Option<SocketAddrV4> {
+        if let Some(b) = self.bindings.get(&(proto, host.port())).filter(|b| b.listening && b.host == host) {
+            return Some(b.service);
+        }
+        self.remote.rows.iter().find(|r| r.proto == proto && r.host == host).map(|r| r.service)
     }
 
     /// True when `ip` is an app's address and not the node's own.
@@ -540,7 +607,8 @@ impl Table {
         match ip {
             IpAddr::V4(v4) => {
                 v4 != self.node.ip
-                    && (self.apps.values().any(|a| a.ip == v4) || self.vservices.values().any(|v| v.ip == v4))
+                    && !self.remote.nodes.iter().any(|(_, ip)| *ip == v4)
+                    && (self.is_app_ip(v4) || self.vservices.values().any(|v| v.ip == v4))
             }
             IpAddr::V6(_) => false,
         }
@@ -865,6 +933,39 @@ mod tests {
         // An exposed port is not the pool's to give back.
         t.remove_app(id);
         assert_eq!(t.pool().in_use(), 0);
+    }
+
+    #[test]
+    fn rows_of_other_nodes_serve_like_local_ones() {
+        let mut t = table();
+        let c = app(&mut t, None, "zone=default");
+        let other: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let host = SocketAddrV4::new(other, 40007);
+        let row = |labels: &str, service: &str| RemoteRow {
+            node: "n2".into(),
+            app: "f0000002".into(),
+            proto: Proto::Tcp,
+            service: service.parse().unwrap(),
+            host,
+            labels: Labels::parse(labels).unwrap(),
+        };
+        t.set_remote(Remote {
+            nodes: vec![("n2".into(), other)],
+            rows: vec![row("zone=default", "198.18.3.1:8000"), row("role=prod", "198.18.3.2:80")],
+            apps: vec![
+                RemoteApp { node: "n2".into(), name: Some("web".into()), ip: "198.18.3.1".parse().unwrap() },
+                RemoteApp { node: "n2".into(), name: None, ip: other },
+            ],
+        });
+        assert_eq!(first(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000"))), host);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.2:80")), Route::Refused);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:9")), Route::Refused);
+        // The other node's own address is not virtual: it is reached directly.
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.2:22")), Route::Direct(sa("10.0.0.2:22")));
+        assert_eq!(t.addresses_named("web"), Some(vec!["198.18.3.1".parse().unwrap()]));
+        assert_eq!(t.peer_name(Proto::Tcp, SocketAddr::V4(host)), Some(sa("198.18.3.1:8000")));
+        t.set_remote(Remote::default());
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000")), Route::Direct(sa("198.18.3.1:8000")));
     }
 
     #[test]

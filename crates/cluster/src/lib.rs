@@ -1,0 +1,8 @@
+//! The cluster. [`state`] says what a daemon publishes about itself (node, service rows,
+//! apps) as chitchat key-values and how the view of the other nodes is built from
+//! theirs: plain functions, tested without a network. [`gossip`] runs chitchat (its
+//! scuttlebutt anti-entropy and phi-accrual failure detector) on a transport it is
+//! given: UDP on the node interface in the daemon, channels in the simulation tests.
+
+pub mod gossip;
+pub mod state;

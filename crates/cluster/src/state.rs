@@ -1,0 +1,160 @@
+//! What one node publishes, as key-values, and the view of the others.
+//!
+//! Keys: `node` (the node itself), `row/<proto>/<host addr>` (one per service row),
+//! `app/<app id>` (one per app, for names and virtual addresses). Values are JSON.
+//! A value this version cannot read is skipped, never fatal.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ax_core::{Labels, Proto, Remote, RemoteApp, RemoteRow};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub cluster: String,
+    pub ip: Ipv4Addr,
+    pub egress_gateway: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowRecord {
+    pub app: String,
+    pub proto: String,
+    pub service: SocketAddrV4,
+    pub host: SocketAddrV4,
+    pub labels: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub ip: Ipv4Addr,
+}
+
+/// Everything one node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub node: NodeRecord,
+    pub rows: Vec<RowRecord>,
+    pub apps: Vec<AppRecord>,
+}
+
+pub const NODE_KEY: &str = "node";
+
+impl Published {
+    /// The key-values that say this.
+    pub fn to_keys(&self) -> BTreeMap<String, String> {
+        let mut kv = BTreeMap::new();
+        kv.insert(NODE_KEY.to_string(), json(&self.node));
+        for r in &self.rows {
+            kv.insert(format!("row/{}/{}", r.proto, r.host), json(r));
+        }
+        for a in &self.apps {
+            kv.insert(format!("app/{}", a.id), json(a));
+        }
+        kv
+    }
+
+    /// Reads a node's key-values back (None without a readable `node` key).
+    pub fn from_keys<'a>(kv: impl Iterator<Item = (&'a str, &'a str)>) -> Option<Published> {
+        let mut node = None;
+        let (mut rows, mut apps) = (Vec::new(), Vec::new());
+        for (k, v) in kv {
+            if k == NODE_KEY {
+                node = serde_json::from_str(v).ok();
+            } else if k.starts_with("row/") {
+                rows.extend(serde_json::from_str::<RowRecord>(v).ok());
+            } else if k.starts_with("app/") {
+                apps.extend(serde_json::from_str::<AppRecord>(v).ok());
+            }
+        }
+        Some(Published { node: node?, rows, apps })
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialize")
+}
+
+/// The other live nodes of our cluster as the table wants them. Nodes of another
+/// cluster, or with our own name, are left out.
+pub fn remote_view(me: &NodeRecord, others: &[Published]) -> Remote {
+    let mut remote = Remote::default();
+    for p in others.iter().filter(|p| p.node.cluster == me.cluster && p.node.name != me.name) {
+        remote.nodes.push((p.node.name.clone(), p.node.ip));
+        for r in &p.rows {
+            let proto = match r.proto.as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                _ => continue,
+            };
+            let Ok(labels) = Labels::parse(&r.labels) else { continue };
+            remote.rows.push(RemoteRow {
+                node: p.node.name.clone(),
+                app: r.app.clone(),
+                proto,
+                service: r.service,
+                host: r.host,
+                labels,
+            });
+        }
+        for a in &p.apps {
+            remote.apps.push(RemoteApp { node: p.node.name.clone(), name: a.name.clone(), ip: a.ip });
+        }
+    }
+    remote
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ip: &str) -> NodeRecord {
+        NodeRecord { name: name.into(), cluster: "appswitch".into(), ip: ip.parse().unwrap(), egress_gateway: false }
+    }
+
+    fn published(name: &str, ip: &str) -> Published {
+        Published {
+            node: node(name, ip),
+            rows: vec![RowRecord {
+                app: "f0000001".into(),
+                proto: "tcp".into(),
+                service: "198.18.0.1:80".parse().unwrap(),
+                host: format!("{ip}:40000").parse().unwrap(),
+                labels: "zone=default".into(),
+            }],
+            apps: vec![AppRecord {
+                id: "f0000001".into(),
+                name: Some("web".into()),
+                ip: "198.18.0.1".parse().unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn keys_roundtrip_and_garbage_is_skipped() {
+        let p = published("a", "10.0.0.1");
+        let mut kv = p.to_keys();
+        assert_eq!(Published::from_keys(kv.iter().map(|(k, v)| (k.as_str(), v.as_str()))), Some(p.clone()));
+        kv.insert("row/tcp/garbage".into(), "{not json".into());
+        kv.insert("future/thing".into(), "x".into());
+        assert_eq!(Published::from_keys(kv.iter().map(|(k, v)| (k.as_str(), v.as_str()))), Some(p));
+        assert_eq!(Published::from_keys([("app/x", "{}")].into_iter()), None);
+    }
+
+    #[test]
+    fn the_view_keeps_our_cluster_only_and_not_ourselves() {
+        let me = node("a", "10.0.0.1");
+        let b = published("b", "10.0.0.2");
+        let mut foreign = published("c", "10.0.0.3");
+        foreign.node.cluster = "other".into();
+        let view = remote_view(&me, &[published("a", "10.0.0.1"), b, foreign]);
+        assert_eq!(view.nodes, vec![("b".to_string(), "10.0.0.2".parse().unwrap())]);
+        assert_eq!(view.rows.len(), 1);
+        assert_eq!(view.rows[0].host, "10.0.0.2:40000".parse().unwrap());
+        assert_eq!(view.apps[0].name.as_deref(), Some("web"));
+    }
+}
