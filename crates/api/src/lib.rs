@@ -26,6 +26,7 @@ pub mod path {
     pub const INFO: &str = "/v1/info";
     pub const VSERVICES: &str = "/v1/vservices";
     pub const PROXIES: &str = "/v1/proxies";
+    pub const NODES: &str = "/v1/nodes";
 }
 
 /// `ax get apps`: one row per running app.
@@ -105,6 +106,18 @@ pub struct ProxyView {
     pub proto: String,
     pub listener: String,
     pub dialers: Vec<String>,
+}
+
+/// `ax get nodes`: one row per node of the cluster, this one first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub cluster: String,
+    pub ip: String,
+    pub external_ip: String,
+    pub role: String,
+    pub app_count: usize,
+    pub live: bool,
 }
 
 /// `GET /v1/info`: what the daemon is and how it runs.

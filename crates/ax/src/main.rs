@@ -58,6 +58,14 @@ fn init_logging() {
 
 fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
     let ports = PortRanges::parse(&d.ports).map_err(|e| anyhow!("--ports {}: {e}", d.ports))?;
+    let neighbors = d
+        .neighbors
+        .iter()
+        .flat_map(|csv| csv.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| anyhow!("--neighbors: '{s}' is not an IPv4 address")))
+        .collect::<Result<Vec<std::net::Ipv4Addr>>>()?;
     let dns = match d.dns {
         Some(false) => None,
         _ => {
@@ -74,6 +82,7 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
         ports,
         rest_port: d.rest_port,
         dns,
+        gossip: ax_daemon::ClusterConfig { gossip_port: d.gossip_port, neighbors },
     })
 }
 

@@ -6,7 +6,7 @@ pub mod client;
 pub mod table;
 
 use anyhow::Result;
-use ax_api::{path, AppView, ProxyView, ServerView, SocketView, VserviceRequest, VserviceView};
+use ax_api::{path, AppView, NodeView, ProxyView, ServerView, SocketView, VserviceRequest, VserviceView};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -20,7 +20,7 @@ pub fn get(resource: Resource, output: Output) -> Result<String> {
         Resource::Sockets => render::<SocketView>(path::SOCKETS, output),
         Resource::Vservices => render::<VserviceView>(path::VSERVICES, output),
         Resource::Proxies => render::<ProxyView>(path::PROXIES, output),
-        Resource::Nodes => Err(args::not_supported("ax get nodes", "the cluster")),
+        Resource::Nodes => render::<NodeView>(path::NODES, output),
     }
 }
 

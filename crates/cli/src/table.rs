@@ -1,6 +1,6 @@
 //! Tables as the manual prints them: a header, a rule of dashes, aligned columns.
 
-use ax_api::{AppView, ProxyView, ServerView, SocketView, VserviceView};
+use ax_api::{AppView, NodeView, ProxyView, ServerView, SocketView, VserviceView};
 
 /// Renders rows under `header`, each column as wide as its widest cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -83,6 +83,15 @@ impl Row for ProxyView {
     fn cells(&self) -> Vec<String> {
         let p = self.clone();
         vec![p.id.to_string(), p.proto, p.listener, format!("[{}]", p.dialers.join(" "))]
+    }
+}
+
+impl Row for NodeView {
+    const HEADER: &'static [&'static str] = &["NAME", "CLUSTER", "IP", "EXTERNALIP", "ROLE", "APPCOUNT", "STATUS"];
+    fn cells(&self) -> Vec<String> {
+        let n = self.clone();
+        let status = if n.live { "alive" } else { "dead" };
+        vec![n.name, n.cluster, n.ip, n.external_ip, n.role, n.app_count.to_string(), status.into()]
     }
 }
 

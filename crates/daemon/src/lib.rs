@@ -7,6 +7,7 @@
 //! across restarts yet.
 
 mod channel;
+mod cluster;
 mod names;
 mod relay;
 mod rest;
@@ -38,6 +39,7 @@ pub struct Config {
     pub rest_port: u16,
     /// The built-in DNS server: None with `--dns=false`.
     pub dns: Option<DnsConfig>,
+    pub gossip: ClusterConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct DnsConfig {
 /// The driver this daemon runs (the kernel driver is not built yet).
 pub const DRIVER: &str = "user";
 
+pub use cluster::ClusterConfig;
+
 /// Shared by the API, the run channel and the watcher.
 #[derive(Clone)]
 pub struct Daemon {
@@ -57,6 +61,8 @@ pub struct Daemon {
     /// The DNS domain, when the DNS server runs.
     pub dns_domain: Option<String>,
     relays: relay::Shared,
+    /// The cluster's nodes as last gossiped, this one first.
+    nodes: Arc<Mutex<Vec<ax_cluster::gossip::NodeStatus>>>,
 }
 
 impl Daemon {
@@ -120,6 +126,7 @@ pub fn run(config: Config) -> Result<()> {
         table: Arc::new(Mutex::new(table)),
         dns_domain: config.dns.as_ref().map(|d| d.domain.clone()),
         relays: Default::default(),
+        nodes: Default::default(),
     };
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
 
@@ -139,6 +146,7 @@ pub fn run(config: Config) -> Result<()> {
         if let Some(dns) = dns {
             names::spawn(dns, daemon.clone())?;
         }
+        cluster::start(daemon.clone(), &config.gossip).await?;
         info!("serving the API on {API_SOCKET} and http://127.0.0.1:{}", config.rest_port);
         rest::serve(tcp, unix, daemon, shutdown_signal()).await
     });

@@ -81,6 +81,7 @@ fn router(daemon: Daemon) -> Router {
         )
         .route(&format!("{}/{{name}}", path::VSERVICES), delete(delete_vservice))
         .route(path::PROXIES, get(|State(d): State<Daemon>| async move { Json(d.relays().views()) }))
+        .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(views::nodes(&d)) }))
         .fallback(|req: Request| async move {
             error(StatusCode::NOT_FOUND, format!("no such resource: {} {}", req.method(), req.uri().path()))
         })

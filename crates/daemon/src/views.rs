@@ -1,6 +1,6 @@
 //! The API's rows, made from the tables.
 
-use ax_api::{AppView, DaemonInfo, ServerView, SocketView};
+use ax_api::{AppView, DaemonInfo, NodeView, ServerView, SocketView};
 use ax_core::Table;
 
 pub fn apps(t: &Table) -> Vec<AppView> {
@@ -19,17 +19,43 @@ pub fn apps(t: &Table) -> Vec<AppView> {
         .collect()
 }
 
+/// The service table: this node's rows, then the cluster's.
 pub fn servers(t: &Table) -> Vec<ServerView> {
     let node = t.node();
-    t.services()
-        .map(|b| ServerView {
-            node_id: node.name.clone(),
-            cluster: node.cluster.clone(),
-            app_id: b.app.to_string(),
-            proto: b.proto.name().into(),
-            service_addr: b.service.to_string(),
-            ipv4_addr: b.host.to_string(),
-            labels: t.app(b.app).map(|a| a.labels.to_string()).unwrap_or_default(),
+    let local = t.services().map(|b| ServerView {
+        node_id: node.name.clone(),
+        cluster: node.cluster.clone(),
+        app_id: b.app.to_string(),
+        proto: b.proto.name().into(),
+        service_addr: b.service.to_string(),
+        ipv4_addr: b.host.to_string(),
+        labels: t.app(b.app).map(|a| a.labels.to_string()).unwrap_or_default(),
+    });
+    let remote = t.remote().rows.iter().map(|r| ServerView {
+        node_id: r.node.clone(),
+        cluster: node.cluster.clone(),
+        app_id: r.app.clone(),
+        proto: r.proto.name().into(),
+        service_addr: r.service.to_string(),
+        ipv4_addr: r.host.to_string(),
+        labels: r.labels.to_string(),
+    });
+    local.chain(remote).collect()
+}
+
+pub fn nodes(d: &crate::Daemon) -> Vec<NodeView> {
+    d.nodes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|n| NodeView {
+            name: n.node.name.clone(),
+            cluster: n.node.cluster.clone(),
+            ip: n.node.ip.to_string(),
+            external_ip: n.node.ip.to_string(),
+            role: if n.node.egress_gateway { "egress-gateway" } else { "node" }.into(),
+            app_count: n.apps,
+            live: n.live,
         })
         .collect()
 }

@@ -84,6 +84,61 @@ fn sleeping_child(parent: u32, what: &str) -> i32 {
     }
 }
 
+fn fresh_name() -> String {
+    reap_stale();
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("axt-{}-{n}", std::process::id())
+}
+
+/// Test hosts joined by a bridge in a namespace of its own, with no route out: a
+/// cluster on one machine. Host `i` has the node address 10.251.0.(11+i).
+pub struct Cluster {
+    pub hosts: Vec<TestHost>,
+    switch: String,
+}
+
+impl Cluster {
+    pub fn new(n: usize) -> Cluster {
+        let switch = format!("{}-sw", fresh_name());
+        sh(Command::new("ip").args(["netns", "add", &switch]));
+        sh(Command::new("ip").args(["-n", &switch, "link", "add", "br0", "type", "bridge"]));
+        sh(Command::new("ip").args(["-n", &switch, "link", "set", "br0", "up"]));
+        let hosts = (0..n)
+            .map(|i| {
+                let h = TestHost::with_link(fresh_name(), &Cluster::ip(i), &switch);
+                let port = format!("p{i}");
+                sh(Command::new("ip").args(["-n", &switch, "link", "set", "ax1", "name", &port]));
+                sh(Command::new("ip").args(["-n", &switch, "link", "set", &port, "master", "br0", "up"]));
+                h
+            })
+            .collect();
+        Cluster { hosts, switch }
+    }
+
+    pub fn ip(i: usize) -> String {
+        format!("10.251.0.{}", 11 + i)
+    }
+
+    /// Cuts (or restores) host `i`'s wire to the switch.
+    pub fn set_link(&self, i: usize, up: bool) {
+        sh(Command::new("ip").args([
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("p{i}"),
+            if up { "up" } else { "down" },
+        ]));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.hosts.clear();
+        let _ = Command::new("ip").args(["netns", "del", &self.switch]).status();
+    }
+}
+
 pub struct TestHost {
     pub name: String,
     holder: Child,
@@ -97,19 +152,31 @@ pub struct TestHost {
 }
 
 impl TestHost {
+    /// A test host whose node interface (NODE_IP) is wired to a plain peer host
+    /// (PEER_IP) in a namespace of its own.
     pub fn new() -> TestHost {
-        reap_stale();
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("axt-{}-{n}", std::process::id());
+        let name = fresh_name();
         let peer = format!("{name}-p");
-        sh(Command::new("ip").args(["netns", "add", &name]));
         sh(Command::new("ip").args(["netns", "add", &peer]));
+        let h = TestHost::with_link(name, NODE_IP, &peer);
+        for cmd in [vec!["addr", "add", &format!("{PEER_IP}/24"), "dev", "ax1"], vec!["link", "set", "ax1", "up"]] {
+            sh(Command::new("ip").args(["-n", &peer]).args(cmd));
+        }
+        h
+    }
+
+    /// A test host with node address `ip`, its veth's other end (`ax1`) put in
+    /// namespace `other` (a peer host, or the switch of a cluster).
+    fn with_link(name: String, ip: &str, other: &str) -> TestHost {
+        sh(Command::new("ip").args(["netns", "add", &name]));
         sh(Command::new("ip")
-            .args(["link", "add", "ax0", "netns", &name, "type", "veth", "peer", "name", "ax1", "netns", &peer]));
-        for (ns, dev, ip) in [(&name, "ax0", NODE_IP), (&peer, "ax1", PEER_IP)] {
-            sh(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev]));
-            sh(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]));
-            sh(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]));
+            .args(["link", "add", "ax0", "netns", &name, "type", "veth", "peer", "name", "ax1", "netns", other]));
+        for cmd in [
+            vec!["addr", "add", &format!("{ip}/24"), "dev", "ax0"],
+            vec!["link", "set", "ax0", "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            sh(Command::new("ip").args(["-n", &name]).args(cmd));
         }
         let dir = std::env::temp_dir().join(&name);
         let _ = fs::remove_dir_all(&dir);
@@ -171,7 +238,8 @@ impl TestHost {
     }
 
     fn logged(&self, mut c: Command, what: &str) -> Child {
-        let log = fs::File::create(self.log_path(what)).unwrap();
+        // Appending: a restarted daemon adds to the same log.
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path(what)).unwrap();
         c.stdout(log.try_clone().unwrap()).stderr(log);
         c.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
     }
@@ -288,10 +356,14 @@ impl TestHost {
 
     /// Sends SIGTERM to the daemon and waits for it.
     pub fn stop_daemon(&mut self) -> std::process::ExitStatus {
+        self.signal_daemon("TERM")
+    }
+
+    /// Sends `sig` to the daemon (nsenter forks: the daemon itself is signalled) and
+    /// waits for it.
+    pub fn signal_daemon(&mut self, sig: &str) -> std::process::ExitStatus {
         let mut d = self.daemon.take().expect("a daemon");
-        let _ = Command::new("kill").args(["-TERM", &d.id().to_string()]).status();
-        // nsenter forks; signal the daemon itself too.
-        let _ = self.cmd("pkill").args(["-TERM", "-f", "ax daemon"]).status();
+        let _ = self.cmd("pkill").args([&format!("-{sig}"), "-f", "ax daemon"]).status();
         d.wait().unwrap()
     }
 }
@@ -308,7 +380,8 @@ impl Drop for TestHost {
             let _ = c.wait();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-        let _ = Command::new("ip").args(["netns", "del", &format!("{}-p", self.name)]).status();
+        // A cluster host has no peer namespace: nothing to say then.
+        let _ = Command::new("ip").args(["netns", "del", &format!("{}-p", self.name)]).stderr(Stdio::null()).status();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,117 @@
+//! End-to-end tests of the cluster, as root: three test hosts joined by a bridge (no
+//! route out), a daemon in each, gossiping.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Cluster, TestHost};
+
+const PY: &str = "/usr/bin/python3";
+
+/// Three hosts a, b, c, each daemon seeded with the others.
+fn three() -> Cluster {
+    support::require_root_and(&[PY, "curl"]);
+    let mut c = Cluster::new(3);
+    let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    for (i, h) in c.hosts.iter_mut().enumerate() {
+        h.start_daemon(&["--node-name", ["a", "b", "c"][i], "--neighbors", &all]);
+    }
+    c
+}
+
+fn nodes_seen(h: &TestHost) -> Vec<String> {
+    h.get("nodes").iter().filter(|n| n["live"] == true).map(|n| n["name"].as_str().unwrap().to_string()).collect()
+}
+
+fn serve(h: &mut TestHost, name: &str, ip: &str, labels: &str) {
+    let root = h.dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("who"), name).unwrap();
+    let root = root.to_string_lossy().into_owned();
+    h.spawn_app(
+        name,
+        &["--name", name, "--ip", ip, "--labels", labels, "--", PY, "-m", "http.server", "8000", "--directory", &root],
+    );
+}
+
+#[test]
+fn one_service_table_across_nodes_by_ip_and_by_name_with_labels() {
+    let mut c = three();
+    for h in &c.hosts {
+        h.wait_until("three live nodes", Duration::from_secs(20), || nodes_seen(h).len() == 3);
+    }
+    serve(&mut c.hosts[0], "web", "198.18.3.1", "zone=default");
+    serve(&mut c.hosts[0], "vault", "198.18.3.2", "role=prod");
+    let t0 = Instant::now();
+    let b = &c.hosts[1];
+    b.wait_until("a's rows on b", Duration::from_secs(20), || b.servers_at("198.18.3.1:8000").len() == 1);
+    eprintln!("a's row reached b {:?} after the app started", t0.elapsed());
+    let row = &b.servers_at("198.18.3.1:8000")[0];
+    assert_eq!(row["node_id"], "a");
+    assert_eq!(row["ipv4_addr"].as_str().unwrap().split(':').next(), Some(Cluster::ip(0).as_str()));
+    assert_eq!(b.run_ok(&["--", "curl", "-sf", "http://198.18.3.1:8000/who"]), "web");
+    assert_eq!(b.run_ok(&["--", "curl", "-sf", "http://web:8000/who"]), "web");
+    assert_eq!(c.hosts[2].run_ok(&["--", "curl", "-sf", "http://web.appswitch.local:8000/who"]), "web");
+    // Labels hold across nodes, both ways.
+    b.wait_until("vault's row on b", Duration::from_secs(20), || b.servers_at("198.18.3.2:8000").len() == 1);
+    assert_eq!(b.run(&["--", "curl", "-sf", "http://198.18.3.2:8000/who"]).status.code(), Some(7));
+    assert_eq!(b.run_ok(&["--labels", "role=prod", "--", "curl", "-sf", "http://vault:8000/who"]), "vault");
+    let nodes = b.get("nodes");
+    assert_eq!(nodes[0]["name"], "b", "this node first");
+    assert_eq!(nodes.iter().find(|n| n["name"] == "a").unwrap()["app_count"], 2);
+}
+
+#[test]
+fn a_dead_or_cut_off_node_leaves_and_comes_back() {
+    let mut c = three();
+    serve(&mut c.hosts[0], "web", "198.18.4.1", "zone=default");
+    let b_sees = |c: &Cluster, n: usize| c.hosts[1].servers_at("198.18.4.1:8000").len() == n;
+    c.hosts[1].wait_until("a's row on b", Duration::from_secs(20), || b_sees(&c, 1));
+    // The wire cut: a's rows leave b's table, and come back when it is mended.
+    c.set_link(0, false);
+    let t0 = Instant::now();
+    c.hosts[1].wait_until("a's row to leave b", Duration::from_secs(20), || b_sees(&c, 0));
+    eprintln!("a cut-off node's row left in {:?}", t0.elapsed());
+    c.set_link(0, true);
+    c.hosts[1].wait_until("a's row back on b", Duration::from_secs(30), || b_sees(&c, 1));
+    assert_eq!(c.hosts[1].run_ok(&["--", "curl", "-sf", "http://198.18.4.1:8000/who"]), "web");
+    // kill -9 of a's daemon: gone from c; a daemon restarted there serves new apps.
+    c.hosts[0].signal_daemon("KILL");
+    let t0 = Instant::now();
+    c.hosts[2]
+        .wait_until("a to leave c", Duration::from_secs(20), || !nodes_seen(&c.hosts[2]).contains(&"a".to_string()));
+    eprintln!("a killed node left in {:?}", t0.elapsed());
+    let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    c.hosts[0].start_daemon(&["--node-name", "a", "--neighbors", &all]);
+    serve(&mut c.hosts[0], "again", "198.18.4.2", "zone=default");
+    c.hosts[2].wait_until("a's new row on c", Duration::from_secs(20), || {
+        c.hosts[2].servers_at("198.18.4.2:8000").len() == 1
+    });
+    // The app that exited with the old daemon's engine is not resurrected.
+    assert!(c.hosts[2].servers_at("198.18.4.1:8000").is_empty());
+}
+
+#[test]
+fn duplicate_names_and_foreign_clusters_are_refused() {
+    support::require_root_and(&[]);
+    let mut c = Cluster::new(3);
+    let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    c.hosts[0].start_daemon(&["--node-name", "a", "--neighbors", &all]);
+    c.hosts[2].start_daemon(&["--node-name", "x", "--cluster", "other", "--neighbors", &all]);
+    // b wants a's name: refused with the reason, not merged.
+    let out = c.hosts[1]
+        .ax()
+        .args(["daemon", "--node-interface", "ax0", "--node-name", "a", "--neighbors", &all])
+        .output()
+        .unwrap();
+    support::fails_with(out, "the node name 'a' is already used by the node at");
+    // The foreign cluster's node never appears, on either side.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(nodes_seen(&c.hosts[0]), ["a"]);
+    assert_eq!(nodes_seen(&c.hosts[2]), ["x"]);
+    support::fails_with(
+        c.hosts[1].ax().args(["daemon", "--neighbors", "10.0.0.300"]).output().unwrap(),
+        "--neighbors: '10.0.0.300' is not an IPv4 address",
+    );
+}

@@ -1,0 +1,85 @@
+//! The daemon's part in the cluster: gossip on the node interface (UDP, `--gossip-port`)
+//! starting from `--neighbors`; every round it publishes this node's rows and apps and
+//! takes in the other live nodes', so every table routes to every node's services. A
+//! node that goes silent is dropped by the failure detector within a few seconds.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use ax_cluster::gossip::{Gossip, GossipConfig, NodeStatus};
+use ax_cluster::state::{AppRecord, NodeRecord, Published, RowRecord};
+use chitchat::transport::UdpTransport;
+use tracing::info;
+
+use crate::Daemon;
+
+const ROUND: Duration = Duration::from_millis(250);
+/// Rounds to listen for a node already using our name before serving.
+const NAME_CHECK_ROUNDS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub gossip_port: u16,
+    pub neighbors: Vec<Ipv4Addr>,
+}
+
+/// Joins the cluster; refuses to start when another live node has our name.
+pub async fn start(daemon: Daemon, config: &ClusterConfig) -> Result<()> {
+    let node = daemon.table().node().clone();
+    let me = NodeRecord { name: node.name.clone(), cluster: node.cluster.clone(), ip: node.ip, egress_gateway: false };
+    let listen = SocketAddr::from((node.ip, config.gossip_port));
+    let seeds: Vec<String> =
+        config.neighbors.iter().filter(|ip| **ip != node.ip).map(|ip| format!("{ip}:{}", config.gossip_port)).collect();
+    let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut gossip = Gossip::start(GossipConfig::new(me.clone(), listen, seeds.clone(), generation), &UdpTransport)
+        .await
+        .with_context(|| format!("cannot gossip on {listen}: is the port free? (pick another with --gossip-port)"))?;
+    info!(%listen, cluster = %node.cluster, neighbors = ?seeds, "gossiping");
+    if !seeds.is_empty() {
+        for _ in 0..NAME_CHECK_ROUNDS {
+            sync(&daemon, &mut gossip, &me).await;
+            if let Some(at) = gossip.name_taken().await {
+                gossip.shutdown().await;
+                bail!(
+                    "the node name '{}' is already used by the node at {at}: give this one another with --node-name",
+                    me.name
+                );
+            }
+            tokio::time::sleep(ROUND).await;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            sync(&daemon, &mut gossip, &me).await;
+            tokio::time::sleep(ROUND).await;
+        }
+    });
+    Ok(())
+}
+
+/// One round: publish ours, take in theirs.
+async fn sync(daemon: &Daemon, gossip: &mut Gossip, me: &NodeRecord) {
+    let published = {
+        let t = daemon.table();
+        Published {
+            node: me.clone(),
+            rows: t
+                .services()
+                .map(|b| RowRecord {
+                    app: b.app.to_string(),
+                    proto: b.proto.name().into(),
+                    service: b.service,
+                    host: b.host,
+                    labels: t.app(b.app).map(|a| a.labels.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            apps: t.apps().map(|a| AppRecord { id: a.id.to_string(), name: a.name.clone(), ip: a.ip }).collect(),
+        }
+    };
+    gossip.publish(&published).await;
+    let (remote, mut nodes) = gossip.view().await;
+    daemon.table().set_remote(remote);
+    nodes.insert(0, NodeStatus { node: me.clone(), live: true, apps: published.apps.len() });
+    *daemon.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+}
