@@ -115,3 +115,48 @@ fn duplicate_names_and_foreign_clusters_are_refused() {
         "--neighbors: '10.0.0.300' is not an IPv4 address",
     );
 }
+
+#[test]
+fn a_vservice_made_on_one_node_serves_on_all_and_a_delete_anywhere_removes_it() {
+    let mut c = three();
+    serve(&mut c.hosts[0], "web", "198.18.5.1", "zone=default");
+    let out = c.hosts[0]
+        .ax()
+        .args([
+            "create",
+            "vservice",
+            "front",
+            "--ip",
+            "198.18.5.9",
+            "--ports",
+            "80:8000",
+            "--backends",
+            "198.18.5.1",
+            "--external",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for h in &c.hosts[1..] {
+        h.wait_until("the vservice everywhere", Duration::from_secs(20), || h.get("vservices").len() == 1);
+        h.wait_until("web's row everywhere", Duration::from_secs(20), || h.servers_at("198.18.5.1:8000").len() == 1);
+    }
+    assert_eq!(c.hosts[1].run_ok(&["--", "curl", "-sf", "http://198.18.5.9/who"]), "web");
+    assert_eq!(c.hosts[2].run_ok(&["--", "curl", "-sf", "http://front/who"]), "web");
+    // --external: every node answers plain clients on the virtual port, relaying to a.
+    for (i, h) in c.hosts.iter().enumerate() {
+        let url = format!("http://{}:80/who", Cluster::ip(i));
+        h.wait_until("the relay", Duration::from_secs(10), || !h.get("proxies").is_empty());
+        let out = h.cmd("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "web", "node {i}: {out:?}");
+    }
+    // Deleted on c: gone on a and b too.
+    let out = c.hosts[2].ax().args(["delete", "vservice", "front"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for h in &c.hosts {
+        h.wait_until("the vservice gone", Duration::from_secs(20), || {
+            h.get("vservices").is_empty() && h.get("proxies").is_empty()
+        });
+    }
+    assert_eq!(c.hosts[1].run(&["--", "curl", "-sf", "http://198.18.5.9/who"]).status.code(), Some(7));
+}

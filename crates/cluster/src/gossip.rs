@@ -10,7 +10,7 @@ use ax_core::Remote;
 use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 
-use crate::state::{remote_view, NodeRecord, Published};
+use crate::state::{remote_view, NodeRecord, Published, VsRecord};
 
 /// How the gossip runs. The failure detector's threshold is low enough that a silent
 /// node is declared dead within a few seconds at this interval (the issue asks ≤ 5 s).
@@ -93,8 +93,9 @@ impl Gossip {
         self.published = next;
     }
 
-    /// The other live nodes' rows and apps, and every node known with its liveness.
-    pub async fn view(&self) -> (Remote, Vec<NodeStatus>) {
+    /// The other live nodes' rows and apps, every node known with its liveness, and the
+    /// vservice records they publish.
+    pub async fn view(&self) -> (Remote, Vec<NodeStatus>, Vec<VsRecord>) {
         let me = self.me.clone();
         let my_id = self.handle.chitchat_id().clone();
         self.handle
@@ -113,7 +114,12 @@ impl Gossip {
                         }
                     }
                 }
-                (remote_view(&me, &published), nodes)
+                let vservices = published
+                    .iter()
+                    .filter(|p| p.node.cluster == me.cluster)
+                    .flat_map(|p| p.vservices.clone())
+                    .collect();
+                (remote_view(&me, &published), nodes, vservices)
             })
             .await
     }

@@ -34,12 +34,46 @@ pub struct AppRecord {
     pub ip: Ipv4Addr,
 }
 
+/// A vservice as the cluster knows it: every node republishes the newest record of
+/// each name it has seen, so a vservice outlives the node that made it, and a deletion
+/// (a record with `spec: None`) made anywhere wins everywhere once it is newer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsRecord {
+    pub name: String,
+    pub version: u64,
+    /// The node that made this version (breaks ties between equal versions).
+    pub origin: String,
+    /// The vservice's definition (opaque here), or None once deleted.
+    pub spec: Option<String>,
+}
+
+impl VsRecord {
+    fn newer_than(&self, other: &VsRecord) -> bool {
+        (self.version, &self.origin) > (other.version, &other.origin)
+    }
+}
+
+/// The newest record of each name among `records`.
+pub fn merge_vservices<'a>(records: impl Iterator<Item = &'a VsRecord>) -> BTreeMap<String, VsRecord> {
+    let mut out: BTreeMap<String, VsRecord> = BTreeMap::new();
+    for r in records {
+        match out.get(&r.name) {
+            Some(known) if !r.newer_than(known) => {}
+            _ => {
+                out.insert(r.name.clone(), r.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Everything one node says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub node: NodeRecord,
     pub rows: Vec<RowRecord>,
     pub apps: Vec<AppRecord>,
+    pub vservices: Vec<VsRecord>,
 }
 
 pub const NODE_KEY: &str = "node";
@@ -55,13 +89,16 @@ impl Published {
         for a in &self.apps {
             kv.insert(format!("app/{}", a.id), json(a));
         }
+        for v in &self.vservices {
+            kv.insert(format!("vs/{}", v.name), json(v));
+        }
         kv
     }
 
     /// Reads a node's key-values back (None without a readable `node` key).
     pub fn from_keys<'a>(kv: impl Iterator<Item = (&'a str, &'a str)>) -> Option<Published> {
         let mut node = None;
-        let (mut rows, mut apps) = (Vec::new(), Vec::new());
+        let (mut rows, mut apps, mut vservices) = (Vec::new(), Vec::new(), Vec::new());
         for (k, v) in kv {
             if k == NODE_KEY {
                 node = serde_json::from_str(v).ok();
@@ -69,9 +106,11 @@ impl Published {
                 rows.extend(serde_json::from_str::<RowRecord>(v).ok());
             } else if k.starts_with("app/") {
                 apps.extend(serde_json::from_str::<AppRecord>(v).ok());
+            } else if k.starts_with("vs/") {
+                vservices.extend(serde_json::from_str::<VsRecord>(v).ok());
             }
         }
-        Some(Published { node: node?, rows, apps })
+        Some(Published { node: node?, rows, apps, vservices })
     }
 }
 
@@ -131,7 +170,23 @@ mod tests {
                 name: Some("web".into()),
                 ip: "198.18.0.1".parse().unwrap(),
             }],
+            vservices: vec![vs("web", 3, "a", true)],
         }
+    }
+
+    fn vs(name: &str, version: u64, origin: &str, live: bool) -> VsRecord {
+        VsRecord { name: name.into(), version, origin: origin.into(), spec: live.then(|| "{}".into()) }
+    }
+
+    #[test]
+    fn the_newest_vservice_record_wins_and_deletions_too() {
+        let records =
+            [vs("web", 3, "a", true), vs("web", 4, "b", false), vs("db", 1, "a", true), vs("db", 1, "c", true)];
+        let merged = merge_vservices(records.iter());
+        assert_eq!(merged["web"], vs("web", 4, "b", false));
+        assert_eq!(merged["db"].origin, "c", "ties go to the larger origin, the same on every node");
+        let again = merge_vservices(records.iter().rev());
+        assert_eq!(merged, again, "order does not matter");
     }
 
     #[test]

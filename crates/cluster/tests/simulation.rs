@@ -29,6 +29,7 @@ fn published(i: usize) -> Published {
             labels: "zone=default".into(),
         }],
         apps: vec![],
+        vservices: vec![],
     }
 }
 

@@ -75,11 +75,16 @@ async fn sync(daemon: &Daemon, gossip: &mut Gossip, me: &NodeRecord) {
                 })
                 .collect(),
             apps: t.apps().map(|a| AppRecord { id: a.id.to_string(), name: a.name.clone(), ip: a.ip }).collect(),
+            vservices: Vec::new(),
         }
     };
+    let published = Published { vservices: crate::vservices::records(daemon), ..published };
     gossip.publish(&published).await;
-    let (remote, mut nodes) = gossip.view().await;
+    let (remote, mut nodes, vservices) = gossip.view().await;
     daemon.table().set_remote(remote);
+    // Relays bind sockets: off the async workers.
+    let d = daemon.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::vservices::converge(&d, vservices)).await;
     nodes.insert(0, NodeStatus { node: me.clone(), live: true, apps: published.apps.len() });
     *daemon.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
 }

@@ -63,6 +63,8 @@ pub struct Daemon {
     relays: relay::Shared,
     /// The cluster's nodes as last gossiped, this one first.
     nodes: Arc<Mutex<Vec<ax_cluster::gossip::NodeStatus>>>,
+    /// The newest record of every vservice name this node has seen (see vservices.rs).
+    vservice_records: Arc<Mutex<std::collections::BTreeMap<String, ax_cluster::state::VsRecord>>>,
 }
 
 impl Daemon {
@@ -72,6 +74,12 @@ impl Daemon {
 
     fn relays(&self) -> std::sync::MutexGuard<'_, relay::Relays> {
         self.relays.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn vservice_records(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, ax_cluster::state::VsRecord>> {
+        self.vservice_records.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -127,6 +135,7 @@ pub fn run(config: Config) -> Result<()> {
         dns_domain: config.dns.as_ref().map(|d| d.domain.clone()),
         relays: Default::default(),
         nodes: Default::default(),
+        vservice_records: Default::default(),
     };
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
 

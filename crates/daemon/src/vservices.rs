@@ -8,6 +8,11 @@ use ax_api::{VserviceRequest, VserviceView};
 use ax_core::vservice::{self, LbType, Vservice};
 use ax_core::{addr, Table};
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ax_cluster::state::{merge_vservices, VsRecord};
+use tracing::{info, warn};
+
 use crate::{relay, Daemon};
 
 /// Why a request failed: a bad field (400), a conflict (409) or a missing vservice (404).
@@ -40,6 +45,14 @@ fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
 }
 
 pub fn create(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
+    install(daemon, req)?;
+    let spec = serde_json::to_string(req).expect("a request serializes");
+    record(daemon, &req.name.to_ascii_lowercase(), Some(spec));
+    Ok(())
+}
+
+/// Puts a vservice in the table and starts its relays.
+fn install(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
     let v = parse(req)?;
     let (name, ip, ports, external) = (v.name.clone(), v.ip, v.ports.clone(), v.external);
     let dialers: Vec<String> = v.backends.iter().map(|b| b.to_string()).collect();
@@ -60,9 +73,58 @@ pub fn create(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
 }
 
 pub fn delete(daemon: &Daemon, name: &str) -> Result<(), Refusal> {
-    daemon.table().remove_vservice(&name.to_ascii_lowercase()).map_err(Refusal::Missing)?;
-    relay::stop(daemon, &name.to_ascii_lowercase());
+    let name = name.to_ascii_lowercase();
+    uninstall(daemon, &name).map_err(Refusal::Missing)?;
+    record(daemon, &name, None);
     Ok(())
+}
+
+fn uninstall(daemon: &Daemon, name: &str) -> Result<(), String> {
+    daemon.table().remove_vservice(name)?;
+    relay::stop(daemon, name);
+    Ok(())
+}
+
+/// Records a change made here, newer than any version of the name seen so far, for
+/// the cluster to carry everywhere.
+fn record(daemon: &Daemon, name: &str, spec: Option<String>) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut records = daemon.vservice_records();
+    let version = records.get(name).map_or(now, |r| now.max(r.version + 1));
+    let origin = daemon.table().node().name.clone();
+    records.insert(name.to_string(), VsRecord { name: name.to_string(), version, origin, spec });
+}
+
+/// Takes in the cluster's vservice records: where a newer version than ours exists,
+/// the table (and this node's relays) follow it.
+pub fn converge(daemon: &Daemon, theirs: Vec<VsRecord>) {
+    let merged = {
+        let ours = daemon.vservice_records();
+        merge_vservices(ours.values().chain(theirs.iter()))
+    };
+    for (name, rec) in merged {
+        if daemon.vservice_records().get(&name) == Some(&rec) {
+            continue;
+        }
+        let _ = uninstall(daemon, &name);
+        if let Some(spec) = &rec.spec {
+            match serde_json::from_str::<VserviceRequest>(spec) {
+                Ok(req) => {
+                    if let Err(e) = install(daemon, &req) {
+                        warn!(vservice = %name, "cannot take in the cluster's vservice: {e:?}");
+                    }
+                }
+                Err(e) => warn!(vservice = %name, "unreadable vservice from the cluster: {e}"),
+            }
+        }
+        info!(vservice = %name, version = rec.version, origin = %rec.origin, deleted = rec.spec.is_none(), "vservice from the cluster");
+        daemon.vservice_records().insert(name, rec);
+    }
+}
+
+/// This node's vservice records, for gossip.
+pub fn records(daemon: &Daemon) -> Vec<VsRecord> {
+    daemon.vservice_records().values().cloned().collect()
 }
 
 pub fn views(t: &Table) -> Vec<VserviceView> {
