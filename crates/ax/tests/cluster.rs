@@ -160,3 +160,46 @@ fn a_vservice_made_on_one_node_serves_on_all_and_a_delete_anywhere_removes_it() 
     }
     assert_eq!(c.hosts[1].run(&["--", "curl", "-sf", "http://198.18.5.9/who"]).status.code(), Some(7));
 }
+
+#[test]
+fn expose_on_every_node_or_on_one_named_node() {
+    let mut c = three();
+    for h in &c.hosts {
+        h.wait_until("three live nodes", Duration::from_secs(20), || nodes_seen(h).len() == 3);
+    }
+    let b_ip = Cluster::ip(1);
+    for (name, port, spec) in
+        [("everywhere", "8000", "8000:0.0.0.0:9990".to_string()), ("onb", "8001", format!("8001:{b_ip}:9991"))]
+    {
+        let root = c.hosts[0].dir.join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("who"), name).unwrap();
+        let root = root.to_string_lossy().into_owned();
+        c.hosts[0].spawn_app(name, &["--expose", &spec, "--", PY, "-m", "http.server", port, "--directory", &root]);
+    }
+    let plain = |h: &TestHost, i: usize, port: u16| {
+        let out = h
+            .cmd("curl")
+            .args(["-sf", "--max-time", "3", &format!("http://{}:{port}/who", Cluster::ip(i))])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for i in 0..3 {
+        let h = &c.hosts[i];
+        h.wait_until("the exposed port", Duration::from_secs(20), || plain(h, i, 9990) == "everywhere");
+    }
+    let b = &c.hosts[1];
+    b.wait_until("the port exposed on b", Duration::from_secs(20), || plain(b, 1, 9991) == "onb");
+    assert_eq!(plain(&c.hosts[0], 0, 9991), "", "only on b");
+    assert_eq!(plain(&c.hosts[2], 2, 9991), "", "only on b");
+    // Relays only where the app is not: two on b, one on c, none on a.
+    assert_eq!(c.hosts[0].get("proxies").len(), 0);
+    assert_eq!(b.get("proxies").len(), 2);
+    assert_eq!(c.hosts[2].get("proxies").len(), 1);
+    // Naming a node that is not in the cluster is refused.
+    support::fails_with(
+        c.hosts[0].run(&["--expose", "8000:10.251.0.99:9000", "--", "true"]),
+        "not the address of a live node",
+    );
+}

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use ax_core::vservice::Expose;
 use ax_core::{Labels, Proto, Remote, RemoteApp, RemoteRow};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,8 @@ pub struct AppRecord {
     pub id: String,
     pub name: Option<String>,
     pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub expose: Vec<Expose>,
 }
 
 /// A vservice as the cluster knows it: every node republishes the newest record of
@@ -141,7 +144,13 @@ pub fn remote_view(me: &NodeRecord, others: &[Published]) -> Remote {
             });
         }
         for a in &p.apps {
-            remote.apps.push(RemoteApp { node: p.node.name.clone(), name: a.name.clone(), ip: a.ip });
+            remote.apps.push(RemoteApp {
+                node: p.node.name.clone(),
+                id: a.id.clone(),
+                name: a.name.clone(),
+                ip: a.ip,
+                expose: a.expose.clone(),
+            });
         }
     }
     remote
@@ -169,6 +178,7 @@ mod tests {
                 id: "f0000001".into(),
                 name: Some("web".into()),
                 ip: "198.18.0.1".parse().unwrap(),
+                expose: vec![],
             }],
             vservices: vec![vs("web", 3, "a", true)],
         }

@@ -9,7 +9,7 @@ use crate::addr::{self, Family, Subnet};
 use crate::ids::{self, AppId};
 use crate::labels::Labels;
 use crate::ports::PortPool;
-use crate::vservice::{Backend, LbType, Rotation, Vservice};
+use crate::vservice::{Backend, Expose, ExposeAt, LbType, Rotation, Vservice};
 use crate::Errno;
 
 /// This node, as rows name it.
@@ -54,8 +54,9 @@ pub struct App {
     pub labels: Labels,
     pub pid: i32,
     pub driver: String,
-    /// `--expose`: (app port, host port) pairs bound on the node address as they are.
-    pub expose: Vec<(u16, u16)>,
+    /// `--expose` as given; the forms for this node bind the app's socket on the host
+    /// port as it is, the others are relayed by the nodes they name.
+    pub expose: Vec<Expose>,
 }
 
 /// What an app asks for when it registers.
@@ -66,7 +67,7 @@ pub struct NewApp {
     pub labels: Labels,
     pub pid: i32,
     pub driver: String,
-    pub expose: Vec<(u16, u16)>,
+    pub expose: Vec<Expose>,
 }
 
 /// A socket an app bound to a virtual address, and where it really is.
@@ -154,8 +155,10 @@ pub struct RemoteRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteApp {
     pub node: String,
+    pub id: String,
     pub name: Option<String>,
     pub ip: Ipv4Addr,
+    pub expose: Vec<Expose>,
 }
 
 /// What the rest of the cluster publishes, as last gossiped.
@@ -433,7 +436,11 @@ impl Table {
         }
         match want {
             SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => {
-                let host_port = app.expose.iter().find(|(inner, _)| *inner == v4.port()).map(|(_, host)| *host);
+                let here = |at: &ExposeAt| match at {
+                    ExposeAt::ThisNode | ExposeAt::Every => true,
+                    ExposeAt::Node(ip) => *ip == self.node.ip,
+                };
+                let host_port = app.expose.iter().find(|e| e.internal == v4.port() && here(&e.at)).map(|e| e.host_port);
                 // One socket per exposed port gets it (nginx binds 0.0.0.0 and ::).
                 let host_port =
                     host_port.filter(|h| !self.bindings.values().any(|b| b.app == app.id && b.host.port() == *h));
@@ -921,13 +928,18 @@ mod tests {
     #[test]
     fn exposed_ports_are_bound_as_they_are_once_per_app() {
         let mut t = table();
-        let id = t.add_app(NewApp { expose: vec![(8000, 9999)], ..NewApp::default() }).unwrap().id;
+        let expose = vec![
+            Expose { internal: 8000, at: ExposeAt::ThisNode, host_port: 9999 },
+            Expose { internal: 8001, at: ExposeAt::Node("10.0.0.9".parse().unwrap()), host_port: 9998 },
+        ];
+        let id = t.add_app(NewApp { expose, ..NewApp::default() }).unwrap().id;
         let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8000")).unwrap() else { panic!() };
         assert_eq!(host_port, Some(9999));
         t.add_binding(id, bound(1, "0.0.0.0:8000"), SocketAddrV4::new(NODE, 8000), 9999);
         // The app's second socket on that port ([::]) takes a pool port.
         let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("[::]:8000")).unwrap() else { panic!() };
         assert_eq!(host_port, None);
+        // Exposed on another node: here the socket takes a pool port (that node relays).
         let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8001")).unwrap() else { panic!() };
         assert_eq!(host_port, None);
         // An exposed port is not the pool's to give back.
@@ -953,8 +965,14 @@ mod tests {
             nodes: vec![("n2".into(), other)],
             rows: vec![row("zone=default", "198.18.3.1:8000"), row("role=prod", "198.18.3.2:80")],
             apps: vec![
-                RemoteApp { node: "n2".into(), name: Some("web".into()), ip: "198.18.3.1".parse().unwrap() },
-                RemoteApp { node: "n2".into(), name: None, ip: other },
+                RemoteApp {
+                    node: "n2".into(),
+                    id: "f0000002".into(),
+                    name: Some("web".into()),
+                    ip: "198.18.3.1".parse().unwrap(),
+                    expose: vec![],
+                },
+                RemoteApp { node: "n2".into(), id: "f0000003".into(), name: None, ip: other, expose: vec![] },
             ],
         });
         assert_eq!(first(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000"))), host);

@@ -169,7 +169,7 @@ mod tests {
 }
 
 /// Where `--expose` makes an app port reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExposeAt {
     /// `internal:host-port`: the node the app runs on.
     ThisNode,
@@ -179,7 +179,7 @@ pub enum ExposeAt {
     Every,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Expose {
     pub internal: u16,
     pub at: ExposeAt,

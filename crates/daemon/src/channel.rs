@@ -77,11 +77,11 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
     let Some((RunRequest::Register(req), _)) = recv(conn)? else {
         bail!("expected a register request first");
     };
-    let (node, ports) = {
+    let (node, ports, cluster_ips) = {
         let t = daemon.table();
-        (t.node().clone(), t.pool().ranges().clone())
+        (t.node().clone(), t.pool().ranges().clone(), t.remote().nodes.iter().map(|n| n.1).collect::<Vec<_>>())
     };
-    let new = validate(&req, cred.pid, &node, &ports)?;
+    let new = validate(&req, cred.pid, &node, &ports, &cluster_ips)?;
     if new.name.is_some() && daemon.dns_domain.is_none() {
         bail!("--name needs the daemon's DNS server, and this daemon runs with --dns=false");
     }
@@ -115,7 +115,13 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
 }
 
 /// Checks a registration as the API's contract says; every error names the field.
-fn validate(req: &Register, peer_pid: i32, node: &NodeInfo, ports: &PortRanges) -> Result<NewApp> {
+fn validate(
+    req: &Register,
+    peer_pid: i32,
+    node: &NodeInfo,
+    ports: &PortRanges,
+    cluster_ips: &[Ipv4Addr],
+) -> Result<NewApp> {
     let ip = match &req.ip {
         Some(s) => {
             let ip: Ipv4Addr = s.parse().map_err(|_| anyhow!("--ip {s} is not an IPv4 address"))?;
@@ -132,18 +138,15 @@ fn validate(req: &Register, peer_pid: i32, node: &NodeInfo, ports: &PortRanges) 
     for spec in &req.expose {
         let e = parse_expose(spec).map_err(|e| anyhow!(e))?;
         match e.at {
-            ExposeAt::Node(ip) if ip != node.ip => {
-                bail!(
-                    "--expose {spec}: {ip} is not this node's address ({}); other nodes come with the cluster",
-                    node.ip
-                )
+            ExposeAt::Node(ip) if ip != node.ip && !cluster_ips.contains(&ip) => {
+                bail!("--expose {spec}: {ip} is not the address of a live node of this cluster")
             }
             _ => {}
         }
         if ports.contains(e.host_port) {
             bail!("--expose {spec}: host port {} is inside the --ports pool ({ports})", e.host_port);
         }
-        expose.push((e.internal, e.host_port));
+        expose.push(e);
     }
     Ok(NewApp {
         name: req.name.clone(),

@@ -12,6 +12,7 @@ use ax_cluster::state::{AppRecord, NodeRecord, Published, RowRecord};
 use chitchat::transport::UdpTransport;
 use tracing::info;
 
+use crate::relay::{self, Dial};
 use crate::Daemon;
 
 const ROUND: Duration = Duration::from_millis(250);
@@ -74,7 +75,10 @@ async fn sync(daemon: &Daemon, gossip: &mut Gossip, me: &NodeRecord) {
                     labels: t.app(b.app).map(|a| a.labels.to_string()).unwrap_or_default(),
                 })
                 .collect(),
-            apps: t.apps().map(|a| AppRecord { id: a.id.to_string(), name: a.name.clone(), ip: a.ip }).collect(),
+            apps: t
+                .apps()
+                .map(|a| AppRecord { id: a.id.to_string(), name: a.name.clone(), ip: a.ip, expose: a.expose.clone() })
+                .collect(),
             vservices: Vec::new(),
         }
     };
@@ -84,7 +88,45 @@ async fn sync(daemon: &Daemon, gossip: &mut Gossip, me: &NodeRecord) {
     daemon.table().set_remote(remote);
     // Relays bind sockets: off the async workers.
     let d = daemon.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::vservices::converge(&d, vservices)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::vservices::converge(&d, vservices);
+        relay_exposes(&d);
+    })
+    .await;
     nodes.insert(0, NodeStatus { node: me.clone(), live: true, apps: published.apps.len() });
     *daemon.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+}
+
+/// Runs the relays this node owes to `--expose` of apps on other nodes (`0.0.0.0`, or
+/// this node's address), and stops those no longer owed.
+pub fn relay_exposes(daemon: &Daemon) {
+    use ax_core::vservice::ExposeAt;
+    let mut owed: std::collections::BTreeMap<String, (u16, Dial)> = Default::default();
+    {
+        let t = daemon.table();
+        let me = t.node().ip;
+        let remote = t.remote();
+        for app in &remote.apps {
+            for e in app.expose.iter().filter(|e| e.at == ExposeAt::Every || e.at == ExposeAt::Node(me)) {
+                let row = remote.rows.iter().find(|r| r.app == app.id && r.service.port() == e.internal);
+                if let Some(row) = row {
+                    owed.insert(format!("expose/{}/{}", app.id, e.host_port), (e.host_port, Dial::Fixed(row.host)));
+                }
+            }
+        }
+    }
+    let running = relay::running(daemon, "expose/");
+    for (owner, dial) in &running {
+        if owed.get(owner).map(|o| o.1) != Some(*dial) {
+            relay::stop(daemon, owner);
+        }
+    }
+    for (owner, (port, dial)) in owed {
+        if running.get(&owner) != Some(&dial) {
+            let Dial::Fixed(to) = dial else { continue };
+            if let Err(e) = relay::start(daemon, &owner, port, dial, vec![to.to_string()]) {
+                tracing::warn!(%owner, port, "cannot relay an exposed port: {e}");
+            }
+        }
+    }
 }

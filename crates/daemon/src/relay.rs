@@ -1,6 +1,7 @@
 //! L4 relays, for where bytes must be carried because no app's socket can be handed
-//! over: a vservice's `--external` port. Each relay listens on a node port, picks a
-//! backend per connection as the vservice's balancer says, and moves bytes both ways
+//! over: a vservice's `--external` port, or an `--expose` on a node other than the
+//! app's. Each relay listens on a node port, dials a backend per connection (as the
+//! vservice's balancer says, or the exposed app's host address), and moves bytes both ways
 //! with splice(2) through a pipe (no copy to user space), half-close aware (an EOF one
 //! way is passed on as a shutdown of that direction), with the kernel's own
 //! back-pressure (a blocked splice waits for the slower side).
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ax_api::ProxyView;
-use ax_core::Route;
+use ax_core::{Route, Target};
 use ax_sys::sock;
 use tracing::{debug, info, warn};
 
@@ -21,11 +22,21 @@ use crate::Daemon;
 const CHUNK: usize = 256 * 1024;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// What a relay connects its clients to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dial {
+    /// A vservice's backends, as its balancer orders them.
+    Vservice { vip: Ipv4Addr, vport: u16 },
+    /// One address (an exposed app's socket on its node).
+    Fixed(SocketAddrV4),
+}
+
 /// One running relay.
 struct Relay {
     listener: Arc<TcpListener>,
-    /// The vservice it serves (relays leave with it).
-    vservice: String,
+    /// Who asked for it (a vservice's name, `expose/...`): relays leave with it.
+    owner: String,
+    dial: Dial,
     dialers: Vec<String>,
 }
 
@@ -50,27 +61,26 @@ impl Relays {
     }
 }
 
-/// Starts a relay on node:`vport` for vservice `name` at `vip:vport`.
-pub fn start(daemon: &Daemon, name: &str, vip: Ipv4Addr, vport: u16, dialers: Vec<String>) -> std::io::Result<()> {
+/// Starts a relay on node:`port` for `owner`.
+pub fn start(daemon: &Daemon, owner: &str, port: u16, dial: Dial, dialers: Vec<String>) -> std::io::Result<()> {
     let node = daemon.table().node().ip;
-    let listener = Arc::new(TcpListener::bind((node, vport))?);
+    let listener = Arc::new(TcpListener::bind((node, port))?);
     let id = {
         let mut relays = daemon.relays();
         relays.next += 1;
         let id = relays.next;
-        relays.running.insert(id, Relay { listener: listener.clone(), vservice: name.to_string(), dialers });
+        relays.running.insert(id, Relay { listener: listener.clone(), owner: owner.to_string(), dial, dialers });
         id
     };
-    info!(id, listener = %listener.local_addr()?, vservice = name, "relay started");
+    info!(id, listener = %listener.local_addr()?, owner, "relay started");
     let d = daemon.clone();
     std::thread::Builder::new().name("relay".into()).spawn(move || {
         for conn in listener.incoming() {
             match conn {
                 Ok(client) => {
                     let d = d.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("relay-conn".into())
-                        .spawn(move || serve(&d, client, vip, vport));
+                    let spawned =
+                        std::thread::Builder::new().name("relay-conn".into()).spawn(move || serve(&d, client, dial));
                     if let Err(e) = spawned {
                         warn!("relay {id}: cannot start a thread: {e}");
                     }
@@ -84,26 +94,42 @@ pub fn start(daemon: &Daemon, name: &str, vip: Ipv4Addr, vport: u16, dialers: Ve
     Ok(())
 }
 
-/// Stops every relay of vservice `name`.
-pub fn stop(daemon: &Daemon, name: &str) {
+/// The owners of running relays whose owner starts with `prefix`, with what they dial.
+pub fn running(daemon: &Daemon, prefix: &str) -> BTreeMap<String, Dial> {
+    daemon
+        .relays()
+        .running
+        .values()
+        .filter(|r| r.owner.starts_with(prefix))
+        .map(|r| (r.owner.clone(), r.dial))
+        .collect()
+}
+
+/// Stops every relay of `owner`.
+pub fn stop(daemon: &Daemon, owner: &str) {
     let mut relays = daemon.relays();
-    let ids: Vec<u32> = relays.running.iter().filter(|(_, r)| r.vservice == name).map(|(id, _)| *id).collect();
+    let ids: Vec<u32> = relays.running.iter().filter(|(_, r)| r.owner == owner).map(|(id, _)| *id).collect();
     for id in ids {
         if let Some(r) = relays.running.remove(&id) {
             // Wakes the accept loop with an error, which ends it.
             let _ = sock::shutdown(r.listener.as_fd(), libc::SHUT_RDWR);
-            info!(id, vservice = name, "relay stopped");
+            info!(id, owner, "relay stopped");
         }
     }
 }
 
-/// One client: dial a backend as the balancer says (skipping ones that refuse), then
-/// move bytes both ways until both directions have ended.
-fn serve(daemon: &Daemon, client: TcpStream, vip: Ipv4Addr, vport: u16) {
-    let route = daemon.table().vservice_route(vip, vport, None);
-    let Some(Route::Backends(targets)) = route else { return };
+/// One client: dial a backend (skipping ones that refuse), then move bytes both ways
+/// until both directions have ended.
+fn serve(daemon: &Daemon, client: TcpStream, to: Dial) {
+    let targets = match to {
+        Dial::Vservice { vip, vport } => match daemon.table().vservice_route(vip, vport, None) {
+            Some(Route::Backends(targets)) => targets,
+            _ => return,
+        },
+        Dial::Fixed(addr) => vec![Target { addr, source: None }],
+    };
     let Some(backend) = targets.iter().find_map(|t| dial(t.addr, t.source)) else {
-        debug!(%vip, vport, "relay: no backend answered");
+        debug!(?to, "relay: no backend answered");
         return;
     };
     let (c2, b2) = match (client.try_clone(), backend.try_clone()) {

@@ -59,7 +59,9 @@ fn install(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
     daemon.table().add_vservice(v).map_err(Refusal::Conflict)?;
     if external {
         for m in ports {
-            if let Err(e) = relay::start(daemon, &name, ip, m.vport, dialers.clone()) {
+            if let Err(e) =
+                relay::start(daemon, &name, m.vport, relay::Dial::Vservice { vip: ip, vport: m.vport }, dialers.clone())
+            {
                 relay::stop(daemon, &name);
                 let _ = daemon.table().remove_vservice(&name);
                 return Err(Refusal::Conflict(format!(
