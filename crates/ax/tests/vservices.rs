@@ -173,7 +173,7 @@ fn expose_in_all_three_forms_on_one_node() {
     assert!(h.get("proxies").is_empty());
     support::fails_with(
         h.run(&["--expose", "8000:10.9.9.9:9999", "--", "true"]),
-        "10.9.9.9 is not this node's address",
+        "10.9.9.9 is not the address of a live node of this cluster",
     );
     support::fails_with(h.run(&["--expose", "8000:45000", "--", "true"]), "host port 45000 is inside the --ports pool");
     support::fails_with(h.run(&["--expose", "8000", "--", "true"]), "--expose '8000' is not internal:host-port");
