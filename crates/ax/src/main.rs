@@ -83,6 +83,7 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
         rest_port: d.rest_port,
         dns,
         gossip: ax_daemon::ClusterConfig { gossip_port: d.gossip_port, neighbors },
+        egress_gateway: d.egress_gateway,
     })
 }
 

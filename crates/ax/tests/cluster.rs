@@ -203,3 +203,37 @@ fn expose_on_every_node_or_on_one_named_node() {
         "not the address of a live node",
     );
 }
+
+#[test]
+fn egress_through_a_gateway_is_transparent_to_the_client() {
+    support::require_root_and(&[PY, "curl"]);
+    let mut c = Cluster::new(3);
+    let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    c.hosts[0].start_daemon(&["--node-name", "a", "--neighbors", &all]);
+    c.hosts[2].start_daemon(&["--node-name", "gw", "--neighbors", &all, "--egress-gateway"]);
+    // b is a plain test host on the wire (no daemon): a server outside the cluster.
+    let root = c.hosts[1].dir.join("out");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("who"), "outside").unwrap();
+    let mut server = c.hosts[1].cmd(PY);
+    server.args(["-m", "http.server", "9300", "--bind", &Cluster::ip(1), "--directory", root.to_str().unwrap()]);
+    c.hosts[1].spawn_plain("outside", server);
+    let a = &c.hosts[0];
+    a.wait_until("the gateway", Duration::from_secs(20), || {
+        a.get("nodes").iter().any(|n| n["role"] == "egress-gateway" && n["live"] == true)
+    });
+    let url = format!("http://{}:9300/who", Cluster::ip(1));
+    a.wait_until("the outside server", Duration::from_secs(10), || {
+        a.run(&["--", "curl", "-sf", &url]).status.success()
+    });
+    assert_eq!(a.run_ok(&["--", "curl", "-sf", &url]), "outside");
+    // The destination saw the gateway; the client saw the destination.
+    let log = c.hosts[1].app_log("outside");
+    assert!(log.lines().filter(|l| l.contains("GET /who")).all(|l| l.starts_with(&Cluster::ip(2))), "{log}");
+    let script =
+        format!("import socket\nc=socket.create_connection(('{}',9300))\nprint(c.getpeername())", Cluster::ip(1));
+    assert_eq!(a.run_ok(&["--", PY, "-c", &script]).trim(), format!("('{}', 9300)", Cluster::ip(1)));
+    // A refused destination is refused to the client too.
+    let refused = format!("http://{}:9399/", Cluster::ip(1));
+    assert_eq!(a.run(&["--", "curl", "-s", &refused]).status.code(), Some(7));
+}

@@ -127,6 +127,9 @@ pub fn remote_view(me: &NodeRecord, others: &[Published]) -> Remote {
     let mut remote = Remote::default();
     for p in others.iter().filter(|p| p.node.cluster == me.cluster && p.node.name != me.name) {
         remote.nodes.push((p.node.name.clone(), p.node.ip));
+        if p.node.egress_gateway {
+            remote.egress.push(p.node.ip);
+        }
         for r in &p.rows {
             let proto = match r.proto.as_str() {
                 "tcp" => Proto::Tcp,

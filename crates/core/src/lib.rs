@@ -18,6 +18,7 @@ pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
 pub use table::{
     App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Remote, RemoteApp, RemoteRow, Route, Table, Target,
+    EGRESS_PORT,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

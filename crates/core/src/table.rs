@@ -138,7 +138,15 @@ pub enum Route {
     Backends(Vec<Target>),
     /// Not ax's: straight out from the host.
     Direct(SocketAddr),
+    /// Not ax's, through an egress gateway of the cluster: connect to the gateway's
+    /// egress port and ask it for `dest`.
+    Egress { gateway: SocketAddrV4, dest: SocketAddr },
 }
+
+/// The port egress gateways take connections on.
+pub const EGRESS_PORT: u16 = 6661;
+/// How many egress connections' real destinations are remembered for getpeername.
+const EGRESS_MEMORY: usize = 4096;
 
 /// A service row published by another node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +174,8 @@ pub struct RemoteApp {
 pub struct Remote {
     /// The other live nodes: name and node address.
     pub nodes: Vec<(String, Ipv4Addr)>,
+    /// The addresses of the live nodes that are egress gateways.
+    pub egress: Vec<Ipv4Addr>,
     pub rows: Vec<RemoteRow>,
     pub apps: Vec<RemoteApp>,
 }
@@ -184,6 +194,10 @@ pub struct Table {
     vservices: BTreeMap<String, Vservice>,
     rotation: Rotation,
     remote: Remote,
+    /// This node carries other nodes' outbound connections (`--egress-gateway`).
+    egress_gateway: bool,
+    /// Egress connections by local address: where the app asked to go.
+    egress_peers: std::collections::VecDeque<(SocketAddrV4, SocketAddr)>,
 }
 
 impl Table {
@@ -199,7 +213,32 @@ impl Table {
             vservices: BTreeMap::new(),
             rotation: Rotation::default(),
             remote: Remote::default(),
+            egress_gateway: false,
+            egress_peers: Default::default(),
         }
+    }
+
+    /// Makes this node an egress gateway: its own apps go out directly.
+    pub fn set_egress_gateway(&mut self, on: bool) {
+        self.egress_gateway = on;
+    }
+
+    pub fn egress_gateway(&self) -> bool {
+        self.egress_gateway
+    }
+
+    /// Remembers that the egress connection from `local` is to `dest`.
+    pub fn record_egress(&mut self, local: SocketAddrV4, dest: SocketAddr) {
+        if self.egress_peers.len() >= EGRESS_MEMORY {
+            self.egress_peers.pop_front();
+        }
+        self.egress_peers.push_back((local, dest));
+    }
+
+    /// Where the egress connection from `local` really goes.
+    pub fn egress_peer(&self, local: SocketAddr) -> Option<SocketAddr> {
+        let SocketAddr::V4(local) = addr::unmap(local) else { return None };
+        self.egress_peers.iter().rev().find(|(l, _)| *l == local).map(|(_, d)| *d)
     }
 
     /// Replaces what is known of the other nodes (from gossip).
@@ -566,7 +605,10 @@ impl Table {
         let service = self.service_of_host(proto, v4).unwrap_or(v4);
         let rows = self.rows_at(proto, service);
         if rows.is_empty() {
-            return if self.is_virtual(dest.ip()) { Route::Refused } else { Route::Direct(dest) };
+            if self.is_virtual(dest.ip()) {
+                return Route::Refused;
+            }
+            return self.outbound(proto, dest);
         }
         let mut allowed: Vec<Target> = rows
             .into_iter()
@@ -578,6 +620,19 @@ impl Table {
         }
         self.rng.shuffle(&mut allowed);
         Route::Backends(allowed)
+    }
+
+    /// A connect to an address outside the service table: through a live egress
+    /// gateway (TCP, from a node that is not one, to an address that is not a node's),
+    /// else directly.
+    fn outbound(&mut self, proto: Proto, dest: SocketAddr) -> Route {
+        let dest_ip = dest.ip();
+        let to_node = self.remote.nodes.iter().any(|(_, ip)| IpAddr::V4(*ip) == dest_ip);
+        if proto != Proto::Tcp || self.egress_gateway || to_node || self.remote.egress.is_empty() {
+            return Route::Direct(dest);
+        }
+        let gw = self.remote.egress[self.rng.usize(..self.remote.egress.len())];
+        Route::Egress { gateway: SocketAddrV4::new(gw, EGRESS_PORT), dest }
     }
 
     /// What getsockname shows `app` for a socket whose real address is `real`: the
@@ -963,6 +1018,7 @@ mod tests {
         };
         t.set_remote(Remote {
             nodes: vec![("n2".into(), other)],
+            egress: vec![],
             rows: vec![row("zone=default", "198.18.3.1:8000"), row("role=prod", "198.18.3.2:80")],
             apps: vec![
                 RemoteApp {
@@ -984,6 +1040,26 @@ mod tests {
         assert_eq!(t.peer_name(Proto::Tcp, SocketAddr::V4(host)), Some(sa("198.18.3.1:8000")));
         t.set_remote(Remote::default());
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000")), Route::Direct(sa("198.18.3.1:8000")));
+    }
+
+    #[test]
+    fn outside_addresses_go_through_an_egress_gateway_when_there_is_one() {
+        let mut t = table();
+        let c = app(&mut t, None, "zone=default");
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), Route::Direct(sa("192.0.2.1:443")));
+        let gw: Ipv4Addr = "10.0.0.3".parse().unwrap();
+        t.set_remote(Remote { nodes: vec![("g".into(), gw)], egress: vec![gw], ..Remote::default() });
+        let via = Route::Egress { gateway: SocketAddrV4::new(gw, EGRESS_PORT), dest: sa("192.0.2.1:443") };
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), via);
+        // UDP, and connects to the cluster's own nodes, go directly.
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("192.0.2.1:53")), Route::Direct(sa("192.0.2.1:53")));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.3:22")), Route::Direct(sa("10.0.0.3:22")));
+        // A gateway's own apps go directly.
+        t.set_egress_gateway(true);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), Route::Direct(sa("192.0.2.1:443")));
+        t.record_egress("10.0.0.1:33000".parse().unwrap(), sa("192.0.2.1:443"));
+        assert_eq!(t.egress_peer(sa("10.0.0.1:33000")), Some(sa("192.0.2.1:443")));
+        assert_eq!(t.egress_peer(sa("10.0.0.1:33001")), None);
     }
 
     #[test]

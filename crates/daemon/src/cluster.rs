@@ -28,7 +28,8 @@ pub struct ClusterConfig {
 /// Joins the cluster; refuses to start when another live node has our name.
 pub async fn start(daemon: Daemon, config: &ClusterConfig) -> Result<()> {
     let node = daemon.table().node().clone();
-    let me = NodeRecord { name: node.name.clone(), cluster: node.cluster.clone(), ip: node.ip, egress_gateway: false };
+    let egress_gateway = daemon.table().egress_gateway();
+    let me = NodeRecord { name: node.name.clone(), cluster: node.cluster.clone(), ip: node.ip, egress_gateway };
     let listen = SocketAddr::from((node.ip, config.gossip_port));
     let seeds: Vec<String> =
         config.neighbors.iter().filter(|ip| **ip != node.ip).map(|ip| format!("{ip}:{}", config.gossip_port)).collect();

@@ -8,6 +8,7 @@
 
 mod channel;
 mod cluster;
+mod egress;
 mod names;
 mod relay;
 mod rest;
@@ -40,6 +41,8 @@ pub struct Config {
     /// The built-in DNS server: None with `--dns=false`.
     pub dns: Option<DnsConfig>,
     pub gossip: ClusterConfig,
+    /// `--egress-gateway`: carry other nodes' connections to the outside.
+    pub egress_gateway: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,7 @@ pub fn run(config: Config) -> Result<()> {
     let mut seed = [0u8; 8];
     ax_sys::proc::random_bytes(&mut seed)?;
     let mut table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
+    table.set_egress_gateway(config.egress_gateway);
     match made_up {
         Some(range) => table.set_made_up_range(range),
         None => warn!(
@@ -154,6 +158,10 @@ pub fn run(config: Config) -> Result<()> {
         let unix = tokio::net::UnixListener::from_std(api_std)?;
         if let Some(dns) = dns {
             names::spawn(dns, daemon.clone())?;
+        }
+        if config.egress_gateway {
+            egress::spawn(daemon.clone())
+                .with_context(|| format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT))?;
         }
         cluster::start(daemon.clone(), &config.gossip).await?;
         info!("serving the API on {API_SOCKET} and http://127.0.0.1:{}", config.rest_port);

@@ -132,12 +132,17 @@ fn serve(daemon: &Daemon, client: TcpStream, to: Dial) {
         debug!(?to, "relay: no backend answered");
         return;
     };
-    let (c2, b2) = match (client.try_clone(), backend.try_clone()) {
-        (Ok(c), Ok(b)) => (c, b),
+    carry(client, backend);
+}
+
+/// Moves bytes both ways between two connections until both directions have ended.
+pub fn carry(a: TcpStream, b: TcpStream) {
+    let (a2, b2) = match (a.try_clone(), b.try_clone()) {
+        (Ok(a2), Ok(b2)) => (a2, b2),
         _ => return,
     };
-    let up = std::thread::Builder::new().name("relay-up".into()).spawn(move || pump(&c2, &b2));
-    pump(&backend, &client);
+    let up = std::thread::Builder::new().name("relay-up".into()).spawn(move || pump(&a2, &b2));
+    pump(&b, &a);
     if let Ok(h) = up {
         let _ = h.join();
     }

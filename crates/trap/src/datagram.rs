@@ -200,7 +200,7 @@ impl Engine {
                 return Ok(Answer::Value(sent as i64));
             }
             Route::Refused => return Err(libc::ECONNREFUSED),
-            Route::Direct(a) => a,
+            Route::Direct(a) | Route::Egress { dest: a, .. } => a,
             Route::Backends(mut targets) if !targets.is_empty() => {
                 // One socket keeps talking to one backend, so replies make sense.
                 targets.sort();

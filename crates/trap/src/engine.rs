@@ -364,6 +364,7 @@ impl Engine {
             }
             Route::Refused => Err(libc::ECONNREFUSED),
             Route::Direct(a) => self.connect_to(n, s, &[(a, None)], family),
+            Route::Egress { gateway, dest } => self.egress(n, s, gateway, dest, family),
             Route::Backends(targets) => {
                 let targets: Vec<_> = targets.into_iter().map(|t| (SocketAddr::V4(t.addr), t.source)).collect();
                 self.connect_to(n, s, &targets, family)
@@ -447,6 +448,10 @@ impl Engine {
         let proto = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok().and_then(Proto::from_sock_type);
         let shown = proto.and_then(|p| {
             let t = self.table();
+            if peer && real.port() == ax_core::EGRESS_PORT {
+                let local = sock::local_addr(fd).ok().flatten()?;
+                return t.egress_peer(local).or_else(|| t.peer_name(p, real));
+            }
             if peer {
                 t.peer_name(p, real)
             } else {

@@ -3,6 +3,7 @@
 //! in the host's network namespace, asking `ax_core`'s table what each call means.
 
 mod datagram;
+mod egress;
 pub mod engine;
 pub mod policy;
 mod task;
