@@ -82,7 +82,11 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
         ports,
         rest_port: d.rest_port,
         dns,
-        gossip: ax_daemon::ClusterConfig { gossip_port: d.gossip_port, neighbors },
+        gossip: ax_daemon::ClusterConfig {
+            gossip_port: d.gossip_port,
+            neighbors,
+            auto_discover: d.gossip_auto_discover.then_some(32),
+        },
         egress_gateway: d.egress_gateway,
     })
 }

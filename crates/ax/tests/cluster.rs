@@ -237,3 +237,15 @@ fn egress_through_a_gateway_is_transparent_to_the_client() {
     let refused = format!("http://{}:9399/", Cluster::ip(1));
     assert_eq!(a.run(&["--", "curl", "-s", &refused]).status.code(), Some(7));
 }
+
+#[test]
+fn auto_discovery_finds_the_subnets_nodes_without_a_list() {
+    support::require_root_and(&[]);
+    let mut c = Cluster::new(3);
+    for (i, h) in c.hosts.iter_mut().enumerate() {
+        h.start_daemon(&["--node-name", ["a", "b", "c"][i], "--gossip-auto-discover"]);
+    }
+    for h in &c.hosts {
+        h.wait_until("every node found", Duration::from_secs(30), || nodes_seen(h).len() == 3);
+    }
+}

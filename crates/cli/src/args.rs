@@ -250,7 +250,6 @@ const DAEMON_PENDING: &[(&str, &str, &str)] = &[
     ("tls_ca_cert", "--tls-ca-cert", "TLS"),
     ("tls_cert", "--tls-cert", "TLS"),
     ("tls_key", "--tls-key", "TLS"),
-    ("gossip_auto_discover", "--gossip-auto-discover", "the cluster"),
     ("federation_gateway_ip", "--federation-gateway-ip", "federation"),
     ("federation_gateway_advertise_ip", "--federation-gateway-advertise-ip", "federation"),
     ("federation_gateway_port", "--federation-gateway-port", "federation"),

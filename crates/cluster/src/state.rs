@@ -226,3 +226,32 @@ mod tests {
         assert_eq!(view.apps[0].name.as_deref(), Some("web"));
     }
 }
+
+/// The seeds `--gossip-auto-discover` tries: every other address of the node's subnet
+/// (refused past a /22: that is too many to ask).
+pub fn discovery_seeds(node: Ipv4Addr, prefix: u8, port: u16) -> Result<Vec<String>, String> {
+    if prefix < 22 {
+        return Err(format!(
+            "--gossip-auto-discover asks every address of the node's subnet, and {node}/{prefix} has more than 1024: give --neighbors"
+        ));
+    }
+    let net = ax_core::addr::Subnet::new(node, prefix);
+    let size = net.size() as u32;
+    let hosts = if size > 2 { 1..size - 1 } else { 0..size };
+    Ok(hosts.map(|i| net.nth(i)).filter(|ip| *ip != node).map(|ip| format!("{ip}:{port}")).collect())
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    #[test]
+    fn the_subnet_less_ourselves_and_its_ends() {
+        let seeds = discovery_seeds("10.251.0.12".parse().unwrap(), 24, 7946).unwrap();
+        assert_eq!(seeds.len(), 253);
+        assert_eq!(seeds[0], "10.251.0.1:7946");
+        assert!(!seeds.contains(&"10.251.0.12:7946".to_string()));
+        assert!(!seeds.contains(&"10.251.0.255:7946".to_string()));
+        assert!(discovery_seeds("10.0.0.1".parse().unwrap(), 16, 7946).unwrap_err().contains("give --neighbors"));
+    }
+}

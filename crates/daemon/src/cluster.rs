@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use ax_cluster::gossip::{Gossip, GossipConfig, NodeStatus};
-use ax_cluster::state::{AppRecord, NodeRecord, Published, RowRecord};
+use ax_cluster::state::{discovery_seeds, AppRecord, NodeRecord, Published, RowRecord};
 use chitchat::transport::UdpTransport;
 use tracing::info;
 
@@ -23,6 +23,9 @@ const NAME_CHECK_ROUNDS: usize = 8;
 pub struct ClusterConfig {
     pub gossip_port: u16,
     pub neighbors: Vec<Ipv4Addr>,
+    /// `--gossip-auto-discover`: also seed with every address of the node's subnet
+    /// (its prefix length, filled in by the daemon).
+    pub auto_discover: Option<u8>,
 }
 
 /// Joins the cluster; refuses to start when another live node has our name.
@@ -31,8 +34,11 @@ pub async fn start(daemon: Daemon, config: &ClusterConfig) -> Result<()> {
     let egress_gateway = daemon.table().egress_gateway();
     let me = NodeRecord { name: node.name.clone(), cluster: node.cluster.clone(), ip: node.ip, egress_gateway };
     let listen = SocketAddr::from((node.ip, config.gossip_port));
-    let seeds: Vec<String> =
+    let mut seeds: Vec<String> =
         config.neighbors.iter().filter(|ip| **ip != node.ip).map(|ip| format!("{ip}:{}", config.gossip_port)).collect();
+    if let Some(prefix) = config.auto_discover {
+        seeds.extend(discovery_seeds(node.ip, prefix, config.gossip_port).map_err(anyhow::Error::msg)?);
+    }
     let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut gossip = Gossip::start(GossipConfig::new(me.clone(), listen, seeds.clone(), generation), &UdpTransport)
         .await

@@ -108,6 +108,11 @@ pub fn run(config: Config) -> Result<()> {
         })
         .collect();
     let made_up = addr::made_up_range(&host_networks);
+    let mut gossip = config.gossip.clone();
+    if gossip.auto_discover.is_some() {
+        let prefix = interfaces.iter().find(|a| a.addr == IpAddr::V4(node.ip)).map_or(32, |a| a.prefix);
+        gossip.auto_discover = Some(prefix);
+    }
     let fds = ax_sys::proc::raise_fd_limit().context("cannot raise the open-file limit")?;
     prepare_dir(Path::new(RUN_DIR))?;
     let api_std = bind_unix(API_SOCKET)?;
@@ -163,7 +168,7 @@ pub fn run(config: Config) -> Result<()> {
             egress::spawn(daemon.clone())
                 .with_context(|| format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT))?;
         }
-        cluster::start(daemon.clone(), &config.gossip).await?;
+        cluster::start(daemon.clone(), &gossip).await?;
         info!("serving the API on {API_SOCKET} and http://127.0.0.1:{}", config.rest_port);
         rest::serve(tcp, unix, daemon, shutdown_signal()).await
     });
