@@ -124,6 +124,19 @@ impl Gossip {
             .await
     }
 
+    /// How many other live nodes publish at least one row (cheap: nothing is parsed).
+    pub async fn peers_with_rows(&self) -> usize {
+        let my_id = self.handle.chitchat_id().clone();
+        self.handle
+            .with_chitchat(|c| {
+                let live: Vec<ChitchatId> = c.live_nodes().filter(|id| **id != my_id).cloned().collect();
+                live.iter()
+                    .filter(|id| c.node_state(id).is_some_and(|s| s.key_values().any(|(k, _)| k.starts_with("row/"))))
+                    .count()
+            })
+            .await
+    }
+
     /// Another live node using our name, at another address, if any.
     pub async fn name_taken(&self) -> Option<SocketAddr> {
         let my_id = self.handle.chitchat_id().clone();
