@@ -114,6 +114,9 @@ fn duplicate_names_and_foreign_clusters_are_refused() {
         c.hosts[1].ax().args(["daemon", "--neighbors", "10.0.0.300"]).output().unwrap(),
         "--neighbors: '10.0.0.300' is not an IPv4 address",
     );
+    // A neighbor nobody answers for: the daemon starts and serves alone.
+    c.hosts[1].start_daemon(&["--node-name", "lonely", "--cluster", "third", "--neighbors", "10.251.0.99"]);
+    assert_eq!(nodes_seen(&c.hosts[1]), ["lonely"]);
 }
 
 #[test]
