@@ -25,10 +25,7 @@ fn nodes_seen(h: &TestHost) -> Vec<String> {
 }
 
 fn serve(h: &mut TestHost, name: &str, ip: &str, labels: &str) {
-    let root = h.dir.join(name);
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("who"), name).unwrap();
-    let root = root.to_string_lossy().into_owned();
+    let root = h.web_root(name, "who", name);
     h.spawn_app(
         name,
         &["--name", name, "--ip", ip, "--labels", labels, "--", PY, "-m", "http.server", "8000", "--directory", &root],
@@ -174,10 +171,7 @@ fn expose_on_every_node_or_on_one_named_node() {
     for (name, port, spec) in
         [("everywhere", "8000", "8000:0.0.0.0:9990".to_string()), ("onb", "8001", format!("8001:{b_ip}:9991"))]
     {
-        let root = c.hosts[0].dir.join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("who"), name).unwrap();
-        let root = root.to_string_lossy().into_owned();
+        let root = c.hosts[0].web_root(name, "who", name);
         c.hosts[0].spawn_app(name, &["--expose", &spec, "--", PY, "-m", "http.server", port, "--directory", &root]);
     }
     let plain = |h: &TestHost, i: usize, port: u16| {
@@ -215,11 +209,9 @@ fn egress_through_a_gateway_is_transparent_to_the_client() {
     c.hosts[0].start_daemon(&["--node-name", "a", "--neighbors", &all]);
     c.hosts[2].start_daemon(&["--node-name", "gw", "--neighbors", &all, "--egress-gateway"]);
     // b is a plain test host on the wire (no daemon): a server outside the cluster.
-    let root = c.hosts[1].dir.join("out");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("who"), "outside").unwrap();
+    let root = c.hosts[1].web_root("out", "who", "outside");
     let mut server = c.hosts[1].cmd(PY);
-    server.args(["-m", "http.server", "9300", "--bind", &Cluster::ip(1), "--directory", root.to_str().unwrap()]);
+    server.args(["-m", "http.server", "9300", "--bind", &Cluster::ip(1), "--directory", &root]);
     c.hosts[1].spawn_plain("outside", server);
     let a = &c.hosts[0];
     a.wait_until("the gateway", Duration::from_secs(20), || {

@@ -18,17 +18,9 @@ fn host(programs: &[&str]) -> TestHost {
     h
 }
 
-/// A directory `name` in the test's scratch space holding one file.
-fn web_root(h: &TestHost, name: &str, file: &str, content: &str) -> String {
-    let root = h.dir.join(name);
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join(file), content).unwrap();
-    root.to_string_lossy().into_owned()
-}
-
 /// A python http.server backend serving a directory whose `who` file says `name`.
 fn python_backend(h: &mut TestHost, name: &str, ip: &str, port: u16) {
-    let root = web_root(h, name, "who", name);
+    let root = h.web_root(name, "who", name);
     h.spawn_app(name, &["--ip", ip, "--", PY, "-m", "http.server", &port.to_string(), "--directory", &root]);
 }
 
@@ -136,7 +128,7 @@ fn iperf3_client_to_server() {
 #[test]
 fn static_busybox_httpd_and_wget() {
     let mut h = host(&["busybox"]);
-    let www = web_root(&h, "www", "index.html", "static hello\n");
+    let www = h.web_root("www", "index.html", "static hello\n");
     let busybox = if std::path::Path::new("/bin/busybox").exists() { "/bin/busybox" } else { "busybox" };
     h.spawn_app("httpd", &["--ip", "198.18.0.7", "--", busybox, "httpd", "-f", "-p", "8080", "-h", &www]);
     h.wait_for_rows("198.18.0.7:8080", 1);
@@ -238,7 +230,7 @@ fn threads_and_non_blocking_sockets() {
 #[test]
 fn other_addresses_go_out_directly_from_the_host() {
     let mut h = host(&[PY, "curl"]);
-    let www = web_root(&h, "peer", "who", "plain peer");
+    let www = h.web_root("peer", "who", "plain peer");
     let mut c = h.peer_cmd(PY);
     c.args(["-m", "http.server", "8081", "--bind", PEER_IP, "--directory", &www]);
     h.spawn_plain("peer", c);
@@ -326,7 +318,7 @@ fn an_exhausted_port_pool_fails_the_bind_with_eaddrinuse() {
 #[test]
 fn default_address_is_the_node_and_rest_answers_on_loopback() {
     let mut h = host(&[PY, "curl"]);
-    let root = web_root(&h, "n", "who", "on the node");
+    let root = h.web_root("n", "who", "on the node");
     h.spawn_app("node", &["--", PY, "-m", "http.server", "8000", "--directory", &root]);
     let service = format!("{NODE_IP}:8000");
     h.wait_for_rows(&service, 1);

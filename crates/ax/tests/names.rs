@@ -25,13 +25,8 @@ fn app_ip(h: &TestHost, name: &str) -> String {
 }
 
 fn serve_named(h: &mut TestHost, log: &str, name: &str, port: u16, body: &str) {
-    let dir = h.dir.join(log);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("who"), body).unwrap();
-    h.spawn_app(
-        log,
-        &["--name", name, "--", PY, "-m", "http.server", &port.to_string(), "--directory", dir.to_str().unwrap()],
-    );
+    let dir = h.web_root(log, "who", body);
+    h.spawn_app(log, &["--name", name, "--", PY, "-m", "http.server", &port.to_string(), "--directory", &dir]);
 }
 
 #[test]
@@ -154,13 +149,8 @@ fn user_interface_and_callers_namespace() {
     assert!(link.contains("UP"), "{link}");
     // --new-netns=false: the app stays in the caller's (a container's) namespace, and
     // is still virtualized.
-    let root = h.dir.join("c");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("who"), "served").unwrap();
-    h.spawn_app(
-        "srv",
-        &["--ip", "198.18.9.10", "--", PY, "-m", "http.server", "80", "--directory", root.to_str().unwrap()],
-    );
+    let root = h.web_root("c", "who", "served");
+    h.spawn_app("srv", &["--ip", "198.18.9.10", "--", PY, "-m", "http.server", "80", "--directory", &root]);
     h.wait_for_rows("198.18.9.10:80", 1);
     let container = h.container();
     let out = h

@@ -16,10 +16,7 @@ fn two_backends(labels: &str) -> TestHost {
     let mut h = TestHost::new();
     h.start_daemon(&[]);
     for (name, ip) in [("b1", "198.18.1.1"), ("b2", "198.18.1.2")] {
-        let root = h.dir.join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("who"), name).unwrap();
-        let root = root.to_string_lossy().into_owned();
+        let root = h.web_root(name, "who", name);
         h.spawn_app(
             name,
             &["--ip", ip, "--labels", labels, "--", PY, "-m", "http.server", "8000", "--directory", &root],
@@ -80,11 +77,9 @@ fn round_robin_alternates_strictly_and_random_reaches_every_backend() {
 fn external_backends_dead_backends_and_labels() {
     let mut h = two_backends("role=prod");
     // A plain server outside ax on the test host's loopback.
-    let root = h.dir.join("ext");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("who"), "outside").unwrap();
+    let root = h.web_root("ext", "who", "outside");
     let mut c = h.cmd(PY);
-    c.args(["-m", "http.server", "9100", "--bind", "127.0.0.1", "--directory", root.to_str().unwrap()]);
+    c.args(["-m", "http.server", "9100", "--bind", "127.0.0.1", "--directory", &root]);
     h.spawn_plain("ext", c);
     h.wait_until("the outside server", Duration::from_secs(10), || {
         h.cmd("curl").args(["-sf", "http://127.0.0.1:9100/who"]).output().is_ok_and(|o| o.status.success())
@@ -156,10 +151,7 @@ fn expose_in_all_three_forms_on_one_node() {
     h.start_daemon(&[]);
     for (i, spec) in ["8000:9999", &format!("8001:{NODE_IP}:9998"), "8002:0.0.0.0:9997"].iter().enumerate() {
         let port = (8000 + i).to_string();
-        let root = h.dir.join(&port);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("who"), &port).unwrap();
-        let root = root.to_string_lossy().into_owned();
+        let root = h.web_root(&port, "who", &port);
         h.spawn_app(&port, &["--expose", spec, "--", PY, "-m", "http.server", &port, "--directory", &root]);
     }
     for (port, host_port) in [(8000, 9999), (8001, 9998), (8002, 9997)] {

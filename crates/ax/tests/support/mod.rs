@@ -194,6 +194,14 @@ impl TestHost {
         TestHost { name, holder, init, dir, daemon: None, background: Vec::new(), apps: Default::default() }
     }
 
+    /// A directory `name` in the test's scratch space holding one file.
+    pub fn web_root(&self, name: &str, file: &str, content: &str) -> String {
+        let root = self.dir.join(name);
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join(file), content).unwrap();
+        root.to_string_lossy().into_owned()
+    }
+
     /// A command that runs inside the test host.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
