@@ -31,12 +31,19 @@ fn published(i: usize) -> Published {
     }
 }
 
-async fn run(n: usize) -> (Duration, f64) {
+/// Gives up after this much simulated time.
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn run(n: usize) -> (Option<Duration>, f64) {
     let transport = ChannelTransport::with_mtu(65_507);
     let mut nodes = Vec::new();
     for i in 0..n {
         let seeds = if i == 0 { vec![] } else { vec![addr(0).to_string()] };
-        let mut g = Gossip::start(GossipConfig::new(published(i).node, addr(i), seeds, 1), &transport).await.unwrap();
+        let mut config = GossipConfig::new(published(i).node, addr(i), seeds, 1);
+        if let Ok(phi) = std::env::var("PHI") {
+            config.phi_threshold = phi.parse().unwrap();
+        }
+        let mut g = Gossip::start(config, &transport).await.unwrap();
         g.publish(&published(i)).await;
         nodes.push(g);
     }
@@ -49,7 +56,7 @@ async fn run(n: usize) -> (Duration, f64) {
                 break;
             }
         }
-        if done {
+        if done || start.elapsed() > LIMIT {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -59,7 +66,7 @@ async fn run(n: usize) -> (Duration, f64) {
     for g in nodes {
         g.shutdown().await;
     }
-    (took, bytes / n as f64 / took.as_secs_f64().max(0.001))
+    ((took <= LIMIT).then_some(took), bytes / n as f64 / took.as_secs_f64().max(0.001))
 }
 
 fn main() {
@@ -69,6 +76,9 @@ fn main() {
     for n in sizes {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         let (took, rate) = rt.block_on(run(n));
-        println!("{n:>6} {:>21.2}s {rate:>26.0}", took.as_secs_f64());
+        match took {
+            Some(t) => println!("{n:>6} {:>21.2}s {rate:>26.0}", t.as_secs_f64()),
+            None => println!("{n:>6} {:>22} {rate:>26.0}", format!("> {}s", LIMIT.as_secs())),
+        }
     }
 }
