@@ -41,31 +41,31 @@ for i in 0 1 2; do
   INITS+=($init)
 done
 IP=(10.253.0.11 10.253.0.12 10.253.0.13)
-in() { local i=$1; shift; nsenter -t ${INITS[$i]} -m -n -p -- "$@"; }
+on() { local i=$1; shift; nsenter -t ${INITS[$i]} -m -n -p -- "$@"; }
 for i in 0 1 2; do
-  in $i $AX daemon --node-interface ax0 --node-name n$i --neighbors 10.253.0.11,10.253.0.12,10.253.0.13 >"$WORK/d$i.log" 2>&1 &
+  on $i $AX daemon --node-interface ax0 --node-name n$i --neighbors 10.253.0.11,10.253.0.12,10.253.0.13 >"$WORK/d$i.log" 2>&1 &
 done
-for i in 0 1 2; do for _ in $(seq 200); do in $i $AX get nodes -o json 2>/dev/null | grep -c '"live": true' | grep -q 3 && break; sleep 0.1; done; done
+for i in 0 1 2; do for _ in $(seq 200); do on $i $AX get nodes -o json 2>/dev/null | grep -c '"live": true' | grep -q 3 && break; sleep 0.1; done; done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
 row() { printf "%-38s %14s %14s %8s\n" "$1" "$2" "$3" "$4"; }
 gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
-wait_row() { for _ in $(seq 200); do in $2 $AX get servers | grep -q "$1" && return 0; sleep 0.05; done; echo "no row for $1 on node $2" >&2; return 1; }
-wait_port() { for _ in $(seq 200); do in $1 ss -ltn | grep -q ":$2 " && return 0; sleep 0.05; done; return 1; }
+wait_row() { for _ in $(seq 200); do on $2 $AX get servers | grep -q "$1" && return 0; sleep 0.05; done; echo "no row for $1 on node $2" >&2; return 1; }
+wait_port() { for _ in $(seq 200); do on $1 ss -ltn | grep -q ":$2 " && return 0; sleep 0.05; done; return 1; }
 
 echo "ax cluster benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), 3 nodes, ${T}s per run"
 row "cross-node (node 0 serves, node 1 asks)" "native" "ax" "ax/native"
-in 0 iperf3 -s -B ${IP[0]} -p 5301 >/dev/null 2>&1 & wait_port 0 5301
-in 0 $AX run --ip 198.18.9.1 -- iperf3 -s -p 5201 >/dev/null 2>&1 & wait_row 198.18.9.1:5201 1
-N=$(in 1 iperf3 -c ${IP[0]} -p 5301 -t $T -J | gbps)
-A=$(in 1 $AX run -- iperf3 -c 198.18.9.1 -p 5201 -t $T -J | gbps)
+on 0 iperf3 -s -B ${IP[0]} -p 5301 >/dev/null 2>&1 & wait_port 0 5301
+on 0 $AX run --ip 198.18.9.1 -- iperf3 -s -p 5201 >/dev/null 2>&1 & wait_row 198.18.9.1:5201 1
+N=$(on 1 iperf3 -c ${IP[0]} -p 5301 -t $T -J | gbps)
+A=$(on 1 $AX run -- iperf3 -c 198.18.9.1 -p 5201 -t $T -J | gbps)
 row "iperf3 (Gbit/s)" "$N" "$A" "$(ratio $A $N)"
-in 0 redis-server --bind ${IP[0]} --port 6390 --protected-mode no --save '' >/dev/null 2>&1 & wait_port 0 6390
-in 0 $AX run --ip 198.18.9.2 -- redis-server --port 6379 --protected-mode no --save '' >/dev/null 2>&1 & wait_row 198.18.9.2:6379 1
+on 0 redis-server --bind ${IP[0]} --port 6390 --protected-mode no --save '' >/dev/null 2>&1 & wait_port 0 6390
+on 0 $AX run --ip 198.18.9.2 -- redis-server --port 6379 --protected-mode no --save '' >/dev/null 2>&1 & wait_row 198.18.9.2:6379 1
 REQS=$((T * 40000))
 rps() { awk -F, -v t="\"$1\"" '$1==t {gsub(/"/,"",$2); print $2}'; }
-NR=$(in 1 redis-benchmark -h ${IP[0]} -p 6390 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
-AR=$(in 1 $AX run -- redis-benchmark -h 198.18.9.2 -p 6379 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
+NR=$(on 1 redis-benchmark -h ${IP[0]} -p 6390 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
+AR=$(on 1 $AX run -- redis-benchmark -h 198.18.9.2 -p 6379 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
 for op in SET GET; do
   n=$(echo "$NR" | rps $op); a=$(echo "$AR" | rps $op)
   row "redis-benchmark $op (req/s)" "$n" "$a" "$(ratio $a $n)"
@@ -74,12 +74,12 @@ done
 # listen() on node 0 to a successful connect by name from node 2.
 LAT=()
 for k in $(seq 20); do
-  in 0 $AX run --name probe$k -- python3 -c "
+  on 0 $AX run --name probe$k -- python3 -c "
 import socket,time
 s=socket.socket(); s.bind(('',8000)); s.listen()
 open('$WORK/listen$k','w').write(repr(time.time()))
 c,_=s.accept(); time.sleep(0.2)" >/dev/null 2>&1 &
-  T2=$(in 2 $AX run -- python3 -c "
+  T2=$(on 2 $AX run -- python3 -c "
 import socket,time
 while True:
   try:
