@@ -196,6 +196,9 @@ pub struct Table {
     remote: Remote,
     /// This node carries other nodes' outbound connections (`--egress-gateway`).
     egress_gateway: bool,
+    /// Every app address other nodes have published: still virtual after its node
+    /// dies, so a connect to it is refused rather than sent out of the host.
+    seen_virtual: std::collections::BTreeSet<Ipv4Addr>,
     /// Egress connections by local address: where the app asked to go.
     egress_peers: std::collections::VecDeque<(SocketAddrV4, SocketAddr)>,
 }
@@ -215,6 +218,7 @@ impl Table {
             remote: Remote::default(),
             egress_gateway: false,
             egress_peers: Default::default(),
+            seen_virtual: Default::default(),
         }
     }
 
@@ -243,6 +247,8 @@ impl Table {
 
     /// Replaces what is known of the other nodes (from gossip).
     pub fn set_remote(&mut self, remote: Remote) {
+        let nodes: Vec<Ipv4Addr> = remote.nodes.iter().map(|n| n.1).collect();
+        self.seen_virtual.extend(remote.apps.iter().map(|a| a.ip).filter(|ip| !nodes.contains(ip)));
         self.remote = remote;
     }
 
@@ -670,7 +676,9 @@ impl Table {
             IpAddr::V4(v4) => {
                 v4 != self.node.ip
                     && !self.remote.nodes.iter().any(|(_, ip)| *ip == v4)
-                    && (self.is_app_ip(v4) || self.vservices.values().any(|v| v.ip == v4))
+                    && (self.is_app_ip(v4)
+                        || self.seen_virtual.contains(&v4)
+                        || self.vservices.values().any(|v| v.ip == v4))
             }
             IpAddr::V6(_) => false,
         }
@@ -1038,8 +1046,9 @@ mod tests {
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.2:22")), Route::Direct(sa("10.0.0.2:22")));
         assert_eq!(t.addresses_named("web"), Some(vec!["198.18.3.1".parse().unwrap()]));
         assert_eq!(t.peer_name(Proto::Tcp, SocketAddr::V4(host)), Some(sa("198.18.3.1:8000")));
+        // The node is gone, but its app's address stays virtual: refused, never sent out.
         t.set_remote(Remote::default());
-        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000")), Route::Direct(sa("198.18.3.1:8000")));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000")), Route::Refused);
     }
 
     #[test]
