@@ -49,6 +49,7 @@ pub struct Gossip {
     handle: ChitchatHandle,
     me: NodeRecord,
     published: BTreeMap<String, String>,
+    seeds: Vec<SocketAddr>,
 }
 
 impl Gossip {
@@ -72,8 +73,19 @@ impl Gossip {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
+        let seeds = chitchat_config.seed_nodes.iter().filter_map(|s| s.parse().ok()).collect();
         let handle = spawn_chitchat(chitchat_config, Vec::new(), transport).await?;
-        Ok(Gossip { handle, me: config.me, published: BTreeMap::new() })
+        let gossip = Gossip { handle, me: config.me, published: BTreeMap::new(), seeds };
+        gossip.probe();
+        Ok(gossip)
+    }
+
+    /// Greets every seed at once (chitchat alone gossips with a few at random each
+    /// round, which is slow to find the live ones among a whole subnet's addresses).
+    pub fn probe(&self) {
+        for seed in &self.seeds {
+            let _ = self.handle.gossip(*seed);
+        }
     }
 
     /// Publishes `p`: only the keys that changed are set, and gone ones deleted.
@@ -106,7 +118,16 @@ impl Gossip {
         let my_id = self.handle.chitchat_id().clone();
         self.handle
             .with_chitchat(|c| {
-                let live: Vec<ChitchatId> = c.live_nodes().filter(|id| **id != my_id).cloned().collect();
+                // Only the newest generation of each node counts: a restarted daemon's
+                // earlier self (or one refused for our name) says nothing any more.
+                let mut newest: BTreeMap<&str, &ChitchatId> = BTreeMap::new();
+                for id in c.live_nodes().filter(|id| id.node_id != my_id.node_id) {
+                    let e = newest.entry(&id.node_id).or_insert(id);
+                    if id.generation_id > e.generation_id {
+                        *e = id;
+                    }
+                }
+                let live: Vec<ChitchatId> = newest.into_values().cloned().collect();
                 let read = |id: &ChitchatId| c.node_state(id).and_then(|s| Published::from_keys(s.key_values()));
                 let published: Vec<Published> = live.iter().filter_map(read).collect();
                 let mut nodes: Vec<NodeStatus> = published

@@ -16,6 +16,8 @@ use crate::relay::{self, Dial};
 use crate::Daemon;
 
 const ROUND: Duration = Duration::from_millis(250);
+/// Rounds between greetings of every seed while no other node is known.
+const PROBE_ROUNDS: u64 = 8;
 /// Rounds to listen for a node already using our name before serving.
 const NAME_CHECK_ROUNDS: usize = 8;
 
@@ -58,8 +60,12 @@ pub async fn start(daemon: Daemon, config: &ClusterConfig) -> Result<()> {
         }
     }
     tokio::spawn(async move {
-        loop {
+        for round in 0u64.. {
             sync(&daemon, &mut gossip, &me).await;
+            // Alone: greet the seeds again now and then (they may have started later).
+            if round % PROBE_ROUNDS == 0 && daemon.table().remote().nodes.is_empty() {
+                gossip.probe();
+            }
             tokio::time::sleep(ROUND).await;
         }
     });
