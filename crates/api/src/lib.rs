@@ -163,6 +163,12 @@ pub enum RunRequest {
     Attach {
         pid: i32,
     },
+    /// A restarted daemon takes back an app it restored from its saved state; sent with
+    /// the listener attached, like Attach.
+    Reattach {
+        app_id: String,
+        pid: i32,
+    },
 }
 
 /// The daemon's answers on the run channel.

@@ -88,6 +88,7 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
             auto_discover: d.gossip_auto_discover.then_some(32),
         },
         egress_gateway: d.egress_gateway,
+        clean: d.clean,
     })
 }
 

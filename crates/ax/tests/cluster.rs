@@ -85,8 +85,11 @@ fn a_dead_or_cut_off_node_leaves_and_comes_back() {
     c.hosts[2].wait_until("a's new row on c", Duration::from_secs(20), || {
         c.hosts[2].servers_at("198.18.4.2:8000").len() == 1
     });
-    // The app that exited with the old daemon's engine is not resurrected.
-    assert!(c.hosts[2].servers_at("198.18.4.1:8000").is_empty());
+    // The app that ran all along is taken back by the restarted daemon: its row too.
+    c.hosts[2].wait_until("a's old row back on c", Duration::from_secs(20), || {
+        c.hosts[2].servers_at("198.18.4.1:8000").len() == 1
+    });
+    assert_eq!(c.hosts[2].run_ok(&["--", "curl", "-sf", "http://198.18.4.1:8000/who"]), "web");
 }
 
 #[test]

@@ -12,7 +12,7 @@ const SIN6_MIN_LEN: usize = 24;
 const SIN6_LEN: usize = 28;
 
 /// The address family of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     V4,
     V6,

@@ -19,7 +19,7 @@ pub fn random_uuid(rng: &mut fastrand::Rng) -> String {
 }
 
 /// An app id: 32 bits, shown as 8 lowercase hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AppId(pub u32);
 
 impl fmt::Display for AppId {

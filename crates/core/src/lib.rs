@@ -17,8 +17,8 @@ pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
 pub use table::{
-    App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Remote, RemoteApp, RemoteRow, Route, Table, Target,
-    EGRESS_PORT,
+    App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Remote, RemoteApp, RemoteRow, Route, Snapshot, Table,
+    Target, EGRESS_PORT,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

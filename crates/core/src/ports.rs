@@ -149,6 +149,17 @@ impl PortPool {
         None
     }
 
+    /// Marks a pool port as taken (one a restored socket holds); other ports are
+    /// ignored.
+    pub fn reserve(&mut self, port: u16) {
+        if let Some(i) = self.ranges.index_of(port) {
+            if !self.used[i] {
+                self.used[i] = true;
+                self.in_use += 1;
+            }
+        }
+    }
+
     pub fn give_back(&mut self, port: u16) {
         if let Some(i) = self.ranges.index_of(port) {
             if self.used[i] {

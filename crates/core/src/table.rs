@@ -20,7 +20,7 @@ pub struct NodeInfo {
     pub ip: Ipv4Addr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Proto {
     Tcp,
     Udp,
@@ -45,7 +45,7 @@ impl Proto {
 }
 
 /// An app run under ax.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct App {
     pub id: AppId,
     pub uuid: String,
@@ -71,7 +71,7 @@ pub struct NewApp {
 }
 
 /// A socket an app bound to a virtual address, and where it really is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Binding {
     pub id: String,
     pub app: AppId,
@@ -180,6 +180,13 @@ pub struct Remote {
     pub apps: Vec<RemoteApp>,
 }
 
+/// What a daemon saves: enough to take its apps back after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub apps: Vec<App>,
+    pub bindings: Vec<Binding>,
+}
+
 /// The tables of one daemon.
 #[derive(Debug)]
 pub struct Table {
@@ -243,6 +250,28 @@ impl Table {
     pub fn egress_peer(&self, local: SocketAddr) -> Option<SocketAddr> {
         let SocketAddr::V4(local) = addr::unmap(local) else { return None };
         self.egress_peers.iter().rev().find(|(l, _)| *l == local).map(|(_, d)| *d)
+    }
+
+    /// What survives a restart: the apps and the sockets they bound (vservices are
+    /// kept by the daemon with their cluster records).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { apps: self.apps.values().cloned().collect(), bindings: self.bindings.values().cloned().collect() }
+    }
+
+    /// Takes back a snapshot taken by an earlier daemon: apps, sockets and their pool
+    /// ports (which are then not handed out again).
+    pub fn restore(&mut self, s: Snapshot) {
+        for app in s.apps {
+            self.apps.insert(app.id, app);
+        }
+        for mut b in s.bindings {
+            if !self.apps.contains_key(&b.app) {
+                continue;
+            }
+            self.pool.reserve(b.host.port());
+            b.changed = self.next_change();
+            self.bindings.insert((b.proto, b.host.port()), b);
+        }
     }
 
     /// Replaces what is known of the other nodes (from gossip).
@@ -1069,6 +1098,23 @@ mod tests {
         t.record_egress("10.0.0.1:33000".parse().unwrap(), sa("192.0.2.1:443"));
         assert_eq!(t.egress_peer(sa("10.0.0.1:33000")), Some(sa("192.0.2.1:443")));
         assert_eq!(t.egress_peer(sa("10.0.0.1:33001")), None);
+    }
+
+    #[test]
+    fn a_snapshot_restores_apps_rows_and_taken_ports() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.0.1"), "role=prod");
+        let port = serve(&mut t, s, "0.0.0.0:80", 5);
+        let snap = t.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+        let mut fresh = table();
+        fresh.restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(fresh.app(s).unwrap().labels.to_string(), "role=prod");
+        assert_eq!(fresh.services().count(), 1);
+        let c = app(&mut fresh, None, "role=prod");
+        assert_eq!(first(fresh.route_connect(c, Proto::Tcp, sa("198.18.0.1:80"))).port(), port);
+        // The restored row's port is not handed out again.
+        assert!((0..9).all(|_| fresh.take_port() != Some(port)));
     }
 
     #[test]

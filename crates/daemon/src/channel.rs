@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ax_api::{wire, Register, RunReply, RunRequest};
@@ -61,11 +62,19 @@ struct Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         let Some(id) = self.id else { return };
-        crate::names::remove_resolv_conf(id);
-        if let Some((_, gone)) = self.daemon.table().remove_app(id) {
-            let rows = gone.iter().filter(|b| b.listening).count();
-            info!(app = %id, rows, sockets = gone.len(), "app exited; its rows are removed");
-        }
+        self.daemon.attached().remove(&id);
+        forget_app(self.daemon, id, "app exited");
+    }
+}
+
+/// Removes an app and what it left (its rows, its resolv.conf), and saves.
+pub fn forget_app(daemon: &Daemon, id: AppId, why: &str) {
+    crate::names::remove_resolv_conf(id);
+    let gone = daemon.table().remove_app(id);
+    if let Some((_, gone)) = gone {
+        let rows = gone.iter().filter(|b| b.listening).count();
+        info!(app = %id, rows, sockets = gone.len(), "{why}; its rows are removed");
+        crate::state::save(daemon);
     }
 }
 
@@ -74,8 +83,10 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
     if cred.uid != 0 {
         bail!("ax run must run as root (uid {} is not)", cred.uid);
     }
-    let Some((RunRequest::Register(req), _)) = recv(conn)? else {
-        bail!("expected a register request first");
+    let req = match recv(conn)? {
+        Some((RunRequest::Register(req), _)) => req,
+        Some((RunRequest::Reattach { app_id, pid }, Some(fd))) => return reattach(conn, daemon, app, &app_id, pid, fd),
+        _ => bail!("expected a register or reattach request first"),
     };
     let (node, ports, cluster_ips) = {
         let t = daemon.table();
@@ -87,6 +98,7 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
     }
     let registered = daemon.table().add_app(new).map_err(|e| anyhow!(e))?;
     *app = Some(registered.id);
+    crate::state::save(daemon);
     info!(app = %registered.id, name = ?registered.name, ip = %registered.ip, labels = %registered.labels, "app registered");
     let resolv_conf = match (&daemon.dns_domain, req.dns_override) {
         (Some(domain), true) => {
@@ -106,12 +118,39 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
         // ax run gave up before starting the app (a failed exec setup, say).
         None => return Ok(()),
     };
-    let engine = Engine::new(registered.id, daemon.table.clone(), Listener::new(fd), pid)
-        .map_err(|e| anyhow!("cannot take over app {} (pid {pid}): {e}", registered.id))?;
+    serve_app(conn, daemon, registered.id, pid, fd)
+}
+
+/// Runs the app's trap engine on this thread until the app is gone.
+fn serve_app(conn: &UnixStream, daemon: &Daemon, id: AppId, pid: i32, fd: OwnedFd) -> Result<()> {
+    let d = daemon.clone();
+    let engine =
+        Engine::new(id, daemon.table.clone(), Listener::new(fd), pid, Arc::new(move || crate::state::save(&d)))
+            .map_err(|e| anyhow!("cannot take over app {id} (pid {pid}): {e}"))?;
     reply(conn, &RunReply::Attached)?;
-    info!(app = %registered.id, pid, "app started");
+    daemon.attached().insert(id);
+    info!(app = %id, pid, "app started");
     engine.run();
     Ok(())
+}
+
+/// A restarted daemon takes back an app it restored: `ax run` hands its listener over
+/// again, and calls the app made meanwhile (queued in the kernel) are answered now.
+fn reattach(
+    conn: &UnixStream,
+    daemon: &Daemon,
+    app: &mut Option<AppId>,
+    app_id: &str,
+    pid: i32,
+    fd: OwnedFd,
+) -> Result<()> {
+    let id: AppId = app_id.parse().map_err(|e: String| anyhow!(e))?;
+    if daemon.table().app(id).is_none() {
+        bail!("app {id} is not known to this daemon (was it started with --clean?)");
+    }
+    *app = Some(id);
+    info!(app = %id, pid, "app taken back after a restart");
+    serve_app(conn, daemon, id, pid, fd)
 }
 
 /// Checks a registration as the API's contract says; every error names the field.

@@ -12,6 +12,7 @@ mod egress;
 mod names;
 mod relay;
 mod rest;
+mod state;
 mod views;
 mod vservices;
 mod watch;
@@ -43,6 +44,8 @@ pub struct Config {
     pub gossip: ClusterConfig,
     /// `--egress-gateway`: carry other nodes' connections to the outside.
     pub egress_gateway: bool,
+    /// `--clean`: forget the state an earlier daemon saved.
+    pub clean: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,9 @@ pub struct Daemon {
     relays: relay::Shared,
     /// The cluster's nodes as last gossiped, this one first.
     nodes: Arc<Mutex<Vec<ax_cluster::gossip::NodeStatus>>>,
+    /// Apps whose trap engine runs here (the others were restored and await their
+    /// `ax run`).
+    attached: Arc<Mutex<std::collections::HashSet<ax_core::AppId>>>,
     /// The newest record of every vservice name this node has seen (see vservices.rs).
     vservice_records: Arc<Mutex<std::collections::BTreeMap<String, ax_cluster::state::VsRecord>>>,
 }
@@ -73,6 +79,10 @@ pub struct Daemon {
 impl Daemon {
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attached(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ax_core::AppId>> {
+        self.attached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn relays(&self) -> std::sync::MutexGuard<'_, relay::Relays> {
@@ -129,6 +139,12 @@ pub fn run(config: Config) -> Result<()> {
     ax_sys::proc::random_bytes(&mut seed)?;
     let mut table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
     table.set_egress_gateway(config.egress_gateway);
+    let saved = if config.clean {
+        state::clean()?;
+        None
+    } else {
+        state::load()?
+    };
     match made_up {
         Some(range) => table.set_made_up_range(range),
         None => warn!(
@@ -145,7 +161,11 @@ pub fn run(config: Config) -> Result<()> {
         relays: Default::default(),
         nodes: Default::default(),
         vservice_records: Default::default(),
+        attached: Default::default(),
     };
+    if let Some(saved) = saved {
+        restore(&daemon, saved);
+    }
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
 
     watch::spawn(daemon.clone())?;
@@ -176,6 +196,32 @@ pub fn run(config: Config) -> Result<()> {
     let _ = fs::remove_file(RUN_SOCKET);
     info!("ax daemon stopped");
     result
+}
+
+/// How long a restored app has to be taken back by its `ax run` before it is dropped.
+const REATTACH_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Takes back what an earlier daemon saved: apps whose `ax run` is still alive, their
+/// sockets and rows, and the vservices. Apps not taken back in time are dropped.
+fn restore(daemon: &Daemon, saved: state::Saved) {
+    let mut snapshot = saved.table;
+    let before = snapshot.apps.len();
+    snapshot.apps.retain(|a| Path::new(&format!("/proc/{}", a.pid)).exists());
+    let restored: Vec<ax_core::AppId> = snapshot.apps.iter().map(|a| a.id).collect();
+    let gone = before - restored.len();
+    daemon.table().restore(snapshot);
+    vservices::converge(daemon, saved.vservices);
+    info!(apps = restored.len(), gone, "restored the saved state");
+    state::save(daemon);
+    let d = daemon.clone();
+    let _ = std::thread::Builder::new().name("reattach".into()).spawn(move || {
+        std::thread::sleep(REATTACH_GRACE);
+        for id in restored {
+            if !d.attached().contains(&id) {
+                channel::forget_app(&d, id, "app not taken back after the restart");
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -48,6 +48,7 @@ pub fn create(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
     install(daemon, req)?;
     let spec = serde_json::to_string(req).expect("a request serializes");
     record(daemon, &req.name.to_ascii_lowercase(), Some(spec));
+    crate::state::save(daemon);
     Ok(())
 }
 
@@ -78,6 +79,7 @@ pub fn delete(daemon: &Daemon, name: &str) -> Result<(), Refusal> {
     let name = name.to_ascii_lowercase();
     uninstall(daemon, &name).map_err(Refusal::Missing)?;
     record(daemon, &name, None);
+    crate::state::save(daemon);
     Ok(())
 }
 
@@ -104,10 +106,12 @@ pub fn converge(daemon: &Daemon, theirs: Vec<VsRecord>) {
         let ours = daemon.vservice_records();
         merge_vservices(ours.values().chain(theirs.iter()))
     };
+    let mut changed = false;
     for (name, rec) in merged {
         if daemon.vservice_records().get(&name) == Some(&rec) {
             continue;
         }
+        changed = true;
         let _ = uninstall(daemon, &name);
         if let Some(spec) = &rec.spec {
             match serde_json::from_str::<VserviceRequest>(spec) {
@@ -121,6 +125,9 @@ pub fn converge(daemon: &Daemon, theirs: Vec<VsRecord>) {
         }
         info!(vservice = %name, version = rec.version, origin = %rec.origin, deleted = rec.spec.is_none(), "vservice from the cluster");
         daemon.vservice_records().insert(name, rec);
+    }
+    if changed {
+        crate::state::save(daemon);
     }
 }
 

@@ -48,6 +48,9 @@ fn sweep(daemon: &Daemon, bound_only: bool) -> std::io::Result<()> {
     let mut gone = t.sweep(Proto::Tcp, &listening, bound.as_ref(), mark);
     gone.extend(t.sweep(Proto::Udp, &udp, Some(&udp), mark));
     drop(t);
+    if !gone.is_empty() {
+        crate::state::save(daemon);
+    }
     for b in gone.iter().filter(|b| b.listening) {
         info!(app = %b.app, service = %b.service, host = %b.host, "service row removed: its socket was closed");
     }

@@ -44,6 +44,7 @@ const INTERFACE_KINDS: &[&str] = &["ifb", "bridge"];
 /// What the child needs to know from the daemon's answer.
 struct Setup<'a> {
     opts: &'a Options,
+    app_id: String,
     ip: std::net::Ipv4Addr,
     resolv_conf: Option<String>,
 }
@@ -51,6 +52,8 @@ struct Setup<'a> {
 /// Signals the launcher passes on to the app; SIGCHLD tells it the app ended.
 const FORWARDED: &[i32] =
     &[libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
+/// How often a lost daemon is looked for again.
+const REATTACH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 /// The child's byte that says "exec now".
 const GO: u8 = b'G';
 
@@ -73,8 +76,8 @@ pub fn run(opts: Options) -> Result<i32> {
     });
     wire::send(daemon.as_fd(), &register, None).context("cannot talk to the ax daemon")?;
     let setup = match answer(&daemon)? {
-        RunReply::Registered { ip, resolv_conf, .. } => {
-            Setup { opts: &opts, ip: ip.parse().context("the ax daemon gave a bad address")?, resolv_conf }
+        RunReply::Registered { app_id, ip, resolv_conf } => {
+            Setup { opts: &opts, app_id, ip: ip.parse().context("the ax daemon gave a bad address")?, resolv_conf }
         }
         other => bail!("unexpected answer from the ax daemon: {other:?}"),
     };
@@ -91,7 +94,7 @@ pub fn run(opts: Options) -> Result<i32> {
         }
         Fork::Parent(pid) => {
             drop(child_end);
-            parent(pid, parent_end, daemon, &all)
+            parent(pid, parent_end, daemon, &all, setup.app_id.clone())
         }
     }
 }
@@ -104,7 +107,7 @@ fn answer(daemon: &UnixStream) -> Result<RunReply> {
     }
 }
 
-fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32]) -> Result<i32> {
+fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_id: String) -> Result<i32> {
     // The child says which descriptor holds its listener; we take it with pidfd_getfd.
     // (Passing it with sendmsg would trap the child on its own filter.)
     let mut number = [0u8; 4];
@@ -126,9 +129,44 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32]) -> R
         }
     };
     (&child).write_all(&[GO]).context("cannot start the app")?;
-    let status = wait_for(pid, signals);
-    drop((daemon, listener));
-    status
+    // The fork is behind us: a second thread is sound from here on.
+    let _ =
+        std::thread::Builder::new().name("keeper".into()).spawn(move || keep_attached(daemon, listener, app_id, pid));
+    wait_for(pid, signals)
+}
+
+/// Stays with the daemon. When its connection ends (the daemon stopped or died), waits
+/// for a new one and hands the listener over again; meanwhile the app's trapped calls
+/// wait in the kernel (the filter's listener stays open here), so they complete once a
+/// daemon is back. A daemon that no longer knows the app (started with --clean) ends
+/// the wait: the listener is closed, and trapped calls then fail instead of hanging.
+fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid: i32) {
+    loop {
+        // Nothing more comes on this connection: it returns when the daemon goes.
+        let _ = wire::recv::<RunReply>(daemon.as_fd());
+        loop {
+            std::thread::sleep(REATTACH_EVERY);
+            let Ok(conn) = UnixStream::connect(RUN_SOCKET) else { continue };
+            let again = RunRequest::Reattach { app_id: app_id.clone(), pid };
+            if wire::send(conn.as_fd(), &again, Some(listener.as_fd())).is_err() {
+                continue;
+            }
+            match answer(&conn) {
+                Ok(RunReply::Attached) => {
+                    daemon = conn;
+                    break;
+                }
+                Ok(other) => {
+                    eprintln!("ax: unexpected answer from the new ax daemon: {other:?}");
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("ax: the new ax daemon did not take app {app_id} back: {e:#}");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn attach(daemon: &UnixStream, pid: i32, listener: &OwnedFd) -> Result<()> {

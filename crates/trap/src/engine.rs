@@ -60,6 +60,9 @@ pub struct Engine {
     pub(crate) listener: Arc<Listener>,
     pub(crate) tasks: Tasks,
     ns: Namespaces,
+    /// Called after a change to the table worth saving (a bind, a listen), before the
+    /// call is answered.
+    on_change: Arc<dyn Fn() + Send + Sync>,
 }
 
 pub(crate) fn errno(e: std::io::Error) -> Errno {
@@ -69,7 +72,13 @@ pub(crate) fn errno(e: std::io::Error) -> Errno {
 impl Engine {
     /// An engine for `app`, whose first process is `pid`; call from a thread in the
     /// host's network namespace.
-    pub fn new(app: AppId, table: Arc<Mutex<Table>>, listener: Listener, pid: i32) -> std::io::Result<Engine> {
+    pub fn new(
+        app: AppId,
+        table: Arc<Mutex<Table>>,
+        listener: Listener,
+        pid: i32,
+        on_change: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<Engine> {
         listener.set_sync_wakeup()?;
         let probe = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         Ok(Engine {
@@ -82,6 +91,7 @@ impl Engine {
                 host: ns::current_netns()?,
                 host_cookie: sock::netns_cookie(probe.as_fd())?,
             },
+            on_change,
         })
     }
 
@@ -304,6 +314,8 @@ impl Engine {
             t.set_listening(bound.proto, port, b.inode, 0);
             info!(app = %self.app, %service, %host, "udp service row added");
         }
+        drop(t);
+        (self.on_change)();
         debug!(app = %self.app, %service, %host, "bound");
         Ok(())
     }
@@ -329,8 +341,10 @@ impl Engine {
         };
         sock::listen(fd, backlog).map_err(errno)?;
         let inode = sock::inode(fd).map_err(errno)?;
-        if let Some(b) = self.table().set_listening(proto, port, inode, backlog) {
+        let row = self.table().set_listening(proto, port, inode, backlog).cloned();
+        if let Some(b) = row {
             info!(app = %self.app, service = %b.service, host = %b.host, "service row added");
+            (self.on_change)();
         }
         Ok(Answer::Value(0))
     }

@@ -1,0 +1,53 @@
+//! End-to-end tests of the daemon's restarts, as root: saved state, apps handed back
+//! by their `ax run`, trapped calls that wait out the outage.
+
+mod support;
+
+use std::time::Duration;
+
+use support::TestHost;
+
+const PY: &str = "/usr/bin/python3";
+
+#[test]
+fn kill_9_under_load_loses_nothing_and_forgets_apps_that_died_meanwhile() {
+    support::require_root_and(&[PY, "curl"]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let root = h.web_root("srv", "who", "srv");
+    h.spawn_app("srv", &["--ip", "198.18.7.1", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    let doomed = h.web_root("doomed", "who", "doomed");
+    h.spawn_app("doomed", &["--ip", "198.18.7.2", "--", PY, "-m", "http.server", "8000", "--directory", &doomed]);
+    h.wait_for_rows("198.18.7.1:8000", 1);
+    h.wait_for_rows("198.18.7.2:8000", 1);
+    // Four clients making short connections for a while, counting failures.
+    let client = "import socket,time\nok=err=0\nend=time.time()+7\nwhile time.time()<end:\n  try:\n    \
+        c=socket.create_connection(('198.18.7.1',8000),timeout=30)\n    c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n    \
+        ok+=c.recv(4096).startswith(b'HTTP/1.0 200')\n    c.close()\n  except OSError as e:\n    err+=1\n  time.sleep(0.02)\n\
+        print('ok=%d err=%d'%(ok,err),flush=True)";
+    for i in 0..4 {
+        h.spawn_app(&format!("client{i}"), &["--", PY, "-c", client]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    h.signal_daemon("KILL");
+    // During the outage the doomed app and its ax run die.
+    let _ = h.cmd("pkill").args(["-KILL", "-f", "doomed"]).status();
+    std::thread::sleep(Duration::from_secs(1));
+    h.start_daemon(&[]);
+    for i in 0..4 {
+        let log = format!("client{i}");
+        h.wait_until("the client to finish", Duration::from_secs(30), || h.app_log(&log).contains("ok="));
+        let out = h.app_log(&log);
+        assert!(out.trim().ends_with("err=0"), "client {i}: {out}");
+        let ok: u32 = out.trim().trim_start_matches("ok=").split(' ').next().unwrap().parse().unwrap();
+        assert!(ok > 20, "client {i} made only {ok} connections");
+    }
+    assert_eq!(h.servers_at("198.18.7.1:8000").len(), 1, "the served row is back");
+    assert!(h.servers_at("198.18.7.2:8000").is_empty(), "the dead app's row is gone");
+    assert_eq!(h.run_ok(&["--", "curl", "-sf", "http://198.18.7.1:8000/who"]), "srv");
+    // A plain restart restores; --clean forgets.
+    h.stop_daemon();
+    h.start_daemon(&["--clean"]);
+    assert!(h.get("apps").is_empty());
+    assert!(h.get("servers").is_empty());
+}
