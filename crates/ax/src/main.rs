@@ -27,7 +27,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Daemon(d) => {
-            init_logging();
+            init_logging(d.log_level.as_deref())?;
             ax_daemon::run(daemon_config(*d)?)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -37,6 +37,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Get(g) => {
             print!("{}", ax_cli::get(g.resource, g.output)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version => {
+            println!("ax {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
         Command::Create(c) => {
@@ -50,10 +54,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// `--log-level` wins over RUST_LOG; without either, info.
+fn init_logging(level: Option<&str>) -> Result<()> {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::try_new(l).map_err(|e| anyhow!("--log-level {l}: {e}"))?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
 }
 
 fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {

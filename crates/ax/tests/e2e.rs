@@ -275,6 +275,8 @@ fn exit_status_is_the_programs() {
     let missing = h.run(&["--", "no-such-program-ax"]);
     assert_eq!(missing.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-program-ax: command not found"));
+    let version = h.ax().arg("version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout), format!("ax {}\n", env!("CARGO_PKG_VERSION")));
     assert_eq!(h.run(&["--", "sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
 }
 

@@ -45,8 +45,8 @@ fn kill_9_under_load_loses_nothing_and_forgets_apps_that_died_meanwhile() {
     assert_eq!(h.servers_at("198.18.7.1:8000").len(), 1, "the served row is back");
     assert!(h.servers_at("198.18.7.2:8000").is_empty(), "the dead app's row is gone");
     assert_eq!(h.run_ok(&["--", "curl", "-sf", "http://198.18.7.1:8000/who"]), "srv");
-    // A plain restart restores; --clean forgets.
-    h.stop_daemon();
+    // SIGTERM: the daemon stops and exits 0. A plain restart restores; --clean forgets.
+    assert!(h.stop_daemon().success());
     h.start_daemon(&["--clean"]);
     assert!(h.get("apps").is_empty());
     assert!(h.get("servers").is_empty());

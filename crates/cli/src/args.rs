@@ -31,6 +31,8 @@ pub enum Command {
     /// Delete a resource
     #[command(visible_alias = "del")]
     Delete(DeleteArgs),
+    /// Print the version of ax
+    Version,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +112,9 @@ pub struct DaemonArgs {
     /// List (csv) of IP addresses of federation neighbors (other gateway nodes)
     #[arg(long, env = "AX_FEDERATION_GATEWAY_NEIGHBORS", value_name = "CSV")]
     pub federation_gateway_neighbors: Option<String>,
+    /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG-style filter); RUST_LOG also works
+    #[arg(long, env = "AX_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -277,7 +282,7 @@ pub fn unsupported(command: &Command, m: &ArgMatches) -> anyhow::Result<()> {
         }
         Command::Run(_) => Ok(()),
         Command::Create(_) | Command::Delete(_) => Ok(()),
-        Command::Get(_) => Ok(()),
+        Command::Get(_) | Command::Version => Ok(()),
     }
 }
 

@@ -190,7 +190,10 @@ pub fn run(config: Config) -> Result<()> {
         }
         cluster::start(daemon.clone(), &gossip).await?;
         info!("serving the API on {API_SOCKET} and http://127.0.0.1:{}", config.rest_port);
-        rest::serve(tcp, unix, daemon, shutdown_signal()).await
+        let result = rest::serve(tcp, unix, daemon.clone(), shutdown_signal()).await;
+        // Everything is saved as it changes; once more for good measure on the way out.
+        state::save(&daemon);
+        result
     });
     let _ = fs::remove_file(API_SOCKET);
     let _ = fs::remove_file(RUN_SOCKET);
