@@ -124,6 +124,7 @@ pub fn run(config: Config) -> Result<()> {
         gossip.auto_discover = Some(prefix);
     }
     let fds = ax_sys::proc::raise_fd_limit().context("cannot raise the open-file limit")?;
+    ax_sys::proc::limit_malloc_arenas(2);
     prepare_dir(Path::new(RUN_DIR))?;
     let api_std = bind_unix(API_SOCKET)?;
     let run_sock = bind_unix(RUN_SOCKET)?;

@@ -345,3 +345,11 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
     Ok(r.rlim_cur)
 }
+
+/// Caps glibc's malloc arenas. Each thread that allocates otherwise gets an arena of its
+/// own (up to 8 per core), and memory freed in one stays with it: with an engine thread
+/// per app the daemon's RSS grew with the app count, not with its data.
+pub fn limit_malloc_arenas(max: i32) {
+    // SAFETY: mallopt takes two integers; an unknown option is ignored (returns 0).
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, max) };
+}
