@@ -12,7 +12,7 @@ use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
 use ax_core::vservice::{parse_expose, ExposeAt};
 use ax_core::{addr, AppId, Labels, NodeInfo, PortRanges};
-use ax_sys::seccomp::Listener;
+use ax_sys::seccomp::{LastId, Listener};
 use ax_trap::Engine;
 use tracing::{info, warn};
 
@@ -70,6 +70,7 @@ impl Drop for Registration<'_> {
 /// Removes an app and what it left (its rows, its resolv.conf), and saves.
 pub fn forget_app(daemon: &Daemon, id: AppId, why: &str) {
     crate::names::remove_resolv_conf(id);
+    let _ = std::fs::remove_file(last_id_path(id));
     let gone = daemon.table().remove_app(id);
     if let Some((_, gone)) = gone {
         let rows = gone.iter().filter(|b| b.listening).count();
@@ -118,15 +119,35 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
         // ax run gave up before starting the app (a failed exec setup, say).
         None => return Ok(()),
     };
-    serve_app(conn, daemon, registered.id, pid, fd)
+    serve_app(conn, daemon, registered.id, pid, fd, false)
 }
 
-/// Runs the app's trap engine on this thread until the app is gone.
-fn serve_app(conn: &UnixStream, daemon: &Daemon, id: AppId, pid: i32, fd: OwnedFd) -> Result<()> {
+/// Calls that may have been in flight when a daemon died: more than an app has threads.
+const ORPHAN_SPAN: u64 = 256;
+
+/// Where the id of the last call an app's engine received is kept.
+fn last_id_path(id: AppId) -> std::path::PathBuf {
+    std::path::PathBuf::from(ax_api::RUN_DIR).join("inflight").join(id.to_string())
+}
+
+/// Runs the app's trap engine on this thread until the app is gone. On a reattach,
+/// calls the previous daemon received but never answered (it died mid-call) are
+/// answered first with EINTR, so no thread of the app stays blocked for good.
+fn serve_app(conn: &UnixStream, daemon: &Daemon, id: AppId, pid: i32, fd: OwnedFd, again: bool) -> Result<()> {
+    let path = last_id_path(id);
+    std::fs::create_dir_all(path.parent().expect("a parent"))?;
+    let last_id = LastId::open(&path).with_context(|| format!("cannot map {}", path.display()))?;
+    let listener = Listener::new(fd);
+    if again && last_id.get() != 0 {
+        let n = listener.answer_orphans(last_id.get(), ORPHAN_SPAN, libc::EINTR);
+        if n > 0 {
+            warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
+        }
+    }
     let d = daemon.clone();
-    let engine =
-        Engine::new(id, daemon.table.clone(), Listener::new(fd), pid, Arc::new(move || crate::state::save(&d)))
-            .map_err(|e| anyhow!("cannot take over app {id} (pid {pid}): {e}"))?;
+    let on_change = Arc::new(move || crate::state::save(&d));
+    let engine = Engine::new(id, daemon.table.clone(), listener, pid, on_change, last_id)
+        .map_err(|e| anyhow!("cannot take over app {id} (pid {pid}): {e}"))?;
     reply(conn, &RunReply::Attached)?;
     daemon.attached().insert(id);
     info!(app = %id, pid, "app started");
@@ -150,7 +171,7 @@ fn reattach(
     }
     *app = Some(id);
     info!(app = %id, pid, "app taken back after a restart");
-    serve_app(conn, daemon, id, pid, fd)
+    serve_app(conn, daemon, id, pid, fd, true)
 }
 
 /// Checks a registration as the API's contract says; every error names the field.

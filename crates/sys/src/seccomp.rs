@@ -118,6 +118,16 @@ impl Listener {
         Ok(())
     }
 
+    /// Answers with `errno` every call still pending around id `last` (within `span`):
+    /// calls a crashed daemon received and never answered. Calls not yet received are
+    /// left alone (the kernel refuses an answer to those). Returns how many were answered.
+    pub fn answer_orphans(&self, last: u64, span: u64, errno: i32) -> usize {
+        (0..=2 * span)
+            .map(|i| last.wrapping_sub(span).wrapping_add(i))
+            .filter(|id| self.id_valid(*id) && self.fail(*id, errno).is_ok())
+            .count()
+    }
+
     /// Answers the call with a return value.
     pub fn reply(&self, id: u64, val: i64) -> io::Result<()> {
         self.send(id, val, 0, 0)
@@ -168,5 +178,51 @@ impl Listener {
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
+    }
+}
+
+/// The id of the last notification an engine received, kept in a small file mapped in
+/// memory (a plain store per call, no system call), so that a daemon restarted after a
+/// crash can find the calls its predecessor received but never answered: ids are
+/// consecutive, and such a call stays pending (and its caller blocked) until answered.
+pub struct LastId {
+    map: *mut u64,
+}
+
+// SAFETY: the mapping is only written through volatile stores of whole u64s by the one
+// engine thread that owns it, and read the same way.
+unsafe impl Send for LastId {}
+
+impl LastId {
+    /// Maps `path` (created, 8 bytes) shared.
+    pub fn open(path: &std::path::Path) -> io::Result<LastId> {
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        f.set_len(8)?;
+        // SAFETY: mapping 8 bytes of a file we just sized to 8 bytes, shared, read-write;
+        // the kernel checks the fd and the length.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), 8, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(LastId { map: p.cast() })
+    }
+
+    pub fn set(&self, id: u64) {
+        // SAFETY: `map` points at 8 mapped, aligned bytes that live as long as `self`.
+        unsafe { std::ptr::write_volatile(self.map, id) }
+    }
+
+    pub fn get(&self) -> u64 {
+        // SAFETY: as in `set`.
+        unsafe { std::ptr::read_volatile(self.map) }
+    }
+}
+
+impl Drop for LastId {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the 8 bytes mapped in `open`, once.
+        unsafe { libc::munmap(self.map.cast(), 8) };
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ax_core::addr::{self, Family, SockAddr};
 use ax_core::{AppId, BindPlan, BoundSocket, Errno, Proto, Route, Table};
-use ax_sys::seccomp::{Listener, Notification, Ready};
+use ax_sys::seccomp::{LastId, Listener, Notification, Ready};
 use ax_sys::{ns, sock};
 use tracing::{debug, info, warn};
 
@@ -63,6 +63,8 @@ pub struct Engine {
     /// Called after a change to the table worth saving (a bind, a listen), before the
     /// call is answered.
     on_change: Arc<dyn Fn() + Send + Sync>,
+    /// Where the id of each call received is kept, for a daemon after a crash.
+    last_id: LastId,
 }
 
 pub(crate) fn errno(e: std::io::Error) -> Errno {
@@ -78,6 +80,7 @@ impl Engine {
         listener: Listener,
         pid: i32,
         on_change: Arc<dyn Fn() + Send + Sync>,
+        last_id: LastId,
     ) -> std::io::Result<Engine> {
         listener.set_sync_wakeup()?;
         let probe = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
@@ -92,6 +95,7 @@ impl Engine {
                 host_cookie: sock::netns_cookie(probe.as_fd())?,
             },
             on_change,
+            last_id,
         })
     }
 
@@ -108,6 +112,7 @@ impl Engine {
             }
             // ENOENT: the caller was killed between the wake-up and now.
             if let Ok(n) = self.listener.recv() {
+                self.last_id.set(n.id);
                 self.dispatch(n);
             }
         }
