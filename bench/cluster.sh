@@ -13,32 +13,15 @@ cargo build --release -q -p ax-cluster --example convergence
 AX=$PWD/target/release/ax
 P=axc-$$
 WORK=$(mktemp -d)
-HOLDERS=()
-cleanup() {
-  for h in "${HOLDERS[@]}"; do kill -9 "$h" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for i in 0 1 2; do ip netns del $P-$i 2>/dev/null || true; done
-  ip netns del $P-sw 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-ip netns add $P-sw
+. bench/testhost.sh
+trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
+testhost_wire $P-sw
 ip -n $P-sw link add br0 type bridge; ip -n $P-sw link set br0 up
 INITS=()
 for i in 0 1 2; do
-  ip netns add $P-$i
-  ip link add ax0 netns $P-$i type veth peer name p$i netns $P-sw
-  ip -n $P-sw link set p$i master br0 up
-  ip -n $P-$i addr add 10.253.0.$((11 + i))/24 dev ax0; ip -n $P-$i link set ax0 up; ip -n $P-$i link set lo up
-  setpriv --pdeathsig KILL ip netns exec $P-$i unshare --mount --propagation private --pid --kill-child --mount-proc \
-    sh -c 'mount -t tmpfs tmpfs /run && exec sleep infinity' &
-  HOLDERS+=($!)
-  for _ in $(seq 100); do
-    init=$(cat /proc/$!/task/$!/children 2>/dev/null | awk '{print $1}')
-    [ -n "$init" ] && grep -q sleep /proc/$init/cmdline 2>/dev/null && break
-    sleep 0.05
-  done
-  INITS+=($init)
+  testhost $P-$i $P-sw 10.253.0.$((11 + i))
+  ip -n $P-sw link set $PEER master br0
+  INITS+=($INIT)
 done
 IP=(10.253.0.11 10.253.0.12 10.253.0.13)
 on() { local i=$1; shift; nsenter -t ${INITS[$i]} -m -n -p -- "$@"; }

@@ -20,25 +20,10 @@ AXB=$PWD/target/release/ax-bench
 NS=axb-$$
 NODE=10.252.0.1
 WORK=$(mktemp -d)
-cleanup() {
-  [ -n "${HOLDER:-}" ] && kill -9 "$HOLDER" 2>/dev/null || true
-  wait 2>/dev/null || true
-  ip netns del $NS 2>/dev/null || true
-  ip netns del $NS-p 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-ip netns add $NS; ip netns add $NS-p
-ip link add ax0 netns $NS type veth peer name ax1 netns $NS-p
-ip -n $NS addr add $NODE/24 dev ax0; ip -n $NS link set ax0 up; ip -n $NS link set lo up
-setpriv --pdeathsig KILL ip netns exec $NS unshare --mount --propagation private --pid --kill-child --mount-proc \
-  sh -c 'mount -t tmpfs tmpfs /run && exec sleep infinity' &
-HOLDER=$!
-for _ in $(seq 100); do
-  INIT=$(cat /proc/$HOLDER/task/$HOLDER/children 2>/dev/null | awk '{print $1}')
-  [ -n "$INIT" ] && grep -q sleep /proc/$INIT/cmdline 2>/dev/null && break
-  sleep 0.05
-done
+. bench/testhost.sh
+trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
+testhost_wire $NS-p
+testhost $NS $NS-p $NODE
 IN="nsenter -t $INIT -m -n -p --"
 $IN $AX daemon --node-interface ax0 >"$WORK/daemon.log" 2>&1 &
 for _ in $(seq 100); do $IN $AX get apps >/dev/null 2>&1 && break; sleep 0.05; done
