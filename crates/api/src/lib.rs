@@ -27,7 +27,11 @@ pub mod path {
     pub const VSERVICES: &str = "/v1/vservices";
     pub const PROXIES: &str = "/v1/proxies";
     pub const NODES: &str = "/v1/nodes";
+    pub const OPENAPI: &str = "/v1/openapi.json";
 }
+
+/// The OpenAPI 3 document of the REST API (served at [`path::OPENAPI`]).
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
 
 /// `ax get apps`: one row per running app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +194,66 @@ pub enum RunReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_names_every_path_and_field() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_DOCUMENT).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        for p in [
+            path::APPS,
+            path::SERVERS,
+            path::SOCKETS,
+            path::INFO,
+            path::NODES,
+            path::PROXIES,
+            path::VSERVICES,
+            path::OPENAPI,
+        ] {
+            assert!(doc["paths"].get(p).is_some(), "{p} is not documented");
+        }
+        // Each documented schema lists exactly the fields the type serializes.
+        let fields = |v: serde_json::Value| -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let documented = |name: &str| -> Vec<String> {
+            let mut k: Vec<String> =
+                doc["components"]["schemas"][name]["properties"].as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let info = DaemonInfo {
+            version: String::new(),
+            node_id: String::new(),
+            cluster: String::new(),
+            node_ip: String::new(),
+            driver: String::new(),
+            ports: String::new(),
+            ports_in_use: 0,
+        };
+        assert_eq!(fields(serde_json::to_value(info).unwrap()), documented("DaemonInfo"));
+        let v = VserviceView {
+            name: String::new(),
+            lb_type: String::new(),
+            ip: String::new(),
+            ports: String::new(),
+            backends: String::new(),
+            external: false,
+            source_ip: String::new(),
+        };
+        assert_eq!(fields(serde_json::to_value(v).unwrap()), documented("VserviceView"));
+        let n = NodeView {
+            name: String::new(),
+            cluster: String::new(),
+            ip: String::new(),
+            external_ip: String::new(),
+            role: String::new(),
+            app_count: 0,
+            live: true,
+        };
+        assert_eq!(fields(serde_json::to_value(n).unwrap()), documented("NodeView"));
+    }
 
     #[test]
     fn run_messages_are_tagged_json() {

@@ -51,3 +51,14 @@ fn kill_9_under_load_loses_nothing_and_forgets_apps_that_died_meanwhile() {
     assert!(h.get("apps").is_empty());
     assert!(h.get("servers").is_empty());
 }
+
+#[test]
+fn the_api_fuzzed_from_its_openapi_document_never_answers_5xx() {
+    support::require_root_and(&[PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let fuzz = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/api_fuzz.py");
+    let out = h.cmd(PY).args([fuzz, "6664", "600", "7"]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600 requests, no 5xx");
+}

@@ -82,6 +82,10 @@ fn router(daemon: Daemon) -> Router {
         .route(&format!("{}/{{name}}", path::VSERVICES), delete(delete_vservice))
         .route(path::PROXIES, get(|State(d): State<Daemon>| async move { Json(d.relays().views()) }))
         .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(views::nodes(&d)) }))
+        .route(
+            path::OPENAPI,
+            get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], ax_api::OPENAPI_DOCUMENT) }),
+        )
         .fallback(|req: Request| async move {
             error(StatusCode::NOT_FOUND, format!("no such resource: {} {}", req.method(), req.uri().path()))
         })
