@@ -62,3 +62,60 @@ fn the_api_fuzzed_from_its_openapi_document_never_answers_5xx() {
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600 requests, no 5xx");
 }
+
+/// Walks the top-level fields of a protobuf message; returns the field numbers seen.
+fn protobuf_fields(mut b: &[u8]) -> Option<Vec<u64>> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut fields = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        match key & 7 {
+            0 => {
+                varint(&mut b)?;
+            }
+            1 => b = b.get(8..)?,
+            2 => {
+                let len = varint(&mut b)? as usize;
+                b = b.get(len..)?;
+            }
+            5 => b = b.get(4..)?,
+            _ => return None,
+        }
+        fields.push(key >> 3);
+    }
+    Some(fields)
+}
+
+#[test]
+fn a_cpu_profile_is_written_when_the_daemon_stops() {
+    support::require_root_and(&[PY, "curl"]);
+    let mut h = TestHost::new();
+    let file = h.dir.join("cpu.prof");
+    h.start_daemon(&["--cpu-profile", file.to_str().unwrap()]);
+    let root = h.web_root("p", "who", "p");
+    h.spawn_app("p", &["--ip", "198.18.7.9", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    h.wait_for_rows("198.18.7.9:8000", 1);
+    for _ in 0..20 {
+        h.run_ok(&["--", "curl", "-sf", "http://198.18.7.9:8000/who"]);
+    }
+    assert!(h.stop_daemon().success());
+    let bytes = std::fs::read(&file).expect("the profile file");
+    let fields = protobuf_fields(&bytes).expect("a well-formed protobuf");
+    // pprof's Profile: sample_type (1) and string_table (6) are always there.
+    assert!(fields.contains(&1) && fields.contains(&6), "{fields:?}");
+    support::fails_with(
+        h.ax().args(["daemon", "--mem-profile", "/tmp/m"]).output().unwrap(),
+        "--mem-profile is not supported yet",
+    );
+}

@@ -10,6 +10,7 @@ mod channel;
 mod cluster;
 mod egress;
 mod names;
+mod profile;
 mod relay;
 mod rest;
 mod state;
@@ -46,6 +47,8 @@ pub struct Config {
     pub egress_gateway: bool,
     /// `--clean`: forget the state an earlier daemon saved.
     pub clean: bool,
+    /// `--cpu-profile`: sample the daemon's CPU and write a pprof profile there on exit.
+    pub cpu_profile: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +175,10 @@ pub fn run(config: Config) -> Result<()> {
     watch::spawn(daemon.clone())?;
     channel::spawn(run_sock, daemon.clone())?;
 
+    let profiler = match &config.cpu_profile {
+        Some(path) => Some((profile::start()?, path.clone())),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -196,6 +203,9 @@ pub fn run(config: Config) -> Result<()> {
         state::save(&daemon);
         result
     });
+    if let Some((guard, path)) = profiler {
+        profile::write(guard, &path);
+    }
     let _ = fs::remove_file(API_SOCKET);
     let _ = fs::remove_file(RUN_SOCKET);
     info!("ax daemon stopped");
