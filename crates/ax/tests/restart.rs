@@ -119,3 +119,26 @@ fn a_cpu_profile_is_written_when_the_daemon_stops() {
         "--mem-profile is not supported yet",
     );
 }
+
+#[test]
+fn a_flood_of_trapped_calls_from_one_app_starves_no_other() {
+    support::require_root_and(&[PY, "curl"]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let root = h.web_root("s", "who", "s");
+    h.spawn_app("s", &["--ip", "198.18.7.20", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    h.wait_for_rows("198.18.7.20:8000", 1);
+    // Two apps each trapping calls as fast as they can (getsockname on a bound socket,
+    // socket/close), for longer than the other app below takes.
+    let flood = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('',0))\nend=time.time()+8\nn=0\n\
+        while time.time()<end:\n  s.getsockname();socket.socket().close();n+=2\nprint(n,flush=True)";
+    h.spawn_app("flood1", &["--ip", "198.18.7.21", "--", PY, "-c", flood]);
+    h.spawn_app("flood2", &["--ip", "198.18.7.22", "--", PY, "-c", flood]);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..10 {
+        assert_eq!(h.run_ok(&["--", "curl", "-sf", "--max-time", "5", "http://198.18.7.20:8000/who"]), "s");
+    }
+    h.wait_until("the floods to end", Duration::from_secs(20), || !h.app_log("flood1").is_empty());
+    let calls: u64 = h.app_log("flood1").trim().parse().unwrap();
+    assert!(calls > 10_000, "the flood made only {calls} trapped calls");
+}
