@@ -99,6 +99,7 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
         egress_gateway: d.egress_gateway,
         clean: d.clean,
         cpu_profile: d.cpu_profile.map(std::path::PathBuf::from),
+        mem_profile: d.mem_profile.map(std::path::PathBuf::from),
     })
 }
 

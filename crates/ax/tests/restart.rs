@@ -98,11 +98,11 @@ fn protobuf_fields(mut b: &[u8]) -> Option<Vec<u64>> {
 }
 
 #[test]
-fn a_cpu_profile_is_written_when_the_daemon_stops() {
+fn cpu_and_heap_profiles_are_written_when_the_daemon_stops() {
     support::require_root_and(&[PY, "curl"]);
     let mut h = TestHost::new();
-    let file = h.dir.join("cpu.prof");
-    h.start_daemon(&["--cpu-profile", file.to_str().unwrap()]);
+    let (cpu, heap) = (h.dir.join("cpu.prof"), h.dir.join("heap.prof"));
+    h.start_daemon(&["--cpu-profile", cpu.to_str().unwrap(), "--mem-profile", heap.to_str().unwrap()]);
     let root = h.web_root("p", "who", "p");
     h.spawn_app("p", &["--ip", "198.18.7.9", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
     h.wait_for_rows("198.18.7.9:8000", 1);
@@ -110,14 +110,16 @@ fn a_cpu_profile_is_written_when_the_daemon_stops() {
         h.run_ok(&["--", "curl", "-sf", "http://198.18.7.9:8000/who"]);
     }
     assert!(h.stop_daemon().success());
-    let bytes = std::fs::read(&file).expect("the profile file");
-    let fields = protobuf_fields(&bytes).expect("a well-formed protobuf");
-    // pprof's Profile: sample_type (1) and string_table (6) are always there.
-    assert!(fields.contains(&1) && fields.contains(&6), "{fields:?}");
-    support::fails_with(
-        h.ax().args(["daemon", "--mem-profile", "/tmp/m"]).output().unwrap(),
-        "--mem-profile is not supported yet",
-    );
+    let cpu = std::fs::read(&cpu).expect("the CPU profile");
+    // The heap profile is gzipped, as pprof files usually are.
+    let inflate = "import gzip,sys; sys.stdout.buffer.write(gzip.decompress(open(sys.argv[1],'rb').read()))";
+    let heap = std::process::Command::new(PY).args(["-c", inflate, heap.to_str().unwrap()]).output().unwrap();
+    assert!(heap.status.success(), "the heap profile is not gzip: {heap:?}");
+    for (what, bytes) in [("cpu", cpu), ("heap", heap.stdout)] {
+        let fields = protobuf_fields(&bytes).unwrap_or_else(|| panic!("{what}: not a well-formed protobuf"));
+        // pprof's Profile: sample_type (1) and string_table (6) are always there.
+        assert!(fields.contains(&1) && fields.contains(&6), "{what}: {fields:?}");
+    }
 }
 
 #[test]

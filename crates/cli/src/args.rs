@@ -249,7 +249,6 @@ fn given(m: &ArgMatches, id: &str) -> bool {
 /// Flags of the daemon that are parsed but whose features are not built yet, with the
 /// feature each belongs to.
 const DAEMON_PENDING: &[(&str, &str, &str)] = &[
-    ("mem_profile", "--mem-profile", "memory profiling"),
     ("tls", "--tls", "TLS"),
     ("tls_ca_cert", "--tls-ca-cert", "TLS"),
     ("tls_cert", "--tls-cert", "TLS"),

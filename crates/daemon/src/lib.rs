@@ -49,6 +49,8 @@ pub struct Config {
     pub clean: bool,
     /// `--cpu-profile`: sample the daemon's CPU and write a pprof profile there on exit.
     pub cpu_profile: Option<std::path::PathBuf>,
+    /// `--mem-profile`: sample the daemon's heap and write a pprof profile there on exit.
+    pub mem_profile: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,7 +129,6 @@ pub fn run(config: Config) -> Result<()> {
         gossip.auto_discover = Some(prefix);
     }
     let fds = ax_sys::proc::raise_fd_limit().context("cannot raise the open-file limit")?;
-    ax_sys::proc::limit_malloc_arenas(2);
     prepare_dir(Path::new(RUN_DIR))?;
     let api_std = bind_unix(API_SOCKET)?;
     let run_sock = bind_unix(RUN_SOCKET)?;
@@ -179,6 +180,9 @@ pub fn run(config: Config) -> Result<()> {
         Some(path) => Some((profile::start()?, path.clone())),
         None => None,
     };
+    if config.mem_profile.is_some() {
+        profile::start_heap()?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -205,6 +209,9 @@ pub fn run(config: Config) -> Result<()> {
     });
     if let Some((guard, path)) = profiler {
         profile::write(guard, &path);
+    }
+    if let Some(path) = &config.mem_profile {
+        profile::write_heap(path);
     }
     let _ = fs::remove_file(API_SOCKET);
     let _ = fs::remove_file(RUN_SOCKET);

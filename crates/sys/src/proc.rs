@@ -345,16 +345,3 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
     Ok(r.rlim_cur)
 }
-
-/// Tunes glibc's malloc for a daemon with a thread per app. Each thread that allocates
-/// otherwise gets an arena of its own (up to 8 per core), and memory freed in one stays
-/// with it: the daemon's RSS grew with the app count, not with its data.
-pub fn limit_malloc_arenas(max: i32) {
-    // SAFETY: mallopt takes two integers; an unknown option is ignored (returns 0).
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, max) };
-    // A fixed mmap threshold: large buffers (a saved state, a gossip round's keys) are
-    // mapped and given back whole, instead of glibc raising the threshold after the
-    // first one is freed and keeping every later one in the heap.
-    // SAFETY: as above.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
-}
