@@ -144,3 +144,35 @@ fn a_flood_of_trapped_calls_from_one_app_starves_no_other() {
     let calls: u64 = h.app_log("flood1").trim().parse().unwrap();
     assert!(calls > 10_000, "the flood made only {calls} trapped calls");
 }
+
+#[test]
+fn a_soak_of_short_connections_leaks_no_fd_and_no_memory() {
+    support::require_root_and(&[PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let root = h.web_root("s", "who", "s");
+    h.spawn_app("s", &["--ip", "198.18.7.30", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    h.wait_for_rows("198.18.7.30:8000", 1);
+    // The daemon's open fds and RSS (KB), read inside the test host.
+    let usage = || {
+        let probe =
+            "p=$(pgrep -f 'ax daemon' | head -1); ls /proc/$p/fd | wc -l; awk '/VmRSS/ {print $2}' /proc/$p/status";
+        let out = String::from_utf8(h.cmd("sh").args(["-c", probe]).output().unwrap().stdout).unwrap();
+        let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    };
+    let load = |secs: u32| {
+        let script = format!(
+            "import socket,time\nend=time.time()+{secs}\nn=0\nwhile time.time()<end:\n  c=socket.create_connection(('198.18.7.30',8000))\n  \
+             c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n  c.recv(4096)\n  c.close()\n  n+=1\nprint(n)"
+        );
+        h.run_ok(&["--", PY, "-c", &script])
+    };
+    load(3);
+    let warm = usage();
+    let n = load(15);
+    let end = usage();
+    eprintln!("soak: {} connections; daemon fds {} -> {}, RSS {} KB -> {} KB", n.trim(), warm.0, end.0, warm.1, end.1);
+    assert_eq!(warm.0, end.0, "the daemon's fd count changed");
+    assert!(end.1 < warm.1 + 2048, "the daemon's RSS grew from {} KB to {} KB", warm.1, end.1);
+}
