@@ -94,6 +94,7 @@ impl Daemon {
         self.relays.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Lock order: the table before the vservice records, whenever both are held.
     fn vservice_records(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, ax_cluster::state::VsRecord>> {

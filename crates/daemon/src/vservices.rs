@@ -93,9 +93,11 @@ fn uninstall(daemon: &Daemon, name: &str) -> Result<(), String> {
 /// the cluster to carry everywhere.
 fn record(daemon: &Daemon, name: &str, spec: Option<String>) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    // The table first, the records after, never the other way round: state::save takes
+    // them in this order.
+    let origin = daemon.table().node().name.clone();
     let mut records = daemon.vservice_records();
     let version = records.get(name).map_or(now, |r| now.max(r.version + 1));
-    let origin = daemon.table().node().name.clone();
     records.insert(name.to_string(), VsRecord { name: name.to_string(), version, origin, spec });
 }
 
