@@ -49,6 +49,8 @@ pub struct Gossip {
     handle: ChitchatHandle,
     me: NodeRecord,
     published: BTreeMap<String, String>,
+    /// What was published last, to skip the keys' encoding when nothing changed.
+    last: Option<Published>,
     seeds: Vec<SocketAddr>,
 }
 
@@ -75,7 +77,7 @@ impl Gossip {
         };
         let seeds = chitchat_config.seed_nodes.iter().filter_map(|s| s.parse().ok()).collect();
         let handle = spawn_chitchat(chitchat_config, Vec::new(), transport).await?;
-        let gossip = Gossip { handle, me: config.me, published: BTreeMap::new(), seeds };
+        let gossip = Gossip { handle, me: config.me, published: BTreeMap::new(), last: None, seeds };
         gossip.probe();
         Ok(gossip)
     }
@@ -90,10 +92,12 @@ impl Gossip {
 
     /// Publishes `p`: only the keys that changed are set, and gone ones deleted.
     pub async fn publish(&mut self, p: &Published) {
-        let next = p.to_keys();
-        if next == self.published {
+        // Most rounds nothing changed: compare the records, not their JSON.
+        if self.last.as_ref() == Some(p) {
             return;
         }
+        self.last = Some(p.clone());
+        let next = p.to_keys();
         let prev = std::mem::take(&mut self.published);
         self.handle
             .with_chitchat(|c| {
