@@ -18,17 +18,11 @@ fn host(programs: &[&str]) -> TestHost {
     h
 }
 
-/// A python http.server backend serving a directory whose `who` file says `name`.
-fn python_backend(h: &mut TestHost, name: &str, ip: &str, port: u16) {
-    let root = h.web_root(name, "who", name);
-    h.spawn_app(name, &["--ip", ip, "--", PY, "-m", "http.server", &port.to_string(), "--directory", &root]);
-}
-
 #[test]
 fn two_backends_on_one_address_both_answer_curl() {
     let mut h = host(&["curl", PY]);
-    python_backend(&mut h, "b1", "198.18.0.1", 80);
-    python_backend(&mut h, "b2", "198.18.0.1", 80);
+    h.python_backend("b1", "198.18.0.1", 80);
+    h.python_backend("b2", "198.18.0.1", 80);
     h.wait_for_rows("198.18.0.1:80", 2);
     let seen = h.distinct_answers(&["--", "curl", "-sf", "http://198.18.0.1/who"], 2, 30);
     assert_eq!(seen, HashSet::from(["b1".to_string(), "b2".to_string()]));
@@ -184,7 +178,7 @@ fn a_bad_pointer_gets_efault_and_the_daemon_serves_the_next_app() {
         r=libc.connect(s.fileno(),ctypes.c_void_p(16),16)\nprint(r,errno.errorcode[ctypes.get_errno()])\n\
         r=libc.getsockname(s.fileno(),ctypes.c_void_p(16),ctypes.c_void_p(32))\nprint(r,errno.errorcode[ctypes.get_errno()])";
     assert_eq!(h.run_ok(&["--", PY, "-c", script]), "-1 EFAULT\n-1 EFAULT\n");
-    python_backend(&mut h, "after", "198.18.2.3", 80);
+    h.python_backend("after", "198.18.2.3", 80);
     h.wait_for_rows("198.18.2.3:80", 1);
     assert_eq!(h.run_ok(&["--", "curl", "-sf", "http://198.18.2.3/who"]), "after");
 }
@@ -217,7 +211,7 @@ fn apps_see_virtual_addresses_and_loopback_stays_private() {
 #[test]
 fn threads_and_non_blocking_sockets() {
     let mut h = host(&[PY]);
-    python_backend(&mut h, "mt", "198.18.4.1", 80);
+    h.python_backend("mt", "198.18.4.1", 80);
     h.wait_for_rows("198.18.4.1:80", 1);
     let script = "import socket,threading,asyncio\nok=[]\n\
         def w():\n  for _ in range(10):\n    c=socket.create_connection(('198.18.4.1',80));c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n    ok.append(c.recv(4096).startswith(b'HTTP/1.0 200'));c.close()\n\
@@ -244,7 +238,7 @@ fn other_addresses_go_out_directly_from_the_host() {
 #[test]
 fn tables_have_the_manuals_columns() {
     let mut h = host(&[PY]);
-    python_backend(&mut h, "t", "198.18.5.1", 8000);
+    h.python_backend("t", "198.18.5.1", 8000);
     h.wait_for_rows("198.18.5.1:8000", 1);
     let apps = h.get("apps");
     assert_eq!(apps.len(), 1);
@@ -346,7 +340,7 @@ fn default_address_is_the_node_and_rest_answers_on_loopback() {
 #[test]
 fn a_slow_blocking_connect_does_not_hold_up_the_apps_other_threads() {
     let mut h = host(&[PY]);
-    python_backend(&mut h, "fast", "198.18.7.1", 80);
+    h.python_backend("fast", "198.18.7.1", 80);
     h.wait_for_rows("198.18.7.1:80", 1);
     // 10.251.0.3 is on the node's subnet but nobody has it: the blocking connect waits
     // for ARP to give up, in a helper thread of the daemon, while thread B is served.

@@ -14,10 +14,8 @@ fn kill_9_under_load_loses_nothing_and_forgets_apps_that_died_meanwhile() {
     support::require_root_and(&[PY, "curl"]);
     let mut h = TestHost::new();
     h.start_daemon(&[]);
-    let root = h.web_root("srv", "who", "srv");
-    h.spawn_app("srv", &["--ip", "198.18.7.1", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
-    let doomed = h.web_root("doomed", "who", "doomed");
-    h.spawn_app("doomed", &["--ip", "198.18.7.2", "--", PY, "-m", "http.server", "8000", "--directory", &doomed]);
+    h.python_backend("srv", "198.18.7.1", 8000);
+    h.python_backend("doomed", "198.18.7.2", 8000);
     h.wait_for_rows("198.18.7.1:8000", 1);
     h.wait_for_rows("198.18.7.2:8000", 1);
     // Four clients making short connections for a while, counting failures.
@@ -103,8 +101,7 @@ fn cpu_and_heap_profiles_are_written_when_the_daemon_stops() {
     let mut h = TestHost::new();
     let (cpu, heap) = (h.dir.join("cpu.prof"), h.dir.join("heap.prof"));
     h.start_daemon(&["--cpu-profile", cpu.to_str().unwrap(), "--mem-profile", heap.to_str().unwrap()]);
-    let root = h.web_root("p", "who", "p");
-    h.spawn_app("p", &["--ip", "198.18.7.9", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    h.python_backend("p", "198.18.7.9", 8000);
     h.wait_for_rows("198.18.7.9:8000", 1);
     for _ in 0..20 {
         h.run_ok(&["--", "curl", "-sf", "http://198.18.7.9:8000/who"]);
@@ -127,8 +124,7 @@ fn a_flood_of_trapped_calls_from_one_app_starves_no_other() {
     support::require_root_and(&[PY, "curl"]);
     let mut h = TestHost::new();
     h.start_daemon(&[]);
-    let root = h.web_root("s", "who", "s");
-    h.spawn_app("s", &["--ip", "198.18.7.20", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    h.python_backend("s", "198.18.7.20", 8000);
     h.wait_for_rows("198.18.7.20:8000", 1);
     // Two apps each trapping calls as fast as they can (getsockname on a bound socket,
     // socket/close), for longer than the other app below takes.
@@ -150,8 +146,7 @@ fn a_soak_of_short_connections_leaks_no_fd_and_no_memory() {
     support::require_root_and(&[PY]);
     let mut h = TestHost::new();
     h.start_daemon(&[]);
-    let root = h.web_root("s", "who", "s");
-    h.spawn_app("s", &["--ip", "198.18.7.30", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    h.python_backend("s", "198.18.7.30", 8000);
     h.wait_for_rows("198.18.7.30:8000", 1);
     // The daemon's open fds and RSS (KB), read inside the test host.
     let usage = || {

@@ -202,6 +202,14 @@ impl TestHost {
         root.to_string_lossy().into_owned()
     }
 
+    /// A python http.server app `name` on `ip:port`, serving a directory whose `who`
+    /// file says `name`.
+    pub fn python_backend(&mut self, name: &str, ip: &str, port: u16) {
+        let root = self.web_root(name, "who", name);
+        let port = port.to_string();
+        self.spawn_app(name, &["--ip", ip, "--", "/usr/bin/python3", "-m", "http.server", &port, "--directory", &root]);
+    }
+
     /// A command that runs inside the test host.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
