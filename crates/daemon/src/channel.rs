@@ -144,9 +144,7 @@ fn serve_app(conn: &UnixStream, daemon: &Daemon, id: AppId, pid: i32, fd: OwnedF
             warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let d = daemon.clone();
-    let on_change = Arc::new(move || crate::state::save(&d));
-    let engine = Engine::new(id, daemon.table.clone(), listener, pid, on_change, last_id)
+    let engine = Engine::new(id, Arc::new(daemon.clone()), listener, pid, last_id)
         .map_err(|e| anyhow!("cannot take over app {id} (pid {pid}): {e}"))?;
     reply(conn, &RunReply::Attached)?;
     daemon.attached().insert(id);

@@ -102,6 +102,16 @@ impl Daemon {
     }
 }
 
+impl ax_trap::Node for Daemon {
+    fn with_table<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
+        f(&mut self.table())
+    }
+
+    fn changed(&self) {
+        state::save(self);
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<()> {
     if ax_sys::proc::effective_uid() != 0 {

@@ -5,14 +5,15 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ax_core::addr::{self, Family, SockAddr};
-use ax_core::{Errno, Proto, Route, Table};
+use ax_core::{Errno, Proto, Route};
 use ax_sys::seccomp::{Listener, Notification};
 use ax_sys::sock::{self, Received};
 
 use crate::engine::{errno, later, socket_timeout_ms, Answer, Engine};
+use crate::Node;
 
 /// The most a datagram send may carry (the kernel's limit for UDP is below this).
 const MAX_PAYLOAD: usize = 256 * 1024;
@@ -103,7 +104,7 @@ impl Into {
     }
 }
 
-impl Engine {
+impl<N: Node> Engine<N> {
     fn read_bytes(&mut self, n: &Notification, ptr: u64, len: usize) -> Result<Vec<u8>, Errno> {
         let mut b = vec![0u8; len];
         self.tasks.read(n.pid, n.id, &self.listener, ptr, &mut b)?;
@@ -192,7 +193,7 @@ impl Engine {
         flags: i32,
         dest: SocketAddr,
     ) -> Result<Answer, Errno> {
-        let route = self.table().route_connect(self.app, Proto::Udp, dest);
+        let route = self.node.with_table(|t| t.route_connect(self.app, Proto::Udp, dest));
         let target = match route {
             Route::Private => {
                 let fresh = self.privatize(n, s.as_fd())?;
@@ -264,19 +265,15 @@ impl Engine {
                 if !self.listener.id_valid(n.id) {
                     return Err(libc::EINTR);
                 }
-                let from = shown_source(&self.table, got.from);
+                let from = shown_source(&*self.node, got.from);
                 let (pid, id) = (n.pid, n.id);
                 let (tasks, listener) = (&mut self.tasks, &self.listener);
                 let mut write = |ptr: u64, bytes: &[u8]| tasks.write(pid, id, listener, ptr, bytes);
                 into.deliver(&mut write, &data, &got, &control, from, family).map(Answer::Value)
             }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
-                let waiter = Waiter {
-                    listener: Arc::clone(&self.listener),
-                    table: Arc::clone(&self.table),
-                    id: n.id,
-                    tid: n.pid,
-                };
+                let waiter =
+                    Waiter { listener: Arc::clone(&self.listener), node: Arc::clone(&self.node), id: n.id, tid: n.pid };
                 later(move || waiter.finish(s, family, flags, into, data, control))
             }
             Err(e) => Err(errno(e)),
@@ -285,21 +282,20 @@ impl Engine {
 }
 
 /// A backend's host address shows as the virtual address the app sent to.
-fn shown_source(table: &Mutex<Table>, from: Option<SocketAddr>) -> Option<SocketAddr> {
+fn shown_source(node: &impl Node, from: Option<SocketAddr>) -> Option<SocketAddr> {
     let from = from?;
-    let t = table.lock().unwrap_or_else(|p| p.into_inner());
-    Some(t.peer_name(Proto::Udp, from).unwrap_or(from))
+    Some(node.with_table(|t| t.peer_name(Proto::Udp, from)).unwrap_or(from))
 }
 
 /// Finishes a blocking receive on its own thread.
-struct Waiter {
+struct Waiter<N: Node> {
     listener: Arc<Listener>,
-    table: Arc<Mutex<Table>>,
+    node: Arc<N>,
     id: u64,
     tid: i32,
 }
 
-impl Waiter {
+impl<N: Node> Waiter<N> {
     fn finish(self, s: OwnedFd, family: Family, flags: i32, into: Into, mut data: Vec<u8>, mut control: Vec<u8>) {
         let timeout = socket_timeout_ms(s.as_fd(), libc::SO_RCVTIMEO);
         let result = match sock::wait_readable(s.as_fd(), timeout) {
@@ -314,7 +310,7 @@ impl Waiter {
             if !self.listener.id_valid(self.id) {
                 return Err(libc::EINTR);
             }
-            let from = shown_source(&self.table, got.from);
+            let from = shown_source(&*self.node, got.from);
             let mut write = |ptr: u64, bytes: &[u8]| {
                 std::os::unix::fs::FileExt::write_all_at(&mem, bytes, ptr).map_err(|_| libc::EFAULT)
             };

@@ -13,11 +13,12 @@ use ax_sys::seccomp::Notification;
 use ax_sys::sock;
 
 use crate::engine::{errno, later, Answer, Engine};
+use crate::Node;
 
 /// How long the gateway has for each step of the handshake.
 const STEP_MS: i32 = 10_000;
 
-impl Engine {
+impl<N: Node> Engine<N> {
     pub(crate) fn egress(
         &self,
         n: &Notification,
@@ -26,12 +27,12 @@ impl Engine {
         dest: SocketAddr,
         family: Family,
     ) -> Result<Answer, Errno> {
-        let (listener, table, id) = (Arc::clone(&self.listener), Arc::clone(&self.table), n.id);
+        let (listener, node, id) = (Arc::clone(&self.listener), Arc::clone(&self.node), n.id);
         later(move || {
             let answer = handshake(s.as_fd(), gateway, dest, family);
             let _ = match answer {
                 Ok(local) => {
-                    table.lock().unwrap_or_else(|p| p.into_inner()).record_egress(local, dest);
+                    node.with_table(|t| t.record_egress(local, dest));
                     listener.reply(id, 0)
                 }
                 Err(e) => listener.fail(id, e),

@@ -8,15 +8,16 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use ax_core::addr::{self, Family, SockAddr};
-use ax_core::{AppId, BindPlan, BoundSocket, Errno, Proto, Route, Table};
+use ax_core::{AppId, BindPlan, BoundSocket, Errno, Proto, Route};
 use ax_sys::seccomp::{LastId, Listener, Notification, Ready};
 use ax_sys::{ns, sock};
 use tracing::{debug, info, warn};
 
 use crate::task::Tasks;
+use crate::Node;
 
 /// The largest sockaddr the kernel accepts (sizeof(struct sockaddr_storage)).
 const MAX_SOCKADDR: usize = 128;
@@ -54,15 +55,12 @@ struct Namespaces {
 }
 
 /// Answers the trapped calls of one app.
-pub struct Engine {
+pub struct Engine<N: Node> {
     pub(crate) app: AppId,
-    pub(crate) table: Arc<Mutex<Table>>,
+    pub(crate) node: Arc<N>,
     pub(crate) listener: Arc<Listener>,
     pub(crate) tasks: Tasks,
     ns: Namespaces,
-    /// Called after a change to the table worth saving (a bind, a listen), before the
-    /// call is answered.
-    on_change: Arc<dyn Fn() + Send + Sync>,
     /// Where the id of each call received is kept, for a daemon after a crash.
     last_id: LastId,
 }
@@ -71,22 +69,15 @@ pub(crate) fn errno(e: std::io::Error) -> Errno {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-impl Engine {
+impl<N: Node> Engine<N> {
     /// An engine for `app`, whose first process is `pid`; call from a thread in the
     /// host's network namespace.
-    pub fn new(
-        app: AppId,
-        table: Arc<Mutex<Table>>,
-        listener: Listener,
-        pid: i32,
-        on_change: Arc<dyn Fn() + Send + Sync>,
-        last_id: LastId,
-    ) -> std::io::Result<Engine> {
+    pub fn new(app: AppId, node: Arc<N>, listener: Listener, pid: i32, last_id: LastId) -> std::io::Result<Engine<N>> {
         listener.set_sync_wakeup()?;
         let probe = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         Ok(Engine {
             app,
-            table,
+            node,
             listener: Arc::new(listener),
             tasks: Tasks::default(),
             ns: Namespaces {
@@ -94,7 +85,6 @@ impl Engine {
                 host: ns::current_netns()?,
                 host_cookie: sock::netns_cookie(probe.as_fd())?,
             },
-            on_change,
             last_id,
         })
     }
@@ -116,10 +106,6 @@ impl Engine {
                 self.dispatch(n);
             }
         }
-    }
-
-    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn dispatch(&mut self, n: Notification) {
@@ -237,7 +223,7 @@ impl Engine {
         let SockAddr::Inet(want) = self.read_addr(n, n.args[1], n.args[2], family)? else {
             return Err(libc::EAFNOSUPPORT);
         };
-        let plan = self.table().plan_bind(self.app, want)?;
+        let plan = self.node.with_table(|t| t.plan_bind(self.app, want))?;
         match plan {
             BindPlan::Private => {
                 let fresh = self.privatize(n, s.as_fd())?;
@@ -282,20 +268,18 @@ impl Engine {
             return Ok(port);
         }
         for _ in 0..MAX_BIND_TRIES {
-            let Some(port) = self.table().take_port() else {
-                let t = self.table();
+            let Some(port) = self.node.with_table(|t| t.take_port()) else {
+                let (capacity, ranges) = self.node.with_table(|t| (t.pool().capacity(), t.pool().ranges().clone()));
                 warn!(
                     app = %self.app,
-                    "port pool exhausted: all {} ports of --ports {} are in use; the bind of {service} fails with EADDRINUSE",
-                    t.pool().capacity(),
-                    t.pool().ranges()
+                    "port pool exhausted: all {capacity} ports of --ports {ranges} are in use; the bind of {service} fails with EADDRINUSE",
                 );
                 return Err(libc::EADDRINUSE);
             };
             match self.bind_at(s, bound, service, port) {
                 Ok(()) => return Ok(port),
                 Err(e) => {
-                    self.table().give_back_port(port);
+                    self.node.with_table(|t| t.give_back_port(port));
                     if e.raw_os_error() != Some(libc::EADDRINUSE) {
                         return Err(errno(e));
                     }
@@ -310,17 +294,17 @@ impl Engine {
     /// Binds on node:`port` and records the socket (a UDP one is a service row at once:
     /// there is no listen).
     fn bind_at(&self, s: BorrowedFd<'_>, bound: BoundSocket, service: SocketAddrV4, port: u16) -> std::io::Result<()> {
-        let node = self.table().node().ip;
+        let node = self.node.with_table(|t| t.node().ip);
         let host = addr::for_family(SocketAddr::V4(SocketAddrV4::new(node, port)), bound.family);
         sock::bind(s, &host)?;
-        let mut t = self.table();
-        let b = t.add_binding(self.app, bound, service, port);
-        if bound.proto == Proto::Udp && service.port() != 0 {
-            t.set_listening(bound.proto, port, b.inode, 0);
-            info!(app = %self.app, %service, %host, "udp service row added");
-        }
-        drop(t);
-        (self.on_change)();
+        self.node.with_table(|t| {
+            let b = t.add_binding(self.app, bound, service, port);
+            if bound.proto == Proto::Udp && service.port() != 0 {
+                t.set_listening(bound.proto, port, b.inode, 0);
+                info!(app = %self.app, %service, %host, "udp service row added");
+            }
+        });
+        self.node.changed();
         debug!(app = %self.app, %service, %host, "bound");
         Ok(())
     }
@@ -339,17 +323,17 @@ impl Engine {
         let local = sock::local_addr(fd).map_err(errno)?.ok_or(libc::EINVAL)?;
         let port = if local.port() == 0 {
             // listen() on an unbound socket binds it to a wildcard port, as the kernel does.
-            let ip = self.table().app(self.app).ok_or(libc::EPERM)?.ip;
+            let ip = self.node.with_table(|t| t.app(self.app).map(|a| a.ip)).ok_or(libc::EPERM)?;
             self.bind_host(fd, family, proto, local, SocketAddrV4::new(ip, 0), None)?
         } else {
             local.port()
         };
         sock::listen(fd, backlog).map_err(errno)?;
         let inode = sock::inode(fd).map_err(errno)?;
-        let row = self.table().set_listening(proto, port, inode, backlog).cloned();
+        let row = self.node.with_table(|t| t.set_listening(proto, port, inode, backlog).cloned());
         if let Some(b) = row {
             info!(app = %self.app, service = %b.service, host = %b.host, "service row added");
-            (self.on_change)();
+            self.node.changed();
         }
         Ok(Answer::Value(0))
     }
@@ -374,7 +358,7 @@ impl Engine {
             }
             SockAddr::Other(_) => return Err(libc::EAFNOSUPPORT),
         };
-        let route = self.table().route_connect(self.app, proto, dest);
+        let route = self.node.with_table(|t| t.route_connect(self.app, proto, dest));
         debug!(app = %self.app, %dest, ?route, "connect");
         match route {
             Route::Private => {
@@ -466,16 +450,17 @@ impl Engine {
         };
         let proto = sock::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok().and_then(Proto::from_sock_type);
         let shown = proto.and_then(|p| {
-            let t = self.table();
-            if peer && real.port() == ax_core::EGRESS_PORT {
-                let local = sock::local_addr(fd).ok().flatten()?;
-                return t.egress_peer(local).or_else(|| t.peer_name(p, real));
-            }
-            if peer {
-                t.peer_name(p, real)
-            } else {
-                t.local_name(self.app, p, real)
-            }
+            self.node.with_table(|t| {
+                if peer && real.port() == ax_core::EGRESS_PORT {
+                    let local = sock::local_addr(fd).ok().flatten()?;
+                    return t.egress_peer(local).or_else(|| t.peer_name(p, real));
+                }
+                if peer {
+                    t.peer_name(p, real)
+                } else {
+                    t.local_name(self.app, p, real)
+                }
+            })
         });
         let Some(shown) = shown.filter(|s| *s != addr::unmap(real)) else {
             return Ok(Answer::Proceed);
