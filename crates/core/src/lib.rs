@@ -8,6 +8,7 @@
 pub mod addr;
 pub mod ids;
 pub mod labels;
+pub mod plan;
 pub mod ports;
 pub mod table;
 pub mod vservice;

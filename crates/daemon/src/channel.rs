@@ -12,6 +12,7 @@ use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
 use ax_core::vservice::{parse_expose, ExposeAt};
 use ax_core::{addr, AppId, Labels, NodeInfo, PortRanges};
+use ax_sys::kernel::Linux;
 use ax_sys::seccomp::{LastId, Listener};
 use ax_trap::Engine;
 use tracing::{info, warn};
@@ -144,8 +145,9 @@ fn serve_app(conn: &UnixStream, daemon: &Daemon, id: AppId, pid: i32, fd: OwnedF
             warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let engine = Engine::new(id, Arc::new(daemon.clone()), listener, pid, last_id)
-        .map_err(|e| anyhow!("cannot take over app {id} (pid {pid}): {e}"))?;
+    let kernel =
+        Linux::new(listener, pid, last_id).map_err(|e| anyhow!("cannot take over app {id} (pid {pid}): {e}"))?;
+    let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone()));
     reply(conn, &RunReply::Attached)?;
     daemon.attached().insert(id);
     info!(app = %id, pid, "app started");

@@ -345,3 +345,11 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
     Ok(r.rlim_cur)
 }
+
+/// The flags of thread `tid`'s descriptor `fd` (O_CLOEXEC among them: a per-descriptor
+/// flag that a duplicate does not share), from /proc; None if they cannot be read.
+pub fn fd_flags(tid: i32, fd: i32) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}")).ok()?;
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_string();
+    i32::from_str_radix(&flags, 8).ok()
+}

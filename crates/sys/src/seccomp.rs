@@ -189,9 +189,11 @@ pub struct LastId {
     map: *mut u64,
 }
 
-// SAFETY: the mapping is only written through volatile stores of whole u64s by the one
-// engine thread that owns it, and read the same way.
+// SAFETY: the mapping is private to this value and only ever accessed as one aligned
+// AtomicU64 (see `cell`), so moving it or sharing it between threads cannot race.
 unsafe impl Send for LastId {}
+// SAFETY: as for Send: every access is an atomic operation on the mapped word.
+unsafe impl Sync for LastId {}
 
 impl LastId {
     /// Maps `path` (created, 8 bytes) shared.
@@ -209,14 +211,18 @@ impl LastId {
         Ok(LastId { map: p.cast() })
     }
 
+    fn cell(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: `map` points at 8 mapped, page-aligned bytes that live as long as
+        // `self`; AtomicU64 has the size and alignment of u64.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.map) }
+    }
+
     pub fn set(&self, id: u64) {
-        // SAFETY: `map` points at 8 mapped, aligned bytes that live as long as `self`.
-        unsafe { std::ptr::write_volatile(self.map, id) }
+        self.cell().store(id, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
-        // SAFETY: as in `set`.
-        unsafe { std::ptr::read_volatile(self.map) }
+        self.cell().load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

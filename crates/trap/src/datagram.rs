@@ -1,40 +1,40 @@
 //! Datagrams with addresses: sendto/sendmsg to a virtual address go to its backend,
 //! and recvfrom/recvmsg on a host UDP socket show a backend's virtual address as the
 //! source. The daemon does these calls itself with its own copy of the app's buffers;
-//! anything else (no address, TCP, the app's own sockets) runs natively.
+//! anything else (no address, the app's own sockets) runs natively.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ax_core::addr::{self, Family, SockAddr};
-use ax_core::{Errno, Proto, Route};
-use ax_sys::seccomp::{Listener, Notification};
-use ax_sys::sock::{self, Received};
+use ax_core::{Errno, Proto};
+use ax_sys::kernel::{Kernel, Readiness, Reply};
+use ax_sys::seccomp::Notification;
+use ax_sys::sock::Received;
 
-use crate::engine::{errno, later, socket_timeout_ms, Answer, Engine};
+use crate::call::AddrIn;
+use crate::engine::{timeout_ms, Answer, Engine};
 use crate::Node;
+use ax_core::plan::{self, Kind, Use};
 
 /// The most a datagram send may carry (the kernel's limit for UDP is below this).
-const MAX_PAYLOAD: usize = 256 * 1024;
+pub(crate) const MAX_PAYLOAD: usize = 256 * 1024;
 const MAX_CONTROL: usize = 4096;
 /// UIO_MAXIOV.
 const MAX_IOV: u64 = 1024;
 
 /// The fields of a `struct msghdr` (x86_64 and aarch64 layout, 56 bytes).
-struct MsgHdr {
-    name: u64,
-    namelen: u32,
-    iov: u64,
-    iovlen: u64,
-    control: u64,
-    controllen: u64,
+pub(crate) struct MsgHdr {
+    pub name: u64,
+    pub namelen: u32,
+    pub iov: u64,
+    pub iovlen: u64,
+    pub control: u64,
+    pub controllen: u64,
 }
 
-const MSGHDR_LEN: usize = 56;
-
-/// Writes bytes at an address of the app's memory.
-type WriteMem<'a> = dyn FnMut(u64, &[u8]) -> Result<(), Errno> + 'a;
+pub(crate) const MSGHDR_LEN: usize = 56;
 const OFF_NAMELEN: u64 = 8;
 const OFF_CONTROLLEN: u64 = 40;
 const OFF_FLAGS: u64 = 48;
@@ -42,6 +42,22 @@ const OFF_FLAGS: u64 = 48;
 fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"))
 }
+
+impl MsgHdr {
+    pub(crate) fn parse(b: &[u8; MSGHDR_LEN]) -> MsgHdr {
+        MsgHdr {
+            name: u64_at(b, 0),
+            namelen: u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes")),
+            iov: u64_at(b, 16),
+            iovlen: u64_at(b, 24),
+            control: u64_at(b, 32),
+            controllen: u64_at(b, 40),
+        }
+    }
+}
+
+/// Writes bytes at an address of the app's memory.
+type WriteMem<'a> = dyn FnMut(u64, &[u8]) -> Result<(), Errno> + 'a;
 
 /// Where a received datagram goes in the app's memory.
 enum Into {
@@ -104,26 +120,20 @@ impl Into {
     }
 }
 
-impl<N: Node> Engine<N> {
-    fn read_bytes(&mut self, n: &Notification, ptr: u64, len: usize) -> Result<Vec<u8>, Errno> {
+impl<K: Kernel, N: Node> Engine<K, N> {
+    fn read_bytes(&self, n: &Notification, ptr: u64, len: usize) -> Result<Vec<u8>, Errno> {
         let mut b = vec![0u8; len];
-        self.tasks.read(n.pid, n.id, &self.listener, ptr, &mut b)?;
+        self.k.read(n.pid, n.id, ptr, &mut b)?;
         Ok(b)
     }
 
-    fn read_msghdr(&mut self, n: &Notification, ptr: u64) -> Result<MsgHdr, Errno> {
-        let b = self.read_bytes(n, ptr, MSGHDR_LEN)?;
-        Ok(MsgHdr {
-            name: u64_at(&b, 0),
-            namelen: u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes")),
-            iov: u64_at(&b, 16),
-            iovlen: u64_at(&b, 24),
-            control: u64_at(&b, 32),
-            controllen: u64_at(&b, 40),
-        })
+    fn read_msghdr(&self, n: &Notification, ptr: u64) -> Result<MsgHdr, Errno> {
+        let mut b = [0u8; MSGHDR_LEN];
+        self.k.read(n.pid, n.id, ptr, &mut b)?;
+        Ok(MsgHdr::parse(&b))
     }
 
-    fn read_iovecs(&mut self, n: &Notification, ptr: u64, count: u64) -> Result<Vec<(u64, usize)>, Errno> {
+    fn read_iovecs(&self, n: &Notification, ptr: u64, count: u64) -> Result<Vec<(u64, usize)>, Errno> {
         if count > MAX_IOV {
             return Err(libc::EMSGSIZE);
         }
@@ -131,7 +141,15 @@ impl<N: Node> Engine<N> {
         Ok(b.chunks(16).map(|c| (u64_at(c, 0), u64_at(c, 8) as usize)).collect())
     }
 
-    /// TCP sockets run natively, except TCP Fast Open, whose sendto would connect
+    /// The app's socket `fd`, when it is a TCP or UDP socket the daemon made.
+    fn host_socket(&self, n: &Notification, fd: RawFd) -> Result<Option<(K::Fd, Family, Proto)>, Errno> {
+        Ok(match self.classify(n, fd)? {
+            (s, Kind::Host(family, proto)) => Some((s, family, proto)),
+            _ => None,
+        })
+    }
+
+    /// TCP sockets run natively, except TCP Fast Open, whose send would connect
     /// without the daemon.
     fn tcp_send(flags: i32) -> Result<Answer, Errno> {
         if flags & libc::MSG_FASTOPEN != 0 {
@@ -141,102 +159,106 @@ impl<N: Node> Engine<N> {
         }
     }
 
-    pub(crate) fn sendto(&mut self, n: &Notification) -> Result<Answer, Errno> {
-        let flags = n.args[3] as i32;
-        let Some((s, family, proto)) = self.host_socket(n)? else { return Ok(Answer::Proceed) };
+    pub(crate) fn sendto(
+        &self,
+        n: &Notification,
+        fd: RawFd,
+        buf: u64,
+        len: u64,
+        flags: i32,
+        to: AddrIn,
+    ) -> Result<Answer, Errno> {
+        let Some((s, family, proto)) = self.host_socket(n, fd)? else { return Ok(Answer::Proceed) };
         if proto == Proto::Tcp {
             return Self::tcp_send(flags);
         }
-        let len = n.args[2] as usize;
-        if len > MAX_PAYLOAD {
+        if len > MAX_PAYLOAD as u64 {
             return Err(libc::EMSGSIZE);
         }
-        let data = self.read_bytes(n, n.args[1], len)?;
-        let SockAddr::Inet(dest) = self.read_addr(n, n.args[4], n.args[5], family)? else {
+        let data = self.read_bytes(n, buf, len as usize)?;
+        let SockAddr::Inet(dest) = self.read_addr(n, to, family, Use::Send)? else {
             return Err(libc::EAFNOSUPPORT);
         };
-        self.send_datagram(n, s, family, &data, &[], flags, dest)
+        self.send_datagram(n, fd, s, family, &data, &[], flags, dest)
     }
 
-    pub(crate) fn sendmsg(&mut self, n: &Notification) -> Result<Answer, Errno> {
-        let flags = n.args[2] as i32;
-        let Some((s, family, proto)) = self.host_socket(n)? else { return Ok(Answer::Proceed) };
+    pub(crate) fn sendmsg(&self, n: &Notification, fd: RawFd, msg: u64, flags: i32) -> Result<Answer, Errno> {
+        let Some((s, family, proto)) = self.host_socket(n, fd)? else { return Ok(Answer::Proceed) };
         if proto == Proto::Tcp {
             return Self::tcp_send(flags);
         }
-        let hdr = self.read_msghdr(n, n.args[1])?;
+        let hdr = self.read_msghdr(n, msg)?;
         if hdr.name == 0 || hdr.namelen == 0 {
             return Ok(Answer::Proceed);
         }
         let mut data = Vec::new();
         for (base, len) in self.read_iovecs(n, hdr.iov, hdr.iovlen)? {
-            if data.len() + len > MAX_PAYLOAD {
+            if data.len().saturating_add(len) > MAX_PAYLOAD {
                 return Err(libc::EMSGSIZE);
             }
             data.extend(self.read_bytes(n, base, len)?);
         }
         let control = self.read_bytes(n, hdr.control, (hdr.controllen as usize).min(MAX_CONTROL))?;
-        let SockAddr::Inet(dest) = self.read_addr(n, hdr.name, hdr.namelen as u64, family)? else {
+        let to = AddrIn { ptr: hdr.name, len: hdr.namelen };
+        let SockAddr::Inet(dest) = self.read_addr(n, to, family, Use::Send)? else {
             return Err(libc::EAFNOSUPPORT);
         };
-        self.send_datagram(n, s, family, &data, &control, flags, dest)
+        self.send_datagram(n, fd, s, family, &data, &control, flags, dest)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn send_datagram(
-        &mut self,
+        &self,
         n: &Notification,
-        s: OwnedFd,
+        fd: RawFd,
+        s: K::Fd,
         family: Family,
         data: &[u8],
         control: &[u8],
         flags: i32,
         dest: SocketAddr,
     ) -> Result<Answer, Errno> {
-        let route = self.node.with_table(|t| t.route_connect(self.app, Proto::Udp, dest));
-        let target = match route {
-            Route::Private => {
-                let fresh = self.privatize(n, s.as_fd())?;
-                let sent = sock::send_msg(fresh.as_fd(), data, control, flags, Some(&dest)).map_err(errno)?;
-                return Ok(Answer::Value(sent as i64));
+        let inode = self.k.inode(&s)?;
+        let target = self.node.with_table(|t| plan::datagram(t, self.app, dest, inode))?;
+        let sent = match target {
+            Some(to) => self.k.send_msg(&s, data, control, flags, Some(&addr::for_family(to, family)))?,
+            None => {
+                let fresh = self.privatize(n, fd, &s)?;
+                self.k.send_msg(&fresh, data, control, flags, Some(&dest))?
             }
-            Route::Refused => return Err(libc::ECONNREFUSED),
-            Route::Direct(a) | Route::Egress { dest: a, .. } => a,
-            Route::Backends(mut targets) if !targets.is_empty() => {
-                // One socket keeps talking to one backend, so replies make sense.
-                targets.sort();
-                let inode = sock::inode(s.as_fd()).map_err(errno)?;
-                SocketAddr::V4(targets[(inode % targets.len() as u64) as usize].addr)
-            }
-            Route::Backends(_) => return Err(libc::ECONNREFUSED),
         };
-        let sent =
-            sock::send_msg(s.as_fd(), data, control, flags, Some(&addr::for_family(target, family))).map_err(errno)?;
         Ok(Answer::Value(sent as i64))
     }
 
-    pub(crate) fn recvfrom(&mut self, n: &Notification) -> Result<Answer, Errno> {
-        let flags = n.args[3] as i32;
-        let Some((s, family, Proto::Udp)) = self.host_socket(n)? else { return Ok(Answer::Proceed) };
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn recvfrom(
+        &self,
+        n: &Notification,
+        fd: RawFd,
+        buf: u64,
+        len: u64,
+        flags: i32,
+        src: u64,
+        srclen_ptr: u64,
+    ) -> Result<Answer, Errno> {
+        let Some((s, family, Proto::Udp)) = self.host_socket(n, fd)? else { return Ok(Answer::Proceed) };
         if flags & libc::MSG_ERRQUEUE != 0 {
             return Ok(Answer::Proceed);
         }
-        let srclen = u32::from_ne_bytes(self.read_bytes(n, n.args[5], 4)?.try_into().expect("4 bytes"));
-        let into =
-            Into::From { buf: n.args[1], len: n.args[2] as usize, src: n.args[4], srclen_ptr: n.args[5], srclen };
+        let srclen = u32::from_ne_bytes(self.read_bytes(n, srclen_ptr, 4)?.try_into().expect("4 bytes"));
+        let into = Into::From { buf, len: len as usize, src, srclen_ptr, srclen };
         self.recv_datagram(n, s, family, flags, into)
     }
 
-    pub(crate) fn recvmsg(&mut self, n: &Notification) -> Result<Answer, Errno> {
-        let flags = n.args[2] as i32;
-        let Some((s, family, Proto::Udp)) = self.host_socket(n)? else { return Ok(Answer::Proceed) };
-        let hdr = self.read_msghdr(n, n.args[1])?;
+    pub(crate) fn recvmsg(&self, n: &Notification, fd: RawFd, msg: u64, flags: i32) -> Result<Answer, Errno> {
+        let Some((s, family, Proto::Udp)) = self.host_socket(n, fd)? else { return Ok(Answer::Proceed) };
+        let hdr = self.read_msghdr(n, msg)?;
         if hdr.name == 0 || hdr.namelen == 0 || flags & libc::MSG_ERRQUEUE != 0 {
             return Ok(Answer::Proceed);
         }
         let iovs = self.read_iovecs(n, hdr.iov, hdr.iovlen)?;
         let into = Into::Msg {
-            hdr: n.args[1],
+            hdr: msg,
             iovs,
             name: hdr.name,
             namelen: hdr.namelen,
@@ -249,76 +271,56 @@ impl<N: Node> Engine<N> {
     /// Receives without blocking this thread: at once if a datagram is waiting, else
     /// (for a blocking socket) on a helper thread once one arrives.
     fn recv_datagram(
-        &mut self,
+        &self,
         n: &Notification,
-        s: OwnedFd,
+        s: K::Fd,
         family: Family,
         flags: i32,
         into: Into,
     ) -> Result<Answer, Errno> {
-        let nonblocking =
-            flags & libc::MSG_DONTWAIT != 0 || sock::file_flags(s.as_fd()).map_err(errno)? & libc::O_NONBLOCK != 0;
+        let nonblocking = flags & libc::MSG_DONTWAIT != 0 || self.k.file_flags(&s)? & libc::O_NONBLOCK != 0;
         let mut data = vec![0u8; into.capacity()];
         let mut control = vec![0u8; into.control_capacity()];
-        match sock::recv_msg(s.as_fd(), &mut data, &mut control, flags | libc::MSG_DONTWAIT) {
+        match self.k.recv_msg(&s, &mut data, &mut control, flags | libc::MSG_DONTWAIT) {
             Ok(got) => {
-                if !self.listener.id_valid(n.id) {
-                    return Err(libc::EINTR);
-                }
-                let from = shown_source(&*self.node, got.from);
-                let (pid, id) = (n.pid, n.id);
-                let (tasks, listener) = (&mut self.tasks, &self.listener);
-                let mut write = |ptr: u64, bytes: &[u8]| tasks.write(pid, id, listener, ptr, bytes);
-                into.deliver(&mut write, &data, &got, &control, from, family).map(Answer::Value)
+                let recv = Receive { k: &*self.k, node: &*self.node, tid: n.pid, id: n.id };
+                recv.deliver(&into, &data, &got, &control, family).map(Answer::Value)
             }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
-                let waiter =
-                    Waiter { listener: Arc::clone(&self.listener), node: Arc::clone(&self.node), id: n.id, tid: n.pid };
-                later(move || waiter.finish(s, family, flags, into, data, control))
+            Err(libc::EAGAIN) if !nonblocking => {
+                let (k, node, tid, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.pid, n.id);
+                self.later(move || {
+                    let timeout = timeout_ms(&*k, &s, libc::SO_RCVTIMEO);
+                    let result = match k.wait(&s, Readiness::Readable, timeout) {
+                        Ok(false) => Err(libc::EAGAIN),
+                        Ok(true) => k.recv_msg(&s, &mut data, &mut control, flags | libc::MSG_DONTWAIT),
+                        Err(e) => Err(e),
+                    };
+                    let recv = Receive { k: &*k, node: &*node, tid, id };
+                    let answer = result.and_then(|got| recv.deliver(&into, &data, &got, &control, family));
+                    let _ = k.answer(id, answer.map_or_else(Reply::Fail, Reply::Value));
+                })
             }
-            Err(e) => Err(errno(e)),
+            Err(e) => Err(e),
         }
     }
 }
 
-/// A backend's host address shows as the virtual address the app sent to.
-fn shown_source(node: &impl Node, from: Option<SocketAddr>) -> Option<SocketAddr> {
-    let from = from?;
-    Some(node.with_table(|t| t.peer_name(Proto::Udp, from)).unwrap_or(from))
-}
-
-/// Finishes a blocking receive on its own thread.
-struct Waiter<N: Node> {
-    listener: Arc<Listener>,
-    node: Arc<N>,
-    id: u64,
+/// The delivery of one received datagram into the caller of call `id`.
+struct Receive<'a, K, N> {
+    k: &'a K,
+    node: &'a N,
     tid: i32,
+    id: u64,
 }
 
-impl<N: Node> Waiter<N> {
-    fn finish(self, s: OwnedFd, family: Family, flags: i32, into: Into, mut data: Vec<u8>, mut control: Vec<u8>) {
-        let timeout = socket_timeout_ms(s.as_fd(), libc::SO_RCVTIMEO);
-        let result = match sock::wait_readable(s.as_fd(), timeout) {
-            Ok(false) => Err(libc::EAGAIN),
-            Ok(true) => sock::recv_msg(s.as_fd(), &mut data, &mut control, flags | libc::MSG_DONTWAIT).map_err(errno),
-            Err(e) => Err(errno(e)),
-        };
-        let answer = result.and_then(|got| {
-            // The memory file is opened only while the call is still pending, so it
-            // is the caller's and no one else's.
-            let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", self.tid)).map_err(errno)?;
-            if !self.listener.id_valid(self.id) {
-                return Err(libc::EINTR);
-            }
-            let from = shown_source(&*self.node, got.from);
-            let mut write = |ptr: u64, bytes: &[u8]| {
-                std::os::unix::fs::FileExt::write_all_at(&mem, bytes, ptr).map_err(|_| libc::EFAULT)
-            };
-            into.deliver(&mut write, &data, &got, &control, from, family)
-        });
-        let _ = match answer {
-            Ok(v) => self.listener.reply(self.id, v),
-            Err(e) => self.listener.fail(self.id, e),
-        };
+impl<K: Kernel, N: Node> Receive<'_, K, N> {
+    fn deliver(&self, into: &Into, data: &[u8], got: &Received, control: &[u8], family: Family) -> Result<i64, Errno> {
+        if !self.k.id_valid(self.id) {
+            return Err(libc::EINTR);
+        }
+        // A backend's host address shows as the virtual address the app sent to.
+        let from = got.from.map(|f| self.node.with_table(|t| t.peer_name(Proto::Udp, f)).unwrap_or(f));
+        let mut write = |ptr: u64, bytes: &[u8]| self.k.write(self.tid, self.id, ptr, bytes);
+        into.deliver(&mut write, data, got, control, from, family)
     }
 }

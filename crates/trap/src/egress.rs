@@ -4,97 +4,117 @@
 //! app never sees the gateway: getpeername shows the destination it asked for.
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use ax_core::addr::{self, Family};
 use ax_core::Errno;
+use ax_sys::kernel::{Kernel, Readiness, Reply};
 use ax_sys::seccomp::Notification;
-use ax_sys::sock;
 
-use crate::engine::{errno, later, Answer, Engine};
+use crate::engine::{so_error, Answer, Engine};
 use crate::Node;
 
 /// How long the gateway has for each step of the handshake.
 const STEP_MS: i32 = 10_000;
+/// The longest answer line a gateway may send.
+const MAX_ANSWER: usize = 32;
 
-impl<N: Node> Engine<N> {
+impl<K: Kernel, N: Node> Engine<K, N> {
     pub(crate) fn egress(
         &self,
         n: &Notification,
-        s: OwnedFd,
+        s: K::Fd,
         gateway: SocketAddrV4,
         dest: SocketAddr,
         family: Family,
     ) -> Result<Answer, Errno> {
-        let (listener, node, id) = (Arc::clone(&self.listener), Arc::clone(&self.node), n.id);
-        later(move || {
-            let answer = handshake(s.as_fd(), gateway, dest, family);
-            let _ = match answer {
+        let (k, node, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.id);
+        self.later(move || {
+            let reply = match handshake(&*k, &s, gateway, dest, family) {
                 Ok(local) => {
                     node.with_table(|t| t.record_egress(local, dest));
-                    listener.reply(id, 0)
+                    Reply::Value(0)
                 }
-                Err(e) => listener.fail(id, e),
+                Err(e) => Reply::Fail(e),
             };
+            let _ = k.answer(id, reply);
         })
     }
 }
 
-fn handshake(
-    fd: BorrowedFd<'_>,
+fn handshake<K: Kernel>(
+    k: &K,
+    s: &K::Fd,
     gateway: SocketAddrV4,
     dest: SocketAddr,
     family: Family,
 ) -> Result<SocketAddrV4, Errno> {
-    let flags = sock::file_flags(fd).map_err(errno)?;
-    sock::set_file_flags(fd, flags | libc::O_NONBLOCK).map_err(errno)?;
-    let result = ask(fd, gateway, dest, family);
-    sock::set_file_flags(fd, flags).map_err(errno)?;
+    let flags = k.file_flags(s)?;
+    k.set_file_flags(s, flags | libc::O_NONBLOCK)?;
+    let result = ask(k, s, gateway, dest, family);
+    k.set_file_flags(s, flags)?;
     result?;
-    match sock::local_addr(fd).map_err(errno)?.map(addr::unmap) {
+    match k.local_addr(s)?.map(addr::unmap) {
         Some(SocketAddr::V4(local)) => Ok(local),
         _ => Err(libc::EPROTO),
     }
 }
 
-fn ask(fd: BorrowedFd<'_>, gateway: SocketAddrV4, dest: SocketAddr, family: Family) -> Result<(), Errno> {
-    match sock::connect(fd, &addr::for_family(SocketAddr::V4(gateway), family)).map_err(errno) {
+fn ready<K: Kernel>(k: &K, s: &K::Fd, what: Readiness) -> Result<(), Errno> {
+    if k.wait(s, what, STEP_MS)? {
+        Ok(())
+    } else {
+        Err(libc::ETIMEDOUT)
+    }
+}
+
+fn ask<K: Kernel>(k: &K, s: &K::Fd, gateway: SocketAddrV4, dest: SocketAddr, family: Family) -> Result<(), Errno> {
+    match k.connect(s, &addr::for_family(SocketAddr::V4(gateway), family)) {
         Ok(()) => {}
         Err(libc::EINPROGRESS) => {
-            if !sock::wait_writable(fd, STEP_MS).map_err(errno)? {
-                return Err(libc::ETIMEDOUT);
-            }
-            match sock::get_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).map_err(errno)? {
-                0 => {}
-                e => return Err(e),
-            }
+            ready(k, s, Readiness::Writable)?;
+            so_error(k, s)?;
         }
         Err(e) => return Err(e),
     }
     let mut ask = format!("AXEG {dest}\n").into_bytes();
     while !ask.is_empty() {
-        if !sock::wait_writable(fd, STEP_MS).map_err(errno)? {
-            return Err(libc::ETIMEDOUT);
-        }
-        let sent = sock::send_msg(fd, &ask, &[], libc::MSG_NOSIGNAL, None).map_err(errno)?;
+        ready(k, s, Readiness::Writable)?;
+        let sent = k.send_msg(s, &ask, &[], libc::MSG_NOSIGNAL, None)?;
         ask.drain(..sent);
     }
     // Byte by byte: nothing past the answer's newline may be taken from the app.
     let mut line = Vec::new();
     let mut b = [0u8; 1];
-    while line.len() < 32 {
-        if !sock::wait_readable(fd, STEP_MS).map_err(errno)? {
-            return Err(libc::ETIMEDOUT);
-        }
-        match sock::recv_msg(fd, &mut b, &mut [], 0).map_err(errno)?.len {
+    while line.len() < MAX_ANSWER {
+        ready(k, s, Readiness::Readable)?;
+        match k.recv_msg(s, &mut b, &mut [], 0)?.len {
             0 => return Err(libc::ECONNRESET),
             _ if b[0] == b'\n' => break,
             _ => line.push(b[0]),
         }
     }
-    match std::str::from_utf8(&line).unwrap_or("") {
+    answer(&line)
+}
+
+/// The gateway's answer line: `OK`, or `ERR <errno>` (anything else is a refusal).
+fn answer(line: &[u8]) -> Result<(), Errno> {
+    match std::str::from_utf8(line).unwrap_or("") {
         "OK" => Ok(()),
         other => Err(other.strip_prefix("ERR ").and_then(|e| e.parse().ok()).unwrap_or(libc::ECONNREFUSED)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer;
+
+    #[test]
+    fn the_gateway_answer_reads_as_the_kernel_would_say_it() {
+        assert_eq!(answer(b"OK"), Ok(()));
+        assert_eq!(answer(b"ERR 113"), Err(libc::EHOSTUNREACH));
+        assert_eq!(answer(b"ERR x"), Err(libc::ECONNREFUSED));
+        assert_eq!(answer(b"\xff\xfe"), Err(libc::ECONNREFUSED));
+        assert_eq!(answer(b""), Err(libc::ECONNREFUSED));
     }
 }

@@ -1,12 +1,20 @@
 //! The user driver. [`policy`] says which system calls an app's seccomp filter traps
-//! and why, and compiles that to BPF; [`engine`] answers the trapped calls of one app
-//! in the host's network namespace, asking `ax_core`'s table what each call means.
+//! and why, and compiles that to BPF. [`Engine`] answers the trapped calls of one app:
+//! [`call`] decodes a notification into a typed call, `ax_core::plan` decides what it
+//! means (over the table), and the engine carries that out through the kernel seam
+//! (`ax_sys::kernel::Kernel`), so every decision is tested without root against a
+//! recording double of the kernel.
 
+pub mod call;
 mod datagram;
 mod egress;
-pub mod engine;
+mod engine;
 pub mod policy;
-mod task;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 pub use engine::Engine;
 

@@ -1,0 +1,281 @@
+//! What to do with an app's socket call, as pure functions of the call's facts and the
+//! table: which sockets ax makes, which errno a bad address earns, where a bind or a
+//! connect goes, when a refused backend is skipped, which backend a datagram goes to,
+//! and what getsockname and getpeername show. The user driver's engine carries these
+//! out through its kernel seam; the kernel driver writes the same answers into its
+//! maps. Nothing here does I/O.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::addr::{self, Family, SockAddr};
+use crate::{AppId, BindPlan, Errno, Proto, Route, Table, EGRESS_PORT};
+
+/// The largest sockaddr the kernel accepts (sizeof(struct sockaddr_storage)).
+pub const MAX_SOCKADDR: u32 = 128;
+
+/// What an app's socket is, as far as ax is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// TCP or UDP in the host's namespace: made by the daemon, virtualized.
+    Host(Family, Proto),
+    /// Inet, in the app's own namespace (loopback sockets, raw sockets).
+    Private(Family),
+    /// AF_UNIX and every other family: none of ax's business.
+    Other,
+}
+
+/// A host socket for socket(): its type without SOCK_CLOEXEC, and whether the app's
+/// descriptor gets close-on-exec. None: not ax's (raw, ICMP, SCTP...), run natively in
+/// the app's own namespace.
+pub fn socket(ty: i32, protocol: i32) -> Option<(i32, bool)> {
+    let plain = match Proto::from_sock_type(ty) {
+        Some(Proto::Tcp) => protocol == 0 || protocol == libc::IPPROTO_TCP,
+        Some(Proto::Udp) => protocol == 0 || protocol == libc::IPPROTO_UDP,
+        None => false,
+    };
+    plain.then_some((ty & !libc::SOCK_CLOEXEC, ty & libc::SOCK_CLOEXEC != 0))
+}
+
+/// How many bytes of a sockaddr to read, as the kernel checks `len`.
+pub fn addr_len(len: u32) -> Result<usize, Errno> {
+    if len as i32 >= 0 && len <= MAX_SOCKADDR {
+        Ok(len as usize)
+    } else {
+        Err(libc::EINVAL)
+    }
+}
+
+/// What the call will do with an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    BindOrConnect,
+    Send,
+}
+
+/// An address the app passed, as the kernel would take it on a socket of `family`: an
+/// IPv6 address on an IPv4 socket is EAFNOSUPPORT; an IPv4 one on an IPv6 socket is too
+/// short a sockaddr_in6 (EINVAL) for bind and connect, while sends accept it.
+pub fn address(bytes: &[u8], family: Family, usage: Use) -> Result<SockAddr, Errno> {
+    let a = addr::parse(bytes)?;
+    match (family, a, usage) {
+        (Family::V4, SockAddr::Inet(SocketAddr::V6(_)), _) => Err(libc::EAFNOSUPPORT),
+        (Family::V6, SockAddr::Inet(SocketAddr::V4(_)), Use::BindOrConnect) => Err(libc::EINVAL),
+        _ => Ok(a),
+    }
+}
+
+/// How to carry out a bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// Bind the socket as it is, where it is (the app's own sockets).
+    AsIs(SocketAddr),
+    /// Move the socket into the app's namespace, then bind it there (loopback).
+    Private(SocketAddr),
+    /// On the node address: at `exposed` if given, else at a pool port; the app sees
+    /// `service`.
+    Host { family: Family, proto: Proto, requested: SocketAddr, service: SocketAddrV4, exposed: Option<u16> },
+}
+
+pub fn bind(table: &Table, app: AppId, kind: Kind, addr: SockAddr) -> Result<Bind, Errno> {
+    let SockAddr::Inet(want) = addr else { return Err(libc::EAFNOSUPPORT) };
+    match kind {
+        Kind::Private(_) | Kind::Other => Ok(Bind::AsIs(want)),
+        Kind::Host(family, proto) => Ok(match table.plan_bind(app, want)? {
+            BindPlan::Private => Bind::Private(want),
+            BindPlan::Host { service, host_port } => {
+                Bind::Host { family, proto, requested: want, service, exposed: host_port }
+            }
+        }),
+    }
+}
+
+/// How many busy host ports a bind skips before giving up.
+pub const MAX_BIND_TRIES: usize = 256;
+
+/// After a host bind at a pool port failed with `e`: try the next port (the port was
+/// busy on the host, and tries remain), or fail the app's bind with this errno.
+pub fn bind_retry(e: Errno, tries: usize) -> Option<Errno> {
+    if e == libc::EADDRINUSE && tries < MAX_BIND_TRIES {
+        None
+    } else {
+        Some(e)
+    }
+}
+
+/// How to carry out a connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connect {
+    /// connect(AF_UNSPEC): dissolve the association.
+    Disconnect,
+    /// Connect the socket where it is (the app's own sockets).
+    AsIs(SocketAddr),
+    /// Move the socket into the app's namespace and connect it there (loopback).
+    Private(SocketAddr),
+    Refused,
+    /// Try these in order; the first that does not refuse wins. `source`: the host
+    /// address to connect from (a vservice's --source-ip).
+    Targets {
+        targets: Vec<SocketAddr>,
+        source: Option<Ipv4Addr>,
+    },
+    /// Through an egress gateway of the cluster.
+    Egress {
+        gateway: SocketAddrV4,
+        dest: SocketAddr,
+    },
+}
+
+pub fn connect(table: &mut Table, app: AppId, kind: Kind, addr: SockAddr) -> Result<Connect, Errno> {
+    let dest = match addr {
+        SockAddr::Inet(a) => a,
+        SockAddr::Unspec => return Ok(Connect::Disconnect),
+        SockAddr::Other(_) => return Err(libc::EAFNOSUPPORT),
+    };
+    let proto = match kind {
+        Kind::Host(_, proto) => proto,
+        Kind::Private(_) | Kind::Other => return Ok(Connect::AsIs(dest)),
+    };
+    Ok(match table.route_connect(app, proto, dest) {
+        Route::Private => Connect::Private(dest),
+        Route::Refused => Connect::Refused,
+        Route::Direct(a) => Connect::Targets { targets: vec![a], source: None },
+        Route::Egress { gateway, dest } => Connect::Egress { gateway, dest },
+        Route::Backends(targets) => Connect::Targets {
+            source: targets.iter().find_map(|t| t.source),
+            targets: targets.into_iter().map(|t| SocketAddr::V4(t.addr)).collect(),
+        },
+    })
+}
+
+/// What one connect attempt came to, and what follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Answer the app with this (0 or an errno).
+    Done(Result<(), Errno>),
+    /// The target refused and another remains: reset the socket and try the next.
+    Next,
+    /// The handshake is under way.
+    Pending,
+}
+
+/// Reads the outcome of one connect attempt (`result` of connect(2), or the socket's
+/// SO_ERROR once a pending one finished), `more` saying whether targets remain.
+pub fn attempt(result: Result<(), Errno>, more: bool) -> Attempt {
+    match result {
+        Ok(()) => Attempt::Done(Ok(())),
+        Err(libc::EINPROGRESS) => Attempt::Pending,
+        Err(libc::ECONNREFUSED) if more => Attempt::Next,
+        Err(e) => Attempt::Done(Err(e)),
+    }
+}
+
+/// The backend a datagram to `dest` goes to, or None to send it from the app's own
+/// namespace (loopback). One socket keeps talking to one backend (chosen by its inode),
+/// so replies make sense.
+pub fn datagram(table: &mut Table, app: AppId, dest: SocketAddr, inode: u64) -> Result<Option<SocketAddr>, Errno> {
+    match table.route_connect(app, Proto::Udp, dest) {
+        Route::Private => Ok(None),
+        Route::Refused => Err(libc::ECONNREFUSED),
+        Route::Direct(a) | Route::Egress { dest: a, .. } => Ok(Some(a)),
+        Route::Backends(mut targets) if !targets.is_empty() => {
+            targets.sort();
+            Ok(Some(SocketAddr::V4(targets[(inode % targets.len() as u64) as usize].addr)))
+        }
+        Route::Backends(_) => Err(libc::ECONNREFUSED),
+    }
+}
+
+/// What getsockname (`peer` false) or getpeername shows for a socket of `proto` whose
+/// real address is `real` (and local address `local`, for getpeername); None: the
+/// real address, as the kernel says it.
+pub fn name(
+    table: &Table,
+    app: AppId,
+    proto: Proto,
+    peer: bool,
+    real: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    let shown = if !peer {
+        table.local_name(app, proto, real)
+    } else if real.port() == EGRESS_PORT {
+        // Through an egress gateway: the destination the app asked for.
+        local.and_then(|l| table.egress_peer(l)).or_else(|| table.peer_name(proto, real))
+    } else {
+        table.peer_name(proto, real)
+    };
+    shown.filter(|s| *s != addr::unmap(real))
+}
+
+/// The sockaddr bytes the app gets for `shown`, in its socket's family, and how many of
+/// them fit its buffer of `len` bytes (the full length is still reported, as the kernel
+/// does). EINVAL for a negative length.
+pub fn name_bytes(shown: SocketAddr, family: Family, len: i32) -> Result<(Vec<u8>, usize), Errno> {
+    if len < 0 {
+        return Err(libc::EINVAL);
+    }
+    let bytes = addr::encode(shown, family);
+    let fits = bytes.len().min(len as usize);
+    Ok((bytes, fits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_tcp_and_udp_become_host_sockets() {
+        assert_eq!(socket(libc::SOCK_STREAM, 0), Some((libc::SOCK_STREAM, false)));
+        assert_eq!(socket(libc::SOCK_STREAM | libc::SOCK_CLOEXEC, libc::IPPROTO_TCP), Some((libc::SOCK_STREAM, true)));
+        let nb = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK;
+        assert_eq!(socket(nb, libc::IPPROTO_UDP), Some((nb, false)));
+        assert_eq!(socket(libc::SOCK_DGRAM, libc::IPPROTO_ICMP), None);
+        assert_eq!(socket(libc::SOCK_RAW, libc::IPPROTO_RAW), None);
+        assert_eq!(socket(libc::SOCK_STREAM, libc::IPPROTO_SCTP), None);
+    }
+
+    #[test]
+    fn sockaddr_lengths_are_checked_like_the_kernel() {
+        assert_eq!(addr_len(16), Ok(16));
+        assert_eq!(addr_len(128), Ok(128));
+        assert_eq!(addr_len(129), Err(libc::EINVAL));
+        assert_eq!(addr_len(-1i32 as u32), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn address_families_must_fit_the_socket_except_for_sends() {
+        let v4 = addr::encode("10.0.0.1:80".parse().unwrap(), Family::V4);
+        let v6 = addr::encode("[2001:db8::1]:80".parse().unwrap(), Family::V6);
+        assert_eq!(address(&v6, Family::V4, Use::BindOrConnect), Err(libc::EAFNOSUPPORT));
+        assert_eq!(address(&v6, Family::V4, Use::Send), Err(libc::EAFNOSUPPORT));
+        assert_eq!(address(&v4, Family::V6, Use::BindOrConnect), Err(libc::EINVAL));
+        assert!(matches!(address(&v4, Family::V6, Use::Send), Ok(SockAddr::Inet(SocketAddr::V4(_)))));
+        assert!(matches!(address(&v4[..15], Family::V4, Use::Send), Err(libc::EINVAL)));
+    }
+
+    #[test]
+    fn a_bind_retries_only_busy_ports_and_only_so_often() {
+        assert_eq!(bind_retry(libc::EADDRINUSE, 1), None);
+        assert_eq!(bind_retry(libc::EADDRINUSE, MAX_BIND_TRIES - 1), None);
+        assert_eq!(bind_retry(libc::EADDRINUSE, MAX_BIND_TRIES), Some(libc::EADDRINUSE));
+        assert_eq!(bind_retry(libc::EACCES, 1), Some(libc::EACCES));
+    }
+
+    #[test]
+    fn only_a_refusal_with_targets_left_moves_on() {
+        assert_eq!(attempt(Ok(()), true), Attempt::Done(Ok(())));
+        assert_eq!(attempt(Err(libc::ECONNREFUSED), true), Attempt::Next);
+        assert_eq!(attempt(Err(libc::ECONNREFUSED), false), Attempt::Done(Err(libc::ECONNREFUSED)));
+        assert_eq!(attempt(Err(libc::ETIMEDOUT), true), Attempt::Done(Err(libc::ETIMEDOUT)));
+        assert_eq!(attempt(Err(libc::EINPROGRESS), false), Attempt::Pending);
+    }
+
+    #[test]
+    fn name_bytes_fit_the_apps_buffer_and_report_the_full_length() {
+        let a: SocketAddr = "198.18.0.1:80".parse().unwrap();
+        assert_eq!(name_bytes(a, Family::V4, 16).map(|(b, n)| (b.len(), n)), Ok((16, 16)));
+        assert_eq!(name_bytes(a, Family::V4, 2).map(|(b, n)| (b.len(), n)), Ok((16, 2)));
+        assert_eq!(name_bytes(a, Family::V6, 64).map(|(b, n)| (b.len(), n)), Ok((28, 28)));
+        assert_eq!(name_bytes(a, Family::V4, -1), Err(libc::EINVAL));
+    }
+}

@@ -1,0 +1,356 @@
+//! The kernel as a trap engine uses it, as one trait: the trapped call (wait for it,
+//! check it is still pending, answer it, put a descriptor into its caller), the caller
+//! (its descriptors and memory) and sockets. [`Linux`] is the real kernel for one app;
+//! the engine's tests run against a recording double of the same trait, without root.
+//!
+//! Nothing here decides anything: the engine says what to do, this carries it out.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::pidfd::Pidfd;
+use crate::seccomp::{LastId, Listener, Notification, Ready};
+use crate::sock::{self, Received};
+use crate::{ns, proc};
+
+/// An errno value (positive, as in `errno`).
+pub type Errno = i32;
+
+/// Which network namespace a new socket is made in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Netns {
+    /// The host's: the daemon's own.
+    Host,
+    /// The app's own (empty but for `lo`).
+    App,
+}
+
+/// How a trapped call is answered, when no descriptor rides along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Value(i64),
+    Fail(Errno),
+    /// The kernel runs the call as the app made it.
+    Proceed,
+}
+
+/// What to wait for on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Writable: how a pending connect reports that it finished.
+    Writable,
+    Readable,
+}
+
+/// The kernel, for the engine of one app.
+pub trait Kernel: Send + Sync + 'static {
+    /// A socket the engine holds: its copy of an app's descriptor, or one it made.
+    type Fd: Send + 'static;
+
+    /// Waits for the app's next trapped call; None once every process of the app is gone.
+    fn next(&self) -> Option<Notification>;
+    /// True while call `id` is still waiting for its answer.
+    fn id_valid(&self, id: u64) -> bool;
+    fn answer(&self, id: u64, reply: Reply) -> Result<(), Errno>;
+    /// Installs `fd` in the caller of `id`, at descriptor `at` or the lowest free one;
+    /// with `send` that also answers the call with the new descriptor's number.
+    fn add_fd(&self, id: u64, fd: &Self::Fd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno>;
+
+    /// The caller's descriptor `fd` (thread `tid`, while call `id` is pending).
+    fn get_fd(&self, tid: i32, id: u64, fd: RawFd) -> Result<Self::Fd, Errno>;
+    /// Reads the caller's memory; EFAULT where the app's pointer is bad.
+    fn read(&self, tid: i32, id: u64, addr: u64, buf: &mut [u8]) -> Result<(), Errno>;
+    /// Writes the caller's memory; EFAULT where the app's pointer is bad.
+    fn write(&self, tid: i32, id: u64, addr: u64, data: &[u8]) -> Result<(), Errno>;
+    /// Whether the caller's descriptor `fd` has close-on-exec set.
+    fn cloexec(&self, tid: i32, fd: RawFd) -> bool;
+
+    fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<Self::Fd, Errno>;
+    /// Whether the socket lives in the host's network namespace.
+    fn in_host_netns(&self, fd: &Self::Fd) -> Result<bool, Errno>;
+    fn get_opt(&self, fd: &Self::Fd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno>;
+    fn set_opt(&self, fd: &Self::Fd, level: i32, opt: i32, value: &[u8]) -> Result<(), Errno>;
+    fn inode(&self, fd: &Self::Fd) -> Result<u64, Errno>;
+    /// File status flags (O_NONBLOCK and the like).
+    fn file_flags(&self, fd: &Self::Fd) -> Result<i32, Errno>;
+    fn set_file_flags(&self, fd: &Self::Fd, flags: i32) -> Result<(), Errno>;
+    fn local_addr(&self, fd: &Self::Fd) -> Result<Option<SocketAddr>, Errno>;
+    fn peer_addr(&self, fd: &Self::Fd) -> Result<Option<SocketAddr>, Errno>;
+    fn bind(&self, fd: &Self::Fd, addr: &SocketAddr) -> Result<(), Errno>;
+    fn listen(&self, fd: &Self::Fd, backlog: i32) -> Result<(), Errno>;
+    fn connect(&self, fd: &Self::Fd, addr: &SocketAddr) -> Result<(), Errno>;
+    /// connect(AF_UNSPEC): dissolves an association, resets a refused attempt.
+    fn disconnect(&self, fd: &Self::Fd) -> Result<(), Errno>;
+    /// Waits up to `timeout_ms` (-1: forever, 0: not at all); false on a timeout.
+    fn wait(&self, fd: &Self::Fd, what: Readiness, timeout_ms: i32) -> Result<bool, Errno>;
+    fn send_msg(
+        &self,
+        fd: &Self::Fd,
+        data: &[u8],
+        control: &[u8],
+        flags: i32,
+        to: Option<&SocketAddr>,
+    ) -> Result<usize, Errno>;
+    fn recv_msg(&self, fd: &Self::Fd, buf: &mut [u8], control: &mut [u8], flags: i32) -> Result<Received, Errno>;
+    /// Runs `f` on a thread of its own (a call that will be answered later).
+    fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno>;
+
+    fn get_int(&self, fd: &Self::Fd, level: i32, opt: i32) -> Result<i32, Errno> {
+        let mut b = [0u8; 4];
+        self.get_opt(fd, level, opt, &mut b)?;
+        Ok(i32::from_ne_bytes(b))
+    }
+
+    fn set_int(&self, fd: &Self::Fd, level: i32, opt: i32, value: i32) -> Result<(), Errno> {
+        self.set_opt(fd, level, opt, &value.to_ne_bytes())
+    }
+}
+
+fn errno(e: io::Error) -> Errno {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// The kernel for one app: its seccomp listener, its threads' pidfds and memory files
+/// (opened once per thread, so a trapped call costs no open(2)), and the two network
+/// namespaces its sockets move between. Made from a thread in the host's namespace.
+pub struct Linux {
+    listener: Listener,
+    tasks: Mutex<Tasks>,
+    app_ns: File,
+    host_ns: File,
+    host_cookie: u64,
+    /// Where the id of each call received is kept, for a daemon after a crash.
+    last_id: LastId,
+}
+
+impl Linux {
+    /// The kernel for the app whose first process is `pid`.
+    pub fn new(listener: Listener, pid: i32, last_id: LastId) -> io::Result<Linux> {
+        listener.set_sync_wakeup()?;
+        let probe = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        Ok(Linux {
+            listener,
+            tasks: Mutex::new(Tasks::default()),
+            app_ns: ns::open_netns(pid)?,
+            host_ns: ns::current_netns()?,
+            host_cookie: sock::netns_cookie(probe.as_fd())?,
+            last_id,
+        })
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Kernel for Linux {
+    type Fd = OwnedFd;
+
+    fn next(&self) -> Option<Notification> {
+        loop {
+            match self.listener.wait() {
+                Ok(Ready::Notification) => {}
+                Ok(Ready::Hangup) | Err(_) => return None,
+            }
+            // ENOENT: the caller was killed between the wake-up and now.
+            if let Ok(n) = self.listener.recv() {
+                self.last_id.set(n.id);
+                return Some(n);
+            }
+        }
+    }
+
+    fn id_valid(&self, id: u64) -> bool {
+        self.listener.id_valid(id)
+    }
+
+    fn answer(&self, id: u64, reply: Reply) -> Result<(), Errno> {
+        match reply {
+            Reply::Value(v) => self.listener.reply(id, v),
+            Reply::Fail(e) => self.listener.fail(id, e),
+            Reply::Proceed => self.listener.proceed(id),
+        }
+        .map_err(errno)
+    }
+
+    fn add_fd(&self, id: u64, fd: &OwnedFd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno> {
+        self.listener.add_fd(id, fd.as_fd(), at, cloexec, send).map_err(errno)
+    }
+
+    fn get_fd(&self, tid: i32, id: u64, fd: RawFd) -> Result<OwnedFd, Errno> {
+        self.tasks().get_fd(tid, id, &self.listener, fd)
+    }
+
+    fn read(&self, tid: i32, id: u64, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.tasks().read(tid, id, &self.listener, addr, buf)
+    }
+
+    fn write(&self, tid: i32, id: u64, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        self.tasks().write(tid, id, &self.listener, addr, data)
+    }
+
+    fn cloexec(&self, tid: i32, fd: RawFd) -> bool {
+        proc::fd_flags(tid, fd).is_some_and(|f| f & libc::O_CLOEXEC != 0)
+    }
+
+    fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<OwnedFd, Errno> {
+        match ns {
+            Netns::Host => sock::socket(domain, ty, protocol).map_err(errno),
+            Netns::App => ns::with_netns(&self.app_ns, &self.host_ns, || sock::socket(domain, ty, protocol))
+                .map_err(errno)?
+                .map_err(errno),
+        }
+    }
+
+    fn in_host_netns(&self, fd: &OwnedFd) -> Result<bool, Errno> {
+        Ok(sock::netns_cookie(fd.as_fd()).map_err(errno)? == self.host_cookie)
+    }
+
+    fn get_opt(&self, fd: &OwnedFd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+        sock::get_opt(fd.as_fd(), level, opt, buf).map_err(errno)
+    }
+
+    fn set_opt(&self, fd: &OwnedFd, level: i32, opt: i32, value: &[u8]) -> Result<(), Errno> {
+        sock::set_opt(fd.as_fd(), level, opt, value).map_err(errno)
+    }
+
+    fn inode(&self, fd: &OwnedFd) -> Result<u64, Errno> {
+        sock::inode(fd.as_fd()).map_err(errno)
+    }
+
+    fn file_flags(&self, fd: &OwnedFd) -> Result<i32, Errno> {
+        sock::file_flags(fd.as_fd()).map_err(errno)
+    }
+
+    fn set_file_flags(&self, fd: &OwnedFd, flags: i32) -> Result<(), Errno> {
+        sock::set_file_flags(fd.as_fd(), flags).map_err(errno)
+    }
+
+    fn local_addr(&self, fd: &OwnedFd) -> Result<Option<SocketAddr>, Errno> {
+        sock::local_addr(fd.as_fd()).map_err(errno)
+    }
+
+    fn peer_addr(&self, fd: &OwnedFd) -> Result<Option<SocketAddr>, Errno> {
+        sock::peer_addr(fd.as_fd()).map_err(errno)
+    }
+
+    fn bind(&self, fd: &OwnedFd, addr: &SocketAddr) -> Result<(), Errno> {
+        sock::bind(fd.as_fd(), addr).map_err(errno)
+    }
+
+    fn listen(&self, fd: &OwnedFd, backlog: i32) -> Result<(), Errno> {
+        sock::listen(fd.as_fd(), backlog).map_err(errno)
+    }
+
+    fn connect(&self, fd: &OwnedFd, addr: &SocketAddr) -> Result<(), Errno> {
+        sock::connect(fd.as_fd(), addr).map_err(errno)
+    }
+
+    fn disconnect(&self, fd: &OwnedFd) -> Result<(), Errno> {
+        sock::disconnect(fd.as_fd()).map_err(errno)
+    }
+
+    fn wait(&self, fd: &OwnedFd, what: Readiness, timeout_ms: i32) -> Result<bool, Errno> {
+        match what {
+            Readiness::Writable => sock::wait_writable(fd.as_fd(), timeout_ms),
+            Readiness::Readable => sock::wait_readable(fd.as_fd(), timeout_ms),
+        }
+        .map_err(errno)
+    }
+
+    fn send_msg(
+        &self,
+        fd: &OwnedFd,
+        data: &[u8],
+        control: &[u8],
+        flags: i32,
+        to: Option<&SocketAddr>,
+    ) -> Result<usize, Errno> {
+        sock::send_msg(fd.as_fd(), data, control, flags, to).map_err(errno)
+    }
+
+    fn recv_msg(&self, fd: &OwnedFd, buf: &mut [u8], control: &mut [u8], flags: i32) -> Result<Received, Errno> {
+        sock::recv_msg(fd.as_fd(), buf, control, flags).map_err(errno)
+    }
+
+    fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno> {
+        std::thread::Builder::new().name("ax-later".into()).spawn(f).map(|_| ()).map_err(errno)
+    }
+}
+
+/// Past this many threads the cache starts over (threads come and go; this bounds the
+/// fds held for ones that are gone).
+const MAX_TASKS: usize = 64;
+
+/// A trapped thread's pidfd and memory file. Both name one task for good: if its
+/// thread id is recycled, the pidfd fails with ESRCH and the memory file reads nothing,
+/// and the entry is opened afresh. An entry is only ever (re)opened while a
+/// notification from that thread is pending and checked valid afterwards, so it cannot
+/// be opened on an impostor.
+struct Task {
+    pidfd: Pidfd,
+    mem: File,
+}
+
+impl Task {
+    fn open(tid: i32) -> io::Result<Task> {
+        Ok(Task {
+            pidfd: Pidfd::open_thread(tid)?,
+            mem: OpenOptions::new().read(true).write(true).open(format!("/proc/{tid}/mem"))?,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Tasks {
+    map: HashMap<i32, Task>,
+}
+
+impl Tasks {
+    fn entry(&mut self, tid: i32, id: u64, listener: &Listener, fresh: bool) -> Result<&Task, Errno> {
+        if fresh {
+            self.map.remove(&tid);
+        }
+        if !self.map.contains_key(&tid) {
+            if self.map.len() >= MAX_TASKS {
+                self.map.clear();
+            }
+            let task = Task::open(tid).map_err(errno)?;
+            if !listener.id_valid(id) {
+                return Err(libc::ESRCH);
+            }
+            self.map.insert(tid, task);
+        }
+        Ok(&self.map[&tid])
+    }
+
+    fn get_fd(&mut self, tid: i32, id: u64, listener: &Listener, fd: RawFd) -> Result<OwnedFd, Errno> {
+        match self.entry(tid, id, listener, false)?.pidfd.get_fd(fd) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                self.entry(tid, id, listener, true)?.pidfd.get_fd(fd).map_err(errno)
+            }
+            r => r.map_err(errno),
+        }
+    }
+
+    /// Any failure is the app's bad pointer (EFAULT), once a stale handle (the thread
+    /// exec'd) has been ruled out.
+    fn read(&mut self, tid: i32, id: u64, listener: &Listener, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        if self.entry(tid, id, listener, false)?.mem.read_exact_at(buf, addr).is_ok() {
+            return Ok(());
+        }
+        self.entry(tid, id, listener, true)?.mem.read_exact_at(buf, addr).map_err(|_| libc::EFAULT)
+    }
+
+    fn write(&mut self, tid: i32, id: u64, listener: &Listener, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        if self.entry(tid, id, listener, false)?.mem.write_all_at(data, addr).is_ok() {
+            return Ok(());
+        }
+        self.entry(tid, id, listener, true)?.mem.write_all_at(data, addr).map_err(|_| libc::EFAULT)
+    }
+}

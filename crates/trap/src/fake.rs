@@ -1,0 +1,458 @@
+//! A recording double of the kernel for the engine's tests: sockets with just enough
+//! behaviour (bind, connect, listen, options, datagrams), an app with a descriptor
+//! table and memory, and the trapped calls' answers, every operation logged. Scripted
+//! faults (busy host ports, refusing or slow destinations, stale calls) let each path
+//! of the engine be walked without root.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::RawFd;
+use std::sync::{Mutex, MutexGuard};
+
+use ax_sys::kernel::{Errno, Kernel, Netns, Readiness, Reply};
+use ax_sys::seccomp::Notification;
+use ax_sys::sock::Received;
+
+/// A socket the fake kernel holds: an index into its socket list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeFd(pub usize);
+
+#[derive(Debug, Clone)]
+pub struct Sock {
+    pub domain: i32,
+    pub ty: i32,
+    pub protocol: i32,
+    pub ns: Netns,
+    pub inode: u64,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub flags: i32,
+    pub opts: HashMap<(i32, i32), Vec<u8>>,
+    pub listening: Option<i32>,
+    pub so_error: i32,
+    /// Datagrams sent: bytes, control bytes, destination.
+    pub sent: Vec<(Vec<u8>, Vec<u8>, Option<SocketAddr>)>,
+    /// Datagrams waiting to be received: bytes and source.
+    pub inbox: VecDeque<(Vec<u8>, SocketAddr)>,
+}
+
+/// One thing the engine asked of the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Socket(Netns, i32, i32, i32),
+    AddFd { id: u64, sock: usize, at: Option<RawFd>, cloexec: bool, send: bool },
+    Bind(usize, SocketAddr),
+    Listen(usize, i32),
+    Connect(usize, SocketAddr),
+    Disconnect(usize),
+    Send(usize, Option<SocketAddr>),
+    Write(u64, Vec<u8>),
+}
+
+#[derive(Default)]
+pub struct State {
+    pub socks: Vec<Sock>,
+    /// The app's descriptor table.
+    pub fds: BTreeMap<RawFd, usize>,
+    pub cloexec: HashSet<RawFd>,
+    /// The app's memory: regions by start address.
+    pub mem: BTreeMap<u64, Vec<u8>>,
+    next_region: u64,
+    /// Calls no longer pending (the caller died or was interrupted).
+    pub stale: HashSet<u64>,
+    /// Calls that go stale the moment the engine has read the app's memory for them.
+    pub stale_after_read: HashSet<u64>,
+    pub answers: Vec<(u64, Reply)>,
+    pub log: Vec<Op>,
+    /// Host ports already taken by something outside ax.
+    pub busy: HashSet<u16>,
+    /// Destinations that refuse connections.
+    pub refusing: HashSet<SocketAddr>,
+    /// Destinations whose handshake takes time: connect says EINPROGRESS and the
+    /// socket is not writable at once.
+    pub slow: HashSet<SocketAddr>,
+    /// Destinations whose handshake never finishes.
+    pub silent: HashSet<SocketAddr>,
+    /// Work handed to helper threads, run by the test with [`Fake::run_later`].
+    pub later: Vec<Box<dyn FnOnce() + Send>>,
+    /// No helper thread can be had.
+    pub no_threads: bool,
+    pub notifications: VecDeque<Notification>,
+    next_port: u16,
+}
+
+#[derive(Default)]
+pub struct Fake(Mutex<State>);
+
+const REGION_BASE: u64 = 0x10_0000;
+/// A descriptor number the app has, that is not a socket (a pipe, say).
+pub const NOT_A_SOCKET: RawFd = 99;
+
+impl Fake {
+    pub fn new() -> Fake {
+        let f = Fake::default();
+        {
+            let mut s = f.state();
+            s.next_region = REGION_BASE;
+            s.next_port = 32768;
+            let pipe = s.new_sock(libc::AF_UNIX, libc::SOCK_STREAM, 0, Netns::App);
+            s.fds.insert(NOT_A_SOCKET, pipe);
+        }
+        f
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts `bytes` in the app's memory; returns their address.
+    pub fn put(&self, bytes: &[u8]) -> u64 {
+        let mut s = self.state();
+        let at = s.next_region;
+        s.next_region += (bytes.len() as u64).max(1).next_multiple_of(0x1000) + 0x1000;
+        s.mem.insert(at, bytes.to_vec());
+        at
+    }
+
+    /// `len` bytes of the app's memory at `at`.
+    pub fn peek(&self, at: u64, len: usize) -> Vec<u8> {
+        let s = self.state();
+        let (start, off) = s.access(at, len).expect("mapped");
+        s.mem[&start][off..off + len].to_vec()
+    }
+
+    /// Gives the app a socket made outside the engine (in its own namespace, say) at `fd`.
+    pub fn give(&self, fd: RawFd, domain: i32, ty: i32, ns: Netns) -> usize {
+        let mut s = self.state();
+        let i = s.new_sock(domain, ty, 0, ns);
+        s.fds.insert(fd, i);
+        i
+    }
+
+    /// The socket behind the app's descriptor `fd`.
+    pub fn sock(&self, fd: RawFd) -> Sock {
+        let s = self.state();
+        s.socks[s.fds[&fd]].clone()
+    }
+
+    pub fn answer_to(&self, id: u64) -> Option<Reply> {
+        self.state().answers.iter().rev().find(|a| a.0 == id).map(|a| a.1)
+    }
+
+    /// Runs the work handed to helper threads, as the threads would.
+    pub fn run_later(&self) {
+        let work = std::mem::take(&mut self.state().later);
+        for w in work {
+            w();
+        }
+    }
+
+    pub fn ops(&self) -> Vec<Op> {
+        self.state().log.clone()
+    }
+}
+
+impl State {
+    fn new_sock(&mut self, domain: i32, ty: i32, protocol: i32, ns: Netns) -> usize {
+        let inode = 1000 + self.socks.len() as u64;
+        self.socks.push(Sock {
+            domain,
+            ty: ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC),
+            protocol,
+            ns,
+            inode,
+            local: None,
+            peer: None,
+            flags: if ty & libc::SOCK_NONBLOCK != 0 { libc::O_NONBLOCK | libc::O_RDWR } else { libc::O_RDWR },
+            opts: HashMap::new(),
+            listening: None,
+            so_error: 0,
+            sent: Vec::new(),
+            inbox: VecDeque::new(),
+        });
+        self.socks.len() - 1
+    }
+
+    /// The region holding `len` bytes at `at`, and the offset in it.
+    fn access(&self, at: u64, len: usize) -> Result<(u64, usize), Errno> {
+        let (start, bytes) = self.mem.range(..=at).next_back().ok_or(libc::EFAULT)?;
+        let off = (at - start) as usize;
+        if off.checked_add(len).is_some_and(|end| end <= bytes.len()) {
+            Ok((*start, off))
+        } else {
+            Err(libc::EFAULT)
+        }
+    }
+
+    fn pending(&self, id: u64) -> Result<(), Errno> {
+        if self.stale.contains(&id) {
+            Err(libc::ENOENT)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn ephemeral(&mut self) -> u16 {
+        self.next_port += 1;
+        self.next_port
+    }
+}
+
+fn unspecified(domain: i32) -> IpAddr {
+    if domain == libc::AF_INET6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+impl Kernel for Fake {
+    type Fd = FakeFd;
+
+    fn next(&self) -> Option<Notification> {
+        self.state().notifications.pop_front()
+    }
+
+    fn id_valid(&self, id: u64) -> bool {
+        self.state().pending(id).is_ok()
+    }
+
+    fn answer(&self, id: u64, reply: Reply) -> Result<(), Errno> {
+        let mut s = self.state();
+        s.pending(id)?;
+        s.answers.push((id, reply));
+        Ok(())
+    }
+
+    fn add_fd(&self, id: u64, fd: &FakeFd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno> {
+        let mut s = self.state();
+        s.pending(id)?;
+        let n = at.unwrap_or_else(|| (3..).find(|n| !s.fds.contains_key(n)).expect("a free descriptor"));
+        s.fds.insert(n, fd.0);
+        if cloexec {
+            s.cloexec.insert(n);
+        } else {
+            s.cloexec.remove(&n);
+        }
+        s.log.push(Op::AddFd { id, sock: fd.0, at, cloexec, send });
+        if send {
+            s.answers.push((id, Reply::Value(n as i64)));
+        }
+        Ok(n)
+    }
+
+    fn get_fd(&self, _tid: i32, id: u64, fd: RawFd) -> Result<FakeFd, Errno> {
+        let s = self.state();
+        if s.pending(id).is_err() {
+            return Err(libc::ESRCH);
+        }
+        s.fds.get(&fd).map(|i| FakeFd(*i)).ok_or(libc::EBADF)
+    }
+
+    fn read(&self, _tid: i32, id: u64, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut s = self.state();
+        let (start, off) = s.access(addr, buf.len())?;
+        buf.copy_from_slice(&s.mem[&start][off..off + buf.len()]);
+        if s.stale_after_read.remove(&id) {
+            s.stale.insert(id);
+        }
+        Ok(())
+    }
+
+    fn write(&self, _tid: i32, _id: u64, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut s = self.state();
+        let (start, off) = s.access(addr, data.len())?;
+        s.mem.get_mut(&start).expect("found")[off..off + data.len()].copy_from_slice(data);
+        s.log.push(Op::Write(addr, data.to_vec()));
+        Ok(())
+    }
+
+    fn cloexec(&self, _tid: i32, fd: RawFd) -> bool {
+        self.state().cloexec.contains(&fd)
+    }
+
+    fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<FakeFd, Errno> {
+        let mut s = self.state();
+        s.log.push(Op::Socket(ns, domain, ty, protocol));
+        Ok(FakeFd(s.new_sock(domain, ty, protocol, ns)))
+    }
+
+    fn in_host_netns(&self, fd: &FakeFd) -> Result<bool, Errno> {
+        Ok(self.state().socks[fd.0].ns == Netns::Host)
+    }
+
+    fn get_opt(&self, fd: &FakeFd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+        let s = self.state();
+        let sock = &s.socks[fd.0];
+        let int = match (level, opt) {
+            (libc::SOL_SOCKET, libc::SO_DOMAIN) => Some(sock.domain),
+            (libc::SOL_SOCKET, libc::SO_TYPE) => Some(sock.ty),
+            (libc::SOL_SOCKET, libc::SO_PROTOCOL) => Some(sock.protocol),
+            (libc::SOL_SOCKET, libc::SO_ERROR) => Some(sock.so_error),
+            _ => None,
+        };
+        if sock.domain == libc::AF_UNIX && level != libc::SOL_SOCKET {
+            return Err(libc::EOPNOTSUPP);
+        }
+        if level == libc::IPPROTO_IPV6 && sock.domain != libc::AF_INET6 {
+            return Err(libc::ENOPROTOOPT);
+        }
+        let value = match int {
+            Some(v) => v.to_ne_bytes().to_vec(),
+            None => sock.opts.get(&(level, opt)).cloned().unwrap_or_else(|| vec![0; buf.len()]),
+        };
+        let n = value.len().min(buf.len());
+        buf[..n].copy_from_slice(&value[..n]);
+        Ok(n)
+    }
+
+    fn set_opt(&self, fd: &FakeFd, level: i32, opt: i32, value: &[u8]) -> Result<(), Errno> {
+        let mut s = self.state();
+        let sock = &mut s.socks[fd.0];
+        if level == libc::IPPROTO_IPV6 && sock.domain != libc::AF_INET6 {
+            return Err(libc::ENOPROTOOPT);
+        }
+        sock.opts.insert((level, opt), value.to_vec());
+        Ok(())
+    }
+
+    fn inode(&self, fd: &FakeFd) -> Result<u64, Errno> {
+        Ok(self.state().socks[fd.0].inode)
+    }
+
+    fn file_flags(&self, fd: &FakeFd) -> Result<i32, Errno> {
+        Ok(self.state().socks[fd.0].flags)
+    }
+
+    fn set_file_flags(&self, fd: &FakeFd, flags: i32) -> Result<(), Errno> {
+        self.state().socks[fd.0].flags = flags;
+        Ok(())
+    }
+
+    fn local_addr(&self, fd: &FakeFd) -> Result<Option<SocketAddr>, Errno> {
+        let s = self.state();
+        let sock = &s.socks[fd.0];
+        if sock.domain != libc::AF_INET && sock.domain != libc::AF_INET6 {
+            return Ok(None);
+        }
+        // An unbound inet socket reports the wildcard address and port 0.
+        Ok(Some(sock.local.unwrap_or_else(|| SocketAddr::new(unspecified(sock.domain), 0))))
+    }
+
+    fn peer_addr(&self, fd: &FakeFd) -> Result<Option<SocketAddr>, Errno> {
+        Ok(self.state().socks[fd.0].peer)
+    }
+
+    fn bind(&self, fd: &FakeFd, addr: &SocketAddr) -> Result<(), Errno> {
+        let mut s = self.state();
+        s.log.push(Op::Bind(fd.0, *addr));
+        if s.socks[fd.0].local.is_some_and(|a| a.port() != 0) {
+            return Err(libc::EINVAL);
+        }
+        if s.socks[fd.0].ns == Netns::Host && s.busy.contains(&addr.port()) {
+            return Err(libc::EADDRINUSE);
+        }
+        let port = if addr.port() == 0 { s.ephemeral() } else { addr.port() };
+        s.socks[fd.0].local = Some(SocketAddr::new(addr.ip(), port));
+        Ok(())
+    }
+
+    fn listen(&self, fd: &FakeFd, backlog: i32) -> Result<(), Errno> {
+        let mut s = self.state();
+        s.log.push(Op::Listen(fd.0, backlog));
+        if s.socks[fd.0].ty != libc::SOCK_STREAM {
+            return Err(libc::EOPNOTSUPP);
+        }
+        if s.socks[fd.0].local.is_none() {
+            let port = s.ephemeral();
+            let ip = unspecified(s.socks[fd.0].domain);
+            s.socks[fd.0].local = Some(SocketAddr::new(ip, port));
+        }
+        s.socks[fd.0].listening = Some(backlog);
+        Ok(())
+    }
+
+    fn connect(&self, fd: &FakeFd, addr: &SocketAddr) -> Result<(), Errno> {
+        let mut s = self.state();
+        s.log.push(Op::Connect(fd.0, *addr));
+        if s.socks[fd.0].peer.is_some() {
+            return Err(libc::EISCONN);
+        }
+        let plain = ax_core::addr::unmap(*addr);
+        if s.refusing.contains(&plain) {
+            return Err(libc::ECONNREFUSED);
+        }
+        if s.socks[fd.0].local.is_none_or(|a| a.port() == 0) {
+            let port = s.ephemeral();
+            let ip = s.socks[fd.0].local.map_or(unspecified(s.socks[fd.0].domain), |a| a.ip());
+            s.socks[fd.0].local = Some(SocketAddr::new(ip, port));
+        }
+        let pending = s.slow.contains(&plain) || s.silent.contains(&plain);
+        s.socks[fd.0].peer = Some(*addr);
+        if pending && s.socks[fd.0].flags & libc::O_NONBLOCK != 0 {
+            return Err(libc::EINPROGRESS);
+        }
+        Ok(())
+    }
+
+    fn disconnect(&self, fd: &FakeFd) -> Result<(), Errno> {
+        let mut s = self.state();
+        s.log.push(Op::Disconnect(fd.0));
+        s.socks[fd.0].peer = None;
+        Ok(())
+    }
+
+    fn wait(&self, fd: &FakeFd, what: Readiness, timeout_ms: i32) -> Result<bool, Errno> {
+        let s = self.state();
+        let sock = &s.socks[fd.0];
+        Ok(match what {
+            Readiness::Readable => !sock.inbox.is_empty(),
+            Readiness::Writable => {
+                let to = sock.peer.map(ax_core::addr::unmap);
+                let silent = to.is_some_and(|a| s.silent.contains(&a));
+                let slow = to.is_some_and(|a| s.slow.contains(&a));
+                !silent && (!slow || timeout_ms != 0)
+            }
+        })
+    }
+
+    fn send_msg(
+        &self,
+        fd: &FakeFd,
+        data: &[u8],
+        control: &[u8],
+        _flags: i32,
+        to: Option<&SocketAddr>,
+    ) -> Result<usize, Errno> {
+        let mut s = self.state();
+        s.log.push(Op::Send(fd.0, to.copied()));
+        s.socks[fd.0].sent.push((data.to_vec(), control.to_vec(), to.copied()));
+        Ok(data.len())
+    }
+
+    fn recv_msg(&self, fd: &FakeFd, buf: &mut [u8], _control: &mut [u8], _flags: i32) -> Result<Received, Errno> {
+        let mut s = self.state();
+        let sock = &mut s.socks[fd.0];
+        let (mut data, from) = sock.inbox.pop_front().ok_or(libc::EAGAIN)?;
+        let n = data.len().min(buf.len());
+        buf[..n].copy_from_slice(&data[..n]);
+        if sock.ty == libc::SOCK_STREAM {
+            // A stream keeps what was not read.
+            let rest = data.split_off(n);
+            if !rest.is_empty() {
+                sock.inbox.push_front((rest, from));
+            }
+            return Ok(Received { len: n, from: None, control_len: 0, flags: 0 });
+        }
+        Ok(Received { len: data.len(), from: Some(from), control_len: 0, flags: 0 })
+    }
+
+    fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno> {
+        let mut s = self.state();
+        if s.no_threads {
+            return Err(libc::EAGAIN);
+        }
+        s.later.push(f);
+        Ok(())
+    }
+}
