@@ -1,0 +1,310 @@
+//! socket(), bind() and listen().
+
+use super::*;
+
+#[test]
+fn inet_sockets_are_made_in_the_host_namespace_and_sent_in() {
+    let r = Rig::new();
+    let fd = r.socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
+    let ops = r.k.ops();
+    assert_eq!(ops[0], Op::Socket(Netns::Host, libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0));
+    assert!(matches!(ops[1], Op::AddFd { at: None, cloexec: true, send: true, .. }));
+    let s = r.k.sock(fd);
+    assert_eq!(s.ns, Netns::Host);
+    assert_ne!(s.flags & libc::O_NONBLOCK, 0);
+    let fd6 = r.socket(libc::AF_INET6, libc::SOCK_DGRAM);
+    assert_eq!(r.k.sock(fd6).domain, libc::AF_INET6);
+    assert!(!r.k.state().cloexec.contains(&fd6));
+}
+
+#[test]
+fn raw_icmp_and_sctp_sockets_stay_in_the_apps_namespace() {
+    let r = Rig::new();
+    for (ty, proto) in [
+        (libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+        (libc::SOCK_SEQPACKET, 0),
+        (libc::SOCK_STREAM, libc::IPPROTO_UDP),
+    ] {
+        assert_eq!(
+            r.trap(libc::SYS_socket, [libc::AF_INET as u64, ty as u64, proto as u64, 0, 0, 0]),
+            Some(Reply::Proceed)
+        );
+    }
+    assert!(r.k.ops().is_empty(), "nothing was made");
+}
+
+#[test]
+fn a_socket_for_a_caller_that_died_is_not_handed_to_anyone() {
+    let r = Rig::new();
+    r.k.state().stale.insert(500);
+    let before = r.k.state().fds.len();
+    assert_eq!(r.trap_as(500, libc::SYS_socket, [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0]), None);
+    assert_eq!(r.k.state().fds.len(), before);
+}
+
+#[test]
+fn calls_the_engine_has_no_business_with_proceed() {
+    let r = Rig::new();
+    assert_eq!(r.trap(libc::SYS_accept4, [3, 0, 0, 0, 0, 0]), Some(Reply::Proceed));
+}
+
+// bind()
+
+#[test]
+fn a_wildcard_bind_takes_a_pool_port_on_the_node_and_records_the_service() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:80"), OK);
+    assert_eq!(r.k.sock(fd).local, Some(host(40000)));
+    let b = r.table(|t| t.binding(Proto::Tcp, 40000).cloned()).unwrap();
+    assert_eq!(b.service, SocketAddrV4::new(NODE, 80));
+    assert_eq!(b.requested, sa("0.0.0.0:80"));
+    assert_eq!((b.inode, b.app), (r.k.sock(fd).inode, r.app));
+    assert!(!b.listening);
+    assert_eq!(r.changes(), 1, "saved before the app is answered");
+    // getsockname shows what the app asked for, on its own address.
+    assert_eq!(r.shown(fd, false), Some(sa("10.0.0.1:80")));
+}
+
+#[test]
+fn a_bind_to_port_zero_reports_the_host_port_as_the_service_port() {
+    let r = Rig::with(NewApp { ip: Some("198.18.0.5".parse().unwrap()), ..NewApp::default() });
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:0"), OK);
+    assert_eq!(r.table(|t| t.binding(Proto::Tcp, 40000).unwrap().service), "198.18.0.5:40000".parse().unwrap());
+    assert_eq!(r.shown(fd, false), Some(sa("198.18.0.5:40000")));
+}
+
+#[test]
+fn a_busy_host_port_is_skipped_and_given_back() {
+    let r = Rig::new();
+    r.k.state().busy.extend([40000, 40001]);
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:80"), OK);
+    assert_eq!(r.k.sock(fd).local, Some(host(40002)));
+    assert_eq!(r.table(|t| t.pool().in_use()), 1, "the busy ports went back to the pool");
+    let binds = r.k.ops().iter().filter(|o| matches!(o, Op::Bind(..))).count();
+    assert_eq!(binds, 3);
+}
+
+#[test]
+fn every_pool_port_busy_on_the_host_fails_with_eaddrinuse_and_keeps_none() {
+    let r = Rig::new();
+    r.k.state().busy.extend(40000..=40009);
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:80"), fail(libc::EADDRINUSE));
+    assert_eq!(r.table(|t| t.pool().in_use()), 0);
+    assert_eq!(r.table(|t| t.bindings().count()), 0);
+    assert_eq!(r.changes(), 0);
+}
+
+#[test]
+fn an_exhausted_pool_fails_the_bind_and_the_next_app_is_still_served() {
+    let r = Rig::new();
+    for _ in 0..10 {
+        let fd = r.tcp();
+        assert_eq!(r.bind(fd, "0.0.0.0:0"), OK);
+    }
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:0"), fail(libc::EADDRINUSE));
+    // A loopback bind needs no pool port.
+    assert_eq!(r.bind(fd, "127.0.0.1:8080"), OK);
+}
+
+#[test]
+fn a_loopback_bind_moves_the_socket_into_the_apps_namespace_with_its_options() {
+    let r = Rig::new();
+    let fd = r.socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
+    let old = r.k.state().fds[&fd];
+    r.k.state().socks[old].opts.insert((libc::SOL_SOCKET, libc::SO_REUSEADDR), 1i32.to_ne_bytes().to_vec());
+    assert_eq!(r.bind(fd, "127.0.0.1:6379"), OK);
+    let s = r.k.sock(fd);
+    assert_eq!(s.ns, Netns::App, "the app's descriptor now names a socket of its own namespace");
+    assert_eq!(s.local, Some(sa("127.0.0.1:6379")));
+    assert_eq!(s.opts[&(libc::SOL_SOCKET, libc::SO_REUSEADDR)], 1i32.to_ne_bytes());
+    assert_ne!(s.flags & libc::O_NONBLOCK, 0);
+    assert!(r.k.ops().contains(&Op::AddFd {
+        id: 2,
+        sock: r.k.state().fds[&fd],
+        at: Some(fd),
+        cloexec: true,
+        send: false
+    }));
+    assert_eq!(r.table(|t| t.bindings().count()), 0, "private: no row");
+    assert_eq!(r.shown(fd, false), None, "the kernel tells the truth there");
+}
+
+#[test]
+fn a_second_bind_is_einval_as_in_the_kernel() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:80"), OK);
+    assert_eq!(r.bind(fd, "0.0.0.0:81"), fail(libc::EINVAL));
+    assert_eq!(r.table(|t| t.pool().in_use()), 1);
+}
+
+#[test]
+fn a_dual_stack_bind_clears_v6only_and_binds_the_mapped_node_address() {
+    let r = Rig::new();
+    let fd = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].opts.insert((libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), 1i32.to_ne_bytes().to_vec());
+    assert_eq!(r.bind(fd, "[::]:80"), OK);
+    let s = r.k.sock(fd);
+    assert_eq!(s.opts[&(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)], 0i32.to_ne_bytes());
+    assert_eq!(s.local, Some(sa("[::ffff:10.0.0.1]:40000")));
+    assert_eq!(r.table(|t| t.binding(Proto::Tcp, 40000).unwrap().family), Family::V6);
+    assert_eq!(r.shown(fd, false), Some(sa("[::ffff:10.0.0.1]:80")));
+}
+
+#[test]
+fn a_mismatched_address_family_gets_the_kernels_errno() {
+    let r = Rig::new();
+    let v4 = r.tcp();
+    assert_eq!(r.bind(v4, "[::]:80"), fail(libc::EAFNOSUPPORT));
+    let v6 = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    assert_eq!(r.bind(v6, "0.0.0.0:80"), fail(libc::EINVAL));
+    assert_eq!(r.connect(v6, "10.9.9.9:80"), fail(libc::EINVAL));
+    assert_eq!(r.table(|t| t.bindings().count()), 0);
+}
+
+#[test]
+fn an_address_the_app_does_not_have_is_eaddrnotavail() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "192.0.2.1:80"), fail(libc::EADDRNOTAVAIL));
+}
+
+#[test]
+fn bad_lengths_and_pointers_get_einval_and_efault() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    let (p, _) = r.addr("0.0.0.0:80");
+    for (len, errno) in [(129u64, libc::EINVAL), (u32::MAX as u64, libc::EINVAL), (1, libc::EINVAL), (0, libc::EINVAL)]
+    {
+        assert_eq!(r.trap(libc::SYS_bind, [fd as u64, p, len, 0, 0, 0]), fail(errno), "len {len}");
+    }
+    assert_eq!(r.trap(libc::SYS_bind, [fd as u64, 0, 16, 0, 0, 0]), fail(libc::EFAULT));
+    // A sockaddr that runs past the end of the app's mapping.
+    assert_eq!(r.trap(libc::SYS_bind, [fd as u64, p + 0xff8, 16, 0, 0, 0]), fail(libc::EFAULT));
+    assert_eq!(r.table(|t| t.pool().in_use()), 0);
+}
+
+#[test]
+fn unspec_and_unix_addresses_cannot_be_bound_on_inet_sockets() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    let p = r.k.put(&[0u8; 16]);
+    assert_eq!(r.trap(libc::SYS_bind, [fd as u64, p, 16, 0, 0, 0]), fail(libc::EAFNOSUPPORT));
+    let mut unix = vec![0u8; 16];
+    unix[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    let p = r.k.put(&unix);
+    assert_eq!(r.trap(libc::SYS_bind, [fd as u64, p, 16, 0, 0, 0]), fail(libc::EAFNOSUPPORT));
+}
+
+#[test]
+fn unix_sockets_and_bad_descriptors_are_not_the_engines() {
+    let r = Rig::new();
+    assert_eq!(r.bind(NOT_A_SOCKET, "0.0.0.0:80"), Some(Reply::Proceed));
+    assert_eq!(r.listen(NOT_A_SOCKET), Some(Reply::Proceed));
+    assert_eq!(r.connect(NOT_A_SOCKET, "10.0.0.2:80"), Some(Reply::Proceed));
+    assert_eq!(r.bind(77, "0.0.0.0:80"), fail(libc::EBADF));
+    assert_eq!(r.connect(77, "10.0.0.2:80"), fail(libc::EBADF));
+    assert_eq!(r.name(77, false, 16).0, fail(libc::EBADF));
+}
+
+#[test]
+fn the_apps_own_inet_sockets_are_bound_by_the_daemon_where_they_are() {
+    let r = Rig::new();
+    r.k.give(20, libc::AF_INET, libc::SOCK_STREAM, Netns::App);
+    assert_eq!(r.bind(20, "0.0.0.0:80"), OK);
+    assert_eq!(r.k.sock(20).local, Some(sa("0.0.0.0:80")));
+    assert_eq!(r.table(|t| t.bindings().count()), 0);
+    assert_eq!(r.listen(20), OK);
+    assert_eq!(r.k.sock(20).listening, Some(128));
+}
+
+#[test]
+fn a_call_gone_stale_while_its_address_was_read_does_nothing() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    let (p, l) = r.addr("0.0.0.0:80");
+    r.k.state().stale_after_read.insert(900);
+    assert_eq!(r.trap_as(900, libc::SYS_bind, [fd as u64, p, l, 0, 0, 0]), None);
+    assert_eq!(r.table(|t| t.bindings().count()), 0);
+    assert!(!r.k.ops().iter().any(|o| matches!(o, Op::Bind(..))));
+    // The same race on connect: no connection is made.
+    let (p, l) = r.addr("192.0.2.1:80");
+    r.k.state().stale_after_read.insert(901);
+    assert_eq!(r.trap_as(901, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    assert!(!r.k.ops().iter().any(|o| matches!(o, Op::Connect(..))));
+}
+
+#[test]
+fn an_exposed_port_is_bound_as_it_is_once() {
+    let expose = vec![Expose { internal: 8000, at: ExposeAt::ThisNode, host_port: 9999 }];
+    let r = Rig::with(NewApp { expose, ..NewApp::default() });
+    let a = r.tcp();
+    assert_eq!(r.bind(a, "0.0.0.0:8000"), OK);
+    assert_eq!(r.k.sock(a).local, Some(host(9999)));
+    let b = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    assert_eq!(r.bind(b, "[::]:8000"), OK);
+    assert_eq!(r.k.sock(b).local, Some(sa("[::ffff:10.0.0.1]:40000")));
+    assert_eq!(r.table(|t| t.pool().in_use()), 1, "the exposed port is not the pool's");
+}
+
+#[test]
+fn a_udp_bind_to_a_port_is_a_service_row_at_once() {
+    let r = Rig::with(NewApp { ip: Some("198.18.0.9".parse().unwrap()), ..NewApp::default() });
+    let fd = r.udp();
+    assert_eq!(r.bind(fd, "0.0.0.0:53"), OK);
+    let row = r.table(|t| t.services().next().cloned()).unwrap();
+    assert_eq!((row.proto, row.service), (Proto::Udp, "198.18.0.9:53".parse().unwrap()));
+    let eph = r.udp();
+    assert_eq!(r.bind(eph, "0.0.0.0:0"), OK);
+    assert_eq!(r.table(|t| t.services().count()), 1, "an ephemeral UDP port serves nothing");
+}
+
+// listen()
+
+#[test]
+fn listen_makes_the_bound_socket_a_service_row() {
+    let r = Rig::with(NewApp { ip: Some("198.18.0.7".parse().unwrap()), ..NewApp::default() });
+    let fd = r.tcp();
+    r.bind(fd, "0.0.0.0:80");
+    assert_eq!(r.trap(libc::SYS_listen, [fd as u64, 511, 0, 0, 0, 0]), OK);
+    let row = r.table(|t| t.services().next().cloned()).unwrap();
+    assert_eq!((row.service, row.backlog), ("198.18.0.7:80".parse().unwrap(), 511));
+    assert_eq!(r.k.sock(fd).listening, Some(511));
+    assert_eq!(r.changes(), 2);
+}
+
+#[test]
+fn listen_on_an_unbound_socket_binds_a_pool_port_first() {
+    let r = Rig::with(NewApp { ip: Some("198.18.0.7".parse().unwrap()), ..NewApp::default() });
+    let fd = r.tcp();
+    assert_eq!(r.listen(fd), OK);
+    assert_eq!(r.k.sock(fd).local, Some(host(40000)));
+    let row = r.table(|t| t.services().next().cloned()).unwrap();
+    assert_eq!(row.service, "198.18.0.7:40000".parse().unwrap());
+}
+
+#[test]
+fn listen_on_a_udp_socket_is_eopnotsupp_and_binds_nothing() {
+    let r = Rig::new();
+    let fd = r.udp();
+    assert_eq!(r.listen(fd), fail(libc::EOPNOTSUPP));
+    assert_eq!(r.table(|t| t.pool().in_use()), 0);
+}
+
+#[test]
+fn listen_on_a_loopback_socket_adds_no_row() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    r.bind(fd, "127.0.0.1:9000");
+    assert_eq!(r.listen(fd), OK);
+    assert_eq!(r.k.sock(fd).listening, Some(128));
+    assert_eq!(r.table(|t| t.services().count()), 0);
+}

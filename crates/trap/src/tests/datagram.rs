@@ -1,0 +1,235 @@
+//! Datagrams with addresses: sendto, sendmsg, recvfrom, recvmsg.
+
+use super::*;
+
+/// A UDP server app on `service`: its host address.
+fn udp_server(r: &Rig, ip: &str, labels: &str, service: &str) -> SocketAddrV4 {
+    let s = r.other(Some(ip), labels);
+    let fd = s.udp();
+    assert_eq!(s.bind(fd, service), OK);
+    match s.k.sock(fd).local {
+        Some(SocketAddr::V4(a)) => a,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sendto(r: &Rig, fd: RawFd, data: &[u8], to: &str, flags: i32) -> Option<Reply> {
+    let buf = r.k.put(data);
+    let (p, l) = r.addr(to);
+    r.trap(libc::SYS_sendto, [fd as u64, buf, data.len() as u64, flags as u64, p, l])
+}
+
+#[test]
+fn a_datagram_to_a_virtual_address_goes_to_its_backend() {
+    let r = Rig::new();
+    let at = udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
+    let fd = r.udp();
+    assert_eq!(sendto(&r, fd, b"query", "198.18.0.53:53", 0), Some(Reply::Value(5)));
+    let s = r.k.sock(fd);
+    assert_eq!(s.sent, vec![(b"query".to_vec(), Vec::new(), Some(SocketAddr::V4(at)))]);
+}
+
+#[test]
+fn datagrams_obey_labels_and_loopback_stays_private() {
+    let r = Rig::with(NewApp { labels: Labels::parse("role=test").unwrap(), ..NewApp::default() });
+    udp_server(&r, "198.18.0.53", "role=prod", "0.0.0.0:53");
+    let fd = r.udp();
+    assert_eq!(sendto(&r, fd, b"q", "198.18.0.53:53", 0), fail(libc::ECONNREFUSED));
+    assert!(r.k.sock(fd).sent.is_empty());
+    assert_eq!(sendto(&r, fd, b"q", "192.0.2.9:53", 0), Some(Reply::Value(1)));
+    assert_eq!(r.k.sock(fd).sent[0].2, Some(sa("192.0.2.9:53")));
+    let lo = r.udp();
+    assert_eq!(sendto(&r, lo, b"q", "127.0.0.1:53", 0), Some(Reply::Value(1)));
+    let s = r.k.sock(lo);
+    assert_eq!((s.ns, s.sent[0].2), (Netns::App, Some(sa("127.0.0.1:53"))));
+}
+
+#[test]
+fn one_socket_keeps_talking_to_one_backend() {
+    let r = Rig::new();
+    udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
+    udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
+    for _ in 0..3 {
+        let fd = r.udp();
+        for _ in 0..5 {
+            sendto(&r, fd, b"q", "198.18.0.53:53", 0);
+        }
+        let sent = r.k.sock(fd).sent;
+        assert!(sent.iter().all(|s| s.2 == sent[0].2), "{sent:?}");
+    }
+}
+
+#[test]
+fn tcp_sends_run_natively_but_fast_open_is_refused() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    assert_eq!(sendto(&r, fd, b"x", "192.0.2.1:80", 0), Some(Reply::Proceed));
+    assert_eq!(sendto(&r, fd, b"x", "192.0.2.1:80", libc::MSG_FASTOPEN), fail(libc::EOPNOTSUPP));
+    assert!(r.k.sock(fd).peer.is_none(), "no connection was made");
+}
+
+#[test]
+fn oversized_datagrams_are_emsgsize() {
+    let r = Rig::new();
+    let fd = r.udp();
+    let (p, l) = r.addr("192.0.2.1:53");
+    let big = crate::datagram::MAX_PAYLOAD as u64 + 1;
+    assert_eq!(r.trap(libc::SYS_sendto, [fd as u64, p, big, 0, p, l]), fail(libc::EMSGSIZE));
+    assert_eq!(sendto(&r, fd, b"x", "192.0.2.1:53", 0), Some(Reply::Value(1)));
+}
+
+/// A msghdr in the app's memory: name, iovecs over `parts`, control bytes.
+fn msghdr(r: &Rig, name: Option<&str>, parts: &[&[u8]], control: &[u8], iov_cap: usize) -> u64 {
+    let (name_ptr, name_len) = match name {
+        Some(a) => r.addr(a),
+        None => (0, 0),
+    };
+    let mut iov = Vec::new();
+    for p in parts {
+        let mut b = p.to_vec();
+        b.resize(iov_cap.max(p.len()), 0);
+        iov.extend(r.k.put(&b).to_ne_bytes());
+        iov.extend((iov_cap.max(p.len()) as u64).to_ne_bytes());
+    }
+    let iov_ptr = r.k.put(&iov);
+    let control_ptr = r.k.put(&control.iter().copied().chain(std::iter::repeat_n(0, 64)).collect::<Vec<u8>>());
+    let mut h = Vec::new();
+    h.extend(name_ptr.to_ne_bytes());
+    h.extend((name_len as u32).to_ne_bytes());
+    h.extend([0u8; 4]);
+    h.extend(iov_ptr.to_ne_bytes());
+    h.extend((parts.len() as u64).to_ne_bytes());
+    h.extend(control_ptr.to_ne_bytes());
+    h.extend((control.len() as u64).to_ne_bytes());
+    h.extend([0u8; 8]);
+    r.k.put(&h)
+}
+
+#[test]
+fn sendmsg_gathers_the_iovecs_and_passes_the_control_data() {
+    let r = Rig::new();
+    let at = udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
+    let fd = r.udp();
+    let h = msghdr(&r, Some("198.18.0.53:53"), &[b"ab", b"cde"], b"ctl!", 0);
+    assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, h, 0, 0, 0, 0]), Some(Reply::Value(5)));
+    assert_eq!(r.k.sock(fd).sent, vec![(b"abcde".to_vec(), b"ctl!".to_vec(), Some(SocketAddr::V4(at)))]);
+    let no_name = msghdr(&r, None, &[b"x"], b"", 0);
+    assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, no_name, 0, 0, 0, 0]), Some(Reply::Proceed));
+    assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, 0x8, 0, 0, 0, 0]), fail(libc::EFAULT));
+}
+
+#[test]
+fn too_many_iovecs_are_emsgsize() {
+    let r = Rig::new();
+    let fd = r.udp();
+    let h = msghdr(&r, Some("192.0.2.1:53"), &[b"x"], b"", 0);
+    let mut raw = r.k.peek(h, 56);
+    raw[24..32].copy_from_slice(&1025u64.to_ne_bytes());
+    let h = r.k.put(&raw);
+    assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, h, 0, 0, 0, 0]), fail(libc::EMSGSIZE));
+}
+
+fn recvfrom(r: &Rig, id: u64, fd: RawFd, flags: i32, srclen: u32) -> (Option<Reply>, u64, u64, u64) {
+    let buf = r.k.put(&[0u8; 64]);
+    let src = r.k.put(&[0u8; 28]);
+    let lenp = r.k.put(&srclen.to_ne_bytes());
+    let reply = r.trap_as(id, libc::SYS_recvfrom, [fd as u64, buf, 64, flags as u64, src, lenp]);
+    (reply, buf, src, lenp)
+}
+
+#[test]
+fn a_reply_from_a_backend_shows_the_virtual_address_it_was_sent_to() {
+    let r = Rig::new();
+    let at = udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
+    let fd = r.udp();
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].inbox.push_back((b"answer".to_vec(), SocketAddr::V4(at)));
+    let (reply, buf, src, lenp) = recvfrom(&r, r.next_id(), fd, 0, 16);
+    assert_eq!(reply, Some(Reply::Value(6)));
+    assert_eq!(r.k.peek(buf, 6), b"answer");
+    assert_eq!(r.k.peek(src, 16), addr::encode(sa("198.18.0.53:53"), Family::V4));
+    assert_eq!(u32::from_ne_bytes(r.k.peek(lenp, 4).try_into().unwrap()), 16);
+}
+
+#[test]
+fn a_short_source_buffer_is_filled_as_far_as_it_goes() {
+    let r = Rig::new();
+    let fd = r.udp();
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].inbox.push_back((b"x".to_vec(), sa("192.0.2.1:53")));
+    let (reply, _, src, lenp) = recvfrom(&r, r.next_id(), fd, 0, 6);
+    assert_eq!(reply, Some(Reply::Value(1)));
+    assert_eq!(r.k.peek(src, 8)[6..], [0, 0]);
+    assert_eq!(u32::from_ne_bytes(r.k.peek(lenp, 4).try_into().unwrap()), 16);
+}
+
+#[test]
+fn an_empty_nonblocking_receive_is_eagain() {
+    let r = Rig::new();
+    let fd = r.socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK);
+    assert_eq!(recvfrom(&r, r.next_id(), fd, 0, 16).0, fail(libc::EAGAIN));
+    let fd = r.udp();
+    assert_eq!(recvfrom(&r, r.next_id(), fd, libc::MSG_DONTWAIT, 16).0, fail(libc::EAGAIN));
+}
+
+#[test]
+fn a_blocking_receive_is_answered_when_a_datagram_arrives() {
+    let r = Rig::new();
+    let fd = r.udp();
+    let id = r.next_id();
+    let (reply, buf, _, _) = recvfrom(&r, id, fd, 0, 16);
+    assert_eq!(reply, None, "answered later");
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].inbox.push_back((b"late".to_vec(), sa("192.0.2.1:53")));
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(id), Some(Reply::Value(4)));
+    assert_eq!(r.k.peek(buf, 4), b"late");
+}
+
+#[test]
+fn a_receive_whose_caller_is_gone_writes_nothing() {
+    let r = Rig::new();
+    let fd = r.udp();
+    let id = r.next_id();
+    recvfrom(&r, id, fd, 0, 16);
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].inbox.push_back((b"late".to_vec(), sa("192.0.2.1:53")));
+    r.k.state().stale.insert(id);
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(id), None);
+    assert!(!r.k.ops().iter().any(|o| matches!(o, Op::Write(..))));
+}
+
+#[test]
+fn recvmsg_scatters_the_datagram_and_fills_in_the_header() {
+    let r = Rig::new();
+    let at = udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
+    let fd = r.udp();
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].inbox.push_back((b"abcdef".to_vec(), SocketAddr::V4(at)));
+    let h = msghdr(&r, Some("0.0.0.0:0"), &[b"", b""], b"", 4);
+    assert_eq!(r.trap(libc::SYS_recvmsg, [fd as u64, h, 0, 0, 0, 0]), Some(Reply::Value(6)));
+    let raw = r.k.peek(h, 56);
+    let name = u64::from_ne_bytes(raw[0..8].try_into().unwrap());
+    let iov = u64::from_ne_bytes(raw[16..24].try_into().unwrap());
+    let iovs = r.k.peek(iov, 32);
+    let first = u64::from_ne_bytes(iovs[0..8].try_into().unwrap());
+    let second = u64::from_ne_bytes(iovs[16..24].try_into().unwrap());
+    assert_eq!(r.k.peek(first, 4), b"abcd");
+    assert_eq!(r.k.peek(second, 2), b"ef");
+    assert_eq!(r.k.peek(name, 16), addr::encode(sa("198.18.0.53:53"), Family::V4));
+    assert_eq!(u32::from_ne_bytes(raw[8..12].try_into().unwrap()), 16);
+}
+
+#[test]
+fn receives_without_an_address_or_from_the_error_queue_run_natively() {
+    let r = Rig::new();
+    let fd = r.udp();
+    let h = msghdr(&r, None, &[b""], b"", 4);
+    assert_eq!(r.trap(libc::SYS_recvmsg, [fd as u64, h, 0, 0, 0, 0]), Some(Reply::Proceed));
+    let h = msghdr(&r, Some("0.0.0.0:0"), &[b""], b"", 4);
+    assert_eq!(r.trap(libc::SYS_recvmsg, [fd as u64, h, libc::MSG_ERRQUEUE as u64, 0, 0, 0]), Some(Reply::Proceed));
+    assert_eq!(recvfrom(&r, r.next_id(), fd, libc::MSG_ERRQUEUE, 16).0, Some(Reply::Proceed));
+    let tcp = r.tcp();
+    assert_eq!(recvfrom(&r, r.next_id(), tcp, 0, 16).0, Some(Reply::Proceed));
+}
