@@ -4,6 +4,7 @@
 #
 #   bench/run.sh            # all benchmarks
 #   SECONDS_PER_RUN=10 bench/run.sh
+#   AX_BIN=... AXB_BIN=... bench/run.sh   # other builds of ax and ax-bench (bench/compare.sh)
 #
 # Prints each figure for native host networking and for ax, and their ratio.
 set -euo pipefail
@@ -13,9 +14,11 @@ T=${SECONDS_PER_RUN:-5}
 for p in iperf3 redis-server redis-benchmark nsenter unshare setpriv; do
   command -v $p >/dev/null || { echo "$p is not installed (see .ci/run for the packages)" >&2; exit 1; }
 done
-cargo build --release -q -p ax -p ax-bench
-AX=$PWD/target/release/ax
-AXB=$PWD/target/release/ax-bench
+if [ -z "${AX_BIN:-}" ]; then
+  cargo build --release -q -p ax -p ax-bench
+fi
+AX=${AX_BIN:-$PWD/target/release/ax}
+AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
 
 NS=axb-$$
 NODE=10.252.0.1
