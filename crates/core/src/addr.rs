@@ -201,21 +201,33 @@ pub fn made_up_range(host_networks: &[Subnet]) -> Option<Subnet> {
     MADE_UP_RANGES.into_iter().find(|r| host_networks.iter().all(|n| !n.overlaps(r)))
 }
 
+/// Why an address cannot be an app's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppIpError {
+    #[error("--ip {0} is the unspecified address: give a unicast IPv4 address")]
+    Unspecified(Ipv4Addr),
+    #[error("--ip {0} is a loopback address (127.0.0.0/8 stays private to each app): give a unicast IPv4 address")]
+    Loopback(Ipv4Addr),
+    #[error("--ip {0} is a multicast address: give a unicast IPv4 address")]
+    Multicast(Ipv4Addr),
+    #[error("--ip {0} is the broadcast address: give a unicast IPv4 address")]
+    Broadcast(Ipv4Addr),
+}
+
 /// Checks that `ip` can serve as an app's virtual address: a unicast IPv4 address
 /// that is not the host's loopback.
-pub fn check_app_ip(ip: Ipv4Addr) -> Result<(), String> {
-    let why = if ip.is_unspecified() {
-        "the unspecified address"
+pub fn check_app_ip(ip: Ipv4Addr) -> Result<(), AppIpError> {
+    if ip.is_unspecified() {
+        Err(AppIpError::Unspecified(ip))
     } else if ip.is_loopback() {
-        "a loopback address (127.0.0.0/8 stays private to each app)"
+        Err(AppIpError::Loopback(ip))
     } else if ip.is_multicast() {
-        "a multicast address"
+        Err(AppIpError::Multicast(ip))
     } else if ip.is_broadcast() {
-        "the broadcast address"
+        Err(AppIpError::Broadcast(ip))
     } else {
-        return Ok(());
-    };
-    Err(format!("--ip {ip} is {why}: give a unicast IPv4 address"))
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -272,9 +284,16 @@ mod tests {
     fn app_ips() {
         assert!(check_app_ip("198.18.0.1".parse().unwrap()).is_ok());
         for bad in ["0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255"] {
-            let e = check_app_ip(bad.parse().unwrap()).unwrap_err();
+            let e = check_app_ip(bad.parse().unwrap()).unwrap_err().to_string();
             assert!(e.starts_with(&format!("--ip {bad} is")), "{e}");
+            assert!(e.ends_with(": give a unicast IPv4 address"), "{e}");
         }
+        assert_eq!(
+            check_app_ip("127.0.0.9".parse().unwrap()).unwrap_err().to_string(),
+            "--ip 127.0.0.9 is a loopback address (127.0.0.0/8 stays private to each app): give a unicast IPv4 address"
+        );
+        // Private and shared ranges are fine: ax's own made-up ranges are among them.
+        assert!(check_app_ip(MADE_UP_RANGES[1].nth(1)).is_ok());
     }
 
     proptest! {

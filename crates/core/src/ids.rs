@@ -28,13 +28,19 @@ impl fmt::Display for AppId {
     }
 }
 
+/// An app id that is not 8 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("app id '{0}' is not 8 hex digits")]
+pub struct BadAppId(pub String);
+
 impl std::str::FromStr for AppId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() != 8 {
-            return Err(format!("app id '{s}' is not 8 hex digits"));
+    type Err = BadAppId;
+    fn from_str(s: &str) -> Result<Self, BadAppId> {
+        // from_str_radix alone would take "+1bb" and shorter forms.
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BadAppId(s.into()));
         }
-        u32::from_str_radix(s, 16).map(AppId).map_err(|_| format!("app id '{s}' is not 8 hex digits"))
+        u32::from_str_radix(s, 16).map(AppId).map_err(|_| BadAppId(s.into()))
     }
 }
 
@@ -54,6 +60,7 @@ mod tests {
         assert_eq!(AppId(0x1bb).to_string(), "000001bb");
         assert_eq!("f00001bb".parse::<AppId>(), Ok(AppId(0xf00001bb)));
         assert!("f001bb".parse::<AppId>().is_err());
-        assert!("zzzzzzzz".parse::<AppId>().is_err());
+        assert_eq!("zzzzzzzz".parse::<AppId>().unwrap_err().to_string(), "app id 'zzzzzzzz' is not 8 hex digits");
+        assert!("+f0001bb".parse::<AppId>().is_err(), "a sign is no hex digit");
     }
 }

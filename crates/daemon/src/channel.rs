@@ -165,7 +165,7 @@ fn reattach(
     pid: i32,
     fd: OwnedFd,
 ) -> Result<()> {
-    let id: AppId = app_id.parse().map_err(|e: String| anyhow!(e))?;
+    let id: AppId = app_id.parse()?;
     if daemon.table().app(id).is_none() {
         bail!("app {id} is not known to this daemon (was it started with --clean?)");
     }

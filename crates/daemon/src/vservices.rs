@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ax_api::{VserviceRequest, VserviceView};
 use ax_core::vservice::{self, LbType, Vservice};
-use ax_core::{addr, Table};
+use ax_core::{addr, Table, VserviceError};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,7 +27,7 @@ fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
     let bad = Refusal::Bad;
     ax_dns::wire::check_label(&req.name).map_err(|e| bad(e.replacen("--name", "name", 1)))?;
     let ip: Ipv4Addr = req.ip.parse().map_err(|_| bad(format!("--ip {} is not an IPv4 address", req.ip)))?;
-    addr::check_app_ip(ip).map_err(bad)?;
+    addr::check_app_ip(ip).map_err(|e| bad(e.to_string()))?;
     let source_ip = match &req.source_ip {
         Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| bad(format!("--source-ip {s} is not an IPv4 address")))?),
         None => None,
@@ -57,7 +57,7 @@ fn install(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
     let v = parse(req)?;
     let (name, ip, ports, external) = (v.name.clone(), v.ip, v.ports.clone(), v.external);
     let dialers: Vec<String> = v.backends.iter().map(|b| b.to_string()).collect();
-    daemon.table().add_vservice(v).map_err(Refusal::Conflict)?;
+    daemon.table().add_vservice(v).map_err(|e| Refusal::Conflict(e.to_string()))?;
     if external {
         for m in ports {
             if let Err(e) =
@@ -77,13 +77,13 @@ fn install(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
 
 pub fn delete(daemon: &Daemon, name: &str) -> Result<(), Refusal> {
     let name = name.to_ascii_lowercase();
-    uninstall(daemon, &name).map_err(Refusal::Missing)?;
+    uninstall(daemon, &name).map_err(|e| Refusal::Missing(e.to_string()))?;
     record(daemon, &name, None);
     crate::state::save(daemon);
     Ok(())
 }
 
-fn uninstall(daemon: &Daemon, name: &str) -> Result<(), String> {
+fn uninstall(daemon: &Daemon, name: &str) -> Result<(), VserviceError> {
     daemon.table().remove_vservice(name)?;
     relay::stop(daemon, name);
     Ok(())

@@ -1,0 +1,390 @@
+//! The decisions that read the whole table: where a bind lands, where a connect goes
+//! (private, refused, to rows the client's labels reach, through a vservice, out
+//! directly or through an egress gateway), which addresses are virtual, and what
+//! getsockname and getpeername answer.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::addr;
+use crate::ids::AppId;
+use crate::labels::Labels;
+use crate::vservice::ExposeAt;
+use crate::Errno;
+
+use super::{Proto, Table};
+
+/// The port egress gateways take connections on.
+pub const EGRESS_PORT: u16 = 6661;
+
+/// How to carry out a bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindPlan {
+    /// A loopback address: the socket moves into the app's own namespace and the
+    /// bind happens there, private to the app.
+    Private,
+    /// Bind on the node address at `host_port` (an exposed port) or else a pool port;
+    /// the app sees `service`.
+    Host { service: SocketAddrV4, host_port: Option<u16> },
+}
+
+/// One place a connect may go, and the host address to make it from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    pub addr: SocketAddrV4,
+    pub source: Option<Ipv4Addr>,
+}
+
+/// Where a connect goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Loopback: inside the app's own namespace.
+    Private,
+    /// A served address the app may not reach, or a virtual address nobody serves:
+    /// ECONNREFUSED, and no packet leaves.
+    Refused,
+    /// A service or vservice: the targets in the order to try (the first is the
+    /// balancer's choice, the rest are fallbacks should it be down).
+    Backends(Vec<Target>),
+    /// Not ax's: straight out from the host.
+    Direct(SocketAddr),
+    /// Not ax's, through an egress gateway of the cluster: connect to the gateway's
+    /// egress port and ask it for `dest`.
+    Egress { gateway: SocketAddrV4, dest: SocketAddr },
+}
+
+impl Table {
+    /// Decides where a bind of `requested` by `app` goes.
+    pub fn plan_bind(&self, app: AppId, requested: SocketAddr) -> Result<BindPlan, Errno> {
+        let app = self.apps.get(app).ok_or(libc::EPERM)?;
+        let want = addr::unmap(requested);
+        if addr::is_loopback(want.ip()) {
+            return Ok(BindPlan::Private);
+        }
+        match want {
+            SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => {
+                let here = |at: &ExposeAt| match at {
+                    ExposeAt::ThisNode | ExposeAt::Every => true,
+                    ExposeAt::Node(ip) => *ip == self.node.ip,
+                };
+                let host_port = app.expose.iter().find(|e| e.internal == v4.port() && here(&e.at)).map(|e| e.host_port);
+                // One socket per exposed port gets it (nginx binds 0.0.0.0 and ::).
+                let host_port = host_port.filter(|h| !self.services.holds(app.id, *h));
+                Ok(BindPlan::Host { service: SocketAddrV4::new(app.ip, v4.port()), host_port })
+            }
+            // The app has no other address to bind to, as the kernel would say.
+            _ => Err(libc::EADDRNOTAVAIL),
+        }
+    }
+
+    /// Decides where a connect by `client` to `dest` goes. The backend order is
+    /// random, so connections spread over every backend of an address.
+    pub fn route_connect(&mut self, client: AppId, proto: Proto, dest: SocketAddr) -> Route {
+        let dest = addr::unmap(dest);
+        // Linux takes a connect to 0.0.0.0 or :: as one to the loopback address.
+        if addr::is_loopback(dest.ip()) || dest.ip().is_unspecified() {
+            return Route::Private;
+        }
+        let SocketAddr::V4(v4) = dest else {
+            return Route::Direct(dest);
+        };
+        let Some(labels) = self.apps.get(client).map(|c| c.labels.clone()) else {
+            return Route::Refused;
+        };
+        if proto == Proto::Tcp {
+            if let Some(route) = self.vservice_route(*v4.ip(), v4.port(), Some(&labels)) {
+                return route;
+            }
+        }
+        // A connect straight to a backend's host address is a connect to its service:
+        // labels cannot be bypassed by naming the pool port.
+        let service = self.service_of_host(proto, v4).unwrap_or(v4);
+        let rows = self.rows_at(proto, service);
+        if rows.is_empty() {
+            if self.is_virtual(dest.ip()) {
+                return Route::Refused;
+            }
+            return self.outbound(proto, dest);
+        }
+        let mut allowed: Vec<Target> = rows
+            .into_iter()
+            .filter(|(_, server)| server.shares(&labels))
+            .map(|(host, _)| Target { addr: host, source: None })
+            .collect();
+        if allowed.is_empty() {
+            return Route::Refused;
+        }
+        self.rng.shuffle(&mut allowed);
+        Route::Backends(allowed)
+    }
+
+    /// Where a connect to a vservice's `ip:port` goes: per backend, its choices (a
+    /// service-table address's rows the client may reach, shuffled; an external
+    /// address as is), backends in the balancer's order. `client` None (a client
+    /// outside ax, through an external port) skips the label check. None when `ip` is
+    /// no vservice's.
+    pub fn vservice_route(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Route> {
+        let (apps, services, remote) = (&self.apps, &self.services, &self.remote);
+        let is_app_ip = |ip| apps.has_ip(ip) || remote.has_app_ip(ip);
+        let rows_at = |service| rows_at(apps, services, remote, Proto::Tcp, service);
+        self.vservices.route(ip, port, client, is_app_ip, rows_at, &mut self.rng)
+    }
+
+    /// A connect to an address outside the service table: through a live egress
+    /// gateway (TCP, from a node that is not one, to an address that is not a node's),
+    /// else directly.
+    fn outbound(&mut self, proto: Proto, dest: SocketAddr) -> Route {
+        let to_node = matches!(dest.ip(), IpAddr::V4(ip) if self.remote.is_node(ip));
+        let gateways = self.remote.gateways();
+        if proto != Proto::Tcp || self.egress_gateway || to_node || gateways.is_empty() {
+            return Route::Direct(dest);
+        }
+        let gw = gateways[self.rng.usize(..gateways.len())];
+        Route::Egress { gateway: SocketAddrV4::new(gw, EGRESS_PORT), dest }
+    }
+
+    /// What getsockname shows `app` for a socket whose real address is `real`: the
+    /// virtual address of a socket it bound, or its own address in place of the node's.
+    pub fn local_name(&self, app: AppId, proto: Proto, real: SocketAddr) -> Option<SocketAddr> {
+        let SocketAddr::V4(v4) = addr::unmap(real) else { return None };
+        if *v4.ip() != self.node.ip {
+            return None;
+        }
+        if let Some(b) = self.services.get(proto, v4.port()).filter(|b| b.app == app) {
+            return Some(SocketAddr::V4(b.service));
+        }
+        let me = self.apps.get(app)?;
+        Some(SocketAddr::V4(SocketAddrV4::new(me.ip, v4.port())))
+    }
+
+    /// What getpeername shows for a peer whose real address is `real`: a service's
+    /// virtual address in place of its host address.
+    pub fn peer_name(&self, proto: Proto, real: SocketAddr) -> Option<SocketAddr> {
+        let SocketAddr::V4(v4) = addr::unmap(real) else { return None };
+        self.service_of_host(proto, v4).map(SocketAddr::V4)
+    }
+
+    /// The service a row's host address serves, on this node or another.
+    fn service_of_host(&self, proto: Proto, host: SocketAddrV4) -> Option<SocketAddrV4> {
+        self.services.service_of_host(proto, host).or_else(|| self.remote.service_of_host(proto, host))
+    }
+
+    fn rows_at(&self, proto: Proto, service: SocketAddrV4) -> Vec<(SocketAddrV4, &Labels)> {
+        rows_at(&self.apps, &self.services, &self.remote, proto, service)
+    }
+
+    /// True when `ip` is an app's or a vservice's address and not a node's own.
+    pub fn is_virtual(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => {
+                v4 != self.node.ip
+                    && !self.remote.is_node(v4)
+                    && (self.apps.has_ip(v4)
+                        || self.remote.has_app_ip(v4)
+                        || self.remote.was_app_ip(v4)
+                        || self.vservices.has_ip(v4))
+            }
+            IpAddr::V6(_) => false,
+        }
+    }
+}
+
+/// Every row serving `service` over `proto`, this node's and the cluster's: the host
+/// address to connect to, and the labels of the app behind it.
+fn rows_at<'t>(
+    apps: &'t super::apps::Apps,
+    services: &'t super::services::Services,
+    remote: &'t super::remote::RemoteView,
+    proto: Proto,
+    service: SocketAddrV4,
+) -> Vec<(SocketAddrV4, &'t Labels)> {
+    let local = services.rows_at(proto, service).filter_map(|b| apps.get(b.app).map(|a| (b.host, &a.labels)));
+    let remote = remote.rows_at(proto, service).map(|r| (r.host, &r.labels));
+    local.chain(remote).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::testing::*;
+    use crate::table::{NewApp, Remote};
+    use crate::vservice::{Expose, ExposeAt};
+    use std::collections::HashSet;
+
+    #[test]
+    fn bind_plans() {
+        let mut t = table();
+        let a = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let host = |s| BindPlan::Host { service: s, host_port: None };
+        assert_eq!(t.plan_bind(a, sa("0.0.0.0:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("[::]:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("[::ffff:198.18.0.1]:81")), Ok(host("198.18.0.1:81".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("127.0.0.1:80")), Ok(BindPlan::Private));
+        assert_eq!(t.plan_bind(a, sa("[::1]:80")), Ok(BindPlan::Private));
+        assert_eq!(t.plan_bind(a, sa("198.18.0.2:80")), Err(libc::EADDRNOTAVAIL));
+        assert_eq!(t.plan_bind(a, sa("[2001:db8::1]:80")), Err(libc::EADDRNOTAVAIL));
+    }
+
+    #[test]
+    fn two_backends_on_one_address_both_get_chosen() {
+        let mut t = table();
+        let s1 = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let s2 = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        let p1 = serve(&mut t, s1, "0.0.0.0:80", 11);
+        let p2 = serve(&mut t, s2, "[::]:80", 12);
+        let mut seen = HashSet::new();
+        for _ in 0..100 {
+            let Route::Backends(b) = t.route_connect(c, Proto::Tcp, sa("198.18.0.1:80")) else { panic!() };
+            assert_eq!(b.len(), 2);
+            seen.insert(b[0].addr.port());
+        }
+        assert_eq!(seen, HashSet::from([p1, p2]));
+    }
+
+    #[test]
+    fn labels_isolate_both_ways() {
+        let mut t = table();
+        let prod = app(&mut t, Some("198.18.0.2"), "role=prod");
+        let other = app(&mut t, Some("198.18.0.3"), "zone=default");
+        let client_prod = app(&mut t, None, "role=prod");
+        let client_default = app(&mut t, None, "zone=default");
+        let pp = serve(&mut t, prod, "0.0.0.0:6379", 1);
+        serve(&mut t, other, "0.0.0.0:6379", 2);
+        assert_eq!(
+            t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.2:6379")),
+            Route::Backends(vec![Target { addr: SocketAddrV4::new(NODE, pp), source: None }])
+        );
+        assert_eq!(t.route_connect(client_default, Proto::Tcp, sa("198.18.0.2:6379")), Route::Refused);
+        assert_eq!(t.route_connect(client_prod, Proto::Tcp, sa("198.18.0.3:6379")), Route::Refused);
+        // Naming the host port directly is no way around the labels.
+        assert_eq!(
+            t.route_connect(client_default, Proto::Tcp, SocketAddr::V4(SocketAddrV4::new(NODE, pp))),
+            Route::Refused
+        );
+    }
+
+    #[test]
+    fn unserved_virtual_address_is_refused_and_others_go_direct() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        serve(&mut t, s, "0.0.0.0:80", 1);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.0.1:81")), Route::Refused);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:22")), Route::Direct(sa("10.0.0.1:22")));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("[::ffff:127.0.0.1]:5")), Route::Private);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("0.0.0.0:6664")), Route::Private);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("[::]:6664")), Route::Private);
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("198.18.0.1:80")), Route::Refused);
+    }
+
+    #[test]
+    fn names_translate_both_ways() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, Some("198.18.0.9"), "zone=default");
+        let p = serve(&mut t, s, "[::]:80", 5);
+        let host = SocketAddr::V4(SocketAddrV4::new(NODE, p));
+        assert_eq!(t.local_name(s, Proto::Tcp, host), Some(sa("198.18.0.1:80")));
+        assert_eq!(t.peer_name(Proto::Tcp, host), Some(sa("198.18.0.1:80")));
+        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.0.0.1:33000")), Some(sa("198.18.0.9:33000")));
+        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.9.9.9:33000")), None);
+        assert_eq!(t.peer_name(Proto::Tcp, sa("10.0.0.1:1")), None);
+    }
+
+    #[test]
+    fn exposed_ports_are_bound_as_they_are_once_per_app() {
+        let mut t = table();
+        let expose = vec![
+            Expose { internal: 8000, at: ExposeAt::ThisNode, host_port: 9999 },
+            Expose { internal: 8001, at: ExposeAt::Node("10.0.0.9".parse().unwrap()), host_port: 9998 },
+        ];
+        let id = t.add_app(NewApp { expose, ..NewApp::default() }).unwrap().id;
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8000")).unwrap() else { panic!() };
+        assert_eq!(host_port, Some(9999));
+        t.add_binding(id, bound(1, "0.0.0.0:8000"), SocketAddrV4::new(NODE, 8000), 9999);
+        // The app's second socket on that port ([::]) takes a pool port.
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("[::]:8000")).unwrap() else { panic!() };
+        assert_eq!(host_port, None);
+        // Exposed on another node: here the socket takes a pool port (that node relays).
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8001")).unwrap() else { panic!() };
+        assert_eq!(host_port, None);
+        // An exposed port is not the pool's to give back.
+        t.remove_app(id);
+        assert_eq!(t.pool().in_use(), 0);
+    }
+
+    #[test]
+    fn outside_addresses_go_through_an_egress_gateway_when_there_is_one() {
+        let mut t = table();
+        let c = app(&mut t, None, "zone=default");
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), Route::Direct(sa("192.0.2.1:443")));
+        let gw: Ipv4Addr = "10.0.0.3".parse().unwrap();
+        t.set_remote(Remote { nodes: vec![("g".into(), gw)], egress: vec![gw], ..Remote::default() });
+        let via = Route::Egress { gateway: SocketAddrV4::new(gw, EGRESS_PORT), dest: sa("192.0.2.1:443") };
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), via);
+        // UDP, and connects to the cluster's own nodes, go directly.
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("192.0.2.1:53")), Route::Direct(sa("192.0.2.1:53")));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.3:22")), Route::Direct(sa("10.0.0.3:22")));
+        // A gateway's own apps go directly.
+        t.set_egress_gateway(true);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), Route::Direct(sa("192.0.2.1:443")));
+        t.record_egress("10.0.0.1:33000".parse().unwrap(), sa("192.0.2.1:443"));
+        assert_eq!(t.egress_peer(sa("10.0.0.1:33000")), Some(sa("192.0.2.1:443")));
+        assert_eq!(t.egress_peer(sa("10.0.0.1:33001")), None);
+    }
+
+    #[test]
+    fn the_node_address_is_routed_only_where_an_app_serves_it() {
+        let mut t = table();
+        // An app without --ip has the node's address: its rows serve NODE:port.
+        let on_node = app(&mut t, None, "zone=default");
+        let own = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        let p = serve(&mut t, on_node, "0.0.0.0:80", 1);
+        assert_eq!(first(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:80"))), SocketAddrV4::new(NODE, p));
+        // An unserved port of the node is the host's own: direct. Of an app: refused.
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:22")), Route::Direct(sa("10.0.0.1:22")));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.0.1:22")), Route::Refused);
+        assert!(!t.is_virtual(NODE.into()), "apps on the node's address do not make it virtual");
+        assert!(t.is_virtual("198.18.0.1".parse().unwrap()));
+        // A row of one protocol does not serve the other.
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("10.0.0.1:80")), Route::Direct(sa("10.0.0.1:80")));
+        // The app that serves it sees the node address as its own in getsockname.
+        assert_eq!(t.local_name(own, Proto::Tcp, sa("[::ffff:10.0.0.1]:5000")), Some(sa("198.18.0.1:5000")));
+        assert_eq!(t.local_name(on_node, Proto::Tcp, sa("10.0.0.1:5000")), Some(sa("10.0.0.1:5000")));
+    }
+
+    #[test]
+    fn unknown_apps_and_plain_ipv6_get_nothing_virtual() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.0.1"), "zone=default");
+        serve(&mut t, s, "0.0.0.0:80", 1);
+        let stranger = AppId(0xf000_0000);
+        assert_eq!(t.plan_bind(stranger, sa("0.0.0.0:80")), Err(libc::EPERM));
+        assert_eq!(t.route_connect(stranger, Proto::Tcp, sa("198.18.0.1:80")), Route::Refused);
+        assert_eq!(t.local_name(stranger, Proto::Tcp, sa("10.0.0.1:1")), None);
+        // Loopback stays private even for an unknown app; a real IPv6 address goes out.
+        assert_eq!(t.route_connect(stranger, Proto::Tcp, sa("127.0.0.1:80")), Route::Private);
+        assert_eq!(t.route_connect(s, Proto::Tcp, sa("[2001:db8::1]:80")), Route::Direct(sa("[2001:db8::1]:80")));
+        assert!(!t.is_virtual("2001:db8::1".parse().unwrap()));
+        assert_eq!(t.peer_name(Proto::Tcp, sa("[2001:db8::1]:80")), None);
+    }
+
+    #[test]
+    fn egress_spreads_over_the_gateways_and_spares_node_addresses() {
+        let mut t = table();
+        let c = app(&mut t, None, "zone=default");
+        let gws: Vec<Ipv4Addr> = vec!["10.0.0.3".parse().unwrap(), "10.0.0.4".parse().unwrap()];
+        let nodes = vec![("g1".into(), gws[0]), ("g2".into(), gws[1]), ("n5".into(), "10.0.0.5".parse().unwrap())];
+        t.set_remote(Remote { nodes, egress: gws.clone(), ..Remote::default() });
+        let mut used = HashSet::new();
+        for _ in 0..50 {
+            let Route::Egress { gateway, dest } = t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")) else { panic!() };
+            assert_eq!((gateway.port(), dest), (EGRESS_PORT, sa("192.0.2.1:443")));
+            used.insert(*gateway.ip());
+        }
+        assert_eq!(used, gws.into_iter().collect());
+        // A node that is no gateway is still reached directly.
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.5:22")), Route::Direct(sa("10.0.0.5:22")));
+    }
+}
