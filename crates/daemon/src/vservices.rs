@@ -25,7 +25,7 @@ pub enum Refusal {
 
 fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
     let bad = Refusal::Bad;
-    ax_dns::wire::check_label(&req.name).map_err(|e| bad(e.replacen("--name", "name", 1)))?;
+    ax_dns::wire::check_label(&req.name).map_err(|e| bad(e.to_string().replacen("--name", "name", 1)))?;
     let ip: Ipv4Addr = req.ip.parse().map_err(|_| bad(format!("--ip {} is not an IPv4 address", req.ip)))?;
     addr::check_app_ip(ip).map_err(|e| bad(e.to_string()))?;
     let source_ip = match &req.source_ip {

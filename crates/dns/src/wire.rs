@@ -123,9 +123,16 @@ pub fn error(id: u16, rcode: u8) -> Vec<u8> {
     out
 }
 
+/// A name that is not one DNS label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--name '{0}' is not a valid DNS label: use 1-63 letters, digits and hyphens, not starting or ending with a hyphen"
+)]
+pub struct BadLabel(pub String);
+
 /// Checks a name for `ax run --name`: one DNS label (letters, digits, hyphens; 1-63
 /// characters; no hyphen at either end).
-pub fn check_label(name: &str) -> Result<(), String> {
+pub fn check_label(name: &str) -> Result<(), BadLabel> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
@@ -134,7 +141,7 @@ pub fn check_label(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("--name '{name}' is not a valid DNS label: use 1-63 letters, digits and hyphens, not starting or ending with a hyphen"))
+        Err(BadLabel(name.into()))
     }
 }
 
@@ -191,9 +198,14 @@ mod tests {
     fn labels() {
         assert!(check_label("web").is_ok());
         assert!(check_label("web-1").is_ok());
-        for bad in ["", "-web", "web-", "we b", "web.local", &"x".repeat(64)] {
-            assert!(check_label(bad).is_err(), "{bad}");
+        assert!(check_label(&"x".repeat(63)).is_ok());
+        for bad in ["", "-web", "web-", "we b", "web.local", "wéb", &"x".repeat(64)] {
+            assert_eq!(check_label(bad), Err(BadLabel(bad.into())), "{bad}");
         }
+        assert_eq!(
+            check_label("a_b").unwrap_err().to_string(),
+            "--name 'a_b' is not a valid DNS label: use 1-63 letters, digits and hyphens, not starting or ending with a hyphen"
+        );
     }
 
     proptest! {

@@ -20,6 +20,11 @@ pub enum Decision {
     Forward,
 }
 
+/// A `--dns-domain` that is not a domain name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--dns-domain '{0}' is not a valid domain name")]
+pub struct BadDomain(pub String);
+
 /// ax's zone: the bare names of apps and the same names under `domain`.
 #[derive(Debug, Clone)]
 pub struct Zone {
@@ -27,11 +32,11 @@ pub struct Zone {
 }
 
 impl Zone {
-    pub fn new(domain: &str) -> Result<Zone, String> {
+    pub fn new(domain: &str) -> Result<Zone, BadDomain> {
         let d = domain.trim_matches('.').to_ascii_lowercase();
         let valid = !d.is_empty() && d.len() <= 253 && d.split('.').all(|l| wire::check_label(l).is_ok());
         if !valid {
-            return Err(format!("--dns-domain '{domain}' is not a valid domain name"));
+            return Err(BadDomain(domain.into()));
         }
         Ok(Zone { domain: d })
     }
@@ -112,16 +117,25 @@ mod tests {
 
     #[test]
     fn domain_is_checked() {
-        assert!(Zone::new("").is_err());
+        assert_eq!(Zone::new("").unwrap_err().to_string(), "--dns-domain '' is not a valid domain name");
         assert!(Zone::new("a..b").is_err());
         assert!(Zone::new("bad_name.local").is_err());
         assert_eq!(Zone::new("Corp.Example.").unwrap().domain(), "corp.example");
+        // 253 characters is the longest name; one more is refused, as it was given.
+        let long = ["x".repeat(63), "x".repeat(63), "x".repeat(63), "x".repeat(61)].join(".");
+        assert!(Zone::new(&long).is_ok());
+        assert_eq!(Zone::new(&format!("a.{long}")).unwrap_err(), BadDomain(format!("a.{long}")));
     }
 }
 
+/// An item of `--dns-servers` that is not `IP[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--dns-servers: '{0}' is not IP[:port]")]
+pub struct BadServer(pub String);
+
 /// Parses `--dns-servers`: a comma-separated list of `IP[:port]` (IPv6 as `[ip]:port`
 /// or a bare address); the port defaults to 53.
-pub fn parse_servers(csv: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+pub fn parse_servers(csv: &str) -> Result<Vec<std::net::SocketAddr>, BadServer> {
     use std::net::{IpAddr, SocketAddr};
     csv.split(',')
         .map(str::trim)
@@ -129,7 +143,7 @@ pub fn parse_servers(csv: &str) -> Result<Vec<std::net::SocketAddr>, String> {
         .map(|item| {
             item.parse::<SocketAddr>()
                 .or_else(|_| item.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .map_err(|_| format!("--dns-servers: '{item}' is not IP[:port]"))
+                .map_err(|_| BadServer(item.into()))
         })
         .collect()
 }
@@ -154,7 +168,10 @@ mod config_tests {
         let want: Vec<std::net::SocketAddr> =
             ["127.0.0.1:5533", "8.8.8.8:53", "[::1]:54", "[::2]:53"].iter().map(|a| a.parse().unwrap()).collect();
         assert_eq!(s, want);
-        assert_eq!(parse_servers("1.2.3.4:99999").unwrap_err(), "--dns-servers: '1.2.3.4:99999' is not IP[:port]");
+        assert_eq!(
+            parse_servers("1.2.3.4:99999").unwrap_err().to_string(),
+            "--dns-servers: '1.2.3.4:99999' is not IP[:port]"
+        );
         assert!(parse_servers("dns.example").is_err());
     }
 
