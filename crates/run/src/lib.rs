@@ -7,16 +7,84 @@
 //! The launcher stays single-threaded so that the fork is sound.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::net::{AddrParseError, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use anyhow::{anyhow, bail, Context, Result};
 use ax_api::{wire, Register, RunReply, RunRequest, RUN_SOCKET};
 use ax_sys::pidfd::Pidfd;
 use ax_sys::proc::{self, Fork};
 use ax_sys::{ns, seccomp};
 use ax_trap::policy;
+
+/// Why the app could not be started or handed to the daemon. Each step names what
+/// failed and, where the system said why, ends with its words.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("nothing to run: give a command after the options, as in 'ax run -- curl http://web/'")]
+    NoCommand,
+    #[error("ax run must run as root: it creates a network namespace for the app (try: sudo ax run ...)")]
+    NotRoot,
+    #[error("{}", ax_api::unreachable(RUN_SOCKET, .0))]
+    Unreachable(io::Error),
+    #[error("cannot talk to the ax daemon: {0}")]
+    Send(io::Error),
+    #[error("cannot read the ax daemon's answer: {0}")]
+    Receive(io::Error),
+    #[error("the ax daemon closed the connection")]
+    Closed,
+    /// The daemon refused the app, in its own words.
+    #[error("{0}")]
+    Refused(String),
+    #[error("unexpected answer from the ax daemon: {0:?}")]
+    Unexpected(Box<RunReply>),
+    #[error("the ax daemon gave a bad address: {0}")]
+    BadAddress(AddrParseError),
+    #[error("cannot make a socket pair: {0}")]
+    SocketPair(io::Error),
+    #[error("cannot block signals: {0}")]
+    BlockSignals(io::Error),
+    #[error("{0}")]
+    UnblockSignals(io::Error),
+    #[error("cannot fork: {0}")]
+    Fork(io::Error),
+    #[error("{0}")]
+    Wait(io::Error),
+    #[error("cannot take the seccomp listener from the app's process: {0}")]
+    TakeListener(io::Error),
+    #[error("cannot hand the app to the ax daemon: {0}")]
+    Attach(io::Error),
+    #[error("cannot start the app: {0}")]
+    Start(io::Error),
+    #[error("cannot create the app's namespaces: {0}")]
+    Namespaces(io::Error),
+    #[error("cannot make the app's mounts private: {0}")]
+    PrivateMounts(io::Error),
+    #[error("cannot bring up lo in the app's namespace: {0}")]
+    Loopback(io::Error),
+    #[error("cannot mount the app's resolv.conf over /etc/resolv.conf: {0}")]
+    ResolvConf(io::Error),
+    #[error("cannot install the seccomp filter: {0}")]
+    Filter(io::Error),
+    #[error("cannot tell ax run where the seccomp listener is: {0}")]
+    TellListener(io::Error),
+    #[error("cannot switch to user {user}: {err}")]
+    User { user: String, err: io::Error },
+    #[error("cannot create interface {name} (tried link types {INTERFACE_KINDS:?}): {err}")]
+    CreateInterface { name: String, err: io::Error },
+    #[error("cannot give {name} the address {ip}/32: {err}")]
+    InterfaceAddress { name: String, ip: Ipv4Addr, err: io::Error },
+    #[error("cannot bring {name} up: {err}")]
+    InterfaceUp { name: String, err: io::Error },
+}
+
+/// An `--interface` name the kernel would not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--interface '{0}' is not a valid interface name: 1-15 characters, no '/', ':' or spaces")]
+pub struct BadInterfaceName(pub String);
+
+type Result<T> = std::result::Result<T, RunError>;
 
 /// What to run and as what.
 #[derive(Debug, Clone)]
@@ -45,7 +113,7 @@ const INTERFACE_KINDS: &[&str] = &["ifb", "bridge"];
 struct Setup<'a> {
     opts: &'a Options,
     app_id: String,
-    ip: std::net::Ipv4Addr,
+    ip: Ipv4Addr,
     resolv_conf: Option<String>,
 }
 
@@ -60,12 +128,12 @@ const GO: u8 = b'G';
 /// Runs the app; returns the status to exit with.
 pub fn run(opts: Options) -> Result<i32> {
     if opts.command.is_empty() {
-        bail!("nothing to run: give a command after the options, as in 'ax run -- curl http://web/'");
+        return Err(RunError::NoCommand);
     }
     if proc::effective_uid() != 0 {
-        bail!("ax run must run as root: it creates a network namespace for the app (try: sudo ax run ...)");
+        return Err(RunError::NotRoot);
     }
-    let daemon = UnixStream::connect(RUN_SOCKET).map_err(|e| anyhow!(ax_api::unreachable(RUN_SOCKET, &e)))?;
+    let daemon = UnixStream::connect(RUN_SOCKET).map_err(RunError::Unreachable)?;
     let register = RunRequest::Register(Register {
         ip: opts.ip.clone(),
         name: opts.name.clone(),
@@ -74,19 +142,19 @@ pub fn run(opts: Options) -> Result<i32> {
         expose: opts.expose.clone(),
         pid: proc::pid(),
     });
-    wire::send(daemon.as_fd(), &register, None).context("cannot talk to the ax daemon")?;
+    wire::send(daemon.as_fd(), &register, None).map_err(RunError::Send)?;
     let setup = match answer(&daemon)? {
         RunReply::Registered { app_id, ip, resolv_conf } => {
-            Setup { opts: &opts, app_id, ip: ip.parse().context("the ax daemon gave a bad address")?, resolv_conf }
+            Setup { opts: &opts, app_id, ip: ip.parse().map_err(RunError::BadAddress)?, resolv_conf }
         }
-        other => bail!("unexpected answer from the ax daemon: {other:?}"),
+        other => return Err(RunError::Unexpected(Box::new(other))),
     };
 
-    let (parent_end, child_end) = UnixStream::pair().context("cannot make a socket pair")?;
+    let (parent_end, child_end) = UnixStream::pair().map_err(RunError::SocketPair)?;
     let mut all = FORWARDED.to_vec();
     all.push(libc::SIGCHLD);
-    proc::block_signals(&all).context("cannot block signals")?;
-    match proc::fork().context("cannot fork")? {
+    proc::block_signals(&all).map_err(RunError::BlockSignals)?;
+    match proc::fork().map_err(RunError::Fork)? {
         Fork::Child => {
             drop(parent_end);
             drop(daemon);
@@ -100,10 +168,10 @@ pub fn run(opts: Options) -> Result<i32> {
 }
 
 fn answer(daemon: &UnixStream) -> Result<RunReply> {
-    match wire::recv::<RunReply>(daemon.as_fd()).context("cannot read the ax daemon's answer")? {
-        Some((RunReply::Error { error }, _)) => Err(anyhow!("{error}")),
+    match wire::recv::<RunReply>(daemon.as_fd()).map_err(RunError::Receive)? {
+        Some((RunReply::Error { error }, _)) => Err(RunError::Refused(error)),
         Some((r, _)) => Ok(r),
-        None => bail!("the ax daemon closed the connection"),
+        None => Err(RunError::Closed),
     }
 }
 
@@ -115,9 +183,8 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_
         // The child failed to set up and said why on stderr; pass its status on.
         return wait_for(pid, signals);
     }
-    let listener = Pidfd::open_thread(pid)
-        .and_then(|p| p.get_fd(i32::from_ne_bytes(number)))
-        .context("cannot take the seccomp listener from the app's process");
+    let listener =
+        Pidfd::open_thread(pid).and_then(|p| p.get_fd(i32::from_ne_bytes(number))).map_err(RunError::TakeListener);
     // We keep our copy of the listener for as long as the app runs (DESIGN: it is what
     // a restarted daemon would be handed).
     let listener = match listener.and_then(|l| attach(&daemon, pid, &l).map(|()| l)) {
@@ -128,7 +195,7 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_
             return Err(e);
         }
     };
-    (&child).write_all(&[GO]).context("cannot start the app")?;
+    (&child).write_all(&[GO]).map_err(RunError::Start)?;
     // The fork is behind us: a second thread is sound from here on.
     let _ =
         std::thread::Builder::new().name("keeper".into()).spawn(move || keep_attached(daemon, listener, app_id, pid));
@@ -161,7 +228,7 @@ fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid:
                     return;
                 }
                 Err(e) => {
-                    eprintln!("ax: the new ax daemon did not take app {app_id} back: {e:#}");
+                    eprintln!("ax: the new ax daemon did not take app {app_id} back: {e}");
                     return;
                 }
             }
@@ -170,21 +237,20 @@ fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid:
 }
 
 fn attach(daemon: &UnixStream, pid: i32, listener: &OwnedFd) -> Result<()> {
-    wire::send(daemon.as_fd(), &RunRequest::Attach { pid }, Some(listener.as_fd()))
-        .context("cannot hand the app to the ax daemon")?;
+    wire::send(daemon.as_fd(), &RunRequest::Attach { pid }, Some(listener.as_fd())).map_err(RunError::Attach)?;
     match answer(daemon)? {
         RunReply::Attached => Ok(()),
-        other => bail!("unexpected answer from the ax daemon: {other:?}"),
+        other => Err(RunError::Unexpected(Box::new(other))),
     }
 }
 
 /// Waits for the app to end, passing on signals other processes send us.
 fn wait_for(pid: i32, signals: &[i32]) -> Result<i32> {
     loop {
-        if let Some(exit) = proc::try_wait(pid)? {
+        if let Some(exit) = proc::try_wait(pid).map_err(RunError::Wait)? {
             return Ok(exit.shell_status());
         }
-        let sig = proc::wait_signal(signals)?;
+        let sig = proc::wait_signal(signals).map_err(RunError::Wait)?;
         // Terminal signals reach the app's process group directly.
         if sig.signo != libc::SIGCHLD && sig.from_process {
             let _ = proc::kill(pid, sig.signo);
@@ -199,7 +265,7 @@ fn child(parent: UnixStream, setup: &Setup) -> ! {
         Ok(true) => {}
         Ok(false) => proc::exit_now(1),
         Err(e) => {
-            eprintln!("ax: cannot set up the app: {e:#}");
+            eprintln!("ax: cannot set up the app: {e}");
             proc::exit_now(125);
         }
     }
@@ -217,23 +283,22 @@ fn child(parent: UnixStream, setup: &Setup) -> ! {
 /// Namespaces, resolv.conf, filter, hand-over, user; true once the parent says go.
 fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
     let opts = setup.opts;
-    proc::unblock_all_signals()?;
-    ns::unshare(opts.new_netns).context("cannot create the app's namespaces")?;
-    ns::make_mounts_private().context("cannot make the app's mounts private")?;
+    proc::unblock_all_signals().map_err(RunError::UnblockSignals)?;
+    ns::unshare(opts.new_netns).map_err(RunError::Namespaces)?;
+    ns::make_mounts_private().map_err(RunError::PrivateMounts)?;
     if opts.new_netns {
-        ns::loopback_up().context("cannot bring up lo in the app's namespace")?;
+        ns::loopback_up().map_err(RunError::Loopback)?;
     }
     if let Some(name) = &opts.interface {
         add_interface(name, setup.ip)?;
     }
     if let Some(path) = &setup.resolv_conf {
-        ns::bind_mount(path, "/etc/resolv.conf").context("cannot mount the app's resolv.conf over /etc/resolv.conf")?;
+        ns::bind_mount(path, "/etc/resolv.conf").map_err(RunError::ResolvConf)?;
     }
-    let listener =
-        seccomp::install_filter(&policy::compile(policy::RULES)).context("cannot install the seccomp filter")?;
+    let listener = seccomp::install_filter(&policy::compile(policy::RULES)).map_err(RunError::Filter)?;
     // From here on only calls the filter lets through: read and write.
     let mut io = parent;
-    io.write_all(&listener.as_raw_fd().to_ne_bytes()).context("cannot tell ax run where the seccomp listener is")?;
+    io.write_all(&listener.as_raw_fd().to_ne_bytes()).map_err(RunError::TellListener)?;
     let mut go = [0u8; 1];
     if io.read_exact(&mut go).is_err() || go[0] != GO {
         return Ok(false);
@@ -243,13 +308,13 @@ fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
         std::env::set_var("HOME", &user.home);
         std::env::set_var("USER", &user.name);
         std::env::set_var("LOGNAME", &user.name);
-        proc::become_user(user).with_context(|| format!("cannot switch to user {}", user.name))?;
+        proc::become_user(user).map_err(|err| RunError::User { user: user.name.clone(), err })?;
     }
     Ok(true)
 }
 
 /// Creates `--interface` in the app's namespace with the app's address /32, up.
-fn add_interface(name: &str, ip: std::net::Ipv4Addr) -> Result<()> {
+fn add_interface(name: &str, ip: Ipv4Addr) -> Result<()> {
     let mut last = None;
     for kind in INTERFACE_KINDS {
         match ns::create_link(name, kind) {
@@ -260,16 +325,16 @@ fn add_interface(name: &str, ip: std::net::Ipv4Addr) -> Result<()> {
             Err(e) => last = Some(e),
         }
     }
-    if let Some(e) = last {
-        bail!("cannot create interface {name} (tried link types {INTERFACE_KINDS:?}): {e}");
+    if let Some(err) = last {
+        return Err(RunError::CreateInterface { name: name.into(), err });
     }
-    ns::set_host_address(name, ip).with_context(|| format!("cannot give {name} the address {ip}/32"))?;
-    ns::link_up(name).with_context(|| format!("cannot bring {name} up"))
+    ns::set_host_address(name, ip).map_err(|err| RunError::InterfaceAddress { name: name.into(), ip, err })?;
+    ns::link_up(name).map_err(|err| RunError::InterfaceUp { name: name.into(), err })
 }
 
 /// Checks an interface name as the kernel would: 1-15 bytes, not `.` or `..`, no `/`,
 /// `:` or white space.
-pub fn check_interface_name(name: &str) -> Result<(), String> {
+pub fn check_interface_name(name: &str) -> std::result::Result<(), BadInterfaceName> {
     let ok = !name.is_empty()
         && name.len() < libc::IFNAMSIZ
         && name != "."
@@ -278,7 +343,7 @@ pub fn check_interface_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("--interface '{name}' is not a valid interface name: 1-15 characters, no '/', ':' or spaces"))
+        Err(BadInterfaceName(name.into()))
     }
 }
 
@@ -290,8 +355,31 @@ mod tests {
     fn interface_names() {
         assert!(check_interface_name("eth0").is_ok());
         assert!(check_interface_name("a-very-long-nm").is_ok());
-        for bad in ["", ".", "..", "eth/0", "eth:0", "eth 0", "sixteen-chars-xx"] {
-            assert!(check_interface_name(bad).is_err(), "{bad}");
+        for bad in ["", ".", "..", "eth/0", "eth:0", "eth 0", "eth\t0", "sixteen-chars-xx"] {
+            assert_eq!(check_interface_name(bad), Err(BadInterfaceName(bad.into())), "{bad}");
         }
+        assert_eq!(
+            check_interface_name("eth:0").unwrap_err().to_string(),
+            "--interface 'eth:0' is not a valid interface name: 1-15 characters, no '/', ':' or spaces"
+        );
+    }
+
+    #[test]
+    fn errors_read_as_context_then_the_systems_words() {
+        let e = || io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(RunError::Fork(e()).to_string(), format!("cannot fork: {}", e()));
+        let unreachable = RunError::Unreachable(io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(
+            unreachable.to_string(),
+            ax_api::unreachable(RUN_SOCKET, &io::Error::from_raw_os_error(libc::ENOENT))
+        );
+        assert!(unreachable.to_string().contains("start it first with 'ax daemon'"));
+        // The daemon's refusal is passed on in its own words.
+        assert_eq!(RunError::Refused("--ip 1.2.3.4 is taken".into()).to_string(), "--ip 1.2.3.4 is taken");
+        let e = RunError::CreateInterface { name: "eth1".into(), err: e() };
+        assert!(
+            e.to_string().starts_with(r#"cannot create interface eth1 (tried link types ["ifb", "bridge"]): "#),
+            "{e}"
+        );
     }
 }
