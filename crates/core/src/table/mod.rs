@@ -1,7 +1,7 @@
-//! The tables of one daemon, composed of one part per idea: [`apps`] (the registry
-//! and made-up addresses), [`services`] (bound sockets, service rows, the port pool and
-//! the sweep), [`vservices`] (the vservice set and its balancing), [`remote`] (the
-//! cluster's latest word and egress peers), and [`routing`], the decisions for bind,
+//! The tables of one daemon, composed of one part per idea: `apps` (the registry
+//! and made-up addresses), `services` (bound sockets, service rows, the port pool and
+//! the sweep), `vservices` (the vservice set and its balancing), `remote` (the
+//! cluster's latest word and egress peers), and `routing`, the decisions for bind,
 //! connect, getsockname and getpeername that read all of them. [`Table`] is what the
 //! daemon and the trap engine hold; its parts are not reachable on their own.
 
@@ -65,7 +65,7 @@ pub struct Snapshot {
 }
 
 /// The tables of one daemon. Across its parts: every row belongs to a registered app
-/// (an app's rows go with it), and a vservice never has an app's or the node's address.
+/// (an app's rows go with it), and a vservice is never given an app's or the node's address.
 #[derive(Debug)]
 pub struct Table {
     node: NodeInfo,
