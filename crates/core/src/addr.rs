@@ -201,33 +201,28 @@ pub fn made_up_range(host_networks: &[Subnet]) -> Option<Subnet> {
     MADE_UP_RANGES.into_iter().find(|r| host_networks.iter().all(|n| !n.overlaps(r)))
 }
 
-/// Why an address cannot be an app's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AppIpError {
-    #[error("--ip {0} is the unspecified address: give a unicast IPv4 address")]
-    Unspecified(Ipv4Addr),
-    #[error("--ip {0} is a loopback address (127.0.0.0/8 stays private to each app): give a unicast IPv4 address")]
-    Loopback(Ipv4Addr),
-    #[error("--ip {0} is a multicast address: give a unicast IPv4 address")]
-    Multicast(Ipv4Addr),
-    #[error("--ip {0} is the broadcast address: give a unicast IPv4 address")]
-    Broadcast(Ipv4Addr),
+/// Why an address cannot be an app's or a vservice's virtual address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpError {
+    #[error("--ip {ip} is {why}: give a unicast IPv4 address")]
+    NotUnicast { ip: Ipv4Addr, why: &'static str },
 }
 
 /// Checks that `ip` can serve as an app's virtual address: a unicast IPv4 address
 /// that is not the host's loopback.
-pub fn check_app_ip(ip: Ipv4Addr) -> Result<(), AppIpError> {
-    if ip.is_unspecified() {
-        Err(AppIpError::Unspecified(ip))
+pub fn check_app_ip(ip: Ipv4Addr) -> Result<(), IpError> {
+    let why = if ip.is_unspecified() {
+        "the unspecified address"
     } else if ip.is_loopback() {
-        Err(AppIpError::Loopback(ip))
+        "a loopback address (127.0.0.0/8 stays private to each app)"
     } else if ip.is_multicast() {
-        Err(AppIpError::Multicast(ip))
+        "a multicast address"
     } else if ip.is_broadcast() {
-        Err(AppIpError::Broadcast(ip))
+        "the broadcast address"
     } else {
-        Ok(())
-    }
+        return Ok(());
+    };
+    Err(IpError::NotUnicast { ip, why })
 }
 
 #[cfg(test)]
