@@ -69,7 +69,8 @@ impl Into {
     fn capacity(&self) -> usize {
         match self {
             Into::From { len, .. } => *len,
-            Into::Msg { iovs, .. } => iovs.iter().map(|i| i.1).sum(),
+            // Lengths are the app's: they may add up past usize.
+            Into::Msg { iovs, .. } => iovs.iter().fold(0usize, |sum, i| sum.saturating_add(i.1)),
         }
         .min(MAX_PAYLOAD)
     }

@@ -233,3 +233,28 @@ fn receives_without_an_address_or_from_the_error_queue_run_natively() {
     let tcp = r.tcp();
     assert_eq!(recvfrom(&r, r.next_id(), tcp, 0, 16).0, Some(Reply::Proceed));
 }
+
+#[test]
+fn iovec_lengths_that_overflow_do_not_upset_the_engine() {
+    let r = Rig::new();
+    let fd = r.udp();
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].inbox.push_back((b"abc".to_vec(), sa("192.0.2.1:53")));
+    let h = msghdr(&r, Some("0.0.0.0:0"), &[b"", b""], b"", 4);
+    let raw = r.k.peek(h, 56);
+    let iov = u64::from_ne_bytes(raw[16..24].try_into().unwrap());
+    let mut iovs = r.k.peek(iov, 32);
+    iovs[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
+    iovs[24..32].copy_from_slice(&u64::MAX.to_ne_bytes());
+    let iov2 = r.k.put(&iovs);
+    let mut raw = raw.clone();
+    raw[16..24].copy_from_slice(&iov2.to_ne_bytes());
+    let h = r.k.put(&raw);
+    assert_eq!(r.trap(libc::SYS_recvmsg, [fd as u64, h, 0, 0, 0, 0]), Some(Reply::Value(3)));
+    let h = msghdr(&r, Some("192.0.2.1:53"), &[b"x"], b"", 0);
+    let mut raw = r.k.peek(h, 56);
+    raw[16..24].copy_from_slice(&iov2.to_ne_bytes());
+    raw[24..32].copy_from_slice(&2u64.to_ne_bytes());
+    let h = r.k.put(&raw);
+    assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, h, 0, 0, 0, 0]), fail(libc::EMSGSIZE));
+}
