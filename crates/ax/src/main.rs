@@ -100,6 +100,7 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
         clean: d.clean,
         cpu_profile: d.cpu_profile.map(std::path::PathBuf::from),
         mem_profile: d.mem_profile.map(std::path::PathBuf::from),
+        run_dir: ax_api::RUN_DIR.into(),
     })
 }
 

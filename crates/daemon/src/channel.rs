@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
 use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
 use ax_core::vservice::{parse_expose, ExposeAt};
@@ -17,7 +17,27 @@ use ax_sys::seccomp::{LastId, Listener};
 use ax_trap::Engine;
 use tracing::{info, warn};
 
+use crate::state::{Answer, Command};
 use crate::Daemon;
+
+/// Why an `ax run` session ended early; `ax run` is told so.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// A request broke the contract; the message names the field and what to do.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SessionError {
+    let what = what.into();
+    move |err| SessionError::Io { what, err }
+}
+
+fn refused(msg: impl Into<String>) -> SessionError {
+    SessionError::Refused(msg.into())
+}
 
 pub fn spawn(listener: UnixListener, daemon: Daemon) -> std::io::Result<()> {
     std::thread::Builder::new().name("run-channel".into()).spawn(move || {
@@ -37,19 +57,19 @@ pub fn spawn(listener: UnixListener, daemon: Daemon) -> std::io::Result<()> {
     Ok(())
 }
 
-fn reply(conn: &UnixStream, r: &RunReply) -> Result<()> {
-    wire::send(conn.as_fd(), r, None).context("cannot answer ax run")
+fn reply(conn: &UnixStream, r: &RunReply) -> Result<(), SessionError> {
+    wire::send(conn.as_fd(), r, None).map_err(io("cannot answer ax run"))
 }
 
-fn recv(conn: &UnixStream) -> Result<Option<(RunRequest, Option<OwnedFd>)>> {
-    wire::recv(conn.as_fd()).context("cannot read from ax run")
+fn recv(conn: &UnixStream) -> Result<Option<(RunRequest, Option<OwnedFd>)>, SessionError> {
+    wire::recv(conn.as_fd()).map_err(io("cannot read from ax run"))
 }
 
 fn serve(conn: UnixStream, daemon: Daemon) {
     let mut app = Registration { daemon: &daemon, id: None };
     if let Err(e) = session(&conn, &daemon, &mut app.id) {
-        warn!("ax run session ended: {e:#}");
-        let _ = reply(&conn, &RunReply::Error { error: format!("{e:#}") });
+        warn!("ax run session ended: {e}");
+        let _ = reply(&conn, &RunReply::Error { error: e.to_string() });
     }
 }
 
@@ -62,51 +82,41 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        let Some(id) = self.id else { return };
-        self.daemon.attached().remove(&id);
-        forget_app(self.daemon, id, "app exited");
+        let Some(app) = self.id else { return };
+        self.daemon.submit(Command::Forget { app, why: "app exited" });
     }
 }
 
-/// Removes an app and what it left (its rows, its resolv.conf), and saves.
-pub fn forget_app(daemon: &Daemon, id: AppId, why: &str) {
-    crate::names::remove_resolv_conf(id);
-    let _ = std::fs::remove_file(last_id_path(id));
-    let gone = daemon.table().remove_app(id);
-    if let Some((_, gone)) = gone {
-        let rows = gone.iter().filter(|b| b.listening).count();
-        info!(app = %id, rows, sockets = gone.len(), "{why}; its rows are removed");
-        crate::state::save(daemon);
-    }
-}
-
-fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Result<()> {
-    let cred = ax_sys::scm::peer_cred(conn.as_fd())?;
+fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Result<(), SessionError> {
+    let cred = ax_sys::scm::peer_cred(conn.as_fd()).map_err(io("cannot read the credentials of ax run"))?;
     if cred.uid != 0 {
-        bail!("ax run must run as root (uid {} is not)", cred.uid);
+        return Err(refused(format!("ax run must run as root (uid {} is not)", cred.uid)));
     }
     let req = match recv(conn)? {
         Some((RunRequest::Register(req), _)) => req,
         Some((RunRequest::Reattach { app_id, pid }, Some(fd))) => return reattach(conn, daemon, app, &app_id, pid, fd),
-        _ => bail!("expected a register or reattach request first"),
+        _ => return Err(refused("expected a register or reattach request first")),
     };
-    let (node, ports, cluster_ips) = {
-        let t = daemon.table();
+    let (node, ports, cluster_ips) = daemon.read(|s| {
+        let t = &s.table;
         (t.node().clone(), t.pool().ranges().clone(), t.remote().nodes.iter().map(|n| n.1).collect::<Vec<_>>())
-    };
+    });
     let new = validate(&req, cred.pid, &node, &ports, &cluster_ips)?;
-    if new.name.is_some() && daemon.dns_domain.is_none() {
-        bail!("--name needs the daemon's DNS server, and this daemon runs with --dns=false");
+    if new.name.is_some() && daemon.dns_domain().is_none() {
+        return Err(refused("--name needs the daemon's DNS server, and this daemon runs with --dns=false"));
     }
-    let registered = daemon.table().add_app(new).map_err(|e| anyhow!(e))?;
+    let registered = match daemon.submit(Command::Register(new)) {
+        Answer::Registered(a) => a,
+        Answer::Refused(r) => return Err(refused(r.to_string())),
+        other => unreachable!("a registration is answered with the app or a refusal, not {other:?}"),
+    };
     *app = Some(registered.id);
-    crate::state::save(daemon);
     info!(app = %registered.id, name = ?registered.name, ip = %registered.ip, labels = %registered.labels, "app registered");
-    let resolv_conf = match (&daemon.dns_domain, req.dns_override) {
-        (Some(domain), true) => {
-            let node = daemon.table().node().ip;
-            Some(crate::names::write_resolv_conf(registered.id, node, domain)?)
-        }
+    let resolv_conf = match (daemon.dns_domain(), req.dns_override) {
+        (Some(domain), true) => Some(
+            crate::names::write_resolv_conf(daemon.run_dir(), registered.id, node.ip, domain)
+                .map_err(io("cannot write the app's resolv.conf"))?,
+        ),
         _ => None,
     };
     reply(
@@ -115,8 +125,8 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
     )?;
     let (pid, fd) = match recv(conn)? {
         Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
-        Some((RunRequest::Attach { .. }, None)) => bail!("attach came without the seccomp listener"),
-        Some(_) => bail!("expected attach after register"),
+        Some((RunRequest::Attach { .. }, None)) => return Err(refused("attach came without the seccomp listener")),
+        Some(_) => return Err(refused("expected attach after register")),
         // ax run gave up before starting the app (a failed exec setup, say).
         None => return Ok(()),
     };
@@ -127,17 +137,25 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
 const ORPHAN_SPAN: u64 = 256;
 
 /// Where the id of the last call an app's engine received is kept.
-fn last_id_path(id: AppId) -> std::path::PathBuf {
-    std::path::PathBuf::from(ax_api::RUN_DIR).join("inflight").join(id.to_string())
+pub fn last_id_path(run_dir: &Path, id: AppId) -> PathBuf {
+    run_dir.join("inflight").join(id.to_string())
 }
 
 /// Runs the app's trap engine on this thread until the app is gone. On a reattach,
 /// calls the previous daemon received but never answered (it died mid-call) are
 /// answered first with EINTR, so no thread of the app stays blocked for good.
-fn serve_app(conn: &UnixStream, daemon: &Daemon, id: AppId, pid: i32, fd: OwnedFd, again: bool) -> Result<()> {
-    let path = last_id_path(id);
-    std::fs::create_dir_all(path.parent().expect("a parent"))?;
-    let last_id = LastId::open(&path).with_context(|| format!("cannot map {}", path.display()))?;
+fn serve_app(
+    conn: &UnixStream,
+    daemon: &Daemon,
+    id: AppId,
+    pid: i32,
+    fd: OwnedFd,
+    again: bool,
+) -> Result<(), SessionError> {
+    let path = last_id_path(daemon.run_dir(), id);
+    let dir = path.parent().expect("a parent");
+    std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    let last_id = LastId::open(&path).map_err(io(format!("cannot map {}", path.display())))?;
     let listener = Listener::new(fd);
     if again && last_id.get() != 0 {
         let n = listener.answer_orphans(last_id.get(), ORPHAN_SPAN, libc::EINTR);
@@ -145,11 +163,10 @@ fn serve_app(conn: &UnixStream, daemon: &Daemon, id: AppId, pid: i32, fd: OwnedF
             warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let kernel =
-        Linux::new(listener, pid, last_id).map_err(|e| anyhow!("cannot take over app {id} (pid {pid}): {e}"))?;
+    let kernel = Linux::new(listener, pid, last_id).map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
     let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone()));
     reply(conn, &RunReply::Attached)?;
-    daemon.attached().insert(id);
+    daemon.submit(Command::Attach(id));
     info!(app = %id, pid, "app started");
     engine.run();
     Ok(())
@@ -164,10 +181,10 @@ fn reattach(
     app_id: &str,
     pid: i32,
     fd: OwnedFd,
-) -> Result<()> {
-    let id: AppId = app_id.parse()?;
-    if daemon.table().app(id).is_none() {
-        bail!("app {id} is not known to this daemon (was it started with --clean?)");
+) -> Result<(), SessionError> {
+    let id = app_id.parse::<AppId>().map_err(|e| refused(e.to_string()))?;
+    if let Answer::Refused(r) = daemon.submit(Command::Reattach(id)) {
+        return Err(refused(r.to_string()));
     }
     *app = Some(id);
     info!(app = %id, pid, "app taken back after a restart");
@@ -181,30 +198,33 @@ fn validate(
     node: &NodeInfo,
     ports: &PortRanges,
     cluster_ips: &[Ipv4Addr],
-) -> Result<NewApp> {
+) -> Result<NewApp, SessionError> {
     let ip = match &req.ip {
         Some(s) => {
-            let ip: Ipv4Addr = s.parse().map_err(|_| anyhow!("--ip {s} is not an IPv4 address"))?;
-            addr::check_app_ip(ip).map_err(|e| anyhow!(e))?;
+            let ip: Ipv4Addr = s.parse().map_err(|_| refused(format!("--ip {s} is not an IPv4 address")))?;
+            addr::check_app_ip(ip).map_err(|e| refused(e.to_string()))?;
             Some(ip)
         }
         None => None,
     };
-    let labels = Labels::parse(&req.labels).map_err(|e| anyhow!("--labels: {e}"))?;
+    let labels = Labels::parse(&req.labels).map_err(|e| refused(format!("--labels: {e}")))?;
     if let Some(name) = &req.name {
-        ax_dns::wire::check_label(name).map_err(|e| anyhow!(e))?;
+        ax_dns::wire::check_label(name).map_err(|e| refused(e.to_string()))?;
     }
     let mut expose = Vec::new();
     for spec in &req.expose {
-        let e = parse_expose(spec).map_err(|e| anyhow!(e))?;
+        let e = parse_expose(spec).map_err(|e| refused(e.to_string()))?;
         match e.at {
             ExposeAt::Node(ip) if ip != node.ip && !cluster_ips.contains(&ip) => {
-                bail!("--expose {spec}: {ip} is not the address of a live node of this cluster")
+                return Err(refused(format!("--expose {spec}: {ip} is not the address of a live node of this cluster")))
             }
             _ => {}
         }
         if ports.contains(e.host_port) {
-            bail!("--expose {spec}: host port {} is inside the --ports pool ({ports})", e.host_port);
+            return Err(refused(format!(
+                "--expose {spec}: host port {} is inside the --ports pool ({ports})",
+                e.host_port
+            )));
         }
         expose.push(e);
     }

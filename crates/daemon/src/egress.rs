@@ -9,16 +9,14 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use ax_core::EGRESS_PORT;
 use tracing::{debug, info, warn};
 
 use crate::{relay, Daemon};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn spawn(daemon: Daemon) -> std::io::Result<()> {
-    let node = daemon.table().node().ip;
-    let listener = TcpListener::bind((node, EGRESS_PORT))?;
+/// Serves on `listener` (the node's [`ax_core::EGRESS_PORT`]).
+pub fn spawn(listener: TcpListener, daemon: Daemon) -> std::io::Result<()> {
     info!(at = %listener.local_addr()?, "serving as egress gateway");
     std::thread::Builder::new().name("egress".into()).spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -33,7 +31,7 @@ pub fn spawn(daemon: Daemon) -> std::io::Result<()> {
 
 fn serve(daemon: &Daemon, mut conn: TcpStream) {
     let Ok(peer) = conn.peer_addr() else { return };
-    let member = daemon.table().remote().nodes.iter().any(|(_, ip)| IpAddr::V4(*ip) == peer.ip());
+    let member = daemon.read(|s| s.table.remote().nodes.iter().any(|(_, ip)| IpAddr::V4(*ip) == peer.ip()));
     if !member {
         warn!(%peer, "egress refused: not a node of this cluster");
         return;

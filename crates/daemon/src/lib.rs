@@ -1,10 +1,12 @@
-//! The ax daemon: one per host, as root. It owns the tables (`ax_core::Table`), serves
-//! the API (REST on a root-only Unix socket and on 127.0.0.1), takes apps in on the run
-//! channel and runs a trap engine for each, and watches the kernel's socket list so
-//! that rows of closed listeners leave.
+//! The ax daemon: one per host, as root. Its node state (the table, vservice records,
+//! attached apps, the cluster's nodes, the relays owed) has one owner, [`Daemon`],
+//! changed only by [`Command`]s (see `state.rs`); it is saved as it changes and taken
+//! back after a restart. [`serve`] runs the REST API, the run channel (where apps come in
+//! and get a trap engine each), DNS, the egress gateway and gossip on sockets it is
+//! given; [`run`] binds the real ones and also watches the kernel's socket list so that
+//! rows of closed listeners leave.
 //!
-//! It does not parse command lines (the CLI builds a [`Config`]) and keeps no state
-//! across restarts yet.
+//! It does not parse command lines (the CLI builds a [`Config`]).
 
 mod channel;
 mod cluster;
@@ -13,22 +15,27 @@ mod names;
 mod profile;
 mod relay;
 mod rest;
-mod state;
+pub mod state;
+mod store;
 mod views;
 mod vservices;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use ax_api::{API_SOCKET, RUN_DIR, RUN_SOCKET};
+use ax_api::{API_SOCKET, RUN_SOCKET};
 use ax_core::addr::{self, Subnet};
-use ax_core::{NodeInfo, PortPool, PortRanges, Table};
+use ax_core::{AppId, NodeInfo, PortPool, PortRanges, Table};
 use tracing::{info, warn};
+
+use state::RelayChange;
+pub use state::{Answer, Command, State};
 
 /// The daemon's settings, resolved from flags and environment by the CLI.
 #[derive(Debug, Clone)]
@@ -51,6 +58,8 @@ pub struct Config {
     pub cpu_profile: Option<std::path::PathBuf>,
     /// `--mem-profile`: sample the daemon's heap and write a pprof profile there on exit.
     pub mem_profile: Option<std::path::PathBuf>,
+    /// Where the sockets, the saved state and apps' files live (`ax_api::RUN_DIR`).
+    pub run_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -65,59 +74,198 @@ pub const DRIVER: &str = "user";
 
 pub use cluster::ClusterConfig;
 
-/// Shared by the API, the run channel and the watcher.
+/// Why the daemon cannot start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ax daemon must run as root: it makes sockets for apps in the host's network namespace and reads their memory (try: sudo ax daemon)")]
+    NotRoot,
+    /// A system call or file that setting up needs failed; `what` says which.
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    /// A setting this host cannot honour; the message says which and what to do.
+    #[error("{0}")]
+    Setting(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |err| Error::Io { what, err }
+}
+
+/// The daemon's one owner of node state, shared by the API, the run channel, the
+/// engines, the watcher and gossip. They change the state only through
+/// [`Daemon::submit`].
 #[derive(Clone)]
-pub struct Daemon {
-    pub table: Arc<Mutex<Table>>,
+pub struct Daemon(Arc<Shared>);
+
+struct Shared {
+    state: Mutex<State>,
+    /// The running relays. Effects are carried out under this lock, taken before the
+    /// state's is released, so they happen in the order their commands were applied.
+    /// Nothing that holds it takes the state's lock.
+    outbox: Mutex<relay::Relays>,
+    run_dir: PathBuf,
+    node_ip: Ipv4Addr,
     /// The DNS domain, when the DNS server runs.
-    pub dns_domain: Option<String>,
-    relays: relay::Shared,
-    /// The cluster's nodes as last gossiped, this one first.
-    nodes: Arc<Mutex<Vec<ax_cluster::gossip::NodeStatus>>>,
-    /// Apps whose trap engine runs here (the others were restored and await their
-    /// `ax run`).
-    attached: Arc<Mutex<std::collections::HashSet<ax_core::AppId>>>,
-    /// The newest record of every vservice name this node has seen (see vservices.rs).
-    vservice_records: Arc<Mutex<std::collections::BTreeMap<String, ax_cluster::state::VsRecord>>>,
+    dns_domain: Option<String>,
 }
 
 impl Daemon {
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    /// A daemon over `state`, keeping its files in `run_dir`.
+    pub fn new(state: State, run_dir: &Path, dns_domain: Option<String>) -> Daemon {
+        let node_ip = state.table.node().ip;
+        Daemon(Arc::new(Shared {
+            state: Mutex::new(state),
+            outbox: Default::default(),
+            run_dir: run_dir.into(),
+            node_ip,
+            dns_domain,
+        }))
     }
 
-    fn attached(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ax_core::AppId>> {
-        self.attached.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn relays(&self) -> std::sync::MutexGuard<'_, relay::Relays> {
-        self.relays.lock().unwrap_or_else(|p| p.into_inner())
+    fn outbox(&self) -> MutexGuard<'_, relay::Relays> {
+        self.0.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lock order: the table before the vservice records, whenever both are held.
-    fn vservice_records(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, ax_cluster::state::VsRecord>> {
-        self.vservice_records.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.0.node_ip
+    }
+
+    pub fn dns_domain(&self) -> Option<&str> {
+        self.0.dns_domain.as_deref()
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.0.run_dir
+    }
+
+    /// Reads the state (views, checks); changes go through [`Daemon::submit`].
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state())
+    }
+
+    /// The relays running here, for `ax get proxies`.
+    pub fn proxies(&self) -> Vec<ax_api::ProxyView> {
+        self.outbox().views()
+    }
+
+    /// Applies `command` and carries out its effects; returns its answer.
+    pub fn submit(&self, command: Command) -> Answer {
+        self.submit_with(command, BTreeMap::new())
+    }
+
+    /// As [`Daemon::submit`], starting relays on listeners the caller bound, by port.
+    pub fn submit_with(&self, command: Command, mut bound: BTreeMap<u16, std::net::TcpListener>) -> Answer {
+        let mut state = self.state();
+        let effects = state.apply(command);
+        let mut relays = self.outbox();
+        drop(state);
+        let mut failed = Vec::new();
+        for change in effects.relays {
+            match change {
+                RelayChange::Stop(key) => relays.stop(&key),
+                RelayChange::Start(key, spec) => {
+                    let listener = bound.remove(&key.port);
+                    if let Err(e) = relays.start(self, key.clone(), spec, listener) {
+                        warn!(owner = %key.owner, port = key.port, "cannot start a relay: {e}");
+                        failed.push(key);
+                    }
+                }
+            }
+        }
+        for app in effects.remove_files {
+            names::remove_resolv_conf(self.run_dir(), app);
+            let _ = fs::remove_file(channel::last_id_path(self.run_dir(), app));
+        }
+        if let Some(saved) = effects.persist {
+            let path = store::path(self.run_dir());
+            if let Err(e) = store::write(&path, &saved) {
+                warn!("cannot save the daemon's state: {e}");
+            }
+        }
+        drop(relays);
+        if !failed.is_empty() {
+            self.submit(Command::RelaysFailed(failed));
+        }
+        effects.answer
     }
 }
 
 impl ax_trap::Node for Daemon {
     fn with_table<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
-        f(&mut self.table())
+        f(&mut self.state().table)
     }
 
     fn changed(&self) {
-        state::save(self);
+        self.submit(Command::TableChanged);
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub fn run(config: Config) -> Result<()> {
-    if ax_sys::proc::effective_uid() != 0 {
-        bail!("ax daemon must run as root: it makes sockets for apps in the host's network namespace and reads their memory (try: sudo ax daemon)");
+/// The sockets the daemon serves on, bound by the caller.
+pub struct Listeners {
+    /// The REST API over TCP (127.0.0.1).
+    pub rest: std::net::TcpListener,
+    /// The REST API over a Unix socket (root only).
+    pub api: std::os::unix::net::UnixListener,
+    /// The run channel; None serves no apps (API tests).
+    pub run: Option<std::os::unix::net::UnixListener>,
+    pub dns: Option<names::Bound>,
+    /// `--egress-gateway`: the node's egress port.
+    pub egress: Option<std::net::TcpListener>,
+    /// Gossip: chitchat binds its UDP socket itself, from the config, on this transport.
+    pub gossip: Option<(ClusterConfig, Box<dyn chitchat::transport::Transport>)>,
+}
+
+/// Serves the API, the run channel, DNS, the egress gateway and gossip on `listeners`
+/// until `shutdown` completes.
+pub async fn serve(
+    daemon: Daemon,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let tokio_io = |what: &str| io(format!("cannot serve {what}"));
+    listeners.rest.set_nonblocking(true).map_err(tokio_io("REST"))?;
+    listeners.api.set_nonblocking(true).map_err(tokio_io("the API socket"))?;
+    let tcp = tokio::net::TcpListener::from_std(listeners.rest).map_err(tokio_io("REST"))?;
+    let unix = tokio::net::UnixListener::from_std(listeners.api).map_err(tokio_io("the API socket"))?;
+    if let Some(run) = listeners.run {
+        channel::spawn(run, daemon.clone()).map_err(io("cannot start the run channel"))?;
     }
-    let interfaces = ax_sys::proc::interface_addrs().context("cannot list network interfaces")?;
+    if let Some(dns) = listeners.dns {
+        names::spawn(dns, daemon.clone()).map_err(io("cannot serve DNS"))?;
+    }
+    if let Some(egress) = listeners.egress {
+        egress::spawn(egress, daemon.clone())
+            .map_err(io(format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT)))?;
+    }
+    let gossip = match listeners.gossip {
+        Some((config, transport)) => Some(cluster::start(daemon.clone(), &config, transport.as_ref()).await?),
+        None => None,
+    };
+    let result = rest::serve(tcp, unix, daemon, shutdown).await.map_err(io("the REST API failed"));
+    if let Some(g) = gossip {
+        g.abort();
+    }
+    result
+}
+
+/// Runs the daemon until SIGINT or SIGTERM: binds the real sockets under
+/// `config.run_dir` and on the node's address, restores the saved state, and serves.
+pub fn run(config: Config) -> Result<(), Error> {
+    if ax_sys::proc::effective_uid() != 0 {
+        return Err(Error::NotRoot);
+    }
+    let interfaces = ax_sys::proc::interface_addrs().map_err(io("cannot list network interfaces"))?;
     let node = NodeInfo {
         name: match config.node_name {
             Some(n) => n,
@@ -139,27 +287,30 @@ pub fn run(config: Config) -> Result<()> {
         let prefix = interfaces.iter().find(|a| a.addr == IpAddr::V4(node.ip)).map_or(32, |a| a.prefix);
         gossip.auto_discover = Some(prefix);
     }
-    let fds = ax_sys::proc::raise_fd_limit().context("cannot raise the open-file limit")?;
-    prepare_dir(Path::new(RUN_DIR))?;
-    let api_std = bind_unix(API_SOCKET)?;
-    let run_sock = bind_unix(RUN_SOCKET)?;
-    let rest_addr = (Ipv4Addr::LOCALHOST, config.rest_port);
-    let rest_std = std::net::TcpListener::bind(rest_addr).with_context(|| {
-        format!(
-            "cannot serve REST on 127.0.0.1:{}: is another daemon running? (pick another with --rest-port)",
+    let fds = ax_sys::proc::raise_fd_limit().map_err(io("cannot raise the open-file limit"))?;
+    let run_dir = config.run_dir.as_path();
+    prepare_dir(run_dir)?;
+    let api_path = run_dir.join(socket_name(API_SOCKET));
+    let run_path = run_dir.join(socket_name(RUN_SOCKET));
+    let api = bind_unix(&api_path)?;
+    let run_sock = bind_unix(&run_path)?;
+    let rest = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.rest_port)).map_err(|e| {
+        Error::Setting(format!(
+            "cannot serve REST on 127.0.0.1:{} ({e}): is another daemon running? (pick another with --rest-port)",
             config.rest_port
-        )
+        ))
     })?;
 
     let mut seed = [0u8; 8];
-    ax_sys::proc::random_bytes(&mut seed)?;
+    ax_sys::proc::random_bytes(&mut seed).map_err(io("cannot read random bytes"))?;
     let mut table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
     table.set_egress_gateway(config.egress_gateway);
+    let state_path = store::path(run_dir);
     let saved = if config.clean {
-        state::clean()?;
+        store::clean(&state_path)?;
         None
     } else {
-        state::load()?
+        store::load(&state_path)?
     };
     match made_up {
         Some(range) => table.set_made_up_range(range),
@@ -171,21 +322,16 @@ pub fn run(config: Config) -> Result<()> {
         Some(d) => Some(names::bind(node.ip, d)?),
         None => None,
     };
-    let daemon = Daemon {
-        table: Arc::new(Mutex::new(table)),
-        dns_domain: config.dns.as_ref().map(|d| d.domain.clone()),
-        relays: Default::default(),
-        nodes: Default::default(),
-        vservice_records: Default::default(),
-        attached: Default::default(),
+    let egress = if config.egress_gateway {
+        Some(
+            std::net::TcpListener::bind((node.ip, ax_core::EGRESS_PORT))
+                .map_err(io(format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT)))?,
+        )
+    } else {
+        None
     };
-    if let Some(saved) = saved {
-        restore(&daemon, saved);
-    }
+    let daemon = Daemon::new(State::new(table), run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
-
-    watch::spawn(daemon.clone())?;
-    channel::spawn(run_sock, daemon.clone())?;
 
     let profiler = match &config.cpu_profile {
         Some(path) => Some((profile::start()?, path.clone())),
@@ -198,24 +344,24 @@ pub fn run(config: Config) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    let result = rt.block_on(async move {
-        rest_std.set_nonblocking(true)?;
-        api_std.set_nonblocking(true)?;
-        let tcp = tokio::net::TcpListener::from_std(rest_std)?;
-        let unix = tokio::net::UnixListener::from_std(api_std)?;
-        if let Some(dns) = dns {
-            names::spawn(dns, daemon.clone())?;
+        .map_err(io("cannot start the async runtime"))?;
+    let listeners = Listeners {
+        rest,
+        api,
+        run: Some(run_sock),
+        dns,
+        egress,
+        gossip: Some((gossip, Box::new(chitchat::transport::UdpTransport))),
+    };
+    let result = rt.block_on(async {
+        if let Some(saved) = saved {
+            restore(&daemon, saved);
         }
-        if config.egress_gateway {
-            egress::spawn(daemon.clone())
-                .with_context(|| format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT))?;
-        }
-        cluster::start(daemon.clone(), &gossip).await?;
-        info!("serving the API on {API_SOCKET} and http://127.0.0.1:{}", config.rest_port);
-        let result = rest::serve(tcp, unix, daemon.clone(), shutdown_signal()).await;
+        watch::spawn(daemon.clone(), watch::Netlink::probe());
+        info!("serving the API on {} and http://127.0.0.1:{}", api_path.display(), config.rest_port);
+        let result = serve(daemon.clone(), listeners, shutdown_signal()).await;
         // Everything is saved as it changes; once more for good measure on the way out.
-        state::save(&daemon);
+        daemon.submit(Command::TableChanged);
         result
     });
     if let Some((guard, path)) = profiler {
@@ -224,36 +370,39 @@ pub fn run(config: Config) -> Result<()> {
     if let Some(path) = &config.mem_profile {
         profile::write_heap(path);
     }
-    let _ = fs::remove_file(API_SOCKET);
-    let _ = fs::remove_file(RUN_SOCKET);
+    let _ = fs::remove_file(&api_path);
+    let _ = fs::remove_file(&run_path);
     info!("ax daemon stopped");
     result
 }
 
 /// How long a restored app has to be taken back by its `ax run` before it is dropped.
-const REATTACH_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+const REATTACH_GRACE: Duration = Duration::from_secs(15);
 
 /// Takes back what an earlier daemon saved: apps whose `ax run` is still alive, their
 /// sockets and rows, and the vservices. Apps not taken back in time are dropped.
-fn restore(daemon: &Daemon, saved: state::Saved) {
-    let mut snapshot = saved.table;
-    let before = snapshot.apps.len();
-    snapshot.apps.retain(|a| Path::new(&format!("/proc/{}", a.pid)).exists());
-    let restored: Vec<ax_core::AppId> = snapshot.apps.iter().map(|a| a.id).collect();
+fn restore(daemon: &Daemon, saved: store::Saved) {
+    let mut saved = saved;
+    let before = saved.table.apps.len();
+    saved.table.apps.retain(|a| Path::new(&format!("/proc/{}", a.pid)).exists());
+    let restored: Vec<AppId> = saved.table.apps.iter().map(|a| a.id).collect();
     let gone = before - restored.len();
-    daemon.table().restore(snapshot);
-    vservices::converge(daemon, saved.vservices);
-    info!(apps = restored.len(), gone, "restored the saved state");
-    state::save(daemon);
-    let d = daemon.clone();
-    let _ = std::thread::Builder::new().name("reattach".into()).spawn(move || {
-        std::thread::sleep(REATTACH_GRACE);
-        for id in restored {
-            if !d.attached().contains(&id) {
-                channel::forget_app(&d, id, "app not taken back after the restart");
-            }
-        }
-    });
+    info!(apps = restored.len(), gone, "restoring the saved state");
+    daemon.submit(Command::Restore(saved));
+    drop_unattached_after(daemon.clone(), restored, REATTACH_GRACE);
+}
+
+/// After `grace`, drops those of `apps` whose `ax run` has not taken them back.
+fn drop_unattached_after(daemon: Daemon, apps: Vec<AppId>, grace: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        daemon.submit(Command::DropUnattached(apps));
+    })
+}
+
+/// The file name of one of `ax_api`'s socket paths, to place it in another run dir.
+fn socket_name(path: &str) -> &std::ffi::OsStr {
+    Path::new(path).file_name().expect("a socket path names a file")
 }
 
 async fn shutdown_signal() {
@@ -265,64 +414,63 @@ async fn shutdown_signal() {
     }
 }
 
-fn hostname() -> Result<String> {
-    let h = fs::read_to_string("/proc/sys/kernel/hostname").context("cannot read the host name")?;
+fn hostname() -> Result<String, Error> {
+    let h = fs::read_to_string("/proc/sys/kernel/hostname").map_err(io("cannot read the host name"))?;
     Ok(h.trim().to_string())
 }
 
 /// The node address: `--node-interface` as an IPv4 address or an interface name, or
 /// the first non-loopback interface that is up and has an IPv4 address.
-fn node_ip(addrs: &[ax_sys::proc::InterfaceAddr], choice: Option<&str>) -> Result<Ipv4Addr> {
+fn node_ip(addrs: &[ax_sys::proc::InterfaceAddr], choice: Option<&str>) -> Result<Ipv4Addr, Error> {
     let v4 = |a: &ax_sys::proc::InterfaceAddr| match a.addr {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     };
+    let setting = |m: String| Error::Setting(m);
     match choice {
         Some(c) => {
             if let Ok(ip) = c.parse::<Ipv4Addr>() {
                 if addrs.iter().any(|a| a.addr == IpAddr::V4(ip)) {
                     return Ok(ip);
                 }
-                bail!("--node-interface {ip}: no interface of this host has that address");
+                return Err(setting(format!("--node-interface {ip}: no interface of this host has that address")));
             }
             if c.parse::<IpAddr>().is_ok() {
-                bail!("--node-interface {c}: the node address must be IPv4");
+                return Err(setting(format!("--node-interface {c}: the node address must be IPv4")));
             }
             let named: Vec<_> = addrs.iter().filter(|a| a.name == c).collect();
             if named.is_empty() {
-                bail!("--node-interface {c}: no such interface with an address on this host");
+                return Err(setting(format!("--node-interface {c}: no such interface with an address on this host")));
             }
             named
                 .iter()
                 .find_map(|a| v4(a))
-                .with_context(|| format!("--node-interface {c}: the interface has no IPv4 address"))
+                .ok_or_else(|| setting(format!("--node-interface {c}: the interface has no IPv4 address")))
         }
-        None => addrs
-            .iter()
-            .filter(|a| !a.loopback && a.up)
-            .find_map(v4)
-            .context("no non-loopback interface with an IPv4 address is up: name one with --node-interface"),
+        None => addrs.iter().filter(|a| !a.loopback && a.up).find_map(v4).ok_or_else(|| {
+            setting("no non-loopback interface with an IPv4 address is up: name one with --node-interface".into())
+        }),
     }
 }
 
-fn prepare_dir(dir: &Path) -> Result<()> {
+fn prepare_dir(dir: &Path) -> Result<(), Error> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+        .map_err(io(format!("cannot create {}", dir.display())))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot restrict {}", dir.display()))?;
-    Ok(())
+        .map_err(io(format!("cannot restrict {}", dir.display())))
 }
 
 /// Binds a root-only Unix socket at `path`, refusing to steal it from a live daemon.
-fn bind_unix(path: &str) -> Result<std::os::unix::net::UnixListener> {
+fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        bail!("another ax daemon is already serving at {path}");
+        return Err(Error::Setting(format!("another ax daemon is already serving at {}", path.display())));
     }
     let _ = fs::remove_file(path);
-    let l = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {path}"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot restrict {path}"))?;
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(io(format!("cannot listen on {}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("cannot restrict {}", path.display())))?;
     Ok(l)
 }

@@ -2,17 +2,15 @@
 //! apps' names from the table, and writes each app's private resolv.conf.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
-use ax_api::RUN_DIR;
 use ax_core::AppId;
 use ax_dns::server::Dns;
 use ax_dns::zone::{self, Names, Zone};
 use tracing::info;
 
-use crate::{Daemon, DnsConfig};
+use crate::{Daemon, DnsConfig, Error};
 
 /// The DNS server's bound sockets and settings, made before the runtime starts so a
 /// busy port 53 stops the daemon with a clear error.
@@ -23,10 +21,12 @@ pub struct Bound {
     upstreams: Vec<SocketAddr>,
 }
 
-pub fn bind(node: Ipv4Addr, config: &DnsConfig) -> Result<Bound> {
-    let zone = Zone::new(&config.domain).map_err(|e| anyhow!(e))?;
+pub fn bind(node: Ipv4Addr, config: &DnsConfig) -> Result<Bound, Error> {
+    let zone = Zone::new(&config.domain).map_err(|e| Error::Setting(e.to_string()))?;
     let at = SocketAddr::from((node, 53));
-    let busy = |e| anyhow!("cannot serve DNS on {at} ({e}): free the port or start the daemon with --dns=false");
+    let busy = |e| {
+        Error::Setting(format!("cannot serve DNS on {at} ({e}): free the port or start the daemon with --dns=false"))
+    };
     let udp = std::net::UdpSocket::bind(at).map_err(busy)?;
     let tcp = std::net::TcpListener::bind(at).map_err(busy)?;
     let upstreams = match &config.servers {
@@ -43,13 +43,13 @@ struct TableNames(Daemon);
 
 impl Names for TableNames {
     fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
-        self.0.table().addresses_named(label)
+        self.0.read(|s| s.table.addresses_named(label))
     }
 }
 
 /// Starts serving: UDP on a thread of its own, TCP and forwarding on the runtime this
 /// is called from.
-pub fn spawn(b: Bound, daemon: Daemon) -> Result<()> {
+pub fn spawn(b: Bound, daemon: Daemon) -> std::io::Result<()> {
     b.tcp.set_nonblocking(true)?;
     let tcp = tokio::net::TcpListener::from_std(b.tcp)?;
     info!(at = %b.udp.local_addr()?, domain = b.zone.domain(), upstreams = ?b.upstreams, "serving DNS");
@@ -62,21 +62,20 @@ pub fn spawn(b: Bound, daemon: Daemon) -> Result<()> {
     Ok(())
 }
 
-fn resolv_conf_path(app: AppId) -> PathBuf {
-    PathBuf::from(RUN_DIR).join("resolv").join(format!("{app}.conf"))
+fn resolv_conf_path(run_dir: &Path, app: AppId) -> PathBuf {
+    run_dir.join("resolv").join(format!("{app}.conf"))
 }
 
 /// Writes the resolv.conf an app sees: the daemon's DNS server, and its domain to
 /// search. Returns its path.
-pub fn write_resolv_conf(app: AppId, node: Ipv4Addr, domain: &str) -> Result<String> {
-    let path = resolv_conf_path(app);
-    let dir = path.parent().expect("a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+pub fn write_resolv_conf(run_dir: &Path, app: AppId, node: Ipv4Addr, domain: &str) -> std::io::Result<String> {
+    let path = resolv_conf_path(run_dir, app);
+    std::fs::create_dir_all(path.parent().expect("a parent"))?;
     let text = format!("# written by ax for app {app}\nnameserver {node}\nsearch {domain}\noptions ndots:1\n");
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, text)?;
     Ok(path.to_string_lossy().into_owned())
 }
 
-pub fn remove_resolv_conf(app: AppId) {
-    let _ = std::fs::remove_file(resolv_conf_path(app));
+pub fn remove_resolv_conf(run_dir: &Path, app: AppId) {
+    let _ = std::fs::remove_file(resolv_conf_path(run_dir, app));
 }

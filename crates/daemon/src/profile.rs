@@ -5,49 +5,67 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use pprof::protos::Message;
 use tracing::{info, warn};
 
-pub fn start() -> Result<pprof::ProfilerGuard<'static>> {
+/// Why a profile cannot be taken or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot start the CPU profiler: {0}")]
+    Cpu(pprof::Error),
+    #[error("jemalloc was built without heap profiling")]
+    NoHeapProfiling,
+    #[error("cannot start the heap profiler: {0}")]
+    Heap(String),
+    #[error("cannot encode the profile: {0}")]
+    Encode(String),
+    #[error("cannot write {path}: {err}")]
+    Write { path: std::path::PathBuf, err: std::io::Error },
+}
+
+pub fn start() -> Result<pprof::ProfilerGuard<'static>, ProfileError> {
     pprof::ProfilerGuardBuilder::default()
         .frequency(199)
         .blocklist(&["libc", "libgcc", "pthread", "vdso"])
         .build()
-        .context("cannot start the CPU profiler")
+        .map_err(ProfileError::Cpu)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<usize, ProfileError> {
+    std::fs::write(path, bytes).map_err(|err| ProfileError::Write { path: path.into(), err })?;
+    Ok(bytes.len())
 }
 
 /// Writes the profile; a failure is logged (the daemon is stopping anyway).
 pub fn write(guard: pprof::ProfilerGuard<'static>, path: &Path) {
-    let result = (|| -> Result<usize> {
-        let profile = guard.report().build()?.pprof()?;
+    let result = (|| -> Result<usize, ProfileError> {
+        let encode = |e: &dyn std::fmt::Display| ProfileError::Encode(e.to_string());
+        let profile = guard.report().build().and_then(|r| r.pprof()).map_err(|e| encode(&e))?;
         let mut bytes = Vec::new();
-        profile.encode(&mut bytes)?;
-        std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(bytes.len())
+        profile.encode(&mut bytes).map_err(|e| encode(&e))?;
+        write_file(path, &bytes)
     })();
     match result {
         Ok(n) => info!(file = %path.display(), bytes = n, "CPU profile written"),
-        Err(e) => warn!("cannot write the CPU profile: {e:#}"),
+        Err(e) => warn!("cannot write the CPU profile: {e}"),
     }
 }
 
 /// Turns jemalloc's heap sampling on.
-pub fn start_heap() -> Result<()> {
-    let ctl = jemalloc_pprof::PROF_CTL.as_ref().context("jemalloc was built without heap profiling")?;
-    ctl.blocking_lock().activate().map_err(|e| anyhow::anyhow!("cannot start the heap profiler: {e}"))
+pub fn start_heap() -> Result<(), ProfileError> {
+    let ctl = jemalloc_pprof::PROF_CTL.as_ref().ok_or(ProfileError::NoHeapProfiling)?;
+    ctl.blocking_lock().activate().map_err(|e| ProfileError::Heap(e.to_string()))
 }
 
 /// Writes the heap profile (gzipped pprof); a failure is logged.
 pub fn write_heap(path: &Path) {
-    let result = (|| -> Result<usize> {
-        let ctl = jemalloc_pprof::PROF_CTL.as_ref().context("jemalloc was built without heap profiling")?;
-        let bytes = ctl.blocking_lock().dump_pprof()?;
-        std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(bytes.len())
+    let result = (|| -> Result<usize, ProfileError> {
+        let ctl = jemalloc_pprof::PROF_CTL.as_ref().ok_or(ProfileError::NoHeapProfiling)?;
+        let bytes = ctl.blocking_lock().dump_pprof().map_err(|e| ProfileError::Encode(e.to_string()))?;
+        write_file(path, &bytes)
     })();
     match result {
         Ok(n) => info!(file = %path.display(), bytes = n, "heap profile written"),
-        Err(e) => warn!("cannot write the heap profile: {e:#}"),
+        Err(e) => warn!("cannot write the heap profile: {e}"),
     }
 }

@@ -9,12 +9,13 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ax_api::ProxyView;
 use ax_core::{Route, Target};
 use ax_sys::sock;
+use ax_trap::Node;
 use tracing::{debug, info, warn};
 
 use crate::Daemon;
@@ -31,16 +32,43 @@ pub enum Dial {
     Fixed(SocketAddrV4),
 }
 
+/// Which relay: who asked for it (a vservice's name, `expose/<app>/<port>`) and the
+/// node port it listens on. Relays leave with their owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RelayKey {
+    pub owner: String,
+    pub port: u16,
+}
+
+impl RelayKey {
+    /// The relay for an `--expose` of `app` on `port` of this node.
+    pub fn expose(app: &str, port: u16) -> RelayKey {
+        RelayKey { owner: format!("expose/{app}/{port}"), port }
+    }
+}
+
+/// How a relay runs: what it dials, and what `ax get proxies` shows it dialing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySpec {
+    pub dial: Dial,
+    pub dialers: Vec<String>,
+}
+
+impl RelaySpec {
+    /// A relay to one host address (an exposed app's).
+    pub fn fixed(to: SocketAddrV4) -> RelaySpec {
+        RelaySpec { dial: Dial::Fixed(to), dialers: vec![to.to_string()] }
+    }
+}
+
 /// One running relay.
 struct Relay {
     listener: Arc<TcpListener>,
-    /// Who asked for it (a vservice's name, `expose/...`): relays leave with it.
-    owner: String,
-    dial: Dial,
+    key: RelayKey,
     dialers: Vec<String>,
 }
 
-/// Every relay of the daemon, by id.
+/// The relays running on this node, by id: what carries out the state's relay changes.
 #[derive(Default)]
 pub struct Relays {
     next: u32,
@@ -59,61 +87,54 @@ impl Relays {
             })
             .collect()
     }
-}
 
-/// Starts a relay on node:`port` for `owner`.
-pub fn start(daemon: &Daemon, owner: &str, port: u16, dial: Dial, dialers: Vec<String>) -> std::io::Result<()> {
-    let node = daemon.table().node().ip;
-    let listener = Arc::new(TcpListener::bind((node, port))?);
-    let id = {
-        let mut relays = daemon.relays();
-        relays.next += 1;
-        let id = relays.next;
-        relays.running.insert(id, Relay { listener: listener.clone(), owner: owner.to_string(), dial, dialers });
-        id
-    };
-    info!(id, listener = %listener.local_addr()?, owner, "relay started");
-    let d = daemon.clone();
-    std::thread::Builder::new().name("relay".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(client) => {
-                    let d = d.clone();
-                    let spawned =
-                        std::thread::Builder::new().name("relay-conn".into()).spawn(move || serve(&d, client, dial));
-                    if let Err(e) = spawned {
-                        warn!("relay {id}: cannot start a thread: {e}");
+    /// Starts a relay on `listener` (bound by the caller) or on node:`key.port`.
+    pub fn start(
+        &mut self,
+        daemon: &Daemon,
+        key: RelayKey,
+        spec: RelaySpec,
+        listener: Option<TcpListener>,
+    ) -> std::io::Result<()> {
+        let listener = Arc::new(match listener {
+            Some(l) => l,
+            None => TcpListener::bind((daemon.node_ip(), key.port))?,
+        });
+        self.next += 1;
+        let id = self.next;
+        info!(id, listener = %listener.local_addr()?, owner = %key.owner, "relay started");
+        let (l, d, dial) = (listener.clone(), daemon.clone(), spec.dial);
+        std::thread::Builder::new().name("relay".into()).spawn(move || {
+            for conn in l.incoming() {
+                match conn {
+                    Ok(client) => {
+                        let d = d.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("relay-conn".into())
+                            .spawn(move || serve(&d, client, dial));
+                        if let Err(e) = spawned {
+                            warn!("relay {id}: cannot start a thread: {e}");
+                        }
                     }
+                    // Shut down by stop(): the relay is gone.
+                    Err(_) => break,
                 }
-                // Shut down by stop(): the relay is gone.
-                Err(_) => break,
             }
-        }
-        debug!(id, "relay stopped");
-    })?;
-    Ok(())
-}
+            debug!(id, "relay stopped");
+        })?;
+        self.running.insert(id, Relay { listener, key, dialers: spec.dialers });
+        Ok(())
+    }
 
-/// The owners of running relays whose owner starts with `prefix`, with what they dial.
-pub fn running(daemon: &Daemon, prefix: &str) -> BTreeMap<String, Dial> {
-    daemon
-        .relays()
-        .running
-        .values()
-        .filter(|r| r.owner.starts_with(prefix))
-        .map(|r| (r.owner.clone(), r.dial))
-        .collect()
-}
-
-/// Stops every relay of `owner`.
-pub fn stop(daemon: &Daemon, owner: &str) {
-    let mut relays = daemon.relays();
-    let ids: Vec<u32> = relays.running.iter().filter(|(_, r)| r.owner == owner).map(|(id, _)| *id).collect();
-    for id in ids {
-        if let Some(r) = relays.running.remove(&id) {
-            // Wakes the accept loop with an error, which ends it.
-            let _ = sock::shutdown(r.listener.as_fd(), libc::SHUT_RDWR);
-            info!(id, owner, "relay stopped");
+    /// Stops the relay `key`.
+    pub fn stop(&mut self, key: &RelayKey) {
+        let ids: Vec<u32> = self.running.iter().filter(|(_, r)| r.key == *key).map(|(id, _)| *id).collect();
+        for id in ids {
+            if let Some(r) = self.running.remove(&id) {
+                // Wakes the accept loop with an error, which ends it.
+                let _ = sock::shutdown(r.listener.as_fd(), libc::SHUT_RDWR);
+                info!(id, owner = %key.owner, "relay stopped");
+            }
         }
     }
 }
@@ -122,7 +143,7 @@ pub fn stop(daemon: &Daemon, owner: &str) {
 /// until both directions have ended.
 fn serve(daemon: &Daemon, client: TcpStream, to: Dial) {
     let targets = match to {
-        Dial::Vservice { vip, vport } => match daemon.table().vservice_route(vip, vport, None) {
+        Dial::Vservice { vip, vport } => match daemon.with_table(|t| t.vservice_route(vip, vport, None)) {
             Some(Route::Backends(targets)) => targets,
             _ => return,
         },
@@ -185,6 +206,3 @@ fn pump(from: &TcpStream, to: &TcpStream) {
     }
     let _ = sock::shutdown(to.as_fd(), libc::SHUT_WR);
 }
-
-/// Relays are shared by the API and the accept loops.
-pub type Shared = Arc<Mutex<Relays>>;

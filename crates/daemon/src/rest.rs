@@ -1,8 +1,11 @@
-//! The REST API: read-only views of the tables for now. The same router serves the
-//! Unix socket (root only, checked by peer credentials on every connection) and TCP on
-//! 127.0.0.1.
+//! The REST API: views of the node's state, and vservices created and deleted. A
+//! request is turned into a [`Command`] and nothing more; the state decides. The same
+//! router serves the Unix socket (root only, checked by peer credentials on every
+//! connection) and TCP on 127.0.0.1.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ax_api::{path, ErrorBody, VserviceRequest};
 use axum::extract::rejection::JsonRejection;
@@ -15,7 +18,9 @@ use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::{views, vservices, Daemon};
+use crate::state::{Answer, Command};
+use crate::vservices::{self, Refusal};
+use crate::{views, Daemon};
 
 /// Who is on the other end of a Unix-socket connection.
 #[derive(Clone, Debug)]
@@ -33,20 +38,39 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
+/// Root, or the daemon's own user (the same in production; a test's user in tests).
 async fn root_only(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> Response {
     match peer.uid {
-        Some(0) => next.run(req).await,
+        Some(uid) if uid == 0 || uid == ax_sys::proc::effective_uid() => next.run(req).await,
         Some(uid) => error(StatusCode::FORBIDDEN, format!("the API socket is for root only (uid {uid} is not)")),
         None => error(StatusCode::FORBIDDEN, "cannot read the peer's credentials"),
     }
 }
 
-fn refusal(r: vservices::Refusal) -> Response {
-    match r {
-        vservices::Refusal::Bad(m) => error(StatusCode::BAD_REQUEST, m),
-        vservices::Refusal::Conflict(m) => error(StatusCode::CONFLICT, m),
-        vservices::Refusal::Missing(m) => error(StatusCode::NOT_FOUND, m),
+fn answer(a: Answer, done: StatusCode) -> Response {
+    match a {
+        Answer::Refused(r @ Refusal::Bad(_)) => error(StatusCode::BAD_REQUEST, r.to_string()),
+        Answer::Refused(r @ Refusal::Conflict(_)) => error(StatusCode::CONFLICT, r.to_string()),
+        Answer::Refused(r @ Refusal::Missing(_)) => error(StatusCode::NOT_FOUND, r.to_string()),
+        _ => done.into_response(),
     }
+}
+
+/// Now on the wall clock, in ms: a vservice record's version.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Listens on the ports an external vservice relays, ahead of the command, so a busy
+/// port is refused like any conflict: the listeners by port, or the first port and why.
+fn bind_relays(d: &Daemon, req: &VserviceRequest) -> Result<BTreeMap<u16, std::net::TcpListener>, (u16, String)> {
+    let Ok(ports) = ax_core::vservice::parse_ports(&req.ports) else { return Ok(BTreeMap::new()) };
+    let mut bound = BTreeMap::new();
+    for m in ports.iter().filter(|_| req.external) {
+        let l = std::net::TcpListener::bind((d.node_ip(), m.vport)).map_err(|e| (m.vport, e.to_string()))?;
+        bound.insert(m.vport, l);
+    }
+    Ok(bound)
 }
 
 async fn create_vservice(State(d): State<Daemon>, body: Result<Json<VserviceRequest>, JsonRejection>) -> Response {
@@ -54,34 +78,48 @@ async fn create_vservice(State(d): State<Daemon>, body: Result<Json<VserviceRequ
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed vservice request: {}", e.body_text())),
     };
-    // Relays bind sockets: keep that off the async workers.
-    match tokio::task::spawn_blocking(move || vservices::create(&d, &req)).await {
-        Ok(Ok(())) => StatusCode::CREATED.into_response(),
-        Ok(Err(r)) => refusal(r),
+    let vservice = match vservices::parse(&req) {
+        Ok(v) => v,
+        Err(r) => return answer(Answer::Refused(r), StatusCode::CREATED),
+    };
+    let spec = serde_json::to_string(&req).expect("a request serializes");
+    // Binding and starting relays: off the async workers.
+    let done = tokio::task::spawn_blocking(move || {
+        let (bound, unbindable) = match bind_relays(&d, &req) {
+            Ok(bound) => (bound, None),
+            Err(why) => (BTreeMap::new(), Some(why)),
+        };
+        d.submit_with(Command::CreateVservice { vservice, spec, at_ms: now_ms(), unbindable }, bound)
+    })
+    .await;
+    match done {
+        Ok(a) => answer(a, StatusCode::CREATED),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("vservice creation failed: {e}")),
     }
 }
 
 async fn delete_vservice(State(d): State<Daemon>, Path(name): Path<String>) -> Response {
-    match vservices::delete(&d, &name) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => refusal(r),
+    let done = tokio::task::spawn_blocking(move || d.submit(Command::DeleteVservice { name, at_ms: now_ms() })).await;
+    match done {
+        Ok(a) => answer(a, StatusCode::NO_CONTENT),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("vservice deletion failed: {e}")),
     }
 }
 
 fn router(daemon: Daemon) -> Router {
     Router::new()
-        .route(path::APPS, get(|State(d): State<Daemon>| async move { Json(views::apps(&d.table())) }))
-        .route(path::SERVERS, get(|State(d): State<Daemon>| async move { Json(views::servers(&d.table())) }))
-        .route(path::SOCKETS, get(|State(d): State<Daemon>| async move { Json(views::sockets(&d.table())) }))
-        .route(path::INFO, get(|State(d): State<Daemon>| async move { Json(views::info(&d.table())) }))
+        .route(path::APPS, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::apps(&s.table))) }))
+        .route(path::SERVERS, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::servers(&s.table))) }))
+        .route(path::SOCKETS, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::sockets(&s.table))) }))
+        .route(path::INFO, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::info(&s.table))) }))
         .route(
             path::VSERVICES,
-            get(|State(d): State<Daemon>| async move { Json(vservices::views(&d.table())) }).post(create_vservice),
+            get(|State(d): State<Daemon>| async move { Json(d.read(|s| vservices::views(&s.table))) })
+                .post(create_vservice),
         )
         .route(&format!("{}/{{name}}", path::VSERVICES), delete(delete_vservice))
-        .route(path::PROXIES, get(|State(d): State<Daemon>| async move { Json(d.relays().views()) }))
-        .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(views::nodes(&d)) }))
+        .route(path::PROXIES, get(|State(d): State<Daemon>| async move { Json(d.proxies()) }))
+        .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::nodes(&s.nodes))) }))
         .route(
             path::OPENAPI,
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], ax_api::OPENAPI_DOCUMENT) }),
@@ -98,7 +136,7 @@ pub async fn serve(
     unix: UnixListener,
     daemon: Daemon,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let unix_app = router(daemon.clone()).layer(middleware::from_fn(root_only));
     let mut rx1 = stop_rx.clone();

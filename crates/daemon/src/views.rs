@@ -43,10 +43,8 @@ pub fn servers(t: &Table) -> Vec<ServerView> {
     local.chain(remote).collect()
 }
 
-pub fn nodes(d: &crate::Daemon) -> Vec<NodeView> {
-    d.nodes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+pub fn nodes(nodes: &[ax_cluster::gossip::NodeStatus]) -> Vec<NodeView> {
+    nodes
         .iter()
         .map(|n| NodeView {
             name: n.node.name.clone(),

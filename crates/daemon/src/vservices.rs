@@ -1,29 +1,31 @@
-//! Creating and deleting vservices through the API: every field is checked and named
-//! when wrong, a conflict changes nothing, and an external vservice's relays start and
-//! stop with it.
+//! Vservices as the node's state keeps them: a request checked field by field (every
+//! wrong field named), installed in the table with its relays when `--external`, and
+//! recorded with a version for the cluster to carry everywhere. Called from
+//! [`State::apply`](crate::state::State::apply) only.
 
 use std::net::Ipv4Addr;
 
 use ax_api::{VserviceRequest, VserviceView};
+use ax_cluster::state::VsRecord;
 use ax_core::vservice::{self, LbType, Vservice};
-use ax_core::{addr, Table, VserviceError};
+use ax_core::{addr, Table};
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::relay::{Dial, RelayKey, RelaySpec};
+use crate::state::{Out, State};
 
-use ax_cluster::state::{merge_vservices, VsRecord};
-use tracing::{info, warn};
-
-use crate::{relay, Daemon};
-
-/// Why a request failed: a bad field (400), a conflict (409) or a missing vservice (404).
-#[derive(Debug)]
+/// Why a request failed: a bad field (400), a conflict (409) or a missing thing (404).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("{0}")]
     Bad(String),
+    #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
     Missing(String),
 }
 
-fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
+/// Checks a request; the vservice it asks for.
+pub fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
     let bad = Refusal::Bad;
     ax_dns::wire::check_label(&req.name).map_err(|e| bad(e.to_string().replacen("--name", "name", 1)))?;
     let ip: Ipv4Addr = req.ip.parse().map_err(|_| bad(format!("--ip {} is not an IPv4 address", req.ip)))?;
@@ -35,107 +37,81 @@ fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
     Ok(Vservice {
         name: req.name.to_ascii_lowercase(),
         ip,
-        ports: vservice::parse_ports(&req.ports).map_err(bad)?,
-        backends: vservice::parse_backends(&req.backends).map_err(bad)?,
-        lb: LbType::parse(&req.lbtype).map_err(bad)?,
+        ports: vservice::parse_ports(&req.ports).map_err(|e| bad(e.to_string()))?,
+        backends: vservice::parse_backends(&req.backends).map_err(|e| bad(e.to_string()))?,
+        lb: LbType::parse(&req.lbtype).map_err(|e| bad(e.to_string()))?,
         source_ip,
         external: req.external,
         app_backends: Default::default(),
     })
 }
 
-pub fn create(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
-    install(daemon, req)?;
-    let spec = serde_json::to_string(req).expect("a request serializes");
-    record(daemon, &req.name.to_ascii_lowercase(), Some(spec));
-    crate::state::save(daemon);
+/// A vservice as a cluster record carries it.
+pub fn from_spec(spec: &str) -> Result<Vservice, Refusal> {
+    let req: VserviceRequest = serde_json::from_str(spec).map_err(|e| Refusal::Bad(e.to_string()))?;
+    parse(&req)
+}
+
+/// Creates a vservice here and records it for the cluster. `unbindable` is an external
+/// port the caller could not listen on: the vservice is refused then, after the table
+/// had its say (a duplicate is named as such, not as a busy port).
+pub(crate) fn create(
+    state: &mut State,
+    v: Vservice,
+    spec: String,
+    at_ms: u64,
+    unbindable: Option<(u16, String)>,
+    out: &mut Out,
+) -> Result<(), Refusal> {
+    let name = v.name.clone();
+    install(state, v, unbindable, out)?;
+    record(state, &name, Some(spec), at_ms);
     Ok(())
 }
 
-/// Puts a vservice in the table and starts its relays.
-fn install(daemon: &Daemon, req: &VserviceRequest) -> Result<(), Refusal> {
-    let v = parse(req)?;
+/// Puts a vservice in the table and owes its relays.
+pub(crate) fn install(
+    state: &mut State,
+    v: Vservice,
+    unbindable: Option<(u16, String)>,
+    out: &mut Out,
+) -> Result<(), Refusal> {
     let (name, ip, ports, external) = (v.name.clone(), v.ip, v.ports.clone(), v.external);
     let dialers: Vec<String> = v.backends.iter().map(|b| b.to_string()).collect();
-    daemon.table().add_vservice(v).map_err(|e| Refusal::Conflict(e.to_string()))?;
+    state.table.add_vservice(v).map_err(|e| Refusal::Conflict(e.to_string()))?;
+    if let Some((port, e)) = unbindable {
+        let _ = state.table.remove_vservice(&name);
+        return Err(Refusal::Conflict(format!(
+            "cannot listen on port {port} of this node for the external vservice: {e}"
+        )));
+    }
     if external {
         for m in ports {
-            if let Err(e) =
-                relay::start(daemon, &name, m.vport, relay::Dial::Vservice { vip: ip, vport: m.vport }, dialers.clone())
-            {
-                relay::stop(daemon, &name);
-                let _ = daemon.table().remove_vservice(&name);
-                return Err(Refusal::Conflict(format!(
-                    "cannot listen on port {} of this node for the external vservice: {e}",
-                    m.vport
-                )));
-            }
+            let spec = RelaySpec { dial: Dial::Vservice { vip: ip, vport: m.vport }, dialers: dialers.clone() };
+            state.want_relay(RelayKey { owner: name.clone(), port: m.vport }, spec, out);
         }
     }
     Ok(())
 }
 
-pub fn delete(daemon: &Daemon, name: &str) -> Result<(), Refusal> {
+pub(crate) fn delete(state: &mut State, name: &str, at_ms: u64, out: &mut Out) -> Result<(), Refusal> {
     let name = name.to_ascii_lowercase();
-    uninstall(daemon, &name).map_err(|e| Refusal::Missing(e.to_string()))?;
-    record(daemon, &name, None);
-    crate::state::save(daemon);
+    uninstall(state, &name, out)?;
+    record(state, &name, None, at_ms);
     Ok(())
 }
 
-fn uninstall(daemon: &Daemon, name: &str) -> Result<(), VserviceError> {
-    daemon.table().remove_vservice(name)?;
-    relay::stop(daemon, name);
+pub(crate) fn uninstall(state: &mut State, name: &str, out: &mut Out) -> Result<(), Refusal> {
+    state.table.remove_vservice(name).map_err(|e| Refusal::Missing(e.to_string()))?;
+    state.drop_relays(name, out);
     Ok(())
 }
 
-/// Records a change made here, newer than any version of the name seen so far, for
-/// the cluster to carry everywhere.
-fn record(daemon: &Daemon, name: &str, spec: Option<String>) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    // The table first, the records after, never the other way round: state::save takes
-    // them in this order.
-    let origin = daemon.table().node().name.clone();
-    let mut records = daemon.vservice_records();
-    let version = records.get(name).map_or(now, |r| now.max(r.version + 1));
-    records.insert(name.to_string(), VsRecord { name: name.to_string(), version, origin, spec });
-}
-
-/// Takes in the cluster's vservice records: where a newer version than ours exists,
-/// the table (and this node's relays) follow it.
-pub fn converge(daemon: &Daemon, theirs: Vec<VsRecord>) {
-    let merged = {
-        let ours = daemon.vservice_records();
-        merge_vservices(ours.values().chain(theirs.iter()))
-    };
-    let mut changed = false;
-    for (name, rec) in merged {
-        if daemon.vservice_records().get(&name) == Some(&rec) {
-            continue;
-        }
-        changed = true;
-        let _ = uninstall(daemon, &name);
-        if let Some(spec) = &rec.spec {
-            match serde_json::from_str::<VserviceRequest>(spec) {
-                Ok(req) => {
-                    if let Err(e) = install(daemon, &req) {
-                        warn!(vservice = %name, "cannot take in the cluster's vservice: {e:?}");
-                    }
-                }
-                Err(e) => warn!(vservice = %name, "unreadable vservice from the cluster: {e}"),
-            }
-        }
-        info!(vservice = %name, version = rec.version, origin = %rec.origin, deleted = rec.spec.is_none(), "vservice from the cluster");
-        daemon.vservice_records().insert(name, rec);
-    }
-    if changed {
-        crate::state::save(daemon);
-    }
-}
-
-/// This node's vservice records, for gossip.
-pub fn records(daemon: &Daemon) -> Vec<VsRecord> {
-    daemon.vservice_records().values().cloned().collect()
+/// Records a change made here, newer than any version of the name seen so far.
+fn record(state: &mut State, name: &str, spec: Option<String>, at_ms: u64) {
+    let origin = state.table.node().name.clone();
+    let version = state.vservices.get(name).map_or(at_ms, |r| at_ms.max(r.version + 1));
+    state.vservices.insert(name.to_string(), VsRecord { name: name.to_string(), version, origin, spec });
 }
 
 pub fn views(t: &Table) -> Vec<VserviceView> {

@@ -9,51 +9,84 @@ use std::time::Duration;
 
 use ax_core::Proto;
 use ax_sys::netlink::{self as diag, TCP_LISTEN};
-use tracing::{info, warn};
+use tracing::warn;
 
+use crate::state::{Command, Sweep};
 use crate::Daemon;
 
 const PERIOD: Duration = Duration::from_millis(200);
 /// sock_diag's pseudo-state for bound, not listening TCP sockets (kernel 6.10+).
 const TCP_BOUND_INACTIVE: u8 = 13;
 
-pub fn spawn(daemon: Daemon) -> std::io::Result<()> {
-    let bound_only = lists_bound_only_sockets();
-    if !bound_only {
-        warn!("this kernel's sock_diag does not list bound-only TCP sockets: their rows stay until their app exits");
-    }
-    std::thread::Builder::new().name("watch".into()).spawn(move || loop {
-        std::thread::sleep(PERIOD);
-        if let Err(e) = sweep(&daemon, bound_only) {
-            warn!("cannot list the host's sockets: {e}");
-        }
-    })?;
-    Ok(())
+/// Where the watcher learns which sockets the host has, by inode.
+pub trait Sockets: Send + 'static {
+    /// TCP listeners.
+    fn tcp_listening(&self) -> std::io::Result<HashSet<u64>>;
+    /// Every TCP socket; None where bound-only sockets cannot be listed.
+    fn tcp_all(&self) -> Option<std::io::Result<HashSet<u64>>>;
+    fn udp(&self) -> std::io::Result<HashSet<u64>>;
 }
 
-fn sweep(daemon: &Daemon, bound_only: bool) -> std::io::Result<()> {
-    let (mark, unlistened_tcp) = {
-        let t = daemon.table();
-        (t.mark(), t.has_unlistened(Proto::Tcp))
-    };
-    let inodes = |protocol: i32, states: u32| -> std::io::Result<HashSet<u64>> {
-        Ok(diag::list(protocol as u8, states)?.into_iter().map(|s| s.inode).collect())
-    };
-    let listening = inodes(libc::IPPROTO_TCP, 1 << TCP_LISTEN)?;
+/// The kernel's socket list, through sock_diag.
+pub struct Netlink {
+    bound_only: bool,
+}
+
+impl Netlink {
+    /// Checks once whether this kernel lists bound-only TCP sockets.
+    pub fn probe() -> Netlink {
+        let bound_only = lists_bound_only_sockets();
+        if !bound_only {
+            warn!(
+                "this kernel's sock_diag does not list bound-only TCP sockets: their rows stay until their app exits"
+            );
+        }
+        Netlink { bound_only }
+    }
+}
+
+fn inodes(protocol: i32, states: u32) -> std::io::Result<HashSet<u64>> {
+    Ok(diag::list(protocol as u8, states)?.into_iter().map(|s| s.inode).collect())
+}
+
+impl Sockets for Netlink {
+    fn tcp_listening(&self) -> std::io::Result<HashSet<u64>> {
+        inodes(libc::IPPROTO_TCP, 1 << TCP_LISTEN)
+    }
+
+    fn tcp_all(&self) -> Option<std::io::Result<HashSet<u64>>> {
+        self.bound_only.then(|| inodes(libc::IPPROTO_TCP, u32::MAX))
+    }
+
+    fn udp(&self) -> std::io::Result<HashSet<u64>> {
+        inodes(libc::IPPROTO_UDP, u32::MAX)
+    }
+}
+
+/// Sweeps every [`PERIOD`] (tokio time). A listing takes a few system calls, done
+/// inline: shorter than handing them to another thread.
+pub fn spawn(daemon: Daemon, sockets: impl Sockets) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(e) = sweep(&daemon, &sockets) {
+                warn!("cannot list the host's sockets: {e}");
+            }
+        }
+    })
+}
+
+fn sweep(daemon: &Daemon, sockets: &impl Sockets) -> std::io::Result<()> {
+    let (mark, unlistened_tcp) = daemon.read(|s| (s.table.mark(), s.table.has_unlistened(Proto::Tcp)));
+    let tcp_listening = sockets.tcp_listening()?;
     // Bound-only rows are judged against every TCP socket (one that bound and then
     // connected still holds its port), and only where the kernel lists bound-only ones.
-    let bound = if unlistened_tcp && bound_only { Some(inodes(libc::IPPROTO_TCP, u32::MAX)?) } else { None };
-    let udp = inodes(libc::IPPROTO_UDP, u32::MAX)?;
-    let mut t = daemon.table();
-    let mut gone = t.sweep(Proto::Tcp, &listening, bound.as_ref(), mark);
-    gone.extend(t.sweep(Proto::Udp, &udp, Some(&udp), mark));
-    drop(t);
-    if !gone.is_empty() {
-        crate::state::save(daemon);
-    }
-    for b in gone.iter().filter(|b| b.listening) {
-        info!(app = %b.app, service = %b.service, host = %b.host, "service row removed: its socket was closed");
-    }
+    let tcp_bound = if unlistened_tcp { sockets.tcp_all().transpose()? } else { None };
+    let udp = sockets.udp()?;
+    daemon.submit(Command::Sweep(Sweep { mark, tcp_listening, tcp_bound, udp }));
     Ok(())
 }
 
