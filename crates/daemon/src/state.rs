@@ -365,3 +365,6 @@ impl State {
         Saved { table: self.table.snapshot(), vservices: self.vservices.values().cloned().collect() }
     }
 }
+
+#[cfg(test)]
+mod tests;
