@@ -367,4 +367,14 @@ impl State {
 }
 
 #[cfg(test)]
+impl State {
+    /// A state for node `a` at `ip`, with a small port pool.
+    pub(crate) fn for_test(ip: std::net::Ipv4Addr) -> State {
+        let node = ax_core::NodeInfo { name: "a".into(), cluster: "appswitch".into(), ip };
+        let ports = ax_core::PortRanges::parse("40000-40010").expect("a valid range");
+        State::new(Table::new(node, ax_core::PortPool::new(ports), 7))
+    }
+}
+
+#[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::state::{Command, Sweep};
 use crate::Daemon;
 
-const PERIOD: Duration = Duration::from_millis(200);
+pub const PERIOD: Duration = Duration::from_millis(200);
 /// sock_diag's pseudo-state for bound, not listening TCP sockets (kernel 6.10+).
 const TCP_BOUND_INACTIVE: u8 = 13;
 

@@ -5,14 +5,13 @@ use std::net::Ipv4Addr;
 use ax_api::VserviceRequest;
 use ax_core::table::BoundSocket;
 use ax_core::vservice::{Expose, ExposeAt};
-use ax_core::{Family, Labels, NodeInfo, PortPool, PortRanges, RemoteApp, RemoteRow};
+use ax_core::{Family, Labels, RemoteApp, RemoteRow};
 
 use super::*;
 use crate::relay::Dial;
 
 fn state() -> State {
-    let node = NodeInfo { name: "a".into(), cluster: "appswitch".into(), ip: Ipv4Addr::new(10, 0, 0, 1) };
-    State::new(Table::new(node, PortPool::new(PortRanges::parse("40000-40010").unwrap()), 7))
+    State::for_test(Ipv4Addr::new(10, 0, 0, 1))
 }
 
 fn register(s: &mut State, ip: &str) -> App {

@@ -1,0 +1,254 @@
+//! The daemon in-process, without root: REST → command → state → view over TCP on
+//! port 0 and over a Unix socket in a temporary directory, and the timers on paused
+//! tokio time.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ax_api::path;
+use ax_core::table::{BoundSocket, NewApp};
+use ax_core::{Family, Proto};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::*;
+
+/// A run directory of its own, removed when the test ends.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new() -> RunDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ax-daemon-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        RunDir(dir)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A daemon serving REST on 127.0.0.1:0 and on `<run dir>/ax.sock`.
+struct Served {
+    daemon: Daemon,
+    tcp: SocketAddr,
+    unix: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), Error>>,
+    dir: RunDir,
+}
+
+fn daemon(dir: &Path) -> Daemon {
+    Daemon::new(State::for_test(Ipv4Addr::LOCALHOST), dir, None)
+}
+
+fn served() -> Served {
+    let dir = RunDir::new();
+    let daemon = daemon(&dir.0);
+    let rest = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let tcp = rest.local_addr().unwrap();
+    let unix = dir.0.join(socket_name(API_SOCKET));
+    let api = std::os::unix::net::UnixListener::bind(&unix).unwrap();
+    let listeners = Listeners { rest, api, run: None, dns: None, egress: None, gossip: None };
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let served = tokio::spawn(serve(daemon.clone(), listeners, async {
+        let _ = stopped.await;
+    }));
+    Served { daemon, tcp, unix, stop, served, dir }
+}
+
+/// One HTTP/1.1 exchange: the status and the body as JSON (Null when empty).
+async fn exchange(
+    mut conn: impl AsyncRead + AsyncWrite + Unpin,
+    method: &str,
+    at: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {at} HTTP/1.1\r\nHost: ax\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, if body.is_empty() { Value::Null } else { serde_json::from_str(body).unwrap() })
+}
+
+impl Served {
+    async fn tcp(&self, method: &str, at: &str, body: Option<Value>) -> (u16, Value) {
+        exchange(tokio::net::TcpStream::connect(self.tcp).await.unwrap(), method, at, body).await
+    }
+
+    async fn unix(&self, method: &str, at: &str, body: Option<Value>) -> (u16, Value) {
+        exchange(tokio::net::UnixStream::connect(&self.unix).await.unwrap(), method, at, body).await
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.served.await.unwrap().unwrap();
+    }
+}
+
+fn web(ip: &str) -> Value {
+    json!({ "name": "web", "ip": ip, "ports": "80:8000", "backends": "198.18.1.1,198.18.1.2", "lbtype": "RoundRobin" })
+}
+
+fn vservices_at(at: &str) -> String {
+    format!("{}/{at}", path::VSERVICES)
+}
+
+#[tokio::test]
+async fn a_vservice_is_created_shown_saved_and_deleted_over_rest() {
+    let s = served();
+    assert_eq!(s.tcp("POST", path::VSERVICES, Some(web("198.18.2.1"))).await, (201, Value::Null));
+    let (status, list) = s.tcp("GET", path::VSERVICES, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(list[0]["ip"], "198.18.2.1");
+    assert_eq!(list[0]["backends"], "198.18.1.1,198.18.1.2");
+    let saved = fs::read_to_string(store::path(&s.dir.0)).unwrap();
+    assert!(saved.contains("198.18.2.1"), "saved before the answer: {saved}");
+    assert_eq!(s.tcp("DELETE", &vservices_at("WEB"), None).await, (204, Value::Null));
+    assert_eq!(s.tcp("GET", path::VSERVICES, None).await, (200, json!([])));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_400_and_name_the_field() {
+    let s = served();
+    let (status, body) = s.tcp("POST", path::VSERVICES, Some(web("300.1.1.1"))).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("--ip 300.1.1.1"), "{body}");
+    let mut bad_ports = web("198.18.2.1");
+    bad_ports["ports"] = json!("80:0");
+    let (status, body) = s.tcp("POST", path::VSERVICES, Some(bad_ports)).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("--ports"), "{body}");
+    let (status, body) = s.tcp("POST", path::VSERVICES, Some(json!({ "name": "web" }))).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().starts_with("malformed vservice request"), "{body}");
+    assert_eq!(s.tcp("GET", path::VSERVICES, None).await, (200, json!([])), "nothing changed");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn conflicts_are_409_and_missing_things_404() {
+    let s = served();
+    assert_eq!(s.tcp("POST", path::VSERVICES, Some(web("198.18.2.1"))).await.0, 201);
+    let (status, body) = s.tcp("POST", path::VSERVICES, Some(web("198.18.2.2"))).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (409, "a vservice named 'web' already exists"));
+    let (status, body) = s.tcp("DELETE", &vservices_at("nope"), None).await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (404, "no vservice named 'nope'"));
+    let (status, body) = s.tcp("GET", "/v1/nothing", None).await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("no such resource"), "{body}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_external_vservice_relays_on_its_port_or_is_409_when_the_port_is_busy() {
+    let s = served();
+    let busy = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let mut req = web("198.18.2.1");
+    req["ports"] = json!(port.to_string());
+    req["external"] = json!(true);
+    let (status, body) = s.tcp("POST", path::VSERVICES, Some(req.clone())).await;
+    assert_eq!(status, 409);
+    assert!(body["error"].as_str().unwrap().contains(&format!("cannot listen on port {port}")), "{body}");
+    assert_eq!(s.tcp("GET", path::VSERVICES, None).await.1, json!([]));
+    drop(busy);
+    assert_eq!(s.tcp("POST", path::VSERVICES, Some(req)).await.0, 201);
+    let (_, proxies) = s.tcp("GET", path::PROXIES, None).await;
+    assert_eq!(proxies[0]["listener"], format!("127.0.0.1:{port}"));
+    assert_eq!(s.tcp("DELETE", &vservices_at("web"), None).await.0, 204);
+    assert_eq!(s.tcp("GET", path::PROXIES, None).await.1, json!([]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn apps_are_listed_over_the_unix_socket() {
+    let s = served();
+    let new = NewApp { ip: Some("198.18.0.9".parse().unwrap()), pid: 1, driver: DRIVER.into(), ..Default::default() };
+    let Answer::Registered(app) = s.daemon.submit(Command::Register(new)) else { panic!("not registered") };
+    let (status, apps) = s.unix("GET", path::APPS, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(apps.as_array().unwrap().len(), 1);
+    assert_eq!(apps[0]["app_id"], app.id.to_string());
+    assert_eq!(apps[0]["app_ip"], "198.18.0.9");
+    let (status, info) = s.unix("GET", path::INFO, None).await;
+    assert_eq!((status, info["node_ip"].as_str()), (200, Some("127.0.0.1")));
+    s.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn restored_apps_not_taken_back_within_the_grace_are_dropped() {
+    let dir = RunDir::new();
+    let d = daemon(&dir.0);
+    let register = |ip: &str| {
+        let new = NewApp { ip: Some(ip.parse().unwrap()), pid: 1, ..Default::default() };
+        let Answer::Registered(app) = d.submit(Command::Register(new)) else { panic!("not registered") };
+        app.id
+    };
+    let (back, lost) = (register("198.18.0.1"), register("198.18.0.2"));
+    let timer = drop_unattached_after(d.clone(), vec![back, lost], REATTACH_GRACE);
+    d.submit(Command::Attach(back));
+    tokio::time::sleep(REATTACH_GRACE - Duration::from_millis(1)).await;
+    assert!(d.read(|s| s.table.app(lost).is_some()), "still within the grace");
+    timer.await.unwrap();
+    assert!(d.read(|s| s.table.app(back).is_some()));
+    assert!(d.read(|s| s.table.app(lost).is_none()));
+}
+
+/// A kernel that lists no socket at all.
+struct NoSockets;
+
+impl watch::Sockets for NoSockets {
+    fn tcp_listening(&self) -> std::io::Result<HashSet<u64>> {
+        Ok(HashSet::new())
+    }
+    fn tcp_all(&self) -> Option<std::io::Result<HashSet<u64>>> {
+        None
+    }
+    fn udp(&self) -> std::io::Result<HashSet<u64>> {
+        Ok(HashSet::new())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watcher_drops_a_closed_listener_on_its_second_sweep() {
+    let dir = RunDir::new();
+    let d = daemon(&dir.0);
+    let new = NewApp { ip: Some("198.18.0.1".parse().unwrap()), pid: 1, ..Default::default() };
+    let Answer::Registered(app) = d.submit(Command::Register(new)) else { panic!("not registered") };
+    ax_trap::Node::with_table(&d, |t| {
+        let port = t.take_port().unwrap();
+        let socket = BoundSocket {
+            inode: 7,
+            proto: Proto::Tcp,
+            family: Family::V4,
+            requested: "0.0.0.0:80".parse().unwrap(),
+            flags: 0,
+        };
+        t.add_binding(app.id, socket, "198.18.0.1:80".parse().unwrap(), port);
+        t.set_listening(Proto::Tcp, port, 7, 16);
+    });
+    let rows = || d.read(|s| s.table.services().count());
+    let watcher = watch::spawn(d.clone(), NoSockets);
+    tokio::time::sleep(watch::PERIOD * 2 - Duration::from_millis(1)).await;
+    assert_eq!(rows(), 1, "one sweep has missed it: not enough");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(rows(), 0);
+    watcher.abort();
+}
