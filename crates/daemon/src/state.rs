@@ -16,7 +16,7 @@ use ax_core::table::NewApp;
 use ax_core::vservice::{ExposeAt, Vservice};
 use ax_core::{App, AppId, Binding, Proto, Remote, Table};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::relay::{RelayKey, RelaySpec};
 use crate::store::Saved;
@@ -232,11 +232,6 @@ impl State {
         Effects { relays: out.relays, remove_files: out.remove_files, persist, answer }
     }
 
-    /// Whether the app's trap engine runs here.
-    pub fn attached(&self, app: AppId) -> bool {
-        self.attached.contains(&app)
-    }
-
     fn forget(&mut self, app: AppId, why: &str, out: &mut Out) {
         self.attached.remove(&app);
         out.remove_files.push(app);
@@ -302,6 +297,7 @@ impl State {
                 continue;
             }
             if !live.contains(&node) && now.duration_since(seen) < EXPOSE_HOLD {
+                debug!(%node, owner = %key.owner, "node missing from the gossip view: its expose relay is held");
                 exposes.insert(key, (node, seen));
             } else if self.relays.remove(&key).is_some() {
                 out.relays.push(RelayChange::Stop(key));

@@ -18,14 +18,14 @@ pub struct Saved {
 /// Why the saved state cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a state this ax can read ({source}): start with --clean")]
-    Unreadable { path: PathBuf, source: serde_json::Error },
-    #[error("cannot remove {path}: {source}")]
-    Remove { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {err}")]
+    Write { path: PathBuf, err: std::io::Error },
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{path} is not a state this ax can read ({err}): start with --clean")]
+    Unreadable { path: PathBuf, err: serde_json::Error },
+    #[error("cannot remove {path}: {err}")]
+    Remove { path: PathBuf, err: std::io::Error },
 }
 
 /// Where the state is kept in `run_dir`.
@@ -36,27 +36,25 @@ pub fn path(run_dir: &Path) -> PathBuf {
 pub fn write(path: &Path, saved: &Saved) -> Result<(), StoreError> {
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(saved).expect("the state serializes");
-    std::fs::write(&tmp, bytes).map_err(|source| StoreError::Write { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| StoreError::Write { path: path.into(), source })
+    std::fs::write(&tmp, bytes).map_err(|err| StoreError::Write { path: tmp.clone(), err })?;
+    std::fs::rename(&tmp, path).map_err(|err| StoreError::Write { path: path.into(), err })
 }
 
 /// The state an earlier daemon saved, if any.
 pub fn load(path: &Path) -> Result<Option<Saved>, StoreError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Unreadable { path: path.into(), source }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|err| StoreError::Unreadable { path: path.into(), err })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StoreError::Read { path: path.into(), source }),
+        Err(err) => Err(StoreError::Read { path: path.into(), err }),
     }
 }
 
 /// `--clean`: forgets the saved state.
 pub fn clean(path: &Path) -> Result<(), StoreError> {
     match std::fs::remove_file(path) {
-        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-            Err(StoreError::Remove { path: path.into(), source })
-        }
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Remove { path: path.into(), err }),
         _ => Ok(()),
     }
 }

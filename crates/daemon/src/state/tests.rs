@@ -100,7 +100,7 @@ fn forgetting_an_app_drops_its_rows_and_files_and_saves() {
     assert_eq!(e.remove_files, vec![app.id]);
     assert!(e.persist.is_some());
     assert!(s.table.app(app.id).is_none());
-    assert!(!s.attached(app.id));
+    assert!(!s.attached.contains(&app.id));
     // Forgetting it again still cleans files, but there is nothing to save.
     let again = s.apply(Command::Forget { app: app.id, why: "app exited" });
     assert_eq!(again.remove_files, vec![app.id]);
