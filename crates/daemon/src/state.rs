@@ -128,7 +128,7 @@ pub struct State {
 /// Collects what applying a command asks for.
 #[derive(Default)]
 pub(crate) struct Out {
-    pub relays: Vec<RelayChange>,
+    relays: Vec<RelayChange>,
     remove_files: Vec<AppId>,
     persist: bool,
 }
