@@ -49,7 +49,10 @@ fn one_service_table_across_nodes_by_ip_and_by_name_with_labels() {
     assert_eq!(row["ipv4_addr"].as_str().unwrap().split(':').next(), Some(Cluster::ip(0).as_str()));
     assert_eq!(b.run_ok(&["--", "curl", "-sf", "http://198.18.3.1:8000/who"]), "web");
     assert_eq!(b.run_ok(&["--", "curl", "-sf", "http://web:8000/who"]), "web");
-    assert_eq!(c.hosts[2].run_ok(&["--", "curl", "-sf", "http://web.appswitch.local:8000/who"]), "web");
+    // c learns of the row on its own gossip round: wait for it there too.
+    let cn = &c.hosts[2];
+    cn.wait_until("a's rows on c", Duration::from_secs(20), || cn.servers_at("198.18.3.1:8000").len() == 1);
+    assert_eq!(cn.run_ok(&["--", "curl", "-sf", "http://web.appswitch.local:8000/who"]), "web");
     // Labels hold across nodes, both ways.
     b.wait_until("vault's row on b", Duration::from_secs(20), || b.servers_at("198.18.3.2:8000").len() == 1);
     assert_eq!(b.run(&["--", "curl", "-sf", "http://198.18.3.2:8000/who"]).status.code(), Some(7));
