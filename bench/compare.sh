@@ -5,6 +5,7 @@
 #
 #   bench/compare.sh REV            # e.g. bench/compare.sh main~3
 #   ROUNDS=3 SECONDS_PER_RUN=5 bench/compare.sh REV
+#   BASE_BIN=DIR bench/compare.sh REV   # REV already built: DIR has its ax and ax-bench
 #
 # Prints every row of bench/run.sh with the baseline's and this tree's ax figures (the
 # mean over the rounds) and their ratio.
@@ -16,17 +17,20 @@ ROUNDS=${ROUNDS:-2}
 WORK=$(mktemp -d)
 BASE=$WORK/base
 trap 'git worktree remove --force "$BASE" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-git worktree add -q --detach "$BASE" "$REV"
-BASE_TARGET=$PWD/target/bench-base
-(cd "$BASE" && CARGO_TARGET_DIR=$BASE_TARGET cargo build --release -q -p ax -p ax-bench)
+if [ -z "${BASE_BIN:-}" ]; then
+  git worktree add -q --detach "$BASE" "$REV"
+  BASE_TARGET=$PWD/target/bench-base
+  (cd "$BASE" && CARGO_TARGET_DIR=$BASE_TARGET cargo build --release -q -p ax -p ax-bench)
+  BASE_BIN=$BASE_TARGET/release
+fi
 cargo build --release -q -p ax -p ax-bench
 for r in $(seq "$ROUNDS"); do
-  AX_BIN=$BASE_TARGET/release/ax AXB_BIN=$BASE_TARGET/release/ax-bench bench/run.sh >"$WORK/base.$r"
+  AX_BIN=$BASE_BIN/ax AXB_BIN=$BASE_BIN/ax-bench bench/run.sh >"$WORK/base.$r"
   AX_BIN=$PWD/target/release/ax AXB_BIN=$PWD/target/release/ax-bench bench/run.sh >"$WORK/new.$r"
 done
 echo "ax $REV ($(git rev-parse --short "$REV")) vs this tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')), $ROUNDS rounds"
 # Rows of bench/run.sh are fixed-width: name (34), native (14), ax (14), ratio.
-awk -v rounds="$ROUNDS" '
+awk '
   function num(s) { gsub(/ /, "", s); return s }
   FNR == 1 { side = (FILENAME ~ /base\./) ? "base" : "new" }
   length($0) > 50 && $0 !~ /^(benchmark|---------|through a vservice)/ {
