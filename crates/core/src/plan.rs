@@ -169,20 +169,34 @@ pub fn attempt(result: Result<(), Errno>, more: bool) -> Attempt {
     }
 }
 
-/// The backend a datagram to `dest` goes to, or None to send it from the app's own
-/// namespace (loopback). One socket keeps talking to one backend (chosen by its inode),
-/// so replies make sense.
-pub fn datagram(table: &mut Table, app: AppId, dest: SocketAddr, inode: u64) -> Result<Option<SocketAddr>, Errno> {
+/// Where a datagram goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datagram {
+    /// From the app's own namespace (loopback).
+    Private,
+    To(SocketAddr),
+    /// To one of these backends, the same one for every datagram of a socket
+    /// ([`pinned`]), so replies make sense.
+    Backends(Vec<SocketAddrV4>),
+}
+
+pub fn datagram(table: &mut Table, app: AppId, dest: SocketAddr) -> Result<Datagram, Errno> {
     match table.route_connect(app, Proto::Udp, dest) {
-        Route::Private => Ok(None),
+        Route::Private => Ok(Datagram::Private),
         Route::Refused => Err(libc::ECONNREFUSED),
-        Route::Direct(a) | Route::Egress { dest: a, .. } => Ok(Some(a)),
-        Route::Backends(mut targets) if !targets.is_empty() => {
-            targets.sort();
-            Ok(Some(SocketAddr::V4(targets[(inode % targets.len() as u64) as usize].addr)))
+        Route::Direct(a) | Route::Egress { dest: a, .. } => Ok(Datagram::To(a)),
+        Route::Backends(targets) if !targets.is_empty() => {
+            let mut backends: Vec<SocketAddrV4> = targets.into_iter().map(|t| t.addr).collect();
+            backends.sort();
+            Ok(Datagram::Backends(backends))
         }
         Route::Backends(_) => Err(libc::ECONNREFUSED),
     }
+}
+
+/// The backend of `backends` (sorted, not empty) that the socket with this inode talks to.
+pub fn pinned(backends: &[SocketAddrV4], inode: u64) -> SocketAddrV4 {
+    backends[(inode % backends.len() as u64) as usize]
 }
 
 /// What getsockname (`peer` false) or getpeername shows for a socket of `proto` whose
@@ -268,6 +282,15 @@ mod tests {
         assert_eq!(attempt(Err(libc::ECONNREFUSED), false), Attempt::Done(Err(libc::ECONNREFUSED)));
         assert_eq!(attempt(Err(libc::ETIMEDOUT), true), Attempt::Done(Err(libc::ETIMEDOUT)));
         assert_eq!(attempt(Err(libc::EINPROGRESS), false), Attempt::Pending);
+    }
+
+    #[test]
+    fn a_socket_stays_with_its_backend_and_sockets_spread() {
+        let b: Vec<SocketAddrV4> = (1..=3).map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 40000)).collect();
+        assert_eq!(pinned(&b, 7), pinned(&b, 7));
+        let chosen: std::collections::BTreeSet<_> = (0..3).map(|inode| pinned(&b, inode)).collect();
+        assert_eq!(chosen.len(), 3);
+        assert_eq!(pinned(&b[..1], u64::MAX), b[0]);
     }
 
     #[test]

@@ -29,7 +29,8 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ax_api::{API_SOCKET, RUN_SOCKET};
@@ -109,14 +110,46 @@ pub struct Daemon(Arc<Shared>);
 
 struct Shared {
     state: Mutex<State>,
-    /// The running relays. Effects are carried out under this lock, taken before the
-    /// state's is released, so they happen in the order their commands were applied.
-    /// Nothing that holds it takes the state's lock.
-    outbox: Mutex<relay::Relays>,
+    /// Where effects are carried out, one command's at a time and in the order the
+    /// commands were applied (each takes a ticket under the state's lock and waits for
+    /// its turn here, with the state's lock released: engines and readers never wait on
+    /// a file write). Nothing that holds it takes the state's lock.
+    outbox: Mutex<Outbox>,
+    turn: Condvar,
+    /// Tickets handed out, under the state's lock (so in the order of application).
+    issued: AtomicU64,
+    /// The newest snapshot to persist and its ticket: a turn writes the newest there is,
+    /// so under churn one write covers every command applied before it.
+    newest: Mutex<Option<(u64, Box<store::Saved>)>>,
     run_dir: PathBuf,
     node_ip: Ipv4Addr,
     /// The DNS domain, when the DNS server runs.
     dns_domain: Option<String>,
+}
+
+/// Effects' side of the daemon: the running relays, and how far effects have got.
+#[derive(Default)]
+struct Outbox {
+    relays: relay::Relays,
+    /// The last ticket whose effects are carried out.
+    done: u64,
+    /// The ticket of the newest snapshot written.
+    written: u64,
+}
+
+/// One command's turn at the outbox. Ending it, however the effects went (a panic
+/// included), lets the next ticket's turn begin, so no turn waits for good.
+struct Turn<'a> {
+    outbox: MutexGuard<'a, Outbox>,
+    ticket: u64,
+    next: &'a Condvar,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.outbox.done = self.ticket;
+        self.next.notify_all();
+    }
 }
 
 impl Daemon {
@@ -126,6 +159,9 @@ impl Daemon {
         Daemon(Arc::new(Shared {
             state: Mutex::new(state),
             outbox: Default::default(),
+            turn: Condvar::new(),
+            issued: AtomicU64::new(0),
+            newest: Mutex::new(None),
             run_dir: run_dir.into(),
             node_ip,
             dns_domain,
@@ -136,8 +172,12 @@ impl Daemon {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn outbox(&self) -> MutexGuard<'_, relay::Relays> {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.0.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn newest(&self) -> MutexGuard<'_, Option<(u64, Box<store::Saved>)>> {
+        self.0.newest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn node_ip(&self) -> Ipv4Addr {
@@ -159,7 +199,7 @@ impl Daemon {
 
     /// The relays running here, for `ax get proxies`.
     pub fn proxies(&self) -> Vec<ax_api::ProxyView> {
-        self.outbox().views()
+        self.outbox().relays.views()
     }
 
     /// Applies `command` and carries out its effects; returns its answer.
@@ -169,34 +209,53 @@ impl Daemon {
 
     /// As [`Daemon::submit`], starting relays on listeners the caller bound, by port.
     pub fn submit_with(&self, command: Command, mut bound: BTreeMap<u16, std::net::TcpListener>) -> Answer {
-        let mut state = self.state();
-        let effects = state.apply(command);
-        let mut relays = self.outbox();
-        drop(state);
+        let (mut effects, ticket, persist) = {
+            let mut state = self.state();
+            let mut effects = state.apply(command);
+            let ticket = self.0.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let persist = match effects.persist.take() {
+                Some(saved) => {
+                    *self.newest() = Some((ticket, saved));
+                    true
+                }
+                None => false,
+            };
+            (effects, ticket, persist)
+        };
+        let mut outbox = self.outbox();
+        while outbox.done + 1 != ticket {
+            outbox = self.0.turn.wait(outbox).unwrap_or_else(|p| p.into_inner());
+        }
+        let mut turn = Turn { outbox, ticket, next: &self.0.turn };
+        let outbox = &mut *turn.outbox;
         let mut failed = Vec::new();
-        for change in effects.relays {
+        for change in effects.relays.drain(..) {
             match change {
-                RelayChange::Stop(key) => relays.stop(&key),
+                RelayChange::Stop(key) => outbox.relays.stop(&key),
                 RelayChange::Start(key, spec) => {
                     let listener = bound.remove(&key.port);
-                    if let Err(e) = relays.start(self, key.clone(), spec, listener) {
+                    if let Err(e) = outbox.relays.start(self, key.clone(), spec, listener) {
                         warn!(owner = %key.owner, port = key.port, "cannot start a relay: {e}");
                         failed.push(key);
                     }
                 }
             }
         }
-        for app in effects.remove_files {
+        for app in effects.remove_files.drain(..) {
             names::remove_resolv_conf(self.run_dir(), app);
             let _ = fs::remove_file(channel::last_id_path(self.run_dir(), app));
         }
-        if let Some(saved) = effects.persist {
-            let path = store::path(self.run_dir());
-            if let Err(e) = store::write(&path, &saved) {
-                warn!("cannot save the daemon's state: {e}");
+        // Written before the answer; a newer snapshot written already covers this one.
+        if persist && outbox.written < ticket {
+            let newest = self.newest().take();
+            if let Some((newest, saved)) = newest {
+                if let Err(e) = store::write(&store::path(self.run_dir()), &saved) {
+                    warn!("cannot save the daemon's state: {e}");
+                }
+                outbox.written = newest;
             }
         }
-        drop(relays);
+        drop(turn);
         if !failed.is_empty() {
             self.submit(Command::RelaysFailed(failed));
         }
@@ -399,7 +458,8 @@ fn restore(daemon: &Daemon, saved: store::Saved) {
 fn drop_unattached_after(daemon: Daemon, apps: Vec<AppId>, grace: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        daemon.submit(Command::DropUnattached(apps));
+        // Forgetting apps waits its turn (and a state write): off the async workers.
+        let _ = tokio::task::spawn_blocking(move || daemon.submit(Command::DropUnattached(apps))).await;
     })
 }
 

@@ -118,7 +118,7 @@ fn router(daemon: Daemon) -> Router {
                 .post(create_vservice),
         )
         .route(&format!("{}/{{name}}", path::VSERVICES), delete(delete_vservice))
-        .route(path::PROXIES, get(|State(d): State<Daemon>| async move { Json(d.proxies()) }))
+        .route(path::PROXIES, get(proxies))
         .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::nodes(&s.nodes))) }))
         .route(
             path::OPENAPI,
@@ -128,6 +128,15 @@ fn router(daemon: Daemon) -> Router {
             error(StatusCode::NOT_FOUND, format!("no such resource: {} {}", req.method(), req.uri().path()))
         })
         .with_state(daemon)
+}
+
+/// The relays are read where effects are carried out, which may be busy writing the
+/// state: off the async workers.
+async fn proxies(State(d): State<Daemon>) -> Response {
+    match tokio::task::spawn_blocking(move || d.proxies()).await {
+        Ok(views) => Json(views).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot list the relays: {e}")),
+    }
 }
 
 /// Serves the API on both listeners until `shutdown` completes.

@@ -20,6 +20,8 @@ pub struct Saved {
 pub enum StoreError {
     #[error("cannot write {path}: {err}")]
     Write { path: PathBuf, err: std::io::Error },
+    #[error("cannot encode the state: {0}")]
+    Encode(serde_json::Error),
     #[error("cannot read {path}: {err}")]
     Read { path: PathBuf, err: std::io::Error },
     #[error("{path} is not a state this ax can read ({err}): start with --clean")]
@@ -35,7 +37,7 @@ pub fn path(run_dir: &Path) -> PathBuf {
 
 pub fn write(path: &Path, saved: &Saved) -> Result<(), StoreError> {
     let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(saved).expect("the state serializes");
+    let bytes = serde_json::to_vec(saved).map_err(StoreError::Encode)?;
     std::fs::write(&tmp, bytes).map_err(|err| StoreError::Write { path: tmp.clone(), err })?;
     std::fs::rename(&tmp, path).map_err(|err| StoreError::Write { path: path.into(), err })
 }

@@ -252,3 +252,37 @@ async fn the_watcher_drops_a_closed_listener_on_its_second_sweep() {
     assert_eq!(rows(), 0);
     watcher.abort();
 }
+
+#[test]
+fn a_slow_state_write_holds_up_no_engine_and_later_changes_ride_on_it() {
+    let dir = RunDir::new();
+    let d = daemon(&dir.0);
+    // The next write blocks until someone reads: a fifo where the temporary file goes.
+    let tmp = store::path(&dir.0).with_extension("json.tmp");
+    assert!(std::process::Command::new("mkfifo").arg(&tmp).status().unwrap().success());
+    let submit = |d: &Daemon| {
+        let d = d.clone();
+        std::thread::spawn(move || d.submit(Command::TableChanged))
+    };
+    let a = submit(&d);
+    // A is in its turn, past taking the snapshot: blocked in the write.
+    while d.0.issued.load(Ordering::SeqCst) < 1 || d.newest().is_some() {
+        std::thread::yield_now();
+    }
+    // C is applied and waits for its turn behind A's write.
+    let c = submit(&d);
+    while d.0.issued.load(Ordering::SeqCst) < 2 {
+        std::thread::yield_now();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = d.clone();
+    std::thread::spawn(move || tx.send(ax_trap::Node::with_table(&engine, |t| t.node().ip)).unwrap());
+    let seen = rx.recv_timeout(std::time::Duration::from_secs(60));
+    assert_eq!(seen, Ok(Ipv4Addr::LOCALHOST), "an engine's lookup waited on a file write");
+    assert!(!a.is_finished() && !c.is_finished(), "both wait for the write");
+    assert!(!fs::read(&tmp).unwrap().is_empty(), "A's snapshot, through the fifo");
+    assert_eq!(a.join().unwrap(), Answer::Done);
+    assert_eq!(c.join().unwrap(), Answer::Done);
+    // C's own write followed, over the fifo A renamed into place: a whole file.
+    assert!(store::load(&store::path(&dir.0)).unwrap().is_some());
+}

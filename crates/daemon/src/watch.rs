@@ -63,17 +63,22 @@ impl Sockets for Netlink {
     }
 }
 
-/// Sweeps every [`PERIOD`] (tokio time). A listing takes a few system calls, done
-/// inline: shorter than handing them to another thread.
-pub fn spawn(daemon: Daemon, sockets: impl Sockets) -> tokio::task::JoinHandle<()> {
+/// Sweeps every [`PERIOD`] (tokio time). A sweep lists the host's sockets (thousands,
+/// on a busy host) and waits its turn to apply: on a blocking thread, never on the few
+/// async workers that serve REST, DNS and gossip.
+pub fn spawn(daemon: Daemon, sockets: impl Sockets + Sync) -> tokio::task::JoinHandle<()> {
+    let sockets = std::sync::Arc::new(sockets);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(PERIOD);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
         loop {
             every.tick().await;
-            if let Err(e) = sweep(&daemon, &sockets) {
-                warn!("cannot list the host's sockets: {e}");
+            let (d, s) = (daemon.clone(), sockets.clone());
+            match tokio::task::spawn_blocking(move || sweep(&d, &*s)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("cannot list the host's sockets: {e}"),
+                Err(e) => warn!("the socket sweep failed: {e}"),
             }
         }
     })

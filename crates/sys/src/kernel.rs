@@ -52,8 +52,9 @@ pub trait Kernel: Send + Sync + 'static {
     /// A socket the engine holds: its copy of an app's descriptor, or one it made.
     type Fd: Send + 'static;
 
-    /// Waits for the app's next trapped call; None once every process of the app is gone.
-    fn next(&self) -> Option<Notification>;
+    /// Waits for the app's next trapped call; None once every process of the app is
+    /// gone, an errno if the listener itself failed.
+    fn next(&self) -> Result<Option<Notification>, Errno>;
     /// True while call `id` is still waiting for its answer.
     fn id_valid(&self, id: u64) -> bool;
     fn answer(&self, id: u64, reply: Reply) -> Result<(), Errno>;
@@ -151,16 +152,16 @@ impl Linux {
 impl Kernel for Linux {
     type Fd = OwnedFd;
 
-    fn next(&self) -> Option<Notification> {
+    fn next(&self) -> Result<Option<Notification>, Errno> {
         loop {
-            match self.listener.wait() {
-                Ok(Ready::Notification) => {}
-                Ok(Ready::Hangup) | Err(_) => return None,
+            match self.listener.wait().map_err(errno)? {
+                Ready::Notification => {}
+                Ready::Hangup => return Ok(None),
             }
             // ENOENT: the caller was killed between the wake-up and now.
             if let Ok(n) = self.listener.recv() {
                 self.last_id.set(n.id);
-                return Some(n);
+                return Ok(Some(n));
             }
         }
     }

@@ -16,7 +16,7 @@ use ax_sys::sock::Received;
 use crate::call::AddrIn;
 use crate::engine::{timeout_ms, Answer, Engine};
 use crate::Node;
-use ax_core::plan::{self, Kind, Use};
+use ax_core::plan::{self, Datagram, Kind, Use};
 
 /// The most a datagram send may carry (the kernel's limit for UDP is below this).
 pub(crate) const MAX_PAYLOAD: usize = 256 * 1024;
@@ -219,15 +219,16 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         flags: i32,
         dest: SocketAddr,
     ) -> Result<Answer, Errno> {
-        let inode = self.k.inode(&s)?;
-        let target = self.node.with_table(|t| plan::datagram(t, self.app, dest, inode))?;
-        let sent = match target {
-            Some(to) => self.k.send_msg(&s, data, control, flags, Some(&addr::for_family(to, family)))?,
-            None => {
+        let to = match self.node.with_table(|t| plan::datagram(t, self.app, dest))? {
+            Datagram::To(to) => to,
+            Datagram::Backends(backends) => SocketAddr::V4(plan::pinned(&backends, self.k.inode(&s)?)),
+            Datagram::Private => {
                 let fresh = self.privatize(n, fd, &s)?;
-                self.k.send_msg(&fresh, data, control, flags, Some(&dest))?
+                let sent = self.k.send_msg(&fresh, data, control, flags, Some(&dest))?;
+                return Ok(Answer::Value(sent as i64));
             }
         };
+        let sent = self.k.send_msg(&s, data, control, flags, Some(&addr::for_family(to, family)))?;
         Ok(Answer::Value(sent as i64))
     }
 

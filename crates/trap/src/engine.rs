@@ -47,8 +47,15 @@ impl<K: Kernel, N: Node> Engine<K, N> {
 
     /// Serves until every process of the app is gone.
     pub fn run(&self) {
-        while let Some(n) = self.k.next() {
-            self.handle(&n);
+        loop {
+            match self.k.next() {
+                Ok(Some(n)) => self.handle(&n),
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(app = %self.app, "the seccomp listener failed (errno {e}); the app's calls go unanswered");
+                    return;
+                }
+            }
         }
     }
 
@@ -328,7 +335,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         else {
             return Ok(Answer::Proceed);
         };
-        let local = if peer && real.port() == ax_core::EGRESS_PORT { self.k.local_addr(&s)? } else { None };
+        // Only to look up an egress connection's destination; without it, the row's.
+        let local =
+            if peer && real.port() == ax_core::EGRESS_PORT { self.k.local_addr(&s).ok().flatten() } else { None };
         let Some(shown) = self.node.with_table(|t| plan::name(t, self.app, proto, peer, real, local)) else {
             return Ok(Answer::Proceed);
         };

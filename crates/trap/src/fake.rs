@@ -209,8 +209,8 @@ fn unspecified(domain: i32) -> IpAddr {
 impl Kernel for Fake {
     type Fd = FakeFd;
 
-    fn next(&self) -> Option<Notification> {
-        self.state().notifications.pop_front()
+    fn next(&self) -> Result<Option<Notification>, Errno> {
+        Ok(self.state().notifications.pop_front())
     }
 
     fn id_valid(&self, id: u64) -> bool {
