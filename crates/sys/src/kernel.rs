@@ -288,11 +288,13 @@ impl Kernel for Linux {
 /// fds held for ones that are gone).
 const MAX_TASKS: usize = 64;
 
-/// A trapped thread's pidfd and memory file. Both name one task for good: if its
-/// thread id is recycled, the pidfd fails with ESRCH and the memory file reads nothing,
-/// and the entry is opened afresh. An entry is only ever (re)opened while a
-/// notification from that thread is pending and checked valid afterwards, so it cannot
-/// be opened on an impostor.
+/// A trapped thread's pidfd and memory file, opened while a notification from that
+/// thread is pending and checked valid afterwards, so never on an impostor. The pidfd
+/// names that thread for good: once it has exited, pidfd_getfd fails with ESRCH and the
+/// entry is opened afresh. Every call that reads or writes the app's memory looks the
+/// caller's descriptor up first, so a stale entry (a thread that exited, its id reused)
+/// is replaced before its memory file is used. The memory file alone would not tell: it
+/// follows the thread's address space, which outlives the thread while its process runs.
 struct Task {
     pidfd: Pidfd,
     mem: File,
