@@ -2,6 +2,7 @@
 //! from an app's memory, encoding answers for its socket's family, and the v4-mapped
 //! IPv6 forms that dual-stack programs use.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use crate::Errno;
@@ -204,6 +205,8 @@ pub fn made_up_range(host_networks: &[Subnet]) -> Option<Subnet> {
 /// Why an address cannot be an app's or a vservice's virtual address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpError {
+    #[error("--ip {0} is not an IPv4 address")]
+    NotIpv4(String),
     #[error("--ip {ip} is {why}: give a unicast IPv4 address")]
     NotUnicast { ip: Ipv4Addr, why: &'static str },
 }
@@ -224,6 +227,36 @@ pub fn check_app_ip(ip: Ipv4Addr) -> Result<(), IpError> {
     };
     Err(IpError::NotUnicast { ip, why })
 }
+
+/// A virtual address (`--ip` of an app or a vservice), checked by [`check_app_ip`];
+/// in JSON, the address as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VirtualIp(Ipv4Addr);
+
+impl VirtualIp {
+    pub fn new(ip: Ipv4Addr) -> Result<VirtualIp, IpError> {
+        check_app_ip(ip).map(|()| VirtualIp(ip))
+    }
+
+    pub fn get(self) -> Ipv4Addr {
+        self.0
+    }
+}
+
+impl std::str::FromStr for VirtualIp {
+    type Err = IpError;
+    fn from_str(s: &str) -> Result<VirtualIp, IpError> {
+        VirtualIp::new(s.parse().map_err(|_| IpError::NotIpv4(s.into()))?)
+    }
+}
+
+impl fmt::Display for VirtualIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+crate::vservice::as_text!(VirtualIp);
 
 #[cfg(test)]
 mod tests {
@@ -282,6 +315,7 @@ mod tests {
             let e = check_app_ip(bad.parse().unwrap()).unwrap_err().to_string();
             assert!(e.starts_with(&format!("--ip {bad} is")), "{e}");
             assert!(e.ends_with(": give a unicast IPv4 address"), "{e}");
+            assert_eq!(bad.parse::<VirtualIp>().unwrap_err().to_string(), e);
         }
         assert_eq!(
             check_app_ip("127.0.0.9".parse().unwrap()).unwrap_err().to_string(),
@@ -289,6 +323,11 @@ mod tests {
         );
         // Private and shared ranges are fine: ax's own made-up ranges are among them.
         assert!(check_app_ip(MADE_UP_RANGES[1].nth(1)).is_ok());
+        assert_eq!("300.1.1.1".parse::<VirtualIp>(), Err(IpError::NotIpv4("300.1.1.1".into())));
+        let ip: VirtualIp = "198.18.0.1".parse().unwrap();
+        assert_eq!(serde_json::to_string(&ip).unwrap(), "\"198.18.0.1\"");
+        assert_eq!(serde_json::from_str::<VirtualIp>("\"198.18.0.1\"").unwrap(), ip);
+        assert!(serde_json::from_str::<VirtualIp>("\"0.0.0.0\"").is_err());
     }
 
     proptest! {

@@ -1,9 +1,17 @@
 //! Labels (`role=prod,team=a`): an app may reach a service only when the two share at
-//! least one label=value.
+//! least one label=value. They parse from the flag's text once; in JSON they are an
+//! object (`{"role":"prod","team":"a"}`), checked on the way in as the flag is.
 
 use std::fmt;
+use std::str::FromStr;
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Label=value pairs in the order given, each once. A name may carry several values
+/// (`role=a,role=b`): the app is in both groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Labels(Vec<(String, String)>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,31 +24,47 @@ pub enum LabelError {
     EmptyValue(String),
     #[error("label '{0}' contains a space or comma")]
     BadChar(String),
+    #[error("label '{0}' has '=' in its name")]
+    EqualsInName(String),
+}
+
+/// Checks one pair; `item` is how it reads in the flag, for the message.
+fn check(k: &str, v: &str, item: &str) -> Result<(), LabelError> {
+    if k.is_empty() {
+        return Err(LabelError::EmptyKey(item.into()));
+    }
+    if v.is_empty() {
+        return Err(LabelError::EmptyValue(item.into()));
+    }
+    if k.contains('=') {
+        return Err(LabelError::EqualsInName(item.into()));
+    }
+    let bad = |c: char| c.is_whitespace() || c == ',';
+    if k.contains(bad) || v.contains(bad) {
+        return Err(LabelError::BadChar(item.into()));
+    }
+    Ok(())
 }
 
 impl Labels {
     /// Parses a comma-separated list. An empty string is no labels (an app that can
     /// reach nothing labelled and that nothing labelled can reach).
     pub fn parse(csv: &str) -> Result<Labels, LabelError> {
-        let mut out: Vec<(String, String)> = Vec::new();
+        let mut out = Labels::default();
         for item in csv.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (k, v) = item.split_once('=').ok_or_else(|| LabelError::NoEquals(item.into()))?;
-            let (k, v) = (k.trim(), v.trim());
-            if k.is_empty() {
-                return Err(LabelError::EmptyKey(item.into()));
-            }
-            if v.is_empty() {
-                return Err(LabelError::EmptyValue(item.into()));
-            }
-            if k.contains(char::is_whitespace) || v.contains(char::is_whitespace) {
-                return Err(LabelError::BadChar(item.into()));
-            }
-            let pair = (k.to_string(), v.to_string());
-            if !out.contains(&pair) {
-                out.push(pair);
-            }
+            out.push(k.trim(), v.trim(), item)?;
         }
-        Ok(Labels(out))
+        Ok(out)
+    }
+
+    fn push(&mut self, k: &str, v: &str, item: &str) -> Result<(), LabelError> {
+        check(k, v, item)?;
+        let pair = (k.to_string(), v.to_string());
+        if !self.0.contains(&pair) {
+            self.0.push(pair);
+        }
+        Ok(())
     }
 
     /// True when the two sets have a label=value in common.
@@ -48,10 +72,17 @@ impl Labels {
         self.0.iter().any(|p| other.0.contains(p))
     }
 
-    /// The selector form the manual shows in its ZONES column: `[zone==default]`.
-    pub fn selectors(&self) -> String {
-        let inner: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}=={v}")).collect();
-        format!("[{}]", inner.join(","))
+    /// The selectors the manual shows in its ZONES column (`zone==default`), one per
+    /// label.
+    pub fn selectors(&self) -> Vec<String> {
+        self.0.iter().map(|(k, v)| format!("{k}=={v}")).collect()
+    }
+}
+
+impl FromStr for Labels {
+    type Err = LabelError;
+    fn from_str(s: &str) -> Result<Labels, LabelError> {
+        Labels::parse(s)
     }
 }
 
@@ -59,6 +90,38 @@ impl fmt::Display for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let items: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
         f.write_str(&items.join(","))
+    }
+}
+
+/// An object, in the order given; a name with several values appears once per value
+/// (JSON allows repeated names, and reading keeps them all).
+impl Serialize for Labels {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Labels;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of label names to values")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Labels, M::Error> {
+                let mut out = Labels::default();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    out.push(&k, &v, &format!("{k}={v}")).map_err(serde::de::Error::custom)?;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Pairs)
     }
 }
 
@@ -76,7 +139,7 @@ mod tests {
         assert!(prod.shares(&a));
         assert!(a.shares(&prod));
         assert_eq!(prod.to_string(), "role=prod,team=a");
-        assert_eq!(Labels::parse("zone=default").unwrap().selectors(), "[zone==default]");
+        assert_eq!(Labels::parse("zone=default,team=a").unwrap().selectors(), ["zone==default", "team==a"]);
     }
 
     #[test]
@@ -95,6 +158,27 @@ mod tests {
         assert_eq!(LabelError::NoEquals("role".into()).to_string(), "label 'role' is not of the form label=value");
     }
 
+    #[test]
+    fn json_is_an_object_checked_like_the_flag() {
+        let l: Labels = "zone=default,role=a,role=b".parse().unwrap();
+        let j = serde_json::to_string(&l).unwrap();
+        assert_eq!(j, r#"{"zone":"default","role":"a","role":"b"}"#);
+        assert_eq!(serde_json::from_str::<Labels>(&j).unwrap(), l);
+        assert_eq!(serde_json::from_str::<Labels>("{}").unwrap(), Labels::default());
+        for (bad, want) in [
+            (r#"{"role":""}"#, "label 'role=' has an empty value"),
+            (r#"{"":"x"}"#, "label '=x' has an empty name"),
+            (r#"{"a b":"x"}"#, "label 'a b=x' contains a space or comma"),
+            (r#"{"a":"x,y"}"#, "label 'a=x,y' contains a space or comma"),
+            (r#"{"a=b":"x"}"#, "label 'a=b=x' has '=' in its name"),
+            (r#"{"a":1}"#, "invalid type"),
+            (r#""zone=default""#, "an object of label names to values"),
+        ] {
+            let e = serde_json::from_str::<Labels>(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
     proptest! {
         #[test]
         fn sharing_is_symmetric_and_display_roundtrips(
@@ -106,6 +190,7 @@ mod tests {
             prop_assert_eq!(la.shares(&lb), lb.shares(&la));
             prop_assert_eq!(la.shares(&lb), a.iter().any(|p| b.contains(p)));
             prop_assert_eq!(Labels::parse(&la.to_string()).unwrap(), la.clone());
+            prop_assert_eq!(serde_json::from_str::<Labels>(&serde_json::to_string(&la).unwrap()).unwrap(), la.clone());
             prop_assert_eq!(la.shares(&la), !a.is_empty());
         }
     }

@@ -33,7 +33,9 @@ pub struct NodeInfo {
     pub ip: Ipv4Addr,
 }
 
+/// In JSON (the API, gossip, the state file) as `tcp` / `udp`, the way tables print it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
