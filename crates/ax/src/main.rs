@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let sub = matches.subcommand().map(|(_, m)| m).expect("clap requires a subcommand");
-    let result = args::unsupported(&cli.command, sub).and_then(|()| dispatch(cli.command));
+    let result = args::unsupported(&cli.command, sub).map_err(anyhow::Error::from).and_then(|()| dispatch(cli.command));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -104,18 +104,11 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
     })
 }
 
-/// Checks `ax run`'s flags before anything starts; the daemon checks them again.
+/// Checks `ax run`'s flags before anything starts (those with a type were checked as
+/// they were parsed); the daemon checks them again.
 fn run_options(r: RunArgs) -> Result<ax_run::Options> {
-    if let Some(ip) = &r.ip {
-        let parsed = ip.parse().map_err(|_| anyhow!("--ip {ip} is not an IPv4 address"))?;
-        ax_core::addr::check_app_ip(parsed).map_err(|e| anyhow!(e))?;
-    }
     if let Some(name) = &r.name {
         ax_dns::wire::check_label(name).map_err(|e| anyhow!(e))?;
-    }
-    ax_core::Labels::parse(&r.labels).map_err(|e| anyhow!("--labels {}: {e}", r.labels))?;
-    for e in &r.expose {
-        ax_core::vservice::parse_expose(e).map_err(|e| anyhow!(e))?;
     }
     let new_netns = r.new_netns.unwrap_or(true);
     if let Some(name) = &r.interface {

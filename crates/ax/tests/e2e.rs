@@ -247,8 +247,12 @@ fn tables_have_the_manuals_columns() {
     assert!(id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
     assert!(a["name"].as_str().unwrap().starts_with('<') && a["name"].as_str().unwrap().len() == 38);
     assert_eq!(a["app_ip"], "198.18.5.1");
-    assert_eq!(a["labels"], "zone=default");
-    assert_eq!(a["zones"], "[zone==default]");
+    // JSON carries labels as an object and zones as a list; the table prints them as before.
+    assert_eq!(a["labels"], serde_json::json!({"zone": "default"}));
+    assert_eq!(a["zones"], serde_json::json!(["zone==default"]));
+    let text = String::from_utf8(h.ax().args(["get", "apps"]).output().unwrap().stdout).unwrap();
+    let row: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(row[row.len() - 2..], ["zone=default", "[zone==default]"], "{text}");
     assert_eq!(a["driver"], "user");
     let s = &h.get("servers")[0];
     assert_eq!(s["app_id"], id);

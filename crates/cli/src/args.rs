@@ -3,7 +3,9 @@
 //! then refused by [`unsupported`] with a clear error; none is silently ignored.
 
 use std::ffi::OsString;
+use std::net::Ipv4Addr;
 
+use ax_api::{Backends, Expose, Labels, LbType, PortMaps, VirtualIp};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 
@@ -121,16 +123,16 @@ pub struct DaemonArgs {
 pub struct RunArgs {
     /// IPv4 address at which services of this application would be reachable (default: the node address)
     #[arg(long, value_name = "ADDRESS")]
-    pub ip: Option<String>,
+    pub ip: Option<VirtualIp>,
     /// DNS resolvable name of the application
     #[arg(long, value_name = "VALUE")]
     pub name: Option<String>,
     /// Labels of this application
     #[arg(long, default_value = "zone=default", value_name = "CSV")]
-    pub labels: String,
+    pub labels: Labels,
     /// Expose an application port: internal:host-port, internal:<node-IP>:node-port or internal:0.0.0.0:node-port
     #[arg(long, value_name = "SPEC")]
-    pub expose: Vec<String>,
+    pub expose: Vec<Expose>,
     /// UID or user name to run the child process
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
@@ -204,22 +206,33 @@ pub struct VserviceArgs {
     pub name: String,
     /// IPv4 address for the virtual service
     #[arg(long, value_name = "VALUE", required = true)]
-    pub ip: String,
+    pub ip: VirtualIp,
     /// Make this vservice external
     #[arg(long)]
     pub external: bool,
     /// Load Balancer Type <possible values: Random, RoundRobin>
     #[arg(long, default_value = "Random", value_name = "VALUE")]
-    pub lbtype: String,
+    pub lbtype: LbType,
     /// Comma separated list of IPv4 IPs
     #[arg(long, value_name = "VALUE", required = true)]
-    pub backends: String,
+    pub backends: Backends,
     /// Comma separated list of <virtual port:application port>
     #[arg(long, value_name = "VALUE", required = true)]
-    pub ports: String,
+    pub ports: PortMaps,
     /// Host IP address to use when making the outbound connection
-    #[arg(long, value_name = "IP")]
-    pub source_ip: Option<String>,
+    #[arg(long, value_name = "IP", value_parser = source_ip)]
+    pub source_ip: Option<Ipv4Addr>,
+}
+
+/// A flag's value that does not parse (the others parse through their types' `FromStr`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlagError {
+    #[error("--source-ip {0} is not an IPv4 address")]
+    SourceIp(String),
+}
+
+fn source_ip(s: &str) -> Result<Ipv4Addr, FlagError> {
+    s.parse().map_err(|_| FlagError::SourceIp(s.into()))
 }
 
 #[derive(Debug, Args)]
@@ -237,9 +250,12 @@ pub enum DeleteResource {
     },
 }
 
-/// The error for a feature that is not built yet.
-pub fn not_supported(what: &str, feature: &str) -> anyhow::Error {
-    anyhow::anyhow!("{what} is not supported yet: {feature} is not built in this version of ax")
+/// A flag whose feature is not built yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is not supported yet: {feature} is not built in this version of ax")]
+pub struct NotSupported {
+    pub what: &'static str,
+    pub feature: &'static str,
 }
 
 fn given(m: &ArgMatches, id: &str) -> bool {
@@ -261,11 +277,11 @@ const DAEMON_PENDING: &[(&str, &str, &str)] = &[
 ];
 
 /// Refuses flags whose features are not built yet. `m` are the subcommand's matches.
-pub fn unsupported(command: &Command, m: &ArgMatches) -> anyhow::Result<()> {
-    let check = |pending: &[(&str, &str, &str)]| -> anyhow::Result<()> {
+pub fn unsupported(command: &Command, m: &ArgMatches) -> Result<(), NotSupported> {
+    let check = |pending: &[(&str, &'static str, &'static str)]| -> Result<(), NotSupported> {
         for (id, flag, feature) in pending {
             if given(m, id) {
-                return Err(not_supported(flag, feature));
+                return Err(NotSupported { what: flag, feature });
             }
         }
         Ok(())
@@ -274,7 +290,7 @@ pub fn unsupported(command: &Command, m: &ArgMatches) -> anyhow::Result<()> {
         Command::Daemon(d) => {
             check(DAEMON_PENDING)?;
             if d.driver.as_deref() == Some("kernel") {
-                return Err(not_supported("--driver kernel", "the kernel driver"));
+                return Err(NotSupported { what: "--driver kernel", feature: "the kernel driver" });
             }
             Ok(())
         }
@@ -326,8 +342,8 @@ mod tests {
     fn run_takes_the_command_after_its_options() {
         let (cli, _) = parse(&["ax", "run", "--ip", "1.1.1.1", "--", "curl", "-sI", "http://x/"]).unwrap();
         let Command::Run(r) = cli.command else { panic!() };
-        assert_eq!(r.ip.as_deref(), Some("1.1.1.1"));
-        assert_eq!(r.labels, "zone=default");
+        assert_eq!(r.ip, Some("1.1.1.1".parse().unwrap()));
+        assert_eq!(r.labels.to_string(), "zone=default");
         assert_eq!(r.command, vec![OsString::from("curl"), "-sI".into(), "http://x/".into()]);
         // As in the manual, without `--` too.
         let (cli, _) = parse(&["ax", "run", "--labels", "role=prod", "whoami"]).unwrap();
@@ -361,5 +377,103 @@ mod tests {
         let Command::Get(g) = cli.command else { panic!() };
         assert_eq!((g.resource, g.output), (Resource::Servers, Output::Json));
         assert!(parse(&["ax", "get", "bogus"]).is_err());
+    }
+
+    /// The CLI's message for a bad value: clap's frame around the type's own message.
+    fn refused(args: &[&str]) -> String {
+        parse(args).map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_flags_are_refused_before_any_request_with_the_apis_message() {
+        // A good command with one flag's value replaced (or the flag added).
+        let create = |[flag, value]: [&str; 2]| {
+            let mut a = vec!["ax", "create", "vservice", "w", "--ip", "198.18.2.3", "--ports", "80", "--backends"];
+            a.push("198.18.1.1");
+            match a.iter().position(|x| *x == flag) {
+                Some(i) => a[i + 1] = value,
+                None => a.extend([flag, value]),
+            }
+            a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        let cases: [(Vec<String>, &str); 6] = [
+            (create(["--ports", "80:x"]), "--ports: 'x' is not a port (1-65535)"),
+            (create(["--backends", "web"]), "--backends: 'web' is not an IPv4 address or IP:port"),
+            (create(["--lbtype", "LeastConn"]), "--lbtype 'LeastConn' is not one of Random, RoundRobin"),
+            (create(["--ip", "300.1.1.1"]), "--ip 300.1.1.1 is not an IPv4 address"),
+            (create(["--source-ip", "nope"]), "--source-ip nope is not an IPv4 address"),
+            (create(["--ip", "127.0.0.1"]), "--ip 127.0.0.1 is a loopback address"),
+        ];
+        for (args, want) in cases {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let e = refused(&args);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        for (args, want) in [
+            (&["ax", "run", "--ip", "300.1.1.1", "--", "true"][..], "--ip 300.1.1.1 is not an IPv4 address"),
+            (&["ax", "run", "--labels", "role", "--", "true"], "label 'role' is not of the form label=value"),
+            (&["ax", "run", "--expose", "8000", "--", "true"], "--expose '8000' is not internal:host-port"),
+        ] {
+            let e = refused(args);
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_vservice_goes_from_flags_to_json_and_back_unchanged() {
+        let (cli, _) = parse(&[
+            "ax",
+            "create",
+            "vservice",
+            "web",
+            "--ip",
+            "198.18.2.1",
+            "--ports",
+            "80:8000,443",
+            "--backends",
+            "198.18.1.1, 10.0.0.5:8080",
+            "--lbtype",
+            "roundrobin",
+            "--source-ip",
+            "10.0.0.1",
+            "--external",
+        ])
+        .unwrap();
+        let Command::Create(CreateArgs { resource: CreateResource::Vservice(v) }) = cli.command else { panic!() };
+        let req = crate::request(v);
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "web", "ip": "198.18.2.1", "ports": "80:8000,443:443",
+                "backends": "198.18.1.1,10.0.0.5:8080", "lbtype": "RoundRobin",
+                "source_ip": "10.0.0.1", "external": true
+            })
+        );
+        assert_eq!(serde_json::from_value::<ax_api::VserviceRequest>(json).unwrap(), req);
+    }
+
+    #[test]
+    fn run_flags_parse_into_the_registrations_types() {
+        let (cli, _) = parse(&[
+            "ax",
+            "run",
+            "--ip",
+            "198.18.0.1",
+            "--labels",
+            "role=prod,team=a",
+            "--expose",
+            "8000:9999",
+            "--expose",
+            "8000:0.0.0.0:9998",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else { panic!() };
+        assert_eq!(serde_json::to_value(&r.labels).unwrap(), serde_json::json!({"role": "prod", "team": "a"}));
+        let exposes: Vec<String> = r.expose.iter().map(ToString::to_string).collect();
+        assert_eq!(exposes, ["8000:9999", "8000:0.0.0.0:9998"]);
+        assert_eq!(r.ip.map(|ip| ip.get()), Some(Ipv4Addr::new(198, 18, 0, 1)));
     }
 }

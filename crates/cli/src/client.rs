@@ -2,24 +2,45 @@
 //! JSON bodies. (The CLI is single-threaded and makes one or two calls; a full HTTP
 //! stack would cost more to build than it saves.)
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 
-use anyhow::{anyhow, bail, Context, Result};
 use ax_api::{ErrorBody, API_SOCKET};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// Why a call to the daemon failed. The causes are in the messages (the binary prints
+/// the message alone).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{}", ax_api::unreachable(API_SOCKET, .0))]
+    Unreachable(io::Error),
+    #[error("cannot send the request to the ax daemon: {0}")]
+    Send(io::Error),
+    #[error("cannot read the ax daemon's answer: {0}")]
+    Read(io::Error),
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// The daemon's own message for an answer other than 2xx.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the ax daemon's answer to {path} is not what this ax expects: {err}")]
+    Unexpected { path: String, err: serde_json::Error },
+    #[error("cannot encode JSON: {0}")]
+    Encode(serde_json::Error),
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
 /// GETs `path` from the daemon and decodes the JSON answer.
 pub fn get<T: DeserializeOwned>(path: &str) -> Result<T> {
     let body = request("GET", path, None)?;
-    serde_json::from_slice(&body)
-        .with_context(|| format!("the ax daemon's answer to {path} is not what this ax expects"))
+    serde_json::from_slice(&body).map_err(|err| ClientError::Unexpected { path: path.into(), err })
 }
 
 /// POSTs `body` as JSON to `path`.
 pub fn post<B: Serialize>(path: &str, body: &B) -> Result<()> {
-    request("POST", path, Some(serde_json::to_vec(body)?)).map(|_| ())
+    request("POST", path, Some(serde_json::to_vec(body).map_err(ClientError::Encode)?)).map(|_| ())
 }
 
 pub fn delete(path: &str) -> Result<()> {
@@ -28,38 +49,37 @@ pub fn delete(path: &str) -> Result<()> {
 
 /// One request; an answer other than 2xx is an error carrying the daemon's message.
 fn request(method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
-    let mut s = UnixStream::connect(API_SOCKET).map_err(|e| anyhow!(ax_api::unreachable(API_SOCKET, &e)))?;
+    let mut s = UnixStream::connect(API_SOCKET).map_err(ClientError::Unreachable)?;
     let body = body.unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: ax\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(&body))
-        .context("cannot send the request to the ax daemon")?;
+    s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body)).map_err(ClientError::Send)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).context("cannot read the ax daemon's answer")?;
+    s.read_to_end(&mut raw).map_err(ClientError::Read)?;
     let (status, body) = parse_response(&raw)?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        bail!("{msg}");
+        return Err(ClientError::Refused(msg));
     }
     Ok(body)
 }
 
 /// Splits a whole HTTP/1.1 response into its status and its (de-chunked) body.
 pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("malformed HTTP answer: no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).context("malformed HTTP answer: headers are not text")?;
+    let bad = ClientError::Malformed;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(bad("malformed HTTP answer: no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("malformed HTTP answer: headers are not text"))?;
     let body = &raw[split + 4..];
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .context("malformed HTTP answer: no status")?;
+        .ok_or(bad("malformed HTTP answer: no status"))?;
     let chunked = lines.any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
@@ -68,17 +88,19 @@ pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let bad = ClientError::Malformed;
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").context("malformed chunked body")?;
-        let size_text = std::str::from_utf8(&b[..eol])?.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).context("malformed chunk size")?;
+        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or(bad("malformed chunked body"))?;
+        let size_text = std::str::from_utf8(&b[..eol]).map_err(|_| bad("malformed chunk size"))?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("malformed chunk size"))?;
         b = &b[eol + 2..];
         if size == 0 {
             return Ok(out);
         }
         if b.len() < size + 2 {
-            bail!("truncated chunked body");
+            return Err(bad("truncated chunked body"));
         }
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];

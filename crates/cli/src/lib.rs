@@ -5,12 +5,14 @@ pub mod args;
 pub mod client;
 pub mod table;
 
-use anyhow::Result;
 use ax_api::{path, AppView, NodeView, ProxyView, ServerView, SocketView, VserviceRequest, VserviceView};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use args::{Output, Resource};
+use client::ClientError;
+
+type Result<T> = std::result::Result<T, ClientError>;
 
 /// `ax get RESOURCE`: fetches the rows from the daemon and prints them.
 pub fn get(resource: Resource, output: Output) -> Result<String> {
@@ -27,7 +29,12 @@ pub fn get(resource: Resource, output: Output) -> Result<String> {
 /// `ax create vservice`.
 pub fn create(args: args::CreateArgs) -> Result<()> {
     let args::CreateResource::Vservice(v) = args.resource;
-    let req = VserviceRequest {
+    client::post(path::VSERVICES, &request(v))
+}
+
+/// The API request the flags make: their values are already checked, by their types.
+fn request(v: args::VserviceArgs) -> VserviceRequest {
+    VserviceRequest {
         name: v.name,
         ip: v.ip,
         ports: v.ports,
@@ -35,8 +42,7 @@ pub fn create(args: args::CreateArgs) -> Result<()> {
         lbtype: v.lbtype,
         source_ip: v.source_ip,
         external: v.external,
-    };
-    client::post(path::VSERVICES, &req)
+    }
 }
 
 /// `ax delete vservice NAME`.
@@ -49,6 +55,6 @@ fn render<T: DeserializeOwned + Serialize + table::Row>(path: &str, output: Outp
     let rows: Vec<T> = client::get(path)?;
     Ok(match output {
         Output::Table => table::rows(&rows),
-        Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+        Output::Json => serde_json::to_string_pretty(&rows).map_err(ClientError::Encode)? + "\n",
     })
 }

@@ -41,7 +41,8 @@ impl Row for AppView {
         &["NAME", "APPID", "NODEID", "CLUSTER", "APPIP", "DRIVER", "LABELS", "ZONES"];
     fn cells(&self) -> Vec<String> {
         let a = self.clone();
-        vec![a.name, a.app_id, a.node_id, a.cluster, a.app_ip, a.driver, a.labels, a.zones]
+        let zones = format!("[{}]", a.zones.join(","));
+        vec![a.name, a.app_id, a.node_id, a.cluster, a.app_ip.to_string(), a.driver, a.labels.to_string(), zones]
     }
 }
 
@@ -49,7 +50,8 @@ impl Row for ServerView {
     const HEADER: &'static [&'static str] = &["NODEID", "CLUSTER", "APPID", "PROTO", "SERVICEADDR", "IPV4ADDR"];
     fn cells(&self) -> Vec<String> {
         let s = self.clone();
-        vec![s.node_id, s.cluster, s.app_id, s.proto, s.service_addr, s.ipv4_addr]
+        let (proto, service, host) = (s.proto.name().into(), s.service_addr.to_string(), s.ipv4_addr.to_string());
+        vec![s.node_id, s.cluster, s.app_id, proto, service, host]
     }
 }
 
@@ -62,9 +64,9 @@ impl Row for SocketView {
             s.node_id,
             s.app_id,
             s.inode.to_string(),
-            s.proto,
+            s.proto.name().into(),
             s.flags.to_string(),
-            s.bind_ip,
+            s.bind_ip.to_string(),
             s.backlog.to_string(),
         ]
     }
@@ -74,7 +76,8 @@ impl Row for VserviceView {
     const HEADER: &'static [&'static str] = &["NAME", "TYPE", "IP", "PORTS", "BACKENDS", "EXTERNAL"];
     fn cells(&self) -> Vec<String> {
         let v = self.clone();
-        vec![v.name, v.lb_type, v.ip, v.ports, v.backends, v.external.to_string()]
+        let (ip, ports, backends) = (v.ip.to_string(), v.ports.to_string(), v.backends.to_string());
+        vec![v.name, v.lb_type.name().into(), ip, ports, backends, v.external.to_string()]
     }
 }
 
@@ -82,7 +85,7 @@ impl Row for ProxyView {
     const HEADER: &'static [&'static str] = &["ID", "PROTO", "LISTENER", "DIALERS"];
     fn cells(&self) -> Vec<String> {
         let p = self.clone();
-        vec![p.id.to_string(), p.proto, p.listener, format!("[{}]", p.dialers.join(" "))]
+        vec![p.id.to_string(), p.proto.name().into(), p.listener, format!("[{}]", p.dialers.join(" "))]
     }
 }
 
@@ -91,7 +94,8 @@ impl Row for NodeView {
     fn cells(&self) -> Vec<String> {
         let n = self.clone();
         let status = if n.live { "alive" } else { "dead" };
-        vec![n.name, n.cluster, n.ip, n.external_ip, n.role, n.app_count.to_string(), status.into()]
+        let (ip, external_ip) = (n.ip.to_string(), n.external_ip.to_string());
+        vec![n.name, n.cluster, ip, external_ip, n.role, n.app_count.to_string(), status.into()]
     }
 }
 
@@ -105,10 +109,10 @@ mod tests {
             node_id: "node1".into(),
             cluster: "appswitch".into(),
             app_id: "f00001bb".into(),
-            proto: "tcp".into(),
-            service_addr: "192.168.178.2:6000".into(),
-            ipv4_addr: "10.0.23.11:40000".into(),
-            labels: "zone=default".into(),
+            proto: ax_api::Proto::Tcp,
+            service_addr: "192.168.178.2:6000".parse().unwrap(),
+            ipv4_addr: "10.0.23.11:40000".parse().unwrap(),
+            labels: "zone=default".parse().unwrap(),
         }];
         let out = super::rows(&rows);
         let lines: Vec<&str> = out.lines().collect();
@@ -117,6 +121,47 @@ mod tests {
         let col = lines[0].find("SERVICEADDR").unwrap();
         assert_eq!(&lines[2][col..col + 18], "192.168.178.2:6000");
         assert_eq!(lines[1].len(), lines[2].len());
+    }
+
+    /// The typed rows print as the manual's tables did when they were strings.
+    #[test]
+    fn typed_cells_print_as_the_manual_shows_them() {
+        let labels: ax_api::Labels = "zone=default,team=a".parse().unwrap();
+        let app = AppView {
+            name: "web".into(),
+            app_id: "f0000001".into(),
+            node_id: "n".into(),
+            cluster: "appswitch".into(),
+            app_ip: "198.18.0.1".parse().unwrap(),
+            driver: "user".into(),
+            zones: labels.selectors(),
+            labels,
+        };
+        assert_eq!(app.cells()[4..], ["198.18.0.1", "user", "zone=default,team=a", "[zone==default,team==a]"]);
+        let v = VserviceView {
+            name: "web".into(),
+            lb_type: ax_api::LbType::RoundRobin,
+            ip: "198.18.2.1".parse().unwrap(),
+            ports: "80:8000,443".parse().unwrap(),
+            backends: "198.18.1.1,10.0.0.5:8080".parse().unwrap(),
+            external: false,
+            source_ip: None,
+        };
+        assert_eq!(
+            v.cells(),
+            ["web", "RoundRobin", "198.18.2.1", "80:8000,443:443", "198.18.1.1,10.0.0.5:8080", "false"]
+        );
+        let s = SocketView {
+            id: "s".into(),
+            node_id: "n".into(),
+            app_id: "f0000001".into(),
+            inode: 7,
+            proto: ax_api::Proto::Udp,
+            flags: 2,
+            bind_ip: "[::]:80".parse().unwrap(),
+            backlog: 0,
+        };
+        assert_eq!(s.cells()[3..7], ["7", "udp", "2", "[::]:80"]);
     }
 
     #[test]

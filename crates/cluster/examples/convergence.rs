@@ -21,10 +21,10 @@ fn published(i: usize) -> Published {
         node: NodeRecord { name: format!("n{i}"), cluster: "appswitch".into(), ip: *a.ip(), egress_gateway: false },
         rows: vec![RowRecord {
             app: format!("f{i:07x}"),
-            proto: "tcp".into(),
+            proto: ax_core::Proto::Tcp,
             service: format!("198.18.{}.{}:80", i / 200, i % 200 + 1).parse().unwrap(),
             host: format!("{}:40000", a.ip()).parse().unwrap(),
-            labels: "zone=default".into(),
+            labels: "zone=default".parse().unwrap(),
         }],
         apps: vec![],
         vservices: vec![],

@@ -45,6 +45,11 @@ pub struct NodeStatus {
     pub apps: usize,
 }
 
+/// Chitchat would not start (its own error, as text: chitchat reports with anyhow).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
 pub struct Gossip {
     handle: ChitchatHandle,
     me: NodeRecord,
@@ -55,7 +60,7 @@ pub struct Gossip {
 }
 
 impl Gossip {
-    pub async fn start(config: GossipConfig, transport: &dyn Transport) -> anyhow::Result<Gossip> {
+    pub async fn start(config: GossipConfig, transport: &dyn Transport) -> Result<Gossip, StartError> {
         let id = ChitchatId::new(config.me.name.clone(), config.generation, config.listen);
         let failure_detector_config = FailureDetectorConfig {
             phi_threshold: config.phi_threshold,
@@ -76,7 +81,8 @@ impl Gossip {
             extra_liveness_predicate: None,
         };
         let seeds = chitchat_config.seed_nodes.iter().filter_map(|s| s.parse().ok()).collect();
-        let handle = spawn_chitchat(chitchat_config, Vec::new(), transport).await?;
+        let handle =
+            spawn_chitchat(chitchat_config, Vec::new(), transport).await.map_err(|e| StartError(format!("{e:#}")))?;
         let gossip = Gossip { handle, me: config.me, published: BTreeMap::new(), last: None, seeds };
         gossip.probe();
         Ok(gossip)

@@ -1,14 +1,16 @@
 //! What one node publishes, as key-values, and the view of the others.
 //!
 //! Keys: `node` (the node itself), `row/<proto>/<host addr>` (one per service row),
-//! `app/<app id>` (one per app, for names and virtual addresses). Values are JSON.
-//! A value this version cannot read is skipped, never fatal.
+//! `app/<app id>` (one per app, for names and virtual addresses), `vs/<name>` (one per
+//! vservice). Values are JSON of typed records: protocol, labels, exposes and vservice
+//! definitions are checked as they are read, like input from the API, and a record
+//! this version cannot read, or that does not check, is skipped, never fatal.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ax_core::vservice::Expose;
-use ax_core::{Labels, Proto, Remote, RemoteApp, RemoteRow};
+use ax_core::vservice::{Expose, Spec};
+use ax_core::{addr, AppId, Labels, Proto, Remote, RemoteApp, RemoteRow};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,10 +24,16 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowRecord {
     pub app: String,
-    pub proto: String,
+    pub proto: Proto,
     pub service: SocketAddrV4,
     pub host: SocketAddrV4,
-    pub labels: String,
+    pub labels: Labels,
+}
+
+impl RowRecord {
+    fn valid(&self) -> bool {
+        self.app.parse::<AppId>().is_ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +45,15 @@ pub struct AppRecord {
     pub expose: Vec<Expose>,
 }
 
+impl AppRecord {
+    /// What the run channel checks of a new app, but the node-local `--expose` checks.
+    fn valid(&self) -> bool {
+        self.id.parse::<AppId>().is_ok()
+            && addr::check_app_ip(self.ip).is_ok()
+            && self.name.as_deref().is_none_or(|n| ax_dns::wire::check_label(n).is_ok())
+    }
+}
+
 /// A vservice as the cluster knows it: every node republishes the newest record of
 /// each name it has seen, so a vservice outlives the node that made it, and a deletion
 /// (a record with `spec: None`) made anywhere wins everywhere once it is newer.
@@ -46,11 +63,19 @@ pub struct VsRecord {
     pub version: u64,
     /// The node that made this version (breaks ties between equal versions).
     pub origin: String,
-    /// The vservice's definition (opaque here), or None once deleted.
-    pub spec: Option<String>,
+    /// The vservice's definition, or None once deleted.
+    pub spec: Option<Spec>,
 }
 
 impl VsRecord {
+    /// The name is a DNS label, and the definition's own (the daemon checks the rest
+    /// of the definition as it checks a request from the API).
+    fn valid(&self) -> bool {
+        ax_dns::wire::check_label(&self.name).is_ok()
+            && self.name == self.name.to_ascii_lowercase()
+            && self.spec.as_ref().is_none_or(|s| s.name.eq_ignore_ascii_case(&self.name))
+    }
+
     fn newer_than(&self, other: &VsRecord) -> bool {
         (self.version, &self.origin) > (other.version, &other.origin)
     }
@@ -87,7 +112,7 @@ impl Published {
         let mut kv = BTreeMap::new();
         kv.insert(NODE_KEY.to_string(), json(&self.node));
         for r in &self.rows {
-            kv.insert(format!("row/{}/{}", r.proto, r.host), json(r));
+            kv.insert(format!("row/{}/{}", r.proto.name(), r.host), json(r));
         }
         for a in &self.apps {
             kv.insert(format!("app/{}", a.id), json(a));
@@ -106,11 +131,11 @@ impl Published {
             if k == NODE_KEY {
                 node = serde_json::from_str(v).ok();
             } else if k.starts_with("row/") {
-                rows.extend(serde_json::from_str::<RowRecord>(v).ok());
+                rows.extend(serde_json::from_str::<RowRecord>(v).ok().filter(RowRecord::valid));
             } else if k.starts_with("app/") {
-                apps.extend(serde_json::from_str::<AppRecord>(v).ok());
+                apps.extend(serde_json::from_str::<AppRecord>(v).ok().filter(AppRecord::valid));
             } else if k.starts_with("vs/") {
-                vservices.extend(serde_json::from_str::<VsRecord>(v).ok());
+                vservices.extend(serde_json::from_str::<VsRecord>(v).ok().filter(VsRecord::valid));
             }
         }
         Some(Published { node: node?, rows, apps, vservices })
@@ -131,19 +156,13 @@ pub fn remote_view(me: &NodeRecord, others: &[Published]) -> Remote {
             remote.egress.push(p.node.ip);
         }
         for r in &p.rows {
-            let proto = match r.proto.as_str() {
-                "tcp" => Proto::Tcp,
-                "udp" => Proto::Udp,
-                _ => continue,
-            };
-            let Ok(labels) = Labels::parse(&r.labels) else { continue };
             remote.rows.push(RemoteRow {
                 node: p.node.name.clone(),
                 app: r.app.clone(),
-                proto,
+                proto: r.proto,
                 service: r.service,
                 host: r.host,
-                labels,
+                labels: r.labels.clone(),
             });
         }
         for a in &p.apps {
@@ -172,10 +191,10 @@ mod tests {
             node: node(name, ip),
             rows: vec![RowRecord {
                 app: "f0000001".into(),
-                proto: "tcp".into(),
+                proto: Proto::Tcp,
                 service: "198.18.0.1:80".parse().unwrap(),
                 host: format!("{ip}:40000").parse().unwrap(),
-                labels: "zone=default".into(),
+                labels: "zone=default".parse().unwrap(),
             }],
             apps: vec![AppRecord {
                 id: "f0000001".into(),
@@ -188,7 +207,16 @@ mod tests {
     }
 
     fn vs(name: &str, version: u64, origin: &str, live: bool) -> VsRecord {
-        VsRecord { name: name.into(), version, origin: origin.into(), spec: live.then(|| "{}".into()) }
+        let spec = || Spec {
+            name: name.into(),
+            ip: "198.18.2.1".parse().unwrap(),
+            ports: "80:8000".parse().unwrap(),
+            backends: "198.18.1.1".parse().unwrap(),
+            lbtype: Default::default(),
+            source_ip: None,
+            external: false,
+        };
+        VsRecord { name: name.into(), version, origin: origin.into(), spec: live.then(spec) }
     }
 
     #[test]
@@ -214,6 +242,64 @@ mod tests {
     }
 
     #[test]
+    fn records_are_typed_json_all_the_way_down() {
+        let kv = published("a", "10.0.0.1").to_keys();
+        let row: serde_json::Value = serde_json::from_str(&kv["row/tcp/10.0.0.1:40000"]).unwrap();
+        assert_eq!(row["proto"], "tcp");
+        assert_eq!(row["labels"], serde_json::json!({"zone": "default"}));
+        let vs: serde_json::Value = serde_json::from_str(&kv["vs/web"]).unwrap();
+        assert_eq!(vs["spec"]["ports"], "80:8000", "the definition is an object, not a string of JSON");
+    }
+
+    /// Each edit makes one record of a good node's keys fail a check a live input would.
+    #[test]
+    fn records_that_do_not_check_are_skipped_like_bad_input() {
+        let p = published("a", "10.0.0.1");
+        let edits: [(&str, &str, &str); 9] = [
+            ("row/tcp/10.0.0.1:40000", "proto", r#""sctp""#),
+            ("row/tcp/10.0.0.1:40000", "labels", r#""zone=default""#),
+            ("row/tcp/10.0.0.1:40000", "labels", r#"{"zone":""}"#),
+            ("row/tcp/10.0.0.1:40000", "app", r#""nope""#),
+            ("app/f0000001", "ip", r#""127.0.0.1""#),
+            ("app/f0000001", "name", r#""-web""#),
+            ("app/f0000001", "expose", r#"["8000"]"#),
+            ("vs/web", "name", r#""other""#),
+            ("vs/web", "spec", r#"{"name":"web","ip":"198.18.2.1","ports":"80:x","backends":"198.18.1.1"}"#),
+        ];
+        for (key, field, bad) in edits {
+            let mut kv = p.to_keys();
+            let mut record: serde_json::Value = serde_json::from_str(&kv[key]).unwrap();
+            record[field] = serde_json::from_str(bad).unwrap();
+            kv.insert(key.into(), record.to_string());
+            let read = Published::from_keys(kv.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+            let kept = read.rows.len() + read.apps.len() + read.vservices.len();
+            assert_eq!(kept, 2, "{key}.{field} = {bad} was not skipped");
+            assert_eq!(read.node, p.node);
+        }
+    }
+
+    #[test]
+    fn a_gossiped_row_becomes_a_typed_remote_row() {
+        let me = node("a", "10.0.0.1");
+        let b = published("b", "10.0.0.2");
+        let kv = b.to_keys();
+        let read = Published::from_keys(kv.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        let view = remote_view(&me, &[read]);
+        assert_eq!(
+            view.rows,
+            vec![RemoteRow {
+                node: "b".into(),
+                app: "f0000001".into(),
+                proto: Proto::Tcp,
+                service: "198.18.0.1:80".parse().unwrap(),
+                host: "10.0.0.2:40000".parse().unwrap(),
+                labels: "zone=default".parse().unwrap(),
+            }]
+        );
+        assert_eq!(view.apps[0].ip, "198.18.0.1".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
     fn the_view_keeps_our_cluster_only_and_not_ourselves() {
         let me = node("a", "10.0.0.1");
         let b = published("b", "10.0.0.2");
@@ -227,13 +313,19 @@ mod tests {
     }
 }
 
+/// `--gossip-auto-discover` on a subnet too large to ask address by address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--gossip-auto-discover asks every address of the node's subnet, and {node}/{prefix} has more than 1024: give --neighbors")]
+pub struct SubnetTooLarge {
+    pub node: Ipv4Addr,
+    pub prefix: u8,
+}
+
 /// The seeds `--gossip-auto-discover` tries: every other address of the node's subnet
 /// (refused past a /22: that is too many to ask).
-pub fn discovery_seeds(node: Ipv4Addr, prefix: u8, port: u16) -> Result<Vec<String>, String> {
+pub fn discovery_seeds(node: Ipv4Addr, prefix: u8, port: u16) -> Result<Vec<String>, SubnetTooLarge> {
     if prefix < 22 {
-        return Err(format!(
-            "--gossip-auto-discover asks every address of the node's subnet, and {node}/{prefix} has more than 1024: give --neighbors"
-        ));
+        return Err(SubnetTooLarge { node, prefix });
     }
     let net = ax_core::addr::Subnet::new(node, prefix);
     let size = net.size() as u32;
@@ -252,6 +344,9 @@ mod discovery_tests {
         assert_eq!(seeds[0], "10.251.0.1:7946");
         assert!(!seeds.contains(&"10.251.0.12:7946".to_string()));
         assert!(!seeds.contains(&"10.251.0.255:7946".to_string()));
-        assert!(discovery_seeds("10.0.0.1".parse().unwrap(), 16, 7946).unwrap_err().contains("give --neighbors"));
+        assert!(discovery_seeds("10.0.0.1".parse().unwrap(), 16, 7946)
+            .unwrap_err()
+            .to_string()
+            .contains("give --neighbors"));
     }
 }

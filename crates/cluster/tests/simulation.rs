@@ -23,10 +23,10 @@ fn published(i: usize) -> Published {
         node: NodeRecord { name: format!("n{i}"), cluster: "appswitch".into(), ip: ip(i), egress_gateway: false },
         rows: vec![RowRecord {
             app: format!("f{i:07x}"),
-            proto: "tcp".into(),
+            proto: ax_core::Proto::Tcp,
             service: format!("198.18.{}.{}:80", i / 200, i % 200 + 1).parse().unwrap(),
             host: SocketAddr::from((ip(i), 40000)).to_string().parse().unwrap(),
-            labels: "zone=default".into(),
+            labels: "zone=default".parse().unwrap(),
         }],
         apps: vec![],
         vservices: vec![],

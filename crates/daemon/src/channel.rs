@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
-use ax_core::vservice::{parse_expose, ExposeAt};
-use ax_core::{addr, AppId, Labels, NodeInfo, PortRanges};
+use ax_core::vservice::ExposeAt;
+use ax_core::{AppId, NodeInfo, PortRanges};
 use ax_sys::kernel::Linux;
 use ax_sys::seccomp::{LastId, Listener};
 use ax_trap::Engine;
@@ -119,10 +119,7 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
         ),
         _ => None,
     };
-    reply(
-        conn,
-        &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip.to_string(), resolv_conf },
-    )?;
+    reply(conn, &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip, resolv_conf })?;
     let (pid, fd) = match recv(conn)? {
         Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
         Some((RunRequest::Attach { .. }, None)) => return Err(refused("attach came without the seccomp listener")),
@@ -191,7 +188,8 @@ fn reattach(
     serve_app(conn, daemon, id, pid, fd, true)
 }
 
-/// Checks a registration as the API's contract says; every error names the field.
+/// Checks what a registration's types cannot (its values were checked as it was read):
+/// the name, and exposes against this node and its pool; every error names the field.
 fn validate(
     req: &Register,
     peer_pid: i32,
@@ -199,41 +197,29 @@ fn validate(
     ports: &PortRanges,
     cluster_ips: &[Ipv4Addr],
 ) -> Result<NewApp, SessionError> {
-    let ip = match &req.ip {
-        Some(s) => {
-            let ip: Ipv4Addr = s.parse().map_err(|_| refused(format!("--ip {s} is not an IPv4 address")))?;
-            addr::check_app_ip(ip).map_err(|e| refused(e.to_string()))?;
-            Some(ip)
-        }
-        None => None,
-    };
-    let labels = Labels::parse(&req.labels).map_err(|e| refused(format!("--labels: {e}")))?;
     if let Some(name) = &req.name {
         ax_dns::wire::check_label(name).map_err(|e| refused(e.to_string()))?;
     }
-    let mut expose = Vec::new();
-    for spec in &req.expose {
-        let e = parse_expose(spec).map_err(|e| refused(e.to_string()))?;
+    for e in &req.expose {
         match e.at {
             ExposeAt::Node(ip) if ip != node.ip && !cluster_ips.contains(&ip) => {
-                return Err(refused(format!("--expose {spec}: {ip} is not the address of a live node of this cluster")))
+                return Err(refused(format!("--expose {e}: {ip} is not the address of a live node of this cluster")))
             }
             _ => {}
         }
         if ports.contains(e.host_port) {
             return Err(refused(format!(
-                "--expose {spec}: host port {} is inside the --ports pool ({ports})",
+                "--expose {e}: host port {} is inside the --ports pool ({ports})",
                 e.host_port
             )));
         }
-        expose.push(e);
     }
     Ok(NewApp {
         name: req.name.clone(),
-        ip,
-        labels,
+        ip: req.ip.map(|ip| ip.get()),
+        labels: req.labels.clone(),
         pid: if req.pid > 0 { req.pid } else { peer_pid },
         driver: crate::DRIVER.into(),
-        expose,
+        expose: req.expose.clone(),
     })
 }

@@ -33,7 +33,7 @@ pub struct ClusterConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("{0}")]
-    Seeds(String),
+    Seeds(ax_cluster::state::SubnetTooLarge),
     #[error("cannot gossip on {listen} ({reason}): is the port free? (pick another with --gossip-port)")]
     Bind { listen: SocketAddr, reason: String },
     #[error("the node name '{name}' is already used by the node at {at}: give this one another with --node-name")]

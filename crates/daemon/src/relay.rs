@@ -81,7 +81,7 @@ impl Relays {
             .iter()
             .map(|(id, r)| ProxyView {
                 id: *id,
-                proto: "tcp".into(),
+                proto: ax_core::Proto::Tcp,
                 listener: r.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 dialers: r.dialers.clone(),
             })

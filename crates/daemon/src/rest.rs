@@ -64,25 +64,38 @@ fn now_ms() -> u64 {
 /// Listens on the ports an external vservice relays, ahead of the command, so a busy
 /// port is refused like any conflict: the listeners by port, or the first port and why.
 fn bind_relays(d: &Daemon, req: &VserviceRequest) -> Result<BTreeMap<u16, std::net::TcpListener>, (u16, String)> {
-    let Ok(ports) = ax_core::vservice::parse_ports(&req.ports) else { return Ok(BTreeMap::new()) };
     let mut bound = BTreeMap::new();
-    for m in ports.iter().filter(|_| req.external) {
+    for m in req.ports.0.iter().filter(|_| req.external) {
         let l = std::net::TcpListener::bind((d.node_ip(), m.vport)).map_err(|e| (m.vport, e.to_string()))?;
         bound.insert(m.vport, l);
     }
     Ok(bound)
 }
 
+/// A request that did not read: a 400 whose message names the field (the types check
+/// every value as it is read).
+struct Malformed(String);
+
+impl IntoResponse for Malformed {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, format!("malformed vservice request: {}", self.0))
+    }
+}
+
+fn read_request(body: Result<Json<VserviceRequest>, JsonRejection>) -> Result<VserviceRequest, Malformed> {
+    body.map(|Json(req)| req).map_err(|e| Malformed(e.body_text()))
+}
+
 async fn create_vservice(State(d): State<Daemon>, body: Result<Json<VserviceRequest>, JsonRejection>) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed vservice request: {}", e.body_text())),
+    let req = match read_request(body) {
+        Ok(req) => req,
+        Err(m) => return m.into_response(),
     };
     let vservice = match vservices::parse(&req) {
         Ok(v) => v,
         Err(r) => return answer(Answer::Refused(r), StatusCode::CREATED),
     };
-    let spec = serde_json::to_string(&req).expect("a request serializes");
+    let spec = req.clone();
     // Binding and starting relays: off the async workers.
     let done = tokio::task::spawn_blocking(move || {
         let (bound, unbindable) = match bind_relays(&d, &req) {
@@ -117,7 +130,7 @@ fn router(daemon: Daemon) -> Router {
             get(|State(d): State<Daemon>| async move { Json(d.read(|s| vservices::views(&s.table))) })
                 .post(create_vservice),
         )
-        .route(&format!("{}/{{name}}", path::VSERVICES), delete(delete_vservice))
+        .route(path::VSERVICE, delete(delete_vservice))
         .route(path::PROXIES, get(proxies))
         .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::nodes(&s.nodes))) }))
         .route(
@@ -165,4 +178,54 @@ pub async fn serve(
     a?;
     b?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{to_bytes, Body};
+    use axum::extract::FromRequest;
+
+    async fn answer(body: &str) -> Result<VserviceRequest, (StatusCode, String)> {
+        let req = Request::post(path::VSERVICES)
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        match read_request(Json::<VserviceRequest>::from_request(req, &()).await) {
+            Ok(v) => Ok(v),
+            Err(m) => {
+                let r = m.into_response();
+                let status = r.status();
+                let bytes = to_bytes(r.into_body(), 1 << 16).await.unwrap();
+                let body: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+                Err((status, body.error))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_bad_field_is_a_400_naming_it() {
+        let good = serde_json::json!({"name": "web", "ip": "198.18.2.1", "ports": "80:8000", "backends": "198.18.1.1"});
+        let req = answer(&good.to_string()).await.unwrap();
+        assert_eq!(req.ports.to_string(), "80:8000");
+        let cases = [
+            ("ports", serde_json::json!("80:x"), "--ports: 'x' is not a port (1-65535)"),
+            ("backends", serde_json::json!("web"), "--backends: 'web' is not an IPv4 address or IP:port"),
+            ("lbtype", serde_json::json!("LeastConn"), "--lbtype 'LeastConn' is not one of Random, RoundRobin"),
+            ("ip", serde_json::json!("300.1.1.1"), "--ip 300.1.1.1 is not an IPv4 address"),
+            ("source_ip", serde_json::json!("x"), "invalid IPv4 address syntax"),
+            ("name", serde_json::json!(1), "invalid type"),
+        ];
+        for (field, value, want) in cases {
+            let mut body = good.clone();
+            body[field] = value;
+            let (status, msg) = answer(&body.to_string()).await.unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{field}");
+            assert!(msg.starts_with("malformed vservice request: "), "{msg}");
+            assert!(msg.contains(&format!("{field}: ")) && msg.contains(want), "{field}: {msg}");
+        }
+        let (status, msg) = answer(r#"{"ip": "198.18.2.1"}"#).await.unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(msg.contains("missing field `name`"), "{msg}");
+    }
 }

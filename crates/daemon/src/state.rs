@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
+use ax_api::VserviceRequest;
 use ax_cluster::gossip::NodeStatus;
 use ax_cluster::state::{merge_vservices, AppRecord, NodeRecord, Published, RowRecord, VsRecord};
 use ax_core::table::NewApp;
@@ -48,7 +49,7 @@ pub enum Command {
     /// The watcher's listing of the kernel's sockets.
     Sweep(Sweep),
     /// `POST /v1/vservices`, made at `at_ms` (wall clock, ms): the version of its record.
-    CreateVservice { vservice: Vservice, spec: String, at_ms: u64, unbindable: Option<(u16, String)> },
+    CreateVservice { vservice: Vservice, spec: VserviceRequest, at_ms: u64, unbindable: Option<(u16, String)> },
     /// `DELETE /v1/vservices/{name}`.
     DeleteVservice { name: String, at_ms: u64 },
     /// One gossip round's view of the cluster.
@@ -254,13 +255,13 @@ impl State {
             changed = true;
             let _ = vservices::uninstall(self, &name, out);
             if let Some(spec) = &rec.spec {
-                match vservices::from_spec(spec) {
+                match vservices::parse(spec) {
                     Ok(v) => {
                         if let Err(e) = vservices::install(self, v, None, out) {
                             warn!(vservice = %name, "cannot take in the cluster's vservice: {e}");
                         }
                     }
-                    Err(e) => warn!(vservice = %name, "unreadable vservice from the cluster: {e}"),
+                    Err(e) => warn!(vservice = %name, "a vservice from the cluster that does not check: {e}"),
                 }
             }
             info!(vservice = %name, version = rec.version, origin = %rec.origin, deleted = rec.spec.is_none(), "vservice from the cluster");
@@ -341,10 +342,10 @@ impl State {
         let t = &self.table;
         let row = |b: &Binding| RowRecord {
             app: b.app.to_string(),
-            proto: b.proto.name().into(),
+            proto: b.proto,
             service: b.service,
             host: b.host,
-            labels: t.app(b.app).map(|a| a.labels.to_string()).unwrap_or_default(),
+            labels: t.app(b.app).map(|a| a.labels.clone()).unwrap_or_default(),
         };
         Published {
             node: self.me(),

@@ -11,9 +11,9 @@ pub fn apps(t: &Table) -> Vec<AppView> {
             app_id: a.id.to_string(),
             node_id: node.name.clone(),
             cluster: node.cluster.clone(),
-            app_ip: a.ip.to_string(),
+            app_ip: a.ip,
             driver: a.driver.clone(),
-            labels: a.labels.to_string(),
+            labels: a.labels.clone(),
             zones: a.labels.selectors(),
         })
         .collect()
@@ -26,19 +26,19 @@ pub fn servers(t: &Table) -> Vec<ServerView> {
         node_id: node.name.clone(),
         cluster: node.cluster.clone(),
         app_id: b.app.to_string(),
-        proto: b.proto.name().into(),
-        service_addr: b.service.to_string(),
-        ipv4_addr: b.host.to_string(),
-        labels: t.app(b.app).map(|a| a.labels.to_string()).unwrap_or_default(),
+        proto: b.proto,
+        service_addr: b.service,
+        ipv4_addr: b.host,
+        labels: t.app(b.app).map(|a| a.labels.clone()).unwrap_or_default(),
     });
     let remote = t.remote().rows.iter().map(|r| ServerView {
         node_id: r.node.clone(),
         cluster: node.cluster.clone(),
         app_id: r.app.clone(),
-        proto: r.proto.name().into(),
-        service_addr: r.service.to_string(),
-        ipv4_addr: r.host.to_string(),
-        labels: r.labels.to_string(),
+        proto: r.proto,
+        service_addr: r.service,
+        ipv4_addr: r.host,
+        labels: r.labels.clone(),
     });
     local.chain(remote).collect()
 }
@@ -49,8 +49,8 @@ pub fn nodes(nodes: &[ax_cluster::gossip::NodeStatus]) -> Vec<NodeView> {
         .map(|n| NodeView {
             name: n.node.name.clone(),
             cluster: n.node.cluster.clone(),
-            ip: n.node.ip.to_string(),
-            external_ip: n.node.ip.to_string(),
+            ip: n.node.ip,
+            external_ip: n.node.ip,
             role: if n.node.egress_gateway { "egress-gateway" } else { "node" }.into(),
             app_count: n.apps,
             live: n.live,
@@ -66,9 +66,9 @@ pub fn sockets(t: &Table) -> Vec<SocketView> {
             node_id: node.name.clone(),
             app_id: b.app.to_string(),
             inode: b.inode,
-            proto: b.proto.name().into(),
+            proto: b.proto,
             flags: b.flags,
-            bind_ip: b.requested.to_string(),
+            bind_ip: b.requested,
             backlog: b.backlog,
         })
         .collect()
@@ -80,7 +80,7 @@ pub fn info(t: &Table) -> DaemonInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         node_id: node.name.clone(),
         cluster: node.cluster.clone(),
-        node_ip: node.ip.to_string(),
+        node_ip: node.ip,
         driver: crate::DRIVER.into(),
         ports: t.pool().ranges().to_string(),
         ports_in_use: t.pool().in_use(),

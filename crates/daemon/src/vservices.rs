@@ -1,14 +1,12 @@
 //! Vservices as the node's state keeps them: a request checked field by field (every
-//! wrong field named), installed in the table with its relays when `--external`, and
+//! wrong field named; all but the name by its type, as the request is read), installed in the table with its relays when `--external`, and
 //! recorded with a version for the cluster to carry everywhere. Called from
 //! [`State::apply`](crate::state::State::apply) only.
 
-use std::net::Ipv4Addr;
-
-use ax_api::{VserviceRequest, VserviceView};
+use ax_api::{Backends, PortMaps, VserviceRequest, VserviceView};
 use ax_cluster::state::VsRecord;
-use ax_core::vservice::{self, LbType, Vservice};
-use ax_core::{addr, Table};
+use ax_core::vservice::Vservice;
+use ax_core::Table;
 
 use crate::relay::{Dial, RelayKey, RelaySpec};
 use crate::state::{Out, State};
@@ -24,32 +22,11 @@ pub enum Refusal {
     Missing(String),
 }
 
-/// Checks a request; the vservice it asks for.
+/// Checks what a request's types cannot (its name); the vservice it asks for. Requests
+/// from the API and definitions from the cluster alike come through here.
 pub fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
-    let bad = Refusal::Bad;
-    ax_dns::wire::check_label(&req.name).map_err(|e| bad(e.to_string().replacen("--name", "name", 1)))?;
-    let ip: Ipv4Addr = req.ip.parse().map_err(|_| bad(format!("--ip {} is not an IPv4 address", req.ip)))?;
-    addr::check_app_ip(ip).map_err(|e| bad(e.to_string()))?;
-    let source_ip = match &req.source_ip {
-        Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| bad(format!("--source-ip {s} is not an IPv4 address")))?),
-        None => None,
-    };
-    Ok(Vservice {
-        name: req.name.to_ascii_lowercase(),
-        ip,
-        ports: vservice::parse_ports(&req.ports).map_err(|e| bad(e.to_string()))?,
-        backends: vservice::parse_backends(&req.backends).map_err(|e| bad(e.to_string()))?,
-        lb: LbType::parse(&req.lbtype).map_err(|e| bad(e.to_string()))?,
-        source_ip,
-        external: req.external,
-        app_backends: Default::default(),
-    })
-}
-
-/// A vservice as a cluster record carries it.
-pub fn from_spec(spec: &str) -> Result<Vservice, Refusal> {
-    let req: VserviceRequest = serde_json::from_str(spec).map_err(|e| Refusal::Bad(e.to_string()))?;
-    parse(&req)
+    ax_dns::wire::check_label(&req.name).map_err(|e| Refusal::Bad(e.to_string().replacen("--name", "name", 1)))?;
+    Ok(req.vservice())
 }
 
 /// Creates a vservice here and records it for the cluster. `unbindable` is an external
@@ -58,7 +35,7 @@ pub fn from_spec(spec: &str) -> Result<Vservice, Refusal> {
 pub(crate) fn create(
     state: &mut State,
     v: Vservice,
-    spec: String,
+    spec: VserviceRequest,
     at_ms: u64,
     unbindable: Option<(u16, String)>,
     out: &mut Out,
@@ -108,7 +85,7 @@ pub(crate) fn uninstall(state: &mut State, name: &str, out: &mut Out) -> Result<
 }
 
 /// Records a change made here, newer than any version of the name seen so far.
-fn record(state: &mut State, name: &str, spec: Option<String>, at_ms: u64) {
+fn record(state: &mut State, name: &str, spec: Option<VserviceRequest>, at_ms: u64) {
     let origin = state.table.node().name.clone();
     let version = state.vservices.get(name).map_or(at_ms, |r| at_ms.max(r.version + 1));
     state.vservices.insert(name.to_string(), VsRecord { name: name.to_string(), version, origin, spec });
@@ -118,12 +95,12 @@ pub fn views(t: &Table) -> Vec<VserviceView> {
     t.vservices()
         .map(|v| VserviceView {
             name: v.name.clone(),
-            lb_type: v.lb.name().into(),
-            ip: v.ip.to_string(),
-            ports: v.ports.iter().map(|m| format!("{}:{}", m.vport, m.app_port)).collect::<Vec<_>>().join(","),
-            backends: v.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(","),
+            lb_type: v.lb,
+            ip: v.ip,
+            ports: PortMaps(v.ports.clone()),
+            backends: Backends(v.backends.clone()),
             external: v.external,
-            source_ip: v.source_ip.map(|s| s.to_string()).unwrap_or_default(),
+            source_ip: v.source_ip,
         })
         .collect()
 }

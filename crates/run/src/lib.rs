@@ -8,11 +8,11 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::net::{AddrParseError, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use ax_api::{wire, Register, RunReply, RunRequest, RUN_SOCKET};
+use ax_api::{wire, Expose, Labels, Register, RunReply, RunRequest, VirtualIp, RUN_SOCKET};
 use ax_sys::pidfd::Pidfd;
 use ax_sys::proc::{self, Fork};
 use ax_sys::{ns, seccomp};
@@ -39,8 +39,6 @@ pub enum RunError {
     Refused(String),
     #[error("unexpected answer from the ax daemon: {0:?}")]
     Unexpected(Box<RunReply>),
-    #[error("the ax daemon gave a bad address: {0}")]
-    BadAddress(AddrParseError),
     #[error("cannot make a socket pair: {0}")]
     SocketPair(io::Error),
     #[error("cannot block signals: {0}")]
@@ -89,9 +87,9 @@ type Result<T> = std::result::Result<T, RunError>;
 /// What to run and as what.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub ip: Option<String>,
+    pub ip: Option<VirtualIp>,
     pub name: Option<String>,
-    pub labels: String,
+    pub labels: Labels,
     /// Who the program runs as (looked up before anything starts).
     pub user: Option<proc::User>,
     /// A non-loopback device to create in the app's namespace, with its address /32.
@@ -100,7 +98,7 @@ pub struct Options {
     pub new_netns: bool,
     pub dns_override: bool,
     /// `--expose` values (checked by the daemon against its node and pool).
-    pub expose: Vec<String>,
+    pub expose: Vec<Expose>,
     pub command: Vec<OsString>,
 }
 
@@ -135,7 +133,7 @@ pub fn run(opts: Options) -> Result<i32> {
     }
     let daemon = UnixStream::connect(RUN_SOCKET).map_err(RunError::Unreachable)?;
     let register = RunRequest::Register(Register {
-        ip: opts.ip.clone(),
+        ip: opts.ip,
         name: opts.name.clone(),
         labels: opts.labels.clone(),
         dns_override: opts.dns_override,
@@ -144,9 +142,7 @@ pub fn run(opts: Options) -> Result<i32> {
     });
     wire::send(daemon.as_fd(), &register, None).map_err(RunError::Send)?;
     let setup = match answer(&daemon)? {
-        RunReply::Registered { app_id, ip, resolv_conf } => {
-            Setup { opts: &opts, app_id, ip: ip.parse().map_err(RunError::BadAddress)?, resolv_conf }
-        }
+        RunReply::Registered { app_id, ip, resolv_conf } => Setup { opts: &opts, app_id, ip, resolv_conf },
         other => return Err(RunError::Unexpected(Box::new(other))),
     };
 

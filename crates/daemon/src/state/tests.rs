@@ -31,10 +31,10 @@ fn register(s: &mut State, ip: &str) -> App {
 fn request(name: &str, ip: &str, ports: &str, external: bool) -> VserviceRequest {
     VserviceRequest {
         name: name.into(),
-        ip: ip.into(),
-        ports: ports.into(),
-        backends: "198.18.1.1".into(),
-        lbtype: "Random".into(),
+        ip: ip.parse().unwrap(),
+        ports: ports.parse().unwrap(),
+        backends: "198.18.1.1".parse().unwrap(),
+        lbtype: ax_api::LbType::Random,
         source_ip: None,
         external,
     }
@@ -42,8 +42,7 @@ fn request(name: &str, ip: &str, ports: &str, external: bool) -> VserviceRequest
 
 fn create_with(s: &mut State, req: &VserviceRequest, at_ms: u64, unbindable: Option<(u16, String)>) -> Effects {
     let vservice = vservices::parse(req).unwrap();
-    let spec = serde_json::to_string(req).unwrap();
-    s.apply(Command::CreateVservice { vservice, spec, at_ms, unbindable })
+    s.apply(Command::CreateVservice { vservice, spec: req.clone(), at_ms, unbindable })
 }
 
 fn create(s: &mut State, req: &VserviceRequest, at_ms: u64) -> Effects {
@@ -59,7 +58,7 @@ fn names(s: &State) -> Vec<String> {
 }
 
 fn record(name: &str, version: u64, origin: &str, req: Option<&VserviceRequest>) -> VsRecord {
-    VsRecord { name: name.into(), version, origin: origin.into(), spec: req.map(|r| serde_json::to_string(r).unwrap()) }
+    VsRecord { name: name.into(), version, origin: origin.into(), spec: req.cloned() }
 }
 
 fn refusal(e: Effects) -> Refusal {
@@ -352,7 +351,7 @@ fn a_gossip_round_lists_this_node_first_and_publishes_its_rows_and_apps() {
     assert_eq!(p.node.name, "a");
     assert_eq!(p.apps.len(), 1);
     assert_eq!(p.rows.len(), 1);
-    assert_eq!(p.rows[0].labels, "zone=default");
+    assert_eq!(p.rows[0].labels, "zone=default".parse().unwrap());
 }
 
 const APP_B: &str = "f0000001";
