@@ -1,6 +1,8 @@
 //! The daemon's API, shared by the daemon and the CLI: the REST resources (served on
 //! the Unix socket and on 127.0.0.1:--rest-port) and the run channel, the one part that
-//! is not REST because it carries a file descriptor (the app's seccomp listener).
+//! is not REST because it carries a file descriptor (the app's seccomp listener). Its
+//! values are core's types (addresses, labels, port maps, backends, exposes), checked
+//! as they are read; the OpenAPI document describing it is checked against them here.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
