@@ -1,4 +1,4 @@
-//! The API's rows, made from the tables.
+//! The API's rows, made from the tables (this node's and, as gossiped, the cluster's), as typed values.
 
 use ax_api::{AppView, DaemonInfo, NodeView, ServerView, SocketView};
 use ax_core::Table;
@@ -84,5 +84,71 @@ pub fn info(t: &Table) -> DaemonInfo {
         driver: crate::DRIVER.into(),
         ports: t.pool().ranges().to_string(),
         ports_in_use: t.pool().in_use(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ax_cluster::state::{remote_view, NodeRecord, Published, RowRecord};
+    use ax_core::table::NewApp;
+    use ax_core::{NodeInfo, PortPool, PortRanges, Proto};
+    use serde_json::json;
+
+    fn table() -> Table {
+        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: "10.0.0.1".parse().unwrap() };
+        Table::new(node, PortPool::new(PortRanges::parse("40000-40009").unwrap()), 7)
+    }
+
+    #[test]
+    fn a_gossiped_row_shows_in_servers_as_typed_json() {
+        let mut t = table();
+        let node = |name: &str, ip: &str| NodeRecord {
+            name: name.into(),
+            cluster: "appswitch".into(),
+            ip: ip.parse().unwrap(),
+            egress_gateway: false,
+        };
+        let theirs = Published {
+            node: node("n2", "10.0.0.2"),
+            rows: vec![RowRecord {
+                app: "f0000001".into(),
+                proto: Proto::Udp,
+                service: "198.18.0.1:53".parse().unwrap(),
+                host: "10.0.0.2:40000".parse().unwrap(),
+                labels: "role=dns".parse().unwrap(),
+            }],
+            apps: vec![],
+            vservices: vec![],
+        };
+        // As the gossip carries it: key-values of JSON, read back on this node.
+        let kv = theirs.to_keys();
+        let read = Published::from_keys(kv.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        t.set_remote(remote_view(&node("n1", "10.0.0.1"), &[read]));
+        let rows = servers(&t);
+        assert_eq!(
+            serde_json::to_value(rows).unwrap(),
+            json!([{
+                "node_id": "n2", "cluster": "appswitch", "app_id": "f0000001", "proto": "udp",
+                "service_addr": "198.18.0.1:53", "ipv4_addr": "10.0.0.2:40000", "labels": {"role": "dns"}
+            }])
+        );
+    }
+
+    #[test]
+    fn an_app_shows_its_labels_as_an_object_and_its_zones_as_a_list() {
+        let mut t = table();
+        let new = NewApp {
+            ip: Some("198.18.5.1".parse().unwrap()),
+            labels: "zone=default,team=a".parse().unwrap(),
+            pid: 1,
+            driver: "user".into(),
+            ..Default::default()
+        };
+        t.add_app(new).unwrap();
+        let j = serde_json::to_value(apps(&t)).unwrap();
+        assert_eq!(j[0]["labels"], json!({"zone": "default", "team": "a"}));
+        assert_eq!(j[0]["zones"], json!(["zone==default", "team==a"]));
+        assert_eq!(j[0]["app_ip"], "198.18.5.1");
     }
 }
