@@ -142,6 +142,27 @@ async fn bad_requests_are_400_and_name_the_field() {
     s.stop().await;
 }
 
+/// The router serves each route of [`path::ROUTES`] (the ones the OpenAPI document is
+/// checked against), and no other method on those paths.
+#[tokio::test]
+async fn the_router_serves_exactly_the_documented_routes() {
+    let s = served();
+    let unrouted = |body: &Value| body["error"].as_str().is_some_and(|e| e.starts_with("no such resource"));
+    for (method, p) in path::ROUTES {
+        let at = p.replace("{name}", "nope");
+        let (status, body) = s.tcp(&method.to_uppercase(), &at, None).await;
+        assert!(status != 405 && !unrouted(&body), "{method} {p} is not served: {status} {body}");
+        for other in ["get", "post", "delete", "put", "patch"] {
+            if !path::ROUTES.contains(&(other, p)) {
+                let (status, _) = s.tcp(&other.to_uppercase(), &at, None).await;
+                assert_eq!(status, 405, "{other} {p} is served but not documented");
+            }
+        }
+    }
+    assert!(unrouted(&s.tcp("GET", "/v1/nope", None).await.1));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn conflicts_are_409_and_missing_things_404() {
     let s = served();
