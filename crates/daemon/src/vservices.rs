@@ -1,7 +1,8 @@
 //! Vservices as the node's state keeps them: a request checked field by field (every
-//! wrong field named; all but the name by its type, as the request is read), installed in the table with its relays when `--external`, and
-//! recorded with a version for the cluster to carry everywhere. Called from
-//! [`State::apply`](crate::state::State::apply) only.
+//! wrong field named; all but the name by its type, as the request is read), installed
+//! in the table with its relays when `--external`, and recorded with a version for the
+//! cluster to carry everywhere. Called from [`State::apply`](crate::state::State::apply)
+//! only.
 
 use ax_api::{Backends, PortMaps, VserviceRequest, VserviceView};
 use ax_cluster::state::VsRecord;
