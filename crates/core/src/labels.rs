@@ -111,11 +111,7 @@ impl<'de> Deserialize<'de> for Labels {
         impl<'de> Visitor<'de> for Pairs {
             type Value = Labels;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of label names to values, or label=value,...")
-            }
-            /// The flag's own form (and how a state file of an earlier ax has them).
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Labels, E> {
-                Labels::parse(text).map_err(E::custom)
+                f.write_str("an object of label names to values")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Labels, M::Error> {
                 let mut out = Labels::default();
@@ -125,7 +121,7 @@ impl<'de> Deserialize<'de> for Labels {
                 Ok(out)
             }
         }
-        d.deserialize_any(Pairs)
+        d.deserialize_map(Pairs)
     }
 }
 
@@ -169,8 +165,6 @@ mod tests {
         assert_eq!(j, r#"{"zone":"default","role":"a","role":"b"}"#);
         assert_eq!(serde_json::from_str::<Labels>(&j).unwrap(), l);
         assert_eq!(serde_json::from_str::<Labels>("{}").unwrap(), Labels::default());
-        // The flag's text is read too (a state file of the first version has it).
-        assert_eq!(serde_json::from_str::<Labels>(r#""zone=default,role=a,role=b""#).unwrap(), l);
         for (bad, want) in [
             (r#"{"role":""}"#, "label 'role=' has an empty value"),
             (r#"{"":"x"}"#, "label '=x' has an empty name"),
@@ -178,8 +172,7 @@ mod tests {
             (r#"{"a":"x,y"}"#, "label 'a=x,y' contains a space or comma"),
             (r#"{"a=b":"x"}"#, "label 'a=b=x' has '=' in its name"),
             (r#"{"a":1}"#, "invalid type"),
-            (r#""zone""#, "label 'zone' is not of the form label=value"),
-            ("7", "an object of label names to values, or label=value,..."),
+            (r#""zone=default""#, "an object of label names to values"),
         ] {
             let e = serde_json::from_str::<Labels>(bad).unwrap_err().to_string();
             assert!(e.contains(want), "{bad}: {e}");

@@ -64,13 +64,17 @@ pub fn load(path: &Path) -> Result<Option<Saved>, StoreError> {
 /// values as structures, vservice definitions as JSON text. Everything read from it is
 /// still checked as this version reads its own.
 fn from_first_version(mut v: Value) -> Option<Saved> {
+    // Labels are read with the flag's parser, after the rest (an object cannot hold a
+    // label name twice, a label list can).
+    let mut labels = Vec::new();
     for app in v.pointer_mut("/table/apps")?.as_array_mut()? {
         let pairs: Vec<String> = app["labels"]
             .as_array()?
             .iter()
             .map(|p| Some(format!("{}={}", p.get(0)?.as_str()?, p.get(1)?.as_str()?)))
             .collect::<Option<_>>()?;
-        app["labels"] = Value::from(pairs.join(","));
+        labels.push(ax_core::Labels::parse(&pairs.join(",")).ok()?);
+        app["labels"] = Value::Object(Default::default());
         let expose: Vec<Value> = app["expose"].as_array()?.iter().map(first_expose).collect::<Option<_>>()?;
         app["expose"] = Value::from(expose);
     }
@@ -83,7 +87,11 @@ fn from_first_version(mut v: Value) -> Option<Saved> {
             r["spec"] = serde_json::from_str(text).ok()?;
         }
     }
-    serde_json::from_value(v).ok()
+    let mut saved: Saved = serde_json::from_value(v).ok()?;
+    for (app, labels) in saved.table.apps.iter_mut().zip(labels) {
+        app.labels = labels;
+    }
+    Some(saved)
 }
 
 /// `{"internal":8000,"at":{"Node":"10.0.0.9"},"host_port":9998}` as `8000:10.0.0.9:9998`.
