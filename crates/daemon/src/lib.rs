@@ -113,14 +113,13 @@ struct Shared {
     /// Where effects are carried out, one command's at a time and in the order the
     /// commands were applied (each takes a ticket under the state's lock and waits for
     /// its turn here, with the state's lock released: engines and readers never wait on
-    /// a file write). Nothing that holds it takes the state's lock.
+    /// a file write). A turn may take the state's lock (to copy the state it writes);
+    /// the state's lock is never held while this one is taken.
     outbox: Mutex<Outbox>,
     turn: Condvar,
-    /// Tickets handed out, under the state's lock (so in the order of application).
+    /// Tickets handed out, under the state's lock: read under that lock, it counts
+    /// every command applied so far.
     issued: AtomicU64,
-    /// The newest snapshot to persist and its ticket: a turn writes the newest there is,
-    /// so under churn one write covers every command applied before it.
-    newest: Mutex<Option<(u64, Box<store::Saved>)>>,
     run_dir: PathBuf,
     node_ip: Ipv4Addr,
     /// The DNS domain, when the DNS server runs.
@@ -133,7 +132,7 @@ struct Outbox {
     relays: relay::Relays,
     /// The last ticket whose effects are carried out.
     done: u64,
-    /// The ticket of the newest snapshot written.
+    /// The last ticket whose command the state written includes.
     written: u64,
 }
 
@@ -161,7 +160,6 @@ impl Daemon {
             outbox: Default::default(),
             turn: Condvar::new(),
             issued: AtomicU64::new(0),
-            newest: Mutex::new(None),
             run_dir: run_dir.into(),
             node_ip,
             dns_domain,
@@ -174,10 +172,6 @@ impl Daemon {
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.0.outbox.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn newest(&self) -> MutexGuard<'_, Option<(u64, Box<store::Saved>)>> {
-        self.0.newest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn node_ip(&self) -> Ipv4Addr {
@@ -209,18 +203,10 @@ impl Daemon {
 
     /// As [`Daemon::submit`], starting relays on listeners the caller bound, by port.
     pub fn submit_with(&self, command: Command, mut bound: BTreeMap<u16, std::net::TcpListener>) -> Answer {
-        let (mut effects, ticket, persist) = {
+        let (mut effects, ticket) = {
             let mut state = self.state();
-            let mut effects = state.apply(command);
-            let ticket = self.0.issued.fetch_add(1, Ordering::SeqCst) + 1;
-            let persist = match effects.persist.take() {
-                Some(saved) => {
-                    *self.newest() = Some((ticket, saved));
-                    true
-                }
-                None => false,
-            };
-            (effects, ticket, persist)
+            let effects = state.apply(command);
+            (effects, self.0.issued.fetch_add(1, Ordering::SeqCst) + 1)
         };
         let mut outbox = self.outbox();
         while outbox.done + 1 != ticket {
@@ -245,15 +231,17 @@ impl Daemon {
             names::remove_resolv_conf(self.run_dir(), app);
             let _ = fs::remove_file(channel::last_id_path(self.run_dir(), app));
         }
-        // Written before the answer; a newer snapshot written already covers this one.
-        if persist && outbox.written < ticket {
-            let newest = self.newest().take();
-            if let Some((newest, saved)) = newest {
-                if let Err(e) = store::write(&store::path(self.run_dir()), &saved) {
-                    warn!("cannot save the daemon's state: {e}");
-                }
-                outbox.written = newest;
+        // Written before the answer: the state as it is now, with every command applied
+        // so far, unless a turn before this one wrote it after this command was applied.
+        if effects.persist && outbox.written < ticket {
+            let (saved, applied) = {
+                let state = self.state();
+                (state.saved(), self.0.issued.load(Ordering::SeqCst))
+            };
+            if let Err(e) = store::write(&store::path(self.run_dir()), &saved) {
+                warn!("cannot save the daemon's state: {e}");
             }
+            outbox.written = applied;
         }
         drop(turn);
         if !failed.is_empty() {

@@ -2,7 +2,7 @@
 //! its node (the table, the vservice records, which apps are attached, the cluster's
 //! nodes, the relays that should run) is in [`State`]; REST, the run channel, the
 //! engines, the watcher and gossip change it only by [`Command`]s, and [`State::apply`]
-//! answers each with [`Effects`] (relays to start or stop, a snapshot to persist, files
+//! answers each with [`Effects`] (relays to start or stop, whether to persist, files
 //! to remove, the answer) that the caller carries out after the lock is released.
 //!
 //! It does no I/O: sockets, files and threads are the caller's (see `lib.rs`).
@@ -104,8 +104,8 @@ pub struct Effects {
     pub relays: Vec<RelayChange>,
     /// Files an app left (its resolv.conf, its last call id).
     pub remove_files: Vec<AppId>,
-    /// The state to write before the answer is given.
-    pub persist: Option<Box<Saved>>,
+    /// The state is to be written before the answer is given.
+    pub persist: bool,
     pub answer: Answer,
 }
 
@@ -229,8 +229,7 @@ impl State {
                 Answer::Done
             }
         };
-        let persist = out.persist.then(|| Box::new(self.saved()));
-        Effects { relays: out.relays, remove_files: out.remove_files, persist, answer }
+        Effects { relays: out.relays, remove_files: out.remove_files, persist: out.persist, answer }
     }
 
     fn forget(&mut self, app: AppId, why: &str, out: &mut Out) {
@@ -358,7 +357,8 @@ impl State {
         }
     }
 
-    fn saved(&self) -> Saved {
+    /// What a restarted daemon needs to take this state back.
+    pub fn saved(&self) -> Saved {
         Saved { table: self.table.snapshot(), vservices: self.vservices.values().cloned().collect() }
     }
 }

@@ -286,8 +286,8 @@ fn a_slow_state_write_holds_up_no_engine_and_later_changes_ride_on_it() {
         std::thread::spawn(move || d.submit(Command::TableChanged))
     };
     let a = submit(&d);
-    // A is in its turn, past taking the snapshot: blocked in the write.
-    while d.0.issued.load(Ordering::SeqCst) < 1 || d.newest().is_some() {
+    // A is in its turn (it holds the outbox), blocked in the write.
+    while d.0.issued.load(Ordering::SeqCst) < 1 || d.0.outbox.try_lock().is_ok() {
         std::thread::yield_now();
     }
     // C is applied and waits for its turn behind A's write.

@@ -75,8 +75,8 @@ fn a_registration_is_answered_with_the_app_and_saved() {
     let e = s.apply(Command::Register(new));
     let Answer::Registered(app) = e.answer else { panic!("{:?}", e.answer) };
     assert_eq!(app.ip, Ipv4Addr::new(198, 18, 0, 1));
-    let saved = e.persist.expect("saved before the answer");
-    assert_eq!(saved.table.apps.len(), 1);
+    assert!(e.persist, "saved before the answer");
+    assert_eq!(s.saved().table.apps.len(), 1);
     assert!(s.table.app(app.id).is_some());
 }
 
@@ -97,13 +97,13 @@ fn forgetting_an_app_drops_its_rows_and_files_and_saves() {
     s.apply(Command::Attach(app.id));
     let e = s.apply(Command::Forget { app: app.id, why: "app exited" });
     assert_eq!(e.remove_files, vec![app.id]);
-    assert!(e.persist.is_some());
+    assert!(e.persist);
     assert!(s.table.app(app.id).is_none());
     assert!(!s.attached.contains(&app.id));
     // Forgetting it again still cleans files, but there is nothing to save.
     let again = s.apply(Command::Forget { app: app.id, why: "app exited" });
     assert_eq!(again.remove_files, vec![app.id]);
-    assert!(again.persist.is_none());
+    assert!(!again.persist);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn a_reattach_needs_an_app_this_daemon_knows() {
 fn a_change_by_an_engine_is_saved() {
     let mut s = state();
     let e = s.apply(Command::TableChanged);
-    assert!(e.persist.is_some());
+    assert!(e.persist);
     assert!(e.relays.is_empty());
 }
 
@@ -141,7 +141,8 @@ fn restoring_takes_back_apps_and_vservices_with_their_relays() {
     let mut earlier = state();
     let app = register(&mut earlier, "198.18.0.1");
     create(&mut earlier, &request("web", "198.18.2.1", "8080:8000", true), 100);
-    let saved = *earlier.apply(Command::TableChanged).persist.unwrap();
+    assert!(earlier.apply(Command::TableChanged).persist);
+    let saved = earlier.saved();
 
     let mut s = state();
     let e = s.apply(Command::Restore(saved));
@@ -150,7 +151,7 @@ fn restoring_takes_back_apps_and_vservices_with_their_relays() {
     assert_eq!(s.vservices["web"].version, 100);
     let key = RelayKey { owner: "web".into(), port: 8080 };
     assert!(matches!(&e.relays[..], [RelayChange::Start(k, _)] if *k == key), "{:?}", e.relays);
-    assert!(e.persist.is_some());
+    assert!(e.persist);
 }
 
 fn bind(s: &mut State, app: AppId, inode: u64, listen: bool) -> u16 {
@@ -185,10 +186,10 @@ fn a_sweep_drops_rows_the_kernel_no_longer_lists_and_saves_then_only() {
     let app = register(&mut s, "198.18.0.1");
     bind(&mut s, app.id, 11, true);
     bind(&mut s, app.id, 12, true);
-    assert!(sweep(&mut s, &[11, 12]).persist.is_none(), "nothing gone, nothing saved");
-    assert!(sweep(&mut s, &[11]).persist.is_none(), "one miss is not enough");
+    assert!(!sweep(&mut s, &[11, 12]).persist, "nothing gone, nothing saved");
+    assert!(!sweep(&mut s, &[11]).persist, "one miss is not enough");
     let e = sweep(&mut s, &[11]);
-    assert!(e.persist.is_some());
+    assert!(e.persist);
     assert_eq!(s.table.services().map(|b| b.inode).collect::<Vec<_>>(), [11]);
 }
 
@@ -197,7 +198,7 @@ fn a_vservice_is_created_recorded_and_saved() {
     let mut s = state();
     let e = create(&mut s, &request("Web", "198.18.2.1", "80:8000", false), 1000);
     assert_eq!(e.answer, Answer::Done);
-    assert!(e.persist.is_some());
+    assert!(e.persist);
     assert!(e.relays.is_empty(), "not external: no relay");
     assert_eq!(names(&s), ["web"]);
     let rec = &s.vservices["web"];
@@ -265,7 +266,7 @@ fn deleting_a_vservice_stops_its_relays_and_records_a_newer_deletion() {
     let e = s.apply(Command::DeleteVservice { name: "WEB".into(), at_ms: 10 });
     assert_eq!(e.answer, Answer::Done);
     assert_eq!(e.relays, [RelayChange::Stop(RelayKey { owner: "web".into(), port: 8080 })]);
-    assert!(e.persist.is_some());
+    assert!(e.persist);
     let rec = &s.vservices["web"];
     assert_eq!((rec.version, rec.spec.is_none()), (51, true));
     assert!(names(&s).is_empty() && s.relays.is_empty());
@@ -288,10 +289,10 @@ fn gossip_brings_newer_vservices_in_and_leaves_older_ones_out() {
     let web = request("web", "198.18.2.1", "80", false);
     let e = gossip(&mut s, Remote::default(), vec![record("web", 10, "b", Some(&web))], now);
     assert_eq!(names(&s), ["web"]);
-    assert!(e.persist.is_some(), "taken in, so saved");
+    assert!(e.persist, "taken in, so saved");
     // The same records again change nothing and save nothing.
     let e = gossip(&mut s, Remote::default(), vec![record("web", 10, "b", Some(&web))], now);
-    assert!(e.persist.is_none());
+    assert!(!e.persist);
     // A deletion made elsewhere, newer, wins; an older record does not bring it back.
     gossip(&mut s, Remote::default(), vec![record("web", 11, "c", None)], now);
     assert!(names(&s).is_empty());
@@ -314,7 +315,7 @@ fn a_create_between_gossip_rounds_is_never_reverted_by_older_records() {
     assert_eq!(create(&mut s, &new, 30).answer, Answer::Done);
     for _ in 0..3 {
         let e = gossip(&mut s, Remote::default(), theirs.clone(), now);
-        assert!(e.persist.is_none(), "nothing to take in");
+        assert!(!e.persist, "nothing to take in");
     }
     let v = s.table.vservices().next().unwrap();
     assert_eq!(v.ip, Ipv4Addr::new(198, 18, 2, 7));
