@@ -14,6 +14,28 @@ pub struct AddrIn {
     pub len: u32,
 }
 
+/// sendto(2) with an address (the filter lets those without one run natively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendTo {
+    pub fd: RawFd,
+    pub buf: u64,
+    pub len: u64,
+    pub flags: i32,
+    pub to: AddrIn,
+}
+
+/// recvfrom(2) asking for the source: it goes to `from`, its length is read from and
+/// written to `from_len_ptr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvFrom {
+    pub fd: RawFd,
+    pub buf: u64,
+    pub len: u64,
+    pub flags: i32,
+    pub from: u64,
+    pub from_len_ptr: u64,
+}
+
 /// A trapped call, typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
@@ -42,26 +64,13 @@ pub enum Call {
         addr: u64,
         len_ptr: u64,
     },
-    SendTo {
-        fd: RawFd,
-        buf: u64,
-        len: u64,
-        flags: i32,
-        to: AddrIn,
-    },
+    SendTo(SendTo),
     SendMsg {
         fd: RawFd,
         msg: u64,
         flags: i32,
     },
-    RecvFrom {
-        fd: RawFd,
-        buf: u64,
-        len: u64,
-        flags: i32,
-        from: u64,
-        from_len_ptr: u64,
-    },
+    RecvFrom(RecvFrom),
     RecvMsg {
         fd: RawFd,
         msg: u64,
@@ -85,11 +94,18 @@ impl Call {
             libc::SYS_connect => Call::Connect { fd: int(0), addr: addr(1, 2) },
             libc::SYS_getsockname => Call::Name { fd: int(0), peer: false, addr: a[1], len_ptr: a[2] },
             libc::SYS_getpeername => Call::Name { fd: int(0), peer: true, addr: a[1], len_ptr: a[2] },
-            libc::SYS_sendto => Call::SendTo { fd: int(0), buf: a[1], len: a[2], flags: int(3), to: addr(4, 5) },
-            libc::SYS_sendmsg => Call::SendMsg { fd: int(0), msg: a[1], flags: int(2) },
-            libc::SYS_recvfrom => {
-                Call::RecvFrom { fd: int(0), buf: a[1], len: a[2], flags: int(3), from: a[4], from_len_ptr: a[5] }
+            libc::SYS_sendto => {
+                Call::SendTo(SendTo { fd: int(0), buf: a[1], len: a[2], flags: int(3), to: addr(4, 5) })
             }
+            libc::SYS_sendmsg => Call::SendMsg { fd: int(0), msg: a[1], flags: int(2) },
+            libc::SYS_recvfrom => Call::RecvFrom(RecvFrom {
+                fd: int(0),
+                buf: a[1],
+                len: a[2],
+                flags: int(3),
+                from: a[4],
+                from_len_ptr: a[5],
+            }),
             libc::SYS_recvmsg => Call::RecvMsg { fd: int(0), msg: a[1], flags: int(2) },
             nr => Call::Other { nr },
         }
@@ -102,9 +118,9 @@ impl Call {
             | Call::Listen { fd, .. }
             | Call::Connect { fd, .. }
             | Call::Name { fd, .. }
-            | Call::SendTo { fd, .. }
+            | Call::SendTo(SendTo { fd, .. })
             | Call::SendMsg { fd, .. }
-            | Call::RecvFrom { fd, .. }
+            | Call::RecvFrom(RecvFrom { fd, .. })
             | Call::RecvMsg { fd, .. } => Some(fd),
             Call::Socket { .. } | Call::Other { .. } => None,
         }
@@ -143,12 +159,12 @@ mod tests {
         );
         assert_eq!(
             d(libc::SYS_sendto, [6, 0x30, 5, 0x40, 0x50, 16]),
-            Call::SendTo { fd: 6, buf: 0x30, len: 5, flags: 0x40, to: AddrIn { ptr: 0x50, len: 16 } }
+            Call::SendTo(SendTo { fd: 6, buf: 0x30, len: 5, flags: 0x40, to: AddrIn { ptr: 0x50, len: 16 } })
         );
         assert_eq!(d(libc::SYS_sendmsg, [6, 0x60, 1, 0, 0, 0]), Call::SendMsg { fd: 6, msg: 0x60, flags: 1 });
         assert_eq!(
             d(libc::SYS_recvfrom, [7, 0x70, 9, 2, 0x80, 0x90]),
-            Call::RecvFrom { fd: 7, buf: 0x70, len: 9, flags: 2, from: 0x80, from_len_ptr: 0x90 }
+            Call::RecvFrom(RecvFrom { fd: 7, buf: 0x70, len: 9, flags: 2, from: 0x80, from_len_ptr: 0x90 })
         );
         assert_eq!(d(libc::SYS_recvmsg, [7, 0xa0, 0, 0, 0, 0]), Call::RecvMsg { fd: 7, msg: 0xa0, flags: 0 });
         assert_eq!(d(libc::SYS_accept4, [0; 6]), Call::Other { nr: libc::SYS_accept4 });

@@ -13,7 +13,7 @@ use ax_sys::kernel::{Kernel, Readiness, Reply};
 use ax_sys::seccomp::Notification;
 use ax_sys::sock::Received;
 
-use crate::call::AddrIn;
+use crate::call::{AddrIn, RecvFrom, SendTo};
 use crate::engine::{timeout_ms, Answer, Engine};
 use crate::Node;
 use ax_core::plan::{self, Datagram, Kind, Use};
@@ -160,27 +160,19 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
     }
 
-    pub(crate) fn sendto(
-        &self,
-        n: &Notification,
-        fd: RawFd,
-        buf: u64,
-        len: u64,
-        flags: i32,
-        to: AddrIn,
-    ) -> Result<Answer, Errno> {
-        let Some((s, family, proto)) = self.host_socket(n, fd)? else { return Ok(Answer::Proceed) };
+    pub(crate) fn sendto(&self, n: &Notification, c: SendTo) -> Result<Answer, Errno> {
+        let Some((s, family, proto)) = self.host_socket(n, c.fd)? else { return Ok(Answer::Proceed) };
         if proto == Proto::Tcp {
-            return Self::tcp_send(flags);
+            return Self::tcp_send(c.flags);
         }
-        if len > MAX_PAYLOAD as u64 {
+        if c.len > MAX_PAYLOAD as u64 {
             return Err(libc::EMSGSIZE);
         }
-        let data = self.read_bytes(n, buf, len as usize)?;
-        let SockAddr::Inet(dest) = self.read_addr(n, to, family, Use::Send)? else {
+        let data = self.read_bytes(n, c.buf, c.len as usize)?;
+        let SockAddr::Inet(dest) = self.read_addr(n, c.to, family, Use::Send)? else {
             return Err(libc::EAFNOSUPPORT);
         };
-        self.send_datagram(n, fd, s, family, &data, &[], flags, dest)
+        self.send_datagram(n, c.fd, s, family, &data, &[], c.flags, dest)
     }
 
     pub(crate) fn sendmsg(&self, n: &Notification, fd: RawFd, msg: u64, flags: i32) -> Result<Answer, Errno> {
@@ -232,24 +224,14 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         Ok(Answer::Value(sent as i64))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn recvfrom(
-        &self,
-        n: &Notification,
-        fd: RawFd,
-        buf: u64,
-        len: u64,
-        flags: i32,
-        src: u64,
-        srclen_ptr: u64,
-    ) -> Result<Answer, Errno> {
-        let Some((s, family, Proto::Udp)) = self.host_socket(n, fd)? else { return Ok(Answer::Proceed) };
-        if flags & libc::MSG_ERRQUEUE != 0 {
+    pub(crate) fn recvfrom(&self, n: &Notification, c: RecvFrom) -> Result<Answer, Errno> {
+        let Some((s, family, Proto::Udp)) = self.host_socket(n, c.fd)? else { return Ok(Answer::Proceed) };
+        if c.flags & libc::MSG_ERRQUEUE != 0 {
             return Ok(Answer::Proceed);
         }
-        let srclen = u32::from_ne_bytes(self.read_bytes(n, srclen_ptr, 4)?.try_into().expect("4 bytes"));
-        let into = Into::From { buf, len: len as usize, src, srclen_ptr, srclen };
-        self.recv_datagram(n, s, family, flags, into)
+        let srclen = u32::from_ne_bytes(self.read_bytes(n, c.from_len_ptr, 4)?.try_into().expect("4 bytes"));
+        let into = Into::From { buf: c.buf, len: c.len as usize, src: c.from, srclen_ptr: c.from_len_ptr, srclen };
+        self.recv_datagram(n, s, family, c.flags, into)
     }
 
     pub(crate) fn recvmsg(&self, n: &Notification, fd: RawFd, msg: u64, flags: i32) -> Result<Answer, Errno> {

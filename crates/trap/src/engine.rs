@@ -67,11 +67,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Call::Listen { fd, backlog } => self.listen(n, fd, backlog),
             Call::Connect { fd, addr } => self.connect(n, fd, addr),
             Call::Name { fd, peer, addr, len_ptr } => self.name(n, fd, peer, addr, len_ptr),
-            Call::SendTo { fd, buf, len, flags, to } => self.sendto(n, fd, buf, len, flags, to),
+            Call::SendTo(c) => self.sendto(n, c),
             Call::SendMsg { fd, msg, flags } => self.sendmsg(n, fd, msg, flags),
-            Call::RecvFrom { fd, buf, len, flags, from, from_len_ptr } => {
-                self.recvfrom(n, fd, buf, len, flags, from, from_len_ptr)
-            }
+            Call::RecvFrom(c) => self.recvfrom(n, c),
             Call::RecvMsg { fd, msg, flags } => self.recvmsg(n, fd, msg, flags),
             Call::Other { .. } => Ok(Answer::Proceed),
         };
