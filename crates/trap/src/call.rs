@@ -110,31 +110,15 @@ impl Call {
             nr => Call::Other { nr },
         }
     }
-
-    /// The descriptor the call is made on, if any.
-    pub fn fd(&self) -> Option<RawFd> {
-        match *self {
-            Call::Bind { fd, .. }
-            | Call::Listen { fd, .. }
-            | Call::Connect { fd, .. }
-            | Call::Name { fd, .. }
-            | Call::SendTo(SendTo { fd, .. })
-            | Call::SendMsg { fd, .. }
-            | Call::RecvFrom(RecvFrom { fd, .. })
-            | Call::RecvMsg { fd, .. } => Some(fd),
-            Call::Socket { .. } | Call::Other { .. } => None,
-        }
-    }
-}
-
-#[cfg(test)]
-pub(crate) fn notification(nr: i64, args: [u64; 6]) -> Notification {
-    Notification { id: 1, pid: 100, nr: nr as i32, arch: 0, args }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn notification(nr: i64, args: [u64; 6]) -> Notification {
+        Notification { id: 1, pid: 100, nr: nr as i32, arch: 0, args }
+    }
 
     #[test]
     fn every_trapped_call_decodes_from_its_registers() {
@@ -178,10 +162,8 @@ mod tests {
             [0xdead_0000_0000_0004, 0x2000, 0xffff_0000_0000_0010, 0, 0, 0],
         ));
         assert_eq!(c, Call::Connect { fd: 4, addr: AddrIn { ptr: 0x2000, len: 16 } });
-        assert_eq!(c.fd(), Some(4));
         // A negative descriptor stays negative (EBADF from the fd lookup).
         let c = Call::decode(&notification(libc::SYS_listen, [u64::MAX, 1, 0, 0, 0, 0]));
         assert_eq!(c, Call::Listen { fd: -1, backlog: 1 });
-        assert_eq!(Call::decode(&notification(libc::SYS_socket, [2, 1, 0, 0, 0, 0])).fd(), None);
     }
 }
