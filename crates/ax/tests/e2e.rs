@@ -381,3 +381,23 @@ fn daemon_settings_from_flags_and_environment() {
     let bad = h.ax().args(["daemon", "--node-interface", "nosuch0", "--rest-port", "6665"]).output().unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--node-interface nosuch0: no such interface"), "{bad:?}");
 }
+
+#[test]
+fn pool_ports_answer_members_only_and_exposed_ports_answer_anyone() {
+    let mut h = host(&[PY, "curl"]);
+    let root = h.web_root("pool", "who", "pool");
+    h.spawn_app("pool", &["--ip", "198.18.6.1", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    h.spawn_app("open", &["--expose", "8001:9901", "--", PY, "-m", "http.server", "8001", "--directory", &root]);
+    h.wait_for_rows("198.18.6.1:8000", 1);
+    let host_port = h.servers_at("198.18.6.1:8000")[0]["ipv4_addr"].as_str().unwrap().to_string();
+    // An app on the node reaches the pool port, by its virtual and its host address.
+    assert_eq!(h.run_ok(&["--", "curl", "-sf", "http://198.18.6.1:8000/who"]), "pool");
+    assert_eq!(h.run_ok(&["--", "curl", "-sf", &format!("http://{host_port}/who")]), "pool");
+    // A host on the link that is no member of the cluster does not: its SYNs are dropped.
+    let from_peer = |url: &str| h.peer_cmd("curl").args(["-s", "--max-time", "3", url]).output().unwrap();
+    let out = from_peer(&format!("http://{host_port}/who"));
+    assert_eq!(out.status.code(), Some(28), "the pool port answered a non-member: {out:?}");
+    // An exposed port is the way in for everyone.
+    let url = format!("http://{NODE_IP}:9901/who");
+    h.wait_until("the exposed port", Duration::from_secs(20), || from_peer(&url).stdout == b"pool");
+}

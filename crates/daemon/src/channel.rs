@@ -14,6 +14,7 @@ use ax_core::vservice::ExposeAt;
 use ax_core::{AppId, NodeInfo, PortRanges};
 use ax_sys::kernel::Linux;
 use ax_sys::seccomp::{LastId, Listener};
+use ax_trap::guard::Guard;
 use ax_trap::Engine;
 use tracing::{info, warn};
 
@@ -39,13 +40,13 @@ fn refused(msg: impl Into<String>) -> SessionError {
     SessionError::Refused(msg.into())
 }
 
-pub fn spawn(listener: UnixListener, daemon: Daemon) -> std::io::Result<()> {
+pub fn spawn(listener: UnixListener, daemon: Daemon, guard: Arc<Guard>) -> std::io::Result<()> {
     std::thread::Builder::new().name("run-channel".into()).spawn(move || {
         for conn in listener.incoming() {
             match conn {
                 Ok(conn) => {
-                    let d = daemon.clone();
-                    let spawned = std::thread::Builder::new().name("app".into()).spawn(move || serve(conn, d));
+                    let (d, g) = (daemon.clone(), Arc::clone(&guard));
+                    let spawned = std::thread::Builder::new().name("app".into()).spawn(move || serve(conn, d, g));
                     if let Err(e) = spawned {
                         warn!("cannot start a thread for an app: {e}");
                     }
@@ -65,9 +66,9 @@ fn recv(conn: &UnixStream) -> Result<Option<(RunRequest, Option<OwnedFd>)>, Sess
     wire::recv(conn.as_fd()).map_err(io("cannot read from ax run"))
 }
 
-fn serve(conn: UnixStream, daemon: Daemon) {
+fn serve(conn: UnixStream, daemon: Daemon, guard: Arc<Guard>) {
     let mut app = Registration { daemon: &daemon, id: None };
-    if let Err(e) = session(&conn, &daemon, &mut app.id) {
+    if let Err(e) = session(&conn, &daemon, &guard, &mut app.id) {
         warn!("ax run session ended: {e}");
         let _ = reply(&conn, &RunReply::Error { error: e.to_string() });
     }
@@ -87,14 +88,21 @@ impl Drop for Registration<'_> {
     }
 }
 
-fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Result<(), SessionError> {
+fn session(
+    conn: &UnixStream,
+    daemon: &Daemon,
+    guard: &Arc<Guard>,
+    app: &mut Option<AppId>,
+) -> Result<(), SessionError> {
     let cred = ax_sys::scm::peer_cred(conn.as_fd()).map_err(io("cannot read the credentials of ax run"))?;
     if cred.uid != 0 {
         return Err(refused(format!("ax run must run as root (uid {} is not)", cred.uid)));
     }
     let req = match recv(conn)? {
         Some((RunRequest::Register(req), _)) => req,
-        Some((RunRequest::Reattach { app_id, pid }, Some(fd))) => return reattach(conn, daemon, app, &app_id, pid, fd),
+        Some((RunRequest::Reattach { app_id, pid }, Some(fd))) => {
+            return reattach(conn, daemon, guard, app, &app_id, pid, fd)
+        }
         _ => return Err(refused("expected a register or reattach request first")),
     };
     let (node, ports, cluster_ips) = daemon.read(|s| {
@@ -127,7 +135,7 @@ fn session(conn: &UnixStream, daemon: &Daemon, app: &mut Option<AppId>) -> Resul
         // ax run gave up before starting the app (a failed exec setup, say).
         None => return Ok(()),
     };
-    serve_app(conn, daemon, registered.id, pid, fd, false)
+    serve_app(conn, daemon, guard, registered.id, pid, fd, false)
 }
 
 /// Calls that may have been in flight when a daemon died: more than an app has threads.
@@ -144,6 +152,7 @@ pub fn last_id_path(run_dir: &Path, id: AppId) -> PathBuf {
 fn serve_app(
     conn: &UnixStream,
     daemon: &Daemon,
+    guard: &Arc<Guard>,
     id: AppId,
     pid: i32,
     fd: OwnedFd,
@@ -160,7 +169,8 @@ fn serve_app(
             warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let kernel = Linux::new(listener, pid, last_id).map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
+    let kernel = Linux::new(listener, pid, last_id, guard.marks())
+        .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
     let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone()));
     reply(conn, &RunReply::Attached)?;
     daemon.submit(Command::Attach(id));
@@ -174,6 +184,7 @@ fn serve_app(
 fn reattach(
     conn: &UnixStream,
     daemon: &Daemon,
+    guard: &Arc<Guard>,
     app: &mut Option<AppId>,
     app_id: &str,
     pid: i32,
@@ -185,7 +196,7 @@ fn reattach(
     }
     *app = Some(id);
     info!(app = %id, pid, "app taken back after a restart");
-    serve_app(conn, daemon, id, pid, fd, true)
+    serve_app(conn, daemon, guard, id, pid, fd, true)
 }
 
 /// Checks what a registration's types cannot (its values were checked as it was read):

@@ -11,6 +11,7 @@
 mod channel;
 mod cluster;
 mod egress;
+mod members;
 mod names;
 mod profile;
 mod relay;
@@ -95,6 +96,8 @@ pub enum Error {
     Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Profile(#[from] profile::ProfileError),
+    #[error("cannot install the socket guard that keeps apps' host sockets in ax's hands: {0}")]
+    Guard(#[from] ax_trap::guard::GuardError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -267,8 +270,9 @@ pub struct Listeners {
     pub rest: std::net::TcpListener,
     /// The REST API over a Unix socket (root only).
     pub api: std::os::unix::net::UnixListener,
-    /// The run channel; None serves no apps (API tests).
-    pub run: Option<std::os::unix::net::UnixListener>,
+    /// The run channel and the socket guard for apps' sockets; None serves no apps (API
+    /// tests).
+    pub run: Option<(std::os::unix::net::UnixListener, Arc<ax_trap::guard::Guard>)>,
     pub dns: Option<names::Bound>,
     /// `--egress-gateway`: the node's egress port.
     pub egress: Option<std::net::TcpListener>,
@@ -288,8 +292,9 @@ pub async fn serve(
     listeners.api.set_nonblocking(true).map_err(tokio_io("the API socket"))?;
     let tcp = tokio::net::TcpListener::from_std(listeners.rest).map_err(tokio_io("REST"))?;
     let unix = tokio::net::UnixListener::from_std(listeners.api).map_err(tokio_io("the API socket"))?;
-    if let Some(run) = listeners.run {
-        channel::spawn(run, daemon.clone()).map_err(io("cannot start the run channel"))?;
+    if let Some((run, guard)) = listeners.run {
+        members::spawn(daemon.clone(), Arc::clone(&guard)).map_err(io("cannot start the member updates"))?;
+        channel::spawn(run, daemon.clone(), guard).map_err(io("cannot start the run channel"))?;
     }
     if let Some(dns) = listeners.dns {
         names::spawn(dns, daemon.clone()).map_err(io("cannot serve DNS"))?;
@@ -380,6 +385,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     } else {
         None
     };
+    let guard = Arc::new(ax_trap::guard::Guard::install(run_dir)?);
     let daemon = Daemon::new(State::new(table), run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
 
@@ -398,7 +404,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let listeners = Listeners {
         rest,
         api,
-        run: Some(run_sock),
+        run: Some((run_sock, guard)),
         dns,
         egress,
         gossip: Some((gossip, Box::new(chitchat::transport::UdpTransport))),

@@ -11,8 +11,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::bpf;
 use crate::pidfd::Pidfd;
 use crate::seccomp::{LastId, Listener, Notification, Ready};
 use crate::sock::{self, Received};
@@ -74,6 +75,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<Self::Fd, Errno>;
     /// Whether the socket lives in the host's network namespace.
     fn in_host_netns(&self, fd: &Self::Fd) -> Result<bool, Errno>;
+    /// Sets the socket guard's marks on a host socket (see `ax_trap::guard`): what the
+    /// kernel itself lets an app do with it, whatever the app races.
+    fn mark(&self, fd: &Self::Fd, marks: u32) -> Result<(), Errno>;
     fn get_opt(&self, fd: &Self::Fd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno>;
     fn set_opt(&self, fd: &Self::Fd, level: i32, opt: i32, value: &[u8]) -> Result<(), Errno>;
     fn inode(&self, fd: &Self::Fd) -> Result<u64, Errno>;
@@ -127,11 +131,13 @@ pub struct Linux {
     host_cookie: u64,
     /// Where the id of each call received is kept, for a daemon after a crash.
     last_id: LastId,
+    /// The socket guard's marks, one per socket.
+    marks: Arc<bpf::Map>,
 }
 
 impl Linux {
     /// The kernel for the app whose first process is `pid`.
-    pub fn new(listener: Listener, pid: i32, last_id: LastId) -> io::Result<Linux> {
+    pub fn new(listener: Listener, pid: i32, last_id: LastId, marks: Arc<bpf::Map>) -> io::Result<Linux> {
         listener.set_sync_wakeup()?;
         let probe = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         Ok(Linux {
@@ -141,6 +147,7 @@ impl Linux {
             host_ns: ns::current_netns()?,
             host_cookie: sock::netns_cookie(probe.as_fd())?,
             last_id,
+            marks,
         })
     }
 
@@ -210,6 +217,10 @@ impl Kernel for Linux {
 
     fn in_host_netns(&self, fd: &OwnedFd) -> Result<bool, Errno> {
         Ok(sock::netns_cookie(fd.as_fd()).map_err(errno)? == self.host_cookie)
+    }
+
+    fn mark(&self, fd: &OwnedFd, marks: u32) -> Result<(), Errno> {
+        self.marks.update_socket(fd.as_fd(), marks).map_err(errno)
     }
 
     fn get_opt(&self, fd: &OwnedFd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno> {

@@ -6,6 +6,7 @@
 //! Each `unsafe` block says why it is sound. The rest of the workspace forbids `unsafe`.
 
 pub mod alloc;
+pub mod bpf;
 pub mod kernel;
 pub mod netlink;
 pub mod ns;

@@ -30,6 +30,18 @@ pub fn bind_mount(src: &str, dst: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Mounts a filesystem of type `fstype` (cgroup2, bpf...) on the directory `dir`, with
+/// the options `data`.
+pub fn mount_fs(fstype: &str, dir: &std::path::Path, data: &str) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let (fs, dir, data) = (c(fstype.as_bytes())?, c(dir.as_os_str().as_bytes())?, c(data.as_bytes())?);
+    // SAFETY: every pointer is a valid C string, and these filesystems take a string of
+    // options as their data.
+    cvt(unsafe { libc::mount(fs.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, data.as_ptr().cast()) })?;
+    Ok(())
+}
+
 /// Makes every mount in this mount namespace private, so mounts made here (a private
 /// resolv.conf, say) never propagate back to the host.
 pub fn make_mounts_private() -> io::Result<()> {

@@ -18,6 +18,7 @@ use ax_sys::seccomp::Notification;
 use tracing::{debug, info, warn};
 
 use crate::call::{AddrIn, Call};
+use crate::guard;
 use crate::Node;
 use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Use};
 
@@ -91,6 +92,8 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             return Ok(Answer::Proceed);
         };
         let s = self.k.socket(Netns::Host, domain, ty, protocol)?;
+        // Before the app can touch it: from now on only the daemon may say where it goes.
+        self.k.mark(&s, guard::GUARDED)?;
         self.k.add_fd(n.id, &s, None, cloexec, true)?;
         Ok(Answer::Sent)
     }
@@ -162,10 +165,13 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
         let bound = BoundSocket { inode: self.k.inode(s)?, proto, family, requested, flags: self.k.file_flags(s)? };
         if let Some(port) = exposed {
-            // No proxy: the app's own socket is bound on the exposed port.
+            // No proxy: the app's own socket is bound on the exposed port, open to all.
+            self.k.mark(s, guard::GUARDED)?;
             self.bind_at(s, bound, service, port)?;
             return Ok(port);
         }
+        // A pool port serves apps and the cluster's members, nobody else.
+        self.k.mark(s, guard::GUARDED | guard::MEMBERS_ONLY)?;
         for tries in 1.. {
             let Some(port) = self.node.with_table(|t| t.take_port()) else {
                 let (capacity, ranges) = self.node.with_table(|t| (t.pool().capacity(), t.pool().ranges().clone()));

@@ -34,6 +34,8 @@ pub struct Sock {
     pub sent: Vec<(Vec<u8>, Vec<u8>, Option<SocketAddr>)>,
     /// Datagrams waiting to be received: bytes and source.
     pub inbox: VecDeque<(Vec<u8>, SocketAddr)>,
+    /// The socket guard's marks.
+    pub marks: u32,
 }
 
 /// One thing the engine asked of the kernel.
@@ -169,6 +171,7 @@ impl State {
             so_error: 0,
             sent: Vec::new(),
             inbox: VecDeque::new(),
+            marks: 0,
         });
         self.socks.len() - 1
     }
@@ -279,6 +282,11 @@ impl Kernel for Fake {
 
     fn in_host_netns(&self, fd: &FakeFd) -> Result<bool, Errno> {
         Ok(self.state().socks[fd.0].ns == Netns::Host)
+    }
+
+    fn mark(&self, fd: &FakeFd, marks: u32) -> Result<(), Errno> {
+        self.state().socks[fd.0].marks = marks;
+        Ok(())
     }
 
     fn get_opt(&self, fd: &FakeFd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno> {

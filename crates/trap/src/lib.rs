@@ -9,6 +9,7 @@ pub mod call;
 mod datagram;
 mod egress;
 mod engine;
+pub mod guard;
 pub mod policy;
 
 #[cfg(test)]

@@ -27,6 +27,13 @@ pub enum When {
     ArgNonNull {
         arg: usize,
     },
+    /// The low 32 bits of argument `arg` have any of `bits` set (a flag argument).
+    ArgHasBits {
+        arg: usize,
+        bits: u32,
+    },
+    /// The low 32 bits of each argument equal its value.
+    ArgsEq(&'static [(usize, u32)]),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,10 +45,27 @@ pub struct Rule {
 }
 
 const INET_FAMILIES: &[u32] = &[libc::AF_INET as u32, libc::AF_INET6 as u32];
+const FASTOPEN: When = When::ArgHasBits { arg: 3, bits: libc::MSG_FASTOPEN as u32 };
+const FASTOPEN_WHY: &str = "TCP fast open would have the kernel connect a host socket wherever the app says; \
+     apps see a host whose client fast open is off";
 
 /// The user driver's rules. Calls not named here run natively: accept, read, write,
 /// send, recv, poll and close stay off the daemon's path.
 pub const RULES: &[Rule] = &[
+    Rule { nr: libc::SYS_sendto, when: FASTOPEN, action: Action::Errno(libc::EOPNOTSUPP), why: FASTOPEN_WHY },
+    Rule {
+        nr: libc::SYS_sendmsg,
+        when: When::ArgHasBits { arg: 2, bits: libc::MSG_FASTOPEN as u32 },
+        action: Action::Errno(libc::EOPNOTSUPP),
+        why: FASTOPEN_WHY,
+    },
+    Rule { nr: libc::SYS_sendmmsg, when: FASTOPEN, action: Action::Errno(libc::EOPNOTSUPP), why: FASTOPEN_WHY },
+    Rule {
+        nr: libc::SYS_setsockopt,
+        when: When::ArgsEq(&[(1, libc::IPPROTO_TCP as u32), (2, libc::TCP_FASTOPEN_CONNECT as u32)]),
+        action: Action::Errno(libc::EOPNOTSUPP),
+        why: FASTOPEN_WHY,
+    },
     Rule {
         nr: libc::SYS_socket,
         when: When::ArgIn { arg: 0, values: INET_FAMILIES },
@@ -124,6 +148,7 @@ const OFF_ARGS: u32 = 16;
 const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const BPF_JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
 const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -143,8 +168,12 @@ fn ret(action: Action) -> sock_filter {
     stmt(BPF_RET_K, k)
 }
 
-/// Compiles `rules` into a filter: foreign architectures and x32 calls get ENOSYS,
-/// each rule tests the call number (and its argument), everything else is allowed.
+/// Compiles `rules` into a filter: foreign architectures and x32 calls get ENOSYS; each
+/// rule tests the call number, then its arguments; a call no rule takes is allowed.
+///
+/// A rule with a condition is laid out as: the test, then `return action`, then the
+/// reload of the call number that a failed test jumps to, so the next rule (for the same
+/// call, say) sees the number again.
 pub fn compile(rules: &[Rule]) -> Vec<sock_filter> {
     let mut p = vec![
         stmt(BPF_LD_W_ABS, OFF_ARCH),
@@ -154,34 +183,47 @@ pub fn compile(rules: &[Rule]) -> Vec<sock_filter> {
         jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
         ret(Action::Errno(libc::ENOSYS)),
     ];
+    let arg = |i: usize| OFF_ARGS + 8 * i as u32;
     for r in rules {
-        match r.when {
+        let test = match r.when {
             When::Always => {
                 p.push(jump(BPF_JEQ_K, r.nr as u32, 0, 1));
                 p.push(ret(r.action));
+                continue;
             }
-            When::ArgIn { arg, values } => {
+            When::ArgIn { arg: i, values } => {
                 let n = values.len();
-                // Skip the block: the load, one test per value, and two returns.
-                p.push(jump(BPF_JEQ_K, r.nr as u32, 0, (n + 3) as u8));
-                p.push(stmt(BPF_LD_W_ABS, OFF_ARGS + 8 * arg as u32));
-                for (i, v) in values.iter().enumerate() {
-                    p.push(jump(BPF_JEQ_K, *v, (n - i) as u8, 0));
+                let mut t = vec![stmt(BPF_LD_W_ABS, arg(i))];
+                for (j, v) in values.iter().enumerate() {
+                    // A match jumps to the return; the last value's miss to the reload.
+                    let last = j + 1 == n;
+                    t.push(jump(BPF_JEQ_K, *v, (n - 1 - j) as u8, u8::from(last)));
                 }
-                p.push(ret(Action::Allow));
-                p.push(ret(r.action));
+                t
             }
-            When::ArgNonNull { arg } => {
-                let low = OFF_ARGS + 8 * arg as u32;
-                p.push(jump(BPF_JEQ_K, r.nr as u32, 0, 6));
-                p.push(stmt(BPF_LD_W_ABS, low));
-                p.push(jump(BPF_JEQ_K, 0, 0, 3));
-                p.push(stmt(BPF_LD_W_ABS, low + 4));
-                p.push(jump(BPF_JEQ_K, 0, 0, 1));
-                p.push(ret(Action::Allow));
-                p.push(ret(r.action));
+            When::ArgNonNull { arg: i } => vec![
+                stmt(BPF_LD_W_ABS, arg(i)),
+                jump(BPF_JEQ_K, 0, 0, 2),
+                stmt(BPF_LD_W_ABS, arg(i) + 4),
+                jump(BPF_JEQ_K, 0, 1, 0),
+            ],
+            When::ArgHasBits { arg: i, bits } => vec![stmt(BPF_LD_W_ABS, arg(i)), jump(BPF_JSET_K, bits, 0, 1)],
+            When::ArgsEq(pairs) => {
+                let mut t = Vec::new();
+                for (j, &(i, v)) in pairs.iter().enumerate() {
+                    // A miss skips the tests left, the return, and lands on the reload.
+                    let left = 2 * (pairs.len() - 1 - j);
+                    t.push(stmt(BPF_LD_W_ABS, arg(i)));
+                    t.push(jump(BPF_JEQ_K, v, 0, (left + 1) as u8));
+                }
+                t
             }
-        }
+        };
+        // Past the test, the return and the reload: the accumulator still holds the number.
+        p.push(jump(BPF_JEQ_K, r.nr as u32, 0, (test.len() + 2) as u8));
+        p.extend(test);
+        p.push(ret(r.action));
+        p.push(stmt(BPF_LD_W_ABS, OFF_NR));
     }
     p.push(ret(Action::Allow));
     p
@@ -207,6 +249,7 @@ mod tests {
                 BPF_LD_W_ABS => acc = u32::from_ne_bytes(data[ins.k as usize..ins.k as usize + 4].try_into().unwrap()),
                 BPF_JEQ_K => pc += if acc == ins.k { ins.jt } else { ins.jf } as usize,
                 BPF_JGE_K => pc += if acc >= ins.k { ins.jt } else { ins.jf } as usize,
+                BPF_JSET_K => pc += if acc & ins.k != 0 { ins.jt } else { ins.jf } as usize,
                 BPF_RET_K => return ins.k,
                 other => panic!("unexpected opcode {other}"),
             }
@@ -266,6 +309,37 @@ mod tests {
         assert_eq!(verdict(libc::SYS_io_uring_setup, 0), enosys);
         assert_eq!(run(&compile(RULES), 0x4000_0003, libc::SYS_socket as u32, [2, 0, 0, 0, 0, 0]), enosys);
         assert_eq!(verdict(X32_SYSCALL_BIT as i64 | libc::SYS_socket, 2), enosys);
+    }
+
+    #[test]
+    fn tcp_fast_open_is_off_whatever_else_the_call_says() {
+        let eopnotsupp = libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32;
+        let call = |nr: i64, args: [u64; 6]| run(&compile(RULES), AUDIT_ARCH, nr as u32, args);
+        let fo = libc::MSG_FASTOPEN as u64;
+        // sendto(fd, buf, len, flags, addr, addrlen): with or without an address.
+        assert_eq!(call(libc::SYS_sendto, [3, 0, 1, fo, 0x1000, 16]), eopnotsupp);
+        assert_eq!(call(libc::SYS_sendto, [3, 0, 1, fo | libc::MSG_NOSIGNAL as u64, 0, 0]), eopnotsupp);
+        assert_eq!(
+            call(libc::SYS_sendto, [3, 0, 1, libc::MSG_NOSIGNAL as u64, 0x1000, 16]),
+            libc::SECCOMP_RET_USER_NOTIF
+        );
+        assert_eq!(call(libc::SYS_sendto, [3, 0, 1, 0, 0, 0]), libc::SECCOMP_RET_ALLOW);
+        // sendmsg(fd, msg, flags) and sendmmsg(fd, vec, vlen, flags)
+        assert_eq!(call(libc::SYS_sendmsg, [3, 0x1000, fo, 0, 0, 0]), eopnotsupp);
+        assert_eq!(call(libc::SYS_sendmsg, [3, 0x1000, 0, 0, 0, 0]), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(call(libc::SYS_sendmmsg, [3, 0x1000, 2, fo, 0, 0]), eopnotsupp);
+        assert_eq!(call(libc::SYS_sendmmsg, [3, 0x1000, 2, 0, 0, 0]), libc::SECCOMP_RET_ALLOW);
+        // Only the low 32 bits of the flags count.
+        assert_eq!(call(libc::SYS_sendmmsg, [3, 0x1000, 2, fo << 32, 0, 0]), libc::SECCOMP_RET_ALLOW);
+        // setsockopt(fd, level, name, ...): TCP_FASTOPEN_CONNECT only.
+        let tcp = libc::IPPROTO_TCP as u64;
+        assert_eq!(call(libc::SYS_setsockopt, [3, tcp, libc::TCP_FASTOPEN_CONNECT as u64, 0, 4, 0]), eopnotsupp);
+        assert_eq!(call(libc::SYS_setsockopt, [3, tcp, libc::TCP_NODELAY as u64, 0, 4, 0]), libc::SECCOMP_RET_ALLOW);
+        let sol = libc::SOL_SOCKET as u64;
+        assert_eq!(
+            call(libc::SYS_setsockopt, [3, sol, libc::TCP_FASTOPEN_CONNECT as u64, 0, 4, 0]),
+            libc::SECCOMP_RET_ALLOW
+        );
     }
 
     #[test]

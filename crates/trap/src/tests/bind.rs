@@ -15,6 +15,8 @@ fn inet_sockets_are_made_in_the_host_namespace_and_sent_in() {
     let fd6 = r.socket(libc::AF_INET6, libc::SOCK_DGRAM);
     assert_eq!(r.k.sock(fd6).domain, libc::AF_INET6);
     assert!(!r.k.state().cloexec.contains(&fd6));
+    // Guarded before the app has it: only the daemon may say where they go.
+    assert_eq!((r.k.sock(fd).marks, r.k.sock(fd6).marks), (guard::GUARDED, guard::GUARDED));
 }
 
 #[test]
@@ -63,6 +65,7 @@ fn a_wildcard_bind_takes_a_pool_port_on_the_node_and_records_the_service() {
     assert_eq!(b.requested, sa("0.0.0.0:80"));
     assert_eq!((b.inode, b.app), (r.k.sock(fd).inode, r.app));
     assert!(!b.listening);
+    assert_eq!(r.k.sock(fd).marks, guard::GUARDED | guard::MEMBERS_ONLY);
     assert_eq!(r.changes(), 1, "saved before the app is answered");
     // getsockname shows what the app asked for, on its own address.
     assert_eq!(r.shown(fd, false), Some(sa("10.0.0.1:80")));
@@ -253,6 +256,9 @@ fn an_exposed_port_is_bound_as_it_is_once() {
     assert_eq!(r.bind(b, "[::]:8000"), OK);
     assert_eq!(r.k.sock(b).local, Some(sa("[::ffff:10.0.0.1]:40000")));
     assert_eq!(r.table(|t| t.pool().in_use()), 1, "the exposed port is not the pool's");
+    // The exposed port is open to all; the pool port to members only.
+    assert_eq!(r.k.sock(a).marks, guard::GUARDED);
+    assert_eq!(r.k.sock(b).marks, guard::GUARDED | guard::MEMBERS_ONLY);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use ax_sys::kernel::{Netns, Reply};
 use ax_sys::seccomp::Notification;
 
 use crate::fake::{Fake, Op, NOT_A_SOCKET};
-use crate::{Engine, Node};
+use crate::{guard, Engine, Node};
 
 const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const OK: Option<Reply> = Some(Reply::Value(0));

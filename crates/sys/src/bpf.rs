@@ -1,0 +1,474 @@
+//! eBPF: just enough of bpf(2) to load small cgroup programs written with [`Asm`],
+//! keep their maps, attach them with links, and pin them in a bpffs so they outlive the
+//! daemon. No libbpf, no ELF: the programs are built in memory.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use crate::cvt;
+
+const MAP_CREATE: i32 = 0;
+const MAP_UPDATE_ELEM: i32 = 2;
+const MAP_DELETE_ELEM: i32 = 3;
+const PROG_LOAD: i32 = 5;
+const OBJ_PIN: i32 = 6;
+const OBJ_GET: i32 = 7;
+const BTF_LOAD: i32 = 18;
+const LINK_CREATE: i32 = 28;
+
+/// Map types used here.
+pub const MAP_HASH: u32 = 1;
+pub const MAP_ARRAY: u32 = 2;
+/// Storage attached to each socket, freed with it (needs BTF for its key and value).
+pub const MAP_SK_STORAGE: u32 = 24;
+const F_NO_PREALLOC: u32 = 1;
+
+/// Program types used here.
+pub const PROG_CGROUP_SKB: u32 = 8;
+pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
+
+/// Helpers used here (their numbers in the kernel's uapi).
+pub const FN_MAP_LOOKUP_ELEM: i32 = 1;
+pub const FN_SKB_LOAD_BYTES: i32 = 26;
+pub const FN_SK_STORAGE_GET: i32 = 107;
+pub const FN_GET_NS_CURRENT_PID_TGID: i32 = 120;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElem {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjPath {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoad {
+    btf: u64,
+    log_buf: u64,
+    btf_size: u32,
+    log_size: u32,
+    log_level: u32,
+}
+
+/// bpf(2) with `attr`; returns the new descriptor for commands that make one.
+fn bpf<T>(cmd: i32, attr: &mut T) -> io::Result<i32> {
+    // SAFETY: `attr` is one of the #[repr(C)] attribute structs above, laid out as the
+    // kernel's union member for `cmd`, and lives across the call; every pointer inside
+    // it points at a live buffer of the size it states. Fields past it are taken as zero.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    cvt(r).map(|r| r as i32)
+}
+
+fn owned(fd: i32) -> OwnedFd {
+    // SAFETY: bpf(2) just returned `fd` as a new descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn name16(name: &str) -> [u8; 16] {
+    let mut n = [0u8; 16];
+    for (d, s) in n.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    n
+}
+
+/// A BTF blob that describes one type, `int` (id 1): what a socket-storage map needs to
+/// name its key and its (int-sized) value.
+fn int_btf() -> Vec<u8> {
+    let strings = b"\0int\0";
+    let mut types = Vec::new();
+    for word in [1u32, 1 << 24, 4, (1 << 24) | 32] {
+        // name "int", kind INT, size 4; encoding SIGNED, offset 0, 32 bits
+        types.extend_from_slice(&word.to_ne_bytes());
+    }
+    let mut blob = Vec::new();
+    blob.extend_from_slice(&0xeb9fu16.to_ne_bytes());
+    blob.extend_from_slice(&[1, 0]); // version, flags
+    for word in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        // header length, types at 0 with their length, strings after them with theirs
+        blob.extend_from_slice(&word.to_ne_bytes());
+    }
+    blob.extend_from_slice(&types);
+    blob.extend_from_slice(strings);
+    blob
+}
+
+/// A map: its descriptor and sizes.
+pub struct Map {
+    fd: OwnedFd,
+}
+
+impl Map {
+    /// A hash or array map with fixed-size keys and values.
+    pub fn new(map_type: u32, name: &str, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<Map> {
+        let mut a =
+            MapCreate { map_type, key_size, value_size, max_entries, map_name: name16(name), ..Default::default() };
+        Ok(Map { fd: owned(bpf(MAP_CREATE, &mut a)?) })
+    }
+
+    /// Socket storage holding one u32 per socket, keyed by a socket's descriptor.
+    pub fn sk_storage(name: &str) -> io::Result<Map> {
+        let blob = int_btf();
+        let mut load = BtfLoad { btf: blob.as_ptr() as u64, btf_size: blob.len() as u32, ..Default::default() };
+        let btf = owned(bpf(BTF_LOAD, &mut load)?);
+        let mut a = MapCreate {
+            map_type: MAP_SK_STORAGE,
+            key_size: 4,
+            value_size: 4,
+            map_flags: F_NO_PREALLOC,
+            map_name: name16(name),
+            btf_fd: btf.as_raw_fd() as u32,
+            btf_key_type_id: 1,
+            btf_value_type_id: 1,
+            ..Default::default()
+        };
+        Ok(Map { fd: owned(bpf(MAP_CREATE, &mut a)?) })
+    }
+
+    /// Sets `key` to `value` (both exactly the map's sizes).
+    pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        let mut a = MapElem {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: value.as_ptr() as u64,
+            ..Default::default()
+        };
+        bpf(MAP_UPDATE_ELEM, &mut a).map(drop)
+    }
+
+    /// Removes `key`; absent keys are fine.
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        let mut a = MapElem { map_fd: self.fd.as_raw_fd() as u32, key: key.as_ptr() as u64, ..Default::default() };
+        match bpf(MAP_DELETE_ELEM, &mut a) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets a socket-storage map's value for the socket `sock`.
+    pub fn update_socket(&self, sock: BorrowedFd<'_>, value: u32) -> io::Result<()> {
+        self.update(&sock.as_raw_fd().to_ne_bytes(), &value.to_ne_bytes())
+    }
+
+    /// The number that refers to this map from a program ([`Asm::load_map`]).
+    pub fn raw(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn pin(&self, path: &Path) -> io::Result<()> {
+        pin(self.fd.as_raw_fd(), path)
+    }
+
+    pub fn open_pinned(path: &Path) -> io::Result<Map> {
+        open_pinned(path).map(|fd| Map { fd })
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn pin(fd: i32, path: &Path) -> io::Result<()> {
+    let p = c_path(path)?;
+    let mut a = ObjPath { pathname: p.as_ptr() as u64, bpf_fd: fd as u32, file_flags: 0 };
+    bpf(OBJ_PIN, &mut a).map(drop)
+}
+
+fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    let p = c_path(path)?;
+    let mut a = ObjPath { pathname: p.as_ptr() as u64, ..Default::default() };
+    bpf(OBJ_GET, &mut a).map(owned)
+}
+
+/// Loads `prog` as a program of `prog_type` for `attach_type`; the verifier's complaint
+/// is in the error if it refuses.
+pub fn load(prog_type: u32, attach_type: u32, name: &str, prog: &[Insn]) -> io::Result<OwnedFd> {
+    let license = b"GPL\0";
+    let mut log = vec![0u8; 16 * 1024];
+    let mut a = ProgLoad {
+        prog_type,
+        insn_cnt: prog.len() as u32,
+        insns: prog.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name: name16(name),
+        expected_attach_type: attach_type,
+        ..Default::default()
+    };
+    bpf(PROG_LOAD, &mut a).map(owned).map_err(|e| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        let said = String::from_utf8_lossy(&log[..end]);
+        let last = said.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+        io::Error::new(e.kind(), format!("{e}; the verifier said: {last}"))
+    })
+}
+
+/// Attaches `prog` to the cgroup `cgroup` (a directory in a cgroup2 mount) for
+/// `attach_type`, alongside whatever else is attached there. The attachment lasts as
+/// long as the returned link (or its pin).
+pub fn attach(prog: &OwnedFd, cgroup: &std::fs::File, attach_type: u32) -> io::Result<Link> {
+    let mut a =
+        LinkCreate { prog_fd: prog.as_raw_fd() as u32, target_fd: cgroup.as_raw_fd() as u32, attach_type, flags: 0 };
+    Ok(Link { fd: owned(bpf(LINK_CREATE, &mut a)?) })
+}
+
+/// A program attached to a cgroup, for as long as this or its pin exists.
+pub struct Link {
+    fd: OwnedFd,
+}
+
+impl Link {
+    pub fn pin(&self, path: &Path) -> io::Result<()> {
+        pin(self.fd.as_raw_fd(), path)
+    }
+}
+
+/// Mounts a bpffs at `dir` unless one is there already.
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let p = c_path(dir)?;
+    // SAFETY: statfs is plain data, written by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is a valid C string and `st` a live statfs.
+    cvt(unsafe { libc::statfs(p.as_ptr(), &mut st) })?;
+    if st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    crate::ns::mount_fs("bpf", dir, "mode=0700")
+}
+
+/// One eBPF instruction, as the kernel reads it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u8,
+    /// Destination register in the low nibble, source in the high one.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+/// Registers: r0 holds results, r1-r5 arguments (clobbered by calls), r6-r9 survive
+/// calls, r10 is the read-only frame pointer.
+pub type Reg = u8;
+pub const R0: Reg = 0;
+pub const R1: Reg = 1;
+pub const R2: Reg = 2;
+pub const R3: Reg = 3;
+pub const R4: Reg = 4;
+pub const R6: Reg = 6;
+pub const R7: Reg = 7;
+pub const R10: Reg = 10;
+
+/// Access sizes.
+#[derive(Debug, Clone, Copy)]
+pub enum Size {
+    W = 0x00,
+    DW = 0x18,
+}
+
+const LDX_MEM: u8 = 0x61; // BPF_LDX | BPF_MEM, size added
+const ST_MEM: u8 = 0x62; // BPF_ST | BPF_MEM, size added
+const ALU64_K: u8 = 0x07; // BPF_ALU64 | BPF_K, op added
+const ALU64_X: u8 = 0x0f; // BPF_ALU64 | BPF_X, op added
+const OP_ADD: u8 = 0x00;
+const OP_AND: u8 = 0x50;
+const OP_MOV: u8 = 0xb0;
+const JMP_K: u8 = 0x05; // BPF_JMP | BPF_K, op added
+const JMP_X: u8 = 0x0d; // BPF_JMP | BPF_X, op added
+const OP_JA: u8 = 0x00;
+const OP_JEQ: u8 = 0x10;
+const OP_JNE: u8 = 0x50;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+const LD_IMM64: u8 = 0x18;
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// Where a jump goes: the program ends with `Deny` (r0 = 0) then `Allow` (r0 = 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Deny,
+    Allow,
+}
+
+/// Builds a program whose every branch ends in a [`Verdict`].
+#[derive(Default)]
+pub struct Asm {
+    prog: Vec<Insn>,
+    jumps: Vec<(usize, Verdict)>,
+}
+
+fn ins(code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> Insn {
+    Insn { code, regs: (src << 4) | dst, off, imm }
+}
+
+impl Asm {
+    fn push(&mut self, i: Insn) -> &mut Asm {
+        self.prog.push(i);
+        self
+    }
+
+    pub fn mov(&mut self, dst: Reg, src: Reg) -> &mut Asm {
+        self.push(ins(ALU64_X | OP_MOV, dst, src, 0, 0))
+    }
+
+    pub fn mov_imm(&mut self, dst: Reg, imm: i32) -> &mut Asm {
+        self.push(ins(ALU64_K | OP_MOV, dst, 0, 0, imm))
+    }
+
+    pub fn add_imm(&mut self, dst: Reg, imm: i32) -> &mut Asm {
+        self.push(ins(ALU64_K | OP_ADD, dst, 0, 0, imm))
+    }
+
+    pub fn and_imm(&mut self, dst: Reg, imm: i32) -> &mut Asm {
+        self.push(ins(ALU64_K | OP_AND, dst, 0, 0, imm))
+    }
+
+    /// dst = *(size *)(src + off)
+    pub fn load(&mut self, size: Size, dst: Reg, src: Reg, off: i16) -> &mut Asm {
+        self.push(ins(LDX_MEM | size as u8, dst, src, off, 0))
+    }
+
+    /// *(size *)(dst + off) = imm
+    pub fn store_imm(&mut self, size: Size, dst: Reg, off: i16, imm: i32) -> &mut Asm {
+        self.push(ins(ST_MEM | size as u8, dst, 0, off, imm))
+    }
+
+    /// dst = the map `map` (a descriptor the loader turns into the map).
+    pub fn load_map(&mut self, dst: Reg, map: &Map) -> &mut Asm {
+        self.push(ins(LD_IMM64, dst, PSEUDO_MAP_FD, 0, map.raw()));
+        self.push(ins(0, 0, 0, 0, 0))
+    }
+
+    pub fn call(&mut self, helper: i32) -> &mut Asm {
+        self.push(ins(CALL, 0, 0, 0, helper))
+    }
+
+    fn jump(&mut self, code: u8, dst: Reg, src: Reg, imm: i32, to: Verdict) -> &mut Asm {
+        self.jumps.push((self.prog.len(), to));
+        self.push(ins(code, dst, src, 0, imm))
+    }
+
+    /// if dst == imm: verdict
+    pub fn if_eq(&mut self, dst: Reg, imm: i32, to: Verdict) -> &mut Asm {
+        self.jump(JMP_K | OP_JEQ, dst, 0, imm, to)
+    }
+
+    /// if dst != imm: verdict
+    pub fn if_ne(&mut self, dst: Reg, imm: i32, to: Verdict) -> &mut Asm {
+        self.jump(JMP_K | OP_JNE, dst, 0, imm, to)
+    }
+
+    /// if dst == src: verdict
+    pub fn if_eq_reg(&mut self, dst: Reg, src: Reg, to: Verdict) -> &mut Asm {
+        self.jump(JMP_X | OP_JEQ, dst, src, 0, to)
+    }
+
+    pub fn goto(&mut self, to: Verdict) -> &mut Asm {
+        self.jump(JMP_K | OP_JA, 0, 0, 0, to)
+    }
+
+    /// The program: what was built, then the two verdicts, with every jump resolved.
+    pub fn finish(&mut self) -> Vec<Insn> {
+        let deny = self.prog.len();
+        self.mov_imm(R0, 0).push(ins(EXIT, 0, 0, 0, 0));
+        let allow = self.prog.len();
+        self.mov_imm(R0, 1).push(ins(EXIT, 0, 0, 0, 0));
+        for &(at, to) in &self.jumps {
+            let target = if to == Verdict::Deny { deny } else { allow };
+            self.prog[at].off = (target - at - 1) as i16;
+        }
+        std::mem::take(&mut self.prog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_land_on_their_verdicts() {
+        let mut a = Asm::default();
+        a.mov(R6, R1).if_eq(R6, 0, Verdict::Allow).if_ne(R6, 5, Verdict::Deny).goto(Verdict::Allow);
+        let p = a.finish();
+        assert_eq!(p.len(), 8);
+        // deny at 4 (r0 = 0), allow at 6 (r0 = 1)
+        assert_eq!((p[4].code, p[4].imm, p[6].imm), (ALU64_K | OP_MOV, 0, 1));
+        assert_eq!(1 + 1 + p[1].off as usize, 6);
+        assert_eq!(2 + 1 + p[2].off as usize, 4);
+        assert_eq!(3 + 1 + p[3].off as usize, 6);
+        assert_eq!(p[0].regs, (R1 << 4) | R6);
+    }
+
+    #[test]
+    fn the_btf_blob_is_laid_out_as_its_header_says() {
+        let b = int_btf();
+        let word = |i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap());
+        assert_eq!(u16::from_ne_bytes([b[0], b[1]]), 0xeb9f);
+        let (hdr, types_len, str_off, str_len) = (word(4), word(12), word(16), word(20));
+        assert_eq!(b.len() as u32, hdr + str_off + str_len);
+        assert_eq!(types_len, 16);
+        assert_eq!(&b[(hdr + str_off) as usize..], b"\0int\0");
+    }
+}
