@@ -237,6 +237,13 @@ fn egress_through_a_gateway_is_transparent_to_the_client() {
     // A refused destination is refused to the client too.
     let refused = format!("http://{}:9399/", Cluster::ip(1));
     assert_eq!(a.run(&["--", "curl", "-s", &refused]).status.code(), Some(7));
+    // The gateway is no open proxy: b, on the wire but no member, gets no connection.
+    let probe = format!(
+        "import socket\ntry:\n socket.create_connection(('{}', 6661), 3)\n print('connected')\nexcept OSError as e:\n print(e)",
+        Cluster::ip(2)
+    );
+    let out = c.hosts[1].cmd(PY).args(["-c", &probe]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "timed out", "the gateway answered a non-member");
 }
 
 #[test]

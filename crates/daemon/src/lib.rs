@@ -28,6 +28,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -386,6 +387,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         None
     };
     let guard = Arc::new(ax_trap::guard::Guard::install(run_dir)?);
+    if let Some(egress) = &egress {
+        // The gateway carries members' apps out, nobody else's.
+        guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress gateway's port"))?;
+    }
     let daemon = Daemon::new(State::new(table), run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
 

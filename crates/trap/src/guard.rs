@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -158,6 +159,11 @@ impl Guard {
     /// socket.
     pub fn marks(&self) -> Arc<Map> {
         Arc::clone(&self.sockets)
+    }
+
+    /// Makes one of the daemon's own listeners take connections from members only.
+    pub fn mark_members_only(&self, sock: BorrowedFd<'_>) -> io::Result<()> {
+        self.sockets.update_socket(sock, MEMBERS_ONLY)
     }
 
     /// Makes `members` the addresses pool ports take packets from.
