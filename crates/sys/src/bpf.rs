@@ -319,6 +319,7 @@ pub const R3: Reg = 3;
 pub const R4: Reg = 4;
 pub const R6: Reg = 6;
 pub const R7: Reg = 7;
+pub const R8: Reg = 8;
 pub const R10: Reg = 10;
 
 /// Access sizes.
@@ -423,6 +424,11 @@ impl Asm {
     /// if dst == src: verdict
     pub fn if_eq_reg(&mut self, dst: Reg, src: Reg, to: Verdict) -> &mut Asm {
         self.jump(JMP_X | OP_JEQ, dst, src, 0, to)
+    }
+
+    /// if dst == imm: skip the next `n` instructions.
+    pub fn skip_if_eq(&mut self, dst: Reg, imm: i32, n: i16) -> &mut Asm {
+        self.push(ins(JMP_K | OP_JEQ, dst, 0, n, imm))
     }
 
     pub fn goto(&mut self, to: Verdict) -> &mut Asm {

@@ -92,8 +92,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             return Ok(Answer::Proceed);
         };
         let s = self.k.socket(Netns::Host, domain, ty, protocol)?;
-        // Before the app can touch it: from now on only the daemon may say where it goes.
-        self.k.mark(&s, guard::GUARDED)?;
+        // Before the app can touch it: from now on only the daemon may say where it goes,
+        // and a TCP socket takes connections from members only unless exposed.
+        let tcp = Proto::from_sock_type(ty) == Some(Proto::Tcp);
+        let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
+        self.k.mark(&s, marks)?;
         self.k.add_fd(n.id, &s, None, cloexec, true)?;
         Ok(Answer::Sent)
     }

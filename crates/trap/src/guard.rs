@@ -10,9 +10,12 @@
 //! - on connect, bind and addressed UDP sends (IPv4 and IPv6), a marked socket is
 //!   refused (EPERM) unless the caller is a thread of the daemon: only the daemon picks
 //!   where an app's host socket goes;
-//! - on ingress, a socket marked members-only (an app's socket on a pool port) takes
-//!   packets only from the addresses in the members map (this node and the cluster's live
-//!   members); everything else is dropped, as a firewall would.
+//! - on ingress, a socket marked members-only takes new connections (TCP, in LISTEN) or
+//!   datagrams (UDP, unconnected) only from the addresses in the members map (this node
+//!   and the cluster's live members); everything else is dropped, as a firewall would.
+//!   Apps' TCP sockets are members-only from the start (a listener the app made behind
+//!   the daemon's back included) and UDP ones once on a pool port; a socket on an exposed
+//!   port is open to all.
 //!
 //! Maps and links are pinned under the run directory, so a restarting daemon takes them
 //! over (it writes its own identity into the daemon map) and the rules never lapse; while
@@ -27,12 +30,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ax_sys::bpf::{self, Asm, Insn, Map, Size, Verdict, R0, R1, R10, R2, R3, R4, R6, R7};
+use ax_sys::bpf::{self, Asm, Insn, Map, Size, Verdict, R0, R1, R10, R2, R3, R4, R6, R7, R8};
 use tracing::info;
 
 /// The socket belongs to an app: only the daemon connects, binds or addresses it.
 pub const GUARDED: u32 = 1;
-/// And it is on a pool port: only members may reach it.
+/// Only members may open connections to it or send it datagrams.
 pub const MEMBERS_ONLY: u32 = 2;
 
 /// Attach types of the calls that name a destination or an address (bind4, bind6,
@@ -50,6 +53,11 @@ const PIDNS_INFO: i16 = -16;
 const SOCK_ADDR_SK: i16 = 64;
 const SKB_SK: i16 = 168;
 const SKB_PROTOCOL: i16 = 16;
+/// offsetof(struct bpf_sock, state), and the states that take new peers: TCP_LISTEN, and
+/// TCP_CLOSE (an unconnected UDP socket).
+const SOCK_STATE: i16 = 72;
+const TCP_LISTEN: i32 = 10;
+const TCP_CLOSE: i32 = 7;
 /// The IPv4 source address in the network header.
 const IPV4_SADDR: i32 = 12;
 
@@ -191,12 +199,13 @@ fn identity() -> io::Result<[u8; 24]> {
     Ok(v)
 }
 
-/// r0 = the socket's marks pointer (or null), from the socket pointer at ctx + `sk_at`;
-/// a null socket allows.
+/// r7 = the socket's marks (r6: the context, r8: the socket), from the socket pointer at
+/// ctx + `sk_at`; a null socket or one without marks is allowed.
 fn marks(a: &mut Asm, maps: &Maps, sk_at: i16) {
     a.mov(R6, R1)
         .load(Size::DW, R2, R6, sk_at)
         .if_eq(R2, 0, Verdict::Allow)
+        .mov(R8, R2)
         .load_map(R1, &maps.sockets)
         .mov_imm(R3, 0)
         .mov_imm(R4, 0)
@@ -232,13 +241,17 @@ fn address_program(maps: &Maps) -> Vec<Insn> {
     a.finish()
 }
 
-/// Packets for a members-only socket: IPv4 from a member, or dropped.
+/// Packets for a members-only socket that takes new peers: IPv4 from a member, or
+/// dropped. Established connections and connected sockets are left alone.
 fn ingress_program(maps: &Maps) -> Vec<Insn> {
     let ipv4 = i32::from(0x0800u16.to_be());
     let mut a = Asm::default();
     marks(&mut a, maps, SKB_SK);
     a.and_imm(R7, MEMBERS_ONLY as i32)
         .if_eq(R7, 0, Verdict::Allow)
+        .load(Size::W, R2, R8, SOCK_STATE)
+        .skip_if_eq(R2, TCP_LISTEN, 1)
+        .if_ne(R2, TCP_CLOSE, Verdict::Allow)
         .load(Size::W, R2, R6, SKB_PROTOCOL)
         .if_ne(R2, ipv4, Verdict::Deny)
         .mov(R1, R6)

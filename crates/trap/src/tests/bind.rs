@@ -16,7 +16,8 @@ fn inet_sockets_are_made_in_the_host_namespace_and_sent_in() {
     assert_eq!(r.k.sock(fd6).domain, libc::AF_INET6);
     assert!(!r.k.state().cloexec.contains(&fd6));
     // Guarded before the app has it: only the daemon may say where they go.
-    assert_eq!((r.k.sock(fd).marks, r.k.sock(fd6).marks), (guard::GUARDED, guard::GUARDED));
+    let members_only = guard::GUARDED | guard::MEMBERS_ONLY;
+    assert_eq!((r.k.sock(fd).marks, r.k.sock(fd6).marks), (members_only, guard::GUARDED));
 }
 
 #[test]
