@@ -211,21 +211,29 @@ pub enum IpError {
     NotUnicast { ip: Ipv4Addr, why: &'static str },
 }
 
+/// Why `ip` names no single host that ax could give an address or send clients to:
+/// unspecified, loopback (each app's own), multicast or broadcast. None for unicast.
+pub fn not_unicast(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("a loopback address (127.0.0.0/8 stays private to each app)")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_broadcast() {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
 /// Checks that `ip` can serve as an app's virtual address: a unicast IPv4 address
 /// that is not the host's loopback.
 pub fn check_app_ip(ip: Ipv4Addr) -> Result<(), IpError> {
-    let why = if ip.is_unspecified() {
-        "the unspecified address"
-    } else if ip.is_loopback() {
-        "a loopback address (127.0.0.0/8 stays private to each app)"
-    } else if ip.is_multicast() {
-        "a multicast address"
-    } else if ip.is_broadcast() {
-        "the broadcast address"
-    } else {
-        return Ok(());
-    };
-    Err(IpError::NotUnicast { ip, why })
+    match not_unicast(ip) {
+        Some(why) => Err(IpError::NotUnicast { ip, why }),
+        None => Ok(()),
+    }
 }
 
 /// A virtual address (`--ip` of an app or a vservice), checked by [`check_app_ip`];

@@ -18,8 +18,8 @@ pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
 pub use table::{
-    AddAppError, App, BindPlan, Binding, BoundSocket, NewApp, NodeInfo, Proto, Remote, RemoteApp, RemoteRow, Route,
-    Snapshot, Table, Target, VserviceError, EGRESS_PORT,
+    AddAppError, App, BindPlan, Binding, BoundSocket, DaemonPorts, NewApp, NodeInfo, Origin, Proto, Remote, RemoteApp,
+    RemoteRow, Reserved, Route, Snapshot, Table, Target, VserviceError, DNS_PORT, EGRESS_PORT,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

@@ -76,11 +76,26 @@ pub enum Bind {
     Host { family: Family, proto: Proto, requested: SocketAddr, service: SocketAddrV4, exposed: Option<u16> },
 }
 
-pub fn bind(table: &Table, app: AppId, kind: Kind, addr: SockAddr) -> Result<Bind, Errno> {
+/// How to carry out a bind by `app`; `privileged` says whether the calling thread holds
+/// CAP_NET_BIND_SERVICE, asked only when the port needs it. The daemon carries out
+/// every bind itself, loopback ones in the app's namespace included, so the kernel's
+/// privileged-port check is made here for all of them.
+pub fn bind(
+    table: &Table,
+    app: AppId,
+    kind: Kind,
+    addr: SockAddr,
+    privileged: impl FnOnce() -> bool,
+) -> Result<Bind, Errno> {
     let SockAddr::Inet(want) = addr else { return Err(libc::EAFNOSUPPORT) };
     match kind {
-        Kind::Private(_) | Kind::Other => Ok(Bind::AsIs(want)),
-        Kind::Host(family, proto) => Ok(match table.plan_bind(app, want)? {
+        Kind::Private(_) | Kind::Other => {
+            if table.is_privileged_port(want.port()) && !privileged() {
+                return Err(libc::EACCES);
+            }
+            Ok(Bind::AsIs(want))
+        }
+        Kind::Host(family, proto) => Ok(match table.plan_bind(app, want, privileged)? {
             BindPlan::Private => Bind::Private(want),
             BindPlan::Host { service, host_port } => {
                 Bind::Host { family, proto, requested: want, service, exposed: host_port }
@@ -265,6 +280,18 @@ mod tests {
         assert_eq!(address(&v4, Family::V6, Use::BindOrConnect), Err(libc::EINVAL));
         assert!(matches!(address(&v4, Family::V6, Use::Send), Ok(SockAddr::Inet(SocketAddr::V4(_)))));
         assert!(matches!(address(&v4[..15], Family::V4, Use::Send), Err(libc::EINVAL)));
+    }
+
+    #[test]
+    fn every_bind_the_daemon_makes_checks_the_privilege_loopback_ones_too() {
+        let mut t = crate::table::testing::table();
+        let a = crate::table::testing::app(&mut t, None, "zone=default");
+        let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        for kind in [Kind::Private(Family::V4), Kind::Host(Family::V4, Proto::Tcp)] {
+            assert_eq!(bind(&t, a, kind, SockAddr::Inet(lo), || false), Err(libc::EACCES), "{kind:?}");
+        }
+        assert_eq!(bind(&t, a, Kind::Private(Family::V4), SockAddr::Inet(lo), || true), Ok(Bind::AsIs(lo)));
+        assert_eq!(bind(&t, a, Kind::Host(Family::V4, Proto::Tcp), SockAddr::Inet(lo), || true), Ok(Bind::Private(lo)));
     }
 
     #[test]

@@ -211,6 +211,10 @@ pub struct Spec {
     pub source_ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub external: bool,
+    /// Backends outside the service table (neither an app's address nor a row's host
+    /// address) may be dialled: `--allow-external-backends`.
+    #[serde(default)]
+    pub allow_external_backends: bool,
 }
 
 impl Spec {
@@ -224,6 +228,7 @@ impl Spec {
             lb: self.lbtype,
             source_ip: self.source_ip,
             external: self.external,
+            allow_external: self.allow_external_backends,
             app_backends: Default::default(),
         }
     }
@@ -241,6 +246,8 @@ pub struct Vservice {
     pub source_ip: Option<Ipv4Addr>,
     /// Also served on the virtual port of every node, for clients outside ax.
     pub external: bool,
+    /// Backends outside the service table may be dialled (else they never are).
+    pub allow_external: bool,
     /// Backend addresses seen serving as apps: they stay service-table backends (down
     /// when no app serves them) rather than turn into external hosts.
     pub app_backends: std::collections::BTreeSet<Ipv4Addr>,
@@ -317,7 +324,7 @@ mod tests {
     fn a_spec_reads_from_json_with_defaults_and_roundtrips() {
         let spec: Spec = serde_json::from_value(spec_json()).unwrap();
         assert_eq!(spec.lbtype, LbType::Random);
-        assert_eq!((spec.source_ip, spec.external), (None, false));
+        assert_eq!((spec.source_ip, spec.external, spec.allow_external_backends), (None, false, false));
         let back = serde_json::to_value(&spec).unwrap();
         assert_eq!(back["ports"], "80:8000");
         assert_eq!(back["lbtype"], "Random");

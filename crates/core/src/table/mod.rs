@@ -7,6 +7,7 @@
 
 mod apps;
 mod remote;
+mod reserved;
 mod routing;
 mod services;
 mod vservices;
@@ -17,20 +18,21 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use crate::addr::Subnet;
 use crate::ids::{self, AppId};
 use crate::ports::PortPool;
-use crate::vservice::Vservice;
 
 pub use apps::{AddAppError, App, NewApp};
 pub use remote::{Remote, RemoteApp, RemoteRow};
+pub use reserved::{DaemonPorts, Reserved, DNS_PORT};
 pub use routing::{BindPlan, Route, Target, EGRESS_PORT};
 pub use services::{Binding, BoundSocket, SWEEP_MISSES};
-pub use vservices::VserviceError;
+pub use vservices::{Origin, VserviceError};
 
-/// This node, as rows name it.
+/// This node, as rows name it, and the daemon's own ports on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
     pub cluster: String,
     pub ip: Ipv4Addr,
+    pub ports: DaemonPorts,
 }
 
 /// In JSON (the API, gossip, the state file) as `tcp` / `udp`, the way tables print it.
@@ -142,20 +144,6 @@ impl Table {
         self.remote.get()
     }
 
-    /// Adds a vservice; its name and address must be new, and not an app's.
-    pub fn add_vservice(&mut self, v: Vservice) -> Result<(), VserviceError> {
-        let (node, apps) = (self.node.ip, &self.apps);
-        self.vservices.add(v, |ip| ip == node || apps.has_ip(ip))
-    }
-
-    pub fn remove_vservice(&mut self, name: &str) -> Result<Vservice, VserviceError> {
-        self.vservices.remove(name)
-    }
-
-    pub fn vservices(&self) -> impl Iterator<Item = &Vservice> {
-        self.vservices.iter()
-    }
-
     /// Sets the range made-up addresses come from (see [`crate::addr::made_up_range`]).
     pub fn set_made_up_range(&mut self, range: Subnet) {
         self.apps.set_made_up_range(range);
@@ -264,12 +252,22 @@ pub(crate) mod testing {
     use crate::addr::Family;
     use crate::labels::Labels;
     use crate::ports::PortRanges;
-    use crate::vservice::{parse_backends, parse_ports, LbType};
+    use crate::vservice::{parse_backends, parse_ports, LbType, Vservice};
 
     pub(crate) const NODE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
+    /// The privilege answer of a caller holding CAP_NET_BIND_SERVICE (root).
+    pub(crate) fn root() -> bool {
+        true
+    }
+
+    /// A daemon's ports as the defaults have them.
+    pub(crate) fn ports() -> DaemonPorts {
+        DaemonPorts::new(true, 7946, 6664, 1024)
+    }
+
     pub(crate) fn table() -> Table {
-        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE };
+        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE, ports: ports() };
         Table::new(node, PortPool::new(PortRanges::parse("40000-40009").unwrap()), 7)
     }
 
@@ -291,7 +289,9 @@ pub(crate) mod testing {
 
     /// Binds and listens like the trap engine does, returning the host port.
     pub(crate) fn serve(t: &mut Table, id: AppId, addr: &str, inode: u64) -> u16 {
-        let BindPlan::Host { service, .. } = t.plan_bind(id, addr.parse().unwrap()).unwrap() else { panic!("private") };
+        let BindPlan::Host { service, .. } = t.plan_bind(id, addr.parse().unwrap(), root).unwrap() else {
+            panic!("private")
+        };
         let port = t.take_port().unwrap();
         t.add_binding(id, bound(inode, addr), service, port);
         assert!(t.set_listening(Proto::Tcp, port, inode, 128).is_some());
@@ -315,6 +315,7 @@ pub(crate) mod testing {
             lb,
             source_ip: None,
             external: false,
+            allow_external: false,
             app_backends: Default::default(),
         }
     }

@@ -90,9 +90,14 @@ impl RemoteView {
         self.now.rows.iter().filter(move |r| r.proto == proto && r.service == service)
     }
 
+    /// The row another node publishes at `host`.
+    pub(super) fn row_at_host(&self, proto: Proto, host: SocketAddrV4) -> Option<&RemoteRow> {
+        self.now.rows.iter().find(|r| r.proto == proto && r.host == host)
+    }
+
     /// The service of the row another node publishes at `host`.
     pub(super) fn service_of_host(&self, proto: Proto, host: SocketAddrV4) -> Option<SocketAddrV4> {
-        self.now.rows.iter().find(|r| r.proto == proto && r.host == host).map(|r| r.service)
+        self.row_at_host(proto, host).map(|r| r.service)
     }
 
     /// The live egress gateways.

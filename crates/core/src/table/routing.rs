@@ -8,10 +8,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use crate::addr;
 use crate::ids::AppId;
 use crate::labels::Labels;
-use crate::vservice::ExposeAt;
 use crate::Errno;
 
-use super::{Proto, Table};
+use super::reserved::{exposed_here, is_daemon_port, is_node_address};
+use super::vservices::Reach;
+use super::{NodeInfo, Proto, Table};
 
 /// The port egress gateways take connections on.
 pub const EGRESS_PORT: u16 = 6661;
@@ -53,26 +54,44 @@ pub enum Route {
 }
 
 impl Table {
-    /// Decides where a bind of `requested` by `app` goes.
-    pub fn plan_bind(&self, app: AppId, requested: SocketAddr) -> Result<BindPlan, Errno> {
+    /// Decides where a bind of `requested` by `app` goes, in the kernel's order of
+    /// checks: an address the app does not have (EADDRNOTAVAIL), then a privileged port
+    /// without CAP_NET_BIND_SERVICE (EACCES; `privileged` says whether the calling
+    /// thread holds it, asked only for such a port), then a service address the daemon
+    /// has (EADDRINUSE: its own ports on a node address, and ports it relays).
+    pub fn plan_bind(
+        &self,
+        app: AppId,
+        requested: SocketAddr,
+        privileged: impl FnOnce() -> bool,
+    ) -> Result<BindPlan, Errno> {
         let app = self.apps.get(app).ok_or(libc::EPERM)?;
         let want = addr::unmap(requested);
-        if addr::is_loopback(want.ip()) {
-            return Ok(BindPlan::Private);
-        }
-        match want {
-            SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => {
-                let here = |at: &ExposeAt| match at {
-                    ExposeAt::ThisNode | ExposeAt::Every => true,
-                    ExposeAt::Node(ip) => *ip == self.node.ip,
-                };
-                let host_port = app.expose.iter().find(|e| e.internal == v4.port() && here(&e.at)).map(|e| e.host_port);
-                // One socket per exposed port gets it (nginx binds 0.0.0.0 and ::).
-                let host_port = host_port.filter(|h| !self.services.holds(app.id, *h));
-                Ok(BindPlan::Host { service: SocketAddrV4::new(app.ip, v4.port()), host_port })
+        let plan = if addr::is_loopback(want.ip()) {
+            BindPlan::Private
+        } else {
+            match want {
+                SocketAddr::V4(v4) if v4.ip().is_unspecified() || *v4.ip() == app.ip => {
+                    let me = self.node.ip;
+                    let host_port = app
+                        .expose
+                        .iter()
+                        .find(|e| e.internal == v4.port() && exposed_here(e.at, me, true))
+                        .map(|e| e.host_port);
+                    // One socket per exposed port gets it (nginx binds 0.0.0.0 and ::).
+                    let host_port = host_port.filter(|h| !self.services.holds(app.id, *h));
+                    BindPlan::Host { service: SocketAddrV4::new(app.ip, v4.port()), host_port }
+                }
+                // The app has no other address to bind to, as the kernel would say.
+                _ => return Err(libc::EADDRNOTAVAIL),
             }
-            // The app has no other address to bind to, as the kernel would say.
-            _ => Err(libc::EADDRNOTAVAIL),
+        };
+        if self.is_privileged_port(want.port()) && !privileged() {
+            return Err(libc::EACCES);
+        }
+        match plan {
+            BindPlan::Host { service, .. } if self.reserved(service, Some(app.id)).is_some() => Err(libc::EADDRINUSE),
+            plan => Ok(plan),
         }
     }
 
@@ -90,6 +109,11 @@ impl Table {
         let Some(labels) = self.apps.get(client).map(|c| c.labels.clone()) else {
             return Route::Refused;
         };
+        // The daemon's own ports (its DNS above all) are the daemon's, whatever rows
+        // say: no app can stand in for it.
+        if self.is_daemon_port(v4) {
+            return Route::Direct(dest);
+        }
         if proto == Proto::Tcp {
             if let Some(route) = self.vservice_route(*v4.ip(), v4.port(), Some(&labels)) {
                 return route;
@@ -118,15 +142,18 @@ impl Table {
     }
 
     /// Where a connect to a vservice's `ip:port` goes: per backend, its choices (a
-    /// service-table address's rows the client may reach, shuffled; an external
-    /// address as is), backends in the balancer's order. `client` None (a client
-    /// outside ax, through an external port) skips the label check. None when `ip` is
-    /// no vservice's.
+    /// row's host address: that row; a service-table address: its rows; either only
+    /// where the client may reach them, shuffled; an outside address as is, when the
+    /// vservice allows outside backends), backends in the balancer's order. What each
+    /// backend is gets decided now, from the table as it is: an address that became an
+    /// app's or a row's since the vservice was made is routed as one. `client` None (a
+    /// client outside ax, through an external port) skips the label check. None when
+    /// `ip` is no vservice's.
     pub fn vservice_route(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Route> {
-        let (apps, services, remote) = (&self.apps, &self.services, &self.remote);
-        let is_app_ip = |ip| apps.has_ip(ip) || remote.has_app_ip(ip);
-        let rows_at = |service| rows_at(apps, services, remote, Proto::Tcp, service);
-        self.vservices.route(ip, port, client, is_app_ip, rows_at, &mut self.rng)
+        let (node, apps, services, remote) = (&self.node, &self.apps, &self.services, &self.remote);
+        let is_app_ip = |ip| !is_node_address(node, remote, ip) && (apps.has_ip(ip) || remote.has_app_ip(ip));
+        let reach = |addr, seen_app| reach(node, apps, services, remote, addr, seen_app);
+        self.vservices.route(ip, port, client, is_app_ip, reach, &mut self.rng)
     }
 
     /// A connect to an address outside the service table: through a live egress
@@ -188,6 +215,35 @@ impl Table {
     }
 }
 
+/// What a vservice backend at `addr` is now (TCP): never to be dialled (and why), a
+/// row's host address (that row), a service-table address (its rows; none when down;
+/// `seen_app`: its address was once an app's), or an outside address.
+pub(super) fn reach<'t>(
+    node: &NodeInfo,
+    apps: &'t super::apps::Apps,
+    services: &'t super::services::Services,
+    remote: &'t super::remote::RemoteView,
+    addr: SocketAddrV4,
+    seen_app: bool,
+) -> Reach<'t> {
+    if let Some(why) = addr::not_unicast(*addr.ip()) {
+        return Reach::Refused(why);
+    }
+    let local = services.row_at_host(Proto::Tcp, addr).and_then(|b| apps.get(b.app).map(|a| (b.host, &a.labels)));
+    if let Some(row) = local.or_else(|| remote.row_at_host(Proto::Tcp, addr).map(|r| (r.host, &r.labels))) {
+        return Reach::Rows(vec![row]);
+    }
+    if is_daemon_port(node, remote, addr) {
+        return Reach::Refused("a port of the ax daemon on a node address");
+    }
+    let rows = rows_at(apps, services, remote, Proto::Tcp, addr);
+    if seen_app || !rows.is_empty() {
+        Reach::Rows(rows)
+    } else {
+        Reach::Outside
+    }
+}
+
 /// Every row serving `service` over `proto`, this node's and the cluster's: the host
 /// address to connect to, and the labels of the app behind it.
 fn rows_at<'t>(
@@ -206,7 +262,7 @@ fn rows_at<'t>(
 mod tests {
     use super::*;
     use crate::table::testing::*;
-    use crate::table::{NewApp, Remote};
+    use crate::table::{DaemonPorts, NewApp, Remote, RemoteApp};
     use crate::vservice::{Expose, ExposeAt};
     use std::collections::HashSet;
 
@@ -215,13 +271,108 @@ mod tests {
         let mut t = table();
         let a = app(&mut t, Some("198.18.0.1"), "zone=default");
         let host = |s| BindPlan::Host { service: s, host_port: None };
-        assert_eq!(t.plan_bind(a, sa("0.0.0.0:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
-        assert_eq!(t.plan_bind(a, sa("[::]:80")), Ok(host("198.18.0.1:80".parse().unwrap())));
-        assert_eq!(t.plan_bind(a, sa("[::ffff:198.18.0.1]:81")), Ok(host("198.18.0.1:81".parse().unwrap())));
-        assert_eq!(t.plan_bind(a, sa("127.0.0.1:80")), Ok(BindPlan::Private));
-        assert_eq!(t.plan_bind(a, sa("[::1]:80")), Ok(BindPlan::Private));
-        assert_eq!(t.plan_bind(a, sa("198.18.0.2:80")), Err(libc::EADDRNOTAVAIL));
-        assert_eq!(t.plan_bind(a, sa("[2001:db8::1]:80")), Err(libc::EADDRNOTAVAIL));
+        assert_eq!(t.plan_bind(a, sa("0.0.0.0:80"), root), Ok(host("198.18.0.1:80".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("[::]:80"), root), Ok(host("198.18.0.1:80".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("[::ffff:198.18.0.1]:81"), root), Ok(host("198.18.0.1:81".parse().unwrap())));
+        assert_eq!(t.plan_bind(a, sa("127.0.0.1:80"), root), Ok(BindPlan::Private));
+        assert_eq!(t.plan_bind(a, sa("[::1]:80"), root), Ok(BindPlan::Private));
+        assert_eq!(t.plan_bind(a, sa("198.18.0.2:80"), root), Err(libc::EADDRNOTAVAIL));
+        assert_eq!(t.plan_bind(a, sa("[2001:db8::1]:80"), root), Err(libc::EADDRNOTAVAIL));
+    }
+
+    #[test]
+    fn the_daemons_ports_on_a_node_address_are_not_for_apps() {
+        let mut t = table();
+        t.set_remote(Remote { nodes: vec![("n2".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() });
+        let on_node = app(&mut t, None, "zone=default");
+        let virt = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let on_member = app(&mut t, Some("10.0.0.2"), "zone=default");
+        for port in [53, 6661, 6664, 7946] {
+            let any = sa(&format!("0.0.0.0:{port}"));
+            assert_eq!(t.plan_bind(on_node, any, root), Err(libc::EADDRINUSE), "{port}");
+            assert_eq!(t.plan_bind(on_member, any, root), Err(libc::EADDRINUSE), "{port}");
+            // On an address of its own an app has every port.
+            assert!(t.plan_bind(virt, any, root).is_ok(), "{port}");
+            // Loopback stays the app's own.
+            assert_eq!(t.plan_bind(on_node, sa(&format!("127.0.0.1:{port}")), root), Ok(BindPlan::Private));
+        }
+        assert!(t.plan_bind(on_node, sa("0.0.0.0:54"), root).is_ok());
+        // Without DNS, 53 is the app's to take.
+        let mut quiet = table();
+        let ports = DaemonPorts::new(false, 7946, 6664, 1024);
+        quiet.node.ports = ports;
+        let a = app(&mut quiet, None, "zone=default");
+        assert!(quiet.plan_bind(a, sa("0.0.0.0:53"), root).is_ok());
+    }
+
+    #[test]
+    fn relayed_and_exposed_host_ports_are_reserved_but_for_their_own_app() {
+        let mut t = table();
+        let mine = Expose { internal: 8000, at: ExposeAt::ThisNode, host_port: 9999 };
+        let exposer = t.add_app(NewApp { expose: vec![mine], ..NewApp::default() }).unwrap().id;
+        let other = app(&mut t, None, "zone=default");
+        let every = Expose { internal: 8000, at: ExposeAt::Every, host_port: 9997 };
+        let elsewhere = Expose { internal: 8000, at: ExposeAt::Node("10.0.0.9".parse().unwrap()), host_port: 9996 };
+        let remote_app = RemoteApp {
+            node: "n2".into(),
+            id: "f0000002".into(),
+            name: None,
+            ip: "198.18.0.5".parse().unwrap(),
+            expose: vec![every, elsewhere],
+        };
+        t.set_remote(Remote { apps: vec![remote_app], ..Remote::default() });
+        let mut ext = vservice("pub", "198.18.2.1", crate::vservice::LbType::Random, "198.18.0.5");
+        ext.external = true;
+        t.add_vservice(ext, crate::table::Origin::Cluster).unwrap();
+        for port in [9999, 9997, 80] {
+            assert_eq!(t.plan_bind(other, sa(&format!("0.0.0.0:{port}")), root), Err(libc::EADDRINUSE), "{port}");
+        }
+        assert!(t.plan_bind(other, sa("0.0.0.0:9996"), root).is_ok(), "exposed on another node only");
+        // The exposing app binds its own exposed port (8000) and may bind 9999 itself.
+        assert!(t.plan_bind(exposer, sa("0.0.0.0:8000"), root).is_ok());
+        assert!(t.plan_bind(exposer, sa("0.0.0.0:9999"), root).is_ok());
+        assert_eq!(t.reserved("10.0.0.1:9999".parse().unwrap(), None), Some(crate::table::Reserved::Relayed));
+        assert_eq!(t.reserved("10.0.0.1:53".parse().unwrap(), None), Some(crate::table::Reserved::Daemon));
+        assert_eq!(t.reserved("198.18.0.5:53".parse().unwrap(), None), None);
+    }
+
+    #[test]
+    fn privileged_ports_need_the_capability_as_on_a_host() {
+        let mut t = table();
+        let a = app(&mut t, None, "zone=default");
+        let v = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let nobody = || false;
+        for addr in ["0.0.0.0:80", "[::]:443", "127.0.0.1:80", "198.18.0.1:1023"] {
+            assert_eq!(t.plan_bind(v, sa(addr), nobody), Err(libc::EACCES), "{addr}");
+            assert!(t.plan_bind(v, sa(addr), root).is_ok(), "{addr}");
+        }
+        for addr in ["0.0.0.0:0", "0.0.0.0:1024", "127.0.0.1:8080"] {
+            assert!(t.plan_bind(v, sa(addr), nobody).is_ok(), "{addr}");
+        }
+        // The kernel's order: an address the app lacks first, then the privilege, then
+        // a port in use.
+        assert_eq!(t.plan_bind(v, sa("198.18.0.9:80"), nobody), Err(libc::EADDRNOTAVAIL));
+        assert_eq!(t.plan_bind(a, sa("0.0.0.0:53"), nobody), Err(libc::EACCES));
+        assert_eq!(t.plan_bind(a, sa("0.0.0.0:53"), root), Err(libc::EADDRINUSE));
+        // The privilege is asked only where a port needs it.
+        assert!(t.plan_bind(v, sa("0.0.0.0:8080"), || panic!("asked")).is_ok());
+        // A host whose ip_unprivileged_port_start is 0 lets anyone bind anything.
+        t.node.ports.unprivileged_port_start = 0;
+        assert!(t.plan_bind(v, sa("0.0.0.0:80"), nobody).is_ok());
+    }
+
+    #[test]
+    fn a_connect_to_the_daemons_dns_reaches_the_daemon_whatever_rows_say() {
+        let mut t = table();
+        let squatter = app(&mut t, None, "zone=default");
+        let c = app(&mut t, None, "zone=default");
+        // A row at NODE:53 that no bind would make now (an older daemon's state, say).
+        let p = t.take_port().unwrap();
+        t.add_binding(squatter, bound(1, "0.0.0.0:53"), SocketAddrV4::new(NODE, 53), p);
+        t.set_listening(Proto::Tcp, p, 1, 1);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:53")), Route::Direct(sa("10.0.0.1:53")));
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("[::ffff:10.0.0.1]:53")), Route::Direct(sa("10.0.0.1:53")));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:6664")), Route::Direct(sa("10.0.0.1:6664")));
     }
 
     #[test]
@@ -299,14 +450,14 @@ mod tests {
             Expose { internal: 8001, at: ExposeAt::Node("10.0.0.9".parse().unwrap()), host_port: 9998 },
         ];
         let id = t.add_app(NewApp { expose, ..NewApp::default() }).unwrap().id;
-        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8000")).unwrap() else { panic!() };
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8000"), root).unwrap() else { panic!() };
         assert_eq!(host_port, Some(9999));
         t.add_binding(id, bound(1, "0.0.0.0:8000"), SocketAddrV4::new(NODE, 8000), 9999);
         // The app's second socket on that port ([::]) takes a pool port.
-        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("[::]:8000")).unwrap() else { panic!() };
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("[::]:8000"), root).unwrap() else { panic!() };
         assert_eq!(host_port, None);
         // Exposed on another node: here the socket takes a pool port (that node relays).
-        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8001")).unwrap() else { panic!() };
+        let BindPlan::Host { host_port, .. } = t.plan_bind(id, sa("0.0.0.0:8001"), root).unwrap() else { panic!() };
         assert_eq!(host_port, None);
         // An exposed port is not the pool's to give back.
         t.remove_app(id);
@@ -360,7 +511,7 @@ mod tests {
         let s = app(&mut t, Some("198.18.0.1"), "zone=default");
         serve(&mut t, s, "0.0.0.0:80", 1);
         let stranger = AppId(0xf000_0000);
-        assert_eq!(t.plan_bind(stranger, sa("0.0.0.0:80")), Err(libc::EPERM));
+        assert_eq!(t.plan_bind(stranger, sa("0.0.0.0:80"), root), Err(libc::EPERM));
         assert_eq!(t.route_connect(stranger, Proto::Tcp, sa("198.18.0.1:80")), Route::Refused);
         assert_eq!(t.local_name(stranger, Proto::Tcp, sa("10.0.0.1:1")), None);
         // Loopback stays private even for an unknown app; a real IPv6 address goes out.

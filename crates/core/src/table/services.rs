@@ -134,9 +134,14 @@ impl Services {
         self.rows().filter(move |b| b.proto == proto && b.service == service)
     }
 
+    /// The row at `host`, if one listens there.
+    pub(super) fn row_at_host(&self, proto: Proto, host: SocketAddrV4) -> Option<&Binding> {
+        self.get(proto, host.port()).filter(|b| b.listening && b.host == host)
+    }
+
     /// The service of the row at `host`, if one listens there.
     pub(super) fn service_of_host(&self, proto: Proto, host: SocketAddrV4) -> Option<SocketAddrV4> {
-        self.get(proto, host.port()).filter(|b| b.listening && b.host == host).map(|b| b.service)
+        self.row_at_host(proto, host).map(|b| b.service)
     }
 
     /// True when `app` holds a socket on `host_port` (of either protocol).
