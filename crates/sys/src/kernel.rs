@@ -71,6 +71,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn write(&self, tid: i32, id: u64, addr: u64, data: &[u8]) -> Result<(), Errno>;
     /// Whether the caller's descriptor `fd` has close-on-exec set.
     fn cloexec(&self, tid: i32, fd: RawFd) -> bool;
+    /// Whether thread `tid` holds CAP_NET_BIND_SERVICE over the host's network
+    /// namespace (in its effective set, in the daemon's user namespace).
+    fn may_bind_privileged(&self, tid: i32) -> bool;
 
     fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<Self::Fd, Errno>;
     /// Whether the socket lives in the host's network namespace.
@@ -204,6 +207,10 @@ impl Kernel for Linux {
 
     fn cloexec(&self, tid: i32, fd: RawFd) -> bool {
         proc::fd_flags(tid, fd).is_some_and(|f| f & libc::O_CLOEXEC != 0)
+    }
+
+    fn may_bind_privileged(&self, tid: i32) -> bool {
+        proc::may_bind_privileged(tid)
     }
 
     fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<OwnedFd, Errno> {

@@ -333,6 +333,39 @@ pub fn become_user(user: &User) -> io::Result<()> {
     Ok(())
 }
 
+/// CAP_NET_BIND_SERVICE's bit in the capability sets.
+const CAP_NET_BIND_SERVICE: u32 = 10;
+
+/// Whether thread `tid` may bind ports below `ip_unprivileged_port_start` in a network
+/// namespace of the caller's user namespace (the host's, and apps' own): it holds
+/// CAP_NET_BIND_SERVICE in its effective set and lives in the caller's user namespace
+/// (a thread in a user namespace of its own has every capability there and none
+/// here). False when either cannot be read.
+pub fn may_bind_privileged(tid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let same_userns = ns(format!("/proc/{tid}/ns/user")).is_some_and(|t| ns("/proc/self/ns/user".into()) == Some(t));
+    same_userns
+        && std::fs::read_to_string(format!("/proc/{tid}/status"))
+            .ok()
+            .and_then(|status| has_effective_cap(&status, CAP_NET_BIND_SERVICE))
+            .unwrap_or(false)
+}
+
+/// Whether the `CapEff:` line of a /proc status file holds capability `cap`; None
+/// when there is no such line.
+fn has_effective_cap(status: &str, cap: u32) -> Option<bool> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok().map(|set| set >> cap & 1 == 1)
+}
+
+/// The host's `net.ipv4.ip_unprivileged_port_start` (read in the caller's network
+/// namespace): ports below it need CAP_NET_BIND_SERVICE.
+pub fn unprivileged_port_start() -> io::Result<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")?;
+    text.trim().parse().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
 /// Raises the soft limit on open files to the hard limit (the daemon holds several
 /// descriptors per app).
 pub fn raise_fd_limit() -> io::Result<u64> {
@@ -352,4 +385,31 @@ pub fn fd_flags(tid: i32, fd: i32) -> Option<i32> {
     let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}")).ok()?;
     let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_string();
     i32::from_str_radix(&flags, 8).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_effective_set_is_read_bit_by_bit() {
+        let root = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        let nobody = "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n";
+        let only_bind = "CapEff:\t0000000000000400\n";
+        assert_eq!(has_effective_cap(root, CAP_NET_BIND_SERVICE), Some(true));
+        assert_eq!(has_effective_cap(nobody, CAP_NET_BIND_SERVICE), Some(false));
+        assert_eq!(has_effective_cap(only_bind, CAP_NET_BIND_SERVICE), Some(true));
+        assert_eq!(has_effective_cap(only_bind, 9), Some(false));
+        assert_eq!(has_effective_cap("Name:\tx\n", CAP_NET_BIND_SERVICE), None);
+    }
+
+    #[test]
+    fn this_thread_is_judged_by_its_own_capabilities() {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let holds = has_effective_cap(&status, CAP_NET_BIND_SERVICE).unwrap();
+        // SAFETY: gettid takes no arguments.
+        let tid = unsafe { libc::gettid() };
+        assert_eq!(may_bind_privileged(tid), holds);
+        assert!(!may_bind_privileged(i32::MAX), "no such thread: no privilege");
+    }
 }

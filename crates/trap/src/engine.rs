@@ -135,7 +135,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let (s, kind) = self.classify(n, fd)?;
         let (Kind::Host(family, _) | Kind::Private(family)) = kind else { return Ok(Answer::Proceed) };
         let addr = self.read_addr(n, a, family, Use::BindOrConnect)?;
-        match self.node.with_table(|t| plan::bind(t, self.app, kind, addr))? {
+        // Asked of the caller's thread while its call is pending, so of that thread.
+        let privileged = || self.k.may_bind_privileged(n.pid) && self.k.id_valid(n.id);
+        match self.node.with_table(|t| plan::bind(t, self.app, kind, addr, privileged))? {
             Bind::AsIs(want) => self.k.bind(&s, &want)?,
             Bind::Private(want) => {
                 let fresh = self.privatize(n, fd, &s)?;

@@ -79,6 +79,8 @@ pub struct State {
     pub later: Vec<Box<dyn FnOnce() + Send>>,
     /// No helper thread can be had.
     pub no_threads: bool,
+    /// The app's threads lack CAP_NET_BIND_SERVICE (as under `--user nobody`).
+    pub unprivileged: bool,
     pub notifications: VecDeque<Notification>,
     next_port: u16,
 }
@@ -272,6 +274,10 @@ impl Kernel for Fake {
 
     fn cloexec(&self, _tid: i32, fd: RawFd) -> bool {
         self.state().cloexec.contains(&fd)
+    }
+
+    fn may_bind_privileged(&self, _tid: i32) -> bool {
+        !self.state().unprivileged
     }
 
     fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<FakeFd, Errno> {

@@ -56,6 +56,55 @@ fn calls_the_engine_has_no_business_with_proceed() {
 // bind()
 
 #[test]
+fn privileged_ports_need_the_capability_wherever_the_bind_lands() {
+    let r = Rig::new();
+    r.k.state().unprivileged = true;
+    let (tcp, udp) = (r.tcp(), r.udp());
+    for (fd, addr) in [(tcp, "0.0.0.0:80"), (udp, "0.0.0.0:53"), (tcp, "127.0.0.1:80")] {
+        assert_eq!(r.bind(fd, addr), fail(libc::EACCES), "{addr}");
+    }
+    assert!(r.k.ops().iter().all(|op| !matches!(op, Op::Bind(..))), "nothing was bound");
+    assert_eq!(r.table(|t| t.bindings().count()), 0);
+    assert_eq!(r.bind(tcp, "0.0.0.0:8080"), OK);
+    // With the capability (root), port 80 is the app's.
+    r.k.state().unprivileged = false;
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:80"), OK);
+}
+
+#[test]
+fn a_privilege_read_for_a_call_gone_stale_grants_nothing() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    let (p, l) = r.addr("0.0.0.0:80");
+    // The call goes stale once its address is read: its thread (and its tid) may be
+    // someone else's by the time its capabilities are read.
+    r.k.state().stale_after_read.insert(900);
+    assert_eq!(r.trap_as(900, libc::SYS_bind, [fd as u64, p, l, 0, 0, 0]), None);
+    assert!(r.k.ops().iter().all(|op| !matches!(op, Op::Bind(..))));
+}
+
+#[test]
+fn the_daemons_ports_on_the_node_address_are_in_use_for_apps() {
+    // An app without --ip has the node's address: 53 there is the daemon's DNS.
+    let r = Rig::new();
+    let udp = r.udp();
+    assert_eq!(r.bind(udp, "0.0.0.0:53"), fail(libc::EADDRINUSE));
+    let udp6 = r.socket(libc::AF_INET6, libc::SOCK_DGRAM);
+    assert_eq!(r.bind(udp6, "[::]:53"), fail(libc::EADDRINUSE));
+    let tcp = r.tcp();
+    for port in [53, 6661, 6664, 7946] {
+        assert_eq!(r.bind(tcp, &format!("0.0.0.0:{port}")), fail(libc::EADDRINUSE), "{port}");
+    }
+    assert!(r.k.ops().iter().all(|op| !matches!(op, Op::Bind(..))), "nothing was bound");
+    assert_eq!(r.table(|t| t.bindings().count()), 0);
+    // An app on an address of its own binds 53 like any port: its service is its own.
+    let other = r.other(Some("198.18.0.1"), "zone=default");
+    let fd = other.udp();
+    assert_eq!(other.bind(fd, "0.0.0.0:53"), OK);
+}
+
+#[test]
 fn a_wildcard_bind_takes_a_pool_port_on_the_node_and_records_the_service() {
     let r = Rig::new();
     let fd = r.tcp();

@@ -164,6 +164,7 @@ fn vservice(name: &str, ip: &str, lb: LbType, backends: &[Backend]) -> Vservice 
         lb,
         source_ip: None,
         external: false,
+        allow_external: false,
         app_backends: Default::default(),
     }
 }
@@ -174,7 +175,7 @@ fn a_round_robin_vservice_alternates_its_backends() {
     let a = r.other(Some("198.18.1.1"), "zone=default").serve("0.0.0.0:8000");
     let b = r.other(Some("198.18.1.2"), "zone=default").serve("0.0.0.0:8000");
     let backends = [Backend::Ip("198.18.1.1".parse().unwrap()), Backend::Ip("198.18.1.2".parse().unwrap())];
-    r.table(|t| t.add_vservice(vservice("web", "198.18.2.1", LbType::RoundRobin, &backends))).unwrap();
+    r.table(|t| t.add_vservice(vservice("web", "198.18.2.1", LbType::RoundRobin, &backends), Origin::Request)).unwrap();
     let peers: Vec<SocketAddr> = (0..4)
         .map(|_| {
             let fd = r.tcp();
@@ -193,7 +194,8 @@ fn an_external_backend_is_reached_from_the_vservices_source_address() {
     let r = Rig::new();
     let mut v = vservice("ext", "198.18.2.3", LbType::Random, &[Backend::IpPort("192.0.2.7:9000".parse().unwrap())]);
     v.source_ip = Some(NODE);
-    r.table(|t| t.add_vservice(v)).unwrap();
+    v.allow_external = true;
+    r.table(|t| t.add_vservice(v, Origin::Request)).unwrap();
     let fd = r.tcp();
     assert_eq!(r.connect(fd, "198.18.2.3:80"), OK);
     let s = r.k.sock(fd);

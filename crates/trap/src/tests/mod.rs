@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use ax_core::addr::{self, Family};
 use ax_core::vservice::{Backend, Expose, ExposeAt, LbType, PortMap, Vservice};
-use ax_core::{AppId, Labels, NewApp, PortPool, PortRanges, Proto, Remote, Table, EGRESS_PORT};
+use ax_core::{AppId, Labels, NewApp, Origin, PortPool, PortRanges, Proto, Remote, Table, EGRESS_PORT};
 use ax_sys::kernel::{Netns, Reply};
 use ax_sys::seccomp::Notification;
 
@@ -68,7 +68,8 @@ impl Rig {
 
     fn with(new: NewApp) -> Rig {
         let node = Arc::new(TestNode::default());
-        let info = ax_core::NodeInfo { name: "n1".into(), cluster: "c".into(), ip: NODE };
+        let ports = ax_core::DaemonPorts::new(true, 7946, 6664, 1024);
+        let info = ax_core::NodeInfo { name: "n1".into(), cluster: "c".into(), ip: NODE, ports };
         *node.table.lock().unwrap() = Some(Table::new(info, pool(), 7));
         let app = node.with_table(|t| t.add_app(new)).unwrap().id;
         let k = Arc::new(Fake::new());
