@@ -378,6 +378,7 @@ mod tests {
                 lbtype: LbType::Random,
                 source_ip: Some("10.0.0.1".parse().unwrap()),
                 external: false,
+                allow_external_backends: true,
             },
         );
         let documented = doc()["components"]["schemas"].as_object().unwrap().len();

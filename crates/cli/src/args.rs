@@ -222,6 +222,10 @@ pub struct VserviceArgs {
     /// Host IP address to use when making the outbound connection
     #[arg(long, value_name = "IP", value_parser = source_ip)]
     pub source_ip: Option<Ipv4Addr>,
+    /// Allow backends outside the service table (neither an app's address nor a
+    /// service row's host address), reached directly from the host
+    #[arg(long)]
+    pub allow_external_backends: bool,
 }
 
 /// A flag's value that does not parse (the others parse through their types' `FromStr`).
@@ -437,6 +441,7 @@ mod tests {
             "--source-ip",
             "10.0.0.1",
             "--external",
+            "--allow-external-backends",
         ])
         .unwrap();
         let Command::Create(CreateArgs { resource: CreateResource::Vservice(v) }) = cli.command else { panic!() };
@@ -447,7 +452,7 @@ mod tests {
             serde_json::json!({
                 "name": "web", "ip": "198.18.2.1", "ports": "80:8000,443:443",
                 "backends": "198.18.1.1,10.0.0.5:8080", "lbtype": "RoundRobin",
-                "source_ip": "10.0.0.1", "external": true
+                "source_ip": "10.0.0.1", "external": true, "allow_external_backends": true
             })
         );
         assert_eq!(serde_json::from_value::<ax_api::VserviceRequest>(json).unwrap(), req);

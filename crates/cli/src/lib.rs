@@ -42,6 +42,7 @@ fn request(v: args::VserviceArgs) -> VserviceRequest {
         lbtype: v.lbtype,
         source_ip: v.source_ip,
         external: v.external,
+        allow_external_backends: v.allow_external_backends,
     }
 }
 

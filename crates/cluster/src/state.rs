@@ -215,6 +215,7 @@ mod tests {
             lbtype: Default::default(),
             source_ip: None,
             external: false,
+            allow_external_backends: false,
         };
         VsRecord { name: name.into(), version, origin: origin.into(), spec: live.then(spec) }
     }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use ax_api::{API_SOCKET, RUN_SOCKET};
 use ax_core::addr::{self, Subnet};
-use ax_core::{AppId, NodeInfo, PortPool, PortRanges, Table};
+use ax_core::{AppId, DaemonPorts, NodeInfo, PortPool, PortRanges, Table};
 use tracing::{info, warn};
 
 use state::RelayChange;
@@ -322,6 +322,12 @@ pub fn run(config: Config) -> Result<(), Error> {
         return Err(Error::NotRoot);
     }
     let interfaces = ax_sys::proc::interface_addrs().map_err(io("cannot list network interfaces"))?;
+    let unprivileged_port_start = ax_sys::proc::unprivileged_port_start().unwrap_or_else(|e| {
+        warn!("cannot read net.ipv4.ip_unprivileged_port_start ({e}): ports below 1024 need CAP_NET_BIND_SERVICE");
+        1024
+    });
+    let ports =
+        DaemonPorts::new(config.dns.is_some(), config.gossip.gossip_port, config.rest_port, unprivileged_port_start);
     let node = NodeInfo {
         name: match config.node_name {
             Some(n) => n,
@@ -329,6 +335,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         },
         cluster: config.cluster,
         ip: node_ip(&interfaces, config.node_interface.as_deref())?,
+        ports,
     };
     let host_networks: Vec<Subnet> = interfaces
         .iter()
@@ -392,7 +399,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress gateway's port"))?;
     }
     let daemon = Daemon::new(State::new(table), run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
-    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, "ax daemon starting");
+    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");
 
     let profiler = match &config.cpu_profile {
         Some(path) => Some((profile::start()?, path.clone())),

@@ -1,7 +1,7 @@
 //! The daemon's DNS server: binds port 53 on the node address (UDP and TCP), answers
 //! apps' names from the table, and writes each app's private resolv.conf.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ pub struct Bound {
 
 pub fn bind(node: Ipv4Addr, config: &DnsConfig) -> Result<Bound, Error> {
     let zone = Zone::new(&config.domain).map_err(|e| Error::Setting(e.to_string()))?;
-    let at = SocketAddr::from((node, 53));
+    let at = SocketAddr::from((node, ax_core::DNS_PORT));
     let busy = |e| {
         Error::Setting(format!("cannot serve DNS on {at} ({e}): free the port or start the daemon with --dns=false"))
     };
@@ -45,6 +45,10 @@ impl Names for TableNames {
     fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
         self.0.read(|s| s.table.addresses_named(label))
     }
+
+    fn may_ask(&self, from: IpAddr) -> bool {
+        self.0.read(|s| s.table.may_query_dns(from))
+    }
 }
 
 /// Starts serving: UDP on a thread of its own, TCP and forwarding on the runtime this
@@ -53,7 +57,8 @@ pub fn spawn(b: Bound, daemon: Daemon) -> std::io::Result<()> {
     b.tcp.set_nonblocking(true)?;
     let tcp = tokio::net::TcpListener::from_std(b.tcp)?;
     info!(at = %b.udp.local_addr()?, domain = b.zone.domain(), upstreams = ?b.upstreams, "serving DNS");
-    let dns = Arc::new(Dns { zone: b.zone, names: Arc::new(TableNames(daemon)), upstreams: b.upstreams });
+    let names = Arc::new(TableNames(daemon));
+    let dns = Arc::new(Dns { zone: b.zone, names, upstreams: b.upstreams, strangers: Default::default() });
     let rt = tokio::runtime::Handle::current();
     let udp_dns = dns.clone();
     let udp = b.udp;

@@ -15,7 +15,7 @@ use ax_cluster::gossip::NodeStatus;
 use ax_cluster::state::{merge_vservices, AppRecord, NodeRecord, Published, RowRecord, VsRecord};
 use ax_core::table::NewApp;
 use ax_core::vservice::{ExposeAt, Vservice};
-use ax_core::{App, AppId, Binding, Proto, Remote, Table};
+use ax_core::{App, AppId, Binding, Origin, Proto, Remote, Table};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -256,7 +256,7 @@ impl State {
             if let Some(spec) = &rec.spec {
                 match vservices::parse(spec) {
                     Ok(v) => {
-                        if let Err(e) = vservices::install(self, v, None, out) {
+                        if let Err(e) = vservices::install(self, v, None, Origin::Cluster, out) {
                             warn!(vservice = %name, "cannot take in the cluster's vservice: {e}");
                         }
                     }
@@ -367,7 +367,8 @@ impl State {
 impl State {
     /// A state for node `a` at `ip`, with a small port pool.
     pub(crate) fn for_test(ip: std::net::Ipv4Addr) -> State {
-        let node = ax_core::NodeInfo { name: "a".into(), cluster: "appswitch".into(), ip };
+        let ports = ax_core::DaemonPorts::new(true, 7946, 6664, 1024);
+        let node = ax_core::NodeInfo { name: "a".into(), cluster: "appswitch".into(), ip, ports };
         let ports = ax_core::PortRanges::parse("40000-40010").expect("a valid range");
         State::new(Table::new(node, ax_core::PortPool::new(ports), 7))
     }

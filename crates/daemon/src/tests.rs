@@ -100,8 +100,10 @@ impl Served {
     }
 }
 
+/// A vservice whose backends are outside hosts (no app has their addresses here).
 fn web(ip: &str) -> Value {
-    json!({ "name": "web", "ip": ip, "ports": "80:8000", "backends": "198.18.1.1,198.18.1.2", "lbtype": "RoundRobin" })
+    json!({ "name": "web", "ip": ip, "ports": "80:8000", "backends": "198.18.1.1,198.18.1.2", "lbtype": "RoundRobin",
+            "allow_external_backends": true })
 }
 
 fn vservices_at(at: &str) -> String {
@@ -160,6 +162,30 @@ async fn the_router_serves_exactly_the_documented_routes() {
         }
     }
     assert!(unrouted(&s.tcp("GET", "/v1/nope", None).await.1));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn backends_no_vservice_may_have_are_400_with_the_reason() {
+    let s = served();
+    let cases = [
+        ("127.0.0.1:6664", true, "backend 127.0.0.1:6664 is a loopback address"),
+        ("0.0.0.0:6664", true, "backend 0.0.0.0:6664 is the unspecified address"),
+        ("192.0.2.7:80", false, "backend 192.0.2.7:80 is neither an app's address nor a service row's host address: an outside host needs --allow-external-backends"),
+    ];
+    for (backend, allow, want) in cases {
+        let mut req = web("198.18.2.1");
+        req["backends"] = json!(backend);
+        req["allow_external_backends"] = json!(allow);
+        let (status, body) = s.tcp("POST", path::VSERVICES, Some(req)).await;
+        assert_eq!(status, 400, "{backend}: {body}");
+        assert!(body["error"].as_str().unwrap().starts_with(want), "{body}");
+    }
+    let mut req = web("127.0.0.9");
+    req["backends"] = json!("198.18.1.1");
+    let (status, body) = s.tcp("POST", path::VSERVICES, Some(req)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(s.tcp("GET", path::VSERVICES, None).await.1, json!([]));
     s.stop().await;
 }
 

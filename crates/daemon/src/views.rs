@@ -96,7 +96,8 @@ mod tests {
     use serde_json::json;
 
     fn table() -> Table {
-        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: "10.0.0.1".parse().unwrap() };
+        let ports = ax_core::DaemonPorts::new(true, 7946, 6664, 1024);
+        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: "10.0.0.1".parse().unwrap(), ports };
         Table::new(node, PortPool::new(PortRanges::parse("40000-40009").unwrap()), 7)
     }
 

@@ -7,7 +7,7 @@
 use ax_api::{Backends, PortMaps, VserviceRequest, VserviceView};
 use ax_cluster::state::VsRecord;
 use ax_core::vservice::Vservice;
-use ax_core::Table;
+use ax_core::{Origin, Table};
 
 use crate::relay::{Dial, RelayKey, RelaySpec};
 use crate::state::{Out, State};
@@ -42,21 +42,30 @@ pub(crate) fn create(
     out: &mut Out,
 ) -> Result<(), Refusal> {
     let name = v.name.clone();
-    install(state, v, unbindable, out)?;
+    install(state, v, unbindable, Origin::Request, out)?;
     record(state, &name, Some(spec), at_ms);
     Ok(())
 }
 
-/// Puts a vservice in the table and owes its relays.
+/// Puts a vservice in the table (checked as far as `origin` asks: see
+/// [`Origin`]) and owes its relays. A name or an address taken is a conflict; anything
+/// else the table refuses is a bad request.
 pub(crate) fn install(
     state: &mut State,
     v: Vservice,
     unbindable: Option<(u16, String)>,
+    origin: Origin,
     out: &mut Out,
 ) -> Result<(), Refusal> {
     let (name, ip, ports, external) = (v.name.clone(), v.ip, v.ports.clone(), v.external);
     let dialers: Vec<String> = v.backends.iter().map(|b| b.to_string()).collect();
-    state.table.add_vservice(v).map_err(|e| Refusal::Conflict(e.to_string()))?;
+    state.table.add_vservice(v, origin).map_err(|e| {
+        if e.is_conflict() {
+            Refusal::Conflict(e.to_string())
+        } else {
+            Refusal::Bad(e.to_string())
+        }
+    })?;
     if let Some((port, e)) = unbindable {
         let _ = state.table.remove_vservice(&name);
         return Err(Refusal::Conflict(format!(

@@ -3,12 +3,13 @@
 //! byte to the first upstream server that answers in time.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::wire::{self, WireError};
 use crate::zone::{Decision, Names, Zone};
@@ -23,6 +24,36 @@ pub struct Dns {
     pub zone: Zone,
     pub names: Arc<dyn Names>,
     pub upstreams: Vec<SocketAddr>,
+    pub strangers: Strangers,
+}
+
+/// How often dropped queries are logged, at most.
+const STRANGERS_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Queries from sources the names refuse ([`Names::may_ask`]): dropped without an
+/// answer (no REFUSED either: an answer to a forged source would make the server a
+/// reflector, and silence tells a prober nothing), counted, and logged at most once a
+/// minute so a flood cannot fill the log.
+#[derive(Debug, Default)]
+pub struct Strangers {
+    dropped: AtomicU64,
+    logged: Mutex<Option<Instant>>,
+}
+
+impl Strangers {
+    fn note(&self, from: SocketAddr, how: &str) {
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.is_none_or(|at| at.elapsed() >= STRANGERS_LOG_EVERY) {
+            *logged = Some(Instant::now());
+            warn!(%from, dropped, "a DNS {how} from neither this node nor a member of its cluster was dropped (logged at most once a minute)");
+        }
+    }
+
+    /// How many queries (and TCP connections) were dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
 }
 
 enum Reply {
@@ -96,6 +127,10 @@ pub fn serve_udp(udp: std::net::UdpSocket, dns: Arc<Dns>, rt: tokio::runtime::Ha
     let mut buf = vec![0u8; MAX_UDP];
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf) else { continue };
+        if !dns.names.may_ask(from.ip()) {
+            dns.strangers.note(from, "query");
+            continue;
+        }
         let raw = &buf[..n];
         match dns.local(raw) {
             Reply::Now(reply) => {
@@ -116,7 +151,11 @@ pub fn serve_udp(udp: std::net::UdpSocket, dns: Arc<Dns>, rt: tokio::runtime::Ha
 
 /// Serves DNS on TCP until the task is dropped.
 pub async fn serve_tcp(tcp: TcpListener, dns: Arc<Dns>) {
-    while let Ok((conn, _)) = tcp.accept().await {
+    while let Ok((conn, from)) = tcp.accept().await {
+        if !dns.names.may_ask(from.ip()) {
+            dns.strangers.note(from, "connection");
+            continue;
+        }
         tokio::spawn(serve_conn(conn, dns.clone()));
     }
 }
@@ -145,10 +184,24 @@ mod tests {
     use super::*;
     use crate::wire::{query_bytes, TYPE_A};
 
+    /// One name, `web`; only 127.0.0.1 may ask.
     struct One;
     impl Names for One {
         fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
             (label == "web").then(|| vec![Ipv4Addr::new(198, 18, 0, 1)])
+        }
+
+        fn may_ask(&self, from: std::net::IpAddr) -> bool {
+            from == Ipv4Addr::LOCALHOST
+        }
+    }
+
+    fn dns(upstreams: Vec<SocketAddr>) -> Dns {
+        Dns {
+            zone: Zone::new("appswitch.local").unwrap(),
+            names: Arc::new(One),
+            upstreams,
+            strangers: Strangers::default(),
         }
     }
 
@@ -171,11 +224,7 @@ mod tests {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (ua, ta) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
-        let dns = Arc::new(Dns {
-            zone: Zone::new("appswitch.local").unwrap(),
-            names: Arc::new(One),
-            upstreams: vec![upstream().await],
-        });
+        let dns = Arc::new(dns(vec![upstream().await]));
         let (rt, udp_dns) = (tokio::runtime::Handle::current(), dns.clone());
         std::thread::spawn(move || serve_udp(udp, udp_dns, rt));
         tokio::spawn(serve_tcp(tcp, dns));
@@ -204,8 +253,44 @@ mod tests {
 
     #[tokio::test]
     async fn no_upstream_is_servfail() {
-        let dns = Dns { zone: Zone::new("appswitch.local").unwrap(), names: Arc::new(One), upstreams: vec![] };
-        let r = dns.forward_udp(&query_bytes(5, "example.org", TYPE_A)).await.unwrap();
+        let r = dns(vec![]).forward_udp(&query_bytes(5, "example.org", TYPE_A)).await.unwrap();
         assert_eq!((r[1], r[3] & 0xf), (5, wire::RCODE_SERVFAIL));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_from_strangers_get_no_answer_over_udp_or_tcp() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ua, ta) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        let dns = Arc::new(dns(vec![]));
+        let (rt, udp_dns) = (tokio::runtime::Handle::current(), dns.clone());
+        std::thread::spawn(move || serve_udp(udp, udp_dns, rt));
+        tokio::spawn(serve_tcp(tcp, dns.clone()));
+
+        // 127.0.0.2 may not ask; 127.0.0.1 may. The stranger's query is sent first and
+        // the server takes queries in order: once the member has its answer, an
+        // answer to the stranger would be waiting already.
+        let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        let member = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(&query_bytes(7, "web", TYPE_A), ua).unwrap();
+        member.send_to(&query_bytes(8, "web", TYPE_A), ua).unwrap();
+        let mut b = [0u8; 512];
+        let n = member.recv(&mut b).unwrap();
+        assert_eq!(&b[n - 4..n], &[198, 18, 0, 1]);
+        stranger.set_nonblocking(true).unwrap();
+        assert_eq!(stranger.recv(&mut b).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        assert_eq!(dns.strangers.dropped(), 1);
+
+        // Over TCP the stranger's connection is closed unread.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = sock.connect(ta).await.unwrap();
+        let q = query_bytes(3, "web", TYPE_A);
+        let _ = s.write_all(&(q.len() as u16).to_be_bytes()).await;
+        let _ = s.write_all(&q).await;
+        let mut r = Vec::new();
+        let got = s.read_to_end(&mut r).await;
+        assert!(got.is_err() || r.is_empty(), "{r:?}");
+        assert_eq!(dns.strangers.dropped(), 2);
     }
 }

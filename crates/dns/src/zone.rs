@@ -2,14 +2,16 @@
 //! domain, like `web.appswitch.local`), a name in its domain that does not exist
 //! (NXDOMAIN), or a name for the upstream servers.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::wire::{self, Query};
 
-/// Where the names come from (the daemon's tables).
+/// Where the names come from, and who may ask for them (the daemon's tables).
 pub trait Names: Send + Sync {
     /// Every address serving the bare name `label`, or None if no app has the name.
     fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>>;
+    /// Whether a query from `from` is answered at all.
+    fn may_ask(&self, from: IpAddr) -> bool;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,10 @@ mod tests {
     impl Names for Fixed {
         fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
             (label == "web").then(|| vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)])
+        }
+
+        fn may_ask(&self, _: IpAddr) -> bool {
+            true
         }
     }
 

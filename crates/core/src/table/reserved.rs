@@ -7,7 +7,7 @@
 //! vservice may not send its clients there.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::ids::AppId;
 use crate::vservice::ExposeAt;
@@ -113,8 +113,39 @@ impl Table {
         local.chain(remote).chain(external).collect()
     }
 
+    /// True when the daemon's DNS server answers a query from `from`: this node's
+    /// own address (apps' host sockets send from it), loopback, or a live member's
+    /// node address. Anyone else on the link gets no answer.
+    pub fn may_query_dns(&self, from: IpAddr) -> bool {
+        match crate::addr::unmap(SocketAddr::new(from, 0)).ip() {
+            IpAddr::V4(v4) => v4.is_loopback() || self.is_node_address(v4),
+            IpAddr::V6(v6) => v6.is_loopback(),
+        }
+    }
+
     /// True when binding `port` needs CAP_NET_BIND_SERVICE, as on the host.
     pub fn is_privileged_port(&self, port: u16) -> bool {
         port != 0 && port < self.node.ports.unprivileged_port_start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::table::testing::table;
+    use crate::table::Remote;
+
+    #[test]
+    fn dns_answers_this_node_loopback_and_live_members_only() {
+        let mut t = table();
+        t.set_remote(Remote { nodes: vec![("n2".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() });
+        for ok in ["10.0.0.1", "127.0.0.1", "127.9.9.9", "::1", "::ffff:10.0.0.1", "10.0.0.2"] {
+            assert!(t.may_query_dns(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["10.0.0.3", "203.0.113.5", "0.0.0.0", "2001:db8::1", "198.18.0.1"] {
+            assert!(!t.may_query_dns(no.parse().unwrap()), "{no}");
+        }
+        // A member that left is a stranger again.
+        t.set_remote(Remote::default());
+        assert!(!t.may_query_dns("10.0.0.2".parse().unwrap()));
     }
 }
