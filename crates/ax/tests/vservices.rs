@@ -76,29 +76,20 @@ fn round_robin_alternates_strictly_and_random_reaches_every_backend() {
 #[test]
 fn external_backends_dead_backends_and_labels() {
     let mut h = two_backends("role=prod");
-    // A plain server outside ax on the test host's loopback.
+    // A plain server outside ax on the node address.
     let root = h.web_root("ext", "who", "outside");
     let mut c = h.cmd(PY);
-    c.args(["-m", "http.server", "9100", "--bind", "127.0.0.1", "--directory", &root]);
+    c.args(["-m", "http.server", "9100", "--bind", NODE_IP, "--directory", &root]);
     h.spawn_plain("ext", c);
     h.wait_until("the outside server", Duration::from_secs(10), || {
-        h.cmd("curl").args(["-sf", "http://127.0.0.1:9100/who"]).output().is_ok_and(|o| o.status.success())
+        h.cmd("curl").args(["-sf", &format!("http://{NODE_IP}:9100/who")]).output().is_ok_and(|o| o.status.success())
     });
-    // 127.0.0.1:9101 has nobody: a dead backend, skipped.
-    create_ok(
-        &h,
-        &[
-            "ext",
-            "--ip",
-            "198.18.3.1",
-            "--ports",
-            "80",
-            "--backends",
-            "127.0.0.1:9101,127.0.0.1:9100",
-            "--lbtype",
-            "RoundRobin",
-        ],
-    );
+    // Outside hosts are backends only with the opt-in. NODE_IP:9101 has nobody: a dead
+    // backend, skipped.
+    let backends = format!("{NODE_IP}:9101,{NODE_IP}:9100");
+    let ext = ["ext", "--ip", "198.18.3.1", "--ports", "80", "--backends", &backends, "--lbtype", "RoundRobin"];
+    support::fails_with(create(&h, &ext), &format!("backend {NODE_IP}:9101 is neither an app's address"));
+    create_ok(&h, &[&ext[..], &["--allow-external-backends"]].concat());
     for _ in 0..6 {
         assert_eq!(curl(&h, "http://198.18.3.1/who"), "outside");
     }
