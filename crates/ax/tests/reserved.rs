@@ -61,6 +61,11 @@ fn no_app_takes_the_daemons_dns_and_every_app_still_resolves_through_it() {
     assert_eq!(h.run_ok(&["--", "getent", "hosts", "web"]).split_whitespace().next(), Some("198.18.6.1"));
     assert_eq!(h.run_ok(&["--user", "nobody", "--", "dig", "+short", "+time=5", "web"]).trim(), "198.18.6.1");
     assert_eq!(h.run_ok(&["--", "curl", "-sf", "http://web:8000/who"]), "web");
+    // Nor may an app be exposed on one of them.
+    support::fails_with(
+        h.run(&["--expose", "8000:6661", "--", "true"]),
+        "--expose 8000:6661: host port 6661 is the ax daemon's own",
+    );
     // An app on an address of its own binds 53 there like any port.
     assert_eq!(bind(&h, &["--ip", "198.18.6.53"], "udp", "0.0.0.0", 53), "bound");
 }

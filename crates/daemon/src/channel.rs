@@ -224,6 +224,9 @@ fn validate(
                 e.host_port
             )));
         }
+        if node.ports.own().any(|p| p == e.host_port) {
+            return Err(refused(format!("--expose {e}: host port {} is the ax daemon's own", e.host_port)));
+        }
     }
     Ok(NewApp {
         name: req.name.clone(),
