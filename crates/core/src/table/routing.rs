@@ -10,7 +10,7 @@ use crate::ids::AppId;
 use crate::labels::Labels;
 use crate::Errno;
 
-use super::reserved::{exposed_here, is_daemon_port, is_node_address};
+use super::reserved::{exposed_here, is_daemon_port, is_node_address, DNS_PORT};
 use super::vservices::Reach;
 use super::{NodeInfo, Proto, Table};
 
@@ -109,10 +109,11 @@ impl Table {
         let Some(labels) = self.apps.get(client).map(|c| c.labels.clone()) else {
             return Route::Refused;
         };
-        // The daemon's own ports (its DNS above all) are the daemon's, whatever rows
-        // say: no app can stand in for it.
+        // The daemon's own ports are the daemon's, whatever rows say: no app can stand
+        // in for it. Apps may ask its DNS; the rest (gossip above all: a datagram from a
+        // node's address would pass for that node's word) is no app's business.
         if self.is_daemon_port(v4) {
-            return Route::Direct(dest);
+            return if v4.port() == DNS_PORT { Route::Direct(dest) } else { Route::Refused };
         }
         if proto == Proto::Tcp {
             if let Some(route) = self.vservice_route(*v4.ip(), v4.port(), Some(&labels)) {
@@ -372,7 +373,16 @@ mod tests {
         t.set_listening(Proto::Tcp, p, 1, 1);
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:53")), Route::Direct(sa("10.0.0.1:53")));
         assert_eq!(t.route_connect(c, Proto::Udp, sa("[::ffff:10.0.0.1]:53")), Route::Direct(sa("10.0.0.1:53")));
-        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.1:6664")), Route::Direct(sa("10.0.0.1:6664")));
+        // Its other ports, here or on a member, are no app's to reach: a gossip datagram
+        // from the node's address would pass for the node's own word.
+        t.set_remote(Remote { nodes: vec![("b".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() });
+        for dest in ["10.0.0.1:6664", "10.0.0.1:7946", "10.0.0.2:7946", "10.0.0.2:6661"] {
+            assert_eq!(t.route_connect(c, Proto::Udp, sa(dest)), Route::Refused, "{dest}");
+            assert_eq!(t.route_connect(c, Proto::Tcp, sa(dest)), Route::Refused, "{dest}");
+        }
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("10.0.0.2:53")), Route::Direct(sa("10.0.0.2:53")));
+        // Elsewhere those ports are anyone's.
+        assert_eq!(t.route_connect(c, Proto::Udp, sa("10.9.9.9:7946")), Route::Direct(sa("10.9.9.9:7946")));
     }
 
     #[test]
