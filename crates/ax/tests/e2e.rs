@@ -299,20 +299,28 @@ fn bad_input_gets_clear_errors() {
 }
 
 #[test]
-fn an_exhausted_port_pool_fails_the_bind_with_eaddrinuse() {
+fn an_app_gets_its_share_of_the_port_pool_and_an_exhausted_pool_fails_the_bind_with_eaddrinuse() {
     support::require_root_and(&[PY]);
     let mut h = TestHost::new();
     h.start_daemon(&["--ports", "45000-45001"]);
     let script = "import socket,errno\nkeep=[]\nfor p in (80,81,82):\n  s=socket.socket()\n  try:\n    s.bind(('',p));keep.append(s);print('bound',p)\n  except OSError as e:\n    print(errno.errorcode[e.errno],p)";
-    assert_eq!(h.run_ok(&["--ip", "198.18.6.1", "--", PY, "-c", script]), "bound 80\nbound 81\nEADDRINUSE 82\n");
+    // Two ports: an app's share (a quarter, at least one) is one.
+    assert_eq!(h.run_ok(&["--ip", "198.18.6.1", "--", PY, "-c", script]), "bound 80\nEADDRINUSE 81\nEADDRINUSE 82\n");
+    assert!(h.daemon_log().contains("holds 1 of the 2 ports of --ports 45000-45001, its share"), "{}", h.daemon_log());
+    // The port came back when the app exited.
+    h.wait_until("ports back", Duration::from_secs(5), || h.get("sockets").is_empty());
+    // Two apps with one port each take the pool: a third app's bind fails.
+    let hold = "import socket,time\ns=socket.socket()\ns.bind(('',80))\ns.listen()\ntime.sleep(600)";
+    h.spawn_app("a", &["--ip", "198.18.6.2", "--", PY, "-c", hold]);
+    h.spawn_app("b", &["--ip", "198.18.6.3", "--", PY, "-c", hold]);
+    h.wait_until("both apps hold a port", Duration::from_secs(30), || h.get("sockets").len() == 2);
+    let out = h.run_ok(&["--ip", "198.18.6.1", "--", PY, "-c", script]);
+    assert_eq!(out, "EADDRINUSE 80\nEADDRINUSE 81\nEADDRINUSE 82\n");
     assert!(
         h.daemon_log().contains("port pool exhausted: all 2 ports of --ports 45000-45001 are in use"),
         "{}",
         h.daemon_log()
     );
-    // The ports came back when the app exited.
-    h.wait_until("ports back", Duration::from_secs(5), || h.get("sockets").is_empty());
-    assert_eq!(h.run_ok(&["--ip", "198.18.6.1", "--", PY, "-c", script]), "bound 80\nbound 81\nEADDRINUSE 82\n");
 }
 
 #[test]

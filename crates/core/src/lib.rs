@@ -8,6 +8,7 @@
 pub mod addr;
 pub mod ids;
 pub mod labels;
+pub mod limits;
 pub mod plan;
 pub mod ports;
 pub mod table;

@@ -138,9 +138,53 @@ pub enum Connect {
         gateway: SocketAddrV4,
         dest: SocketAddr,
     },
+    /// The socket's own handshake is under way: EALREADY for a non-blocking socket; a
+    /// blocking one waits for its outcome, as in the kernel.
+    InProgress,
 }
 
-pub fn connect(table: &mut Table, app: AppId, kind: Kind, addr: SockAddr) -> Result<Connect, Errno> {
+/// The kernel's TCP states that matter to a connect (include/net/tcp_states.h), as
+/// the first byte of `struct tcp_info` gives them.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_LISTEN: u8 = 10;
+
+/// Where a host TCP socket's own connection stands when the app calls connect().
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Closed: free to connect (a failed attempt included).
+    Idle,
+    /// A handshake is under way (a non-blocking connect the app was told is in progress).
+    Connecting,
+    /// Connected, listening or closing: nothing more to connect.
+    Busy,
+}
+
+impl Progress {
+    /// From tcp_info's state byte.
+    pub fn from_tcp_state(state: u8) -> Progress {
+        match state {
+            TCP_CLOSE => Progress::Idle,
+            TCP_SYN_SENT | TCP_SYN_RECV => Progress::Connecting,
+            _ => Progress::Busy,
+        }
+    }
+}
+
+/// `progress`: for a host TCP socket, where its connection stands (None for others:
+/// a datagram socket may connect again at will, as in the kernel). A socket that is
+/// connected or connecting is answered as the kernel would, before any route is
+/// looked up: EISCONN, or the handshake's own outcome ([`Connect::InProgress`]);
+/// nothing about the new address is decided or done.
+pub fn connect(
+    table: &mut Table,
+    app: AppId,
+    kind: Kind,
+    addr: SockAddr,
+    progress: Option<Progress>,
+) -> Result<Connect, Errno> {
     let dest = match addr {
         SockAddr::Inet(a) => a,
         SockAddr::Unspec => return Ok(Connect::Disconnect),
@@ -150,6 +194,11 @@ pub fn connect(table: &mut Table, app: AppId, kind: Kind, addr: SockAddr) -> Res
         Kind::Host(_, proto) => proto,
         Kind::Private(_) | Kind::Other => return Ok(Connect::AsIs(dest)),
     };
+    match progress {
+        Some(Progress::Busy) => return Err(libc::EISCONN),
+        Some(Progress::Connecting) => return Ok(Connect::InProgress),
+        Some(Progress::Idle) | None => {}
+    }
     Ok(match table.route_connect(app, proto, dest) {
         Route::Private => Connect::Private(dest),
         Route::Refused => Connect::Refused,
@@ -236,16 +285,11 @@ pub fn name(
     shown.filter(|s| *s != addr::unmap(real))
 }
 
-/// The sockaddr bytes the app gets for `shown`, in its socket's family, and how many of
-/// them fit its buffer of `len` bytes (the full length is still reported, as the kernel
-/// does). EINVAL for a negative length.
-pub fn name_bytes(shown: SocketAddr, family: Family, len: i32) -> Result<(Vec<u8>, usize), Errno> {
-    if len < 0 {
-        return Err(libc::EINVAL);
-    }
-    let bytes = addr::encode(shown, family);
-    let fits = bytes.len().min(len as usize);
-    Ok((bytes, fits))
+/// How many bytes of a `full`-byte address fit the app's buffer of `len` bytes, as the
+/// kernel's move_addr_to_user reads it: a negative length (as an int: any above 2^31
+/// as the app's unsigned socklen_t) is EINVAL; a longer one gets the whole address.
+pub fn name_fits(len: i32, full: usize) -> Result<usize, Errno> {
+    usize::try_from(len).map(|len| len.min(full)).map_err(|_| libc::EINVAL)
 }
 
 #[cfg(test)]
@@ -321,11 +365,45 @@ mod tests {
     }
 
     #[test]
-    fn name_bytes_fit_the_apps_buffer_and_report_the_full_length() {
-        let a: SocketAddr = "198.18.0.1:80".parse().unwrap();
-        assert_eq!(name_bytes(a, Family::V4, 16).map(|(b, n)| (b.len(), n)), Ok((16, 16)));
-        assert_eq!(name_bytes(a, Family::V4, 2).map(|(b, n)| (b.len(), n)), Ok((16, 2)));
-        assert_eq!(name_bytes(a, Family::V6, 64).map(|(b, n)| (b.len(), n)), Ok((28, 28)));
-        assert_eq!(name_bytes(a, Family::V4, -1), Err(libc::EINVAL));
+    fn names_fit_the_apps_buffer_as_the_kernel_reads_its_length() {
+        assert_eq!(name_fits(16, 16), Ok(16));
+        assert_eq!(name_fits(2, 16), Ok(2));
+        assert_eq!(name_fits(0, 28), Ok(0));
+        assert_eq!(name_fits(i32::MAX, 28), Ok(28));
+        assert_eq!(name_fits(-1, 16), Err(libc::EINVAL));
+        assert_eq!(name_fits(0x8000_0000u32 as i32, 16), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn tcp_states_read_as_a_connects_progress() {
+        assert_eq!(Progress::from_tcp_state(TCP_CLOSE), Progress::Idle);
+        assert_eq!(Progress::from_tcp_state(TCP_SYN_SENT), Progress::Connecting);
+        assert_eq!(Progress::from_tcp_state(TCP_SYN_RECV), Progress::Connecting);
+        assert_eq!(Progress::from_tcp_state(TCP_ESTABLISHED), Progress::Busy);
+        assert_eq!(Progress::from_tcp_state(TCP_LISTEN), Progress::Busy);
+        // FIN_WAIT1 and the other closing states: still nothing to connect.
+        assert_eq!(Progress::from_tcp_state(4), Progress::Busy);
+    }
+
+    #[test]
+    fn a_connected_or_connecting_tcp_socket_is_answered_before_any_route() {
+        let mut t = crate::table::testing::table();
+        let app = crate::table::testing::app(&mut t, None, "zone=default");
+        let tcp = Kind::Host(Family::V4, Proto::Tcp);
+        let to = |s: &str| SockAddr::Inet(s.parse().unwrap());
+        // Loopback would replace the socket, an unserved virtual address refuse: the
+        // kernel says EISCONN first.
+        assert_eq!(connect(&mut t, app, tcp, to("127.0.0.1:80"), Some(Progress::Busy)), Err(libc::EISCONN));
+        assert_eq!(connect(&mut t, app, tcp, to("198.18.0.9:80"), Some(Progress::Busy)), Err(libc::EISCONN));
+        assert_eq!(connect(&mut t, app, tcp, to("192.0.2.1:80"), Some(Progress::Connecting)), Ok(Connect::InProgress));
+        assert_eq!(
+            connect(&mut t, app, tcp, to("127.0.0.1:80"), Some(Progress::Idle)),
+            Ok(Connect::Private("127.0.0.1:80".parse().unwrap()))
+        );
+        // AF_UNSPEC dissolves whatever there is.
+        assert_eq!(connect(&mut t, app, tcp, SockAddr::Unspec, Some(Progress::Busy)), Ok(Connect::Disconnect));
+        // A datagram socket connects again at will.
+        let udp = Kind::Host(Family::V4, Proto::Udp);
+        assert!(matches!(connect(&mut t, app, udp, to("192.0.2.1:53"), None), Ok(Connect::Targets { .. })));
     }
 }

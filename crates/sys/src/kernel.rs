@@ -6,11 +6,10 @@
 //! Nothing here decides anything: the engine says what to do, this carries it out.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::bpf;
@@ -123,9 +122,21 @@ fn errno(e: io::Error) -> Errno {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// The kernel for one app: its seccomp listener, its threads' pidfds and memory files
-/// (opened once per thread, so a trapped call costs no open(2)), and the two network
-/// namespaces its sockets move between. Made from a thread in the host's namespace.
+/// A copy of `len` bytes of an app's memory, through process_vm_readv/writev, which
+/// honour page protections as the kernel's own copy for the app would: whole, or EFAULT
+/// (a partial copy included, as the kernel fails a copy that faults midway); ESRCH when
+/// the thread is gone.
+fn whole(copied: io::Result<usize>, len: usize) -> Result<(), Errno> {
+    match copied {
+        Ok(n) if n == len => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(libc::ESRCH),
+        _ => Err(libc::EFAULT),
+    }
+}
+
+/// The kernel for one app: its seccomp listener, its threads' pidfds (opened once per
+/// thread, so a trapped call costs no open(2)), and the two network namespaces its
+/// sockets move between. Made from a thread in the host's namespace.
 pub struct Linux {
     listener: Listener,
     tasks: Mutex<Tasks>,
@@ -197,12 +208,24 @@ impl Kernel for Linux {
         self.tasks().get_fd(tid, id, &self.listener, fd)
     }
 
-    fn read(&self, tid: i32, id: u64, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        self.tasks().read(tid, id, &self.listener, addr, buf)
+    /// By thread id: the engine checks the call is still pending after reading, so the
+    /// thread was alive and blocked in it throughout, and its id meant no one else.
+    fn read(&self, tid: i32, _id: u64, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        whole(proc::read_memory(tid, addr, buf), buf.len())
     }
 
-    fn write(&self, tid: i32, id: u64, addr: u64, data: &[u8]) -> Result<(), Errno> {
-        self.tasks().write(tid, id, &self.listener, addr, data)
+    /// By thread id, right after the engine checked the call is still pending: the
+    /// thread is blocked in it and can only leave it killed; its id could name another
+    /// thread only if the kernel handed it out again, after a wrap of the whole pid
+    /// space, between that check and this copy.
+    fn write(&self, tid: i32, _id: u64, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        whole(proc::write_memory(tid, addr, data), data.len())
     }
 
     fn cloexec(&self, tid: i32, fd: RawFd) -> bool {
@@ -306,34 +329,17 @@ impl Kernel for Linux {
 /// fds held for ones that are gone).
 const MAX_TASKS: usize = 64;
 
-/// A trapped thread's pidfd and memory file, opened while a notification from that
-/// thread is pending and checked valid afterwards, so never on an impostor. The pidfd
-/// names that thread for good: once it has exited, pidfd_getfd fails with ESRCH and the
-/// entry is opened afresh. Every call that reads or writes the app's memory looks the
-/// caller's descriptor up first, so a stale entry (a thread that exited, its id reused)
-/// is replaced before its memory file is used. The memory file alone would not tell: it
-/// follows the thread's address space, which outlives the thread while its process runs.
-struct Task {
-    pidfd: Pidfd,
-    mem: File,
-}
-
-impl Task {
-    fn open(tid: i32) -> io::Result<Task> {
-        Ok(Task {
-            pidfd: Pidfd::open_thread(tid)?,
-            mem: OpenOptions::new().read(true).write(true).open(format!("/proc/{tid}/mem"))?,
-        })
-    }
-}
-
+/// The trapped threads' pidfds, each opened while a notification from that thread is
+/// pending and checked valid afterwards, so never on an impostor. A pidfd names its
+/// thread for good: once the thread has exited, pidfd_getfd fails with ESRCH and the
+/// entry is opened afresh (the thread id was reused).
 #[derive(Default)]
 struct Tasks {
-    map: HashMap<i32, Task>,
+    map: HashMap<i32, Pidfd>,
 }
 
 impl Tasks {
-    fn entry(&mut self, tid: i32, id: u64, listener: &Listener, fresh: bool) -> Result<&Task, Errno> {
+    fn entry(&mut self, tid: i32, id: u64, listener: &Listener, fresh: bool) -> Result<&Pidfd, Errno> {
         if fresh {
             self.map.remove(&tid);
         }
@@ -341,37 +347,21 @@ impl Tasks {
             if self.map.len() >= MAX_TASKS {
                 self.map.clear();
             }
-            let task = Task::open(tid).map_err(errno)?;
+            let pidfd = Pidfd::open_thread(tid).map_err(errno)?;
             if !listener.id_valid(id) {
                 return Err(libc::ESRCH);
             }
-            self.map.insert(tid, task);
+            self.map.insert(tid, pidfd);
         }
         Ok(&self.map[&tid])
     }
 
     fn get_fd(&mut self, tid: i32, id: u64, listener: &Listener, fd: RawFd) -> Result<OwnedFd, Errno> {
-        match self.entry(tid, id, listener, false)?.pidfd.get_fd(fd) {
+        match self.entry(tid, id, listener, false)?.get_fd(fd) {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                self.entry(tid, id, listener, true)?.pidfd.get_fd(fd).map_err(errno)
+                self.entry(tid, id, listener, true)?.get_fd(fd).map_err(errno)
             }
             r => r.map_err(errno),
         }
-    }
-
-    /// Any failure is the app's bad pointer (EFAULT), once a stale handle (the thread
-    /// exec'd) has been ruled out.
-    fn read(&mut self, tid: i32, id: u64, listener: &Listener, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        if self.entry(tid, id, listener, false)?.mem.read_exact_at(buf, addr).is_ok() {
-            return Ok(());
-        }
-        self.entry(tid, id, listener, true)?.mem.read_exact_at(buf, addr).map_err(|_| libc::EFAULT)
-    }
-
-    fn write(&mut self, tid: i32, id: u64, listener: &Listener, addr: u64, data: &[u8]) -> Result<(), Errno> {
-        if self.entry(tid, id, listener, false)?.mem.write_all_at(data, addr).is_ok() {
-            return Ok(());
-        }
-        self.entry(tid, id, listener, true)?.mem.write_all_at(data, addr).map_err(|_| libc::EFAULT)
     }
 }

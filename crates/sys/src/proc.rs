@@ -387,6 +387,31 @@ pub fn fd_flags(tid: i32, fd: i32) -> Option<i32> {
     i32::from_str_radix(&flags, 8).ok()
 }
 
+/// Copies `buf.len()` bytes of process `pid`'s memory at `addr` into `buf`, as the
+/// process itself could read them (process_vm_readv honours page protections, unlike
+/// /proc/<pid>/mem, which forces its way in). Returns how many bytes were copied: fewer
+/// than asked when the range runs into memory the process cannot read.
+pub fn read_memory(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, which is ours and writable for its length; the
+    // remote iovec is only an address in the other process, which the kernel checks.
+    let n = cvt(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) })?;
+    Ok(n as usize)
+}
+
+/// Copies `data` into process `pid`'s memory at `addr`, as the process itself could
+/// write it (a read-only or unmapped page stops the copy). Returns how many bytes were
+/// written: fewer than given when the range runs into memory the process cannot write.
+pub fn write_memory(pid: i32, addr: u64, data: &[u8]) -> io::Result<usize> {
+    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: `local` describes `data`, which the kernel only reads; the remote iovec
+    // is only an address in the other process, which the kernel checks.
+    let n = cvt(unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) })?;
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,5 +436,49 @@ mod tests {
         let tid = unsafe { libc::gettid() };
         assert_eq!(may_bind_privileged(tid), holds);
         assert!(!may_bind_privileged(i32::MAX), "no such thread: no privilege");
+    }
+
+    /// One page of our own memory, readable, writable or neither.
+    struct Page(*mut libc::c_void);
+
+    impl Page {
+        fn new(prot: i32) -> Page {
+            // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+            let p =
+                unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+            assert_ne!(p, libc::MAP_FAILED);
+            Page(p)
+        }
+
+        fn addr(&self) -> u64 {
+            self.0 as u64
+        }
+    }
+
+    impl Drop for Page {
+        fn drop(&mut self) {
+            // SAFETY: the mapping is ours and nothing refers to it any more.
+            unsafe { libc::munmap(self.0, 4096) };
+        }
+    }
+
+    #[test]
+    fn process_memory_is_copied_as_the_process_could_itself() {
+        let me = pid();
+        let rw = Page::new(libc::PROT_READ | libc::PROT_WRITE);
+        assert_eq!(write_memory(me, rw.addr(), b"hello").unwrap(), 5);
+        let mut back = [0u8; 5];
+        assert_eq!(read_memory(me, rw.addr(), &mut back).unwrap(), 5);
+        assert_eq!(&back, b"hello");
+
+        // A read-only page is not written, unlike through /proc/self/mem.
+        let ro = Page::new(libc::PROT_READ);
+        assert_eq!(write_memory(me, ro.addr(), b"x").map_err(|e| e.raw_os_error()), Err(Some(libc::EFAULT)));
+        assert_eq!(read_memory(me, ro.addr(), &mut back).unwrap(), 5);
+        assert_eq!(back, [0; 5]);
+
+        // An unreadable page is not read.
+        let none = Page::new(libc::PROT_NONE);
+        assert_eq!(read_memory(me, none.addr(), &mut back).map_err(|e| e.raw_os_error()), Err(Some(libc::EFAULT)));
     }
 }

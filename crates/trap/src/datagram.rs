@@ -14,7 +14,8 @@ use ax_sys::seccomp::Notification;
 use ax_sys::sock::Received;
 
 use crate::call::{AddrIn, RecvFrom, SendTo};
-use crate::engine::{timeout_ms, Answer, Engine};
+use crate::engine::{put_name, timeout_ms, Answer, Engine};
+use crate::helper::{wait_for_call, Waited};
 use crate::Node;
 use ax_core::plan::{self, Datagram, Kind, Use};
 
@@ -56,13 +57,11 @@ impl MsgHdr {
     }
 }
 
-/// Writes bytes at an address of the app's memory.
-type WriteMem<'a> = dyn FnMut(u64, &[u8]) -> Result<(), Errno> + 'a;
-
-/// Where a received datagram goes in the app's memory.
+/// Where a received datagram goes in the app's memory (the source's room is read when
+/// it is written, as the kernel does).
 enum Into {
-    From { buf: u64, len: usize, src: u64, srclen_ptr: u64, srclen: u32 },
-    Msg { hdr: u64, iovs: Vec<(u64, usize)>, name: u64, namelen: u32, control: u64, controllen: usize },
+    From { buf: u64, len: usize, src: u64, srclen_ptr: u64 },
+    Msg { hdr: u64, iovs: Vec<(u64, usize)>, name: u64, control: u64, controllen: usize },
 }
 
 impl Into {
@@ -82,39 +81,37 @@ impl Into {
         }
     }
 
-    /// Writes the datagram, its (shown) source and ancillary data where the app asked.
-    fn deliver(
+    /// Writes the datagram, its (shown) source `name` and ancillary data where the caller
+    /// of call `id` (thread `tid`) asked, in the kernel's order: data first, so a bad
+    /// buffer fails the call with the datagram gone, as it would natively.
+    fn deliver<K: Kernel>(
         &self,
-        write: &mut WriteMem<'_>,
+        (k, tid, id): (&K, i32, u64),
         data: &[u8],
         got: &Received,
         control: &[u8],
-        from: Option<SocketAddr>,
-        family: Family,
+        name: &[u8],
     ) -> Result<i64, Errno> {
-        let name = from.map(|a| addr::encode(a, family)).unwrap_or_default();
         let copied = got.len.min(data.len());
         match self {
-            Into::From { buf, len, src, srclen_ptr, srclen } => {
-                write(*buf, &data[..copied.min(*len)])?;
+            Into::From { buf, len, src, srclen_ptr } => {
+                k.write(tid, id, *buf, &data[..copied.min(*len)])?;
                 if *src != 0 {
-                    write(*src, &name[..name.len().min(*srclen as usize)])?;
-                    write(*srclen_ptr, &(name.len() as u32).to_ne_bytes())?;
+                    put_name(k, tid, id, name, *src, *srclen_ptr)?;
                 }
             }
-            Into::Msg { hdr, iovs, name: name_ptr, namelen, control: control_ptr, controllen } => {
+            Into::Msg { hdr, iovs, name: name_ptr, control: control_ptr, controllen } => {
                 let mut rest = &data[..copied];
                 for (base, len) in iovs {
                     let take = rest.len().min(*len);
-                    write(*base, &rest[..take])?;
+                    k.write(tid, id, *base, &rest[..take])?;
                     rest = &rest[take..];
                 }
-                write(*name_ptr, &name[..name.len().min(*namelen as usize)])?;
-                write(hdr + OFF_NAMELEN, &(name.len() as u32).to_ne_bytes())?;
+                put_name(k, tid, id, name, *name_ptr, hdr + OFF_NAMELEN)?;
                 let c = got.control_len.min(*controllen).min(control.len());
-                write(*control_ptr, &control[..c])?;
-                write(hdr + OFF_CONTROLLEN, &(c as u64).to_ne_bytes())?;
-                write(hdr + OFF_FLAGS, &got.flags.to_ne_bytes())?;
+                k.write(tid, id, *control_ptr, &control[..c])?;
+                k.write(tid, id, hdr + OFF_CONTROLLEN, &(c as u64).to_ne_bytes())?;
+                k.write(tid, id, hdr + OFF_FLAGS, &got.flags.to_ne_bytes())?;
             }
         }
         Ok(got.len as i64)
@@ -229,8 +226,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         if c.flags & libc::MSG_ERRQUEUE != 0 {
             return Ok(Answer::Proceed);
         }
-        let srclen = u32::from_ne_bytes(self.read_bytes(n, c.from_len_ptr, 4)?.try_into().expect("4 bytes"));
-        let into = Into::From { buf: c.buf, len: c.len as usize, src: c.from, srclen_ptr: c.from_len_ptr, srclen };
+        let into = Into::From { buf: c.buf, len: c.len as usize, src: c.from, srclen_ptr: c.from_len_ptr };
         self.recv_datagram(n, s, family, c.flags, into)
     }
 
@@ -240,15 +236,13 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         if hdr.name == 0 || hdr.namelen == 0 || flags & libc::MSG_ERRQUEUE != 0 {
             return Ok(Answer::Proceed);
         }
+        if (hdr.namelen as i32) < 0 {
+            // As the kernel reads the header, before anything is received.
+            return Err(libc::EINVAL);
+        }
         let iovs = self.read_iovecs(n, hdr.iov, hdr.iovlen)?;
-        let into = Into::Msg {
-            hdr: msg,
-            iovs,
-            name: hdr.name,
-            namelen: hdr.namelen,
-            control: hdr.control,
-            controllen: hdr.controllen as usize,
-        };
+        let into =
+            Into::Msg { hdr: msg, iovs, name: hdr.name, control: hdr.control, controllen: hdr.controllen as usize };
         self.recv_datagram(n, s, family, flags, into)
     }
 
@@ -274,9 +268,10 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 let (k, node, tid, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.pid, n.id);
                 self.later(move || {
                     let timeout = timeout_ms(&*k, &s, libc::SO_RCVTIMEO);
-                    let result = match k.wait(&s, Readiness::Readable, timeout) {
-                        Ok(false) => Err(libc::EAGAIN),
-                        Ok(true) => k.recv_msg(&s, &mut data, &mut control, flags | libc::MSG_DONTWAIT),
+                    let result = match wait_for_call(&*k, &s, Readiness::Readable, timeout, id) {
+                        Ok(Waited::Abandoned) => return,
+                        Ok(Waited::TimedOut) => Err(libc::EAGAIN),
+                        Ok(Waited::Ready) => k.recv_msg(&s, &mut data, &mut control, flags | libc::MSG_DONTWAIT),
                         Err(e) => Err(e),
                     };
                     let recv = Receive { k: &*k, node: &*node, tid, id };
@@ -304,7 +299,7 @@ impl<K: Kernel, N: Node> Receive<'_, K, N> {
         }
         // A backend's host address shows as the virtual address the app sent to.
         let from = got.from.map(|f| self.node.with_table(|t| t.peer_name(Proto::Udp, f)).unwrap_or(f));
-        let mut write = |ptr: u64, bytes: &[u8]| self.k.write(self.tid, self.id, ptr, bytes);
-        into.deliver(&mut write, data, got, control, from, family)
+        let name = from.map(|a| addr::encode(a, family)).unwrap_or_default();
+        into.deliver((self.k, self.tid, self.id), data, got, control, &name)
     }
 }

@@ -12,6 +12,7 @@ use ax_sys::kernel::{Kernel, Readiness, Reply};
 use ax_sys::seccomp::Notification;
 
 use crate::engine::{so_error, Answer, Engine};
+use crate::helper::{wait_for_call, Waited};
 use crate::Node;
 
 /// How long the gateway has for each step of the handshake.
@@ -30,7 +31,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     ) -> Result<Answer, Errno> {
         let (k, node, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.id);
         self.later(move || {
-            let reply = match handshake(&*k, &s, gateway, dest, family) {
+            let reply = match handshake(&*k, &s, id, gateway, dest, family) {
                 Ok(local) => {
                     node.with_table(|t| t.record_egress(local, dest));
                     Reply::Value(0)
@@ -42,16 +43,19 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     }
 }
 
+/// Connects `s` through the gateway for call `id`; stops (EINTR) as soon as the call is
+/// abandoned, its answer then going nowhere.
 fn handshake<K: Kernel>(
     k: &K,
     s: &K::Fd,
+    id: u64,
     gateway: SocketAddrV4,
     dest: SocketAddr,
     family: Family,
 ) -> Result<SocketAddrV4, Errno> {
     let flags = k.file_flags(s)?;
     k.set_file_flags(s, flags | libc::O_NONBLOCK)?;
-    let result = ask(k, s, gateway, dest, family);
+    let result = ask(&Step { k, s, id }, gateway, dest, family);
     k.set_file_flags(s, flags)?;
     result?;
     match k.local_addr(s)?.map(addr::unmap) {
@@ -60,26 +64,36 @@ fn handshake<K: Kernel>(
     }
 }
 
-fn ready<K: Kernel>(k: &K, s: &K::Fd, what: Readiness) -> Result<(), Errno> {
-    if k.wait(s, what, STEP_MS)? {
-        Ok(())
-    } else {
-        Err(libc::ETIMEDOUT)
+/// The socket being handed to the gateway, for the call it answers.
+struct Step<'a, K: Kernel> {
+    k: &'a K,
+    s: &'a K::Fd,
+    id: u64,
+}
+
+impl<K: Kernel> Step<'_, K> {
+    fn ready(&self, what: Readiness) -> Result<(), Errno> {
+        match wait_for_call(self.k, self.s, what, STEP_MS, self.id)? {
+            Waited::Ready => Ok(()),
+            Waited::TimedOut => Err(libc::ETIMEDOUT),
+            Waited::Abandoned => Err(libc::EINTR),
+        }
     }
 }
 
-fn ask<K: Kernel>(k: &K, s: &K::Fd, gateway: SocketAddrV4, dest: SocketAddr, family: Family) -> Result<(), Errno> {
+fn ask<K: Kernel>(step: &Step<'_, K>, gateway: SocketAddrV4, dest: SocketAddr, family: Family) -> Result<(), Errno> {
+    let (k, s) = (step.k, step.s);
     match k.connect(s, &addr::for_family(SocketAddr::V4(gateway), family)) {
         Ok(()) => {}
         Err(libc::EINPROGRESS) => {
-            ready(k, s, Readiness::Writable)?;
+            step.ready(Readiness::Writable)?;
             so_error(k, s)?;
         }
         Err(e) => return Err(e),
     }
     let mut ask = format!("AXEG {dest}\n").into_bytes();
     while !ask.is_empty() {
-        ready(k, s, Readiness::Writable)?;
+        step.ready(Readiness::Writable)?;
         let sent = k.send_msg(s, &ask, &[], libc::MSG_NOSIGNAL, None)?;
         ask.drain(..sent);
     }
@@ -87,7 +101,7 @@ fn ask<K: Kernel>(k: &K, s: &K::Fd, gateway: SocketAddrV4, dest: SocketAddr, fam
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while line.len() < MAX_ANSWER {
-        ready(k, s, Readiness::Readable)?;
+        step.ready(Readiness::Readable)?;
         match k.recv_msg(s, &mut b, &mut [], 0)?.len {
             0 => return Err(libc::ECONNRESET),
             _ if b[0] == b'\n' => break,

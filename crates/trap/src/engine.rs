@@ -12,15 +12,16 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ax_core::addr::{self, Family, SockAddr};
-use ax_core::{AppId, BoundSocket, Errno, Proto};
+use ax_core::{limits, AppId, BoundSocket, Errno, Proto};
 use ax_sys::kernel::{Kernel, Netns, Readiness, Reply};
 use ax_sys::seccomp::Notification;
 use tracing::{debug, info, warn};
 
 use crate::call::{AddrIn, Call};
 use crate::guard;
+use crate::helper::{wait_for_call, Helpers, Hush, Waited};
 use crate::Node;
-use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Use};
+use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Progress, Use};
 
 /// How a trapped call is answered.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,11 +40,26 @@ pub struct Engine<K: Kernel, N: Node> {
     pub(crate) app: AppId,
     pub(crate) k: Arc<K>,
     pub(crate) node: Arc<N>,
+    pub(crate) helpers: Helpers,
+    /// For the warnings an app can repeat at will: no more helpers, its share of the
+    /// pool taken, the pool exhausted.
+    pub(crate) hush_helpers: Hush,
+    hush_share: Hush,
+    hush_pool: Hush,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
     pub fn new(app: AppId, k: Arc<K>, node: Arc<N>) -> Engine<K, N> {
-        Engine { app, k, node }
+        let hush = Hush::default;
+        Engine {
+            app,
+            k,
+            node,
+            helpers: Helpers::default(),
+            hush_helpers: hush(),
+            hush_share: hush(),
+            hush_pool: hush(),
+        }
     }
 
     /// Serves until every process of the app is gone.
@@ -175,15 +191,30 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             self.bind_at(s, bound, service, port)?;
             return Ok(port);
         }
+        // The app's binds are made on this thread only: nothing of its own can take a
+        // port between this count and the take below.
+        let (held, capacity, ranges) =
+            self.node.with_table(|t| (t.pool_ports_held(self.app), t.pool().capacity(), t.pool().ranges().clone()));
+        let share = limits::pool_share(capacity);
+        if held >= share {
+            if self.hush_share.speak() {
+                warn!(
+                    app = %self.app,
+                    "the app holds {held} of the {capacity} ports of --ports {ranges}, its share (a quarter, at least one); the bind of {service} fails with EADDRINUSE"
+                );
+            }
+            return Err(libc::EADDRINUSE);
+        }
         // A pool port serves apps and the cluster's members, nobody else.
         self.k.mark(s, guard::GUARDED | guard::MEMBERS_ONLY)?;
         for tries in 1.. {
             let Some(port) = self.node.with_table(|t| t.take_port()) else {
-                let (capacity, ranges) = self.node.with_table(|t| (t.pool().capacity(), t.pool().ranges().clone()));
-                warn!(
-                    app = %self.app,
-                    "port pool exhausted: all {capacity} ports of --ports {ranges} are in use; the bind of {service} fails with EADDRINUSE"
-                );
+                if self.hush_pool.speak() {
+                    warn!(
+                        app = %self.app,
+                        "port pool exhausted: all {capacity} ports of --ports {ranges} are in use; the bind of {service} fails with EADDRINUSE"
+                    );
+                }
                 return Err(libc::EADDRINUSE);
             };
             let Err(e) = self.bind_at(s, bound, service, port) else { return Ok(port) };
@@ -253,7 +284,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let (s, kind) = self.classify(n, fd)?;
         let (Kind::Host(family, _) | Kind::Private(family)) = kind else { return Ok(Answer::Proceed) };
         let addr = self.read_addr(n, a, family, Use::BindOrConnect)?;
-        let plan = self.node.with_table(|t| plan::connect(t, self.app, kind, addr))?;
+        let progress = match kind {
+            Kind::Host(_, Proto::Tcp) => Some(self.progress(&s)?),
+            _ => None,
+        };
+        let plan = self.node.with_table(|t| plan::connect(t, self.app, kind, addr, progress))?;
         debug!(app = %self.app, ?addr, ?plan, "connect");
         match plan {
             Connect::Disconnect => {
@@ -268,7 +303,34 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Connect::Refused => Err(libc::ECONNREFUSED),
             Connect::Targets { targets, source } => self.connect_to(n, s, &targets, source, family),
             Connect::Egress { gateway, dest } => self.egress(n, s, gateway, dest, family),
+            Connect::InProgress if self.k.file_flags(&s)? & libc::O_NONBLOCK != 0 => Err(libc::EALREADY),
+            // A blocking connect on a socket whose handshake is under way waits for it.
+            Connect::InProgress => self.finish_later(n, s, libc::EALREADY),
         }
+    }
+
+    /// Where the TCP socket's own connection stands (tcp_info's first byte: its state).
+    fn progress(&self, s: &K::Fd) -> Result<Progress, Errno> {
+        let mut state = [0u8; 1];
+        self.k.get_opt(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut state)?;
+        Ok(Progress::from_tcp_state(state[0]))
+    }
+
+    /// Answers a blocking connect from a helper once the socket's handshake is over, or
+    /// with `timed_out` once SO_SNDTIMEO has passed (EINPROGRESS for the connect that
+    /// started it, EALREADY for a later one, as in the kernel).
+    fn finish_later(&self, n: &Notification, s: K::Fd, timed_out: Errno) -> Result<Answer, Errno> {
+        let (k, id) = (Arc::clone(&self.k), n.id);
+        self.later(move || {
+            let timeout = timeout_ms(&*k, &s, libc::SO_SNDTIMEO);
+            let result = match wait_for_call(&*k, &s, Readiness::Writable, timeout, id) {
+                Ok(Waited::Ready) => settle(&*k, &s),
+                Ok(Waited::TimedOut) => Err(timed_out),
+                Ok(Waited::Abandoned) => return,
+                Err(e) => Err(e),
+            };
+            let _ = k.answer(id, result.map_or_else(Reply::Fail, |()| Reply::Value(0)));
+        })
     }
 
     /// Connects the app's socket to the first of `targets` that does not refuse. A
@@ -303,7 +365,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             outcome = plan::attempt(self.k.connect(&s, &addr::for_family(*target, family)), more);
             if outcome == Attempt::Pending {
                 outcome = match self.k.wait(&s, Readiness::Writable, 0) {
-                    Ok(true) => plan::attempt(so_error(&*self.k, &s), more),
+                    Ok(true) => plan::attempt(settle(&*self.k, &s), more),
                     Ok(false) => Attempt::Pending,
                     Err(e) => Attempt::Done(Err(e)),
                 };
@@ -317,19 +379,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
         match outcome {
             Attempt::Done(r) => r.map(|()| Answer::Value(0)),
-            Attempt::Pending if blocking => {
-                let (k, id) = (Arc::clone(&self.k), n.id);
-                self.later(move || {
-                    // A connect that outlives SO_SNDTIMEO reports EINPROGRESS, as in the kernel.
-                    let timeout = timeout_ms(&*k, &s, libc::SO_SNDTIMEO);
-                    let result = match k.wait(&s, Readiness::Writable, timeout) {
-                        Ok(true) => so_error(&*k, &s),
-                        Ok(false) => Err(libc::EINPROGRESS),
-                        Err(e) => Err(e),
-                    };
-                    let _ = k.answer(id, result.map_or_else(Reply::Fail, |()| Reply::Value(0)));
-                })
-            }
+            Attempt::Pending if blocking => self.finish_later(n, s, libc::EINPROGRESS),
             Attempt::Pending => Err(libc::EINPROGRESS),
             // The last target never says Next (nothing remains after it).
             Attempt::Next => Err(libc::ECONNREFUSED),
@@ -351,14 +401,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             return Ok(Answer::Proceed);
         };
         let family = if real.is_ipv4() { Family::V4 } else { Family::V6 };
-        let mut len = [0u8; 4];
-        self.k.read(n.pid, n.id, len_ptr, &mut len)?;
-        let (bytes, fits) = plan::name_bytes(shown, family, i32::from_ne_bytes(len))?;
-        if !self.k.id_valid(n.id) {
-            return Err(libc::EINTR);
-        }
-        self.k.write(n.pid, n.id, addr_ptr, &bytes[..fits])?;
-        self.k.write(n.pid, n.id, len_ptr, &(bytes.len() as u32).to_ne_bytes())?;
+        put_name(&*self.k, n.pid, n.id, &addr::encode(shown, family), addr_ptr, len_ptr)?;
         Ok(Answer::Value(0))
     }
 
@@ -381,15 +424,6 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         self.k.add_fd(n.id, &fresh, Some(fd), cloexec, false)?;
         Ok(fresh)
     }
-
-    /// Runs `f` on a helper thread that will answer a call later; EAGAIN for the app if
-    /// no thread can be had (the engine itself must never die of it).
-    pub(crate) fn later(&self, f: impl FnOnce() + Send + 'static) -> Result<Answer, Errno> {
-        self.k.spawn(Box::new(f)).map(|()| Answer::Later).map_err(|e| {
-            warn!(app = %self.app, "cannot start a helper thread: errno {e}");
-            libc::EAGAIN
-        })
-    }
 }
 
 /// The socket's pending error, as a result.
@@ -398,6 +432,39 @@ pub(crate) fn so_error<K: Kernel>(k: &K, s: &K::Fd) -> Result<(), Errno> {
         0 => Ok(()),
         e => Err(e),
     }
+}
+
+/// The outcome of a handshake that is over, read from the socket's pending error. A
+/// failed one leaves the socket reset (AF_UNSPEC), as the kernel's own blocking connect
+/// does, so that the app's next connect starts afresh.
+fn settle<K: Kernel>(k: &K, s: &K::Fd) -> Result<(), Errno> {
+    let outcome = so_error(k, s);
+    if outcome.is_err() {
+        let _ = k.disconnect(s);
+    }
+    outcome
+}
+
+/// Puts the address `name` where the app asked for one, as the kernel's
+/// move_addr_to_user does: the app's length is read (a negative one is EINVAL and
+/// nothing is written), the full length is written back, then as many bytes as fit.
+/// Call `id` must still be pending once the length has been read.
+pub(crate) fn put_name<K: Kernel>(
+    k: &K,
+    tid: i32,
+    id: u64,
+    name: &[u8],
+    addr_ptr: u64,
+    len_ptr: u64,
+) -> Result<(), Errno> {
+    let mut len = [0u8; 4];
+    k.read(tid, id, len_ptr, &mut len)?;
+    let fits = plan::name_fits(i32::from_ne_bytes(len), name.len())?;
+    if !k.id_valid(id) {
+        return Err(libc::EINTR);
+    }
+    k.write(tid, id, len_ptr, &(name.len() as u32).to_ne_bytes())?;
+    k.write(tid, id, addr_ptr, &name[..fits])
 }
 
 /// SO_RCVTIMEO or SO_SNDTIMEO in milliseconds, or -1 for none.

@@ -2,20 +2,61 @@
 //! behaviour (bind, connect, listen, options, datagrams), an app with a descriptor
 //! table and memory, and the trapped calls' answers, every operation logged. Scripted
 //! faults (busy host ports, refusing or slow destinations, stale calls) let each path
-//! of the engine be walked without root.
+//! of the engine be walked without root. Memory regions carry protections, a connect
+//! follows the kernel's socket states, the descriptors the engine holds are counted,
+//! and a hook runs at every wait, so a test can change the world while a helper waits.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ax_sys::kernel::{Errno, Kernel, Netns, Readiness, Reply};
 use ax_sys::seccomp::Notification;
 use ax_sys::sock::Received;
 
-/// A socket the fake kernel holds: an index into its socket list.
+/// A socket the engine holds: an index into the fake's socket list, counted in
+/// [`Fake::held`] until dropped (as a real descriptor would be closed).
+#[derive(Debug)]
+pub struct FakeFd {
+    pub i: usize,
+    /// Counted out when dropped.
+    _held: Held,
+}
+
+#[derive(Debug)]
+struct Held(Arc<AtomicUsize>);
+
+impl FakeFd {
+    fn new(i: usize, held: &Arc<AtomicUsize>) -> FakeFd {
+        held.fetch_add(1, Ordering::SeqCst);
+        FakeFd { i, _held: Held(Arc::clone(held)) }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where a stream socket's own connection stands (the kernel's sk_state, in short).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FakeFd(pub usize);
+pub enum Tcp {
+    Closed,
+    SynSent,
+    Established,
+}
+
+/// What the app may do with a region of its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prot {
+    ReadWrite,
+    ReadOnly,
+    /// PROT_NONE.
+    Nothing,
+}
 
 #[derive(Debug, Clone)]
 pub struct Sock {
@@ -30,6 +71,10 @@ pub struct Sock {
     pub opts: HashMap<(i32, i32), Vec<u8>>,
     pub listening: Option<i32>,
     pub so_error: i32,
+    /// Stream sockets: the connection's state, and whether connect() has reported it
+    /// done (the kernel's SS_CONNECTED; SS_CONNECTING while `tcp` moves on its own).
+    pub tcp: Tcp,
+    pub connected: bool,
     /// Datagrams sent: bytes, control bytes, destination.
     pub sent: Vec<(Vec<u8>, Vec<u8>, Option<SocketAddr>)>,
     /// Datagrams waiting to be received: bytes and source.
@@ -42,14 +87,25 @@ pub struct Sock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Socket(Netns, i32, i32, i32),
-    AddFd { id: u64, sock: usize, at: Option<RawFd>, cloexec: bool, send: bool },
+    AddFd {
+        id: u64,
+        sock: usize,
+        at: Option<RawFd>,
+        cloexec: bool,
+        send: bool,
+    },
     Bind(usize, SocketAddr),
     Listen(usize, i32),
     Connect(usize, SocketAddr),
     Disconnect(usize),
     Send(usize, Option<SocketAddr>),
     Write(u64, Vec<u8>),
+    /// A wait on a socket, with its timeout.
+    Wait(usize, i32),
 }
+
+/// Changes the world while the engine waits (see [`State::on_wait`]).
+pub type OnWait = Box<dyn FnMut(&mut State) + Send>;
 
 #[derive(Default)]
 pub struct State {
@@ -58,7 +114,7 @@ pub struct State {
     pub fds: BTreeMap<RawFd, usize>,
     pub cloexec: HashSet<RawFd>,
     /// The app's memory: regions by start address.
-    pub mem: BTreeMap<u64, Vec<u8>>,
+    pub mem: BTreeMap<u64, (Vec<u8>, Prot)>,
     next_region: u64,
     /// Calls no longer pending (the caller died or was interrupted).
     pub stale: HashSet<u64>,
@@ -75,6 +131,11 @@ pub struct State {
     pub slow: HashSet<SocketAddr>,
     /// Destinations whose handshake never finishes.
     pub silent: HashSet<SocketAddr>,
+    /// Destinations whose handshake takes time and then fails: refused, found out by a
+    /// wait that is allowed to last.
+    pub refusing_late: HashSet<SocketAddr>,
+    /// Runs at every wait, before its outcome is decided.
+    pub on_wait: Option<OnWait>,
     /// Work handed to helper threads, run by the test with [`Fake::run_later`].
     pub later: Vec<Box<dyn FnOnce() + Send>>,
     /// No helper thread can be had.
@@ -83,14 +144,20 @@ pub struct State {
     pub unprivileged: bool,
     pub notifications: VecDeque<Notification>,
     next_port: u16,
+    waits: usize,
 }
 
 #[derive(Default)]
-pub struct Fake(Mutex<State>);
+pub struct Fake {
+    state: Mutex<State>,
+    held: Arc<AtomicUsize>,
+}
 
 const REGION_BASE: u64 = 0x10_0000;
 /// A descriptor number the app has, that is not a socket (a pipe, say).
 pub const NOT_A_SOCKET: RawFd = 99;
+/// More waits than any test needs: a helper looping for ever fails its test instead.
+const MAX_WAITS: usize = 10_000;
 
 impl Fake {
     pub fn new() -> Fake {
@@ -106,23 +173,33 @@ impl Fake {
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Puts `bytes` in the app's memory; returns their address.
     pub fn put(&self, bytes: &[u8]) -> u64 {
+        self.put_with(bytes, Prot::ReadWrite)
+    }
+
+    /// Puts `bytes` in a region of the app's memory the app may only use as `prot` says.
+    pub fn put_with(&self, bytes: &[u8], prot: Prot) -> u64 {
         let mut s = self.state();
         let at = s.next_region;
         s.next_region += (bytes.len() as u64).max(1).next_multiple_of(0x1000) + 0x1000;
-        s.mem.insert(at, bytes.to_vec());
+        s.mem.insert(at, (bytes.to_vec(), prot));
         at
     }
 
-    /// `len` bytes of the app's memory at `at`.
+    /// `len` bytes of the app's memory at `at`, whatever its protection.
     pub fn peek(&self, at: u64, len: usize) -> Vec<u8> {
         let s = self.state();
-        let (start, off) = s.access(at, len).expect("mapped");
-        s.mem[&start][off..off + len].to_vec()
+        let (start, off) = s.region(at, len).expect("mapped");
+        s.mem[&start].0[off..off + len].to_vec()
+    }
+
+    /// How many sockets the engine holds at the moment (its own copies and makings).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Gives the app a socket made outside the engine (in its own namespace, say) at `fd`.
@@ -171,6 +248,8 @@ impl State {
             opts: HashMap::new(),
             listening: None,
             so_error: 0,
+            tcp: Tcp::Closed,
+            connected: false,
             sent: Vec::new(),
             inbox: VecDeque::new(),
             marks: 0,
@@ -179,13 +258,22 @@ impl State {
     }
 
     /// The region holding `len` bytes at `at`, and the offset in it.
-    fn access(&self, at: u64, len: usize) -> Result<(u64, usize), Errno> {
-        let (start, bytes) = self.mem.range(..=at).next_back().ok_or(libc::EFAULT)?;
+    fn region(&self, at: u64, len: usize) -> Result<(u64, usize), Errno> {
+        let (start, (bytes, _)) = self.mem.range(..=at).next_back().ok_or(libc::EFAULT)?;
         let off = (at - start) as usize;
         if off.checked_add(len).is_some_and(|end| end <= bytes.len()) {
             Ok((*start, off))
         } else {
             Err(libc::EFAULT)
+        }
+    }
+
+    /// Like [`State::region`], for an access the region's protection must allow.
+    fn access(&self, at: u64, len: usize, write: bool) -> Result<(u64, usize), Errno> {
+        let (start, off) = self.region(at, len)?;
+        match (self.mem[&start].1, write) {
+            (Prot::ReadWrite, _) | (Prot::ReadOnly, false) => Ok((start, off)),
+            _ => Err(libc::EFAULT),
         }
     }
 
@@ -233,13 +321,13 @@ impl Kernel for Fake {
         let mut s = self.state();
         s.pending(id)?;
         let n = at.unwrap_or_else(|| (3..).find(|n| !s.fds.contains_key(n)).expect("a free descriptor"));
-        s.fds.insert(n, fd.0);
+        s.fds.insert(n, fd.i);
         if cloexec {
             s.cloexec.insert(n);
         } else {
             s.cloexec.remove(&n);
         }
-        s.log.push(Op::AddFd { id, sock: fd.0, at, cloexec, send });
+        s.log.push(Op::AddFd { id, sock: fd.i, at, cloexec, send });
         if send {
             s.answers.push((id, Reply::Value(n as i64)));
         }
@@ -251,13 +339,16 @@ impl Kernel for Fake {
         if s.pending(id).is_err() {
             return Err(libc::ESRCH);
         }
-        s.fds.get(&fd).map(|i| FakeFd(*i)).ok_or(libc::EBADF)
+        s.fds.get(&fd).map(|i| FakeFd::new(*i, &self.held)).ok_or(libc::EBADF)
     }
 
+    /// Nothing is touched for nothing: a zero-length copy succeeds at any address.
     fn read(&self, _tid: i32, id: u64, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let mut s = self.state();
-        let (start, off) = s.access(addr, buf.len())?;
-        buf.copy_from_slice(&s.mem[&start][off..off + buf.len()]);
+        if !buf.is_empty() {
+            let (start, off) = s.access(addr, buf.len(), false)?;
+            buf.copy_from_slice(&s.mem[&start].0[off..off + buf.len()]);
+        }
         if s.stale_after_read.remove(&id) {
             s.stale.insert(id);
         }
@@ -266,8 +357,11 @@ impl Kernel for Fake {
 
     fn write(&self, _tid: i32, _id: u64, addr: u64, data: &[u8]) -> Result<(), Errno> {
         let mut s = self.state();
-        let (start, off) = s.access(addr, data.len())?;
-        s.mem.get_mut(&start).expect("found")[off..off + data.len()].copy_from_slice(data);
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (start, off) = s.access(addr, data.len(), true)?;
+        s.mem.get_mut(&start).expect("found").0[off..off + data.len()].copy_from_slice(data);
         s.log.push(Op::Write(addr, data.to_vec()));
         Ok(())
     }
@@ -283,26 +377,27 @@ impl Kernel for Fake {
     fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<FakeFd, Errno> {
         let mut s = self.state();
         s.log.push(Op::Socket(ns, domain, ty, protocol));
-        Ok(FakeFd(s.new_sock(domain, ty, protocol, ns)))
+        Ok(FakeFd::new(s.new_sock(domain, ty, protocol, ns), &self.held))
     }
 
     fn in_host_netns(&self, fd: &FakeFd) -> Result<bool, Errno> {
-        Ok(self.state().socks[fd.0].ns == Netns::Host)
+        Ok(self.state().socks[fd.i].ns == Netns::Host)
     }
 
     fn mark(&self, fd: &FakeFd, marks: u32) -> Result<(), Errno> {
-        self.state().socks[fd.0].marks = marks;
+        self.state().socks[fd.i].marks = marks;
         Ok(())
     }
 
     fn get_opt(&self, fd: &FakeFd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno> {
-        let s = self.state();
-        let sock = &s.socks[fd.0];
+        let mut s = self.state();
+        let sock = &mut s.socks[fd.i];
         let int = match (level, opt) {
             (libc::SOL_SOCKET, libc::SO_DOMAIN) => Some(sock.domain),
             (libc::SOL_SOCKET, libc::SO_TYPE) => Some(sock.ty),
             (libc::SOL_SOCKET, libc::SO_PROTOCOL) => Some(sock.protocol),
-            (libc::SOL_SOCKET, libc::SO_ERROR) => Some(sock.so_error),
+            // Reading the pending error clears it, as in the kernel.
+            (libc::SOL_SOCKET, libc::SO_ERROR) => Some(std::mem::take(&mut sock.so_error)),
             _ => None,
         };
         if sock.domain == libc::AF_UNIX && level != libc::SOL_SOCKET {
@@ -311,8 +406,21 @@ impl Kernel for Fake {
         if level == libc::IPPROTO_IPV6 && sock.domain != libc::AF_INET6 {
             return Err(libc::ENOPROTOOPT);
         }
+        if level == libc::IPPROTO_TCP && sock.ty != libc::SOCK_STREAM {
+            return Err(libc::ENOPROTOOPT);
+        }
         let value = match int {
             Some(v) => v.to_ne_bytes().to_vec(),
+            // struct tcp_info starts with the state, as the kernel numbers it.
+            None if (level, opt) == (libc::IPPROTO_TCP, libc::TCP_INFO) => {
+                use ax_core::plan::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT};
+                vec![match (sock.listening, sock.tcp) {
+                    (Some(_), _) => TCP_LISTEN,
+                    (None, Tcp::Closed) => TCP_CLOSE,
+                    (None, Tcp::SynSent) => TCP_SYN_SENT,
+                    (None, Tcp::Established) => TCP_ESTABLISHED,
+                }]
+            }
             None => sock.opts.get(&(level, opt)).cloned().unwrap_or_else(|| vec![0; buf.len()]),
         };
         let n = value.len().min(buf.len());
@@ -322,7 +430,7 @@ impl Kernel for Fake {
 
     fn set_opt(&self, fd: &FakeFd, level: i32, opt: i32, value: &[u8]) -> Result<(), Errno> {
         let mut s = self.state();
-        let sock = &mut s.socks[fd.0];
+        let sock = &mut s.socks[fd.i];
         if level == libc::IPPROTO_IPV6 && sock.domain != libc::AF_INET6 {
             return Err(libc::ENOPROTOOPT);
         }
@@ -331,21 +439,21 @@ impl Kernel for Fake {
     }
 
     fn inode(&self, fd: &FakeFd) -> Result<u64, Errno> {
-        Ok(self.state().socks[fd.0].inode)
+        Ok(self.state().socks[fd.i].inode)
     }
 
     fn file_flags(&self, fd: &FakeFd) -> Result<i32, Errno> {
-        Ok(self.state().socks[fd.0].flags)
+        Ok(self.state().socks[fd.i].flags)
     }
 
     fn set_file_flags(&self, fd: &FakeFd, flags: i32) -> Result<(), Errno> {
-        self.state().socks[fd.0].flags = flags;
+        self.state().socks[fd.i].flags = flags;
         Ok(())
     }
 
     fn local_addr(&self, fd: &FakeFd) -> Result<Option<SocketAddr>, Errno> {
         let s = self.state();
-        let sock = &s.socks[fd.0];
+        let sock = &s.socks[fd.i];
         if sock.domain != libc::AF_INET && sock.domain != libc::AF_INET6 {
             return Ok(None);
         }
@@ -354,78 +462,131 @@ impl Kernel for Fake {
     }
 
     fn peer_addr(&self, fd: &FakeFd) -> Result<Option<SocketAddr>, Errno> {
-        Ok(self.state().socks[fd.0].peer)
+        Ok(self.state().socks[fd.i].peer)
     }
 
     fn bind(&self, fd: &FakeFd, addr: &SocketAddr) -> Result<(), Errno> {
         let mut s = self.state();
-        s.log.push(Op::Bind(fd.0, *addr));
-        if s.socks[fd.0].local.is_some_and(|a| a.port() != 0) {
+        s.log.push(Op::Bind(fd.i, *addr));
+        if s.socks[fd.i].local.is_some_and(|a| a.port() != 0) {
             return Err(libc::EINVAL);
         }
-        if s.socks[fd.0].ns == Netns::Host && s.busy.contains(&addr.port()) {
+        if s.socks[fd.i].ns == Netns::Host && s.busy.contains(&addr.port()) {
             return Err(libc::EADDRINUSE);
         }
         let port = if addr.port() == 0 { s.ephemeral() } else { addr.port() };
-        s.socks[fd.0].local = Some(SocketAddr::new(addr.ip(), port));
+        s.socks[fd.i].local = Some(SocketAddr::new(addr.ip(), port));
         Ok(())
     }
 
     fn listen(&self, fd: &FakeFd, backlog: i32) -> Result<(), Errno> {
         let mut s = self.state();
-        s.log.push(Op::Listen(fd.0, backlog));
-        if s.socks[fd.0].ty != libc::SOCK_STREAM {
+        s.log.push(Op::Listen(fd.i, backlog));
+        if s.socks[fd.i].ty != libc::SOCK_STREAM {
             return Err(libc::EOPNOTSUPP);
         }
-        if s.socks[fd.0].local.is_none() {
+        if s.socks[fd.i].local.is_none() {
             let port = s.ephemeral();
-            let ip = unspecified(s.socks[fd.0].domain);
-            s.socks[fd.0].local = Some(SocketAddr::new(ip, port));
+            let ip = unspecified(s.socks[fd.i].domain);
+            s.socks[fd.i].local = Some(SocketAddr::new(ip, port));
         }
-        s.socks[fd.0].listening = Some(backlog);
+        s.socks[fd.i].listening = Some(backlog);
         Ok(())
     }
 
+    /// A datagram socket (re)connects at will; a stream socket follows the kernel's
+    /// __inet_stream_connect: EISCONN once connected, EALREADY while a handshake is
+    /// under way, the outcome once it is over (and then a fresh start).
     fn connect(&self, fd: &FakeFd, addr: &SocketAddr) -> Result<(), Errno> {
         let mut s = self.state();
-        s.log.push(Op::Connect(fd.0, *addr));
-        if s.socks[fd.0].peer.is_some() {
+        s.log.push(Op::Connect(fd.i, *addr));
+        let plain = ax_core::addr::unmap(*addr);
+        let sock = &s.socks[fd.i];
+        let stream = sock.ty == libc::SOCK_STREAM;
+        if stream && sock.connected {
             return Err(libc::EISCONN);
         }
-        let plain = ax_core::addr::unmap(*addr);
-        if s.refusing.contains(&plain) {
+        if stream && sock.peer.is_some() {
+            // Connecting: the handshake says how it went.
+            let sock = &mut s.socks[fd.i];
+            return match sock.tcp {
+                Tcp::SynSent => Err(libc::EALREADY),
+                Tcp::Established => {
+                    sock.connected = true;
+                    Ok(())
+                }
+                Tcp::Closed => {
+                    sock.peer = None;
+                    Err(match std::mem::take(&mut sock.so_error) {
+                        0 => libc::ECONNABORTED,
+                        e => e,
+                    })
+                }
+            };
+        }
+        if stream && sock.listening.is_some() {
+            return Err(libc::EISCONN);
+        }
+        if stream && s.refusing.contains(&plain) {
             return Err(libc::ECONNREFUSED);
         }
-        if s.socks[fd.0].local.is_none_or(|a| a.port() == 0) {
+        if s.socks[fd.i].local.is_none_or(|a| a.port() == 0) {
             let port = s.ephemeral();
-            let ip = s.socks[fd.0].local.map_or(unspecified(s.socks[fd.0].domain), |a| a.ip());
-            s.socks[fd.0].local = Some(SocketAddr::new(ip, port));
+            let ip = s.socks[fd.i].local.map_or(unspecified(s.socks[fd.i].domain), |a| a.ip());
+            s.socks[fd.i].local = Some(SocketAddr::new(ip, port));
         }
-        let pending = s.slow.contains(&plain) || s.silent.contains(&plain);
-        s.socks[fd.0].peer = Some(*addr);
-        if pending && s.socks[fd.0].flags & libc::O_NONBLOCK != 0 {
+        let pending = s.slow.contains(&plain) || s.silent.contains(&plain) || s.refusing_late.contains(&plain);
+        let sock = &mut s.socks[fd.i];
+        sock.peer = Some(*addr);
+        if !stream {
+            return Ok(());
+        }
+        if pending && sock.flags & libc::O_NONBLOCK != 0 {
+            sock.tcp = Tcp::SynSent;
             return Err(libc::EINPROGRESS);
         }
+        sock.tcp = Tcp::Established;
+        sock.connected = true;
         Ok(())
     }
 
     fn disconnect(&self, fd: &FakeFd) -> Result<(), Errno> {
         let mut s = self.state();
-        s.log.push(Op::Disconnect(fd.0));
-        s.socks[fd.0].peer = None;
+        s.log.push(Op::Disconnect(fd.i));
+        let sock = &mut s.socks[fd.i];
+        sock.peer = None;
+        sock.tcp = Tcp::Closed;
+        sock.connected = false;
         Ok(())
     }
 
+    /// A handshake under way ends at the first wait allowed to last (a slow or
+    /// late-refusing destination), or never (a silent one).
     fn wait(&self, fd: &FakeFd, what: Readiness, timeout_ms: i32) -> Result<bool, Errno> {
-        let s = self.state();
-        let sock = &s.socks[fd.0];
+        let mut s = self.state();
+        s.log.push(Op::Wait(fd.i, timeout_ms));
+        s.waits += 1;
+        assert!(s.waits < MAX_WAITS, "a helper waits for ever: its call never ends nor goes stale");
+        if let Some(mut hook) = s.on_wait.take() {
+            hook(&mut s);
+            s.on_wait = Some(hook);
+        }
+        let to = s.socks[fd.i].peer.map(ax_core::addr::unmap);
+        let (silent, refused) =
+            (to.is_some_and(|a| s.silent.contains(&a)), to.is_some_and(|a| s.refusing_late.contains(&a)));
+        let sock = &mut s.socks[fd.i];
         Ok(match what {
             Readiness::Readable => !sock.inbox.is_empty(),
+            Readiness::Writable if sock.tcp != Tcp::SynSent => true,
+            Readiness::Writable if silent || timeout_ms == 0 => false,
             Readiness::Writable => {
-                let to = sock.peer.map(ax_core::addr::unmap);
-                let silent = to.is_some_and(|a| s.silent.contains(&a));
-                let slow = to.is_some_and(|a| s.slow.contains(&a));
-                !silent && (!slow || timeout_ms != 0)
+                if refused {
+                    sock.tcp = Tcp::Closed;
+                    sock.so_error = libc::ECONNREFUSED;
+                } else {
+                    sock.tcp = Tcp::Established;
+                }
+                true
             }
         })
     }
@@ -439,14 +600,14 @@ impl Kernel for Fake {
         to: Option<&SocketAddr>,
     ) -> Result<usize, Errno> {
         let mut s = self.state();
-        s.log.push(Op::Send(fd.0, to.copied()));
-        s.socks[fd.0].sent.push((data.to_vec(), control.to_vec(), to.copied()));
+        s.log.push(Op::Send(fd.i, to.copied()));
+        s.socks[fd.i].sent.push((data.to_vec(), control.to_vec(), to.copied()));
         Ok(data.len())
     }
 
     fn recv_msg(&self, fd: &FakeFd, buf: &mut [u8], _control: &mut [u8], _flags: i32) -> Result<Received, Errno> {
         let mut s = self.state();
-        let sock = &mut s.socks[fd.0];
+        let sock = &mut s.socks[fd.i];
         let (mut data, from) = sock.inbox.pop_front().ok_or(libc::EAGAIN)?;
         let n = data.len().min(buf.len());
         buf[..n].copy_from_slice(&data[..n]);

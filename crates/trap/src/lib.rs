@@ -10,6 +10,7 @@ mod datagram;
 mod egress;
 mod engine;
 pub mod guard;
+mod helper;
 pub mod policy;
 
 #[cfg(test)]

@@ -202,6 +202,11 @@ impl Table {
         self.services.take_port()
     }
 
+    /// How many pool ports `app`'s sockets hold (exposed ports are not the pool's).
+    pub fn pool_ports_held(&self, app: AppId) -> usize {
+        self.services.pool_ports_held(app)
+    }
+
     /// Gives back a port taken with [`Table::take_port`] that the host bind did not use.
     pub fn give_back_port(&mut self, port: u16) {
         self.services.give_back_port(port);

@@ -149,6 +149,10 @@ impl Services {
         self.bindings.values().any(|b| b.app == app && b.host.port() == host_port)
     }
 
+    pub(super) fn pool_ports_held(&self, app: AppId) -> usize {
+        self.bindings.values().filter(|b| b.app == app && self.pool.ranges().contains(b.host.port())).count()
+    }
+
     /// Marks the socket at `host_port` (whose inode must match) as listening.
     pub(super) fn set_listening(&mut self, proto: Proto, host_port: u16, inode: u64, backlog: i32) -> Option<&Binding> {
         let changed = self.next_change();
@@ -252,7 +256,12 @@ mod tests {
         bind(&mut s, A, 2, Proto::Udp);
         let other = bind(&mut s, B, 3, Proto::Tcp);
         assert_eq!(s.take_port(), None, "the pool is exhausted");
-        assert_eq!(s.remove_app(A).len(), 2);
+        assert_eq!((s.pool_ports_held(A), s.pool_ports_held(B)), (2, 1));
+        // A socket on an exposed port (outside the pool) is not counted.
+        s.add("x".into(), A, socket(9, Proto::Tcp), SocketAddrV4::new(NODE, 80), SocketAddrV4::new(NODE, 8080));
+        assert_eq!(s.pool_ports_held(A), 2);
+        assert_eq!(s.remove_app(A).len(), 3);
+        assert_eq!((s.pool_ports_held(A), s.pool_ports_held(B)), (0, 1));
         assert_eq!(s.pool().in_use(), 1);
         // The sweep drops the last one.
         for _ in 0..SWEEP_MISSES {
@@ -260,6 +269,7 @@ mod tests {
         }
         assert!(s.get(Proto::Tcp, other).is_none());
         assert_eq!(s.pool().in_use(), 0);
+        assert_eq!(s.pool_ports_held(B), 0);
         // A restored row takes its port again; one of an app not back does not.
         let mut old = services();
         let kept = bind(&mut old, B, 4, Proto::Tcp);

@@ -156,14 +156,47 @@ fn every_pool_port_busy_on_the_host_fails_with_eaddrinuse_and_keeps_none() {
 #[test]
 fn an_exhausted_pool_fails_the_bind_and_the_next_app_is_still_served() {
     let r = Rig::new();
-    for _ in 0..10 {
-        let fd = r.tcp();
-        assert_eq!(r.bind(fd, "0.0.0.0:0"), OK);
+    // Five apps with their share each (a quarter of ten ports: two) take the pool.
+    let apps: Vec<Rig> = (0..5).map(|_| r.other(None, "zone=default")).collect();
+    for a in &apps {
+        for _ in 0..2 {
+            assert_eq!(a.bind(a.tcp(), "0.0.0.0:0"), OK);
+        }
     }
     let fd = r.tcp();
     assert_eq!(r.bind(fd, "0.0.0.0:0"), fail(libc::EADDRINUSE));
     // A loopback bind needs no pool port.
     assert_eq!(r.bind(fd, "127.0.0.1:8080"), OK);
+}
+
+#[test]
+fn an_app_holds_at_most_its_share_of_the_pool_until_its_sockets_go() {
+    let r = Rig::new();
+    let (a, b) = (r.tcp(), r.tcp());
+    assert_eq!(r.bind(a, "0.0.0.0:80"), OK);
+    // listen() on an unbound socket takes a pool port too.
+    assert_eq!(r.listen(b), OK);
+    let third = r.tcp();
+    assert_eq!(r.bind(third, "0.0.0.0:82"), fail(libc::EADDRINUSE));
+    assert_eq!(r.listen(third), fail(libc::EADDRINUSE));
+    assert_eq!(r.table(|t| (t.pool().in_use(), t.pool_ports_held(r.app))), (2, 2), "nothing taken past the share");
+    // Another app is served meanwhile.
+    let other = r.other(None, "zone=default");
+    assert_eq!(other.bind(other.tcp(), "0.0.0.0:80"), OK);
+    // A socket of the app goes (the kernel no longer lists it): its port is the app's again.
+    let gone = r.k.sock(a).inode;
+    let listening: std::collections::HashSet<u64> = [r.k.sock(b).inode].into();
+    let bound: std::collections::HashSet<u64> =
+        r.table(|t| t.bindings().map(|b| b.inode).filter(|i| *i != gone).collect());
+    for _ in 0..ax_core::table::SWEEP_MISSES {
+        let mark = r.table(|t| t.mark());
+        r.table(|t| t.sweep(Proto::Tcp, &listening, Some(&bound), mark));
+    }
+    assert_eq!(r.table(|t| t.pool_ports_held(r.app)), 1);
+    assert_eq!(r.bind(third, "0.0.0.0:82"), OK);
+    // The app goes: every port it held is free again.
+    r.table(|t| t.remove_app(r.app));
+    assert_eq!(r.table(|t| (t.pool().in_use(), t.pool_ports_held(r.app))), (1, 0));
 }
 
 #[test]

@@ -319,3 +319,113 @@ fn an_outside_connection_shows_the_apps_own_address_as_its_local_one() {
     r.k.state().socks[i].local = Some(host(33000));
     assert_eq!(r.shown(fd, false), Some(sa("198.18.0.5:33000")));
 }
+
+// connect() on a socket that is connected or connecting, as the kernel answers it
+
+#[test]
+fn a_second_connect_on_a_connected_socket_is_eisconn_and_changes_nothing() {
+    let r = Rig::new();
+    r.k.state().slow.insert(sa("192.0.2.1:80"));
+    // Connected by a helper (the case that answered 0: the daemon's own non-blocking
+    // connect leaves the kernel's socket "connecting" until connect is called again).
+    let fd = r.tcp();
+    let id = r.next_id();
+    let (p, l) = r.addr("192.0.2.1:80");
+    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(id), OK);
+    let sock = r.k.state().fds[&fd];
+    for dest in ["192.0.2.1:80", "192.0.2.2:80", "127.0.0.1:80", "198.18.0.9:80"] {
+        assert_eq!(r.connect(fd, dest), fail(libc::EISCONN), "{dest}");
+    }
+    assert_eq!(r.k.state().fds[&fd], sock, "the socket was not replaced (loopback)");
+    assert_eq!(r.k.sock(fd).peer, Some(sa("192.0.2.1:80")));
+    // Connected at once, and a listener: the same.
+    let fd = r.tcp();
+    assert_eq!(r.connect(fd, "192.0.2.3:80"), OK);
+    assert_eq!(r.connect(fd, "192.0.2.3:80"), fail(libc::EISCONN));
+    let fd = r.tcp();
+    assert_eq!(r.bind(fd, "0.0.0.0:80"), OK);
+    assert_eq!(r.listen(fd), OK);
+    assert_eq!(r.connect(fd, "192.0.2.3:80"), fail(libc::EISCONN));
+}
+
+#[test]
+fn a_connect_while_a_nonblocking_one_is_under_way_is_ealready_then_eisconn() {
+    let r = Rig::new();
+    r.k.state().slow.insert(sa("192.0.2.1:80"));
+    let fd = r.socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+    assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::EINPROGRESS));
+    assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::EALREADY));
+    assert_eq!(r.connect(fd, "127.0.0.1:80"), fail(libc::EALREADY));
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].tcp = crate::fake::Tcp::Established;
+    assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::EISCONN));
+}
+
+#[test]
+fn a_blocking_connect_on_a_socket_under_way_waits_for_its_outcome() {
+    let r = Rig::new();
+    r.k.state().slow.insert(sa("192.0.2.1:80"));
+    let fd = r.socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+    assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::EINPROGRESS));
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].flags &= !libc::O_NONBLOCK;
+    let id = r.next_id();
+    let (p, l) = r.addr("192.0.2.1:80");
+    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(id), OK);
+    // One that outlives SO_SNDTIMEO says EALREADY, as the kernel does.
+    r.k.state().silent.insert(sa("192.0.2.2:80"));
+    let fd = r.socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+    assert_eq!(r.connect(fd, "192.0.2.2:80"), fail(libc::EINPROGRESS));
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].flags &= !libc::O_NONBLOCK;
+    let mut tv = [0u8; 16];
+    tv[8..].copy_from_slice(&300_000i64.to_ne_bytes());
+    r.k.state().socks[i].opts.insert((libc::SOL_SOCKET, libc::SO_SNDTIMEO), tv.to_vec());
+    let id = r.next_id();
+    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(id), fail(libc::EALREADY));
+}
+
+#[test]
+fn after_a_failed_nonblocking_connect_the_next_ones_go_as_in_the_kernel() {
+    let r = Rig::new();
+    r.k.state().refusing_late.insert(sa("192.0.2.1:80"));
+    let fd = r.socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+    assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::EINPROGRESS));
+    // The app polls (natively) and the handshake fails.
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].tcp = crate::fake::Tcp::Closed;
+    r.k.state().socks[i].so_error = libc::ECONNREFUSED;
+    // The next connect reports the failure and resets the socket; the one after starts afresh.
+    assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::ECONNREFUSED));
+    assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::EINPROGRESS));
+}
+
+#[test]
+fn a_blocking_connect_refused_late_leaves_the_socket_free_to_connect_again() {
+    let r = Rig::new();
+    r.k.state().refusing_late.insert(sa("192.0.2.1:80"));
+    let fd = r.tcp();
+    let id = r.next_id();
+    let (p, l) = r.addr("192.0.2.1:80");
+    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(id), fail(libc::ECONNREFUSED));
+    assert_eq!(r.k.sock(fd).peer, None, "reset, as the kernel's blocking connect leaves it");
+    assert_eq!(r.connect(fd, "192.0.2.2:80"), OK);
+    assert_eq!(r.k.sock(fd).peer, Some(sa("192.0.2.2:80")));
+}
+
+#[test]
+fn a_connected_udp_socket_may_connect_again() {
+    let r = Rig::new();
+    let fd = r.udp();
+    assert_eq!(r.connect(fd, "192.0.2.1:53"), OK);
+    assert_eq!(r.connect(fd, "192.0.2.2:53"), OK);
+    assert_eq!(r.k.sock(fd).peer, Some(sa("192.0.2.2:53")));
+}

@@ -6,6 +6,8 @@
 mod bind;
 mod connect;
 mod datagram;
+mod helpers;
+mod memory;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
