@@ -16,6 +16,8 @@ use serde_json::Value;
 
 pub const NODE_IP: &str = "10.251.0.1";
 pub const PEER_IP: &str = "10.251.0.2";
+/// An address on the node's subnet that [`TestHost::blackhole`] makes swallow packets.
+pub const BLACKHOLE_IP: &str = "10.251.0.4";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -358,6 +360,13 @@ impl TestHost {
         });
     }
 
+    /// Waits until app `what`'s log has a line starting with `prefix`; returns that line.
+    pub fn wait_for_line(&self, what: &str, prefix: &str) -> String {
+        let find = || self.app_log(what).lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+        self.wait_until(&format!("{what} to say {prefix:?}"), Duration::from_secs(30), || find().is_some());
+        find().unwrap()
+    }
+
     pub fn wait_until(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         while !cond() {
@@ -368,6 +377,73 @@ impl TestHost {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Compiles `source` (a C file in tests/support) into the test's scratch space, where
+    /// any user may run it; returns the program's path.
+    pub fn compile_c(&self, source: &str) -> String {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(source);
+        let bin = self.dir.join(source.trim_end_matches(".c"));
+        sh(Command::new("gcc").args(["-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o"]).arg(&bin).arg(&src));
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)).unwrap();
+        bin.to_string_lossy().into_owned()
+    }
+
+    /// Makes BLACKHOLE_IP swallow packets: a permanent neighbour entry with a MAC nobody
+    /// has sends them to the peer namespace, which drops them. A connect there waits.
+    pub fn blackhole(&self) -> &'static str {
+        sh(Command::new("ip").args(["-n", &self.name, "neigh", "replace", BLACKHOLE_IP]).args([
+            "lladdr",
+            "02:00:00:00:00:04",
+            "dev",
+            "ax0",
+            "nud",
+            "permanent",
+        ]));
+        BLACKHOLE_IP
+    }
+
+    /// The standard output of `program ARGS` run in the test host, which must succeed.
+    pub fn stdout_of(&self, program: &str, args: &[&str]) -> String {
+        String::from_utf8(sh(self.cmd(program).args(args)).stdout).unwrap()
+    }
+
+    /// The test host's TCP and UDP sockets as `ss` shows them (`ss_flags` such as
+    /// "-tuan"): protocol, state, local and peer address.
+    pub fn inet_sockets(&self, ss_flags: &str) -> Vec<[String; 4]> {
+        self.stdout_of("ss", &["-H", ss_flags])
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                [f[0], f[1], f[4], f[5]].map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Sends signal `sig` to process `pid` of the test host's PID namespace.
+    pub fn kill(&self, pid: &str, sig: &str) {
+        sh(self.cmd("kill").args([&format!("-{sig}"), pid]));
+    }
+
+    /// The number of the system call process `pid` is blocked in ("running" when none).
+    pub fn syscall_of(&self, pid: &str) -> String {
+        let out = self.cmd("cat").arg(format!("/proc/{pid}/syscall")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("gone").to_string()
+    }
+
+    /// The daemon's pid as this test process sees it (the child of the nsenter started).
+    pub fn daemon_pid(&self) -> u32 {
+        let nsenter = self.daemon.as_ref().expect("a daemon").id();
+        let kids = fs::read_to_string(format!("/proc/{nsenter}/task/{nsenter}/children")).unwrap();
+        kids.split_whitespace().next().and_then(|p| p.parse().ok()).expect("the daemon process")
+    }
+
+    /// How many threads and open descriptors the daemon has.
+    pub fn daemon_threads_and_fds(&self) -> (usize, usize) {
+        let pid = self.daemon_pid();
+        let count = |dir: &str| fs::read_dir(format!("/proc/{pid}/{dir}")).unwrap().count();
+        (count("task"), count("fd"))
     }
 
     /// Sends SIGTERM to the daemon and waits for it.

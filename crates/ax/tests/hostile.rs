@@ -1,0 +1,345 @@
+//! The attack suite, as root: a hostile C program (`support/hostile.c`), run as an
+//! untrusted app (`ax run --user nobody --labels role=test`), tries each way around the
+//! daemon's decisions against a role=prod service that logs every connection and
+//! datagram. Each test asserts that prod never heard from it and that the daemon still
+//! serves a role=prod client afterwards; the hostile program's report of every attempt
+//! (errno names) goes to the test's output.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{TestHost, NODE_IP};
+
+const PY: &str = "/usr/bin/python3";
+const PROD_IP: &str = "198.18.10.1";
+const PROD_TCP: &str = "198.18.10.1:8080";
+const PROD_UDP: &str = "198.18.10.1:9000";
+/// How long each race runs (the program also stops after 200,000 calls).
+const RACE_SECONDS: &str = "5";
+/// The daemon's default --ports.
+const POOL: std::ops::RangeInclusive<u16> = 40000..=60000;
+
+/// prod logs `tcp accept ADDR` for each connection in the order it accepts them, `tcp
+/// data ..` for what each sends, `udp ..` for each datagram, and answers `prod-secret`.
+const PROD: &str = "import socket,threading
+def talk(c):
+  c.settimeout(2)
+  try: d=c.recv(200)
+  except OSError: d=b''
+  print('tcp data',d[:60],flush=True)
+  try: c.sendall(b'prod-secret\\n')
+  except OSError: pass
+  c.close()
+def udp():
+  u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+  u.bind(('',9000))
+  while True:
+    d,a=u.recvfrom(2048)
+    print('udp',d[:60],flush=True)
+    try: u.sendto(b'prod-secret\\n',a)
+    except OSError: pass
+threading.Thread(target=udp,daemon=True).start()
+s=socket.socket()
+s.bind(('',8080))
+s.listen(128)
+while True:
+  c,a=s.accept()
+  print('tcp accept',a,flush=True)
+  threading.Thread(target=talk,args=(c,),daemon=True).start()";
+
+/// A role=prod client: one TCP and one UDP exchange with prod, each saying `checker`.
+const CHECKER: &str = "import socket
+c=socket.create_connection(('198.18.10.1',8080),timeout=20)
+c.sendall(b'checker')
+print(c.recv(100).decode(),end='',flush=True)
+u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+u.settimeout(20)
+u.sendto(b'checker',('198.18.10.1',9000))
+print(u.recvfrom(100)[0].decode(),end='')";
+
+/// A test host with its daemon, prod, and the hostile program built.
+struct Arena {
+    h: TestHost,
+    hostile: String,
+    /// Where prod's sockets really are: the node address and a pool port.
+    prod_tcp_host: String,
+    prod_udp_host: String,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        Arena::with_daemon(&[])
+    }
+
+    fn with_daemon(args: &[&str]) -> Arena {
+        support::require_root_and(&["gcc", PY, "ss", "getent"]);
+        let mut h = TestHost::new();
+        h.start_daemon(args);
+        let hostile = h.compile_c("hostile.c");
+        h.spawn_app("prod", &["--ip", PROD_IP, "--name", "prod", "--labels", "role=prod", "--", PY, "-c", PROD]);
+        h.wait_for_rows(PROD_TCP, 1);
+        h.wait_for_rows(PROD_UDP, 1);
+        let host_addr = |service: &str| h.servers_at(service)[0]["ipv4_addr"].as_str().unwrap().to_string();
+        let (prod_tcp_host, prod_udp_host) = (host_addr(PROD_TCP), host_addr(PROD_UDP));
+        Arena { h, hostile, prod_tcp_host, prod_udp_host }
+    }
+
+    fn hostile_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut full = vec!["--user", "nobody", "--labels", "role=test", "--", self.hostile.as_str()];
+        full.extend(args);
+        full
+    }
+
+    /// Runs the hostile program to its end; returns (and shows) its report.
+    fn attack(&self, args: &[&str]) -> String {
+        let out = self.h.run(&self.hostile_args(args));
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("hostile {args:?} ({}):\n{report}{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the hostile program failed: {out:?}");
+        report
+    }
+
+    /// Starts the hostile program in the background as `what`.
+    fn spawn_attack(&mut self, what: &str, args: &[&str]) {
+        let full: Vec<String> = self.hostile_args(args).into_iter().map(str::to_string).collect();
+        self.h.spawn_app(what, &full.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// Waits until background attack `what` holds what it took; returns its report.
+    fn holding(&self, what: &str) -> String {
+        self.h.wait_for_line(what, "holding");
+        let report = self.h.app_log(what);
+        eprintln!("hostile {what}:\n{report}");
+        report
+    }
+
+    /// A role=prod client still reaches prod, `ax get apps` answers, and prod's log holds
+    /// the client's exchanges alone: nothing of the hostile app's reached it.
+    fn assert_prod_untouched(&self) {
+        assert_eq!(self.h.run_ok(&["--labels", "role=prod", "--", PY, "-c", CHECKER]), "prod-secret\nprod-secret\n");
+        // The checker's datagram and connection were queued after anything the attack
+        // sent, so once prod has logged them it has logged everything before them.
+        self.h.wait_until("prod to log the checker", Duration::from_secs(20), || {
+            let log = self.h.app_log("prod");
+            log.contains("tcp data b'checker'") && log.contains("udp b'checker'")
+        });
+        let log = self.h.app_log("prod");
+        let heard = |prefix: &str| log.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!((heard("tcp accept"), heard("udp ")), (1, 1), "prod heard from someone else:\n{log}");
+        assert!(self.h.get("apps").iter().any(|a| a["app_ip"] == PROD_IP));
+    }
+
+    /// Listening TCP and bound UDP sockets of the test host, other than those on the
+    /// node address's pool ports (where the daemon puts apps' sockets) and `before`.
+    fn native_sockets(&self, before: &[[String; 4]]) -> Vec<[String; 4]> {
+        let pooled = |local: &str| {
+            local
+                .strip_prefix(&format!("{NODE_IP}:"))
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some_and(|p| POOL.contains(&p))
+        };
+        self.h.inet_sockets("-tuln").into_iter().filter(|s| !before.contains(s) && !pooled(&s[2])).collect()
+    }
+}
+
+// ---- 1-3: calls that name a destination on a host socket --------------------------
+
+#[test]
+fn fast_open_sends_do_not_reach_prod() {
+    let a = Arena::new();
+    let report = a.attack(&["fastopen", "hostile fastopen", PROD_TCP, &a.prod_tcp_host]);
+    assert!(!report.contains("REPLY"), "{report}");
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn fast_open_sends_do_not_reach_the_hosts_api() {
+    let a = Arena::new();
+    let body = r#"{"name":"pwn","ip":"198.18.9.9","ports":"80","backends":"198.18.10.1"}"#;
+    let post = format!(
+        "POST /v1/vservices HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let report = a.attack(&["fastopen", &post, "127.0.0.1:6664"]);
+    assert_eq!(a.h.get("vservices"), Vec::<serde_json::Value>::new(), "{report}");
+    assert!(!report.contains("REPLY"), "the API answered: {report}");
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn tcp_fastopen_connect_does_not_reach_prod() {
+    let a = Arena::new();
+    let report = a.attack(&["tfo-connect", "hostile tfo-connect", PROD_TCP, &a.prod_tcp_host]);
+    assert!(!report.contains("REPLY"), "{report}");
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn sendmmsg_does_not_reach_a_prod_udp_service() {
+    let a = Arena::new();
+    a.attack(&["sendmmsg-udp", PROD_UDP, &a.prod_udp_host]);
+    a.assert_prod_untouched();
+}
+
+// ---- 4-5: races on what a descriptor number is -----------------------------------
+
+#[test]
+fn dup2_race_on_connect_does_not_reach_prod() {
+    let a = Arena::new();
+    a.attack(&["race", "connect", RACE_SECONDS, "0", PROD_TCP, &a.prod_tcp_host]);
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn dup2_race_on_sendto_does_not_reach_prod() {
+    let a = Arena::new();
+    a.attack(&["race", "sendto", RACE_SECONDS, "0", PROD_UDP, &a.prod_udp_host]);
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn dup2_race_on_bind_takes_no_port_of_the_host() {
+    let mut a = Arena::new();
+    let before = a.h.inet_sockets("-tuln");
+    let node = |port: u16| format!("{NODE_IP}:{port}");
+    a.spawn_attack("race", &["race", "bind", RACE_SECONDS, "60", "0.0.0.0:7001", &node(7002), &node(53)]);
+    a.holding("race");
+    assert_eq!(a.native_sockets(&before), Vec::<[String; 4]>::new());
+    a.h.stop_app("race");
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn dup2_race_on_listen_listens_nowhere_but_the_pool() {
+    let mut a = Arena::new();
+    let before = a.h.inet_sockets("-tuln");
+    a.spawn_attack("race", &["race", "listen", RACE_SECONDS, "60"]);
+    a.holding("race");
+    assert_eq!(a.native_sockets(&before), Vec::<[String; 4]>::new());
+    a.h.stop_app("race");
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn close_and_reopen_race_on_connect_does_not_reach_prod() {
+    let a = Arena::new();
+    a.attack(&["race", "reopen", RACE_SECONDS, "0", PROD_TCP, &a.prod_tcp_host]);
+    a.assert_prod_untouched();
+}
+
+// ---- 6: the daemon's own ports --------------------------------------------------
+
+#[test]
+fn an_app_cannot_answer_dns_for_the_others() {
+    let mut a = Arena::new();
+    a.spawn_attack("squat", &["dns-squat", "60", "203.0.113.66"]);
+    let bind = a.h.wait_for_line("squat", "bind 0.0.0.0:53: ");
+    // Apps sharing the squatter's label and apps sharing none still get the daemon's answer.
+    for labels in ["role=test", "zone=default"] {
+        let out = a.h.run(&["--labels", labels, "--", "getent", "hosts", "prod"]);
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(answer.starts_with(&format!("{PROD_IP} ")), "{labels}: {answer:?} ({bind})");
+    }
+    a.h.stop_app("squat");
+    a.assert_prod_untouched();
+}
+
+// ---- 7: the kernel's errnos -------------------------------------------------------
+
+#[test]
+fn bad_buffers_and_connect_states_get_the_kernels_errnos() {
+    let a = Arena::new();
+    let silent = format!("{}:80", a.h.blackhole());
+    let report = a.attack(&["errnos", &format!("{NODE_IP}:7100"), &silent]);
+    assert_eq!(
+        report,
+        "bind: ok\nlisten: ok\nconnect: ok\n\
+         getsockname into read-only address: EFAULT\ngetpeername into read-only address: EFAULT\n\
+         getsockname with read-only length: EFAULT\ngetpeername with read-only length: EFAULT\n\
+         read-only page: untouched\nconnect again: EISCONN\n\
+         non-blocking connect: EINPROGRESS\nnon-blocking connect again: EALREADY\n"
+    );
+    a.assert_prod_untouched();
+}
+
+// ---- 8: resources -----------------------------------------------------------------
+
+/// What the daemon holds: threads, descriptors, rows of `ax get sockets`, and the test
+/// host's TCP and UDP sockets (TIME-WAIT aside).
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    threads: usize,
+    fds: usize,
+    table_sockets: usize,
+    host_sockets: usize,
+}
+
+impl Usage {
+    fn of(h: &TestHost) -> Usage {
+        let (threads, fds) = h.daemon_threads_and_fds();
+        let host_sockets = h.inet_sockets("-tuan").iter().filter(|s| s[1] != "TIME-WAIT").count();
+        Usage { threads, fds, table_sockets: h.get("sockets").len(), host_sockets }
+    }
+
+    fn within(&self, base: &Usage) -> bool {
+        self.threads <= base.threads
+            && self.fds <= base.fds
+            && self.table_sockets <= base.table_sockets
+            && self.host_sockets <= base.host_sockets
+    }
+}
+
+/// Twenty apps, each killed (SIGKILL) while blocked in the call `args(i)` makes; then
+/// everything the daemon held for them must be released.
+fn killed_mid_call(a: &mut Arena, args: impl Fn(usize) -> Vec<String>) {
+    a.h.run_ok(&["--", "true"]);
+    let base = Usage::of(&a.h);
+    for i in 0..20 {
+        let what = format!("blocked{i}");
+        let args = args(i);
+        a.spawn_attack(&what, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let line = a.h.wait_for_line(&what, "pid ");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (pid, nr) = (words[1], words[5]);
+        a.h.wait_until(&format!("{what} to block in syscall {nr}"), Duration::from_secs(20), || {
+            a.h.syscall_of(pid) == nr
+        });
+        a.h.kill(pid, "KILL");
+    }
+    let t0 = Instant::now();
+    let mut now = Usage::of(&a.h);
+    while !now.within(&base) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+        now = Usage::of(&a.h);
+    }
+    eprintln!("baseline {base:?}, after the kills {now:?}, {:?} later", t0.elapsed());
+    assert!(now.within(&base), "the daemon kept what killed apps held: baseline {base:?}, now {now:?}");
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn apps_killed_in_a_blocking_recvfrom_leave_nothing_behind() {
+    let mut a = Arena::new();
+    killed_mid_call(&mut a, |i| vec!["block-recv".into(), (7200 + i).to_string()]);
+}
+
+#[test]
+fn apps_killed_in_a_blocking_connect_leave_nothing_behind() {
+    let mut a = Arena::new();
+    let silent = format!("{}:80", a.h.blackhole());
+    killed_mid_call(&mut a, |_| vec!["block-connect".into(), silent.clone()]);
+}
+
+#[test]
+fn one_app_cannot_take_every_pool_port() {
+    let mut a = Arena::with_daemon(&["--ports", "45000-45063"]);
+    a.spawn_attack("hog", &["take-ports", "64", "20000", "60"]);
+    let hog = a.holding("hog");
+    let other = a.attack(&["take-ports", "1", "21000", "0"]);
+    assert!(other.starts_with("bound 1 of 1\n"), "another app could not bind: {other}\nthe hog: {hog}");
+    assert!(hog.contains(": EADDRINUSE\n") || hog.contains(": EAGAIN\n"), "the hog was not stopped by a cap: {hog}");
+    a.h.stop_app("hog");
+    a.assert_prod_untouched();
+}
