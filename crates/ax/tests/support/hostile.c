@@ -199,7 +199,8 @@ static int cmd_sendmmsg_udp(int argc, char **argv) {
  *   bind     as sendto, the caller binds N
  *   listen   as connect, the caller listens on N (an unbound TCP socket autobinds)
  *   reopen   thread A closes N and makes a new socket that lands on N, alternately a
- *            host TCP socket and an AF_UNIX one; the caller connects N
+ *            host TCP socket and an AF_UNIX one; the caller connects N. Every other
+ *            host socket is a dup(2) of one made earlier: a reopen that costs no trap
  * After a success the host socket is replaced (and the old one kept open, so a port it
  * took natively stays visible to the test) until MAX_KEPT are kept. With HOLD > 0 the
  * program then keeps everything open for HOLD seconds. */
@@ -241,10 +242,10 @@ static void renew_host(struct race *r) {
 
 static void *flipper(void *p) {
     struct race *r = p;
-    while (!atomic_load(&r->stop)) {
+    for (long cycle = 0; !atomic_load(&r->stop); cycle++) {
         if (r->kind == RACE_REOPEN) {
             close(r->n);
-            place_at(r, make_socket(AF_INET, SOCK_STREAM));
+            place_at(r, cycle % 2 ? dup(r->host) : make_socket(AF_INET, SOCK_STREAM));
             close(r->n);
             place_at(r, make_socket(AF_UNIX, SOCK_STREAM));
         } else {
@@ -314,7 +315,7 @@ static int cmd_race(int argc, char **argv) {
         long rv = race_call(&r, op, &to[target]);
         int e = rv >= 0 ? 0 : errno;
         counts[op][target][e < MAX_ERR ? e : MAX_ERR - 1]++;
-        if (rv >= 0 && r.kind != RACE_SENDTO && r.kind != RACE_REOPEN)
+        if (rv >= 0 && r.kind != RACE_SENDTO)
             atomic_store(&r.fresh, 1);
     }
     atomic_store(&r.stop, 1);
