@@ -183,6 +183,14 @@ fn sendmmsg_does_not_reach_a_prod_udp_service() {
     a.assert_prod_untouched();
 }
 
+#[test]
+fn the_i386_entry_does_not_reach_prod() {
+    let a = Arena::new();
+    let report = a.attack(&["int80", "hostile int80", PROD_TCP, &a.prod_tcp_host]);
+    assert!(!report.contains("REPLY"), "{report}");
+    a.assert_prod_untouched();
+}
+
 // ---- 4-5: races on what a descriptor number is -----------------------------------
 
 #[test]

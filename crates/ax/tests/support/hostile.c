@@ -493,6 +493,61 @@ static int cmd_take_ports(int argc, char **argv) {
     return 0;
 }
 
+/* ---- 9. The i386 entry from a 64-bit app: int80 PAYLOAD ADDR... ----------------
+ * int $0x80 runs the i386 system call table (socketcall, connect = 362), whose numbers
+ * a filter written for x86_64 would not recognise. Arguments live below 4 GiB. */
+
+#if defined(__x86_64__)
+static long int80(long nr, long a, long b, long c) {
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b), "d"(c) : "memory", "r8", "r9", "r10", "r11");
+    if (r < 0 && r > -4096) {
+        errno = -r;
+        return -1;
+    }
+    return r;
+}
+
+static int cmd_int80(int argc, char **argv) {
+    enum { SOCKETCALL = 102, SC_CONNECT = 3, SC_SENDTO = 11, I386_CONNECT = 362 };
+    if (argc < 2)
+        die("usage: int80 PAYLOAD ADDR...");
+    unsigned char *low = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+    if (low == MAP_FAILED)
+        die("mmap: %s", outcome(-1));
+    size_t plen = strlen(argv[0]) < 1024 ? strlen(argv[0]) : 1024;
+    memcpy(low + 1024, argv[0], plen);
+    unsigned addr = (unsigned)(unsigned long)low, buf = addr + 1024;
+    unsigned *args = (unsigned *)(low + 256);
+    for (int i = 1; i < argc; i++) {
+        struct sockaddr_in to = parse_addr(argv[i]);
+        memcpy(low, &to, sizeof to);
+        int fd = make_socket(AF_INET, SOCK_STREAM);
+        memcpy(args, (unsigned[]){fd, addr, sizeof to}, 3 * sizeof *args);
+        long rv = int80(SOCKETCALL, SC_CONNECT, (long)args, 0);
+        say("socketcall connect %s: %s", argv[i], outcome(rv));
+        long rv2 = int80(I386_CONNECT, fd, addr, sizeof to);
+        say("i386 connect %s: %s", argv[i], outcome(rv2));
+        close(fd);
+        fd = make_socket(AF_INET, SOCK_STREAM);
+        memcpy(args, (unsigned[]){fd, buf, plen, MSG_FASTOPEN, addr, sizeof to}, 6 * sizeof *args);
+        long rv3 = int80(SOCKETCALL, SC_SENDTO, (long)args, 0);
+        say("socketcall sendto MSG_FASTOPEN %s: %s", argv[i], outcome(rv3));
+        if (rv >= 0 || rv2 >= 0 || rv3 >= 0)
+            show_reply(fd, argv[i]);
+        close(fd);
+    }
+    return 0;
+}
+#else
+static int cmd_int80(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    say("int80: not x86_64, nothing to try");
+    return 0;
+}
+#endif
+
 /* ---- dispatch ----------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
@@ -503,11 +558,13 @@ int main(int argc, char **argv) {
         {"fastopen", cmd_fastopen},     {"tfo-connect", cmd_tfo_connect}, {"sendmmsg-udp", cmd_sendmmsg_udp},
         {"race", cmd_race},             {"dns-squat", cmd_dns_squat},     {"errnos", cmd_errnos},
         {"block-recv", cmd_block_recv}, {"block-connect", cmd_block_connect}, {"take-ports", cmd_take_ports},
+        {"int80", cmd_int80},
     };
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 2)
         for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
             if (!strcmp(argv[1], cmds[i].name))
                 return cmds[i].run(argc - 2, argv + 2);
-    die("usage: hostile fastopen|tfo-connect|sendmmsg-udp|race|dns-squat|errnos|block-recv|block-connect|take-ports ...");
+    die("usage: hostile fastopen|tfo-connect|sendmmsg-udp|race|dns-squat|errnos|block-recv|block-connect|"
+        "take-ports|int80 ...");
 }
