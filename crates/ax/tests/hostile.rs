@@ -253,7 +253,9 @@ fn dup2_race_on_listen_serves_no_one_outside() {
 #[test]
 fn close_and_reopen_race_on_connect_does_not_reach_prod() {
     let a = Arena::new();
-    a.attack(&["race", "reopen", RACE_SECONDS, "0", PROD_TCP, &a.prod_tcp_host]);
+    // Its wins are rarer than dup2's: all go to the one address a native connect from the
+    // host can reach (the virtual address has no route there).
+    a.attack(&["race", "reopen", RACE_SECONDS, "0", &a.prod_tcp_host]);
     a.assert_prod_untouched();
 }
 

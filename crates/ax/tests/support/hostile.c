@@ -199,8 +199,9 @@ static int cmd_sendmmsg_udp(int argc, char **argv) {
  *   bind     as sendto, the caller binds N
  *   listen   as connect, the caller listens on N (an unbound TCP socket autobinds)
  *   reopen   thread A closes N and makes a new socket that lands on N, alternately a
- *            host TCP socket and an AF_UNIX one; the caller connects N. Every other
- *            host socket is a dup(2) of one made earlier: a reopen that costs no trap
+ *            host TCP socket and an AF_UNIX one; the caller connects N. One host
+ *            socket in 32 is new (socket(2), a trap that leaves N closed meanwhile); the
+ *            others are a dup(2) of one made earlier: a reopen that costs no trap
  * After a success the host socket is replaced (and the old one kept open, so a port it
  * took natively stays visible to the test) until MAX_KEPT are kept. With HOLD > 0 the
  * program then keeps everything open for HOLD seconds. */
@@ -245,7 +246,7 @@ static void *flipper(void *p) {
     for (long cycle = 0; !atomic_load(&r->stop); cycle++) {
         if (r->kind == RACE_REOPEN) {
             close(r->n);
-            place_at(r, cycle % 2 ? dup(r->host) : make_socket(AF_INET, SOCK_STREAM));
+            place_at(r, cycle % 32 ? dup(r->host) : make_socket(AF_INET, SOCK_STREAM));
             close(r->n);
             place_at(r, make_socket(AF_UNIX, SOCK_STREAM));
         } else {
