@@ -115,12 +115,12 @@ fn vservices_reach_neither_the_daemon_nor_a_row_past_its_labels() {
     let test_client = ["--labels", "role=test", "--", "curl", "-s", "--max-time", "10", "http://198.18.7.2/who"];
     assert_eq!(h.run(&test_client).status.code(), Some(7), "refused: role=test shares no label with the row");
     assert_eq!(h.run_ok(&["--labels", "role=prod", "--", "curl", "-sf", "http://198.18.7.2/who"]), "prod");
-    // A host outside the service table needs the opt-in.
-    support::fails_with(
-        create(&h, &["out", "--ip", "198.18.7.3", "--ports", "80", "--backends", "203.0.113.9:80"]),
-        "needs --allow-external-backends",
-    );
-    assert_eq!(h.get("vservices").len(), 1);
+    // A host outside the service table needs the opt-in: without it, it is never dialled.
+    let out = create(&h, &["out", "--ip", "198.18.7.3", "--ports", "80", "--backends", "203.0.113.9:80"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(h.run(&["--", "curl", "-s", "--max-time", "10", "http://198.18.7.3/"]).status.code(), Some(7));
+    assert!(h.daemon_log().contains("backend 203.0.113.9:80 is neither an app's address"), "{}", h.daemon_log());
+    assert_eq!(h.get("vservices").len(), 2);
 }
 
 #[test]

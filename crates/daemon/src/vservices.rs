@@ -8,6 +8,7 @@ use ax_api::{Backends, PortMaps, VserviceRequest, VserviceView};
 use ax_cluster::state::VsRecord;
 use ax_core::vservice::Vservice;
 use ax_core::{Origin, Table};
+use tracing::warn;
 
 use crate::relay::{Dial, RelayKey, RelaySpec};
 use crate::state::{Out, State};
@@ -59,13 +60,20 @@ pub(crate) fn install(
 ) -> Result<(), Refusal> {
     let (name, ip, ports, external) = (v.name.clone(), v.ip, v.ports.clone(), v.external);
     let dialers: Vec<String> = v.backends.iter().map(|b| b.to_string()).collect();
-    state.table.add_vservice(v, origin).map_err(|e| {
+    let not_yet = state.table.add_vservice(v, origin).map_err(|e| {
         if e.is_conflict() {
             Refusal::Conflict(e.to_string())
         } else {
             Refusal::Bad(e.to_string())
         }
     })?;
+    for addr in not_yet {
+        warn!(
+            vservice = %name,
+            "backend {addr} is neither an app's address nor a service row's host address yet: it is dialled once one is \
+             (an outside host needs --allow-external-backends)"
+        );
+    }
     if let Some((port, e)) = unbindable {
         let _ = state.table.remove_vservice(&name);
         return Err(Refusal::Conflict(format!(

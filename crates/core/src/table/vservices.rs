@@ -36,8 +36,6 @@ pub enum VserviceError {
     AppAddress(Ipv4Addr),
     #[error("backend {addr} is {why}: a vservice may not send its clients there")]
     Backend { addr: SocketAddrV4, why: &'static str },
-    #[error("backend {0} is neither an app's address nor a service row's host address: an outside host needs --allow-external-backends")]
-    Outside(SocketAddrV4),
     #[error("no vservice named '{0}'")]
     Missing(String),
 }
@@ -83,8 +81,11 @@ pub(super) struct Vservices {
 
 impl Table {
     /// Adds a vservice after checking its address (new, unicast, no node's or app's)
-    /// and its backends (see the module's text); `origin` says how far.
-    pub fn add_vservice(&mut self, v: Vservice, origin: Origin) -> Result<(), VserviceError> {
+    /// and its backends (see the module's text); `origin` says how far. Returns the
+    /// backends outside the service table that the vservice may not dial (no
+    /// `allow_external`): none is dialled until an app or a row has its address (an app
+    /// started just after the vservice, say), which every connect checks again.
+    pub fn add_vservice(&mut self, v: Vservice, origin: Origin) -> Result<Vec<SocketAddrV4>, VserviceError> {
         self.vservices.check_unique(&v)?;
         if let Some(why) = addr::not_unicast(v.ip) {
             return Err(VserviceError::NotUnicast { ip: v.ip, why });
@@ -95,25 +96,27 @@ impl Table {
         if self.apps.has_ip(v.ip) || self.remote.has_app_ip(v.ip) || self.remote.was_app_ip(v.ip) {
             return Err(VserviceError::AppAddress(v.ip));
         }
+        let mut not_yet = Vec::new();
         for addr in backend_addrs(&v) {
-            self.check_backend(addr, &v, origin)?;
+            if self.check_backend(addr, origin)? && !v.allow_external {
+                not_yet.push(addr);
+            }
         }
         self.vservices.by_name.insert(v.name.clone(), v);
-        Ok(())
+        Ok(not_yet)
     }
 
-    fn check_backend(&self, addr: SocketAddrV4, v: &Vservice, origin: Origin) -> Result<(), VserviceError> {
+    /// Refuses a backend no vservice may have; true when it is outside the service table.
+    fn check_backend(&self, addr: SocketAddrV4, origin: Origin) -> Result<bool, VserviceError> {
         let ip = *addr.ip();
         let seen_app = !self.is_node_address(ip) && (self.apps.has_ip(ip) || self.remote.has_app_ip(ip));
         match reach(&self.node, &self.apps, &self.services, &self.remote, addr, seen_app) {
             Reach::Refused(why) => Err(VserviceError::Backend { addr, why }),
-            Reach::Rows(_) => Ok(()),
-            Reach::Outside if origin == Origin::Cluster => Ok(()),
-            Reach::Outside if self.reserved(addr, None) == Some(Reserved::Relayed) => {
+            Reach::Rows(_) => Ok(false),
+            Reach::Outside if origin == Origin::Request && self.reserved(addr, None) == Some(Reserved::Relayed) => {
                 Err(VserviceError::Backend { addr, why: "a host port this node relays or exposes" })
             }
-            Reach::Outside if !v.allow_external => Err(VserviceError::Outside(addr)),
-            Reach::Outside => Ok(()),
+            Reach::Outside => Ok(true),
         }
     }
 
@@ -332,13 +335,16 @@ mod tests {
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.2.2:80")), Route::Refused);
         // Outside ax (an external port) there are no labels to check.
         assert_eq!(targets(t.vservice_route(ip("198.18.2.2"), 80, None).unwrap()).len(), 1);
-        let e = t.add_vservice(vservice("e", "198.18.2.3", LbType::Random, "192.0.2.7"), Origin::Request).unwrap_err();
-        assert_eq!(e, VserviceError::Outside(v4("192.0.2.7:8000")));
-        assert_eq!(
-            e.to_string(),
-            "backend 192.0.2.7:8000 is neither an app's address nor a service row's host address: an outside host needs --allow-external-backends"
-        );
-        assert!(!e.is_conflict());
+        // Without the opt-in an outside backend is taken but never dialled...
+        let not_yet = t.add_vservice(vservice("e", "198.18.2.3", LbType::Random, "198.18.1.7"), Origin::Request);
+        assert_eq!(not_yet, Ok(vec![v4("198.18.1.7:8000")]));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.2.3:80")), Route::Backends(vec![]));
+        // ...until an app has its address; then its rows, with their labels, are.
+        let late = app(&mut t, Some("198.18.1.7"), "role=test");
+        let port = serve(&mut t, late, "0.0.0.0:8000", 7);
+        let Route::Backends(b) = t.route_connect(c, Proto::Tcp, sa("198.18.2.3:80")) else { panic!() };
+        assert_eq!(b, vec![Target { addr: SocketAddrV4::new(NODE, port), source: None }]);
+        t.remove_vservice("e").unwrap();
         let mut ext = outside("e", "198.18.2.3", "192.0.2.8:9000,192.0.2.7");
         ext.source_ip = Some(NODE);
         t.add_vservice(ext, Origin::Request).unwrap();
@@ -422,8 +428,8 @@ mod tests {
         }
         // An address alone is refused at every app port that lands on the daemon.
         let plain = vservice("b", "198.18.2.1", LbType::Random, "10.0.0.1");
-        let e = t.add_vservice(plain, Origin::Request).unwrap_err();
-        assert!(e.to_string().starts_with("backend 10.0.0.1:8000 is neither"), "{e}");
+        assert_eq!(t.add_vservice(plain, Origin::Request), Ok(vec![v4("10.0.0.1:8000")]), "taken, not dialled");
+        t.remove_vservice("b").unwrap();
         let mut v = outside("b", "198.18.2.1", "10.0.0.1");
         v.ports = crate::vservice::parse_ports("80:8000,5353:53").unwrap();
         assert_eq!(
