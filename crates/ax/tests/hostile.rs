@@ -374,3 +374,21 @@ fn one_app_cannot_take_every_pool_port() {
     a.h.stop_app("hog");
     a.assert_prod_untouched();
 }
+
+// ---- the guard outlives the daemon ------------------------------------------------
+
+#[test]
+fn the_guard_holds_through_a_daemon_restart() {
+    let mut a = Arena::new();
+    // The race's host socket is made by this daemon; the next one must still guard it.
+    let host = a.prod_udp_host.clone();
+    a.spawn_attack("race", &["race", "sendto", "8", "0", PROD_UDP, &host]);
+    std::thread::sleep(Duration::from_secs(2));
+    a.h.signal_daemon("KILL");
+    std::thread::sleep(Duration::from_secs(1));
+    a.h.start_daemon(&[]);
+    a.h.wait_for_line("race", "race sendto:");
+    eprintln!("hostile race across a restart:\n{}", a.h.app_log("race"));
+    assert!(a.h.daemon_log().contains("taking over the socket guard"), "{}", a.h.daemon_log());
+    a.assert_prod_untouched();
+}
