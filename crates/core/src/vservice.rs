@@ -234,6 +234,44 @@ impl Spec {
     }
 }
 
+/// At most this many port maps per vservice.
+pub const MAX_PORTS: usize = 64;
+/// At most this many backends per vservice.
+pub const MAX_BACKENDS: usize = 256;
+/// At most this many (port map, backend) pairs per vservice: every connect and every
+/// relay walks them, so their product is bounded too.
+pub const MAX_PAIRS: usize = 4096;
+
+/// A vservice larger than the daemon serves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("--ports: {0} port maps, at most {MAX_PORTS} per vservice")]
+    Ports(usize),
+    #[error("--backends: {0} backends, at most {MAX_BACKENDS} per vservice")]
+    Backends(usize),
+    #[error(
+        "--ports x --backends: {0} x {1} pairs, at most {MAX_PAIRS} per vservice: split it into several vservices"
+    )]
+    Pairs(usize, usize),
+}
+
+impl Spec {
+    /// Checks the size bounds ([`MAX_PORTS`], [`MAX_BACKENDS`], [`MAX_PAIRS`]).
+    pub fn check_limits(&self) -> Result<(), LimitError> {
+        let (ports, backends) = (self.ports.0.len(), self.backends.0.len());
+        if ports > MAX_PORTS {
+            return Err(LimitError::Ports(ports));
+        }
+        if backends > MAX_BACKENDS {
+            return Err(LimitError::Backends(backends));
+        }
+        if ports * backends > MAX_PAIRS {
+            return Err(LimitError::Pairs(ports, backends));
+        }
+        Ok(())
+    }
+}
+
 /// A virtual service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vservice {
@@ -351,6 +389,27 @@ mod tests {
             let e = serde_json::from_value::<Spec>(j).unwrap_err().to_string();
             assert!(e.contains(want), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn a_vservice_is_bounded_in_ports_backends_and_their_product() {
+        let spec = |ports: usize, backends: usize| {
+            let mut j = spec_json();
+            j["ports"] = (1..=ports).map(|p| p.to_string()).collect::<Vec<_>>().join(",").into();
+            j["backends"] =
+                (0..backends).map(|i| format!("198.18.{}.{}", i / 256, i % 256)).collect::<Vec<_>>().join(",").into();
+            serde_json::from_value::<Spec>(j).unwrap().check_limits()
+        };
+        assert_eq!(spec(MAX_PORTS, MAX_PAIRS / MAX_PORTS), Ok(()));
+        assert_eq!(spec(MAX_PAIRS / MAX_BACKENDS, MAX_BACKENDS), Ok(()));
+        assert_eq!(spec(MAX_PORTS + 1, 1), Err(LimitError::Ports(65)));
+        assert_eq!(spec(1, MAX_BACKENDS + 1), Err(LimitError::Backends(257)));
+        assert_eq!(spec(MAX_PORTS, MAX_BACKENDS), Err(LimitError::Pairs(64, 256)));
+        assert_eq!(spec(1000, 1).unwrap_err().to_string(), "--ports: 1000 port maps, at most 64 per vservice");
+        assert_eq!(
+            spec(32, 200).unwrap_err().to_string(),
+            "--ports x --backends: 32 x 200 pairs, at most 4096 per vservice: split it into several vservices"
+        );
     }
 
     #[test]

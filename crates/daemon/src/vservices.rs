@@ -24,10 +24,12 @@ pub enum Refusal {
     Missing(String),
 }
 
-/// Checks what a request's types cannot (its name); the vservice it asks for. Requests
-/// from the API and definitions from the cluster alike come through here.
+/// Checks what a request's types cannot (its name, its size); the vservice it asks for.
+/// Requests from the API, definitions from the cluster and records from the state file
+/// alike come through here.
 pub fn parse(req: &VserviceRequest) -> Result<Vservice, Refusal> {
     ax_dns::wire::check_label(&req.name).map_err(|e| Refusal::Bad(e.to_string().replacen("--name", "name", 1)))?;
+    req.check_limits().map_err(|e| Refusal::Bad(e.to_string()))?;
     Ok(req.vservice())
 }
 
