@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
@@ -18,6 +19,7 @@ use ax_trap::guard::Guard;
 use ax_trap::Engine;
 use tracing::{info, warn};
 
+use crate::bounds::Gate;
 use crate::state::{Answer, Command};
 use crate::Daemon;
 
@@ -40,20 +42,26 @@ fn refused(msg: impl Into<String>) -> SessionError {
     SessionError::Refused(msg.into())
 }
 
+/// Apps served at once: each holds a connection and a thread while it runs.
+pub const MAX_APPS: usize = 4096;
+/// How long `ax run` has to send its registration, and then (having set up the app's
+/// namespaces meanwhile) its listener.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub fn spawn(listener: UnixListener, daemon: Daemon, guard: Arc<Guard>) -> std::io::Result<()> {
     std::thread::Builder::new().name("run-channel".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(conn) => {
-                    let (d, g) = (daemon.clone(), Arc::clone(&guard));
-                    let spawned = std::thread::Builder::new().name("app".into()).spawn(move || serve(conn, d, g));
-                    if let Err(e) = spawned {
-                        warn!("cannot start a thread for an app: {e}");
-                    }
-                }
-                Err(e) => warn!("run channel accept failed: {e}"),
+        let gate = Gate::new("run channel", MAX_APPS);
+        gate.serve_blocking(&listener, |conn, permit| {
+            let (d, g) = (daemon.clone(), Arc::clone(&guard));
+            let spawned = std::thread::Builder::new().name("app".into()).spawn(move || {
+                serve(conn, d, g);
+                drop(permit);
+            });
+            if let Err(e) = spawned {
+                warn!("cannot start a thread for an app: {e}");
             }
-        }
+        });
     })?;
     Ok(())
 }
@@ -98,6 +106,8 @@ fn session(
     if cred.uid != 0 {
         return Err(refused(format!("ax run must run as root (uid {} is not)", cred.uid)));
     }
+    let timeout = |t| conn.set_read_timeout(Some(t)).map_err(io("cannot bound the wait for ax run"));
+    timeout(REGISTER_TIMEOUT)?;
     let req = match recv(conn)? {
         Some((RunRequest::Register(req), _)) => req,
         Some((RunRequest::Reattach { app_id, pid }, Some(fd))) => {
@@ -128,6 +138,7 @@ fn session(
         _ => None,
     };
     reply(conn, &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip, resolv_conf })?;
+    timeout(ATTACH_TIMEOUT)?;
     let (pid, fd) = match recv(conn)? {
         Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
         Some((RunRequest::Attach { .. }, None)) => return Err(refused("attach came without the seccomp listener")),

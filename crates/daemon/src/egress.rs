@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use crate::bounds::Gate;
 use crate::{relay, Daemon};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,12 +20,17 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn spawn(listener: TcpListener, daemon: Daemon) -> std::io::Result<()> {
     info!(at = %listener.local_addr()?, "serving as egress gateway");
     std::thread::Builder::new().name("egress".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
+        let gate = Gate::new("egress gateway", relay::MAX_CONNECTIONS);
+        gate.serve_blocking(&listener, |conn, permit| {
             let d = daemon.clone();
-            if let Err(e) = std::thread::Builder::new().name("egress-conn".into()).spawn(move || serve(&d, conn)) {
+            let spawned = std::thread::Builder::new().name("egress-conn".into()).spawn(move || {
+                serve(&d, conn);
+                drop(permit);
+            });
+            if let Err(e) = spawned {
                 warn!("egress: cannot start a thread: {e}");
             }
-        }
+        });
     })?;
     Ok(())
 }

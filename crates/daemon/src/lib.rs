@@ -8,11 +8,13 @@
 //!
 //! It does not parse command lines (the CLI builds a [`Config`]).
 
+mod bounds;
 mod channel;
 mod cluster;
 mod egress;
 mod members;
 mod names;
+mod peer;
 mod profile;
 mod relay;
 mod rest;

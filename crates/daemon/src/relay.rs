@@ -18,10 +18,14 @@ use ax_sys::sock;
 use ax_trap::Node;
 use tracing::{debug, info, warn};
 
+use crate::bounds::Gate;
 use crate::Daemon;
 
 const CHUNK: usize = 256 * 1024;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections a relay (or the egress gateway) carries at once: each takes two threads
+/// and six descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// What a relay connects its clients to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,21 +109,17 @@ impl Relays {
         info!(id, listener = %listener.local_addr()?, owner = %key.owner, "relay started");
         let (l, d, dial) = (listener.clone(), daemon.clone(), spec.dial);
         std::thread::Builder::new().name("relay".into()).spawn(move || {
-            for conn in l.incoming() {
-                match conn {
-                    Ok(client) => {
-                        let d = d.clone();
-                        let spawned = std::thread::Builder::new()
-                            .name("relay-conn".into())
-                            .spawn(move || serve(&d, client, dial));
-                        if let Err(e) = spawned {
-                            warn!("relay {id}: cannot start a thread: {e}");
-                        }
-                    }
-                    // Shut down by stop(): the relay is gone.
-                    Err(_) => break,
+            // Ends when stop() shuts the listener down.
+            Gate::new("relay", MAX_CONNECTIONS).serve_blocking(&*l, |client, permit| {
+                let d = d.clone();
+                let spawned = std::thread::Builder::new().name("relay-conn".into()).spawn(move || {
+                    serve(&d, client, dial);
+                    drop(permit);
+                });
+                if let Err(e) = spawned {
+                    warn!("relay {id}: cannot start a thread: {e}");
                 }
-            }
+            });
             debug!(id, "relay stopped");
         })?;
         self.running.insert(id, Relay { listener, key, dialers: spec.dialers });

@@ -1,50 +1,117 @@
 //! The REST API: views of the node's state, and vservices created and deleted. A
 //! request is turned into a [`Command`] and nothing more; the state decides. The same
-//! router serves the Unix socket (root only, checked by peer credentials on every
-//! connection) and TCP on 127.0.0.1.
+//! router serves the Unix socket and TCP on 127.0.0.1, behind one gatekeeper: changes
+//! only over the Unix socket, reads over either, and only for root or the daemon's own
+//! user (peer credentials on the socket; over TCP, the owner of the client's socket in
+//! the kernel's table). Every connection is bounded (see [`crate::bounds`]): a cap per
+//! listener, the request's head and body within [`REQUEST_TIMEOUT`], a body of at most
+//! [`MAX_BODY`] bytes, and no connection idle for longer than [`IDLE_TIMEOUT`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ax_api::{path, ErrorBody, VserviceRequest};
+use ax_api::{path, ErrorBody, VserviceRequest, API_SOCKET};
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
-use tokio::net::{TcpListener, UnixListener};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
 
+use crate::bounds::{Gate, Idle, Permit};
 use crate::state::{Answer, Command};
 use crate::vservices::{self, Refusal};
-use crate::{views, Daemon};
+use crate::{peer, views, Daemon};
 
-/// Who is on the other end of a Unix-socket connection.
-#[derive(Clone, Debug)]
-struct Peer {
+/// The request's head, and then its body, must arrive within this; so must the next
+/// request on a kept-alive connection.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection on which no byte moves either way for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request body (a vservice at its size bounds is a few KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Connections each listener holds at once; new ones beyond are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The largest request head.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// How a caller reached the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Unix,
+    Tcp,
+}
+
+/// Who is calling: how, and the uid owning the other end (None: cannot be told).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Caller {
+    transport: Transport,
     uid: Option<u32>,
 }
 
-impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Peer { uid: stream.io().peer_cred().ok().map(|c| c.uid()) }
+/// Who may do what: root and the daemon's own user (`euid`; the same in production, a
+/// test's user in tests) may read over either transport and change only over the Unix
+/// socket; nobody else learns anything. The error is the 403's message.
+fn authorise(caller: Caller, method: &Method, euid: u32, api_socket: &FsPath) -> Result<(), String> {
+    let Some(uid) = caller.uid else {
+        return Err("cannot tell which user is calling: the API answers root only".into());
+    };
+    if uid != 0 && uid != euid {
+        return Err(match caller.transport {
+            Transport::Unix => format!("the API socket is for root only (uid {uid} is not)"),
+            Transport::Tcp => format!("the API answers root only (uid {uid} is not)"),
+        });
+    }
+    let read = method == Method::GET || method == Method::HEAD;
+    if caller.transport == Transport::Tcp && !read {
+        return Err(format!(
+            "over TCP the API is read-only: make changes as root over the Unix socket {} (the ax command does)",
+            api_socket.display()
+        ));
+    }
+    Ok(())
+}
+
+/// What the gatekeeper needs to know of the daemon.
+struct Access {
+    euid: u32,
+    api_socket: PathBuf,
+}
+
+async fn gatekeeper(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+    let Some(caller) = req.extensions().get::<Caller>().copied() else {
+        return error(StatusCode::FORBIDDEN, "cannot tell which user is calling: the API answers root only");
+    };
+    match authorise(caller, req.method(), access.euid, &access.api_socket) {
+        Ok(()) => next.run(req).await,
+        Err(why) => error(StatusCode::FORBIDDEN, why),
+    }
+}
+
+/// Reads the whole body first, within [`REQUEST_TIMEOUT`] and [`MAX_BODY`].
+async fn bounded_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(REQUEST_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {MAX_BODY} bytes")),
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {} s", REQUEST_TIMEOUT.as_secs()),
+        ),
     }
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ErrorBody { error: msg.into() })).into_response()
-}
-
-/// Root, or the daemon's own user (the same in production; a test's user in tests).
-async fn root_only(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> Response {
-    match peer.uid {
-        Some(uid) if uid == 0 || uid == ax_sys::proc::effective_uid() => next.run(req).await,
-        Some(uid) => error(StatusCode::FORBIDDEN, format!("the API socket is for root only (uid {uid} is not)")),
-        None => error(StatusCode::FORBIDDEN, "cannot read the peer's credentials"),
-    }
 }
 
 fn answer(a: Answer, done: StatusCode) -> Response {
@@ -152,32 +219,88 @@ async fn proxies(State(d): State<Daemon>) -> Response {
     }
 }
 
-/// Serves the API on both listeners until `shutdown` completes.
+/// Serves one connection with HTTP/1.1 until it ends, or ends it gracefully when
+/// `closing` says so.
+async fn connection<Io>(io: Io, caller: Caller, router: Router, mut closing: watch::Receiver<()>, _permit: Permit)
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(caller);
+        tower_service::Service::call(&mut router.clone(), req)
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(REQUEST_TIMEOUT).max_buf_size(MAX_HEAD);
+    let conn = http.serve_connection(TokioIo::new(Idle::new(io, IDLE_TIMEOUT)), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = closing.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The caller on the Unix socket: its peer credentials.
+fn unix_caller(conn: &UnixStream) -> Caller {
+    Caller { transport: Transport::Unix, uid: conn.peer_cred().ok().map(|c| c.uid()) }
+}
+
+/// The caller over TCP: the owner of the client's socket (a read of the kernel's
+/// table: off the async workers).
+async fn tcp_caller(conn: &TcpStream) -> Caller {
+    let uid = match (conn.peer_addr(), conn.local_addr()) {
+        (Ok(peer), Ok(us)) => tokio::task::spawn_blocking(move || peer::owner(peer, us)).await.ok().flatten(),
+        _ => None,
+    };
+    Caller { transport: Transport::Tcp, uid }
+}
+
+/// Serves the API on both listeners until `shutdown` completes, then lets the open
+/// connections finish their requests.
 pub async fn serve(
     tcp: TcpListener,
     unix: UnixListener,
     daemon: Daemon,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    let unix_app = router(daemon.clone()).layer(middleware::from_fn(root_only));
-    let mut rx1 = stop_rx.clone();
-    let mut rx2 = stop_rx;
-    let unix_srv =
-        axum::serve(unix, unix_app.into_make_service_with_connect_info::<Peer>()).with_graceful_shutdown(async move {
-            let _ = rx1.changed().await;
-        });
-    let tcp_srv = axum::serve(tcp, router(daemon)).with_graceful_shutdown(async move {
-        let _ = rx2.changed().await;
+    let access = Arc::new(Access {
+        euid: ax_sys::proc::effective_uid(),
+        api_socket: daemon.run_dir().join(crate::socket_name(API_SOCKET)),
     });
-    tokio::spawn(async move {
+    let app = router(daemon)
+        .layer(middleware::from_fn(bounded_body))
+        .layer(middleware::from_fn_with_state(access, gatekeeper));
+    let (stop_tx, stop_rx) = watch::channel(());
+    let stopped = |mut rx: watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let (unix_gate, tcp_gate) = (Gate::new("REST (Unix)", MAX_CONNECTIONS), Gate::new("REST (TCP)", MAX_CONNECTIONS));
+    let unix_srv = unix_gate.serve_async(&unix, stopped(stop_rx.clone()), |conn, permit| {
+        let (app, closing) = (app.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let caller = unix_caller(&conn);
+            connection(conn, caller, app, closing, permit).await;
+        });
+    });
+    let tcp_srv = tcp_gate.serve_async(&tcp, stopped(stop_rx.clone()), |conn, permit| {
+        let (app, closing) = (app.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let caller = tcp_caller(&conn).await;
+            connection(conn, caller, app, closing, permit).await;
+        });
+    });
+    let signal = async {
         shutdown.await;
         let _ = stop_tx.send(());
-    });
-    let (a, b) = tokio::join!(unix_srv, tcp_srv);
+    };
+    let ((a, b), ()) = tokio::join!(async { tokio::join!(unix_srv, tcp_srv) }, signal);
+    drop(stop_rx);
+    // Every connection holds a receiver until it is done.
+    stop_tx.closed().await;
     a?;
-    b?;
-    Ok(())
+    b
 }
 
 #[cfg(test)]
@@ -199,6 +322,43 @@ mod tests {
                 let bytes = to_bytes(r.into_body(), 1 << 16).await.unwrap();
                 let body: ErrorBody = serde_json::from_slice(&bytes).unwrap();
                 Err((status, body.error))
+            }
+        }
+    }
+
+    #[test]
+    fn who_may_do_what_by_transport_method_and_user() {
+        const EUID: u32 = 1000;
+        let socket = FsPath::new("/var/run/appswitch/ax.sock");
+        let (get, head, post, delete, put) = (Method::GET, Method::HEAD, Method::POST, Method::DELETE, Method::PUT);
+        let read_only =
+            "over TCP the API is read-only: make changes as root over the Unix socket /var/run/appswitch/ax.sock";
+        type Case<'a> = (Transport, Option<u32>, &'a Method, Result<(), &'a str>);
+        let cases: &[Case] = &[
+            (Transport::Unix, Some(0), &get, Ok(())),
+            (Transport::Unix, Some(0), &post, Ok(())),
+            (Transport::Unix, Some(0), &delete, Ok(())),
+            (Transport::Unix, Some(EUID), &post, Ok(())),
+            (Transport::Unix, Some(65534), &get, Err("the API socket is for root only (uid 65534 is not)")),
+            (Transport::Unix, Some(65534), &post, Err("the API socket is for root only (uid 65534 is not)")),
+            (Transport::Unix, None, &get, Err("cannot tell which user is calling")),
+            (Transport::Tcp, Some(0), &get, Ok(())),
+            (Transport::Tcp, Some(0), &head, Ok(())),
+            (Transport::Tcp, Some(EUID), &get, Ok(())),
+            (Transport::Tcp, Some(0), &post, Err(read_only)),
+            (Transport::Tcp, Some(0), &delete, Err(read_only)),
+            (Transport::Tcp, Some(EUID), &put, Err(read_only)),
+            (Transport::Tcp, Some(65534), &get, Err("the API answers root only (uid 65534 is not)")),
+            (Transport::Tcp, Some(65534), &post, Err("the API answers root only (uid 65534 is not)")),
+            (Transport::Tcp, Some(1001), &head, Err("the API answers root only (uid 1001 is not)")),
+            (Transport::Tcp, None, &get, Err("cannot tell which user is calling")),
+        ];
+        for (transport, uid, method, want) in cases {
+            let got = authorise(Caller { transport: *transport, uid: *uid }, method, EUID, socket);
+            match (want, &got) {
+                (Ok(()), Ok(())) => {}
+                (Err(w), Err(g)) if g.starts_with(w) => {}
+                _ => panic!("{transport:?} uid {uid:?} {method}: want {want:?}, got {got:?}"),
             }
         }
     }

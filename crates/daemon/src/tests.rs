@@ -85,6 +85,18 @@ async fn exchange(
     (status, if body.is_empty() { Value::Null } else { serde_json::from_str(body).unwrap() })
 }
 
+/// One request; the status, or None when the connection ended without an answer.
+async fn exchange_raw(mut conn: tokio::net::TcpStream, method: &str, at: &str) -> (Option<u16>, Vec<u8>) {
+    let req = format!("{method} {at} HTTP/1.1\r\nHost: ax\r\nConnection: close\r\n\r\n");
+    if conn.write_all(req.as_bytes()).await.is_err() {
+        return (None, Vec::new());
+    }
+    let mut raw = Vec::new();
+    let _ = conn.read_to_end(&mut raw).await;
+    let status = std::str::from_utf8(&raw).ok().and_then(|t| t.split(' ').nth(1)).and_then(|c| c.parse().ok());
+    (status, raw)
+}
+
 impl Served {
     async fn tcp(&self, method: &str, at: &str, body: Option<Value>) -> (u16, Value) {
         exchange(tokio::net::TcpStream::connect(self.tcp).await.unwrap(), method, at, body).await
@@ -113,7 +125,7 @@ fn vservices_at(at: &str) -> String {
 #[tokio::test]
 async fn a_vservice_is_created_shown_saved_and_deleted_over_rest() {
     let s = served();
-    assert_eq!(s.tcp("POST", path::VSERVICES, Some(web("198.18.2.1"))).await, (201, Value::Null));
+    assert_eq!(s.unix("POST", path::VSERVICES, Some(web("198.18.2.1"))).await, (201, Value::Null));
     let (status, list) = s.tcp("GET", path::VSERVICES, None).await;
     assert_eq!(status, 200);
     assert_eq!(list[0]["name"], "web");
@@ -121,23 +133,101 @@ async fn a_vservice_is_created_shown_saved_and_deleted_over_rest() {
     assert_eq!(list[0]["backends"], "198.18.1.1,198.18.1.2");
     let saved = fs::read_to_string(store::path(&s.dir.0)).unwrap();
     assert!(saved.contains("198.18.2.1"), "saved before the answer: {saved}");
-    assert_eq!(s.tcp("DELETE", &vservices_at("WEB"), None).await, (204, Value::Null));
+    assert_eq!(s.unix("DELETE", &vservices_at("WEB"), None).await, (204, Value::Null));
     assert_eq!(s.tcp("GET", path::VSERVICES, None).await, (200, json!([])));
+    s.stop().await;
+}
+
+/// Over TCP the API only reads, even for root: a change is refused with the Unix
+/// socket to use, and nothing changes.
+#[tokio::test]
+async fn over_tcp_the_api_reads_and_refuses_every_change() {
+    let s = served();
+    let socket = s.unix.display().to_string();
+    for (method, at) in
+        [("POST", path::VSERVICES.to_string()), ("DELETE", vservices_at("web")), ("PUT", vservices_at("web"))]
+    {
+        let (status, body) = s.tcp(method, &at, Some(web("198.18.2.1"))).await;
+        assert_eq!(status, 403, "{method}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(msg.contains("over TCP the API is read-only") && msg.contains(&socket), "{method}: {msg}");
+    }
+    assert_eq!(s.unix("GET", path::VSERVICES, None).await, (200, json!([])), "nothing was created");
+    assert_eq!(s.tcp("GET", path::APPS, None).await, (200, json!([])), "reads are served");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_bound_is_413_and_the_daemon_serves_on() {
+    let s = served();
+    let mut big = web("198.18.2.1");
+    big["name"] = json!("x".repeat(rest::MAX_BODY));
+    let (status, body) = s.unix("POST", path::VSERVICES, Some(big)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("over 65536 bytes"), "{body}");
+    assert_eq!(s.unix("POST", path::VSERVICES, Some(web("198.18.2.1"))).await.0, 201);
+    s.stop().await;
+}
+
+/// A connection that never sends its request is closed (after the request timeout).
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    let s = served();
+    let mut c = tokio::net::TcpStream::connect(s.tcp).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(60), c.read(&mut buf)).await.expect("still open after 60 s");
+    assert!(matches!(n, Ok(0) | Err(_)), "an answer to no request: {n:?}");
+    s.stop().await;
+}
+
+/// Beyond the cap, a new connection is closed at once, unanswered; a place freed is
+/// taken again.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_unanswered() {
+    let s = served();
+    // Measured while all the held connections are still open (they are closed after the
+    // request timeout): tried again if the machine was too slow for that.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut held = Vec::new();
+        for _ in 0..rest::MAX_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(s.tcp).await.unwrap());
+        }
+        let extra = tokio::net::TcpStream::connect(s.tcp).await.unwrap();
+        let (status, _) = exchange_raw(extra, "GET", path::APPS).await;
+        let mut all_open = true;
+        for h in &held {
+            let mut b = [0u8; 1];
+            all_open &= matches!(h.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        }
+        if all_open {
+            assert_eq!(status, None, "a connection beyond the cap was served");
+            break;
+        }
+        assert!(tries < 10, "the held connections never stayed open long enough to measure");
+    }
+    // Once they are gone, connections are served again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while exchange_raw(tokio::net::TcpStream::connect(s.tcp).await.unwrap(), "GET", path::APPS).await.0 != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "the listener did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     s.stop().await;
 }
 
 #[tokio::test]
 async fn bad_requests_are_400_and_name_the_field() {
     let s = served();
-    let (status, body) = s.tcp("POST", path::VSERVICES, Some(web("300.1.1.1"))).await;
+    let (status, body) = s.unix("POST", path::VSERVICES, Some(web("300.1.1.1"))).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("--ip 300.1.1.1"), "{body}");
     let mut bad_ports = web("198.18.2.1");
     bad_ports["ports"] = json!("80:0");
-    let (status, body) = s.tcp("POST", path::VSERVICES, Some(bad_ports)).await;
+    let (status, body) = s.unix("POST", path::VSERVICES, Some(bad_ports)).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("--ports"), "{body}");
-    let (status, body) = s.tcp("POST", path::VSERVICES, Some(json!({ "name": "web" }))).await;
+    let (status, body) = s.unix("POST", path::VSERVICES, Some(json!({ "name": "web" }))).await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().starts_with("malformed vservice request"), "{body}");
     assert_eq!(s.tcp("GET", path::VSERVICES, None).await, (200, json!([])), "nothing changed");
@@ -152,16 +242,16 @@ async fn the_router_serves_exactly_the_documented_routes() {
     let unrouted = |body: &Value| body["error"].as_str().is_some_and(|e| e.starts_with("no such resource"));
     for (method, p) in path::ROUTES {
         let at = p.replace("{name}", "nope");
-        let (status, body) = s.tcp(&method.to_uppercase(), &at, None).await;
+        let (status, body) = s.unix(&method.to_uppercase(), &at, None).await;
         assert!(status != 405 && !unrouted(&body), "{method} {p} is not served: {status} {body}");
         for other in ["get", "post", "delete", "put", "patch"] {
             if !path::ROUTES.contains(&(other, p)) {
-                let (status, _) = s.tcp(&other.to_uppercase(), &at, None).await;
+                let (status, _) = s.unix(&other.to_uppercase(), &at, None).await;
                 assert_eq!(status, 405, "{other} {p} is served but not documented");
             }
         }
     }
-    assert!(unrouted(&s.tcp("GET", "/v1/nope", None).await.1));
+    assert!(unrouted(&s.unix("GET", "/v1/nope", None).await.1));
     s.stop().await;
 }
 
@@ -191,10 +281,10 @@ async fn backends_no_vservice_may_have_are_400_with_the_reason() {
 #[tokio::test]
 async fn conflicts_are_409_and_missing_things_404() {
     let s = served();
-    assert_eq!(s.tcp("POST", path::VSERVICES, Some(web("198.18.2.1"))).await.0, 201);
-    let (status, body) = s.tcp("POST", path::VSERVICES, Some(web("198.18.2.2"))).await;
+    assert_eq!(s.unix("POST", path::VSERVICES, Some(web("198.18.2.1"))).await.0, 201);
+    let (status, body) = s.unix("POST", path::VSERVICES, Some(web("198.18.2.2"))).await;
     assert_eq!((status, body["error"].as_str().unwrap()), (409, "a vservice named 'web' already exists"));
-    let (status, body) = s.tcp("DELETE", &vservices_at("nope"), None).await;
+    let (status, body) = s.unix("DELETE", &vservices_at("nope"), None).await;
     assert_eq!((status, body["error"].as_str().unwrap()), (404, "no vservice named 'nope'"));
     let (status, body) = s.tcp("GET", "/v1/nothing", None).await;
     assert_eq!(status, 404);
@@ -210,15 +300,15 @@ async fn an_external_vservice_relays_on_its_port_or_is_409_when_the_port_is_busy
     let mut req = web("198.18.2.1");
     req["ports"] = json!(port.to_string());
     req["external"] = json!(true);
-    let (status, body) = s.tcp("POST", path::VSERVICES, Some(req.clone())).await;
+    let (status, body) = s.unix("POST", path::VSERVICES, Some(req.clone())).await;
     assert_eq!(status, 409);
     assert!(body["error"].as_str().unwrap().contains(&format!("cannot listen on port {port}")), "{body}");
     assert_eq!(s.tcp("GET", path::VSERVICES, None).await.1, json!([]));
     drop(busy);
-    assert_eq!(s.tcp("POST", path::VSERVICES, Some(req)).await.0, 201);
+    assert_eq!(s.unix("POST", path::VSERVICES, Some(req)).await.0, 201);
     let (_, proxies) = s.tcp("GET", path::PROXIES, None).await;
     assert_eq!(proxies[0]["listener"], format!("127.0.0.1:{port}"));
-    assert_eq!(s.tcp("DELETE", &vservices_at("web"), None).await.0, 204);
+    assert_eq!(s.unix("DELETE", &vservices_at("web"), None).await.0, 204);
     assert_eq!(s.tcp("GET", path::PROXIES, None).await.1, json!([]));
     s.stop().await;
 }

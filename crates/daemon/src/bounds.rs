@@ -1,0 +1,373 @@
+//! Bounds on the daemon's listeners, in one place for every accept loop (REST over TCP
+//! and Unix, the run channel, the egress gateway, relays): how many connections a
+//! listener holds at once (a new one beyond that is closed at once), what an accept
+//! error means (out of descriptors or memory: log, wait a little, go on; the listener
+//! shut down: stop), and how long a connection may sit with no byte moving either way.
+//! What a connection then does is its server's business.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::warn;
+
+/// How long a refused connection or an accept error is not logged again after it was.
+const QUIET: Duration = Duration::from_secs(10);
+/// How long an accept loop waits after running out of descriptors or memory.
+pub const BACKOFF: Duration = Duration::from_millis(100);
+
+/// A listener's bound: at most `cap` connections at once.
+pub struct Gate {
+    name: &'static str,
+    cap: usize,
+    open: Arc<AtomicUsize>,
+    refused: Mutex<Burst>,
+    failed: Mutex<Burst>,
+}
+
+/// A connection's place under its listener's cap, given back when dropped.
+#[derive(Debug)]
+pub struct Permit(Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What an accept loop does after an accept error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// The error was one connection's (aborted before it was taken): accept again.
+    Retry,
+    /// The host is short of descriptors or memory: wait, then accept again (the
+    /// listener works again once descriptors are freed).
+    Wait(Duration),
+    /// The listener is gone (shut down, closed): the loop ends.
+    Stop,
+}
+
+/// What an accept error means, by errno.
+pub fn flow(e: &io::Error) -> Flow {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => Flow::Wait(BACKOFF),
+        // accept(2): errors of the connection, to be treated like EAGAIN.
+        Some(
+            libc::ECONNABORTED
+            | libc::EINTR
+            | libc::EAGAIN
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH,
+        ) => Flow::Retry,
+        // A relay's listener is stopped with shutdown(2): accept then fails with EINVAL.
+        Some(libc::EINVAL | libc::EBADF | libc::ENOTSOCK) => Flow::Stop,
+        // Anything else: never spin on it.
+        _ => Flow::Wait(BACKOFF),
+    }
+}
+
+/// Events of one kind, reported once per burst: the first, then at most one line per
+/// [`QUIET`] saying how many more there were.
+#[derive(Debug, Default)]
+struct Burst {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Burst {
+    /// Counts an event at `now`; Some(events since the last report) when this one is
+    /// to be reported.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        match self.last {
+            Some(t) if now.duration_since(t) < QUIET => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.since))
+            }
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(name: &'static str, cap: usize) -> Gate {
+        Gate { name, cap, open: Arc::default(), refused: Mutex::default(), failed: Mutex::default() }
+    }
+
+    /// A place for a new connection, or None when `cap` are open (the caller closes it).
+    pub fn admit(&self) -> Option<Permit> {
+        let taken = self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.cap).then_some(n + 1));
+        if taken.is_ok() {
+            return Some(Permit(self.open.clone()));
+        }
+        if let Some(n) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+            warn!(
+                listener = self.name,
+                cap = self.cap,
+                refused = n,
+                "connection cap reached: new connections are closed at once"
+            );
+        }
+        None
+    }
+
+    /// What to do after accept failed with `e`; logged once per burst.
+    pub fn accept_failed(&self, e: &io::Error) -> Flow {
+        let f = flow(e);
+        if f != Flow::Retry {
+            if let Some(n) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+                warn!(listener = self.name, errors = n, ?f, "accept failed: {e}");
+            }
+        }
+        f
+    }
+
+    /// Accepts on a blocking `listener` until it is gone, handing each admitted
+    /// connection with its permit to `handle` (which must not block for long: it
+    /// starts the connection's thread).
+    pub fn serve_blocking<L: Accept>(&self, listener: &L, mut handle: impl FnMut(L::Conn, Permit)) {
+        loop {
+            match listener.accept_one() {
+                Ok(conn) => {
+                    if let Some(permit) = self.admit() {
+                        handle(conn, permit);
+                    }
+                }
+                Err(e) => match self.accept_failed(&e) {
+                    Flow::Retry => {}
+                    Flow::Wait(d) => std::thread::sleep(d),
+                    Flow::Stop => return,
+                },
+            }
+        }
+    }
+
+    /// As [`Gate::serve_blocking`], on an async listener, until `stop` completes; an
+    /// error that ends the listener is returned.
+    pub async fn serve_async<L: AcceptAsync>(
+        &self,
+        listener: &L,
+        stop: impl Future<Output = ()>,
+        mut handle: impl FnMut(L::Conn, Permit),
+    ) -> io::Result<()> {
+        tokio::pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept_one() => a,
+                () = &mut stop => return Ok(()),
+            };
+            match accepted {
+                Ok(conn) => {
+                    if let Some(permit) = self.admit() {
+                        handle(conn, permit);
+                    }
+                }
+                Err(e) => match self.accept_failed(&e) {
+                    Flow::Retry => {}
+                    Flow::Wait(d) => tokio::time::sleep(d).await,
+                    Flow::Stop => return Err(e),
+                },
+            }
+        }
+    }
+}
+
+/// A blocking listener.
+pub trait Accept {
+    type Conn;
+    fn accept_one(&self) -> io::Result<Self::Conn>;
+}
+
+impl Accept for std::net::TcpListener {
+    type Conn = std::net::TcpStream;
+    fn accept_one(&self) -> io::Result<Self::Conn> {
+        self.accept().map(|(c, _)| c)
+    }
+}
+
+impl Accept for std::os::unix::net::UnixListener {
+    type Conn = std::os::unix::net::UnixStream;
+    fn accept_one(&self) -> io::Result<Self::Conn> {
+        self.accept().map(|(c, _)| c)
+    }
+}
+
+/// An async listener.
+pub trait AcceptAsync {
+    type Conn;
+    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+}
+
+impl AcceptAsync for tokio::net::TcpListener {
+    type Conn = tokio::net::TcpStream;
+    async fn accept_one(&self) -> io::Result<Self::Conn> {
+        self.accept().await.map(|(c, _)| c)
+    }
+}
+
+impl AcceptAsync for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    async fn accept_one(&self) -> io::Result<Self::Conn> {
+        self.accept().await.map(|(c, _)| c)
+    }
+}
+
+/// A connection that fails with `TimedOut` once no byte has moved either way for
+/// `limit` while it waits to read or write.
+pub struct Idle<Io> {
+    io: Io,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<Io> Idle<Io> {
+    pub fn new(io: Io, limit: Duration) -> Idle<Io> {
+        Idle { io, limit, timer: Box::pin(tokio::time::sleep(limit)) }
+    }
+
+    /// After a call on the connection: progress restarts the clock; waiting past the
+    /// limit is an error.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                let next = tokio::time::Instant::now() + self.limit;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no byte moved for {} s", self.limit.as_secs()),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Idle<Io> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.watch(cx, r)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Idle<Io> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn errno(n: i32) -> io::Error {
+        io::Error::from_raw_os_error(n)
+    }
+
+    #[test]
+    fn accept_errors_wait_retry_or_stop_by_errno() {
+        for e in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EIO] {
+            assert_eq!(flow(&errno(e)), Flow::Wait(BACKOFF), "{e}");
+        }
+        for e in [libc::ECONNABORTED, libc::EINTR, libc::EPROTO, libc::EPERM] {
+            assert_eq!(flow(&errno(e)), Flow::Retry, "{e}");
+        }
+        for e in [libc::EINVAL, libc::EBADF] {
+            assert_eq!(flow(&errno(e)), Flow::Stop, "{e}");
+        }
+    }
+
+    #[test]
+    fn the_cap_admits_that_many_and_a_dropped_permit_frees_a_place() {
+        let g = Gate::new("test", 2);
+        let a = g.admit().unwrap();
+        let _b = g.admit().unwrap();
+        assert!(g.admit().is_none());
+        assert_eq!(g.open.load(Ordering::SeqCst), 2);
+        drop(a);
+        assert!(g.admit().is_some());
+    }
+
+    #[test]
+    fn a_burst_is_reported_once_then_once_per_quiet_period_with_its_count() {
+        let mut b = Burst::default();
+        let t = Instant::now();
+        assert_eq!(b.hit(t), Some(1));
+        assert_eq!(b.hit(t + Duration::from_secs(1)), None);
+        assert_eq!(b.hit(t + Duration::from_secs(2)), None);
+        assert_eq!(b.hit(t + QUIET), Some(3));
+        assert_eq!(b.hit(t + QUIET * 3), Some(1));
+    }
+
+    /// A listener that plays back a script of results, then reports itself closed.
+    struct Script(RefCell<VecDeque<io::Result<u32>>>);
+
+    impl Accept for Script {
+        type Conn = u32;
+        fn accept_one(&self) -> io::Result<u32> {
+            self.0.borrow_mut().pop_front().unwrap_or_else(|| Err(errno(libc::EINVAL)))
+        }
+    }
+
+    #[test]
+    fn a_loop_out_of_descriptors_waits_and_goes_on_and_sheds_beyond_the_cap() {
+        let script = Script(RefCell::new(
+            [Ok(1), Err(errno(libc::EMFILE)), Err(errno(libc::ECONNABORTED)), Ok(2), Ok(3), Ok(4)].into(),
+        ));
+        let g = Gate::new("test", 2);
+        let mut served = Vec::new();
+        let mut held = Vec::new();
+        let start = Instant::now();
+        g.serve_blocking(&script, |c, p| {
+            served.push(c);
+            held.push(p);
+        });
+        assert!(start.elapsed() >= BACKOFF, "EMFILE made the loop wait");
+        assert_eq!(served, [1, 2], "3 and 4 came beyond the cap of 2 and were closed");
+        drop(held);
+        assert_eq!(g.open.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_times_out_and_progress_restarts_the_clock() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = Idle::new(a, Duration::from_secs(30));
+        let mut buf = [0u8; 4];
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        b.write_all(b"ping").await.unwrap();
+        a.read_exact(&mut buf).await.unwrap();
+        // 20 s after the last byte: still fine; 30 s: gone.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        b.write_all(b"p").await.unwrap();
+        a.read_exact(&mut buf[..1]).await.unwrap();
+        let e = a.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+}
