@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
-use ax_core::vservice::ExposeAt;
+use ax_core::vservice::{Expose, ExposeAt};
 use ax_core::{AppId, NodeInfo, PortRanges};
 use ax_sys::kernel::Linux;
 use ax_sys::seccomp::{LastId, Listener};
@@ -223,21 +223,7 @@ fn validate(
         ax_dns::wire::check_label(name).map_err(|e| refused(e.to_string()))?;
     }
     for e in &req.expose {
-        match e.at {
-            ExposeAt::Node(ip) if ip != node.ip && !cluster_ips.contains(&ip) => {
-                return Err(refused(format!("--expose {e}: {ip} is not the address of a live node of this cluster")))
-            }
-            _ => {}
-        }
-        if ports.contains(e.host_port) {
-            return Err(refused(format!(
-                "--expose {e}: host port {} is inside the --ports pool ({ports})",
-                e.host_port
-            )));
-        }
-        if node.ports.own().any(|p| p == e.host_port) {
-            return Err(refused(format!("--expose {e}: host port {} is the ax daemon's own", e.host_port)));
-        }
+        check_expose(e, node, ports, Some(cluster_ips)).map_err(refused)?;
     }
     Ok(NewApp {
         name: req.name.clone(),
@@ -247,4 +233,26 @@ fn validate(
         driver: crate::DRIVER.into(),
         expose: req.expose.clone(),
     })
+}
+
+/// Checks one `--expose` against this node and its pool; `cluster_ips` are the live
+/// nodes' addresses, None where they are not known yet (a restart, before gossip).
+pub(crate) fn check_expose(
+    e: &Expose,
+    node: &NodeInfo,
+    ports: &PortRanges,
+    cluster_ips: Option<&[Ipv4Addr]>,
+) -> Result<(), String> {
+    if let (ExposeAt::Node(ip), Some(cluster)) = (e.at, cluster_ips) {
+        if ip != node.ip && !cluster.contains(&ip) {
+            return Err(format!("--expose {e}: {ip} is not the address of a live node of this cluster"));
+        }
+    }
+    if ports.contains(e.host_port) {
+        return Err(format!("--expose {e}: host port {} is inside the --ports pool ({ports})", e.host_port));
+    }
+    if node.ports.own().any(|p| p == e.host_port) {
+        return Err(format!("--expose {e}: host port {} is the ax daemon's own", e.host_port));
+    }
+    Ok(())
 }

@@ -375,7 +375,17 @@ pub fn run(config: Config) -> Result<(), Error> {
         store::clean(&state_path)?;
         None
     } else {
-        store::load(&state_path)?
+        match store::load(&state_path)? {
+            store::Loaded::Nothing => None,
+            store::Loaded::State(saved, dropped) => {
+                dropped.iter().for_each(store::Dropped::log);
+                Some(saved)
+            }
+            store::Loaded::SetAside { to, why } => {
+                warn!(to = %to.display(), "the saved state cannot be read ({why}): set aside, starting without it");
+                None
+            }
+        }
     };
     match made_up {
         Some(range) => table.set_made_up_range(range),

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::relay::{RelayKey, RelaySpec};
-use crate::store::Saved;
+use crate::store::{self, Saved};
 use crate::vservices::{self, Refusal};
 
 /// How long an `--expose` relay outlives its app's node dropping out of the gossip view.
@@ -179,6 +179,8 @@ impl State {
                 Answer::Done
             }
             Command::Restore(saved) => {
+                let (saved, dropped) = store::check(saved, self.table.node(), self.table.pool().ranges());
+                dropped.iter().for_each(store::Dropped::log);
                 self.table.restore(saved.table);
                 self.converge(saved.vservices, &mut out);
                 out.persist = true;
