@@ -56,9 +56,13 @@ fn the_api_fuzzed_from_its_openapi_document_never_answers_5xx() {
     let mut h = TestHost::new();
     h.start_daemon(&[]);
     let fuzz = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/api_fuzz.py");
-    let out = h.cmd(PY).args([fuzz, "6664", "600", "7"]).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600 requests, no 5xx");
+    // Over TCP (read-only) and over the Unix socket (where changes are made).
+    for at in ["6664", ax_api::API_SOCKET] {
+        let out = h.cmd(PY).args([fuzz, at, "600", "7"]).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{at}: {said}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600 requests, no 5xx", "{at}");
+    }
 }
 
 /// Walks the top-level fields of a protobuf message; returns the field numbers seen.

@@ -1,21 +1,33 @@
 #!/usr/bin/env python3
 """Fuzzes the daemon's REST API from its OpenAPI document: random methods, paths,
-parameters and bodies (well-formed and not) against http://127.0.0.1:PORT. Fails on
-any 5xx, on a dropped connection, or if the daemon stops answering.
+parameters and bodies (well-formed and not) against http://127.0.0.1:PORT, or the
+API's Unix socket when given its path. Fails on any 5xx, on a dropped connection, or
+if the daemon stops answering.
 
-usage: api_fuzz.py PORT N SEED
+usage: api_fuzz.py PORT|SOCKET N SEED
 """
 import http.client
 import json
 import random
+import socket
 import sys
 
-port, n, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+at, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(seed)
 
 
+class UnixConnection(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(at)
+
+
 def call(method, path, body=None, headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    if at.startswith("/"):
+        c = UnixConnection("ax", timeout=10)
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", int(at), timeout=10)
     c.request(method, path, body=body, headers=headers or {})
     r = c.getresponse()
     data = r.read()
