@@ -202,11 +202,13 @@ fn bad_vservice_requests_change_nothing() {
     }
     support::fails_with(h.ax().args(["delete", "vservice", "nope"]).output().unwrap(), "no vservice named 'nope'");
     assert_eq!(h.get("vservices"), before);
-    // The REST API names the field too, with a 4xx.
+    // The REST API names the field too, with a 4xx (changes go over the Unix socket).
     let out = h
         .cmd("curl")
         .args([
             "-s",
+            "--unix-socket",
+            ax_api::API_SOCKET,
             "-w",
             " %{http_code}",
             "-X",
@@ -215,7 +217,7 @@ fn bad_vservice_requests_change_nothing() {
             "Content-Type: application/json",
             "-d",
             "{\"name\":1}",
-            "http://127.0.0.1:6664/v1/vservices",
+            "http://ax/v1/vservices",
         ])
         .output()
         .unwrap();
