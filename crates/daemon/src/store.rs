@@ -378,7 +378,12 @@ mod tests {
     }
 
     fn node() -> NodeInfo {
-        NodeInfo { name: "a".into(), cluster: "appswitch".into(), ip: "10.0.0.1".parse().unwrap() }
+        NodeInfo {
+            name: "a".into(),
+            cluster: "appswitch".into(),
+            ip: "10.0.0.1".parse().unwrap(),
+            ports: ax_core::DaemonPorts::new(true, 7946, 6664, 1024),
+        }
     }
 
     fn pool() -> PortRanges {

@@ -266,13 +266,13 @@ async fn backends_no_vservice_may_have_are_400_with_the_reason() {
         let mut req = web("198.18.2.1");
         req["backends"] = json!(backend);
         req["allow_external_backends"] = json!(allow);
-        let (status, body) = s.tcp("POST", path::VSERVICES, Some(req)).await;
+        let (status, body) = s.unix("POST", path::VSERVICES, Some(req)).await;
         assert_eq!(status, 400, "{backend}: {body}");
         assert!(body["error"].as_str().unwrap().starts_with(want), "{body}");
     }
     let mut req = web("127.0.0.9");
     req["backends"] = json!("198.18.1.1");
-    let (status, body) = s.tcp("POST", path::VSERVICES, Some(req)).await;
+    let (status, body) = s.unix("POST", path::VSERVICES, Some(req)).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(s.tcp("GET", path::VSERVICES, None).await.1, json!([]));
     s.stop().await;
