@@ -258,6 +258,44 @@ pub fn datagram(table: &mut Table, app: AppId, dest: SocketAddr) -> Result<Datag
     }
 }
 
+/// Control messages the daemon passes on when it sends a datagram for an app on a host
+/// socket, by level and type: the segment size, TOS, TTL, traffic class and hop limit,
+/// which change nothing about where a datagram goes.
+const PASSED_CONTROL: &[(i32, i32)] = &[
+    (libc::SOL_UDP, libc::UDP_SEGMENT),
+    (libc::IPPROTO_IP, libc::IP_TOS),
+    (libc::IPPROTO_IP, libc::IP_TTL),
+    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+    (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT),
+];
+const CMSG_HDR: usize = 16;
+
+/// The control bytes of an app's datagram send (a `struct cmsghdr` sequence, 64-bit
+/// layout) that the daemon may send with on a host socket. The rest (source routes,
+/// marks, source addresses and interfaces: IP_RETOPTS, SO_MARK, IP_PKTINFO...) would be
+/// the daemon's privilege used on the app's word, and are dropped. A malformed header
+/// is EINVAL, as the kernel says.
+pub fn host_control(control: &[u8]) -> Result<Vec<u8>, Errno> {
+    let mut kept = Vec::new();
+    let mut off = 0;
+    // Less than a header left: the kernel sees no more messages.
+    while control.len() - off >= CMSG_HDR {
+        let word = |at: usize| u64::from_ne_bytes(control[at..at + 8].try_into().expect("8 bytes"));
+        let len = word(off);
+        if len < CMSG_HDR as u64 || len > (control.len() - off) as u64 {
+            return Err(libc::EINVAL);
+        }
+        let level = i32::from_ne_bytes(control[off + 8..off + 12].try_into().expect("4 bytes"));
+        let kind = i32::from_ne_bytes(control[off + 12..off + 16].try_into().expect("4 bytes"));
+        let end = (off + (len as usize).next_multiple_of(8)).min(control.len());
+        if PASSED_CONTROL.contains(&(level, kind)) {
+            kept.extend_from_slice(&control[off..end]);
+        }
+        off = end;
+    }
+    Ok(kept)
+}
+
 /// The backend of `backends` (sorted, not empty) that the socket with this inode talks to.
 pub fn pinned(backends: &[SocketAddrV4], inode: u64) -> SocketAddrV4 {
     backends[(inode % backends.len() as u64) as usize]
@@ -295,6 +333,36 @@ pub fn name_fits(len: i32, full: usize) -> Result<usize, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let mut c = ((16 + data.len()) as u64).to_ne_bytes().to_vec();
+        c.extend(level.to_ne_bytes());
+        c.extend(kind.to_ne_bytes());
+        c.extend(data);
+        c.resize(c.len().next_multiple_of(8), 0);
+        c
+    }
+
+    #[test]
+    fn a_hosts_send_keeps_the_harmless_control_messages_only() {
+        let tos = cmsg(libc::IPPROTO_IP, libc::IP_TOS, &[0x10]);
+        let gso = cmsg(libc::SOL_UDP, libc::UDP_SEGMENT, &1200u16.to_ne_bytes());
+        let route = cmsg(libc::IPPROTO_IP, libc::IP_RETOPTS, &[0x83, 7, 4, 10, 0, 0, 9, 0]);
+        let mark = cmsg(libc::SOL_SOCKET, libc::SO_MARK, &7u32.to_ne_bytes());
+        let pktinfo = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &[0; 12]);
+        let all = [route.clone(), tos.clone(), mark, gso.clone(), pktinfo].concat();
+        assert_eq!(host_control(&all), Ok([tos.clone(), gso].concat()));
+        assert_eq!(host_control(&route), Ok(vec![]));
+        assert_eq!(host_control(&[]), Ok(vec![]));
+        // A tail shorter than a header is no message; a header that lies is EINVAL.
+        assert_eq!(host_control(&[tos.clone(), vec![0; 8]].concat()), Ok(tos.clone()));
+        let mut short = tos.clone();
+        short[0..8].copy_from_slice(&8u64.to_ne_bytes());
+        assert_eq!(host_control(&short), Err(libc::EINVAL));
+        let mut long = tos;
+        long[0..8].copy_from_slice(&4096u64.to_ne_bytes());
+        assert_eq!(host_control(&long), Err(libc::EINVAL));
+    }
 
     #[test]
     fn only_plain_tcp_and_udp_become_host_sockets() {

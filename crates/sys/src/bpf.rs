@@ -24,6 +24,8 @@ pub const MAP_ARRAY: u32 = 2;
 /// Storage attached to each socket, freed with it (needs BTF for its key and value).
 pub const MAP_SK_STORAGE: u32 = 24;
 const F_NO_PREALLOC: u32 = 1;
+/// Socket storage copied to the sockets a listener accepts.
+const F_CLONE: u32 = 0x200;
 
 /// Program types used here.
 pub const PROG_CGROUP_SKB: u32 = 8;
@@ -31,6 +33,7 @@ pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 
 /// Helpers used here (their numbers in the kernel's uapi).
 pub const FN_MAP_LOOKUP_ELEM: i32 = 1;
+pub const FN_GET_CURRENT_UID_GID: i32 = 15;
 pub const FN_SKB_LOAD_BYTES: i32 = 26;
 pub const FN_SK_STORAGE_GET: i32 = 107;
 pub const FN_GET_NS_CURRENT_PID_TGID: i32 = 120;
@@ -164,7 +167,8 @@ impl Map {
         Ok(Map { fd: owned(bpf(MAP_CREATE, &mut a)?) })
     }
 
-    /// Socket storage holding one u32 per socket, keyed by a socket's descriptor.
+    /// Socket storage holding one u32 per socket, keyed by a socket's descriptor, and
+    /// copied to the sockets a listener accepts.
     pub fn sk_storage(name: &str) -> io::Result<Map> {
         let blob = int_btf();
         let mut load = BtfLoad { btf: blob.as_ptr() as u64, btf_size: blob.len() as u32, ..Default::default() };
@@ -173,7 +177,7 @@ impl Map {
             map_type: MAP_SK_STORAGE,
             key_size: 4,
             value_size: 4,
-            map_flags: F_NO_PREALLOC,
+            map_flags: F_NO_PREALLOC | F_CLONE,
             map_name: name16(name),
             btf_fd: btf.as_raw_fd() as u32,
             btf_key_type_id: 1,
@@ -335,6 +339,8 @@ const ALU64_K: u8 = 0x07; // BPF_ALU64 | BPF_K, op added
 const ALU64_X: u8 = 0x0f; // BPF_ALU64 | BPF_X, op added
 const OP_ADD: u8 = 0x00;
 const OP_AND: u8 = 0x50;
+const OP_LSH: u8 = 0x60;
+const OP_RSH: u8 = 0x70;
 const OP_MOV: u8 = 0xb0;
 const JMP_K: u8 = 0x05; // BPF_JMP | BPF_K, op added
 const JMP_X: u8 = 0x0d; // BPF_JMP | BPF_X, op added
@@ -386,6 +392,16 @@ impl Asm {
         self.push(ins(ALU64_K | OP_AND, dst, 0, 0, imm))
     }
 
+    /// dst <<= bits
+    pub fn lsh_imm(&mut self, dst: Reg, bits: i32) -> &mut Asm {
+        self.push(ins(ALU64_K | OP_LSH, dst, 0, 0, bits))
+    }
+
+    /// dst >>= bits (logical)
+    pub fn rsh_imm(&mut self, dst: Reg, bits: i32) -> &mut Asm {
+        self.push(ins(ALU64_K | OP_RSH, dst, 0, 0, bits))
+    }
+
     /// dst = *(size *)(src + off)
     pub fn load(&mut self, size: Size, dst: Reg, src: Reg, off: i16) -> &mut Asm {
         self.push(ins(LDX_MEM | size as u8, dst, src, off, 0))
@@ -421,9 +437,9 @@ impl Asm {
         self.jump(JMP_K | OP_JNE, dst, 0, imm, to)
     }
 
-    /// if dst == src: verdict
-    pub fn if_eq_reg(&mut self, dst: Reg, src: Reg, to: Verdict) -> &mut Asm {
-        self.jump(JMP_X | OP_JEQ, dst, src, 0, to)
+    /// if dst != src: verdict
+    pub fn if_ne_reg(&mut self, dst: Reg, src: Reg, to: Verdict) -> &mut Asm {
+        self.jump(JMP_X | OP_JNE, dst, src, 0, to)
     }
 
     /// if dst == imm: skip the next `n` instructions.

@@ -217,7 +217,8 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 return Ok(Answer::Value(sent as i64));
             }
         };
-        let sent = self.k.send_msg(&s, data, control, flags, Some(&addr::for_family(to, family)))?;
+        let control = plan::host_control(control)?;
+        let sent = self.k.send_msg(&s, data, &control, flags, Some(&addr::for_family(to, family)))?;
         Ok(Answer::Value(sent as i64))
     }
 

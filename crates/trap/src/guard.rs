@@ -45,7 +45,7 @@ const ADDRESS_HOOKS: &[(u32, &str)] =
 const INGRESS: u32 = 0;
 
 /// The pin directory's name; a new layout gets a new name.
-const LAYOUT: &str = "ax-guard-v1";
+const LAYOUT: &str = "ax-guard-v2";
 const MAX_MEMBERS: u32 = 4096;
 /// bpf_pidns_info { pid, tgid } on the stack.
 const PIDNS_INFO: i16 = -16;
@@ -82,6 +82,8 @@ pub struct Guard {
     known: Mutex<HashSet<Ipv4Addr>>,
 }
 
+/// The marks and the daemon's identity outlive a daemon (pinned); the members are
+/// this daemon's to find out afresh.
 struct Maps {
     sockets: Map,
     daemon: Map,
@@ -89,26 +91,32 @@ struct Maps {
 }
 
 impl Maps {
-    fn create() -> io::Result<Maps> {
-        Ok(Maps {
+    /// The pinned maps under `dir`, or new ones pinned there; None when there are
+    /// none yet.
+    fn open(dir: &Path) -> io::Result<Option<Maps>> {
+        let sockets = match Map::open_pinned(&dir.join("sockets")) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(Maps { sockets, daemon: Map::open_pinned(&dir.join("daemon"))?, members: Maps::members()? }))
+    }
+
+    fn create(dir: &Path) -> io::Result<Maps> {
+        fs::create_dir_all(dir)?;
+        let maps = Maps {
             sockets: Map::sk_storage("ax_sockets")?,
             daemon: Map::new(bpf::MAP_ARRAY, "ax_daemon", 4, 24, 1)?,
-            members: Map::new(bpf::MAP_HASH, "ax_members", 4, 4, MAX_MEMBERS)?,
-        })
+            members: Maps::members()?,
+        };
+        // The identity first: once `sockets` is pinned, a later daemon takes both.
+        maps.daemon.pin(&dir.join("daemon"))?;
+        maps.sockets.pin(&dir.join("sockets"))?;
+        Ok(maps)
     }
 
-    fn open(dir: &Path) -> io::Result<Maps> {
-        Ok(Maps {
-            sockets: Map::open_pinned(&dir.join("sockets"))?,
-            daemon: Map::open_pinned(&dir.join("daemon"))?,
-            members: Map::open_pinned(&dir.join("members"))?,
-        })
-    }
-
-    fn pin(&self, dir: &Path) -> io::Result<()> {
-        self.sockets.pin(&dir.join("sockets"))?;
-        self.daemon.pin(&dir.join("daemon"))?;
-        self.members.pin(&dir.join("members"))
+    fn members() -> io::Result<Map> {
+        Map::new(bpf::MAP_HASH, "ax_members", 4, 4, MAX_MEMBERS)
     }
 }
 
@@ -123,18 +131,14 @@ impl Guard {
             .map_err(|e| GuardError::Cgroup(io::Error::new(e.kind(), format!("{}: {e}", cgroup_dir.display()))))?;
         bpf::ensure_bpffs(pins).map_err(|e| GuardError::Pins(pins.into(), e))?;
         let dir = pins.join(LAYOUT);
-        let maps = match Maps::open(&dir) {
-            Ok(maps) => {
+        // Anything but "none yet" stops the daemon: starting over would drop the marks
+        // of every running app's sockets.
+        let maps = match Maps::open(&dir).map_err(|e| GuardError::Pins(dir.clone(), e))? {
+            Some(maps) => {
                 info!(pins = %dir.display(), "taking over the socket guard a previous daemon left");
                 maps
             }
-            Err(_) => {
-                let _ = fs::remove_dir_all(&dir);
-                fs::create_dir_all(&dir).map_err(|e| GuardError::Pins(dir.clone(), e))?;
-                let maps = Maps::create().map_err(GuardError::Maps)?;
-                maps.pin(&dir).map_err(|e| GuardError::Pins(dir.clone(), e))?;
-                maps
-            }
+            None => Maps::create(&dir).map_err(|e| GuardError::Pins(dir.clone(), e))?,
         };
         maps.daemon.update(&0u32.to_ne_bytes(), &identity().map_err(GuardError::Maps)?).map_err(GuardError::Maps)?;
 
@@ -153,9 +157,12 @@ impl Guard {
         let link =
             bpf::attach(&prog, &cgroup, INGRESS).map_err(|e| GuardError::Attach("ingress", cgroup_dir.clone(), e))?;
         links.push(("ingress", link));
-        // The new links are attached before the old pins go: the rules never lapse.
+        // The new links are attached before the old pins go: the rules never lapse. Pins
+        // are per cgroup: a daemon started in another one leaves the links that guard the
+        // sockets made in the old one.
+        let cgroup_id = cgroup.metadata().map_err(GuardError::Cgroup)?.ino();
         for (name, link) in &links {
-            let path = dir.join(format!("link-{name}"));
+            let path = dir.join(format!("link-{name}-{cgroup_id}"));
             let _ = fs::remove_file(&path);
             link.pin(&path).map_err(|e| GuardError::Pins(path.clone(), e))?;
         }
@@ -236,8 +243,13 @@ fn address_program(maps: &Maps) -> Vec<Insn> {
         // Not in the daemon's pid namespace at all: not the daemon.
         .if_ne(R0, 0, Verdict::Deny)
         .load(Size::W, R1, R10, PIDNS_INFO + 4)
-        .if_eq_reg(R1, R7, Verdict::Allow)
-        .goto(Verdict::Deny);
+        .if_ne_reg(R1, R7, Verdict::Deny)
+        // And root: after a daemon dies, an unprivileged process may get its pid.
+        .call(bpf::FN_GET_CURRENT_UID_GID)
+        .lsh_imm(R0, 32)
+        .rsh_imm(R0, 32)
+        .if_ne(R0, 0, Verdict::Deny)
+        .goto(Verdict::Allow);
     a.finish()
 }
 

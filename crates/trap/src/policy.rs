@@ -45,6 +45,10 @@ pub struct Rule {
 }
 
 const INET_FAMILIES: &[u32] = &[libc::AF_INET as u32, libc::AF_INET6 as u32];
+const SOURCE_ROUTE_WHY: &str = "a source route (IP options, an IPv6 routing header) would send the daemon's own \
+     connects and sends to a first hop of the app's choosing";
+/// The RFC 2292 name of IPV6_RTHDR, still served by Linux (libc does not export it).
+const IPV6_2292RTHDR: u32 = 5;
 const FASTOPEN: When = When::ArgHasBits { arg: 3, bits: libc::MSG_FASTOPEN as u32 };
 const FASTOPEN_WHY: &str = "TCP fast open would have the kernel connect a host socket wherever the app says; \
      apps see a host whose client fast open is off";
@@ -65,6 +69,24 @@ pub const RULES: &[Rule] = &[
         when: When::ArgsEq(&[(1, libc::IPPROTO_TCP as u32), (2, libc::TCP_FASTOPEN_CONNECT as u32)]),
         action: Action::Errno(libc::EOPNOTSUPP),
         why: FASTOPEN_WHY,
+    },
+    Rule {
+        nr: libc::SYS_setsockopt,
+        when: When::ArgsEq(&[(1, libc::IPPROTO_IP as u32), (2, libc::IP_OPTIONS as u32)]),
+        action: Action::Errno(libc::EPERM),
+        why: SOURCE_ROUTE_WHY,
+    },
+    Rule {
+        nr: libc::SYS_setsockopt,
+        when: When::ArgsEq(&[(1, libc::IPPROTO_IPV6 as u32), (2, libc::IPV6_RTHDR as u32)]),
+        action: Action::Errno(libc::EPERM),
+        why: SOURCE_ROUTE_WHY,
+    },
+    Rule {
+        nr: libc::SYS_setsockopt,
+        when: When::ArgsEq(&[(1, libc::IPPROTO_IPV6 as u32), (2, IPV6_2292RTHDR)]),
+        action: Action::Errno(libc::EPERM),
+        why: SOURCE_ROUTE_WHY,
     },
     Rule {
         nr: libc::SYS_socket,
@@ -312,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_fast_open_is_off_whatever_else_the_call_says() {
+    fn tcp_fast_open_and_source_routes_are_refused_from_the_registers() {
         let eopnotsupp = libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32;
         let call = |nr: i64, args: [u64; 6]| run(&compile(RULES), AUDIT_ARCH, nr as u32, args);
         let fo = libc::MSG_FASTOPEN as u64;
@@ -335,6 +357,15 @@ mod tests {
         let tcp = libc::IPPROTO_TCP as u64;
         assert_eq!(call(libc::SYS_setsockopt, [3, tcp, libc::TCP_FASTOPEN_CONNECT as u64, 0, 4, 0]), eopnotsupp);
         assert_eq!(call(libc::SYS_setsockopt, [3, tcp, libc::TCP_NODELAY as u64, 0, 4, 0]), libc::SECCOMP_RET_ALLOW);
+        // Source routes, which the daemon's own connects and sends would follow.
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let ip = libc::IPPROTO_IP as u64;
+        let ip6 = libc::IPPROTO_IPV6 as u64;
+        assert_eq!(call(libc::SYS_setsockopt, [3, ip, libc::IP_OPTIONS as u64, 0, 8, 0]), eperm);
+        assert_eq!(call(libc::SYS_setsockopt, [3, ip6, libc::IPV6_RTHDR as u64, 0, 8, 0]), eperm);
+        assert_eq!(call(libc::SYS_setsockopt, [3, ip6, IPV6_2292RTHDR as u64, 0, 8, 0]), eperm);
+        assert_eq!(call(libc::SYS_setsockopt, [3, ip, libc::IP_TOS as u64, 0, 4, 0]), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(call(libc::SYS_setsockopt, [3, ip6, libc::IP_OPTIONS as u64, 0, 8, 0]), libc::SECCOMP_RET_ALLOW);
         let sol = libc::SOL_SOCKET as u64;
         assert_eq!(
             call(libc::SYS_setsockopt, [3, sol, libc::TCP_FASTOPEN_CONNECT as u64, 0, 4, 0]),

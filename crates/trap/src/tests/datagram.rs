@@ -106,13 +106,24 @@ fn msghdr(r: &Rig, name: Option<&str>, parts: &[&[u8]], control: &[u8], iov_cap:
 }
 
 #[test]
-fn sendmsg_gathers_the_iovecs_and_passes_the_control_data() {
+fn sendmsg_gathers_the_iovecs_and_passes_the_harmless_control_data() {
     let r = Rig::new();
     let at = udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
     let fd = r.udp();
-    let h = msghdr(&r, Some("198.18.0.53:53"), &[b"ab", b"cde"], b"ctl!", 0);
+    let cmsg = |level: i32, kind: i32| {
+        let mut c = 20u64.to_ne_bytes().to_vec();
+        c.extend(level.to_ne_bytes());
+        c.extend(kind.to_ne_bytes());
+        c.extend(7u32.to_ne_bytes());
+        c.extend([0u8; 4]);
+        c
+    };
+    // A TOS goes with the datagram; a mark the daemon could set and the app could not
+    // does not.
+    let (tos, mark) = (cmsg(libc::IPPROTO_IP, libc::IP_TOS), cmsg(libc::SOL_SOCKET, libc::SO_MARK));
+    let h = msghdr(&r, Some("198.18.0.53:53"), &[b"ab", b"cde"], &[mark, tos.clone()].concat(), 0);
     assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, h, 0, 0, 0, 0]), Some(Reply::Value(5)));
-    assert_eq!(r.k.sock(fd).sent, vec![(b"abcde".to_vec(), b"ctl!".to_vec(), Some(SocketAddr::V4(at)))]);
+    assert_eq!(r.k.sock(fd).sent, vec![(b"abcde".to_vec(), tos, Some(SocketAddr::V4(at)))]);
     let no_name = msghdr(&r, None, &[b"x"], b"", 0);
     assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, no_name, 0, 0, 0, 0]), Some(Reply::Proceed));
     assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, 0x8, 0, 0, 0, 0]), fail(libc::EFAULT));
