@@ -201,6 +201,14 @@ fn dup2_race_on_connect_does_not_reach_prod() {
 }
 
 #[test]
+fn dup2_race_with_an_accepted_socket_does_not_reach_prod() {
+    // A socket the kernel made for the app's own listener carries the guard's mark too.
+    let a = Arena::new();
+    a.attack(&["race", "accepted", RACE_SECONDS, "0", &a.prod_tcp_host]);
+    a.assert_prod_untouched();
+}
+
+#[test]
 fn dup2_race_on_sendto_does_not_reach_prod() {
     let a = Arena::new();
     a.attack(&["race", "sendto", RACE_SECONDS, "0", PROD_UDP, &a.prod_udp_host]);

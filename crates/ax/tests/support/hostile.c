@@ -198,6 +198,8 @@ static int cmd_sendmmsg_udp(int argc, char **argv) {
  *   sendto   N flips between a host UDP socket and an AF_UNIX datagram socket
  *   bind     as sendto, the caller binds N
  *   listen   as connect, the caller listens on N (an unbound TCP socket autobinds)
+ *   accepted as connect, but the host socket is one the app's own listener accepted
+ *            and then dissolved with connect(AF_UNSPEC): ax made none of it itself
  *   reopen   thread A closes N and makes a new socket that lands on N, alternately a
  *            host TCP socket and an AF_UNIX one; the caller connects N. One host
  *            socket in 32 is new (socket(2), a trap that leaves N closed meanwhile); the
@@ -206,7 +208,7 @@ static int cmd_sendmmsg_udp(int argc, char **argv) {
  * took natively stays visible to the test) until MAX_KEPT are kept. With HOLD > 0 the
  * program then keeps everything open for HOLD seconds. */
 
-enum kind { RACE_CONNECT, RACE_SENDTO, RACE_BIND, RACE_LISTEN, RACE_REOPEN };
+enum kind { RACE_CONNECT, RACE_SENDTO, RACE_BIND, RACE_LISTEN, RACE_REOPEN, RACE_ACCEPTED };
 enum { MAX_TO = 4, MAX_ERR = 256, MAX_KEPT = 200, MAX_CALLS = 200000 };
 
 struct race {
@@ -218,7 +220,7 @@ struct race {
 };
 
 static const char *op_name(enum kind k, int op) {
-    static const char *names[] = {"connect", "sendto", "bind", "listen", "connect"};
+    static const char *names[] = {"connect", "sendto", "bind", "listen", "connect", "connect"};
     return op ? "sendto MSG_FASTOPEN" : names[k];
 }
 
@@ -231,6 +233,37 @@ static void place_at(struct race *r, int fd) {
     }
 }
 
+/* A host socket the kernel made: accepted by a listener of the app's own from a
+ * connection the app made to it, then dissolved (connect AF_UNSPEC) so it may connect
+ * again. */
+static int accepted_host(void) {
+    static int listener = -1;
+    static struct sockaddr_in self;
+    if (listener < 0) {
+        listener = make_socket(AF_INET, SOCK_STREAM);
+        struct sockaddr_in any = {.sin_family = AF_INET};
+        socklen_t len = sizeof self;
+        if (bind(listener, (struct sockaddr *)&any, sizeof any) || listen(listener, 64) ||
+            getsockname(listener, (struct sockaddr *)&self, &len))
+            die("accepted: the listener: %s", outcome(-1));
+    }
+    int c = make_socket(AF_INET, SOCK_STREAM);
+    if (connect(c, (struct sockaddr *)&self, sizeof self))
+        die("accepted: connect to %s:%d: %s", inet_ntoa(self.sin_addr), ntohs(self.sin_port), outcome(-1));
+    int a = accept(listener, NULL, NULL);
+    if (a < 0)
+        die("accepted: accept: %s", outcome(-1));
+    close(c);
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+    if (connect(a, &unspec, sizeof unspec))
+        die("accepted: dissolve: %s", outcome(-1));
+    return a;
+}
+
+static int new_host(struct race *r) {
+    return r->kind == RACE_ACCEPTED ? accepted_host() : make_socket(AF_INET, r->host_type);
+}
+
 static void renew_host(struct race *r) {
     if (r->kept >= MAX_KEPT) {
         say("race: %d host sockets kept, stopping", MAX_KEPT);
@@ -238,7 +271,7 @@ static void renew_host(struct race *r) {
         return;
     }
     r->kept++;
-    r->host = make_socket(AF_INET, r->host_type);
+    r->host = new_host(r);
 }
 
 static void *flipper(void *p) {
@@ -264,6 +297,7 @@ static long race_call(struct race *r, int op, const struct sockaddr_in *to) {
     const struct sockaddr *sa = (const struct sockaddr *)to;
     switch (r->kind) {
     case RACE_CONNECT:
+    case RACE_ACCEPTED:
         if (op)
             return sendto(r->n, data, sizeof data, MSG_FASTOPEN | MSG_NOSIGNAL, sa, sizeof *to);
         return connect(r->n, sa, sizeof *to);
@@ -281,10 +315,10 @@ static long race_call(struct race *r, int op, const struct sockaddr_in *to) {
 
 static int cmd_race(int argc, char **argv) {
     if (argc < 3 || argc - 3 > MAX_TO)
-        die("usage: race connect|sendto|bind|listen|reopen SECONDS HOLD [ADDR...] (at most %d)", MAX_TO);
-    static const char *kinds[] = {"connect", "sendto", "bind", "listen", "reopen"};
+        die("usage: race connect|sendto|bind|listen|reopen|accepted SECONDS HOLD [ADDR...] (at most %d)", MAX_TO);
+    static const char *kinds[] = {"connect", "sendto", "bind", "listen", "reopen", "accepted"};
     struct race r = {.kind = (enum kind)-1};
-    for (int k = 0; k < 5; k++)
+    for (int k = 0; k < 6; k++)
         if (!strcmp(argv[0], kinds[k]))
             r.kind = k;
     if ((int)r.kind < 0)
@@ -299,11 +333,11 @@ static int cmd_race(int argc, char **argv) {
         die("race %s needs an address", argv[0]);
     int dgram = r.kind == RACE_SENDTO || r.kind == RACE_BIND;
     r.host_type = r.other_type = dgram ? SOCK_DGRAM : SOCK_STREAM;
-    r.host = make_socket(AF_INET, r.host_type);
+    r.host = new_host(&r);
     r.other = make_socket(AF_UNIX, r.other_type);
     /* N is made last, so it is the lowest free number when the reopen race closes it. */
     r.n = make_socket(AF_UNIX, r.other_type);
-    int ops = r.kind == RACE_CONNECT ? 2 : 1;
+    int ops = r.kind == RACE_CONNECT || r.kind == RACE_ACCEPTED ? 2 : 1;
     int slots = nto ? nto : 1;
     static long counts[2][MAX_TO][MAX_ERR];
 
