@@ -8,8 +8,9 @@ use std::sync::Arc;
 use ax_core::AppId;
 use ax_dns::server::Dns;
 use ax_dns::zone::{self, Names, Zone};
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::bounds::Gate;
 use crate::{Daemon, DnsConfig, Error};
 
 /// The DNS server's bound sockets and settings, made before the runtime starts so a
@@ -51,6 +52,9 @@ impl Names for TableNames {
     }
 }
 
+/// DNS connections over TCP served at once; more are closed as they come.
+const DNS_TCP_CONNECTIONS: usize = 256;
+
 /// Starts serving: UDP on a thread of its own, TCP and forwarding on the runtime this
 /// is called from.
 pub fn spawn(b: Bound, daemon: Daemon) -> std::io::Result<()> {
@@ -63,7 +67,19 @@ pub fn spawn(b: Bound, daemon: Daemon) -> std::io::Result<()> {
     let udp_dns = dns.clone();
     let udp = b.udp;
     std::thread::Builder::new().name("dns".into()).spawn(move || ax_dns::server::serve_udp(udp, udp_dns, rt))?;
-    tokio::spawn(ax_dns::server::serve_tcp(tcp, dns));
+    let gate = Gate::new("DNS over TCP", DNS_TCP_CONNECTIONS);
+    tokio::spawn(async move {
+        let served = gate.serve_async(&tcp, std::future::pending(), |conn, permit| {
+            let dns = dns.clone();
+            tokio::spawn(async move {
+                ax_dns::server::serve_tcp_conn(conn, dns).await;
+                drop(permit);
+            });
+        });
+        if let Err(e) = served.await {
+            warn!("DNS over TCP stopped: {e}");
+        }
+    });
     Ok(())
 }
 

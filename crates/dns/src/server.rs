@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tracing::{debug, warn};
 
 use crate::wire::{self, WireError};
@@ -149,18 +149,15 @@ pub fn serve_udp(udp: std::net::UdpSocket, dns: Arc<Dns>, rt: tokio::runtime::Ha
     }
 }
 
-/// Serves DNS on TCP until the task is dropped.
-pub async fn serve_tcp(tcp: TcpListener, dns: Arc<Dns>) {
-    while let Ok((conn, from)) = tcp.accept().await {
-        if !dns.names.may_ask(from.ip()) {
-            dns.strangers.note(from, "connection");
-            continue;
-        }
-        tokio::spawn(serve_conn(conn, dns.clone()));
+/// Serves one DNS connection over TCP: queries one after another until the client
+/// stops or idles for 10 s. A connection from an address that may not ask is closed
+/// unanswered. (The accept loop, with its bounds, is the caller's.)
+pub async fn serve_tcp_conn(mut conn: TcpStream, dns: Arc<Dns>) {
+    let Ok(from) = conn.peer_addr() else { return };
+    if !dns.names.may_ask(from.ip()) {
+        dns.strangers.note(from, "connection");
+        return;
     }
-}
-
-async fn serve_conn(mut conn: TcpStream, dns: Arc<Dns>) {
     loop {
         let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(10), conn.read_u16()).await else { return };
         let mut raw = vec![0u8; len as usize];
@@ -183,6 +180,14 @@ async fn serve_conn(mut conn: TcpStream, dns: Arc<Dns>) {
 mod tests {
     use super::*;
     use crate::wire::{query_bytes, TYPE_A};
+    use tokio::net::TcpListener;
+
+    /// The tests' accept loop (the daemon's has its bounds).
+    async fn serve_tcp(tcp: TcpListener, dns: Arc<Dns>) {
+        while let Ok((conn, _)) = tcp.accept().await {
+            tokio::spawn(serve_tcp_conn(conn, dns.clone()));
+        }
+    }
 
     /// One name, `web`; only 127.0.0.1 may ask.
     struct One;
