@@ -99,9 +99,7 @@ fn a_blocking_connect_is_answered_later_without_blocking_the_engine() {
     let r = Rig::new();
     r.k.state().slow.insert(sa("192.0.2.1:80"));
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:80");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:80");
     assert_eq!(r.k.sock(fd).flags & libc::O_NONBLOCK, 0, "the app's socket is blocking again");
     // Meanwhile another call of the app is served.
     assert_eq!(r.bind(r.tcp(), "0.0.0.0:0"), OK);
@@ -118,9 +116,7 @@ fn a_blocking_connect_that_outlives_its_send_timeout_reports_einprogress() {
     let mut tv = [0u8; 16];
     tv[..8].copy_from_slice(&1i64.to_ne_bytes());
     r.k.state().socks[i].opts.insert((libc::SOL_SOCKET, libc::SO_SNDTIMEO), tv.to_vec());
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:80");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:80");
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), fail(libc::EINPROGRESS));
 }
@@ -224,9 +220,7 @@ fn gateway_rig() -> (Rig, SocketAddrV4) {
 fn an_egress_connect_asks_the_gateway_and_shows_the_real_destination() {
     let (r, gw) = gateway_rig();
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:443");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:443");
     let i = r.k.state().fds[&fd];
     r.k.state().socks[i].inbox.push_back((b"OK\nHTTP".to_vec(), SocketAddr::V4(gw)));
     r.k.run_later();
@@ -243,18 +237,14 @@ fn an_egress_connect_asks_the_gateway_and_shows_the_real_destination() {
 fn a_gateway_that_cannot_reach_the_destination_fails_the_connect_with_its_errno() {
     let (r, gw) = gateway_rig();
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:443");
-    r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]);
+    let id = r.connect_later(fd, "192.0.2.1:443");
     let i = r.k.state().fds[&fd];
     r.k.state().socks[i].inbox.push_back((b"ERR 113\n".to_vec(), SocketAddr::V4(gw)));
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), fail(libc::EHOSTUNREACH));
     // A gateway that closes without answering.
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:443");
-    r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]);
+    let id = r.connect_later(fd, "192.0.2.1:443");
     let i = r.k.state().fds[&fd];
     r.k.state().socks[i].inbox.push_back((Vec::new(), SocketAddr::V4(gw)));
     r.k.run_later();
@@ -329,9 +319,7 @@ fn a_second_connect_on_a_connected_socket_is_eisconn_and_changes_nothing() {
     // Connected by a helper (the case that answered 0: the daemon's own non-blocking
     // connect leaves the kernel's socket "connecting" until connect is called again).
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:80");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:80");
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), OK);
     let sock = r.k.state().fds[&fd];
@@ -371,9 +359,7 @@ fn a_blocking_connect_on_a_socket_under_way_waits_for_its_outcome() {
     assert_eq!(r.connect(fd, "192.0.2.1:80"), fail(libc::EINPROGRESS));
     let i = r.k.state().fds[&fd];
     r.k.state().socks[i].flags &= !libc::O_NONBLOCK;
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:80");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:80");
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), OK);
     // One that outlives SO_SNDTIMEO says EALREADY, as the kernel does.
@@ -385,8 +371,7 @@ fn a_blocking_connect_on_a_socket_under_way_waits_for_its_outcome() {
     let mut tv = [0u8; 16];
     tv[8..].copy_from_slice(&300_000i64.to_ne_bytes());
     r.k.state().socks[i].opts.insert((libc::SOL_SOCKET, libc::SO_SNDTIMEO), tv.to_vec());
-    let id = r.next_id();
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:80");
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), fail(libc::EALREADY));
 }
@@ -411,9 +396,7 @@ fn a_blocking_connect_refused_late_leaves_the_socket_free_to_connect_again() {
     let r = Rig::new();
     r.k.state().refusing_late.insert(sa("192.0.2.1:80"));
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:80");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:80");
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), fail(libc::ECONNREFUSED));
     assert_eq!(r.k.sock(fd).peer, None, "reset, as the kernel's blocking connect leaves it");

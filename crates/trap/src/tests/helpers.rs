@@ -55,9 +55,7 @@ fn a_blocking_connect_whose_caller_is_killed_lets_go_of_its_socket() {
     let r = Rig::new();
     r.k.state().silent.insert(sa("192.0.2.1:80"));
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:80");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:80");
     assert_eq!(r.k.held(), 1);
     abandon_at_wait(&r, id, 3);
     r.k.run_later();
@@ -70,9 +68,7 @@ fn an_egress_handshake_whose_caller_is_killed_stops_and_records_nothing() {
     let gw: Ipv4Addr = "10.0.0.3".parse().unwrap();
     r.table(|t| t.set_remote(Remote { nodes: vec![("g".into(), gw)], egress: vec![gw], ..Remote::default() }));
     let fd = r.tcp();
-    let id = r.next_id();
-    let (p, l) = r.addr("192.0.2.1:443");
-    assert_eq!(r.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None);
+    let id = r.connect_later(fd, "192.0.2.1:443");
     // The gateway never answers; the caller is killed while the helper waits for it.
     abandon_at_wait(&r, id, 4);
     r.k.run_later();

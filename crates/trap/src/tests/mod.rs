@@ -142,6 +142,14 @@ impl Rig {
         self.trap(libc::SYS_connect, [fd as u64, p, l, 0, 0, 0])
     }
 
+    /// A blocking connect that a helper thread will answer: its call id.
+    fn connect_later(&self, fd: RawFd, a: &str) -> u64 {
+        let id = self.next_id();
+        let (p, l) = self.addr(a);
+        assert_eq!(self.trap_as(id, libc::SYS_connect, [fd as u64, p, l, 0, 0, 0]), None, "answered later");
+        id
+    }
+
     fn listen(&self, fd: RawFd) -> Option<Reply> {
         self.trap(libc::SYS_listen, [fd as u64, 128, 0, 0, 0, 0])
     }
