@@ -228,7 +228,7 @@ impl Map {
 
 fn c_path(path: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    crate::c_string(path.as_os_str().as_bytes())
 }
 
 fn pin(fd: i32, path: &Path) -> io::Result<()> {

@@ -18,6 +18,11 @@ pub mod sock;
 
 use std::io;
 
+/// `bytes` as a C string; a NUL inside is EINVAL, as the kernel would say of a bad name.
+pub(crate) fn c_string(bytes: impl Into<Vec<u8>>) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
 /// Turns a libc-style return value (negative on error, errno set) into a `Result`.
 pub(crate) fn cvt<T: Default + PartialOrd + Copy>(ret: T) -> io::Result<T> {
     if ret < T::default() {

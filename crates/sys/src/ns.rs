@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use crate::cvt;
+use crate::{c_string, cvt};
 
 /// Moves the calling thread into a new mount namespace and, with `net`, a new network
 /// namespace.
@@ -23,8 +23,7 @@ pub fn unshare(net: bool) -> io::Result<()> {
 /// Bind-mounts the file `src` over `dst` (in this mount namespace only, once mounts
 /// are private).
 pub fn bind_mount(src: &str, dst: &str) -> io::Result<()> {
-    let c = |s: &str| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
-    let (src, dst) = (c(src)?, c(dst)?);
+    let (src, dst) = (c_string(src)?, c_string(dst)?);
     // SAFETY: both paths are valid C strings; a bind mount takes no type or data.
     cvt(unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) })?;
     Ok(())
@@ -34,8 +33,7 @@ pub fn bind_mount(src: &str, dst: &str) -> io::Result<()> {
 /// the options `data`.
 pub fn mount_fs(fstype: &str, dir: &std::path::Path, data: &str) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let c = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
-    let (fs, dir, data) = (c(fstype.as_bytes())?, c(dir.as_os_str().as_bytes())?, c(data.as_bytes())?);
+    let (fs, dir, data) = (c_string(fstype)?, c_string(dir.as_os_str().as_bytes())?, c_string(data)?);
     // SAFETY: every pointer is a valid C string, and these filesystems take a string of
     // options as their data.
     cvt(unsafe { libc::mount(fs.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, data.as_ptr().cast()) })?;

@@ -1,12 +1,12 @@
 //! Process control: fork and exec for `ax run`, waiting, signals, and a few
 //! process-wide facts (uid, randomness, interfaces).
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::cvt;
+use crate::{c_string, cvt};
 
 /// Which side of a fork this is.
 pub enum Fork {
@@ -26,7 +26,7 @@ pub fn fork() -> io::Result<Fork> {
 
 /// Replaces the process image, searching PATH like a shell. Returns only on failure.
 pub fn exec(program: &OsStr, args: &[&OsStr]) -> io::Error {
-    let to_c = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let to_c = |s: &OsStr| c_string(s.as_bytes());
     let prog = match to_c(program) {
         Ok(p) => p,
         Err(e) => return e,
@@ -289,7 +289,7 @@ pub fn lookup_user(who: &str) -> io::Result<Option<User>> {
         // stay valid while `buf` lives.
         Ok(uid) => unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) },
         Err(_) => {
-            let c = CString::new(who).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let c = c_string(who)?;
             // SAFETY: as above; `c` is a valid C string.
             unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) }
         }
@@ -307,7 +307,7 @@ pub fn lookup_user(who: &str) -> io::Result<Option<User>> {
             std::ffi::CStr::from_ptr(pw.pw_dir).to_string_lossy().into_owned(),
         )
     };
-    let cname = CString::new(name.clone()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cname = c_string(name.clone())?;
     let mut groups = vec![0 as libc::gid_t; 64];
     loop {
         let mut n = groups.len() as libc::c_int;
