@@ -51,6 +51,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             ax_cli::delete(d)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::TlsCerts(t) => {
+            let pki = ax_tls::write_test_pki(&t.dir, &t.names)?;
+            println!("CA: {}", pki.ca_file().display());
+            for name in &t.names {
+                let f = pki.files(name);
+                println!("{name}: --tls-cert {} --tls-key {}", f.cert.display(), f.key.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -101,7 +110,35 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
         cpu_profile: d.cpu_profile.map(std::path::PathBuf::from),
         mem_profile: d.mem_profile.map(std::path::PathBuf::from),
         run_dir: ax_api::RUN_DIR.into(),
+        tls: tls_files(d.tls, d.tls_ca_cert, d.tls_cert, d.tls_key)?,
     })
+}
+
+/// `--tls` and its three files: all or nothing. Relative paths are taken from the
+/// current directory (the manual asked for absolute ones).
+fn tls_files(
+    tls: bool,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<Option<ax_tls::Files>> {
+    let given = [("--tls-ca-cert", &ca), ("--tls-cert", &cert), ("--tls-key", &key)];
+    if !tls {
+        return match given.iter().find(|(_, v)| v.is_some()) {
+            Some((flag, _)) => Err(anyhow!("{flag} is given without --tls: add --tls to use it")),
+            None => Ok(None),
+        };
+    }
+    let missing: Vec<&str> = given.iter().filter(|(_, v)| v.is_none()).map(|(f, _)| *f).collect();
+    if !missing.is_empty() {
+        return Err(anyhow!(
+            "--tls needs {} (make a test CA and certificates with: ax tls-certs DIR NODE...)",
+            missing.join(", ")
+        ));
+    }
+    let cwd = std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory: {e}"))?;
+    let abs = |p: Option<String>| cwd.join(p.unwrap_or_default());
+    Ok(Some(ax_tls::Files { ca: abs(ca), cert: abs(cert), key: abs(key) }))
 }
 
 /// Checks `ax run`'s flags before anything starts (those with a type were checked as

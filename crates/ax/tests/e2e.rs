@@ -287,7 +287,8 @@ fn bad_input_gets_clear_errors() {
     fails(h.run(&["--labels", "role", "--", "true"]), "label 'role' is not of the form label=value");
     fails(h.ax().args(["daemon", "--ports", "5000-4000"]).output().unwrap(), "range '5000-4000' ends before it starts");
     fails(h.ax().args(["daemon", "--ports", "http"]).output().unwrap(), "'http' is not a port");
-    fails(h.ax().args(["daemon", "--tls"]).output().unwrap(), "--tls is not supported yet");
+    fails(h.ax().args(["daemon", "--tls"]).output().unwrap(), "--tls needs --tls-ca-cert, --tls-cert, --tls-key");
+    fails(h.ax().args(["daemon", "--tls-cert", "n.pem"]).output().unwrap(), "--tls-cert is given without --tls");
     // A second daemon on the same host is refused.
     fails(h.ax().args(["daemon", "--node-interface", "ax0"]).output().unwrap(), "another ax daemon is already serving");
     // With no daemon: the message names the socket and how to start it.

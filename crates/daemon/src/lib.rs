@@ -68,6 +68,9 @@ pub struct Config {
     pub mem_profile: Option<std::path::PathBuf>,
     /// Where the sockets, the saved state and apps' files live (`ax_api::RUN_DIR`).
     pub run_dir: PathBuf,
+    /// `--tls`: the CA, certificate and key every channel between daemons uses. None:
+    /// the cluster is unauthenticated (logged once at start).
+    pub tls: Option<ax_tls::Files>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,8 @@ pub enum Error {
     Profile(#[from] profile::ProfileError),
     #[error("cannot install the socket guard that keeps apps' host sockets in ax's hands: {0}")]
     Guard(#[from] ax_trap::guard::GuardError),
+    #[error("--tls: {0}")]
+    Tls(#[from] ax_tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -281,6 +286,8 @@ pub struct Listeners {
     pub egress: Option<std::net::TcpListener>,
     /// Gossip: chitchat binds its UDP socket itself, from the config, on this transport.
     pub gossip: Option<(ClusterConfig, Box<dyn chitchat::transport::Transport>)>,
+    /// `--tls`: the files every channel between daemons uses, read again on SIGHUP.
+    pub tls: Option<Arc<ax_tls::Reloadable>>,
 }
 
 /// Serves the API, the run channel, DNS, the egress gateway and gossip on `listeners`
@@ -305,6 +312,9 @@ pub async fn serve(
     if let Some(egress) = listeners.egress {
         egress::spawn(egress, daemon.clone())
             .map_err(io(format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT)))?;
+    }
+    if let Some(tls) = listeners.tls.clone() {
+        tokio::spawn(reload_on_hangup(tls));
     }
     let gossip = match listeners.gossip {
         Some((config, transport)) => Some(cluster::start(daemon.clone(), &config, transport.as_ref()).await?),
@@ -352,6 +362,17 @@ pub fn run(config: Config) -> Result<(), Error> {
         let prefix = interfaces.iter().find(|a| a.addr == IpAddr::V4(node.ip)).map_or(32, |a| a.prefix);
         gossip.auto_discover = Some(prefix);
     }
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = ax_tls::Tls::load(files, Some(&node.name))?;
+            info!(ca = %files.ca.display(), cert = %files.cert.display(), "TLS: channels between daemons are mutually authenticated");
+            Some(ax_tls::Reloadable::new(tls, Some(node.name.clone())))
+        }
+        None => {
+            warn!("the cluster is unauthenticated: without --tls, any host that can reach this node's gossip port can join the cluster and publish services (see the README, Security)");
+            None
+        }
+    };
     let fds = ax_sys::proc::raise_fd_limit().map_err(io("cannot raise the open-file limit"))?;
     let run_dir = config.run_dir.as_path();
     prepare_dir(run_dir)?;
@@ -432,6 +453,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         dns,
         egress,
         gossip: Some((gossip, Box::new(chitchat::transport::UdpTransport))),
+        tls,
     };
     let result = rt.block_on(async {
         if let Some(saved) = saved {
@@ -484,6 +506,22 @@ fn drop_unattached_after(daemon: Daemon, apps: Vec<AppId>, grace: Duration) -> t
 /// The file name of one of `ax_api`'s socket paths, to place it in another run dir.
 fn socket_name(path: &str) -> &std::ffi::OsStr {
     Path::new(path).file_name().expect("a socket path names a file")
+}
+
+/// Reads the TLS files again on every SIGHUP; connections already made stay, new
+/// handshakes use the new files. A reload that fails keeps the files in use.
+async fn reload_on_hangup(tls: Arc<ax_tls::Reloadable>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot catch SIGHUP: the TLS files are read only at start");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(t) => info!(cert = %t.files().cert.display(), "SIGHUP: TLS files read again"),
+            Err(e) => warn!("SIGHUP: {e}; the files read before stay in use"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -56,7 +56,7 @@ fn served() -> Served {
     let tcp = rest.local_addr().unwrap();
     let unix = dir.0.join(socket_name(API_SOCKET));
     let api = std::os::unix::net::UnixListener::bind(&unix).unwrap();
-    let listeners = Listeners { rest, api, run: None, dns: None, egress: None, gossip: None };
+    let listeners = Listeners { rest, api, run: None, dns: None, egress: None, gossip: None, tls: None };
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let served = tokio::spawn(serve(daemon.clone(), listeners, async {
         let _ = stopped.await;

@@ -1,0 +1,224 @@
+//! A small CA for tests and first clusters (`ax tls-certs`): `ca.pem`/`ca.key`, and for
+//! each name a certificate (DNS subject alternative name = the name; for servers and
+//! clients alike) with its key. An existing CA in the folder is reused, so certificates
+//! for nodes added later come from the same CA.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+
+use crate::{now_secs, Files};
+
+/// Why the certificates could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot write {}: {reason}", path.display())]
+    Write { path: PathBuf, reason: String },
+    #[error("cannot read the CA in {}: {reason}", path.display())]
+    Ca { path: PathBuf, reason: String },
+    #[error("'{0}' cannot be a certificate name (a DNS name: letters, digits, '-' and '.')")]
+    Name(String),
+    #[error("cannot make a certificate: {0}")]
+    Make(#[from] rcgen::Error),
+}
+
+/// The CA of a folder, able to issue more certificates.
+pub struct TestPki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+const DAY: u64 = 86_400;
+
+impl TestPki {
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The files of `name`'s certificate (issued before).
+    pub fn files(&self, name: &str) -> Files {
+        Files {
+            ca: self.ca_file(),
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}.key")),
+        }
+    }
+
+    /// Issues `name.pem`/`name.key`, valid for `days` from now (a negative number makes
+    /// one that has already expired, for tests).
+    pub fn issue(&self, name: &str, days: i64) -> Result<Files, PkiError> {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !valid {
+            return Err(PkiError::Name(name.to_string()));
+        }
+        let mut params = CertificateParams::new(vec![name.to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let (from, to) = if days < 0 {
+            (now_secs() - 2 * DAY * days.unsigned_abs(), now_secs() - DAY * days.unsigned_abs())
+        } else {
+            (now_secs() - DAY, now_secs() + DAY * days as u64)
+        };
+        validity(&mut params, from, to);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let files = self.files(name);
+        write(&files.cert, cert.pem().as_bytes(), 0o644)?;
+        write(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+        Ok(files)
+    }
+}
+
+/// Makes (or reuses) the CA in `dir`, and issues a certificate valid for a year for each
+/// of `names`.
+pub fn write_test_pki(dir: &Path, names: &[String]) -> Result<TestPki, PkiError> {
+    std::fs::create_dir_all(dir).map_err(|e| PkiError::Write { path: dir.to_path_buf(), reason: e.to_string() })?;
+    let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let issuer = if ca_pem.exists() && ca_key.exists() {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| PkiError::Ca { path: p.to_path_buf(), reason: e.to_string() })
+        };
+        let key = KeyPair::from_pem(&read(&ca_key)?)
+            .map_err(|e| PkiError::Ca { path: ca_key.clone(), reason: e.to_string() })?;
+        // What a certificate names as its issuer is the CA's subject, and its signature
+        // is the key's: the same parameters and key issue for the CA on disk.
+        Issuer::new(ca_params()?, key)
+    } else {
+        let mut params = ca_params()?;
+        validity(&mut params, now_secs() - DAY, now_secs() + 10 * 365 * DAY);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        write(&ca_pem, cert.pem().as_bytes(), 0o644)?;
+        write(&ca_key, key.serialize_pem().as_bytes(), 0o600)?;
+        Issuer::new(params, key)
+    };
+    let pki = TestPki { dir: dir.to_path_buf(), issuer };
+    for name in names {
+        pki.issue(name, 365)?;
+    }
+    Ok(pki)
+}
+
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, "ax cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+/// Valid from `from` to `to` (seconds since the epoch; whole days are enough here, and
+/// rcgen takes calendar dates).
+fn validity(params: &mut CertificateParams, from: u64, to: u64) {
+    let (y, m, d) = civil_from_days((from / DAY) as i64);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = civil_from_days((to / DAY) as i64);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// The calendar date of a day number since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m as u8, d as u8)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    let err = |e: std::io::Error| PkiError::Write { path: path.to_path_buf(), reason: e.to_string() };
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(err)?;
+    f.write_all(bytes).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{names, Tls, TlsError};
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ax-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn the_calendar_agrees_with_known_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn a_node_certificate_loads_and_names_its_node_only() {
+        let d = dir("names");
+        let pki = write_test_pki(&d, &["n1".into(), "n2".into()]).unwrap();
+        let tls = Tls::load(&pki.files("n1"), Some("n1")).unwrap();
+        let n1 = &tls.certified.cert[0];
+        assert!(names(n1, "n1"));
+        assert!(!names(n1, "n2"));
+        assert!(!names(n1, "10.0.0.1"), "an address is not a node name");
+        match Tls::load(&pki.files("n1"), Some("n2")) {
+            Err(TlsError::NotNamed { name, .. }) => assert_eq!(name, "n2"),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn every_bad_file_is_refused_with_its_name() {
+        let d = dir("bad");
+        let pki = write_test_pki(&d, &["n1".into(), "n2".into()]).unwrap();
+        let other = write_test_pki(&d.join("other"), &["n1".into()]).unwrap();
+        let expired = pki.issue("old", -1).unwrap();
+        let good = pki.files("n1");
+        let msg = |f: &Files| Tls::load(f, Some("n1")).unwrap_err().to_string();
+
+        let m = msg(&Files { cert: d.join("missing.pem"), ..good.clone() });
+        assert!(m.contains("missing.pem") && m.contains("No such file"), "{m}");
+        let m = msg(&Files { key: pki.files("n2").key, ..good.clone() });
+        assert!(m.contains("n2.key") && m.contains("does not belong"), "{m}");
+        let m = msg(&Files { ca: other.ca_file(), ..good.clone() });
+        assert!(m.contains("n1.pem") && m.contains("not signed by the CA"), "{m}");
+        let m = Tls::load(&expired, Some("old")).unwrap_err().to_string();
+        assert!(m.contains("old.pem") && m.contains("expired"), "{m}");
+        std::fs::write(d.join("junk.pem"), "hello").unwrap();
+        let m = msg(&Files { ca: d.join("junk.pem"), ..good.clone() });
+        assert!(m.contains("junk.pem"), "{m}");
+        let m = msg(&Files { key: good.cert.clone(), ..good.clone() });
+        assert!(m.contains("n1.pem"), "a certificate is not a key: {m}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_ca_is_reused_and_its_key_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("reuse");
+        write_test_pki(&d, &["n1".into()]).unwrap();
+        let ca = std::fs::read(d.join("ca.pem")).unwrap();
+        let pki = write_test_pki(&d, &["n2".into()]).unwrap();
+        assert_eq!(std::fs::read(d.join("ca.pem")).unwrap(), ca);
+        Tls::load(&pki.files("n2"), Some("n2")).unwrap();
+        Tls::load(&pki.files("n1"), Some("n1")).unwrap();
+        let mode = std::fs::metadata(d.join("ca.key")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(pki.issue("bad name", 1), Err(PkiError::Name(_))));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
