@@ -104,8 +104,9 @@ pub enum Error {
     Profile(#[from] profile::ProfileError),
     #[error("cannot install the socket guard that keeps apps' host sockets in ax's hands: {0}")]
     Guard(#[from] ax_trap::guard::GuardError),
+    /// Not the error's source: the message already carries it.
     #[error("--tls: {0}")]
-    Tls(#[from] ax_tls::TlsError),
+    Tls(ax_tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -364,7 +365,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let tls = match &config.tls {
         Some(files) => {
-            let tls = ax_tls::Tls::load(files, Some(&node.name))?;
+            let tls = ax_tls::Tls::load(files, Some(&node.name)).map_err(Error::Tls)?;
             info!(ca = %files.ca.display(), cert = %files.cert.display(), "TLS: channels between daemons are mutually authenticated");
             Some(ax_tls::Reloadable::new(tls, Some(node.name.clone())))
         }
