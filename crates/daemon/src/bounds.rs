@@ -2,11 +2,13 @@
 //! and Unix, the run channel, the egress gateway, relays): how many connections a
 //! listener holds at once (a new one beyond that is closed at once), what an accept
 //! error means (out of descriptors or memory: log, wait a little, go on; the listener
-//! shut down: stop), and how long a connection may sit with no byte moving either way.
-//! What a connection then does is its server's business.
+//! shut down: stop), how long a connection may sit with no byte moving either way, and
+//! how failed TLS handshakes are logged (once per burst). What a connection then does is
+//! its server's business.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ pub struct Gate {
     open: Arc<AtomicUsize>,
     refused: Mutex<Burst>,
     failed: Mutex<Burst>,
+    handshakes: Mutex<Burst>,
 }
 
 /// A connection's place under its listener's cap, given back when dropped.
@@ -103,7 +106,14 @@ impl Burst {
 
 impl Gate {
     pub fn new(name: &'static str, cap: usize) -> Gate {
-        Gate { name, cap, open: Arc::default(), refused: Mutex::default(), failed: Mutex::default() }
+        Gate {
+            name,
+            cap,
+            open: Arc::default(),
+            refused: Mutex::default(),
+            failed: Mutex::default(),
+            handshakes: Mutex::default(),
+        }
     }
 
     /// A place for a new connection, or None when `cap` are open (the caller closes it).
@@ -132,6 +142,15 @@ impl Gate {
             }
         }
         f
+    }
+
+    /// A connection whose TLS handshake failed (no certificate from the CA, not TLS,
+    /// too slow): logged once per burst, since anyone who reaches the port can cause one.
+    pub fn handshake_failed(&self, peer: Option<SocketAddr>, why: &dyn std::fmt::Display) {
+        if let Some(n) = self.handshakes.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+            let peer = peer.map_or_else(|| "an unknown peer".to_string(), |p| p.to_string());
+            warn!(listener = self.name, failed = n, "TLS handshake with {peer} failed: {why}");
+        }
     }
 
     /// Accepts on a blocking `listener` until it is gone, handing each admitted

@@ -275,8 +275,9 @@ impl ax_trap::Node for Daemon {
 
 /// The sockets the daemon serves on, bound by the caller.
 pub struct Listeners {
-    /// The REST API over TCP (127.0.0.1).
-    pub rest: std::net::TcpListener,
+    /// The REST API over TCP: 127.0.0.1, and with `--tls` the node's address too (all
+    /// HTTPS then).
+    pub rest: Vec<std::net::TcpListener>,
     /// The REST API over a Unix socket (root only).
     pub api: std::os::unix::net::UnixListener,
     /// The run channel and the socket guard for apps' sockets; None serves no apps (API
@@ -299,9 +300,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let tokio_io = |what: &str| io(format!("cannot serve {what}"));
-    listeners.rest.set_nonblocking(true).map_err(tokio_io("REST"))?;
+    let tcp = listeners
+        .rest
+        .into_iter()
+        .map(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(tokio_io("REST"))?;
     listeners.api.set_nonblocking(true).map_err(tokio_io("the API socket"))?;
-    let tcp = tokio::net::TcpListener::from_std(listeners.rest).map_err(tokio_io("REST"))?;
     let unix = tokio::net::UnixListener::from_std(listeners.api).map_err(tokio_io("the API socket"))?;
     if let Some((run, guard)) = listeners.run {
         members::spawn(daemon.clone(), Arc::clone(&guard)).map_err(io("cannot start the member updates"))?;
@@ -321,7 +329,7 @@ pub async fn serve(
         Some((config, transport)) => Some(cluster::start(daemon.clone(), &config, transport.as_ref()).await?),
         None => None,
     };
-    let result = rest::serve(tcp, unix, daemon, shutdown).await.map_err(io("the REST API failed"));
+    let result = rest::serve(tcp, unix, listeners.tls, daemon, shutdown).await.map_err(io("the REST API failed"));
     if let Some(g) = gossip {
         g.abort();
     }
@@ -381,12 +389,19 @@ pub fn run(config: Config) -> Result<(), Error> {
     let run_path = run_dir.join(socket_name(RUN_SOCKET));
     let api = bind_unix(&api_path)?;
     let run_sock = bind_unix(&run_path)?;
-    let rest = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.rest_port)).map_err(|e| {
-        Error::Setting(format!(
-            "cannot serve REST on 127.0.0.1:{} ({e}): is another daemon running? (pick another with --rest-port)",
-            config.rest_port
-        ))
-    })?;
+    // With --tls, REST is HTTPS and also on the node's address, for remote admin.
+    let rest_on = if tls.is_some() { vec![Ipv4Addr::LOCALHOST, node.ip] } else { vec![Ipv4Addr::LOCALHOST] };
+    let rest = rest_on
+        .iter()
+        .map(|ip| {
+            std::net::TcpListener::bind((*ip, config.rest_port)).map_err(|e| {
+                Error::Setting(format!(
+                    "cannot serve REST on {ip}:{} ({e}): is another daemon running? (pick another with --rest-port)",
+                    config.rest_port
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
 
     let mut seed = [0u8; 8];
     ax_sys::proc::random_bytes(&mut seed).map_err(io("cannot read random bytes"))?;
@@ -447,6 +462,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(io("cannot start the async runtime"))?;
+    let tls_on = tls.is_some();
     let listeners = Listeners {
         rest,
         api,
@@ -461,7 +477,9 @@ pub fn run(config: Config) -> Result<(), Error> {
             restore(&daemon, saved);
         }
         watch::spawn(daemon.clone(), watch::Netlink::probe());
-        info!("serving the API on {} and http://127.0.0.1:{}", api_path.display(), config.rest_port);
+        let scheme = if tls_on { "https" } else { "http" };
+        let tcp: Vec<String> = rest_on.iter().map(|ip| format!("{scheme}://{ip}:{}", config.rest_port)).collect();
+        info!("serving the API on {} and {}", api_path.display(), tcp.join(" and "));
         let result = serve(daemon.clone(), listeners, shutdown_signal()).await;
         // Everything is saved as it changes; once more for good measure on the way out.
         daemon.submit(Command::TableChanged);

@@ -1,11 +1,16 @@
 //! The REST API: views of the node's state, and vservices created and deleted. A
 //! request is turned into a [`Command`] and nothing more; the state decides. The same
-//! router serves the Unix socket and TCP on 127.0.0.1, behind one gatekeeper: changes
-//! only over the Unix socket, reads over either, and only for root or the daemon's own
-//! user (peer credentials on the socket; over TCP, the owner of the client's socket in
-//! the kernel's table). Every connection is bounded (see [`crate::bounds`]): a cap per
-//! listener, the request's head and body within [`REQUEST_TIMEOUT`], a body of at most
-//! [`MAX_BODY`] bytes, and no connection idle for longer than [`IDLE_TIMEOUT`].
+//! router serves the Unix socket and TCP, behind one gatekeeper:
+//! - the Unix socket: root or the daemon's own user (peer credentials), reads and changes;
+//! - without `--tls`, plain TCP on 127.0.0.1: reads only, and only for root or the
+//!   daemon's own user (the owner of the client's socket in the kernel's table);
+//! - with `--tls`, HTTPS on 127.0.0.1 and on the node's address: reads and changes for
+//!   any client whose certificate is from the CA (the handshake requires one; nothing
+//!   is answered before it).
+//!
+//! Every connection is bounded (see [`crate::bounds`]): a cap per listener, the TLS
+//! handshake, then the request's head and body, each within [`REQUEST_TIMEOUT`], a body
+//! of at most [`MAX_BODY`] bytes, and no connection idle for longer than [`IDLE_TIMEOUT`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,14 +31,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::bounds::{Gate, Idle, Permit};
 use crate::state::{Answer, Command};
 use crate::vservices::{self, Refusal};
 use crate::{peer, views, Daemon};
 
-/// The request's head, and then its body, must arrive within this; so must the next
-/// request on a kept-alive connection.
+/// The TLS handshake, the request's head, and then its body, must each complete within
+/// this; so must the next request on a kept-alive connection.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection on which no byte moves either way for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,6 +55,9 @@ const MAX_HEAD: usize = 16 * 1024;
 enum Transport {
     Unix,
     Tcp,
+    /// TCP under TLS, after a handshake that verified the client's certificate
+    /// against the CA.
+    Https,
 }
 
 /// Who is calling: how, and the uid owning the other end (None: cannot be told).
@@ -58,17 +67,22 @@ struct Caller {
     uid: Option<u32>,
 }
 
-/// Who may do what: root and the daemon's own user (`euid`; the same in production, a
+/// Who may do what: a client holding a certificate from the CA (HTTPS) may read and
+/// change; otherwise root and the daemon's own user (`euid`; the same in production, a
 /// test's user in tests) may read over either transport and change only over the Unix
 /// socket; nobody else learns anything. The error is the 403's message.
 fn authorise(caller: Caller, method: &Method, euid: u32, api_socket: &FsPath) -> Result<(), String> {
+    if caller.transport == Transport::Https {
+        // The certificate is the credential, whoever owns the socket (a remote host).
+        return Ok(());
+    }
     let Some(uid) = caller.uid else {
         return Err("cannot tell which user is calling: the API answers root only".into());
     };
     if uid != 0 && uid != euid {
         return Err(match caller.transport {
             Transport::Unix => format!("the API socket is for root only (uid {uid} is not)"),
-            Transport::Tcp => format!("the API answers root only (uid {uid} is not)"),
+            Transport::Tcp | Transport::Https => format!("the API answers root only (uid {uid} is not)"),
         });
     }
     let read = method == Method::GET || method == Method::HEAD;
@@ -257,11 +271,61 @@ async fn tcp_caller(conn: &TcpStream) -> Caller {
     Caller { transport: Transport::Tcp, uid }
 }
 
-/// Serves the API on both listeners until `shutdown` completes, then lets the open
-/// connections finish their requests.
+/// How the TCP listeners serve.
+#[derive(Clone)]
+enum Tcp {
+    /// Plain HTTP, for root-owned local callers (without `--tls`).
+    Plain,
+    /// HTTPS, for clients holding a certificate from the CA (`--tls`).
+    Https(TlsAcceptor),
+}
+
+impl Tcp {
+    /// Serves one accepted connection until it ends.
+    async fn serve(
+        &self,
+        conn: TcpStream,
+        router: Router,
+        mut closing: watch::Receiver<()>,
+        permit: Permit,
+        gate: &Gate,
+    ) {
+        match self {
+            Tcp::Plain => {
+                let caller = tcp_caller(&conn).await;
+                connection(conn, caller, router, closing, permit).await;
+            }
+            Tcp::Https(acceptor) => {
+                let peer = conn.peer_addr().ok();
+                let handshake = tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(conn));
+                let done = tokio::select! {
+                    done = handshake => done,
+                    _ = closing.changed() => return,
+                };
+                match done {
+                    Ok(Ok(tls)) => {
+                        let caller = Caller { transport: Transport::Https, uid: None };
+                        connection(tls, caller, router, closing, permit).await;
+                    }
+                    Ok(Err(e)) => gate.handshake_failed(peer, &e),
+                    Err(_) => gate.handshake_failed(
+                        peer,
+                        &format!("the TLS handshake did not complete within {} s", REQUEST_TIMEOUT.as_secs()),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Serves the API on the Unix socket and the TCP listeners (127.0.0.1, and with TLS
+/// also the node's address) until `shutdown` completes, then lets the open connections
+/// finish their requests. With `tls`, TCP is HTTPS and requires a client certificate
+/// from the CA.
 pub async fn serve(
-    tcp: TcpListener,
+    tcp: Vec<TcpListener>,
     unix: UnixListener,
+    tls: Option<Arc<ax_tls::Reloadable>>,
     daemon: Daemon,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -276,7 +340,23 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
-    let (unix_gate, tcp_gate) = (Gate::new("REST (Unix)", MAX_CONNECTIONS), Gate::new("REST (TCP)", MAX_CONNECTIONS));
+    let (mode, tcp_name) = match tls {
+        Some(tls) => (Tcp::Https(TlsAcceptor::from(Arc::new(tls.server_config(&[b"http/1.1"])))), "REST (HTTPS)"),
+        None => (Tcp::Plain, "REST (TCP)"),
+    };
+    let mut listeners = tokio::task::JoinSet::new();
+    for listener in tcp {
+        let (app, stop_rx, mode) = (app.clone(), stop_rx.clone(), mode.clone());
+        let gate = Arc::new(Gate::new(tcp_name, MAX_CONNECTIONS));
+        listeners.spawn(async move {
+            gate.serve_async(&listener, stopped(stop_rx.clone()), |conn, permit| {
+                let (app, closing, mode, gate) = (app.clone(), stop_rx.clone(), mode.clone(), gate.clone());
+                tokio::spawn(async move { mode.serve(conn, app, closing, permit, &gate).await });
+            })
+            .await
+        });
+    }
+    let unix_gate = Gate::new("REST (Unix)", MAX_CONNECTIONS);
     let unix_srv = unix_gate.serve_async(&unix, stopped(stop_rx.clone()), |conn, permit| {
         let (app, closing) = (app.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -284,13 +364,14 @@ pub async fn serve(
             connection(conn, caller, app, closing, permit).await;
         });
     });
-    let tcp_srv = tcp_gate.serve_async(&tcp, stopped(stop_rx.clone()), |conn, permit| {
-        let (app, closing) = (app.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            let caller = tcp_caller(&conn).await;
-            connection(conn, caller, app, closing, permit).await;
-        });
-    });
+    let tcp_srv = async {
+        let mut first_error = Ok(());
+        while let Some(done) = listeners.join_next().await {
+            let done = done.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            first_error = first_error.and(done);
+        }
+        first_error
+    };
     let signal = async {
         shutdown.await;
         let _ = stop_tx.send(());
@@ -352,6 +433,11 @@ mod tests {
             (Transport::Tcp, Some(65534), &post, Err("the API answers root only (uid 65534 is not)")),
             (Transport::Tcp, Some(1001), &head, Err("the API answers root only (uid 1001 is not)")),
             (Transport::Tcp, None, &get, Err("cannot tell which user is calling")),
+            // Over HTTPS the handshake checked the client's certificate: that is the
+            // credential, for changes too.
+            (Transport::Https, None, &get, Ok(())),
+            (Transport::Https, None, &post, Ok(())),
+            (Transport::Https, None, &delete, Ok(())),
         ];
         for (transport, uid, method, want) in cases {
             let got = authorise(Caller { transport: *transport, uid: *uid }, method, EUID, socket);

@@ -50,13 +50,18 @@ fn daemon(dir: &Path) -> Daemon {
 }
 
 fn served() -> Served {
+    served_with(None)
+}
+
+/// As [`served`], with TCP on HTTPS when `tls` is given.
+fn served_with(tls: Option<Arc<ax_tls::Reloadable>>) -> Served {
     let dir = RunDir::new();
     let daemon = daemon(&dir.0);
     let rest = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let tcp = rest.local_addr().unwrap();
     let unix = dir.0.join(socket_name(API_SOCKET));
     let api = std::os::unix::net::UnixListener::bind(&unix).unwrap();
-    let listeners = Listeners { rest, api, run: None, dns: None, egress: None, gossip: None, tls: None };
+    let listeners = Listeners { rest: vec![rest], api, run: None, dns: None, egress: None, gossip: None, tls };
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let served = tokio::spawn(serve(daemon.clone(), listeners, async {
         let _ = stopped.await;
@@ -110,6 +115,82 @@ impl Served {
         self.stop.send(()).unwrap();
         self.served.await.unwrap().unwrap();
     }
+}
+
+/// A test CA in `dir` with certificates for node `a` and client `admin`, and a CA of
+/// its own (`dir/other`) with a certificate for `admin`.
+fn pki(dir: &Path) -> (ax_tls::TestPki, ax_tls::TestPki) {
+    let ours = ax_tls::write_test_pki(&dir.join("pki"), &["a".into(), "admin".into()]).unwrap();
+    let other = ax_tls::write_test_pki(&dir.join("pki/other"), &["admin".into()]).unwrap();
+    (ours, other)
+}
+
+/// The daemon's TLS for node `a`, from `pki`.
+fn node_tls(pki: &ax_tls::TestPki) -> Arc<ax_tls::Reloadable> {
+    ax_tls::Reloadable::new(ax_tls::Tls::load(&pki.files("a"), Some("a")).unwrap(), Some("a".into()))
+}
+
+/// A TLS connection to node `a` at `at` as `client`; the handshake's error if it fails.
+async fn https(
+    at: SocketAddr,
+    client: tokio_rustls::rustls::ClientConfig,
+) -> std::io::Result<impl AsyncRead + AsyncWrite + Unpin> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(at).await?;
+    connector.connect("a".try_into().expect("a DNS name"), tcp).await
+}
+
+/// With TLS, TCP is HTTPS: a client whose certificate is from the CA reads and changes.
+#[tokio::test]
+async fn over_https_a_client_with_a_certificate_from_the_ca_reads_and_changes() {
+    let dir = RunDir::new();
+    let (pki, _) = pki(&dir.0);
+    let s = served_with(Some(node_tls(&pki)));
+    let admin = || ax_tls::test_client(&pki.ca_file(), Some(&pki.files("admin"))).unwrap();
+    let conn = || async { https(s.tcp, admin()).await.unwrap() };
+    assert_eq!(exchange(conn().await, "GET", path::APPS, None).await, (200, json!([])));
+    assert_eq!(exchange(conn().await, "POST", path::VSERVICES, Some(web("198.18.2.1"))).await, (201, Value::Null));
+    let (status, list) = exchange(conn().await, "GET", path::VSERVICES, None).await;
+    assert_eq!((status, list[0]["name"].as_str()), (200, Some("web")));
+    assert_eq!(exchange(conn().await, "DELETE", &vservices_at("web"), None).await, (204, Value::Null));
+    assert_eq!(s.unix("GET", path::VSERVICES, None).await, (200, json!([])), "the Unix socket serves as before");
+    s.stop().await;
+}
+
+/// One GET over `conn`: what came back (an error, or the raw answer).
+async fn get_tls(conn: std::io::Result<impl AsyncRead + AsyncWrite + Unpin>) -> Result<Vec<u8>, std::io::Error> {
+    let mut conn = conn?;
+    conn.write_all(format!("GET {} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", path::APPS).as_bytes()).await?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await?;
+    Ok(raw)
+}
+
+/// Without a certificate from the CA nothing is answered, not even a read; nor is plain
+/// HTTP on the HTTPS port; the daemon serves on.
+#[tokio::test]
+async fn over_https_no_answer_without_a_certificate_from_the_ca() {
+    let dir = RunDir::new();
+    let (pki, other) = pki(&dir.0);
+    let s = served_with(Some(node_tls(&pki)));
+    let expired = pki.issue("late", -1).unwrap();
+    for (what, cert) in
+        [("no certificate", None), ("another CA's", Some(other.files("admin"))), ("expired", Some(expired))]
+    {
+        let client = ax_tls::test_client(&pki.ca_file(), cert.as_ref()).unwrap();
+        // In TLS 1.3 the server judges the client's certificate after the client is
+        // done: the refusal shows on the first read.
+        match get_tls(https(s.tcp, client).await).await {
+            Err(e) => assert!(e.to_string().contains("alert"), "{what}: {e}"),
+            Ok(raw) => panic!("{what}: answered {:?}", String::from_utf8_lossy(&raw)),
+        }
+    }
+    let (status, raw) = exchange_raw(tokio::net::TcpStream::connect(s.tcp).await.unwrap(), "GET", path::APPS).await;
+    assert_eq!(status, None, "plain HTTP answered: {:?}", String::from_utf8_lossy(&raw));
+    let admin = ax_tls::test_client(&pki.ca_file(), Some(&pki.files("admin"))).unwrap();
+    let raw = get_tls(https(s.tcp, admin).await).await.unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&raw));
+    s.stop().await;
 }
 
 /// A vservice whose backends are outside hosts (no app has their addresses here).

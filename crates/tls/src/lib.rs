@@ -27,7 +27,7 @@ use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 
-pub use pki::{write_test_pki, PkiError, TestPki};
+pub use pki::{test_client, write_test_pki, PkiError, TestPki};
 
 /// Where the three PEM files are (`--tls-ca-cert`, `--tls-cert`, `--tls-key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,3 +330,6 @@ fn describe(e: rustls::Error) -> String {
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

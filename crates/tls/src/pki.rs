@@ -11,7 +11,14 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::{now_secs, Files};
+use std::sync::Arc;
+
+use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::{now_secs, pem_error, read_certs, Files, TlsError};
 
 /// Why the certificates could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,33 @@ impl TestPki {
         write(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
         Ok(files)
     }
+}
+
+/// A client for tests, built without [`crate::Tls::load`]'s checks: it presents the
+/// certificate in `cert` as it is (expired, or from another CA: what a careless or
+/// hostile client shows; None: no certificate), and trusts the CA in `ca`, checking
+/// the server's name as any HTTPS client does. TLS 1.3 and HTTP/1.1 as ax's own.
+pub fn test_client(ca: &Path, cert: Option<&Files>) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in read_certs("CA certificate", ca)? {
+        roots.add(c).map_err(|e| TlsError::Rejected { cert: ca.to_path_buf(), reason: e.to_string() })?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some(f) => {
+            let key = PrivateKeyDer::from_pem_file(&f.key).map_err(|e| pem_error("key", &f.key, e))?;
+            builder
+                .with_client_auth_cert(read_certs("certificate", &f.cert)?, key)
+                .map_err(|e| TlsError::Config(e.to_string()))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Makes (or reuses) the CA in `dir`, and issues a certificate valid for a year for each
