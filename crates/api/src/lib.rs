@@ -1,5 +1,6 @@
 //! The daemon's API, shared by the daemon and the CLI: the REST resources (served on
-//! the Unix socket and on 127.0.0.1:--rest-port) and the run channel, the one part that
+//! the Unix socket and on --rest-port: 127.0.0.1, or with --tls HTTPS on 127.0.0.1 and
+//! the node's address) and the run channel, the one part that
 //! is not REST because it carries a file descriptor (the app's seccomp listener). Its
 //! values are core's types (addresses, labels, port maps, backends, exposes), checked
 //! as they are read; the OpenAPI document describing it is checked against them here.
@@ -16,6 +17,8 @@ pub use ax_core::{Labels, Proto};
 pub const RUN_DIR: &str = "/var/run/appswitch";
 /// The REST API on a Unix socket (root only).
 pub const API_SOCKET: &str = "/var/run/appswitch/ax.sock";
+/// The REST API's TCP port (`--rest-port`).
+pub const REST_PORT: u16 = 6664;
 /// The run channel: `ax run` registers here and hands over its listener.
 pub const RUN_SOCKET: &str = "/var/run/appswitch/run.sock";
 

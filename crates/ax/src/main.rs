@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
-use ax_cli::args::{self, Cli, Command, DaemonArgs, RunArgs};
+use ax_cli::args::{self, Cli, Command, DaemonArgs, RunArgs, ServerArgs};
+use ax_cli::client::Target;
+use ax_cli::remote::Remote;
 use ax_core::PortRanges;
-use clap::{CommandFactory, FromArgMatches};
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -14,7 +16,8 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let sub = matches.subcommand().map(|(_, m)| m).expect("clap requires a subcommand");
-    let result = args::unsupported(&cli.command, sub).map_err(anyhow::Error::from).and_then(|()| dispatch(cli.command));
+    let result =
+        args::unsupported(&cli.command, sub).map_err(anyhow::Error::from).and_then(|()| dispatch(cli.command, sub));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -24,7 +27,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> Result<ExitCode> {
+/// `sub`: the subcommand's matches.
+fn dispatch(command: Command, sub: &ArgMatches) -> Result<ExitCode> {
     match command {
         Command::Daemon(d) => {
             init_logging(d.log_level.as_deref())?;
@@ -36,7 +40,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::from(status.clamp(0, 255) as u8))
         }
         Command::Get(g) => {
-            print!("{}", ax_cli::get(g.resource, g.output)?);
+            print!("{}", ax_cli::get(&target(&g.server, sub)?, g.resource, g.output)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {
@@ -44,11 +48,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Create(c) => {
-            ax_cli::create(c)?;
+            ax_cli::create(&target(&c.server, sub)?, c.resource)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Delete(d) => {
-            ax_cli::delete(d)?;
+            ax_cli::delete(&target(&d.server, sub)?, d.resource)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::TlsCerts(t) => {
@@ -61,6 +65,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Where `get`, `create` and `delete` go: this host's daemon, or `--server`'s (its TLS
+/// files read and checked before anything is sent).
+fn target(args: &ServerArgs, sub: &ArgMatches) -> Result<Target> {
+    Ok(match args.remote(sub)? {
+        Some((server, files)) => Target::Remote(Remote::new(server, files)?),
+        None => Target::Local,
+    })
 }
 
 /// `--log-level` wins over RUST_LOG; without either, info.

@@ -4,10 +4,13 @@
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use ax_api::{Backends, Expose, Labels, LbType, PortMaps, VirtualIp};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
+
+use crate::remote::Server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,7 +99,7 @@ pub struct DaemonArgs {
     #[arg(long, env = "AX_PORTS", default_value = "40000-60000", value_name = "CSV")]
     pub ports: String,
     /// REST API port number
-    #[arg(long, env = "AX_REST_PORT", default_value_t = 6664, value_name = "NUMBER")]
+    #[arg(long, env = "AX_REST_PORT", default_value_t = ax_api::REST_PORT, value_name = "NUMBER")]
     pub rest_port: u16,
     /// Gossip protocol port number
     #[arg(long, env = "AX_GOSSIP_PORT", default_value_t = 7946, value_name = "NUMBER")]
@@ -190,6 +193,62 @@ pub enum Output {
     Json,
 }
 
+/// Where `get`, `create` and `delete` send their requests (as kubectl's --server or
+/// docker's -H): this host's daemon over its Unix socket, or with `--server` a daemon's
+/// HTTPS port, with a client certificate from its CA.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// A daemon's REST API over HTTPS, https://HOST[:PORT] (the daemon runs with --tls); default: this host's daemon over its Unix socket
+    #[arg(long, env = "AX_SERVER", value_name = "URL", global = true)]
+    pub server: Option<Server>,
+    /// With --server: the CA the server's certificate must be from
+    #[arg(long, env = "AX_TLS_CA_CERT", value_name = "FILE", global = true)]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// With --server: our certificate, from the server's CA
+    #[arg(long, env = "AX_TLS_CERT", value_name = "FILE", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// With --server: the key of --tls-cert
+    #[arg(long, env = "AX_TLS_KEY", value_name = "FILE", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `--server` flags that do not go together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerFlagError {
+    #[error("--server needs {}: the daemon answers only clients with a certificate from its CA (make one with: ax tls-certs DIR admin, DIR being the CA's folder)", .0.join(", "))]
+    Missing(Vec<&'static str>),
+    #[error("{0} goes with --server: without it ax talks to this host's daemon over its Unix socket")]
+    WithoutServer(&'static str),
+}
+
+impl ServerArgs {
+    /// The remote daemon and the files to reach it with; None: this host's daemon. A TLS
+    /// flag on the command line without --server is refused; one from the environment
+    /// (where the daemon's own AX_TLS_* may be) is left unused. `m`: the command's
+    /// matches.
+    pub fn remote(&self, m: &ArgMatches) -> Result<Option<(Server, ax_tls::Files)>, ServerFlagError> {
+        let files = [
+            ("tls_ca_cert", "--tls-ca-cert", &self.tls_ca_cert),
+            ("tls_cert", "--tls-cert", &self.tls_cert),
+            ("tls_key", "--tls-key", &self.tls_key),
+        ];
+        let Some(server) = &self.server else {
+            return match files.iter().find(|(id, _, _)| m.value_source(id) == Some(ValueSource::CommandLine)) {
+                Some((_, flag, _)) => Err(ServerFlagError::WithoutServer(flag)),
+                None => Ok(None),
+            };
+        };
+        match (&self.tls_ca_cert, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                Ok(Some((server.clone(), ax_tls::Files { ca: ca.clone(), cert: cert.clone(), key: key.clone() })))
+            }
+            _ => Err(ServerFlagError::Missing(
+                files.iter().filter(|(_, _, v)| v.is_none()).map(|(_, flag, _)| *flag).collect(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// What to list
@@ -197,12 +256,16 @@ pub struct GetArgs {
     /// Output format
     #[arg(short, long, default_value = "table")]
     pub output: Output,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     #[command(subcommand)]
     pub resource: CreateResource,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +317,8 @@ fn source_ip(s: &str) -> Result<Ipv4Addr, FlagError> {
 pub struct DeleteArgs {
     #[command(subcommand)]
     pub resource: DeleteResource,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,6 +455,46 @@ mod tests {
         assert!(parse(&["ax", "get", "bogus"]).is_err());
     }
 
+    /// `--server` and its files, wherever they are on get, create and delete: the
+    /// server and the files, or the error.
+    fn remote(args: &[&str]) -> Result<Option<(String, ax_tls::Files)>, String> {
+        let (cli, m) = parse(args).map_err(|e| e.to_string())?;
+        let server = match &cli.command {
+            Command::Get(g) => &g.server,
+            Command::Create(c) => &c.server,
+            Command::Delete(d) => &d.server,
+            other => panic!("{other:?}"),
+        };
+        server.remote(&m).map(|r| r.map(|(s, f)| (s.to_string(), f))).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn server_flags_go_together_before_or_after_the_resource() {
+        let tls = ["--tls-ca-cert", "ca.pem", "--tls-cert", "admin.pem", "--tls-key", "admin.key"];
+        let files = ax_tls::Files { ca: "ca.pem".into(), cert: "admin.pem".into(), key: "admin.key".into() };
+        let want = Ok(Some(("https://n1:6664".to_string(), files)));
+        let vservice = ["vservice", "w", "--ip", "198.18.2.3", "--ports", "80", "--backends", "198.18.1.1"];
+        let server = ["--server", "https://n1"];
+        let cases: [Vec<&str>; 6] = [
+            [&["ax", "get", "apps"][..], &server, &tls].concat(),
+            [&["ax", "get"][..], &server, &tls, &["nodes", "-o", "json"]].concat(),
+            [&["ax", "create"][..], &server, &tls, &vservice].concat(),
+            [&["ax", "create"][..], &vservice, &server, &tls].concat(),
+            [&["ax", "delete", "vservice", "w"][..], &server, &tls].concat(),
+            [&["ax", "del"][..], &server, &["vservice", "w"], &tls].concat(),
+        ];
+        for args in cases {
+            assert_eq!(remote(&args), want, "{args:?}");
+        }
+        assert_eq!(remote(&["ax", "get", "apps"]), Ok(None), "the Unix socket");
+        let e = remote(&["ax", "get", "apps", "--server", "https://n1", "--tls-cert", "a.pem"]).unwrap_err();
+        assert!(e.starts_with("--server needs --tls-ca-cert, --tls-key: the daemon answers only clients"), "{e}");
+        let e = remote(&["ax", "delete", "vservice", "w", "--tls-key", "a.key"]).unwrap_err();
+        assert!(e.starts_with("--tls-key goes with --server: without it ax talks to this host's daemon"), "{e}");
+        let e = remote(&["ax", "get", "apps", "--server", "http://n1:6664"]).unwrap_err();
+        assert!(e.contains("ax talks to a remote daemon over HTTPS only"), "{e}");
+    }
+
     /// The CLI's message for a bad value: clap's frame around the type's own message.
     fn refused(args: &[&str]) -> String {
         parse(args).map(|_| ()).unwrap_err().to_string()
@@ -451,7 +556,7 @@ mod tests {
             "--allow-external-backends",
         ])
         .unwrap();
-        let Command::Create(CreateArgs { resource: CreateResource::Vservice(v) }) = cli.command else { panic!() };
+        let Command::Create(CreateArgs { resource: CreateResource::Vservice(v), .. }) = cli.command else { panic!() };
         let req = crate::request(v);
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(

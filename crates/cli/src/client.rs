@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for the daemon's Unix socket: one request per connection,
+//! A small HTTP/1.1 client for the daemon: over its Unix socket (this host), or over
+//! HTTPS to a daemon started with `--tls` (`--server`); one request per connection,
 //! JSON bodies. (The CLI is single-threaded and makes one or two calls; a full HTTP
 //! stack would cost more to build than it saves.)
 
@@ -9,12 +10,21 @@ use ax_api::{ErrorBody, API_SOCKET};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::remote::{Remote, Server};
+
 /// Why a call to the daemon failed. The causes are in the messages (the binary prints
 /// the message alone).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{}", ax_api::unreachable(API_SOCKET, .0))]
     Unreachable(io::Error),
+    #[error("cannot reach the ax daemon at {server}: {err}")]
+    RemoteUnreachable { server: Server, err: io::Error },
+    /// The TLS files given to the CLI.
+    #[error(transparent)]
+    Files(#[from] ax_tls::TlsError),
+    #[error("TLS with the ax daemon at {server} failed: {why}")]
+    Tls { server: Server, why: String },
     #[error("cannot send the request to the ax daemon: {0}")]
     Send(io::Error),
     #[error("cannot read the ax daemon's answer: {0}")]
@@ -32,32 +42,52 @@ pub enum ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// Where requests go.
+pub enum Target {
+    /// This host's daemon, over its Unix socket (root).
+    Local,
+    /// A daemon's HTTPS port, with a client certificate from its CA.
+    Remote(Remote),
+}
+
 /// GETs `path` from the daemon and decodes the JSON answer.
-pub fn get<T: DeserializeOwned>(path: &str) -> Result<T> {
-    let body = request("GET", path, None)?;
+pub fn get<T: DeserializeOwned>(target: &Target, path: &str) -> Result<T> {
+    let body = request(target, "GET", path, None)?;
     serde_json::from_slice(&body).map_err(|err| ClientError::Unexpected { path: path.into(), err })
 }
 
 /// POSTs `body` as JSON to `path`.
-pub fn post<B: Serialize>(path: &str, body: &B) -> Result<()> {
-    request("POST", path, Some(serde_json::to_vec(body).map_err(ClientError::Encode)?)).map(|_| ())
+pub fn post<B: Serialize>(target: &Target, path: &str, body: &B) -> Result<()> {
+    request(target, "POST", path, Some(serde_json::to_vec(body).map_err(ClientError::Encode)?)).map(|_| ())
 }
 
-pub fn delete(path: &str) -> Result<()> {
-    request("DELETE", path, None).map(|_| ())
+pub fn delete(target: &Target, path: &str) -> Result<()> {
+    request(target, "DELETE", path, None).map(|_| ())
 }
 
 /// One request; an answer other than 2xx is an error carrying the daemon's message.
-fn request(method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
-    let mut s = UnixStream::connect(API_SOCKET).map_err(ClientError::Unreachable)?;
+fn request(target: &Target, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
     let body = body.unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: ax\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let host = match target {
+        Target::Local => "ax".to_string(),
+        Target::Remote(r) => r.authority(),
+    };
+    let mut message = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body)).map_err(ClientError::Send)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(ClientError::Read)?;
+    )
+    .into_bytes();
+    message.extend_from_slice(&body);
+    let raw = match target {
+        Target::Local => {
+            let mut s = UnixStream::connect(API_SOCKET).map_err(ClientError::Unreachable)?;
+            s.write_all(&message).map_err(ClientError::Send)?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).map_err(ClientError::Read)?;
+            raw
+        }
+        Target::Remote(r) => r.exchange(&message)?,
+    };
     let (status, body) = parse_response(&raw)?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_slice::<ErrorBody>(&body)
