@@ -43,7 +43,7 @@ async fn run(n: usize) -> (Option<Duration>, f64) {
         if let Ok(phi) = std::env::var("PHI") {
             config.phi_threshold = phi.parse().unwrap();
         }
-        let mut g = Gossip::start(config, &transport).await.unwrap();
+        let mut g = Gossip::start(config, &transport, None).await.unwrap();
         g.publish(&published(i)).await;
         nodes.push(g);
     }

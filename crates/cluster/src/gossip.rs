@@ -1,16 +1,29 @@
-//! Chitchat, run for ax: one instance per daemon, on a transport it is given (UDP on
-//! the node interface in the daemon, channels in simulations). The daemon publishes
-//! its [`Published`] state every round and reads the others' back.
+//! Chitchat, run for ax: one instance per daemon, on a transport it is given (QUIC or
+//! UDP on the node interface in the daemon, channels in simulations). The daemon
+//! publishes its [`Published`] state every round and reads the others' back.
+//!
+//! Who counts: a live node (chitchat's node id is the node name) whose address proved
+//! that name at a handshake with this node (with TLS: [`Identities`]; without, anyone),
+//! the first address to hold a name keeping it while it lives; of what it publishes,
+//! only what [`admit`] keeps.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ax_core::Remote;
 use chitchat::transport::Transport;
-use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use tracing::warn;
 
-use crate::state::{remote_view, NodeRecord, Published, VsRecord};
+use crate::hush::Hush;
+use crate::quic::Identities;
+use crate::state::{admit, remote_view, NodeRecord, Published, VsRecord};
+
+/// How often a node not proven yet is greeted directly (to make the handshake that
+/// proves it).
+const GREET_EVERY: Duration = Duration::from_secs(1);
 
 /// How the gossip runs. The failure detector's threshold is low enough that a silent
 /// node is declared dead within a few seconds at this interval (the issue asks ≤ 5 s).
@@ -57,10 +70,29 @@ pub struct Gossip {
     /// What was published last, to skip the keys' encoding when nothing changed.
     last: Option<Published>,
     seeds: Vec<SocketAddr>,
+    /// None: every node is taken at its word (no TLS, simulations).
+    identities: Option<Arc<Identities>>,
+    /// The address holding each name, first come.
+    holders: Mutex<BTreeMap<String, SocketAddr>>,
+    greetings: Hush<SocketAddr>,
+    /// Warnings about a node's claims or records.
+    warnings: Hush<SocketAddr>,
+}
+
+/// The live nodes that count, and the addresses to greet.
+struct Members {
+    ids: Vec<ChitchatId>,
+    unproven: Vec<SocketAddr>,
 }
 
 impl Gossip {
-    pub async fn start(config: GossipConfig, transport: &dyn Transport) -> Result<Gossip, StartError> {
+    /// Gossips over `transport`; with `identities` (QUIC), a node counts only once its
+    /// certificate proved its name.
+    pub async fn start(
+        config: GossipConfig,
+        transport: &dyn Transport,
+        identities: Option<Arc<Identities>>,
+    ) -> Result<Gossip, StartError> {
         let id = ChitchatId::new(config.me.name.clone(), config.generation, config.listen);
         let failure_detector_config = FailureDetectorConfig {
             phi_threshold: config.phi_threshold,
@@ -83,7 +115,17 @@ impl Gossip {
         let seeds = chitchat_config.seed_nodes.iter().filter_map(|s| s.parse().ok()).collect();
         let handle =
             spawn_chitchat(chitchat_config, Vec::new(), transport).await.map_err(|e| StartError(format!("{e:#}")))?;
-        let gossip = Gossip { handle, me: config.me, published: BTreeMap::new(), last: None, seeds };
+        let gossip = Gossip {
+            handle,
+            me: config.me,
+            published: BTreeMap::new(),
+            last: None,
+            seeds,
+            identities,
+            holders: Mutex::default(),
+            greetings: Hush::every(GREET_EVERY),
+            warnings: Hush::default(),
+        };
         gossip.probe();
         Ok(gossip)
     }
@@ -121,31 +163,96 @@ impl Gossip {
         self.published = next;
     }
 
+    /// Whether the address of `id` proved its name (always, without identities).
+    fn proven(&self, id: &ChitchatId) -> bool {
+        self.identities.as_ref().is_none_or(|i| i.proves(id.gossip_advertise_addr, &id.node_id))
+    }
+
+    /// The other live nodes that count: proven, holding their name (the first address
+    /// seen to hold a name keeps it while it lives), the newest generation of each.
+    fn members(&self, c: &Chitchat) -> Members {
+        let my_name = &self.handle.chitchat_id().node_id;
+        let mut unproven = Vec::new();
+        let mut claims: BTreeMap<&str, Vec<&ChitchatId>> = BTreeMap::new();
+        for id in c.live_nodes().filter(|id| &id.node_id != my_name) {
+            if self.proven(id) {
+                claims.entry(&id.node_id).or_default().push(id);
+            } else {
+                unproven.push(id.gossip_advertise_addr);
+            }
+        }
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        holders.retain(|name, at| {
+            claims.get(name.as_str()).is_some_and(|ids| ids.iter().any(|id| id.gossip_advertise_addr == *at))
+        });
+        let mut ids = Vec::new();
+        for (name, claimants) in claims {
+            // A new name goes to its oldest claimant (the first started).
+            let first = claimants.iter().min_by_key(|id| id.generation_id).expect("a claim has a claimant");
+            let holder = *holders.entry(name.to_string()).or_insert(first.gossip_advertise_addr);
+            let mut newest: Option<&ChitchatId> = None;
+            for id in claimants {
+                if id.gossip_advertise_addr != holder {
+                    if let Some(hushed) = self.warnings.speak(id.gossip_advertise_addr) {
+                        warn!(name, holder = %holder, refused = %id.gossip_advertise_addr, hushed, "a second node claims a node name: the first holder keeps it");
+                    }
+                } else if newest.is_none_or(|n| id.generation_id > n.generation_id) {
+                    newest = Some(id);
+                }
+            }
+            ids.extend(newest.cloned());
+        }
+        Members { ids, unproven }
+    }
+
+    /// The live nodes that count, greeting the unproven ones (a direct message makes
+    /// the handshake that proves them).
+    async fn members_now(&self) -> Members {
+        let members = self.handle.with_chitchat(|c| self.members(c)).await;
+        for addr in &members.unproven {
+            if self.greetings.speak(*addr).is_some() {
+                let _ = self.handle.gossip(*addr);
+            }
+        }
+        members
+    }
+
+    /// What `id` publishes, as far as [`admit`] keeps it (refusals logged).
+    fn read(&self, c: &Chitchat, id: &ChitchatId, now_ms: u64) -> Option<Published> {
+        let p = Published::from_keys(c.node_state(id)?.key_values())?;
+        let addr = id.gossip_advertise_addr;
+        match admit(&id.node_id, addr.ip(), p, now_ms) {
+            Ok((p, left)) => {
+                if left.any() {
+                    if let Some(hushed) = self.warnings.speak(addr) {
+                        warn!(node = %id.node_id, %addr, rows = left.rows, vservices = left.vservices, hushed, "records left out: rows for another host, or vservice versions from the future");
+                    }
+                }
+                Some(p)
+            }
+            Err(e) => {
+                if let Some(hushed) = self.warnings.speak(addr) {
+                    warn!(node = %id.node_id, %addr, hushed, "what this node publishes is ignored: {e}");
+                }
+                None
+            }
+        }
+    }
+
     /// The other live nodes' rows and apps, every node known with its liveness, and the
     /// vservice records they publish.
     pub async fn view(&self) -> (Remote, Vec<NodeStatus>, Vec<VsRecord>) {
-        let me = self.me.clone();
-        let my_id = self.handle.chitchat_id().clone();
+        let members = self.members_now().await;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.handle
             .with_chitchat(|c| {
-                // Only the newest generation of each node counts: a restarted daemon's
-                // earlier self (or one refused for our name) says nothing any more.
-                let mut newest: BTreeMap<&str, &ChitchatId> = BTreeMap::new();
-                for id in c.live_nodes().filter(|id| id.node_id != my_id.node_id) {
-                    let e = newest.entry(&id.node_id).or_insert(id);
-                    if id.generation_id > e.generation_id {
-                        *e = id;
-                    }
-                }
-                let live: Vec<ChitchatId> = newest.into_values().cloned().collect();
-                let read = |id: &ChitchatId| c.node_state(id).and_then(|s| Published::from_keys(s.key_values()));
-                let published: Vec<Published> = live.iter().filter_map(read).collect();
+                let published: Vec<Published> = members.ids.iter().filter_map(|id| self.read(c, id, now_ms)).collect();
                 let mut nodes: Vec<NodeStatus> = published
                     .iter()
                     .map(|p| NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len() })
                     .collect();
-                for id in c.dead_nodes() {
-                    if let Some(p) = read(id) {
+                for id in c.dead_nodes().filter(|id| self.proven(id)) {
+                    if let Some(p) = self.read(c, id, now_ms) {
                         if !nodes.iter().any(|n| n.node.name == p.node.name) {
                             nodes.push(NodeStatus { node: p.node.clone(), live: false, apps: p.apps.len() });
                         }
@@ -153,34 +260,40 @@ impl Gossip {
                 }
                 let vservices = published
                     .iter()
-                    .filter(|p| p.node.cluster == me.cluster)
+                    .filter(|p| p.node.cluster == self.me.cluster)
                     .flat_map(|p| p.vservices.clone())
                     .collect();
-                (remote_view(&me, &published), nodes, vservices)
+                (remote_view(&self.me, &published), nodes, vservices)
             })
             .await
     }
 
-    /// How many other live nodes publish at least one row (cheap: nothing is parsed).
+    /// How many other live nodes that count publish at least one row (cheap: nothing is
+    /// parsed).
     pub async fn peers_with_rows(&self) -> usize {
-        let my_id = self.handle.chitchat_id().clone();
+        let members = self.members_now().await;
         self.handle
             .with_chitchat(|c| {
-                let live: Vec<ChitchatId> = c.live_nodes().filter(|id| **id != my_id).cloned().collect();
-                live.iter()
+                members
+                    .ids
+                    .iter()
                     .filter(|id| c.node_state(id).is_some_and(|s| s.key_values().any(|(k, _)| k.starts_with("row/"))))
                     .count()
             })
             .await
     }
 
-    /// Another live node using our name, at another address, if any.
+    /// Another live node proven to hold our name, at another address, if any.
     pub async fn name_taken(&self) -> Option<SocketAddr> {
         let my_id = self.handle.chitchat_id().clone();
         self.handle
             .with_chitchat(|c| {
                 c.live_nodes()
-                    .find(|id| id.node_id == my_id.node_id && id.gossip_advertise_addr != my_id.gossip_advertise_addr)
+                    .find(|id| {
+                        id.node_id == my_id.node_id
+                            && id.gossip_advertise_addr != my_id.gossip_advertise_addr
+                            && self.proven(id)
+                    })
                     .map(|id| id.gossip_advertise_addr)
             })
             .await

@@ -2,7 +2,11 @@
 //! apps) as chitchat key-values and how the view of the other nodes is built from
 //! theirs: plain functions, tested without a network. [`gossip`] runs chitchat (its
 //! scuttlebutt anti-entropy and phi-accrual failure detector) on a transport it is
-//! given: UDP on the node interface in the daemon, channels in the simulation tests.
+//! given: [`quic`] (`--tls`) or [`udp`] on the node interface in the daemon, channels
+//! in the simulation tests.
 
 pub mod gossip;
+mod hush;
+pub mod quic;
 pub mod state;
+pub mod udp;

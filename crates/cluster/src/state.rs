@@ -7,7 +7,7 @@
 //! this version cannot read, or that does not check, is skipped, never fatal.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ax_core::vservice::{Expose, Spec};
 use ax_core::{addr, AppId, Labels, Proto, Remote, RemoteApp, RemoteRow};
@@ -76,10 +76,26 @@ impl VsRecord {
             && self.spec.as_ref().is_none_or(|s| s.name.eq_ignore_ascii_case(&self.name))
     }
 
+    /// Between equal versions a deletion wins, then the larger origin: the same choice
+    /// on every node.
     fn newer_than(&self, other: &VsRecord) -> bool {
-        (self.version, &self.origin) > (other.version, &other.origin)
+        (self.version, self.spec.is_none(), &self.origin) > (other.version, other.spec.is_none(), &other.origin)
+    }
+
+    /// Whether the version is past what any node's clock can have made by `now_ms`
+    /// (see [`MAX_VERSION_AHEAD_MS`]).
+    pub fn from_the_future(&self, now_ms: u64) -> bool {
+        self.version > now_ms.saturating_add(MAX_VERSION_AHEAD_MS)
     }
 }
+
+/// How far ahead of this node's clock a vservice version may be. Versions are the wall
+/// clock in ms of the change (or one past the newest version known, when that is
+/// later), so a version a day ahead says a clock is a day wrong, or a forger: such a
+/// record is ignored, and no record can sit above every later change (a version of
+/// 2^64-1 could never be deleted). A deletion takes a version past every record its node
+/// accepted, so it wins over each of them everywhere.
+pub const MAX_VERSION_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
 /// The newest record of each name among `records`.
 pub fn merge_vservices<'a>(records: impl Iterator<Item = &'a VsRecord>) -> BTreeMap<String, VsRecord> {
@@ -140,6 +156,55 @@ impl Published {
         }
         Some(Published { node: node?, rows, apps, vservices })
     }
+}
+
+/// Why nothing a node publishes counts: its node record says it is someone, or
+/// somewhere, else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("its node record names '{record}', but it gossips as '{gossip}'")]
+    Name { gossip: String, record: String },
+    #[error("its node record gives the address {record}, but it gossips from {gossip}")]
+    Address { gossip: IpAddr, record: Ipv4Addr },
+}
+
+/// What was left out of what a node publishes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Left {
+    /// Rows whose host address is not the node's.
+    pub rows: usize,
+    /// Vservice records with a version from the future.
+    pub vservices: usize,
+}
+
+impl Left {
+    pub fn any(&self) -> bool {
+        self.rows + self.vservices > 0
+    }
+}
+
+/// Keeps what a node may say about itself: its node record must carry the name it
+/// gossips under (`gossip_name`: its chitchat node id, which the transport proved, with
+/// TLS) and the address it gossips from; a row counts only if its host is on that
+/// address (a node serves its own apps only), and a vservice record only if its version
+/// is not from the future (at `now_ms`, wall clock).
+pub fn admit(
+    gossip_name: &str,
+    gossip_ip: IpAddr,
+    mut p: Published,
+    now_ms: u64,
+) -> Result<(Published, Left), Refused> {
+    if p.node.name != gossip_name {
+        return Err(Refused::Name { gossip: gossip_name.to_string(), record: p.node.name });
+    }
+    if IpAddr::V4(p.node.ip) != gossip_ip {
+        return Err(Refused::Address { gossip: gossip_ip, record: p.node.ip });
+    }
+    let (rows, vservices) = (p.rows.len(), p.vservices.len());
+    p.rows.retain(|r| r.host.ip() == &p.node.ip);
+    p.vservices.retain(|v| !v.from_the_future(now_ms));
+    let left = Left { rows: rows - p.rows.len(), vservices: vservices - p.vservices.len() };
+    Ok((p, left))
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -229,6 +294,55 @@ mod tests {
         assert_eq!(merged["db"].origin, "c", "ties go to the larger origin, the same on every node");
         let again = merge_vservices(records.iter().rev());
         assert_eq!(merged, again, "order does not matter");
+    }
+
+    #[test]
+    fn a_deletion_wins_ties_and_over_every_record_its_node_accepted() {
+        let merged = merge_vservices([vs("web", 7, "z", true), vs("web", 7, "a", false)].iter());
+        assert_eq!(merged["web"], vs("web", 7, "a", false), "a deletion wins a tie whatever the origins");
+        // The largest version a node accepts, and the deletion made after it (one past).
+        let now = 1_700_000_000_000;
+        let newest = vs("web", now + MAX_VERSION_AHEAD_MS, "b", true);
+        assert!(!newest.from_the_future(now));
+        let delete = vs("web", newest.version + 1, "a", false);
+        assert_eq!(merge_vservices([newest.clone(), delete.clone()].iter())["web"], delete);
+        assert_eq!(merge_vservices([delete.clone(), newest].iter())["web"], delete);
+    }
+
+    #[test]
+    fn a_version_from_the_future_is_refused_and_the_largest_cannot_overflow() {
+        let now = 1_700_000_000_000;
+        assert!(!vs("web", now, "a", true).from_the_future(now));
+        assert!(!vs("web", now + MAX_VERSION_AHEAD_MS, "a", true).from_the_future(now));
+        assert!(vs("web", now + MAX_VERSION_AHEAD_MS + 1, "a", true).from_the_future(now));
+        assert!(vs("web", u64::MAX, "a", true).from_the_future(now));
+        assert!(!vs("web", u64::MAX, "a", true).from_the_future(u64::MAX), "no overflow at the end of time");
+    }
+
+    #[test]
+    fn a_node_publishes_only_itself_and_its_own_rows() {
+        let now = 1_700_000_000_000;
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let good = published("b", "10.0.0.2");
+        assert_eq!(admit("b", ip, good.clone(), now), Ok((good.clone(), Left::default())));
+
+        let err = admit("a", ip, good.clone(), now).unwrap_err();
+        assert_eq!(err, Refused::Name { gossip: "a".into(), record: "b".into() });
+        assert!(err.to_string().contains("names 'b', but it gossips as 'a'"), "{err}");
+        let err = admit("b", "10.0.0.3".parse().unwrap(), good.clone(), now).unwrap_err();
+        assert_eq!(err, Refused::Address { gossip: "10.0.0.3".parse().unwrap(), record: "10.0.0.2".parse().unwrap() });
+
+        // A row for another node's host, and a record from the future, are left out;
+        // the rest stays.
+        let mut p = good.clone();
+        let mut theirs = p.rows[0].clone();
+        theirs.host = "10.0.0.1:40000".parse().unwrap();
+        p.rows.push(theirs);
+        p.vservices.push(vs("db", u64::MAX, "b", true));
+        let (kept, left) = admit("b", ip, p, now).unwrap();
+        assert_eq!(kept, good);
+        assert_eq!(left, Left { rows: 1, vservices: 1 });
+        assert!(left.any());
     }
 
     #[test]

@@ -37,7 +37,8 @@ async fn cluster(n: usize, transport: &dyn Transport) -> Vec<Gossip> {
     let mut nodes = Vec::new();
     for i in 0..n {
         let seeds = if i == 0 { vec![] } else { vec![addr(0).to_string()] };
-        let mut g = Gossip::start(GossipConfig::new(published(i).node, addr(i), seeds, 1), transport).await.unwrap();
+        let mut g =
+            Gossip::start(GossipConfig::new(published(i).node, addr(i), seeds, 1), transport, None).await.unwrap();
         g.publish(&published(i)).await;
         nodes.push(g);
     }
@@ -98,7 +99,7 @@ async fn another_cluster_is_never_merged() {
     let mut foreign = published(3);
     foreign.node.cluster = "other".into();
     let mut g =
-        Gossip::start(GossipConfig::new(foreign.node.clone(), addr(3), vec![addr(0).to_string()], 1), &transport)
+        Gossip::start(GossipConfig::new(foreign.node.clone(), addr(3), vec![addr(0).to_string()], 1), &transport, None)
             .await
             .unwrap();
     g.publish(&foreign).await;

@@ -1,13 +1,17 @@
-//! The daemon's part in the cluster: gossip on the node interface (UDP, `--gossip-port`)
-//! starting from `--neighbors`; every round it publishes this node's rows and apps and
-//! takes in the other live nodes', so every table routes to every node's services. A
-//! node that goes silent is dropped by the failure detector within a few seconds.
+//! The daemon's part in the cluster: gossip on the node interface (`--gossip-port`:
+//! QUIC with `--tls`, else UDP) starting from `--neighbors`; every round it publishes
+//! this node's rows and apps and takes in the other live nodes', so every table routes
+//! to every node's services. A node that goes silent is dropped by the failure detector
+//! within a few seconds.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ax_cluster::gossip::{Gossip, GossipConfig};
+use ax_cluster::quic::{Identities, QuicError, QuicTransport};
 use ax_cluster::state::discovery_seeds;
+use ax_cluster::udp::PortCheckedUdp;
 use chitchat::transport::Transport;
 use tracing::info;
 
@@ -38,6 +42,27 @@ pub enum ClusterError {
     Bind { listen: SocketAddr, reason: String },
     #[error("the node name '{name}' is already used by the node at {at}: give this one another with --node-name")]
     NameTaken { name: String, at: SocketAddr },
+    #[error(transparent)]
+    Quic(#[from] QuicError),
+}
+
+/// How gossip travels: over QUIC with the certificates of `--tls` (a node counts once
+/// its certificate proved its name), or over UDP heard from the gossip port only.
+pub struct GossipTransport {
+    pub transport: Box<dyn Transport>,
+    pub identities: Option<Arc<Identities>>,
+}
+
+impl GossipTransport {
+    pub fn new(tls: Option<&Arc<ax_tls::Reloadable>>) -> Result<GossipTransport, ClusterError> {
+        Ok(match tls {
+            Some(tls) => {
+                let quic = QuicTransport::new(tls)?;
+                GossipTransport { identities: Some(quic.identities()), transport: Box::new(quic) }
+            }
+            None => GossipTransport { transport: Box::new(PortCheckedUdp::new()), identities: None },
+        })
+    }
 }
 
 /// Joins the cluster over `transport`; refuses to start when another live node has our
@@ -45,7 +70,7 @@ pub enum ClusterError {
 pub async fn start(
     daemon: Daemon,
     config: &ClusterConfig,
-    transport: &dyn Transport,
+    transport: GossipTransport,
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
     let me = daemon.read(|s| s.me());
     let listen = SocketAddr::from((me.ip, config.gossip_port));
@@ -55,10 +80,12 @@ pub async fn start(
         seeds.extend(discovery_seeds(me.ip, prefix, config.gossip_port).map_err(ClusterError::Seeds)?);
     }
     let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let mut gossip = Gossip::start(GossipConfig::new(me.clone(), listen, seeds.clone(), generation), transport)
+    let tls = transport.identities.is_some();
+    let config = GossipConfig::new(me.clone(), listen, seeds.clone(), generation);
+    let mut gossip = Gossip::start(config, transport.transport.as_ref(), transport.identities)
         .await
         .map_err(|e| ClusterError::Bind { listen, reason: format!("{e:#}") })?;
-    info!(%listen, cluster = %me.cluster, neighbors = ?seeds, "gossiping");
+    info!(%listen, cluster = %me.cluster, neighbors = ?seeds, over = if tls { "QUIC" } else { "UDP" }, "gossiping");
     if !seeds.is_empty() {
         for _ in 0..NAME_CHECK_ROUNDS {
             sync(&daemon, &mut gossip).await;

@@ -83,7 +83,7 @@ pub struct DnsConfig {
 /// The driver this daemon runs (the kernel driver is not built yet).
 pub const DRIVER: &str = "user";
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, GossipTransport};
 
 /// Why the daemon cannot start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +287,7 @@ pub struct Listeners {
     /// `--egress-gateway`: the node's egress port.
     pub egress: Option<std::net::TcpListener>,
     /// Gossip: chitchat binds its UDP socket itself, from the config, on this transport.
-    pub gossip: Option<(ClusterConfig, Box<dyn chitchat::transport::Transport>)>,
+    pub gossip: Option<(ClusterConfig, cluster::GossipTransport)>,
     /// `--tls`: the files every channel between daemons uses, read again on SIGHUP.
     pub tls: Option<Arc<ax_tls::Reloadable>>,
 }
@@ -326,7 +326,7 @@ pub async fn serve(
         tokio::spawn(reload_on_hangup(tls));
     }
     let gossip = match listeners.gossip {
-        Some((config, transport)) => Some(cluster::start(daemon.clone(), &config, transport.as_ref()).await?),
+        Some((config, transport)) => Some(cluster::start(daemon.clone(), &config, transport).await?),
         None => None,
     };
     let result = rest::serve(tcp, unix, listeners.tls, daemon, shutdown).await.map_err(io("the REST API failed"));
@@ -469,7 +469,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         run: Some((run_sock, guard)),
         dns,
         egress,
-        gossip: Some((gossip, Box::new(chitchat::transport::UdpTransport))),
+        gossip: Some((gossip, cluster::GossipTransport::new(tls.as_ref())?)),
         tls,
     };
     let result = rt.block_on(async {

@@ -1,0 +1,409 @@
+//! Gossip over QUIC (`--tls`): chitchat's messages, one per unidirectional stream, on
+//! QUIC connections whose TLS 1.3 handshake both sides pass with a certificate from the
+//! cluster's CA (quinn on rustls, the configurations of [`ax_tls::Reloadable`]). A peer
+//! without one never completes a handshake, so nothing it sends is heard.
+//!
+//! One endpoint per node, on the gossip port: it accepts the peers' connections and
+//! dials theirs, so a connection's remote address is the peer's gossip address either
+//! way, and a message is reported with it, as over UDP. The certificate a peer showed is
+//! kept by address ([`Identities`]); the gossip view counts a node only if the address
+//! it gossips from showed a certificate naming it.
+//!
+//! Sending never waits on the network: a message goes out on a task of its own, a dial
+//! too (while it lasts, a few messages wait and the rest are dropped, as UDP would; a
+//! dial that failed is not tried again for a few seconds). Connections are bounded
+//! ([`MAX_LINKS`]; the least recently used goes first) and close after [`IDLE`] unused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ax_tls::Reloadable;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::hush::Hush;
+
+/// The application protocol both sides name in the handshake.
+pub const ALPN: &[u8] = b"ax-gossip";
+/// Chitchat's messages fit a UDP datagram; a longer stream is not one of them.
+const MAX_MESSAGE: usize = 65_536;
+/// Connections and dials at once. A node keeps one connection to each node it gossips
+/// with, so clusters up to about this size keep theirs; past it, the least recently
+/// used is closed (and made again when needed).
+pub const MAX_LINKS: usize = 512;
+/// A connection unused this long closes. At 4 rounds a second and 3 peers a round, a
+/// node of a 300-node cluster talks to a given peer about every 25 s: a shorter time
+/// would make most conversations begin with a handshake.
+const IDLE: Duration = Duration::from_secs(30);
+/// Messages that wait for a dial; more are dropped (gossip repeats itself).
+const QUEUED: usize = 4;
+/// After a failed dial, messages to that address are dropped for this long.
+const REDIAL: Duration = Duration::from_secs(5);
+/// Messages received and not yet taken by chitchat; more are dropped.
+const INBOX: usize = 1024;
+/// Concurrent streams (messages being read) per connection.
+const STREAMS: u32 = 64;
+/// Peers' certificates remembered; past this, the one seen longest ago is forgotten.
+const IDENTITIES: usize = 4096;
+/// The name a dial asks for. Not checked: any certificate from the CA passes the
+/// handshake, and the name it carries is checked against the name the peer gossips
+/// under (see [`Identities::proves`]).
+const SERVER_NAME: &str = "ax-node";
+
+/// The TLS configuration cannot carry QUIC (it lacks TLS 1.3's AES-128-GCM suite).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot gossip over QUIC with this TLS configuration: {0}")]
+pub struct QuicError(#[from] NoInitialCipherSuite);
+
+/// The certificates peers showed at handshakes with this node, by their address.
+#[derive(Debug, Default)]
+pub struct Identities {
+    certs: Mutex<HashMap<SocketAddr, Proven>>,
+}
+
+#[derive(Debug)]
+struct Proven {
+    cert: CertificateDer<'static>,
+    at: Instant,
+    /// The last name asked about and the answer (the same name is asked every round).
+    asked: Option<(String, bool)>,
+}
+
+impl Identities {
+    /// Whether the peer at `addr` showed this node, at its last handshake, a
+    /// certificate (from the CA) naming node `name`.
+    pub fn proves(&self, addr: SocketAddr, name: &str) -> bool {
+        let mut certs = lock(&self.certs);
+        let Some(p) = certs.get_mut(&addr) else { return false };
+        match &p.asked {
+            Some((asked, answer)) if asked == name => *answer,
+            _ => {
+                let answer = ax_tls::names(&p.cert, name);
+                p.asked = Some((name.to_string(), answer));
+                answer
+            }
+        }
+    }
+
+    fn record(&self, addr: SocketAddr, cert: CertificateDer<'static>) {
+        let mut certs = lock(&self.certs);
+        if certs.len() >= IDENTITIES && !certs.contains_key(&addr) {
+            if let Some(oldest) = certs.iter().min_by_key(|(_, p)| p.at).map(|(a, _)| *a) {
+                certs.remove(&oldest);
+            }
+        }
+        certs.insert(addr, Proven { cert, at: Instant::now(), asked: None });
+    }
+}
+
+/// Chitchat's transport over QUIC, for one node.
+pub struct QuicTransport {
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+    shared: Arc<Shared>,
+}
+
+impl QuicTransport {
+    /// Presents this node's certificate and requires one from the CA of `tls`, at every
+    /// handshake (a reload reaches the next handshake).
+    pub fn new(tls: &Arc<Reloadable>) -> Result<QuicTransport, QuicError> {
+        let mut transport = TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(IdleTimeout::try_from(IDLE).expect("30 s is a QUIC idle timeout")))
+            .max_concurrent_bidi_streams(VarInt::from_u32(0))
+            .max_concurrent_uni_streams(VarInt::from_u32(STREAMS))
+            .stream_receive_window(VarInt::from_u32(MAX_MESSAGE as u32))
+            .receive_window(VarInt::from_u32(4 * MAX_MESSAGE as u32));
+        let transport = Arc::new(transport);
+        let mut server =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls.server_config(&[ALPN]))?));
+        server.transport_config(transport.clone());
+        // A peer is known by its address: it may not move during a connection.
+        server.migration(false);
+        server.max_incoming(MAX_LINKS / 2);
+        let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls.client_config(&[ALPN]))?));
+        client.transport_config(transport);
+        let shared = Arc::new(Shared {
+            links: Mutex::new(HashMap::new()),
+            identities: Arc::default(),
+            closed_bytes: AtomicU64::new(0),
+            failures: Hush::default(),
+        });
+        Ok(QuicTransport { server, client, shared })
+    }
+
+    /// What peers proved at handshakes with this node (for [`crate::gossip::Gossip`]).
+    pub fn identities(&self) -> Arc<Identities> {
+        self.shared.identities.clone()
+    }
+
+    /// Bytes sent so far in UDP datagrams (handshakes, messages, acknowledgements).
+    pub fn bytes_sent(&self) -> u64 {
+        let live: u64 = lock(&self.shared.links)
+            .values()
+            .filter_map(|l| match l {
+                Link::Up { conn, .. } => Some(conn.stats().udp_tx.bytes),
+                _ => None,
+            })
+            .sum();
+        self.shared.closed_bytes.load(Ordering::Relaxed) + live
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for QuicTransport {
+    async fn open(&self, listen: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let mut endpoint = Endpoint::server(self.server.clone(), listen)
+            .map_err(|e| anyhow::anyhow!("failed to bind to {listen}/UDP for gossip: {e}"))?;
+        endpoint.set_default_client_config(self.client.clone());
+        let (tx, inbox) = mpsc::channel(INBOX);
+        let node = Node { endpoint, shared: self.shared.clone(), inbox: tx, port: listen.port() };
+        tokio::spawn(node.clone().accept());
+        Ok(Box::new(QuicSocket { node, inbox }))
+    }
+}
+
+struct Shared {
+    links: Mutex<HashMap<SocketAddr, Link>>,
+    identities: Arc<Identities>,
+    /// UDP bytes sent on connections that have closed.
+    closed_bytes: AtomicU64,
+    failures: Hush<SocketAddr>,
+}
+
+enum Link {
+    /// Messages waiting for the dial.
+    Dialing(Vec<Vec<u8>>),
+    Up {
+        conn: Connection,
+        used: Instant,
+    },
+    Failed(Instant),
+}
+
+/// What every task of a node's transport shares.
+#[derive(Clone)]
+struct Node {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    inbox: mpsc::Sender<(SocketAddr, ChitchatMessage)>,
+    port: u16,
+}
+
+impl Node {
+    fn send(&self, to: SocketAddr, bytes: Vec<u8>) {
+        let now = Instant::now();
+        let mut links = lock(&self.shared.links);
+        match links.get_mut(&to) {
+            Some(Link::Up { conn, used }) => {
+                *used = now;
+                tokio::spawn(write(conn.clone(), bytes));
+                return;
+            }
+            Some(Link::Dialing(queue)) => {
+                if queue.len() < QUEUED {
+                    queue.push(bytes);
+                }
+                return;
+            }
+            Some(Link::Failed(at)) if now.duration_since(*at) < REDIAL => return,
+            _ => {}
+        }
+        if !make_room(&mut links, to) {
+            debug!(%to, "gossip message dropped: every connection is being dialled");
+            return;
+        }
+        links.insert(to, Link::Dialing(vec![bytes]));
+        drop(links);
+        tokio::spawn(self.clone().dial(to));
+    }
+
+    async fn dial(self, to: SocketAddr) {
+        let made = match self.endpoint.connect(to, SERVER_NAME) {
+            Ok(connecting) => connecting.await.inspect_err(|e| self.failed(to, e)).ok(),
+            Err(e) => {
+                debug!(%to, "cannot dial for gossip: {e}");
+                None
+            }
+        };
+        match made {
+            Some(conn) => self.up(conn),
+            None => {
+                let mut links = lock(&self.shared.links);
+                if matches!(links.get(&to), Some(Link::Dialing(_))) {
+                    links.insert(to, Link::Failed(Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// Accepts the peers' connections: from their gossip port only (a node gossips from
+    /// nowhere else).
+    async fn accept(self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let from = incoming.remote_address();
+            if from.port() != self.port {
+                if let Some(hushed) = self.shared.failures.speak(from) {
+                    warn!(%from, hushed, "gossip handshake refused: not from the gossip port {}", self.port);
+                }
+                incoming.ignore();
+                continue;
+            }
+            let node = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => node.up(conn),
+                    Err(e) => node.failed(from, &e),
+                }
+            });
+        }
+    }
+
+    /// A handshake passed: keeps the certificate shown, sends what waited, reads.
+    fn up(&self, conn: Connection) {
+        let peer = conn.remote_address();
+        let Some(cert) = leaf(&conn) else {
+            // Cannot happen: both configurations require a certificate.
+            conn.close(VarInt::from_u32(1), b"no certificate");
+            return;
+        };
+        self.shared.identities.record(peer, cert);
+        let queued = {
+            let mut links = lock(&self.shared.links);
+            let queued = match links.remove(&peer) {
+                Some(Link::Dialing(queued)) => queued,
+                _ => Vec::new(),
+            };
+            if !make_room(&mut links, peer) {
+                drop(links);
+                conn.close(VarInt::from_u32(2), b"too many connections");
+                return;
+            }
+            links.insert(peer, Link::Up { conn: conn.clone(), used: Instant::now() });
+            queued
+        };
+        for bytes in queued {
+            tokio::spawn(write(conn.clone(), bytes));
+        }
+        tokio::spawn(self.clone().read(conn));
+    }
+
+    /// The peer's messages, a stream each, until the connection closes.
+    async fn read(self, conn: Connection) {
+        let from = conn.remote_address();
+        while let Ok(mut stream) = conn.accept_uni().await {
+            let inbox = self.inbox.clone();
+            tokio::spawn(async move {
+                let msg = match stream.read_to_end(MAX_MESSAGE).await {
+                    Ok(bytes) => ChitchatMessage::deserialize(&mut &bytes[..]).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match msg {
+                    // Full: dropped, as a datagram would be.
+                    Ok(msg) => drop(inbox.try_send((from, msg))),
+                    Err(e) => debug!(%from, "gossip message not read: {e}"),
+                }
+            });
+        }
+        self.shared.closed_bytes.fetch_add(conn.stats().udp_tx.bytes, Ordering::Relaxed);
+        let mut links = lock(&self.shared.links);
+        if matches!(links.get(&from), Some(Link::Up { conn: c, .. }) if c.stable_id() == conn.stable_id()) {
+            links.remove(&from);
+        }
+    }
+
+    fn failed(&self, peer: SocketAddr, e: &ConnectionError) {
+        match e {
+            // Nobody there (yet): the seeds of a whole subnet, a node down.
+            ConnectionError::TimedOut => debug!(%peer, "gossip dial failed: {e}"),
+            _ => {
+                if let Some(hushed) = self.shared.failures.speak(peer) {
+                    warn!(
+                        %peer,
+                        hushed,
+                        "gossip handshake failed: {e} (a peer needs a certificate from the cluster's CA; logged once a \
+                         minute per address)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Makes room in `links` for `peer`: forgets failed dials, then closes the least
+/// recently used connection. False when every link is a dial in progress.
+fn make_room(links: &mut HashMap<SocketAddr, Link>, peer: SocketAddr) -> bool {
+    if links.len() < MAX_LINKS || links.contains_key(&peer) {
+        return true;
+    }
+    links.retain(|_, l| !matches!(l, Link::Failed(_)));
+    if links.len() < MAX_LINKS {
+        return true;
+    }
+    let idlest = links
+        .iter()
+        .filter_map(|(a, l)| match l {
+            Link::Up { used, .. } => Some((*used, *a)),
+            _ => None,
+        })
+        .min();
+    let Some((_, addr)) = idlest else { return false };
+    if let Some(Link::Up { conn, .. }) = links.remove(&addr) {
+        conn.close(VarInt::from_u32(0), b"idle");
+    }
+    true
+}
+
+async fn write(conn: Connection, bytes: Vec<u8>) {
+    let sent = async {
+        let mut stream = conn.open_uni().await?;
+        stream.write_all(&bytes).await?;
+        stream.finish()?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = sent.await {
+        debug!(peer = %conn.remote_address(), "gossip message not sent: {e:#}");
+    }
+}
+
+/// The leaf of the certificate chain the peer showed.
+fn leaf(conn: &Connection) -> Option<CertificateDer<'static>> {
+    let chain = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct QuicSocket {
+    node: Node,
+    inbox: mpsc::Receiver<(SocketAddr, ChitchatMessage)>,
+}
+
+#[async_trait::async_trait]
+impl Socket for QuicSocket {
+    async fn send(&mut self, to: SocketAddr, msg: ChitchatMessage) -> anyhow::Result<()> {
+        self.node.send(to, msg.serialize_to_vec());
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        self.inbox.recv().await.ok_or_else(|| anyhow::anyhow!("the gossip endpoint closed"))
+    }
+}
+
+impl Drop for QuicSocket {
+    fn drop(&mut self) {
+        self.node.endpoint.close(VarInt::from_u32(0), b"gossip stopped");
+    }
+}
