@@ -50,6 +50,8 @@ const QUEUED: usize = 4;
 const REDIAL: Duration = Duration::from_secs(5);
 /// Messages received and not yet taken by chitchat; more are dropped.
 const INBOX: usize = 1024;
+/// The gossip socket's receive buffer (the kernel caps it at net.core.rmem_max).
+const RECV_BUFFER: usize = 4 << 20;
 /// Concurrent streams (messages being read) per connection.
 const STREAMS: u32 = 64;
 /// Peers' certificates remembered; past this, the one seen longest ago is forgotten.
@@ -162,8 +164,16 @@ impl QuicTransport {
 #[async_trait::async_trait]
 impl Transport for QuicTransport {
     async fn open(&self, listen: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let mut endpoint = Endpoint::server(self.server.clone(), listen)
+        let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| anyhow::anyhow!("failed to bind to {listen}/UDP for gossip: {e}"))?;
+        // A message is tens of datagrams, and a node takes several at once: the default
+        // buffer drops some, and a handshake whose packets are lost backs off for long.
+        let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+        if let Err(e) = state.set_recv_buffer_size((&socket).into(), RECV_BUFFER) {
+            debug!("cannot enlarge the gossip socket's receive buffer: {e}");
+        }
+        let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for QUIC"))?;
+        let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), Some(self.server.clone()), socket, runtime)?;
         endpoint.set_default_client_config(self.client.clone());
         let (tx, inbox) = mpsc::channel(INBOX);
         let node = Node { endpoint, shared: self.shared.clone(), inbox: tx, port: listen.port() };
@@ -405,5 +415,40 @@ impl Socket for QuicSocket {
 impl Drop for QuicSocket {
     fn drop(&mut self) {
         self.node.endpoint.close(VarInt::from_u32(0), b"gossip stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syn() -> ChitchatMessage {
+        ChitchatMessage::Syn { cluster_id: "c".into(), digest: Default::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_dialling_each_other_at_once_both_hear() {
+        let dir = std::env::temp_dir().join(format!("ax-quic-unit-{}", std::process::id()));
+        let pki = ax_tls::write_test_pki(&dir, &["a".into(), "b".into()]).unwrap();
+        let port = std::net::UdpSocket::bind("127.0.5.1:0").unwrap().local_addr().unwrap().port();
+        let (a, b): (SocketAddr, SocketAddr) = (([127, 0, 5, 1], port).into(), ([127, 0, 5, 2], port).into());
+        let transport = |n: &str| {
+            let tls = ax_tls::Reloadable::new(ax_tls::Tls::load(&pki.files(n), None).unwrap(), None);
+            QuicTransport::new(&tls).unwrap()
+        };
+        let (ta, tb) = (transport("a"), transport("b"));
+        let mut sa = ta.open(a).await.unwrap();
+        let mut sb = tb.open(b).await.unwrap();
+        for _ in 0..3 {
+            sa.send(b, syn()).await.unwrap();
+            sb.send(a, syn()).await.unwrap();
+        }
+        let t = Duration::from_secs(20);
+        let (from, _) = tokio::time::timeout(t, sb.recv()).await.expect("b hears a").unwrap();
+        assert_eq!(from, a);
+        let (from, _) = tokio::time::timeout(t, sa.recv()).await.expect("a hears b").unwrap();
+        assert_eq!(from, b);
+        assert!(ta.identities().proves(b, "b") && tb.identities().proves(a, "a"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -107,7 +107,7 @@ pub(crate) fn uninstall(state: &mut State, name: &str, out: &mut Out) -> Result<
 /// Records a change made here, newer than any version of the name seen so far.
 fn record(state: &mut State, name: &str, spec: Option<VserviceRequest>, at_ms: u64) {
     let origin = state.table.node().name.clone();
-    let version = state.vservices.get(name).map_or(at_ms, |r| at_ms.max(r.version + 1));
+    let version = state.vservices.get(name).map_or(at_ms, |r| at_ms.max(r.version.saturating_add(1)));
     state.vservices.insert(name.to_string(), VsRecord { name: name.to_string(), version, origin, spec });
 }
 
