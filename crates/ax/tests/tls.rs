@@ -6,7 +6,11 @@ mod support;
 
 use std::path::Path;
 
-use support::TestHost;
+use std::time::Duration;
+
+use support::{Cluster, TestHost};
+
+const PY: &str = "/usr/bin/python3";
 
 /// `--tls` with the files of `name` from `pki`.
 fn tls_args(pki: &ax_tls::TestPki, name: &str) -> Vec<String> {
@@ -21,6 +25,13 @@ fn tls_args(pki: &ax_tls::TestPki, name: &str) -> Vec<String> {
         "--tls-key".into(),
         s(&f.key),
     ]
+}
+
+fn nodes_seen(h: &TestHost) -> Vec<String> {
+    let mut names: Vec<String> =
+        h.get("nodes").iter().filter(|n| n["live"] == true).map(|n| n["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
 }
 
 #[test]
@@ -66,4 +77,183 @@ fn bad_tls_files_stop_the_daemon_with_the_file_named() {
     // The log is appended to: the warning is still the first daemon's alone.
     assert_eq!(h.daemon_log().matches("the cluster is unauthenticated").count(), 1);
     assert!(h.daemon_log().contains("mutually authenticated"));
+}
+
+#[test]
+fn a_tls_cluster_serves_across_nodes_and_a_foreign_ca_never_joins() {
+    support::require_root_and(&[PY, "curl"]);
+    let mut c = Cluster::new(4);
+    let all = (0..4).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    let pki = ax_tls::write_test_pki(&c.hosts[0].dir.join("pki"), &["a".into(), "b".into(), "c".into()]).unwrap();
+    let foreign = ax_tls::write_test_pki(&c.hosts[3].dir.join("pki"), &["d".into()]).unwrap();
+    for (i, h) in c.hosts.iter_mut().enumerate() {
+        let name = ["a", "b", "c", "d"][i];
+        let mut args = tls_args(if i == 3 { &foreign } else { &pki }, name);
+        args.extend(["--node-name".into(), name.into(), "--neighbors".into(), all.clone()]);
+        h.start_daemon(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for h in &c.hosts[..3] {
+        h.wait_until("a, b and c live", Duration::from_secs(30), || nodes_seen(h) == ["a", "b", "c"]);
+    }
+    // Across nodes by address and name.
+    let root = c.hosts[0].web_root("web", "who", "web");
+    c.hosts[0].spawn_app(
+        "web",
+        &["--name", "web", "--ip", "198.18.30.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
+    );
+    let b = &c.hosts[1];
+    b.wait_until("a's row on b", Duration::from_secs(30), || b.servers_at("198.18.30.1:8000").len() == 1);
+    assert_eq!(b.run_ok(&["--", "curl", "-sf", "http://web:8000/who"]), "web");
+    // A vservice made on b serves on c; deleted on c, gone on a.
+    let out = b
+        .ax()
+        .args(["create", "vservice", "front", "--ip", "198.18.30.9", "--ports", "80:8000", "--backends", "198.18.30.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let cn = &c.hosts[2];
+    cn.wait_until("the vservice on c", Duration::from_secs(30), || cn.get("vservices").len() == 1);
+    cn.wait_until("web's row on c", Duration::from_secs(30), || cn.servers_at("198.18.30.1:8000").len() == 1);
+    assert_eq!(cn.run_ok(&["--", "curl", "-sf", "http://front/who"]), "web");
+    assert!(cn.ax().args(["delete", "vservice", "front"]).output().unwrap().status.success());
+    let a = &c.hosts[0];
+    a.wait_until("the vservice gone from a", Duration::from_secs(30), || a.get("vservices").is_empty());
+    // d holds a certificate of another CA: nobody hears it, it hears nobody.
+    for h in &c.hosts[..3] {
+        assert_eq!(nodes_seen(h), ["a", "b", "c"]);
+        assert!(h.get("nodes").iter().all(|n| n["name"] != "d"), "d is not even known as dead");
+    }
+    assert_eq!(nodes_seen(&c.hosts[3]), ["d"]);
+    assert!(c.hosts[3].servers_at("198.18.30.1:8000").is_empty());
+}
+
+/// The rogue gossiper (`crates/cluster/examples/rogue.rs`), copied where any user may
+/// run it.
+fn rogue(h: &TestHost) -> String {
+    let built = Path::new(support::ax_bin()).parent().unwrap().join("examples/rogue");
+    assert!(
+        built.exists(),
+        "{} is missing: `cargo test --workspace` builds it (or: cargo build -p ax-cluster --example rogue)",
+        built.display()
+    );
+    let to = h.dir.join("rogue");
+    if !to.exists() {
+        std::fs::copy(&built, &to).unwrap();
+    }
+    to.display().to_string()
+}
+
+/// What a rogue publishes: a's name, a row for a virtual address served at b's host,
+/// and a vservice whose only backend is the node's own REST port, at version 2^64-1.
+fn rogue_flags(listen: &str) -> Vec<String> {
+    let mut f = vec!["--listen".to_string(), listen.to_string()];
+    for i in 0..2 {
+        f.extend(["--seed".to_string(), format!("{}:7946", Cluster::ip(i))]);
+    }
+    f.extend(["--name", "a", "--row", "198.18.31.1:80=10.251.0.12:8000", "--vservice", "admin"].map(String::from));
+    f
+}
+
+/// Waits for the rogue's sixth report of whom it sees; returns the last.
+fn rogue_sees(h: &TestHost, what: &str) -> String {
+    h.wait_until("the rogue's reports", Duration::from_secs(30), || {
+        h.app_log(what).matches("rogue: live").count() >= 6
+    });
+    h.app_log(what).lines().filter(|l| l.starts_with("rogue: live")).last().unwrap().to_string()
+}
+
+/// Nothing the rogue published is anywhere: no node but the members, no row, no vservice.
+fn nothing_of_the_rogue(c: &Cluster, members: &[&str]) {
+    for h in &c.hosts[..2] {
+        assert_eq!(nodes_seen(h), members);
+        assert!(h.get("vservices").is_empty(), "{:?}", h.get("vservices"));
+        assert!(h.servers_at("198.18.31.1:80").is_empty());
+        assert!(h.get("nodes").iter().all(|n| n["ip"] != Cluster::ip(2)), "{:?}", h.get("nodes"));
+    }
+}
+
+#[test]
+fn a_rogue_gossiper_is_never_heard_by_a_tls_cluster_from_a_host_or_from_an_app() {
+    support::require_root_and(&[]);
+    let mut c = Cluster::new(3);
+    let pki = ax_tls::write_test_pki(&c.hosts[0].dir.join("pki"), &["a".into(), "b".into()]).unwrap();
+    for (i, h) in c.hosts[..2].iter_mut().enumerate() {
+        let name = ["a", "b"][i];
+        let mut args = tls_args(&pki, name);
+        args.extend([
+            "--node-name".into(),
+            name.into(),
+            "--neighbors".into(),
+            format!("{},{}", Cluster::ip(0), Cluster::ip(1)),
+        ]);
+        h.start_daemon(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    for h in &c.hosts[..2] {
+        h.wait_until("a and b live", Duration::from_secs(30), || nodes_seen(h) == ["a", "b"]);
+    }
+    // From another host, on the gossip port itself.
+    let bin = rogue(&c.hosts[2]);
+    let mut cmd = c.hosts[2].cmd(&bin);
+    cmd.args(rogue_flags(&format!("{}:7946", Cluster::ip(2))));
+    c.hosts[2].spawn_plain("rogue", cmd);
+    assert_eq!(rogue_sees(&c.hosts[2], "rogue"), "rogue: live", "nobody answers it");
+    nothing_of_the_rogue(&c, &["a", "b"]);
+    // From an app on a, as nobody.
+    let bin = rogue(&c.hosts[0]);
+    let mut args = vec!["--user".to_string(), "nobody".into(), "--".into(), bin];
+    args.extend(rogue_flags("0.0.0.0:17946"));
+    c.hosts[0].spawn_app("rogue-app", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(rogue_sees(&c.hosts[0], "rogue-app"), "rogue: live");
+    nothing_of_the_rogue(&c, &["a", "b"]);
+}
+
+#[test]
+fn without_tls_a_rogue_app_is_not_heard_and_a_rogue_host_speaks_only_for_itself() {
+    support::require_root_and(&[PY, "curl"]);
+    let mut c = Cluster::new(3);
+    let both = format!("{},{}", Cluster::ip(0), Cluster::ip(1));
+    c.hosts[0].start_daemon(&["--node-name", "a", "--neighbors", &both]);
+    c.hosts[1].start_daemon(&["--node-name", "b", "--neighbors", &both]);
+    for h in &c.hosts[..2] {
+        h.wait_until("a and b live", Duration::from_secs(30), || nodes_seen(h) == ["a", "b"]);
+    }
+    let root = c.hosts[0].web_root("web", "who", "web");
+    c.hosts[0].spawn_app("web", &["--ip", "198.18.31.5", "--", PY, "-m", "http.server", "8000", "--directory", &root]);
+    let b = &c.hosts[1];
+    b.wait_until("a's row on b", Duration::from_secs(30), || b.servers_at("198.18.31.5:8000").len() == 1);
+    // An app cannot send from the gossip port (nor reach a node's): never heard.
+    let bin = rogue(&c.hosts[0]);
+    let mut args = vec!["--user".to_string(), "nobody".into(), "--".into(), bin];
+    args.extend(rogue_flags("0.0.0.0:17946"));
+    c.hosts[0].spawn_app("rogue-app", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(rogue_sees(&c.hosts[0], "rogue-app"), "rogue: live");
+    nothing_of_the_rogue(&c, &["a", "b"]);
+    // Another host on the gossip port is heard (that needs --tls to refuse), but as what
+    // it is: a's name stays a's, a row for b's host and a version 2^64-1 count nowhere.
+    let bin = rogue(&c.hosts[2]);
+    let mut cmd = c.hosts[2].cmd(&bin);
+    cmd.args(rogue_flags(&format!("{}:7946", Cluster::ip(2))));
+    c.hosts[2].spawn_plain("rogue", cmd);
+    assert_eq!(rogue_sees(&c.hosts[2], "rogue"), "rogue: live a b", "the rogue hears the members");
+    nothing_of_the_rogue(&c, &["a", "b"]);
+    assert!(c.hosts[1].daemon_log().contains("the first holder keeps it"), "{}", c.hosts[1].daemon_log());
+    // a's rows stay a's: the rogue's newer generation under a's name changes nothing.
+    assert_eq!(c.hosts[1].servers_at("198.18.31.5:8000")[0]["node_id"], "a");
+    assert_eq!(c.hosts[1].run_ok(&["--", "curl", "-sf", "http://198.18.31.5:8000/who"]), "web");
+    // Under a name of its own it joins, with nothing it may not say of itself.
+    let second = "10.251.0.14";
+    let out = c.hosts[2].cmd("ip").args(["addr", "add", &format!("{second}/24"), "dev", "ax0"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut cmd = c.hosts[2].cmd(&rogue(&c.hosts[2]));
+    let mut flags = rogue_flags(&format!("{second}:7946"));
+    let name = flags.iter().position(|f| f == "a").unwrap();
+    flags[name] = "r".into();
+    cmd.args(flags);
+    c.hosts[2].spawn_plain("rogue-r", cmd);
+    for h in &c.hosts[..2] {
+        h.wait_until("r joins", Duration::from_secs(30), || nodes_seen(h) == ["a", "b", "r"]);
+        assert!(h.get("vservices").is_empty(), "{:?}", h.get("vservices"));
+        assert!(h.servers_at("198.18.31.1:80").is_empty());
+    }
+    assert!(c.hosts[0].daemon_log().contains("records left out"), "{}", c.hosts[0].daemon_log());
 }

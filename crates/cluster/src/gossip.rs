@@ -75,8 +75,19 @@ pub struct Gossip {
     /// The address holding each name, first come.
     holders: Mutex<BTreeMap<String, SocketAddr>>,
     greetings: Hush<SocketAddr>,
-    /// Warnings about a node's claims or records.
-    warnings: Hush<SocketAddr>,
+    /// Warnings about a node's claims or records, each kind hushed on its own.
+    warnings: Hush<(SocketAddr, Warning)>,
+}
+
+/// What a warning about a peer is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Warning {
+    /// A second node claims a held name.
+    Claim,
+    /// Records left out of what a node publishes.
+    Records,
+    /// All a node publishes ignored.
+    Ignored,
 }
 
 /// The live nodes that count, and the addresses to greet.
@@ -193,7 +204,7 @@ impl Gossip {
             let mut newest: Option<&ChitchatId> = None;
             for id in claimants {
                 if id.gossip_advertise_addr != holder {
-                    if let Some(hushed) = self.warnings.speak(id.gossip_advertise_addr) {
+                    if let Some(hushed) = self.warnings.speak((id.gossip_advertise_addr, Warning::Claim)) {
                         warn!(name, holder = %holder, refused = %id.gossip_advertise_addr, hushed, "a second node claims a node name: the first holder keeps it");
                     }
                 } else if newest.is_none_or(|n| id.generation_id > n.generation_id) {
@@ -224,14 +235,14 @@ impl Gossip {
         match admit(&id.node_id, addr.ip(), p, now_ms) {
             Ok((p, left)) => {
                 if left.any() {
-                    if let Some(hushed) = self.warnings.speak(addr) {
+                    if let Some(hushed) = self.warnings.speak((addr, Warning::Records)) {
                         warn!(node = %id.node_id, %addr, rows = left.rows, vservices = left.vservices, hushed, "records left out: rows for another host, or vservice versions from the future");
                     }
                 }
                 Some(p)
             }
             Err(e) => {
-                if let Some(hushed) = self.warnings.speak(addr) {
+                if let Some(hushed) = self.warnings.speak((addr, Warning::Ignored)) {
                     warn!(node = %id.node_id, %addr, hushed, "what this node publishes is ignored: {e}");
                 }
                 None
