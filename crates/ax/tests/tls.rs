@@ -159,7 +159,7 @@ fn rogue_sees(h: &TestHost, what: &str) -> String {
     h.wait_until("the rogue's reports", Duration::from_secs(30), || {
         h.app_log(what).matches("rogue: live").count() >= 6
     });
-    h.app_log(what).lines().filter(|l| l.starts_with("rogue: live")).last().unwrap().to_string()
+    h.app_log(what).lines().rfind(|l| l.starts_with("rogue: live")).unwrap().to_string()
 }
 
 /// Nothing the rogue published is anywhere: no node but the members, no row, no vservice.
