@@ -12,6 +12,7 @@ pub mod limits;
 pub mod plan;
 pub mod ports;
 pub mod table;
+pub mod tunnel;
 pub mod vservice;
 
 pub use addr::{Family, SockAddr};
@@ -19,8 +20,8 @@ pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
 pub use table::{
-    AddAppError, App, BindPlan, Binding, BoundSocket, DaemonPorts, NewApp, NodeInfo, Origin, Proto, Remote, RemoteApp,
-    RemoteRow, Reserved, Route, Snapshot, Table, Target, VserviceError, DNS_PORT, EGRESS_PORT,
+    AddAppError, App, BindPlan, Binding, BoundSocket, DaemonPorts, NewApp, NodeInfo, Origin, Proto, Refusal, Remote,
+    RemoteApp, RemoteRow, Reserved, Route, Snapshot, Table, Target, VserviceError, DNS_PORT, EGRESS_PORT,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

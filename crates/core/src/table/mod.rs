@@ -6,6 +6,7 @@
 //! daemon and the trap engine hold; its parts are not reachable on their own.
 
 mod apps;
+mod gateway;
 mod remote;
 mod reserved;
 mod routing;
@@ -20,6 +21,7 @@ use crate::ids::{self, AppId};
 use crate::ports::PortPool;
 
 pub use apps::{AddAppError, App, NewApp};
+pub use gateway::Refusal;
 pub use remote::{Remote, RemoteApp, RemoteRow};
 pub use reserved::{DaemonPorts, Reserved, DNS_PORT};
 pub use routing::{BindPlan, Route, Target, EGRESS_PORT};
@@ -80,6 +82,8 @@ pub struct Table {
     egress_peers: remote::EgressPeers,
     /// This node carries other nodes' outbound connections (`--egress-gateway`).
     egress_gateway: bool,
+    /// Egress goes through this node's forwarder (see [`Table::set_egress_forwarder`]).
+    egress_forwarder: bool,
     /// Ids, UUIDs and every random balancing choice come from here (seeded in tests).
     rng: fastrand::Rng,
 }
@@ -94,6 +98,7 @@ impl Table {
             remote: Default::default(),
             egress_peers: Default::default(),
             egress_gateway: false,
+            egress_forwarder: false,
             rng: fastrand::Rng::with_seed(seed),
         }
     }

@@ -48,8 +48,9 @@ pub enum Route {
     Backends(Vec<Target>),
     /// Not ax's: straight out from the host.
     Direct(SocketAddr),
-    /// Not ax's, through an egress gateway of the cluster: connect to the gateway's
-    /// egress port and ask it for `dest`.
+    /// Not ax's, through an egress gateway of the cluster: connect to `gateway` (a
+    /// gateway's egress port, or this node's forwarder under `--tls`) and ask it for
+    /// `dest`.
     Egress { gateway: SocketAddrV4, dest: SocketAddr },
 }
 
@@ -159,15 +160,22 @@ impl Table {
 
     /// A connect to an address outside the service table: through a live egress
     /// gateway (TCP, from a node that is not one, to an address that is not a node's),
-    /// else directly.
+    /// else directly. With the forwarder on, the app's socket goes to this node's egress
+    /// port, and the forwarder picks the gateway.
     fn outbound(&mut self, proto: Proto, dest: SocketAddr) -> Route {
         let to_node = matches!(dest.ip(), IpAddr::V4(ip) if self.remote.is_node(ip));
-        let gateways = self.remote.gateways();
-        if proto != Proto::Tcp || self.egress_gateway || to_node || gateways.is_empty() {
+        if proto != Proto::Tcp || self.egress_gateway || to_node {
             return Route::Direct(dest);
         }
-        let gw = gateways[self.rng.usize(..gateways.len())];
-        Route::Egress { gateway: SocketAddrV4::new(gw, EGRESS_PORT), dest }
+        let via = if self.egress_forwarder {
+            (!self.remote.gateways().is_empty()).then_some(self.node.ip)
+        } else {
+            self.pick_gateway()
+        };
+        match via {
+            Some(ip) => Route::Egress { gateway: SocketAddrV4::new(ip, EGRESS_PORT), dest },
+            None => Route::Direct(dest),
+        }
     }
 
     /// What getsockname shows `app` for a socket whose real address is `real`: the
@@ -547,5 +555,20 @@ mod tests {
         assert_eq!(used, gws.into_iter().collect());
         // A node that is no gateway is still reached directly.
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.5:22")), Route::Direct(sa("10.0.0.5:22")));
+    }
+
+    #[test]
+    fn with_the_forwarder_egress_goes_to_this_nodes_egress_port_while_a_gateway_lives() {
+        let mut t = table();
+        t.set_egress_forwarder(true);
+        let c = app(&mut t, None, "zone=default");
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), Route::Direct(sa("192.0.2.1:443")));
+        let gw: Ipv4Addr = "10.0.0.3".parse().unwrap();
+        t.set_remote(Remote { nodes: vec![("g".into(), gw)], egress: vec![gw], ..Remote::default() });
+        let via = Route::Egress { gateway: SocketAddrV4::new(NODE, EGRESS_PORT), dest: sa("192.0.2.1:443") };
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), via);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.0.0.3:22")), Route::Direct(sa("10.0.0.3:22")));
+        // The app still cannot reach the forwarder itself: it is a daemon port.
+        assert_eq!(t.route_connect(c, Proto::Tcp, SocketAddr::from((NODE, EGRESS_PORT))), Route::Refused);
     }
 }

@@ -1,0 +1,132 @@
+//! The lines daemons speak on the egress port ([`crate::EGRESS_PORT`]) before the
+//! bytes: one request, one answer. `AXEG <ip:port>` asks an egress gateway to connect
+//! out; `AXRL <ip:port>` asks a node (under `--tls`) for a hop to one of its own rows'
+//! host addresses. The answer is `OK`, or `ERR <errno>`, the errno the kernel gave the
+//! gateway (or the refusal's, ECONNREFUSED), which the app's connect then returns.
+
+use std::fmt;
+use std::net::{SocketAddr, SocketAddrV4};
+
+use crate::Errno;
+
+/// The longest request line (without its newline) a daemon reads.
+pub const MAX_REQUEST: usize = 128;
+/// The longest answer line a daemon or a trap engine reads.
+pub const MAX_ANSWER: usize = 32;
+
+/// What a daemon asks another on the egress port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Connect out to `dest` (an egress gateway's service).
+    Egress(SocketAddr),
+    /// A hop to `to`, a host address of a row of the node asked (a relay that crosses
+    /// nodes, under `--tls`).
+    Relay(SocketAddrV4),
+}
+
+/// Why a request line is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("the request is not text")]
+    NotText,
+    #[error("unknown request '{0}' (AXEG or AXRL expected)")]
+    Unknown(String),
+    #[error("'{0}' is not an ip:port (an IPv4 ip:port for AXRL)")]
+    Address(String),
+}
+
+impl Request {
+    /// Reads a request line (without its newline).
+    pub fn parse(line: &[u8]) -> Result<Request, BadRequest> {
+        let line = std::str::from_utf8(line).map_err(|_| BadRequest::NotText)?;
+        let (verb, addr) = line.split_once(' ').unwrap_or((line, ""));
+        let bad = || BadRequest::Address(addr.chars().take(MAX_REQUEST).collect());
+        match verb {
+            "AXEG" => addr.parse().map(Request::Egress).map_err(|_| bad()),
+            "AXRL" => addr.parse().map(Request::Relay).map_err(|_| bad()),
+            other => Err(BadRequest::Unknown(other.chars().take(8).collect())),
+        }
+    }
+
+    /// The request as sent, newline included.
+    pub fn line(&self) -> Vec<u8> {
+        format!("{self}\n").into_bytes()
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Egress(dest) => write!(f, "AXEG {dest}"),
+            Request::Relay(to) => write!(f, "AXRL {to}"),
+        }
+    }
+}
+
+/// The answer line (newline included) for a connect that gave `result`.
+pub fn answer_line(result: Result<(), Errno>) -> Vec<u8> {
+    match result {
+        Ok(()) => b"OK\n".to_vec(),
+        Err(e) => format!("ERR {e}\n").into_bytes(),
+    }
+}
+
+/// Reads an answer line (without its newline): `OK`, or `ERR <errno>` (anything else is
+/// a refusal, ECONNREFUSED).
+pub fn parse_answer(line: &[u8]) -> Result<(), Errno> {
+    match std::str::from_utf8(line).unwrap_or("") {
+        "OK" => Ok(()),
+        other => Err(other
+            .strip_prefix("ERR ")
+            .and_then(|e| e.parse().ok())
+            .filter(|e| *e > 0)
+            .unwrap_or(libc::ECONNREFUSED)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_back_as_written() {
+        for r in [
+            Request::Egress("192.0.2.1:443".parse().unwrap()),
+            Request::Egress("[2001:db8::1]:80".parse().unwrap()),
+            Request::Relay("10.0.0.2:40001".parse().unwrap()),
+        ] {
+            let line = r.line();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(Request::parse(&line[..line.len() - 1]), Ok(r));
+        }
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        assert_eq!(Request::parse(b"\xff\xfe"), Err(BadRequest::NotText));
+        assert_eq!(Request::parse(b"GET / HTTP/1.1"), Err(BadRequest::Unknown("GET".into())));
+        assert_eq!(Request::parse(b"AXEG"), Err(BadRequest::Address("".into())));
+        assert_eq!(Request::parse(b"AXEG 192.0.2.1"), Err(BadRequest::Address("192.0.2.1".into())));
+        assert_eq!(Request::parse(b"AXEG  192.0.2.1:80"), Err(BadRequest::Address(" 192.0.2.1:80".into())));
+        assert_eq!(Request::parse(b"AXEG 192.0.2.1:80 "), Err(BadRequest::Address("192.0.2.1:80 ".into())));
+        assert_eq!(Request::parse(b"AXEG 192.0.2.1:99999"), Err(BadRequest::Address("192.0.2.1:99999".into())));
+        // A relay hop is to a node's row: IPv4 only.
+        assert_eq!(Request::parse(b"AXRL [::1]:80"), Err(BadRequest::Address("[::1]:80".into())));
+        assert_eq!(Request::parse(b"axeg 192.0.2.1:80"), Err(BadRequest::Unknown("axeg".into())));
+    }
+
+    #[test]
+    fn the_answer_reads_as_the_kernel_would_say_it() {
+        assert_eq!(parse_answer(b"OK"), Ok(()));
+        assert_eq!(parse_answer(b"ERR 113"), Err(libc::EHOSTUNREACH));
+        assert_eq!(parse_answer(b"ERR x"), Err(libc::ECONNREFUSED));
+        assert_eq!(parse_answer(b"ERR 0"), Err(libc::ECONNREFUSED), "no error is no success");
+        assert_eq!(parse_answer(b"ERR -1"), Err(libc::ECONNREFUSED));
+        assert_eq!(parse_answer(b"\xff\xfe"), Err(libc::ECONNREFUSED));
+        assert_eq!(parse_answer(b""), Err(libc::ECONNREFUSED));
+        for r in [Ok(()), Err(libc::ETIMEDOUT)] {
+            let line = answer_line(r);
+            assert_eq!(parse_answer(&line[..line.len() - 1]), r);
+        }
+    }
+}
