@@ -84,7 +84,7 @@ pub fn flow(e: &io::Error) -> Flow {
 /// Events of one kind, reported once per burst: the first, then at most one line per
 /// [`QUIET`] saying how many more there were.
 #[derive(Debug, Default)]
-struct Burst {
+pub struct Burst {
     last: Option<Instant>,
     since: u64,
 }
@@ -92,7 +92,7 @@ struct Burst {
 impl Burst {
     /// Counts an event at `now`; Some(events since the last report) when this one is
     /// to be reported.
-    fn hit(&mut self, now: Instant) -> Option<u64> {
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
         self.since += 1;
         match self.last {
             Some(t) if now.duration_since(t) < QUIET => None,

@@ -11,7 +11,6 @@
 mod bounds;
 mod channel;
 mod cluster;
-mod egress;
 mod members;
 mod names;
 mod peer;
@@ -20,6 +19,7 @@ mod relay;
 mod rest;
 pub mod state;
 mod store;
+mod tunnel;
 mod views;
 mod vservices;
 mod watch;
@@ -34,7 +34,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use ax_api::{API_SOCKET, RUN_SOCKET};
@@ -136,6 +136,8 @@ struct Shared {
     node_ip: Ipv4Addr,
     /// The DNS domain, when the DNS server runs.
     dns_domain: Option<String>,
+    /// `--tls`: tunnels to other nodes, set once the egress port serves.
+    tunnel: OnceLock<Arc<tunnel::Client>>,
 }
 
 /// Effects' side of the daemon: the running relays, and how far effects have got.
@@ -175,6 +177,7 @@ impl Daemon {
             run_dir: run_dir.into(),
             node_ip,
             dns_domain,
+            tunnel: OnceLock::new(),
         }))
     }
 
@@ -196,6 +199,11 @@ impl Daemon {
 
     pub fn run_dir(&self) -> &Path {
         &self.0.run_dir
+    }
+
+    /// Tunnels to other nodes (`--tls`); None: the cluster's TCP goes in the clear.
+    fn tunnel(&self) -> Option<&tunnel::Client> {
+        self.0.tunnel.get().map(|t| &**t)
     }
 
     /// Reads the state (views, checks); changes go through [`Daemon::submit`].
@@ -284,7 +292,8 @@ pub struct Listeners {
     /// tests).
     pub run: Option<(std::os::unix::net::UnixListener, Arc<ax_trap::guard::Guard>)>,
     pub dns: Option<names::Bound>,
-    /// `--egress-gateway`: the node's egress port.
+    /// The node's egress port: `--egress-gateway`, or any node under `--tls` (the
+    /// tunnel and the egress forwarder).
     pub egress: Option<std::net::TcpListener>,
     /// Gossip: chitchat binds its UDP socket itself, from the config, on this transport.
     pub gossip: Option<(ClusterConfig, cluster::GossipTransport)>,
@@ -319,8 +328,12 @@ pub async fn serve(
         names::spawn(dns, daemon.clone()).map_err(io("cannot serve DNS"))?;
     }
     if let Some(egress) = listeners.egress {
-        egress::spawn(egress, daemon.clone())
-            .map_err(io(format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT)))?;
+        let tls = listeners.tls.as_ref().map(|t| (t, Arc::new(tunnel::Client::new(t))));
+        if let Some((_, client)) = &tls {
+            let _ = daemon.0.tunnel.set(client.clone());
+        }
+        tunnel::spawn(egress, daemon.clone(), tls)
+            .map_err(io(format!("cannot serve the egress port {}", ax_core::EGRESS_PORT)))?;
     }
     if let Some(tls) = listeners.tls.clone() {
         tokio::spawn(reload_on_hangup(tls));
@@ -407,6 +420,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     ax_sys::proc::random_bytes(&mut seed).map_err(io("cannot read random bytes"))?;
     let mut table = Table::new(node.clone(), PortPool::new(config.ports.clone()), u64::from_ne_bytes(seed));
     table.set_egress_gateway(config.egress_gateway);
+    table.set_egress_forwarder(tls.is_some());
     let state_path = store::path(run_dir);
     let saved = if config.clean {
         store::clean(&state_path)?;
@@ -434,18 +448,18 @@ pub fn run(config: Config) -> Result<(), Error> {
         Some(d) => Some(names::bind(node.ip, d)?),
         None => None,
     };
-    let egress = if config.egress_gateway {
+    let egress = if config.egress_gateway || tls.is_some() {
         Some(
             std::net::TcpListener::bind((node.ip, ax_core::EGRESS_PORT))
-                .map_err(io(format!("cannot serve as egress gateway on port {}", ax_core::EGRESS_PORT)))?,
+                .map_err(io(format!("cannot serve the egress port {}", ax_core::EGRESS_PORT)))?,
         )
     } else {
         None
     };
     let guard = Arc::new(ax_trap::guard::Guard::install(run_dir)?);
     if let Some(egress) = &egress {
-        // The gateway carries members' apps out, nobody else's.
-        guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress gateway's port"))?;
+        // The port serves members (and this node), nobody else.
+        guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress port"))?;
     }
     let daemon = Daemon::new(State::new(table), run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");

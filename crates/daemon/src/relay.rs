@@ -1,7 +1,8 @@
 //! L4 relays, for where bytes must be carried because no app's socket can be handed
 //! over: a vservice's `--external` port, or an `--expose` on a node other than the
 //! app's. Each relay listens on a node port, dials a backend per connection (as the
-//! vservice's balancer says, or the exposed app's host address), and moves bytes both ways
+//! vservice's balancer says, or the exposed app's host address; under `--tls`, one on
+//! another node through that node's tunnel), and moves bytes both ways
 //! with splice(2) through a pipe (no copy to user space), half-close aware (an EOF one
 //! way is passed on as a shutdown of that direction), with the kernel's own
 //! back-pressure (a blocked splice waits for the slower side).
@@ -19,7 +20,7 @@ use ax_trap::Node;
 use tracing::{debug, info, warn};
 
 use crate::bounds::Gate;
-use crate::Daemon;
+use crate::{tunnel, Daemon};
 
 const CHUNK: usize = 256 * 1024;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -149,11 +150,22 @@ fn serve(daemon: &Daemon, client: TcpStream, to: Dial) {
         },
         Dial::Fixed(addr) => vec![Target { addr, source: None }],
     };
-    let Some(backend) = targets.iter().find_map(|t| dial(t.addr, t.source)) else {
-        debug!(?to, "relay: no backend answered");
-        return;
-    };
-    carry(client, backend);
+    let mut client = client;
+    for t in targets {
+        // Under --tls, a backend on another node is reached through its tunnel.
+        match daemon.tunnel().filter(|_| tunnel::Client::crosses(daemon, t.addr)) {
+            Some(tunnel) => match tunnel.relay(daemon, client, t.addr) {
+                Ok(()) => return,
+                Err(back) => client = back,
+            },
+            None => {
+                if let Some(backend) = dial(t.addr, t.source) {
+                    return carry(client, backend);
+                }
+            }
+        }
+    }
+    debug!(?to, "relay: no backend answered");
 }
 
 /// Moves bytes both ways between two connections until both directions have ended.

@@ -1,12 +1,15 @@
 //! Connects through an egress gateway: the app's socket is connected to the gateway's
-//! egress port, the daemon asks the gateway for the real destination (one line each
-//! way), and only then does the app's connect return, with the gateway's answer. The
-//! app never sees the gateway: getpeername shows the destination it asked for.
+//! egress port (or, under `--tls`, to this node's forwarder, which carries it to a
+//! gateway over TLS), the daemon asks for the real destination (one line each way, see
+//! [`ax_core::tunnel`]), and only then does the app's connect return, with the gateway's
+//! answer. The app never sees the gateway: getpeername shows the destination it asked
+//! for.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use ax_core::addr::{self, Family};
+use ax_core::tunnel::{parse_answer, Request, MAX_ANSWER};
 use ax_core::Errno;
 use ax_sys::kernel::{Kernel, Readiness, Reply};
 use ax_sys::seccomp::Notification;
@@ -17,8 +20,6 @@ use crate::Node;
 
 /// How long the gateway has for each step of the handshake.
 const STEP_MS: i32 = 10_000;
-/// The longest answer line a gateway may send.
-const MAX_ANSWER: usize = 32;
 
 impl<K: Kernel, N: Node> Engine<K, N> {
     pub(crate) fn egress(
@@ -91,7 +92,7 @@ fn ask<K: Kernel>(step: &Step<'_, K>, gateway: SocketAddrV4, dest: SocketAddr, f
         }
         Err(e) => return Err(e),
     }
-    let mut ask = format!("AXEG {dest}\n").into_bytes();
+    let mut ask = Request::Egress(dest).line();
     while !ask.is_empty() {
         step.ready(Readiness::Writable)?;
         let sent = k.send_msg(s, &ask, &[], libc::MSG_NOSIGNAL, None)?;
@@ -108,27 +109,5 @@ fn ask<K: Kernel>(step: &Step<'_, K>, gateway: SocketAddrV4, dest: SocketAddr, f
             _ => line.push(b[0]),
         }
     }
-    answer(&line)
-}
-
-/// The gateway's answer line: `OK`, or `ERR <errno>` (anything else is a refusal).
-fn answer(line: &[u8]) -> Result<(), Errno> {
-    match std::str::from_utf8(line).unwrap_or("") {
-        "OK" => Ok(()),
-        other => Err(other.strip_prefix("ERR ").and_then(|e| e.parse().ok()).unwrap_or(libc::ECONNREFUSED)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::answer;
-
-    #[test]
-    fn the_gateway_answer_reads_as_the_kernel_would_say_it() {
-        assert_eq!(answer(b"OK"), Ok(()));
-        assert_eq!(answer(b"ERR 113"), Err(libc::EHOSTUNREACH));
-        assert_eq!(answer(b"ERR x"), Err(libc::ECONNREFUSED));
-        assert_eq!(answer(b"\xff\xfe"), Err(libc::ECONNREFUSED));
-        assert_eq!(answer(b""), Err(libc::ECONNREFUSED));
-    }
+    parse_answer(&line)
 }

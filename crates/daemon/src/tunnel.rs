@@ -1,0 +1,328 @@
+//! The node's egress port ([`ax_core::EGRESS_PORT`]): what daemons serve each other on
+//! TCP, one request line and one answer line before the bytes (see [`ax_core::tunnel`]).
+//!
+//! - Without `--tls` only egress gateways serve it, in the clear: a member node's
+//!   address (the socket guard drops everyone else's packets; checked again here) may ask
+//!   for `AXEG <dest>`. The app's own socket carries the request and then its bytes.
+//! - With `--tls` every node serves it, and it is two things by who connects:
+//!   - another host: the *tunnel*, TLS 1.3 with client certificates from the cluster's
+//!     CA, and the certificate must name the live member at the peer's address. It
+//!     serves `AXEG` (an egress gateway only) and `AXRL <host addr>`, a hop to one of
+//!     this node's own rows, for relays on other nodes.
+//!   - this node's own address: the egress *forwarder*. The app's socket cannot carry
+//!     TLS (no kTLS here), so the trap engine connects it to the forwarder, which opens a
+//!     tunnel to a gateway and carries the bytes. Only sockets owned by root are served:
+//!     the daemon made every app's, and apps cannot reach a daemon port themselves.
+//!
+//! Whatever the mode, a gateway refuses destinations that are the cluster's own
+//! ([`ax_core::Table::egress_refusal`]); refusals are logged, at most once per burst.
+//!
+//! tokio-rustls rather than rustls on blocking threads: a TLS session is one state
+//! machine that both directions need, which a blocking reader would hold while it waits.
+//! Plain gateway connections still move their bytes with splice(2) on threads of their
+//! own ([`relay::carry`]).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ax_core::addr::unmap;
+use ax_core::tunnel::{answer_line, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
+use ax_core::{Errno, Table, EGRESS_PORT};
+use ax_trap::Node;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+use crate::bounds::{Burst, Gate, Permit};
+use crate::{peer, relay, Daemon};
+
+/// The ALPN protocol of the tunnel.
+const ALPN: &[u8] = b"ax-tunnel";
+/// How long a dial, a handshake, or a request or answer line may take.
+const STEP: Duration = Duration::from_secs(10);
+/// Buffer per direction when bytes are copied through user space (TLS records are up
+/// to 16 KiB; larger reads cut the calls per byte).
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// Opens tunnels to other nodes: for the forwarder, and for relays that cross nodes.
+pub struct Client {
+    connector: TlsConnector,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Client {
+    /// A client on the runtime this is called from.
+    pub fn new(tls: &Arc<ax_tls::Reloadable>) -> Client {
+        Client {
+            connector: TlsConnector::from(Arc::new(tls.client_config(&[ALPN]))),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Opens a tunnel to the member at `node` and asks it `request`; the tunnel, once the
+    /// member said OK. The member must show a certificate naming it.
+    async fn open(&self, daemon: &Daemon, node: Ipv4Addr, request: Request) -> Result<Tunnel, Errno> {
+        let tcp = step(TcpStream::connect((node, EGRESS_PORT))).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = step(self.connector.connect(ServerName::IpAddress(node.into()), tcp)).await?;
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        if daemon.read(|s| member_named(&s.table, node.into(), cert)).is_none() {
+            warn!(%node, "tunnel: the node's certificate does not name the member at that address");
+            return Err(libc::ECONNREFUSED);
+        }
+        step(tls.write_all(&request.line())).await?;
+        parse_answer(&step(read_line(&mut tls, MAX_ANSWER)).await?)?;
+        Ok(Tunnel::Client(tls))
+    }
+
+    /// Carries `client` to `to`, a row's host address on another node, through that
+    /// node's tunnel; blocks the calling thread (never a runtime's). The client comes
+    /// back when the hop cannot be made, for the next backend.
+    pub fn relay(
+        &self,
+        daemon: &Daemon,
+        client: std::net::TcpStream,
+        to: SocketAddrV4,
+    ) -> Result<(), std::net::TcpStream> {
+        self.runtime.block_on(async {
+            let mut tunnel = match self.open(daemon, *to.ip(), Request::Relay(to)).await {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(%to, errno = e, "relay: no hop");
+                    return Err(client);
+                }
+            };
+            let Ok(mut client) = client.set_nonblocking(true).and_then(|()| TcpStream::from_std(client)) else {
+                return Ok(());
+            };
+            copy(&mut client, &mut tunnel).await;
+            Ok(())
+        })
+    }
+
+    /// True when a connection to `to` crosses to another member node.
+    pub fn crosses(daemon: &Daemon, to: SocketAddrV4) -> bool {
+        daemon.read(|s| s.table.members_at(*to.ip()).next().is_some())
+    }
+}
+
+/// A tunnel from either end.
+type Tunnel = tokio_rustls::TlsStream<TcpStream>;
+
+/// The egress port's server.
+struct Server {
+    daemon: Daemon,
+    node: Ipv4Addr,
+    /// `--tls`: the tunnel's side, and the forwarder's way to gateways.
+    tls: Option<(TlsAcceptor, Arc<Client>)>,
+    refused: Mutex<Burst>,
+}
+
+/// Serves the egress port on `listener`, on the runtime this is called from; under
+/// `--tls` (`client` and `tls`) the tunnel and the forwarder.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    daemon: Daemon,
+    tls: Option<(&Arc<ax_tls::Reloadable>, Arc<Client>)>,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let at = listener.local_addr()?;
+    match &tls {
+        Some(_) => {
+            info!(%at, gateway = daemon.read(|s| s.table.egress_gateway()), "serving the tunnel (TLS) and the egress forwarder")
+        }
+        None => info!(%at, "serving as egress gateway (no TLS: requests and bytes cross the network in the clear)"),
+    }
+    let tls = tls.map(|(t, client)| (TlsAcceptor::from(Arc::new(t.server_config(&[ALPN]))), client));
+    let server = Arc::new(Server { node: daemon.node_ip(), daemon, tls, refused: Mutex::default() });
+    let gate = Gate::new("egress port", relay::MAX_CONNECTIONS);
+    tokio::spawn(async move {
+        let served = gate.serve_async(&listener, std::future::pending(), |conn, permit| {
+            tokio::spawn(server.clone().serve(conn, permit));
+        });
+        if let Err(e) = served.await {
+            warn!("the egress port stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+impl Server {
+    async fn serve(self: Arc<Self>, conn: TcpStream, permit: Permit) {
+        let Ok(peer) = conn.peer_addr() else { return };
+        let _ = conn.set_nodelay(true);
+        match &self.tls {
+            None => self.plain(conn, peer, permit).await,
+            Some((_, client)) if peer.ip() == IpAddr::V4(self.node) => self.forward(conn, peer, client).await,
+            Some((acceptor, _)) => self.tunnel(acceptor, conn, peer).await,
+        }
+    }
+
+    /// Without `--tls`: a gateway request from a member's address, on the connection of
+    /// the app's socket itself.
+    async fn plain(&self, mut conn: TcpStream, peer: SocketAddr, permit: Permit) {
+        let member = matches!(unmap(peer).ip(), IpAddr::V4(ip) if self.daemon.read(|s| s.table.is_node_address(ip)));
+        if !member {
+            return self.refuse(peer, "not a node of this cluster");
+        }
+        let Some(request) = self.request(&mut conn, peer).await else { return };
+        let Request::Egress(dest) = request else {
+            return self.refuse(peer, "a relay hop without --tls");
+        };
+        let out = self.egress(peer, dest).await;
+        if step(conn.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+            return;
+        }
+        let Ok(out) = out else { return };
+        debug!(%peer, %dest, "egress connection");
+        // In the clear both ways: splice(2), on a thread of its own, as relays do.
+        let (Ok(a), Ok(b)) = (conn.into_std(), out.into_std()) else { return };
+        if a.set_nonblocking(false).and(b.set_nonblocking(false)).is_err() {
+            return;
+        }
+        let spawned = std::thread::Builder::new().name("egress-conn".into()).spawn(move || {
+            relay::carry(a, b);
+            drop(permit);
+        });
+        if let Err(e) = spawned {
+            warn!("egress: cannot start a thread: {e}");
+        }
+    }
+
+    /// Under `--tls`, from this node's own address: the trap engine's request for an
+    /// app's socket, carried to a gateway through a tunnel.
+    async fn forward(&self, mut app: TcpStream, peer: SocketAddr, client: &Client) {
+        let Ok(us) = app.local_addr() else { return };
+        let owner = tokio::task::spawn_blocking(move || peer::owner(peer, us)).await.ok().flatten();
+        if owner != Some(0) {
+            return self.refuse(peer, "the egress forwarder serves apps' sockets only, and this one is not root's");
+        }
+        let Some(request) = self.request(&mut app, peer).await else { return };
+        let Request::Egress(dest) = request else {
+            return self.refuse(peer, "the egress forwarder takes egress requests only");
+        };
+        let tunnel = match self.daemon.with_table(Table::pick_gateway) {
+            Some(gw) => client.open(&self.daemon, gw, request).await,
+            None => Err(libc::ECONNREFUSED),
+        };
+        if let Err(e) = &tunnel {
+            debug!(%dest, errno = e, "egress through the forwarder refused");
+        }
+        if step(app.write_all(&answer_line(tunnel.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+            return;
+        }
+        if let Ok(mut tunnel) = tunnel {
+            copy(&mut app, &mut tunnel).await;
+        }
+    }
+
+    /// Under `--tls`, from another host: a member's tunnel.
+    async fn tunnel(&self, acceptor: &TlsAcceptor, conn: TcpStream, peer: SocketAddr) {
+        let mut tls = match step(acceptor.accept(conn)).await {
+            Ok(t) => t,
+            Err(_) => return self.refuse(peer, "no TLS handshake with a certificate from the cluster's CA"),
+        };
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let Some(member) = self.daemon.read(|s| member_named(&s.table, peer.ip(), cert)) else {
+            return self.refuse(peer, "its certificate names no live member at its address");
+        };
+        let Some(request) = self.request(&mut tls, peer).await else { return };
+        let out = match request {
+            Request::Egress(_) if !self.daemon.read(|s| s.table.egress_gateway()) => {
+                self.refuse(peer, "egress asked of a node that is no egress gateway");
+                Err(libc::ECONNREFUSED)
+            }
+            Request::Egress(dest) => self.egress(peer, dest).await,
+            Request::Relay(to) if !self.daemon.read(|s| s.table.relay_hop_allowed(to)) => {
+                self.refuse(peer, &format!("a relay hop to {to}, which is no row of this node"));
+                Err(libc::ECONNREFUSED)
+            }
+            Request::Relay(to) => step(TcpStream::connect(to)).await,
+        };
+        if step(tls.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+            return;
+        }
+        if let Ok(mut out) = out {
+            debug!(%peer, %member, %request, "tunnel connection");
+            let _ = out.set_nodelay(true);
+            copy(&mut out, &mut tls).await;
+        }
+    }
+
+    /// Reads the request line; None (logged) when there is none.
+    async fn request(&self, conn: &mut (impl AsyncRead + Unpin), peer: SocketAddr) -> Option<Request> {
+        let line = step(read_line(conn, MAX_REQUEST)).await.ok()?;
+        match Request::parse(&line) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.refuse(peer, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// A gateway's connection out to `dest`, unless it is the cluster's own.
+    async fn egress(&self, peer: SocketAddr, dest: SocketAddr) -> Result<TcpStream, Errno> {
+        let host: Vec<IpAddr> =
+            ax_sys::proc::interface_addrs().map(|a| a.into_iter().map(|a| a.addr).collect()).unwrap_or_default();
+        if let Some(why) = self.daemon.read(|s| s.table.egress_refusal(dest, &host)) {
+            self.refuse(peer, &format!("egress to {dest}: {why}"));
+            return Err(libc::ECONNREFUSED);
+        }
+        let out = step(TcpStream::connect(dest)).await?;
+        let _ = out.set_nodelay(true);
+        Ok(out)
+    }
+
+    /// Logs a refusal: the first of a burst, then at most one line per quiet period.
+    fn refuse(&self, peer: SocketAddr, why: &str) {
+        if let Some(n) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+            warn!(%peer, refused = n, "egress port: refused: {why}");
+        }
+    }
+}
+
+/// The name of the live member at `ip` that the (handshake-verified) certificate `cert`
+/// names; None for anyone else.
+fn member_named(table: &Table, ip: IpAddr, cert: Option<&CertificateDer<'_>>) -> Option<String> {
+    let ip = unmap(SocketAddr::new(ip, 0)).ip();
+    let (IpAddr::V4(ip), Some(cert)) = (ip, cert) else { return None };
+    table.members_at(ip).find(|name| ax_tls::names(cert, name)).map(str::to_string)
+}
+
+/// Runs one step of a connection's setup within [`STEP`]; its error as an errno.
+async fn step<T>(f: impl std::future::Future<Output = io::Result<T>>) -> Result<T, Errno> {
+    match timeout(STEP, f).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.raw_os_error().unwrap_or(libc::ECONNREFUSED)),
+        Err(_) => Err(libc::ETIMEDOUT),
+    }
+}
+
+/// Reads one line (without its newline) of at most `max` bytes, byte by byte: nothing
+/// past the newline is taken.
+async fn read_line(r: &mut (impl AsyncRead + Unpin), max: usize) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    loop {
+        match r.read_u8().await? {
+            b'\n' => return Ok(line),
+            _ if line.len() == max => return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long")),
+            b => line.push(b),
+        }
+    }
+}
+
+/// Moves bytes both ways until both directions have ended (an end one way is passed on
+/// as a shutdown of that direction: close_notify, then FIN, on the tunnel).
+async fn copy(a: &mut (impl AsyncRead + AsyncWrite + Unpin), b: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await;
+}
+
+#[cfg(test)]
+mod tests;
