@@ -190,3 +190,35 @@ async fn a_line_is_read_up_to_its_newline_and_no_further() {
     drop(b);
     assert_eq!(read_line(&mut a, 8).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
 }
+
+/// A node's tunnel as a client meets it: at 127.0.0.3:6661 with `name`'s certificate,
+/// answering OK to one request; what it was asked, if anything.
+async fn far_end(pki: &ax_tls::TestPki, name: &str) -> tokio::task::JoinHandle<Option<Vec<u8>>> {
+    let acceptor = TlsAcceptor::from(Arc::new(reloadable(pki, name).server_config(&[ALPN])));
+    let listener = tokio::net::TcpListener::bind((FAR, EGRESS_PORT)).await.unwrap();
+    tokio::spawn(async move {
+        let (conn, _) = listener.accept().await.ok()?;
+        let mut tls = acceptor.accept(conn).await.ok()?;
+        let asked = read_line(&mut tls, MAX_REQUEST).await.ok()?;
+        tls.write_all(b"OK\n").await.ok()?;
+        Some(asked)
+    })
+}
+
+const FAR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_is_opened_only_to_the_member_its_certificate_names() {
+    let (_d, pki) = Pki::new("client", &["a", "n3", "rogue"]);
+    let daemon = Daemon::new(State::for_test(NODE), &std::env::temp_dir(), None);
+    daemon.with_table(|t| t.set_remote(Remote { nodes: vec![("n3".into(), FAR)], ..Remote::default() }));
+    let client = Client::new(&reloadable(&pki, "a"));
+    let hop = Request::Relay(SocketAddrV4::new(FAR, 40000));
+    // One at a time: both far ends take 127.0.0.3:6661.
+    let rogue = far_end(&pki, "rogue").await;
+    assert_eq!(client.open(&daemon, FAR, hop).await.err(), Some(libc::ECONNREFUSED));
+    assert_eq!(rogue.await.unwrap(), None, "the request went to a server that is not n3");
+    let n3 = far_end(&pki, "n3").await;
+    assert!(client.open(&daemon, FAR, hop).await.is_ok());
+    assert_eq!(n3.await.unwrap(), Some(hop.to_string().into_bytes()));
+}
