@@ -53,6 +53,8 @@ const COPY_BUFFER: usize = 256 * 1024;
 pub struct Client {
     connector: TlsConnector,
     runtime: tokio::runtime::Handle,
+    /// Nodes whose certificate does not name them, logged once per burst.
+    misnamed: Mutex<Burst>,
 }
 
 impl Client {
@@ -61,6 +63,7 @@ impl Client {
         Client {
             connector: TlsConnector::from(Arc::new(tls.client_config(&[ALPN]))),
             runtime: tokio::runtime::Handle::current(),
+            misnamed: Mutex::default(),
         }
     }
 
@@ -72,12 +75,14 @@ impl Client {
         let mut tls = step(self.connector.connect(ServerName::IpAddress(node.into()), tcp)).await?;
         let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         if daemon.read(|s| member_named(&s.table, node.into(), cert)).is_none() {
-            warn!(%node, "tunnel: the node's certificate does not name the member at that address");
+            if let Some(n) = self.misnamed.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+                warn!(%node, refused = n, "tunnel: the certificate shown at that address does not name its member");
+            }
             return Err(libc::ECONNREFUSED);
         }
         step(tls.write_all(&request.line())).await?;
         parse_answer(&step(read_line(&mut tls, MAX_ANSWER)).await?)?;
-        Ok(Tunnel::Client(tls))
+        Ok(tls)
     }
 
     /// Carries `client` to `to`, a row's host address on another node, through that
@@ -111,8 +116,8 @@ impl Client {
     }
 }
 
-/// A tunnel from either end.
-type Tunnel = tokio_rustls::TlsStream<TcpStream>;
+/// A tunnel, from the end that opened it.
+type Tunnel = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// The egress port's server.
 struct Server {
