@@ -32,7 +32,7 @@ use ax_core::tunnel::{answer_line, parse_answer, Request, MAX_ANSWER, MAX_REQUES
 use ax_core::{Errno, Table, EGRESS_PORT};
 use ax_trap::Node;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -48,6 +48,9 @@ const STEP: Duration = Duration::from_secs(10);
 /// Buffer per direction when bytes are copied through user space (TLS records are up
 /// to 16 KiB; larger reads cut the calls per byte).
 const COPY_BUFFER: usize = 256 * 1024;
+/// What a tunnel's socket is read into at once: rustls asks for 4 KiB at a time, one
+/// system call each without it.
+const TLS_READ_BUFFER: usize = 256 * 1024;
 
 /// Opens tunnels to other nodes: for the forwarder, and for relays that cross nodes.
 pub struct Client {
@@ -72,6 +75,7 @@ impl Client {
     async fn open(&self, daemon: &Daemon, node: Ipv4Addr, request: Request) -> Result<Tunnel, Errno> {
         let tcp = step(TcpStream::connect((node, EGRESS_PORT))).await?;
         let _ = tcp.set_nodelay(true);
+        let tcp = BufReader::with_capacity(TLS_READ_BUFFER, tcp);
         let mut tls = step(self.connector.connect(ServerName::IpAddress(node.into()), tcp)).await?;
         let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         if daemon.read(|s| member_named(&s.table, node.into(), cert)).is_none() {
@@ -117,7 +121,7 @@ impl Client {
 }
 
 /// A tunnel, from the end that opened it.
-type Tunnel = tokio_rustls::client::TlsStream<TcpStream>;
+type Tunnel = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
 
 /// The egress port's server.
 struct Server {
@@ -229,7 +233,7 @@ impl Server {
 
     /// Under `--tls`, from another host: a member's tunnel.
     async fn tunnel(&self, acceptor: &TlsAcceptor, conn: TcpStream, peer: SocketAddr) {
-        let mut tls = match step(acceptor.accept(conn)).await {
+        let mut tls = match step(acceptor.accept(BufReader::with_capacity(TLS_READ_BUFFER, conn))).await {
             Ok(t) => t,
             Err(_) => return self.refuse(peer, "no TLS handshake with a certificate from the cluster's CA"),
         };
