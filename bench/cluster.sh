@@ -43,17 +43,15 @@ start_cluster() {
   awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }'
 }
 stop_cluster() {
-  for pid in "${DAEMONS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # nsenter forks into the PID namespace: signal the daemons themselves.
+  for i in 0 1 2; do on $i pkill -f "iperf3|redis-server|python3" 2>/dev/null || true; on $i pkill -TERM -x ax 2>/dev/null || true; done
   for pid in "${DAEMONS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for i in 0 1 2; do on $i pkill -f "iperf3|redis-server|python3" 2>/dev/null || true; done
-  sleep 0.5
 }
 # Bytes on node 0's wire (both ways) per second over 10 idle seconds: gossip alone.
+wire_bytes() { on 0 awk '$1 == "ax0:" { printf "%.0f", $2 + $10 }' /proc/net/dev; }
 gossip_bytes() {
   local a b
-  a=$(on 0 cat /sys/class/net/ax0/statistics/rx_bytes /sys/class/net/ax0/statistics/tx_bytes | awk "{s+=\$1} END {print s}")
-  sleep 10
-  b=$(on 0 cat /sys/class/net/ax0/statistics/rx_bytes /sys/class/net/ax0/statistics/tx_bytes | awk "{s+=\$1} END {print s}")
+  a=$(wire_bytes); sleep 10; b=$(wire_bytes)
   echo $(( (b - a) / 10 ))
 }
 
