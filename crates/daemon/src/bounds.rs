@@ -20,6 +20,9 @@ use tracing::warn;
 
 /// How long a refused connection or an accept error is not logged again after it was.
 const QUIET: Duration = Duration::from_secs(10);
+/// The same for failed TLS handshakes: once a minute (anyone who reaches a TLS port can
+/// fail one per packet).
+pub const HANDSHAKE_QUIET: Duration = Duration::from_secs(60);
 /// How long an accept loop waits after running out of descriptors or memory.
 pub const BACKOFF: Duration = Duration::from_millis(100);
 
@@ -82,20 +85,31 @@ pub fn flow(e: &io::Error) -> Flow {
 }
 
 /// Events of one kind, reported once per burst: the first, then at most one line per
-/// [`QUIET`] saying how many more there were.
-#[derive(Debug, Default)]
+/// quiet period ([`QUIET`] by default) saying how many more there were.
+#[derive(Debug)]
 pub struct Burst {
     last: Option<Instant>,
     since: u64,
+    quiet: Duration,
+}
+
+impl Default for Burst {
+    fn default() -> Burst {
+        Burst::every(QUIET)
+    }
 }
 
 impl Burst {
+    pub fn every(quiet: Duration) -> Burst {
+        Burst { last: None, since: 0, quiet }
+    }
+
     /// Counts an event at `now`; Some(events since the last report) when this one is
     /// to be reported.
     pub fn hit(&mut self, now: Instant) -> Option<u64> {
         self.since += 1;
         match self.last {
-            Some(t) if now.duration_since(t) < QUIET => None,
+            Some(t) if now.duration_since(t) < self.quiet => None,
             _ => {
                 self.last = Some(now);
                 Some(std::mem::take(&mut self.since))
@@ -112,7 +126,7 @@ impl Gate {
             open: Arc::default(),
             refused: Mutex::default(),
             failed: Mutex::default(),
-            handshakes: Mutex::default(),
+            handshakes: Mutex::new(Burst::every(HANDSHAKE_QUIET)),
         }
     }
 

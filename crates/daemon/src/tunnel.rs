@@ -38,7 +38,7 @@ use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
-use crate::bounds::{Burst, Gate, Permit};
+use crate::bounds::{Burst, Gate, Permit, HANDSHAKE_QUIET};
 use crate::{peer, relay, Daemon};
 
 /// The ALPN protocol of the tunnel.
@@ -130,6 +130,8 @@ struct Server {
     /// `--tls`: the tunnel's side, and the forwarder's way to gateways.
     tls: Option<(TlsAcceptor, Arc<Client>)>,
     refused: Mutex<Burst>,
+    /// Failed handshakes, logged apart: once a minute.
+    handshakes: Mutex<Burst>,
 }
 
 /// Serves the egress port on `listener`, on the runtime this is called from; under
@@ -149,7 +151,13 @@ pub fn spawn(
         None => info!(%at, "serving as egress gateway (no TLS: requests and bytes cross the network in the clear)"),
     }
     let tls = tls.map(|(t, client)| (TlsAcceptor::from(Arc::new(t.server_config(&[ALPN]))), client));
-    let server = Arc::new(Server { node: daemon.node_ip(), daemon, tls, refused: Mutex::default() });
+    let server = Arc::new(Server {
+        node: daemon.node_ip(),
+        daemon,
+        tls,
+        refused: Mutex::default(),
+        handshakes: Mutex::new(Burst::every(HANDSHAKE_QUIET)),
+    });
     let gate = Gate::new("egress port", relay::MAX_CONNECTIONS);
     tokio::spawn(async move {
         let served = gate.serve_async(&listener, std::future::pending(), |conn, permit| {
@@ -235,7 +243,12 @@ impl Server {
     async fn tunnel(&self, acceptor: &TlsAcceptor, conn: TcpStream, peer: SocketAddr) {
         let mut tls = match step(acceptor.accept(BufReader::with_capacity(TLS_READ_BUFFER, conn))).await {
             Ok(t) => t,
-            Err(_) => return self.refuse(peer, "no TLS handshake with a certificate from the cluster's CA"),
+            Err(_) => {
+                if let Some(n) = self.handshakes.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+                    warn!(%peer, failed = n, "egress port: refused: no TLS handshake with a certificate from the cluster's CA");
+                }
+                return;
+            }
         };
         let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         let Some(member) = self.daemon.read(|s| member_named(&s.table, peer.ip(), cert)) else {
