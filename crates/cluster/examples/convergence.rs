@@ -164,7 +164,7 @@ fn real(n: usize, tls: bool) -> Outcome {
                 })
                 .collect()
         } else {
-            (0..n).map(|_| Wire::Udp(PortCheckedUdp::new())).collect()
+            (0..n).map(|_| Wire::Udp(PortCheckedUdp::new(Vec::new()))).collect()
         };
         run(n, net, port, wires).await
     });

@@ -4,7 +4,7 @@
 //! to every node's services. A node that goes silent is dropped by the failure detector
 //! within a few seconds.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,13 +54,14 @@ pub struct GossipTransport {
 }
 
 impl GossipTransport {
-    pub fn new(tls: Option<&Arc<ax_tls::Reloadable>>) -> Result<GossipTransport, ClusterError> {
+    /// `local`: this host's addresses (without `--tls`, gossip from them is refused).
+    pub fn new(tls: Option<&Arc<ax_tls::Reloadable>>, local: Vec<IpAddr>) -> Result<GossipTransport, ClusterError> {
         Ok(match tls {
             Some(tls) => {
                 let quic = QuicTransport::new(tls)?;
                 GossipTransport { identities: Some(quic.identities()), transport: Box::new(quic) }
             }
-            None => GossipTransport { transport: Box::new(PortCheckedUdp::new()), identities: None },
+            None => GossipTransport { transport: Box::new(PortCheckedUdp::new(local)), identities: None },
         })
     }
 }

@@ -483,7 +483,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         run: Some((run_sock, guard)),
         dns,
         egress,
-        gossip: Some((gossip, cluster::GossipTransport::new(tls.as_ref())?)),
+        gossip: Some((
+            gossip,
+            cluster::GossipTransport::new(tls.as_ref(), interfaces.iter().map(|a| a.addr).collect())?,
+        )),
         tls,
     };
     let result = rt.block_on(async {
