@@ -56,11 +56,17 @@ fn dispatch(command: Command, sub: &ArgMatches) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::TlsCerts(t) => {
+            if t.names.is_empty() && t.clients.is_empty() {
+                return Err(anyhow!("ax tls-certs: name at least one node (NAME...) or client (--client NAME)"));
+            }
             let pki = ax_tls::write_test_pki(&t.dir, &t.names)?;
+            for client in &t.clients {
+                pki.issue_as(client, 365, ax_tls::Usage::Client)?;
+            }
             println!("CA: {}", pki.ca_file().display());
-            for name in &t.names {
+            for (name, kind) in t.names.iter().map(|n| (n, "node")).chain(t.clients.iter().map(|n| (n, "client"))) {
                 let f = pki.files(name);
-                println!("{name}: --tls-cert {} --tls-key {}", f.cert.display(), f.key.display());
+                println!("{name} ({kind}): --tls-cert {} --tls-key {}", f.cert.display(), f.key.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -28,7 +28,7 @@ fn tls_host() -> (TestHost, PathBuf) {
     support::require_root_and(&["curl"]);
     let mut h = TestHost::new();
     let pki = h.dir.join("pki");
-    tls_certs(&pki, &[NODE, "admin"]);
+    tls_certs(&pki, &[NODE, "--client", "admin"]);
     let f = |name: &str| pki.join(name).to_string_lossy().into_owned();
     h.start_daemon(&[
         "--node-name",
@@ -84,7 +84,7 @@ fn vservice_names(h: &TestHost) -> Vec<Value> {
 fn remote_admin_over_https_needs_a_certificate_from_the_ca_even_to_read() {
     let (h, pki) = tls_host();
     let other = pki.join("other");
-    tls_certs(&other, &["admin"]);
+    tls_certs(&other, &["--client", "admin"]);
     // From another host, and on 127.0.0.1 of the node itself.
     for (c, at) in [(h.peer_cmd("curl"), NODE_IP), (h.cmd("curl"), "127.0.0.1")] {
         let r = curl(c, at, &pki, Some(&pki), &[], "/v1/nodes");

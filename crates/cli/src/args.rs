@@ -46,9 +46,11 @@ pub enum Command {
 pub struct TlsCertsArgs {
     /// Folder to write ca.pem, ca.key and NAME.pem, NAME.key into (an existing CA there is reused)
     pub dir: std::path::PathBuf,
-    /// A certificate per name: node names (as --node-name) and client names (eg admin)
-    #[arg(required = true)]
+    /// A node certificate per name (as --node-name)
     pub names: Vec<String>,
+    /// A client certificate (REST over HTTPS, `ax --server`; never a node) for NAME
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -127,7 +127,7 @@ impl QuicTransport {
             .receive_window(VarInt::from_u32(4 * MAX_MESSAGE as u32));
         let transport = Arc::new(transport);
         let mut server =
-            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls.server_config(&[ALPN]))?));
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls.node_server_config(&[ALPN]))?));
         server.transport_config(transport.clone());
         // A peer is known by its address: it may not move during a connection.
         server.migration(false);

@@ -150,7 +150,7 @@ pub fn spawn(
         }
         None => info!(%at, "serving as egress gateway (no TLS: requests and bytes cross the network in the clear)"),
     }
-    let tls = tls.map(|(t, client)| (TlsAcceptor::from(Arc::new(t.server_config(&[ALPN]))), client));
+    let tls = tls.map(|(t, client)| (TlsAcceptor::from(Arc::new(t.node_server_config(&[ALPN]))), client));
     let server = Arc::new(Server {
         node: daemon.node_ip(),
         daemon,

@@ -27,7 +27,7 @@ use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 
-pub use pki::{test_client, write_test_pki, PkiError, TestPki};
+pub use pki::{test_client, write_test_pki, PkiError, TestPki, Usage};
 
 /// Where the three PEM files are (`--tls-ca-cert`, `--tls-cert`, `--tls-key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,27 +86,37 @@ impl Tls {
         certified
             .keys_match()
             .map_err(|_| TlsError::KeyMismatch { key: files.key.clone(), cert: files.cert.clone() })?;
-        check(&roots, &provider, &certified.cert)
-            .map_err(|reason| TlsError::Rejected { cert: files.cert.clone(), reason })?;
-        if let Some(name) = node {
-            if !names(&certified.cert[0], name) {
-                return Err(TlsError::NotNamed { cert: files.cert.clone(), name: name.to_string() });
-            }
-        }
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        Ok(Tls { files: files.clone(), roots, certified: Arc::new(certified), client_verifier, provider })
+        let tls = Tls { files: files.clone(), roots, certified: Arc::new(certified), client_verifier, provider };
+        let rejected = |reason| TlsError::Rejected { cert: files.cert.clone(), reason };
+        // Every certificate dials (clientAuth); a node's also serves (serverAuth).
+        tls.check_client(&tls.certified.cert).map_err(rejected)?;
+        if let Some(name) = node {
+            tls.check(&tls.certified.cert).map_err(rejected)?;
+            if !names(&tls.certified.cert[0], name) {
+                return Err(TlsError::NotNamed { cert: files.cert.clone(), name: name.to_string() });
+            }
+        }
+        Ok(tls)
     }
 
     pub fn files(&self) -> &Files {
         &self.files
     }
 
-    /// Whether `chain` (leaf first) is signed by the CA and valid now; the reason
-    /// otherwise.
+    /// Whether `chain` (leaf first) is a node's: signed by the CA, valid now, for
+    /// servers (serverAuth); the reason otherwise.
     pub fn check(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
         check(&self.roots, &self.provider, chain)
+    }
+
+    /// Whether `chain` (leaf first) is signed by the CA, valid now, for clients
+    /// (clientAuth); the reason otherwise.
+    fn check_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+        let (leaf, rest) = chain.split_first().ok_or("no certificate")?;
+        self.client_verifier.verify_client_cert(leaf, rest, UnixTime::now()).map(|_| ()).map_err(describe)
     }
 }
 
@@ -161,12 +171,23 @@ impl Reloadable {
         Ok(next)
     }
 
-    /// A server that requires a client certificate from the CA, speaking `alpn`.
+    /// A server that requires a client certificate from the CA, speaking `alpn`: for
+    /// clients such as an admin's (REST).
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> ServerConfig {
+        self.server_config_for(alpn, Arc::new(Current(self.clone())))
+    }
+
+    /// A server for other nodes only (gossip, the tunnel): the client's certificate must
+    /// be a node's, for servers too (serverAuth), not only a client's.
+    pub fn node_server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> ServerConfig {
+        self.server_config_for(alpn, Arc::new(NodesOnly(Current(self.clone()))))
+    }
+
+    fn server_config_for(self: &Arc<Self>, alpn: &[&[u8]], verifier: Arc<dyn ClientCertVerifier>) -> ServerConfig {
         let mut config = ServerConfig::builder_with_provider(self.current().provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring offers TLS 1.3")
-            .with_client_cert_verifier(Arc::new(Current(self.clone())))
+            .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(Current(self.clone())));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // Nothing resumes: every connection shows its certificate.
@@ -246,6 +267,52 @@ impl ClientCertVerifier for Current {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.current().provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// [`Current`], taking only nodes' certificates from clients.
+#[derive(Debug)]
+struct NodesOnly(Current);
+
+impl ClientCertVerifier for NodesOnly {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        ClientCertVerifier::root_hint_subjects(&self.0)
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        let tls = self.0 .0.current();
+        let algs = tls.provider.signature_verification_algorithms.all;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &tls.roots, intermediates, now, algs)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ClientCertVerifier::verify_tls12_signature(&self.0, message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ClientCertVerifier::verify_tls13_signature(&self.0, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ClientCertVerifier::supported_verify_schemes(&self.0)
     }
 }
 

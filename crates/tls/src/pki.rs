@@ -33,6 +33,15 @@ pub enum PkiError {
     Make(#[from] rcgen::Error),
 }
 
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A node's: it serves and dials (serverAuth and clientAuth), and may gossip.
+    Node,
+    /// A client's, such as an admin's for REST (clientAuth only): never a node.
+    Client,
+}
+
 /// The CA of a folder, able to issue more certificates.
 pub struct TestPki {
     dir: PathBuf,
@@ -55,9 +64,14 @@ impl TestPki {
         }
     }
 
-    /// Issues `name.pem`/`name.key`, valid for `days` from now (a negative number makes
-    /// one that has already expired, for tests).
+    /// Issues a node's `name.pem`/`name.key`, valid for `days` from now (a negative
+    /// number makes one that has already expired, for tests).
     pub fn issue(&self, name: &str, days: i64) -> Result<Files, PkiError> {
+        self.issue_as(name, days, Usage::Node)
+    }
+
+    /// Issues `name.pem`/`name.key` for `usage`.
+    pub fn issue_as(&self, name: &str, days: i64, usage: Usage) -> Result<Files, PkiError> {
         let valid = !name.is_empty()
             && name.len() <= 253
             && name
@@ -68,7 +82,10 @@ impl TestPki {
         }
         let mut params = CertificateParams::new(vec![name.to_string()])?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = match usage {
+            Usage::Node => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let (from, to) = if days < 0 {
             (now_secs() - 2 * DAY * days.unsigned_abs(), now_secs() - DAY * days.unsigned_abs())

@@ -204,3 +204,23 @@ fn after_a_reload_new_handshakes_show_the_new_certificate_and_a_bad_reload_keeps
     assert_eq!(seen(), second);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_client_certificate_is_heard_by_rest_and_never_as_a_node() {
+    let d = dir("client");
+    let (pki, _) = pkis(&d);
+    let ops = pki.issue_as("ops", 1, crate::Usage::Client).unwrap();
+    // It loads as a client's, and is refused as a node's at start.
+    let client = reloadable(&ops, None).client_config(&[b"x"]);
+    let m = Tls::load(&ops, Some("ops")).unwrap_err().to_string();
+    assert!(m.contains("ops.pem") && m.contains("serverAuth"), "{m}");
+    let n1 = reloadable(&pki.files("n1"), Some("n1"));
+    let o = handshake(client.clone(), n1.server_config(&[b"x"]), "n1");
+    assert!(o.done(), "REST takes a client's certificate: {:?} {:?}", o.client, o.server);
+    let o = handshake(client, n1.node_server_config(&[b"x"]), "n1");
+    assert!(o.server.is_err(), "gossip and the tunnel take nodes only");
+    // A node's certificate passes both.
+    let node = reloadable(&pki.files("admin"), None).client_config(&[b"x"]);
+    assert!(handshake(node, n1.node_server_config(&[b"x"]), "n1").done());
+    let _ = std::fs::remove_dir_all(&d);
+}

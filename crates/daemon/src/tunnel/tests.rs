@@ -194,7 +194,7 @@ async fn a_line_is_read_up_to_its_newline_and_no_further() {
 /// A node's tunnel as a client meets it: at 127.0.0.3:6661 with `name`'s certificate,
 /// answering OK to one request; what it was asked, if anything.
 async fn far_end(pki: &ax_tls::TestPki, name: &str) -> tokio::task::JoinHandle<Option<Vec<u8>>> {
-    let acceptor = TlsAcceptor::from(Arc::new(reloadable(pki, name).server_config(&[ALPN])));
+    let acceptor = TlsAcceptor::from(Arc::new(reloadable(pki, name).node_server_config(&[ALPN])));
     let listener = tokio::net::TcpListener::bind((FAR, EGRESS_PORT)).await.unwrap();
     tokio::spawn(async move {
         let (conn, _) = listener.accept().await.ok()?;
