@@ -56,6 +56,9 @@ const RECV_BUFFER: usize = 4 << 20;
 const STREAMS: u32 = 64;
 /// Peers' certificates remembered; past this, the one seen longest ago is forgotten.
 const IDENTITIES: usize = 4096;
+/// How long a handshake, or a message's send, may take: a peer that stalls either
+/// holds nothing longer (gossip rounds are 250 ms; a message this late is stale).
+const STEP: Duration = Duration::from_secs(5);
 /// The name a dial asks for. Not checked: any certificate from the CA passes the
 /// handshake, and the name it carries is checked against the name the peer gossips
 /// under (see [`Identities::proves`]).
@@ -268,11 +271,18 @@ impl Node {
                 incoming.ignore();
                 continue;
             }
+            // An address not yet validated is sent a Retry first: a spoofed source never
+            // gets past it, so it costs no handshake (no signature, no state).
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                let _ = incoming.retry();
+                continue;
+            }
             let node = self.clone();
             tokio::spawn(async move {
-                match incoming.await {
-                    Ok(conn) => node.up(conn),
-                    Err(e) => node.failed(from, &e),
+                match tokio::time::timeout(STEP, incoming).await {
+                    Ok(Ok(conn)) => node.up(conn),
+                    Ok(Err(e)) => node.failed(from, &e),
+                    Err(_) => debug!(%from, "gossip handshake not done within {STEP:?}: dropped"),
                 }
             });
         }
@@ -380,8 +390,10 @@ async fn write(conn: Connection, bytes: Vec<u8>) {
         stream.finish()?;
         anyhow::Ok(())
     };
-    if let Err(e) = sent.await {
-        debug!(peer = %conn.remote_address(), "gossip message not sent: {e:#}");
+    match tokio::time::timeout(STEP, sent).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(peer = %conn.remote_address(), "gossip message not sent: {e:#}"),
+        Err(_) => debug!(peer = %conn.remote_address(), "gossip message not sent within {STEP:?}: dropped"),
     }
 }
 
