@@ -59,6 +59,8 @@ const IDENTITIES: usize = 4096;
 /// How long a handshake, or a message's send, may take: a peer that stalls either
 /// holds nothing longer (gossip rounds are 250 ms; a message this late is stale).
 const STEP: Duration = Duration::from_secs(5);
+/// How often the peers' certificates are checked again against the files in use.
+const RECHECK: Duration = Duration::from_secs(30);
 /// The name a dial asks for. Not checked: any certificate from the CA passes the
 /// handshake, and the name it carries is checked against the name the peer gossips
 /// under (see [`Identities::proves`]).
@@ -77,7 +79,8 @@ pub struct Identities {
 
 #[derive(Debug)]
 struct Proven {
-    cert: CertificateDer<'static>,
+    /// The chain shown, leaf first.
+    chain: Vec<CertificateDer<'static>>,
     at: Instant,
     /// The last name asked about and the answer (the same name is asked every round).
     asked: Option<(String, bool)>,
@@ -92,21 +95,32 @@ impl Identities {
         match &p.asked {
             Some((asked, answer)) if asked == name => *answer,
             _ => {
-                let answer = ax_tls::names(&p.cert, name);
+                let answer = ax_tls::names(&p.chain[0], name);
                 p.asked = Some((name.to_string(), answer));
                 answer
             }
         }
     }
 
-    fn record(&self, addr: SocketAddr, cert: CertificateDer<'static>) {
+    /// Forgets the peers whose chains the current files no longer accept (expired, or
+    /// the CA replaced); their addresses.
+    fn forget_unless(&self, accepted: impl Fn(&[CertificateDer<'static>]) -> bool) -> Vec<SocketAddr> {
+        let mut certs = lock(&self.certs);
+        let gone: Vec<SocketAddr> = certs.iter().filter(|(_, p)| !accepted(&p.chain)).map(|(a, _)| *a).collect();
+        for a in &gone {
+            certs.remove(a);
+        }
+        gone
+    }
+
+    fn record(&self, addr: SocketAddr, chain: Vec<CertificateDer<'static>>) {
         let mut certs = lock(&self.certs);
         if certs.len() >= IDENTITIES && !certs.contains_key(&addr) {
             if let Some(oldest) = certs.iter().min_by_key(|(_, p)| p.at).map(|(a, _)| *a) {
                 certs.remove(&oldest);
             }
         }
-        certs.insert(addr, Proven { cert, at: Instant::now(), asked: None });
+        certs.insert(addr, Proven { chain, at: Instant::now(), asked: None });
     }
 }
 
@@ -115,6 +129,7 @@ pub struct QuicTransport {
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
     shared: Arc<Shared>,
+    tls: Arc<Reloadable>,
 }
 
 impl QuicTransport {
@@ -143,7 +158,7 @@ impl QuicTransport {
             closed_bytes: AtomicU64::new(0),
             failures: Hush::default(),
         });
-        Ok(QuicTransport { server, client, shared })
+        Ok(QuicTransport { server, client, shared, tls: tls.clone() })
     }
 
     /// What peers proved at handshakes with this node (for [`crate::gossip::Gossip`]).
@@ -181,6 +196,7 @@ impl Transport for QuicTransport {
         let (tx, inbox) = mpsc::channel(INBOX);
         let node = Node { endpoint, shared: self.shared.clone(), inbox: tx, port: listen.port() };
         tokio::spawn(node.clone().accept());
+        tokio::spawn(recheck(Arc::downgrade(&self.shared), self.tls.clone()));
         Ok(Box::new(QuicSocket { node, inbox }))
     }
 }
@@ -291,12 +307,12 @@ impl Node {
     /// A handshake passed: keeps the certificate shown, sends what waited, reads.
     fn up(&self, conn: Connection) {
         let peer = conn.remote_address();
-        let Some(cert) = leaf(&conn) else {
+        let Some(chain) = chain(&conn) else {
             // Cannot happen: both configurations require a certificate.
             conn.close(VarInt::from_u32(1), b"no certificate");
             return;
         };
-        self.shared.identities.record(peer, cert);
+        self.shared.identities.record(peer, chain);
         let queued = {
             let mut links = lock(&self.shared.links);
             let queued = match links.remove(&peer) {
@@ -397,10 +413,30 @@ async fn write(conn: Connection, bytes: Vec<u8>) {
     }
 }
 
-/// The leaf of the certificate chain the peer showed.
-fn leaf(conn: &Connection) -> Option<CertificateDer<'static>> {
+/// Every [`RECHECK`], checks the chains peers showed against the files in use (a reload
+/// may have replaced the CA; a certificate may have expired since): a peer no longer
+/// accepted is forgotten, so it counts nowhere, and its connection is closed. Ends with
+/// the transport.
+async fn recheck(shared: std::sync::Weak<Shared>, tls: Arc<Reloadable>) {
+    loop {
+        tokio::time::sleep(RECHECK).await;
+        let Some(shared) = shared.upgrade() else { return };
+        let current = tls.current();
+        let gone = shared.identities.forget_unless(|chain| current.check(chain).is_ok());
+        let mut links = lock(&shared.links);
+        for addr in gone {
+            warn!(peer = %addr, "gossip: the certificate this peer showed is no longer accepted (expired, or another CA): disconnected");
+            if let Some(Link::Up { conn, .. }) = links.remove(&addr) {
+                conn.close(VarInt::from_u32(3), b"certificate no longer accepted");
+            }
+        }
+    }
+}
+
+/// The certificate chain the peer showed (not empty).
+fn chain(conn: &Connection) -> Option<Vec<CertificateDer<'static>>> {
     let chain = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    chain.into_iter().next()
+    (!chain.is_empty()).then_some(*chain)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -436,6 +472,28 @@ mod tests {
 
     fn syn() -> ChitchatMessage {
         ChitchatMessage::Syn { cluster_id: "c".into(), digest: Default::default() }
+    }
+
+    #[test]
+    fn a_peer_whose_certificate_the_files_no_longer_accept_is_forgotten() {
+        let dir = std::env::temp_dir().join(format!("ax-quic-forget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = ax_tls::write_test_pki(&dir, &["a".into(), "b".into()]).unwrap();
+        let other = ax_tls::write_test_pki(&dir.join("other"), &["c".into()]).unwrap();
+        let tls = ax_tls::Tls::load(&pki.files("a"), Some("a")).unwrap();
+        let pem = |f: ax_tls::Files| {
+            use rustls::pki_types::pem::PemObject;
+            vec![CertificateDer::from_pem_file(f.cert).unwrap()]
+        };
+        let ids = Identities::default();
+        let (b, c): (SocketAddr, SocketAddr) = ("10.0.0.2:7946".parse().unwrap(), "10.0.0.3:7946".parse().unwrap());
+        ids.record(b, pem(pki.files("b")));
+        ids.record(c, pem(other.files("c")));
+        assert!(ids.proves(b, "b") && ids.proves(c, "c"));
+        assert_eq!(ids.forget_unless(|chain| tls.check(chain).is_ok()), vec![c]);
+        assert!(ids.proves(b, "b"));
+        assert!(!ids.proves(c, "c"), "forgotten: it counts nowhere");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
