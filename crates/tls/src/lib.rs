@@ -44,6 +44,8 @@ pub enum TlsError {
     Unreadable { what: &'static str, path: PathBuf, reason: String },
     #[error("{what} {} holds no PEM {kind}", path.display())]
     Empty { what: &'static str, path: PathBuf, kind: &'static str },
+    #[error("the key {} can be read by others (mode {mode:o}): make it private with chmod 600", key.display())]
+    KeyExposed { key: PathBuf, mode: u32 },
     #[error("the key in {} does not belong to the certificate in {}", key.display(), cert.display())]
     KeyMismatch { key: PathBuf, cert: PathBuf },
     #[error("the certificate in {} cannot be used: {reason}", cert.display())]
@@ -77,6 +79,7 @@ impl Tls {
         let roots = Arc::new(roots);
         let chain = read_certs("certificate", &files.cert)?;
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_error("key", &files.key, e))?;
+        private(&files.key)?;
         let signing = provider.key_provider.load_private_key(key).map_err(|e| TlsError::Unreadable {
             what: "key",
             path: files.key.clone(),
@@ -353,6 +356,19 @@ impl ServerCertVerifier for Current {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         ClientCertVerifier::supported_verify_schemes(self)
     }
+}
+
+/// A key others can read is anybody's: refused (as ssh does), saying how to mend it.
+fn private(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| TlsError::Unreadable { what: "key", path: path.to_path_buf(), reason: e.to_string() })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyExposed { key: path.to_path_buf(), mode: mode & 0o777 });
+    }
+    Ok(())
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

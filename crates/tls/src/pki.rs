@@ -254,6 +254,10 @@ mod tests {
         assert!(m.contains("junk.pem"), "{m}");
         let m = msg(&Files { key: good.cert.clone(), ..good.clone() });
         assert!(m.contains("n1.pem"), "a certificate is not a key: {m}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&good.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let m = msg(&good);
+        assert!(m.contains("n1.key can be read by others (mode 644)"), "{m}");
         let _ = std::fs::remove_dir_all(&d);
     }
 
