@@ -143,15 +143,31 @@ fn rogue(h: &TestHost) -> String {
     to.display().to_string()
 }
 
-/// What a rogue publishes: a's name, a row for a virtual address served at b's host,
-/// and a vservice whose only backend is the node's own REST port, at version 2^64-1.
-fn rogue_flags(listen: &str) -> Vec<String> {
+/// What a rogue publishes: node name `name`, a row for a virtual address served at b's
+/// host, and a vservice whose only backend is the node's own REST port, at version
+/// 2^64-1.
+fn rogue_flags(listen: &str, name: &str) -> Vec<String> {
     let mut f = vec!["--listen".to_string(), listen.to_string()];
     for i in 0..2 {
         f.extend(["--seed".to_string(), format!("{}:7946", Cluster::ip(i))]);
     }
-    f.extend(["--name", "a", "--row", "198.18.31.1:80=10.251.0.12:8000", "--vservice", "admin"].map(String::from));
+    f.extend(["--name", name, "--row", "198.18.31.1:80=10.251.0.12:8000", "--vservice", "admin"].map(String::from));
     f
+}
+
+/// The rogue as an app of `h`, as nobody, claiming a's name (it cannot have the gossip
+/// port): its log is `rogue-app`.
+fn rogue_app(h: &mut TestHost) {
+    let mut args = vec!["--user".to_string(), "nobody".into(), "--".into(), rogue(h)];
+    args.extend(rogue_flags("0.0.0.0:17946", "a"));
+    h.spawn_app("rogue-app", &args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// The rogue on host `h`, not under ax, gossiping from `ip`'s gossip port as `name`.
+fn rogue_host(h: &mut TestHost, what: &str, ip: &str, name: &str) {
+    let mut cmd = h.cmd(&rogue(h));
+    cmd.args(rogue_flags(&format!("{ip}:7946"), name));
+    h.spawn_plain(what, cmd);
 }
 
 /// Waits for the rogue's sixth report of whom it sees; returns the last.
@@ -192,17 +208,11 @@ fn a_rogue_gossiper_is_never_heard_by_a_tls_cluster_from_a_host_or_from_an_app()
         h.wait_until("a and b live", Duration::from_secs(30), || nodes_seen(h) == ["a", "b"]);
     }
     // From another host, on the gossip port itself.
-    let bin = rogue(&c.hosts[2]);
-    let mut cmd = c.hosts[2].cmd(&bin);
-    cmd.args(rogue_flags(&format!("{}:7946", Cluster::ip(2))));
-    c.hosts[2].spawn_plain("rogue", cmd);
+    rogue_host(&mut c.hosts[2], "rogue", &Cluster::ip(2), "a");
     assert_eq!(rogue_sees(&c.hosts[2], "rogue"), "rogue: live", "nobody answers it");
     nothing_of_the_rogue(&c, &["a", "b"]);
     // From an app on a, as nobody.
-    let bin = rogue(&c.hosts[0]);
-    let mut args = vec!["--user".to_string(), "nobody".into(), "--".into(), bin];
-    args.extend(rogue_flags("0.0.0.0:17946"));
-    c.hosts[0].spawn_app("rogue-app", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    rogue_app(&mut c.hosts[0]);
     assert_eq!(rogue_sees(&c.hosts[0], "rogue-app"), "rogue: live");
     nothing_of_the_rogue(&c, &["a", "b"]);
 }
@@ -222,18 +232,12 @@ fn without_tls_a_rogue_app_is_not_heard_and_a_rogue_host_speaks_only_for_itself(
     let b = &c.hosts[1];
     b.wait_until("a's row on b", Duration::from_secs(30), || b.servers_at("198.18.31.5:8000").len() == 1);
     // An app cannot send from the gossip port (nor reach a node's): never heard.
-    let bin = rogue(&c.hosts[0]);
-    let mut args = vec!["--user".to_string(), "nobody".into(), "--".into(), bin];
-    args.extend(rogue_flags("0.0.0.0:17946"));
-    c.hosts[0].spawn_app("rogue-app", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    rogue_app(&mut c.hosts[0]);
     assert_eq!(rogue_sees(&c.hosts[0], "rogue-app"), "rogue: live");
     nothing_of_the_rogue(&c, &["a", "b"]);
     // Another host on the gossip port is heard (that needs --tls to refuse), but as what
     // it is: a's name stays a's, a row for b's host and a version 2^64-1 count nowhere.
-    let bin = rogue(&c.hosts[2]);
-    let mut cmd = c.hosts[2].cmd(&bin);
-    cmd.args(rogue_flags(&format!("{}:7946", Cluster::ip(2))));
-    c.hosts[2].spawn_plain("rogue", cmd);
+    rogue_host(&mut c.hosts[2], "rogue", &Cluster::ip(2), "a");
     assert_eq!(rogue_sees(&c.hosts[2], "rogue"), "rogue: live a b", "the rogue hears the members");
     nothing_of_the_rogue(&c, &["a", "b"]);
     assert!(c.hosts[1].daemon_log().contains("the first holder keeps it"), "{}", c.hosts[1].daemon_log());
@@ -244,12 +248,7 @@ fn without_tls_a_rogue_app_is_not_heard_and_a_rogue_host_speaks_only_for_itself(
     let second = "10.251.0.14";
     let out = c.hosts[2].cmd("ip").args(["addr", "add", &format!("{second}/24"), "dev", "ax0"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    let mut cmd = c.hosts[2].cmd(&rogue(&c.hosts[2]));
-    let mut flags = rogue_flags(&format!("{second}:7946"));
-    let name = flags.iter().position(|f| f == "a").unwrap();
-    flags[name] = "r".into();
-    cmd.args(flags);
-    c.hosts[2].spawn_plain("rogue-r", cmd);
+    rogue_host(&mut c.hosts[2], "rogue-r", second, "r");
     for h in &c.hosts[..2] {
         h.wait_until("r joins", Duration::from_secs(30), || nodes_seen(h) == ["a", "b", "r"]);
         assert!(h.get("vservices").is_empty(), "{:?}", h.get("vservices"));

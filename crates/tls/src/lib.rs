@@ -174,24 +174,28 @@ impl Reloadable {
         Ok(next)
     }
 
+    fn current_files(self: &Arc<Self>) -> Current {
+        Current { tls: self.clone(), nodes_only: false }
+    }
+
     /// A server that requires a client certificate from the CA, speaking `alpn`: for
     /// clients such as an admin's (REST).
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> ServerConfig {
-        self.server_config_for(alpn, Arc::new(Current(self.clone())))
+        self.server_config_for(alpn, false)
     }
 
     /// A server for other nodes only (gossip, the tunnel): the client's certificate must
     /// be a node's, for servers too (serverAuth), not only a client's.
     pub fn node_server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> ServerConfig {
-        self.server_config_for(alpn, Arc::new(NodesOnly(Current(self.clone()))))
+        self.server_config_for(alpn, true)
     }
 
-    fn server_config_for(self: &Arc<Self>, alpn: &[&[u8]], verifier: Arc<dyn ClientCertVerifier>) -> ServerConfig {
+    fn server_config_for(self: &Arc<Self>, alpn: &[&[u8]], nodes_only: bool) -> ServerConfig {
         let mut config = ServerConfig::builder_with_provider(self.current().provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring offers TLS 1.3")
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(Current(self.clone())));
+            .with_client_cert_verifier(Arc::new(Current { tls: self.clone(), nodes_only }))
+            .with_cert_resolver(Arc::new(self.current_files()));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // Nothing resumes: every connection shows its certificate.
         config.send_tls13_tickets = 0;
@@ -205,8 +209,8 @@ impl Reloadable {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring offers TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Current(self.clone())))
-            .with_client_cert_resolver(Arc::new(Current(self.clone())));
+            .with_custom_certificate_verifier(Arc::new(self.current_files()))
+            .with_client_cert_resolver(Arc::new(self.current_files()));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         config.resumption = rustls::client::Resumption::disabled();
         config
@@ -214,19 +218,23 @@ impl Reloadable {
 }
 
 /// The files in use at each handshake: this node's certificate, and the CA to check
-/// the peer's against (for any name: see [`names`]).
+/// the peer's against (for any name: see [`names`]); with `nodes_only`, a client's
+/// certificate must be a node's (serverAuth too).
 #[derive(Debug)]
-struct Current(Arc<Reloadable>);
+struct Current {
+    tls: Arc<Reloadable>,
+    nodes_only: bool,
+}
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current().certified.clone())
+        Some(self.tls.current().certified.clone())
     }
 }
 
 impl ResolvesClientCert for Current {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current().certified.clone())
+        Some(self.tls.current().certified.clone())
     }
 
     fn has_certs(&self) -> bool {
@@ -246,7 +254,14 @@ impl ClientCertVerifier for Current {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.current().client_verifier.verify_client_cert(end_entity, intermediates, now)
+        let tls = self.tls.current();
+        let verified = tls.client_verifier.verify_client_cert(end_entity, intermediates, now)?;
+        if self.nodes_only {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            let algs = tls.provider.signature_verification_algorithms.all;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &tls.roots, intermediates, now, algs)?;
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -264,58 +279,12 @@ impl ClientCertVerifier for Current {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = self.0.current().provider.signature_verification_algorithms;
+        let algs = self.tls.current().provider.signature_verification_algorithms;
         rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current().provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// [`Current`], taking only nodes' certificates from clients.
-#[derive(Debug)]
-struct NodesOnly(Current);
-
-impl ClientCertVerifier for NodesOnly {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        ClientCertVerifier::root_hint_subjects(&self.0)
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        let tls = self.0 .0.current();
-        let algs = tls.provider.signature_verification_algorithms.all;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &tls.roots, intermediates, now, algs)?;
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls12_signature(&self.0, message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls13_signature(&self.0, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ClientCertVerifier::supported_verify_schemes(&self.0)
+        self.tls.current().provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -328,7 +297,7 @@ impl ServerCertVerifier for Current {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let tls = self.0.current();
+        let tls = self.tls.current();
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         let algs = tls.provider.signature_verification_algorithms.all;
         rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &tls.roots, intermediates, now, algs)?;
