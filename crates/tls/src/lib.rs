@@ -112,7 +112,21 @@ impl Tls {
     /// Whether `chain` (leaf first) is a node's: signed by the CA, valid now, for
     /// servers (serverAuth); the reason otherwise.
     pub fn check(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
-        check(&self.roots, &self.provider, chain)
+        let (leaf, rest) = chain.split_first().ok_or("no certificate")?;
+        self.verify_node(leaf, rest, UnixTime::now()).map_err(describe)
+    }
+
+    /// Whether `leaf` (with `intermediates`) is a node's at `now`: from the CA, for
+    /// servers (serverAuth).
+    fn verify_node(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(leaf)?;
+        let algs = self.provider.signature_verification_algorithms.all;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &self.roots, intermediates, now, algs)
     }
 
     /// Whether `chain` (leaf first) is signed by the CA, valid now, for clients
@@ -132,19 +146,6 @@ pub fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
     }
     rustls::server::ParsedCertificate::try_from(cert)
         .is_ok_and(|p| rustls::client::verify_server_name(&p, &server).is_ok())
-}
-
-fn check(roots: &RootCertStore, provider: &CryptoProvider, chain: &[CertificateDer<'_>]) -> Result<(), String> {
-    let (leaf, rest) = chain.split_first().ok_or("no certificate")?;
-    let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(describe)?;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        roots,
-        rest,
-        UnixTime::now(),
-        provider.signature_verification_algorithms.all,
-    )
-    .map_err(describe)
 }
 
 /// The current [`Tls`], replaced whole on reload. The configurations it builds read the
@@ -257,9 +258,7 @@ impl ClientCertVerifier for Current {
         let tls = self.tls.current();
         let verified = tls.client_verifier.verify_client_cert(end_entity, intermediates, now)?;
         if self.nodes_only {
-            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            let algs = tls.provider.signature_verification_algorithms.all;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &tls.roots, intermediates, now, algs)?;
+            tls.verify_node(end_entity, intermediates, now)?;
         }
         Ok(verified)
     }
@@ -297,10 +296,7 @@ impl ServerCertVerifier for Current {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let tls = self.tls.current();
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        let algs = tls.provider.signature_verification_algorithms.all;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &tls.roots, intermediates, now, algs)?;
+        self.tls.current().verify_node(end_entity, intermediates, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
