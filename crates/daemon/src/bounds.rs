@@ -22,7 +22,7 @@ use tracing::warn;
 const QUIET: Duration = Duration::from_secs(10);
 /// The same for failed TLS handshakes: once a minute (anyone who reaches a TLS port can
 /// fail one per packet).
-pub const HANDSHAKE_QUIET: Duration = Duration::from_secs(60);
+const HANDSHAKE_QUIET: Duration = Duration::from_secs(60);
 /// How long an accept loop waits after running out of descriptors or memory.
 pub const BACKOFF: Duration = Duration::from_millis(100);
 
@@ -100,7 +100,7 @@ impl Default for Burst {
 }
 
 impl Burst {
-    pub fn every(quiet: Duration) -> Burst {
+    fn every(quiet: Duration) -> Burst {
         Burst { last: None, since: 0, quiet }
     }
 

@@ -38,7 +38,7 @@ use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
-use crate::bounds::{Burst, Gate, Permit, HANDSHAKE_QUIET};
+use crate::bounds::{Burst, Gate, Permit};
 use crate::{peer, relay, Daemon};
 
 /// The ALPN protocol of the tunnel.
@@ -130,8 +130,8 @@ struct Server {
     /// `--tls`: the tunnel's side, and the forwarder's way to gateways.
     tls: Option<(TlsAcceptor, Arc<Client>)>,
     refused: Mutex<Burst>,
-    /// Failed handshakes, logged apart: once a minute.
-    handshakes: Mutex<Burst>,
+    /// The port's bound, which also logs failed handshakes (once a minute).
+    gate: Gate,
 }
 
 /// Serves the egress port on `listener`, on the runtime this is called from; under
@@ -156,11 +156,11 @@ pub fn spawn(
         daemon,
         tls,
         refused: Mutex::default(),
-        handshakes: Mutex::new(Burst::every(HANDSHAKE_QUIET)),
+        gate: Gate::new("egress port", relay::MAX_CONNECTIONS),
     });
-    let gate = Gate::new("egress port", relay::MAX_CONNECTIONS);
     tokio::spawn(async move {
-        let served = gate.serve_async(&listener, std::future::pending(), |conn, permit| {
+        let s = server.clone();
+        let served = s.gate.serve_async(&listener, std::future::pending(), |conn, permit| {
             tokio::spawn(server.clone().serve(conn, permit));
         });
         if let Err(e) = served.await {
@@ -244,10 +244,8 @@ impl Server {
         let mut tls = match step(acceptor.accept(BufReader::with_capacity(TLS_READ_BUFFER, conn))).await {
             Ok(t) => t,
             Err(_) => {
-                if let Some(n) = self.handshakes.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
-                    warn!(%peer, failed = n, "egress port: refused: no TLS handshake with a certificate from the cluster's CA");
-                }
-                return;
+                let why = "no handshake with a certificate from the cluster's CA in time";
+                return self.gate.handshake_failed(Some(peer), &why);
             }
         };
         let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
