@@ -133,6 +133,10 @@ pub struct NodeView {
     pub role: String,
     pub app_count: usize,
     pub live: bool,
+    /// With `--tls`: why the node's current gossip state does not count (it counts as
+    /// it last sealed it), if it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// `GET /v1/info`: what the daemon is and how it runs.
@@ -353,6 +357,7 @@ mod tests {
                 role: "node".into(),
                 app_count: 1,
                 live: true,
+                problem: Some("their seal does not hold".into()),
             },
         );
         check_schema(

@@ -94,8 +94,12 @@ impl Row for NodeView {
     fn cells(&self) -> Vec<String> {
         let n = self.clone();
         let status = if n.live { "alive" } else { "dead" };
+        let status = match &n.problem {
+            Some(problem) => format!("{status} (gossip state as last sealed: {problem})"),
+            None => status.into(),
+        };
         let (ip, external_ip) = (n.ip.to_string(), n.external_ip.to_string());
-        vec![n.name, n.cluster, ip, external_ip, n.role, n.app_count.to_string(), status.into()]
+        vec![n.name, n.cluster, ip, external_ip, n.role, n.app_count.to_string(), status]
     }
 }
 

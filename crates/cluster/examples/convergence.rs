@@ -95,11 +95,11 @@ async fn run(n: usize, net: [u8; 2], port: u16, wires: Vec<Wire>) -> Outcome {
             config.phi_threshold = phi.parse().unwrap();
         }
         let wire = &wires[i.min(wires.len() - 1)];
-        let identities = match wire {
-            Wire::Quic(q) => Some(q.identities()),
+        let trust = match wire {
+            Wire::Quic(q) => Some(q.trust()),
             _ => None,
         };
-        let mut g = Gossip::start(config, wire.transport(), identities).await.unwrap();
+        let mut g = Gossip::start(config, wire.transport(), trust).await.unwrap();
         g.publish(&p).await;
         nodes.push(g);
     }

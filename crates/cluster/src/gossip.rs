@@ -5,7 +5,7 @@
 //! Who counts: a live node (chitchat's node id is the node name) whose address proved
 //! that name at a handshake with this node (with TLS: [`Identities`]; without, anyone),
 //! the first address to hold a name keeping it while it lives; of what it publishes,
-//! only what [`admit`] keeps.
+//! only what it sealed (with TLS: [`crate::signed`]) and [`admit`] keeps.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +18,8 @@ use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, Chitcha
 use tracing::warn;
 
 use crate::hush::Hush;
-use crate::quic::Identities;
+use crate::quic::{Identities, Trust};
+use crate::signed::{Sealed, Sealer, Seals, SEAL_KEY};
 use crate::state::{admit, remote_view, NodeRecord, Published, VsRecord};
 
 /// How often a node not proven yet is greeted directly (to make the handshake that
@@ -56,6 +57,9 @@ pub struct NodeStatus {
     pub node: NodeRecord,
     pub live: bool,
     pub apps: usize,
+    /// With TLS: why the node's current gossip state does not count (it counts as last
+    /// sealed), if it does not.
+    pub problem: Option<String>,
 }
 
 /// Chitchat would not start (its own error, as text: chitchat reports with anyhow).
@@ -71,12 +75,19 @@ pub struct Gossip {
     last: Option<Published>,
     seeds: Vec<SocketAddr>,
     /// None: every node is taken at its word (no TLS, simulations).
-    identities: Option<Arc<Identities>>,
+    trust: Option<Trusted>,
     /// The address holding each name, first come.
     holders: Mutex<BTreeMap<String, SocketAddr>>,
     greetings: Hush<SocketAddr>,
     /// Warnings about a node's claims or records, each kind hushed on its own.
     warnings: Hush<(SocketAddr, Warning)>,
+}
+
+/// With TLS: who proved what at handshakes, our seal, and the others'.
+struct Trusted {
+    identities: Arc<Identities>,
+    sealer: Sealer,
+    seals: Seals,
 }
 
 /// What a warning about a peer is about.
@@ -88,6 +99,8 @@ enum Warning {
     Records,
     /// All a node publishes ignored.
     Ignored,
+    /// A node's current state not sealed by it.
+    Unsealed,
 }
 
 /// The live nodes that count, and the addresses to greet.
@@ -97,12 +110,12 @@ struct Members {
 }
 
 impl Gossip {
-    /// Gossips over `transport`; with `identities` (QUIC), a node counts only once its
-    /// certificate proved its name.
+    /// Gossips over `transport`; with `trust` (QUIC), a node counts only once its
+    /// certificate proved its name, and its state only as it sealed it.
     pub async fn start(
         config: GossipConfig,
         transport: &dyn Transport,
-        identities: Option<Arc<Identities>>,
+        trust: Option<Trust>,
     ) -> Result<Gossip, StartError> {
         let id = ChitchatId::new(config.me.name.clone(), config.generation, config.listen);
         let failure_detector_config = FailureDetectorConfig {
@@ -132,7 +145,11 @@ impl Gossip {
             published: BTreeMap::new(),
             last: None,
             seeds,
-            identities,
+            trust: trust.map(|t| Trusted {
+                identities: t.identities,
+                sealer: Sealer::new(t.tls.clone()),
+                seals: Seals::new(t.tls),
+            }),
             holders: Mutex::default(),
             greetings: Hush::every(GREET_EVERY),
             warnings: Hush::default(),
@@ -149,19 +166,27 @@ impl Gossip {
         }
     }
 
-    /// Publishes `p`: only the keys that changed are set, and gone ones deleted.
+    /// Publishes `p`: only the keys that changed are set, and gone ones deleted; with
+    /// TLS, sealed (the seal set last: a peer holding it holds what it covers), and
+    /// sealed again now and then though nothing changed.
     pub async fn publish(&mut self, p: &Published) {
         // Most rounds nothing changed: compare the records, not their JSON.
-        if self.last.as_ref() == Some(p) {
+        if self.last.as_ref() == Some(p) && self.trust.as_ref().is_none_or(|t| !t.sealer.due()) {
             return;
         }
         self.last = Some(p.clone());
-        let next = p.to_keys();
+        let mut next = p.to_keys();
+        if let Some(t) = &mut self.trust {
+            if let Err(e) = t.sealer.seal(self.handle.chitchat_id(), &mut next) {
+                warn!("cannot seal this node's gossip state (the others will not count it): {e}");
+            }
+        }
         let prev = std::mem::take(&mut self.published);
         self.handle
             .with_chitchat(|c| {
                 let state = c.self_node_state();
-                for (k, v) in &next {
+                let (seal, rest): (Vec<_>, Vec<_>) = next.iter().partition(|(k, _)| *k == SEAL_KEY);
+                for (k, v) in rest.into_iter().chain(seal) {
                     if prev.get(k) != Some(v) {
                         state.set(k, v);
                     }
@@ -174,9 +199,31 @@ impl Gossip {
         self.published = next;
     }
 
-    /// Whether the address of `id` proved its name (always, without identities).
+    /// Whether the address of `id` proved its name (always, without TLS).
     fn proven(&self, id: &ChitchatId) -> bool {
-        self.identities.as_ref().is_none_or(|i| i.proves(id.gossip_advertise_addr, &id.node_id))
+        self.trust.as_ref().is_none_or(|t| t.identities.proves(id.gossip_advertise_addr, &id.node_id))
+    }
+
+    /// `id`'s state as it counts: with TLS, as last sealed (a problem with its current
+    /// key-values logged); without, as it stands.
+    fn sealed(&self, c: &Chitchat, id: &ChitchatId) -> Sealed {
+        let Some(node) = c.node_state(id) else { return Sealed::default() };
+        let Some(t) = &self.trust else {
+            return Sealed { state: Published::from_keys(node.key_values()), fresh: true, problem: None };
+        };
+        let sealed = t.seals.state(id, node);
+        if let Some(problem) = &sealed.problem {
+            let addr = id.gossip_advertise_addr;
+            if let Some(hushed) = self.warnings.speak((addr, Warning::Unsealed)) {
+                warn!(node = %id.node_id, %addr, hushed, "this node's gossip state is not as it sealed it, and counts as last sealed: {problem}");
+            }
+        }
+        sealed
+    }
+
+    /// Whether `id` has a state that counts (always, without TLS: read later).
+    fn counts(&self, c: &Chitchat, id: &ChitchatId) -> bool {
+        self.trust.is_none() || self.sealed(c, id).live().is_some()
     }
 
     /// The other live nodes that count: proven, holding their name (the first address
@@ -201,13 +248,15 @@ impl Gossip {
             // A new name goes to its oldest claimant (the first started).
             let first = claimants.iter().min_by_key(|id| id.generation_id).expect("a claim has a claimant");
             let holder = *holders.entry(name.to_string()).or_insert(first.gossip_advertise_addr);
+            // Of the holder's generations, the newest whose state counts (a generation
+            // made up by a relay has no seal).
             let mut newest: Option<&ChitchatId> = None;
             for id in claimants {
                 if id.gossip_advertise_addr != holder {
                     if let Some(hushed) = self.warnings.speak((id.gossip_advertise_addr, Warning::Claim)) {
                         warn!(name, holder = %holder, refused = %id.gossip_advertise_addr, hushed, "a second node claims a node name: the first holder keeps it");
                     }
-                } else if newest.is_none_or(|n| id.generation_id > n.generation_id) {
+                } else if newest.is_none_or(|n| id.generation_id > n.generation_id) && self.counts(c, id) {
                     newest = Some(id);
                 }
             }
@@ -228,9 +277,9 @@ impl Gossip {
         members
     }
 
-    /// What `id` publishes, as far as [`admit`] keeps it (refusals logged).
-    fn read(&self, c: &Chitchat, id: &ChitchatId, now_ms: u64) -> Option<Published> {
-        let p = Published::from_keys(c.node_state(id)?.key_values())?;
+    /// What `id` publishes (`p`, as it counts), as far as [`admit`] keeps it (refusals
+    /// logged).
+    fn read(&self, id: &ChitchatId, p: Published, now_ms: u64) -> Option<Published> {
         let addr = id.gossip_advertise_addr;
         match admit(&id.node_id, addr.ip(), p, now_ms) {
             Ok((p, left)) => {
@@ -257,15 +306,23 @@ impl Gossip {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.handle
             .with_chitchat(|c| {
-                let published: Vec<Published> = members.ids.iter().filter_map(|id| self.read(c, id, now_ms)).collect();
-                let mut nodes: Vec<NodeStatus> = published
-                    .iter()
-                    .map(|p| NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len() })
-                    .collect();
+                let mut published = Vec::new();
+                let mut nodes = Vec::new();
+                for id in &members.ids {
+                    let sealed = self.sealed(c, id);
+                    let problem = sealed.problem.as_ref().map(ToString::to_string);
+                    if let Some(p) = sealed.live().and_then(|p| self.read(id, p, now_ms)) {
+                        nodes.push(NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len(), problem });
+                        published.push(p);
+                    }
+                }
+                // A dead node is listed as it was last (sealed long ago or not).
                 for id in c.dead_nodes().filter(|id| self.proven(id)) {
-                    if let Some(p) = self.read(c, id, now_ms) {
+                    if let Some(p) = self.sealed(c, id).state.and_then(|p| self.read(id, p, now_ms)) {
                         if !nodes.iter().any(|n| n.node.name == p.node.name) {
-                            nodes.push(NodeStatus { node: p.node.clone(), live: false, apps: p.apps.len() });
+                            let status =
+                                NodeStatus { node: p.node.clone(), live: false, apps: p.apps.len(), problem: None };
+                            nodes.push(status);
                         }
                     }
                 }
@@ -274,22 +331,25 @@ impl Gossip {
                     .filter(|p| p.node.cluster == self.me.cluster)
                     .flat_map(|p| p.vservices.clone())
                     .collect();
+                if let Some(t) = &self.trust {
+                    t.seals.retain(|id| c.node_state(id).is_some());
+                }
                 (remote_view(&self.me, &published), nodes, vservices)
             })
             .await
     }
 
-    /// How many other live nodes that count publish at least one row (cheap: nothing is
-    /// parsed).
+    /// How many other live nodes that count publish at least one row (cheap without
+    /// TLS: nothing is parsed).
     pub async fn peers_with_rows(&self) -> usize {
         let members = self.members_now().await;
         self.handle
             .with_chitchat(|c| {
-                members
-                    .ids
-                    .iter()
-                    .filter(|id| c.node_state(id).is_some_and(|s| s.key_values().any(|(k, _)| k.starts_with("row/"))))
-                    .count()
+                let has_rows = |id: &ChitchatId| match &self.trust {
+                    Some(_) => self.sealed(c, id).live().is_some_and(|p| !p.rows.is_empty()),
+                    None => c.node_state(id).is_some_and(|s| s.key_values().any(|(k, _)| k.starts_with("row/"))),
+                };
+                members.ids.iter().filter(|id| has_rows(id)).count()
             })
             .await
     }

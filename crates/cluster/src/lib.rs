@@ -3,10 +3,12 @@
 //! theirs: plain functions, tested without a network. [`gossip`] runs chitchat (its
 //! scuttlebutt anti-entropy and phi-accrual failure detector) on a transport it is
 //! given: [`quic`] (`--tls`) or [`udp`] on the node interface in the daemon, channels
-//! in the simulation tests.
+//! in the simulation tests. Under `--tls` every node seals what it publishes and counts
+//! the others' only as sealed ([`signed`]).
 
 pub mod gossip;
 mod hush;
 pub mod quic;
+pub mod signed;
 pub mod state;
 pub mod udp;

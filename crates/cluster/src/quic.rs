@@ -124,6 +124,15 @@ impl Identities {
     }
 }
 
+/// What gossip trusts under `--tls`: the certificates peers showed at handshakes (who
+/// is at an address), and the files to seal this node's state and check the others'
+/// with ([`crate::signed`]).
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub identities: Arc<Identities>,
+    pub tls: Arc<Reloadable>,
+}
+
 /// Chitchat's transport over QUIC, for one node.
 pub struct QuicTransport {
     server: quinn::ServerConfig,
@@ -161,9 +170,9 @@ impl QuicTransport {
         Ok(QuicTransport { server, client, shared, tls: tls.clone() })
     }
 
-    /// What peers proved at handshakes with this node (for [`crate::gossip::Gossip`]).
-    pub fn identities(&self) -> Arc<Identities> {
-        self.shared.identities.clone()
+    /// What gossip over this transport trusts (for [`crate::gossip::Gossip`]).
+    pub fn trust(&self) -> Trust {
+        Trust { identities: self.shared.identities.clone(), tls: self.tls.clone() }
     }
 
     /// Bytes sent so far in UDP datagrams (handshakes, messages, acknowledgements).
@@ -518,7 +527,7 @@ mod tests {
         assert_eq!(from, a);
         let (from, _) = tokio::time::timeout(t, sa.recv()).await.expect("a hears b").unwrap();
         assert_eq!(from, b);
-        assert!(ta.identities().proves(b, "b") && tb.identities().proves(a, "a"));
+        assert!(ta.trust().identities.proves(b, "b") && tb.trust().identities.proves(a, "a"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,7 +11,9 @@ use ax_cluster::quic::QuicTransport;
 use ax_cluster::state::{NodeRecord, Published, RowRecord, VsRecord};
 use ax_tls::{Files, Reloadable, Tls};
 use chitchat::transport::UdpTransport;
-use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatId, FailureDetectorConfig};
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, DeletionStatus, FailureDetectorConfig, VersionedValue,
+};
 use tokio::time::Instant;
 
 /// Long enough for anything that must happen on a loaded 2-core machine.
@@ -55,7 +57,7 @@ impl Net {
         let seeds = if i == 1 { vec![] } else { vec![self.addr(1).to_string()] };
         let mut config = GossipConfig::new(me.clone(), self.addr(i), seeds, generation());
         config.interval = Duration::from_millis(100);
-        let mut g = Gossip::start(config, &transport, Some(transport.identities())).await.unwrap();
+        let mut g = Gossip::start(config, &transport, Some(transport.trust())).await.unwrap();
         g.publish(&Published { rows: vec![row(self.ip(i), i)], node: me, apps: vec![], vservices }).await;
         g
     }
@@ -271,4 +273,123 @@ async fn a_second_holder_of_a_name_is_refused_while_the_first_lives() {
     for g in [n2, second] {
         g.shutdown().await;
     }
+}
+
+/// What a relay holds of node `name`: its chitchat id, key-values (deletions too) and
+/// version.
+async fn relayed(relay: &ChitchatHandle, name: &str) -> Option<(ChitchatId, Vec<(String, VersionedValue)>, u64)> {
+    relay
+        .with_chitchat(|c| {
+            let (id, s) = c.node_states().iter().find(|(id, _)| &*id.node_id == name)?;
+            let kv = s.key_values_including_deleted().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            Some((id.clone(), kv, s.max_version()))
+        })
+        .await
+}
+
+/// The relay rewrites `id`'s state to `kv` (any key it held and `kv` lacks deleted),
+/// every value at a version past `max`, so the others take it from the relay.
+async fn rewrite(
+    relay: &ChitchatHandle,
+    id: &ChitchatId,
+    held: &[(String, VersionedValue)],
+    kv: &[(String, String)],
+    max: u64,
+) {
+    let mut values: Vec<(String, VersionedValue)> = Vec::new();
+    let mut version = max;
+    for (k, v) in kv {
+        version += 1;
+        values.push((k.clone(), VersionedValue { value: v.clone(), version, status: DeletionStatus::Set }));
+    }
+    for (k, _) in held.iter().filter(|(k, _)| !kv.iter().any(|(kk, _)| kk == k)) {
+        version += 1;
+        let status = DeletionStatus::Deleted(Instant::now());
+        values.push((k.clone(), VersionedValue { value: String::new(), version, status }));
+    }
+    relay.with_chitchat(|c| c.reset_node_state_if_update(id, values.iter().cloned(), version, 0)).await;
+}
+
+/// n1's rows as `g` counts them (host ports), and why it says n1's state does not count.
+async fn n1_seen_by(g: &Gossip) -> (Vec<u16>, Option<String>) {
+    let (remote, nodes, _) = g.view().await;
+    let mut ports: Vec<u16> = remote.rows.iter().filter(|r| r.node == "n1").map(|r| r.host.port()).collect();
+    ports.sort();
+    (ports, nodes.into_iter().find(|n| n.node.name == "n1").and_then(|n| n.problem))
+}
+
+/// A member (chitchat alone over QUIC, with n3's certificate) relays n1's state
+/// rewritten: first with a row for n1's address it made up, then as n1's older state
+/// replayed. n2 takes both from it (it says why n1's state does not count) and counts
+/// n1 as n1 last sealed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_relaying_another_nodes_state_rewritten_or_replayed_is_not_believed() {
+    let net = Net::new(35);
+    let pki = net.certs(&["n1", "n2", "n3"]);
+    let mut n1 = net.node("n1", 1, &pki.files("n1"), vec![]).await;
+    let n2 = net.node("n2", 2, &pki.files("n2"), vec![]).await;
+    let tls = Reloadable::new(Tls::load(&pki.files("n3"), None).unwrap(), None);
+    let transport = QuicTransport::new(&tls).unwrap();
+    let relay_config = ChitchatConfig {
+        chitchat_id: ChitchatId::new("n3".to_string(), generation(), net.addr(3)),
+        cluster_id: "appswitch".into(),
+        gossip_interval: Duration::from_millis(100),
+        listen_addr: net.addr(3),
+        seed_nodes: vec![net.addr(1).to_string(), net.addr(2).to_string()],
+        failure_detector_config: FailureDetectorConfig::default(),
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    };
+    let relay = spawn_chitchat(relay_config, vec![], &transport).await.unwrap();
+    let has = |kv: &[(String, VersionedValue)], key: &str| kv.iter().any(|(k, v)| k == key && !v.is_deleted());
+    let row_key = |port: u16| format!("row/tcp/{}:{port}", net.ip(1));
+    until("n2 counts n1's row, and the relay holds n1's seal", || async {
+        n1_seen_by(&n2).await == (vec![40000], None)
+            && relayed(&relay, "n1").await.is_some_and(|(_, kv, _)| has(&kv, "seal"))
+    })
+    .await;
+    let (_, old, _) = relayed(&relay, "n1").await.unwrap();
+
+    // n1 adds a row; then the relay adds one of its own to n1's state.
+    let mut second = row(net.ip(1), 1);
+    second.host.set_port(40001);
+    let me = NodeRecord { name: "n1".into(), cluster: "appswitch".into(), ip: net.ip(1), egress_gateway: false };
+    n1.publish(&Published { rows: vec![row(net.ip(1), 1), second], node: me, apps: vec![], vservices: vec![] }).await;
+    until("n2 counts n1's second row", || async { n1_seen_by(&n2).await.0 == vec![40000, 40001] }).await;
+    until("the relay holds it", || async {
+        relayed(&relay, "n1").await.is_some_and(|(_, kv, _)| has(&kv, &row_key(40001)))
+    })
+    .await;
+    let (id, held, max) = relayed(&relay, "n1").await.unwrap();
+    let mut forged: Vec<(String, String)> =
+        held.iter().filter(|(_, v)| !v.is_deleted()).map(|(k, v)| (k.clone(), v.value.clone())).collect();
+    let mut made_up = row(net.ip(1), 9);
+    made_up.host.set_port(40002);
+    forged.push((row_key(40002), serde_json::to_string(&made_up).unwrap()));
+    rewrite(&relay, &id, &held, &forged, max).await;
+    until("n2 says n1's state is not as sealed", || async {
+        n1_seen_by(&n2).await.1.is_some_and(|p| p.contains("seal does not hold"))
+    })
+    .await;
+    throughout(Duration::from_secs(2), || async {
+        match n1_seen_by(&n2).await.0 {
+            ports if ports == [40000, 40001] => Ok(()),
+            ports => Err(format!("n2 counts n1's rows on ports {ports:?}")),
+        }
+    })
+    .await;
+
+    // The relay replays n1's older state, seal and all.
+    let (id, held, max) = relayed(&relay, "n1").await.unwrap();
+    let replay: Vec<(String, String)> =
+        old.iter().filter(|(_, v)| !v.is_deleted()).map(|(k, v)| (k.clone(), v.value.clone())).collect();
+    rewrite(&relay, &id, &held, &replay, max).await;
+    until("n2 says n1's state is a replay", || async { n1_seen_by(&n2).await.1.is_some_and(|p| p.contains("replay")) })
+        .await;
+    assert_eq!(n1_seen_by(&n2).await.0, vec![40000, 40001], "n1 counts as last sealed");
+    for g in [n1, n2] {
+        g.shutdown().await;
+    }
+    let _ = relay.shutdown().await;
 }

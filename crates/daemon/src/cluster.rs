@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ax_cluster::gossip::{Gossip, GossipConfig};
-use ax_cluster::quic::{Identities, QuicError, QuicTransport};
+use ax_cluster::quic::{QuicError, QuicTransport, Trust};
 use ax_cluster::state::discovery_seeds;
 use ax_cluster::udp::PortCheckedUdp;
 use chitchat::transport::Transport;
@@ -50,7 +50,7 @@ pub enum ClusterError {
 /// its certificate proved its name), or over UDP heard from the gossip port only.
 pub struct GossipTransport {
     pub transport: Box<dyn Transport>,
-    pub identities: Option<Arc<Identities>>,
+    pub trust: Option<Trust>,
 }
 
 impl GossipTransport {
@@ -59,9 +59,9 @@ impl GossipTransport {
         Ok(match tls {
             Some(tls) => {
                 let quic = QuicTransport::new(tls)?;
-                GossipTransport { identities: Some(quic.identities()), transport: Box::new(quic) }
+                GossipTransport { trust: Some(quic.trust()), transport: Box::new(quic) }
             }
-            None => GossipTransport { transport: Box::new(PortCheckedUdp::new(local)), identities: None },
+            None => GossipTransport { transport: Box::new(PortCheckedUdp::new(local)), trust: None },
         })
     }
 }
@@ -81,9 +81,9 @@ pub async fn start(
         seeds.extend(discovery_seeds(me.ip, prefix, config.gossip_port).map_err(ClusterError::Seeds)?);
     }
     let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let tls = transport.identities.is_some();
+    let tls = transport.trust.is_some();
     let config = GossipConfig::new(me.clone(), listen, seeds.clone(), generation);
-    let mut gossip = Gossip::start(config, transport.transport.as_ref(), transport.identities)
+    let mut gossip = Gossip::start(config, transport.transport.as_ref(), transport.trust)
         .await
         .map_err(|e| ClusterError::Bind { listen, reason: format!("{e:#}") })?;
     info!(%listen, cluster = %me.cluster, neighbors = ?seeds, over = if tls { "QUIC" } else { "UDP" }, "gossiping");

@@ -220,7 +220,9 @@ impl State {
                 self.table.set_remote(view.remote);
                 let me = self.me();
                 let apps = self.table.apps().count();
-                self.nodes = std::iter::once(NodeStatus { node: me, live: true, apps }).chain(view.nodes).collect();
+                self.nodes = std::iter::once(NodeStatus { node: me, live: true, apps, problem: None })
+                    .chain(view.nodes)
+                    .collect();
                 self.relay_exposes(view.now, &mut out);
                 Answer::Publish(Box::new(self.published()))
             }

@@ -54,6 +54,7 @@ pub fn nodes(nodes: &[ax_cluster::gossip::NodeStatus]) -> Vec<NodeView> {
             role: if n.node.egress_gateway { "egress-gateway" } else { "node" }.into(),
             app_count: n.apps,
             live: n.live,
+            problem: n.problem.clone(),
         })
         .collect()
 }

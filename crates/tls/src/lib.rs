@@ -137,6 +137,75 @@ impl Tls {
     }
 }
 
+impl Tls {
+    /// This node's certificate chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.certified.cert
+    }
+
+    /// Signs `message` with this node's key, in the first of [`SIGNING`] the key can use.
+    pub fn sign(&self, message: &[u8]) -> Result<Signature, SignatureError> {
+        let signer = self.certified.key.choose_scheme(&SIGNING).ok_or(SignatureError::NoScheme)?;
+        let bytes = signer.sign(message).map_err(|e| SignatureError::Sign(e.to_string()))?;
+        Ok(Signature { scheme: u16::from_be_bytes(signer.scheme().to_array()), bytes })
+    }
+
+    /// Whether `signature` over `message` was made by the key of the certificate `leaf`
+    /// (which the caller has checked, e.g. with [`Tls::check`]), in one of [`SIGNING`].
+    pub fn verify_signature(
+        &self,
+        leaf: &CertificateDer<'_>,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
+        let scheme = SignatureScheme::from(signature.scheme);
+        if !SIGNING.contains(&scheme) {
+            return Err(SignatureError::Scheme(signature.scheme));
+        }
+        let cert = webpki::EndEntityCert::try_from(leaf).map_err(|_| SignatureError::Certificate)?;
+        let mapping = self.provider.signature_verification_algorithms.mapping;
+        let algs = mapping.iter().find(|(s, _)| *s == scheme).map_or(&[][..], |(_, algs)| *algs);
+        if algs.iter().any(|alg| cert.verify_signature(*alg, message, &signature.bytes).is_ok()) {
+            Ok(())
+        } else {
+            Err(SignatureError::Invalid)
+        }
+    }
+}
+
+/// The schemes a node signs with outside handshakes (its gossip state): TLS 1.3's, so
+/// any key a handshake accepts can sign, and no legacy one (RSA PKCS#1 v1.5) is taken.
+pub const SIGNING: [SignatureScheme; 6] = [
+    SignatureScheme::ED25519,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+];
+
+/// A signature by a node's key: the TLS signature scheme (its IANA number) and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub scheme: u16,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a signature could not be made or does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the key signs with no TLS 1.3 signature scheme")]
+    NoScheme,
+    #[error("signing failed: {0}")]
+    Sign(String),
+    #[error("signature scheme {0:#06x} is not one nodes sign with")]
+    Scheme(u16),
+    #[error("the certificate cannot be read")]
+    Certificate,
+    #[error("the signature is not the certificate's key's")]
+    Invalid,
+}
+
 /// Whether the certificate `cert` (verified by a handshake or [`Tls::check`]) names node
 /// `name`: a DNS subject alternative name equal to it.
 pub fn names(cert: &CertificateDer<'_>, name: &str) -> bool {

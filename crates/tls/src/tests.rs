@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CertificateError, ClientConfig, ClientConnection, Error, ServerConfig, ServerConnection};
 
-use crate::{names, test_client, write_test_pki, Files, Reloadable, TestPki, Tls};
+use crate::{names, test_client, write_test_pki, Files, Reloadable, Signature, SignatureError, TestPki, Tls};
 
 fn dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ax-tls-hs-{tag}-{}", std::process::id()));
@@ -216,4 +216,30 @@ fn a_client_certificate_is_heard_by_rest_and_never_as_a_node() {
     let node = reloadable(&pki.files("admin"), None).client_config(&[b"x"]);
     assert!(handshake(node, n1.node_server_config(&[b"x"]), "n1").done());
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A node's signature holds for its own certificate and message only.
+#[test]
+fn a_signature_holds_for_the_signers_certificate_and_message_only() {
+    let d = dir("sign");
+    let pki = write_test_pki(&d, &["n1".into(), "n2".into()]).unwrap();
+    let n1 = Tls::load(&pki.files("n1"), Some("n1")).unwrap();
+    let n2 = Tls::load(&pki.files("n2"), Some("n2")).unwrap();
+    let signature = n1.sign(b"state of n1").unwrap();
+    assert!(crate::SIGNING.contains(&rustls::SignatureScheme::from(signature.scheme)));
+    let n1_leaf = &n1.chain()[0];
+    assert_eq!(n2.verify_signature(n1_leaf, b"state of n1", &signature), Ok(()), "any node checks it");
+    assert_eq!(n2.verify_signature(n1_leaf, b"state of n2", &signature), Err(SignatureError::Invalid));
+    assert_eq!(n1.verify_signature(&n2.chain()[0], b"state of n1", &signature), Err(SignatureError::Invalid));
+    let mut flipped = signature.clone();
+    flipped.bytes[10] ^= 1;
+    assert_eq!(n2.verify_signature(n1_leaf, b"state of n1", &flipped), Err(SignatureError::Invalid));
+    // PKCS#1 v1.5 and unknown numbers are not schemes nodes sign with.
+    for scheme in [0x0401, 0xfefe] {
+        let other = Signature { scheme, ..signature.clone() };
+        assert_eq!(n2.verify_signature(n1_leaf, b"state of n1", &other), Err(SignatureError::Scheme(scheme)));
+    }
+    let garbage = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
+    assert_eq!(n2.verify_signature(&garbage, b"state of n1", &signature), Err(SignatureError::Certificate));
+    std::fs::remove_dir_all(&d).unwrap();
 }
