@@ -14,8 +14,11 @@ test:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	mkdir -p target
-	set -o pipefail; cargo test --workspace 2>&1 | tee target/test.log
-	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
+	@# Every test binary runs even when one fails, so the count covers them all; the
+	@# status is still cargo's.
+	set -o pipefail; cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log; status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
+	exit $$status
 
 bench:
 	bench/run.sh

@@ -526,7 +526,7 @@ fn restore(daemon: &Daemon, saved: store::Saved) {
     let restored: Vec<AppId> = saved.table.apps.iter().map(|a| a.id).collect();
     let gone = before - restored.len();
     info!(apps = restored.len(), gone, "restoring the saved state");
-    daemon.submit(Command::Restore(saved));
+    daemon.submit(Command::Restore { saved, at_ms: rest::now_ms() });
     drop_unattached_after(daemon.clone(), restored, REATTACH_GRACE);
 }
 

@@ -138,7 +138,7 @@ fn answer(a: Answer, done: StatusCode) -> Response {
 }
 
 /// Now on the wall clock, in ms: a vservice record's version.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

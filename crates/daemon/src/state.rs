@@ -42,8 +42,9 @@ pub enum Command {
     Forget { app: AppId, why: &'static str },
     /// The reattach grace is over: restored apps not taken back by now are dropped.
     DropUnattached(Vec<AppId>),
-    /// An earlier daemon's state (its apps already checked to be alive).
-    Restore(Saved),
+    /// An earlier daemon's state (its apps already checked to be alive), taken back at
+    /// `at_ms` (wall clock, ms: vservice versions past it by more than a day are not).
+    Restore { saved: Saved, at_ms: u64 },
     /// An engine changed the table (a bind or a listen) and wants it kept.
     TableChanged,
     /// The watcher's listing of the kernel's sockets.
@@ -178,8 +179,8 @@ impl State {
                 }
                 Answer::Done
             }
-            Command::Restore(saved) => {
-                let (saved, dropped) = store::check(saved, self.table.node(), self.table.pool().ranges());
+            Command::Restore { saved, at_ms } => {
+                let (saved, dropped) = store::check(saved, self.table.node(), self.table.pool().ranges(), at_ms);
                 dropped.iter().for_each(store::Dropped::log);
                 self.table.restore(saved.table);
                 self.converge(saved.vservices, &mut out);

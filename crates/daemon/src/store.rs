@@ -171,8 +171,9 @@ fn app_id(v: &Value) -> String {
 /// pool `ports`); the rest is dropped, each entry with its reason. Apps: a unicast
 /// address not the host's loopback, a DNS-label name, `--expose` outside the pool; a
 /// socket: of a kept app, on this node's address, at a pool port or one its app
-/// exposes here, serving the app's address; a vservice: as the API would take it.
-pub fn check(saved: Saved, node: &NodeInfo, ports: &PortRanges) -> (Saved, Vec<Dropped>) {
+/// exposes here, serving the app's address; a vservice: as the API would take it, with
+/// a version not from the future at `now_ms` (as gossip takes one).
+pub fn check(saved: Saved, node: &NodeInfo, ports: &PortRanges, now_ms: u64) -> (Saved, Vec<Dropped>) {
     let mut dropped = Vec::new();
     let mut kept = Saved::default();
     for app in saved.table.apps {
@@ -200,6 +201,10 @@ pub fn check(saved: Saved, node: &NodeInfo, ports: &PortRanges) -> (Saved, Vec<D
     for rec in saved.vservices {
         let what = format!("vservice {}", rec.name);
         let checked = match &rec.spec {
+            _ if rec.from_the_future(now_ms) => Err(format!(
+                "its version {} is more than a day ahead of this clock (a record no later change could outrank)",
+                rec.version
+            )),
             None => Ok(()),
             Some(spec) if spec.name.to_ascii_lowercase() != rec.name => {
                 Err(format!("its record is named {} but defines {}", rec.name, spec.name))
@@ -497,9 +502,11 @@ mod tests {
         let mut misnamed = vservice("db", "80");
         misnamed.name = "cache".into();
         let big = (1..=65).map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        let vservices = vec![vservice("web", "80"), vservice("huge", &big), vservice("-x", "80"), misnamed];
+        let mut forever = vservice("forever", "80");
+        forever.version = u64::MAX;
+        let vservices = vec![vservice("web", "80"), vservice("huge", &big), vservice("-x", "80"), misnamed, forever];
         let saved = Saved { table: Snapshot { apps, bindings }, vservices };
-        let (kept, dropped) = check(saved, &node(), &pool());
+        let (kept, dropped) = check(saved, &node(), &pool(), 1_700_000_000_000);
         assert_eq!(kept.table.apps, vec![good.clone(), exposed.clone()]);
         assert_eq!(kept.table.bindings, vec![socket(&good, 40000), socket(&exposed, 9999)]);
         assert_eq!(kept.vservices, vec![vservice("web", "80")]);
@@ -519,6 +526,7 @@ mod tests {
             "vservice huge: --ports: 65 port maps, at most 64 per vservice",
             "vservice -x: ",
             "vservice cache: its record is named cache but defines db",
+            "vservice forever: its version 18446744073709551615 is more than a day ahead of this clock",
         ];
         let got = whats(&dropped);
         assert_eq!(got.len(), want.len(), "{got:#?}");

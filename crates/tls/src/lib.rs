@@ -52,6 +52,8 @@ pub enum TlsError {
     Rejected { cert: PathBuf, reason: String },
     #[error("the certificate in {} does not name this node '{name}': give it a DNS subject alternative name '{name}', or pick the name with --node-name", cert.display())]
     NotNamed { cert: PathBuf, name: String },
+    #[error("the node name '{0}' has capitals: with --tls a node's name is a DNS name of its certificate, in lower case (pick one with --node-name)")]
+    CapitalName(String),
     #[error("cannot build the TLS configuration: {0}")]
     Config(String),
 }
@@ -98,6 +100,9 @@ impl Tls {
         tls.check_client(&tls.certified.cert).map_err(rejected)?;
         if let Some(name) = node {
             tls.check(&tls.certified.cert).map_err(rejected)?;
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(TlsError::CapitalName(name.to_string()));
+            }
             if !names(&tls.certified.cert[0], name) {
                 return Err(TlsError::NotNamed { cert: files.cert.clone(), name: name.to_string() });
             }
@@ -207,14 +212,20 @@ pub enum SignatureError {
 }
 
 /// Whether the certificate `cert` (verified by a handshake or [`Tls::check`]) names node
-/// `name`: a DNS subject alternative name equal to it.
+/// `name`, and it alone: a DNS subject alternative name equal to it. DNS matching
+/// ignores case and honours wildcards, but a node's name is its identity: a name with
+/// capitals is never proven (`N1` would be a second node for the holder of `n1`), nor
+/// one a wildcard covers (`*.corp` would name every node of `corp`).
 pub fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
-    let Ok(server) = ServerName::try_from(name) else { return false };
-    if !matches!(server, ServerName::DnsName(_)) {
-        return false;
-    }
-    rustls::server::ParsedCertificate::try_from(cert)
-        .is_ok_and(|p| rustls::client::verify_server_name(&p, &server).is_ok())
+    let dns = |name: &str| {
+        let Ok(server) = ServerName::try_from(name) else { return false };
+        matches!(server, ServerName::DnsName(_))
+            && rustls::server::ParsedCertificate::try_from(cert)
+                .is_ok_and(|p| rustls::client::verify_server_name(&p, &server).is_ok())
+    };
+    // A wildcard replaces the leftmost label: it shows as naming a sibling too.
+    let sibling = name.split_once('.').map(|(_, domain)| format!("ax-wildcard-probe.{domain}"));
+    !name.bytes().any(|b| b.is_ascii_uppercase()) && dns(name) && sibling.is_none_or(|s| !dns(&s))
 }
 
 /// The current [`Tls`], replaced whole on reload. The configurations it builds read the

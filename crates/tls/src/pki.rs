@@ -132,9 +132,16 @@ pub fn test_client(ca: &Path, cert: Option<&Files>) -> Result<ClientConfig, TlsE
 /// Makes (or reuses) the CA in `dir`, and issues a certificate valid for a year for each
 /// of `names`.
 pub fn write_test_pki(dir: &Path, names: &[String]) -> Result<TestPki, PkiError> {
-    std::fs::create_dir_all(dir).map_err(|e| PkiError::Write { path: dir.to_path_buf(), reason: e.to_string() })?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| PkiError::Write { path: dir.to_path_buf(), reason: e.to_string() })?;
+    ours(dir)?;
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let issuer = if ca_pem.exists() && ca_key.exists() {
+        crate::private(&ca_key).map_err(|e| PkiError::Ca { path: ca_key.clone(), reason: e.to_string() })?;
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|e| PkiError::Ca { path: p.to_path_buf(), reason: e.to_string() })
         };
@@ -190,11 +197,33 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
     (y as i32, m as u8, d as u8)
 }
 
+/// The folder must be ours alone: someone else able to write there could have left a
+/// CA of theirs to be reused (then they issue node certificates), or swap files.
+fn ours(dir: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |reason: String| PkiError::Write { path: dir.to_path_buf(), reason };
+    let meta = std::fs::metadata(dir).map_err(|e| refuse(e.to_string()))?;
+    let me = std::fs::metadata("/proc/self").map_err(|e| refuse(format!("cannot tell who runs this: {e}")))?.uid();
+    if meta.uid() != me {
+        return Err(refuse(format!("the folder belongs to uid {}, not to this user (uid {me})", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!("others can write in the folder (mode {:o}): chmod go-w it", meta.mode() & 0o777)));
+    }
+    Ok(())
+}
+
+/// Writes a new file and renames it over `path` (an old file keeps no mode of its own,
+/// and a link at `path` is replaced, never followed).
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     let err = |e: std::io::Error| PkiError::Write { path: path.to_path_buf(), reason: e.to_string() };
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(err)?;
-    f.write_all(bytes).map_err(err)
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(err)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
 }
 
 #[cfg(test)]
@@ -229,6 +258,52 @@ mod tests {
             Err(TlsError::NotNamed { name, .. }) => assert_eq!(name, "n2"),
             other => panic!("{other:?}"),
         }
+        let m = Tls::load(&pki.files("n1"), Some("N1")).unwrap_err().to_string();
+        assert!(m.contains("'N1' has capitals") && m.contains("lower case"), "{m}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_folder_others_can_write_in_is_refused_and_old_files_keep_no_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("folder");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let m = write_test_pki(&d, &["n1".into()]).err().unwrap().to_string();
+        assert!(m.contains("others can write in the folder (mode 777)"), "{m}");
+        assert!(!d.join("ca.key").exists());
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A key file left readable, and a link where a key goes: replaced, 0600.
+        std::fs::write(d.join("n1.key"), "old").unwrap();
+        std::fs::set_permissions(d.join("n1.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere"), d.join("ca.key")).unwrap();
+        write_test_pki(&d, &["n1".into()]).unwrap();
+        for key in ["n1.key", "ca.key"] {
+            let meta = std::fs::symlink_metadata(d.join(key)).unwrap();
+            assert!(meta.is_file(), "{key}");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{key}");
+        }
+        assert!(!d.join("elsewhere").exists(), "the link was not followed");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A node name is proven only by a certificate naming it exactly: not by a
+    /// wildcard, and never with capitals (DNS matching would take `N1` for `n1`).
+    #[test]
+    fn a_name_is_proven_by_its_exact_dns_name_only() {
+        let d = dir("exact");
+        let pki = write_test_pki(&d, &["n1".into(), "a.corp".into()]).unwrap();
+        let leaf = |name: &str| Tls::load(&pki.files(name), None).unwrap().chain()[0].clone();
+        let n1 = leaf("n1");
+        assert!(names(&n1, "n1"));
+        assert!(!names(&n1, "N1") && !names(&n1, "n2") && !names(&n1, ""));
+        let dotted = leaf("a.corp");
+        assert!(names(&dotted, "a.corp") && !names(&dotted, "b.corp"));
+        let key = KeyPair::generate().unwrap();
+        let wildcard =
+            CertificateParams::new(vec!["*.ax.test".to_string()]).unwrap().signed_by(&key, &pki.issuer).unwrap();
+        let wildcard = rustls::pki_types::CertificateDer::from(wildcard.der().to_vec());
+        assert!(!names(&wildcard, "a.ax.test"), "a wildcard names no node");
         let _ = std::fs::remove_dir_all(&d);
     }
 

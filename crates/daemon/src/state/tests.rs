@@ -147,7 +147,7 @@ fn restoring_takes_back_apps_and_vservices_with_their_relays() {
     let saved = earlier.saved();
 
     let mut s = state();
-    let e = s.apply(Command::Restore(saved));
+    let e = s.apply(Command::Restore { saved, at_ms: 200 });
     assert!(s.table.app(app.id).is_some());
     assert_eq!(names(&s), ["web"]);
     assert_eq!(s.vservices["web"].version, 100);
