@@ -200,3 +200,32 @@ fn sighup_rotates_the_node_certificate_and_a_broken_file_keeps_the_one_in_use() 
     assert!(out.status.success(), "{out:?}");
     assert_eq!(vservice_names(&h), ["web"]);
 }
+
+/// Another host opens more idle TCP connections to the HTTPS port than the listener
+/// holds (never starting a handshake): it gets its per-address share only, and an admin
+/// from elsewhere is still served.
+#[test]
+fn one_host_of_idle_connections_does_not_keep_admins_out() {
+    let (h, pki) = tls_host();
+    let holder = format!(
+        "import socket, sys, time\n\
+         s = [socket.create_connection(('{NODE_IP}', 6664)) for _ in range({n})]\n\
+         print('held', flush=True)\n\
+         time.sleep(30)\n",
+        n = 70 // the listener holds 64
+    );
+    let mut c = h.peer_cmd("python3");
+    c.args(["-c", &holder]).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "held", "the connections were made");
+    // From the node itself to its address: another source address, the same listener.
+    let r = curl(h.cmd("curl"), NODE_IP, &pki, Some(&pki), &[], "/v1/nodes");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(r.ok && r.status == 200, "{} {}", r.status, r.body);
+    h.wait_until("the refusals to be logged", Duration::from_secs(30), || {
+        h.daemon_log().contains("per-address connection cap reached")
+    });
+}

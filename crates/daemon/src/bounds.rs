@@ -6,9 +6,10 @@
 //! how failed TLS handshakes are logged (once per burst). What a connection then does is
 //! its server's business.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,23 +27,41 @@ const HANDSHAKE_QUIET: Duration = Duration::from_secs(60);
 /// How long an accept loop waits after running out of descriptors or memory.
 pub const BACKOFF: Duration = Duration::from_millis(100);
 
-/// A listener's bound: at most `cap` connections at once.
+/// A listener's bound: at most `cap` connections at once, and with
+/// [`Gate::per_peer`] at most that many from one address.
 pub struct Gate {
     name: &'static str,
     cap: usize,
     open: Arc<AtomicUsize>,
+    per_peer: Option<(usize, Peers)>,
     refused: Mutex<Burst>,
     failed: Mutex<Burst>,
     handshakes: Mutex<Burst>,
 }
 
-/// A connection's place under its listener's cap, given back when dropped.
+/// Connections open by peer address.
+type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A connection's place under its listener's cap (and its peer's), given back when
+/// dropped.
 #[derive(Debug)]
-pub struct Permit(Arc<AtomicUsize>);
+pub struct Permit {
+    open: Arc<AtomicUsize>,
+    peer: Option<(Peers, IpAddr)>,
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        if let Some((peers, ip)) = &self.peer {
+            let mut peers = peers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = peers.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    peers.remove(ip);
+                }
+            }
+        }
     }
 }
 
@@ -124,27 +143,63 @@ impl Gate {
             name,
             cap,
             open: Arc::default(),
+            per_peer: None,
             refused: Mutex::default(),
             failed: Mutex::default(),
             handshakes: Mutex::new(Burst::every(HANDSHAKE_QUIET)),
         }
     }
 
-    /// A place for a new connection, or None when `cap` are open (the caller closes it).
-    pub fn admit(&self) -> Option<Permit> {
-        let taken = self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.cap).then_some(n + 1));
-        if taken.is_ok() {
-            return Some(Permit(self.open.clone()));
+    /// Also at most `n` connections from one address: for a port anyone on the network
+    /// reaches, where connections that only sit (a TLS handshake never finished) from
+    /// one host must not fill the cap for all.
+    pub fn per_peer(mut self, n: usize) -> Gate {
+        self.per_peer = Some((n, Peers::default()));
+        self
+    }
+
+    /// A place for a new connection from `peer`, or None when `cap` are open, or the
+    /// per-peer cap from that address (the caller closes it).
+    pub fn admit(&self, peer: Option<IpAddr>) -> Option<Permit> {
+        let mut held = None;
+        if let (Some((cap, peers)), Some(ip)) = (&self.per_peer, peer) {
+            let mut open = peers.lock().unwrap_or_else(|p| p.into_inner());
+            let n = open.entry(ip).or_insert(0);
+            if *n >= *cap {
+                self.refuse(Some(ip));
+                return None;
+            }
+            *n += 1;
+            held = Some((peers.clone(), ip));
         }
-        if let Some(n) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
-            warn!(
-                listener = self.name,
-                cap = self.cap,
-                refused = n,
-                "connection cap reached: new connections are closed at once"
-            );
+        // The peer's place goes back with the permit if the listener is full.
+        let permit = Permit { open: self.open.clone(), peer: held };
+        if self.open.fetch_add(1, Ordering::SeqCst) < self.cap {
+            return Some(permit);
         }
+        drop(permit);
+        self.refuse(None);
         None
+    }
+
+    fn refuse(&self, peer: Option<IpAddr>) {
+        if let Some(n) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+            match peer {
+                Some(ip) => warn!(
+                    listener = self.name,
+                    %ip,
+                    cap = self.per_peer.as_ref().map_or(0, |(n, _)| *n),
+                    refused = n,
+                    "per-address connection cap reached: new connections from it are closed at once"
+                ),
+                None => warn!(
+                    listener = self.name,
+                    cap = self.cap,
+                    refused = n,
+                    "connection cap reached: new connections are closed at once"
+                ),
+            }
+        }
     }
 
     /// What to do after accept failed with `e`; logged once per burst.
@@ -174,7 +229,7 @@ impl Gate {
         loop {
             match listener.accept_one() {
                 Ok(conn) => {
-                    if let Some(permit) = self.admit() {
+                    if let Some(permit) = self.admit(L::peer(&conn)) {
                         handle(conn, permit);
                     }
                 }
@@ -203,7 +258,7 @@ impl Gate {
             };
             match accepted {
                 Ok(conn) => {
-                    if let Some(permit) = self.admit() {
+                    if let Some(permit) = self.admit(L::peer(&conn)) {
                         handle(conn, permit);
                     }
                 }
@@ -221,12 +276,19 @@ impl Gate {
 pub trait Accept {
     type Conn;
     fn accept_one(&self) -> io::Result<Self::Conn>;
+    /// The address a connection comes from (None: not an IP socket).
+    fn peer(_conn: &Self::Conn) -> Option<IpAddr> {
+        None
+    }
 }
 
 impl Accept for std::net::TcpListener {
     type Conn = std::net::TcpStream;
     fn accept_one(&self) -> io::Result<Self::Conn> {
         self.accept().map(|(c, _)| c)
+    }
+    fn peer(conn: &Self::Conn) -> Option<IpAddr> {
+        conn.peer_addr().ok().map(|a| a.ip())
     }
 }
 
@@ -241,12 +303,19 @@ impl Accept for std::os::unix::net::UnixListener {
 pub trait AcceptAsync {
     type Conn;
     fn accept_one(&self) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+    /// The address a connection comes from (None: not an IP socket).
+    fn peer(_conn: &Self::Conn) -> Option<IpAddr> {
+        None
+    }
 }
 
 impl AcceptAsync for tokio::net::TcpListener {
     type Conn = tokio::net::TcpStream;
     async fn accept_one(&self) -> io::Result<Self::Conn> {
         self.accept().await.map(|(c, _)| c)
+    }
+    fn peer(conn: &Self::Conn) -> Option<IpAddr> {
+        conn.peer_addr().ok().map(|a| a.ip())
     }
 }
 
@@ -340,12 +409,31 @@ mod tests {
     #[test]
     fn the_cap_admits_that_many_and_a_dropped_permit_frees_a_place() {
         let g = Gate::new("test", 2);
-        let a = g.admit().unwrap();
-        let _b = g.admit().unwrap();
-        assert!(g.admit().is_none());
+        let a = g.admit(None).unwrap();
+        let _b = g.admit(None).unwrap();
+        assert!(g.admit(None).is_none());
         assert_eq!(g.open.load(Ordering::SeqCst), 2);
         drop(a);
-        assert!(g.admit().is_some());
+        assert!(g.admit(None).is_some());
+    }
+
+    #[test]
+    fn one_address_fills_its_share_and_the_others_still_get_in() {
+        let g = Gate::new("test", 4).per_peer(2);
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let a1 = g.admit(Some(a)).unwrap();
+        let _a2 = g.admit(Some(a)).unwrap();
+        assert!(g.admit(Some(a)).is_none(), "a third from one address");
+        let _b1 = g.admit(Some(b)).unwrap();
+        let _b2 = g.admit(Some(b)).unwrap();
+        assert!(g.admit(Some(c)).is_none(), "the listener is full");
+        assert_eq!(g.per_peer.as_ref().unwrap().1.lock().unwrap().get(&c), None, "a refused one holds no place");
+        drop(a1);
+        let _c1 = g.admit(Some(c)).unwrap();
+        assert!(g.admit(Some(a)).is_none(), "a's freed place went to c (the listener is full)");
+        assert_eq!(g.open.load(Ordering::SeqCst), 4);
+        assert_eq!(g.per_peer.as_ref().unwrap().1.lock().unwrap()[&a], 1);
     }
 
     #[test]

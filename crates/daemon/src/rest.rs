@@ -47,6 +47,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_BODY: usize = 64 * 1024;
 /// Connections each listener holds at once; new ones beyond are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections at once from one address over HTTPS.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 16;
 /// The largest request head.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -347,7 +349,13 @@ pub async fn serve(
     let mut listeners = tokio::task::JoinSet::new();
     for listener in tcp {
         let (app, stop_rx, mode) = (app.clone(), stop_rx.clone(), mode.clone());
-        let gate = Arc::new(Gate::new(tcp_name, MAX_CONNECTIONS));
+        let gate = match mode {
+            // Anyone on the network reaches HTTPS on the node's address: one host's
+            // unfinished handshakes must not keep the admins out.
+            Tcp::Https(_) => Gate::new(tcp_name, MAX_CONNECTIONS).per_peer(MAX_CONNECTIONS_PER_PEER),
+            Tcp::Plain => Gate::new(tcp_name, MAX_CONNECTIONS),
+        };
+        let gate = Arc::new(gate);
         listeners.spawn(async move {
             gate.serve_async(&listener, stopped(stop_rx.clone()), |conn, permit| {
                 let (app, closing, mode, gate) = (app.clone(), stop_rx.clone(), mode.clone(), gate.clone());
