@@ -25,6 +25,10 @@ use crate::state::{admit, remote_view, NodeRecord, Published, VsRecord};
 /// How often a node not proven yet is greeted directly (to make the handshake that
 /// proves it).
 const GREET_EVERY: Duration = Duration::from_secs(1);
+/// At most this many greetings a round. The addresses come from gossip, so anyone who
+/// can put node ids in it could otherwise have every node dial any number of addresses
+/// (those already greeted wait their turn, so all are greeted in time).
+const GREETS_PER_ROUND: usize = 32;
 
 /// How the gossip runs. The failure detector's threshold is low enough that a silent
 /// node is declared dead within a few seconds at this interval (the issue asks ≤ 5 s).
@@ -269,10 +273,11 @@ impl Gossip {
     /// the handshake that proves them).
     async fn members_now(&self) -> Members {
         let members = self.handle.with_chitchat(|c| self.members(c)).await;
-        for addr in &members.unproven {
-            if self.greetings.speak(*addr).is_some() {
-                let _ = self.handle.gossip(*addr);
-            }
+        // Nodes gossip from the gossip port: any other is no node's.
+        let port = self.handle.chitchat_id().gossip_advertise_addr.port();
+        let greet = members.unproven.iter().filter(|a| a.port() == port);
+        for addr in greet.filter(|a| self.greetings.speak(**a).is_some()).take(GREETS_PER_ROUND) {
+            let _ = self.handle.gossip(*addr);
         }
         members
     }

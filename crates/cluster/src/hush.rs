@@ -10,14 +10,17 @@ use tokio::time::Instant;
 
 /// Once a minute: for log lines.
 pub(crate) const MINUTE: Duration = Duration::from_secs(60);
-/// Peers remembered at once; past this (a period of many forged sources), new ones wait
-/// until the old ones' period is up.
+/// Peers remembered at once; past this (a period of many forged sources), new ones
+/// share one period between them until the old ones' period is up: a flood of
+/// sources still gets its line each period, and is not silence.
 const KEYS: usize = 1024;
 
 #[derive(Debug)]
 pub(crate) struct Hush<K> {
     every: Duration,
     last: Mutex<HashMap<K, (Instant, u64)>>,
+    /// The period shared by keys that found no room, and how many were hushed in it.
+    overflow: Mutex<(Option<Instant>, u64)>,
 }
 
 impl<K> Default for Hush<K> {
@@ -29,7 +32,7 @@ impl<K> Default for Hush<K> {
 
 impl<K> Hush<K> {
     pub(crate) fn every(every: Duration) -> Hush<K> {
-        Hush { every, last: Mutex::new(HashMap::new()) }
+        Hush { every, last: Mutex::new(HashMap::new()), overflow: Mutex::new((None, 0)) }
     }
 }
 
@@ -51,7 +54,17 @@ impl<K: Hash + Eq + Copy> Hush<K> {
         if last.len() >= KEYS {
             last.retain(|_, (at, _)| now.duration_since(*at) < self.every);
             if last.len() >= KEYS {
-                return None;
+                let mut overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+                return match overflow.0 {
+                    Some(at) if now.duration_since(at) < self.every => {
+                        overflow.1 += 1;
+                        None
+                    }
+                    _ => {
+                        overflow.0 = Some(now);
+                        Some(std::mem::take(&mut overflow.1))
+                    }
+                };
             }
         }
         last.insert(key, (now, 0));
@@ -81,7 +94,9 @@ mod tests {
         for k in 0..KEYS {
             assert_eq!(hush.speak(k), Some(0));
         }
-        assert_eq!(hush.speak(KEYS), None, "full: a new peer waits");
+        assert_eq!(hush.speak(KEYS), Some(0), "full: the new peers share one minute");
+        assert_eq!(hush.speak(KEYS + 1), None);
+        assert_eq!(hush.speak(KEYS + 2), None);
         tokio::time::advance(MINUTE).await;
         assert_eq!(hush.speak(KEYS), Some(0), "the old minutes are over: room again");
         assert!(hush.last.lock().unwrap().len() <= KEYS);

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -46,6 +46,10 @@ pub const MAX_LINKS: usize = 512;
 const IDLE: Duration = Duration::from_secs(30);
 /// Messages that wait for a dial; more are dropped (gossip repeats itself).
 const QUEUED: usize = 4;
+/// Messages being sent on one connection at once; more are dropped, so a peer that
+/// reads slowly (or asks for replies faster than it reads them) holds at most this many
+/// messages' memory and tasks here.
+const SENDING: usize = 8;
 /// After a failed dial, messages to that address are dropped for this long.
 const REDIAL: Duration = Duration::from_secs(5);
 /// Messages received and not yet taken by chitchat; more are dropped.
@@ -224,6 +228,8 @@ enum Link {
     Up {
         conn: Connection,
         used: Instant,
+        /// Messages being sent on it.
+        sending: Arc<AtomicUsize>,
     },
     Failed(Instant),
 }
@@ -242,9 +248,9 @@ impl Node {
         let now = Instant::now();
         let mut links = lock(&self.shared.links);
         match links.get_mut(&to) {
-            Some(Link::Up { conn, used }) => {
+            Some(Link::Up { conn, used, sending }) => {
                 *used = now;
-                tokio::spawn(write(conn.clone(), bytes));
+                write(conn, sending, bytes);
                 return;
             }
             Some(Link::Dialing(queue)) => {
@@ -322,7 +328,7 @@ impl Node {
             return;
         };
         self.shared.identities.record(peer, chain);
-        let queued = {
+        let (queued, sending) = {
             let mut links = lock(&self.shared.links);
             let queued = match links.remove(&peer) {
                 Some(Link::Dialing(queued)) => queued,
@@ -333,11 +339,12 @@ impl Node {
                 conn.close(VarInt::from_u32(2), b"too many connections");
                 return;
             }
-            links.insert(peer, Link::Up { conn: conn.clone(), used: Instant::now() });
-            queued
+            let sending = Arc::new(AtomicUsize::new(0));
+            links.insert(peer, Link::Up { conn: conn.clone(), used: Instant::now(), sending: sending.clone() });
+            (queued, sending)
         };
         for bytes in queued {
-            tokio::spawn(write(conn.clone(), bytes));
+            write(&conn, &sending, bytes);
         }
         tokio::spawn(self.clone().read(conn));
     }
@@ -408,18 +415,28 @@ fn make_room(links: &mut HashMap<SocketAddr, Link>, peer: SocketAddr) -> bool {
     true
 }
 
-async fn write(conn: Connection, bytes: Vec<u8>) {
-    let sent = async {
-        let mut stream = conn.open_uni().await?;
-        stream.write_all(&bytes).await?;
-        stream.finish()?;
-        anyhow::Ok(())
-    };
-    match tokio::time::timeout(STEP, sent).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(peer = %conn.remote_address(), "gossip message not sent: {e:#}"),
-        Err(_) => debug!(peer = %conn.remote_address(), "gossip message not sent within {STEP:?}: dropped"),
+/// Sends a message on a stream of its own, on a task of its own; dropped if [`SENDING`]
+/// are being sent on `conn` already.
+fn write(conn: &Connection, sending: &Arc<AtomicUsize>, bytes: Vec<u8>) {
+    if sending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < SENDING).then_some(n + 1)).is_err() {
+        debug!(peer = %conn.remote_address(), "gossip message dropped: {SENDING} being sent to this peer already");
+        return;
     }
+    let (conn, sending) = (conn.clone(), sending.clone());
+    tokio::spawn(async move {
+        let sent = async {
+            let mut stream = conn.open_uni().await?;
+            stream.write_all(&bytes).await?;
+            stream.finish()?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(STEP, sent).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(peer = %conn.remote_address(), "gossip message not sent: {e:#}"),
+            Err(_) => debug!(peer = %conn.remote_address(), "gossip message not sent within {STEP:?}: dropped"),
+        }
+        sending.fetch_sub(1, Ordering::SeqCst);
+    });
 }
 
 /// Every [`RECHECK`], checks the chains peers showed against the files in use (a reload
