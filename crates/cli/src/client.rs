@@ -83,7 +83,7 @@ fn request(target: &Target, method: &str, path: &str, body: Option<Vec<u8>>) -> 
             let mut s = UnixStream::connect(API_SOCKET).map_err(ClientError::Unreachable)?;
             s.write_all(&message).map_err(ClientError::Send)?;
             let mut raw = Vec::new();
-            s.read_to_end(&mut raw).map_err(ClientError::Read)?;
+            read_answer(&mut s, &mut raw).map_err(ClientError::Read)?;
             raw
         }
         Target::Remote(r) => r.exchange(&message)?,
@@ -99,6 +99,19 @@ fn request(target: &Target, method: &str, path: &str, body: Option<Vec<u8>>) -> 
 }
 
 /// Splits a whole HTTP/1.1 response into its status and its (de-chunked) body.
+/// The largest answer read (a listing of 10,000 sockets is a few MiB): a server that
+/// sends more is not read on.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// Reads `r` to its end into `raw`, refusing an answer past [`MAX_ANSWER`].
+pub(crate) fn read_answer(r: impl Read, raw: &mut Vec<u8>) -> io::Result<()> {
+    r.take(MAX_ANSWER as u64 + 1).read_to_end(raw)?;
+    if raw.len() > MAX_ANSWER {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("it is over {} MiB", MAX_ANSWER >> 20)));
+    }
+    Ok(())
+}
+
 pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>)> {
     let bad = ClientError::Malformed;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(bad("malformed HTTP answer: no end of headers"))?;
@@ -152,5 +165,16 @@ mod tests {
         assert_eq!((s, b.as_slice()), (404, b"abcde".as_slice()));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab").is_err());
+    }
+
+    #[test]
+    fn an_endless_answer_is_cut_off_at_its_bound() {
+        let mut raw = Vec::new();
+        let e = read_answer(io::repeat(b'x'), &mut raw).unwrap_err();
+        assert_eq!(e.to_string(), "it is over 64 MiB");
+        assert_eq!(raw.len(), MAX_ANSWER + 1, "no more was read");
+        let mut raw = Vec::new();
+        read_answer(&b"HTTP/1.1 200 OK\r\n\r\n"[..], &mut raw).unwrap();
+        assert_eq!(raw.len(), 19);
     }
 }

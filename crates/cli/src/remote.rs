@@ -4,7 +4,7 @@
 //! to look at.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -71,7 +71,8 @@ impl FromStr for Server {
         };
         // The name the TLS client is given: an address, or a DNS name.
         ServerName::try_from(host).map_err(|_| form())?;
-        Ok(Server { host: host.to_string(), port })
+        // DNS names are the same in any case; certificates name nodes in lower case.
+        Ok(Server { host: host.to_ascii_lowercase(), port })
     }
 }
 
@@ -130,8 +131,8 @@ impl Remote {
         let mut s = rustls::StreamOwned::new(conn, sock);
         s.write_all(message).map_err(|e| self.failed(e, ClientError::Send))?;
         let mut raw = Vec::new();
-        match s.read_to_end(&mut raw) {
-            Ok(_) => Ok(raw),
+        match crate::client::read_answer(&mut s, &mut raw) {
+            Ok(()) => Ok(raw),
             // An answer ended without TLS's close_notify: whole if it parses.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
             Err(e) => Err(self.failed(e, ClientError::Read)),
@@ -225,6 +226,7 @@ fn tls_reason(e: &io::Error, files: &ax_tls::Files) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::net::{SocketAddr, TcpListener};
     use std::path::{Path, PathBuf};
     use std::thread::JoinHandle;
@@ -243,6 +245,7 @@ mod tests {
             ("https://[fd00::1]:7000", "https://[fd00::1]:7000"),
             ("https://[fd00::1]", "https://[fd00::1]:6664"),
             ("https://node-1.example.com:6664", "https://node-1.example.com:6664"),
+            ("https://N1.Example.com", "https://n1.example.com:6664"),
         ] {
             assert_eq!(given.parse::<Server>().map(|s| s.to_string()).as_deref(), Ok(shown), "{given}");
         }
