@@ -53,6 +53,11 @@ impl GossipConfig {
     pub fn new(me: NodeRecord, listen: SocketAddr, seeds: Vec<String>, generation: u64) -> GossipConfig {
         GossipConfig { me, listen, seeds, interval: Duration::from_millis(250), generation, phi_threshold: 6.0 }
     }
+
+    /// This node's chitchat id: its name, generation and gossip address.
+    pub fn chitchat_id(&self) -> ChitchatId {
+        ChitchatId::new(self.me.name.clone(), self.generation, self.listen)
+    }
 }
 
 /// A node as the gossip sees it.
@@ -121,7 +126,7 @@ impl Gossip {
         transport: &dyn Transport,
         trust: Option<Trust>,
     ) -> Result<Gossip, StartError> {
-        let id = ChitchatId::new(config.me.name.clone(), config.generation, config.listen);
+        let id = config.chitchat_id();
         let failure_detector_config = FailureDetectorConfig {
             phi_threshold: config.phi_threshold,
             sampling_window_size: 100,

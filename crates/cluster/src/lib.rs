@@ -12,3 +12,4 @@ pub mod quic;
 pub mod signed;
 pub mod state;
 pub mod udp;
+pub mod wire;

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::hush::Hush;
+use crate::wire::{self, SelfId};
 
 /// The application protocol both sides name in the handshake.
 pub const ALPN: &[u8] = b"ax-gossip";
@@ -168,10 +169,18 @@ impl QuicTransport {
         let shared = Arc::new(Shared {
             links: Mutex::new(HashMap::new()),
             identities: Arc::default(),
+            me: SelfId::default(),
+            refused: Hush::default(),
             closed_bytes: AtomicU64::new(0),
             failures: Hush::default(),
         });
         Ok(QuicTransport { server, client, shared, tls: tls.clone() })
+    }
+
+    /// Where to say which node this transport serves, before gossip starts on it (a
+    /// delta about that node is then refused).
+    pub fn self_id(&self) -> SelfId {
+        self.shared.me.clone()
     }
 
     /// What gossip over this transport trusts (for [`crate::gossip::Gossip`]).
@@ -217,6 +226,10 @@ impl Transport for QuicTransport {
 struct Shared {
     links: Mutex<HashMap<SocketAddr, Link>>,
     identities: Arc<Identities>,
+    /// This node (deltas about it are refused: [`wire`]).
+    me: SelfId,
+    /// Messages dropped by [`wire::check`], logged once a minute per peer.
+    refused: Hush<SocketAddr>,
     /// UDP bytes sent on connections that have closed.
     closed_bytes: AtomicU64,
     failures: Hush<SocketAddr>,
@@ -353,13 +366,19 @@ impl Node {
     async fn read(self, conn: Connection) {
         let from = conn.remote_address();
         while let Ok(mut stream) = conn.accept_uni().await {
-            let inbox = self.inbox.clone();
+            let (inbox, shared) = (self.inbox.clone(), self.shared.clone());
             tokio::spawn(async move {
-                let msg = match stream.read_to_end(MAX_MESSAGE).await {
-                    Ok(bytes) => ChitchatMessage::deserialize(&mut &bytes[..]).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                let bytes = match stream.read_to_end(MAX_MESSAGE).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => return debug!(%from, "gossip message not read: {e}"),
                 };
-                match msg {
+                if let Err(why) = wire::check(&bytes, shared.me.get()) {
+                    if let Some(hushed) = shared.refused.speak(from) {
+                        warn!(%from, hushed, "gossip message dropped: {why}");
+                    }
+                    return;
+                }
+                match ChitchatMessage::deserialize(&mut &bytes[..]) {
                     // Full: dropped, as a datagram would be.
                     Ok(msg) => drop(inbox.try_send((from, msg))),
                     Err(e) => debug!(%from, "gossip message not read: {e}"),

@@ -57,6 +57,7 @@ impl Net {
         let seeds = if i == 1 { vec![] } else { vec![self.addr(1).to_string()] };
         let mut config = GossipConfig::new(me.clone(), self.addr(i), seeds, generation());
         config.interval = Duration::from_millis(100);
+        transport.self_id().set(config.chitchat_id()).unwrap();
         let mut g = Gossip::start(config, &transport, Some(transport.trust())).await.unwrap();
         g.publish(&Published { rows: vec![row(self.ip(i), i)], node: me, apps: vec![], vservices }).await;
         g

@@ -12,6 +12,7 @@ use ax_cluster::gossip::{Gossip, GossipConfig};
 use ax_cluster::quic::{QuicError, QuicTransport, Trust};
 use ax_cluster::state::discovery_seeds;
 use ax_cluster::udp::PortCheckedUdp;
+use ax_cluster::wire::SelfId;
 use chitchat::transport::Transport;
 use tracing::info;
 
@@ -51,6 +52,8 @@ pub enum ClusterError {
 pub struct GossipTransport {
     pub transport: Box<dyn Transport>,
     pub trust: Option<Trust>,
+    /// Told this node's chitchat id before gossip starts: deltas about it are refused.
+    pub me: SelfId,
 }
 
 impl GossipTransport {
@@ -59,9 +62,12 @@ impl GossipTransport {
         Ok(match tls {
             Some(tls) => {
                 let quic = QuicTransport::new(tls)?;
-                GossipTransport { trust: Some(quic.trust()), transport: Box::new(quic) }
+                GossipTransport { trust: Some(quic.trust()), me: quic.self_id(), transport: Box::new(quic) }
             }
-            None => GossipTransport { transport: Box::new(PortCheckedUdp::new(local)), trust: None },
+            None => {
+                let udp = PortCheckedUdp::new(local);
+                GossipTransport { me: udp.self_id(), transport: Box::new(udp), trust: None }
+            }
         })
     }
 }
@@ -83,6 +89,7 @@ pub async fn start(
     let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let tls = transport.trust.is_some();
     let config = GossipConfig::new(me.clone(), listen, seeds.clone(), generation);
+    let _ = transport.me.set(config.chitchat_id());
     let mut gossip = Gossip::start(config, transport.transport.as_ref(), transport.trust)
         .await
         .map_err(|e| ClusterError::Bind { listen, reason: format!("{e:#}") })?;
