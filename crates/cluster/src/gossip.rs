@@ -25,6 +25,9 @@ use crate::state::{admit, remote_view, NodeRecord, Published, VsRecord};
 /// How often a node not proven yet is greeted directly (to make the handshake that
 /// proves it).
 const GREET_EVERY: Duration = Duration::from_secs(1);
+/// Of the generations one address claims for a name, only this many of the newest are
+/// looked at.
+const GENERATIONS: usize = 4;
 /// At most this many greetings a round. The addresses come from gossip, so anyone who
 /// can put node ids in it could otherwise have every node dial any number of addresses
 /// (those already greeted wait their turn, so all are greeted in time).
@@ -194,14 +197,15 @@ impl Gossip {
         self.handle
             .with_chitchat(|c| {
                 let state = c.self_node_state();
+                // Deletions, changes, then the seal: each at a version past what it covers.
+                for k in prev.keys().filter(|k| !next.contains_key(*k)) {
+                    state.delete(k);
+                }
                 let (seal, rest): (Vec<_>, Vec<_>) = next.iter().partition(|(k, _)| *k == SEAL_KEY);
                 for (k, v) in rest.into_iter().chain(seal) {
                     if prev.get(k) != Some(v) {
                         state.set(k, v);
                     }
-                }
-                for k in prev.keys().filter(|k| !next.contains_key(*k)) {
-                    state.delete(k);
                 }
             })
             .await;
@@ -215,12 +219,12 @@ impl Gossip {
 
     /// `id`'s state as it counts: with TLS, as last sealed (a problem with its current
     /// key-values logged); without, as it stands.
-    fn sealed(&self, c: &Chitchat, id: &ChitchatId) -> Sealed {
+    fn sealed(&self, c: &Chitchat, id: &ChitchatId, now_ms: u64) -> Sealed {
         let Some(node) = c.node_state(id) else { return Sealed::default() };
         let Some(t) = &self.trust else {
             return Sealed { state: Published::from_keys(node.key_values()), fresh: true, problem: None };
         };
-        let sealed = t.seals.state(id, node);
+        let sealed = t.seals.state(id, node, now_ms);
         if let Some(problem) = &sealed.problem {
             let addr = id.gossip_advertise_addr;
             if let Some(hushed) = self.warnings.speak((addr, Warning::Unsealed)) {
@@ -231,13 +235,13 @@ impl Gossip {
     }
 
     /// Whether `id` has a state that counts (always, without TLS: read later).
-    fn counts(&self, c: &Chitchat, id: &ChitchatId) -> bool {
-        self.trust.is_none() || self.sealed(c, id).live().is_some()
+    fn counts(&self, c: &Chitchat, id: &ChitchatId, now_ms: u64) -> bool {
+        self.trust.is_none() || self.sealed(c, id, now_ms).live().is_some()
     }
 
     /// The other live nodes that count: proven, holding their name (the first address
     /// seen to hold a name keeps it while it lives), the newest generation of each.
-    fn members(&self, c: &Chitchat) -> Members {
+    fn members(&self, c: &Chitchat, now_ms: u64) -> Members {
         let my_name = &self.handle.chitchat_id().node_id;
         let mut unproven = Vec::new();
         let mut claims: BTreeMap<&str, Vec<&ChitchatId>> = BTreeMap::new();
@@ -248,28 +252,39 @@ impl Gossip {
                 unproven.push(id.gossip_advertise_addr);
             }
         }
+        // Of each address's claims to a name, the newest few generations (a relay can
+        // announce any number of them): the newest whose state counts is the node.
+        for ids in claims.values_mut() {
+            ids.sort_by_key(|id| (id.gossip_advertise_addr, std::cmp::Reverse(id.generation_id)));
+            let mut per_addr: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+            ids.retain(|id| {
+                let n = per_addr.entry(id.gossip_advertise_addr).or_default();
+                *n += 1;
+                *n <= GENERATIONS
+            });
+        }
         let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        // A holder keeps its name while one of its generations counts (with TLS: sealed
+        // and fresh; liveness alone is heartbeats anyone can relay).
         holders.retain(|name, at| {
-            claims.get(name.as_str()).is_some_and(|ids| ids.iter().any(|id| id.gossip_advertise_addr == *at))
+            claims
+                .get(name.as_str())
+                .is_some_and(|ids| ids.iter().any(|id| id.gossip_advertise_addr == *at && self.counts(c, id, now_ms)))
         });
         let mut ids = Vec::new();
         for (name, claimants) in claims {
             // A new name goes to its oldest claimant (the first started).
             let first = claimants.iter().min_by_key(|id| id.generation_id).expect("a claim has a claimant");
             let holder = *holders.entry(name.to_string()).or_insert(first.gossip_advertise_addr);
-            // Of the holder's generations, the newest whose state counts (a generation
-            // made up by a relay has no seal).
-            let mut newest: Option<&ChitchatId> = None;
-            for id in claimants {
-                if id.gossip_advertise_addr != holder {
-                    if let Some(hushed) = self.warnings.speak((id.gossip_advertise_addr, Warning::Claim)) {
-                        warn!(name, holder = %holder, refused = %id.gossip_advertise_addr, hushed, "a second node claims a node name: the first holder keeps it");
-                    }
-                } else if newest.is_none_or(|n| id.generation_id > n.generation_id) && self.counts(c, id) {
-                    newest = Some(id);
+            for id in claimants.iter().filter(|id| id.gossip_advertise_addr != holder) {
+                if let Some(hushed) = self.warnings.speak((id.gossip_advertise_addr, Warning::Claim)) {
+                    warn!(name, holder = %holder, refused = %id.gossip_advertise_addr, hushed, "a second node claims a node name: the first holder keeps it");
                 }
             }
-            ids.extend(newest.cloned());
+            // Newest first: the first whose state counts (a generation made up by a
+            // relay has no seal).
+            let mut held = claimants.into_iter().filter(|id| id.gossip_advertise_addr == holder);
+            ids.extend(held.find(|id| self.counts(c, id, now_ms)).cloned());
         }
         Members { ids, unproven }
     }
@@ -277,7 +292,8 @@ impl Gossip {
     /// The live nodes that count, greeting the unproven ones (a direct message makes
     /// the handshake that proves them).
     async fn members_now(&self) -> Members {
-        let members = self.handle.with_chitchat(|c| self.members(c)).await;
+        let now_ms = now_ms();
+        let members = self.handle.with_chitchat(|c| self.members(c, now_ms)).await;
         // Nodes gossip from the gossip port: any other is no node's.
         let port = self.handle.chitchat_id().gossip_advertise_addr.port();
         let greet = members.unproven.iter().filter(|a| a.port() == port);
@@ -313,22 +329,27 @@ impl Gossip {
     /// vservice records they publish.
     pub async fn view(&self) -> (Remote, Vec<NodeStatus>, Vec<VsRecord>) {
         let members = self.members_now().await;
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = now_ms();
         self.handle
             .with_chitchat(|c| {
                 let mut published = Vec::new();
                 let mut nodes = Vec::new();
                 for id in &members.ids {
-                    let sealed = self.sealed(c, id);
+                    let sealed = self.sealed(c, id, now_ms);
                     let problem = sealed.problem.as_ref().map(ToString::to_string);
                     if let Some(p) = sealed.live().and_then(|p| self.read(id, p, now_ms)) {
                         nodes.push(NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len(), problem });
                         published.push(p);
                     }
                 }
-                // A dead node is listed as it was last (sealed long ago or not).
+                // A dead node is listed as it was last taken (sealed long ago or not;
+                // nothing is checked for it).
                 for id in c.dead_nodes().filter(|id| self.proven(id)) {
-                    if let Some(p) = self.sealed(c, id).state.and_then(|p| self.read(id, p, now_ms)) {
+                    let last = match &self.trust {
+                        Some(t) => t.seals.last(id),
+                        None => c.node_state(id).and_then(|n| Published::from_keys(n.key_values())),
+                    };
+                    if let Some(p) = last.and_then(|p| self.read(id, p, now_ms)) {
                         if !nodes.iter().any(|n| n.node.name == p.node.name) {
                             let status =
                                 NodeStatus { node: p.node.clone(), live: false, apps: p.apps.len(), problem: None };
@@ -356,7 +377,7 @@ impl Gossip {
         self.handle
             .with_chitchat(|c| {
                 let has_rows = |id: &ChitchatId| match &self.trust {
-                    Some(_) => self.sealed(c, id).live().is_some_and(|p| !p.rows.is_empty()),
+                    Some(_) => self.sealed(c, id, now_ms()).live().is_some_and(|p| !p.rows.is_empty()),
                     None => c.node_state(id).is_some_and(|s| s.key_values().any(|(k, _)| k.starts_with("row/"))),
                 };
                 members.ids.iter().filter(|id| has_rows(id)).count()
@@ -383,4 +404,9 @@ impl Gossip {
     pub async fn shutdown(self) {
         let _ = self.handle.shutdown().await;
     }
+}
+
+/// Now on the wall clock, in ms.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

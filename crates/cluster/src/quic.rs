@@ -45,6 +45,8 @@ pub const MAX_LINKS: usize = 512;
 /// node of a 300-node cluster talks to a given peer about every 25 s: a shorter time
 /// would make most conversations begin with a handshake.
 const IDLE: Duration = Duration::from_secs(30);
+/// Dials in progress at once; messages needing another are dropped.
+const MAX_DIALS: usize = 32;
 /// Messages that wait for a dial; more are dropped (gossip repeats itself).
 const QUEUED: usize = 4;
 /// Messages being sent on one connection at once; more are dropped, so a peer that
@@ -275,8 +277,11 @@ impl Node {
             Some(Link::Failed(at)) if now.duration_since(*at) < REDIAL => return,
             _ => {}
         }
-        if !make_room(&mut links, to) {
-            debug!(%to, "gossip message dropped: every connection is being dialled");
+        // Dials go to addresses gossip names, which anyone in it can make up: a few at
+        // a time, and never at the cost of a connection in use.
+        let dialing = links.values().filter(|l| matches!(l, Link::Dialing(_))).count();
+        if dialing >= MAX_DIALS || !make_room(&mut links, to, IDLE / 2) {
+            debug!(%to, dialing, "gossip message dropped: no room for another dial");
             return;
         }
         links.insert(to, Link::Dialing(vec![bytes]));
@@ -286,7 +291,13 @@ impl Node {
 
     async fn dial(self, to: SocketAddr) {
         let made = match self.endpoint.connect(to, SERVER_NAME) {
-            Ok(connecting) => connecting.await.inspect_err(|e| self.failed(to, e)).ok(),
+            Ok(connecting) => match tokio::time::timeout(STEP, connecting).await {
+                Ok(done) => done.inspect_err(|e| self.failed(to, e)).ok(),
+                Err(_) => {
+                    debug!(%to, "gossip dial not done within {STEP:?}: dropped");
+                    None
+                }
+            },
             Err(e) => {
                 debug!(%to, "cannot dial for gossip: {e}");
                 None
@@ -347,7 +358,7 @@ impl Node {
                 Some(Link::Dialing(queued)) => queued,
                 _ => Vec::new(),
             };
-            if !make_room(&mut links, peer) {
+            if !make_room(&mut links, peer, Duration::ZERO) {
                 drop(links);
                 conn.close(VarInt::from_u32(2), b"too many connections");
                 return;
@@ -411,8 +422,9 @@ impl Node {
 }
 
 /// Makes room in `links` for `peer`: forgets failed dials, then closes the least
-/// recently used connection. False when every link is a dial in progress.
-fn make_room(links: &mut HashMap<SocketAddr, Link>, peer: SocketAddr) -> bool {
+/// recently used connection if it has been unused for `idle` at least. False when
+/// there is none such.
+fn make_room(links: &mut HashMap<SocketAddr, Link>, peer: SocketAddr, idle: Duration) -> bool {
     if links.len() < MAX_LINKS || links.contains_key(&peer) {
         return true;
     }
@@ -423,7 +435,7 @@ fn make_room(links: &mut HashMap<SocketAddr, Link>, peer: SocketAddr) -> bool {
     let idlest = links
         .iter()
         .filter_map(|(a, l)| match l {
-            Link::Up { used, .. } => Some((*used, *a)),
+            Link::Up { used, .. } if used.elapsed() >= idle => Some((*used, *a)),
             _ => None,
         })
         .min();
@@ -564,6 +576,39 @@ mod tests {
         let (from, _) = tokio::time::timeout(t, sa.recv()).await.expect("a hears b").unwrap();
         assert_eq!(from, b);
         assert!(ta.trust().identities.proves(b, "b") && tb.trust().identities.proves(a, "a"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Gossip names 200 addresses where nobody answers (what a member can announce): a
+    /// node dials a few at a time, and its connection in use stays up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn addresses_nobody_answers_take_a_few_dials_and_no_connection_in_use() {
+        let dir = std::env::temp_dir().join(format!("ax-quic-dials-{}", std::process::id()));
+        let pki = ax_tls::write_test_pki(&dir, &["a".into(), "b".into()]).unwrap();
+        let port = std::net::UdpSocket::bind("127.0.6.1:0").unwrap().local_addr().unwrap().port();
+        let (a, b): (SocketAddr, SocketAddr) = (([127, 0, 6, 1], port).into(), ([127, 0, 6, 2], port).into());
+        let transport = |n: &str| {
+            let tls = ax_tls::Reloadable::new(ax_tls::Tls::load(&pki.files(n), None).unwrap(), None);
+            QuicTransport::new(&tls).unwrap()
+        };
+        let (ta, tb) = (transport("a"), transport("b"));
+        let mut sa = ta.open(a).await.unwrap();
+        let mut sb = tb.open(b).await.unwrap();
+        sa.send(b, syn()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), sb.recv()).await.expect("b hears a").unwrap();
+        for i in 0..200u16 {
+            sa.send(SocketAddr::from(([127, 0, 7, (i % 250) as u8 + 1], port + 1 + i / 250)), syn()).await.unwrap();
+        }
+        let links = |t: &QuicTransport| {
+            let links = lock(&t.shared.links);
+            let dialing = links.values().filter(|l| matches!(l, Link::Dialing(_))).count();
+            (dialing, matches!(links.get(&b), Some(Link::Up { .. })))
+        };
+        let (dialing, up) = links(&ta);
+        assert!(dialing <= MAX_DIALS, "{dialing} dials at once");
+        assert!(up, "the connection to b stays");
+        sa.send(b, syn()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), sb.recv()).await.expect("b still hears a").unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -132,8 +132,10 @@ pub enum Unsealed {
     Signature(SignatureError),
     #[error("their seal is older than one already taken (a replay)")]
     Replayed,
-    #[error("their seal has not moved for {} s", STALE.as_secs())]
+    #[error("their seal is over {} s old (a stopped node, a replay, or a clock more than {} s off)", STALE.as_secs(), SKEW.as_secs())]
     Stale,
+    #[error("too many nodes are known to check another")]
+    Crowded,
 }
 
 impl Unsealed {
@@ -171,53 +173,89 @@ struct Known {
     seq: u64,
     advanced: Instant,
     state: Option<Published>,
+    /// The certificate chain (as published) that sealed `state`.
+    cert: String,
     problem: Option<Unsealed>,
 }
+
+/// Nodes remembered at once (ids chitchat holds: a member can announce many); past
+/// this, those whose state never held are forgotten first.
+const KNOWN: usize = 4096;
+/// Certificate chains whose check is remembered ([`RECHECK`]).
+const CHAINS: usize = 1024;
+/// The largest `cert` value read, and the most certificates in a chain.
+const MAX_CERT: usize = 16 * 1024;
+const MAX_CHAIN: usize = 4;
+/// How far a seal's sequence (its sealer's wall clock) may lag this node's clock and
+/// still count as fresh, beyond [`STALE`]: the nodes' clocks must agree within this.
+pub const SKEW: Duration = Duration::from_secs(120);
+
+/// A chain's check: its leaf, or why it is refused.
+type Checked = Result<CertificateDer<'static>, Unsealed>;
 
 /// Checks the nodes' seals, remembering the last state of each that held.
 pub struct Seals {
     tls: Arc<Reloadable>,
     known: Mutex<HashMap<ChitchatId, Known>>,
+    /// Each chain's leaf if the CA (the files in use) accepted it, and when asked.
+    chains: Mutex<HashMap<String, (Checked, Instant)>>,
 }
 
 impl Seals {
     pub fn new(tls: Arc<Reloadable>) -> Seals {
-        Seals { tls, known: Mutex::default() }
+        Seals { tls, known: Mutex::default(), chains: Mutex::default() }
     }
 
-    /// `id`'s state, as far as its seals hold (checked again when the state changed, and
-    /// every [`RECHECK`]).
-    pub fn state(&self, id: &ChitchatId, node: &NodeState) -> Sealed {
+    /// `id`'s state at `now_ms` (wall clock), as far as its seals hold (checked again
+    /// when the state changed, and every [`RECHECK`]).
+    pub fn state(&self, id: &ChitchatId, node: &NodeState, now_ms: u64) -> Sealed {
         let now = Instant::now();
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN && !known.contains_key(id) {
+            known.retain(|_, k| k.state.is_some());
+            if known.len() >= KNOWN {
+                return Sealed { state: None, fresh: false, problem: Some(Unsealed::Crowded) };
+            }
+        }
         let k = known.entry(id.clone()).or_insert_with(|| Known {
             version: None,
             checked: now,
             seq: 0,
             advanced: now,
             state: None,
+            cert: String::new(),
             problem: None,
         });
         if k.version != Some(node.max_version()) || now.duration_since(k.checked) >= RECHECK {
             (k.version, k.checked) = (Some(node.max_version()), now);
             match self.check(id, node, k.seq) {
-                Ok((seq, state)) => {
+                Ok((seq, state, cert)) => {
                     if seq > k.seq {
                         (k.seq, k.advanced) = (seq, now);
                     }
-                    (k.state, k.problem) = (state, None);
+                    (k.state, k.cert, k.problem) = (state, cert, None);
                 }
                 Err(e) => {
-                    if e.certificate() {
+                    // The state last taken goes with its certificate, whatever is wrong
+                    // with the current key-values.
+                    if e.certificate() || self.leaf(&k.cert, &id.node_id).is_err() {
                         k.state = None;
                     }
                     k.problem = Some(e);
                 }
             }
         }
-        let fresh = now.duration_since(k.advanced) < STALE;
+        // Fresh: its sequence moved lately, here, and was sealed lately by its clock (a
+        // captured seal replayed later is old by its own sequence).
+        let sealed_ago = Duration::from_millis(now_ms.saturating_sub(k.seq));
+        let fresh = now.duration_since(k.advanced) < STALE && sealed_ago < STALE + SKEW;
         let problem = k.problem.clone().or((!fresh && k.state.is_some()).then_some(Unsealed::Stale));
         Sealed { state: k.state.clone(), fresh, problem }
+    }
+
+    /// The state last taken of `id`, without checking anything (for a dead node).
+    pub fn last(&self, id: &ChitchatId) -> Option<Published> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).get(id).and_then(|k| k.state.clone())
     }
 
     /// Forgets the nodes chitchat no longer knows.
@@ -225,25 +263,63 @@ impl Seals {
         self.known.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| keep(id));
     }
 
-    /// The sequence and records of `id`'s current key-values, if their seal holds and
-    /// is not older than `last`.
-    fn check(&self, id: &ChitchatId, node: &NodeState, last: u64) -> Result<(u64, Option<Published>), Unsealed> {
+    /// The leaf of the chain published as `cert`, if the CA accepts the chain (a node's,
+    /// valid now) and it names node `name`. Checks of a chain are remembered for
+    /// [`RECHECK`].
+    fn leaf(&self, cert: &str, name: &str) -> Checked {
+        let now = Instant::now();
+        let mut chains = self.chains.lock().unwrap_or_else(|e| e.into_inner());
+        let leaf = match chains.get(cert) {
+            Some((verdict, at)) if now.duration_since(*at) < RECHECK => verdict.clone(),
+            _ => {
+                let verdict = self.check_chain(cert);
+                if chains.len() >= CHAINS {
+                    chains.retain(|_, (_, at)| now.duration_since(*at) < RECHECK);
+                    if chains.len() >= CHAINS {
+                        chains.clear();
+                    }
+                }
+                chains.insert(cert.to_string(), (verdict.clone(), now));
+                verdict
+            }
+        }?;
+        if !ax_tls::names(&leaf, name) {
+            return Err(Unsealed::NotNamed);
+        }
+        Ok(leaf)
+    }
+
+    fn check_chain(&self, cert: &str) -> Checked {
+        if cert.len() > MAX_CERT {
+            return Err(Unsealed::Unreadable);
+        }
+        let chain = decode_chain(cert).filter(|c| !c.is_empty() && c.len() <= MAX_CHAIN).ok_or(Unsealed::Unreadable)?;
+        self.tls.current().check(&chain).map_err(Unsealed::Certificate)?;
+        Ok(chain.into_iter().next().expect("a chain has a leaf"))
+    }
+
+    /// The sequence, records and certificate of `id`'s current key-values, if their seal
+    /// holds and is not older than `last`.
+    fn check(
+        &self,
+        id: &ChitchatId,
+        node: &NodeState,
+        last: u64,
+    ) -> Result<(u64, Option<Published>, String), Unsealed> {
         let seal = node.get(SEAL_KEY).ok_or(Unsealed::Missing)?;
         let seal: Seal = serde_json::from_str(seal).map_err(|_| Unsealed::Unreadable)?;
         if seal.seq < last {
             return Err(Unsealed::Replayed);
         }
-        let chain = node.get(CERT_KEY).and_then(decode_chain).ok_or(Unsealed::Unreadable)?;
-        let tls = self.tls.current();
-        tls.check(&chain).map_err(Unsealed::Certificate)?;
-        if !ax_tls::names(&chain[0], &id.node_id) {
-            return Err(Unsealed::NotNamed);
-        }
+        let cert = node.get(CERT_KEY).ok_or(Unsealed::Unreadable)?;
+        let leaf = self.leaf(cert, &id.node_id)?;
         let signature =
             Signature { scheme: seal.scheme, bytes: BASE64.decode(&seal.sig).map_err(|_| Unsealed::Unreadable)? };
-        tls.verify_signature(&chain[0], &message(id, seal.seq, node.key_values()), &signature)
+        self.tls
+            .current()
+            .verify_signature(&leaf, &message(id, seal.seq, node.key_values()), &signature)
             .map_err(Unsealed::Signature)?;
-        Ok((seal.seq, Published::from_keys(node.key_values())))
+        Ok((seal.seq, Published::from_keys(node.key_values()), cert.to_string()))
     }
 }
 
@@ -281,6 +357,10 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
     }
 
     fn id(name: &str) -> ChitchatId {
@@ -339,14 +419,14 @@ mod tests {
         let (mut sealer, seals) = (Sealer::new(pki.tls("n1")), Seals::new(pki.tls("n2")));
         let mut c = node(&n1);
         set(&mut c, &sealed(&mut sealer, &n1, &published(40000)));
-        let s = seals.state(&n1, c.self_node_state());
+        let s = seals.state(&n1, c.self_node_state(), now());
         assert_eq!((s.state, s.fresh, s.problem), (Some(published(40000)), true, None));
 
         // A relay adds a row for n1's address: the last seal stands, and says why.
         let mut forged = published(40000).to_keys();
         forged.insert("row/tcp/10.0.0.1:40001".into(), published(40001).to_keys()["row/tcp/10.0.0.1:40001"].clone());
         set(&mut c, &forged);
-        let s = seals.state(&n1, c.self_node_state());
+        let s = seals.state(&n1, c.self_node_state(), now());
         assert_eq!(s.state, Some(published(40000)));
         assert_eq!(s.problem, Some(Unsealed::Signature(SignatureError::Invalid)));
         assert!(s.problem.unwrap().to_string().contains("seal does not hold"));
@@ -354,7 +434,7 @@ mod tests {
         // n1 seals again: its state counts as it is.
         c.self_node_state().delete("row/tcp/10.0.0.1:40000");
         set(&mut c, &sealed(&mut sealer, &n1, &published(40001)));
-        let s = seals.state(&n1, c.self_node_state());
+        let s = seals.state(&n1, c.self_node_state(), now());
         assert_eq!((s.state, s.problem), (Some(published(40001)), None));
     }
 
@@ -366,9 +446,9 @@ mod tests {
         let mut c = node(&n1);
         let old = sealed(&mut sealer, &n1, &published(40000));
         set(&mut c, &sealed(&mut sealer, &n1, &published(40000)));
-        assert_eq!(seals.state(&n1, c.self_node_state()).live(), Some(published(40000)));
+        assert_eq!(seals.state(&n1, c.self_node_state(), now()).live(), Some(published(40000)));
         set(&mut c, &old);
-        let s = seals.state(&n1, c.self_node_state());
+        let s = seals.state(&n1, c.self_node_state(), now());
         assert_eq!((s.state, s.problem), (Some(published(40000)), Some(Unsealed::Replayed)));
     }
 
@@ -387,15 +467,15 @@ mod tests {
         for (mut sealer, why) in cases {
             let (seals, mut c) = (Seals::new(pki.tls("n2")), node(&n1));
             set(&mut c, &sealed(&mut sealer, &n1, &published(40000)));
-            let s = seals.state(&n1, c.self_node_state());
+            let s = seals.state(&n1, c.self_node_state(), now());
             assert_eq!((s.state, s.problem), (None, Some(why)));
         }
         // Keys without a seal, or with one that is not JSON, count for nothing.
         let (seals, mut c) = (Seals::new(pki.tls("n2")), node(&n1));
         set(&mut c, &published(40000).to_keys());
-        assert_eq!(seals.state(&n1, c.self_node_state()).problem, Some(Unsealed::Missing));
+        assert_eq!(seals.state(&n1, c.self_node_state(), now()).problem, Some(Unsealed::Missing));
         c.self_node_state().set(SEAL_KEY, "{");
-        let s = seals.state(&n1, c.self_node_state());
+        let s = seals.state(&n1, c.self_node_state(), now());
         assert_eq!((s.state, s.problem), (None, Some(Unsealed::Unreadable)));
     }
 
@@ -410,7 +490,7 @@ mod tests {
         let later = ChitchatId::new("n1".to_string(), n1.generation_id + 1, n1.gossip_advertise_addr);
         let mut c = node(&later);
         set(&mut c, &keys);
-        let s = seals.state(&later, c.self_node_state());
+        let s = seals.state(&later, c.self_node_state(), now());
         assert_eq!((s.state, s.problem), (None, Some(Unsealed::Signature(SignatureError::Invalid))));
     }
 
@@ -421,15 +501,58 @@ mod tests {
         let (mut sealer, seals) = (Sealer::new(pki.tls("n1")), Seals::new(pki.tls("n2")));
         let mut c = node(&n1);
         set(&mut c, &sealed(&mut sealer, &n1, &published(40000)));
-        assert!(seals.state(&n1, c.self_node_state()).fresh);
+        assert!(seals.state(&n1, c.self_node_state(), now()).fresh);
         assert!(!sealer.due());
         tokio::time::advance(RESEAL).await;
         assert!(sealer.due(), "a node seals again every {RESEAL:?}");
         tokio::time::advance(STALE - RESEAL).await;
-        let s = seals.state(&n1, c.self_node_state());
+        let s = seals.state(&n1, c.self_node_state(), now());
         assert_eq!((s.state.is_some(), s.fresh, s.problem.clone()), (true, false, Some(Unsealed::Stale)));
         assert_eq!(s.live(), None);
         set(&mut c, &sealed(&mut sealer, &n1, &published(40000)));
-        assert_eq!(seals.state(&n1, c.self_node_state()).live(), Some(published(40000)));
+        assert_eq!(seals.state(&n1, c.self_node_state(), now()).live(), Some(published(40000)));
+    }
+
+    /// A reader that never saw a node is shown seals captured long ago: they hold, but
+    /// their sequence (the sealer's clock) says they are old.
+    #[tokio::test(start_paused = true)]
+    async fn a_seal_replayed_long_after_is_stale_by_its_own_clock() {
+        let pki = Pki::new("late", &["n1", "n2"]);
+        let n1 = id("n1");
+        let (mut sealer, seals) = (Sealer::new(pki.tls("n1")), Seals::new(pki.tls("n2")));
+        let mut c = node(&n1);
+        set(&mut c, &sealed(&mut sealer, &n1, &published(40000)));
+        let later = now() + (STALE + SKEW).as_millis() as u64 + 1;
+        let s = seals.state(&n1, c.self_node_state(), later);
+        assert_eq!((s.state.is_some(), s.fresh, s.problem.clone()), (true, false, Some(Unsealed::Stale)));
+        assert!(s.problem.unwrap().to_string().contains("clock"));
+        assert!(seals.state(&n1, c.self_node_state(), now()).fresh, "within the skew it counts");
+    }
+
+    /// The state last taken goes once its certificate is no longer accepted, though the
+    /// node's current key-values fail for another reason.
+    #[tokio::test(start_paused = true)]
+    async fn a_state_kept_goes_with_its_certificate() {
+        let pki = Pki::new("recheck", &["n1", "n2"]);
+        let other = Pki::new("recheck-other", &["n2"]);
+        let n1 = id("n1");
+        let reader = pki.pki.files("n2");
+        let tls = Reloadable::new(Tls::load(&reader, Some("n2")).unwrap(), Some("n2".into()));
+        let (mut sealer, seals) = (Sealer::new(pki.tls("n1")), Seals::new(tls.clone()));
+        let mut c = node(&n1);
+        set(&mut c, &sealed(&mut sealer, &n1, &published(40000)));
+        assert!(seals.state(&n1, c.self_node_state(), now()).live().is_some());
+        // A relay's change: the last seal stands...
+        c.self_node_state().set("row/tcp/10.0.0.1:40009", "{}");
+        assert!(seals.state(&n1, c.self_node_state(), now()).state.is_some());
+        // ...until the reader's CA is replaced (n1's certificate is of the old one).
+        let theirs = other.pki.files("n2");
+        for (from, to) in [(&theirs.ca, &reader.ca), (&theirs.cert, &reader.cert), (&theirs.key, &reader.key)] {
+            std::fs::copy(from, to).unwrap();
+        }
+        tls.reload().unwrap();
+        tokio::time::advance(RECHECK).await;
+        let s = seals.state(&n1, c.self_node_state(), now());
+        assert_eq!(s.state, None);
     }
 }

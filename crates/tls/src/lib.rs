@@ -214,8 +214,9 @@ pub enum SignatureError {
 /// Whether the certificate `cert` (verified by a handshake or [`Tls::check`]) names node
 /// `name`, and it alone: a DNS subject alternative name equal to it. DNS matching
 /// ignores case and honours wildcards, but a node's name is its identity: a name with
-/// capitals is never proven (`N1` would be a second node for the holder of `n1`), nor
-/// one a wildcard covers (`*.corp` would name every node of `corp`).
+/// capitals or a trailing dot is never proven (`N1` or `n1.` would be a second node for
+/// the holder of `n1`), nor one a wildcard covers (`*.corp` would name every node of
+/// `corp`).
 pub fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
     let dns = |name: &str| {
         let Ok(server) = ServerName::try_from(name) else { return false };
@@ -225,7 +226,9 @@ pub fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
     };
     // A wildcard replaces the leftmost label: it shows as naming a sibling too.
     let sibling = name.split_once('.').map(|(_, domain)| format!("ax-wildcard-probe.{domain}"));
-    !name.bytes().any(|b| b.is_ascii_uppercase()) && dns(name) && sibling.is_none_or(|s| !dns(&s))
+    // An empty label (`n1.`, a trailing dot) is the same DNS name again.
+    let exact = !name.bytes().any(|b| b.is_ascii_uppercase()) && !name.split('.').any(str::is_empty);
+    exact && dns(name) && sibling.is_none_or(|s| !dns(&s))
 }
 
 /// The current [`Tls`], replaced whole on reload. The configurations it builds read the

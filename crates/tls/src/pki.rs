@@ -296,7 +296,7 @@ mod tests {
         let leaf = |name: &str| Tls::load(&pki.files(name), None).unwrap().chain()[0].clone();
         let n1 = leaf("n1");
         assert!(names(&n1, "n1"));
-        assert!(!names(&n1, "N1") && !names(&n1, "n2") && !names(&n1, ""));
+        assert!(!names(&n1, "N1") && !names(&n1, "n1.") && !names(&n1, "n2") && !names(&n1, ""));
         let dotted = leaf("a.corp");
         assert!(names(&dotted, "a.corp") && !names(&dotted, "b.corp"));
         let key = KeyPair::generate().unwrap();
