@@ -473,6 +473,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The egress tunnel's TLS records come and go on these threads (see the function).
+        .on_thread_start(ax_sys::alloc::cache_this_thread)
         .enable_all()
         .build()
         .map_err(io("cannot start the async runtime"))?;
