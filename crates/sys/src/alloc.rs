@@ -32,3 +32,24 @@ pub fn cache_this_thread() {
     // An error leaves the thread uncached: slower, not wrong.
     let _ = b"thread.tcache.enabled\0".name().write(true);
 }
+
+#[cfg(test)]
+mod tests {
+    use tikv_jemalloc_ctl::{Access, AsName};
+
+    fn cached() -> bool {
+        b"thread.tcache.enabled\0".name().read().unwrap()
+    }
+
+    #[test]
+    fn a_thread_gets_a_cache_only_when_it_asks() {
+        // malloc_conf turns caches off for every thread (each app has one).
+        assert!(!std::thread::spawn(cached).join().unwrap());
+        assert!(std::thread::spawn(|| {
+            super::cache_this_thread();
+            cached()
+        })
+        .join()
+        .unwrap());
+    }
+}
