@@ -34,6 +34,8 @@ pub struct Gate {
     cap: usize,
     open: Arc<AtomicUsize>,
     per_peer: Option<(usize, Peers)>,
+    /// Addresses the per-peer cap does not apply to.
+    exempt: Option<Exempt>,
     refused: Mutex<Burst>,
     failed: Mutex<Burst>,
     handshakes: Mutex<Burst>,
@@ -41,6 +43,7 @@ pub struct Gate {
 
 /// Connections open by peer address.
 type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
+type Exempt = Box<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 /// A connection's place under its listener's cap (and its peer's), given back when
 /// dropped.
@@ -144,6 +147,7 @@ impl Gate {
             cap,
             open: Arc::default(),
             per_peer: None,
+            exempt: None,
             refused: Mutex::default(),
             failed: Mutex::default(),
             handshakes: Mutex::new(Burst::every(HANDSHAKE_QUIET)),
@@ -158,10 +162,17 @@ impl Gate {
         self
     }
 
+    /// As [`Gate::per_peer`], but for the addresses `exempt` says (this cluster's nodes,
+    /// whose connections carry many apps' at once).
+    pub fn per_peer_except(self, n: usize, exempt: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Gate {
+        Gate { exempt: Some(Box::new(exempt)), ..self.per_peer(n) }
+    }
+
     /// A place for a new connection from `peer`, or None when `cap` are open, or the
     /// per-peer cap from that address (the caller closes it).
     pub fn admit(&self, peer: Option<IpAddr>) -> Option<Permit> {
         let mut held = None;
+        let peer = peer.filter(|ip| !self.exempt.as_ref().is_some_and(|exempt| exempt(*ip)));
         if let (Some((cap, peers)), Some(ip)) = (&self.per_peer, peer) {
             let mut open = peers.lock().unwrap_or_else(|p| p.into_inner());
             let n = open.entry(ip).or_insert(0);
@@ -434,6 +445,10 @@ mod tests {
         assert!(g.admit(Some(a)).is_none(), "a's freed place went to c (the listener is full)");
         assert_eq!(g.open.load(Ordering::SeqCst), 4);
         assert_eq!(g.per_peer.as_ref().unwrap().1.lock().unwrap()[&a], 1);
+        let g = Gate::new("test", 4).per_peer_except(1, move |ip| ip == b);
+        let _held = (g.admit(Some(b)).unwrap(), g.admit(Some(b)).unwrap(), g.admit(Some(a)).unwrap());
+        assert!(g.admit(Some(a)).is_none(), "a is held to its one");
+        assert!(g.admit(Some(b)).is_some(), "b is not held to any");
     }
 
     #[test]

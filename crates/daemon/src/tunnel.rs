@@ -45,6 +45,8 @@ use crate::{peer, relay, Daemon};
 const ALPN: &[u8] = b"ax-tunnel";
 /// How long a dial, a handshake, or a request or answer line may take.
 const STEP: Duration = Duration::from_secs(10);
+/// Connections at once from a host that is none of the cluster's nodes.
+const STRANGER_CONNECTIONS: usize = 8;
 /// Buffer per direction when bytes are copied through user space (TLS records are up
 /// to 16 KiB; larger reads cut the calls per byte).
 const COPY_BUFFER: usize = 256 * 1024;
@@ -156,12 +158,18 @@ pub fn spawn(
         None => info!(%at, "serving as egress gateway (no TLS: requests and bytes cross the network in the clear)"),
     }
     let tls = tls.map(|(t, client)| (TlsAcceptor::from(Arc::new(t.node_server_config(&[ALPN]))), client));
+    let members = daemon.clone();
     let server = Arc::new(Server {
         node: daemon.node_ip(),
         daemon,
         tls,
         refused: Mutex::default(),
-        gate: Gate::new("egress port", relay::MAX_CONNECTIONS),
+        // Anyone on the network reaches the port: a host that is none of the cluster's
+        // nodes (whose connections carry their apps') holds a few connections at most,
+        // so its idle ones cannot fill it.
+        gate: Gate::new("egress port", relay::MAX_CONNECTIONS).per_peer_except(STRANGER_CONNECTIONS, move |ip| {
+            matches!(unmap(SocketAddr::new(ip, 0)).ip(), IpAddr::V4(ip) if members.read(|s| s.table.is_node_address(ip)))
+        }),
     });
     tokio::spawn(async move {
         let s = server.clone();
