@@ -473,6 +473,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Named, so the runtime's threads (its blocking pool comes and goes) are told from
+        // the threads held for apps.
+        .thread_name(ASYNC_THREADS)
         // The egress tunnel's TLS records come and go on these threads (see the function).
         .on_thread_start(ax_sys::alloc::cache_this_thread)
         .enable_all()
@@ -517,6 +520,9 @@ pub fn run(config: Config) -> Result<(), Error> {
 }
 
 /// How long a restored app has to be taken back by its `ax run` before it is dropped.
+/// The async runtime's threads' name.
+pub const ASYNC_THREADS: &str = "ax-async";
+
 const REATTACH_GRACE: Duration = Duration::from_secs(15);
 
 /// Takes back what an earlier daemon saved: apps whose `ax run` is still alive, their

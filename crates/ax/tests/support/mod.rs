@@ -440,10 +440,14 @@ impl TestHost {
     }
 
     /// How many threads and open descriptors the daemon has.
+    /// The daemon's threads (but its async runtime's, whose blocking pool comes and goes
+    /// with the API calls that measure it) and open descriptors.
     pub fn daemon_threads_and_fds(&self) -> (usize, usize) {
         let pid = self.daemon_pid();
-        let count = |dir: &str| fs::read_dir(format!("/proc/{pid}/{dir}")).unwrap().count();
-        (count("task"), count("fd"))
+        let tasks = fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let named = |t: &fs::DirEntry| fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let threads = tasks.filter_map(Result::ok).filter(|t| named(t).trim() != ax_daemon::ASYNC_THREADS).count();
+        (threads, fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count())
     }
 
     /// Sends SIGTERM to the daemon and waits for it.
