@@ -553,62 +553,79 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Nodes a and b on 127.0.`net`.1 and .2, one port, with certificates from a test CA.
+    struct Pair {
+        dir: std::path::PathBuf,
+        a: SocketAddr,
+        b: SocketAddr,
+        ta: QuicTransport,
+        tb: QuicTransport,
+        sa: Box<dyn Socket>,
+        sb: Box<dyn Socket>,
+    }
+
+    impl Pair {
+        async fn new(net: u8) -> Pair {
+            let dir = std::env::temp_dir().join(format!("ax-quic-pair-{net}-{}", std::process::id()));
+            let pki = ax_tls::write_test_pki(&dir, &["a".into(), "b".into()]).unwrap();
+            let port = std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, net, 1), 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let (a, b): (SocketAddr, SocketAddr) = (([127, 0, net, 1], port).into(), ([127, 0, net, 2], port).into());
+            let transport = |n: &str| {
+                let tls = ax_tls::Reloadable::new(ax_tls::Tls::load(&pki.files(n), None).unwrap(), None);
+                QuicTransport::new(&tls).unwrap()
+            };
+            let (ta, tb) = (transport("a"), transport("b"));
+            let (sa, sb) = (ta.open(a).await.unwrap(), tb.open(b).await.unwrap());
+            Pair { dir, a, b, ta, tb, sa, sb }
+        }
+    }
+
+    impl Drop for Pair {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_nodes_dialling_each_other_at_once_both_hear() {
-        let dir = std::env::temp_dir().join(format!("ax-quic-unit-{}", std::process::id()));
-        let pki = ax_tls::write_test_pki(&dir, &["a".into(), "b".into()]).unwrap();
-        let port = std::net::UdpSocket::bind("127.0.5.1:0").unwrap().local_addr().unwrap().port();
-        let (a, b): (SocketAddr, SocketAddr) = (([127, 0, 5, 1], port).into(), ([127, 0, 5, 2], port).into());
-        let transport = |n: &str| {
-            let tls = ax_tls::Reloadable::new(ax_tls::Tls::load(&pki.files(n), None).unwrap(), None);
-            QuicTransport::new(&tls).unwrap()
-        };
-        let (ta, tb) = (transport("a"), transport("b"));
-        let mut sa = ta.open(a).await.unwrap();
-        let mut sb = tb.open(b).await.unwrap();
+        let mut p = Pair::new(5).await;
+        let (a, b) = (p.a, p.b);
         for _ in 0..3 {
-            sa.send(b, syn()).await.unwrap();
-            sb.send(a, syn()).await.unwrap();
+            p.sa.send(b, syn()).await.unwrap();
+            p.sb.send(a, syn()).await.unwrap();
         }
         let t = Duration::from_secs(20);
-        let (from, _) = tokio::time::timeout(t, sb.recv()).await.expect("b hears a").unwrap();
+        let (from, _) = tokio::time::timeout(t, p.sb.recv()).await.expect("b hears a").unwrap();
         assert_eq!(from, a);
-        let (from, _) = tokio::time::timeout(t, sa.recv()).await.expect("a hears b").unwrap();
+        let (from, _) = tokio::time::timeout(t, p.sa.recv()).await.expect("a hears b").unwrap();
         assert_eq!(from, b);
-        assert!(ta.trust().identities.proves(b, "b") && tb.trust().identities.proves(a, "a"));
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(p.ta.trust().identities.proves(b, "b") && p.tb.trust().identities.proves(a, "a"));
     }
 
     /// Gossip names 200 addresses where nobody answers (what a member can announce): a
     /// node dials a few at a time, and its connection in use stays up.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn addresses_nobody_answers_take_a_few_dials_and_no_connection_in_use() {
-        let dir = std::env::temp_dir().join(format!("ax-quic-dials-{}", std::process::id()));
-        let pki = ax_tls::write_test_pki(&dir, &["a".into(), "b".into()]).unwrap();
-        let port = std::net::UdpSocket::bind("127.0.6.1:0").unwrap().local_addr().unwrap().port();
-        let (a, b): (SocketAddr, SocketAddr) = (([127, 0, 6, 1], port).into(), ([127, 0, 6, 2], port).into());
-        let transport = |n: &str| {
-            let tls = ax_tls::Reloadable::new(ax_tls::Tls::load(&pki.files(n), None).unwrap(), None);
-            QuicTransport::new(&tls).unwrap()
-        };
-        let (ta, tb) = (transport("a"), transport("b"));
-        let mut sa = ta.open(a).await.unwrap();
-        let mut sb = tb.open(b).await.unwrap();
-        sa.send(b, syn()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), sb.recv()).await.expect("b hears a").unwrap();
+        let mut p = Pair::new(6).await;
+        let (b, port) = (p.b, p.b.port());
+        p.sa.send(b, syn()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), p.sb.recv()).await.expect("b hears a").unwrap();
         for i in 0..200u16 {
-            sa.send(SocketAddr::from(([127, 0, 7, (i % 250) as u8 + 1], port + 1 + i / 250)), syn()).await.unwrap();
+            p.sa.send(SocketAddr::from(([127, 0, 7, (i % 250) as u8 + 1], port + 1 + i / 250)), syn()).await.unwrap();
         }
         let links = |t: &QuicTransport| {
             let links = lock(&t.shared.links);
             let dialing = links.values().filter(|l| matches!(l, Link::Dialing(_))).count();
             (dialing, matches!(links.get(&b), Some(Link::Up { .. })))
         };
-        let (dialing, up) = links(&ta);
+        let (dialing, up) = links(&p.ta);
         assert!(dialing <= MAX_DIALS, "{dialing} dials at once");
         assert!(up, "the connection to b stays");
-        sa.send(b, syn()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), sb.recv()).await.expect("b still hears a").unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        p.sa.send(b, syn()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), p.sb.recv()).await.expect("b still hears a").unwrap();
     }
 }
