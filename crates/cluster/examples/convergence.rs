@@ -12,9 +12,11 @@
 //!   converged, in % of a core (what one node's daemon would spend); `steady` is the
 //!   bytes per node per second in the 3 s after.
 //!
-//! `cargo run --release -p ax-cluster --example convergence -- 3 100 300`
+//! `cargo run --release -p ax-cluster --example convergence -- 3 100 300` (`--sim`: the
+//! simulation alone, without the real runs' minutes of handshakes at 300 nodes).
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ax_cluster::gossip::{Gossip, GossipConfig};
@@ -22,6 +24,7 @@ use ax_cluster::quic::QuicTransport;
 use ax_cluster::state::{NodeRecord, Published, RowRecord};
 use ax_cluster::udp::PortCheckedUdp;
 use chitchat::transport::{ChannelTransport, Transport};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// Node `i`'s address in network `net` (10 for the simulation, 127.x for loopback).
@@ -85,26 +88,34 @@ struct Outcome {
 /// Starts `n` nodes of network `net` on `port`, node `i` on `wires[i]` (or all on the
 /// one given), and waits for convergence.
 async fn run(n: usize, net: [u8; 2], port: u16, wires: Vec<Wire>) -> Outcome {
-    let addr = |i: usize| SocketAddr::from((ip(net, i), port));
-    let mut nodes = Vec::new();
+    let addr = move |i: usize| SocketAddr::from((ip(net, i), port));
+    let wires = Arc::new(wires);
+    // All at once, as a cluster started together: each start waits for its node's
+    // random phase.
+    let start = Instant::now();
+    let mut starting = JoinSet::new();
     for i in 0..n {
-        let seeds = if i == 0 { vec![] } else { vec![addr(0).to_string()] };
-        let p = published(ip(net, i), i);
-        let mut config = GossipConfig::new(p.node.clone(), addr(i), seeds, 1);
-        if let Ok(phi) = std::env::var("PHI") {
-            config.phi_threshold = phi.parse().unwrap();
-        }
-        let wire = &wires[i.min(wires.len() - 1)];
-        let trust = match wire {
-            Wire::Quic(q) => Some(q.trust()),
-            _ => None,
-        };
-        let mut g = Gossip::start(config, wire.transport(), trust).await.unwrap();
-        g.publish(&p).await;
-        nodes.push(g);
+        let wires = Arc::clone(&wires);
+        starting.spawn(async move {
+            let seeds = if i == 0 { vec![] } else { vec![addr(0).to_string()] };
+            let p = published(ip(net, i), i);
+            let mut config = GossipConfig::new(p.node.clone(), addr(i), seeds, 1);
+            if let Ok(phi) = std::env::var("PHI") {
+                config.phi_threshold = phi.parse().unwrap();
+            }
+            let wire = &wires[i.min(wires.len() - 1)];
+            let trust = match wire {
+                Wire::Quic(q) => Some(q.trust()),
+                _ => None,
+            };
+            let mut g = Gossip::start(config, wire.transport(), trust).await.unwrap();
+            g.publish(&p).await;
+            g
+        });
     }
+    let nodes = starting.join_all().await;
     let bytes = || wires.iter().map(Wire::bytes).sum::<u64>() as f64;
-    let (start, cpu) = (Instant::now(), cpu_seconds());
+    let cpu = cpu_seconds();
     loop {
         // Every node asked every time, as each daemon reads its view every round.
         let mut done = true;
@@ -184,8 +195,18 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sim_only = args.iter().any(|a| a == "--sim");
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![3, 100, 300] } else { sizes };
+    if sim_only {
+        println!("{:>5} | {:>9} {:>9} {:>9}", "nodes", "sim", "sim B/n/s", "steady");
+        for n in sizes {
+            let sim = simulated(n);
+            println!("{n:>5} | {:>9} {:>9.0} {:>9.0}", secs(&sim), sim.rate, sim.steady);
+        }
+        return;
+    }
     println!(
         "{:>5} | {:>9} {:>9} | {:>9} {:>9} {:>6} | {:>8} {:>8} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
         "nodes",
