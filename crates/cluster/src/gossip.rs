@@ -394,10 +394,11 @@ impl Gossip {
     /// TLS: nothing is parsed).
     pub async fn peers_with_rows(&self) -> usize {
         let members = self.members_now().await;
+        let now_ms = now_ms();
         self.handle
             .with_chitchat(|c| {
                 let has_rows = |id: &ChitchatId| match &self.trust {
-                    Some(_) => self.sealed(c, id, now_ms()).live().is_some_and(|p| !p.rows.is_empty()),
+                    Some(_) => self.sealed(c, id, now_ms).live().is_some_and(|p| !p.rows.is_empty()),
                     None => c.node_state(id).is_some_and(|s| s.key_values().any(|(k, _)| k.starts_with("row/"))),
                 };
                 members.ids.iter().filter(|id| has_rows(id)).count()
