@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ax_core::addr::VirtualIp;
 pub use ax_core::vservice::{Backends, Expose, LbType, PortMaps, Spec as VserviceRequest};
-pub use ax_core::{Labels, Proto};
+pub use ax_core::{Driver, Labels, Proto};
 
 /// Where the daemon keeps its sockets and state.
 pub const RUN_DIR: &str = "/var/run/appswitch";
@@ -199,6 +199,10 @@ pub enum RunReply {
         ip: Ipv4Addr,
         /// The private resolv.conf to mount over /etc/resolv.conf, when asked for.
         resolv_conf: Option<String>,
+        /// How the app's socket calls are carried out: `ax run` installs that
+        /// driver's filter.
+        #[serde(default)]
+        driver: Driver,
     },
     Attached,
     Error {

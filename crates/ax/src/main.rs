@@ -112,7 +112,10 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
             Some(ax_daemon::DnsConfig { domain: d.dns_domain, servers })
         }
     };
+    let driver =
+        d.driver.as_deref().map(str::parse::<ax_api::Driver>).transpose().map_err(|e| anyhow!("--driver: {e}"))?;
     Ok(ax_daemon::Config {
+        driver,
         node_interface: d.node_interface,
         node_name: d.node_name,
         cluster: d.cluster,

@@ -365,13 +365,7 @@ pub fn unsupported(command: &Command, m: &ArgMatches) -> Result<(), NotSupported
         Ok(())
     };
     match command {
-        Command::Daemon(d) => {
-            check(DAEMON_PENDING)?;
-            if d.driver.as_deref() == Some("kernel") {
-                return Err(NotSupported { what: "--driver kernel", feature: "the kernel driver" });
-            }
-            Ok(())
-        }
+        Command::Daemon(_) => check(DAEMON_PENDING),
         Command::Run(_) => Ok(()),
         Command::Create(_) | Command::Delete(_) => Ok(()),
         Command::Get(_) | Command::Version | Command::TlsCerts(_) => Ok(()),
@@ -437,8 +431,9 @@ mod tests {
         assert!(verdict(&["ax", "daemon", "--tls"]).is_ok(), "the daemon checks the files");
         assert!(verdict(&["ax", "daemon", "--egress-gateway"]).is_ok());
         assert!(verdict(&["ax", "daemon", "--neighbors", "10.0.0.2", "--gossip-port", "7000"]).is_ok());
-        assert!(verdict(&["ax", "daemon", "--driver", "kernel"]).unwrap_err().contains("kernel driver"));
+        assert!(verdict(&["ax", "daemon", "--driver", "kernel"]).is_ok());
         assert!(verdict(&["ax", "daemon", "--driver", "user"]).is_ok());
+        assert!(parse(&["ax", "daemon", "--driver", "ebpf"]).is_err());
         assert!(verdict(&["ax", "run", "--expose", "80:8080", "--", "true"]).is_ok());
         assert!(verdict(&["ax", "run", "--name", "web", "--new-netns=false", "--", "true"]).is_ok());
         assert!(verdict(&["ax", "run", "--new-netns", "--", "true"]).is_ok());

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ax_api::{wire, Register, RunReply, RunRequest};
 use ax_core::table::NewApp;
 use ax_core::vservice::{Expose, ExposeAt};
-use ax_core::{AppId, NodeInfo, PortRanges};
+use ax_core::{AppId, Driver, NodeInfo, PortRanges};
 use ax_sys::kernel::Linux;
 use ax_sys::seccomp::{LastId, Listener};
 use ax_trap::guard::Guard;
@@ -115,11 +115,12 @@ fn session(
         }
         _ => return Err(refused("expected a register or reattach request first")),
     };
-    let (node, ports, cluster_ips) = daemon.read(|s| {
+    let (node, ports, cluster_ips, driver) = daemon.read(|s| {
         let t = &s.table;
-        (t.node().clone(), t.pool().ranges().clone(), t.remote().nodes.iter().map(|n| n.1).collect::<Vec<_>>())
+        let cluster_ips = t.remote().nodes.iter().map(|n| n.1).collect::<Vec<_>>();
+        (t.node().clone(), t.pool().ranges().clone(), cluster_ips, s.driver)
     });
-    let new = validate(&req, cred.pid, &node, &ports, &cluster_ips)?;
+    let new = validate(&req, cred.pid, &node, &ports, &cluster_ips, driver)?;
     if new.name.is_some() && daemon.dns_domain().is_none() {
         return Err(refused("--name needs the daemon's DNS server, and this daemon runs with --dns=false"));
     }
@@ -137,7 +138,8 @@ fn session(
         ),
         _ => None,
     };
-    reply(conn, &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip, resolv_conf })?;
+    let driver = registered.driver;
+    reply(conn, &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip, resolv_conf, driver })?;
     timeout(ATTACH_TIMEOUT)?;
     let (pid, fd) = match recv(conn)? {
         Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
@@ -218,6 +220,7 @@ fn validate(
     node: &NodeInfo,
     ports: &PortRanges,
     cluster_ips: &[Ipv4Addr],
+    driver: Driver,
 ) -> Result<NewApp, SessionError> {
     if let Some(name) = &req.name {
         ax_dns::wire::check_label(name).map_err(|e| refused(e.to_string()))?;
@@ -230,7 +233,7 @@ fn validate(
         ip: req.ip.map(|ip| ip.get()),
         labels: req.labels.clone(),
         pid: if req.pid > 0 { req.pid } else { peer_pid },
-        driver: crate::DRIVER,
+        driver,
         expose: req.expose.clone(),
     })
 }

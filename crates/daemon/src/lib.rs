@@ -11,6 +11,7 @@
 mod bounds;
 mod channel;
 mod cluster;
+mod driver;
 mod members;
 mod names;
 mod peer;
@@ -39,7 +40,7 @@ use std::time::Duration;
 
 use ax_api::{API_SOCKET, RUN_SOCKET};
 use ax_core::addr::{self, Subnet};
-use ax_core::{AppId, DaemonPorts, NodeInfo, PortPool, PortRanges, Table};
+use ax_core::{AppId, DaemonPorts, Driver, NodeInfo, PortPool, PortRanges, Table};
 use tracing::{info, warn};
 
 use state::RelayChange;
@@ -48,6 +49,9 @@ pub use state::{Answer, Command, State};
 /// The daemon's settings, resolved from flags and environment by the CLI.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `--driver`: None takes the kernel driver where its programs load, else the user
+    /// driver.
+    pub driver: Option<Driver>,
     /// Interface name or IPv4 address; None picks the first non-loopback interface
     /// with an IPv4 address.
     pub node_interface: Option<String>,
@@ -79,9 +83,6 @@ pub struct DnsConfig {
     /// `--dns-servers`; None: the host's resolv.conf nameservers.
     pub servers: Option<Vec<std::net::SocketAddr>>,
 }
-
-/// The driver this daemon runs (the kernel driver is not built yet).
-pub const DRIVER: ax_core::Driver = ax_core::Driver::User;
 
 pub use cluster::{ClusterConfig, GossipTransport};
 
@@ -461,8 +462,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         // The port serves members (and this node), nobody else.
         guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress port"))?;
     }
-    let daemon = Daemon::new(State::new(table), run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
-    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = %DRIVER, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");
+    // Until the kernel driver's programs are wired in, it never installs.
+    let chosen = driver::choose(config.driver, || Err::<(), _>("not wired in this build")).map_err(Error::Setting)?;
+    let mut state = State::new(table);
+    state.driver = chosen.driver;
+    let daemon = Daemon::new(state, run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
+    info!(driver = %chosen.driver, why = %chosen.why, "driver chosen");
+    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = %chosen.driver, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");
 
     let profiler = match &config.cpu_profile {
         Some(path) => Some((profile::start()?, path.clone())),

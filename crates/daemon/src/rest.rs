@@ -207,7 +207,10 @@ fn router(daemon: Daemon) -> Router {
         .route(path::APPS, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::apps(&s.table))) }))
         .route(path::SERVERS, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::servers(&s.table))) }))
         .route(path::SOCKETS, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::sockets(&s.table))) }))
-        .route(path::INFO, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::info(&s.table))) }))
+        .route(
+            path::INFO,
+            get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::info(&s.table, s.driver))) }),
+        )
         .route(
             path::VSERVICES,
             get(|State(d): State<Daemon>| async move { Json(d.read(|s| vservices::views(&s.table))) })

@@ -15,7 +15,7 @@ use ax_cluster::gossip::NodeStatus;
 use ax_cluster::state::{merge_vservices, AppRecord, NodeRecord, Published, RowRecord, VsRecord};
 use ax_core::table::NewApp;
 use ax_core::vservice::{ExposeAt, Vservice};
-use ax_core::{App, AppId, Binding, Origin, Proto, Remote, Table};
+use ax_core::{App, AppId, Binding, Driver, Origin, Proto, Remote, Table};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -125,6 +125,8 @@ pub struct State {
     pub(crate) relays: BTreeMap<RelayKey, RelaySpec>,
     /// Where each `--expose` relay's app lives and when gossip last showed its row.
     exposes: BTreeMap<RelayKey, (String, Instant)>,
+    /// The driver new apps run under (see `driver.rs`).
+    pub driver: Driver,
 }
 
 /// Collects what applying a command asks for.
@@ -144,6 +146,7 @@ impl State {
             nodes: Vec::new(),
             relays: BTreeMap::new(),
             exposes: BTreeMap::new(),
+            driver: Driver::User,
         }
     }
 

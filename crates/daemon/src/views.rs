@@ -1,7 +1,7 @@
 //! The API's rows, made from the tables (this node's and, as gossiped, the cluster's), as typed values.
 
 use ax_api::{AppView, DaemonInfo, NodeView, ServerView, SocketView};
-use ax_core::Table;
+use ax_core::{Driver, Table};
 
 pub fn apps(t: &Table) -> Vec<AppView> {
     let node = t.node();
@@ -75,14 +75,14 @@ pub fn sockets(t: &Table) -> Vec<SocketView> {
         .collect()
 }
 
-pub fn info(t: &Table) -> DaemonInfo {
+pub fn info(t: &Table, driver: Driver) -> DaemonInfo {
     let node = t.node();
     DaemonInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         node_id: node.name.clone(),
         cluster: node.cluster.clone(),
         node_ip: node.ip,
-        driver: crate::DRIVER.to_string(),
+        driver: driver.to_string(),
         ports: t.pool().ranges().to_string(),
         ports_in_use: t.pool().in_use(),
     }

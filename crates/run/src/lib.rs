@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use ax_api::{wire, Expose, Labels, Register, RunReply, RunRequest, VirtualIp, RUN_SOCKET};
+use ax_api::{wire, Driver, Expose, Labels, Register, RunReply, RunRequest, VirtualIp, RUN_SOCKET};
 use ax_sys::pidfd::Pidfd;
 use ax_sys::proc::{self, Fork};
 use ax_sys::{ns, seccomp};
@@ -113,6 +113,7 @@ struct Setup<'a> {
     app_id: String,
     ip: Ipv4Addr,
     resolv_conf: Option<String>,
+    driver: Driver,
 }
 
 /// Signals the launcher passes on to the app; SIGCHLD tells it the app ended.
@@ -142,7 +143,9 @@ pub fn run(opts: Options) -> Result<i32> {
     });
     wire::send(daemon.as_fd(), &register, None).map_err(RunError::Send)?;
     let setup = match answer(&daemon)? {
-        RunReply::Registered { app_id, ip, resolv_conf } => Setup { opts: &opts, app_id, ip, resolv_conf },
+        RunReply::Registered { app_id, ip, resolv_conf, driver } => {
+            Setup { opts: &opts, app_id, ip, resolv_conf, driver }
+        }
         other => return Err(RunError::Unexpected(Box::new(other))),
     };
 
@@ -291,7 +294,7 @@ fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
     if let Some(path) = &setup.resolv_conf {
         ns::bind_mount(path, "/etc/resolv.conf").map_err(RunError::ResolvConf)?;
     }
-    let listener = seccomp::install_filter(&policy::compile(policy::RULES)).map_err(RunError::Filter)?;
+    let listener = seccomp::install_filter(&policy::compile(&policy::rules(setup.driver))).map_err(RunError::Filter)?;
     // From here on only calls the filter lets through: read and write.
     let mut io = parent;
     io.write_all(&listener.as_raw_fd().to_ne_bytes()).map_err(RunError::TellListener)?;

@@ -156,6 +156,19 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// The calls the kernel driver's BPF programs answer on the daemon's host sockets, and
+/// that its apps' filters therefore let through.
+const ANSWERED_IN_KERNEL: &[i64] = &[libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername];
+
+/// The rules of an app of `driver`: the kernel driver's are the user driver's without
+/// the traps of the calls its programs answer ([`ANSWERED_IN_KERNEL`]).
+pub fn rules(driver: ax_core::Driver) -> Vec<Rule> {
+    let trapped = |r: &&Rule| {
+        driver == ax_core::Driver::User || !(r.action == Action::Notify && ANSWERED_IN_KERNEL.contains(&r.nr))
+    };
+    RULES.iter().filter(trapped).copied().collect()
+}
+
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xc000_003e;
 #[cfg(target_arch = "aarch64")]
@@ -371,6 +384,36 @@ mod tests {
             call(libc::SYS_setsockopt, [3, sol, libc::TCP_FASTOPEN_CONNECT as u64, 0, 4, 0]),
             libc::SECCOMP_RET_ALLOW
         );
+    }
+
+    #[test]
+    fn the_kernel_driver_traps_all_but_connect_and_the_name_queries() {
+        use ax_core::Driver;
+        let call = |driver, nr: i64, args: [u64; 6]| run(&compile(&rules(driver)), AUDIT_ARCH, nr as u32, args);
+        let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        let fd = [3, 0x1000, 16, 0, 0x2000, 0];
+        for nr in [libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername] {
+            assert_eq!(call(Driver::User, nr, fd), libc::SECCOMP_RET_USER_NOTIF, "{nr}");
+            assert_eq!(call(Driver::Kernel, nr, fd), libc::SECCOMP_RET_ALLOW, "{nr}");
+        }
+        for (nr, args) in [
+            (libc::SYS_socket, inet),
+            (libc::SYS_bind, fd),
+            (libc::SYS_listen, fd),
+            (libc::SYS_sendto, fd),
+            (libc::SYS_sendmsg, fd),
+            (libc::SYS_recvfrom, fd),
+            (libc::SYS_recvmsg, fd),
+        ] {
+            assert_eq!(call(Driver::Kernel, nr, args), call(Driver::User, nr, args), "{nr}");
+            assert_eq!(call(Driver::Kernel, nr, args), libc::SECCOMP_RET_USER_NOTIF, "{nr}");
+        }
+        // What the user driver refuses outright, the kernel driver refuses too.
+        let refused: Vec<Rule> = RULES.iter().filter(|r| r.action != Action::Notify).copied().collect();
+        let kernel = rules(Driver::Kernel);
+        assert!(refused.iter().all(|r| kernel.iter().any(|k| k.nr == r.nr && k.action == r.action)));
+        assert_eq!(rules(Driver::User).len(), RULES.len());
+        assert_eq!(kernel.len(), RULES.len() - 3);
     }
 
     #[test]
