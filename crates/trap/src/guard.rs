@@ -105,7 +105,7 @@ impl Maps {
     fn create(dir: &Path) -> io::Result<Maps> {
         fs::create_dir_all(dir)?;
         let maps = Maps {
-            sockets: Map::sk_storage("ax_sockets")?,
+            sockets: Map::sk_storage("ax_sockets", 4)?,
             daemon: Map::new(bpf::MAP_ARRAY, "ax_daemon", 4, 24, 1)?,
             members: Maps::members()?,
         };
