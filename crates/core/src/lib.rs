@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod ids;
+pub mod kmap;
 pub mod labels;
 pub mod limits;
 pub mod plan;
