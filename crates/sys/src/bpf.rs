@@ -185,7 +185,7 @@ impl Map {
     /// Socket storage holding `value_size` bytes (a multiple of 4) per socket, keyed by
     /// a socket's descriptor, and copied to the sockets a listener accepts.
     pub fn sk_storage(name: &str, value_size: u32) -> io::Result<Map> {
-        if value_size == 0 || value_size % 4 != 0 {
+        if value_size == 0 || !value_size.is_multiple_of(4) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket storage values are whole ints"));
         }
         let blob = storage_btf(value_size);
@@ -585,20 +585,28 @@ impl Asm {
         self.jump(JMP_K | OP_JA, 0, 0, 0, to)
     }
 
-    /// The program: what was built, then the two verdicts, with every jump resolved.
-    /// Panics on a jump to a label never placed or placed before the jump (a loop):
-    /// both are mistakes in the program's source.
+    /// The program: what was built, then the verdicts jumped to (`Deny`, r0 = 0, before
+    /// `Allow`, r0 = 1; the verifier refuses code no path reaches), with every jump
+    /// resolved. Panics on a jump to a label never placed or placed before the jump (a
+    /// loop): both are mistakes in the program's source.
     pub fn finish(&mut self) -> Vec<Insn> {
-        let deny = self.prog.len();
-        self.ret(0);
-        let allow = self.prog.len();
-        self.ret(1);
+        let at_verdict = |a: &mut Asm, v: Verdict, r0: i32| {
+            let used = a.jumps.iter().any(|&(_, to)| to == Target::Verdict(v));
+            used.then(|| {
+                let at = a.prog.len();
+                a.ret(r0);
+                at
+            })
+        };
+        let deny = at_verdict(self, Verdict::Deny, 0);
+        let allow = at_verdict(self, Verdict::Allow, 1);
         for &(at, to) in &self.jumps {
             let target = match to {
                 Target::Verdict(Verdict::Deny) => deny,
                 Target::Verdict(Verdict::Allow) => allow,
-                Target::Label(l) => self.labels[l.0].unwrap_or_else(|| panic!("label {} never placed", l.0)),
-            };
+                Target::Label(l) => self.labels[l.0],
+            }
+            .unwrap_or_else(|| panic!("the jump at {at} goes to a label never placed"));
             assert!(target > at, "the jump at {at} goes back to {target}: programs are loop-free");
             self.prog[at].off = i16::try_from(target - at - 1).expect("a jump within 32k instructions");
         }
@@ -676,7 +684,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_resolve_forward_and_unused_verdicts_stay_in_place() {
+    fn labels_resolve_forward_and_only_used_verdicts_are_emitted() {
         let mut a = Asm::default();
         let (skip, out) = (a.label(), a.label());
         a.if_eq(R1, 0, skip) // 0
@@ -692,7 +700,8 @@ mod tests {
         assert_eq!(p[2].off, 2); // to 5
         assert_eq!(p[4].off, 2); // to deny at 7
         assert_eq!((p[5].imm, p[6].code), (7, EXIT));
-        assert_eq!((p[7].imm, p[9].imm, p.len()), (0, 1, 11));
+        // Allow is never jumped to: only deny follows.
+        assert_eq!((p[7].imm, p[8].code, p.len()), (0, EXIT, 9));
     }
 
     #[test]
