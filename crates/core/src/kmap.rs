@@ -423,6 +423,21 @@ pub struct KernelMaps {
     pub private: BTreeSet<PrivateKey>,
 }
 
+/// What the programs do with a connect, as [`KernelMaps::lookup`] models it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'m> {
+    /// The socket's app has no entry: EPERM.
+    NoApp,
+    /// ECONNREFUSED, no packet.
+    Refuse,
+    /// To the destination as it is.
+    Pass,
+    /// To the broker, which carries the connection on as `kind` says.
+    Broker(BrokerKind),
+    /// To one target of this entry.
+    Backends(&'m Route),
+}
+
 /// One write to the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -439,6 +454,56 @@ impl KernelMaps {
     /// Empty maps under `config`.
     pub fn new(config: Config) -> KernelMaps {
         KernelMaps { config, apps: BTreeMap::new(), routes: BTreeMap::new(), private: BTreeSet::new() }
+    }
+
+    /// What a connect of `app`'s socket to `dest` over `proto` does, as the programs
+    /// decide it: the app's entry, then the entries of (its class, address, port),
+    /// (every class, address, port) and (every class, address, port 0), then the
+    /// defaults: loopback (127/8, ::1, either form, and the unspecified address) to the broker where the app listens privately
+    /// on that TCP port, else refused; TCP through the broker to an egress gateway when
+    /// `egress` is on; else as it is. An IPv6 destination other than a v4-mapped one
+    /// passes. A BROKER entry means egress.
+    pub fn lookup(&self, app: u32, proto: Proto, dest: std::net::SocketAddr) -> Lookup<'_> {
+        let Some(entry) = self.apps.get(&app) else { return Lookup::NoApp };
+        let dest = crate::addr::unmap(dest);
+        if crate::addr::is_loopback(dest.ip()) || dest.ip().is_unspecified() {
+            let key = PrivateKey { app, port: dest.port(), proto };
+            return if proto == Proto::Tcp && self.private.contains(&key) {
+                Lookup::Broker(BrokerKind::Loopback)
+            } else {
+                Lookup::Refuse
+            };
+        }
+        let std::net::SocketAddr::V4(v4) = dest else { return Lookup::Pass };
+        let ip = *v4.ip();
+        let key = |class, port| RouteKey { class, ip, port, proto };
+        let found = self
+            .routes
+            .get(&key(entry.class, v4.port()))
+            .or_else(|| self.routes.get(&key(ANY_CLASS, v4.port())))
+            .or_else(|| self.routes.get(&key(ANY_CLASS, 0)));
+        let route = found.map_or_else(|| KernelMaps::default_route(proto, &self.config), Route::clone);
+        match route.verdict {
+            Verdict::Refuse => Lookup::Refuse,
+            Verdict::Pass => Lookup::Pass,
+            Verdict::Broker => Lookup::Broker(BrokerKind::Egress),
+            Verdict::Backends => Lookup::Backends(found.expect("the defaults are never BACKENDS")),
+        }
+    }
+
+    /// What a connect to a non-loopback IPv4 address without any entry does.
+    pub fn default_route(proto: Proto, config: &Config) -> Route {
+        if proto == Proto::Tcp && config.egress {
+            Route::broker()
+        } else {
+            Route::pass()
+        }
+    }
+
+    /// What a connect to some port of `ip` without an entry of its own does.
+    pub fn fallback(&self, proto: Proto, ip: Ipv4Addr) -> Route {
+        let key = RouteKey { class: ANY_CLASS, ip, port: 0, proto };
+        self.routes.get(&key).cloned().unwrap_or_else(|| KernelMaps::default_route(proto, &self.config))
     }
 
     /// The writes that turn `old` into `new`, in an order under which a connect made

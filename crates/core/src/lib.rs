@@ -21,8 +21,9 @@ pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
 pub use table::{
-    AddAppError, App, BindPlan, Binding, BoundSocket, DaemonPorts, NewApp, NodeInfo, Origin, Proto, Refusal, Remote,
-    RemoteApp, RemoteRow, Reserved, Route, Snapshot, Table, Target, VserviceError, DNS_PORT, EGRESS_PORT,
+    AddAppError, App, BadDriver, BindPlan, Binding, BoundSocket, DaemonPorts, Driver, KernelView, NewApp, NodeInfo,
+    Origin, PrivateBind, Proto, Refusal, Remote, RemoteApp, RemoteRow, Reserved, Route, Snapshot, Table, Target,
+    VserviceError, DNS_PORT, EGRESS_PORT,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

@@ -230,7 +230,7 @@ fn validate(
         ip: req.ip.map(|ip| ip.get()),
         labels: req.labels.clone(),
         pid: if req.pid > 0 { req.pid } else { peer_pid },
-        driver: crate::DRIVER.into(),
+        driver: crate::DRIVER,
         expose: req.expose.clone(),
     })
 }

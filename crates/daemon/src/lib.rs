@@ -81,7 +81,7 @@ pub struct DnsConfig {
 }
 
 /// The driver this daemon runs (the kernel driver is not built yet).
-pub const DRIVER: &str = "user";
+pub const DRIVER: ax_core::Driver = ax_core::Driver::User;
 
 pub use cluster::{ClusterConfig, GossipTransport};
 
@@ -462,7 +462,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress port"))?;
     }
     let daemon = Daemon::new(State::new(table), run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
-    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = DRIVER, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");
+    info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = %DRIVER, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");
 
     let profiler = match &config.cpu_profile {
         Some(path) => Some((profile::start()?, path.clone())),

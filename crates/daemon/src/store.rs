@@ -403,7 +403,7 @@ mod tests {
             ip: ip.parse().unwrap(),
             labels: ax_core::Labels::parse("role=test").unwrap(),
             pid: 4242,
-            driver: "user".into(),
+            driver: ax_core::Driver::User,
             expose: Vec::new(),
         }
     }
@@ -444,7 +444,11 @@ mod tests {
         let path = dir.join("state.json");
         let (a, b) = (app(0xf000_0001, "198.18.0.1"), app(0xf000_0002, "198.18.0.2"));
         let saved = Saved {
-            table: Snapshot { apps: vec![a.clone(), b.clone()], bindings: vec![socket(&a, 40000), socket(&b, 40001)] },
+            table: Snapshot {
+                apps: vec![a.clone(), b.clone()],
+                bindings: vec![socket(&a, 40000), socket(&b, 40001)],
+                private: vec![],
+            },
             vservices: vec![vservice("db", "80")],
         };
         let mut v = serde_json::to_value(&saved).unwrap();
@@ -505,7 +509,7 @@ mod tests {
         let mut forever = vservice("forever", "80");
         forever.version = u64::MAX;
         let vservices = vec![vservice("web", "80"), vservice("huge", &big), vservice("-x", "80"), misnamed, forever];
-        let saved = Saved { table: Snapshot { apps, bindings }, vservices };
+        let saved = Saved { table: Snapshot { apps, bindings, private: vec![] }, vservices };
         let (kept, dropped) = check(saved, &node(), &pool(), 1_700_000_000_000);
         assert_eq!(kept.table.apps, vec![good.clone(), exposed.clone()]);
         assert_eq!(kept.table.bindings, vec![socket(&good, 40000), socket(&exposed, 9999)]);

@@ -397,7 +397,7 @@ async fn an_external_vservice_relays_on_its_port_or_is_409_when_the_port_is_busy
 #[tokio::test]
 async fn apps_are_listed_over_the_unix_socket() {
     let s = served();
-    let new = NewApp { ip: Some("198.18.0.9".parse().unwrap()), pid: 1, driver: DRIVER.into(), ..Default::default() };
+    let new = NewApp { ip: Some("198.18.0.9".parse().unwrap()), pid: 1, driver: DRIVER, ..Default::default() };
     let Answer::Registered(app) = s.daemon.submit(Command::Register(new)) else { panic!("not registered") };
     let (status, apps) = s.unix("GET", path::APPS, None).await;
     assert_eq!(status, 200);

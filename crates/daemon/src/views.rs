@@ -12,7 +12,7 @@ pub fn apps(t: &Table) -> Vec<AppView> {
             node_id: node.name.clone(),
             cluster: node.cluster.clone(),
             app_ip: a.ip,
-            driver: a.driver.clone(),
+            driver: a.driver.to_string(),
             labels: a.labels.clone(),
             zones: a.labels.selectors(),
         })
@@ -82,7 +82,7 @@ pub fn info(t: &Table) -> DaemonInfo {
         node_id: node.name.clone(),
         cluster: node.cluster.clone(),
         node_ip: node.ip,
-        driver: crate::DRIVER.into(),
+        driver: crate::DRIVER.to_string(),
         ports: t.pool().ranges().to_string(),
         ports_in_use: t.pool().in_use(),
     }
@@ -144,7 +144,7 @@ mod tests {
             ip: Some("198.18.5.1".parse().unwrap()),
             labels: "zone=default,team=a".parse().unwrap(),
             pid: 1,
-            driver: "user".into(),
+            driver: ax_core::Driver::User,
             ..Default::default()
         };
         t.add_app(new).unwrap();

@@ -158,6 +158,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Bind::Private(want) => {
                 let fresh = self.privatize(n, fd, &s)?;
                 self.k.bind(&fresh, &want)?;
+                // The kernel driver sends the app's connects to this port into its namespace.
+                if let (Kind::Host(_, proto), Some(local)) = (kind, self.k.local_addr(&fresh)?) {
+                    self.node.with_table(|t| t.add_private_bind(self.app, proto, local.port()));
+                    self.node.changed();
+                }
             }
             Bind::Host { family, proto, requested, service, exposed } => {
                 self.bind_host(&s, family, proto, requested, service, exposed)?;

@@ -9,6 +9,48 @@ use crate::ids::{self, AppId};
 use crate::labels::Labels;
 use crate::vservice::Expose;
 
+/// How an app's socket calls are carried out: trapped and decided by the daemon
+/// (`user`), or decided in the kernel by BPF programs from maps the daemon fills
+/// (`kernel`; socket, bind and listen still trapped). In JSON as `user` / `kernel`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    User,
+    Kernel,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::User => "user",
+            Driver::Kernel => "kernel",
+        }
+    }
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A driver name that is neither `user` nor `kernel`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("driver '{0}' is neither 'user' nor 'kernel'")]
+pub struct BadDriver(pub String);
+
+impl std::str::FromStr for Driver {
+    type Err = BadDriver;
+    fn from_str(s: &str) -> Result<Driver, BadDriver> {
+        match s {
+            "user" => Ok(Driver::User),
+            "kernel" => Ok(Driver::Kernel),
+            other => Err(BadDriver(other.into())),
+        }
+    }
+}
+
 /// An app run under ax.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct App {
@@ -18,7 +60,7 @@ pub struct App {
     pub ip: Ipv4Addr,
     pub labels: Labels,
     pub pid: i32,
-    pub driver: String,
+    pub driver: Driver,
     /// `--expose` as given; the forms for this node bind the app's socket on the host
     /// port as it is, the others are relayed by the nodes they name.
     pub expose: Vec<Expose>,
@@ -31,7 +73,7 @@ pub struct NewApp {
     pub ip: Option<Ipv4Addr>,
     pub labels: Labels,
     pub pid: i32,
-    pub driver: String,
+    pub driver: Driver,
     pub expose: Vec<Expose>,
 }
 

@@ -7,21 +7,23 @@
 
 mod apps;
 mod gateway;
+mod kernel;
 mod remote;
 mod reserved;
 mod routing;
 mod services;
 mod vservices;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::addr::Subnet;
 use crate::ids::{self, AppId};
 use crate::ports::PortPool;
 
-pub use apps::{AddAppError, App, NewApp};
+pub use apps::{AddAppError, App, BadDriver, Driver, NewApp};
 pub use gateway::Refusal;
+pub use kernel::KernelView;
 pub use remote::{Remote, RemoteApp, RemoteRow};
 pub use reserved::{DaemonPorts, Reserved, DNS_PORT};
 pub use routing::{BindPlan, Route, Target, EGRESS_PORT};
@@ -68,6 +70,17 @@ impl Proto {
 pub struct Snapshot {
     pub apps: Vec<App>,
     pub bindings: Vec<Binding>,
+    /// Loopback ports apps bound in their own namespaces (see [`Table::add_private_bind`]).
+    #[serde(default)]
+    pub private: Vec<PrivateBind>,
+}
+
+/// A loopback port an app bound in its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct PrivateBind {
+    pub app: AppId,
+    pub proto: Proto,
+    pub port: u16,
 }
 
 /// The tables of one daemon. Across its parts: every row belongs to a registered app
@@ -80,6 +93,8 @@ pub struct Table {
     vservices: vservices::Vservices,
     remote: remote::RemoteView,
     egress_peers: remote::EgressPeers,
+    /// Loopback ports apps bound in their own namespaces.
+    private: BTreeSet<PrivateBind>,
     /// This node carries other nodes' outbound connections (`--egress-gateway`).
     egress_gateway: bool,
     /// Egress goes through this node's forwarder (see [`Table::set_egress_forwarder`]).
@@ -97,6 +112,7 @@ impl Table {
             vservices: Default::default(),
             remote: Default::default(),
             egress_peers: Default::default(),
+            private: BTreeSet::new(),
             egress_gateway: false,
             egress_forwarder: false,
             rng: fastrand::Rng::with_seed(seed),
@@ -129,7 +145,11 @@ impl Table {
     /// What survives a restart: the apps and the sockets they bound (vservices are
     /// kept by the daemon with their cluster records).
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { apps: self.apps.iter().cloned().collect(), bindings: self.services.iter().cloned().collect() }
+        Snapshot {
+            apps: self.apps.iter().cloned().collect(),
+            bindings: self.services.iter().cloned().collect(),
+            private: self.private.iter().copied().collect(),
+        }
     }
 
     /// Takes back a snapshot taken by an earlier daemon: apps, sockets and their pool
@@ -138,6 +158,7 @@ impl Table {
         self.apps.restore(s.apps);
         let apps = &self.apps;
         self.services.restore(s.bindings, |id| apps.get(id).is_some());
+        self.private = s.private.into_iter().filter(|p| apps.get(p.app).is_some()).collect();
     }
 
     /// Replaces what is known of the other nodes (from gossip).
@@ -182,6 +203,7 @@ impl Table {
     /// Removes an app with every socket it bound; their ports go back to the pool.
     pub fn remove_app(&mut self, id: AppId) -> Option<(App, Vec<Binding>)> {
         let app = self.apps.remove(id)?;
+        self.private.retain(|p| p.app != id);
         Some((app, self.services.remove_app(id)))
     }
 
@@ -200,6 +222,19 @@ impl Table {
     /// Listening sockets: the rows of the service table.
     pub fn services(&self) -> impl Iterator<Item = &Binding> {
         self.services.rows()
+    }
+
+    /// Records that `app` bound a loopback port in its own namespace: the kernel
+    /// driver sends the app's host sockets' connects to that port there. Kept until the
+    /// app goes (a listener closed since is then refused by the app's namespace itself).
+    pub fn add_private_bind(&mut self, app: AppId, proto: Proto, port: u16) {
+        if self.apps.get(app).is_some() {
+            self.private.insert(PrivateBind { app, proto, port });
+        }
+    }
+
+    pub fn private_binds(&self) -> impl Iterator<Item = &PrivateBind> {
+        self.private.iter()
     }
 
     /// Takes a pool port for a bind; None when the pool is exhausted.
@@ -286,7 +321,7 @@ pub(crate) mod testing {
             ip: ip.map(|s| s.parse().unwrap()),
             labels: Labels::parse(labels).unwrap(),
             pid: 1,
-            driver: "user".into(),
+            driver: Driver::User,
             ..NewApp::default()
         })
         .unwrap()

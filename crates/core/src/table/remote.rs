@@ -80,6 +80,11 @@ impl RemoteView {
         self.seen_virtual.contains(&ip)
     }
 
+    /// Every address ever published as an app's (and no node's then).
+    pub(super) fn seen_app_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.seen_virtual.iter().copied()
+    }
+
     /// The addresses of the other nodes' apps named `label` (without case).
     pub(super) fn named<'a>(&'a self, label: &'a str) -> impl Iterator<Item = Ipv4Addr> + 'a {
         self.now.apps.iter().filter(|a| a.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(label))).map(|a| a.ip)

@@ -28,6 +28,26 @@ pub enum BindPlan {
     Host { service: SocketAddrV4, host_port: Option<u16> },
 }
 
+/// A connect's decision before the balancer orders its choices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Nothing to balance: this is where it goes.
+    Final(Route),
+    /// Choose among these.
+    Balanced(Balanced),
+    /// Not ax's: out directly or through an egress gateway.
+    Outbound(SocketAddr),
+}
+
+/// The choices of a connect to a service or vservice: groups (a vservice's backends in
+/// its order; a service's one group of rows), each the targets it may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Balanced {
+    pub(super) groups: Vec<Vec<Target>>,
+    /// Round robin over the groups of this vservice name and port; None: at random.
+    pub(super) rotate: Option<(String, u16)>,
+}
+
 /// One place a connect may go, and the host address to make it from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Target {
@@ -99,26 +119,39 @@ impl Table {
     /// Decides where a connect by `client` to `dest` goes. The backend order is
     /// random, so connections spread over every backend of an address.
     pub fn route_connect(&mut self, client: AppId, proto: Proto, dest: SocketAddr) -> Route {
+        let labels = self.apps.get(client).map(|c| c.labels.clone());
+        match self.decide_connect(labels.as_ref(), proto, dest) {
+            Decision::Final(route) => route,
+            Decision::Balanced(b) => self.vservices.balance(b, &mut self.rng),
+            Decision::Outbound(dest) => self.outbound(proto, dest),
+        }
+    }
+
+    /// The decision of a connect to `dest` by a client with `labels` (None: an app
+    /// the table does not know), before any balancing: what both drivers carry out,
+    /// the user driver per connect ([`Table::route_connect`]), the kernel driver once
+    /// per destination and label class ([`Table::kernel_maps`]).
+    pub(super) fn decide_connect(&mut self, labels: Option<&Labels>, proto: Proto, dest: SocketAddr) -> Decision {
         let dest = addr::unmap(dest);
         // Linux takes a connect to 0.0.0.0 or :: as one to the loopback address.
         if addr::is_loopback(dest.ip()) || dest.ip().is_unspecified() {
-            return Route::Private;
+            return Decision::Final(Route::Private);
         }
         let SocketAddr::V4(v4) = dest else {
-            return Route::Direct(dest);
+            return Decision::Final(Route::Direct(dest));
         };
-        let Some(labels) = self.apps.get(client).map(|c| c.labels.clone()) else {
-            return Route::Refused;
+        let Some(labels) = labels else {
+            return Decision::Final(Route::Refused);
         };
         // The daemon's own ports are the daemon's, whatever rows say: no app can stand
         // in for it. Apps may ask its DNS; the rest (gossip above all: a datagram from a
         // node's address would pass for that node's word) is no app's business.
         if self.is_daemon_port(v4) {
-            return if v4.port() == DNS_PORT { Route::Direct(dest) } else { Route::Refused };
+            return Decision::Final(if v4.port() == DNS_PORT { Route::Direct(dest) } else { Route::Refused });
         }
         if proto == Proto::Tcp {
-            if let Some(route) = self.vservice_route(*v4.ip(), v4.port(), Some(&labels)) {
-                return route;
+            if let Some(decision) = self.decide_vservice(*v4.ip(), v4.port(), Some(labels)) {
+                return decision;
             }
         }
         // A connect straight to a backend's host address is a connect to its service:
@@ -127,20 +160,19 @@ impl Table {
         let rows = self.rows_at(proto, service);
         if rows.is_empty() {
             if self.is_virtual(dest.ip()) {
-                return Route::Refused;
+                return Decision::Final(Route::Refused);
             }
-            return self.outbound(proto, dest);
+            return Decision::Outbound(dest);
         }
-        let mut allowed: Vec<Target> = rows
+        let allowed: Vec<Target> = rows
             .into_iter()
-            .filter(|(_, server)| server.shares(&labels))
+            .filter(|(_, server)| server.shares(labels))
             .map(|(host, _)| Target { addr: host, source: None })
             .collect();
         if allowed.is_empty() {
-            return Route::Refused;
+            return Decision::Final(Route::Refused);
         }
-        self.rng.shuffle(&mut allowed);
-        Route::Backends(allowed)
+        Decision::Balanced(Balanced { groups: vec![allowed], rotate: None })
     }
 
     /// Where a connect to a vservice's `ip:port` goes: per backend, its choices (a
@@ -152,30 +184,46 @@ impl Table {
     /// client outside ax, through an external port) skips the label check. None when
     /// `ip` is no vservice's.
     pub fn vservice_route(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Route> {
+        Some(match self.decide_vservice(ip, port, client)? {
+            Decision::Balanced(b) => self.vservices.balance(b, &mut self.rng),
+            Decision::Final(route) => route,
+            Decision::Outbound(dest) => Route::Direct(dest),
+        })
+    }
+
+    fn decide_vservice(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Decision> {
         let (node, apps, services, remote) = (&self.node, &self.apps, &self.services, &self.remote);
         let is_app_ip = |ip| !is_node_address(node, remote, ip) && (apps.has_ip(ip) || remote.has_app_ip(ip));
         let reach = |addr, seen_app| reach(node, apps, services, remote, addr, seen_app);
-        self.vservices.route(ip, port, client, is_app_ip, reach, &mut self.rng)
+        self.vservices.decide(ip, port, client, is_app_ip, reach)
     }
 
     /// A connect to an address outside the service table: through a live egress
-    /// gateway (TCP, from a node that is not one, to an address that is not a node's),
-    /// else directly. With the forwarder on, the app's socket goes to this node's egress
-    /// port, and the forwarder picks the gateway.
+    /// gateway (see [`Table::egress_applies`]), else directly. With the forwarder on,
+    /// the app's socket goes to this node's egress port, and the forwarder picks the
+    /// gateway.
     fn outbound(&mut self, proto: Proto, dest: SocketAddr) -> Route {
-        let to_node = matches!(dest.ip(), IpAddr::V4(ip) if self.remote.is_node(ip));
-        if proto != Proto::Tcp || self.egress_gateway || to_node {
+        if !self.egress_applies(proto, dest) {
             return Route::Direct(dest);
         }
-        let via = if self.egress_forwarder {
-            (!self.remote.gateways().is_empty()).then_some(self.node.ip)
-        } else {
-            self.pick_gateway()
-        };
+        let via = if self.egress_forwarder { Some(self.node.ip) } else { self.pick_gateway() };
         match via {
             Some(ip) => Route::Egress { gateway: SocketAddrV4::new(ip, EGRESS_PORT), dest },
             None => Route::Direct(dest),
         }
+    }
+
+    /// True when a connect to `dest` outside the service table goes through an egress
+    /// gateway: TCP, from a node that is not one, while a gateway lives, to an address
+    /// that is not another node's.
+    pub(super) fn egress_applies(&self, proto: Proto, dest: SocketAddr) -> bool {
+        let to_node = matches!(dest.ip(), IpAddr::V4(ip) if self.remote.is_node(ip));
+        proto == Proto::Tcp && !to_node && self.egress_on()
+    }
+
+    /// True when this node sends outside TCP connections through egress gateways now.
+    pub(super) fn egress_on(&self) -> bool {
+        !self.egress_gateway && !self.remote.gateways().is_empty()
     }
 
     /// What getsockname shows `app` for a socket whose real address is `real`: the

@@ -18,7 +18,7 @@ use crate::labels::Labels;
 use crate::vservice::{Backend, LbType, Rotation, Vservice};
 
 use super::reserved::Reserved;
-use super::routing::{reach, Route, Target};
+use super::routing::{reach, Balanced, Decision, Route, Target};
 use super::Table;
 
 /// Why a vservice could not be added or removed.
@@ -172,19 +172,19 @@ impl Vservices {
         self.by_name.values().filter(|v| v.name.eq_ignore_ascii_case(label)).map(|v| v.ip)
     }
 
-    /// Where a connect to the vservice at `ip:port` goes; None when `ip` is no
-    /// vservice's. `is_app_ip` says whether an address is an app's (here or on another
-    /// node) and `reach` what a backend address is now (given whether its address was
-    /// ever seen as an app's). See [`super::Table::vservice_route`].
-    pub(super) fn route<'r>(
+    /// The choices of a connect to the vservice at `ip:port`, before any balancing;
+    /// None when `ip` is no vservice's. `is_app_ip` says whether an address is an app's
+    /// (here or on another node) and `reach` what a backend address is now (given
+    /// whether its address was ever seen as an app's). See
+    /// [`super::Table::vservice_route`].
+    pub(super) fn decide<'r>(
         &mut self,
         ip: Ipv4Addr,
         port: u16,
         client: Option<&Labels>,
         is_app_ip: impl Fn(Ipv4Addr) -> bool,
         reach: impl Fn(SocketAddrV4, bool) -> Reach<'r>,
-        rng: &mut fastrand::Rng,
-    ) -> Option<Route> {
+    ) -> Option<Decision> {
         let v = self.by_name.values_mut().find(|v| v.ip == ip)?;
         // A backend once seen as an app stays one: down while no app serves it, never
         // an outside host of the same address.
@@ -195,7 +195,7 @@ impl Vservices {
         }
         let v = &*v;
         let Some(map) = v.ports.iter().find(|m| m.vport == port) else {
-            return Some(Route::Refused);
+            return Some(Decision::Final(Route::Refused));
         };
         let mut groups: Vec<Vec<Target>> = Vec::new();
         let mut denied = false;
@@ -213,28 +213,41 @@ impl Vservices {
                 Reach::Outside => continue,
                 Reach::Rows(rows) => rows,
             };
-            let mut reachable: Vec<Target> = rows
+            let reachable: Vec<Target> = rows
                 .iter()
                 .filter(|(_, labels)| client.is_none_or(|c| labels.shares(c)))
                 .map(|(host, _)| Target { addr: *host, source: None })
                 .collect();
             denied |= !rows.is_empty() && reachable.is_empty();
             if !reachable.is_empty() {
-                rng.shuffle(&mut reachable);
                 groups.push(reachable);
             }
         }
-        if groups.is_empty() {
-            return Some(if denied { Route::Refused } else { Route::Backends(Vec::new()) });
+        if groups.is_empty() && denied {
+            return Some(Decision::Final(Route::Refused));
         }
-        match v.lb {
-            LbType::Random => rng.shuffle(&mut groups),
-            LbType::RoundRobin => {
-                let start = self.rotation.next(&v.name, port, groups.len());
+        let rotate = (v.lb == LbType::RoundRobin).then(|| (v.name.clone(), port));
+        Some(Decision::Balanced(Balanced { groups, rotate }))
+    }
+
+    /// Orders `b`'s choices for one connect: each group shuffled, then the groups
+    /// shuffled or rotated.
+    pub(super) fn balance(&mut self, b: Balanced, rng: &mut fastrand::Rng) -> Route {
+        let mut groups = b.groups;
+        if groups.is_empty() {
+            return Route::Backends(Vec::new());
+        }
+        for g in &mut groups {
+            rng.shuffle(g);
+        }
+        match b.rotate {
+            None => rng.shuffle(&mut groups),
+            Some((name, port)) => {
+                let start = self.rotation.next(&name, port, groups.len());
                 groups.rotate_left(start);
             }
         }
-        Some(Route::Backends(groups.into_iter().flatten().collect()))
+        Route::Backends(groups.into_iter().flatten().collect())
     }
 }
 

@@ -19,7 +19,7 @@ fn register(s: &mut State, ip: &str) -> App {
         ip: Some(ip.parse().unwrap()),
         labels: Labels::parse("zone=default").unwrap(),
         pid: 1,
-        driver: "user".into(),
+        driver: ax_core::Driver::User,
         ..Default::default()
     };
     match s.apply(Command::Register(new)).answer {

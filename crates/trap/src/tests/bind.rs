@@ -220,6 +220,9 @@ fn a_loopback_bind_moves_the_socket_into_the_apps_namespace_with_its_options() {
     }));
     assert_eq!(r.table(|t| t.bindings().count()), 0, "private: no row");
     assert_eq!(r.shown(fd, false), None, "the kernel tells the truth there");
+    // Recorded for the kernel driver, which sends the app's loopback connects there.
+    let private: Vec<(ax_core::Proto, u16)> = r.table(|t| t.private_binds().map(|p| (p.proto, p.port)).collect());
+    assert_eq!(private, [(ax_core::Proto::Tcp, 6379)]);
 }
 
 #[test]
