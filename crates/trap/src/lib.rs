@@ -11,6 +11,8 @@ mod egress;
 mod engine;
 pub mod guard;
 mod helper;
+mod hooks;
+pub mod kdriver;
 pub mod policy;
 
 #[cfg(test)]

@@ -1,0 +1,196 @@
+//! What the socket guard and the kernel driver share as sets of cgroup eBPF programs on
+//! the daemon's cgroup: finding that cgroup (mounting a cgroup2 when this mount
+//! namespace shows none), the bpffs and a layout's pin directory, the daemon's identity
+//! (written into a pinned map; the programs recognise the daemon's threads by it), and
+//! loading, attaching and pinning programs so that they outlive the daemon.
+//!
+//! It owns no programs and no decisions: the guard and the kernel driver bring theirs.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ax_sys::bpf::{self, Asm, Insn, Link, Map, Size, Target, R0, R1, R10, R2, R3, R4, R7};
+
+/// Why a set of programs could not be installed; `.0` names the set ("socket guard",
+/// "kernel driver").
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("the {0} cannot find the daemon's cgroup (cgroup2 is needed): {1}")]
+    Cgroup(&'static str, io::Error),
+    #[error("the {0} cannot set up its pins at {1}: {2}")]
+    Pins(&'static str, PathBuf, io::Error),
+    #[error("the {0} cannot create its maps: {1}")]
+    Maps(&'static str, io::Error),
+    #[error("the {0} cannot load its {1} program (Linux 6.10 or later is needed): {2}")]
+    Load(&'static str, &'static str, io::Error),
+    #[error("the {0} cannot attach its {1} program to {2}: {3}")]
+    Attach(&'static str, &'static str, PathBuf, io::Error),
+}
+
+/// The cgroup2 directory of this process, open: new sockets belong to it, so programs
+/// attached there see every socket the daemon makes.
+pub struct Cgroup {
+    pub dir: PathBuf,
+    file: File,
+}
+
+impl Cgroup {
+    /// This process's cgroup (a cgroup2 is mounted at `run_dir`/cgroup2 when this mount
+    /// namespace shows none).
+    pub fn own(who: &'static str, run_dir: &Path) -> Result<Cgroup, InstallError> {
+        let dir = own_cgroup(&run_dir.join("cgroup2")).map_err(|e| InstallError::Cgroup(who, e))?;
+        let file = File::open(&dir)
+            .map_err(|e| InstallError::Cgroup(who, io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
+        Ok(Cgroup { dir, file })
+    }
+}
+
+/// `run_dir`/bpf/`layout`, with a bpffs mounted at `run_dir`/bpf if need be.
+pub fn pin_dir(who: &'static str, run_dir: &Path, layout: &str) -> Result<PathBuf, InstallError> {
+    let pins = run_dir.join("bpf");
+    bpf::ensure_bpffs(&pins).map_err(|e| InstallError::Pins(who, pins.clone(), e))?;
+    Ok(pins.join(layout))
+}
+
+/// A map holding the daemon's identity (one 24-byte value), for [`if_not_daemon`].
+pub fn daemon_map() -> io::Result<Map> {
+    Map::new(bpf::MAP_ARRAY, "ax_daemon", 4, 24, 1)
+}
+
+/// Writes this process's identity into `daemon`: from now on its threads are the
+/// daemon's.
+pub fn claim(daemon: &Map) -> io::Result<()> {
+    daemon.update(&0u32.to_ne_bytes(), &identity()?)
+}
+
+/// The daemon map's one value: this process's pid namespace (device, inode) and its pid
+/// there, which is how the programs recognise the daemon's threads.
+fn identity() -> io::Result<[u8; 24]> {
+    let ns = fs::metadata("/proc/self/ns/pid")?;
+    let mut v = [0u8; 24];
+    v[0..8].copy_from_slice(&ns.dev().to_ne_bytes());
+    v[8..16].copy_from_slice(&ns.ino().to_ne_bytes());
+    v[16..20].copy_from_slice(&std::process::id().to_ne_bytes());
+    Ok(v)
+}
+
+/// bpf_pidns_info { pid, tgid } on the stack.
+const PIDNS_INFO: i16 = -16;
+
+/// Jumps to `not` unless the calling thread is one of the daemon's (its process is the
+/// one `daemon` names, and it runs as root); falls through for the daemon. Clobbers
+/// r0-r5 and r7.
+pub fn if_not_daemon(a: &mut Asm, daemon: &Map, not: impl Into<Target> + Copy) {
+    a.store_imm(Size::W, R10, -4, 0)
+        .mov(R2, R10)
+        .add_imm(R2, -4)
+        .load_map(R1, daemon)
+        .call(bpf::FN_MAP_LOOKUP_ELEM)
+        .if_eq(R0, 0, not)
+        .load(Size::W, R7, R0, 16)
+        .load(Size::DW, R1, R0, 0)
+        .load(Size::DW, R2, R0, 8)
+        .mov(R3, R10)
+        .add_imm(R3, PIDNS_INFO as i32)
+        .mov_imm(R4, 8)
+        .call(bpf::FN_GET_NS_CURRENT_PID_TGID)
+        // Not in the daemon's pid namespace at all: not the daemon.
+        .if_ne(R0, 0, not)
+        .load(Size::W, R1, R10, PIDNS_INFO + 4)
+        .if_ne_reg(R1, R7, not)
+        // And root: after a daemon dies, an unprivileged process may get its pid.
+        .call(bpf::FN_GET_CURRENT_UID_GID)
+        .lsh_imm(R0, 32)
+        .rsh_imm(R0, 32)
+        .if_ne(R0, 0, not);
+}
+
+/// One program to attach: (attach type, name for messages and pins, program type,
+/// instructions).
+pub type Program = (u32, &'static str, u32, Vec<Insn>);
+
+/// Loads every program and attaches it to `cgroup` (alongside whatever else is attached
+/// there), then pins each link under `dir` per cgroup, replacing the pins a previous
+/// daemon in the same cgroup left: the new links are attached before the old pins go,
+/// so the rules never lapse. A daemon started in another cgroup leaves the links that
+/// rule the sockets made in the old one.
+pub fn attach_and_pin(
+    who: &'static str,
+    cgroup: &Cgroup,
+    dir: &Path,
+    programs: &[Program],
+) -> Result<Vec<Link>, InstallError> {
+    let mut links = Vec::new();
+    for (hook, name, prog_type, insns) in programs {
+        let prog: OwnedFd =
+            bpf::load(*prog_type, *hook, &format!("ax_{name}"), insns).map_err(|e| InstallError::Load(who, name, e))?;
+        let link = bpf::attach(&prog, &cgroup.file, *hook)
+            .map_err(|e| InstallError::Attach(who, name, cgroup.dir.clone(), e))?;
+        links.push((*name, link));
+    }
+    let cgroup_id = cgroup.file.metadata().map_err(|e| InstallError::Cgroup(who, e))?.ino();
+    for (name, link) in &links {
+        let path = dir.join(format!("link-{name}-{cgroup_id}"));
+        let _ = fs::remove_file(&path);
+        link.pin(&path).map_err(|e| InstallError::Pins(who, path.clone(), e))?;
+    }
+    Ok(links.into_iter().map(|(_, l)| l).collect())
+}
+
+/// The cgroup2 directory of this process.
+fn own_cgroup(fallback: &Path) -> io::Result<PathBuf> {
+    let cgroup = fs::read_to_string("/proc/self/cgroup")?;
+    let path = unified_path(&cgroup).ok_or_else(|| io::Error::other("no cgroup2 line (0::) in /proc/self/cgroup"))?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let (mount, root) = match cgroup2_mount(&mountinfo) {
+        Some((mount, root)) => (PathBuf::from(mount), root.trim_end_matches('/').to_string()),
+        None => {
+            fs::create_dir_all(fallback)?;
+            ax_sys::ns::mount_fs("cgroup2", fallback, "")?;
+            (fallback.to_path_buf(), String::new())
+        }
+    };
+    let inside = path.strip_prefix(root.as_str()).unwrap_or(path).trim_start_matches('/');
+    Ok(mount.join(inside))
+}
+
+/// The cgroup2 mount point and the root it shows, from /proc/self/mountinfo.
+fn cgroup2_mount(mountinfo: &str) -> Option<(&str, &str)> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let f: Vec<&str> = left.split_whitespace().collect();
+        Some((*f.get(4)?, *f.get(3)?))
+    })
+}
+
+/// This process's cgroup2 path, from /proc/self/cgroup.
+fn unified_path(cgroup: &str) -> Option<&str> {
+    cgroup.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_in_a_hybrid_layout() {
+        let mi = "25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                  30 25 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                  39 25 0:36 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(mi), Some(("/sys/fs/cgroup/unified", "/")));
+        assert_eq!(cgroup2_mount("25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
+        assert_eq!(cgroup2_mount("garbage\n"), None);
+    }
+
+    #[test]
+    fn the_unified_line_gives_the_path() {
+        assert_eq!(unified_path("4:memory:/x\n0::/system.slice/ax.service\n"), Some("/system.slice/ax.service"));
+        assert_eq!(unified_path("4:memory:/x\n"), None);
+    }
+}

@@ -1,0 +1,544 @@
+//! The kernel driver's programs: cgroup sock_addr programs on the daemon's cgroup that
+//! carry out, on the host sockets the daemon made for kernel-driver apps, what the user
+//! driver's engine does for connect, getpeername and getsockname, from the maps the
+//! daemon fills (`ax_core::kmap` has their layout and what goes into them; this module
+//! loads the programs, owns the maps and writes them).
+//!
+//! A sock_addr program runs for the cgroup of the *socket*: sockets the daemon makes
+//! are in its cgroup, so the programs see the app's later calls on them. A socket
+//! without an `ax_ksock` entry (the daemon's own, anything else in the cgroup) is left
+//! alone by every program. The programs read the destination from the kernel's copy of
+//! the app's sockaddr (copied in before any hook runs), so an app that changes its
+//! buffer during the call changes nothing the programs decide on.
+//!
+//! - connect4/6: route lookup (class, ip, port, proto), (ANY, ip, port, proto),
+//!   (ANY, ip, 0, proto), then the defaults of the spec; REFUSE fails the call with
+//!   ECONNREFUSED before any packet; BACKENDS picks a group (random or round robin)
+//!   and a target in it at random, and connects from the route's source address when
+//!   it has one (bpf_bind); BROKER records the destination under the socket's cookie
+//!   and sends the connect to the daemon's broker. The original destination is kept
+//!   for getpeername. An IPv6 socket's v4-mapped destination is handled as IPv4, `::`
+//!   and `::1` as 127.0.0.1; other IPv6 destinations pass unchanged.
+//! - getpeername4/6, getsockname4/6: the addresses the app connected to and was bound
+//!   at, and its own virtual address for the node's.
+//! - bind4/6, udp sendmsg4/6: refused (EPERM) to every thread that is not the daemon's
+//!   (the daemon binds and sends addressed datagrams for the app, as the guard
+//!   demands of guarded sockets).
+
+use std::fs;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use ax_core::kmap::{
+    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, PrivateKey, Route, RouteKey, SockState, Verdict,
+    ANY_CLASS,
+};
+use ax_sys::bpf::{self, Asm, Insn, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
+use tracing::info;
+
+use crate::hooks::{self, Cgroup, InstallError};
+
+/// The pin directory's name; a new layout gets a new name.
+const LAYOUT: &str = "ax-kernel-v1";
+const WHO: &str = "kernel driver";
+
+/// Attach types (the kernel's enum bpf_attach_type).
+const BIND4: u32 = 8;
+const BIND6: u32 = 9;
+const CONNECT4: u32 = 10;
+const CONNECT6: u32 = 11;
+const SENDMSG4: u32 = 14;
+const SENDMSG6: u32 = 15;
+const GETPEERNAME4: u32 = 29;
+const GETPEERNAME6: u32 = 30;
+const GETSOCKNAME4: u32 = 31;
+const GETSOCKNAME6: u32 = 32;
+
+/// offsetof(struct bpf_sock_addr, ...).
+const USER_FAMILY: i16 = 0;
+const USER_IP4: i16 = 4;
+const USER_IP6: i16 = 8;
+const USER_PORT: i16 = 24;
+const PROTOCOL: i16 = 36;
+const SK: i16 = 64;
+
+/// The third word of a v4-mapped IPv6 address (::ffff:0:0/96) as a little-endian load
+/// of its bytes 00 00 ff ff gives it; and ::1's fourth.
+const MAPPED: u32 = 0xffff_0000;
+const LOOPBACK6: i32 = 0x0100_0000;
+/// 127.0.0.1 as a little-endian load of its bytes gives it.
+const LOOPBACK4: i32 = 0x0100_007f;
+
+/// The stack of the connect programs (offsets from r10).
+const ROUTE_KEY: i16 = -16; // RouteKey, 12 bytes
+const SCRATCH: i16 = -4; // a u32 key or value
+const BROKER_ENTRY: i16 = -32; // BrokerEntry, 12 bytes
+const COOKIE: i16 = -40; // u64
+const PRIVATE_KEY: i16 = -64; // PrivateKey, 8 bytes
+const BIND_ADDR: i16 = -96; // sockaddr_in (16 bytes) or sockaddr_in6 (28)
+
+const fn at(base: i16, field: usize) -> i16 {
+    base + field as i16
+}
+
+/// A field of a kmap layout as an instruction offset (every layout is a few hundred
+/// bytes at most).
+const fn off(field: usize) -> i16 {
+    field as i16
+}
+
+/// Why the kernel driver could not be installed (the daemon logs it and runs its apps
+/// with the user driver).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct KernelDriverError(#[from] InstallError);
+
+/// A write to or a read of the kernel driver's maps that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("cannot write the kernel driver's {0} map: {1}")]
+    Write(&'static str, io::Error),
+    #[error("cannot read the kernel driver's broker map: {0}")]
+    Read(io::Error),
+    #[error("the kernel driver's broker map holds a bad entry: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// The maps, all pinned: a restarting daemon takes them over with the sockets' states,
+/// the broker's pending entries and the tables, and keeps serving while it re-syncs.
+struct Maps {
+    ksock: Map,
+    apps: Map,
+    routes: Map,
+    conf: Map,
+    private: Map,
+    broker: Map,
+    daemon: Map,
+}
+
+/// (pin name, what makes it). `ax_ksock` comes last: once it is pinned, a later daemon
+/// takes the set.
+const MAPS: [&str; 7] = ["daemon", "apps", "routes", "conf", "private", "broker", "ksock"];
+
+impl Maps {
+    fn make(name: &str) -> io::Result<Map> {
+        match name {
+            "daemon" => hooks::daemon_map(),
+            "apps" => Map::new(bpf::MAP_HASH, "ax_kapps", 4, AppEntry::SIZE as u32, AppEntry::MAX_ENTRIES),
+            "routes" => {
+                Map::new(bpf::MAP_HASH, "ax_kroutes", RouteKey::SIZE as u32, Route::SIZE as u32, RouteKey::MAX_ENTRIES)
+            }
+            "conf" => Map::new(bpf::MAP_ARRAY, "ax_kconf", 4, Config::SIZE as u32, 1),
+            "private" => Map::new(bpf::MAP_HASH, "ax_kprivate", PrivateKey::SIZE as u32, 4, PrivateKey::MAX_ENTRIES),
+            "broker" => {
+                Map::new(bpf::MAP_LRU_HASH, "ax_kbroker", 8, BrokerEntry::SIZE as u32, BrokerEntry::MAX_ENTRIES)
+            }
+            _ => Map::sk_storage("ax_ksock", SockState::SIZE as u32),
+        }
+    }
+
+    /// The maps pinned under `dir`, or new ones pinned there.
+    fn open_or_create(dir: &Path) -> io::Result<Maps> {
+        let taken = dir.join("ksock").exists();
+        if !taken {
+            fs::create_dir_all(dir)?;
+        }
+        let mut got = Vec::new();
+        for name in MAPS {
+            let path = dir.join(name);
+            got.push(if taken {
+                Map::open_pinned(&path)?
+            } else {
+                let map = Maps::make(name)?;
+                let _ = fs::remove_file(&path);
+                map.pin(&path)?;
+                map
+            });
+        }
+        if taken {
+            info!(pins = %dir.display(), "taking over the kernel driver's maps a previous daemon left");
+        }
+        let [daemon, apps, routes, conf, private, broker, ksock]: [Map; 7] =
+            got.try_into().unwrap_or_else(|_| unreachable!("one map per name"));
+        Ok(Maps { ksock, apps, routes, conf, private, broker, daemon })
+    }
+}
+
+/// The kernel driver, installed: its programs attached to the daemon's cgroup (and
+/// pinned), its maps open.
+pub struct KernelDriver {
+    maps: Maps,
+}
+
+impl KernelDriver {
+    /// Installs the programs on this process's cgroup, creating the maps or taking over
+    /// the ones a previous daemon pinned under `run_dir`/bpf (a bpffs is mounted there
+    /// if need be; so is a cgroup2 at `run_dir`/cgroup2 when this mount namespace shows
+    /// none).
+    pub fn install(run_dir: &Path) -> Result<KernelDriver, KernelDriverError> {
+        let cgroup = Cgroup::own(WHO, run_dir)?;
+        let dir = hooks::pin_dir(WHO, run_dir, LAYOUT)?;
+        let maps = Maps::open_or_create(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))?;
+        hooks::claim(&maps.daemon).map_err(|e| InstallError::Maps(WHO, e))?;
+        let sock_addr = |hook, name, insns| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, insns);
+        let programs = [
+            sock_addr(CONNECT4, "kconnect4", connect(&maps, false)),
+            sock_addr(CONNECT6, "kconnect6", connect(&maps, true)),
+            sock_addr(GETPEERNAME4, "kgetpeername4", getpeername(&maps, false)),
+            sock_addr(GETPEERNAME6, "kgetpeername6", getpeername(&maps, true)),
+            sock_addr(GETSOCKNAME4, "kgetsockname4", getsockname(&maps, false)),
+            sock_addr(GETSOCKNAME6, "kgetsockname6", getsockname(&maps, true)),
+            sock_addr(BIND4, "kbind4", daemon_only(&maps)),
+            sock_addr(BIND6, "kbind6", daemon_only(&maps)),
+            sock_addr(SENDMSG4, "ksendmsg4", daemon_only(&maps)),
+            sock_addr(SENDMSG6, "ksendmsg6", daemon_only(&maps)),
+        ];
+        hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
+        info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "kernel driver installed");
+        Ok(KernelDriver { maps })
+    }
+
+    /// Makes `sock` (a host socket the daemon made for a kernel-driver app) the
+    /// programs' to rule, with `state`; a socket's state goes with it when it closes.
+    pub fn mark(&self, sock: BorrowedFd<'_>, state: &SockState) -> Result<(), MapError> {
+        self.maps.ksock.set_socket(sock, &state.encode()).map_err(|e| MapError::Write("socket state", e))
+    }
+
+    /// Writes `changes` in order (see `KernelMaps::diff` for why the order matters).
+    pub fn apply(&self, changes: &[Change]) -> Result<(), MapError> {
+        let m = &self.maps;
+        for c in changes {
+            match c {
+                Change::Config(c) => m.conf.update(&0u32.to_ne_bytes(), &c.encode()).map_err(|e| (e, "config")),
+                Change::PutApp(id, a) => m.apps.update(&AppEntry::key(*id), &a.encode()).map_err(|e| (e, "apps")),
+                Change::DeleteApp(id) => m.apps.delete(&AppEntry::key(*id)).map_err(|e| (e, "apps")),
+                Change::PutRoute(k, r) => m.routes.update(&k.encode(), &r.encode()).map_err(|e| (e, "routes")),
+                Change::DeleteRoute(k) => m.routes.delete(&k.encode()).map_err(|e| (e, "routes")),
+                Change::PutPrivate(k) => {
+                    m.private.update(&k.encode(), &PrivateKey::VALUE).map_err(|e| (e, "private listeners"))
+                }
+                Change::DeletePrivate(k) => m.private.delete(&k.encode()).map_err(|e| (e, "private listeners")),
+            }
+            .map_err(|(e, what)| MapError::Write(what, e))?;
+        }
+        Ok(())
+    }
+
+    /// The broker entry a connect program wrote for the app socket with this cookie,
+    /// removed (of two takers, one gets it); None when there is none.
+    pub fn take_broker(&self, cookie: u64) -> Result<Option<BrokerEntry>, MapError> {
+        let got = self.maps.broker.take(&cookie.to_ne_bytes(), BrokerEntry::SIZE).map_err(MapError::Read)?;
+        Ok(got.map(|b| BrokerEntry::decode(&b)).transpose()?)
+    }
+}
+
+/// r6 = the context, r7 = the socket's `ax_ksock` state; a socket without one (or no
+/// socket) is left alone.
+fn sock_state(a: &mut Asm, maps: &Maps) {
+    a.mov(R6, R1)
+        .load(Size::DW, R2, R6, SK)
+        .if_eq(R2, 0, V::Allow)
+        .load_map(R1, &maps.ksock)
+        .mov_imm(R3, 0)
+        .mov_imm(R4, 0)
+        .call(bpf::FN_SK_STORAGE_GET)
+        .if_eq(R0, 0, V::Allow)
+        .mov(R7, R0);
+}
+
+/// r0 = the map value at the key on the stack at `key`; jumps to `missing` if absent.
+fn lookup(a: &mut Asm, map: &Map, key: i16, missing: impl Into<bpf::Target> + Copy) {
+    a.mov(R2, R10).add_imm(R2, key as i32).load_map(R1, map).call(bpf::FN_MAP_LOOKUP_ELEM).if_eq(R0, 0, missing);
+}
+
+/// r0 = the config; jumps to `missing` if the array has none (it always has).
+fn config(a: &mut Asm, maps: &Maps, missing: impl Into<bpf::Target> + Copy) {
+    a.store_imm(Size::W, R10, SCRATCH, 0);
+    lookup(a, &maps.conf, SCRATCH, missing);
+}
+
+/// Writes the address `ip`:`port` (registers; `ip` an IPv4 address, be) into the
+/// context's user_ip4/user_port, or, for IPv6, as the v4-mapped ::ffff:`ip`. Clobbers
+/// r5.
+fn write_addr(a: &mut Asm, v6: bool, ip: Reg, port: Reg) {
+    if v6 {
+        a.mov_imm(R5, 0)
+            .store(Size::W, R6, USER_IP6, R5)
+            .store(Size::W, R6, USER_IP6 + 4, R5)
+            .mov32_imm(R5, MAPPED)
+            .store(Size::W, R6, USER_IP6 + 8, R5)
+            .store(Size::W, R6, USER_IP6 + 12, ip);
+    } else {
+        a.store(Size::W, R6, USER_IP4, ip);
+    }
+    a.store(Size::W, R6, USER_PORT, port);
+}
+
+/// Fails the call with -`errno`.
+fn fail(a: &mut Asm, errno: i32) {
+    a.mov_imm(R1, -errno).call(bpf::FN_SET_RETVAL).ret(0);
+}
+
+/// connect4 / connect6.
+fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
+    let mut a = Asm::default();
+    let [refuse, native6, loopback6, have_dest, found, no_route, loopback, broker, backends, random, chosen] =
+        [(); 11].map(|_| a.label());
+    let wrong_family = a.label();
+    sock_state(&mut a, maps);
+    // The kernel refuses a sockaddr of another family after the hook; so do we, before
+    // anything is written.
+    a.load(Size::W, R1, R6, USER_FAMILY).if_ne(R1, if v6 { libc::AF_INET6 } else { libc::AF_INET }, wrong_family);
+
+    // The destination's IPv4 address into the route key.
+    if v6 {
+        a.load(Size::W, R1, R6, USER_IP6)
+            .if_ne(R1, 0, native6)
+            .load(Size::W, R1, R6, USER_IP6 + 4)
+            .if_ne(R1, 0, native6)
+            .load(Size::W, R1, R6, USER_IP6 + 8)
+            .mov32_imm(R2, MAPPED)
+            .if_eq(R1, 0, loopback6)
+            .if_ne_reg(R1, R2, native6)
+            .load(Size::W, R1, R6, USER_IP6 + 12)
+            .goto(have_dest)
+            .here(loopback6)
+            // :: and ::1 are the loopback, as 0.0.0.0 and 127.0.0.1 are.
+            .load(Size::W, R1, R6, USER_IP6 + 12)
+            .skip_if_eq(R1, 0, 1)
+            .if_ne(R1, LOOPBACK6, native6)
+            .mov_imm(R1, LOOPBACK4)
+            .goto(have_dest);
+    } else {
+        a.load(Size::W, R1, R6, USER_IP4);
+    }
+    a.here(have_dest)
+        .store(Size::W, R10, at(ROUTE_KEY, RouteKey::IP_OFFSET), R1)
+        .load(Size::W, R2, R6, USER_PORT)
+        .store(Size::H, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET), R2)
+        .load(Size::W, R3, R6, PROTOCOL)
+        .store(Size::B, R10, at(ROUTE_KEY, RouteKey::PROTO_OFFSET), R3)
+        .store_imm(Size::B, R10, at(ROUTE_KEY, RouteKey::PROTO_OFFSET + 1), 0)
+        // What getpeername will show: the destination the app named.
+        .store(Size::W, R7, off(SockState::PEER_IP_OFFSET), R1)
+        .store(Size::H, R7, off(SockState::PEER_PORT_OFFSET), R2)
+        .load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
+        .or_imm(R1, SockState::PEER_SET as i32)
+        .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1)
+        // The app's class; an app the maps do not know connects nowhere.
+        .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
+        .store(Size::W, R10, SCRATCH, R1);
+    lookup(&mut a, &maps.apps, SCRATCH, V::Deny);
+    a.load(Size::W, R1, R0, off(AppEntry::CLASS_OFFSET)).store(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), R1);
+    a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
+    a.if_ne(R0, 0, found).store_imm(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), ANY_CLASS as i32);
+    a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
+    a.if_ne(R0, 0, found).store_imm(Size::H, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET), 0);
+    lookup(&mut a, &maps.routes, ROUTE_KEY, no_route);
+
+    a.here(found)
+        .mov(R9, R0)
+        .load(Size::B, R1, R9, off(Route::VERDICT_OFFSET))
+        .if_eq(R1, Verdict::Pass as i32, V::Allow)
+        .if_eq(R1, Verdict::Backends as i32, backends)
+        .if_ne(R1, Verdict::Broker as i32, refuse)
+        .store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET), BrokerKind::Egress as i32)
+        .goto(broker);
+
+    // No entry: the loopback is the app's own; outside TCP goes through the broker
+    // when the node has egress; the rest passes.
+    a.here(no_route)
+        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
+        .if_eq(R1, 0, loopback)
+        .and_imm(R1, 0xff)
+        .if_eq(R1, 127, loopback);
+    config(&mut a, maps, refuse);
+    a.load(Size::B, R1, R0, off(Config::EGRESS_OFFSET))
+        .if_eq(R1, 0, V::Allow)
+        .load(Size::W, R1, R6, PROTOCOL)
+        .if_ne(R1, libc::IPPROTO_TCP, V::Allow)
+        .store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET), BrokerKind::Egress as i32)
+        .goto(broker);
+
+    a.here(loopback)
+        .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
+        .store(Size::W, R10, at(PRIVATE_KEY, PrivateKey::APP_OFFSET), R1)
+        .load(Size::H, R1, R7, off(SockState::PEER_PORT_OFFSET))
+        .store(Size::H, R10, at(PRIVATE_KEY, PrivateKey::PORT_OFFSET), R1)
+        .load(Size::W, R1, R6, PROTOCOL)
+        .store(Size::B, R10, at(PRIVATE_KEY, PrivateKey::PROTO_OFFSET), R1)
+        .store_imm(Size::B, R10, at(PRIVATE_KEY, PrivateKey::PROTO_OFFSET + 1), 0);
+    lookup(&mut a, &maps.private, PRIVATE_KEY, refuse);
+    a.store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET), BrokerKind::Loopback as i32);
+
+    // To the broker (TCP only: it takes connections), with the destination recorded
+    // under the socket's cookie for it.
+    a.here(broker)
+        .load(Size::W, R1, R6, PROTOCOL)
+        .if_ne(R1, libc::IPPROTO_TCP, refuse)
+        .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
+        .store(Size::W, R10, at(BROKER_ENTRY, BrokerEntry::APP_OFFSET), R1)
+        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
+        .store(Size::W, R10, at(BROKER_ENTRY, BrokerEntry::DEST_IP_OFFSET), R1)
+        .load(Size::H, R1, R7, off(SockState::PEER_PORT_OFFSET))
+        .store(Size::H, R10, at(BROKER_ENTRY, BrokerEntry::DEST_PORT_OFFSET), R1)
+        .store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET + 1), 0)
+        .mov(R1, R6)
+        .call(bpf::FN_GET_SOCKET_COOKIE)
+        .store(Size::DW, R10, COOKIE, R0)
+        .load_map(R1, &maps.broker)
+        .mov(R2, R10)
+        .add_imm(R2, COOKIE as i32)
+        .mov(R3, R10)
+        .add_imm(R3, BROKER_ENTRY as i32)
+        .mov_imm(R4, 0)
+        .call(bpf::FN_MAP_UPDATE_ELEM)
+        .if_ne(R0, 0, refuse);
+    config(&mut a, maps, refuse);
+    a.load(Size::W, R1, R0, off(Config::BROKER_IP_OFFSET)).load(Size::H, R2, R0, off(Config::BROKER_PORT_OFFSET));
+    write_addr(&mut a, v6, R1, R2);
+    a.goto(V::Allow);
+
+    // One target: the group by the entry's balancer, the target in it at random.
+    a.here(backends)
+        .load(Size::B, R8, R9, off(Route::NGROUPS_OFFSET))
+        .if_eq(R8, 0, refuse)
+        .load(Size::B, R1, R9, off(Route::LB_OFFSET))
+        .if_ne(R1, ax_core::kmap::Lb::RoundRobin as i32, random)
+        .mov_imm(R1, 1)
+        .fetch_add(Size::W, R9, off(Route::RR_OFFSET), R1)
+        .goto(chosen)
+        .here(random)
+        .call(bpf::FN_GET_PRANDOM_U32)
+        .mov(R1, R0)
+        .here(chosen)
+        .rem(R1, R8)
+        // ngroups <= 8: the mask changes nothing but shows the verifier the bound.
+        .and_imm(R1, ax_core::kmap::MAX_GROUPS as i32 - 1)
+        .lsh_imm(R1, Route::GROUP_SIZE.trailing_zeros() as i32)
+        .add(R1, R9)
+        .load(Size::B, R8, R1, off(Route::GROUPS_OFFSET))
+        .load(Size::B, R2, R1, off(Route::GROUPS_OFFSET + 1))
+        .if_eq(R2, 0, refuse)
+        .store(Size::W, R10, SCRATCH, R2)
+        .call(bpf::FN_GET_PRANDOM_U32)
+        .load(Size::W, R1, R10, SCRATCH)
+        .rem(R0, R1)
+        .add(R0, R8)
+        .and_imm(R0, ax_core::kmap::MAX_TARGETS as i32 - 1)
+        .lsh_imm(R0, Route::TARGET_SIZE.trailing_zeros() as i32)
+        .add(R0, R9)
+        .load(Size::W, R1, R0, off(Route::TARGETS_OFFSET + Route::TARGET_IP_OFFSET))
+        .load(Size::H, R2, R0, off(Route::TARGETS_OFFSET + Route::TARGET_PORT_OFFSET));
+    write_addr(&mut a, v6, R1, R2);
+    // From the entry's source address, if it has one; a source that cannot be had
+    // fails the connect with the bind's errno rather than connecting from another.
+    a.load(Size::W, R1, R9, off(Route::SOURCE_IP_OFFSET)).if_eq(R1, 0, V::Allow);
+    if v6 {
+        a.mov_imm(R2, 0)
+            .store_imm(Size::H, R10, BIND_ADDR, libc::AF_INET6)
+            .store(Size::H, R10, BIND_ADDR + 2, R2)
+            .store(Size::W, R10, BIND_ADDR + 4, R2)
+            .store(Size::W, R10, BIND_ADDR + 8, R2)
+            .store(Size::W, R10, BIND_ADDR + 12, R2)
+            .store(Size::W, R10, BIND_ADDR + 24, R2)
+            .mov32_imm(R2, MAPPED)
+            .store(Size::W, R10, BIND_ADDR + 16, R2)
+            .store(Size::W, R10, BIND_ADDR + 20, R1)
+            .mov_imm(R3, 28);
+    } else {
+        a.store_imm(Size::H, R10, BIND_ADDR, libc::AF_INET)
+            .store_imm(Size::H, R10, BIND_ADDR + 2, 0)
+            .store(Size::W, R10, BIND_ADDR + 4, R1)
+            .store_imm(Size::DW, R10, BIND_ADDR + 8, 0)
+            .mov_imm(R3, 16);
+    }
+    a.mov(R1, R6).mov(R2, R10).add_imm(R2, BIND_ADDR as i32).call(bpf::FN_BIND).if_eq(R0, 0, V::Allow);
+    a.mov(R1, R0).call(bpf::FN_SET_RETVAL).ret(0);
+
+    if v6 {
+        // A real IPv6 destination passes as it is, and getpeername shows the kernel's.
+        a.here(native6)
+            .load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
+            .and_imm(R1, !(SockState::PEER_SET as i32))
+            .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1)
+            .goto(V::Allow);
+    }
+    a.here(wrong_family);
+    fail(&mut a, libc::EAFNOSUPPORT);
+    a.here(refuse);
+    fail(&mut a, libc::ECONNREFUSED);
+    a.finish()
+}
+
+/// getpeername4/6: the destination the app connected to.
+fn getpeername(maps: &Maps, v6: bool) -> Vec<Insn> {
+    let mut a = Asm::default();
+    sock_state(&mut a, maps);
+    a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
+        .and_imm(R1, SockState::PEER_SET as i32)
+        .if_eq(R1, 0, V::Allow)
+        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
+        .load(Size::H, R2, R7, off(SockState::PEER_PORT_OFFSET));
+    write_addr(&mut a, v6, R1, R2);
+    a.goto(V::Allow);
+    a.finish()
+}
+
+/// getsockname4/6: the service address a socket the daemon bound stands for; the app's
+/// own address where the kernel's is the node's.
+fn getsockname(maps: &Maps, v6: bool) -> Vec<Insn> {
+    let mut a = Asm::default();
+    let not_bound = a.label();
+    sock_state(&mut a, maps);
+    a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
+        .and_imm(R1, SockState::LOCAL_SET as i32)
+        .if_eq(R1, 0, not_bound)
+        .load(Size::W, R1, R7, off(SockState::LOCAL_IP_OFFSET))
+        .load(Size::H, R2, R7, off(SockState::LOCAL_PORT_OFFSET));
+    if v6 {
+        // A wildcard bind of an IPv6 socket is `::`, not ::ffff:0.0.0.0.
+        let mapped = a.label();
+        a.if_ne(R1, 0, mapped)
+            .store(Size::W, R6, USER_IP6, R1)
+            .store(Size::W, R6, USER_IP6 + 4, R1)
+            .store(Size::W, R6, USER_IP6 + 8, R1)
+            .store(Size::W, R6, USER_IP6 + 12, R1)
+            .store(Size::W, R6, USER_PORT, R2)
+            .goto(V::Allow)
+            .here(mapped);
+    }
+    write_addr(&mut a, v6, R1, R2);
+    a.goto(V::Allow).here(not_bound);
+    if v6 {
+        a.load(Size::W, R1, R6, USER_IP6)
+            .if_ne(R1, 0, V::Allow)
+            .load(Size::W, R1, R6, USER_IP6 + 4)
+            .if_ne(R1, 0, V::Allow)
+            .load(Size::W, R1, R6, USER_IP6 + 8)
+            .mov32_imm(R2, MAPPED)
+            .if_ne_reg(R1, R2, V::Allow)
+            .load(Size::W, R8, R6, USER_IP6 + 12);
+    } else {
+        a.load(Size::W, R8, R6, USER_IP4);
+    }
+    config(&mut a, maps, V::Allow);
+    a.load(Size::W, R1, R0, off(Config::NODE_IP_OFFSET))
+        .if_ne_reg(R8, R1, V::Allow)
+        .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
+        .store(Size::W, R10, SCRATCH, R1);
+    lookup(&mut a, &maps.apps, SCRATCH, V::Allow);
+    a.load(Size::W, R1, R0, off(AppEntry::IP_OFFSET)).store(Size::W, R6, if v6 { USER_IP6 + 12 } else { USER_IP4 }, R1);
+    a.goto(V::Allow);
+    a.finish()
+}
+
+/// bind4/6 and udp sendmsg4/6: the daemon's threads only.
+fn daemon_only(maps: &Maps) -> Vec<Insn> {
+    let mut a = Asm::default();
+    sock_state(&mut a, maps);
+    hooks::if_not_daemon(&mut a, &maps.daemon, V::Deny);
+    a.goto(V::Allow);
+    a.finish()
+}

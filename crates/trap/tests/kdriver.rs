@@ -1,0 +1,607 @@
+//! The kernel driver's programs, loaded and attached for real (root). Each test re-runs
+//! itself in a sandbox: a private mount and network namespace (loopback and the test's
+//! addresses only) and a cgroup2 cgroup of its own, which the programs are attached to.
+//! The test process plays the daemon (it makes and marks the sockets); "app" calls are
+//! made from a child process, as an app's are.
+
+use std::collections::BTreeMap;
+use std::env;
+use std::fs;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ax_core::kmap::{
+    AppEntry, BrokerEntry, BrokerKind, Change, Config, Lb, PrivateKey, Route, RouteKey, SockState, ANY_CLASS,
+};
+use ax_core::Proto;
+use ax_sys::sock;
+use ax_trap::kdriver::KernelDriver;
+
+const INSIDE: &str = "AX_KDRIVER_SANDBOX";
+const NODE: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+const APP: u32 = 1;
+const APP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const CLASS: u32 = 7;
+const BROKER: SocketAddrV4 = SocketAddrV4::new(NODE, 6700);
+
+fn v4(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `body` in a sandbox of its own (the test re-runs itself there), or fails at once
+/// with a message saying why it cannot.
+fn sandboxed(name: &str, body: impl FnOnce(&Sandbox)) {
+    if env::var_os(INSIDE).is_some() {
+        body(&Sandbox::new());
+        return;
+    }
+    let uid = fs::read_to_string("/proc/self/status").unwrap();
+    assert!(
+        uid.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "the kernel driver's tests need root (they load BPF programs and make namespaces): run the README's test \
+         command as root"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--net", "--propagation", "private", "--"])
+        .arg(env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1", "--include-ignored"])
+        .env(INSIDE, "1")
+        .output()
+        .expect("unshare (util-linux) runs the sandbox");
+    let _ = fs::remove_dir(Sandbox::dir_of(out_pid(&out.stdout).unwrap_or(0)));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("1 passed"), "the sandboxed run failed:\n{stdout}\n{stderr}");
+    print!("{stdout}");
+}
+
+/// The sandbox's pid, which it prints first.
+fn out_pid(stdout: &[u8]) -> Option<u32> {
+    String::from_utf8_lossy(stdout).lines().find_map(|l| l.strip_prefix("sandbox pid ")?.parse().ok())
+}
+
+/// The sandbox, from inside: the driver installed on a cgroup of its own.
+struct Sandbox {
+    driver: KernelDriver,
+    cgroups: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Sandbox {
+    fn dir_of(pid: u32) -> PathBuf {
+        env::temp_dir().join(format!("ax-kdriver-{pid}"))
+    }
+
+    fn new() -> Sandbox {
+        let pid = std::process::id();
+        println!("sandbox pid {pid}");
+        for args in [
+            &["ip", "link", "set", "lo", "up"][..],
+            &["ip", "addr", "add", "10.251.0.1/32", "dev", "lo"],
+            &["ip", "addr", "add", "203.0.113.5/32", "dev", "lo"],
+            &["ip", "addr", "add", "198.18.0.10/32", "dev", "lo"],
+            &["ip", "-6", "addr", "add", "fd00::5/128", "dev", "lo", "nodad"],
+        ] {
+            sh(args);
+        }
+        // Everything under the directory goes with this mount namespace.
+        let dir = Sandbox::dir_of(pid);
+        fs::create_dir_all(&dir).unwrap();
+        ax_sys::ns::mount_fs("tmpfs", &dir, "mode=0700").unwrap();
+        let cgroups = dir.join("cgroup2");
+        fs::create_dir_all(&cgroups).unwrap();
+        ax_sys::ns::mount_fs("cgroup2", &cgroups, "").unwrap();
+        // Cgroups of sandboxes that died before they could remove theirs.
+        for e in fs::read_dir(&cgroups).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(other) = name.strip_prefix("ax-kdriver-test-") {
+                if !PathBuf::from(format!("/proc/{other}")).exists() {
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+        }
+        let cgroup = cgroups.join(format!("ax-kdriver-test-{pid}"));
+        fs::create_dir(&cgroup).unwrap();
+        fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+        let driver = KernelDriver::install(&dir.join("run")).unwrap_or_else(|e| panic!("{e}"));
+        let config = Config { node_ip: NODE, broker: BROKER, egress: true };
+        driver.apply(&[Change::Config(config), Change::PutApp(APP, AppEntry { ip: APP_IP, class: CLASS })]).unwrap();
+        Sandbox { driver, cgroups, cgroup }
+    }
+
+    fn route(&self, class: u32, dest: &str, proto: Proto, route: Route) {
+        let d = v4(dest);
+        let key = RouteKey { class, ip: *d.ip(), port: d.port(), proto };
+        self.driver.apply(&[Change::PutRoute(key, route)]).unwrap();
+    }
+
+    /// A socket as the daemon makes it for the app (marked with `state`).
+    fn socket(&self, family: i32, ty: i32, state: SockState) -> OwnedFd {
+        let s = sock::socket(family, ty, 0).unwrap();
+        self.driver.mark(s.as_fd(), &state).unwrap();
+        s
+    }
+
+    fn tcp(&self) -> OwnedFd {
+        self.socket(libc::AF_INET, libc::SOCK_STREAM, fresh())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = fs::write(self.cgroups.join("cgroup.procs"), std::process::id().to_string());
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn fresh() -> SockState {
+    SockState { app: APP, peer: None, local: None }
+}
+
+fn listener(addr: &str) -> TcpListener {
+    let l = TcpListener::bind(addr).unwrap();
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+/// Which of `listeners` has a connection waiting (taken); panics unless exactly one.
+fn landed(listeners: &[&TcpListener]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: Vec<usize> =
+            listeners.iter().enumerate().filter(|(_, l)| l.accept().is_ok()).map(|(i, _)| i).collect();
+        match got.len() {
+            0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            1 => return got[0],
+            _ => panic!("connections landed on listeners {got:?}, not on exactly one"),
+        }
+    }
+}
+
+fn nothing_waits(l: &TcpListener) {
+    match l.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("a listener that must see nothing got {other:?}"),
+    }
+}
+
+fn errno(r: std::io::Result<()>) -> i32 {
+    r.expect_err("the call should fail").raw_os_error().unwrap()
+}
+
+/// Packets loopback sent so far (this network namespace's).
+fn lo_packets() -> u64 {
+    let dev = fs::read_to_string("/proc/self/net/dev").unwrap();
+    let line = dev.lines().find(|l| l.trim_start().starts_with("lo:")).unwrap();
+    line.split_once(':').unwrap().1.split_whitespace().nth(9).unwrap().parse().unwrap()
+}
+
+fn backends(lb: Lb, groups: &[&[&str]]) -> Route {
+    Route::backends(lb, None, groups.iter().map(|g| g.iter().map(|a| v4(a)).collect()).collect()).unwrap()
+}
+
+#[test]
+fn connects_to_a_service_go_to_its_backends_random_and_round_robin() {
+    sandboxed("connects_to_a_service_go_to_its_backends_random_and_round_robin", |s| {
+        let b: Vec<TcpListener> = (1..=3).map(|i| listener(&format!("10.251.0.1:4000{i}"))).collect();
+        let all: Vec<&TcpListener> = b.iter().collect();
+        let targets = ["10.251.0.1:40001", "10.251.0.1:40002", "10.251.0.1:40003"];
+        s.route(CLASS, "198.18.0.20:80", Proto::Tcp, backends(Lb::Random, &[&targets]));
+        s.route(
+            ANY_CLASS,
+            "198.18.0.21:80",
+            Proto::Tcp,
+            backends(Lb::RoundRobin, &[&targets[..1], &targets[1..2], &targets[2..]]),
+        );
+
+        let mut seen = BTreeMap::new();
+        for _ in 0..60 {
+            let c = s.tcp();
+            sock::connect(c.as_fd(), &sa("198.18.0.20:80")).unwrap();
+            assert_eq!(sock::peer_addr(c.as_fd()).unwrap(), Some(sa("198.18.0.20:80")), "getpeername: the service");
+            let me = sock::local_addr(c.as_fd()).unwrap().unwrap();
+            assert_eq!(me.ip(), std::net::IpAddr::V4(APP_IP), "getsockname: the app's address, not the node's");
+            *seen.entry(landed(&all)).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 3, "random choice over 60 connects reaches every backend: {seen:?}");
+
+        let order: Vec<usize> = (0..9)
+            .map(|_| {
+                let c = s.tcp();
+                sock::connect(c.as_fd(), &sa("198.18.0.21:80")).unwrap();
+                landed(&all)
+            })
+            .collect();
+        assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1, 2], "round robin takes the groups in turn");
+    });
+}
+
+#[test]
+fn route_lookup_takes_the_class_then_any_then_any_port() {
+    sandboxed("route_lookup_takes_the_class_then_any_then_any_port", |s| {
+        let (one, two, three) =
+            (listener("10.251.0.1:40011"), listener("10.251.0.1:40012"), listener("10.251.0.1:40013"));
+        let all = [&one, &two, &three];
+        s.route(CLASS, "198.18.0.30:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40011"]]));
+        s.route(ANY_CLASS, "198.18.0.30:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40012"]]));
+        s.route(ANY_CLASS, "198.18.0.30:0", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40013"]]));
+        s.route(9, "198.18.0.30:81", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40011"]]));
+        for (dest, want) in [("198.18.0.30:80", 0), ("198.18.0.30:81", 2), ("198.18.0.30:9999", 2)] {
+            let c = s.tcp();
+            sock::connect(c.as_fd(), &sa(dest)).unwrap();
+            assert_eq!(landed(&all), want, "{dest}");
+        }
+        // A UDP connect looks up UDP entries: none here, so it passes unchanged.
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        let real = UdpSocket::bind("198.18.0.10:5353").unwrap();
+        sock::connect(u.as_fd(), &sa("198.18.0.10:5353")).unwrap();
+        UdpSocket::from(u).send(b"x").unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(real.recv(&mut buf).unwrap(), 1);
+        // An app the maps do not know connects nowhere.
+        let stranger = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 99, peer: None, local: None });
+        assert_eq!(errno(sock::connect(stranger.as_fd(), &sa("198.18.0.30:80"))), libc::EPERM);
+    });
+}
+
+#[test]
+fn a_refused_connect_fails_with_econnrefused_and_sends_nothing() {
+    sandboxed("a_refused_connect_fails_with_econnrefused_and_sends_nothing", |s| {
+        let outside = listener("203.0.113.5:80");
+        s.route(CLASS, "203.0.113.5:80", Proto::Tcp, Route::refuse());
+        s.route(ANY_CLASS, "198.18.0.40:0", Proto::Tcp, Route::refuse());
+        let before = lo_packets();
+        for dest in ["203.0.113.5:80", "198.18.0.40:443"] {
+            let c = s.tcp();
+            assert_eq!(errno(sock::connect(c.as_fd(), &sa(dest))), libc::ECONNREFUSED, "{dest}");
+            // Non-blocking too: refused at once, not EINPROGRESS.
+            let n = s.tcp();
+            sock::set_file_flags(n.as_fd(), libc::O_NONBLOCK).unwrap();
+            assert_eq!(errno(sock::connect(n.as_fd(), &sa(dest))), libc::ECONNREFUSED, "{dest}, non-blocking");
+        }
+        assert_eq!(lo_packets(), before, "a refused connect sends no packet");
+        nothing_waits(&outside);
+        // The same socket then connects where it may.
+        let ok = listener("10.251.0.1:40021");
+        s.route(CLASS, "198.18.0.41:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40021"]]));
+        let c = s.tcp();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("203.0.113.5:80"))), libc::ECONNREFUSED);
+        sock::connect(c.as_fd(), &sa("198.18.0.41:80")).unwrap();
+        assert_eq!(landed(&[&ok]), 0);
+        assert_eq!(sock::peer_addr(c.as_fd()).unwrap(), Some(sa("198.18.0.41:80")));
+    });
+}
+
+#[test]
+fn broker_routes_record_the_destination_and_land_on_the_broker() {
+    sandboxed("broker_routes_record_the_destination_and_land_on_the_broker", |s| {
+        let broker = listener("10.251.0.1:6700");
+        let outside = listener("203.0.113.5:443");
+        let cookie = |fd: &OwnedFd| {
+            let mut b = [0u8; 8];
+            sock::get_opt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, &mut b).unwrap();
+            u64::from_ne_bytes(b)
+        };
+        // No entry, TCP, egress on: through the broker.
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("203.0.113.5:443")).unwrap();
+        assert_eq!(landed(&[&broker]), 0);
+        nothing_waits(&outside);
+        assert_eq!(sock::peer_addr(c.as_fd()).unwrap(), Some(sa("203.0.113.5:443")));
+        let want = BrokerEntry { app: APP, dest: v4("203.0.113.5:443"), kind: BrokerKind::Egress };
+        assert_eq!(s.driver.take_broker(cookie(&c)).unwrap(), Some(want));
+        assert_eq!(s.driver.take_broker(cookie(&c)).unwrap(), None, "an entry is taken once");
+
+        // The loopback: to the broker where the app has a private listener, else refused.
+        s.driver.apply(&[Change::PutPrivate(PrivateKey { app: APP, port: 5000, proto: Proto::Tcp })]).unwrap();
+        let host_lo = listener("127.0.0.1:5001");
+        for dest in ["127.0.0.1:5000", "127.3.4.5:5000", "0.0.0.0:5000"] {
+            let c = s.tcp();
+            sock::connect(c.as_fd(), &sa(dest)).unwrap();
+            assert_eq!(landed(&[&broker]), 0);
+            let entry = s.driver.take_broker(cookie(&c)).unwrap().unwrap();
+            assert_eq!((entry.kind, entry.dest), (BrokerKind::Loopback, v4(dest)));
+        }
+        let c = s.tcp();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("127.0.0.1:5001"))), libc::ECONNREFUSED);
+        nothing_waits(&host_lo);
+
+        // An explicit BROKER entry, and UDP, which the broker cannot carry: refused.
+        s.route(CLASS, "198.18.0.50:25", Proto::Tcp, Route::broker());
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("198.18.0.50:25")).unwrap();
+        assert_eq!(landed(&[&broker]), 0);
+        assert_eq!(s.driver.take_broker(cookie(&c)).unwrap().unwrap().dest, v4("198.18.0.50:25"));
+        s.driver.apply(&[Change::PutPrivate(PrivateKey { app: APP, port: 5300, proto: Proto::Udp })]).unwrap();
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        assert_eq!(errno(sock::connect(u.as_fd(), &sa("127.0.0.1:5300"))), libc::ECONNREFUSED);
+    });
+}
+
+#[test]
+fn unmarked_sockets_are_untouched() {
+    sandboxed("unmarked_sockets_are_untouched", |s| {
+        let real = listener("198.18.0.10:80");
+        let backend = listener("10.251.0.1:40031");
+        s.route(ANY_CLASS, "198.18.0.10:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40031"]]));
+        s.route(ANY_CLASS, "203.0.113.5:0", Proto::Tcp, Route::refuse());
+        let outside = listener("203.0.113.5:81");
+        let plain = TcpStream::connect("198.18.0.10:80").unwrap();
+        assert_eq!(landed(&[&real, &backend]), 0);
+        assert_eq!(plain.peer_addr().unwrap(), sa("198.18.0.10:80"));
+        assert_eq!(plain.local_addr().unwrap().ip(), "198.18.0.10".parse::<std::net::IpAddr>().unwrap());
+        let _plain_out = TcpStream::connect("203.0.113.5:81").unwrap();
+        assert_eq!(landed(&[&outside]), 0, "an unmarked socket is not refused");
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("198.18.0.10:80")).unwrap();
+        assert_eq!(landed(&[&real, &backend]), 1);
+        // The daemon's own sockets bind and send as they like.
+        let u = UdpSocket::bind("10.251.0.1:0").unwrap();
+        u.send_to(b"x", "203.0.113.5:9").unwrap();
+    });
+}
+
+/// The app: a child process holding one of the daemon's sockets as its stdin.
+const APP_PY: &str = r#"
+import ctypes, errno, socket, struct, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+mode, args = sys.argv[1], sys.argv[2:]
+s = socket.socket(fileno=0)
+def call(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def raw(ip, port, family=socket.AF_INET):
+    return struct.pack("<H", family) + struct.pack(">H", port) + socket.inet_aton(ip) + bytes(8)
+def connect(buf, n):
+    r = libc.connect(s.fileno(), buf, n)
+    return "ok" if r == 0 else errno.errorcode[ctypes.get_errno()]
+if mode == "bind-send":
+    ip, port = args[0], int(args[1])
+    print("bind", call(lambda: s.bind((ip, 0))))
+    print("sendto", call(lambda: s.sendto(b"x", (ip, port))))
+    print("send-unaddressed", call(lambda: s.send(b"x")))
+    mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    print("own-bind", call(lambda: mine.bind((ip, 0))))
+    print("own-sendto", call(lambda: mine.sendto(b"o", (ip, port))))
+elif mode == "race":
+    good, bad, rounds = raw(args[0], int(args[1])), raw(args[2], int(args[3])), int(args[4])
+    buf = ctypes.create_string_buffer(good, 16)
+    done = False
+    def flip():
+        while not done:
+            ctypes.memmove(buf, bad, 16)
+            ctypes.memmove(buf, good, 16)
+    t = threading.Thread(target=flip)
+    t.start()
+    counts = {}
+    for _ in range(rounds):
+        r = connect(buf, 16)
+        if r == "ok":
+            s.send(b"x")
+        counts[r] = counts.get(r, 0) + 1
+    done = True
+    t.join()
+    for k, v in sorted(counts.items()):
+        print("race", k, v)
+elif mode == "odd":
+    ip, port = args[0], int(args[1])
+    print("short", connect(ctypes.create_string_buffer(raw(ip, port), 16), 8))
+    print("unspec-first", connect(ctypes.create_string_buffer(bytes(16), 16), 16))
+    print("long", connect(ctypes.create_string_buffer(raw(ip, port) + bytes(112), 128), 128))
+    print("twice", connect(ctypes.create_string_buffer(raw(ip, port), 16), 16))
+    print("peer", s.getpeername())
+    print("inet6-on-inet", connect(ctypes.create_string_buffer(raw(ip, port, socket.AF_INET6) + bytes(12), 28), 28))
+"#;
+
+/// Runs the app script in `mode` with `sock` as its stdin; its output lines.
+fn app(sock: &OwnedFd, mode: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new("python3")
+        .args(["-c", APP_PY, mode])
+        .args(args)
+        .stdin(Stdio::from(sock.try_clone().unwrap()))
+        .output()
+        .expect("python3 runs the app");
+    assert!(out.status.success(), "the app failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn app_threads_may_not_bind_or_send_addressed_datagrams_the_daemon_may() {
+    sandboxed("app_threads_may_not_bind_or_send_addressed_datagrams_the_daemon_may", |s| {
+        let sink = UdpSocket::bind("10.251.0.1:5400").unwrap();
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        sock::connect(u.as_fd(), &sa("10.251.0.1:5400")).unwrap();
+        let got = app(&u, "bind-send", &["10.251.0.1", "5400"]);
+        assert_eq!(
+            got,
+            ["bind EPERM", "sendto EPERM", "send-unaddressed ok", "own-bind ok", "own-sendto ok"],
+            "the app's own sockets are its own business; the daemon's are not"
+        );
+        let t = s.tcp();
+        assert_eq!(app(&t, "bind-send", &["10.251.0.1", "5400"])[0], "bind EPERM");
+        // The daemon's threads, on the same sockets.
+        let d = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        sock::bind(d.as_fd(), &sa("10.251.0.1:0")).unwrap();
+        UdpSocket::from(d).send_to(b"y", "10.251.0.1:5400").unwrap();
+        let d6 = s.socket(libc::AF_INET6, libc::SOCK_DGRAM, fresh());
+        sock::bind(d6.as_fd(), &sa("[::]:0")).unwrap();
+        UdpSocket::from(d6).send_to(b"z", "[::ffff:10.251.0.1]:5400").unwrap();
+        sock::bind(t.as_fd(), &sa("10.251.0.1:0")).unwrap();
+        let mut buf = [0u8; 8];
+        let mut got = Vec::new();
+        sink.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        while got.len() < 5 {
+            let n = sink.recv(&mut buf).unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        got.sort();
+        let want: Vec<Vec<u8>> = [b"o", b"o", b"x", b"y", b"z"].iter().map(|b| b.to_vec()).collect();
+        assert_eq!(
+            got, want,
+            "the app's own sends (two runs), its connected send on the daemon's socket, the daemon's two"
+        );
+    });
+}
+
+#[test]
+fn v4_mapped_connects_behave_as_ipv4_and_other_ipv6_passes() {
+    sandboxed("v4_mapped_connects_behave_as_ipv4_and_other_ipv6_passes", |s| {
+        let backend = listener("10.251.0.1:40041");
+        let broker = listener("10.251.0.1:6700");
+        let host_lo6 = listener("[::1]:5001");
+        let real6 = listener("[fd00::5]:7000");
+        s.route(CLASS, "198.18.0.60:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40041"]]));
+        s.route(CLASS, "203.0.113.5:80", Proto::Tcp, Route::refuse());
+        let tcp6 = || s.socket(libc::AF_INET6, libc::SOCK_STREAM, fresh());
+
+        let c = tcp6();
+        sock::connect(c.as_fd(), &sa("[::ffff:198.18.0.60]:80")).unwrap();
+        assert_eq!(landed(&[&backend]), 0);
+        assert_eq!(sock::peer_addr(c.as_fd()).unwrap(), Some(sa("[::ffff:198.18.0.60]:80")));
+        assert_eq!(
+            sock::local_addr(c.as_fd()).unwrap().unwrap().ip(),
+            "::ffff:198.18.1.1".parse::<std::net::IpAddr>().unwrap()
+        );
+        let c = tcp6();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("[::ffff:203.0.113.5]:80"))), libc::ECONNREFUSED);
+        // ::1 and :: are the app's loopback: refused without a private listener, to the
+        // broker with one; never the host's.
+        for dest in ["[::1]:5001", "[::]:5001"] {
+            let c = tcp6();
+            assert_eq!(errno(sock::connect(c.as_fd(), &sa(dest))), libc::ECONNREFUSED, "{dest}");
+        }
+        nothing_waits(&host_lo6);
+        s.driver.apply(&[Change::PutPrivate(PrivateKey { app: APP, port: 5001, proto: Proto::Tcp })]).unwrap();
+        let c = tcp6();
+        sock::connect(c.as_fd(), &sa("[::1]:5001")).unwrap();
+        assert_eq!(landed(&[&broker, &host_lo6]), 0);
+        // A real IPv6 destination passes, and getpeername shows it even after the same
+        // socket was connected to a service (UDP connects again at will).
+        let c = tcp6();
+        sock::connect(c.as_fd(), &sa("[fd00::5]:7000")).unwrap();
+        assert_eq!(landed(&[&real6]), 0);
+        assert_eq!(sock::peer_addr(c.as_fd()).unwrap(), Some(sa("[fd00::5]:7000")));
+        s.route(CLASS, "198.18.0.61:53", Proto::Udp, backends(Lb::Random, &[&["10.251.0.1:5353"]]));
+        let u = s.socket(libc::AF_INET6, libc::SOCK_DGRAM, fresh());
+        sock::connect(u.as_fd(), &sa("[::ffff:198.18.0.61]:53")).unwrap();
+        assert_eq!(sock::peer_addr(u.as_fd()).unwrap(), Some(sa("[::ffff:198.18.0.61]:53")));
+        // (The kernel keeps a socket bound to a v4-mapped address off IPv6 until it is
+        // disconnected.)
+        sock::disconnect(u.as_fd()).unwrap();
+        sock::connect(u.as_fd(), &sa("[fd00::5]:53")).unwrap();
+        assert_eq!(sock::peer_addr(u.as_fd()).unwrap(), Some(sa("[fd00::5]:53")));
+        // An IPv4 sockaddr on an IPv6 UDP socket runs the connect4 program: as IPv4.
+        let u = s.socket(libc::AF_INET6, libc::SOCK_DGRAM, fresh());
+        sock::connect(u.as_fd(), &sa("198.18.0.61:53")).unwrap();
+        assert_eq!(sock::peer_addr(u.as_fd()).unwrap(), Some(sa("[::ffff:198.18.0.61]:53")));
+    });
+}
+
+#[test]
+fn getsockname_shows_the_service_address_a_bound_socket_stands_for() {
+    sandboxed("getsockname_shows_the_service_address_a_bound_socket_stands_for", |s| {
+        let state = SockState { app: APP, peer: None, local: Some(v4("198.18.1.1:80")) };
+        let l = s.socket(libc::AF_INET, libc::SOCK_STREAM, state);
+        sock::bind(l.as_fd(), &sa("10.251.0.1:40051")).unwrap();
+        sock::listen(l.as_fd(), 8).unwrap();
+        assert_eq!(sock::local_addr(l.as_fd()).unwrap(), Some(sa("198.18.1.1:80")));
+        // An accepted connection carries the listener's state.
+        let _client = TcpStream::connect("10.251.0.1:40051").unwrap();
+        let (accepted, _) = TcpListener::from(l).accept().unwrap();
+        assert_eq!(accepted.local_addr().unwrap(), sa("198.18.1.1:80"));
+        let wild6 = SockState { app: APP, peer: None, local: Some(v4("0.0.0.0:8080")) };
+        let l6 = s.socket(libc::AF_INET6, libc::SOCK_STREAM, wild6);
+        sock::bind(l6.as_fd(), &sa("[::]:40052")).unwrap();
+        assert_eq!(sock::local_addr(l6.as_fd()).unwrap(), Some(sa("[::]:8080")));
+        let svc6 = SockState { app: APP, peer: None, local: Some(v4("198.18.1.1:8081")) };
+        let l6 = s.socket(libc::AF_INET6, libc::SOCK_STREAM, svc6);
+        sock::bind(l6.as_fd(), &sa("[::]:40053")).unwrap();
+        assert_eq!(sock::local_addr(l6.as_fd()).unwrap(), Some(sa("[::ffff:198.18.1.1]:8081")));
+        // Not bound by the daemon, on an address other than the node's: as it is.
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        sock::bind(u.as_fd(), &sa("127.0.0.1:40054")).unwrap();
+        assert_eq!(sock::local_addr(u.as_fd()).unwrap(), Some(sa("127.0.0.1:40054")));
+    });
+}
+
+#[test]
+fn the_programs_decide_on_the_kernels_copy_of_an_address_the_app_races() {
+    sandboxed("the_programs_decide_on_the_kernels_copy_of_an_address_the_app_races", |s| {
+        // The app flips its sockaddr between a service and a refused outside address
+        // while it connects: whatever it lands on was decided on the address the kernel
+        // connects to, so nothing ever reaches the outside address.
+        // Buffers that hold every datagram of the run: nothing is dropped, so the
+        // counts are exact once the app is done (loopback delivers as it sends).
+        let sink = |addr| {
+            let u = UdpSocket::bind(addr).unwrap();
+            sock::set_int(u.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20).unwrap();
+            u.set_nonblocking(true).unwrap();
+            u
+        };
+        let (backend, outside) = (sink("10.251.0.1:5500"), sink("203.0.113.5:5501"));
+        s.route(CLASS, "198.18.0.70:53", Proto::Udp, backends(Lb::Random, &[&["10.251.0.1:5500"]]));
+        s.route(CLASS, "203.0.113.5:5501", Proto::Udp, Route::refuse());
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        let got = app(&u, "race", &["198.18.0.70", "53", "203.0.113.5", "5501", "2000"]);
+        let count = |k: &str| {
+            got.iter().find_map(|l| l.strip_prefix(&format!("race {k} "))).map_or(0, |n| n.parse::<usize>().unwrap())
+        };
+        let (ok, refused) = (count("ok"), count("ECONNREFUSED"));
+        println!("race: {ok} connects landed on the service, {refused} refused");
+        assert_eq!(ok + refused, 2000, "every connect either lands on the service or is refused: {got:?}");
+        let received = |u: &UdpSocket| std::iter::from_fn(|| u.recv(&mut [0u8; 8]).ok()).count();
+        assert_eq!(received(&outside), 0, "the outside got datagrams");
+        assert_eq!(received(&backend), ok, "every connect that succeeded went to the backend");
+    });
+}
+
+#[test]
+fn odd_lengths_unspec_and_second_connects_are_the_kernels_business() {
+    sandboxed("odd_lengths_unspec_and_second_connects_are_the_kernels_business", |s| {
+        let backend = listener("10.251.0.1:40061");
+        s.route(CLASS, "198.18.0.80:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40061"]]));
+        let c = s.tcp();
+        let got = app(&c, "odd", &["198.18.0.80", "80"]);
+        assert_eq!(
+            got,
+            [
+                "short EINVAL",
+                "unspec-first ok",
+                "long ok",
+                "twice EISCONN",
+                "peer ('198.18.0.80', 80)",
+                "inet6-on-inet EISCONN",
+            ]
+        );
+        assert_eq!(landed(&[&backend]), 0);
+        // An IPv6 sockaddr on a fresh IPv4 TCP socket: the kernel's own errno, nothing
+        // connected.
+        let c = s.tcp();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("[::ffff:198.18.0.80]:80"))), libc::EAFNOSUPPORT);
+        nothing_waits(&backend);
+        // Disconnected with AF_UNSPEC, a TCP socket connects again: to a real IPv4
+        // address, getpeername shows that one.
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        s.route(CLASS, "198.18.0.81:53", Proto::Udp, backends(Lb::Random, &[&["10.251.0.1:5353"]]));
+        sock::connect(u.as_fd(), &sa("198.18.0.81:53")).unwrap();
+        sock::disconnect(u.as_fd()).unwrap();
+        assert!(sock::peer_addr(u.as_fd()).is_err(), "not connected after AF_UNSPEC");
+        sock::connect(u.as_fd(), &sa("198.18.0.10:53")).unwrap();
+        assert_eq!(sock::peer_addr(u.as_fd()).unwrap(), Some(sa("198.18.0.10:53")));
+    });
+}
