@@ -182,9 +182,17 @@ fn serve_app(
             warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let kernel = Linux::new(listener, pid, last_id, guard.marks())
+    let mut kernel = Linux::new(listener, pid, last_id, guard.marks())
         .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
-    let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone()));
+    let driver = daemon.read(|s| s.table.app(id).map(|a| a.driver)).unwrap_or_default();
+    match (driver, daemon.kernel()) {
+        (Driver::Kernel, Some(k)) => kernel = kernel.with_kernel_marks(k.driver.socket_states()),
+        (Driver::Kernel, None) => {
+            warn!(app = %id, "the app runs under the kernel driver, which this daemon could not install: its new sockets fail")
+        }
+        (Driver::User, _) => {}
+    }
+    let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone())).with_driver(driver);
     reply(conn, &RunReply::Attached)?;
     daemon.submit(Command::Attach(id));
     info!(app = %id, pid, "app started");

@@ -2,7 +2,18 @@
 //! driver where its programs load and attach, else the user driver, with the reason
 //! logged either way.
 
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+
 use ax_core::Driver;
+use ax_trap::kdriver::KernelDriver;
+
+/// The kernel driver as the daemon runs it: its programs and maps, and where its
+/// broker listens.
+pub struct Kernel {
+    pub driver: Arc<KernelDriver>,
+    pub broker: SocketAddrV4,
+}
 
 /// The driver chosen, what it runs on, and why it was chosen (for the log).
 #[derive(Debug)]

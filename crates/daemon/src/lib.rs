@@ -139,6 +139,8 @@ struct Shared {
     dns_domain: Option<String>,
     /// `--tls`: tunnels to other nodes, set once the egress port serves.
     tunnel: OnceLock<Arc<tunnel::Client>>,
+    /// The kernel driver, when it is installed.
+    kernel: Option<driver::Kernel>,
 }
 
 /// Effects' side of the daemon: the running relays, and how far effects have got.
@@ -149,6 +151,10 @@ struct Outbox {
     done: u64,
     /// The last ticket whose command the state written includes.
     written: u64,
+    /// What the kernel driver's maps hold (None: not known, as at start).
+    kernel_maps: Option<ax_core::kmap::KernelMaps>,
+    /// A route entry had to leave backends out (logged once).
+    kernel_trimmed: bool,
 }
 
 /// One command's turn at the outbox. Ending it, however the effects went (a panic
@@ -169,6 +175,16 @@ impl Drop for Turn<'_> {
 impl Daemon {
     /// A daemon over `state`, keeping its files in `run_dir`.
     pub fn new(state: State, run_dir: &Path, dns_domain: Option<String>) -> Daemon {
+        Daemon::with_kernel(state, run_dir, dns_domain, None)
+    }
+
+    /// As [`Daemon::new`], with the kernel driver installed: its maps follow the state.
+    pub fn with_kernel(
+        state: State,
+        run_dir: &Path,
+        dns_domain: Option<String>,
+        kernel: Option<driver::Kernel>,
+    ) -> Daemon {
         let node_ip = state.table.node().ip;
         Daemon(Arc::new(Shared {
             state: Mutex::new(state),
@@ -179,6 +195,7 @@ impl Daemon {
             node_ip,
             dns_domain,
             tunnel: OnceLock::new(),
+            kernel,
         }))
     }
 
@@ -264,11 +281,40 @@ impl Daemon {
             }
             outbox.written = applied;
         }
+        if let Some(k) = &self.0.kernel {
+            self.sync_kernel(k, outbox);
+        }
         drop(turn);
         if !failed.is_empty() {
             self.submit(Command::RelaysFailed(failed));
         }
         effects.answer
+    }
+}
+
+impl Daemon {
+    /// The kernel driver, when it is installed.
+    pub(crate) fn kernel(&self) -> Option<&driver::Kernel> {
+        self.0.kernel.as_ref()
+    }
+
+    /// Brings the kernel driver's maps to what the state says, writing only what
+    /// changed; the first time (at start, or after a failed write), everything, then
+    /// removing what an earlier daemon wrote that no longer holds.
+    fn sync_kernel(&self, k: &driver::Kernel, outbox: &mut Outbox) {
+        let view = self.state().table.kernel_maps(k.broker);
+        if !view.trimmed.is_empty() && !outbox.kernel_trimmed {
+            outbox.kernel_trimmed = true;
+            warn!(entries = ?view.trimmed, "a destination has more than {} backends or {} groups: the kernel driver balances over a subset of them", ax_core::kmap::MAX_TARGETS, ax_core::kmap::MAX_GROUPS);
+        }
+        let written = match outbox.kernel_maps.take() {
+            Some(old) => k.driver.apply(&ax_core::kmap::KernelMaps::diff(&old, &view.maps)),
+            None => k.driver.resync(&view.maps),
+        };
+        match written {
+            Ok(()) => outbox.kernel_maps = Some(view.maps),
+            Err(e) => warn!("the kernel driver's maps lag behind the table (written again at the next change): {e}"),
+        }
     }
 }
 
@@ -462,11 +508,25 @@ pub fn run(config: Config) -> Result<(), Error> {
         // The port serves members (and this node), nobody else.
         guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress port"))?;
     }
-    // Until the kernel driver's programs are wired in, it never installs.
-    let chosen = driver::choose(config.driver, || Err::<(), _>("not wired in this build")).map_err(Error::Setting)?;
+    let chosen =
+        driver::choose(config.driver, || ax_trap::kdriver::KernelDriver::install(run_dir)).map_err(Error::Setting)?;
+    let (kernel, broker) = match chosen.kernel {
+        Some(k) => {
+            // Where the programs send connects the daemon carries on (loopback, egress):
+            // members only, like the egress port.
+            let broker = std::net::TcpListener::bind((node.ip, 0)).map_err(io("cannot listen for the broker"))?;
+            guard.mark_members_only(broker.as_fd()).map_err(io("cannot guard the broker's port"))?;
+            let at = match broker.local_addr().map_err(io("cannot read the broker's address"))? {
+                std::net::SocketAddr::V4(a) => a,
+                std::net::SocketAddr::V6(_) => unreachable!("bound on the node's IPv4 address"),
+            };
+            (Some(driver::Kernel { driver: Arc::new(k), broker: at }), Some(broker))
+        }
+        None => (None, None),
+    };
     let mut state = State::new(table);
     state.driver = chosen.driver;
-    let daemon = Daemon::new(state, run_dir, config.dns.as_ref().map(|d| d.domain.clone()));
+    let daemon = Daemon::with_kernel(state, run_dir, config.dns.as_ref().map(|d| d.domain.clone()), kernel);
     info!(driver = %chosen.driver, why = %chosen.why, "driver chosen");
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = %chosen.driver, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");
 

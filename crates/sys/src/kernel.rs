@@ -80,6 +80,10 @@ pub trait Kernel: Send + Sync + 'static {
     /// Sets the socket guard's marks on a host socket (see `ax_trap::guard`): what the
     /// kernel itself lets an app do with it, whatever the app races.
     fn mark(&self, fd: &Self::Fd, marks: u32) -> Result<(), Errno>;
+    /// Hands a kernel-driver app's socket to the kernel driver's programs with this
+    /// state (`ax_core::kmap::SockState`, encoded); EPERM where the driver is not
+    /// installed.
+    fn mark_kernel(&self, fd: &Self::Fd, state: &[u8]) -> Result<(), Errno>;
     fn get_opt(&self, fd: &Self::Fd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno>;
     fn set_opt(&self, fd: &Self::Fd, level: i32, opt: i32, value: &[u8]) -> Result<(), Errno>;
     fn inode(&self, fd: &Self::Fd) -> Result<u64, Errno>;
@@ -147,6 +151,8 @@ pub struct Linux {
     last_id: LastId,
     /// The socket guard's marks, one per socket.
     marks: Arc<bpf::Map>,
+    /// The kernel driver's socket states, for a kernel-driver app.
+    kernel_marks: Option<Arc<bpf::Map>>,
 }
 
 impl Linux {
@@ -162,7 +168,13 @@ impl Linux {
             host_cookie: sock::netns_cookie(probe.as_fd())?,
             last_id,
             marks,
+            kernel_marks: None,
         })
+    }
+
+    /// The kernel for a kernel-driver app, whose sockets get their states in `states`.
+    pub fn with_kernel_marks(self, states: Arc<bpf::Map>) -> Linux {
+        Linux { kernel_marks: Some(states), ..self }
     }
 
     fn tasks(&self) -> MutexGuard<'_, Tasks> {
@@ -251,6 +263,11 @@ impl Kernel for Linux {
 
     fn mark(&self, fd: &OwnedFd, marks: u32) -> Result<(), Errno> {
         self.marks.update_socket(fd.as_fd(), marks).map_err(errno)
+    }
+
+    fn mark_kernel(&self, fd: &OwnedFd, state: &[u8]) -> Result<(), Errno> {
+        let states = self.kernel_marks.as_ref().ok_or(libc::EPERM)?;
+        states.set_socket(fd.as_fd(), state).map_err(errno)
     }
 
     fn get_opt(&self, fd: &OwnedFd, level: i32, opt: i32, buf: &mut [u8]) -> Result<usize, Errno> {

@@ -12,7 +12,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ax_core::addr::{self, Family, SockAddr};
-use ax_core::{limits, AppId, BoundSocket, Errno, Proto};
+use ax_core::kmap::SockState;
+use ax_core::{limits, AppId, BoundSocket, Driver, Errno, Proto};
 use ax_sys::kernel::{Kernel, Netns, Readiness, Reply};
 use ax_sys::seccomp::Notification;
 use tracing::{debug, info, warn};
@@ -46,6 +47,9 @@ pub struct Engine<K: Kernel, N: Node> {
     pub(crate) hush_helpers: Hush,
     hush_share: Hush,
     hush_pool: Hush,
+    /// The app's driver: under the kernel driver, its host sockets are the kernel
+    /// driver's programs' to rule (not GUARDED: the guard leaves them alone).
+    driver: Driver,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -59,6 +63,26 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             hush_helpers: hush(),
             hush_share: hush(),
             hush_pool: hush(),
+            driver: Driver::User,
+        }
+    }
+
+    /// The engine of an app of `driver`.
+    pub fn with_driver(self, driver: Driver) -> Engine<K, N> {
+        Engine { driver, ..self }
+    }
+
+    /// Marks a host socket for the guard, and for a kernel-driver app hands it to the
+    /// kernel driver's programs with `local` as what getsockname shows. The guard's
+    /// GUARDED goes only on a user-driver app's sockets: on a kernel-driver app's the
+    /// programs refuse what app threads may not do.
+    fn mark(&self, s: &K::Fd, marks: u32, local: Option<SocketAddrV4>) -> Result<(), Errno> {
+        match self.driver {
+            Driver::User => self.k.mark(s, marks),
+            Driver::Kernel => {
+                self.k.mark(s, marks & !guard::GUARDED)?;
+                self.k.mark_kernel(s, &SockState { app: self.app.0, peer: None, local }.encode())
+            }
         }
     }
 
@@ -112,7 +136,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         // and a TCP socket takes connections from members only unless exposed.
         let tcp = Proto::from_sock_type(ty) == Some(Proto::Tcp);
         let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
-        self.k.mark(&s, marks)?;
+        self.mark(&s, marks, None)?;
         self.k.add_fd(n.id, &s, None, cloexec, true)?;
         Ok(Answer::Sent)
     }
@@ -192,7 +216,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let bound = BoundSocket { inode: self.k.inode(s)?, proto, family, requested, flags: self.k.file_flags(s)? };
         if let Some(port) = exposed {
             // No proxy: the app's own socket is bound on the exposed port, open to all.
-            self.k.mark(s, guard::GUARDED)?;
+            self.mark(s, guard::GUARDED, None)?;
             self.bind_at(s, bound, service, port)?;
             return Ok(port);
         }
@@ -211,7 +235,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             return Err(libc::EADDRINUSE);
         }
         // A pool port serves apps and the cluster's members, nobody else.
-        self.k.mark(s, guard::GUARDED | guard::MEMBERS_ONLY)?;
+        self.mark(s, guard::GUARDED | guard::MEMBERS_ONLY, None)?;
         for tries in 1.. {
             let Some(port) = self.node.with_table(|t| t.take_port()) else {
                 if self.hush_pool.speak() {
@@ -241,13 +265,18 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let node = self.node.with_table(|t| t.node().ip);
         let host = addr::for_family(SocketAddr::V4(SocketAddrV4::new(node, port)), bound.family);
         self.k.bind(s, &host)?;
-        self.node.with_table(|t| {
+        let shown = self.node.with_table(|t| {
             let b = t.add_binding(self.app, bound, service, port);
             if bound.proto == Proto::Udp && service.port() != 0 {
                 t.set_listening(bound.proto, port, b.inode, 0);
                 info!(app = %self.app, %service, %host, "udp service row added");
             }
+            b.service
         });
+        if self.driver == Driver::Kernel {
+            // What getsockname shows from now on.
+            self.k.mark_kernel(s, &SockState { app: self.app.0, peer: None, local: Some(shown) }.encode())?;
+        }
         self.node.changed();
         debug!(app = %self.app, %service, %host, "bound");
         Ok(())

@@ -81,6 +81,8 @@ pub struct Sock {
     pub inbox: VecDeque<(Vec<u8>, SocketAddr)>,
     /// The socket guard's marks.
     pub marks: u32,
+    /// The kernel driver's state of the socket (encoded), when it has one.
+    pub kernel: Option<Vec<u8>>,
 }
 
 /// One thing the engine asked of the kernel.
@@ -253,6 +255,7 @@ impl State {
             sent: Vec::new(),
             inbox: VecDeque::new(),
             marks: 0,
+            kernel: None,
         });
         self.socks.len() - 1
     }
@@ -386,6 +389,11 @@ impl Kernel for Fake {
 
     fn mark(&self, fd: &FakeFd, marks: u32) -> Result<(), Errno> {
         self.state().socks[fd.i].marks = marks;
+        Ok(())
+    }
+
+    fn mark_kernel(&self, fd: &FakeFd, state: &[u8]) -> Result<(), Errno> {
+        self.state().socks[fd.i].kernel = Some(state.to_vec());
         Ok(())
     }
 

@@ -29,6 +29,7 @@ use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use ax_core::kmap::{
     AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, PrivateKey, Route, RouteKey, SockState, Verdict,
@@ -108,7 +109,7 @@ pub enum MapError {
 /// The maps, all pinned: a restarting daemon takes them over with the sockets' states,
 /// the broker's pending entries and the tables, and keeps serving while it re-syncs.
 struct Maps {
-    ksock: Map,
+    ksock: Arc<Map>,
     apps: Map,
     routes: Map,
     conf: Map,
@@ -161,7 +162,7 @@ impl Maps {
         }
         let [daemon, apps, routes, conf, private, broker, ksock]: [Map; 7] =
             got.try_into().unwrap_or_else(|_| unreachable!("one map per name"));
-        Ok(Maps { ksock, apps, routes, conf, private, broker, daemon })
+        Ok(Maps { ksock: Arc::new(ksock), apps, routes, conf, private, broker, daemon })
     }
 }
 
@@ -203,6 +204,11 @@ impl KernelDriver {
     /// programs' to rule, with `state`; a socket's state goes with it when it closes.
     pub fn mark(&self, sock: BorrowedFd<'_>, state: &SockState) -> Result<(), MapError> {
         self.maps.ksock.set_socket(sock, &state.encode()).map_err(|e| MapError::Write("socket state", e))
+    }
+
+    /// The sockets' states, for the engines that mark kernel-driver apps' sockets.
+    pub fn socket_states(&self) -> Arc<Map> {
+        Arc::clone(&self.maps.ksock)
     }
 
     /// Writes `changes` in order (see `KernelMaps::diff` for why the order matters).

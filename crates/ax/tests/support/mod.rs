@@ -247,8 +247,14 @@ impl TestHost {
         c
     }
 
+    /// `ax` in the test host. With `AX_TEST_DRIVER` set (`user` or `kernel`), every
+    /// daemon started with it runs that driver (`AX_DRIVER` is `--driver`'s variable).
     pub fn ax(&self) -> Command {
-        self.cmd(ax_bin())
+        let mut c = self.cmd(ax_bin());
+        if let Some(driver) = test_driver() {
+            c.env("AX_DRIVER", driver);
+        }
+        c
     }
 
     pub fn log_path(&self, what: &str) -> PathBuf {
@@ -468,6 +474,10 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- {} daemon log ---\n{}", self.name, self.daemon_log());
+            for app in self.apps.keys() {
+                let log = fs::read_to_string(self.log_path(app)).unwrap_or_default();
+                eprintln!("--- {} app {app} log ---\n{log}", self.name);
+            }
         }
         let _ = self.holder.kill();
         let _ = self.holder.wait();
@@ -480,4 +490,9 @@ impl Drop for TestHost {
         let _ = Command::new("ip").args(["netns", "del", &format!("{}-p", self.name)]).stderr(Stdio::null()).status();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The driver the suites run under (`AX_TEST_DRIVER`); None: the daemon's own choice.
+pub fn test_driver() -> Option<String> {
+    std::env::var("AX_TEST_DRIVER").ok().filter(|d| !d.is_empty())
 }

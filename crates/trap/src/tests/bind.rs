@@ -400,3 +400,30 @@ fn listen_on_a_loopback_socket_adds_no_row() {
     assert_eq!(r.k.sock(fd).listening, Some(128));
     assert_eq!(r.table(|t| t.services().count()), 0);
 }
+
+#[test]
+fn a_kernel_driver_apps_sockets_are_the_programs_not_the_guards() {
+    use ax_core::kmap::SockState;
+    let r = Rig::with(NewApp {
+        ip: Some("198.18.0.1".parse().unwrap()),
+        labels: Labels::parse("zone=default").unwrap(),
+        driver: ax_core::Driver::Kernel,
+        ..NewApp::default()
+    });
+    let state = |fd| r.k.sock(fd).kernel.map(|b| SockState::decode(&b).unwrap());
+    let tcp = r.tcp();
+    assert_eq!(r.k.sock(tcp).marks, guard::MEMBERS_ONLY, "not GUARDED: app threads may connect");
+    assert_eq!(state(tcp), Some(SockState { app: r.app.0, peer: None, local: None }));
+    let udp = r.socket(libc::AF_INET, libc::SOCK_DGRAM);
+    assert_eq!(r.k.sock(udp).marks, 0);
+    assert!(state(udp).is_some());
+    // A bind records what getsockname shows: the service address.
+    assert_eq!(r.bind(tcp, "0.0.0.0:80"), OK);
+    assert_eq!(r.k.sock(tcp).marks, guard::MEMBERS_ONLY);
+    assert_eq!(state(tcp).unwrap().local, Some("198.18.0.1:80".parse().unwrap()));
+    // A user-driver app's sockets stay guarded, with no state for the programs.
+    let u = Rig::new();
+    let fd = u.tcp();
+    assert_eq!(u.k.sock(fd).marks, guard::GUARDED | guard::MEMBERS_ONLY);
+    assert_eq!(u.k.sock(fd).kernel, None);
+}

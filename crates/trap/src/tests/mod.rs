@@ -73,9 +73,11 @@ impl Rig {
         let ports = ax_core::DaemonPorts::new(true, 7946, 6664, 1024);
         let info = ax_core::NodeInfo { name: "n1".into(), cluster: "c".into(), ip: NODE, ports };
         *node.table.lock().unwrap() = Some(Table::new(info, pool(), 7));
+        let driver = new.driver;
         let app = node.with_table(|t| t.add_app(new)).unwrap().id;
         let k = Arc::new(Fake::new());
-        Rig { engine: Engine::new(app, k.clone(), node.clone()), k, node, app, ids: AtomicU64::new(1) }
+        let engine = Engine::new(app, k.clone(), node.clone()).with_driver(driver);
+        Rig { engine, k, node, app, ids: AtomicU64::new(1) }
     }
 
     /// Another app of the same node, with its own engine over the same kernel.
