@@ -11,8 +11,10 @@
 //! the app's sockaddr (copied in before any hook runs), so an app that changes its
 //! buffer during the call changes nothing the programs decide on.
 //!
-//! - connect4/6: route lookup (class, ip, port, proto), (ANY, ip, port, proto),
-//!   (ANY, ip, 0, proto), then the defaults of the spec; REFUSE fails the call with
+//! - connect4/6 (their model is `ax_core::kmap::KernelMaps::lookup`): the loopback
+//!   (127/8, 0.0.0.0) goes to the broker where the app has a private listener, else it
+//!   is refused; other destinations by route lookup (class, ip, port, proto), (ANY,
+//!   ip, port, proto), (ANY, ip, 0, proto), then the defaults; REFUSE fails the call with
 //!   ECONNREFUSED before any packet; BACKENDS picks a group (random or round robin)
 //!   and a target in it at random, and connects from the route's source address when
 //!   it has one (bpf_bind); BROKER records the destination under the socket's cookie
@@ -330,7 +332,13 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
         .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
         .store(Size::W, R10, SCRATCH, R1);
     lookup(&mut a, &maps.apps, SCRATCH, V::Deny);
-    a.load(Size::W, R1, R0, off(AppEntry::CLASS_OFFSET)).store(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), R1);
+    a.load(Size::W, R1, R0, off(AppEntry::CLASS_OFFSET))
+        .store(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), R1)
+        // The loopback is the app's own, whatever the entries say.
+        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
+        .if_eq(R1, 0, loopback)
+        .and_imm(R1, 0xff)
+        .if_eq(R1, 127, loopback);
     a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
     a.if_ne(R0, 0, found).store_imm(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), ANY_CLASS as i32);
     a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
@@ -346,13 +354,9 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
         .store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET), BrokerKind::Egress as i32)
         .goto(broker);
 
-    // No entry: the loopback is the app's own; outside TCP goes through the broker
-    // when the node has egress; the rest passes.
-    a.here(no_route)
-        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
-        .if_eq(R1, 0, loopback)
-        .and_imm(R1, 0xff)
-        .if_eq(R1, 127, loopback);
+    // No entry: outside TCP goes through the broker when the node has egress; the
+    // rest passes.
+    a.here(no_route);
     config(&mut a, maps, refuse);
     a.load(Size::B, R1, R0, off(Config::EGRESS_OFFSET))
         .if_eq(R1, 0, V::Allow)
