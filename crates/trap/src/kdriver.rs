@@ -27,14 +27,15 @@
 //!   (the daemon binds and sends addressed datagrams for the app, as the guard
 //!   demands of guarded sockets).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use ax_core::kmap::{
-    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, PrivateKey, Route, RouteKey, SockState, Verdict,
-    ANY_CLASS,
+    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, KernelMaps, PrivateKey, Route, RouteKey, SockState,
+    Verdict, ANY_CLASS,
 };
 use ax_sys::bpf::{self, Asm, Insn, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use tracing::info;
@@ -223,6 +224,31 @@ impl KernelDriver {
                 Change::DeletePrivate(k) => m.private.delete(&k.encode()).map_err(|e| (e, "private listeners")),
             }
             .map_err(|(e, what)| MapError::Write(what, e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the maps hold exactly `want` (config, apps, routes, private listeners):
+    /// what a daemon that took over the maps of a previous one does first, since it
+    /// does not know what they hold. Every entry is written (round-robin counters start
+    /// again), then what `want` lacks is deleted, apps first.
+    pub fn resync(&self, want: &KernelMaps) -> Result<(), MapError> {
+        let mut changes = vec![Change::Config(want.config)];
+        changes.extend(KernelMaps::diff(&KernelMaps::new(want.config), want));
+        self.apply(&changes)?;
+        let m = &self.maps;
+        let apps: BTreeSet<Vec<u8>> = want.apps.keys().map(|id| AppEntry::key(*id).to_vec()).collect();
+        let routes: BTreeSet<Vec<u8>> = want.routes.keys().map(|k| k.encode().to_vec()).collect();
+        let private: BTreeSet<Vec<u8>> = want.private.iter().map(|k| k.encode().to_vec()).collect();
+        for (map, size, keep, what) in [
+            (&m.apps, 4, apps, "apps"),
+            (&m.routes, RouteKey::SIZE, routes, "routes"),
+            (&m.private, PrivateKey::SIZE, private, "private listeners"),
+        ] {
+            let stale = map.keys(size).map_err(|e| MapError::Write(what, e))?;
+            for key in stale.iter().filter(|k| !keep.contains(*k)) {
+                map.delete(key).map_err(|e| MapError::Write(what, e))?;
+            }
         }
         Ok(())
     }

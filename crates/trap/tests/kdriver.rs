@@ -379,6 +379,8 @@ if mode == "bind-send":
     mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     print("own-bind", call(lambda: mine.bind((ip, 0))))
     print("own-sendto", call(lambda: mine.sendto(b"o", (ip, port))))
+elif mode == "fastopen":
+    print("fastopen", call(lambda: s.sendto(b"x", socket.MSG_FASTOPEN, (args[0], int(args[1])))))
 elif mode == "connect":
     print("connect", call(lambda: s.connect((args[0], int(args[1])))))
 elif mode == "race":
@@ -633,6 +635,23 @@ fn a_restarted_daemon_takes_over_the_maps_and_the_marks() {
         // One set of programs runs per connect: the old links went with their pins (two
         // would step the round-robin counter twice).
         assert_eq!(order, [1, 2, 0, 1, 2]);
+        // The new daemon makes the maps what its table says: what the old one left and
+        // the new one lacks goes.
+        s.route(CLASS, "198.18.0.92:80", Proto::Tcp, Route::refuse());
+        s.driver.apply(&[Change::PutApp(2, AppEntry { ip: APP_IP, class: CLASS })]).unwrap();
+        let mut want = KernelMaps::new(Config { node_ip: NODE, broker: BROKER, egress: false });
+        want.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
+        let key = RouteKey { class: CLASS, ip: "198.18.0.90".parse().unwrap(), port: 80, proto: Proto::Tcp };
+        want.routes.insert(key, backends(Lb::Random, &[&["10.251.0.1:40073"]]));
+        next.resync(&want).unwrap();
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("198.18.0.90:80")).unwrap();
+        assert_eq!(landed(&all), 2);
+        // The refusal is gone: the connect passes, to an address no route reaches.
+        let c = s.tcp();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("198.18.0.92:80"))), libc::ENETUNREACH);
+        let stale = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 2, peer: None, local: None });
+        assert_eq!(errno(sock::connect(stale.as_fd(), &sa("198.18.0.90:80"))), libc::EPERM, "app 2 is gone");
     });
 }
 
@@ -655,6 +674,24 @@ fn the_guard_and_the_kernel_driver_share_the_daemons_cgroup() {
         assert_eq!(app(&g, "connect", &["10.251.0.1", "40081"]), ["connect EPERM"]);
         sock::connect(g.as_fd(), &sa("10.251.0.1:40081")).unwrap();
         assert_eq!(landed(&[&backend]), 0);
+    });
+}
+
+#[test]
+fn a_fastopen_send_is_a_connect_to_the_programs() {
+    sandboxed("a_fastopen_send_is_a_connect_to_the_programs", |s| {
+        let backend = listener("10.251.0.1:40101");
+        let outside = listener("203.0.113.5:80");
+        s.route(CLASS, "198.18.0.100:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40101"]]));
+        s.route(CLASS, "203.0.113.5:80", Proto::Tcp, Route::refuse());
+        let before = lo_packets();
+        assert_eq!(app(&s.tcp(), "fastopen", &["203.0.113.5", "80"]), ["fastopen ECONNREFUSED"]);
+        assert_eq!(lo_packets(), before, "no packet");
+        nothing_waits(&outside);
+        let c = s.tcp();
+        assert_eq!(app(&c, "fastopen", &["198.18.0.100", "80"]), ["fastopen ok"]);
+        assert_eq!(sock::peer_addr(c.as_fd()).unwrap(), Some(sa("198.18.0.100:80")));
+        assert_eq!(landed(&[&backend, &outside]), 0);
     });
 }
 
