@@ -51,15 +51,15 @@ testhost_daemon() {
   local log=$1 pid; shift
   $IN $AX daemon --node-interface ax0 "$@" >>"$log" 2>&1 &
   pid=$!
-  for _ in $(seq 400); do
+  for _ in $(seq 2000); do
     $IN $AX get apps >/dev/null 2>&1 && return 0
     if ! kill -0 $pid 2>/dev/null; then
       DAEMON_ERR=$(grep -v '^[[:space:]]*$' "$log" | tail -1 | sed 's/^ax: //')
       return 1
     fi
-    sleep 0.05
+    sleep 0.01
   done
-  DAEMON_ERR="no answer after 20 s (log: $log)"
+  DAEMON_ERR="no answer after 2,000 tries (log: $log)"
   return 1
 }
 # wait_port PORT [tcp|udp]: until something in the test host listens on PORT.
