@@ -106,8 +106,8 @@ tps() { awk '/^Run time:/ { for (i = 1; i < NF; i++) if ($i == "TPS:") print $(i
 mc_native() { $IN memcaslap -s $NODE:11212 -T 2 -c 32 -t "$1s" | tps; }
 mc_ax() { $RUN -- memcaslap -s 198.18.9.2:11211 -T 2 -c 32 -t "$1s" | tps; }
 udp_rtt() { sed 's/rtt_per_sec=//'; }
-udp_native() { $IN python3 $PWD/bench/udploop.py ping $NODE 9400 $(($1 * 8000)) | udp_rtt; }
-udp_ax() { $RUN -- python3 $PWD/bench/udploop.py ping 198.18.9.3 9401 $(($1 * 8000)) | udp_rtt; }
+udp_native() { $IN python3 $PWD/bench/udploop.py ping $NODE 9400 $(($1 * 100000)) "$1" | udp_rtt; }
+udp_ax() { $RUN -- python3 $PWD/bench/udploop.py ping 198.18.9.3 9401 $(($1 * 100000)) "$1" | udp_rtt; }
 iperf_native() { $IN iperf3 -c $NODE -p 5301 -t "$1" -J | gbps; }
 iperf_ax() { $RUN -- iperf3 -c 198.18.9.4 -p 5201 -t "$1" -J | gbps; }
 # The relay: a native client to the node port of an --external vservice whose backend
