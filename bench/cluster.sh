@@ -55,17 +55,15 @@ gossip_bytes() {
   echo $(( (b - a) / 10 ))
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
-gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
-wait_row() { for _ in $(seq 200); do on $2 $AX get servers | grep -q "$1" && return 0; sleep 0.05; done; echo "no row for $1 on node $2" >&2; return 1; }
-wait_port() { for _ in $(seq 200); do on $1 ss -ltn | grep -q ":$2 " && return 0; sleep 0.05; done; return 1; }
+# The shared waits (testhost.sh) on node i: `IN=$(at i) wait_row ...`.
+at() { echo nsenter -t ${INITS[$1]} -m -n -p --; }
 
 # measure MODE: cross-node iperf3 and redis through ax, and listen -> connect by name.
 measure() {
   local m=$1
-  on 0 $AX run --ip 198.18.9.1 -- iperf3 -s -p 5201 >/dev/null 2>&1 & wait_row 198.18.9.1:5201 1
+  on 0 $AX run --ip 198.18.9.1 -- iperf3 -s -p 5201 >/dev/null 2>&1 & IN=$(at 1) wait_row 198.18.9.1:5201
   R[$m.iperf]=$(on 1 $AX run -- iperf3 -c 198.18.9.1 -p 5201 -t $T -J | gbps)
-  on 0 $AX run --ip 198.18.9.2 -- redis-server --port 6379 --protected-mode no --save '' >/dev/null 2>&1 & wait_row 198.18.9.2:6379 1
+  on 0 $AX run --ip 198.18.9.2 -- redis-server --port 6379 --protected-mode no --save '' >/dev/null 2>&1 & IN=$(at 1) wait_row 198.18.9.2:6379
   local out; out=$(on 1 $AX run -- redis-benchmark -h 198.18.9.2 -p 6379 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
   R[$m.SET]=$(echo "$out" | rps SET); R[$m.GET]=$(echo "$out" | rps GET)
   local lat=() k t2
@@ -88,12 +86,11 @@ while True:
 
 echo "ax cluster benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), 3 nodes, ${T}s per run"
 REQS=$((T * 40000))
-rps() { awk -F, -v t="\"$1\"" '$1==t {gsub(/"/,"",$2); print $2}'; }
 declare -A R
 # Native on the same hosts, once.
-on 0 iperf3 -s -B ${IP[0]} -p 5301 >/dev/null 2>&1 & wait_port 0 5301
+on 0 iperf3 -s -B ${IP[0]} -p 5301 >/dev/null 2>&1 & IN=$(at 0) wait_port 5301
 R[native.iperf]=$(on 1 iperf3 -c ${IP[0]} -p 5301 -t $T -J | gbps)
-on 0 redis-server --bind ${IP[0]} --port 6390 --protected-mode no --save '' >/dev/null 2>&1 & wait_port 0 6390
+on 0 redis-server --bind ${IP[0]} --port 6390 --protected-mode no --save '' >/dev/null 2>&1 & IN=$(at 0) wait_port 6390
 NR=$(on 1 redis-benchmark -h ${IP[0]} -p 6390 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
 R[native.SET]=$(echo "$NR" | rps SET); R[native.GET]=$(echo "$NR" | rps GET)
 on 0 pkill -f "iperf3|redis-server" || true

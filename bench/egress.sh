@@ -42,9 +42,7 @@ done
 on $OUT iperf3 -s -B ${IP[$OUT]} -p 5201 >"$WORK/outside.log" 2>&1 &
 for _ in $(seq 200); do on $OUT ss -ltn | grep -q ":5201 " && break; sleep 0.05; done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
 row() { printf "%-44s %14s %10s\n" "$1" "$2" "$3"; }
-gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 iperf() { on $1 "${@:2}" iperf3 -c ${IP[$OUT]} -p 5201 -t $T -J; }
 
 echo "ax egress benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), ${T}s per run"

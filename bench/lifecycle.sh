@@ -16,10 +16,7 @@ trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
 testhost_wire $NS-p
 testhost $NS $NS-p 10.254.0.1
 IN="nsenter -t $INIT -m -n -p --"
-start_daemon() {
-  $IN $AX daemon --node-interface ax0 --log-level warn "$@" >>"$WORK/daemon.log" 2>&1 &
-  for _ in $(seq 400); do $IN $AX get apps >/dev/null 2>&1 && return 0; sleep 0.01; done
-}
+start_daemon() { testhost_daemon "$WORK/daemon.log" --log-level warn "$@" || { echo "ax daemon: $DAEMON_ERR" >&2; exit 1; }; }
 dpid() { $IN pgrep -f "ax daemon" | head -1; }
 rss_kb() { $IN awk '/VmRSS/ {print $2}' /proc/$(dpid)/status; }
 fds() { $IN ls /proc/$(dpid)/fd | wc -l; }

@@ -28,21 +28,16 @@ trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
 testhost_wire $NS-p
 testhost $NS $NS-p $NODE
 IN="nsenter -t $INIT -m -n -p --"
-$IN $AX daemon --node-interface ax0 >"$WORK/daemon.log" 2>&1 &
-for _ in $(seq 100); do $IN $AX get apps >/dev/null 2>&1 && break; sleep 0.05; done
+testhost_daemon "$WORK/daemon.log" || { echo "ax daemon: $DAEMON_ERR" >&2; exit 1; }
 RUN="$IN $AX run"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
 row() { printf "%-34s %14s %14s %8s\n" "$1" "$2" "$3" "$4"; }
-wait_port() { for _ in $(seq 200); do $IN ss -ltn | grep -q ":$1 " && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
-wait_row() { for _ in $(seq 200); do $IN $AX get servers | grep -q "$1" && return 0; sleep 0.05; done; echo "no row for $1" >&2; return 1; }
 
 echo "ax benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), ${T}s per run"
 row "benchmark" "native" "ax" "ax/native"
 row "---------" "------" "--" "---------"
 
 # iperf3: client to server, one stream.
-gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 $IN iperf3 -s -B $NODE -p 5301 >/dev/null 2>&1 & wait_port 5301
 $RUN --ip 198.18.9.1 -- iperf3 -s -p 5201 >/dev/null 2>&1 & wait_row 198.18.9.1:5201
 N1=$($IN iperf3 -c $NODE -p 5301 -t $T -J | gbps)
@@ -56,7 +51,6 @@ row "iperf3 throughput (Gbit/s)" "$N" "$A" "$(ratio $A $N)"
 $IN redis-server --bind $NODE --port 6390 --protected-mode no --save '' >/dev/null 2>&1 & wait_port 6390
 $RUN --ip 198.18.9.2 -- redis-server --port 6379 --protected-mode no --save '' >/dev/null 2>&1 & wait_row 198.18.9.2:6379
 REQS=$((T * 40000))
-rps() { awk -F, -v t="\"$1\"" '$1==t {gsub(/"/,"",$2); print $2}'; }
 NR=$($IN redis-benchmark -h $NODE -p 6390 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
 AR=$($RUN -- redis-benchmark -h 198.18.9.2 -p 6379 -c 50 -n $REQS -t get,set -k 1 --csv 2>/dev/null)
 for op in SET GET; do
@@ -93,7 +87,7 @@ GONE=$(date +%s.%N)
 printf "%-34s %14s %14s\n" "closed listener leaves table (ms)" "" "$(awk -v g=$GONE -v c=$(cat "$WORK/closed-at") 'BEGIN{printf "%.0f",(g-c)*1000}')"
 
 # UDP request/response (unconnected sendto/recvfrom on both sides).
-$IN python3 $PWD/bench/udploop.py serve 9400 & wait_udp() { for _ in $(seq 200); do $IN ss -lun | grep -q ":$1 " && return 0; sleep 0.05; done; }; wait_udp 9400
+$IN python3 $PWD/bench/udploop.py serve 9400 & wait_port 9400 udp
 $RUN --ip 198.18.9.6 -- python3 $PWD/bench/udploop.py serve 9401 >/dev/null 2>&1 & wait_row 198.18.9.6:9401
 UN=$($IN python3 $PWD/bench/udploop.py ping $NODE 9400 $((T * 4000)) | sed 's/rtt_per_sec=//')
 UA=$($RUN -- python3 $PWD/bench/udploop.py ping 198.18.9.6 9401 $((T * 4000)) | sed 's/rtt_per_sec=//')

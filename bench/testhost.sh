@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: test hosts made of a network namespace (node
 # interface ax0, its veth peer in namespace $2), a mount namespace with a private /run
-# and a PID namespace, all torn down by `testhost_cleanup` (or when the script dies).
+# and a PID namespace, all torn down by `testhost_cleanup` (or when the script dies);
+# and the helpers the scripts share.
 
 TESTHOST_NETNS=()
 TESTHOST_HOLDERS=()
@@ -38,4 +39,40 @@ testhost_cleanup() {
   for h in "${TESTHOST_HOLDERS[@]}"; do kill -9 "$h" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for n in "${TESTHOST_NETNS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  TESTHOST_NETNS=()
+  TESTHOST_HOLDERS=()
 }
+
+# The helpers below act on one test host: $IN enters it, $AX is the ax binary.
+
+# testhost_daemon LOG ARGS...: starts `ax daemon --node-interface ax0 ARGS` and waits
+# until it answers. If it exits first, returns 1 with its last line in DAEMON_ERR.
+testhost_daemon() {
+  local log=$1 pid; shift
+  $IN $AX daemon --node-interface ax0 "$@" >>"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 2000); do
+    $IN $AX get apps >/dev/null 2>&1 && return 0
+    if ! kill -0 $pid 2>/dev/null; then
+      DAEMON_ERR=$(grep -v '^[[:space:]]*$' "$log" | tail -1 | sed 's/^ax: //')
+      return 1
+    fi
+    sleep 0.01
+  done
+  DAEMON_ERR="no answer after 2,000 tries (log: $log)"
+  return 1
+}
+# wait_port PORT [tcp|udp]: until something in the test host listens on PORT.
+wait_port() {
+  local f=-ltn; [ "${2:-tcp}" = udp ] && f=-lun
+  for _ in $(seq 200); do $IN ss $f | grep -q ":$1 " && return 0; sleep 0.05; done
+  echo "nothing listens on $1" >&2; return 1
+}
+# wait_row ADDR: until the daemon's service table has a row for ADDR.
+wait_row() { for _ in $(seq 200); do $IN $AX get servers | grep -q "$1" && return 0; sleep 0.05; done; echo "no row for $1" >&2; return 1; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+# iperf3 -J on stdin: the receiver's Gbit/s.
+gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+# redis-benchmark --csv on stdin: requests/s of test $1 (SET, GET).
+rps() { awk -F, -v t="\"$1\"" '$1==t {gsub(/"/,"",$2); print $2}'; }

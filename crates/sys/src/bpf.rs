@@ -12,6 +12,7 @@ use crate::cvt;
 const MAP_CREATE: i32 = 0;
 const MAP_UPDATE_ELEM: i32 = 2;
 const MAP_DELETE_ELEM: i32 = 3;
+const MAP_GET_NEXT_KEY: i32 = 4;
 const PROG_LOAD: i32 = 5;
 const OBJ_PIN: i32 = 6;
 const OBJ_GET: i32 = 7;
@@ -222,6 +223,27 @@ impl Map {
         match bpf(MAP_DELETE_ELEM, &mut a) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Every key of a hash map (`key_size` bytes, the map's), as they stand while it is
+    /// walked: keys added or removed meanwhile may be missed or seen.
+    pub fn keys(&self, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut next = vec![0u8; key_size];
+            let mut a = MapElem {
+                map_fd: self.fd.as_raw_fd() as u32,
+                // No key: the first one.
+                key: keys.last().map_or(0, |k| k.as_ptr() as u64),
+                value: next.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            match bpf(MAP_GET_NEXT_KEY, &mut a) {
+                Ok(_) => keys.push(next),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -11,8 +11,10 @@
 //! the app's sockaddr (copied in before any hook runs), so an app that changes its
 //! buffer during the call changes nothing the programs decide on.
 //!
-//! - connect4/6: route lookup (class, ip, port, proto), (ANY, ip, port, proto),
-//!   (ANY, ip, 0, proto), then the defaults of the spec; REFUSE fails the call with
+//! - connect4/6 (their model is `ax_core::kmap::KernelMaps::lookup`): the loopback
+//!   (127/8, 0.0.0.0) goes to the broker where the app has a private listener, else it
+//!   is refused; other destinations by route lookup (class, ip, port, proto), (ANY,
+//!   ip, port, proto), (ANY, ip, 0, proto), then the defaults; REFUSE fails the call with
 //!   ECONNREFUSED before any packet; BACKENDS picks a group (random or round robin)
 //!   and a target in it at random, and connects from the route's source address when
 //!   it has one (bpf_bind); BROKER records the destination under the socket's cookie
@@ -25,6 +27,7 @@
 //!   (the daemon binds and sends addressed datagrams for the app, as the guard
 //!   demands of guarded sockets).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -32,8 +35,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ax_core::kmap::{
-    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, PrivateKey, Route, RouteKey, SockState, Verdict,
-    ANY_CLASS,
+    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, KernelMaps, PrivateKey, Route, RouteKey, SockState,
+    Verdict, ANY_CLASS,
 };
 use ax_sys::bpf::{self, Asm, Insn, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use tracing::info;
@@ -231,6 +234,31 @@ impl KernelDriver {
         Ok(())
     }
 
+    /// Makes the maps hold exactly `want` (config, apps, routes, private listeners):
+    /// what a daemon that took over the maps of a previous one does first, since it
+    /// does not know what they hold. Every entry is written (round-robin counters start
+    /// again), then what `want` lacks is deleted, apps first.
+    pub fn resync(&self, want: &KernelMaps) -> Result<(), MapError> {
+        let mut changes = vec![Change::Config(want.config)];
+        changes.extend(KernelMaps::diff(&KernelMaps::new(want.config), want));
+        self.apply(&changes)?;
+        let m = &self.maps;
+        let apps: BTreeSet<Vec<u8>> = want.apps.keys().map(|id| AppEntry::key(*id).to_vec()).collect();
+        let routes: BTreeSet<Vec<u8>> = want.routes.keys().map(|k| k.encode().to_vec()).collect();
+        let private: BTreeSet<Vec<u8>> = want.private.iter().map(|k| k.encode().to_vec()).collect();
+        for (map, size, keep, what) in [
+            (&m.apps, 4, apps, "apps"),
+            (&m.routes, RouteKey::SIZE, routes, "routes"),
+            (&m.private, PrivateKey::SIZE, private, "private listeners"),
+        ] {
+            let stale = map.keys(size).map_err(|e| MapError::Write(what, e))?;
+            for key in stale.iter().filter(|k| !keep.contains(*k)) {
+                map.delete(key).map_err(|e| MapError::Write(what, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The broker entry a connect program wrote for the app socket with this cookie,
     /// removed (of two takers, one gets it); None when there is none.
     pub fn take_broker(&self, cookie: u64) -> Result<Option<BrokerEntry>, MapError> {
@@ -336,7 +364,13 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
         .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
         .store(Size::W, R10, SCRATCH, R1);
     lookup(&mut a, &maps.apps, SCRATCH, V::Deny);
-    a.load(Size::W, R1, R0, off(AppEntry::CLASS_OFFSET)).store(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), R1);
+    a.load(Size::W, R1, R0, off(AppEntry::CLASS_OFFSET))
+        .store(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), R1)
+        // The loopback is the app's own, whatever the entries say.
+        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
+        .if_eq(R1, 0, loopback)
+        .and_imm(R1, 0xff)
+        .if_eq(R1, 127, loopback);
     a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
     a.if_ne(R0, 0, found).store_imm(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), ANY_CLASS as i32);
     a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
@@ -352,13 +386,9 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
         .store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET), BrokerKind::Egress as i32)
         .goto(broker);
 
-    // No entry: the loopback is the app's own; outside TCP goes through the broker
-    // when the node has egress; the rest passes.
-    a.here(no_route)
-        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
-        .if_eq(R1, 0, loopback)
-        .and_imm(R1, 0xff)
-        .if_eq(R1, 127, loopback);
+    // No entry: outside TCP goes through the broker when the node has egress; the
+    // rest passes.
+    a.here(no_route);
     config(&mut a, maps, refuse);
     a.load(Size::B, R1, R0, off(Config::EGRESS_OFFSET))
         .if_eq(R1, 0, V::Allow)

@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ax_core::kmap::{
-    AppEntry, BrokerEntry, BrokerKind, Change, Config, Lb, PrivateKey, Route, RouteKey, SockState, ANY_CLASS,
+    AppEntry, BrokerEntry, BrokerKind, Change, Config, KernelMaps, Lb, Lookup, PrivateKey, Route, RouteKey, SockState,
+    ANY_CLASS,
 };
 use ax_core::Proto;
 use ax_sys::sock;
@@ -378,6 +379,10 @@ if mode == "bind-send":
     mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     print("own-bind", call(lambda: mine.bind((ip, 0))))
     print("own-sendto", call(lambda: mine.sendto(b"o", (ip, port))))
+elif mode == "fastopen":
+    print("fastopen", call(lambda: s.sendto(b"x", socket.MSG_FASTOPEN, (args[0], int(args[1])))))
+elif mode == "connect":
+    print("connect", call(lambda: s.connect((args[0], int(args[1])))))
 elif mode == "race":
     good, bad, rounds = raw(args[0], int(args[1])), raw(args[2], int(args[3])), int(args[4])
     buf = ctypes.create_string_buffer(good, 16)
@@ -603,5 +608,283 @@ fn odd_lengths_unspec_and_second_connects_are_the_kernels_business() {
         assert!(sock::peer_addr(u.as_fd()).is_err(), "not connected after AF_UNSPEC");
         sock::connect(u.as_fd(), &sa("198.18.0.10:53")).unwrap();
         assert_eq!(sock::peer_addr(u.as_fd()).unwrap(), Some(sa("198.18.0.10:53")));
+    });
+}
+
+#[test]
+fn a_restarted_daemon_takes_over_the_maps_and_the_marks() {
+    sandboxed("a_restarted_daemon_takes_over_the_maps_and_the_marks", |s| {
+        let b: Vec<TcpListener> = (1..=3).map(|i| listener(&format!("10.251.0.1:4007{i}"))).collect();
+        let all: Vec<&TcpListener> = b.iter().collect();
+        let rr = backends(Lb::RoundRobin, &[&["10.251.0.1:40071"], &["10.251.0.1:40072"], &["10.251.0.1:40073"]]);
+        s.route(CLASS, "198.18.0.90:80", Proto::Tcp, rr);
+        let before = s.tcp();
+        // The next daemon, same run directory: it takes the pins over.
+        let next = KernelDriver::install(&Sandbox::dir_of(std::process::id()).join("run")).unwrap();
+        sock::connect(before.as_fd(), &sa("198.18.0.90:80")).unwrap();
+        assert_eq!(landed(&all), 0, "a socket marked before the restart, a route written before it");
+        let after = sock::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        next.mark(after.as_fd(), &fresh()).unwrap();
+        sock::connect(after.as_fd(), &sa("198.18.0.90:80")).unwrap();
+        let mut order = vec![landed(&all)];
+        order.extend((0..4).map(|_| {
+            let c = s.tcp();
+            sock::connect(c.as_fd(), &sa("198.18.0.90:80")).unwrap();
+            landed(&all)
+        }));
+        // One set of programs runs per connect: the old links went with their pins (two
+        // would step the round-robin counter twice).
+        assert_eq!(order, [1, 2, 0, 1, 2]);
+        // The new daemon makes the maps what its table says: what the old one left and
+        // the new one lacks goes.
+        s.route(CLASS, "198.18.0.92:80", Proto::Tcp, Route::refuse());
+        s.driver.apply(&[Change::PutApp(2, AppEntry { ip: APP_IP, class: CLASS })]).unwrap();
+        let mut want = KernelMaps::new(Config { node_ip: NODE, broker: BROKER, egress: false });
+        want.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
+        let key = RouteKey { class: CLASS, ip: "198.18.0.90".parse().unwrap(), port: 80, proto: Proto::Tcp };
+        want.routes.insert(key, backends(Lb::Random, &[&["10.251.0.1:40073"]]));
+        next.resync(&want).unwrap();
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("198.18.0.90:80")).unwrap();
+        assert_eq!(landed(&all), 2);
+        // The refusal is gone: the connect passes, to an address no route reaches.
+        let c = s.tcp();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("198.18.0.92:80"))), libc::ENETUNREACH);
+        let stale = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 2, peer: None, local: None });
+        assert_eq!(errno(sock::connect(stale.as_fd(), &sa("198.18.0.90:80"))), libc::EPERM, "app 2 is gone");
+    });
+}
+
+#[test]
+fn the_guard_and_the_kernel_driver_share_the_daemons_cgroup() {
+    sandboxed("the_guard_and_the_kernel_driver_share_the_daemons_cgroup", |s| {
+        let guard = ax_trap::guard::Guard::install(&Sandbox::dir_of(std::process::id()).join("run")).unwrap();
+        let backend = listener("10.251.0.1:40081");
+        s.route(CLASS, "198.18.0.91:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40081"]]));
+        // A kernel-driver socket (members-only in the guard's map, not guarded): the
+        // kernel driver's programs decide, the guard's let it be.
+        let k = s.tcp();
+        guard.mark_members_only(k.as_fd()).unwrap();
+        assert_eq!(app(&k, "connect", &["198.18.0.91", "80"]), ["connect ok"]);
+        assert_eq!(landed(&[&backend]), 0);
+        assert_eq!(app(&s.tcp(), "bind-send", &["10.251.0.1", "9"])[0], "bind EPERM");
+        // A guarded socket (the user driver's): the app may not connect it, the daemon may.
+        let g = sock::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+        guard.marks().update_socket(g.as_fd(), ax_trap::guard::GUARDED).unwrap();
+        assert_eq!(app(&g, "connect", &["10.251.0.1", "40081"]), ["connect EPERM"]);
+        sock::connect(g.as_fd(), &sa("10.251.0.1:40081")).unwrap();
+        assert_eq!(landed(&[&backend]), 0);
+    });
+}
+
+#[test]
+fn a_fastopen_send_is_a_connect_to_the_programs() {
+    sandboxed("a_fastopen_send_is_a_connect_to_the_programs", |s| {
+        let backend = listener("10.251.0.1:40101");
+        let outside = listener("203.0.113.5:80");
+        s.route(CLASS, "198.18.0.100:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40101"]]));
+        s.route(CLASS, "203.0.113.5:80", Proto::Tcp, Route::refuse());
+        let before = lo_packets();
+        assert_eq!(app(&s.tcp(), "fastopen", &["203.0.113.5", "80"]), ["fastopen ECONNREFUSED"]);
+        assert_eq!(lo_packets(), before, "no packet");
+        nothing_waits(&outside);
+        let c = s.tcp();
+        assert_eq!(app(&c, "fastopen", &["198.18.0.100", "80"]), ["fastopen ok"]);
+        assert_eq!(sock::peer_addr(c.as_fd()).unwrap(), Some(sa("198.18.0.100:80")));
+        assert_eq!(landed(&[&backend, &outside]), 0);
+    });
+}
+
+/// For random maps, every connect does what the programs' model
+/// (`KernelMaps::lookup`) says: refused, EPERM, unchanged, to the broker with the
+/// entry's kind, or to one of the route's targets; the maps are moved from one content
+/// to the next with `KernelMaps::diff`, deletions included.
+#[test]
+fn connects_do_what_the_model_of_the_maps_says() {
+    sandboxed("connects_do_what_the_model_of_the_maps_says", |s| {
+        let seed = env::var("AX_KDRIVER_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+        println!("seed {seed} (AX_KDRIVER_SEED repeats it)");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let ips: Vec<Ipv4Addr> =
+            (1..=3).map(|i| Ipv4Addr::new(198, 18, 0, i)).chain([NODE, Ipv4Addr::LOCALHOST]).collect();
+        for ip in &ips[..3] {
+            sh(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        }
+        let ports = [80u16, 81];
+        let mut real = BTreeMap::new();
+        for ip in &ips[..4] {
+            for port in ports {
+                real.insert(SocketAddrV4::new(*ip, port), listener(&format!("{ip}:{port}")));
+            }
+        }
+        let targets: Vec<SocketAddrV4> = (0..6).map(|i| SocketAddrV4::new(NODE, 40200 + i)).collect();
+        let target_listeners: Vec<TcpListener> = targets.iter().map(|t| listener(&t.to_string())).collect();
+        let broker = listener(&BROKER.to_string());
+        let host_lo = [listener("127.0.0.1:80"), listener("127.0.0.1:81")];
+        let mut everything: Vec<&TcpListener> = vec![&broker];
+        everything.extend(real.values());
+        everything.extend(target_listeners.iter());
+        everything.extend(host_lo.iter());
+        let config = |egress| Config { node_ip: NODE, broker: BROKER, egress };
+        let mut current = KernelMaps::new(config(true));
+        current.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
+
+        for round in 0..8 {
+            let mut next = KernelMaps::new(config(rng.bool()));
+            next.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
+            next.apps.insert(2, AppEntry { ip: Ipv4Addr::new(198, 18, 1, 2), class: 8 });
+            for class in [CLASS, 8, ANY_CLASS] {
+                for ip in &ips[..4] {
+                    for port in [80u16, 81, 0] {
+                        if port == 0 && class != ANY_CLASS {
+                            continue;
+                        }
+                        let route = match rng.u8(0..6) {
+                            0 => Route::refuse(),
+                            1 => Route::pass(),
+                            2 => Route::broker(),
+                            3 | 4 => {
+                                let lb = if rng.bool() { Lb::Random } else { Lb::RoundRobin };
+                                let groups = (0..rng.usize(1..=3))
+                                    .map(|_| {
+                                        (0..rng.usize(1..=2)).map(|_| targets[rng.usize(..targets.len())]).collect()
+                                    })
+                                    .collect();
+                                Route::backends(lb, None, groups).unwrap()
+                            }
+                            _ => continue,
+                        };
+                        next.routes.insert(RouteKey { class, ip: *ip, port, proto: Proto::Tcp }, route);
+                    }
+                }
+            }
+            for app in [APP, 2] {
+                for port in ports {
+                    if rng.bool() {
+                        next.private.insert(PrivateKey { app, port, proto: Proto::Tcp });
+                    }
+                }
+            }
+            s.driver.apply(&KernelMaps::diff(&current, &next)).unwrap();
+            current = next;
+            for app in [APP, 2, 3] {
+                for ip in &ips {
+                    for port in ports {
+                        let dest = SocketAddrV4::new(*ip, port);
+                        let c = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app, peer: None, local: None });
+                        let got = sock::connect(c.as_fd(), &SocketAddr::V4(dest));
+                        let want = current.lookup(app, Proto::Tcp, SocketAddr::V4(dest));
+                        let what = format!("round {round}, app {app} to {dest}: model {want:?}, got {got:?}");
+                        let landed_on = || everything[landed(&everything)].local_addr().unwrap();
+                        match want {
+                            Lookup::NoApp => {
+                                assert_eq!(got.map_err(|e| e.raw_os_error()), Err(Some(libc::EPERM)), "{what}")
+                            }
+                            Lookup::Refuse => {
+                                assert_eq!(got.map_err(|e| e.raw_os_error()), Err(Some(libc::ECONNREFUSED)), "{what}")
+                            }
+                            Lookup::Pass => {
+                                got.expect(&what);
+                                assert_eq!(landed_on(), SocketAddr::V4(dest), "{what}");
+                            }
+                            Lookup::Broker(kind) => {
+                                got.expect(&what);
+                                assert_eq!(landed_on(), SocketAddr::V4(BROKER), "{what}");
+                                let mut b = [0u8; 8];
+                                sock::get_opt(c.as_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, &mut b).unwrap();
+                                let entry = s.driver.take_broker(u64::from_ne_bytes(b)).unwrap().expect(&what);
+                                assert_eq!(entry, BrokerEntry { app, dest, kind }, "{what}");
+                            }
+                            Lookup::Backends(route) => {
+                                got.expect(&what);
+                                let SocketAddr::V4(at) = landed_on() else { panic!("{what}") };
+                                assert!(route.targets().any(|t| t == at), "{what}: landed on {at}");
+                            }
+                        }
+                        assert_eq!(
+                            sock::peer_addr(c.as_fd()).ok().flatten().filter(|_| got_ok(&want)),
+                            got_ok(&want).then_some(SocketAddr::V4(dest)),
+                            "{what}: getpeername"
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Whether the model's answer connects.
+fn got_ok(l: &Lookup<'_>) -> bool {
+    matches!(l, Lookup::Pass | Lookup::Broker(_) | Lookup::Backends(_))
+}
+
+/// Nanoseconds this thread has run on a CPU (the kernel's schedstat): the cost of a
+/// call, however loaded the machine is.
+fn cpu_ns() -> u64 {
+    let stat = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Not a check: the cost of the programs, printed (run it with `--ignored`). Rates of
+/// socket + connect + close to a loopback listener: a socket in a cgroup without
+/// programs, an unmarked one under the programs, and a marked one through a service
+/// route (with and without the daemon's mark, a bpf(2) call, in the loop).
+#[test]
+#[ignore]
+fn measure_connect_rates() {
+    sandboxed("measure_connect_rates", |s| {
+        let server = TcpListener::bind("10.251.0.1:40090").unwrap();
+        std::thread::spawn(move || {
+            for c in server.incoming() {
+                drop(c);
+            }
+        });
+        s.route(CLASS, "198.18.0.95:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40090"]]));
+        let native_cgroup = s.cgroups.join(format!("ax-kdriver-native-{}", std::process::id()));
+        fs::create_dir(&native_cgroup).unwrap();
+        let join = |dir: &PathBuf| fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+        let reset = 1i32.to_ne_bytes().iter().chain(0i32.to_ne_bytes().iter()).copied().collect::<Vec<u8>>();
+        // `premade`: sockets made (and marked) before the clock starts.
+        let run = |n: usize, premade: bool, mark: bool, dest: &str| {
+            let dest = sa(dest);
+            let make = || {
+                if mark {
+                    s.tcp()
+                } else {
+                    sock::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap()
+                }
+            };
+            let mut made: Vec<OwnedFd> = if premade { (0..n).map(|_| make()).collect() } else { Vec::new() };
+            let (start, cpu) = (Instant::now(), cpu_ns());
+            for _ in 0..n {
+                let c = made.pop().unwrap_or_else(make);
+                sock::connect(c.as_fd(), &dest).unwrap();
+                // No TIME_WAIT: the ports last the whole run.
+                sock::set_opt(c.as_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &reset).unwrap();
+            }
+            ((cpu_ns() - cpu) as f64 / n as f64 / 1000.0, n as f64 / start.elapsed().as_secs_f64())
+        };
+        let (n, direct, service) = (2000, "10.251.0.1:40090", "198.18.0.95:80");
+        let mut rates: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut note = |what, r| rates.entry(what).or_default().push(r);
+        for _ in 0..15 {
+            join(&native_cgroup);
+            note("a1 socket+connect+close, no programs in the cgroup", run(n, false, false, direct));
+            note("b1 connect+close, no programs in the cgroup", run(n, true, false, direct));
+            join(&s.cgroup);
+            note("a2 socket+connect+close, unmarked, programs attached", run(n, false, false, direct));
+            note("a3 socket+mark+connect+close, marked, to a service", run(n, false, true, service));
+            note("b2 connect+close, marked, to a service", run(n, true, true, service));
+        }
+        fs::remove_dir(&native_cgroup).unwrap();
+        for (what, r) in rates {
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let cpu = median(r.iter().map(|x| x.0).collect());
+            let rate = median(r.iter().map(|x| x.1).collect());
+            println!("rate {what}: {cpu:.2} us of this thread's CPU per connection, {rate:.0}/s (medians of 15 runs)");
+        }
     });
 }
