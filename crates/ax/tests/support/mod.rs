@@ -354,7 +354,14 @@ impl TestHost {
         serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("JSON rows")
     }
 
-    /// Service rows for a service address.
+    /// The driver the daemon runs new apps under (`GET /v1/info`, read with python).
+    pub fn daemon_driver(&self) -> String {
+        let get = "import json,urllib.request;print(json.load(urllib.request.urlopen('http://127.0.0.1:6664/v1/info'))['driver'])";
+        let out = sh(self.cmd("/usr/bin/python3").args(["-c", get]));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+        /// Service rows for a service address.
     pub fn servers_at(&self, service: &str) -> Vec<Value> {
         self.get("servers").into_iter().filter(|r| r["service_addr"] == service).collect()
     }
