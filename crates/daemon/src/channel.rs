@@ -186,7 +186,11 @@ fn serve_app(
         .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
     let driver = daemon.read(|s| s.table.app(id).map(|a| a.driver)).unwrap_or_default();
     match (driver, daemon.kernel()) {
-        (Driver::Kernel, Some(k)) => kernel = kernel.with_kernel_marks(k.driver.socket_states()),
+        (Driver::Kernel, Some(k)) => {
+            kernel = kernel.with_kernel_marks(k.driver.socket_states());
+            let netns = ax_sys::ns::open_netns(pid).map_err(io(format!("cannot open app {id}'s namespace")))?;
+            daemon.0.netns.insert(id, netns);
+        }
         (Driver::Kernel, None) => {
             warn!(app = %id, "the app runs under the kernel driver, which this daemon could not install: its new sockets fail")
         }
@@ -197,6 +201,7 @@ fn serve_app(
     daemon.submit(Command::Attach(id));
     info!(app = %id, pid, "app started");
     engine.run();
+    daemon.0.netns.remove(id);
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! It does not parse command lines (the CLI builds a [`Config`]).
 
 mod bounds;
+mod broker;
 mod channel;
 mod cluster;
 mod driver;
@@ -141,6 +142,8 @@ struct Shared {
     tunnel: OnceLock<Arc<tunnel::Client>>,
     /// The kernel driver, when it is installed.
     kernel: Option<driver::Kernel>,
+    /// Kernel-driver apps' network namespaces, for the broker's loopback connects.
+    netns: broker::Namespaces,
 }
 
 /// Effects' side of the daemon: the running relays, and how far effects have got.
@@ -196,6 +199,7 @@ impl Daemon {
             dns_domain,
             tunnel: OnceLock::new(),
             kernel,
+            netns: broker::Namespaces::default(),
         }))
     }
 
@@ -296,6 +300,11 @@ impl Daemon {
     /// The kernel driver, when it is installed.
     pub(crate) fn kernel(&self) -> Option<&driver::Kernel> {
         self.0.kernel.as_ref()
+    }
+
+    /// A kernel-driver app's network namespace, while its engine runs here.
+    pub(crate) fn app_netns(&self, app: AppId) -> Option<Arc<fs::File>> {
+        self.0.netns.get(app)
     }
 
     /// Brings the kernel driver's maps to what the state says, writing only what
@@ -563,6 +572,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     let result = rt.block_on(async {
         if let Some(saved) = saved {
             restore(&daemon, saved);
+        }
+        if let Some(broker) = broker {
+            broker::spawn(broker, daemon.clone()).map_err(io("cannot start the broker"))?;
         }
         watch::spawn(daemon.clone(), watch::Netlink::probe());
         let scheme = if tls_on { "https" } else { "http" };

@@ -25,6 +25,8 @@ pub struct DiagSocket {
     pub inode: u64,
     pub local: SocketAddr,
     pub state: u8,
+    /// The socket's cookie (what `bpf_get_socket_cookie` gives for it).
+    pub cookie: u64,
 }
 
 /// Lists sockets of `protocol` (IPPROTO_TCP or IPPROTO_UDP) in the states of the
@@ -40,6 +42,61 @@ pub fn list(protocol: u8, states: u32) -> io::Result<Vec<DiagSocket>> {
         dump(&sock, family, protocol, states, &mut out)?;
     }
     Ok(out)
+}
+
+/// The TCP socket of this host namespace whose local address is `local` and whose peer
+/// is `peer` (an IPv4 pair is looked for among IPv4 sockets, then among IPv6 ones as
+/// v4-mapped); None when there is none.
+pub fn tcp_socket(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<DiagSocket>> {
+    // SAFETY: socket takes integers and returns a new fd or -1.
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) })?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mapped = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    };
+    let mut tries = vec![(local, peer)];
+    if local.is_ipv4() {
+        tries.push((mapped(local), mapped(peer)));
+    }
+    for (local, peer) in tries {
+        let req = exact(local, peer);
+        // SAFETY: `req` is readable for its length; a null address sends to the kernel.
+        cvt(unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) })?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: `buf` is writable for its length.
+        let n = cvt(unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })? as usize;
+        let mut out = Vec::new();
+        match parse(&buf[..n], &mut out) {
+            Ok(_) if !out.is_empty() => return Ok(out.pop()),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// A sock_diag request for the one TCP socket `local` ↔ `peer` (both of one family).
+fn exact(local: SocketAddr, peer: SocketAddr) -> [u8; HDR + REQ] {
+    let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
+    let mut b = request(family, libc::IPPROTO_TCP as u8, !0);
+    b[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    let id = HDR + 8;
+    b[id..id + 2].copy_from_slice(&local.port().to_be_bytes());
+    b[id + 2..id + 4].copy_from_slice(&peer.port().to_be_bytes());
+    let ip = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let (src, dst) = (ip(local), ip(peer));
+    b[id + 4..id + 4 + src.len()].copy_from_slice(&src);
+    b[id + 20..id + 20 + dst.len()].copy_from_slice(&dst);
+    // INET_DIAG_NOCOOKIE: any socket with that pair.
+    b[id + 40..id + 48].copy_from_slice(&[0xff; 8]);
+    b
 }
 
 /// Sends one netlink request of `protocol` and waits for its acknowledgement.
@@ -121,6 +178,8 @@ fn decode(m: &[u8]) -> DiagSocket {
         inode: u32::from_ne_bytes(m[68..72].try_into().expect("4 bytes")) as u64,
         local: SocketAddr::new(ip, port),
         state: m[1],
+        cookie: u64::from(u32::from_ne_bytes(m[44..48].try_into().expect("4 bytes")))
+            | u64::from(u32::from_ne_bytes(m[48..52].try_into().expect("4 bytes"))) << 32,
     }
 }
 
@@ -140,6 +199,21 @@ mod tests {
         drop(l);
         let all = list(libc::IPPROTO_TCP as u8, 1 << TCP_LISTEN).unwrap();
         assert!(all.iter().all(|s| s.inode != ino), "closed listener still listed");
+    }
+
+    #[test]
+    fn finds_a_connection_by_its_addresses_with_its_cookie() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let (local, peer) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let found = tcp_socket(local, peer).unwrap().expect("the client's socket");
+        assert_eq!(found.inode, crate::sock::inode(std::os::fd::AsFd::as_fd(&c)).unwrap());
+        assert_ne!(found.cookie, 0);
+        // The other end is another socket, with another cookie.
+        let other = tcp_socket(s.local_addr().unwrap(), s.peer_addr().unwrap()).unwrap().unwrap();
+        assert_ne!(other.cookie, found.cookie);
+        assert_eq!(tcp_socket(local, "127.0.0.1:1".parse().unwrap()).unwrap(), None);
     }
 
     #[test]

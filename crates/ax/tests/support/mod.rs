@@ -361,7 +361,7 @@ impl TestHost {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
-        /// Service rows for a service address.
+    /// Service rows for a service address.
     pub fn servers_at(&self, service: &str) -> Vec<Value> {
         self.get("servers").into_iter().filter(|r| r["service_addr"] == service).collect()
     }

@@ -1,0 +1,141 @@
+//! The kernel driver's broker: the connects its programs cannot finish in the kernel
+//! come here. A program that sends a connect to the broker records, under the app
+//! socket's cookie, where it was going; the broker finds that socket from the accepted
+//! connection's addresses (sock_diag), takes its entry (nothing else may: a connection
+//! without one is closed), makes the connection the user driver would have made, and
+//! moves the bytes with the relay's pump:
+//!
+//! - LOOPBACK: to the app's own loopback listener, inside the app's namespace;
+//! - EGRESS: through an egress gateway, with the gateway's handshake (or directly,
+//!   should the cluster have lost its gateways since).
+//!
+//! The app's connect has succeeded by then: a far end that refuses shows as a
+//! connection closed at once (a documented difference from the user driver).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ax_core::kmap::{BrokerEntry, BrokerKind};
+use ax_core::tunnel::{parse_answer, Request, MAX_ANSWER};
+use ax_core::{AppId, Proto, Route};
+use ax_sys::{netlink, ns};
+use tracing::{debug, warn};
+
+use crate::Daemon;
+
+/// How long a gateway or the app's own listener has to answer.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the broker on `listener` on a thread of its own, one thread per connection.
+pub fn spawn(listener: TcpListener, daemon: Daemon) -> io::Result<()> {
+    std::thread::Builder::new().name("ax-broker".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let daemon = daemon.clone();
+            let serve = move || {
+                if let Err(e) = serve(conn, &daemon) {
+                    debug!("broker: {e}");
+                }
+            };
+            if let Err(e) = std::thread::Builder::new().name("ax-broker-conn".into()).spawn(serve) {
+                warn!("broker: cannot start a thread for a connection: {e}");
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn serve(conn: TcpStream, daemon: &Daemon) -> io::Result<()> {
+    let Some(kernel) = daemon.kernel() else { return Ok(()) };
+    // The app's socket is the one whose local address is this connection's peer.
+    let (peer, local) = (conn.peer_addr()?, conn.local_addr()?);
+    let Some(app_sock) = netlink::tcp_socket(peer, local)? else {
+        return Err(io::Error::other(format!("no socket of this host at {peer}: closed")));
+    };
+    let entry = kernel.driver.take_broker(app_sock.cookie).map_err(io::Error::other)?;
+    let Some(entry) = entry else {
+        return Err(io::Error::other(format!("{peer} was sent here by no program: closed")));
+    };
+    let upstream = match entry.kind {
+        BrokerKind::Loopback => loopback(daemon, &entry)?,
+        BrokerKind::Egress => egress(daemon, &entry)?,
+    };
+    crate::relay::carry(conn, upstream);
+    Ok(())
+}
+
+/// A connection to the app's own listener at the port it asked for, in its namespace.
+fn loopback(daemon: &Daemon, entry: &BrokerEntry) -> io::Result<TcpStream> {
+    let app = AppId(entry.app);
+    let netns = daemon.app_netns(app).ok_or_else(|| io::Error::other(format!("app {app} is not served here")))?;
+    let home = ns::current_netns()?;
+    let port = entry.dest.port();
+    // The address it asked for (0.0.0.0 is 127.0.0.1, as Linux takes it), then ::1
+    // for a listener of IPv6 only.
+    let asked = if entry.dest.ip().is_unspecified() { Ipv4Addr::LOCALHOST } else { *entry.dest.ip() };
+    let tries = [SocketAddr::from((asked, port)), SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))];
+    ns::with_netns(&netns, &home, || {
+        let mut last = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        for to in tries {
+            match TcpStream::connect_timeout(&to, DIAL_TIMEOUT) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    })?
+}
+
+/// A connection out to the app's destination, decided again as the user driver
+/// decides it (through a gateway while the cluster has one).
+fn egress(daemon: &Daemon, entry: &BrokerEntry) -> io::Result<TcpStream> {
+    let dest = SocketAddr::V4(entry.dest);
+    let route = ax_trap::Node::with_table(daemon, |t| t.route_connect(AppId(entry.app), Proto::Tcp, dest));
+    match route {
+        Route::Egress { gateway, dest } => {
+            let mut s = TcpStream::connect_timeout(&SocketAddr::V4(gateway), DIAL_TIMEOUT)?;
+            s.set_read_timeout(Some(DIAL_TIMEOUT))?;
+            s.write_all(&Request::Egress(dest).line())?;
+            // Byte by byte: what follows the answer is the destination's.
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while line.len() < MAX_ANSWER {
+                match s.read(&mut b)? {
+                    0 => return Err(io::Error::from_raw_os_error(libc::ECONNRESET)),
+                    _ if b[0] == b'\n' => break,
+                    _ => line.push(b[0]),
+                }
+            }
+            parse_answer(&line).map_err(io::Error::from_raw_os_error)?;
+            s.set_read_timeout(None)?;
+            Ok(s)
+        }
+        Route::Direct(to) => TcpStream::connect_timeout(&to, DIAL_TIMEOUT),
+        other => Err(io::Error::other(format!("{dest} is no longer outside ({other:?}): closed"))),
+    }
+}
+
+/// Where the daemon keeps the apps' namespaces for the broker.
+#[derive(Default)]
+pub struct Namespaces(std::sync::Mutex<std::collections::HashMap<AppId, Arc<File>>>);
+
+impl Namespaces {
+    pub fn insert(&self, app: AppId, netns: File) {
+        self.lock().insert(app, Arc::new(netns));
+    }
+
+    pub fn remove(&self, app: AppId) {
+        self.lock().remove(&app);
+    }
+
+    pub fn get(&self, app: AppId) -> Option<Arc<File>> {
+        self.lock().get(&app).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AppId, Arc<File>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
