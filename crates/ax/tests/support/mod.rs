@@ -278,6 +278,27 @@ impl TestHost {
         });
     }
 
+    /// Starts `ax daemon --driver kernel ARGS`; false (the daemon gone) where the kernel
+    /// driver's programs cannot be installed on this machine.
+    pub fn start_kernel_daemon(&mut self, args: &[&str]) -> bool {
+        let mut c = self.ax();
+        c.args(["daemon", "--driver", "kernel", "--node-interface", "ax0"]).args(args).env("RUST_LOG", "ax=debug,info");
+        let mut daemon = self.logged(c, "daemon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.ax().args(["get", "apps"]).output().is_ok_and(|o| o.status.success()) {
+                self.daemon = Some(daemon);
+                return true;
+            }
+            if daemon.try_wait().unwrap().is_some() {
+                assert!(self.daemon_log().contains("cannot be installed"), "{}", self.daemon_log());
+                return false;
+            }
+            assert!(Instant::now() < deadline, "the daemon never answered\n{}", self.daemon_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn daemon_log(&self) -> String {
         fs::read_to_string(self.log_path("daemon")).unwrap_or_default()
     }
@@ -359,6 +380,17 @@ impl TestHost {
         let get = "import json,urllib.request;print(json.load(urllib.request.urlopen('http://127.0.0.1:6664/v1/info'))['driver'])";
         let out = sh(self.cmd("/usr/bin/python3").args(["-c", get]));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// curl's exit status when an egress destination refuses: 7, or under the kernel
+    /// driver 56 (the app's connect went to the daemon's broker and succeeded; the
+    /// refusal shows as the connection closed at once, a documented difference).
+    pub fn curl_refused_by_egress_destination(&self) -> i32 {
+        if self.daemon_driver() == "kernel" {
+            56
+        } else {
+            7
+        }
     }
 
     /// Service rows for a service address.

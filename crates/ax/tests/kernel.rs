@@ -1,0 +1,173 @@
+//! End-to-end tests of what is the kernel driver's own, as root: its maps follow the
+//! table (seen through real connects), a denied connect fails with ECONNREFUSED and
+//! sends nothing, apps read back virtual addresses without asking the daemon, loopback
+//! listeners are reached through the broker, and an app started before a daemon restart
+//! keeps connecting after it. Every test is skipped (with a message) where the kernel
+//! driver cannot be installed; `make test` asks `the_kernel_driver_installs_here` first.
+
+mod support;
+
+use std::time::Duration;
+
+use support::TestHost;
+
+const PY: &str = "/usr/bin/python3";
+/// errno 111 on Linux.
+const ECONNREFUSED: i32 = 111;
+
+/// A test host whose daemon runs the kernel driver; None (said on stderr) where it
+/// cannot be installed.
+fn kernel_host(programs: &[&str]) -> Option<TestHost> {
+    support::require_root_and(programs);
+    let mut h = TestHost::new();
+    if h.start_kernel_daemon(&[]) {
+        return Some(h);
+    }
+    eprintln!("skipped: the kernel driver cannot be installed here:\n{}", h.daemon_log());
+    None
+}
+
+/// A python http.server app `name` with `labels` on `ip`:80 whose `who` says `name`.
+fn web(h: &mut TestHost, name: &str, ip: &str, labels: &str) {
+    let root = h.web_root(name, "who", name);
+    h.spawn_app(name, &["--ip", ip, "--labels", labels, "--", PY, "-m", "http.server", "80", "--directory", &root]);
+}
+
+/// What `curl http://URL/who` from an app with `labels` gets: the answer, or curl's
+/// exit status (7: the connection was refused).
+fn curl(h: &TestHost, labels: &str, ip: &str) -> Result<String, i32> {
+    let out = h.run(&["--labels", labels, "--", "curl", "-sf", "--max-time", "20", &format!("http://{ip}/who")]);
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8(out.stdout).unwrap()),
+        code => Err(code.unwrap_or(-1)),
+    }
+}
+
+/// TCP segments the test host has sent (`Tcp: OutSegs` of /proc/net/snmp): a SYN
+/// counts, whatever the interface.
+fn tcp_out_segments(h: &TestHost) -> u64 {
+    let snmp = h.stdout_of("cat", &["/proc/net/snmp"]);
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == "OutSegs").unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// Asked by `make test` before it runs the suites under the kernel driver.
+#[test]
+#[ignore = "a probe for make test"]
+fn the_kernel_driver_installs_here() {
+    assert!(kernel_host(&[]).is_some());
+}
+
+#[test]
+fn the_maps_follow_the_table_rows_added_removed_and_labels_changed() {
+    let Some(mut h) = kernel_host(&[PY, "curl"]) else { return };
+    web(&mut h, "a1", "198.18.3.1", "role=a");
+    h.wait_for_rows("198.18.3.1:80", 1);
+    assert_eq!(h.get("apps")[0]["driver"], "kernel");
+    assert_eq!(curl(&h, "role=a", "198.18.3.1"), Ok("a1".into()));
+    assert_eq!(curl(&h, "role=b", "198.18.3.1"), Err(7), "another label class is refused");
+    // A row added: a second backend of class b on the same address.
+    web(&mut h, "b1", "198.18.3.1", "role=b");
+    h.wait_for_rows("198.18.3.1:80", 2);
+    for _ in 0..5 {
+        assert_eq!(curl(&h, "role=b", "198.18.3.1"), Ok("b1".into()));
+        assert_eq!(curl(&h, "role=a", "198.18.3.1"), Ok("a1".into()));
+    }
+    // A row removed: class a has none left.
+    h.stop_app("a1");
+    h.wait_for_rows("198.18.3.1:80", 1);
+    assert_eq!(curl(&h, "role=a", "198.18.3.1"), Err(7));
+    assert_eq!(curl(&h, "role=b", "198.18.3.1"), Ok("b1".into()));
+    // Labels changed: the app comes back with both labels; class a reaches it again,
+    // and class b now has two backends.
+    web(&mut h, "a2", "198.18.3.1", "role=a,role=b");
+    h.wait_for_rows("198.18.3.1:80", 2);
+    assert_eq!(curl(&h, "role=a", "198.18.3.1"), Ok("a2".into()));
+    let seen = h.distinct_answers(&["--labels", "role=b", "--", "curl", "-sf", "http://198.18.3.1/who"], 2, 40);
+    assert_eq!(seen, ["a2".to_string(), "b1".to_string()].into());
+    // A new label class (an app of labels no app had) gets its own entries.
+    assert_eq!(curl(&h, "role=c", "198.18.3.1"), Err(7));
+}
+
+#[test]
+fn a_denied_connect_fails_with_econnrefused_and_sends_no_packet() {
+    let Some(mut h) = kernel_host(&[PY, "nc"]) else { return };
+    web(&mut h, "db", "198.18.3.2", "role=db");
+    h.wait_for_rows("198.18.3.2:80", 1);
+    // Label-denied, an unserved port of a served address, the client's own address.
+    let denied = ["198.18.3.2 80", "198.18.3.2 81", "198.18.3.4 80"];
+    let refused = "import socket,sys\nfor t in sys.argv[1:]:\n  ip,port=t.split()\n  s=socket.socket()\n  \
+        try:\n    s.connect((ip,int(port)));print(t,'connected')\n  except OSError as e:print(t,e.errno)\n";
+    let mut args = vec!["--ip", "198.18.3.4", "--labels", "role=web", "--", PY, "-c", refused];
+    args.extend(denied.iter().copied().cycle().take(30));
+    let before = tcp_out_segments(&h);
+    let out = h.run_ok(&args);
+    let after = tcp_out_segments(&h);
+    assert_eq!(out.lines().count(), 30, "{out}");
+    assert!(out.lines().all(|l| l.ends_with(&format!(" {}", ECONNREFUSED))), "{out}");
+    assert_eq!(after - before, 0, "a refused connect sent a segment");
+    // The count does move when a connect leaves: one that goes out to the blackhole.
+    let hole = h.blackhole();
+    let before = tcp_out_segments(&h);
+    let _ = h.run(&["--", "nc", "-z", "-w", "1", hole, "80"]);
+    assert!(tcp_out_segments(&h) > before, "the control connect sent nothing");
+}
+
+#[test]
+fn connects_and_name_queries_never_reach_the_daemon_and_show_virtual_addresses() {
+    let Some(mut h) = kernel_host(&[PY]) else { return };
+    web(&mut h, "srv", "198.18.3.5", "zone=default");
+    h.wait_for_rows("198.18.3.5:80", 1);
+    let client = "import socket\ns=socket.create_connection(('198.18.3.5',80))\n\
+        print(s.getpeername()[0],s.getpeername()[1],s.getsockname()[0])\n\
+        s6=socket.create_connection(('::ffff:198.18.3.5',80))\nprint(s6.getpeername()[0],s6.getsockname()[0])";
+    let out = h.run_ok(&["--ip", "198.18.3.6", "--", PY, "-c", client]);
+    assert_eq!(out, "198.18.3.5 80 198.18.3.6\n::ffff:198.18.3.5 ::ffff:198.18.3.6\n");
+    // The server shows the address it serves, not the host's.
+    assert!(h.app_log("srv").contains("Serving HTTP on ::ffff:198.18.3.5 port 80"), "{}", h.app_log("srv"));
+    // The daemon never saw a connect (its engine logs every one it carries out).
+    assert!(!h.daemon_log().contains("\"connect\""), "a connect was trapped");
+    assert!(!h.daemon_log().lines().any(|l| l.contains("ax_trap::engine") && l.ends_with("connect")));
+}
+
+#[test]
+fn loopback_listeners_are_reached_through_the_broker_and_others_refused() {
+    let Some(h) = kernel_host(&[PY]) else { return };
+    let app = "import socket,threading\nl=socket.socket();l.bind(('127.0.0.1',7000));l.listen()\n\
+        def echo():\n  c,_=l.accept();c.sendall(c.recv(100).upper());c.close()\n\
+        threading.Thread(target=echo).start()\n\
+        c=socket.create_connection(('127.0.0.1',7000));c.sendall(b'hello');print(c.recv(100).decode())\n\
+        try:\n  socket.create_connection(('127.0.0.1',7001))\nexcept OSError as e:print(e.errno)";
+    let out = h.run_ok(&["--", PY, "-c", app]);
+    assert_eq!(out, format!("HELLO\n{}\n", ECONNREFUSED));
+}
+
+#[test]
+fn an_app_started_before_a_restart_keeps_connecting_after_it() {
+    let Some(mut h) = kernel_host(&[PY]) else { return };
+    web(&mut h, "old", "198.18.3.7", "zone=default");
+    h.wait_for_rows("198.18.3.7:80", 1);
+    // Connects every 50 ms to the server there from the start and, once it exists, to
+    // the one started after the restart; prints every outcome that is not a success.
+    let client = "import socket,time,sys\nok={}\nend=time.time()+12\nwhile time.time()<end:\n  \
+        for ip in ('198.18.3.7','198.18.3.8'):\n    try:\n      \
+        c=socket.create_connection((ip,80),timeout=20);c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n      \
+        ok[ip]=ok.get(ip,0)+c.recv(4096).startswith(b'HTTP/1.0 200');c.close()\n    \
+        except OSError as e:\n      if ip=='198.18.3.7':print('error',e,flush=True)\n  time.sleep(0.05)\n\
+        print('ok',ok.get('198.18.3.7',0),ok.get('198.18.3.8',0),flush=True)";
+    h.spawn_app("client", &["--", PY, "-c", client]);
+    std::thread::sleep(Duration::from_secs(2));
+    h.signal_daemon("KILL");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(h.start_kernel_daemon(&[]), "the kernel driver installed before and not after");
+    web(&mut h, "new", "198.18.3.8", "zone=default");
+    h.wait_for_rows("198.18.3.8:80", 1);
+    let done = h.wait_for_line("client", "ok");
+    assert!(!h.app_log("client").contains("error"), "{}", h.app_log("client"));
+    let counts: Vec<u32> = done.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
+    assert!(counts[0] > 50, "{done}");
+    assert!(counts[1] > 0, "the maps took in the row added after the restart: {done}");
+    assert!(h.daemon_log().contains("taking over the kernel driver's maps"), "{}", h.daemon_log());
+}
