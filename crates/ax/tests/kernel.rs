@@ -171,3 +171,35 @@ fn an_app_started_before_a_restart_keeps_connecting_after_it() {
     assert!(counts[1] > 0, "the maps took in the row added after the restart: {done}");
     assert!(h.daemon_log().contains("taking over the kernel driver's maps"), "{}", h.daemon_log());
 }
+
+#[test]
+fn an_app_gets_nothing_from_the_broker_directly_nor_from_the_hosts_loopback() {
+    let Some(h) = kernel_host(&[PY, "ss"]) else { return };
+    // The broker: the daemon's one TCP listener on the node address besides DNS.
+    let listeners = h.inet_sockets("-ltun");
+    let broker = listeners
+        .iter()
+        .filter(|s| s[0] == "tcp")
+        .map(|s| s[2].clone())
+        .find(|a| a.starts_with(&format!("{}:", support::NODE_IP)) && !a.ends_with(":53"))
+        .unwrap_or_else(|| panic!("no broker among {listeners:?}"));
+    let (ip, port) = broker.rsplit_once(':').unwrap();
+    // Straight to the broker: accepted (the port is open to the node's apps), then
+    // closed with nothing, since no program sent this connection there.
+    let direct = format!(
+        "import socket\nc=socket.create_connection(('{ip}',{port}))\nc.sendall(b'AXEG 203.0.113.1:80\\n')\n\
+         try:\n  print(repr(c.recv(100)))\nexcept OSError as e:print(e.errno)"
+    );
+    // Closed (b''), or reset since the request was left unread (104): nothing either way.
+    let got = h.run_ok(&["--", PY, "-c", &direct]);
+    assert!(["b''", "104"].contains(&got.trim()), "{got}");
+    // The host's loopback services (the daemon's REST among them) are not the app's,
+    // in either family.
+    let probe = "import socket\nfor a in (('127.0.0.1',6664),('::1',6664),('0.0.0.0',6664)):\n  \
+        s=socket.socket(socket.AF_INET6 if ':' in a[0] else socket.AF_INET)\n  \
+        try:\n    s.connect(a);print('connected')\n  except OSError as e:print(e.errno)";
+    let out = h.run_ok(&["--", PY, "-c", probe]);
+    assert_eq!(out, format!("{ECONNREFUSED}\n{ECONNREFUSED}\n{ECONNREFUSED}\n"));
+    // And the daemon serves on.
+    assert!(h.ax().args(["get", "apps"]).output().unwrap().status.success());
+}

@@ -189,7 +189,7 @@ fn serve_app(
         (Driver::Kernel, Some(k)) => {
             kernel = kernel.with_kernel_marks(k.driver.socket_states());
             let netns = ax_sys::ns::open_netns(pid).map_err(io(format!("cannot open app {id}'s namespace")))?;
-            daemon.0.netns.insert(id, netns);
+            daemon.set_app_netns(id, Some(netns));
         }
         (Driver::Kernel, None) => {
             warn!(app = %id, "the app runs under the kernel driver, which this daemon could not install: its new sockets fail")
@@ -201,7 +201,7 @@ fn serve_app(
     daemon.submit(Command::Attach(id));
     info!(app = %id, pid, "app started");
     engine.run();
-    daemon.0.netns.remove(id);
+    daemon.set_app_netns(id, None);
     Ok(())
 }
 

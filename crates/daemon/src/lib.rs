@@ -307,6 +307,14 @@ impl Daemon {
         self.0.netns.get(app)
     }
 
+    /// Keeps (Some) or forgets (None) a kernel-driver app's network namespace.
+    pub(crate) fn set_app_netns(&self, app: AppId, netns: Option<fs::File>) {
+        match netns {
+            Some(ns) => self.0.netns.insert(app, ns),
+            None => self.0.netns.remove(app),
+        }
+    }
+
     /// Brings the kernel driver's maps to what the state says, writing only what
     /// changed; the first time (at start, or after a failed write), everything, then
     /// removing what an earlier daemon wrote that no longer holds.
