@@ -297,15 +297,20 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             return Err(libc::EOPNOTSUPP);
         }
         let local = self.k.local_addr(&s)?.ok_or(libc::EINVAL)?;
+        let inode = self.k.inode(&s)?;
         let port = if local.port() == 0 {
             // listen() on an unbound socket binds it to a wildcard port, as the kernel does.
             let ip = self.node.with_table(|t| t.app(self.app).map(|a| a.ip)).ok_or(libc::EPERM)?;
             self.bind_host(&s, family, proto, local, SocketAddrV4::new(ip, 0), None)?
         } else {
-            local.port()
+            // The host port the socket was bound at (under the kernel driver,
+            // getsockname shows the service address it stands for).
+            let bound = |t: &mut ax_core::Table| {
+                t.bindings().find(|b| b.inode == inode && b.proto == proto).map(|b| b.host.port())
+            };
+            self.node.with_table(bound).unwrap_or(local.port())
         };
         self.k.listen(&s, backlog)?;
-        let inode = self.k.inode(&s)?;
         let row = self.node.with_table(|t| t.set_listening(proto, port, inode, backlog).cloned());
         if let Some(b) = row {
             info!(app = %self.app, service = %b.service, host = %b.host, "service row added");

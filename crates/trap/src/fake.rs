@@ -465,6 +465,12 @@ impl Kernel for Fake {
         if sock.domain != libc::AF_INET && sock.domain != libc::AF_INET6 {
             return Ok(None);
         }
+        // The kernel driver's getsockname program shows a bound socket's service address
+        // (to every thread, the daemon's included).
+        let shown = sock.kernel.as_deref().and_then(|b| ax_core::kmap::SockState::decode(b).ok()).and_then(|k| k.local);
+        if let Some(service) = shown {
+            return Ok(Some(SocketAddr::V4(service)));
+        }
         // An unbound inet socket reports the wildcard address and port 0.
         Ok(Some(sock.local.unwrap_or_else(|| SocketAddr::new(unspecified(sock.domain), 0))))
     }

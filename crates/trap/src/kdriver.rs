@@ -508,19 +508,9 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
     a.finish()
 }
 
-/// Leaves the daemon's own threads' calls alone (they need the sockets' real names:
-/// the engine reads a bound socket's host port back, say); r1 stays the context.
-fn app_threads_only(a: &mut Asm, maps: &Maps) {
-    let app = a.label();
-    a.mov(R9, R1);
-    hooks::if_not_daemon(a, &maps.daemon, app);
-    a.goto(V::Allow).here(app).mov(R1, R9);
-}
-
 /// getpeername4/6: the destination the app connected to.
 fn getpeername(maps: &Maps, v6: bool) -> Vec<Insn> {
     let mut a = Asm::default();
-    app_threads_only(&mut a, maps);
     sock_state(&mut a, maps);
     a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
         .and_imm(R1, SockState::PEER_SET as i32)
@@ -537,7 +527,6 @@ fn getpeername(maps: &Maps, v6: bool) -> Vec<Insn> {
 fn getsockname(maps: &Maps, v6: bool) -> Vec<Insn> {
     let mut a = Asm::default();
     let not_bound = a.label();
-    app_threads_only(&mut a, maps);
     sock_state(&mut a, maps);
     a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
         .and_imm(R1, SockState::LOCAL_SET as i32)

@@ -375,10 +375,16 @@ impl TestHost {
         serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("JSON rows")
     }
 
-    /// The driver the daemon runs new apps under (`GET /v1/info`, read with python).
+    /// The driver the daemon runs new apps under (`GET /v1/info` on the API's Unix
+    /// socket, which speaks plain HTTP under `--tls` too; read with python).
     pub fn daemon_driver(&self) -> String {
-        let get = "import json,urllib.request;print(json.load(urllib.request.urlopen('http://127.0.0.1:6664/v1/info'))['driver'])";
-        let out = sh(self.cmd("/usr/bin/python3").args(["-c", get]));
+        let get = format!(
+            "import json,socket\ns=socket.socket(socket.AF_UNIX)\ns.connect('{}')\n\
+             s.sendall(b'GET /v1/info HTTP/1.0\\r\\nHost: ax\\r\\n\\r\\n')\nr=b''\nwhile True:\n  d=s.recv(65536)\n  \
+             if not d: break\n  r+=d\nprint(json.loads(r.split(b'\\r\\n\\r\\n',1)[1])['driver'])",
+            ax_api::API_SOCKET
+        );
+        let out = sh(self.cmd("/usr/bin/python3").args(["-c", &get]));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 

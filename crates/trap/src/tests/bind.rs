@@ -421,6 +421,10 @@ fn a_kernel_driver_apps_sockets_are_the_programs_not_the_guards() {
     assert_eq!(r.bind(tcp, "0.0.0.0:80"), OK);
     assert_eq!(r.k.sock(tcp).marks, guard::MEMBERS_ONLY);
     assert_eq!(state(tcp).unwrap().local, Some("198.18.0.1:80".parse().unwrap()));
+    // Its listen makes the row at the host port, though getsockname shows the service.
+    assert_eq!(r.listen(tcp), OK);
+    let rows: Vec<(u16, u16)> = r.table(|t| t.services().map(|b| (b.service.port(), b.host.port())).collect());
+    assert_eq!(rows, [(80, 40000)]);
     // A user-driver app's sockets stay guarded, with no state for the programs.
     let u = Rig::new();
     let fd = u.tcp();
