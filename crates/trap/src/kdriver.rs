@@ -121,8 +121,8 @@ struct Maps {
     daemon: Map,
 }
 
-/// (pin name, what makes it). `ax_ksock` comes last: once it is pinned, a later daemon
-/// takes the set.
+/// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
+/// later daemon takes the set over once that one is there.
 const MAPS: [&str; 7] = ["daemon", "apps", "routes", "conf", "private", "broker", "ksock"];
 
 impl Maps {

@@ -695,6 +695,17 @@ fn a_fastopen_send_is_a_connect_to_the_programs() {
     });
 }
 
+#[test]
+fn a_failed_install_says_why() {
+    sandboxed("a_failed_install_says_why", |_| {
+        let file = Sandbox::dir_of(std::process::id()).join("not-a-directory");
+        fs::write(&file, "").unwrap();
+        let e = KernelDriver::install(&file).err().expect("no pins under a file").to_string();
+        assert!(e.starts_with("the kernel driver cannot set up its pins at "), "{e}");
+        assert!(e.contains("not-a-directory/bpf"), "{e}");
+    });
+}
+
 /// For random maps, every connect does what the programs' model
 /// (`KernelMaps::lookup`) says: refused, EPERM, unchanged, to the broker with the
 /// entry's kind, or to one of the route's targets; the maps are moved from one content
