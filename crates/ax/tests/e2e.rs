@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::fs;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{TestHost, NODE_IP, PEER_IP};
@@ -412,4 +413,53 @@ fn pool_ports_answer_members_only_and_exposed_ports_answer_anyone() {
     // An exposed port is the way in for everyone.
     let url = format!("http://{NODE_IP}:9901/who");
     h.wait_until("the exposed port", Duration::from_secs(20), || from_peer(&url).stdout == b"pool");
+}
+
+/// A memcached client: sets a key, asks for it again over the same connection moved to
+/// descriptor 1000 (in the range where UDP sockets live and sends are trapped), says
+/// `ready`, and once the file FLAG exists asks 200 more times with a 10 s timeout.
+const MEMCACHED_CLIENT: &str = "import socket,os,sys,time
+c=socket.create_connection(('198.18.0.11',11211),timeout=20)
+def ask(s,q):
+  s.sendall(q)
+  d=b''
+  while not d.endswith((b'END\\r\\n',b'STORED\\r\\n')):
+    x=s.recv(4096)
+    if not x: return 'closed'
+    d+=x
+  return d.decode().replace('\\r\\n',' ').strip()
+print('set:',ask(c,b'set k 0 0 5\\r\\nhello\\r\\n'),flush=True)
+m=socket.socket(fileno=os.dup2(c.fileno(),1000))
+m.settimeout(20)
+m.sendmsg([b'get k\\r\\n'])
+print('fd',m.fileno(),'recvmsg:',m.recvmsg(4096)[0].decode().replace('\\r\\n',' ').strip(),flush=True)
+m.detach()
+print('ready',flush=True)
+while not os.path.exists(sys.argv[1]): time.sleep(0.02)
+c.settimeout(10)
+try:
+  got=[ask(c,b'set k%d 0 0 2\\r\\nv%d\\r\\n'%(i%10,i%10))+' '+ask(c,b'get k%d\\r\\n'%(i%10)) for i in range(200)]
+  print('after stop:',len(got),'answers,',len(set(got)),'distinct',flush=True)
+except OSError as e:
+  print('after stop:',repr(e),flush=True)";
+
+#[test]
+fn memcached_answers_over_tcp_without_the_daemon() {
+    // memcached answers with sendmsg; on TCP that must never wait for the daemon. The
+    // daemon is stopped (SIGSTOP) while the client talks: any trapped call would hang.
+    let mut h = host(&["memcached", PY, "kill"]);
+    h.spawn_app("memcached", &["--ip", "198.18.0.11", "--user", "nobody", "--", "memcached", "-p", "11211", "-t", "2"]);
+    h.wait_for_rows("198.18.0.11:11211", 2);
+    let flag = h.log_path("go");
+    h.spawn_app("client", &["--user", "nobody", "--", PY, "-c", MEMCACHED_CLIENT, flag.to_str().unwrap()]);
+    h.wait_for_line("client", "ready");
+    let log = h.app_log("client");
+    assert!(log.starts_with("set: STORED\nfd 1000 recvmsg: VALUE k 0 5 hello END\n"), "{log}");
+    let daemon = h.daemon_pid().to_string();
+    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &daemon]).status().unwrap().success());
+    signal("-STOP");
+    fs::write(&flag, "").unwrap();
+    let line = h.wait_for_line("client", "after stop:");
+    signal("-CONT");
+    assert_eq!(line, "after stop: 200 answers, 10 distinct", "{}", h.app_log("client"));
 }

@@ -191,6 +191,18 @@ fn the_i386_entry_does_not_reach_prod() {
     a.assert_prod_untouched();
 }
 
+#[test]
+fn a_udp_socket_moved_out_of_the_trapped_range_sends_nowhere() {
+    // Its sends run natively there: the socket guard, not the filter, refuses them.
+    let a = Arena::new();
+    let report = a.attack(&["dgram-out", PROD_UDP, &a.prod_udp_host]);
+    assert!(report.starts_with("socket: fd 1023\n"), "{report}");
+    let copies: Vec<&str> = report.lines().filter(|l| l.starts_with("copy ")).collect();
+    assert_eq!(copies.len(), 7 * 2 * 2, "{report}");
+    assert!(copies.iter().all(|l| l.ends_with(": EPERM")), "{report}");
+    a.assert_prod_untouched();
+}
+
 // ---- 4-5: races on what a descriptor number is -----------------------------------
 
 #[test]

@@ -1,8 +1,9 @@
-//! `ax run`: registers the app with the daemon, forks, puts the child in new network
-//! and mount namespaces with only `lo` (and the `--interface` device), mounts its
-//! private resolv.conf, installs the seccomp filter, hands the filter's listener to the
-//! daemon, switches to `--user`, and execs the program. The parent forwards signals
-//! and exits with the program's status.
+//! `ax run`: makes sure the app may hold descriptors up to 1023 (the daemon puts its UDP
+//! sockets there: `ax_trap::fds`), registers the app with the daemon, forks, puts the
+//! child in new network and mount namespaces with only `lo` (and the `--interface`
+//! device), mounts its private resolv.conf, installs the seccomp filter, hands the
+//! filter's listener to the daemon, switches to `--user`, and execs the program. The
+//! parent forwards signals and exits with the program's status.
 //!
 //! The launcher stays single-threaded so that the fork is sound.
 
@@ -16,7 +17,7 @@ use ax_api::{wire, Driver, Expose, Labels, Register, RunReply, RunRequest, Virtu
 use ax_sys::pidfd::Pidfd;
 use ax_sys::proc::{self, Fork};
 use ax_sys::{ns, seccomp};
-use ax_trap::policy;
+use ax_trap::{fds, policy};
 
 /// Why the app could not be started or handed to the daemon. Each step names what
 /// failed and, where the system said why, ends with its words.
@@ -26,6 +27,10 @@ pub enum RunError {
     NoCommand,
     #[error("ax run must run as root: it creates a network namespace for the app (try: sudo ax run ...)")]
     NotRoot,
+    #[error("{0}")]
+    FdLimit(#[from] fds::FdLimitTooLow),
+    #[error("cannot set the app's open-file limit: {0}")]
+    SetFdLimit(io::Error),
     #[error("{}", ax_api::unreachable(RUN_SOCKET, .0))]
     Unreachable(io::Error),
     #[error("cannot talk to the ax daemon: {0}")]
@@ -131,6 +136,11 @@ pub fn run(opts: Options) -> Result<i32> {
     }
     if proc::effective_uid() != 0 {
         return Err(RunError::NotRoot);
+    }
+    // The daemon puts the app's UDP sockets at descriptor numbers up to 1023.
+    let (soft, hard) = proc::fd_limits().map_err(RunError::SetFdLimit)?;
+    if let Some(soft) = fds::soft_fd_limit(soft, hard)? {
+        proc::set_soft_fd_limit(soft).map_err(RunError::SetFdLimit)?;
     }
     let daemon = UnixStream::connect(RUN_SOCKET).map_err(RunError::Unreachable)?;
     let register = RunRequest::Register(Register {

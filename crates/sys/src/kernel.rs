@@ -62,6 +62,9 @@ pub trait Kernel: Send + Sync + 'static {
     /// with `send` that also answers the call with the new descriptor's number.
     fn add_fd(&self, id: u64, fd: &Self::Fd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno>;
 
+    /// The soft limit on open files of thread `tid`'s process: `add_fd` at a number at
+    /// or past it fails (EBADF).
+    fn fd_limit(&self, tid: i32) -> Result<u64, Errno>;
     /// The caller's descriptor `fd` (thread `tid`, while call `id` is pending).
     fn get_fd(&self, tid: i32, id: u64, fd: RawFd) -> Result<Self::Fd, Errno>;
     /// Reads the caller's memory; EFAULT where the app's pointer is bad.
@@ -214,6 +217,10 @@ impl Kernel for Linux {
 
     fn add_fd(&self, id: u64, fd: &OwnedFd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno> {
         self.listener.add_fd(id, fd.as_fd(), at, cloexec, send).map_err(errno)
+    }
+
+    fn fd_limit(&self, tid: i32) -> Result<u64, Errno> {
+        proc::fd_limit_of(tid).map_err(errno)
     }
 
     fn get_fd(&self, tid: i32, id: u64, fd: RawFd) -> Result<OwnedFd, Errno> {

@@ -369,14 +369,45 @@ pub fn unprivileged_port_start() -> io::Result<u16> {
 /// Raises the soft limit on open files to the hard limit (the daemon holds several
 /// descriptors per app).
 pub fn raise_fd_limit() -> io::Result<u64> {
+    let (_, hard) = fd_limits()?;
+    set_soft_fd_limit(hard)?;
+    Ok(hard)
+}
+
+/// This process's soft and hard limits on open files.
+pub fn fd_limits() -> io::Result<(u64, u64)> {
     // SAFETY: rlimit is plain data filled by getrlimit.
     let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: `r` is a valid out pointer.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) })?;
-    r.rlim_cur = r.rlim_max;
+    Ok((r.rlim_cur, r.rlim_max))
+}
+
+/// Sets this process's soft limit on open files (at most its hard limit).
+pub fn set_soft_fd_limit(soft: u64) -> io::Result<()> {
+    let (_, hard) = fd_limits()?;
+    let r = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: `r` is a valid rlimit.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
-    Ok(r.rlim_cur)
+    Ok(())
+}
+
+/// The soft limit on open files of the process that thread `tid` belongs to (no
+/// descriptor at or past it can be installed there), from /proc: prlimit(2) would need
+/// CAP_SYS_RESOURCE for another user's process.
+pub fn fd_limit_of(tid: i32) -> io::Result<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{tid}/limits"))?;
+    soft_open_files(&limits).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The soft limit of the `Max open files` line of a /proc limits file.
+fn soft_open_files(limits: &str) -> Option<u64> {
+    let soft = limits.lines().find_map(|l| l.strip_prefix("Max open files"))?.split_whitespace().next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
 }
 
 /// The flags of thread `tid`'s descriptor `fd` (O_CLOEXEC among them: a per-descriptor
@@ -426,6 +457,22 @@ mod tests {
         assert_eq!(has_effective_cap(only_bind, CAP_NET_BIND_SERVICE), Some(true));
         assert_eq!(has_effective_cap(only_bind, 9), Some(false));
         assert_eq!(has_effective_cap("Name:\tx\n", CAP_NET_BIND_SERVICE), None);
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_is_read_from_proc() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63711                63711                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(soft_open_files(limits), Some(1024));
+        assert_eq!(
+            soft_open_files("Max open files            unlimited            unlimited            files"),
+            Some(u64::MAX)
+        );
+        assert_eq!(soft_open_files("Max processes             63711                63711"), None);
+        // SAFETY: gettid takes no arguments.
+        let tid = unsafe { libc::gettid() };
+        assert_eq!(fd_limit_of(tid).unwrap(), fd_limits().unwrap().0);
     }
 
     #[test]

@@ -19,9 +19,9 @@ use ax_sys::seccomp::Notification;
 use tracing::{debug, info, warn};
 
 use crate::call::{AddrIn, Call};
-use crate::guard;
 use crate::helper::{wait_for_call, Helpers, Hush, Waited};
 use crate::Node;
+use crate::{fds, guard};
 use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Progress, Use};
 
 /// How a trapped call is answered.
@@ -47,6 +47,7 @@ pub struct Engine<K: Kernel, N: Node> {
     pub(crate) hush_helpers: Hush,
     hush_share: Hush,
     hush_pool: Hush,
+    hush_fds: Hush,
     /// The app's driver: under the kernel driver, its host sockets are the kernel
     /// driver's programs' to rule (not GUARDED: the guard leaves them alone).
     driver: Driver,
@@ -63,6 +64,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             hush_helpers: hush(),
             hush_share: hush(),
             hush_pool: hush(),
+            hush_fds: hush(),
             driver: Driver::User,
         }
     }
@@ -137,8 +139,46 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let tcp = Proto::from_sock_type(ty) == Some(Proto::Tcp);
         let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
         self.mark(&s, marks, None)?;
-        self.k.add_fd(n.id, &s, None, cloexec, true)?;
+        if tcp {
+            self.k.add_fd(n.id, &s, None, cloexec, true)?;
+        } else {
+            self.add_datagram_fd(n, &s, cloexec)?;
+        }
         Ok(Answer::Sent)
+    }
+
+    /// Installs a new UDP socket at a free number in [`fds::DATAGRAM_FDS`], where the
+    /// filter traps its sends and receives, and answers the call with it. `ax run` gives
+    /// apps a soft open-file limit past the range; only an app that lowered its own
+    /// meets EBADF (a number past its limit), and then its limit is looked up. EMFILE, as
+    /// for a full descriptor table, when the range holds no free number below the limit.
+    fn add_datagram_fd(&self, n: &Notification, s: &K::Fd, cloexec: bool) -> Result<(), Errno> {
+        let mut limit = None;
+        loop {
+            let below = limit.unwrap_or(u64::MAX);
+            let taken = |fd| match self.k.get_fd(n.pid, n.id, fd) {
+                Ok(_) => Ok(true),
+                Err(libc::EBADF) => Ok(false),
+                Err(e) => Err(e),
+            };
+            let Some(at) = fds::datagram_slot(below, taken)? else {
+                if self.hush_fds.speak() {
+                    warn!(
+                        app = %self.app,
+                        "no free descriptor for a UDP socket in {}-{} below the app's open-file limit ({below}); socket() fails with EMFILE",
+                        fds::DATAGRAM_FDS.start,
+                        fds::DATAGRAM_FDS.end - 1
+                    );
+                }
+                return Err(libc::EMFILE);
+            };
+            match self.k.add_fd(n.id, s, Some(at), cloexec, true) {
+                Err(libc::EBADF) if limit.is_none() => limit = Some(self.k.fd_limit(n.pid)?),
+                // The app lowered its limit again meanwhile.
+                Err(libc::EBADF) => return Err(libc::EMFILE),
+                r => return r.map(|_| ()),
+            }
+        }
     }
 
     /// Our copy of the app's descriptor `fd`, and what it is. Bind, connect and listen

@@ -104,6 +104,8 @@ pub enum Op {
     Write(u64, Vec<u8>),
     /// A wait on a socket, with its timeout.
     Wait(usize, i32),
+    /// A look at the app's open-file limit.
+    FdLimit,
 }
 
 /// Changes the world while the engine waits (see [`State::on_wait`]).
@@ -142,6 +144,8 @@ pub struct State {
     pub later: Vec<Box<dyn FnOnce() + Send>>,
     /// No helper thread can be had.
     pub no_threads: bool,
+    /// The app's soft limit on open files: no descriptor at or past it.
+    pub fd_limit: u64,
     /// The app's threads lack CAP_NET_BIND_SERVICE (as under `--user nobody`).
     pub unprivileged: bool,
     pub notifications: VecDeque<Notification>,
@@ -168,6 +172,7 @@ impl Fake {
             let mut s = f.state();
             s.next_region = REGION_BASE;
             s.next_port = 32768;
+            s.fd_limit = 1024;
             let pipe = s.new_sock(libc::AF_UNIX, libc::SOCK_STREAM, 0, Netns::App);
             s.fds.insert(NOT_A_SOCKET, pipe);
         }
@@ -324,6 +329,9 @@ impl Kernel for Fake {
         let mut s = self.state();
         s.pending(id)?;
         let n = at.unwrap_or_else(|| (3..).find(|n| !s.fds.contains_key(n)).expect("a free descriptor"));
+        if n as u64 >= s.fd_limit {
+            return Err(libc::EBADF);
+        }
         s.fds.insert(n, fd.i);
         if cloexec {
             s.cloexec.insert(n);
@@ -335,6 +343,12 @@ impl Kernel for Fake {
             s.answers.push((id, Reply::Value(n as i64)));
         }
         Ok(n)
+    }
+
+    fn fd_limit(&self, _tid: i32) -> Result<u64, Errno> {
+        let mut s = self.state();
+        s.log.push(Op::FdLimit);
+        Ok(s.fd_limit)
     }
 
     fn get_fd(&self, _tid: i32, id: u64, fd: RawFd) -> Result<FakeFd, Errno> {

@@ -9,6 +9,7 @@ pub mod call;
 mod datagram;
 mod egress;
 mod engine;
+pub mod fds;
 pub mod guard;
 mod helper;
 mod hooks;

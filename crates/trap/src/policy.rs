@@ -3,6 +3,8 @@
 
 use ax_sys::seccomp::sock_filter;
 
+use crate::fds::DATAGRAM_FDS;
+
 /// What the filter does with a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -34,6 +36,10 @@ pub enum When {
     },
     /// The low 32 bits of each argument equal its value.
     ArgsEq(&'static [(usize, u32)]),
+    /// The descriptor (the low 32 bits of argument 0, as the kernel reads an int) is in
+    /// [`DATAGRAM_FDS`], where the daemon puts the UDP sockets it makes, and the
+    /// condition holds.
+    DatagramFd(&'static When),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,27 +130,32 @@ pub const RULES: &[Rule] = &[
         action: Action::Notify,
         why: "the app sees the service address it connected to",
     },
+    // Sends and receives on a TCP socket never need the daemon (the kernel ignores their
+    // address); only a UDP socket's address decides where a datagram goes, or what source
+    // the app is shown. The daemon puts the UDP sockets it makes at numbers in
+    // DATAGRAM_FDS, so these four are trapped there alone (see crate::fds), after the
+    // fast-open rules above, which hold on every number.
     Rule {
         nr: libc::SYS_sendto,
-        when: When::ArgNonNull { arg: 4 },
+        when: When::DatagramFd(&When::ArgNonNull { arg: 4 }),
         action: Action::Notify,
         why: "a datagram to a virtual address goes to its backend; sends without an address stay native",
     },
     Rule {
         nr: libc::SYS_sendmsg,
-        when: When::Always,
+        when: When::DatagramFd(&When::Always),
         action: Action::Notify,
         why: "as sendto; the address is inside the msghdr, which only the daemon can read",
     },
     Rule {
         nr: libc::SYS_recvfrom,
-        when: When::ArgNonNull { arg: 4 },
+        when: When::DatagramFd(&When::ArgNonNull { arg: 4 }),
         action: Action::Notify,
         why: "a datagram from a backend shows the virtual address it was sent to; recv without an address stays native",
     },
     Rule {
         nr: libc::SYS_recvmsg,
-        when: When::Always,
+        when: When::DatagramFd(&When::Always),
         action: Action::Notify,
         why: "as recvfrom; the address buffer is inside the msghdr",
     },
@@ -203,6 +214,58 @@ fn ret(action: Action) -> sock_filter {
     stmt(BPF_RET_K, k)
 }
 
+fn arg(i: usize) -> u32 {
+    OFF_ARGS + 8 * i as u32
+}
+
+/// The instructions that test `when`, or None for [`When::Always`]. They fall through
+/// past their last instruction on a match, and jump one further (over the rule's
+/// return) on a miss.
+fn test(when: When) -> Option<Vec<sock_filter>> {
+    Some(match when {
+        When::Always => return None,
+        When::ArgIn { arg: i, values } => {
+            let n = values.len();
+            let mut t = vec![stmt(BPF_LD_W_ABS, arg(i))];
+            for (j, v) in values.iter().enumerate() {
+                // A match jumps to the return; the last value's miss to the reload.
+                let last = j + 1 == n;
+                t.push(jump(BPF_JEQ_K, *v, (n - 1 - j) as u8, u8::from(last)));
+            }
+            t
+        }
+        When::ArgNonNull { arg: i } => vec![
+            stmt(BPF_LD_W_ABS, arg(i)),
+            jump(BPF_JEQ_K, 0, 0, 2),
+            stmt(BPF_LD_W_ABS, arg(i) + 4),
+            jump(BPF_JEQ_K, 0, 1, 0),
+        ],
+        When::ArgHasBits { arg: i, bits } => vec![stmt(BPF_LD_W_ABS, arg(i)), jump(BPF_JSET_K, bits, 0, 1)],
+        When::ArgsEq(pairs) => {
+            let mut t = Vec::new();
+            for (j, &(i, v)) in pairs.iter().enumerate() {
+                // A miss skips the tests left, the return, and lands on the reload.
+                let left = 2 * (pairs.len() - 1 - j);
+                t.push(stmt(BPF_LD_W_ABS, arg(i)));
+                t.push(jump(BPF_JEQ_K, v, 0, (left + 1) as u8));
+            }
+            t
+        }
+        When::DatagramFd(inner) => {
+            let inner = test(*inner).unwrap_or_default();
+            let n = inner.len() as u8;
+            // Unsigned compares: a negative descriptor is 2^31 or more, past the range.
+            let mut t = vec![
+                stmt(BPF_LD_W_ABS, arg(0)),
+                jump(BPF_JGE_K, DATAGRAM_FDS.start, 0, n + 2),
+                jump(BPF_JGE_K, DATAGRAM_FDS.end, n + 1, 0),
+            ];
+            t.extend(inner);
+            t
+        }
+    })
+}
+
 /// Compiles `rules` into a filter: foreign architectures and x32 calls get ENOSYS; each
 /// rule tests the call number, then its arguments; a call no rule takes is allowed.
 ///
@@ -218,41 +281,11 @@ pub fn compile(rules: &[Rule]) -> Vec<sock_filter> {
         jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
         ret(Action::Errno(libc::ENOSYS)),
     ];
-    let arg = |i: usize| OFF_ARGS + 8 * i as u32;
     for r in rules {
-        let test = match r.when {
-            When::Always => {
-                p.push(jump(BPF_JEQ_K, r.nr as u32, 0, 1));
-                p.push(ret(r.action));
-                continue;
-            }
-            When::ArgIn { arg: i, values } => {
-                let n = values.len();
-                let mut t = vec![stmt(BPF_LD_W_ABS, arg(i))];
-                for (j, v) in values.iter().enumerate() {
-                    // A match jumps to the return; the last value's miss to the reload.
-                    let last = j + 1 == n;
-                    t.push(jump(BPF_JEQ_K, *v, (n - 1 - j) as u8, u8::from(last)));
-                }
-                t
-            }
-            When::ArgNonNull { arg: i } => vec![
-                stmt(BPF_LD_W_ABS, arg(i)),
-                jump(BPF_JEQ_K, 0, 0, 2),
-                stmt(BPF_LD_W_ABS, arg(i) + 4),
-                jump(BPF_JEQ_K, 0, 1, 0),
-            ],
-            When::ArgHasBits { arg: i, bits } => vec![stmt(BPF_LD_W_ABS, arg(i)), jump(BPF_JSET_K, bits, 0, 1)],
-            When::ArgsEq(pairs) => {
-                let mut t = Vec::new();
-                for (j, &(i, v)) in pairs.iter().enumerate() {
-                    // A miss skips the tests left, the return, and lands on the reload.
-                    let left = 2 * (pairs.len() - 1 - j);
-                    t.push(stmt(BPF_LD_W_ABS, arg(i)));
-                    t.push(jump(BPF_JEQ_K, v, 0, (left + 1) as u8));
-                }
-                t
-            }
+        let Some(test) = test(r.when) else {
+            p.push(jump(BPF_JEQ_K, r.nr as u32, 0, 1));
+            p.push(ret(r.action));
+            continue;
         };
         // Past the test, the return and the reload: the accumulator still holds the number.
         p.push(jump(BPF_JEQ_K, r.nr as u32, 0, (test.len() + 2) as u8));
@@ -295,17 +328,81 @@ mod tests {
         run(&compile(RULES), AUDIT_ARCH, nr as u32, [arg0, 0, 0, 0, 0, 0])
     }
 
+    const LO: u64 = DATAGRAM_FDS.start as u64;
+    const HI: u64 = DATAGRAM_FDS.end as u64;
+    const NOTIFY: u32 = libc::SECCOMP_RET_USER_NOTIF;
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+
     #[test]
-    fn sends_and_receives_are_trapped_only_with_an_address() {
-        let with = |nr: i64, arg4: u64| run(&compile(RULES), AUDIT_ARCH, nr as u32, [3, 0, 0, 0, arg4, 0]);
+    fn datagram_sends_and_receives_are_trapped_only_with_an_address() {
+        let with = |nr: i64, arg4: u64| run(&compile(RULES), AUDIT_ARCH, nr as u32, [HI - 1, 0, 0, 0, arg4, 0]);
         for nr in [libc::SYS_sendto, libc::SYS_recvfrom] {
-            assert_eq!(with(nr, 0), libc::SECCOMP_RET_ALLOW);
-            assert_eq!(with(nr, 0x7fff_0000_1000), libc::SECCOMP_RET_USER_NOTIF);
-            assert_eq!(with(nr, 0x1000), libc::SECCOMP_RET_USER_NOTIF);
-            assert_eq!(with(nr, 1 << 40), libc::SECCOMP_RET_USER_NOTIF);
+            assert_eq!(with(nr, 0), ALLOW);
+            assert_eq!(with(nr, 0x7fff_0000_1000), NOTIFY);
+            assert_eq!(with(nr, 0x1000), NOTIFY);
+            assert_eq!(with(nr, 1 << 40), NOTIFY);
         }
-        assert_eq!(with(libc::SYS_sendmsg, 0), libc::SECCOMP_RET_USER_NOTIF);
-        assert_eq!(with(libc::SYS_recvmsg, 0), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(with(libc::SYS_sendmsg, 0), NOTIFY);
+        assert_eq!(with(libc::SYS_recvmsg, 0), NOTIFY);
+    }
+
+    #[test]
+    fn sends_and_receives_are_trapped_only_in_the_datagram_range() {
+        let call = |nr: i64, fd: u64| run(&compile(RULES), AUDIT_ARCH, nr as u32, [fd, 0x1000, 8, 0, 0x2000, 16]);
+        // The kernel reads the descriptor as an int: the high half does not count, and a
+        // negative one is EBADF for the kernel to say.
+        let edges = [
+            (0, ALLOW),
+            (3, ALLOW),
+            (LO - 1, ALLOW),
+            (LO, NOTIFY),
+            (LO + 1, NOTIFY),
+            (HI - 1, NOTIFY),
+            (HI, ALLOW),
+            (HI + 1, ALLOW),
+            (u32::MAX as u64, ALLOW),
+            (u64::MAX, ALLOW),
+            (i32::MIN as u32 as u64, ALLOW),
+            ((1 << 32) | LO, NOTIFY),
+            ((1 << 32) | (HI - 1), NOTIFY),
+            (0xffff_ffff_0000_0000 | 3, ALLOW),
+            ((1 << 32) | HI, ALLOW),
+            (0x8000_0000_0000_0000 | LO, NOTIFY),
+        ];
+        for nr in [libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_recvfrom, libc::SYS_recvmsg] {
+            for (fd, want) in edges {
+                assert_eq!(call(nr, fd), want, "syscall {nr} on descriptor {fd:#x}");
+            }
+        }
+        // Batches and the rest of the data path are never trapped, in the range or not.
+        for nr in [libc::SYS_sendmmsg, libc::SYS_recvmmsg, libc::SYS_read, libc::SYS_write, libc::SYS_close] {
+            for (fd, _) in edges {
+                assert_eq!(call(nr, fd), ALLOW, "syscall {nr} on descriptor {fd:#x}");
+            }
+        }
+        // Calls that name a destination or show an address are trapped on every number.
+        for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_getsockname, libc::SYS_getpeername] {
+            for (fd, _) in edges {
+                assert_eq!(call(nr, fd), NOTIFY, "syscall {nr} on descriptor {fd:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_open_is_refused_on_every_descriptor_before_the_range_is_looked_at() {
+        let eopnotsupp = libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32;
+        let fo = libc::MSG_FASTOPEN as u64;
+        let call = |nr: i64, args: [u64; 6]| run(&compile(RULES), AUDIT_ARCH, nr as u32, args);
+        for fd in [3, LO - 1, LO, HI - 1, HI, u64::MAX] {
+            assert_eq!(call(libc::SYS_sendto, [fd, 0, 1, fo, 0x1000, 16]), eopnotsupp, "sendto on {fd}");
+            assert_eq!(call(libc::SYS_sendto, [fd, 0, 1, fo, 0, 0]), eopnotsupp, "sendto on {fd}");
+            assert_eq!(call(libc::SYS_sendmsg, [fd, 0x1000, fo, 0, 0, 0]), eopnotsupp, "sendmsg on {fd}");
+            assert_eq!(call(libc::SYS_sendmmsg, [fd, 0x1000, 1, fo, 0, 0]), eopnotsupp, "sendmmsg on {fd}");
+        }
+        let first = |nr: i64| RULES.iter().position(|r| r.nr == nr).unwrap();
+        for nr in [libc::SYS_sendto, libc::SYS_sendmsg] {
+            assert!(matches!(RULES[first(nr)].action, Action::Errno(libc::EOPNOTSUPP)), "syscall {nr}");
+        }
     }
 
     #[test]
@@ -327,6 +424,8 @@ mod tests {
             libc::SYS_write,
             libc::SYS_sendto,
             libc::SYS_recvfrom,
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
             libc::SYS_close,
             libc::SYS_poll,
             libc::SYS_epoll_wait,
@@ -354,14 +453,11 @@ mod tests {
         // sendto(fd, buf, len, flags, addr, addrlen): with or without an address.
         assert_eq!(call(libc::SYS_sendto, [3, 0, 1, fo, 0x1000, 16]), eopnotsupp);
         assert_eq!(call(libc::SYS_sendto, [3, 0, 1, fo | libc::MSG_NOSIGNAL as u64, 0, 0]), eopnotsupp);
-        assert_eq!(
-            call(libc::SYS_sendto, [3, 0, 1, libc::MSG_NOSIGNAL as u64, 0x1000, 16]),
-            libc::SECCOMP_RET_USER_NOTIF
-        );
+        assert_eq!(call(libc::SYS_sendto, [LO, 0, 1, libc::MSG_NOSIGNAL as u64, 0x1000, 16]), NOTIFY);
         assert_eq!(call(libc::SYS_sendto, [3, 0, 1, 0, 0, 0]), libc::SECCOMP_RET_ALLOW);
         // sendmsg(fd, msg, flags) and sendmmsg(fd, vec, vlen, flags)
         assert_eq!(call(libc::SYS_sendmsg, [3, 0x1000, fo, 0, 0, 0]), eopnotsupp);
-        assert_eq!(call(libc::SYS_sendmsg, [3, 0x1000, 0, 0, 0, 0]), libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(call(libc::SYS_sendmsg, [LO, 0x1000, 0, 0, 0, 0]), NOTIFY);
         assert_eq!(call(libc::SYS_sendmmsg, [3, 0x1000, 2, fo, 0, 0]), eopnotsupp);
         assert_eq!(call(libc::SYS_sendmmsg, [3, 0x1000, 2, 0, 0, 0]), libc::SECCOMP_RET_ALLOW);
         // Only the low 32 bits of the flags count.

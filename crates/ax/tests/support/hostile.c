@@ -195,7 +195,8 @@ static int cmd_sendmmsg_udp(int argc, char **argv) {
  * Thread A changes what descriptor N is while the main thread calls KIND on N:
  *   connect  N flips between a host TCP socket and an AF_UNIX stream socket (dup2);
  *            the caller alternates connect(N) and sendto(N, MSG_FASTOPEN)
- *   sendto   N flips between a host UDP socket and an AF_UNIX datagram socket
+ *   sendto   N flips between a host UDP socket and an AF_UNIX datagram socket; N is
+ *            in the range where ax traps sends (DATAGRAM_FD)
  *   bind     as sendto, the caller binds N
  *   listen   as connect, the caller listens on N (an unbound TCP socket autobinds)
  *   accepted as connect, but the host socket is one the app's own listener accepted
@@ -207,6 +208,9 @@ static int cmd_sendmmsg_udp(int argc, char **argv) {
  * After a success the host socket is replaced (and the old one kept open, so a port it
  * took natively stays visible to the test) until MAX_KEPT are kept. With HOLD > 0 the
  * program then keeps everything open for HOLD seconds. */
+
+/* A number in the range where ax puts the UDP sockets it makes (crates/trap/src/fds.rs). */
+enum { DATAGRAM_FD = 1000, DATAGRAM_LO = 768, DATAGRAM_HI = 1024 };
 
 enum kind { RACE_CONNECT, RACE_SENDTO, RACE_BIND, RACE_LISTEN, RACE_REOPEN, RACE_ACCEPTED };
 enum { MAX_TO = 4, MAX_ERR = 256, MAX_KEPT = 200, MAX_CALLS = 200000 };
@@ -337,6 +341,14 @@ static int cmd_race(int argc, char **argv) {
     r.other = make_socket(AF_UNIX, r.other_type);
     /* N is made last, so it is the lowest free number when the reopen race closes it. */
     r.n = make_socket(AF_UNIX, r.other_type);
+    if (r.kind == RACE_SENDTO) {
+        /* Where ax puts UDP sockets and traps their sends (768-1023): the daemon must see
+         * the race. Elsewhere the sends run natively (the dgram-out attack). */
+        if (dup2(r.n, DATAGRAM_FD) != DATAGRAM_FD)
+            die("dup2 to %d: %s", DATAGRAM_FD, outcome(-1));
+        close(r.n);
+        r.n = DATAGRAM_FD;
+    }
     int ops = r.kind == RACE_CONNECT || r.kind == RACE_ACCEPTED ? 2 : 1;
     int slots = nto ? nto : 1;
     static long counts[2][MAX_TO][MAX_ERR];
@@ -583,6 +595,83 @@ static int cmd_int80(int argc, char **argv) {
 }
 #endif
 
+/* ---- 10. A UDP socket moved out of the range ax traps: dgram-out ADDR... -----------
+ * ax puts the UDP sockets it makes at descriptors 768-1023 and traps their sends and
+ * receives there only. Each copy made elsewhere (dup, dup2, dup3, F_DUPFD,
+ * F_DUPFD_CLOEXEC, SCM_RIGHTS, pidfd_getfd) sends to each ADDR with sendto and with
+ * sendmsg: natively, so the socket guard must refuse every one (EPERM). The original,
+ * in the range, then sends to each ADDR through the daemon. */
+
+static int passed_over_unix(int fd) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv))
+        die("socketpair: %s", outcome(-1));
+    char byte = 'x', cbuf[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    if (sendmsg(sv[0], &m, 0) != 1 || recvmsg(sv[1], &m, 0) != 1)
+        die("SCM_RIGHTS: %s", outcome(-1));
+    int got;
+    memcpy(&got, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof got);
+    close(sv[0]);
+    close(sv[1]);
+    return got;
+}
+
+static int taken_with_pidfd(int fd) {
+    int pidfd = syscall(SYS_pidfd_open, getpid(), 0);
+    int got = pidfd < 0 ? -1 : syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    if (got < 0)
+        die("pidfd_getfd: %s", outcome(-1));
+    close(pidfd);
+    return got;
+}
+
+static void send_to_each(const char *what, int fd, int argc, char **argv) {
+    static const char data[] = "hostile dgram-out";
+    for (int i = 0; i < argc; i++) {
+        struct sockaddr_in to = parse_addr(argv[i]);
+        long rv = sendto(fd, data, sizeof data, 0, (struct sockaddr *)&to, sizeof to);
+        say("%s (fd %d) sendto %s: %s", what, fd, argv[i], outcome(rv));
+        struct msghdr m;
+        struct iovec iov;
+        fill_msg(&m, &iov, &to, data);
+        rv = sendmsg(fd, &m, 0);
+        say("%s (fd %d) sendmsg %s: %s", what, fd, argv[i], outcome(rv));
+    }
+}
+
+static int cmd_dgram_out(int argc, char **argv) {
+    if (argc < 1)
+        die("usage: dgram-out ADDR...");
+    int fd = make_socket(AF_INET, SOCK_DGRAM);
+    say("socket: fd %d", fd);
+    struct {
+        const char *name;
+        int fd;
+    } copies[] = {
+        {"copy dup", dup(fd)},
+        {"copy dup2", dup2(fd, 10)},
+        {"copy dup3", dup3(fd, 11, O_CLOEXEC)},
+        {"copy F_DUPFD", fcntl(fd, F_DUPFD, 0)},
+        {"copy F_DUPFD_CLOEXEC", fcntl(fd, F_DUPFD_CLOEXEC, 100)},
+        {"copy SCM_RIGHTS", passed_over_unix(fd)},
+        {"copy pidfd_getfd", taken_with_pidfd(fd)},
+    };
+    for (size_t i = 0; i < sizeof copies / sizeof copies[0]; i++) {
+        if (copies[i].fd < 0 || (copies[i].fd >= DATAGRAM_LO && copies[i].fd < DATAGRAM_HI))
+            die("%s: fd %d, not a copy outside the range", copies[i].name, copies[i].fd);
+        send_to_each(copies[i].name, copies[i].fd, argc, argv);
+    }
+    send_to_each("original", fd, argc, argv);
+    return 0;
+}
+
 /* ---- dispatch ----------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
@@ -593,7 +682,7 @@ int main(int argc, char **argv) {
         {"fastopen", cmd_fastopen},     {"tfo-connect", cmd_tfo_connect}, {"sendmmsg-udp", cmd_sendmmsg_udp},
         {"race", cmd_race},             {"dns-squat", cmd_dns_squat},     {"errnos", cmd_errnos},
         {"block-recv", cmd_block_recv}, {"block-connect", cmd_block_connect}, {"take-ports", cmd_take_ports},
-        {"int80", cmd_int80},
+        {"int80", cmd_int80},           {"dgram-out", cmd_dgram_out},
     };
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 2)
@@ -601,5 +690,5 @@ int main(int argc, char **argv) {
             if (!strcmp(argv[1], cmds[i].name))
                 return cmds[i].run(argc - 2, argv + 2);
     die("usage: hostile fastopen|tfo-connect|sendmmsg-udp|race|dns-squat|errnos|block-recv|block-connect|"
-        "take-ports|int80 ...");
+        "take-ports|int80|dgram-out ...");
 }

@@ -269,3 +269,108 @@ fn iovec_lengths_that_overflow_do_not_upset_the_engine() {
     let h = r.k.put(&raw);
     assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, h, 0, 0, 0, 0]), fail(libc::EMSGSIZE));
 }
+
+// Where datagram sockets go: the descriptor range the filter traps (crate::fds)
+
+const LO: RawFd = crate::fds::DATAGRAM_FDS.start as RawFd;
+const HI: RawFd = crate::fds::DATAGRAM_FDS.end as RawFd;
+
+/// Gives the app descriptors of its own (pipes, say) at `fds`.
+fn occupy(r: &Rig, fds: impl IntoIterator<Item = RawFd>) {
+    for fd in fds {
+        r.k.give(fd, libc::AF_UNIX, libc::SOCK_STREAM, Netns::App);
+    }
+}
+
+#[test]
+fn udp_sockets_go_to_the_top_of_the_range_and_tcp_ones_to_the_lowest_free_number() {
+    let r = Rig::new();
+    assert_eq!(r.udp(), HI - 1);
+    assert_eq!(r.socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC), HI - 2);
+    assert_eq!(r.tcp(), 3);
+    assert_eq!(r.socket(libc::AF_INET6, libc::SOCK_STREAM), 4);
+    let adds: Vec<Option<RawFd>> =
+        r.k.ops()
+            .iter()
+            .filter_map(|o| if let Op::AddFd { at, send: true, .. } = o { Some(*at) } else { None })
+            .collect();
+    assert_eq!(adds, [Some(HI - 1), Some(HI - 2), None, None]);
+    assert!(r.k.state().cloexec.contains(&(HI - 2)), "SOCK_CLOEXEC holds at a chosen number too");
+    assert_eq!(r.k.sock(HI - 1).marks, guard::GUARDED, "marked before the app has it");
+    // A closed one's number is given again.
+    r.k.state().fds.remove(&(HI - 1));
+    assert_eq!(r.udp(), HI - 1);
+}
+
+#[test]
+fn a_number_the_app_holds_is_never_replaced() {
+    let r = Rig::new();
+    occupy(&r, [HI - 1, HI - 3]);
+    let own = r.k.state().fds[&(HI - 1)];
+    assert_eq!(r.udp(), HI - 2);
+    assert_eq!(r.udp(), HI - 4);
+    assert_eq!(r.k.state().fds[&(HI - 1)], own);
+}
+
+#[test]
+fn the_range_edges_hold_and_a_full_range_is_emfile() {
+    let r = Rig::new();
+    occupy(&r, LO + 1..HI);
+    assert_eq!(r.udp(), LO, "the lowest number of the range is used");
+    let before = r.k.state().fds.clone();
+    let ops = r.k.ops().len();
+    assert_eq!(
+        r.trap(libc::SYS_socket, [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0]),
+        fail(libc::EMFILE)
+    );
+    assert_eq!(r.k.state().fds, before, "nothing installed, {} below the range left free", LO - 1);
+    assert!(!r.k.ops()[ops..].iter().any(|o| matches!(o, Op::AddFd { .. })));
+    assert_eq!(r.k.held(), 0, "the socket made for it is closed");
+    // A higher limit does not reach past the range, and TCP sockets are unaffected.
+    r.k.state().fd_limit = 1 << 20;
+    assert_eq!(
+        r.trap(libc::SYS_socket, [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0]),
+        fail(libc::EMFILE)
+    );
+    assert!(!r.k.state().fds.contains_key(&HI));
+    assert_eq!(r.tcp(), 3);
+}
+
+#[test]
+fn the_apps_open_file_limit_bounds_the_numbers() {
+    let r = Rig::new();
+    r.udp();
+    assert!(!r.k.ops().contains(&Op::FdLimit), "not looked up while the range fits");
+    r.k.state().fd_limit = 900;
+    assert_eq!(r.udp(), 899);
+    assert_eq!(r.k.ops().iter().filter(|o| **o == Op::FdLimit).count(), 1, "looked up once the kernel said EBADF");
+    r.k.state().fd_limit = LO as u64 + 1;
+    assert_eq!(r.udp(), LO);
+    r.k.state().fd_limit = LO as u64;
+    assert_eq!(
+        r.trap(libc::SYS_socket, [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0]),
+        fail(libc::EMFILE)
+    );
+    assert_eq!(r.k.held(), 0);
+}
+
+#[test]
+fn a_tcp_socket_moved_into_the_range_still_runs_natively() {
+    let r = Rig::new();
+    let fd = r.tcp();
+    let i = r.k.state().fds[&fd];
+    r.k.state().fds.insert(HI - 1, i);
+    let h = msghdr(&r, Some("192.0.2.1:80"), &[b"get k\r\n"], b"", 0);
+    assert_eq!(r.trap(libc::SYS_sendmsg, [(HI - 1) as u64, h, 0, 0, 0, 0]), Some(Reply::Proceed));
+    assert_eq!(r.trap(libc::SYS_recvmsg, [(HI - 1) as u64, h, 0, 0, 0, 0]), Some(Reply::Proceed));
+    assert_eq!(sendto(&r, HI - 1, b"x", "192.0.2.1:80", 0), Some(Reply::Proceed));
+    assert_eq!(recvfrom(&r, r.next_id(), HI - 1, 0, 16).0, Some(Reply::Proceed));
+    let s = r.k.sock(HI - 1);
+    assert!(s.sent.is_empty() && s.peer.is_none(), "the daemon sent and connected nothing: {s:?}");
+    // Fast open stays refused there, as on every number.
+    let h = msghdr(&r, Some("192.0.2.1:80"), &[b"x"], b"", 0);
+    assert_eq!(
+        r.trap(libc::SYS_sendmsg, [(HI - 1) as u64, h, libc::MSG_FASTOPEN as u64, 0, 0, 0]),
+        fail(libc::EOPNOTSUPP)
+    );
+}
