@@ -412,3 +412,48 @@ fn the_guard_holds_through_a_daemon_restart() {
     assert!(a.h.daemon_log().contains("taking over the socket guard"), "{}", a.h.daemon_log());
     a.assert_prod_untouched();
 }
+
+// ---- review: source routes on a connected UDP socket -------------------------------
+
+/// Counts, on the peer host's wire, UDP datagrams to `PEER_IP`:`port` (what a source
+/// route with the peer as its first hop sends there); prints `ready` first and `seen N`
+/// when stdin closes.
+const SNIFF: &str = "import socket,struct,sys,threading
+port=int(sys.argv[1]);n=[0]
+s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(0x0800));s.bind(('ax1',0))
+def watch():
+  while True:
+    ip=s.recv(4096)[14:];ihl=(ip[0]&15)*4
+    if ip[9]==17 and socket.inet_ntoa(ip[16:20])==sys.argv[2] and struct.unpack('!H',ip[ihl+2:ihl+4])[0]==port: n[0]+=1
+threading.Thread(target=watch,daemon=True).start()
+print('ready',flush=True);sys.stdin.read();print('seen',n[0],flush=True)";
+
+#[test]
+fn a_source_route_on_a_connected_udp_socket_sends_nowhere_else() {
+    use std::io::{BufRead, BufReader, Write};
+    let a = Arena::new();
+    // The daemon connects the app's socket to the blackhole (an outside address); the
+    // app names the peer as its source route's first hop.
+    let hole = format!("{}:9999", a.h.blackhole());
+    let mut sniff =
+        a.h.peer_cmd(PY)
+            .args(["-c", SNIFF, "9999", support::PEER_IP])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut out = BufReader::new(sniff.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let report = a.attack(&["udp-srr", &hole, &format!("{}:9999", support::PEER_IP)]);
+    std::thread::sleep(Duration::from_secs(1));
+    sniff.stdin.take().unwrap().write_all(b"").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let _ = sniff.wait();
+    assert_eq!(
+        line, "seen 0\n",
+        "datagrams went to the source route's first hop, not where the daemon connected:\n{report}"
+    );
+}

@@ -672,6 +672,47 @@ static int cmd_dgram_out(int argc, char **argv) {
     return 0;
 }
 
+/* ---- 12. A source route on a connected UDP socket's sends: udp-srr CONNECT HOP ----
+ * The daemon connects the socket to CONNECT; the app then sends without an address
+ * but with an IP_RETOPTS control message holding a loose source route whose first
+ * hop is HOP. udp_sendmsg runs the cgroup sendmsg4 hook only for unconnected sends,
+ * and routes a source-routed datagram to its first hop: the packet leaves to HOP.
+ * Tried on the socket where the daemon put it, on a copy outside the trapped range,
+ * and with sendmmsg. */
+
+static long srr_send(int fd, int batch, const struct sockaddr_in *hop) {
+    unsigned char opt[8] = {131 /* IPOPT_LSRR */, 7, 4, 0, 0, 0, 0, 1 /* NOP */};
+    memcpy(opt + 3, &hop->sin_addr, 4);
+    char control[CMSG_SPACE(sizeof opt)] __attribute__((aligned(8))) = {0};
+    struct cmsghdr *c = (struct cmsghdr *)control;
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_RETOPTS;
+    c->cmsg_len = CMSG_LEN(sizeof opt);
+    memcpy(CMSG_DATA(c), opt, sizeof opt);
+    struct iovec iov = {.iov_base = "hostile source route", .iov_len = 20};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    if (!batch)
+        return sendmsg(fd, &m, 0);
+    struct mmsghdr mm = {.msg_hdr = m};
+    return sendmmsg(fd, &mm, 1, 0);
+}
+
+static int cmd_udp_srr(int argc, char **argv) {
+    if (argc != 2)
+        die("usage: udp-srr CONNECT HOP");
+    struct sockaddr_in to = parse_addr(argv[0]), hop = parse_addr(argv[1]);
+    int fd = make_socket(AF_INET, SOCK_DGRAM);
+    say("socket: fd %d", fd);
+    say("connect %s: %s", argv[0], outcome(connect(fd, (struct sockaddr *)&to, sizeof to)));
+    int low = dup2(fd, 10);
+    for (int i = 0; i < 3; i++) {
+        say("sendmsg fd %d via %s: %s", fd, argv[1], outcome(srr_send(fd, 0, &hop)));
+        say("sendmsg fd %d via %s: %s", low, argv[1], outcome(srr_send(low, 0, &hop)));
+        say("sendmmsg fd %d via %s: %s", fd, argv[1], outcome(srr_send(fd, 1, &hop)));
+    }
+    return 0;
+}
+
 /* ---- dispatch ----------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
@@ -682,7 +723,7 @@ int main(int argc, char **argv) {
         {"fastopen", cmd_fastopen},     {"tfo-connect", cmd_tfo_connect}, {"sendmmsg-udp", cmd_sendmmsg_udp},
         {"race", cmd_race},             {"dns-squat", cmd_dns_squat},     {"errnos", cmd_errnos},
         {"block-recv", cmd_block_recv}, {"block-connect", cmd_block_connect}, {"take-ports", cmd_take_ports},
-        {"int80", cmd_int80},           {"dgram-out", cmd_dgram_out},
+        {"int80", cmd_int80},           {"dgram-out", cmd_dgram_out},     {"udp-srr", cmd_udp_srr},
     };
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 2)
@@ -690,5 +731,5 @@ int main(int argc, char **argv) {
             if (!strcmp(argv[1], cmds[i].name))
                 return cmds[i].run(argc - 2, argv + 2);
     die("usage: hostile fastopen|tfo-connect|sendmmsg-udp|race|dns-squat|errnos|block-recv|block-connect|"
-        "take-ports|int80|dgram-out ...");
+        "take-ports|int80|dgram-out|udp-srr ...");
 }

@@ -206,7 +206,7 @@ fn backends(b: Balanced) -> (KRoute, bool) {
 mod tests {
     use super::*;
     use crate::ids::AppId;
-    use crate::kmap::{BrokerKind, Lookup, Verdict};
+    use crate::kmap::{BrokerKind, Change, Lookup, Verdict};
     use crate::table::testing::*;
     use crate::table::{BindPlan, BoundSocket, NewApp, Origin, Remote, RemoteApp, RemoteRow};
     use crate::vservice::LbType;
@@ -577,5 +577,66 @@ mod tests {
             // An app the maps do not know is refused by the programs (EPERM).
             prop_assert_eq!(m.lookup(1, Proto::Tcp, "198.18.0.1:80".parse().unwrap()), Lookup::NoApp);
         }
+    }
+
+    // ---- review: one app's listeners against the routes map's capacity ----------------
+
+    /// One app with its share of the default pool (5000 listeners) beside two other
+    /// label classes needs more route entries than the map holds; the daemon's writes
+    /// stop at the first that fails, so a row added later gets no REFUSE entry at its
+    /// host address and falls back to the node address's PASS: a label bypass.
+    #[test]
+    fn one_apps_listeners_leave_room_in_the_routes_map_for_the_others() {
+        use crate::ports::PortRanges;
+        use crate::table::{NodeInfo, PortPool};
+        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE, ports: ports() };
+        let mut t = Table::new(node, PortPool::new(PortRanges::parse("40000-60000").unwrap()), 7);
+        let hostile = kapp(&mut t, Some("198.18.0.1"), "role=test");
+        let prod = kapp(&mut t, Some("198.18.0.2"), "role=prod");
+        kapp(&mut t, Some("198.18.0.3"), "role=web");
+        let share = crate::limits::pool_share(20_001);
+        for i in 0..share {
+            let ip = format!("198.18.0.1:{}", 1024 + i);
+            let BindPlan::Host { service, .. } = t.plan_bind(hostile, ip.parse().unwrap(), root).unwrap() else {
+                panic!("private")
+            };
+            let port = t.take_port().unwrap();
+            t.add_binding(hostile, bound(i as u64 + 1, &ip), service, port);
+            assert!(t.set_listening(Proto::Tcp, port, i as u64 + 1, 128).is_some());
+        }
+        let fits = |m: &KernelMaps, c: &Change| match c {
+            Change::PutRoute(k, _) => m.routes.contains_key(k) || m.routes.len() < RouteKey::MAX_ENTRIES as usize,
+            _ => true,
+        };
+        let write = |m: &mut KernelMaps, changes: Vec<Change>| {
+            // As KernelDriver::apply: in order, stopping at the first write the map refuses.
+            for c in changes {
+                if !fits(m, &c) {
+                    return false;
+                }
+                m.apply(&[c]);
+            }
+            true
+        };
+        // The apps' entries were written when they started, before any listener.
+        let full = maps(&mut t);
+        let mut written = KernelMaps::new(full.config);
+        written.apply(&full.apps.iter().map(|(id, e)| Change::PutApp(*id, *e)).collect::<Vec<_>>());
+        // Then the hostile app listens everywhere it may (the daemon's sync fails past
+        // the capacity and resyncs from scratch at the next change).
+        let all_written = write(&mut written, KernelMaps::diff(&KernelMaps::new(full.config), &full));
+        // prod starts listening afterwards.
+        let p = serve(&mut t, prod, "0.0.0.0:8080", 1_000_000);
+        let after = maps(&mut t);
+        write(&mut written, KernelMaps::diff(&KernelMaps::new(after.config), &after));
+        let at_host: std::net::SocketAddr = SocketAddrV4::new(NODE, p).into();
+        assert_eq!(after.lookup(hostile.0, Proto::Tcp, at_host), Lookup::Refuse, "the table's answer");
+        assert_eq!(
+            written.lookup(hostile.0, Proto::Tcp, at_host),
+            Lookup::Refuse,
+            "the maps as written: {} entries wanted, {} fit, all written before prod: {all_written}",
+            after.routes.len(),
+            RouteKey::MAX_ENTRIES
+        );
     }
 }
