@@ -55,6 +55,9 @@ const SOURCE_ROUTE_WHY: &str = "a source route (IP options, an IPv6 routing head
      connects and sends to a first hop of the app's choosing";
 /// The RFC 2292 name of IPV6_RTHDR, still served by Linux (libc does not export it).
 const IPV6_2292RTHDR: u32 = 5;
+/// RFC 2292's IPV6_PKTOPTIONS (libc does not export it): sticky options given as
+/// ancillary data, a routing header among them on kernels with MIP6.
+const IPV6_2292PKTOPTIONS: u32 = 6;
 const FASTOPEN: When = When::ArgHasBits { arg: 3, bits: libc::MSG_FASTOPEN as u32 };
 const FASTOPEN_WHY: &str = "TCP fast open would have the kernel connect a host socket wherever the app says; \
      apps see a host whose client fast open is off";
@@ -91,6 +94,12 @@ pub const RULES: &[Rule] = &[
     Rule {
         nr: libc::SYS_setsockopt,
         when: When::ArgsEq(&[(1, libc::IPPROTO_IPV6 as u32), (2, IPV6_2292RTHDR)]),
+        action: Action::Errno(libc::EPERM),
+        why: SOURCE_ROUTE_WHY,
+    },
+    Rule {
+        nr: libc::SYS_setsockopt,
+        when: When::ArgsEq(&[(1, libc::IPPROTO_IPV6 as u32), (2, IPV6_2292PKTOPTIONS)]),
         action: Action::Errno(libc::EPERM),
         why: SOURCE_ROUTE_WHY,
     },
@@ -473,6 +482,7 @@ mod tests {
         assert_eq!(call(libc::SYS_setsockopt, [3, ip, libc::IP_OPTIONS as u64, 0, 8, 0]), eperm);
         assert_eq!(call(libc::SYS_setsockopt, [3, ip6, libc::IPV6_RTHDR as u64, 0, 8, 0]), eperm);
         assert_eq!(call(libc::SYS_setsockopt, [3, ip6, IPV6_2292RTHDR as u64, 0, 8, 0]), eperm);
+        assert_eq!(call(libc::SYS_setsockopt, [3, ip6, IPV6_2292PKTOPTIONS as u64, 0, 8, 0]), eperm);
         assert_eq!(call(libc::SYS_setsockopt, [3, ip, libc::IP_TOS as u64, 0, 4, 0]), libc::SECCOMP_RET_ALLOW);
         assert_eq!(call(libc::SYS_setsockopt, [3, ip6, libc::IP_OPTIONS as u64, 0, 8, 0]), libc::SECCOMP_RET_ALLOW);
         let sol = libc::SOL_SOCKET as u64;
@@ -488,6 +498,8 @@ mod tests {
         let call = |driver, nr: i64, args: [u64; 6]| run(&compile(&rules(driver)), AUDIT_ARCH, nr as u32, args);
         let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
         let fd = [3, 0x1000, 16, 0, 0x2000, 0];
+        // A datagram socket's descriptor, in the range its sends and receives trap in.
+        let dgram = [800, 0x1000, 16, 0, 0x2000, 0];
         for nr in [libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername] {
             assert_eq!(call(Driver::User, nr, fd), libc::SECCOMP_RET_USER_NOTIF, "{nr}");
             assert_eq!(call(Driver::Kernel, nr, fd), libc::SECCOMP_RET_ALLOW, "{nr}");
@@ -496,10 +508,10 @@ mod tests {
             (libc::SYS_socket, inet),
             (libc::SYS_bind, fd),
             (libc::SYS_listen, fd),
-            (libc::SYS_sendto, fd),
-            (libc::SYS_sendmsg, fd),
-            (libc::SYS_recvfrom, fd),
-            (libc::SYS_recvmsg, fd),
+            (libc::SYS_sendto, dgram),
+            (libc::SYS_sendmsg, dgram),
+            (libc::SYS_recvfrom, dgram),
+            (libc::SYS_recvmsg, dgram),
         ] {
             assert_eq!(call(Driver::Kernel, nr, args), call(Driver::User, nr, args), "{nr}");
             assert_eq!(call(Driver::Kernel, nr, args), libc::SECCOMP_RET_USER_NOTIF, "{nr}");
