@@ -183,6 +183,23 @@ impl Map {
         Ok(Map { fd: owned(bpf(MAP_CREATE, &mut a)?) })
     }
 
+    /// A hash map whose entries are allocated as they are written (BPF_F_NO_PREALLOC:
+    /// `max_entries` costs nothing up front) and freed only after every program that
+    /// may still read one is done (RCU): an update replaces an entry whole, so a
+    /// program reads the old value or the new, never a mix.
+    pub fn hash_unallocated(name: &str, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<Map> {
+        let mut a = MapCreate {
+            map_type: MAP_HASH,
+            key_size,
+            value_size,
+            max_entries,
+            map_flags: F_NO_PREALLOC,
+            map_name: name16(name),
+            ..Default::default()
+        };
+        Ok(Map { fd: owned(bpf(MAP_CREATE, &mut a)?) })
+    }
+
     /// Socket storage holding `value_size` bytes (a multiple of 4) per socket, keyed by
     /// a socket's descriptor, and copied to the sockets a listener accepts.
     pub fn sk_storage(name: &str, value_size: u32) -> io::Result<Map> {
@@ -306,27 +323,34 @@ fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Loads `prog` as a program of `prog_type` for `attach_type`; the verifier's complaint
-/// is in the error if it refuses.
+/// is in the error if it refuses. The first try asks for no log (a log that does not
+/// fit its buffer fails even a program the verifier accepts); a refusal is tried again
+/// with one, for its last words.
 pub fn load(prog_type: u32, attach_type: u32, name: &str, prog: &[Insn]) -> io::Result<OwnedFd> {
     let license = b"GPL\0";
-    let mut log = vec![0u8; 16 * 1024];
-    let mut a = ProgLoad {
-        prog_type,
-        insn_cnt: prog.len() as u32,
-        insns: prog.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        prog_name: name16(name),
-        expected_attach_type: attach_type,
-        ..Default::default()
+    let attempt = |log: &mut [u8]| {
+        let mut a = ProgLoad {
+            prog_type,
+            insn_cnt: prog.len() as u32,
+            insns: prog.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: u32::from(!log.is_empty()),
+            log_size: log.len() as u32,
+            log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
+            prog_name: name16(name),
+            expected_attach_type: attach_type,
+            ..Default::default()
+        };
+        bpf(PROG_LOAD, &mut a).map(owned)
     };
-    bpf(PROG_LOAD, &mut a).map(owned).map_err(|e| {
-        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-        let said = String::from_utf8_lossy(&log[..end]);
-        let last = said.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-        io::Error::new(e.kind(), format!("{e}; the verifier said: {last}"))
+    attempt(&mut []).or_else(|_| {
+        let mut log = vec![0u8; 1024 * 1024];
+        attempt(&mut log).map_err(|e| {
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            let said = String::from_utf8_lossy(&log[..end]);
+            let last = said.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+            io::Error::new(e.kind(), format!("{e}; the verifier said: {last}"))
+        })
     })
 }
 
@@ -417,6 +441,7 @@ const OP_MOV: u8 = 0xb0;
 const JMP_K: u8 = 0x05; // BPF_JMP | BPF_K, op added
 const JMP_X: u8 = 0x0d; // BPF_JMP | BPF_X, op added
 const OP_JA: u8 = 0x00;
+const OP_JGT: u8 = 0x20;
 const OP_JEQ: u8 = 0x10;
 const OP_JNE: u8 = 0x50;
 const CALL: u8 = 0x85;
@@ -591,6 +616,11 @@ impl Asm {
     /// if dst != imm: go to `to`
     pub fn if_ne(&mut self, dst: Reg, imm: i32, to: impl Into<Target>) -> &mut Asm {
         self.jump(JMP_K | OP_JNE, dst, 0, imm, to)
+    }
+
+    /// if dst > src (unsigned): go to `to`
+    pub fn if_gt_reg(&mut self, dst: Reg, src: Reg, to: impl Into<Target>) -> &mut Asm {
+        self.jump(JMP_X | OP_JGT, dst, src, 0, to)
     }
 
     /// if dst != src: go to `to`
