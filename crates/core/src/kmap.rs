@@ -173,8 +173,8 @@ impl RouteKey {
     pub const IP_OFFSET: usize = 4;
     pub const PORT_OFFSET: usize = 8;
     pub const PROTO_OFFSET: usize = 10;
-    /// Most entries of `ax_kroutes`.
-    pub const MAX_ENTRIES: u32 = 16384;
+    /// Most entries of `ax_kroutes` (allocated as written, not up front).
+    pub const MAX_ENTRIES: u32 = 131_072;
 
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -319,20 +319,57 @@ pub struct Config {
     /// Outside TCP destinations go through the broker (and from there through an egress
     /// gateway).
     pub egress: bool,
+    /// The route entries hold everything the table wants. False (as in a config never
+    /// written): a connect that no entry of its own (class or every class, exact port)
+    /// decides is refused, since a missing entry may be a refusal that did not fit.
+    pub complete: bool,
+    /// This node's pool of host ports, at most [`Config::POOL_RANGES`] inclusive
+    /// ranges (a pool of more is cut to that many, the last spanning the rest): a
+    /// connect to one of them at the node address without an entry of its own is
+    /// refused, so a row is never reachable before its entries are written.
+    pub pool: [(u16, u16); Config::POOL_RANGES],
 }
 
 impl Config {
-    pub const SIZE: usize = 16;
+    pub const SIZE: usize = 32;
     pub const NODE_IP_OFFSET: usize = 0;
     pub const BROKER_IP_OFFSET: usize = 4;
     pub const BROKER_PORT_OFFSET: usize = 8;
     pub const EGRESS_OFFSET: usize = 10;
+    pub const COMPLETE_OFFSET: usize = 11;
+    /// `pool[4]`, each (first u16, last u16) in the host's order; (0, 0) is unused
+    /// (port 0 is never a destination).
+    pub const POOL_OFFSET: usize = 16;
+    pub const POOL_RANGE_SIZE: usize = 4;
+    pub const POOL_RANGES: usize = 4;
+
+    /// A config over `pool`, with the maps complete.
+    pub fn new(node_ip: Ipv4Addr, broker: SocketAddrV4, egress: bool, pool: &crate::ports::PortRanges) -> Config {
+        let mut ranges = [(0, 0); Config::POOL_RANGES];
+        for (i, r) in pool.ranges().enumerate() {
+            let slot = i.min(Config::POOL_RANGES - 1);
+            let first = if i < Config::POOL_RANGES { *r.start() } else { ranges[slot].0 };
+            ranges[slot] = (first, *r.end());
+        }
+        Config { node_ip, broker, egress, complete: true, pool: ranges }
+    }
+
+    /// True when `port` is in this node's pool (as the programs test it).
+    pub fn in_pool(&self, port: u16) -> bool {
+        port != 0 && self.pool.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+    }
 
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
         b[Self::NODE_IP_OFFSET..Self::NODE_IP_OFFSET + 4].copy_from_slice(&self.node_ip.octets());
         put_addr(&mut b, Self::BROKER_IP_OFFSET, Self::BROKER_PORT_OFFSET, self.broker);
         b[Self::EGRESS_OFFSET] = u8::from(self.egress);
+        b[Self::COMPLETE_OFFSET] = u8::from(self.complete);
+        for (i, (lo, hi)) in self.pool.iter().enumerate() {
+            let at = Self::POOL_OFFSET + i * Self::POOL_RANGE_SIZE;
+            b[at..at + 2].copy_from_slice(&lo.to_le_bytes());
+            b[at + 2..at + 4].copy_from_slice(&hi.to_le_bytes());
+        }
         b
     }
 }
@@ -477,11 +514,12 @@ impl KernelMaps {
         let std::net::SocketAddr::V4(v4) = dest else { return Lookup::Pass };
         let ip = *v4.ip();
         let key = |class, port| RouteKey { class, ip, port, proto };
-        let found = self
-            .routes
-            .get(&key(entry.class, v4.port()))
-            .or_else(|| self.routes.get(&key(ANY_CLASS, v4.port())))
-            .or_else(|| self.routes.get(&key(ANY_CLASS, 0)));
+        let exact =
+            self.routes.get(&key(entry.class, v4.port())).or_else(|| self.routes.get(&key(ANY_CLASS, v4.port())));
+        if exact.is_none() && self.refuses_undecided(v4) {
+            return Lookup::Refuse;
+        }
+        let found = exact.or_else(|| self.routes.get(&key(ANY_CLASS, 0)));
         let route = found.map_or_else(|| KernelMaps::default_route(proto, &self.config), Route::clone);
         match route.verdict {
             Verdict::Refuse => Lookup::Refuse,
@@ -489,6 +527,13 @@ impl KernelMaps {
             Verdict::Broker => Lookup::Broker(BrokerKind::Egress),
             Verdict::Backends => Lookup::Backends(found.expect("the defaults are never BACKENDS")),
         }
+    }
+
+    /// True when a connect to `dest` that no exact entry decides is refused: the maps
+    /// are incomplete, or `dest` is a pool port of this node (a row's host address,
+    /// whose entries may not be written yet).
+    fn refuses_undecided(&self, dest: SocketAddrV4) -> bool {
+        !self.config.complete || (*dest.ip() == self.config.node_ip && self.config.in_pool(dest.port()))
     }
 
     /// What a connect to a non-loopback IPv4 address without any entry does.
@@ -500,8 +545,12 @@ impl KernelMaps {
         }
     }
 
-    /// What a connect to some port of `ip` without an entry of its own does.
-    pub fn fallback(&self, proto: Proto, ip: Ipv4Addr) -> Route {
+    /// What a connect to `dest` without an entry of its own does (maps complete).
+    pub fn fallback(&self, proto: Proto, dest: SocketAddrV4) -> Route {
+        if *dest.ip() == self.config.node_ip && self.config.in_pool(dest.port()) {
+            return Route::refuse();
+        }
+        let ip = *dest.ip();
         let key = RouteKey { class: ANY_CLASS, ip, port: 0, proto };
         self.routes.get(&key).cloned().unwrap_or_else(|| KernelMaps::default_route(proto, &self.config))
     }
@@ -571,7 +620,8 @@ mod tests {
     }
 
     fn config() -> Config {
-        Config { node_ip: "10.0.0.1".parse().unwrap(), broker: v4("10.0.0.1:40100"), egress: true }
+        let pool = crate::ports::PortRanges::parse("40000-40999").unwrap();
+        Config::new("10.0.0.1".parse().unwrap(), v4("10.0.0.1:40100"), true, &pool)
     }
 
     #[test]
@@ -626,7 +676,12 @@ mod tests {
         let a = AppEntry { ip: "198.18.0.9".parse().unwrap(), class: 0x0102 };
         assert_eq!(a.encode(), [198, 18, 0, 9, 2, 1, 0, 0]);
         assert_eq!(AppEntry::key(0xf000_0001), [1, 0, 0, 0xf0]);
-        assert_eq!(config().encode(), [10, 0, 0, 1, 10, 0, 0, 1, 0x9c, 0xa4, 1, 0, 0, 0, 0, 0]);
+        let c = config().encode();
+        assert_eq!(c[..16], [10, 0, 0, 1, 10, 0, 0, 1, 0x9c, 0xa4, 1, 1, 0, 0, 0, 0]);
+        // The pool 40000-40999 in the host's order, the other ranges unused.
+        assert_eq!(c[16..], [0x40, 0x9c, 0x27, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let incomplete = Config { complete: false, ..config() };
+        assert_eq!(incomplete.encode()[Config::COMPLETE_OFFSET], 0);
         let p = PrivateKey { app: 2, port: 6379, proto: Proto::Tcp };
         assert_eq!(p.encode(), [2, 0, 0, 0, 0x18, 0xeb, 6, 0]);
         assert_eq!(PrivateKey::VALUE, [1, 0, 0, 0]);

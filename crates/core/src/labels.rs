@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Label=value pairs in the order given, each once. A name may carry several values
 /// (`role=a,role=b`): the app is in both groups.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Labels(Vec<(String, String)>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -75,6 +75,11 @@ impl PortRanges {
         self.0.is_empty()
     }
 
+    /// The ranges, ascending, none touching another.
+    pub fn ranges(&self) -> impl Iterator<Item = &RangeInclusive<u16>> {
+        self.0.iter()
+    }
+
     pub fn contains(&self, port: u16) -> bool {
         self.0.iter().any(|r| r.contains(&port))
     }

@@ -303,6 +303,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// there is no listen).
     fn bind_at(&self, s: &K::Fd, bound: BoundSocket, service: SocketAddrV4, port: u16) -> Result<(), Errno> {
         let node = self.node.with_table(|t| t.node().ip);
+        if bound.proto == Proto::Udp && service.port() != 0 {
+            self.room_for_a_row()?;
+        }
         let host = addr::for_family(SocketAddr::V4(SocketAddrV4::new(node, port)), bound.family);
         self.k.bind(s, &host)?;
         let shown = self.node.with_table(|t| {
@@ -322,6 +325,20 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         Ok(())
     }
 
+    /// ENOBUFS when one more service row of this app would take more of the kernel
+    /// driver's route entries than an app may (see `Table::kernel_room`): the kernel's
+    /// word for a resource of its own that ran out, not EADDRINUSE, which would send a
+    /// program on to try another port (and another row).
+    fn room_for_a_row(&self) -> Result<(), Errno> {
+        if self.node.with_table(|t| t.kernel_room(self.app)) {
+            return Ok(());
+        }
+        if self.hush_pool.speak() {
+            warn!(app = %self.app, "no room for another service row in the kernel driver's maps: ENOBUFS");
+        }
+        Err(libc::ENOBUFS)
+    }
+
     fn listen(&self, n: &Notification, fd: RawFd, backlog: i32) -> Result<Answer, Errno> {
         let (s, kind) = self.classify(n, fd)?;
         let (family, proto) = match kind {
@@ -338,6 +355,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
         let local = self.k.local_addr(&s)?.ok_or(libc::EINVAL)?;
         let inode = self.k.inode(&s)?;
+        self.room_for_a_row()?;
         let port = if local.port() == 0 {
             // listen() on an unbound socket binds it to a wildcard port, as the kernel does.
             let ip = self.node.with_table(|t| t.app(self.app).map(|a| a.ip)).ok_or(libc::EPERM)?;

@@ -32,19 +32,19 @@ use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ax_core::kmap::{
     AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, KernelMaps, PrivateKey, Route, RouteKey, SockState,
     Verdict, ANY_CLASS,
 };
-use ax_sys::bpf::{self, Asm, Insn, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
+use ax_sys::bpf::{self, Asm, Insn, Label, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use tracing::info;
 
 use crate::hooks::{self, Cgroup, InstallError};
 
 /// The pin directory's name; a new layout gets a new name.
-const LAYOUT: &str = "ax-kernel-v1";
+const LAYOUT: &str = "ax-kernel-v2";
 const WHO: &str = "kernel driver";
 
 /// Attach types (the kernel's enum bpf_attach_type).
@@ -131,9 +131,11 @@ impl Maps {
             "daemon" => hooks::daemon_map(),
             "apps" => Map::new(bpf::MAP_HASH, "ax_kapps", 4, AppEntry::SIZE as u32, AppEntry::MAX_ENTRIES),
             "routes" => {
-                Map::new(bpf::MAP_HASH, "ax_kroutes", RouteKey::SIZE as u32, Route::SIZE as u32, RouteKey::MAX_ENTRIES)
+                Map::hash_unallocated("ax_kroutes", RouteKey::SIZE as u32, Route::SIZE as u32, RouteKey::MAX_ENTRIES)
             }
-            "conf" => Map::new(bpf::MAP_ARRAY, "ax_kconf", 4, Config::SIZE as u32, 1),
+            // A hash, not an array: an update replaces the one entry whole (an array's
+            // is copied in place, under a program reading it).
+            "conf" => Map::hash_unallocated("ax_kconf", 4, Config::SIZE as u32, 1),
             "private" => Map::new(bpf::MAP_HASH, "ax_kprivate", PrivateKey::SIZE as u32, 4, PrivateKey::MAX_ENTRIES),
             "broker" => {
                 Map::new(bpf::MAP_LRU_HASH, "ax_kbroker", 8, BrokerEntry::SIZE as u32, BrokerEntry::MAX_ENTRIES)
@@ -173,6 +175,9 @@ impl Maps {
 /// pinned), its maps open.
 pub struct KernelDriver {
     maps: Maps,
+    /// The config last written, for marking the maps incomplete (None: none written
+    /// yet, and the programs refuse what no exact entry decides).
+    config: Mutex<Option<Config>>,
 }
 
 impl KernelDriver {
@@ -200,7 +205,7 @@ impl KernelDriver {
         ];
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
         info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "kernel driver installed");
-        Ok(KernelDriver { maps })
+        Ok(KernelDriver { maps, config: Mutex::new(None) })
     }
 
     /// Makes `sock` (a host socket the daemon made for a kernel-driver app) the
@@ -215,11 +220,45 @@ impl KernelDriver {
     }
 
     /// Writes `changes` in order (see `KernelMaps::diff` for why the order matters).
+    /// A write that fails (a full map) first marks the maps incomplete, so the
+    /// programs refuse whatever no exact entry decides (the missing entry may have
+    /// been a refusal), then the rest are written all the same (an app entry among
+    /// them, so a new app still connects where its entries are); the first failure
+    /// is returned. Whoever gets an error must [`KernelDriver::resync`] later: only
+    /// that marks the maps complete again.
     pub fn apply(&self, changes: &[Change]) -> Result<(), MapError> {
-        let m = &self.maps;
+        let mut failed = None;
         for c in changes {
+            if let Err(e) = self.write(c) {
+                if failed.is_none() {
+                    self.mark_incomplete()?;
+                }
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Writes the config last written with `complete` off.
+    fn mark_incomplete(&self) -> Result<(), MapError> {
+        let last = *self.config.lock().unwrap_or_else(|p| p.into_inner());
+        match last {
+            Some(c) if c.complete => self.write(&Change::Config(Config { complete: false, ..c })),
+            _ => Ok(()),
+        }
+    }
+
+    fn write(&self, c: &Change) -> Result<(), MapError> {
+        let m = &self.maps;
+        {
             match c {
-                Change::Config(c) => m.conf.update(&0u32.to_ne_bytes(), &c.encode()).map_err(|e| (e, "config")),
+                Change::Config(c) => {
+                    let written = m.conf.update(&0u32.to_ne_bytes(), &c.encode()).map_err(|e| (e, "config"));
+                    if written.is_ok() {
+                        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Some(*c);
+                    }
+                    written
+                }
                 Change::PutApp(id, a) => m.apps.update(&AppEntry::key(*id), &a.encode()).map_err(|e| (e, "apps")),
                 Change::DeleteApp(id) => m.apps.delete(&AppEntry::key(*id)).map_err(|e| (e, "apps")),
                 Change::PutRoute(k, r) => m.routes.update(&k.encode(), &r.encode()).map_err(|e| (e, "routes")),
@@ -229,19 +268,19 @@ impl KernelDriver {
                 }
                 Change::DeletePrivate(k) => m.private.delete(&k.encode()).map_err(|e| (e, "private listeners")),
             }
-            .map_err(|(e, what)| MapError::Write(what, e))?;
+            .map_err(|(e, what)| MapError::Write(what, e))
         }
-        Ok(())
     }
 
     /// Makes the maps hold exactly `want` (config, apps, routes, private listeners):
     /// what a daemon that took over the maps of a previous one does first, since it
     /// does not know what they hold. Every entry is written (round-robin counters start
-    /// again), then what `want` lacks is deleted, apps first.
+    /// again), then what `want` lacks is deleted, apps first. The config goes first
+    /// marked incomplete and last as `want` has it, once everything else is written:
+    /// until then the programs refuse what no exact entry decides.
     pub fn resync(&self, want: &KernelMaps) -> Result<(), MapError> {
-        let mut changes = vec![Change::Config(want.config)];
-        changes.extend(KernelMaps::diff(&KernelMaps::new(want.config), want));
-        self.apply(&changes)?;
+        self.write(&Change::Config(Config { complete: false, ..want.config }))?;
+        self.apply(&KernelMaps::diff(&KernelMaps::new(want.config), want))?;
         let m = &self.maps;
         let apps: BTreeSet<Vec<u8>> = want.apps.keys().map(|id| AppEntry::key(*id).to_vec()).collect();
         let routes: BTreeSet<Vec<u8>> = want.routes.keys().map(|k| k.encode().to_vec()).collect();
@@ -256,7 +295,7 @@ impl KernelDriver {
                 map.delete(key).map_err(|e| MapError::Write(what, e))?;
             }
         }
-        Ok(())
+        self.write(&Change::Config(want.config))
     }
 
     /// The broker entry a connect program wrote for the app socket with this cookie,
@@ -312,6 +351,39 @@ fn write_addr(a: &mut Asm, v6: bool, ip: Reg, port: Reg) {
 /// Fails the call with -`errno`.
 fn fail(a: &mut Asm, errno: i32) {
     a.mov_imm(R1, -errno).call(bpf::FN_SET_RETVAL).ret(0);
+}
+
+/// A destination (in the route key) that no exact entry decides: refused (to
+/// `refuse`) when the maps are incomplete or it is a pool port of this node (a row
+/// whose entries may not be written yet), as `KernelMaps::lookup` has it. Clobbers
+/// r0-r4.
+fn undecided(a: &mut Asm, maps: &Maps, refuse: Label) {
+    let not_pool = a.label();
+    config(a, maps, refuse);
+    a.load(Size::B, R1, R0, off(Config::COMPLETE_OFFSET))
+        .if_eq(R1, 0, refuse)
+        .load(Size::W, R1, R0, off(Config::NODE_IP_OFFSET))
+        .load(Size::W, R2, R10, at(ROUTE_KEY, RouteKey::IP_OFFSET))
+        .if_ne_reg(R1, R2, not_pool)
+        // The port in the host's order (the key holds it big-endian).
+        .load(Size::H, R3, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET))
+        .if_eq(R3, 0, not_pool)
+        .mov(R4, R3)
+        .and_imm(R4, 0xff)
+        .lsh_imm(R4, 8)
+        .rsh_imm(R3, 8)
+        .add(R3, R4);
+    for i in 0..Config::POOL_RANGES {
+        let next = a.label();
+        let at_range = off(Config::POOL_OFFSET + i * Config::POOL_RANGE_SIZE);
+        a.load(Size::H, R1, R0, at_range)
+            .load(Size::H, R2, R0, at_range + 2)
+            .if_gt_reg(R1, R3, next)
+            .if_gt_reg(R3, R2, next)
+            .goto(refuse)
+            .here(next);
+    }
+    a.here(not_pool);
 }
 
 /// connect4 / connect6.
@@ -374,7 +446,9 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
     a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
     a.if_ne(R0, 0, found).store_imm(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), ANY_CLASS as i32);
     a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
-    a.if_ne(R0, 0, found).store_imm(Size::H, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET), 0);
+    a.if_ne(R0, 0, found);
+    undecided(&mut a, maps, refuse);
+    a.store_imm(Size::H, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET), 0);
     lookup(&mut a, &maps.routes, ROUTE_KEY, no_route);
 
     a.here(found)

@@ -29,6 +29,11 @@ const APP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const CLASS: u32 = 7;
 const BROKER: SocketAddrV4 = SocketAddrV4::new(NODE, 6700);
 
+/// The config of tests: this node's pool is port 81 and 7000-7001.
+fn config(egress: bool) -> Config {
+    Config::new(NODE, BROKER, egress, &ax_core::ports::PortRanges::parse("81,7000-7001").unwrap())
+}
+
 fn v4(s: &str) -> SocketAddrV4 {
     s.parse().unwrap()
 }
@@ -117,8 +122,9 @@ impl Sandbox {
         fs::create_dir(&cgroup).unwrap();
         fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
         let driver = KernelDriver::install(&dir.join("run")).unwrap_or_else(|e| panic!("{e}"));
-        let config = Config { node_ip: NODE, broker: BROKER, egress: true };
-        driver.apply(&[Change::Config(config), Change::PutApp(APP, AppEntry { ip: APP_IP, class: CLASS })]).unwrap();
+        driver
+            .apply(&[Change::Config(config(true)), Change::PutApp(APP, AppEntry { ip: APP_IP, class: CLASS })])
+            .unwrap();
         Sandbox { driver, cgroups, cgroup }
     }
 
@@ -639,7 +645,7 @@ fn a_restarted_daemon_takes_over_the_maps_and_the_marks() {
         // the new one lacks goes.
         s.route(CLASS, "198.18.0.92:80", Proto::Tcp, Route::refuse());
         s.driver.apply(&[Change::PutApp(2, AppEntry { ip: APP_IP, class: CLASS })]).unwrap();
-        let mut want = KernelMaps::new(Config { node_ip: NODE, broker: BROKER, egress: false });
+        let mut want = KernelMaps::new(config(false));
         want.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
         let key = RouteKey { class: CLASS, ip: "198.18.0.90".parse().unwrap(), port: 80, proto: Proto::Tcp };
         want.routes.insert(key, backends(Lb::Random, &[&["10.251.0.1:40073"]]));
@@ -736,12 +742,12 @@ fn connects_do_what_the_model_of_the_maps_says() {
         everything.extend(real.values());
         everything.extend(target_listeners.iter());
         everything.extend(host_lo.iter());
-        let config = |egress| Config { node_ip: NODE, broker: BROKER, egress };
         let mut current = KernelMaps::new(config(true));
         current.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
 
         for round in 0..8 {
-            let mut next = KernelMaps::new(config(rng.bool()));
+            // Now and then incomplete: what no exact entry decides is refused.
+            let mut next = KernelMaps::new(Config { complete: rng.u8(0..4) != 0, ..config(rng.bool()) });
             next.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
             next.apps.insert(2, AppEntry { ip: Ipv4Addr::new(198, 18, 1, 2), class: 8 });
             for class in [CLASS, 8, ANY_CLASS] {
@@ -897,5 +903,69 @@ fn measure_connect_rates() {
             let rate = median(r.iter().map(|x| x.1).collect());
             println!("rate {what}: {cpu:.2} us of this thread's CPU per connection, {rate:.0}/s (medians of 15 runs)");
         }
+    });
+}
+
+/// A routes map that cannot take another entry fails closed: the write that fails
+/// marks the maps incomplete, every connect no exact entry decides is then refused (a
+/// missing entry may be a refusal), the writes after it still happen (an app entry
+/// among them), and a resync that fits makes the maps complete again.
+#[test]
+fn a_full_routes_map_refuses_what_it_cannot_decide() {
+    sandboxed("a_full_routes_map_refuses_what_it_cannot_decide", |s| {
+        let open = listener("10.251.0.1:80");
+        let served = listener("10.251.0.1:40300");
+        // The node's address passes (as the daemon writes it: no egress there).
+        let node = RouteKey { class: ANY_CLASS, ip: NODE, port: 0, proto: Proto::Tcp };
+        s.driver.apply(&[Change::PutRoute(node, Route::pass())]).unwrap();
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("10.251.0.1:80")).unwrap();
+        assert_eq!(landed(&[&open]), 0, "the node's address passes while the maps are complete");
+        let service = RouteKey { class: CLASS, ip: "198.18.0.120".parse().unwrap(), port: 80, proto: Proto::Tcp };
+        let to_served = backends(Lb::Random, &[&["10.251.0.1:40300"]]);
+        let mut fill = vec![Change::PutRoute(service, to_served.clone())];
+        fill.extend((0..RouteKey::MAX_ENTRIES).map(|i| {
+            let ip = Ipv4Addr::from(0xc612_0000 + 0x100 + i);
+            Change::PutRoute(RouteKey { class: ANY_CLASS, ip, port: 9, proto: Proto::Tcp }, Route::refuse())
+        }));
+        fill.push(Change::PutApp(3, AppEntry { ip: APP_IP, class: CLASS }));
+        let e = s.driver.apply(&fill).expect_err("one entry more than the map holds").to_string();
+        assert!(e.contains("routes"), "{e}");
+        let c = s.tcp();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("10.251.0.1:80"))), libc::ECONNREFUSED, "undecided");
+        nothing_waits(&open);
+        // An exact entry still decides, for an app written after the failure too.
+        let late = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 3, peer: None, local: None });
+        sock::connect(late.as_fd(), &sa("198.18.0.120:80")).unwrap();
+        assert_eq!(landed(&[&served]), 0);
+        let mut want = KernelMaps::new(config(true));
+        want.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
+        want.routes.insert(service, to_served);
+        want.routes.insert(node, Route::pass());
+        s.driver.resync(&want).unwrap();
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("10.251.0.1:80")).unwrap();
+        assert_eq!(landed(&[&open]), 0, "complete again");
+    });
+}
+
+/// A pool port of this node without an entry of its own is refused (a row's entries
+/// may not be written yet), other ports of the node pass, and an entry decides.
+#[test]
+fn a_pool_port_of_the_node_is_refused_until_an_entry_says_otherwise() {
+    sandboxed("a_pool_port_of_the_node_is_refused_until_an_entry_says_otherwise", |s| {
+        let row = listener("10.251.0.1:7001");
+        let other = listener("10.251.0.1:7002");
+        s.route(ANY_CLASS, "10.251.0.1:0", Proto::Tcp, Route::pass());
+        let c = s.tcp();
+        assert_eq!(errno(sock::connect(c.as_fd(), &sa("10.251.0.1:7001"))), libc::ECONNREFUSED);
+        nothing_waits(&row);
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("10.251.0.1:7002")).unwrap();
+        assert_eq!(landed(&[&other]), 0);
+        s.route(CLASS, "10.251.0.1:7001", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:7001"]]));
+        let c = s.tcp();
+        sock::connect(c.as_fd(), &sa("10.251.0.1:7001")).unwrap();
+        assert_eq!(landed(&[&row]), 0);
     });
 }

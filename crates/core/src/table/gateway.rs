@@ -69,6 +69,7 @@ impl Table {
     /// Whether egress goes through this node's forwarder (`--tls`: it carries the app's
     /// bytes to a gateway over TLS) rather than from the app's socket to a gateway.
     pub fn set_egress_forwarder(&mut self, on: bool) {
+        self.generation += 1;
         self.egress_forwarder = on;
     }
 

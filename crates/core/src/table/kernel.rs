@@ -5,7 +5,7 @@
 //! What the programs do with the entries is modelled by [`KernelMaps::lookup`]; the
 //! tests below hold the two to the user driver's answers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::kmap::{AppEntry, Config, KernelMaps, Lb, PrivateKey, Route as KRoute, RouteKey, ANY_CLASS};
@@ -15,6 +15,11 @@ use crate::labels::Labels;
 use super::apps::Driver;
 use super::routing::{Balanced, Decision, Target};
 use super::{Proto, Route, Table};
+use crate::ids::AppId;
+
+/// The most route entries one app's service rows may need (see [`Table::kernel_room`]):
+/// an eighth of what `ax_kroutes` holds.
+pub const ROUTES_PER_APP: usize = RouteKey::MAX_ENTRIES as usize / 8;
 
 /// The maps, and the entries that held more backends than an entry can (a subset of
 /// them was kept).
@@ -30,21 +35,19 @@ impl Table {
     /// apps with its labels (top bit cleared, so never [`ANY_CLASS`]): stable while that
     /// app lives, and never shared by two label sets.
     pub fn kernel_maps(&mut self, broker: SocketAddrV4) -> KernelView {
-        let config = Config { node_ip: self.node.ip, broker, egress: self.egress_on() };
+        let config = Config::new(self.node.ip, broker, self.egress_on(), self.services.pool().ranges());
         let mut maps = KernelMaps::new(config);
         let kernel_apps = || self.apps.iter().filter(|a| a.driver == Driver::Kernel);
-        let mut classes: Vec<(Labels, u32)> = Vec::new();
+        let mut class_of: HashMap<&Labels, u32> = HashMap::new();
         for a in kernel_apps() {
             let id = a.id.0 & 0x7fff_ffff;
-            match classes.iter_mut().find(|(l, _)| *l == a.labels) {
-                Some((_, c)) => *c = (*c).min(id),
-                None => classes.push((a.labels.clone(), id)),
-            }
+            class_of.entry(&a.labels).and_modify(|c| *c = (*c).min(id)).or_insert(id);
         }
         for a in kernel_apps() {
-            let class = classes.iter().find(|(l, _)| *l == a.labels).map_or(ANY_CLASS, |(_, c)| *c);
-            maps.apps.insert(a.id.0, AppEntry { ip: a.ip, class });
+            maps.apps.insert(a.id.0, AppEntry { ip: a.ip, class: class_of[&a.labels] });
         }
+        let mut classes: Vec<(Labels, u32)> = class_of.into_iter().map(|(l, c)| (l.clone(), c)).collect();
+        classes.sort_by_key(|(_, c)| *c);
         maps.private = self
             .private
             .iter()
@@ -65,7 +68,7 @@ impl Table {
             }
         }
         for (proto, dest) in self.exact_destinations() {
-            let fallback = maps.fallback(proto, *dest.ip());
+            let fallback = maps.fallback(proto, dest);
             let answers = self.answers(&classes, proto, dest, &mut trimmed);
             let key = |class| RouteKey { class, ip: *dest.ip(), port: dest.port(), proto };
             match same(answers.clone()) {
@@ -85,6 +88,18 @@ impl Table {
         trimmed.sort();
         trimmed.dedup();
         KernelView { maps, trimmed }
+    }
+
+    /// True when `app` may add one more service row while the kernel driver serves
+    /// apps here: each row of an app costs up to two route entries (its service and its
+    /// host address) per label class of this node's kernel-driver apps, and one app's
+    /// rows may take at most [`ROUTES_PER_APP`] of them, so no app's rows crowd out
+    /// the others' entries. Without kernel-driver apps, always.
+    pub fn kernel_room(&self, app: AppId) -> bool {
+        let classes: HashSet<&Labels> =
+            self.apps.iter().filter(|a| a.driver == Driver::Kernel).map(|a| &a.labels).collect();
+        let rows = self.services.rows().filter(|b| b.app == app).count();
+        classes.is_empty() || (rows + 1) * 2 * classes.len() <= ROUTES_PER_APP
     }
 
     /// The entry for a connect to `dest` over `proto`, for each class in turn.
@@ -205,7 +220,6 @@ fn backends(b: Balanced) -> (KRoute, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::AppId;
     use crate::kmap::{BrokerKind, Change, Lookup, Verdict};
     use crate::table::testing::*;
     use crate::table::{BindPlan, BoundSocket, NewApp, Origin, Remote, RemoteApp, RemoteRow};
@@ -277,10 +291,11 @@ mod tests {
             assert_eq!(m.routes.get(&key(class(&m, prod), &dest, Proto::Tcp)), Some(&allowed), "{dest}");
             assert_eq!(m.lookup(dev.0, Proto::Tcp, dest.parse().unwrap()), Lookup::Refuse, "{dest}");
         }
-        // The virtual address refuses every class on its own; the node's needs an entry.
+        // The virtual address refuses every class on its own, and so does a pool port of
+        // the node: no entry for either.
         assert_eq!(m.routes.get(&key(class(&m, dev), "198.18.0.1:80", Proto::Tcp)), None);
         let at_host = key(class(&m, dev), &format!("10.0.0.1:{p1}"), Proto::Tcp);
-        assert_eq!(m.routes.get(&at_host), Some(&KRoute::refuse()));
+        assert_eq!(m.routes.get(&at_host), None);
         // A second row the dev class may reach joins only its group.
         let other = kapp(&mut t, Some("198.18.0.1"), "role=prod,role=dev");
         let p2 = serve(&mut t, other, "0.0.0.0:80", 2);
@@ -400,7 +415,7 @@ mod tests {
             ..Remote::default()
         });
         let m = maps(&mut t);
-        assert_eq!(m.config, Config { node_ip: NODE, broker: BROKER.parse().unwrap(), egress: true });
+        assert_eq!(m.config, Config::new(NODE, BROKER.parse().unwrap(), true, t.pool().ranges()));
         assert_eq!(m.lookup(c.0, Proto::Tcp, "192.0.2.1:443".parse().unwrap()), Lookup::Broker(BrokerKind::Egress));
         assert_eq!(m.lookup(c.0, Proto::Udp, "192.0.2.1:53".parse().unwrap()), Lookup::Pass);
         for node in ["10.0.0.3:22", "10.0.0.5:22"] {
@@ -568,6 +583,10 @@ mod tests {
                                 prop_assert_eq!(r.source(), ts.iter().find_map(|t| t.source));
                             }
                             (Route::Direct(d), Lookup::Pass) if *d == crate::addr::unmap(dest) => {}
+                            // A pool port of the node where no row listens: nothing
+                            // there takes connections from other apps (documented).
+                            (Route::Direct(SocketAddr::V4(d)) | Route::Egress { dest: SocketAddr::V4(d), .. }, Lookup::Refuse)
+                                if *d.ip() == NODE && t.pool().ranges().contains(d.port()) => {}
                             (Route::Egress { dest: d, .. }, Lookup::Broker(BrokerKind::Egress)) if *d == crate::addr::unmap(dest) => {}
                             (u, k) => prop_assert!(false, "{:?} {} by {}: user {:?}, kernel {:?}", proto, dest, c, u, k),
                         }
@@ -577,6 +596,73 @@ mod tests {
             // An app the maps do not know is refused by the programs (EPERM).
             prop_assert_eq!(m.lookup(1, Proto::Tcp, "198.18.0.1:80".parse().unwrap()), Lookup::NoApp);
         }
+    }
+
+    /// Incomplete maps refuse every connect no exact entry decides (the node's other
+    /// ports, the outside) and exact entries still decide; complete maps refuse a pool
+    /// port of the node without an entry, but pass its other ports.
+    #[test]
+    fn what_no_exact_entry_decides_is_refused_while_the_maps_are_incomplete() {
+        let mut t = table();
+        let c = kapp(&mut t, Some("198.18.0.1"), "zone=default");
+        let p = serve(&mut t, c, "0.0.0.0:80", 1);
+        let mut m = maps(&mut t);
+        let free_pool_port = (40000..).find(|q| *q != p).unwrap();
+        assert!(m.config.in_pool(free_pool_port) && !m.config.in_pool(22));
+        let node = |port| SocketAddr::V4(host(port));
+        assert_eq!(m.lookup(c.0, Proto::Tcp, node(22)), Lookup::Pass);
+        assert_eq!(m.lookup(c.0, Proto::Tcp, node(free_pool_port)), Lookup::Refuse);
+        assert!(matches!(m.lookup(c.0, Proto::Tcp, node(p)), Lookup::Backends(_)));
+        m.config.complete = false;
+        assert_eq!(m.lookup(c.0, Proto::Tcp, node(22)), Lookup::Refuse);
+        assert_eq!(m.lookup(c.0, Proto::Tcp, "203.0.113.1:443".parse().unwrap()), Lookup::Refuse);
+        assert!(matches!(m.lookup(c.0, Proto::Tcp, "198.18.0.1:80".parse().unwrap()), Lookup::Backends(_)));
+    }
+
+    /// The generation moves with every change the maps derive from, and not with a
+    /// gossip word that repeats the last (the daemon then skips the rebuild).
+    #[test]
+    fn the_generation_moves_with_changes_and_not_with_repeated_gossip() {
+        let mut t = table();
+        let g0 = t.generation();
+        let c = kapp(&mut t, None, "zone=default");
+        let g1 = t.generation();
+        assert!(g1 > g0);
+        let remote = Remote { nodes: vec![("b".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() };
+        t.set_remote(remote.clone());
+        let g2 = t.generation();
+        assert!(g2 > g1);
+        let before = maps(&mut t);
+        t.set_remote(remote);
+        assert_eq!(t.generation(), g2, "the same word again");
+        assert_eq!(maps(&mut t), before);
+        serve(&mut t, c, "0.0.0.0:80", 1);
+        assert!(t.generation() > g2);
+        t.remove_app(c);
+        assert!(t.generation() > g2 + 1);
+    }
+
+    /// An app's rows may take up to ROUTES_PER_APP entries, counted at two per row and
+    /// label class: with one class that is half as many rows.
+    #[test]
+    fn an_app_may_add_rows_while_its_entries_fit_its_share() {
+        use crate::ports::PortRanges;
+        use crate::table::{NodeInfo, PortPool};
+        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE, ports: ports() };
+        let mut t = Table::new(node, PortPool::new(PortRanges::parse("20000-60000").unwrap()), 7);
+        let a = app(&mut t, Some("198.18.0.1"), "role=a");
+        assert!(t.kernel_room(a), "no kernel-driver app: no bound");
+        kapp(&mut t, Some("198.18.0.2"), "role=b");
+        let fits = ROUTES_PER_APP / 2;
+        for i in 0..fits {
+            assert!(t.kernel_room(a), "row {i}");
+            let port = t.take_port().unwrap();
+            t.add_binding(a, bound(i as u64 + 1, &format!("198.18.0.1:{}", 1024 + i)), host(port), port);
+            t.set_listening(Proto::Tcp, port, i as u64 + 1, 1);
+        }
+        assert!(!t.kernel_room(a));
+        let other = kapp(&mut t, Some("198.18.0.3"), "role=b");
+        assert!(t.kernel_room(other), "another app's share is its own");
     }
 
     // ---- review: one app's listeners against the routes map's capacity ----------------

@@ -23,7 +23,7 @@ use crate::ports::PortPool;
 
 pub use apps::{AddAppError, App, BadDriver, Driver, NewApp};
 pub use gateway::Refusal;
-pub use kernel::KernelView;
+pub use kernel::{KernelView, ROUTES_PER_APP};
 pub use remote::{Remote, RemoteApp, RemoteRow};
 pub use reserved::{DaemonPorts, Reserved, DNS_PORT};
 pub use routing::{BindPlan, Route, Target, EGRESS_PORT};
@@ -101,6 +101,8 @@ pub struct Table {
     egress_forwarder: bool,
     /// Ids, UUIDs and every random balancing choice come from here (seeded in tests).
     rng: fastrand::Rng,
+    /// Counts changes to what the table decides (see [`Table::generation`]).
+    generation: u64,
 }
 
 impl Table {
@@ -116,6 +118,7 @@ impl Table {
             egress_gateway: false,
             egress_forwarder: false,
             rng: fastrand::Rng::with_seed(seed),
+            generation: 0,
         }
     }
 
@@ -125,6 +128,7 @@ impl Table {
 
     /// Makes this node an egress gateway: its own apps go out directly.
     pub fn set_egress_gateway(&mut self, on: bool) {
+        self.generation += 1;
         self.egress_gateway = on;
     }
 
@@ -155,6 +159,7 @@ impl Table {
     /// Takes back a snapshot taken by an earlier daemon: apps, sockets and their pool
     /// ports (which are then not handed out again).
     pub fn restore(&mut self, s: Snapshot) {
+        self.generation += 1;
         self.apps.restore(s.apps);
         let apps = &self.apps;
         self.services.restore(s.bindings, |id| apps.get(id).is_some());
@@ -163,7 +168,10 @@ impl Table {
 
     /// Replaces what is known of the other nodes (from gossip).
     pub fn set_remote(&mut self, remote: Remote) {
-        self.remote.set(remote);
+        if *self.remote.get() != remote {
+            self.generation += 1;
+            self.remote.set(remote);
+        }
     }
 
     pub fn remote(&self) -> &Remote {
@@ -186,6 +194,13 @@ impl Table {
 
     /// A mark to take before listing the kernel's sockets: [`Table::sweep`] with it
     /// leaves alone every row that changed after, which the listing cannot have seen.
+    /// Changes so far to anything the table's decisions read (apps, rows, private
+    /// binds, vservices, the other nodes, egress): equal generations, equal decisions
+    /// (what [`Table::kernel_maps`] derives included).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn mark(&self) -> u64 {
         self.services.mark()
     }
@@ -197,11 +212,13 @@ impl Table {
     /// Registers an app; it gets a fresh id and, without `--ip`, a made-up address if
     /// it has a name, else the node address.
     pub fn add_app(&mut self, new: NewApp) -> Result<App, AddAppError> {
+        self.generation += 1;
         self.apps.add(new, self.node.ip, &mut self.rng)
     }
 
     /// Removes an app with every socket it bound; their ports go back to the pool.
     pub fn remove_app(&mut self, id: AppId) -> Option<(App, Vec<Binding>)> {
+        self.generation += 1;
         let app = self.apps.remove(id)?;
         self.private.retain(|p| p.app != id);
         Some((app, self.services.remove_app(id)))
@@ -229,6 +246,7 @@ impl Table {
     /// app goes (a listener closed since is then refused by the app's namespace itself).
     pub fn add_private_bind(&mut self, app: AppId, proto: Proto, port: u16) {
         if self.apps.get(app).is_some() {
+            self.generation += 1;
             self.private.insert(PrivateBind { app, proto, port });
         }
     }
@@ -255,6 +273,7 @@ impl Table {
     /// Records a bound socket. A bind to port 0 is reported as the host port.
     pub fn add_binding(&mut self, app: AppId, socket: BoundSocket, service: SocketAddrV4, host_port: u16) -> Binding {
         let id = ids::random_uuid(&mut self.rng);
+        self.generation += 1;
         self.services.add(id, app, socket, service, SocketAddrV4::new(self.node.ip, host_port))
     }
 
@@ -266,6 +285,7 @@ impl Table {
     /// Marks the socket at `host_port` (whose inode must match) as listening, which
     /// makes it a service row.
     pub fn set_listening(&mut self, proto: Proto, host_port: u16, inode: u64, backlog: i32) -> Option<&Binding> {
+        self.generation += 1;
         self.services.set_listening(proto, host_port, inode, backlog)
     }
 
@@ -281,7 +301,11 @@ impl Table {
         bound: Option<&HashSet<u64>>,
         mark: u64,
     ) -> Vec<Binding> {
-        self.services.sweep(proto, listening, bound, mark)
+        let gone = self.services.sweep(proto, listening, bound, mark);
+        if !gone.is_empty() {
+            self.generation += 1;
+        }
+        gone
     }
 
     /// True when some socket of `proto` is bound but not listening.

@@ -3,7 +3,7 @@
 //! published, and where this node's egress connections really go. Gossip itself is
 //! elsewhere (`ax-cluster`); this is only its latest word.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::addr;
@@ -51,6 +51,10 @@ pub struct Remote {
 pub(super) struct RemoteView {
     now: Remote,
     seen_virtual: BTreeSet<Ipv4Addr>,
+    /// `now.rows` by service and by host address (the first row at a host), made once
+    /// per gossip word: one lookup per destination, however many rows there are.
+    by_service: HashMap<(Proto, SocketAddrV4), Vec<usize>>,
+    by_host: HashMap<(Proto, SocketAddrV4), usize>,
 }
 
 impl RemoteView {
@@ -58,6 +62,12 @@ impl RemoteView {
     pub(super) fn set(&mut self, remote: Remote) {
         let nodes: Vec<Ipv4Addr> = remote.nodes.iter().map(|n| n.1).collect();
         self.seen_virtual.extend(remote.apps.iter().map(|a| a.ip).filter(|ip| !nodes.contains(ip)));
+        self.by_service.clear();
+        self.by_host.clear();
+        for (i, r) in remote.rows.iter().enumerate() {
+            self.by_service.entry((r.proto, r.service)).or_default().push(i);
+            self.by_host.entry((r.proto, r.host)).or_insert(i);
+        }
         self.now = remote;
     }
 
@@ -92,12 +102,13 @@ impl RemoteView {
 
     /// The rows other nodes publish for `service` over `proto`.
     pub(super) fn rows_at(&self, proto: Proto, service: SocketAddrV4) -> impl Iterator<Item = &RemoteRow> {
-        self.now.rows.iter().filter(move |r| r.proto == proto && r.service == service)
+        let at = self.by_service.get(&(proto, service)).into_iter().flatten();
+        at.map(|i| &self.now.rows[*i])
     }
 
     /// The row another node publishes at `host`.
     pub(super) fn row_at_host(&self, proto: Proto, host: SocketAddrV4) -> Option<&RemoteRow> {
-        self.now.rows.iter().find(|r| r.proto == proto && r.host == host)
+        self.by_host.get(&(proto, host)).map(|i| &self.now.rows[*i])
     }
 
     /// The service of the row another node publishes at `host`.

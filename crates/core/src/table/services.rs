@@ -3,7 +3,7 @@
 //! that drops rows whose socket the kernel no longer has. Which app may reach a row is
 //! decided in [`super::routing`], not here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 
 use crate::addr::Family;
@@ -58,11 +58,14 @@ pub(super) struct Services {
     pool: PortPool,
     /// Counts changes to rows, for [`Services::sweep`]'s mark.
     changes: u64,
+    /// The listening rows' host ports by service: one lookup per service, however
+    /// many rows the table has.
+    by_service: HashMap<(Proto, SocketAddrV4), BTreeSet<u16>>,
 }
 
 impl Services {
     pub(super) fn new(pool: PortPool) -> Services {
-        Services { bindings: BTreeMap::new(), pool, changes: 0 }
+        Services { bindings: BTreeMap::new(), pool, changes: 0, by_service: HashMap::new() }
     }
 
     pub(super) fn pool(&self) -> &PortPool {
@@ -112,6 +115,9 @@ impl Services {
         for mut b in bindings.into_iter().filter(|b| known(b.app)) {
             self.pool.reserve(b.host.port());
             b.changed = self.next_change();
+            if b.listening {
+                self.by_service.entry((b.proto, b.service)).or_default().insert(b.host.port());
+            }
             self.bindings.insert((b.proto, b.host.port()), b);
         }
     }
@@ -131,7 +137,8 @@ impl Services {
 
     /// The rows serving `service` over `proto`.
     pub(super) fn rows_at(&self, proto: Proto, service: SocketAddrV4) -> impl Iterator<Item = &Binding> {
-        self.rows().filter(move |b| b.proto == proto && b.service == service)
+        let ports = self.by_service.get(&(proto, service)).into_iter().flatten();
+        ports.filter_map(move |p| self.bindings.get(&(proto, *p)))
     }
 
     /// The row at `host`, if one listens there.
@@ -160,6 +167,7 @@ impl Services {
         b.changed = changed;
         b.listening = true;
         b.backlog = backlog;
+        self.by_service.entry((proto, b.service)).or_default().insert(host_port);
         Some(b)
     }
 
@@ -171,6 +179,12 @@ impl Services {
 
     fn remove(&mut self, key: (Proto, u16)) -> Option<Binding> {
         let b = self.bindings.remove(&key)?;
+        if let Some(ports) = self.by_service.get_mut(&(b.proto, b.service)) {
+            ports.remove(&key.1);
+            if ports.is_empty() {
+                self.by_service.remove(&(b.proto, b.service));
+            }
+        }
         self.pool.give_back(key.1);
         Some(b)
     }

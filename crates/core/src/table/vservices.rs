@@ -103,6 +103,7 @@ impl Table {
             }
         }
         self.vservices.by_name.insert(v.name.clone(), v);
+        self.generation += 1;
         Ok(not_yet)
     }
 
@@ -121,6 +122,7 @@ impl Table {
     }
 
     pub fn remove_vservice(&mut self, name: &str) -> Result<Vservice, VserviceError> {
+        self.generation += 1;
         self.vservices.remove(name)
     }
 

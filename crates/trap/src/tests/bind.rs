@@ -431,3 +431,29 @@ fn a_kernel_driver_apps_sockets_are_the_programs_not_the_guards() {
     assert_eq!(u.k.sock(fd).marks, guard::GUARDED | guard::MEMBERS_ONLY);
     assert_eq!(u.k.sock(fd).kernel, None);
 }
+
+#[test]
+fn a_row_that_would_take_more_than_an_apps_share_of_the_kernel_routes_fails_with_enobufs() {
+    let kernel = |labels: &str| NewApp {
+        labels: Labels::parse(labels).unwrap(),
+        driver: ax_core::Driver::Kernel,
+        ..NewApp::default()
+    };
+    let r = Rig::with(kernel("zone=default"));
+    // 4097 label classes: a row costs up to 2 entries per class, an app may have
+    // ROUTES_PER_APP of them: room for one row, not two.
+    r.table(|t| {
+        for i in 0..4096 {
+            t.add_app(kernel(&format!("n=a{i}"))).unwrap();
+        }
+    });
+    assert_eq!(ax_core::ROUTES_PER_APP, 16_384);
+    let (a, b) = (r.tcp(), r.tcp());
+    assert_eq!(r.listen(a), OK);
+    let udp = r.socket(libc::AF_INET, libc::SOCK_DGRAM);
+    assert_eq!(r.bind(udp, "0.0.0.0:5353"), fail(libc::ENOBUFS), "a UDP bind to a port is a row at once");
+    assert_eq!(r.bind(b, "0.0.0.0:81"), OK, "a bind is no row");
+    assert_eq!(r.listen(b), fail(libc::ENOBUFS));
+    assert_eq!(r.k.sock(b).listening, None, "the kernel's listen never ran");
+    assert_eq!(r.table(|t| t.services().count()), 1);
+}
