@@ -156,6 +156,8 @@ struct Outbox {
     written: u64,
     /// What the kernel driver's maps hold (None: not known, as at start).
     kernel_maps: Option<ax_core::kmap::KernelMaps>,
+    /// The table's generation the kernel driver's maps were last built from.
+    kernel_generation: u64,
     /// A route entry had to leave backends out (logged once).
     kernel_trimmed: bool,
 }
@@ -318,8 +320,16 @@ impl Daemon {
     /// Brings the kernel driver's maps to what the state says, writing only what
     /// changed; the first time (at start, or after a failed write), everything, then
     /// removing what an earlier daemon wrote that no longer holds.
+    /// Nothing is built when the table has not changed since the maps were written.
     fn sync_kernel(&self, k: &driver::Kernel, outbox: &mut Outbox) {
-        let view = self.state().table.kernel_maps(k.broker);
+        let (view, generation) = {
+            let mut state = self.state();
+            let generation = state.table.generation();
+            if outbox.kernel_maps.is_some() && outbox.kernel_generation == generation {
+                return;
+            }
+            (state.table.kernel_maps(k.broker), generation)
+        };
         if !view.trimmed.is_empty() && !outbox.kernel_trimmed {
             outbox.kernel_trimmed = true;
             warn!(entries = ?view.trimmed, "a destination has more than {} backends or {} groups: the kernel driver balances over a subset of them", ax_core::kmap::MAX_TARGETS, ax_core::kmap::MAX_GROUPS);
@@ -329,7 +339,10 @@ impl Daemon {
             None => k.driver.resync(&view.maps),
         };
         match written {
-            Ok(()) => outbox.kernel_maps = Some(view.maps),
+            Ok(()) => {
+                outbox.kernel_maps = Some(view.maps);
+                outbox.kernel_generation = generation;
+            }
             Err(e) => warn!("the kernel driver's maps lag behind the table (written again at the next change): {e}"),
         }
     }
