@@ -175,24 +175,19 @@ fn an_app_started_before_a_restart_keeps_connecting_after_it() {
 #[test]
 fn an_app_gets_nothing_from_the_broker_directly_nor_from_the_hosts_loopback() {
     let Some(h) = kernel_host(&[PY, "ss"]) else { return };
-    // The broker: the daemon's one TCP listener on the node address besides DNS.
+    let broker = format!("{}:{}", support::NODE_IP, ax_core::BROKER_PORT);
     let listeners = h.inet_sockets("-ltun");
-    let broker = listeners
-        .iter()
-        .filter(|s| s[0] == "tcp")
-        .map(|s| s[2].clone())
-        .find(|a| a.starts_with(&format!("{}:", support::NODE_IP)) && !a.ends_with(":53"))
-        .unwrap_or_else(|| panic!("no broker among {listeners:?}"));
-    let (ip, port) = broker.rsplit_once(':').unwrap();
-    // Straight to the broker: accepted (the port is open to the node's apps), then
-    // closed with nothing, since no program sent this connection there.
+    assert!(listeners.iter().any(|s| s[2] == broker), "no broker at {broker} among {listeners:?}");
+    // Straight to the broker: one of the daemon's own ports, refused like the others
+    // (and were it reached, closed with nothing: no program sent the connection).
     let direct = format!(
-        "import socket\nc=socket.create_connection(('{ip}',{port}))\nc.sendall(b'AXEG 203.0.113.1:80\\n')\n\
-         try:\n  print(repr(c.recv(100)))\nexcept OSError as e:print(e.errno)"
+        "import socket\ntry:\n  c=socket.create_connection(('{}',{}))\n  c.sendall(b'AXEG 203.0.113.1:80\\n')\n  \
+         print(repr(c.recv(100)))\nexcept OSError as e:print(e.errno)",
+        support::NODE_IP,
+        ax_core::BROKER_PORT
     );
-    // Closed (b''), or reset since the request was left unread (104): nothing either way.
     let got = h.run_ok(&["--", PY, "-c", &direct]);
-    assert!(["b''", "104"].contains(&got.trim()), "{got}");
+    assert_eq!(got.trim(), ECONNREFUSED.to_string());
     // The host's loopback services (the daemon's REST among them) are not the app's,
     // in either family.
     let probe = "import socket\nfor a in (('127.0.0.1',6664),('::1',6664),('0.0.0.0',6664)):\n  \
@@ -202,4 +197,26 @@ fn an_app_gets_nothing_from_the_broker_directly_nor_from_the_hosts_loopback() {
     assert_eq!(out, format!("{ECONNREFUSED}\n{ECONNREFUSED}\n{ECONNREFUSED}\n"));
     // And the daemon serves on.
     assert!(h.ax().args(["get", "apps"]).output().unwrap().status.success());
+}
+
+/// While the daemon is down, the pinned programs still send loopback and egress
+/// connects to the broker's port: a user without privileges cannot listen there (it is
+/// below the unprivileged port start), and the daemon that comes back takes it again.
+#[test]
+fn a_user_cannot_take_the_brokers_place_across_a_restart() {
+    let Some(mut h) = kernel_host(&[PY, "setpriv"]) else { return };
+    let broker = format!("{}:{}", support::NODE_IP, ax_core::BROKER_PORT);
+    assert!(h.inet_sockets("-ltun").iter().any(|s| s[2] == broker), "the broker listens at {broker}");
+    h.stop_daemon();
+    let squat = format!(
+        "import socket\ns=socket.socket()\ntry:\n  s.bind(('{}',{}));s.listen();print('listening')\n\
+         except OSError as e:print(e.errno)",
+        support::NODE_IP,
+        ax_core::BROKER_PORT
+    );
+    let as_nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", "--", PY, "-c", &squat];
+    // EACCES: binding there needs CAP_NET_BIND_SERVICE.
+    assert_eq!(h.stdout_of("setpriv", &as_nobody).trim(), "13");
+    assert!(h.start_kernel_daemon(&[]), "the kernel driver installed before and not after");
+    assert!(h.inet_sockets("-ltun").iter().any(|s| s[2] == broker), "the broker is back at {broker}");
 }

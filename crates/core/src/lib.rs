@@ -23,7 +23,7 @@ pub use ports::{PortPool, PortRanges};
 pub use table::{
     AddAppError, App, BadDriver, BindPlan, Binding, BoundSocket, DaemonPorts, Driver, KernelView, NewApp, NodeInfo,
     Origin, PrivateBind, Proto, Refusal, Remote, RemoteApp, RemoteRow, Reserved, Route, Snapshot, Table, Target,
-    VserviceError, DNS_PORT, EGRESS_PORT, ROUTES_PER_APP,
+    VserviceError, BROKER_PORT, DNS_PORT, EGRESS_PORT, ROUTES_PER_APP,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

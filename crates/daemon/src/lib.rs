@@ -538,13 +538,24 @@ pub fn run(config: Config) -> Result<(), Error> {
         // The port serves members (and this node), nobody else.
         guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress port"))?;
     }
-    let chosen =
-        driver::choose(config.driver, || ax_trap::kdriver::KernelDriver::install(run_dir)).map_err(Error::Setting)?;
+    let chosen = driver::choose(config.driver, || {
+        if unprivileged_port_start <= ax_core::BROKER_PORT {
+            return Err(format!(
+                "its broker's port {} would not be privileged (net.ipv4.ip_unprivileged_port_start is {unprivileged_port_start}): \
+                 any user could listen there while the daemon is down",
+                ax_core::BROKER_PORT
+            ));
+        }
+        ax_trap::kdriver::KernelDriver::install(run_dir).map_err(|e| e.to_string())
+    })
+    .map_err(Error::Setting)?;
     let (kernel, broker) = match chosen.kernel {
         Some(k) => {
             // Where the programs send connects the daemon carries on (loopback, egress):
-            // members only, like the egress port.
-            let broker = std::net::TcpListener::bind((node.ip, 0)).map_err(io("cannot listen for the broker"))?;
+            // members only, like the egress port; a privileged port, the same across
+            // restarts (the pinned programs keep sending there while the daemon is down).
+            let broker = std::net::TcpListener::bind((node.ip, ax_core::BROKER_PORT))
+                .map_err(io(format!("cannot listen for the broker on port {}", ax_core::BROKER_PORT)))?;
             guard.mark_members_only(broker.as_fd()).map_err(io("cannot guard the broker's port"))?;
             let at = match broker.local_addr().map_err(io("cannot read the broker's address"))? {
                 std::net::SocketAddr::V4(a) => a,

@@ -25,7 +25,7 @@ pub use apps::{AddAppError, App, BadDriver, Driver, NewApp};
 pub use gateway::Refusal;
 pub use kernel::{KernelView, ROUTES_PER_APP};
 pub use remote::{Remote, RemoteApp, RemoteRow};
-pub use reserved::{DaemonPorts, Reserved, DNS_PORT};
+pub use reserved::{DaemonPorts, Reserved, BROKER_PORT, DNS_PORT};
 pub use routing::{BindPlan, Route, Target, EGRESS_PORT};
 pub use services::{Binding, BoundSocket, SWEEP_MISSES};
 pub use vservices::{Origin, VserviceError};

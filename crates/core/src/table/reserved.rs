@@ -18,6 +18,13 @@ use super::{NodeInfo, Table, EGRESS_PORT};
 /// The port of the daemon's DNS server on the node address.
 pub const DNS_PORT: u16 = 53;
 
+/// The kernel driver's broker on the node address (RFC 3692's experiment port 1):
+/// below the unprivileged port start, so while the daemon is down (and the pinned
+/// programs still send connects here) no user without CAP_NET_BIND_SERVICE can listen
+/// in its place. The daemon refuses the kernel driver on a host whose
+/// `net.ipv4.ip_unprivileged_port_start` lets anyone bind it.
+pub const BROKER_PORT: u16 = 1021;
+
 /// The daemon's own ports and the host's privileged-port boundary: facts of the node,
 /// set by the daemon from its configuration when it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +37,10 @@ pub struct DaemonPorts {
 }
 
 impl DaemonPorts {
-    /// The ports of a daemon serving DNS (`dns`), gossip, the egress port and REST.
+    /// The ports of a daemon serving DNS (`dns`), gossip, the egress port, REST and
+    /// the kernel driver's broker.
     pub fn new(dns: bool, gossip: u16, rest: u16, unprivileged_port_start: u16) -> DaemonPorts {
-        let mut own = BTreeSet::from([gossip, EGRESS_PORT, rest]);
+        let mut own = BTreeSet::from([gossip, EGRESS_PORT, rest, BROKER_PORT]);
         if dns {
             own.insert(DNS_PORT);
         }
