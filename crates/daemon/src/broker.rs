@@ -12,10 +12,11 @@
 //! The app's connect has succeeded by then: a far end that refuses shows as a
 //! connection closed at once (a documented difference from the user driver).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ax_core::kmap::{BrokerEntry, BrokerKind};
@@ -24,31 +25,85 @@ use ax_core::{AppId, Proto, Route};
 use ax_sys::{netlink, ns};
 use tracing::{debug, warn};
 
+use crate::bounds::Gate;
 use crate::Daemon;
 
 /// How long a gateway or the app's own listener has to answer.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections the broker carries at once (each holds two threads until the
+/// relay's epoll pump carries them), and most of one app's: no app's connects take
+/// every place.
+pub const MAX_CONNECTIONS: usize = crate::relay::MAX_CONNECTIONS;
+pub const MAX_PER_APP: usize = MAX_CONNECTIONS / 8;
 
-/// Serves the broker on `listener` on a thread of its own, one thread per connection.
+/// Serves the broker on `listener` on a thread of its own, one thread per connection,
+/// at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_APP`] of one app's (a connection
+/// beyond either is closed at once: the app sees its connection end).
 pub fn spawn(listener: TcpListener, daemon: Daemon) -> io::Result<()> {
     std::thread::Builder::new().name("ax-broker".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let daemon = daemon.clone();
+        let apps = Arc::new(PerApp::new(MAX_PER_APP));
+        Gate::new("broker", MAX_CONNECTIONS).serve_blocking(&listener, |conn, permit| {
+            let (daemon, apps) = (daemon.clone(), apps.clone());
             let serve = move || {
-                if let Err(e) = serve(conn, &daemon) {
+                let _permit = permit;
+                if let Err(e) = serve(conn, &daemon, &apps) {
                     debug!("broker: {e}");
                 }
             };
             if let Err(e) = std::thread::Builder::new().name("ax-broker-conn".into()).spawn(serve) {
                 warn!("broker: cannot start a thread for a connection: {e}");
             }
-        }
+        });
     })?;
     Ok(())
 }
 
-fn serve(conn: TcpStream, daemon: &Daemon) -> io::Result<()> {
+/// Connections carried by app, at most `cap` of one app's at once.
+struct PerApp {
+    cap: usize,
+    open: Mutex<HashMap<AppId, usize>>,
+}
+
+/// One connection's place among its app's, given back when dropped.
+struct AppPermit<'a> {
+    of: &'a PerApp,
+    app: AppId,
+}
+
+impl PerApp {
+    fn new(cap: usize) -> PerApp {
+        PerApp { cap, open: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, usize>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more of `app`'s connections, or None when it has `cap`.
+    fn admit(&self, app: AppId) -> Option<AppPermit<'_>> {
+        let mut open = self.lock();
+        let n = open.entry(app).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AppPermit { of: self, app })
+    }
+}
+
+impl Drop for AppPermit<'_> {
+    fn drop(&mut self) {
+        let mut open = self.of.lock();
+        if let Some(n) = open.get_mut(&self.app) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.app);
+            }
+        }
+    }
+}
+
+fn serve(conn: TcpStream, daemon: &Daemon, apps: &PerApp) -> io::Result<()> {
     let Some(kernel) = daemon.kernel() else { return Ok(()) };
     // The app's socket is the one whose local address is this connection's peer.
     let (peer, local) = (conn.peer_addr()?, conn.local_addr()?);
@@ -58,6 +113,9 @@ fn serve(conn: TcpStream, daemon: &Daemon) -> io::Result<()> {
     let entry = kernel.driver.take_broker(app_sock.cookie).map_err(io::Error::other)?;
     let Some(entry) = entry else {
         return Err(io::Error::other(format!("{peer} was sent here by no program: closed")));
+    };
+    let Some(_place) = apps.admit(AppId(entry.app)) else {
+        return Err(io::Error::other(format!("app {} has {} brokered connections: closed", entry.app, apps.cap)));
     };
     let upstream = match entry.kind {
         BrokerKind::Loopback => loopback(daemon, &entry)?,
@@ -137,5 +195,26 @@ impl Namespaces {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AppId, Arc<File>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_holds_at_most_its_share_of_the_brokers_connections() {
+        const { assert!(MAX_PER_APP >= 1 && MAX_PER_APP < MAX_CONNECTIONS) };
+        let apps = PerApp::new(2);
+        let (a, b) = (AppId(1), AppId(2));
+        let first = apps.admit(a).unwrap();
+        let _second = apps.admit(a).unwrap();
+        assert!(apps.admit(a).is_none(), "a third of the same app's");
+        let other = apps.admit(b);
+        assert!(other.is_some(), "another app's are its own");
+        drop(first);
+        assert!(apps.admit(a).is_some(), "a place given back is taken again");
+        drop(other);
+        assert!(!apps.lock().contains_key(&b), "an app with none open is forgotten");
     }
 }

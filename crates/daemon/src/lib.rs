@@ -287,7 +287,10 @@ impl Daemon {
             }
             outbox.written = applied;
         }
-        if let Some(k) = &self.0.kernel {
+        // A turn already issued after this one syncs anyway: a burst of commands (a
+        // listen flood from many threads) costs one rebuild, not one each.
+        let later = self.0.issued.load(Ordering::SeqCst) > ticket;
+        if let Some(k) = self.0.kernel.as_ref().filter(|_| !later) {
             self.sync_kernel(k, outbox);
         }
         drop(turn);

@@ -665,6 +665,54 @@ mod tests {
         assert!(t.kernel_room(other), "another app's share is its own");
     }
 
+    /// Prints what one rebuild of the maps costs at 5,000 and 20,000 rows over three
+    /// label classes, and a flood of 5,000 listens each followed by the daemon's sync
+    /// (rebuild and diff). Run in release: `cargo test --release -p ax-core
+    /// measure_kernel_maps -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_kernel_maps() {
+        use crate::ports::PortRanges;
+        use crate::table::{NodeInfo, PortPool};
+        use std::time::Instant;
+        let fresh = || {
+            let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE, ports: ports() };
+            let mut t = Table::new(node, PortPool::new(PortRanges::parse("20000-60000").unwrap()), 7);
+            let apps: Vec<AppId> = ["role=a", "role=b", "role=c"]
+                .iter()
+                .enumerate()
+                .map(|(i, l)| kapp(&mut t, Some(&format!("198.18.0.{}", i + 1)), l))
+                .collect();
+            (t, apps)
+        };
+        let listen = |t: &mut Table, apps: &[AppId], i: usize| {
+            let a = apps[i % apps.len()];
+            let ip = format!("198.18.0.{}:{}", i % apps.len() + 1, 1024 + i / apps.len());
+            let port = t.take_port().unwrap();
+            t.add_binding(a, bound(i as u64 + 1, &ip), ip.parse().unwrap(), port);
+            t.set_listening(Proto::Tcp, port, i as u64 + 1, 128);
+        };
+        for rows in [5_000, 20_000] {
+            let (mut t, apps) = fresh();
+            for i in 0..rows {
+                listen(&mut t, &apps, i);
+            }
+            let start = Instant::now();
+            let m = maps(&mut t);
+            println!("one rebuild, {rows} rows, 3 classes: {:?} ({} route entries)", start.elapsed(), m.routes.len());
+        }
+        let (mut t, apps) = fresh();
+        let mut written = maps(&mut t);
+        let start = Instant::now();
+        for i in 0..5_000 {
+            listen(&mut t, &apps, i);
+            let next = maps(&mut t);
+            KernelMaps::diff(&written, &next);
+            written = next;
+        }
+        println!("a flood of 5000 listens, each synced: {:?}", start.elapsed());
+    }
+
     // ---- review: one app's listeners against the routes map's capacity ----------------
 
     /// One app with its share of the default pool (5000 listeners) beside two other
