@@ -293,16 +293,6 @@ pub trait Accept {
     }
 }
 
-impl Accept for std::net::TcpListener {
-    type Conn = std::net::TcpStream;
-    fn accept_one(&self) -> io::Result<Self::Conn> {
-        self.accept().map(|(c, _)| c)
-    }
-    fn peer(conn: &Self::Conn) -> Option<IpAddr> {
-        conn.peer_addr().ok().map(|a| a.ip())
-    }
-}
-
 impl Accept for std::os::unix::net::UnixListener {
     type Conn = std::os::unix::net::UnixStream;
     fn accept_one(&self) -> io::Result<Self::Conn> {

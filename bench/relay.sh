@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The relay of an --external vservice port, measured: iperf3 throughput (one stream),
+# new connections/s (ax-bench, one at a time) and HTTP/1.0 requests/s (`ab -c 50`, a
+# new connection each, to nginx), each (1) native direct to the backend, (2) through
+# ax's relay on the node port, (3) through HAProxy `mode tcp` on the same backends, in
+# one run on a test host of its own (network, mount and PID namespaces; nothing leaves
+# it). All three reach the very same servers (native ones on the node address; the
+# vservice dials them as outside backends). Run as root.
+#
+#   bench/relay.sh
+#   SECONDS_PER_RUN=10 ROUNDS=3 bench/relay.sh
+#   ROWS=iperf bench/relay.sh               # some rows only (iperf conn ab)
+#   AX_BIN=... AXB_BIN=... bench/relay.sh   # another build (no cargo build then)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${SECONDS_PER_RUN:-5}
+ROUNDS=${ROUNDS:-2}
+ROWS=${ROWS:-iperf conn ab}
+[ "$(id -u)" = 0 ] || { echo "bench/relay.sh needs root (it makes network namespaces)" >&2; exit 1; }
+for p in iperf3 haproxy nginx ab nsenter unshare setpriv; do
+  command -v $p >/dev/null || { echo "$p is not installed" >&2; exit 1; }
+done
+if [ -z "${AX_BIN:-}" ]; then
+  cargo build --release -q -p ax -p ax-bench
+fi
+AX=${AX_BIN:-$PWD/target/release/ax}
+AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
+
+NS=axr-$$
+NODE=10.252.0.1
+WORK=$(mktemp -d)
+. bench/testhost.sh
+trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
+testhost_wire $NS-p
+testhost $NS $NS-p $NODE
+IN="nsenter -t $INIT -m -n -p --"
+$IN $AX daemon --node-interface ax0 >"$WORK/daemon.log" 2>&1 &
+for _ in $(seq 100); do $IN $AX get apps >/dev/null 2>&1 && break; sleep 0.05; done
+
+wait_port() { for _ in $(seq 200); do $IN ss -ltn | grep -q ":$1 " && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+mean() { awk '{ s += $1; n++ } END { if (n) printf "%.2f", s / n; else print 0 }'; }
+gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+
+# The backends, native, on the node address: iperf3, ax-bench's accept-and-close, nginx.
+$IN iperf3 -s -B $NODE -p 5301 >/dev/null 2>&1 &
+$IN $AXB serve $NODE:7301 &
+mkdir -p $WORK/www && echo ok >$WORK/www/index.html
+cat >$WORK/nginx.conf <<CFG
+daemon off;
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log stderr crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen $NODE:8301; root $WORK/www; }
+}
+CFG
+$IN nginx -c $WORK/nginx.conf >/dev/null 2>&1 &
+for p in 5301 7301 8301; do wait_port $p; done
+
+# (2) ax: one --external vservice per backend; its port on the node is the relay.
+ext() { $IN $AX create vservice $1 --ip $2 --ports $3:$4 --backends $NODE:$4 --allow-external-backends --external >/dev/null; }
+ext ipf 198.18.9.20 5201 5301
+ext conn 198.18.9.21 7201 7301
+ext web 198.18.9.22 8201 8301
+# (3) HAProxy in mode tcp, one process, as a distribution runs it.
+cat >$WORK/haproxy.cfg <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen ipf
+  bind $NODE:5401
+  server a $NODE:5301
+listen conn
+  bind $NODE:7401
+  server a $NODE:7301
+listen web
+  bind $NODE:8401
+  server a $NODE:8301
+CFG
+$IN haproxy -f $WORK/haproxy.cfg -db >$WORK/haproxy.log 2>&1 &
+for p in 5201 7201 8201 5401 7401 8401; do wait_port $p || { cat $WORK/haproxy.log $WORK/daemon.log >&2; exit 1; }; done
+
+# Threads of the daemon and its CPU time (ticks), for the record.
+dpid() { pgrep -f "^$AX daemon --node-interface ax0" | head -1; }
+echo "relay benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), ${T}s per run, $ROUNDS rounds (mean)"
+printf "%-30s %12s %12s %12s %10s %10s\n" "benchmark" "native" "ax relay" "HAProxy" "ax/native" "ax/HAProxy"
+for what in $ROWS; do
+  for col in native ax haproxy; do : >$WORK/$what.$col; done
+  for _ in $(seq $ROUNDS); do
+    for col in native ax haproxy; do
+      case $col in native) off=3 ;; ax) off=2 ;; haproxy) off=4 ;; esac
+      case $what in
+        iperf) $IN iperf3 -c $NODE -p 5${off}01 -t $T -J | gbps >>$WORK/$what.$col ;;
+        conn) $IN $AXB connect $NODE:7${off}01 $T | sed 's/conns_per_sec=//' >>$WORK/$what.$col ;;
+        ab) $IN ab -q -c 50 -t $T -n 10000000 http://$NODE:8${off}01/ 2>/dev/null |
+          awk '/^Requests per second/ {print $4}' >>$WORK/$what.$col ;;
+      esac
+    done
+  done
+  N=$(mean <$WORK/$what.native); A=$(mean <$WORK/$what.ax); H=$(mean <$WORK/$what.haproxy)
+  case $what in
+    iperf) name="iperf3, one stream (Gbit/s)" ;;
+    conn) name="new connections (conn/s)" ;;
+    ab) name="ab -c 50 to nginx (req/s)" ;;
+  esac
+  printf "%-30s %12s %12s %12s %10s %10s\n" "$name" "$N" "$A" "$H" "$(ratio $A $N)" "$(ratio $A $H)"
+done
+P=$(dpid)
+echo "daemon: $(ls /proc/$P/task | wc -l) threads, $(awk '/VmRSS/ {print $2, $3}' /proc/$P/status) RSS"
