@@ -21,7 +21,8 @@ pub const EXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
 /// An epoll instance.
 pub struct Epoll(OwnedFd);
 
-/// What one epoll_wait returned.
+/// What one epoll_wait returned (the default has no room: for swapping out).
+#[derive(Default)]
 pub struct Events(Vec<libc::epoll_event>);
 
 impl Events {

@@ -35,7 +35,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_LOOPS: usize = 4;
 /// A pipe's size once a read has filled it (the kernel's default is 64 KiB): more per
 /// splice for connections that carry a lot.
-const BIG_PIPE: usize = 256 * 1024;
+const BIG_PIPE: usize = 1024 * 1024;
 /// The size asked for a new pipe (the kernel's default; asked, so that a smaller
 /// grant, as for a user over its pipe quota, is known).
 const PIPE: usize = 64 * 1024;
@@ -324,14 +324,15 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            let events: Vec<(u64, u32)> = self.events.iter().collect();
-            for (t, bits) in events {
+            let events = std::mem::take(&mut self.events);
+            for (t, bits) in events.iter() {
                 if t == WAKER {
                     self.jobs();
                 } else {
                     self.event(t, bits);
                 }
             }
+            self.events = events;
             self.expire(Instant::now());
             self.run_queue();
         }
