@@ -35,7 +35,7 @@ testhost_wire $NS-p
 testhost $NS $NS-p $NODE
 IN="nsenter -t $INIT -m -n -p --"
 $IN $AX daemon --node-interface ax0 >"$WORK/daemon.log" 2>&1 &
-for _ in $(seq 100); do $IN $AX get apps >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 600); do $IN $AX get apps >/dev/null 2>&1 && break; sleep 0.05; done
 
 wait_port() { for _ in $(seq 200); do $IN ss -ltn | grep -q ":$1 " && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
@@ -87,8 +87,15 @@ CFG
 $IN haproxy -f $WORK/haproxy.cfg -db >$WORK/haproxy.log 2>&1 &
 for p in 5201 7201 8201 5401 7401 8401; do wait_port $p || { cat $WORK/haproxy.log $WORK/daemon.log >&2; exit 1; }; done
 
-# Threads of the daemon and its CPU time (ticks), for the record.
+# The relaying process's CPU time (ticks): per GB carried, a figure that the machine's
+# other load disturbs less than Gbit/s.
 dpid() { pgrep -f "^$AX daemon --node-interface ax0" | head -1; }
+ticks() {
+  local p
+  case $1 in ax) p=$(dpid) ;; haproxy) p=$(pgrep -f "haproxy -f $WORK/haproxy.cfg" | tail -1) ;; *) echo 0; return ;; esac
+  awk '{print $14 + $15}' /proc/$p/stat
+}
+for col in native ax haproxy; do : >$WORK/cpu.$col; done
 echo "relay benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), ${T}s per run, $ROUNDS rounds (mean)"
 printf "%-30s %12s %12s %12s %10s %10s\n" "benchmark" "native" "ax relay" "HAProxy" "ax/native" "ax/HAProxy"
 for what in $ROWS; do
@@ -97,7 +104,13 @@ for what in $ROWS; do
     for col in native ax haproxy; do
       case $col in native) off=3 ;; ax) off=2 ;; haproxy) off=4 ;; esac
       case $what in
-        iperf) $IN iperf3 -c $NODE -p 5${off}01 -t $T -J | gbps >>$WORK/$what.$col ;;
+        iperf)
+          c0=$(ticks $col)
+          $IN iperf3 -c $NODE -p 5${off}01 -t $T -J >$WORK/iperf.json
+          c1=$(ticks $col)
+          gbps <$WORK/iperf.json >>$WORK/$what.$col
+          python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"], sys.argv[2])' \
+            $WORK/iperf.json $((c1 - c0)) >>$WORK/cpu.$col ;;
         conn) $IN $AXB connect $NODE:7${off}01 $T | sed 's/conns_per_sec=//' >>$WORK/$what.$col ;;
         ab) $IN ab -q -c 50 -t $T -n 10000000 http://$NODE:8${off}01/ 2>/dev/null |
           awk '/^Requests per second/ {print $4}' >>$WORK/$what.$col ;;
@@ -112,5 +125,7 @@ for what in $ROWS; do
   esac
   printf "%-30s %12s %12s %12s %10s %10s\n" "$name" "$N" "$A" "$H" "$(ratio $A $N)" "$(ratio $A $H)"
 done
+cpu() { awk -v hz=$(getconf CLK_TCK) '{ b += $1; t += $2 } END { if (b) printf "%.2f", t / hz / (b / 1e9); else print "n/a" }' $WORK/cpu.$1; }
+case " $ROWS " in *" iperf "*) echo "CPU-seconds per GB relayed (iperf3): ax $(cpu ax), HAProxy $(cpu haproxy)" ;; esac
 P=$(dpid)
 echo "daemon: $(ls /proc/$P/task | wc -l) threads, $(awk '/VmRSS/ {print $2, $3}' /proc/$P/status) RSS"
