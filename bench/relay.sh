@@ -34,13 +34,8 @@ trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
 testhost_wire $NS-p
 testhost $NS $NS-p $NODE
 IN="nsenter -t $INIT -m -n -p --"
-$IN $AX daemon --node-interface ax0 >"$WORK/daemon.log" 2>&1 &
-for _ in $(seq 600); do $IN $AX get apps >/dev/null 2>&1 && break; sleep 0.05; done
-
-wait_port() { for _ in $(seq 200); do $IN ss -ltn | grep -q ":$1 " && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+testhost_daemon "$WORK/daemon.log" || { echo "the daemon did not start: $DAEMON_ERR" >&2; exit 1; }
 mean() { awk '{ s += $1; n++ } END { if (n) printf "%.2f", s / n; else print 0 }'; }
-gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 
 # The backends, native, on the node address: iperf3, ax-bench's accept-and-close, nginx.
 $IN iperf3 -s -B $NODE -p 5301 >/dev/null 2>&1 &
