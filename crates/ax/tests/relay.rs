@@ -41,6 +41,16 @@ fn rss_kib(h: &TestHost) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The relay's established connections on port 9000: (from clients, to the backend's
+/// host port).
+fn relayed_conns(h: &TestHost, backend: &str) -> (usize, usize) {
+    let all = h.inet_sockets("-tuan");
+    let est: Vec<_> = all.iter().filter(|s| s[1] == "ESTAB").collect();
+    let from = est.iter().filter(|s| s[2] == format!("{NODE_IP}:9000")).count();
+    let to = est.iter().filter(|s| s[3] == backend).count();
+    (from, to)
+}
+
 /// The bound on one relay's connections, from the daemon's log line
 /// `relay loops started ... per_listener=N` (colours and all).
 fn logged_bound(log: &str) -> Option<usize> {
@@ -98,6 +108,10 @@ fn ten_thousand_idle_connections_cost_a_few_threads_and_little_memory_and_all_st
     assert_eq!(warm.line(), "open");
     assert_eq!(warm.ask("check 1"), "ok");
     drop(warm);
+    let backend = h.servers_at("198.18.5.1:9000")[0]["ipv4_addr"].as_str().unwrap().to_string();
+    h.wait_until("the warm-up's connections are released", Duration::from_secs(60), || {
+        relayed_conns(&h, &backend) == (0, 0)
+    });
     let (threads0, fds0) = h.daemon_threads_and_fds();
     let rss0 = rss_kib(&h);
     // 10,000, unless the daemon's descriptor budget bounds a relay to fewer (where it
@@ -107,10 +121,7 @@ fn ten_thousand_idle_connections_cost_a_few_threads_and_little_memory_and_all_st
     eprintln!("{n} idle connections (a relay's bound here: {per_listener})");
     let mut idle = Driven::start(&h, &["idle", NODE_IP, "9000", &n.to_string()]);
     assert_eq!(idle.line(), "open", "the client could not open {n} connections");
-    // Each carried connection holds two sockets and two pipes (six descriptors).
-    h.wait_until("every connection is carried", Duration::from_secs(120), || {
-        h.daemon_threads_and_fds().1 >= fds0 + 6 * n
-    });
+    h.wait_until("every connection is carried", Duration::from_secs(120), || relayed_conns(&h, &backend) == (n, n));
     let (threads, fds) = h.daemon_threads_and_fds();
     let rss = rss_kib(&h);
     eprintln!(
@@ -124,7 +135,8 @@ fn ten_thousand_idle_connections_cost_a_few_threads_and_little_memory_and_all_st
     assert_eq!(idle.ask("quit"), "");
     drop(idle);
     // All released once the clients are gone.
-    h.wait_until("the connections are released", Duration::from_secs(60), || h.daemon_threads_and_fds().1 <= fds0 + 6);
+    h.wait_until("the connections are released", Duration::from_secs(60), || relayed_conns(&h, &backend) == (0, 0));
+    assert_eq!(h.daemon_threads_and_fds().1, fds0, "every descriptor is given back");
 }
 
 #[test]
