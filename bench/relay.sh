@@ -16,25 +16,10 @@ cd "$(dirname "$0")/.."
 T=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-2}
 ROWS=${ROWS:-iperf conn ab}
-[ "$(id -u)" = 0 ] || { echo "bench/relay.sh needs root (it makes network namespaces)" >&2; exit 1; }
-for p in iperf3 haproxy nginx ab nsenter unshare setpriv; do
-  command -v $p >/dev/null || { echo "$p is not installed" >&2; exit 1; }
-done
-if [ -z "${AX_BIN:-}" ]; then
-  cargo build --release -q -p ax -p ax-bench
-fi
-AX=${AX_BIN:-$PWD/target/release/ax}
-AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
-
-NS=axr-$$
-NODE=10.252.0.1
-WORK=$(mktemp -d)
 . bench/testhost.sh
-trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
-testhost_wire $NS-p
-testhost $NS $NS-p $NODE
-IN="nsenter -t $INIT -m -n -p --"
-testhost_daemon "$WORK/daemon.log" || { echo "the daemon did not start: $DAEMON_ERR" >&2; exit 1; }
+bench_prelude iperf3 haproxy nginx ab nsenter unshare setpriv
+NODE=10.252.0.1
+bench_host axr-$$ $NODE
 mean() { awk '{ s += $1; n++ } END { if (n) printf "%.2f", s / n; else print 0 }'; }
 
 # The backends, native, on the node address: iperf3, ax-bench's accept-and-close, nginx.

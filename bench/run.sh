@@ -10,25 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${SECONDS_PER_RUN:-5}
-[ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (it makes network namespaces)" >&2; exit 1; }
-for p in iperf3 redis-server redis-benchmark nsenter unshare setpriv; do
-  command -v $p >/dev/null || { echo "$p is not installed (see .ci/run for the packages)" >&2; exit 1; }
-done
-if [ -z "${AX_BIN:-}" ]; then
-  cargo build --release -q -p ax -p ax-bench
-fi
-AX=${AX_BIN:-$PWD/target/release/ax}
-AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
-
-NS=axb-$$
-NODE=10.252.0.1
-WORK=$(mktemp -d)
 . bench/testhost.sh
-trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
-testhost_wire $NS-p
-testhost $NS $NS-p $NODE
-IN="nsenter -t $INIT -m -n -p --"
-testhost_daemon "$WORK/daemon.log" || { echo "ax daemon: $DAEMON_ERR" >&2; exit 1; }
+bench_prelude iperf3 redis-server redis-benchmark nsenter unshare setpriv
+NODE=10.252.0.1
+bench_host axb-$$ $NODE
 RUN="$IN $AX run"
 
 row() { printf "%-34s %14s %14s %8s\n" "$1" "$2" "$3" "$4"; }
