@@ -46,14 +46,7 @@ ext ipf 198.18.9.20 5201 5301
 ext conn 198.18.9.21 7201 7301
 ext web 198.18.9.22 8201 8301
 # (3) HAProxy in mode tcp, one process, as a distribution runs it.
-cat >$WORK/haproxy.cfg <<CFG
-global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+{ haproxy_head; cat; } >$WORK/haproxy.cfg <<CFG
 listen ipf
   bind $NODE:5401
   server a $NODE:5301

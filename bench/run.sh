@@ -107,14 +107,7 @@ if command -v haproxy >/dev/null; then
   $IN $AX create vservice ipf --ip 198.18.9.20 --ports 5201 --backends 198.18.9.11 --external
   $IN $AX create vservice conn --ip 198.18.9.21 --ports 7200 --backends 198.18.9.13,198.18.9.14 --lbtype RoundRobin
   $IN $AXB serve $NODE:7301 & $IN $AXB serve $NODE:7302 & wait_port 7302
-  cat > $WORK/haproxy.cfg <<CFG
-global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+  { haproxy_head; cat; } > $WORK/haproxy.cfg <<CFG
 frontend ipf
   bind 127.0.0.1:15201
   default_backend ipf

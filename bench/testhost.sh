@@ -16,6 +16,20 @@ bench_prelude() {
   AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
 }
 
+# haproxy_head: the global and defaults sections of the HAProxy configurations the
+# benchmarks compare with (one process, mode tcp, as a distribution runs it).
+haproxy_head() {
+  cat <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+CFG
+}
+
 # bench_host NAME NODE_IP: a scratch folder WORK and one test host NAME (wire, host,
 # daemon), all gone when the script exits; sets IN (a command prefix that runs in it).
 bench_host() {
