@@ -24,19 +24,11 @@ T=${DURATION:-3}
 RUNS=${RUNS:-3}
 DRIVERS=${DRIVERS:-user kernel}
 ROWS=" ${ROWS:-ab conn memcached udp iperf3 redis relay} "
-[ "$(id -u)" = 0 ] || { echo "bench/datapath.sh needs root (it makes network namespaces)" >&2; exit 1; }
-for p in nsenter unshare setpriv ss python3; do
-  command -v $p >/dev/null || { echo "$p is not installed" >&2; exit 1; }
-done
-if [ -z "${AX_BIN:-}" ]; then
-  cargo build --release -q -p ax -p ax-bench
-fi
-AX=${AX_BIN:-$PWD/target/release/ax}
-AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
+. bench/testhost.sh
+bench_prelude nsenter unshare setpriv ss python3
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
-. bench/testhost.sh
 trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM HUP
 NODE=10.252.1.1

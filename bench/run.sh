@@ -10,25 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${SECONDS_PER_RUN:-5}
-[ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (it makes network namespaces)" >&2; exit 1; }
-for p in iperf3 redis-server redis-benchmark nsenter unshare setpriv; do
-  command -v $p >/dev/null || { echo "$p is not installed (see .ci/run for the packages)" >&2; exit 1; }
-done
-if [ -z "${AX_BIN:-}" ]; then
-  cargo build --release -q -p ax -p ax-bench
-fi
-AX=${AX_BIN:-$PWD/target/release/ax}
-AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
-
-NS=axb-$$
-NODE=10.252.0.1
-WORK=$(mktemp -d)
 . bench/testhost.sh
-trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
-testhost_wire $NS-p
-testhost $NS $NS-p $NODE
-IN="nsenter -t $INIT -m -n -p --"
-testhost_daemon "$WORK/daemon.log" || { echo "ax daemon: $DAEMON_ERR" >&2; exit 1; }
+bench_prelude iperf3 redis-server redis-benchmark nsenter unshare setpriv
+NODE=10.252.0.1
+bench_host axb-$$ $NODE
 RUN="$IN $AX run"
 
 row() { printf "%-34s %14s %14s %8s\n" "$1" "$2" "$3" "$4"; }
@@ -122,14 +107,7 @@ if command -v haproxy >/dev/null; then
   $IN $AX create vservice ipf --ip 198.18.9.20 --ports 5201 --backends 198.18.9.11 --external
   $IN $AX create vservice conn --ip 198.18.9.21 --ports 7200 --backends 198.18.9.13,198.18.9.14 --lbtype RoundRobin
   $IN $AXB serve $NODE:7301 & $IN $AXB serve $NODE:7302 & wait_port 7302
-  cat > $WORK/haproxy.cfg <<CFG
-global
-  maxconn 4000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+  { haproxy_head; cat; } > $WORK/haproxy.cfg <<CFG
 frontend ipf
   bind 127.0.0.1:15201
   default_backend ipf

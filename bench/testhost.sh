@@ -3,6 +3,44 @@
 # and a PID namespace, all torn down by `testhost_cleanup` (or when the script dies);
 # and the helpers the scripts share.
 
+# bench_prelude TOOL...: the checks every benchmark starts with (root; TOOL... installed),
+# then AX and AXB: the builds AX_BIN and AXB_BIN name, or this tree's, built now.
+bench_prelude() {
+  local p
+  [ "$(id -u)" = 0 ] || { echo "$0 needs root (it makes network namespaces)" >&2; exit 1; }
+  for p in "$@"; do
+    command -v "$p" >/dev/null || { echo "$p is not installed (see .ci/run for the packages)" >&2; exit 1; }
+  done
+  [ -n "${AX_BIN:-}" ] || cargo build --release -q -p ax -p ax-bench
+  AX=${AX_BIN:-$PWD/target/release/ax}
+  AXB=${AXB_BIN:-$PWD/target/release/ax-bench}
+}
+
+# haproxy_head: the global and defaults sections of the HAProxy configurations the
+# benchmarks compare with (one process, mode tcp, as a distribution runs it).
+haproxy_head() {
+  cat <<CFG
+global
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+CFG
+}
+
+# bench_host NAME NODE_IP: a scratch folder WORK and one test host NAME (wire, host,
+# daemon), all gone when the script exits; sets IN (a command prefix that runs in it).
+bench_host() {
+  WORK=$(mktemp -d)
+  trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
+  testhost_wire "$1-p"
+  testhost "$1" "$1-p" "$2"
+  IN="nsenter -t $INIT -m -n -p --"
+  testhost_daemon "$WORK/daemon.log" || { echo "ax daemon did not start: $DAEMON_ERR" >&2; exit 1; }
+}
+
 TESTHOST_NETNS=()
 TESTHOST_HOLDERS=()
 

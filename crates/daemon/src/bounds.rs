@@ -168,6 +168,11 @@ impl Gate {
         Gate { exempt: Some(Box::new(exempt)), ..self.per_peer(n) }
     }
 
+    /// How many connections hold a place now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     /// A place for a new connection from `peer`, or None when `cap` are open, or the
     /// per-peer cap from that address (the caller closes it).
     pub fn admit(&self, peer: Option<IpAddr>) -> Option<Permit> {
@@ -290,16 +295,6 @@ pub trait Accept {
     /// The address a connection comes from (None: not an IP socket).
     fn peer(_conn: &Self::Conn) -> Option<IpAddr> {
         None
-    }
-}
-
-impl Accept for std::net::TcpListener {
-    type Conn = std::net::TcpStream;
-    fn accept_one(&self) -> io::Result<Self::Conn> {
-        self.accept().map(|(c, _)| c)
-    }
-    fn peer(conn: &Self::Conn) -> Option<IpAddr> {
-        conn.peer_addr().ok().map(|a| a.ip())
     }
 }
 

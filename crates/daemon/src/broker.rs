@@ -25,27 +25,41 @@ use ax_core::{AppId, Proto, Route};
 use ax_sys::{netlink, ns};
 use tracing::{debug, warn};
 
-use crate::bounds::Gate;
+use crate::bounds::{Flow, Gate, Permit};
 use crate::Daemon;
 
 /// How long a gateway or the app's own listener has to answer.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections the broker carries at once (each holds two threads until the
-/// relay's epoll pump carries them), and most of one app's: no app's connects take
-/// every place.
-pub const MAX_CONNECTIONS: usize = crate::relay::MAX_CONNECTIONS;
-pub const MAX_PER_APP: usize = MAX_CONNECTIONS / 8;
+/// Most broker connections being set up at once (a thread each, until the pump
+/// carries them: finding the app's socket, dialling on).
+pub const MAX_SETUPS: usize = 256;
+/// Most connections of one app the pump carries for the broker at once: no app's
+/// connects take every place.
+pub const MAX_PER_APP: usize = crate::relay::MAX_CONNECTIONS / 32;
 
-/// Serves the broker on `listener` on a thread of its own, one thread per connection,
-/// at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_APP`] of one app's (a connection
-/// beyond either is closed at once: the app sees its connection end).
+/// Serves the broker on `listener` on a thread of its own: each connection is set up on
+/// a thread of its own (at most [`MAX_SETUPS`] at once), then carried by the relay's
+/// pump (at most [`MAX_PER_APP`] of one app's). A connection beyond either is closed
+/// at once: the app sees its connection end.
 pub fn spawn(listener: TcpListener, daemon: Daemon) -> io::Result<()> {
     std::thread::Builder::new().name("ax-broker".into()).spawn(move || {
-        let apps = Arc::new(PerApp::new(MAX_PER_APP));
-        Gate::new("broker", MAX_CONNECTIONS).serve_blocking(&listener, |conn, permit| {
+        let (gate, apps) = (Gate::new("broker", MAX_SETUPS), Arc::new(PerApp::new(MAX_PER_APP)));
+        loop {
+            let conn = match listener.accept() {
+                Ok((conn, _)) => conn,
+                Err(e) => match gate.accept_failed(&e) {
+                    Flow::Retry => continue,
+                    Flow::Wait(d) => {
+                        std::thread::sleep(d);
+                        continue;
+                    }
+                    Flow::Stop => return,
+                },
+            };
+            let Some(setup) = gate.admit(None) else { continue };
             let (daemon, apps) = (daemon.clone(), apps.clone());
             let serve = move || {
-                let _permit = permit;
+                let _setup = setup;
                 if let Err(e) = serve(conn, &daemon, &apps) {
                     debug!("broker: {e}");
                 }
@@ -53,53 +67,34 @@ pub fn spawn(listener: TcpListener, daemon: Daemon) -> io::Result<()> {
             if let Err(e) = std::thread::Builder::new().name("ax-broker-conn".into()).spawn(serve) {
                 warn!("broker: cannot start a thread for a connection: {e}");
             }
-        });
+        }
     })?;
     Ok(())
 }
 
-/// Connections carried by app, at most `cap` of one app's at once.
+/// The broker's connections by app: a gate per app, at most `cap` carried at once.
 struct PerApp {
     cap: usize,
-    open: Mutex<HashMap<AppId, usize>>,
-}
-
-/// One connection's place among its app's, given back when dropped.
-struct AppPermit<'a> {
-    of: &'a PerApp,
-    app: AppId,
+    gates: Mutex<HashMap<AppId, Arc<Gate>>>,
 }
 
 impl PerApp {
     fn new(cap: usize) -> PerApp {
-        PerApp { cap, open: Mutex::default() }
+        PerApp { cap, gates: Mutex::default() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, usize>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A place for one more of `app`'s connections, or None when it has `cap`.
-    fn admit(&self, app: AppId) -> Option<AppPermit<'_>> {
-        let mut open = self.lock();
-        let n = open.entry(app).or_insert(0);
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(AppPermit { of: self, app })
-    }
-}
-
-impl Drop for AppPermit<'_> {
-    fn drop(&mut self) {
-        let mut open = self.of.lock();
-        if let Some(n) = open.get_mut(&self.app) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.app);
+    /// A place for one more of `app`'s connections (held while the pump carries it),
+    /// or None when it has `cap`.
+    fn admit(&self, app: AppId) -> Option<Permit> {
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            // Apps with nothing open are forgotten (a gate is made again when needed).
+            if gates.len() > 1024 {
+                gates.retain(|_, g| Arc::strong_count(g) > 1 || g.open() > 0);
             }
-        }
+            gates.entry(app).or_insert_with(|| Arc::new(Gate::new("broker (one app)", self.cap))).clone()
+        };
+        gate.admit(None)
     }
 }
 
@@ -114,14 +109,14 @@ fn serve(conn: TcpStream, daemon: &Daemon, apps: &PerApp) -> io::Result<()> {
     let Some(entry) = entry else {
         return Err(io::Error::other(format!("{peer} was sent here by no program: closed")));
     };
-    let Some(_place) = apps.admit(AppId(entry.app)) else {
+    let Some(place) = apps.admit(AppId(entry.app)) else {
         return Err(io::Error::other(format!("app {} has {} brokered connections: closed", entry.app, apps.cap)));
     };
     let upstream = match entry.kind {
         BrokerKind::Loopback => loopback(daemon, &entry)?,
         BrokerKind::Egress => egress(daemon, &entry)?,
     };
-    crate::relay::carry(conn, upstream);
+    daemon.pump()?.carry(conn, upstream, place);
     Ok(())
 }
 
@@ -204,17 +199,14 @@ mod tests {
 
     #[test]
     fn an_app_holds_at_most_its_share_of_the_brokers_connections() {
-        const { assert!(MAX_PER_APP >= 1 && MAX_PER_APP < MAX_CONNECTIONS) };
+        const { assert!(MAX_PER_APP >= 1 && MAX_PER_APP < crate::relay::MAX_CONNECTIONS) };
         let apps = PerApp::new(2);
         let (a, b) = (AppId(1), AppId(2));
         let first = apps.admit(a).unwrap();
         let _second = apps.admit(a).unwrap();
         assert!(apps.admit(a).is_none(), "a third of the same app's");
-        let other = apps.admit(b);
-        assert!(other.is_some(), "another app's are its own");
+        assert!(apps.admit(b).is_some(), "another app's are its own");
         drop(first);
         assert!(apps.admit(a).is_some(), "a place given back is taken again");
-        drop(other);
-        assert!(!apps.lock().contains_key(&b), "an app with none open is forgotten");
     }
 }

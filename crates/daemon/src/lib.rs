@@ -144,6 +144,8 @@ struct Shared {
     kernel: Option<driver::Kernel>,
     /// Kernel-driver apps' network namespaces, for the broker's loopback connects.
     netns: broker::Namespaces,
+    /// The event loops that carry relayed connections, started with the first relay.
+    pump: Mutex<Option<Arc<relay::pump::Pump>>>,
 }
 
 /// Effects' side of the daemon: the running relays, and how far effects have got.
@@ -202,6 +204,7 @@ impl Daemon {
             tunnel: OnceLock::new(),
             kernel,
             netns: broker::Namespaces::default(),
+            pump: Mutex::default(),
         }))
     }
 
@@ -228,6 +231,23 @@ impl Daemon {
     /// Tunnels to other nodes (`--tls`); None: the cluster's TCP goes in the clear.
     fn tunnel(&self) -> Option<&tunnel::Client> {
         self.0.tunnel.get().map(|t| &**t)
+    }
+
+    /// The tunnel client itself, for work that outlives the caller.
+    fn tunnel_client(&self) -> Option<Arc<tunnel::Client>> {
+        self.0.tunnel.get().cloned()
+    }
+
+    /// The relays' event loops, started on first use with bounds from the descriptor
+    /// budget.
+    fn pump(&self) -> std::io::Result<Arc<relay::pump::Pump>> {
+        let mut pump = self.0.pump.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = &*pump {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(relay::pump::Pump::start(ax_sys::proc::fd_limits()?.0, relay::MAX_CONNECTIONS)?);
+        *pump = Some(p.clone());
+        Ok(p)
     }
 
     /// Reads the state (views, checks); changes go through [`Daemon::submit`].
@@ -261,7 +281,7 @@ impl Daemon {
         let mut failed = Vec::new();
         for change in effects.relays.drain(..) {
             match change {
-                RelayChange::Stop(key) => outbox.relays.stop(&key),
+                RelayChange::Stop(key) => outbox.relays.stop(self, &key),
                 RelayChange::Start(key, spec) => {
                     let listener = bound.remove(&key.port);
                     if let Err(e) = outbox.relays.start(self, key.clone(), spec, listener) {

@@ -1,32 +1,33 @@
 //! L4 relays, for where bytes must be carried because no app's socket can be handed
 //! over: a vservice's `--external` port, or an `--expose` on a node other than the
-//! app's. Each relay listens on a node port, dials a backend per connection (as the
-//! vservice's balancer says, or the exposed app's host address; under `--tls`, one on
-//! another node through that node's tunnel), and moves bytes both ways
-//! with splice(2) through a pipe (no copy to user space), half-close aware (an EOF one
-//! way is passed on as a shutdown of that direction), with the kernel's own
-//! back-pressure (a blocked splice waits for the slower side).
+//! app's. Each relay listens on a node port; the [`pump`]'s event loops accept its
+//! clients, dial a backend per connection (as the vservice's balancer says, or the
+//! exposed app's host address; under `--tls`, one on another node through that node's
+//! tunnel, in user space) and move bytes both ways with splice(2) through a pipe per
+//! direction (no copy to user space), half-close aware, with back-pressure (a side is
+//! read only while its pipe has room). No thread per connection.
+
+mod flow;
+pub mod pump;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ax_api::ProxyView;
 use ax_core::{Route, Target};
 use ax_sys::sock;
 use ax_trap::Node;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::bounds::Gate;
 use crate::{tunnel, Daemon};
+use pump::{Held, Hop, Listening, Serve};
 
-const CHUNK: usize = 256 * 1024;
-const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections a relay (or the egress gateway) carries at once: each takes two threads
-/// and six descriptors.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections one relay (or the egress gateway) carries at once, at most: fewer when
+/// the daemon's descriptor budget is smaller ([`pump::bounds`]).
+pub const MAX_CONNECTIONS: usize = 32 * 1024;
 
 /// What a relay connects its clients to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ impl RelaySpec {
 
 /// One running relay.
 struct Relay {
-    listener: Arc<TcpListener>,
+    listener: Arc<Listening>,
     key: RelayKey,
     dialers: Vec<String>,
 }
@@ -87,7 +88,7 @@ impl Relays {
             .map(|(id, r)| ProxyView {
                 id: *id,
                 proto: ax_core::Proto::Tcp,
-                listener: r.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                listener: r.listener.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 dialers: r.dialers.clone(),
             })
             .collect()
@@ -101,120 +102,69 @@ impl Relays {
         spec: RelaySpec,
         listener: Option<TcpListener>,
     ) -> std::io::Result<()> {
-        let listener = Arc::new(match listener {
+        let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind((daemon.node_ip(), key.port))?,
-        });
+        };
+        let pump = daemon.pump()?;
         self.next += 1;
         let id = self.next;
         info!(id, listener = %listener.local_addr()?, owner = %key.owner, "relay started");
-        let (l, d, dial) = (listener.clone(), daemon.clone(), spec.dial);
-        std::thread::Builder::new().name("relay".into()).spawn(move || {
-            // Ends when stop() shuts the listener down.
-            Gate::new("relay", MAX_CONNECTIONS).serve_blocking(&*l, |client, permit| {
-                let d = d.clone();
-                let spawned = std::thread::Builder::new().name("relay-conn".into()).spawn(move || {
-                    serve(&d, client, dial);
-                    drop(permit);
-                });
-                if let Err(e) = spawned {
-                    warn!("relay {id}: cannot start a thread: {e}");
-                }
-            });
-            debug!(id, "relay stopped");
-        })?;
-        self.running.insert(id, Relay { listener, key, dialers: spec.dialers });
+        let serve = Arc::new(Dialer { daemon: daemon.clone(), dial: spec.dial });
+        let l = Arc::new(Listening { id, listener, gate: Gate::new("relay", pump.per_listener()), serve });
+        pump.listen(l.clone())?;
+        self.running.insert(id, Relay { listener: l, key, dialers: spec.dialers });
         Ok(())
     }
 
-    /// Stops the relay `key`.
-    pub fn stop(&mut self, key: &RelayKey) {
+    /// Stops the relay `key`: no new connections; those it carries go on.
+    pub fn stop(&mut self, daemon: &Daemon, key: &RelayKey) {
         let ids: Vec<u32> = self.running.iter().filter(|(_, r)| r.key == *key).map(|(id, _)| *id).collect();
         for id in ids {
             if let Some(r) = self.running.remove(&id) {
-                // Wakes the accept loop with an error, which ends it.
-                let _ = sock::shutdown(r.listener.as_fd(), libc::SHUT_RDWR);
+                // Frees the port at once (a relay started again binds it next).
+                let _ = sock::shutdown(r.listener.listener.as_fd(), libc::SHUT_RDWR);
+                if let Ok(pump) = daemon.pump() {
+                    pump.unlisten(id);
+                }
                 info!(id, owner = %key.owner, "relay stopped");
             }
         }
     }
 }
 
-/// One client: dial a backend (skipping ones that refuse), then move bytes both ways
-/// until both directions have ended.
-fn serve(daemon: &Daemon, client: TcpStream, to: Dial) {
-    let targets = match to {
-        Dial::Vservice { vip, vport } => match daemon.with_table(|t| t.vservice_route(vip, vport, None)) {
-            Some(Route::Backends(targets)) => targets,
-            _ => return,
-        },
-        Dial::Fixed(addr) => vec![Target { addr, source: None }],
-    };
-    let mut client = client;
-    for t in targets {
-        // Under --tls, a backend on another node is reached through its tunnel.
-        match daemon.tunnel().filter(|_| tunnel::Client::crosses(daemon, t.addr)) {
-            Some(tunnel) => match tunnel.relay(daemon, client, t.addr) {
-                Ok(()) => return,
-                Err(back) => client = back,
+/// Where a relay's clients go.
+struct Dialer {
+    daemon: Daemon,
+    dial: Dial,
+}
+
+impl Serve for Dialer {
+    /// The backends as the balancer orders them now; under `--tls` one on another node
+    /// is reached through its tunnel.
+    fn hops(&self) -> Vec<Hop> {
+        let d = &self.daemon;
+        let targets = match self.dial {
+            Dial::Vservice { vip, vport } => match d.with_table(|t| t.vservice_route(vip, vport, None)) {
+                Some(Route::Backends(targets)) => targets,
+                _ => return Vec::new(),
             },
-            None => {
-                if let Some(backend) = dial(t.addr, t.source) {
-                    return carry(client, backend);
-                }
+            Dial::Fixed(addr) => vec![Target { addr, source: None }],
+        };
+        let tls = d.tunnel().is_some();
+        targets
+            .into_iter()
+            .map(|t| if tls && tunnel::Client::crosses(d, t.addr) { Hop::Tunnel(t.addr) } else { Hop::Direct(t) })
+            .collect()
+    }
+
+    fn tunnel(self: Arc<Self>, client: TcpStream, to: SocketAddrV4, rest: Vec<Hop>, held: Held) {
+        let Some(t) = self.daemon.tunnel_client() else { return };
+        t.spawn_relay(self.daemon.clone(), client, to, held, move |client, held| {
+            debug!(%to, "relay: no hop; the next backend");
+            if let Ok(pump) = self.daemon.pump() {
+                pump.dial(client, rest, held, self.clone());
             }
-        }
+        });
     }
-    debug!(?to, "relay: no backend answered");
-}
-
-/// Moves bytes both ways between two connections until both directions have ended.
-pub fn carry(a: TcpStream, b: TcpStream) {
-    let (a2, b2) = match (a.try_clone(), b.try_clone()) {
-        (Ok(a2), Ok(b2)) => (a2, b2),
-        _ => return,
-    };
-    let up = std::thread::Builder::new().name("relay-up".into()).spawn(move || pump(&a2, &b2));
-    pump(&b, &a);
-    if let Ok(h) = up {
-        let _ = h.join();
-    }
-}
-
-fn dial(addr: SocketAddrV4, source: Option<Ipv4Addr>) -> Option<TcpStream> {
-    let target = SocketAddr::V4(addr);
-    match source {
-        None => TcpStream::connect_timeout(&target, DIAL_TIMEOUT).ok(),
-        Some(src) => {
-            let s = sock::socket(libc::AF_INET, libc::SOCK_STREAM, 0).ok()?;
-            sock::bind(s.as_fd(), &SocketAddr::from((src, 0))).ok()?;
-            sock::connect(s.as_fd(), &target).ok()?;
-            Some(TcpStream::from(s))
-        }
-    }
-}
-
-/// Moves bytes from `from` to `to` until `from` ends, then shuts `to` for writing.
-fn pump(from: &TcpStream, to: &TcpStream) {
-    if let Ok((r, w)) = sock::pipe() {
-        // A larger pipe moves more per splice (the default is 64 KiB); best effort.
-        let _ = sock::set_pipe_size(w.as_fd(), CHUNK);
-        loop {
-            match sock::splice(from.as_fd(), w.as_fd(), CHUNK) {
-                Ok(0) | Err(_) => break,
-                Ok(mut n) => {
-                    while n > 0 {
-                        match sock::splice(r.as_fd(), to.as_fd(), n) {
-                            Ok(0) | Err(_) => {
-                                let _ = sock::shutdown(from.as_fd(), libc::SHUT_RD);
-                                return;
-                            }
-                            Ok(m) => n -= m,
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let _ = sock::shutdown(to.as_fd(), libc::SHUT_WR);
 }

@@ -19,8 +19,8 @@
 //!
 //! tokio-rustls rather than rustls on blocking threads: a TLS session is one state
 //! machine that both directions need, which a blocking reader would hold while it waits.
-//! Plain gateway connections still move their bytes with splice(2) on threads of their
-//! own ([`relay::carry`]).
+//! Plain gateway connections move their bytes with splice(2) in the relays' event
+//! loops (`relay::pump`).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -39,7 +39,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::bounds::{Burst, Gate, Permit};
-use crate::{peer, relay, Daemon};
+use crate::{peer, Daemon};
 
 /// The ALPN protocol of the tunnel.
 const ALPN: &[u8] = b"ax-tunnel";
@@ -97,28 +97,31 @@ impl Client {
     }
 
     /// Carries `client` to `to`, a row's host address on another node, through that
-    /// node's tunnel; blocks the calling thread (never a runtime's). The client comes
-    /// back when the hop cannot be made, for the next backend.
-    pub fn relay(
-        &self,
-        daemon: &Daemon,
+    /// node's tunnel, on the runtime, holding `guard` until it ends; when the hop
+    /// cannot be made, `fallback` gets the client and the guard (for the next backend).
+    pub fn spawn_relay<G: Send + 'static>(
+        self: Arc<Self>,
+        daemon: Daemon,
         client: std::net::TcpStream,
         to: SocketAddrV4,
-    ) -> Result<(), std::net::TcpStream> {
-        self.runtime.block_on(async {
-            let mut tunnel = match self.open(daemon, *to.ip(), Request::Relay(to)).await {
+        guard: G,
+        fallback: impl FnOnce(std::net::TcpStream, G) + Send + 'static,
+    ) {
+        let runtime = self.runtime.clone();
+        runtime.spawn(async move {
+            let mut tunnel = match self.open(&daemon, *to.ip(), Request::Relay(to)).await {
                 Ok(t) => t,
                 Err(e) => {
                     debug!(%to, errno = e, "relay: no hop");
-                    return Err(client);
+                    return fallback(client, guard);
                 }
             };
             let Ok(mut client) = client.set_nonblocking(true).and_then(|()| TcpStream::from_std(client)) else {
-                return Ok(());
+                return;
             };
             copy(&mut client, &mut tunnel).await;
-            Ok(())
-        })
+            drop(guard);
+        });
     }
 
     /// True when a connection to `to` crosses to another member node.
@@ -159,6 +162,7 @@ pub fn spawn(
     }
     let tls = tls.map(|(t, client)| (TlsAcceptor::from(Arc::new(t.node_server_config(&[ALPN]))), client));
     let members = daemon.clone();
+    let cap = daemon.pump()?.per_listener();
     let server = Arc::new(Server {
         node: daemon.node_ip(),
         daemon,
@@ -167,7 +171,7 @@ pub fn spawn(
         // Anyone on the network reaches the port: a host that is none of the cluster's
         // nodes (whose connections carry their apps') holds a few connections at most,
         // so its idle ones cannot fill it.
-        gate: Gate::new("egress port", relay::MAX_CONNECTIONS).per_peer_except(STRANGER_CONNECTIONS, move |ip| {
+        gate: Gate::new("egress port", cap).per_peer_except(STRANGER_CONNECTIONS, move |ip| {
             matches!(unmap(SocketAddr::new(ip, 0)).ip(), IpAddr::V4(ip) if members.read(|s| s.table.is_node_address(ip)))
         }),
     });
@@ -211,17 +215,11 @@ impl Server {
         }
         let Ok(out) = out else { return };
         debug!(%peer, %dest, "egress connection");
-        // In the clear both ways: splice(2), on a thread of its own, as relays do.
+        // In the clear both ways: splice(2) in the relays' event loops.
         let (Ok(a), Ok(b)) = (conn.into_std(), out.into_std()) else { return };
-        if a.set_nonblocking(false).and(b.set_nonblocking(false)).is_err() {
-            return;
-        }
-        let spawned = std::thread::Builder::new().name("egress-conn".into()).spawn(move || {
-            relay::carry(a, b);
-            drop(permit);
-        });
-        if let Err(e) = spawned {
-            warn!("egress: cannot start a thread: {e}");
+        match self.daemon.pump() {
+            Ok(pump) => pump.carry(a, b, permit),
+            Err(e) => warn!("egress: cannot start the relay loops: {e}"),
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod bpf;
+pub mod epoll;
 pub mod kernel;
 pub mod netlink;
 pub mod ns;

@@ -366,10 +366,23 @@ pub fn unprivileged_port_start() -> io::Result<u16> {
     text.trim().parse().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// Raises the soft limit on open files to the hard limit (the daemon holds several
-/// descriptors per app).
+/// Raises the limit on open files as far as the kernel allows a privileged process
+/// (`fs.nr_open`, at most 1 Mi: the daemon holds several descriptors per app and six
+/// per relayed connection), or else the soft limit to the hard one; returns the limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
     let (_, hard) = fd_limits()?;
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    if ceiling > hard {
+        let wide = libc::rlimit { rlim_cur: ceiling, rlim_max: ceiling };
+        // SAFETY: `wide` is a valid rlimit; EPERM (no CAP_SYS_RESOURCE) falls back below.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wide) } == 0 {
+            return Ok(ceiling);
+        }
+    }
     set_soft_fd_limit(hard)?;
     Ok(hard)
 }

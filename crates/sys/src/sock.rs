@@ -281,7 +281,8 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Moves up to `len` bytes from `from` to `to` inside the kernel (one end must be a
-/// pipe); 0 at end of input.
+/// pipe), without waiting: 0 at end of input, `WouldBlock` when the pipe is full or
+/// empty, or a socket (which must be non-blocking too) has no data or no room.
 pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     loop {
         // SAFETY: null offsets: both ends are streams; no user memory is passed.
@@ -292,7 +293,7 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
                 to.as_raw_fd(),
                 std::ptr::null_mut(),
                 len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             )
         };
         if r >= 0 {
@@ -305,9 +306,17 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
     }
 }
 
-/// Grows a pipe's buffer (F_SETPIPE_SZ); returns the size the kernel granted.
+/// Sets a pipe's buffer size (F_SETPIPE_SZ); returns the size the kernel granted.
 pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
     // SAFETY: F_SETPIPE_SZ takes an integer.
     let r = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) })?;
     Ok(r as usize)
+}
+
+/// Makes close() reset the connection (SO_LINGER with a zero timeout): the peer sees
+/// an error, not an end of data, when a relayed connection broke halfway.
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let bytes = [l.l_onoff.to_ne_bytes(), l.l_linger.to_ne_bytes()].concat();
+    set_opt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &bytes)
 }

@@ -1,0 +1,161 @@
+//! End-to-end tests of the relays' event loops, as root: an `--external` vservice port
+//! in front of a python asyncio app (support/relay_peers.py serve), and plain python
+//! clients outside ax. Threads and memory are measured, never time.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use support::{TestHost, NODE_IP};
+
+const PY: &str = "/usr/bin/python3";
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/relay_peers.py");
+
+/// A test host with the backends app on 198.18.5.1 and a vservice whose node ports
+/// 9000 (echo), 9001 (answer after the end) and 9002 (flood) are relayed to it.
+fn relayed() -> TestHost {
+    support::require_root_and(&[PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.spawn_app("backends", &["--ip", "198.18.5.1", "--", PY, PEERS, "serve", "0.0.0.0"]);
+    for port in [9000, 9001, 9002] {
+        h.wait_for_rows(&format!("198.18.5.1:{port}"), 1);
+    }
+    let out = h
+        .ax()
+        .args(["create", "vservice", "peers", "--ip", "198.18.5.2", "--ports", "9000,9001,9002"])
+        .args(["--backends", "198.18.5.1", "--external"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    h.wait_until("the relays listen", Duration::from_secs(30), || h.get("proxies").len() == 3);
+    h
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(h: &TestHost) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", h.daemon_pid())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The relay's established connections on port 9000: (from clients, to the backend's
+/// host port).
+fn relayed_conns(h: &TestHost, backend: &str) -> (usize, usize) {
+    let all = h.inet_sockets("-tuan");
+    let est: Vec<_> = all.iter().filter(|s| s[1] == "ESTAB").collect();
+    let from = est.iter().filter(|s| s[2] == format!("{NODE_IP}:9000")).count();
+    let to = est.iter().filter(|s| s[3] == backend).count();
+    (from, to)
+}
+
+/// The bound on one relay's connections, from the daemon's log line
+/// `relay loops started ... per_listener=N` (colours and all).
+fn logged_bound(log: &str) -> Option<usize> {
+    let line = log.lines().find(|l| l.contains("relay loops started"))?;
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let n = plain.split("per_listener=").nth(1)?;
+    n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// A client program kept running, driven line by line.
+struct Driven {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Driven {
+    fn start(h: &TestHost, args: &[&str]) -> Driven {
+        let mut child = h.cmd(PY).arg(PEERS).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Driven { child, out }
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        l.trim().to_string()
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.child.stdin.as_mut().unwrap(), "{cmd}").unwrap();
+        self.line()
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ten_thousand_idle_connections_cost_a_few_threads_and_little_memory_and_all_still_carry_bytes() {
+    let h = relayed();
+    // Warm up: the loops start with the first relay; one connection through.
+    let mut warm = Driven::start(&h, &["idle", NODE_IP, "9000", "1"]);
+    assert_eq!(warm.line(), "open");
+    assert_eq!(warm.ask("check 1"), "ok");
+    drop(warm);
+    let backend = h.servers_at("198.18.5.1:9000")[0]["ipv4_addr"].as_str().unwrap().to_string();
+    h.wait_until("the warm-up's connections are released", Duration::from_secs(60), || {
+        relayed_conns(&h, &backend) == (0, 0)
+    });
+    let (threads0, fds0) = h.daemon_threads_and_fds();
+    let rss0 = rss_kib(&h);
+    // 10,000, unless the daemon's descriptor budget bounds a relay to fewer (where it
+    // cannot raise its limit: no CAP_SYS_RESOURCE, a hard limit of 20,000).
+    let per_listener = logged_bound(&h.daemon_log()).expect("the daemon logs its relay bounds");
+    let n = 10_000.min(per_listener - 10);
+    eprintln!("{n} idle connections (a relay's bound here: {per_listener})");
+    let mut idle = Driven::start(&h, &["idle", NODE_IP, "9000", &n.to_string()]);
+    assert_eq!(idle.line(), "open", "the client could not open {n} connections");
+    h.wait_until("every connection is carried", Duration::from_secs(120), || relayed_conns(&h, &backend) == (n, n));
+    let (threads, fds) = h.daemon_threads_and_fds();
+    let rss = rss_kib(&h);
+    eprintln!(
+        "daemon: {threads0} -> {threads} threads, {fds0} -> {fds} fds, {rss0} -> {rss} KiB RSS for {n} connections"
+    );
+    assert!(threads <= threads0 + 4 && threads < 40, "threads: {threads0} before, {threads} with {n} connections");
+    let per_conn = (rss.saturating_sub(rss0)) * 1024 / n as u64;
+    assert!(per_conn < 2048, "{per_conn} bytes of RSS per idle connection");
+    // Bytes still flow both ways: on a sample of the old ones and a new one (1 MiB).
+    assert_eq!(idle.ask("check 100"), "ok");
+    assert_eq!(idle.ask("quit"), "");
+    drop(idle);
+    // All released once the clients are gone.
+    h.wait_until("the connections are released", Duration::from_secs(60), || relayed_conns(&h, &backend) == (0, 0));
+    assert_eq!(h.daemon_threads_and_fds().1, fds0, "every descriptor is given back");
+}
+
+#[test]
+fn a_client_that_shuts_its_writing_still_gets_the_answer() {
+    let h = relayed();
+    let out = h.cmd(PY).args([PEERS, "halfclose", NODE_IP, "9001"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answer to the question");
+}
+
+#[test]
+fn slow_readers_half_closes_resets_and_connect_floods_stall_no_one_else() {
+    let h = relayed();
+    let out = h.cmd(PY).args([PEERS, "hostile", NODE_IP, "9000", "9002"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    // The daemon serves on, and its threads stayed few.
+    let (threads, _) = h.daemon_threads_and_fds();
+    assert!(threads < 40, "{threads} threads");
+    let out = h.cmd(PY).args([PEERS, "halfclose", NODE_IP, "9001"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answer to the question");
+}

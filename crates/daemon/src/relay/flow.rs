@@ -1,0 +1,415 @@
+//! One relayed connection's two directions, as a state machine driven by readiness:
+//! what the event loop knows of each socket (readable, writable: set by an event,
+//! cleared when a call would block) and of each direction's pipe (bytes held, input
+//! ended), and the moves that follow. It does no I/O itself: the moves go through
+//! [`Io`], so every rule is tested without sockets.
+//!
+//! The rules: a side is read only while its direction's pipe has room, and the pipe is
+//! emptied into the other side while that one takes bytes (back-pressure: a slow reader
+//! leaves its pipe full, so its sender is not read, and the kernel closes the sender's
+//! TCP window). An end of input one way, once the pipe is empty, becomes a shutdown of
+//! the other side's writing; the connection ends when both directions have, or at the
+//! first error (a reset, a broken pipe).
+
+use std::io;
+
+/// One of a connection's two sockets; also names the direction that reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client = 0,
+    Backend = 1,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::Client, Side::Backend];
+
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+}
+
+/// The moves of a connection (the event loop's are splice(2) calls).
+pub trait Io {
+    /// Moves up to `max` bytes from socket `from` into the pipe of its direction; 0 at
+    /// the end of `from`'s input.
+    fn fill(&mut self, from: Side, max: usize) -> io::Result<usize>;
+    /// Moves up to `max` bytes from the pipe of the direction that reads `from` into the
+    /// other side.
+    fn drain(&mut self, from: Side, max: usize) -> io::Result<usize>;
+    /// Shuts down writing on `side`.
+    fn shut_write(&mut self, side: Side) -> io::Result<()>;
+    /// Asks for a larger pipe for the direction reading `from`; its capacity now.
+    fn grow(&mut self, from: Side) -> usize;
+}
+
+/// Rounds of moves one [`Flow::run`] makes at most, so that one busy connection does
+/// not keep the loop from the others.
+const ROUNDS: usize = 16;
+
+/// Where a connection is after [`Flow::run`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Waiting for readiness.
+    Open,
+    /// Could move more, but had its share: run it again after the others.
+    More,
+    /// Both directions ended.
+    Done,
+    /// A call failed (reset, broken pipe): close both sides, resetting them.
+    Failed(io::ErrorKind),
+}
+
+/// One direction: bytes read from one side, held in a pipe, written to the other.
+#[derive(Debug, Clone, Copy)]
+struct Direction {
+    held: usize,
+    capacity: usize,
+    grown: bool,
+    ended: bool,
+    shut: bool,
+}
+
+/// What the loop knows of one socket.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ready {
+    readable: bool,
+    writable: bool,
+}
+
+/// A relayed connection's state (see the module).
+#[derive(Debug)]
+pub struct Flow {
+    dir: [Direction; 2],
+    ready: [Ready; 2],
+}
+
+impl Flow {
+    /// A connection whose pipes hold `capacity` bytes each; nothing known ready yet.
+    pub fn new(capacity: usize) -> Flow {
+        let d = Direction { held: 0, capacity, grown: false, ended: false, shut: false };
+        Flow { dir: [d; 2], ready: [Ready::default(); 2] }
+    }
+
+    /// An event on `side`: it may have bytes (or an end, or an error) to read, or room
+    /// to write. A hang-up or an error counts as both, so the next call reports it.
+    pub fn ready(&mut self, side: Side, readable: bool, writable: bool) {
+        let r = &mut self.ready[side as usize];
+        r.readable |= readable;
+        r.writable |= writable;
+    }
+
+    /// Whether `side` is waiting to be read while its pipe is full (a slow reader on
+    /// the other side); for tests and views.
+    #[cfg(test)]
+    fn held_back(&self, side: Side) -> bool {
+        let d = &self.dir[side as usize];
+        self.ready[side as usize].readable && d.held == d.capacity
+    }
+
+    /// Makes every move readiness allows, until each would block or [`ROUNDS`] rounds.
+    pub fn run(&mut self, io: &mut impl Io) -> Status {
+        for _ in 0..ROUNDS {
+            let mut moved = false;
+            for from in Side::BOTH {
+                match self.step(from, io) {
+                    Ok(m) => moved |= m,
+                    Err(e) => return Status::Failed(e.kind()),
+                }
+            }
+            if self.dir.iter().all(|d| d.shut) {
+                return Status::Done;
+            }
+            if !moved {
+                return Status::Open;
+            }
+        }
+        Status::More
+    }
+
+    /// One round of the direction reading `from`: fill, drain, pass an end on. True
+    /// when anything moved.
+    fn step(&mut self, from: Side, io: &mut impl Io) -> io::Result<bool> {
+        let to = from.other();
+        let mut moved = false;
+        let d = &mut self.dir[from as usize];
+        if !d.ended && d.held < d.capacity && self.ready[from as usize].readable {
+            moved = match io.fill(from, d.capacity - d.held) {
+                Ok(0) => {
+                    d.ended = true;
+                    true
+                }
+                Ok(n) => {
+                    d.held += n;
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready[from as usize].readable = false;
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            // A pipe filled by one read is too small for this connection: once, a
+            // larger one (idle connections keep the small default).
+            if d.held == d.capacity && !d.grown {
+                d.grown = true;
+                d.capacity = io.grow(from).max(d.capacity);
+            }
+        }
+        if d.held > 0 && self.ready[to as usize].writable {
+            match io.drain(from, d.held) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    d.held -= n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.ready[to as usize].writable = false,
+                Err(e) => return Err(e),
+            }
+        }
+        if d.ended && d.held == 0 && !d.shut {
+            d.shut = true;
+            moved = true;
+            io.shut_write(to)?;
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A double of the two sockets and pipes: each side has bytes waiting to be read
+    /// (and maybe an end or an error after them) and room to take bytes; it records
+    /// what each side received and the shutdowns.
+    #[derive(Default)]
+    struct Fake {
+        /// Bytes each side has for us, then (None) its end of input.
+        input: [VecDeque<Option<u8>>; 2],
+        /// The error a side's read returns once its input is used up.
+        read_error: [Option<io::ErrorKind>; 2],
+        /// How many more bytes each side takes now.
+        room: [usize; 2],
+        write_error: [Option<io::ErrorKind>; 2],
+        pipe: [VecDeque<u8>; 2],
+        received: [Vec<u8>; 2],
+        shut: [bool; 2],
+        grown_to: usize,
+        calls: usize,
+    }
+
+    fn would_block() -> io::Error {
+        io::ErrorKind::WouldBlock.into()
+    }
+
+    impl Io for Fake {
+        fn fill(&mut self, from: Side, max: usize) -> io::Result<usize> {
+            self.calls += 1;
+            let input = &mut self.input[from as usize];
+            match input.front() {
+                Some(None) => return Ok(0),
+                None => return Err(self.read_error[from as usize].map_or_else(would_block, io::Error::from)),
+                Some(Some(_)) => {}
+            }
+            let mut n = 0;
+            while n < max {
+                match input.front() {
+                    Some(Some(b)) => {
+                        self.pipe[from as usize].push_back(*b);
+                        input.pop_front();
+                        n += 1;
+                    }
+                    _ => break,
+                }
+            }
+            Ok(n)
+        }
+
+        fn drain(&mut self, from: Side, max: usize) -> io::Result<usize> {
+            self.calls += 1;
+            let to = from.other() as usize;
+            if let Some(e) = self.write_error[to] {
+                return Err(e.into());
+            }
+            assert!(max <= self.pipe[from as usize].len(), "the flow asked for more than its pipe holds");
+            let n = max.min(self.room[to]);
+            if n == 0 {
+                return Err(would_block());
+            }
+            self.room[to] -= n;
+            self.received[to].extend(self.pipe[from as usize].drain(..n));
+            Ok(n)
+        }
+
+        fn shut_write(&mut self, side: Side) -> io::Result<()> {
+            assert!(!self.shut[side as usize], "shut twice");
+            self.shut[side as usize] = true;
+            Ok(())
+        }
+
+        fn grow(&mut self, _: Side) -> usize {
+            self.grown_to
+        }
+    }
+
+    fn bytes(side: &mut VecDeque<Option<u8>>, data: &[u8]) {
+        side.extend(data.iter().map(|b| Some(*b)));
+    }
+
+    const C: Side = Side::Client;
+    const B: Side = Side::Backend;
+
+    #[test]
+    fn bytes_cross_both_ways_and_nothing_moves_without_readiness() {
+        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        bytes(&mut io.input[0], b"request");
+        bytes(&mut io.input[1], b"answer");
+        let mut f = Flow::new(64);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.calls, 0, "no readiness known: no call");
+        f.ready(C, true, true);
+        f.ready(B, true, true);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.received[1], b"request");
+        assert_eq!(io.received[0], b"answer");
+        assert_eq!(io.shut, [false, false]);
+    }
+
+    #[test]
+    fn a_half_close_passes_on_after_the_bytes_and_the_other_way_goes_on() {
+        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        bytes(&mut io.input[0], b"GET");
+        io.input[0].push_back(None);
+        let mut f = Flow::new(64);
+        f.ready(C, true, true);
+        f.ready(B, false, true);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!((io.received[1].as_slice(), io.shut), (&b"GET"[..], [false, true]), "the backend's writing shut");
+        // The answer comes later, and still reaches the client, which then gets its end.
+        bytes(&mut io.input[1], b"200 OK");
+        io.input[1].push_back(None);
+        f.ready(B, true, false);
+        assert_eq!(f.run(&mut io), Status::Done);
+        assert_eq!(io.received[0], b"200 OK");
+        assert_eq!(io.shut, [true, true]);
+    }
+
+    #[test]
+    fn an_end_waits_for_the_bytes_held_before_it() {
+        let mut io = Fake { room: [0, 2], ..Fake::default() };
+        bytes(&mut io.input[0], b"abcd");
+        io.input[0].push_back(None);
+        let mut f = Flow::new(64);
+        f.ready(C, true, false);
+        f.ready(B, false, true);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.received[1], b"ab");
+        assert!(!io.shut[1], "two bytes are still in the pipe: no shutdown yet");
+        io.room[1] = 10;
+        f.ready(B, false, true);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!((io.received[1].as_slice(), io.shut[1]), (&b"abcd"[..], true));
+    }
+
+    #[test]
+    fn a_slow_reader_holds_back_its_sender_only() {
+        // The client never reads: the backend's answer fills the pipe, then the
+        // backend is no longer read (its socket buffer and window fill instead).
+        let mut io = Fake { room: [0, 1000], grown_to: 16, ..Fake::default() };
+        bytes(&mut io.input[1], &[7; 100]);
+        let mut f = Flow::new(8);
+        f.ready(C, true, true);
+        f.ready(B, true, true);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.pipe[1].len(), 16, "one pipe's worth, grown once, is read");
+        assert_eq!(io.input[1].len(), 84, "the rest stays with the backend");
+        assert!(f.held_back(B));
+        // Meanwhile the client's bytes still go to the backend.
+        bytes(&mut io.input[0], b"more");
+        f.ready(C, true, false);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.received[1], b"more");
+        // Readiness on the full side alone makes no call: nothing spins.
+        let calls = io.calls;
+        f.ready(B, true, false);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.calls, calls, "no call: the pipe is full and the client takes nothing");
+        // The client reads at last: bytes flow again.
+        io.room[0] = 1000;
+        f.ready(C, false, true);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.received[0].len(), 100);
+    }
+
+    #[test]
+    fn a_reset_either_way_fails_the_connection() {
+        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        bytes(&mut io.input[1], b"part");
+        io.read_error[1] = Some(io::ErrorKind::ConnectionReset);
+        let mut f = Flow::new(64);
+        f.ready(C, false, true);
+        f.ready(B, true, false);
+        assert_eq!(f.run(&mut io), Status::Failed(io::ErrorKind::ConnectionReset));
+        assert_eq!(io.shut, [false, false], "a reset is no end of data: no shutdown passed on");
+
+        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        bytes(&mut io.input[0], b"data");
+        io.write_error[1] = Some(io::ErrorKind::BrokenPipe);
+        let mut f = Flow::new(64);
+        f.ready(C, true, false);
+        f.ready(B, false, true);
+        assert_eq!(f.run(&mut io), Status::Failed(io::ErrorKind::BrokenPipe));
+    }
+
+    #[test]
+    fn both_ends_at_once_finish_the_connection() {
+        let mut io = Fake::default();
+        io.input[0].push_back(None);
+        io.input[1].push_back(None);
+        let mut f = Flow::new(64);
+        f.ready(C, true, false);
+        f.ready(B, true, false);
+        assert_eq!(f.run(&mut io), Status::Done);
+        assert_eq!(io.shut, [true, true]);
+    }
+
+    #[test]
+    fn a_busy_connection_yields_after_its_share_and_goes_on_where_it_stopped() {
+        let mut io = Fake { room: [0, usize::MAX], grown_to: 8, ..Fake::default() };
+        bytes(&mut io.input[0], &[3; 8 * (ROUNDS + 4)]);
+        let mut f = Flow::new(8);
+        f.ready(C, true, false);
+        f.ready(B, false, true);
+        assert_eq!(f.run(&mut io), Status::More);
+        assert_eq!(io.received[1].len(), 8 * ROUNDS, "one pipe's worth per round");
+        // No new event comes (edge-triggered): what it knew is kept.
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.received[1].len(), 8 * (ROUNDS + 4));
+    }
+
+    #[test]
+    fn a_pipe_grows_once_and_only_when_a_read_fills_it() {
+        let mut io = Fake { room: [0, 1000], grown_to: 32, ..Fake::default() };
+        bytes(&mut io.input[0], &[1; 4]);
+        let mut f = Flow::new(8);
+        f.ready(C, true, true);
+        f.ready(B, false, true);
+        f.run(&mut io);
+        assert_eq!(f.dir[0].capacity, 8, "4 bytes in a pipe of 8: not grown");
+        bytes(&mut io.input[0], &[1; 100]);
+        io.room[1] = 0;
+        f.ready(C, true, false);
+        f.run(&mut io);
+        assert_eq!(f.dir[0].capacity, 32);
+        assert_eq!(f.dir[0].held, 32);
+        io.grown_to = 64;
+        io.room[1] = 32;
+        f.ready(B, false, true);
+        f.run(&mut io);
+        assert_eq!(f.dir[0].capacity, 32, "grown once only");
+    }
+}

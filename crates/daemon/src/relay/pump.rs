@@ -1,0 +1,624 @@
+//! The event loops that carry every plain relayed connection: relays' clients (each
+//! loop accepts on every relay's listener, and the kernel wakes one loop per
+//! connection), and pairs handed over by others (the egress gateway). A connection
+//! costs no thread: its two sockets and two pipes sit in one loop's epoll set,
+//! edge-triggered, and [`Flow`] says which splice(2) to make when an event comes. A
+//! backend is dialled without waiting (a refused one, or one silent for
+//! [`DIAL_TIMEOUT`], gives way to the next hop, as the balancer ordered them); a hop
+//! through a `--tls` tunnel is handed to the caller's [`Serve::tunnel`] (user space:
+//! TLS), which may hand the client back for the next hop.
+//!
+//! One loop per core (at most [`MAX_LOOPS`]): splicing is the kernel's work, done on
+//! the CPU of the thread that asks, so connections spread over loops spread over
+//! cores; more loops than cores would only add switches. Memory per idle connection is
+//! its sockets, its slot here and two empty pipes (pages are taken only while bytes
+//! are held; a pipe grows once, when one read fills it).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ax_core::Target;
+use ax_sys::epoll::{self, Epoll, Events, Waker};
+use ax_sys::sock;
+use tracing::{debug, info, warn};
+
+use super::flow::{Flow, Io, Side, Status};
+use crate::bounds::{Flow as AcceptFlow, Gate, Permit};
+
+/// How long a backend may take to answer a dial before the next one is tried.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Loops at most, whatever the core count.
+const MAX_LOOPS: usize = 4;
+/// A pipe's size once a read has filled it (the kernel's default is 64 KiB): more per
+/// splice for connections that carry a lot.
+const BIG_PIPE: usize = 1024 * 1024;
+/// The size asked for a new pipe (the kernel's default; asked, so that a smaller
+/// grant, as for a user over its pipe quota, is known).
+const PIPE: usize = 64 * 1024;
+/// Connections accepted per wake-up of one listener, so that a flood of connects
+/// takes turns with the connections already carried.
+const ACCEPTS_PER_WAKE: usize = 64;
+/// Events taken per epoll_wait.
+const EVENTS: usize = 256;
+/// The waker's token (no slot's: generations stay below 2^31).
+const WAKER: u64 = u64::MAX;
+/// Generations of a slot go round below this.
+const MAX_GEN: u32 = (1 << 31) - 1;
+
+/// One step on the way to a backend, in the balancer's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Dialled from this node.
+    Direct(Target),
+    /// A row on another node, reached through that node's `--tls` tunnel.
+    Tunnel(SocketAddrV4),
+}
+
+/// A connection's places: under its listener's bound and under the loops' (all
+/// relayed connections). Given back when the connection ends.
+#[derive(Debug)]
+pub struct Held {
+    _listener: Permit,
+    _all: Permit,
+}
+
+/// What a listener's connections get.
+pub trait Serve: Send + Sync {
+    /// Where a new client goes, in the order to try; empty: nowhere (it is closed).
+    fn hops(&self) -> Vec<Hop>;
+    /// Carries `client` through a tunnel to `to`; when that cannot be made, hands the
+    /// client back with [`Pump::dial`] for the `rest` of the hops.
+    fn tunnel(self: Arc<Self>, client: TcpStream, to: SocketAddrV4, rest: Vec<Hop>, held: Held);
+}
+
+/// A listener the loops accept on.
+pub struct Listening {
+    pub id: u32,
+    pub listener: TcpListener,
+    pub gate: Gate,
+    pub serve: Arc<dyn Serve>,
+}
+
+/// What other threads ask of a loop.
+enum Job {
+    Listen(Arc<Listening>),
+    Unlisten(u32),
+    Dial { client: TcpStream, hops: Vec<Hop>, held: Held, serve: Arc<dyn Serve> },
+    Carry { a: TcpStream, b: TcpStream, held: Held },
+}
+
+/// A loop, from other threads.
+struct Handle {
+    jobs: Mutex<Vec<Job>>,
+    waker: Waker,
+}
+
+impl Handle {
+    fn send(&self, job: Job) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+        if let Err(e) = self.waker.wake() {
+            warn!("relay loop: cannot wake it: {e}");
+        }
+    }
+}
+
+/// The loops, and the bound on the connections they carry.
+pub struct Pump {
+    loops: Vec<Arc<Handle>>,
+    next: std::sync::atomic::AtomicUsize,
+    all: Arc<Gate>,
+    per_listener: usize,
+}
+
+/// Descriptors one relayed connection holds: two sockets, two pipes.
+pub const FDS_PER_CONNECTION: u64 = 6;
+
+/// The bounds from the descriptor budget `fds`: (all relayed connections, one
+/// listener's). Half of the budget is for relayed connections, the rest for apps,
+/// their engines and the daemon's own; one listener may take up to `max_per_listener`.
+pub fn bounds(fds: u64, max_per_listener: usize) -> (usize, usize) {
+    let all = (fds / 2 / FDS_PER_CONNECTION).max(1) as usize;
+    (all, all.min(max_per_listener))
+}
+
+impl Pump {
+    /// Starts one loop per core (at most [`MAX_LOOPS`]); `fds` is the daemon's
+    /// descriptor budget.
+    pub fn start(fds: u64, max_per_listener: usize) -> io::Result<Pump> {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_LOOPS);
+        Pump::with_loops(n, fds, max_per_listener)
+    }
+
+    /// Starts `n` loops.
+    fn with_loops(n: usize, fds: u64, max_per_listener: usize) -> io::Result<Pump> {
+        let (all, per_listener) = bounds(fds, max_per_listener);
+        let all = Arc::new(Gate::new("relayed connections", all));
+        let mut loops = Vec::with_capacity(n);
+        for i in 0..n {
+            let handle = Arc::new(Handle { jobs: Mutex::default(), waker: Waker::new()? });
+            let mut worker = Worker::new(handle.clone(), all.clone())?;
+            std::thread::Builder::new().name(format!("relay-loop-{i}")).spawn(move || worker.run())?;
+            loops.push(handle);
+        }
+        info!(loops = n, fds, all = bounds(fds, max_per_listener).0, per_listener, "relay loops started");
+        Ok(Pump { loops, next: Default::default(), all, per_listener })
+    }
+
+    /// How many connections one listener may hold.
+    pub fn per_listener(&self) -> usize {
+        self.per_listener
+    }
+
+    /// Every loop accepts on `l` from now on.
+    pub fn listen(&self, l: Arc<Listening>) -> io::Result<()> {
+        l.listener.set_nonblocking(true)?;
+        for h in &self.loops {
+            h.send(Job::Listen(l.clone()));
+        }
+        Ok(())
+    }
+
+    /// No loop accepts on listener `id` any more (its connections go on).
+    pub fn unlisten(&self, id: u32) {
+        for h in &self.loops {
+            h.send(Job::Unlisten(id));
+        }
+    }
+
+    fn pick(&self) -> &Handle {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.loops[i % self.loops.len()]
+    }
+
+    /// Carries `client` to the first of `hops` that answers (`serve` takes tunnel hops).
+    pub fn dial(&self, client: TcpStream, hops: Vec<Hop>, held: Held, serve: Arc<dyn Serve>) {
+        self.pick().send(Job::Dial { client, hops, held, serve });
+    }
+
+    /// Carries bytes both ways between two connected sockets, under `permit` (their
+    /// listener's) and the loops' bound; refused (closed) beyond it.
+    pub fn carry(&self, a: TcpStream, b: TcpStream, permit: Permit) {
+        if let Some(all) = self.all.admit(None) {
+            self.pick().send(Job::Carry { a, b, held: Held { _listener: permit, _all: all } });
+        }
+    }
+}
+
+/// A connection's two pipes, one per direction (index: the side it reads from).
+struct Pipes {
+    /// (read end, write end).
+    ends: [(OwnedFd, OwnedFd); 2],
+    capacity: usize,
+}
+
+impl Pipes {
+    fn new() -> io::Result<Pipes> {
+        let (a, b) = (sock::pipe()?, sock::pipe()?);
+        let capacity = sock::set_pipe_size(a.1.as_fd(), PIPE)?.min(sock::set_pipe_size(b.1.as_fd(), PIPE)?);
+        Ok(Pipes { ends: [a, b], capacity })
+    }
+}
+
+/// The splice(2) calls of one connection.
+struct Splicer<'a> {
+    socks: [BorrowedFd<'a>; 2],
+    pipes: &'a Pipes,
+}
+
+impl Io for Splicer<'_> {
+    fn fill(&mut self, from: Side, max: usize) -> io::Result<usize> {
+        sock::splice(self.socks[from as usize], self.pipes.ends[from as usize].1.as_fd(), max)
+    }
+
+    fn drain(&mut self, from: Side, max: usize) -> io::Result<usize> {
+        sock::splice(self.pipes.ends[from as usize].0.as_fd(), self.socks[from.other() as usize], max)
+    }
+
+    fn shut_write(&mut self, side: Side) -> io::Result<()> {
+        sock::shutdown(self.socks[side as usize], libc::SHUT_WR)
+    }
+
+    fn grow(&mut self, from: Side) -> usize {
+        sock::set_pipe_size(self.pipes.ends[from as usize].1.as_fd(), BIG_PIPE).unwrap_or(0)
+    }
+}
+
+/// Where a connection is.
+enum Stage {
+    /// Waiting for `backend` (None: between hops) to answer.
+    Dialing {
+        backend: Option<(TcpStream, Instant)>,
+        hops: VecDeque<Hop>,
+        serve: Arc<dyn Serve>,
+    },
+    Carrying {
+        backend: TcpStream,
+    },
+}
+
+struct Conn {
+    client: TcpStream,
+    stage: Stage,
+    pipes: Pipes,
+    flow: Flow,
+    /// In the run queue.
+    queued: bool,
+    _held: Held,
+}
+
+enum Entry {
+    Free,
+    Listener { l: Arc<Listening>, paused: bool },
+    Conn(Box<Conn>),
+}
+
+struct Slot {
+    gen: u32,
+    entry: Entry,
+}
+
+/// A slot's token: generation, index, side (so a late event for a reused slot is
+/// told from its new occupant's).
+fn token(gen: u32, idx: usize, side: Side) -> u64 {
+    (u64::from(gen) << 32) | ((idx as u64) << 1) | side as u64
+}
+
+fn untoken(t: u64) -> (u32, usize, Side) {
+    let side = if t & 1 == 0 { Side::Client } else { Side::Backend };
+    ((t >> 32) as u32, ((t & 0xffff_ffff) >> 1) as usize, side)
+}
+
+/// Sockets are watched for both ways at once, edge-triggered: no epoll_ctl as a
+/// connection's needs change; [`Flow`] keeps what each event said.
+const SOCKET_EVENTS: u32 = epoll::IN | epoll::OUT | epoll::RDHUP | epoll::ET;
+
+/// One loop's state, on its thread.
+struct Worker {
+    epoll: Epoll,
+    handle: Arc<Handle>,
+    all: Arc<Gate>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Dial deadlines and paused listeners' wake-ups, by token.
+    timers: BTreeSet<(Instant, u64)>,
+    /// Connections with moves left (tokens of their client side).
+    queue: VecDeque<u64>,
+    events: Events,
+}
+
+impl Worker {
+    fn new(handle: Arc<Handle>, all: Arc<Gate>) -> io::Result<Worker> {
+        let epoll = Epoll::new()?;
+        epoll.add(handle.waker.as_fd(), epoll::IN, WAKER)?;
+        Ok(Worker {
+            epoll,
+            handle,
+            all,
+            slots: Vec::new(),
+            free: Vec::new(),
+            timers: BTreeSet::new(),
+            queue: VecDeque::new(),
+            events: Events::with_capacity(EVENTS),
+        })
+    }
+
+    fn run(&mut self) {
+        loop {
+            let timeout = if !self.queue.is_empty() {
+                0
+            } else {
+                match self.timers.first() {
+                    Some((at, _)) => {
+                        let ms = at.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000);
+                        ms.min(i32::MAX as u128) as i32
+                    }
+                    None => -1,
+                }
+            };
+            if let Err(e) = self.epoll.wait(&mut self.events, timeout) {
+                warn!("relay loop: epoll_wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let events = std::mem::take(&mut self.events);
+            for (t, bits) in events.iter() {
+                if t == WAKER {
+                    self.jobs();
+                } else {
+                    self.event(t, bits);
+                }
+            }
+            self.events = events;
+            self.expire(Instant::now());
+            self.run_queue();
+        }
+    }
+
+    fn insert(&mut self, entry: Entry) -> (usize, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot { gen: 0, entry: Entry::Free });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[idx];
+        slot.entry = entry;
+        (idx, slot.gen)
+    }
+
+    fn remove(&mut self, idx: usize) -> Entry {
+        let slot = &mut self.slots[idx];
+        slot.gen = (slot.gen + 1) & MAX_GEN;
+        self.free.push(idx);
+        std::mem::replace(&mut slot.entry, Entry::Free)
+    }
+
+    fn jobs(&mut self) {
+        self.handle.waker.reset();
+        let jobs = std::mem::take(&mut *self.handle.jobs.lock().unwrap_or_else(|p| p.into_inner()));
+        for job in jobs {
+            match job {
+                Job::Listen(l) => self.listen(l),
+                Job::Unlisten(id) => {
+                    let found =
+                        self.slots.iter().position(|s| matches!(&s.entry, Entry::Listener { l, .. } if l.id == id));
+                    if let Some(idx) = found {
+                        self.unlisten(idx);
+                    }
+                }
+                Job::Dial { client, hops, held, serve } => self.admit(client, hops.into(), held, serve),
+                Job::Carry { a, b, held } => {
+                    if a.set_nonblocking(true).and(b.set_nonblocking(true)).is_ok() {
+                        self.add_conn(a, Stage::Carrying { backend: b }, held);
+                    }
+                }
+            }
+        }
+    }
+
+    fn listen(&mut self, l: Arc<Listening>) {
+        let (idx, gen) = self.insert(Entry::Listener { l: l.clone(), paused: false });
+        if let Err(e) = self.epoll.add(l.listener.as_fd(), epoll::IN | epoll::EXCLUSIVE, token(gen, idx, Side::Client))
+        {
+            warn!(id = l.id, "relay loop: cannot watch the listener: {e}");
+            self.remove(idx);
+        }
+    }
+
+    fn unlisten(&mut self, idx: usize) {
+        if let Entry::Listener { l, paused } = self.remove(idx) {
+            if !paused {
+                let _ = self.epoll.delete(l.listener.as_fd());
+            }
+        }
+    }
+
+    /// A connection in a new slot, its sockets watched (a carried one queued to run);
+    /// None (closed) if it cannot be.
+    fn add_conn(&mut self, client: TcpStream, stage: Stage, held: Held) -> Option<usize> {
+        let pipes = match Pipes::new() {
+            Ok(p) => p,
+            Err(e) => {
+                debug!("relay: no pipes for a connection: {e}");
+                return None;
+            }
+        };
+        let flow = Flow::new(pipes.capacity);
+        let conn = Conn { client, stage, pipes, flow, queued: false, _held: held };
+        let (idx, gen) = self.insert(Entry::Conn(Box::new(conn)));
+        let Entry::Conn(c) = &mut self.slots[idx].entry else { unreachable!("just inserted") };
+        let mut watched = self.epoll.add(c.client.as_fd(), SOCKET_EVENTS, token(gen, idx, Side::Client));
+        if let Stage::Carrying { backend } = &c.stage {
+            watched =
+                watched.and_then(|()| self.epoll.add(backend.as_fd(), SOCKET_EVENTS, token(gen, idx, Side::Backend)));
+            c.queued = true;
+            self.queue.push_back(token(gen, idx, Side::Client));
+        }
+        if let Err(e) = watched {
+            debug!("relay: cannot watch a connection: {e}");
+            self.remove(idx);
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// A client accepted (or handed back): on to its first hop.
+    fn admit(&mut self, client: TcpStream, hops: VecDeque<Hop>, held: Held, serve: Arc<dyn Serve>) {
+        if client.set_nonblocking(true).is_err() {
+            return;
+        }
+        if let Some(idx) = self.add_conn(client, Stage::Dialing { backend: None, hops, serve }, held) {
+            self.next_hop(idx);
+        }
+    }
+
+    fn event(&mut self, t: u64, bits: u32) {
+        let (gen, idx, side) = untoken(t);
+        let Some(slot) = self.slots.get_mut(idx).filter(|s| s.gen == gen) else { return };
+        match &mut slot.entry {
+            Entry::Free => {}
+            Entry::Listener { l, .. } => {
+                let l = l.clone();
+                self.accept(idx, &l);
+            }
+            Entry::Conn(c) => {
+                let hangup = bits & (epoll::HUP | epoll::ERR) != 0;
+                if let (Stage::Dialing { .. }, Side::Backend) = (&c.stage, side) {
+                    return self.dialled(idx);
+                }
+                c.flow.ready(side, hangup || bits & (epoll::IN | epoll::RDHUP) != 0, hangup || bits & epoll::OUT != 0);
+                if matches!(c.stage, Stage::Carrying { .. }) && !c.queued {
+                    c.queued = true;
+                    self.queue.push_back(token(gen, idx, Side::Client));
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, idx: usize, l: &Arc<Listening>) {
+        for _ in 0..ACCEPTS_PER_WAKE {
+            match l.listener.accept() {
+                Ok((client, peer)) => {
+                    let Some(permit) = l.gate.admit(Some(peer.ip())) else { continue };
+                    let Some(all) = self.all.admit(None) else { continue };
+                    let hops = l.serve.hops();
+                    let held = Held { _listener: permit, _all: all };
+                    self.admit(client, hops.into(), held, l.serve.clone());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => match l.gate.accept_failed(&e) {
+                    AcceptFlow::Retry => {}
+                    AcceptFlow::Wait(d) => {
+                        // Out of descriptors or memory: not watched for a while, so the
+                        // level-triggered listener does not spin.
+                        let _ = self.epoll.delete(l.listener.as_fd());
+                        if let Entry::Listener { paused, .. } = &mut self.slots[idx].entry {
+                            *paused = true;
+                        }
+                        self.timers.insert((Instant::now() + d, token(self.slots[idx].gen, idx, Side::Client)));
+                        return;
+                    }
+                    AcceptFlow::Stop => return self.unlisten(idx),
+                },
+            }
+        }
+    }
+
+    /// Tries the connection's next hop; closes it when none is left.
+    fn next_hop(&mut self, idx: usize) {
+        loop {
+            let gen = self.slots[idx].gen;
+            let Entry::Conn(c) = &mut self.slots[idx].entry else { return };
+            let Stage::Dialing { backend, hops, serve } = &mut c.stage else { return };
+            if let Some((_, deadline)) = backend.take() {
+                self.timers.remove(&(deadline, token(gen, idx, Side::Backend)));
+            }
+            match hops.pop_front() {
+                None => {
+                    debug!("relay: no backend answered");
+                    return self.close(idx, false);
+                }
+                Some(Hop::Tunnel(to)) => {
+                    let (rest, serve) = (hops.drain(..).collect(), serve.clone());
+                    let Entry::Conn(c) = self.remove(idx) else { return };
+                    let _ = self.epoll.delete(c.client.as_fd());
+                    let Conn { client, _held: held, .. } = *c;
+                    return serve.tunnel(client, to, rest, held);
+                }
+                Some(Hop::Direct(t)) => match dial(t) {
+                    Ok(s) => {
+                        let deadline = Instant::now() + DIAL_TIMEOUT;
+                        let tok = token(gen, idx, Side::Backend);
+                        if self.epoll.add(s.as_fd(), SOCKET_EVENTS, tok).is_ok() {
+                            *backend = Some((s, deadline));
+                            self.timers.insert((deadline, tok));
+                            return;
+                        }
+                    }
+                    Err(e) => debug!(to = %t.addr, "relay: dial failed: {e}"),
+                },
+            }
+        }
+    }
+
+    /// The backend being dialled has answered (or failed).
+    fn dialled(&mut self, idx: usize) {
+        let gen = self.slots[idx].gen;
+        let Entry::Conn(c) = &mut self.slots[idx].entry else { return };
+        let Stage::Dialing { backend: Some((s, _)), .. } = &c.stage else { return };
+        match sock::get_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_ERROR) {
+            Ok(0) if s.peer_addr().is_ok() => {}
+            // Not connected yet (a wake-up before the answer): wait on.
+            Ok(0) => return,
+            _ => return self.next_hop(idx),
+        }
+        let Stage::Dialing { backend, .. } = &mut c.stage else { return };
+        let Some((s, deadline)) = backend.take() else { return };
+        self.timers.remove(&(deadline, token(gen, idx, Side::Backend)));
+        c.stage = Stage::Carrying { backend: s };
+        // What happened while dialling is not known: look at both sides.
+        c.flow.ready(Side::Client, true, true);
+        c.flow.ready(Side::Backend, true, true);
+        c.queued = true;
+        self.queue.push_back(token(gen, idx, Side::Client));
+    }
+
+    /// Deadlines passed: dials time out, paused listeners are watched again.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, t)) = self.timers.first() {
+            if at > now {
+                return;
+            }
+            self.timers.remove(&(at, t));
+            let (gen, idx, _) = untoken(t);
+            let Some(slot) = self.slots.get_mut(idx).filter(|s| s.gen == gen) else { continue };
+            match &mut slot.entry {
+                Entry::Listener { l, paused } if *paused => {
+                    *paused = false;
+                    let _ =
+                        self.epoll.add(l.listener.as_fd(), epoll::IN | epoll::EXCLUSIVE, token(gen, idx, Side::Client));
+                }
+                Entry::Conn(_) => {
+                    debug!("relay: a backend did not answer in time");
+                    self.next_hop(idx);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn run_queue(&mut self) {
+        for _ in 0..self.queue.len() {
+            let Some(t) = self.queue.pop_front() else { return };
+            let (gen, idx, _) = untoken(t);
+            let Some(slot) = self.slots.get_mut(idx).filter(|s| s.gen == gen) else { continue };
+            let Entry::Conn(c) = &mut slot.entry else { continue };
+            let Stage::Carrying { backend } = &c.stage else { continue };
+            let mut io = Splicer { socks: [c.client.as_fd(), backend.as_fd()], pipes: &c.pipes };
+            match c.flow.run(&mut io) {
+                Status::Open => c.queued = false,
+                Status::More => self.queue.push_back(t),
+                Status::Done => self.close(idx, false),
+                Status::Failed(why) => {
+                    debug!(?why, "relay: a connection broke");
+                    self.close(idx, true);
+                }
+            }
+        }
+    }
+
+    /// Ends a connection; `reset`: its sockets are reset, not closed in order, so
+    /// neither peer takes a broken transfer for a whole one.
+    fn close(&mut self, idx: usize, reset: bool) {
+        if let Entry::Conn(c) = self.remove(idx) {
+            if reset {
+                let _ = sock::set_linger_zero(c.client.as_fd());
+                if let Stage::Carrying { backend } = &c.stage {
+                    let _ = sock::set_linger_zero(backend.as_fd());
+                }
+            }
+        }
+    }
+}
+
+/// Starts a non-blocking connect to `t`.
+fn dial(t: Target) -> io::Result<TcpStream> {
+    let s = sock::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
+    if let Some(src) = t.source {
+        sock::bind(s.as_fd(), &SocketAddr::from((src, 0)))?;
+    }
+    match sock::connect(s.as_fd(), &SocketAddr::V4(t.addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from(s))
+}
+
+#[cfg(test)]
+mod tests;
