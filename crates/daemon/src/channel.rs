@@ -182,7 +182,7 @@ fn serve_app(
             warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let mut kernel = Linux::new(listener, pid, last_id, guard.marks())
+    let mut kernel = Linux::new(listener, pid, last_id, guard.marks(), ax_core::limits::HELPERS_PER_APP)
         .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
     let driver = daemon.read(|s| s.table.app(id).map(|a| a.driver)).unwrap_or_default();
     match (driver, daemon.kernel()) {

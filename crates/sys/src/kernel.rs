@@ -11,9 +11,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::bpf;
 use crate::pidfd::Pidfd;
+use crate::pool::Pool;
 use crate::seccomp::{LastId, Listener, Notification, Ready};
 use crate::sock::{self, Received};
 use crate::{ns, proc};
@@ -111,7 +113,8 @@ pub trait Kernel: Send + Sync + 'static {
         to: Option<&SocketAddr>,
     ) -> Result<usize, Errno>;
     fn recv_msg(&self, fd: &Self::Fd, buf: &mut [u8], control: &mut [u8], flags: i32) -> Result<Received, Errno>;
-    /// Runs `f` on a thread of its own (a call that will be answered later).
+    /// Runs `f` on a helper thread (a call that will be answered later), while the
+    /// engine serves the app's other calls.
     fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno>;
 
     fn get_int(&self, fd: &Self::Fd, level: i32, opt: i32) -> Result<i32, Errno> {
@@ -141,11 +144,16 @@ fn whole(copied: io::Result<usize>, len: usize) -> Result<(), Errno> {
     }
 }
 
+/// How long a helper thread stays parked without work before it exits.
+const HELPER_IDLE: Duration = Duration::from_secs(5);
+
 /// The kernel for one app: its seccomp listener, its threads' pidfds (opened once per
-/// thread, so a trapped call costs no open(2)), and the two network namespaces its
-/// sockets move between. Made from a thread in the host's namespace.
+/// thread, so a trapped call costs no open(2)), the two network namespaces its
+/// sockets move between, and its helper threads (parked between calls, so a call that
+/// waits costs a wake-up, not a new thread). Made from a thread in the host's namespace.
 pub struct Linux {
     listener: Listener,
+    helpers: Pool,
     tasks: Mutex<Tasks>,
     app_ns: File,
     host_ns: File,
@@ -159,12 +167,20 @@ pub struct Linux {
 }
 
 impl Linux {
-    /// The kernel for the app whose first process is `pid`.
-    pub fn new(listener: Listener, pid: i32, last_id: LastId, marks: Arc<bpf::Map>) -> io::Result<Linux> {
+    /// The kernel for the app whose first process is `pid`, with at most `helpers`
+    /// helper threads.
+    pub fn new(
+        listener: Listener,
+        pid: i32,
+        last_id: LastId,
+        marks: Arc<bpf::Map>,
+        helpers: usize,
+    ) -> io::Result<Linux> {
         listener.set_sync_wakeup()?;
         let probe = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
         Ok(Linux {
             listener,
+            helpers: Pool::new("ax-later", helpers, HELPER_IDLE),
             tasks: Mutex::new(Tasks::default()),
             app_ns: ns::open_netns(pid)?,
             host_ns: ns::current_netns()?,
@@ -345,7 +361,7 @@ impl Kernel for Linux {
     }
 
     fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno> {
-        std::thread::Builder::new().name("ax-later".into()).spawn(f).map(|_| ()).map_err(errno)
+        self.helpers.run(f).map_err(errno)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod netlink;
 pub mod ns;
 pub mod pidfd;
+pub mod pool;
 pub mod proc;
 pub mod scm;
 pub mod seccomp;

@@ -1,6 +1,6 @@
 //! Helper threads: a call that must wait (a blocking connect or receive, an egress
-//! handshake) is answered from a thread of its own, so the engine keeps serving the
-//! app's other threads. A helper waits in short slices and checks between them that
+//! handshake) is answered from a helper thread (one of the app's parked ones, see
+//! [`Kernel::spawn`]), so the engine keeps serving the app's other threads. A helper waits in short slices and checks between them that
 //! its call is still pending: when the caller is gone (killed, the app exited) it
 //! stops within [`SLICE_MS`] and drops what it holds (its copy of the app's socket,
 //! and with it the socket's pool port once the app's own descriptor is closed too),
