@@ -383,6 +383,52 @@ fn apps_killed_in_a_blocking_connect_leave_nothing_behind() {
     killed_mid_call(&mut a, |_| vec!["block-connect".into(), silent.clone()]);
 }
 
+/// Threads, each blocked in recvfrom on a UDP socket of its own (argv[1] of them);
+/// a thread whose call fails says how, in one write (print's pieces interleave).
+/// Says `started PID` once every thread is started.
+const BLOCKERS: &str = "import errno,os,socket,sys,threading,time
+def wait(s):
+  try: s.recvfrom(64)
+  except OSError as e:
+    sys.stdout.write('recvfrom: %s\\n' % errno.errorcode.get(e.errno,e.errno))
+    sys.stdout.flush()
+socks=[socket.socket(socket.AF_INET,socket.SOCK_DGRAM) for _ in range(int(sys.argv[1]))]
+for s in socks: threading.Thread(target=wait,args=(s,),daemon=True).start()
+sys.stdout.write('started %d\\n' % os.getpid())
+sys.stdout.flush()
+time.sleep(600)";
+
+#[test]
+fn an_app_blocking_many_threads_gets_bounded_helpers_and_they_go_with_it() {
+    const HELPERS: usize = ax_core::limits::HELPERS_PER_APP;
+    let blockers = HELPERS + 16;
+    let mut a = Arena::new();
+    a.h.run_ok(&["--", "true"]);
+    let base = Usage::of(&a.h);
+    let n = blockers.to_string();
+    a.h.spawn_app("blockers", &["--user", "nobody", "--labels", "role=test", "--", PY, "-c", BLOCKERS, &n]);
+    let started = a.h.wait_for_line("blockers", "started ");
+    let refused = || a.h.app_log("blockers").matches("recvfrom: EAGAIN\n").count();
+    a.h.wait_until("the calls past the bound to fail", Duration::from_secs(30), || refused() == blockers - HELPERS);
+    // The app's engine thread and one helper per waiting call, no more.
+    let threads = || a.h.daemon_threads_and_fds().0;
+    let most = base.threads + 1 + HELPERS;
+    a.h.wait_until("a helper for every waiting call", Duration::from_secs(30), || threads() >= most);
+    assert!(threads() <= most, "{} threads for {HELPERS} waiting calls (baseline {})", threads(), base.threads);
+    let log = a.h.app_log("blockers");
+    assert_eq!(log.matches("recvfrom:").count(), blockers - HELPERS, "only EAGAIN, only past the bound: {log}");
+    a.h.kill(started.split_whitespace().nth(1).unwrap(), "TERM");
+    let t0 = Instant::now();
+    let mut now = Usage::of(&a.h);
+    while !now.within(&base) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+        now = Usage::of(&a.h);
+    }
+    eprintln!("baseline {base:?}, after the app {now:?}, {:?} later", t0.elapsed());
+    assert!(now.within(&base), "the daemon kept threads of a gone app: baseline {base:?}, now {now:?}");
+    a.assert_prod_untouched();
+}
+
 #[test]
 fn one_app_cannot_take_every_pool_port() {
     let mut a = Arena::with_daemon(&["--ports", "45000-45063"]);
