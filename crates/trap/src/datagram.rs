@@ -257,7 +257,6 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         flags: i32,
         into: Into,
     ) -> Result<Answer, Errno> {
-        let nonblocking = flags & libc::MSG_DONTWAIT != 0 || self.k.file_flags(&s)? & libc::O_NONBLOCK != 0;
         let mut data = vec![0u8; into.capacity()];
         let mut control = vec![0u8; into.control_capacity()];
         match self.k.recv_msg(&s, &mut data, &mut control, flags | libc::MSG_DONTWAIT) {
@@ -265,7 +264,8 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 let recv = Receive { k: &*self.k, node: &*self.node, tid: n.pid, id: n.id };
                 recv.deliver(&into, &data, &got, &control, family).map(Answer::Value)
             }
-            Err(libc::EAGAIN) if !nonblocking => {
+            // Whether the socket blocks matters only when nothing is waiting.
+            Err(libc::EAGAIN) if flags & libc::MSG_DONTWAIT == 0 && self.k.file_flags(&s)? & libc::O_NONBLOCK == 0 => {
                 let (k, node, tid, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.pid, n.id);
                 self.later(move || {
                     let timeout = timeout_ms(&*k, &s, libc::SO_RCVTIMEO);
