@@ -3,6 +3,7 @@
 //! source. The daemon does these calls itself with its own copy of the app's buffers;
 //! anything else (no address, the app's own sockets) runs natively.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -257,32 +258,53 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         flags: i32,
         into: Into,
     ) -> Result<Answer, Errno> {
-        let mut data = vec![0u8; into.capacity()];
-        let mut control = vec![0u8; into.control_capacity()];
-        match self.k.recv_msg(&s, &mut data, &mut control, flags | libc::MSG_DONTWAIT) {
-            Ok(got) => {
-                let recv = Receive { k: &*self.k, node: &*self.node, tid: n.pid, id: n.id };
-                recv.deliver(&into, &data, &got, &control, family).map(Answer::Value)
-            }
+        let recv = Receive { k: &*self.k, node: &*self.node, tid: n.pid, id: n.id };
+        match recv.now(&s, flags, &into, family) {
             // Whether the socket blocks matters only when nothing is waiting.
             Err(libc::EAGAIN) if flags & libc::MSG_DONTWAIT == 0 && self.k.file_flags(&s)? & libc::O_NONBLOCK == 0 => {
                 let (k, node, tid, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.pid, n.id);
                 self.later(move || {
                     let timeout = timeout_ms(&*k, &s, libc::SO_RCVTIMEO);
-                    let result = match wait_for_call(&*k, &s, Readiness::Readable, timeout, id) {
+                    let recv = Receive { k: &*k, node: &*node, tid, id };
+                    let answer = match wait_for_call(&*k, &s, Readiness::Readable, timeout, id) {
                         Ok(Waited::Abandoned) => return,
                         Ok(Waited::TimedOut) => Err(libc::EAGAIN),
-                        Ok(Waited::Ready) => k.recv_msg(&s, &mut data, &mut control, flags | libc::MSG_DONTWAIT),
+                        Ok(Waited::Ready) => recv.now(&s, flags, &into, family),
                         Err(e) => Err(e),
                     };
-                    let recv = Receive { k: &*k, node: &*node, tid, id };
-                    let answer = result.and_then(|got| recv.deliver(&into, &data, &got, &control, family));
                     let _ = k.answer(id, answer.map_or_else(Reply::Fail, Reply::Value));
                 })
             }
-            Err(e) => Err(e),
+            r => r.map(Answer::Value),
         }
     }
+}
+
+/// The most of its receive buffer a thread keeps for its next receive: a 64 KiB
+/// datagram and its ancillary data. A larger buffer is given back after the call.
+const KEPT: usize = 64 * 1024 + MAX_CONTROL;
+
+thread_local! {
+    /// The receive buffer of the thread (an app's engine or one of its helpers), kept
+    /// between calls: with a fresh one per call the allocator gave its pages back to the
+    /// kernel after each (madvise, then a page fault on the next), once per datagram.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with room for `len` bytes of data and `control_len` of ancillary data, from
+/// this thread's buffer. What it holds from an earlier call is the same app's, and is
+/// never copied out: a delivery writes only what the kernel has just received.
+fn with_buffers<R>(len: usize, control_len: usize, f: impl FnOnce(&mut [u8], &mut [u8]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.take();
+        buf.resize(len + control_len, 0);
+        let (data, control) = buf.split_at_mut(len);
+        let result = f(data, control);
+        if buf.capacity() <= KEPT {
+            cell.replace(buf);
+        }
+        result
+    })
 }
 
 /// The delivery of one received datagram into the caller of call `id`.
@@ -294,6 +316,14 @@ struct Receive<'a, K, N> {
 }
 
 impl<K: Kernel, N: Node> Receive<'_, K, N> {
+    /// Receives the datagram waiting on `s`, if any (EAGAIN when none), and delivers it.
+    fn now(&self, s: &K::Fd, flags: i32, into: &Into, family: Family) -> Result<i64, Errno> {
+        with_buffers(into.capacity(), into.control_capacity(), |data, control| {
+            let got = self.k.recv_msg(s, data, control, flags | libc::MSG_DONTWAIT)?;
+            self.deliver(into, data, &got, control, family)
+        })
+    }
+
     fn deliver(&self, into: &Into, data: &[u8], got: &Received, control: &[u8], family: Family) -> Result<i64, Errno> {
         if !self.k.id_valid(self.id) {
             return Err(libc::EINTR);
