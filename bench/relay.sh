@@ -9,7 +9,8 @@
 #
 #   bench/relay.sh
 #   SECONDS_PER_RUN=10 ROUNDS=3 bench/relay.sh
-#   ROWS=iperf bench/relay.sh               # some rows only (iperf conn ab)
+#   ROWS=iperf bench/relay.sh               # some rows only (iperf conn ab calls)
+#   ROWS=calls bench/relay.sh               # system calls per new connection (strace)
 #   AX_BIN=... AXB_BIN=... bench/relay.sh   # another build (no cargo build then)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,8 +66,18 @@ for p in 5201 7201 8201 5401 7401 8401; do wait_port $p || { cat $WORK/haproxy.l
 dpid() { pgrep -f "^$AX daemon --node-interface ax0" | head -1; }
 ticks() {
   local p
-  case $1 in ax) p=$(dpid) ;; haproxy) p=$(pgrep -f "haproxy -f $WORK/haproxy.cfg" | tail -1) ;; *) echo 0; return ;; esac
+  case $1 in ax) p=$(dpid) ;; haproxy) p=$(hpid) ;; *) echo 0; return ;; esac
   awk '{print $14 + $15}' /proc/$p/stat
+}
+hpid() { pgrep -f "haproxy -f $WORK/haproxy.cfg" | tail -1; }
+# The system calls (all threads) process $1 makes per connection while ax-bench opens
+# them one at a time to port $2 (slowed by strace: the count is the figure).
+calls() {
+  strace -c -f -qq -o $WORK/strace.out -p $1 2>/dev/null & local s=$!
+  sleep 1
+  local rate; rate=$($IN $AXB connect $NODE:$2 $T | sed 's/conns_per_sec=//')
+  kill -INT $s; wait $s 2>/dev/null || true
+  awk -v n="$(awk -v r=$rate -v t=$T 'BEGIN { print r * t }')" '$NF == "total" { printf "%.1f\n", $4 / n }' $WORK/strace.out
 }
 for col in native ax haproxy; do : >$WORK/cpu.$col; done
 echo "relay benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, kernel $(uname -r), ${T}s per run, $ROUNDS rounds (mean)"
@@ -87,6 +98,7 @@ for what in $ROWS; do
         conn) $IN $AXB connect $NODE:7${off}01 $T | sed 's/conns_per_sec=//' >>$WORK/$what.$col ;;
         ab) $IN ab -q -c 50 -t $T -n 10000000 http://$NODE:8${off}01/ 2>/dev/null |
           awk '/^Requests per second/ {print $4}' >>$WORK/$what.$col ;;
+        calls) case $col in ax) calls $(dpid) 7201 ;; haproxy) calls $(hpid) 7401 ;; esac >>$WORK/$what.$col ;;
       esac
     done
   done
@@ -95,6 +107,7 @@ for what in $ROWS; do
     iperf) name="iperf3, one stream (Gbit/s)" ;;
     conn) name="new connections (conn/s)" ;;
     ab) name="ab -c 50 to nginx (req/s)" ;;
+    calls) name="system calls per connection" ;;
   esac
   printf "%-30s %12s %12s %12s %10s %10s\n" "$name" "$N" "$A" "$H" "$(ratio $A $N)" "$(ratio $A $H)"
 done

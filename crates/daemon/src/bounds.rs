@@ -189,13 +189,28 @@ impl Gate {
             held = Some((peers.clone(), ip));
         }
         // The peer's place goes back with the permit if the listener is full.
-        let permit = Permit { open: self.open.clone(), peer: held };
-        if self.open.fetch_add(1, Ordering::SeqCst) < self.cap {
-            return Some(permit);
+        let permit = self.place(held);
+        if permit.is_none() {
+            self.refuse(None);
         }
-        drop(permit);
-        self.refuse(None);
-        None
+        permit
+    }
+
+    /// A place under `cap`, not logged when refused: for what is not a connection (a
+    /// relay's pipe), whose caller knows what a refusal means.
+    pub fn claim(&self) -> Option<Permit> {
+        self.place(None)
+    }
+
+    /// Places taken now; for tests.
+    #[cfg(test)]
+    pub fn taken(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn place(&self, peer: Option<(Peers, IpAddr)>) -> Option<Permit> {
+        let permit = Permit { open: self.open.clone(), peer };
+        (self.open.fetch_add(1, Ordering::SeqCst) < self.cap).then_some(permit)
     }
 
     fn refuse(&self, peer: Option<IpAddr>) {

@@ -9,6 +9,7 @@
 
 mod flow;
 pub mod pump;
+mod splice;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -26,7 +27,8 @@ use crate::{tunnel, Daemon};
 use pump::{Held, Hop, Listening, Serve};
 
 /// Connections one relay (or the egress gateway) carries at once, at most: fewer when
-/// the daemon's descriptor budget is smaller ([`pump::bounds`]).
+/// the daemon's descriptor budget is smaller ([`pump::bounds`]); one client address a
+/// quarter of a relay's.
 pub const MAX_CONNECTIONS: usize = 32 * 1024;
 
 /// What a relay connects its clients to.
@@ -111,7 +113,10 @@ impl Relays {
         let id = self.next;
         info!(id, listener = %listener.local_addr()?, owner = %key.owner, "relay started");
         let serve = Arc::new(Dialer { daemon: daemon.clone(), dial: spec.dial });
-        let l = Arc::new(Listening { id, listener, gate: Gate::new("relay", pump.per_listener()), serve });
+        // Anyone who reaches the node port is a client: one address holds a share of
+        // the relay at most, so it cannot shut others out.
+        let gate = Gate::new("relay", pump.per_listener()).per_peer(pump.per_source());
+        let l = Arc::new(Listening { id, listener, gate, serve });
         pump.listen(l.clone())?;
         self.running.insert(id, Relay { listener: l, key, dialers: spec.dialers });
         Ok(())

@@ -94,6 +94,21 @@ pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Accepts a connection as a non-blocking, close-on-exec socket in one call (accept4):
+/// the new socket and its peer's address.
+pub fn accept_nonblocking(fd: BorrowedFd<'_>) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: `ss` has room for `len` bytes, and `len` is a valid in/out pointer.
+    let new = cvt(unsafe {
+        libc::accept4(fd.as_raw_fd(), (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len, flags)
+    })?;
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok((unsafe { OwnedFd::from_raw_fd(new) }, from_raw(&ss, len)))
+}
+
 type NameFn = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
 
 fn name(fd: BorrowedFd<'_>, f: NameFn) -> io::Result<Option<SocketAddr>> {

@@ -3,10 +3,17 @@
   relay_peers.py serve HOST            backends: HOST:9000 echoes; HOST:9001 reads to
                                        the end of the request, then answers and closes;
                                        HOST:9002 floods whoever connects
-  relay_peers.py idle HOST PORT N      opens N connections and holds them; then each
+  relay_peers.py idle HOST PORT N [PER_SOURCE]
+                                       opens N connections (PER_SOURCE from each of
+                                       127.0.0.2, .3, ...) and holds them; then each
                                        line on stdin is a command: `check K` checks K
                                        old connections and a new one still echo
                                        (answers `ok`), `quit` ends
+  relay_peers.py hog HOST PORT N SRC   opens N connections from SRC, checks each
+                                       echoes, and that one more from SRC is closed
+                                       (prints `held`); then `from ADDR` checks that a
+                                       connection from ADDR echoes (answers `ok`),
+                                       `quit` ends
   relay_peers.py halfclose HOST PORT   sends a question, shuts its writing, prints the
                                        answer that still comes
   relay_peers.py hostile HOST PORT FLOOD_PORT
@@ -80,14 +87,18 @@ def roundtrip(s, msg):
         raise SystemExit("the echo differs")
 
 
-def connect(host, port):
-    s = socket.create_connection((host, port), timeout=60)
-    return s
+def connect(host, port, src=None):
+    return socket.create_connection((host, port), timeout=60, source_address=src and (src, 0))
 
 
-def idle(host, port, n):
+def source(i, per_source):
+    """The address of connection i when per_source connections come from each."""
+    return per_source and f"127.0.0.{2 + i // per_source}"
+
+
+def idle(host, port, n, per_source):
     raise_fds(n * 2 + 1000)
-    conns = [connect(host, port) for _ in range(n)]
+    conns = [connect(host, port, source(i, per_source)) for i in range(n)]
     print("open", flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -97,6 +108,33 @@ def idle(host, port, n):
             for i in range(0, n, step):
                 roundtrip(conns[i], b"old %d" % i)
             roundtrip(connect(host, port), os.urandom(1 << 20))
+            print("ok", flush=True)
+        elif cmd[0] == "quit":
+            return
+
+
+def closed(s):
+    """Whether the relay closed s at once (an end or a reset, no echo)."""
+    try:
+        s.sendall(b"?")
+        return s.recv(1) == b""
+    except (ConnectionError, OSError):
+        return True
+
+
+def hog(host, port, n, src):
+    raise_fds(n * 2 + 1000)
+    conns = [connect(host, port, src) for _ in range(n)]
+    for i, s in enumerate(conns):
+        roundtrip(s, b"mine %d" % i)
+    if not closed(connect(host, port, src)):
+        raise SystemExit(f"a connection from {src} beyond {n} was carried")
+    print("held", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "from":
+            roundtrip(connect(host, port, cmd[1]), os.urandom(1 << 16))
+            roundtrip(conns[0], b"still mine")
             print("ok", flush=True)
         elif cmd[0] == "quit":
             return
@@ -142,7 +180,9 @@ if __name__ == "__main__":
     if what == "serve":
         asyncio.run(serve(args[0]))
     elif what == "idle":
-        idle(args[0], int(args[1]), int(args[2]))
+        idle(args[0], int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else 0)
+    elif what == "hog":
+        hog(args[0], int(args[1]), int(args[2]), args[3])
     elif what == "halfclose":
         halfclose(args[0], int(args[1]))
     elif what == "hostile":

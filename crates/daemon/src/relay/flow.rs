@@ -1,15 +1,18 @@
 //! One relayed connection's two directions, as a state machine driven by readiness:
 //! what the event loop knows of each socket (readable, writable: set by an event,
-//! cleared when a call would block) and of each direction's pipe (bytes held, input
-//! ended), and the moves that follow. It does no I/O itself: the moves go through
-//! [`Io`], so every rule is tested without sockets.
+//! cleared when a call would block) and of each direction's pipe (whether it has one,
+//! bytes held, input ended), and the moves that follow. It does no I/O itself: the
+//! moves go through [`Io`], so every rule is tested without sockets.
 //!
-//! The rules: a side is read only while its direction's pipe has room, and the pipe is
-//! emptied into the other side while that one takes bytes (back-pressure: a slow reader
-//! leaves its pipe full, so its sender is not read, and the kernel closes the sender's
-//! TCP window). An end of input one way, once the pipe is empty, becomes a shutdown of
-//! the other side's writing; the connection ends when both directions have, or at the
-//! first error (a reset, a broken pipe).
+//! The rules: a direction holds a pipe only while it has bytes to carry (taken when
+//! its side turns readable, given back once emptied and the side has nothing more), so
+//! an idle connection holds none; when none can be had, the side is not read until one
+//! is given back ([`Status::Starved`]). A side is read only while its direction's pipe
+//! has room, and the pipe is emptied into the other side while that one takes bytes
+//! (back-pressure: a slow reader leaves its pipe full, so its sender is not read, and
+//! the kernel closes the sender's TCP window). An end of input one way, once the pipe
+//! is empty, becomes a shutdown of the other side's writing; the connection ends when
+//! both directions have, or at the first error (a reset, a broken pipe).
 
 use std::io;
 
@@ -33,6 +36,11 @@ impl Side {
 
 /// The moves of a connection (the event loop's are splice(2) calls).
 pub trait Io {
+    /// Gives the direction reading `from` a pipe; its capacity, or None when none can
+    /// be had now (the relays' descriptor budget is spent).
+    fn take(&mut self, from: Side) -> Option<usize>;
+    /// Takes back the direction's pipe, empty.
+    fn give(&mut self, from: Side);
     /// Moves up to `max` bytes from socket `from` into the pipe of its direction; 0 at
     /// the end of `from`'s input.
     fn fill(&mut self, from: Side, max: usize) -> io::Result<usize>;
@@ -56,6 +64,9 @@ pub enum Status {
     Open,
     /// Could move more, but had its share: run it again after the others.
     More,
+    /// A side has bytes to read but no pipe could be had: run it again once a pipe is
+    /// given back.
+    Starved,
     /// Both directions ended.
     Done,
     /// A call failed (reset, broken pipe): close both sides, resetting them.
@@ -63,11 +74,14 @@ pub enum Status {
 }
 
 /// One direction: bytes read from one side, held in a pipe, written to the other.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Direction {
-    held: usize,
+    /// The pipe's capacity; 0: no pipe.
     capacity: usize,
+    held: usize,
     grown: bool,
+    /// Readable, without a pipe, and none could be had.
+    starved: bool,
     ended: bool,
     shut: bool,
 }
@@ -80,17 +94,16 @@ struct Ready {
 }
 
 /// A relayed connection's state (see the module).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Flow {
     dir: [Direction; 2],
     ready: [Ready; 2],
 }
 
 impl Flow {
-    /// A connection whose pipes hold `capacity` bytes each; nothing known ready yet.
-    pub fn new(capacity: usize) -> Flow {
-        let d = Direction { held: 0, capacity, grown: false, ended: false, shut: false };
-        Flow { dir: [d; 2], ready: [Ready::default(); 2] }
+    /// A connection without pipes; nothing known ready yet.
+    pub fn new() -> Flow {
+        Flow::default()
     }
 
     /// An event on `side`: it may have bytes (or an end, or an error) to read, or room
@@ -99,6 +112,13 @@ impl Flow {
         let r = &mut self.ready[side as usize];
         r.readable |= readable;
         r.writable |= writable;
+    }
+
+    /// Whether the direction reading `from` holds a pipe (one the loop closes, never
+    /// reuses, if the connection fails: it may hold bytes); for tests.
+    #[cfg(test)]
+    fn holds_pipe(&self, from: Side) -> bool {
+        self.dir[from as usize].capacity > 0
     }
 
     /// Whether `side` is waiting to be read while its pipe is full (a slow reader on
@@ -123,19 +143,26 @@ impl Flow {
                 return Status::Done;
             }
             if !moved {
-                return Status::Open;
+                return if self.dir.iter().any(|d| d.starved) { Status::Starved } else { Status::Open };
             }
         }
         Status::More
     }
 
-    /// One round of the direction reading `from`: fill, drain, pass an end on. True
-    /// when anything moved.
+    /// One round of the direction reading `from`: fill, drain, give the pipe back once
+    /// it is not needed, pass an end on. True when anything moved.
     fn step(&mut self, from: Side, io: &mut impl Io) -> io::Result<bool> {
         let to = from.other();
         let mut moved = false;
         let d = &mut self.dir[from as usize];
-        if !d.ended && d.held < d.capacity && self.ready[from as usize].readable {
+        let readable = self.ready[from as usize].readable;
+        if !d.ended && readable && d.capacity == 0 {
+            match io.take(from) {
+                Some(capacity) => (d.capacity, d.starved) = (capacity, false),
+                None => d.starved = true,
+            }
+        }
+        if !d.ended && d.held < d.capacity && readable {
             moved = match io.fill(from, d.capacity - d.held) {
                 Ok(0) => {
                     d.ended = true;
@@ -169,6 +196,11 @@ impl Flow {
                 Err(e) => return Err(e),
             }
         }
+        // Empty, and nothing more to read now: the pipe goes back.
+        if d.capacity > 0 && d.held == 0 && (d.ended || !self.ready[from as usize].readable) {
+            io.give(from);
+            (d.capacity, d.grown) = (0, false);
+        }
         if d.ended && d.held == 0 && !d.shut {
             d.shut = true;
             moved = true;
@@ -200,6 +232,18 @@ mod tests {
         shut: [bool; 2],
         grown_to: usize,
         calls: usize,
+        /// The capacity of a pipe taken; how many more can be taken.
+        pipe_size: usize,
+        free: usize,
+        /// Which directions hold a pipe; how many times each took one.
+        holding: [bool; 2],
+        taken: [usize; 2],
+        grows: usize,
+    }
+
+    /// Sockets with nothing to read and no room, and two pipes of `size` to take.
+    fn fake(size: usize) -> Fake {
+        Fake { pipe_size: size, free: 2, ..Fake::default() }
     }
 
     fn would_block() -> io::Error {
@@ -207,7 +251,26 @@ mod tests {
     }
 
     impl Io for Fake {
+        fn take(&mut self, from: Side) -> Option<usize> {
+            assert!(!self.holding[from as usize], "a second pipe for one direction");
+            if self.free == 0 {
+                return None;
+            }
+            self.free -= 1;
+            self.holding[from as usize] = true;
+            self.taken[from as usize] += 1;
+            Some(self.pipe_size)
+        }
+
+        fn give(&mut self, from: Side) {
+            assert!(self.holding[from as usize], "a pipe given back that was not taken");
+            assert!(self.pipe[from as usize].is_empty(), "a pipe given back with bytes in it");
+            self.holding[from as usize] = false;
+            self.free += 1;
+        }
+
         fn fill(&mut self, from: Side, max: usize) -> io::Result<usize> {
+            assert!(self.holding[from as usize], "a read into no pipe");
             self.calls += 1;
             let input = &mut self.input[from as usize];
             match input.front() {
@@ -230,6 +293,7 @@ mod tests {
         }
 
         fn drain(&mut self, from: Side, max: usize) -> io::Result<usize> {
+            assert!(self.holding[from as usize], "a write from no pipe");
             self.calls += 1;
             let to = from.other() as usize;
             if let Some(e) = self.write_error[to] {
@@ -252,6 +316,7 @@ mod tests {
         }
 
         fn grow(&mut self, _: Side) -> usize {
+            self.grows += 1;
             self.grown_to
         }
     }
@@ -265,10 +330,10 @@ mod tests {
 
     #[test]
     fn bytes_cross_both_ways_and_nothing_moves_without_readiness() {
-        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        let mut io = Fake { room: [100, 100], ..fake(64) };
         bytes(&mut io.input[0], b"request");
         bytes(&mut io.input[1], b"answer");
-        let mut f = Flow::new(64);
+        let mut f = Flow::new();
         assert_eq!(f.run(&mut io), Status::Open);
         assert_eq!(io.calls, 0, "no readiness known: no call");
         f.ready(C, true, true);
@@ -281,10 +346,10 @@ mod tests {
 
     #[test]
     fn a_half_close_passes_on_after_the_bytes_and_the_other_way_goes_on() {
-        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        let mut io = Fake { room: [100, 100], ..fake(64) };
         bytes(&mut io.input[0], b"GET");
         io.input[0].push_back(None);
-        let mut f = Flow::new(64);
+        let mut f = Flow::new();
         f.ready(C, true, true);
         f.ready(B, false, true);
         assert_eq!(f.run(&mut io), Status::Open);
@@ -300,10 +365,10 @@ mod tests {
 
     #[test]
     fn an_end_waits_for_the_bytes_held_before_it() {
-        let mut io = Fake { room: [0, 2], ..Fake::default() };
+        let mut io = Fake { room: [0, 2], ..fake(64) };
         bytes(&mut io.input[0], b"abcd");
         io.input[0].push_back(None);
-        let mut f = Flow::new(64);
+        let mut f = Flow::new();
         f.ready(C, true, false);
         f.ready(B, false, true);
         assert_eq!(f.run(&mut io), Status::Open);
@@ -319,9 +384,9 @@ mod tests {
     fn a_slow_reader_holds_back_its_sender_only() {
         // The client never reads: the backend's answer fills the pipe, then the
         // backend is no longer read (its socket buffer and window fill instead).
-        let mut io = Fake { room: [0, 1000], grown_to: 16, ..Fake::default() };
+        let mut io = Fake { room: [0, 1000], grown_to: 16, ..fake(8) };
         bytes(&mut io.input[1], &[7; 100]);
-        let mut f = Flow::new(8);
+        let mut f = Flow::new();
         f.ready(C, true, true);
         f.ready(B, true, true);
         assert_eq!(f.run(&mut io), Status::Open);
@@ -341,25 +406,28 @@ mod tests {
         // The client reads at last: bytes flow again.
         io.room[0] = 1000;
         f.ready(C, false, true);
+        assert!(io.holding[1], "a full pipe stays with its direction");
         assert_eq!(f.run(&mut io), Status::Open);
         assert_eq!(io.received[0].len(), 100);
+        assert_eq!(io.holding, [false, false], "both emptied: both given back");
     }
 
     #[test]
     fn a_reset_either_way_fails_the_connection() {
-        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        let mut io = Fake { room: [100, 100], ..fake(64) };
         bytes(&mut io.input[1], b"part");
         io.read_error[1] = Some(io::ErrorKind::ConnectionReset);
-        let mut f = Flow::new(64);
+        let mut f = Flow::new();
         f.ready(C, false, true);
         f.ready(B, true, false);
         assert_eq!(f.run(&mut io), Status::Failed(io::ErrorKind::ConnectionReset));
         assert_eq!(io.shut, [false, false], "a reset is no end of data: no shutdown passed on");
+        assert!(f.holds_pipe(B), "the pipe still holds bytes: the loop closes it, never reuses it");
 
-        let mut io = Fake { room: [100, 100], ..Fake::default() };
+        let mut io = Fake { room: [100, 100], ..fake(64) };
         bytes(&mut io.input[0], b"data");
         io.write_error[1] = Some(io::ErrorKind::BrokenPipe);
-        let mut f = Flow::new(64);
+        let mut f = Flow::new();
         f.ready(C, true, false);
         f.ready(B, false, true);
         assert_eq!(f.run(&mut io), Status::Failed(io::ErrorKind::BrokenPipe));
@@ -367,10 +435,10 @@ mod tests {
 
     #[test]
     fn both_ends_at_once_finish_the_connection() {
-        let mut io = Fake::default();
+        let mut io = fake(64);
         io.input[0].push_back(None);
         io.input[1].push_back(None);
-        let mut f = Flow::new(64);
+        let mut f = Flow::new();
         f.ready(C, true, false);
         f.ready(B, true, false);
         assert_eq!(f.run(&mut io), Status::Done);
@@ -379,9 +447,9 @@ mod tests {
 
     #[test]
     fn a_busy_connection_yields_after_its_share_and_goes_on_where_it_stopped() {
-        let mut io = Fake { room: [0, usize::MAX], grown_to: 8, ..Fake::default() };
+        let mut io = Fake { room: [0, usize::MAX], grown_to: 8, ..fake(8) };
         bytes(&mut io.input[0], &[3; 8 * (ROUNDS + 4)]);
-        let mut f = Flow::new(8);
+        let mut f = Flow::new();
         f.ready(C, true, false);
         f.ready(B, false, true);
         assert_eq!(f.run(&mut io), Status::More);
@@ -393,13 +461,13 @@ mod tests {
 
     #[test]
     fn a_pipe_grows_once_and_only_when_a_read_fills_it() {
-        let mut io = Fake { room: [0, 1000], grown_to: 32, ..Fake::default() };
+        let mut io = Fake { room: [0, 1000], grown_to: 32, ..fake(8) };
         bytes(&mut io.input[0], &[1; 4]);
-        let mut f = Flow::new(8);
+        let mut f = Flow::new();
         f.ready(C, true, true);
         f.ready(B, false, true);
         f.run(&mut io);
-        assert_eq!(f.dir[0].capacity, 8, "4 bytes in a pipe of 8: not grown");
+        assert_eq!((io.grows, io.holding[0]), (0, false), "4 bytes in a pipe of 8: not grown, and given back emptied");
         bytes(&mut io.input[0], &[1; 100]);
         io.room[1] = 0;
         f.ready(C, true, false);
@@ -411,5 +479,57 @@ mod tests {
         f.ready(B, false, true);
         f.run(&mut io);
         assert_eq!(f.dir[0].capacity, 32, "grown once only");
+    }
+
+    #[test]
+    fn an_idle_connection_holds_no_pipe_and_a_request_takes_one_only_while_it_crosses() {
+        let mut io = Fake { room: [100, 100], ..fake(64) };
+        let mut f = Flow::new();
+        f.ready(C, false, true);
+        f.ready(B, false, true);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!((io.taken, io.calls), ([0, 0], 0), "writable only: no pipe, no call");
+        bytes(&mut io.input[0], b"ping");
+        f.ready(C, true, false);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.received[1], b"ping");
+        assert_eq!((io.taken, io.holding), ([1, 0], [false, false]), "taken for the request, given back once emptied");
+        assert!(!f.holds_pipe(C) && !f.holds_pipe(B));
+        bytes(&mut io.input[1], b"pong");
+        f.ready(B, true, false);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!((io.received[0].as_slice(), io.taken, io.free), (&b"pong"[..], [1, 1], 2));
+    }
+
+    #[test]
+    fn without_a_pipe_a_side_is_not_read_until_one_is_given_back() {
+        let mut io = Fake { room: [100, 100], free: 0, ..fake(64) };
+        bytes(&mut io.input[0], b"waits");
+        let mut f = Flow::new();
+        f.ready(C, true, true);
+        f.ready(B, false, true);
+        assert_eq!(f.run(&mut io), Status::Starved);
+        assert_eq!((io.calls, io.input[0].len()), (0, 5), "nothing read without a pipe");
+        // Still none: still starved, and nothing spins.
+        assert_eq!(f.run(&mut io), Status::Starved);
+        assert_eq!(io.calls, 0);
+        // One is given back (by another connection): the bytes cross, the pipe returns.
+        io.free = 1;
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!((io.received[1].as_slice(), io.free), (&b"waits"[..], 1));
+    }
+
+    #[test]
+    fn an_end_gives_the_pipe_back_before_it_is_passed_on_and_a_done_connection_holds_none() {
+        let mut io = Fake { room: [100, 100], ..fake(64) };
+        bytes(&mut io.input[0], b"last");
+        io.input[0].push_back(None);
+        io.input[1].push_back(None);
+        let mut f = Flow::new();
+        f.ready(C, true, true);
+        f.ready(B, true, true);
+        assert_eq!(f.run(&mut io), Status::Done);
+        assert_eq!((io.received[1].as_slice(), io.shut), (&b"last"[..], [true, true]));
+        assert_eq!((io.holding, io.free), ([false, false], 2), "every pipe taken was given back");
     }
 }

@@ -1,8 +1,8 @@
 //! The event loops that carry every plain relayed connection: relays' clients (each
 //! loop accepts on every relay's listener, and the kernel wakes one loop per
 //! connection), and pairs handed over by others (the egress gateway). A connection
-//! costs no thread: its two sockets and two pipes sit in one loop's epoll set,
-//! edge-triggered, and [`Flow`] says which splice(2) to make when an event comes. A
+//! costs no thread: its two sockets sit in one loop's epoll set, edge-triggered, and
+//! [`Flow`] says which splice(2) to make when an event comes. A
 //! backend is dialled without waiting (a refused one, or one silent for
 //! [`DIAL_TIMEOUT`], gives way to the next hop, as the balancer ordered them); a hop
 //! through a `--tls` tunnel is handed to the caller's [`Serve::tunnel`] (user space:
@@ -10,14 +10,19 @@
 //!
 //! One loop per core (at most [`MAX_LOOPS`]): splicing is the kernel's work, done on
 //! the CPU of the thread that asks, so connections spread over loops spread over
-//! cores; more loops than cores would only add switches. Memory per idle connection is
-//! its sockets, its slot here and two empty pipes (pages are taken only while bytes
-//! are held; a pipe grows once, when one read fills it).
+//! cores; more loops than cores would only add switches.
+//!
+//! A direction holds a pipe only while bytes cross it: taken from its loop's few spare
+//! ones (or made) when its side turns readable, given back once emptied. An idle
+//! connection is two descriptors, its slot here and its sockets' memory; pipes cost
+//! two descriptors each, and they and the connections share one descriptor budget
+//! ([`bounds`]). A pipe grows once, when one read fills it, and keeps its size when
+//! reused.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,19 +31,20 @@ use ax_sys::epoll::{self, Epoll, Events, Waker};
 use ax_sys::sock;
 use tracing::{debug, info, warn};
 
-use super::flow::{Flow, Io, Side, Status};
+use super::flow::{Flow, Side, Status};
+use super::splice::{Pipe, Spares, Splicer, MAX_SPARE_PIPES};
 use crate::bounds::{Flow as AcceptFlow, Gate, Permit};
 
 /// How long a backend may take to answer a dial before the next one is tried.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Loops at most, whatever the core count.
 const MAX_LOOPS: usize = 4;
-/// A pipe's size once a read has filled it (the kernel's default is 64 KiB): more per
-/// splice for connections that carry a lot.
-const BIG_PIPE: usize = 1024 * 1024;
-/// The size asked for a new pipe (the kernel's default; asked, so that a smaller
-/// grant, as for a user over its pipe quota, is known).
-const PIPE: usize = 64 * 1024;
+/// How long a loop left without connections keeps its spare pipes (for the next
+/// ones: a pipe made costs calls); after that an idle daemon holds none.
+const SPARES_LINGER: Duration = Duration::from_secs(1);
+/// How soon a connection waiting for a pipe looks again when none is given back in its
+/// own loop.
+const STARVED_RETRY: Duration = Duration::from_millis(20);
 /// Connections accepted per wake-up of one listener, so that a flood of connects
 /// takes turns with the connections already carried.
 const ACCEPTS_PER_WAKE: usize = 64;
@@ -58,12 +64,14 @@ pub enum Hop {
     Tunnel(SocketAddrV4),
 }
 
-/// A connection's places: under its listener's bound and under the loops' (all
-/// relayed connections). Given back when the connection ends.
+/// A connection's places: under its listener's bound (and its address's), under the
+/// loops' bound on connections, and its two descriptors in the relays' budget. Given
+/// back when the connection ends.
 #[derive(Debug)]
 pub struct Held {
     _listener: Permit,
-    _all: Permit,
+    _connection: Permit,
+    _fds: Permit,
 }
 
 /// What a listener's connections get.
@@ -91,6 +99,22 @@ enum Job {
     Carry { a: TcpStream, b: TcpStream, held: Held },
 }
 
+/// The loops' shared bounds: connections, and the descriptor budget (in pairs: a
+/// connection's two sockets, or one pipe) that connections and pipes draw from.
+struct Budget {
+    connections: Gate,
+    fds: Arc<Gate>,
+}
+
+impl Budget {
+    /// Places for a new connection (listener's permit given), or None: it is closed.
+    fn admit(&self, listener: Permit) -> Option<Held> {
+        let connection = self.connections.admit(None)?;
+        let fds = self.fds.admit(None)?;
+        Some(Held { _listener: listener, _connection: connection, _fds: fds })
+    }
+}
+
 /// A loop, from other threads.
 struct Handle {
     jobs: Mutex<Vec<Job>>,
@@ -106,23 +130,44 @@ impl Handle {
     }
 }
 
-/// The loops, and the bound on the connections they carry.
+/// The loops, and the bounds on the connections they carry.
 pub struct Pump {
     loops: Vec<Arc<Handle>>,
     next: std::sync::atomic::AtomicUsize,
-    all: Arc<Gate>,
-    per_listener: usize,
+    budget: Arc<Budget>,
+    bounds: Bounds,
 }
 
-/// Descriptors one relayed connection holds: two sockets, two pipes.
-pub const FDS_PER_CONNECTION: u64 = 6;
+/// How many relayed connections the descriptor budget allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Descriptor pairs for relaying: a connection's two sockets, or one pipe.
+    pub pairs: usize,
+    /// Connections at once, over all listeners: all of the pairs but [`Bounds::pipes`].
+    pub connections: usize,
+    /// Pairs that connections never take: pipes for the busy ones, always.
+    pub pipes: usize,
+    /// One listener's connections at most.
+    pub per_listener: usize,
+    /// One client address's connections to one listener at most: a quarter of the
+    /// listener's, so that one address, even with every one of its connections holding
+    /// both pipes (three pairs each), leaves others connections and pipes.
+    pub per_source: usize,
+}
 
-/// The bounds from the descriptor budget `fds`: (all relayed connections, one
-/// listener's). Half of the budget is for relayed connections, the rest for apps,
-/// their engines and the daemon's own; one listener may take up to `max_per_listener`.
-pub fn bounds(fds: u64, max_per_listener: usize) -> (usize, usize) {
-    let all = (fds / 2 / FDS_PER_CONNECTION).max(1) as usize;
-    (all, all.min(max_per_listener))
+/// Share of the pairs kept for pipes: an idle connection holds none, a busy one one
+/// per direction with bytes in flight; beyond what is free, a direction waits.
+const PIPE_SHARE: usize = 8;
+
+/// The bounds from the descriptor budget `fds`. Half of it is for relaying, the rest
+/// for apps, their engines and the daemon's own; one listener may take up to
+/// `max_per_listener` connections.
+pub fn bounds(fds: u64, max_per_listener: usize) -> Bounds {
+    let pairs = (fds / 2 / 2) as usize;
+    let pipes = (pairs / PIPE_SHARE).max(2);
+    let connections = pairs.saturating_sub(pipes).max(1);
+    let per_listener = connections.min(max_per_listener);
+    Bounds { pairs: connections + pipes, connections, pipes, per_listener, per_source: (per_listener / 4).max(1) }
 }
 
 impl Pump {
@@ -135,22 +180,41 @@ impl Pump {
 
     /// Starts `n` loops.
     fn with_loops(n: usize, fds: u64, max_per_listener: usize) -> io::Result<Pump> {
-        let (all, per_listener) = bounds(fds, max_per_listener);
-        let all = Arc::new(Gate::new("relayed connections", all));
+        let b = bounds(fds, max_per_listener);
+        let budget = Arc::new(Budget {
+            connections: Gate::new("relayed connections", b.connections),
+            fds: Arc::new(Gate::new("relay descriptors", b.pairs)),
+        });
+        // Spare pipes a loop keeps: few, so that spares idle in one loop never leave
+        // another without (they count against the budget).
+        let spares = (b.pipes / (2 * n)).min(MAX_SPARE_PIPES);
         let mut loops = Vec::with_capacity(n);
         for i in 0..n {
             let handle = Arc::new(Handle { jobs: Mutex::default(), waker: Waker::new()? });
-            let mut worker = Worker::new(handle.clone(), all.clone())?;
+            let mut worker = Worker::new(handle.clone(), budget.clone(), spares)?;
             std::thread::Builder::new().name(format!("relay-loop-{i}")).spawn(move || worker.run())?;
             loops.push(handle);
         }
-        info!(loops = n, fds, all = bounds(fds, max_per_listener).0, per_listener, "relay loops started");
-        Ok(Pump { loops, next: Default::default(), all, per_listener })
+        info!(
+            loops = n,
+            fds,
+            connections = b.connections,
+            pipes_at_least = b.pipes,
+            per_listener = b.per_listener,
+            per_source = b.per_source,
+            "relay loops started"
+        );
+        Ok(Pump { loops, next: Default::default(), budget, bounds: b })
     }
 
     /// How many connections one listener may hold.
     pub fn per_listener(&self) -> usize {
-        self.per_listener
+        self.bounds.per_listener
+    }
+
+    /// How many connections one client address may hold on one listener.
+    pub fn per_source(&self) -> usize {
+        self.bounds.per_source
     }
 
     /// Every loop accepts on `l` from now on.
@@ -182,48 +246,9 @@ impl Pump {
     /// Carries bytes both ways between two connected sockets, under `permit` (their
     /// listener's) and the loops' bound; refused (closed) beyond it.
     pub fn carry(&self, a: TcpStream, b: TcpStream, permit: Permit) {
-        if let Some(all) = self.all.admit(None) {
-            self.pick().send(Job::Carry { a, b, held: Held { _listener: permit, _all: all } });
+        if let Some(held) = self.budget.admit(permit) {
+            self.pick().send(Job::Carry { a, b, held });
         }
-    }
-}
-
-/// A connection's two pipes, one per direction (index: the side it reads from).
-struct Pipes {
-    /// (read end, write end).
-    ends: [(OwnedFd, OwnedFd); 2],
-    capacity: usize,
-}
-
-impl Pipes {
-    fn new() -> io::Result<Pipes> {
-        let (a, b) = (sock::pipe()?, sock::pipe()?);
-        let capacity = sock::set_pipe_size(a.1.as_fd(), PIPE)?.min(sock::set_pipe_size(b.1.as_fd(), PIPE)?);
-        Ok(Pipes { ends: [a, b], capacity })
-    }
-}
-
-/// The splice(2) calls of one connection.
-struct Splicer<'a> {
-    socks: [BorrowedFd<'a>; 2],
-    pipes: &'a Pipes,
-}
-
-impl Io for Splicer<'_> {
-    fn fill(&mut self, from: Side, max: usize) -> io::Result<usize> {
-        sock::splice(self.socks[from as usize], self.pipes.ends[from as usize].1.as_fd(), max)
-    }
-
-    fn drain(&mut self, from: Side, max: usize) -> io::Result<usize> {
-        sock::splice(self.pipes.ends[from as usize].0.as_fd(), self.socks[from.other() as usize], max)
-    }
-
-    fn shut_write(&mut self, side: Side) -> io::Result<()> {
-        sock::shutdown(self.socks[side as usize], libc::SHUT_WR)
-    }
-
-    fn grow(&mut self, from: Side) -> usize {
-        sock::set_pipe_size(self.pipes.ends[from as usize].1.as_fd(), BIG_PIPE).unwrap_or(0)
     }
 }
 
@@ -243,9 +268,10 @@ enum Stage {
 struct Conn {
     client: TcpStream,
     stage: Stage,
-    pipes: Pipes,
+    /// Each direction's pipe while it has one (index: the side it reads from).
+    pipes: [Option<Pipe>; 2],
     flow: Flow,
-    /// In the run queue.
+    /// In the run queue, or waiting for a pipe.
     queued: bool,
     _held: Held,
 }
@@ -280,28 +306,42 @@ const SOCKET_EVENTS: u32 = epoll::IN | epoll::OUT | epoll::RDHUP | epoll::ET;
 struct Worker {
     epoll: Epoll,
     handle: Arc<Handle>,
-    all: Arc<Gate>,
+    budget: Arc<Budget>,
+    spares: Spares,
     slots: Vec<Slot>,
     free: Vec<usize>,
     /// Dial deadlines and paused listeners' wake-ups, by token.
     timers: BTreeSet<(Instant, u64)>,
     /// Connections with moves left (tokens of their client side).
     queue: VecDeque<u64>,
+    /// Connections waiting for a pipe, and when to look again if none is given back
+    /// here (another loop's may free budget).
+    starved: Vec<u64>,
+    retry: Option<Instant>,
+    /// Connections in this loop; when the spare pipes go if it stays without any.
+    conns: usize,
+    trim: Option<Instant>,
     events: Events,
 }
 
 impl Worker {
-    fn new(handle: Arc<Handle>, all: Arc<Gate>) -> io::Result<Worker> {
+    fn new(handle: Arc<Handle>, budget: Arc<Budget>, spares: usize) -> io::Result<Worker> {
         let epoll = Epoll::new()?;
         epoll.add(handle.waker.as_fd(), epoll::IN, WAKER)?;
+        let spares = Spares::new(spares, budget.fds.clone());
         Ok(Worker {
             epoll,
             handle,
-            all,
+            budget,
+            spares,
             slots: Vec::new(),
             free: Vec::new(),
             timers: BTreeSet::new(),
             queue: VecDeque::new(),
+            starved: Vec::new(),
+            retry: None,
+            conns: 0,
+            trim: None,
             events: Events::with_capacity(EVENTS),
         })
     }
@@ -311,8 +351,8 @@ impl Worker {
             let timeout = if !self.queue.is_empty() {
                 0
             } else {
-                match self.timers.first() {
-                    Some((at, _)) => {
+                match self.timers.first().map(|(at, _)| *at).into_iter().chain(self.retry).chain(self.trim).min() {
+                    Some(at) => {
                         let ms = at.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000);
                         ms.min(i32::MAX as u128) as i32
                     }
@@ -333,9 +373,28 @@ impl Worker {
                 }
             }
             self.events = events;
-            self.expire(Instant::now());
+            let now = Instant::now();
+            self.expire(now);
+            self.unstarve(now);
             self.run_queue();
+            if self.trim.is_some_and(|at| at <= now) {
+                self.trim = None;
+                if self.conns == 0 {
+                    self.spares.clear();
+                }
+            }
         }
+    }
+
+    /// Connections waiting for a pipe run again once one was given back here, or
+    /// after [`STARVED_RETRY`].
+    fn unstarve(&mut self, now: Instant) {
+        let given = self.spares.given();
+        if self.starved.is_empty() || !(given || self.retry.is_some_and(|at| at <= now)) {
+            return;
+        }
+        self.retry = None;
+        self.queue.extend(self.starved.drain(..));
     }
 
     fn insert(&mut self, entry: Entry) -> (usize, u32) {
@@ -355,7 +414,14 @@ impl Worker {
         let slot = &mut self.slots[idx];
         slot.gen = (slot.gen + 1) & MAX_GEN;
         self.free.push(idx);
-        std::mem::replace(&mut slot.entry, Entry::Free)
+        let entry = std::mem::replace(&mut slot.entry, Entry::Free);
+        if matches!(entry, Entry::Conn(_)) {
+            self.conns -= 1;
+            if self.conns == 0 {
+                self.trim = Some(Instant::now() + SPARES_LINGER);
+            }
+        }
+        entry
     }
 
     fn jobs(&mut self) {
@@ -371,7 +437,11 @@ impl Worker {
                         self.unlisten(idx);
                     }
                 }
-                Job::Dial { client, hops, held, serve } => self.admit(client, hops.into(), held, serve),
+                Job::Dial { client, hops, held, serve } => {
+                    if client.set_nonblocking(true).is_ok() {
+                        self.admit(client, hops.into(), held, serve);
+                    }
+                }
                 Job::Carry { a, b, held } => {
                     if a.set_nonblocking(true).and(b.set_nonblocking(true)).is_ok() {
                         self.add_conn(a, Stage::Carrying { backend: b }, held);
@@ -398,26 +468,17 @@ impl Worker {
         }
     }
 
-    /// A connection in a new slot, its sockets watched (a carried one queued to run);
-    /// None (closed) if it cannot be.
+    /// A connection in a new slot, its sockets watched (what they have ready comes as
+    /// their first events); None (closed) if it cannot be.
     fn add_conn(&mut self, client: TcpStream, stage: Stage, held: Held) -> Option<usize> {
-        let pipes = match Pipes::new() {
-            Ok(p) => p,
-            Err(e) => {
-                debug!("relay: no pipes for a connection: {e}");
-                return None;
-            }
-        };
-        let flow = Flow::new(pipes.capacity);
-        let conn = Conn { client, stage, pipes, flow, queued: false, _held: held };
+        let conn = Conn { client, stage, pipes: [None, None], flow: Flow::new(), queued: false, _held: held };
         let (idx, gen) = self.insert(Entry::Conn(Box::new(conn)));
+        self.conns += 1;
         let Entry::Conn(c) = &mut self.slots[idx].entry else { unreachable!("just inserted") };
         let mut watched = self.epoll.add(c.client.as_fd(), SOCKET_EVENTS, token(gen, idx, Side::Client));
         if let Stage::Carrying { backend } = &c.stage {
             watched =
                 watched.and_then(|()| self.epoll.add(backend.as_fd(), SOCKET_EVENTS, token(gen, idx, Side::Backend)));
-            c.queued = true;
-            self.queue.push_back(token(gen, idx, Side::Client));
         }
         if let Err(e) = watched {
             debug!("relay: cannot watch a connection: {e}");
@@ -427,11 +488,8 @@ impl Worker {
         Some(idx)
     }
 
-    /// A client accepted (or handed back): on to its first hop.
+    /// A client accepted (or handed back), non-blocking: on to its first hop.
     fn admit(&mut self, client: TcpStream, hops: VecDeque<Hop>, held: Held, serve: Arc<dyn Serve>) {
-        if client.set_nonblocking(true).is_err() {
-            return;
-        }
         if let Some(idx) = self.add_conn(client, Stage::Dialing { backend: None, hops, serve }, held) {
             self.next_hop(idx);
         }
@@ -449,7 +507,7 @@ impl Worker {
             Entry::Conn(c) => {
                 let hangup = bits & (epoll::HUP | epoll::ERR) != 0;
                 if let (Stage::Dialing { .. }, Side::Backend) = (&c.stage, side) {
-                    return self.dialled(idx);
+                    return self.dialled(idx, bits);
                 }
                 c.flow.ready(side, hangup || bits & (epoll::IN | epoll::RDHUP) != 0, hangup || bits & epoll::OUT != 0);
                 if matches!(c.stage, Stage::Carrying { .. }) && !c.queued {
@@ -462,13 +520,11 @@ impl Worker {
 
     fn accept(&mut self, idx: usize, l: &Arc<Listening>) {
         for _ in 0..ACCEPTS_PER_WAKE {
-            match l.listener.accept() {
+            match sock::accept_nonblocking(l.listener.as_fd()) {
                 Ok((client, peer)) => {
-                    let Some(permit) = l.gate.admit(Some(peer.ip())) else { continue };
-                    let Some(all) = self.all.admit(None) else { continue };
-                    let hops = l.serve.hops();
-                    let held = Held { _listener: permit, _all: all };
-                    self.admit(client, hops.into(), held, l.serve.clone());
+                    let Some(permit) = l.gate.admit(peer.map(|p| p.ip())) else { continue };
+                    let Some(held) = self.budget.admit(permit) else { continue };
+                    self.admit(TcpStream::from(client), l.serve.hops().into(), held, l.serve.clone());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => match l.gate.accept_failed(&e) {
@@ -526,26 +582,28 @@ impl Worker {
         }
     }
 
-    /// The backend being dialled has answered (or failed).
-    fn dialled(&mut self, idx: usize) {
+    /// An event (`bits`) on the backend being dialled: answered, or failed. A connect
+    /// in progress reports nothing; an error or hang-up is a failure (a refusal, an
+    /// unreachable host); writable without either, connected: no call needed to tell.
+    fn dialled(&mut self, idx: usize, bits: u32) {
+        if bits & (epoll::ERR | epoll::HUP) != 0 {
+            return self.next_hop(idx);
+        }
+        if bits & epoll::OUT == 0 {
+            return;
+        }
         let gen = self.slots[idx].gen;
         let Entry::Conn(c) = &mut self.slots[idx].entry else { return };
-        let Stage::Dialing { backend: Some((s, _)), .. } = &c.stage else { return };
-        match sock::get_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_ERROR) {
-            Ok(0) if s.peer_addr().is_ok() => {}
-            // Not connected yet (a wake-up before the answer): wait on.
-            Ok(0) => return,
-            _ => return self.next_hop(idx),
-        }
         let Stage::Dialing { backend, .. } = &mut c.stage else { return };
         let Some((s, deadline)) = backend.take() else { return };
         self.timers.remove(&(deadline, token(gen, idx, Side::Backend)));
         c.stage = Stage::Carrying { backend: s };
-        // What happened while dialling is not known: look at both sides.
-        c.flow.ready(Side::Client, true, true);
-        c.flow.ready(Side::Backend, true, true);
-        c.queued = true;
-        self.queue.push_back(token(gen, idx, Side::Client));
+        // The client's events while dialling were kept; the backend's are these.
+        c.flow.ready(Side::Backend, bits & (epoll::IN | epoll::RDHUP) != 0, true);
+        if !c.queued {
+            c.queued = true;
+            self.queue.push_back(token(gen, idx, Side::Client));
+        }
     }
 
     /// Deadlines passed: dials time out, paused listeners are watched again.
@@ -579,10 +637,15 @@ impl Worker {
             let Some(slot) = self.slots.get_mut(idx).filter(|s| s.gen == gen) else { continue };
             let Entry::Conn(c) = &mut slot.entry else { continue };
             let Stage::Carrying { backend } = &c.stage else { continue };
-            let mut io = Splicer { socks: [c.client.as_fd(), backend.as_fd()], pipes: &c.pipes };
+            let mut io =
+                Splicer { socks: [c.client.as_fd(), backend.as_fd()], pipes: &mut c.pipes, spares: &mut self.spares };
             match c.flow.run(&mut io) {
                 Status::Open => c.queued = false,
                 Status::More => self.queue.push_back(t),
+                Status::Starved => {
+                    self.starved.push(t);
+                    self.retry.get_or_insert(Instant::now() + STARVED_RETRY);
+                }
                 Status::Done => self.close(idx, false),
                 Status::Failed(why) => {
                     debug!(?why, "relay: a connection broke");

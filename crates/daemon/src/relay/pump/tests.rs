@@ -190,8 +190,8 @@ fn connections_beyond_the_cap_are_closed_and_the_others_carried() {
 
 #[test]
 fn handed_over_pairs_are_carried_under_the_loops_bound() {
-    let pump = Pump::with_loops(2, 6 * 2 * 2, 100).unwrap();
-    assert_eq!(bounds(6 * 2 * 2, 100), (2, 2), "two connections for 24 descriptors");
+    let pump = Pump::with_loops(2, 16, 100).unwrap();
+    assert_eq!(bounds(16, 100).connections, 2, "two connections for 16 descriptors");
     let pair = || {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -222,9 +222,94 @@ fn handed_over_pairs_are_carried_under_the_loops_bound() {
 
 #[test]
 fn the_descriptor_budget_sets_the_bounds() {
-    assert_eq!(bounds(1 << 20, 32768), (87381, 32768));
-    assert_eq!(bounds(20000, 32768), (1666, 1666));
-    assert_eq!(bounds(3, 10), (1, 1), "never zero");
+    let b = |pairs, connections, pipes, per_listener, per_source| Bounds {
+        pairs,
+        connections,
+        pipes,
+        per_listener,
+        per_source,
+    };
+    assert_eq!(bounds(1 << 20, 32768), b(262144, 229376, 32768, 32768, 8192));
+    // This sandbox's hard limit: 4,375 idle connections (1,666 when each held two
+    // pipes from the start).
+    assert_eq!(bounds(20000, 32768), b(5000, 4375, 625, 4375, 1093));
+    assert_eq!(bounds(3, 10), b(3, 1, 2, 1, 1), "never zero, and pipes for the one connection");
+    for fds in [16, 100, 20000, 1 << 20] {
+        let x = bounds(fds, usize::MAX);
+        assert!(4 * x.pairs as u64 <= fds.max(12), "{fds}: more than half the descriptors");
+        assert!(3 * x.per_source <= x.pairs - x.pipes || x.per_source == 1, "{fds}: one address, all busy, takes all");
+    }
+}
+
+/// A connection to `at` from the local address `src` (blocking, as `connect` makes).
+fn connect_from(src: &str, at: SocketAddr) -> TcpStream {
+    let s = sock::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+    sock::bind(s.as_fd(), &format!("{src}:0").parse().unwrap()).unwrap();
+    sock::connect(s.as_fd(), &at).unwrap();
+    let c = TcpStream::from(s);
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c
+}
+
+#[test]
+fn one_address_at_its_bound_is_closed_and_another_address_is_still_served() {
+    let b = backend(echo);
+    let pump = Pump::with_loops(1, 1 << 16, 100).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap();
+    let gate = Gate::new("test relay", 10).per_peer(3);
+    pump.listen(Arc::new(Listening { id: 1, listener, gate, serve: Arc::new(To(vec![direct(b)])) })).unwrap();
+    let mut hog: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.2", at)).collect();
+    for c in &mut hog {
+        roundtrip(c, b"mine");
+    }
+    let mut extra = connect_from("127.0.0.2", at);
+    let _ = extra.write(b"?");
+    let mut buf = [0u8; 1];
+    assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)), "a fourth from one address is closed");
+    roundtrip(&mut connect_from("127.0.0.3", at), b"another address is served");
+    roundtrip(&mut hog[0], b"and the first address's keep going");
+}
+
+#[test]
+fn a_side_waits_for_a_pipe_while_the_budget_is_spent_and_goes_on_once_one_is_freed() {
+    // 20 descriptors: 5 pairs, 2 of them for pipes at least, 3 connections.
+    assert_eq!(bounds(20, 100), Bounds { pairs: 5, connections: 3, pipes: 2, per_listener: 3, per_source: 1 });
+    let flood = backend(|mut c| {
+        let chunk = vec![7u8; 1 << 16];
+        while c.write_all(&chunk).is_ok() {}
+    });
+    let b = backend(echo);
+    let pump = Pump::with_loops(1, 20, 100).unwrap();
+    let listen = |id, to| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let l = Listening { id, listener, gate: Gate::new("test relay", 100), serve: Arc::new(To(vec![direct(to)])) };
+        pump.listen(Arc::new(l)).unwrap();
+        at
+    };
+    let (flood_at, echo_at) = (listen(1, flood), listen(2, b));
+    // Two clients that never read a flood: each holds a full pipe, the last two pairs.
+    let stuck: Vec<TcpStream> = (0..2).map(|_| connect(flood_at)).collect();
+    // Until their pipes are full for good: their four pairs taken, and kept.
+    let (mut steady, start) = (0, Instant::now());
+    while steady < 20 {
+        steady = if pump.budget.fds.taken() == 4 { steady + 1 } else { 0 };
+        assert!(start.elapsed() < Duration::from_secs(60), "the floods never held their pipes");
+        thread::sleep(Duration::from_millis(25));
+    }
+    // The third connection is carried, but its bytes wait: no pipe to hold them.
+    let mut c = connect(echo_at);
+    c.write_all(b"waits for a pipe").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut got = [0u8; 16];
+    assert!(c.read(&mut got).is_err(), "bytes crossed without a pipe in the budget");
+    // One stuck client goes (its connection resets): its pipe is closed, the budget has
+    // room again, and the waiting bytes cross.
+    drop(stuck);
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"waits for a pipe");
 }
 
 #[test]
