@@ -18,7 +18,7 @@ T=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-2}
 ROWS=${ROWS:-iperf conn ab}
 . bench/testhost.sh
-bench_prelude iperf3 haproxy nginx ab nsenter unshare setpriv
+bench_prelude iperf3 haproxy nginx ab nsenter unshare setpriv $([[ " $ROWS " == *" calls "* ]] && echo strace)
 NODE=10.252.0.1
 bench_host axr-$$ $NODE
 mean() { awk '{ s += $1; n++ } END { if (n) printf "%.2f", s / n; else print 0 }'; }
