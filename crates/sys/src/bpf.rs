@@ -34,6 +34,19 @@ const F_CLONE: u32 = 0x200;
 pub const PROG_CGROUP_SKB: u32 = 8;
 pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 
+/// Attach types used here (the kernel's enum bpf_attach_type).
+pub const ATTACH_INGRESS: u32 = 0;
+pub const ATTACH_BIND4: u32 = 8;
+pub const ATTACH_BIND6: u32 = 9;
+pub const ATTACH_CONNECT4: u32 = 10;
+pub const ATTACH_CONNECT6: u32 = 11;
+pub const ATTACH_UDP4_SENDMSG: u32 = 14;
+pub const ATTACH_UDP6_SENDMSG: u32 = 15;
+pub const ATTACH_GETPEERNAME4: u32 = 29;
+pub const ATTACH_GETPEERNAME6: u32 = 30;
+pub const ATTACH_GETSOCKNAME4: u32 = 31;
+pub const ATTACH_GETSOCKNAME6: u32 = 32;
+
 /// Helpers used here (their numbers in the kernel's uapi).
 pub const FN_MAP_LOOKUP_ELEM: i32 = 1;
 pub const FN_MAP_UPDATE_ELEM: i32 = 2;

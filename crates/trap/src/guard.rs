@@ -41,9 +41,14 @@ pub const MEMBERS_ONLY: u32 = 2;
 
 /// Attach types of the calls that name a destination or an address (bind4, bind6,
 /// connect4, connect6, udp4_sendmsg, udp6_sendmsg).
-const ADDRESS_HOOKS: &[(u32, &str)] =
-    &[(8, "bind4"), (9, "bind6"), (10, "connect4"), (11, "connect6"), (14, "sendmsg4"), (15, "sendmsg6")];
-const INGRESS: u32 = 0;
+const ADDRESS_HOOKS: &[(u32, &str)] = &[
+    (bpf::ATTACH_BIND4, "bind4"),
+    (bpf::ATTACH_BIND6, "bind6"),
+    (bpf::ATTACH_CONNECT4, "connect4"),
+    (bpf::ATTACH_CONNECT6, "connect6"),
+    (bpf::ATTACH_UDP4_SENDMSG, "sendmsg4"),
+    (bpf::ATTACH_UDP6_SENDMSG, "sendmsg6"),
+];
 
 /// The pin directory's name; a new layout gets a new name.
 const LAYOUT: &str = "ax-guard-v2";
@@ -132,7 +137,7 @@ impl Guard {
             .iter()
             .map(|&(hook, name)| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, address.clone()))
             .collect();
-        programs.push((INGRESS, "ingress", bpf::PROG_CGROUP_SKB, ingress_program(&maps)));
+        programs.push((bpf::ATTACH_INGRESS, "ingress", bpf::PROG_CGROUP_SKB, ingress_program(&maps)));
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
         info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "socket guard installed");
         Ok(Guard { sockets: Arc::new(maps.sockets), members: maps.members, known: Mutex::new(HashSet::new()) })

@@ -47,18 +47,6 @@ use crate::hooks::{self, Cgroup, InstallError};
 const LAYOUT: &str = "ax-kernel-v2";
 const WHO: &str = "kernel driver";
 
-/// Attach types (the kernel's enum bpf_attach_type).
-const BIND4: u32 = 8;
-const BIND6: u32 = 9;
-const CONNECT4: u32 = 10;
-const CONNECT6: u32 = 11;
-const SENDMSG4: u32 = 14;
-const SENDMSG6: u32 = 15;
-const GETPEERNAME4: u32 = 29;
-const GETPEERNAME6: u32 = 30;
-const GETSOCKNAME4: u32 = 31;
-const GETSOCKNAME6: u32 = 32;
-
 /// offsetof(struct bpf_sock_addr, ...).
 const USER_FAMILY: i16 = 0;
 const USER_IP4: i16 = 4;
@@ -192,16 +180,16 @@ impl KernelDriver {
         hooks::claim(&maps.daemon).map_err(|e| InstallError::Maps(WHO, e))?;
         let sock_addr = |hook, name, insns| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, insns);
         let programs = [
-            sock_addr(CONNECT4, "kconnect4", connect(&maps, false)),
-            sock_addr(CONNECT6, "kconnect6", connect(&maps, true)),
-            sock_addr(GETPEERNAME4, "kgetpeername4", getpeername(&maps, false)),
-            sock_addr(GETPEERNAME6, "kgetpeername6", getpeername(&maps, true)),
-            sock_addr(GETSOCKNAME4, "kgetsockname4", getsockname(&maps, false)),
-            sock_addr(GETSOCKNAME6, "kgetsockname6", getsockname(&maps, true)),
-            sock_addr(BIND4, "kbind4", daemon_only(&maps)),
-            sock_addr(BIND6, "kbind6", daemon_only(&maps)),
-            sock_addr(SENDMSG4, "ksendmsg4", daemon_only(&maps)),
-            sock_addr(SENDMSG6, "ksendmsg6", daemon_only(&maps)),
+            sock_addr(bpf::ATTACH_CONNECT4, "kconnect4", connect(&maps, false)),
+            sock_addr(bpf::ATTACH_CONNECT6, "kconnect6", connect(&maps, true)),
+            sock_addr(bpf::ATTACH_GETPEERNAME4, "kgetpeername4", getpeername(&maps, false)),
+            sock_addr(bpf::ATTACH_GETPEERNAME6, "kgetpeername6", getpeername(&maps, true)),
+            sock_addr(bpf::ATTACH_GETSOCKNAME4, "kgetsockname4", getsockname(&maps, false)),
+            sock_addr(bpf::ATTACH_GETSOCKNAME6, "kgetsockname6", getsockname(&maps, true)),
+            sock_addr(bpf::ATTACH_BIND4, "kbind4", daemon_only(&maps)),
+            sock_addr(bpf::ATTACH_BIND6, "kbind6", daemon_only(&maps)),
+            sock_addr(bpf::ATTACH_UDP4_SENDMSG, "ksendmsg4", daemon_only(&maps)),
+            sock_addr(bpf::ATTACH_UDP6_SENDMSG, "ksendmsg6", daemon_only(&maps)),
         ];
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
         info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "kernel driver installed");
