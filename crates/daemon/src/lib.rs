@@ -156,8 +156,9 @@ struct Outbox {
     done: u64,
     /// The last ticket whose command the state written includes.
     written: u64,
-    /// What the kernel driver's maps hold (None: not known, as at start).
-    kernel_maps: Option<ax_core::kmap::KernelMaps>,
+    /// The kernel driver's maps hold what the table's last sync wanted (false: not
+    /// known, as at start or after a failed write).
+    kernel_written: bool,
     /// The table's generation the kernel driver's maps were last built from.
     kernel_generation: u64,
     /// A route entry had to leave backends out (logged once).
@@ -340,32 +341,33 @@ impl Daemon {
         }
     }
 
-    /// Brings the kernel driver's maps to what the state says, writing only what
-    /// changed; the first time (at start, or after a failed write), everything, then
-    /// removing what an earlier daemon wrote that no longer holds.
-    /// Nothing is built when the table has not changed since the maps were written.
+    /// Brings the kernel driver's maps to what the state says, writing what the
+    /// table's changes since the last sync touched ([`Table::kernel_sync`]); the first
+    /// time (at start, or after a failed write), everything, then removing what an
+    /// earlier daemon wrote that no longer holds. Nothing is done when the table has
+    /// not changed since the maps were written.
     fn sync_kernel(&self, k: &driver::Kernel, outbox: &mut Outbox) {
-        let (view, generation) = {
+        let (changes, trimmed, whole, generation) = {
             let mut state = self.state();
             let generation = state.table.generation();
-            if outbox.kernel_maps.is_some() && outbox.kernel_generation == generation {
+            if outbox.kernel_written && outbox.kernel_generation == generation {
                 return;
             }
-            (state.table.kernel_maps(k.broker), generation)
+            let (changes, trimmed) = state.table.kernel_sync(k.broker);
+            let whole = state.table.kernel_synced().filter(|_| !outbox.kernel_written).cloned();
+            (changes, trimmed, whole, generation)
         };
-        if !view.trimmed.is_empty() && !outbox.kernel_trimmed {
+        if !trimmed.is_empty() && !outbox.kernel_trimmed {
             outbox.kernel_trimmed = true;
-            warn!(entries = ?view.trimmed, "a destination has more than {} backends or {} groups: the kernel driver balances over a subset of them", ax_core::kmap::MAX_TARGETS, ax_core::kmap::MAX_GROUPS);
+            warn!(entries = ?trimmed, "a destination has more than {} backends or {} groups: the kernel driver balances over a subset of them", ax_core::kmap::MAX_TARGETS, ax_core::kmap::MAX_GROUPS);
         }
-        let written = match outbox.kernel_maps.take() {
-            Some(old) => k.driver.apply(&ax_core::kmap::KernelMaps::diff(&old, &view.maps)),
-            None => k.driver.resync(&view.maps),
+        let written = match whole {
+            Some(maps) => k.driver.resync(&maps),
+            None => k.driver.apply(&changes),
         };
+        outbox.kernel_written = written.is_ok();
         match written {
-            Ok(()) => {
-                outbox.kernel_maps = Some(view.maps);
-                outbox.kernel_generation = generation;
-            }
+            Ok(()) => outbox.kernel_generation = generation,
             Err(e) => warn!("the kernel driver's maps lag behind the table (written again at the next change): {e}"),
         }
     }

@@ -70,6 +70,7 @@ impl Table {
     /// bytes to a gateway over TLS) rather than from the app's socket to a gateway.
     pub fn set_egress_forwarder(&mut self, on: bool) {
         self.generation += 1;
+        self.kernel.touch_all();
         self.egress_forwarder = on;
     }
 

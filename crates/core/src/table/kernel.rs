@@ -5,9 +5,10 @@
 //! What the programs do with the entries is modelled by [`KernelMaps::lookup`]; the
 //! tests below hold the two to the user driver's answers.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use super::reserved::is_node_address;
 use crate::kmap::{AppEntry, Config, KernelMaps, Lb, PrivateKey, Route as KRoute, RouteKey, ANY_CLASS};
 use crate::kmap::{MAX_GROUPS, MAX_TARGETS};
 use crate::labels::Labels;
@@ -26,68 +27,111 @@ pub const ROUTES_PER_APP: usize = RouteKey::MAX_ENTRIES as usize / 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelView {
     pub maps: KernelMaps,
-    pub trimmed: Vec<RouteKey>,
+    pub trimmed: BTreeSet<RouteKey>,
+}
+
+/// One pass over destinations: the label classes, and each class's answer for a
+/// service already decided in this pass (every host address of a service's rows
+/// answers as the service does, so a service of many rows is decided once, not once
+/// per row).
+pub(super) struct Pass {
+    pub(super) classes: Vec<(Labels, u32)>,
+    memo: HashMap<(Proto, SocketAddrV4, u32), (KRoute, bool)>,
+}
+
+impl Pass {
+    pub(super) fn new(classes: Vec<(Labels, u32)>) -> Pass {
+        Pass { classes, memo: HashMap::new() }
+    }
+
+    /// Every key a destination may have an entry under: one per class, and ANY.
+    pub(super) fn keys(&self, proto: Proto, dest: SocketAddrV4) -> impl Iterator<Item = RouteKey> + '_ {
+        let classes = self.classes.iter().map(|(_, c)| *c).chain([ANY_CLASS]);
+        classes.map(move |class| RouteKey { class, ip: *dest.ip(), port: dest.port(), proto })
+    }
 }
 
 impl Table {
-    /// What the kernel driver's maps hold for this table, with `broker` the address of
-    /// the daemon's broker. An app's class is the lowest id among the kernel-driver
-    /// apps with its labels (top bit cleared, so never [`ANY_CLASS`]): stable while that
-    /// app lives, and never shared by two label sets.
+    /// What the kernel driver's maps hold for this table, built from nothing, with
+    /// `broker` the address of the daemon's broker (the daemon follows the table with
+    /// [`Table::kernel_sync`], which rebuilds only what a change can touch). An app's
+    /// class is the one of its label set (see [`Table::kernel_classes`]).
     pub fn kernel_maps(&mut self, broker: SocketAddrV4) -> KernelView {
-        let config = Config::new(self.node.ip, broker, self.egress_on(), self.services.pool().ranges());
-        let mut maps = KernelMaps::new(config);
-        let kernel_apps = || self.apps.iter().filter(|a| a.driver == Driver::Kernel);
-        let mut class_of: HashMap<&Labels, u32> = HashMap::new();
-        for a in kernel_apps() {
-            let id = a.id.0 & 0x7fff_ffff;
-            class_of.entry(&a.labels).and_modify(|c| *c = (*c).min(id)).or_insert(id);
-        }
-        for a in kernel_apps() {
-            maps.apps.insert(a.id.0, AppEntry { ip: a.ip, class: class_of[&a.labels] });
-        }
-        let mut classes: Vec<(Labels, u32)> = class_of.into_iter().map(|(l, c)| (l.clone(), c)).collect();
-        classes.sort_by_key(|(_, c)| *c);
-        maps.private = self
-            .private
-            .iter()
-            .filter(|p| p.proto == Proto::Tcp && maps.apps.contains_key(&p.app.0))
-            .map(|p| PrivateKey { app: p.app.0, port: p.port, proto: p.proto })
-            .collect();
-        let mut trimmed = Vec::new();
+        let classes = self.kernel_classes();
+        let mut view = KernelView { maps: KernelMaps::new(self.kernel_config(broker)), trimmed: BTreeSet::new() };
+        view.maps.apps = self.kernel_apps(&classes);
+        view.maps.private = self.kernel_private(&view.maps.apps);
         if classes.is_empty() {
-            return KernelView { maps, trimmed };
+            return view;
         }
+        let mut pass = Pass::new(classes);
         // Every port of an address first: what a port without its own entry gets.
         for (proto, ip) in self.whole_addresses() {
-            let dest = SocketAddrV4::new(ip, 0);
-            let answers = self.answers(&classes, proto, dest, &mut trimmed);
-            let key = RouteKey { class: ANY_CLASS, ip, port: 0, proto };
-            if let Some(route) = same(answers).filter(|r| *r != KernelMaps::default_route(proto, &config)) {
-                maps.routes.insert(key, route);
-            }
+            self.put_whole(&mut view, &mut pass, proto, ip);
         }
-        for (proto, dest) in self.exact_destinations() {
-            let fallback = maps.fallback(proto, dest);
-            let answers = self.answers(&classes, proto, dest, &mut trimmed);
-            let key = |class| RouteKey { class, ip: *dest.ip(), port: dest.port(), proto };
-            match same(answers.clone()) {
-                Some(route) if route == fallback => {}
-                Some(route) => {
-                    maps.routes.insert(key(ANY_CLASS), route);
-                }
-                None => {
-                    for ((_, class), route) in classes.iter().zip(answers) {
-                        if route != fallback {
-                            maps.routes.insert(key(*class), route);
-                        }
+        for (proto, dest) in self.exact_destinations(|_| true) {
+            self.put_exact(&mut view, &mut pass, proto, dest);
+        }
+        view
+    }
+
+    /// The config entry for `broker`, with the maps complete.
+    pub(super) fn kernel_config(&self, broker: SocketAddrV4) -> Config {
+        Config::new(self.node.ip, broker, self.egress_on(), self.services.pool().ranges())
+    }
+
+    /// The kernel-driver apps' entries.
+    pub(super) fn kernel_apps(&self, classes: &[(Labels, u32)]) -> BTreeMap<u32, AppEntry> {
+        let class_of: HashMap<&Labels, u32> = classes.iter().map(|(l, c)| (l, *c)).collect();
+        let kernel_apps = self.apps.iter().filter(|a| a.driver == Driver::Kernel);
+        kernel_apps.filter_map(|a| Some((a.id.0, AppEntry { ip: a.ip, class: *class_of.get(&a.labels)? }))).collect()
+    }
+
+    /// The private listeners of the apps in `apps`.
+    pub(super) fn kernel_private(&self, apps: &BTreeMap<u32, AppEntry>) -> BTreeSet<PrivateKey> {
+        let private = self.private.iter().filter(|p| p.proto == Proto::Tcp && apps.contains_key(&p.app.0));
+        private.map(|p| PrivateKey { app: p.app.0, port: p.port, proto: p.proto }).collect()
+    }
+
+    /// Brings the every-port entry of `ip` over `proto` in `view` to what the table
+    /// says (none where `ip` is no whole address).
+    pub(super) fn put_whole(&mut self, view: &mut KernelView, pass: &mut Pass, proto: Proto, ip: Ipv4Addr) {
+        let dest = SocketAddrV4::new(ip, 0);
+        forget(view, pass, proto, dest);
+        if !self.is_whole_address(ip) {
+            return;
+        }
+        let answers = self.answers(pass, proto, dest, &mut view.trimmed);
+        let key = RouteKey { class: ANY_CLASS, ip, port: 0, proto };
+        if let Some(route) = same(answers).filter(|r| *r != KernelMaps::default_route(proto, &view.maps.config)) {
+            view.maps.routes.insert(key, route);
+        }
+    }
+
+    /// Brings the entries of `dest` over `proto` in `view` to what the table says
+    /// (none where it is no exact destination), the every-port entry of its address
+    /// being up to date.
+    pub(super) fn put_exact(&mut self, view: &mut KernelView, pass: &mut Pass, proto: Proto, dest: SocketAddrV4) {
+        forget(view, pass, proto, dest);
+        if !self.is_exact_destination(proto, dest) {
+            return;
+        }
+        let fallback = view.maps.fallback(proto, dest);
+        let answers = self.answers(pass, proto, dest, &mut view.trimmed);
+        let key = |class| RouteKey { class, ip: *dest.ip(), port: dest.port(), proto };
+        match same(answers.clone()) {
+            Some(route) if route == fallback => {}
+            Some(route) => {
+                view.maps.routes.insert(key(ANY_CLASS), route);
+            }
+            None => {
+                for ((_, class), route) in pass.classes.iter().zip(answers) {
+                    if route != fallback {
+                        view.maps.routes.insert(key(*class), route);
                     }
                 }
             }
         }
-        trimmed.sort();
-        trimmed.dedup();
-        KernelView { maps, trimmed }
     }
 
     /// True when `app` may add one more service row while the kernel driver serves
@@ -96,42 +140,53 @@ impl Table {
     /// rows may take at most [`ROUTES_PER_APP`] of them, so no app's rows crowd out
     /// the others' entries. Without kernel-driver apps, always.
     pub fn kernel_room(&self, app: AppId) -> bool {
-        let classes: HashSet<&Labels> =
-            self.apps.iter().filter(|a| a.driver == Driver::Kernel).map(|a| &a.labels).collect();
+        let classes = self.kernel.class_count();
         let rows = self.services.rows().filter(|b| b.app == app).count();
-        classes.is_empty() || (rows + 1) * 2 * classes.len() <= ROUTES_PER_APP
+        classes == 0 || (rows + 1) * 2 * classes <= ROUTES_PER_APP
     }
 
     /// The entry for a connect to `dest` over `proto`, for each class in turn.
     fn answers(
         &mut self,
-        classes: &[(Labels, u32)],
+        pass: &mut Pass,
         proto: Proto,
         dest: SocketAddrV4,
-        trimmed: &mut Vec<RouteKey>,
+        trimmed: &mut BTreeSet<RouteKey>,
     ) -> Vec<KRoute> {
-        let mut out = Vec::with_capacity(classes.len());
-        for (labels, class) in classes {
-            let route = match self.decide_connect(Some(labels), proto, SocketAddr::V4(dest)) {
-                // Loopback is never a key: the programs' defaults carry it out.
-                Decision::Final(Route::Refused | Route::Private) => KRoute::refuse(),
-                Decision::Final(Route::Direct(_)) => KRoute::pass(),
-                Decision::Final(r @ (Route::Backends(_) | Route::Egress { .. })) => {
-                    unreachable!("decide_connect leaves {r:?} to the balancer and the egress choice")
-                }
-                Decision::Balanced(b) => {
-                    let (route, cut) = backends(b);
-                    if cut {
-                        trimmed.push(RouteKey { class: *class, ip: *dest.ip(), port: dest.port(), proto });
+        let mut out = Vec::with_capacity(pass.classes.len());
+        for (labels, class) in &pass.classes {
+            let (route, cut) = match self.resolve_connect(Some(labels), proto, SocketAddr::V4(dest)) {
+                Err(decision) => self.encode(proto, decision),
+                Ok((labels, service)) => match pass.memo.get(&(proto, service, *class)) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let answer = self.encode(proto, self.decide_rows(labels, proto, service));
+                        pass.memo.insert((proto, service, *class), answer.clone());
+                        answer
                     }
-                    route
-                }
-                Decision::Outbound(d) if self.egress_applies(proto, d) => KRoute::broker(),
-                Decision::Outbound(_) => KRoute::pass(),
+                },
             };
+            if cut {
+                trimmed.insert(RouteKey { class: *class, ip: *dest.ip(), port: dest.port(), proto });
+            }
             out.push(route);
         }
         out
+    }
+
+    /// A decision as a route entry, and whether some of its backends had to be left out.
+    fn encode(&self, proto: Proto, decision: Decision) -> (KRoute, bool) {
+        match decision {
+            // Loopback is never a key: the programs' defaults carry it out.
+            Decision::Final(Route::Refused | Route::Private) => (KRoute::refuse(), false),
+            Decision::Final(Route::Direct(_)) => (KRoute::pass(), false),
+            Decision::Final(r @ (Route::Backends(_) | Route::Egress { .. })) => {
+                unreachable!("decide_connect leaves {r:?} to the balancer and the egress choice")
+            }
+            Decision::Balanced(b) => backends(b),
+            Decision::Outbound(d) if self.egress_applies(proto, d) => (KRoute::broker(), false),
+            Decision::Outbound(_) => (KRoute::pass(), false),
+        }
     }
 
     /// Addresses whose every port may answer other than the default: virtual
@@ -147,27 +202,64 @@ impl Table {
         ips.into_iter().flat_map(|ip| [(Proto::Tcp, ip), (Proto::Udp, ip)]).collect()
     }
 
+    /// True when `ip` is one of [`Table::whole_addresses`].
+    fn is_whole_address(&self, ip: Ipv4Addr) -> bool {
+        self.apps.has_ip(ip)
+            || self.remote.has_app_ip(ip)
+            || self.remote.was_app_ip(ip)
+            || self.vservices.has_ip(ip)
+            || is_node_address(&self.node, &self.remote, ip)
+    }
+
     /// Destinations whose answer may differ from their address's: service addresses
     /// and host addresses of rows (here and on other nodes), vservice ports, and the
-    /// daemon's ports on every node address.
-    fn exact_destinations(&self) -> BTreeSet<(Proto, SocketAddrV4)> {
+    /// daemon's ports on every node address; those at an address `keep` takes.
+    pub(super) fn exact_destinations(&self, keep: impl Fn(Ipv4Addr) -> bool) -> BTreeSet<(Proto, SocketAddrV4)> {
         let mut out = BTreeSet::new();
+        let mut add = |proto, dest: SocketAddrV4| {
+            if keep(*dest.ip()) {
+                out.insert((proto, dest));
+            }
+        };
         for b in self.services.rows() {
-            out.extend([(b.proto, b.service), (b.proto, b.host)]);
+            add(b.proto, b.service);
+            add(b.proto, b.host);
         }
         for r in &self.remote.get().rows {
-            out.extend([(r.proto, r.service), (r.proto, r.host)]);
+            add(r.proto, r.service);
+            add(r.proto, r.host);
         }
         for v in self.vservices.iter() {
-            out.extend(v.ports.iter().map(|m| (Proto::Tcp, SocketAddrV4::new(v.ip, m.vport))));
+            v.ports.iter().for_each(|m| add(Proto::Tcp, SocketAddrV4::new(v.ip, m.vport)));
         }
         let nodes = std::iter::once(self.node.ip).chain(self.remote.get().nodes.iter().map(|n| n.1));
         for ip in nodes {
             for port in self.node.ports.own() {
-                out.extend([(Proto::Tcp, SocketAddrV4::new(ip, port)), (Proto::Udp, SocketAddrV4::new(ip, port))]);
+                add(Proto::Tcp, SocketAddrV4::new(ip, port));
+                add(Proto::Udp, SocketAddrV4::new(ip, port));
             }
         }
         out
+    }
+
+    /// True when `dest` over `proto` is one of [`Table::exact_destinations`].
+    fn is_exact_destination(&self, proto: Proto, dest: SocketAddrV4) -> bool {
+        let (ip, port) = (*dest.ip(), dest.port());
+        self.services.rows_at(proto, dest).next().is_some()
+            || self.services.row_at_host(proto, dest).is_some()
+            || self.remote.rows_at(proto, dest).next().is_some()
+            || self.remote.row_at_host(proto, dest).is_some()
+            || (proto == Proto::Tcp
+                && self.vservices.iter().any(|v| v.ip == ip && v.ports.iter().any(|m| m.vport == port)))
+            || (self.node.ports.own().any(|p| p == port) && is_node_address(&self.node, &self.remote, ip))
+    }
+}
+
+/// Takes the entries of `dest` over `proto` out of `view` (and out of its trimmed).
+fn forget(view: &mut KernelView, pass: &Pass, proto: Proto, dest: SocketAddrV4) {
+    for key in pass.keys(proto, dest) {
+        view.maps.routes.remove(&key);
+        view.trimmed.remove(&key);
     }
 }
 
@@ -268,7 +360,7 @@ mod tests {
         assert_eq!(m.apps.len(), 3, "{:?}", m.apps);
         assert!(!m.apps.contains_key(&u.0));
         assert_eq!(class(&m, a), class(&m, b));
-        assert_eq!(class(&m, a), a.0.min(b.0) & 0x7fff_ffff);
+        assert_eq!(class(&m, a), a.0 & 0x7fff_ffff, "the first app of the label set names it");
         assert_ne!(class(&m, a), class(&m, c));
         assert_eq!(m.apps[&c.0], AppEntry { ip: NODE, class: c.0 & 0x7fff_ffff });
         assert_eq!(m.apps[&a.0].ip, "198.18.0.1".parse::<Ipv4Addr>().unwrap());
@@ -663,54 +755,6 @@ mod tests {
         assert!(!t.kernel_room(a));
         let other = kapp(&mut t, Some("198.18.0.3"), "role=b");
         assert!(t.kernel_room(other), "another app's share is its own");
-    }
-
-    /// Prints what one rebuild of the maps costs at 5,000 and 20,000 rows over three
-    /// label classes, and a flood of 5,000 listens each followed by the daemon's sync
-    /// (rebuild and diff). Run in release: `cargo test --release -p ax-core
-    /// measure_kernel_maps -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn measure_kernel_maps() {
-        use crate::ports::PortRanges;
-        use crate::table::{NodeInfo, PortPool};
-        use std::time::Instant;
-        let fresh = || {
-            let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE, ports: ports() };
-            let mut t = Table::new(node, PortPool::new(PortRanges::parse("20000-60000").unwrap()), 7);
-            let apps: Vec<AppId> = ["role=a", "role=b", "role=c"]
-                .iter()
-                .enumerate()
-                .map(|(i, l)| kapp(&mut t, Some(&format!("198.18.0.{}", i + 1)), l))
-                .collect();
-            (t, apps)
-        };
-        let listen = |t: &mut Table, apps: &[AppId], i: usize| {
-            let a = apps[i % apps.len()];
-            let ip = format!("198.18.0.{}:{}", i % apps.len() + 1, 1024 + i / apps.len());
-            let port = t.take_port().unwrap();
-            t.add_binding(a, bound(i as u64 + 1, &ip), ip.parse().unwrap(), port);
-            t.set_listening(Proto::Tcp, port, i as u64 + 1, 128);
-        };
-        for rows in [5_000, 20_000] {
-            let (mut t, apps) = fresh();
-            for i in 0..rows {
-                listen(&mut t, &apps, i);
-            }
-            let start = Instant::now();
-            let m = maps(&mut t);
-            println!("one rebuild, {rows} rows, 3 classes: {:?} ({} route entries)", start.elapsed(), m.routes.len());
-        }
-        let (mut t, apps) = fresh();
-        let mut written = maps(&mut t);
-        let start = Instant::now();
-        for i in 0..5_000 {
-            listen(&mut t, &apps, i);
-            let next = maps(&mut t);
-            KernelMaps::diff(&written, &next);
-            written = next;
-        }
-        println!("a flood of 5000 listens, each synced: {:?}", start.elapsed());
     }
 
     // ---- review: one app's listeners against the routes map's capacity ----------------

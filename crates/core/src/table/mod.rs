@@ -8,6 +8,7 @@
 mod apps;
 mod gateway;
 mod kernel;
+mod ksync;
 mod remote;
 mod reserved;
 mod routing;
@@ -103,6 +104,8 @@ pub struct Table {
     rng: fastrand::Rng,
     /// Counts changes to what the table decides (see [`Table::generation`]).
     generation: u64,
+    /// The kernel driver's label classes, and what changed for its maps.
+    kernel: ksync::KernelState,
 }
 
 impl Table {
@@ -119,6 +122,7 @@ impl Table {
             egress_forwarder: false,
             rng: fastrand::Rng::with_seed(seed),
             generation: 0,
+            kernel: Default::default(),
         }
     }
 
@@ -129,6 +133,7 @@ impl Table {
     /// Makes this node an egress gateway: its own apps go out directly.
     pub fn set_egress_gateway(&mut self, on: bool) {
         self.generation += 1;
+        self.kernel.touch_all();
         self.egress_gateway = on;
     }
 
@@ -164,12 +169,14 @@ impl Table {
         let apps = &self.apps;
         self.services.restore(s.bindings, |id| apps.get(id).is_some());
         self.private = s.private.into_iter().filter(|p| apps.get(p.app).is_some()).collect();
+        self.kernel.apps_restored(self.apps.iter());
     }
 
     /// Replaces what is known of the other nodes (from gossip).
     pub fn set_remote(&mut self, remote: Remote) {
         if *self.remote.get() != remote {
             self.generation += 1;
+            self.kernel.remote_changed(self.remote.get(), &remote);
             self.remote.set(remote);
         }
     }
@@ -213,7 +220,9 @@ impl Table {
     /// it has a name, else the node address.
     pub fn add_app(&mut self, new: NewApp) -> Result<App, AddAppError> {
         self.generation += 1;
-        self.apps.add(new, self.node.ip, &mut self.rng)
+        let app = self.apps.add(new, self.node.ip, &mut self.rng)?;
+        self.kernel.app_added(&app);
+        Ok(app)
     }
 
     /// Removes an app with every socket it bound; their ports go back to the pool.
@@ -221,7 +230,9 @@ impl Table {
         self.generation += 1;
         let app = self.apps.remove(id)?;
         self.private.retain(|p| p.app != id);
-        Some((app, self.services.remove_app(id)))
+        let bindings = self.services.remove_app(id);
+        self.kernel.app_removed(&app, &bindings);
+        Some((app, bindings))
     }
 
     pub fn app(&self, id: AppId) -> Option<&App> {
@@ -274,7 +285,12 @@ impl Table {
     pub fn add_binding(&mut self, app: AppId, socket: BoundSocket, service: SocketAddrV4, host_port: u16) -> Binding {
         let id = ids::random_uuid(&mut self.rng);
         self.generation += 1;
-        self.services.add(id, app, socket, service, SocketAddrV4::new(self.node.ip, host_port))
+        if let Some(old) = self.services.get(socket.proto, host_port) {
+            self.kernel.touch_binding(old);
+        }
+        let b = self.services.add(id, app, socket, service, SocketAddrV4::new(self.node.ip, host_port));
+        self.kernel.touch_binding(&b);
+        b
     }
 
     /// The socket bound at this host port, if ax bound it.
@@ -286,7 +302,9 @@ impl Table {
     /// makes it a service row.
     pub fn set_listening(&mut self, proto: Proto, host_port: u16, inode: u64, backlog: i32) -> Option<&Binding> {
         self.generation += 1;
-        self.services.set_listening(proto, host_port, inode, backlog)
+        let b = self.services.set_listening(proto, host_port, inode, backlog)?;
+        self.kernel.touch_row(b.proto, b.service, b.host);
+        Some(b)
     }
 
     /// Removes the sockets of `proto` the kernel no longer has. A listening row must be
@@ -305,6 +323,7 @@ impl Table {
         if !gone.is_empty() {
             self.generation += 1;
         }
+        gone.iter().for_each(|b| self.kernel.touch_binding(b));
         gone
     }
 

@@ -13,7 +13,7 @@ use crate::vservice::Expose;
 use super::Proto;
 
 /// A service row published by another node of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RemoteRow {
     pub node: String,
     pub app: String,

@@ -132,31 +132,54 @@ impl Table {
     /// the user driver per connect ([`Table::route_connect`]), the kernel driver once
     /// per destination and label class ([`Table::kernel_maps`]).
     pub(super) fn decide_connect(&mut self, labels: Option<&Labels>, proto: Proto, dest: SocketAddr) -> Decision {
+        match self.resolve_connect(labels, proto, dest) {
+            Ok((labels, service)) => self.decide_rows(labels, proto, service),
+            Err(decision) => decision,
+        }
+    }
+
+    /// The first half of [`Table::decide_connect`]: its decision when the destination
+    /// alone settles it (loopback, IPv6, an unknown client, a daemon port, a vservice),
+    /// else the service the connect is to, which [`Table::decide_rows`] decides.
+    pub(super) fn resolve_connect<'l>(
+        &mut self,
+        labels: Option<&'l Labels>,
+        proto: Proto,
+        dest: SocketAddr,
+    ) -> Result<(&'l Labels, SocketAddrV4), Decision> {
         let dest = addr::unmap(dest);
         // Linux takes a connect to 0.0.0.0 or :: as one to the loopback address.
         if addr::is_loopback(dest.ip()) || dest.ip().is_unspecified() {
-            return Decision::Final(Route::Private);
+            return Err(Decision::Final(Route::Private));
         }
         let SocketAddr::V4(v4) = dest else {
-            return Decision::Final(Route::Direct(dest));
+            return Err(Decision::Final(Route::Direct(dest)));
         };
         let Some(labels) = labels else {
-            return Decision::Final(Route::Refused);
+            return Err(Decision::Final(Route::Refused));
         };
         // The daemon's own ports are the daemon's, whatever rows say: no app can stand
         // in for it. Apps may ask its DNS; the rest (gossip above all: a datagram from a
         // node's address would pass for that node's word) is no app's business.
         if self.is_daemon_port(v4) {
-            return Decision::Final(if v4.port() == DNS_PORT { Route::Direct(dest) } else { Route::Refused });
+            return Err(Decision::Final(if v4.port() == DNS_PORT { Route::Direct(dest) } else { Route::Refused }));
         }
         if proto == Proto::Tcp {
             if let Some(decision) = self.decide_vservice(*v4.ip(), v4.port(), Some(labels)) {
-                return decision;
+                return Err(decision);
             }
         }
         // A connect straight to a backend's host address is a connect to its service:
         // labels cannot be bypassed by naming the pool port.
-        let service = self.service_of_host(proto, v4).unwrap_or(v4);
+        Ok((labels, self.service_of_host(proto, v4).unwrap_or(v4)))
+    }
+
+    /// The rest of [`Table::decide_connect`] for a destination that is no vservice's
+    /// and no daemon port, once it is known to be a connect to `service` (its own
+    /// address, or the service of the row at its host address): the answer is then the
+    /// same for every destination that leads to `service`.
+    pub(super) fn decide_rows(&self, labels: &Labels, proto: Proto, service: SocketAddrV4) -> Decision {
+        let dest = SocketAddr::V4(service);
         let rows = self.rows_at(proto, service);
         if rows.is_empty() {
             if self.is_virtual(dest.ip()) {

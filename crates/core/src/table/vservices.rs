@@ -19,7 +19,7 @@ use crate::vservice::{Backend, LbType, Rotation, Vservice};
 
 use super::reserved::Reserved;
 use super::routing::{reach, Balanced, Decision, Route, Target};
-use super::Table;
+use super::{Proto, Table};
 
 /// Why a vservice could not be added or removed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +102,7 @@ impl Table {
                 not_yet.push(addr);
             }
         }
+        self.touch_vservice(&v);
         self.vservices.by_name.insert(v.name.clone(), v);
         self.generation += 1;
         Ok(not_yet)
@@ -123,7 +124,15 @@ impl Table {
 
     pub fn remove_vservice(&mut self, name: &str) -> Result<Vservice, VserviceError> {
         self.generation += 1;
-        self.vservices.remove(name)
+        let v = self.vservices.remove(name)?;
+        self.touch_vservice(&v);
+        Ok(v)
+    }
+
+    /// A vservice came or went: its address and ports.
+    fn touch_vservice(&mut self, v: &Vservice) {
+        self.kernel.touch_ip(v.ip);
+        v.ports.iter().for_each(|m| self.kernel.touch_dest(Proto::Tcp, SocketAddrV4::new(v.ip, m.vport)));
     }
 
     pub fn vservices(&self) -> impl Iterator<Item = &Vservice> {
