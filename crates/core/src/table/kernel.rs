@@ -110,8 +110,11 @@ impl Table {
 
     /// Brings the entries of `dest` over `proto` in `view` to what the table says
     /// (none where it is no exact destination), the every-port entry of its address
-    /// being up to date.
+    /// being up to date. Port 0 is that entry's key, never an exact destination.
     pub(super) fn put_exact(&mut self, view: &mut KernelView, pass: &mut Pass, proto: Proto, dest: SocketAddrV4) {
+        if dest.port() == 0 {
+            return;
+        }
         forget(view, pass, proto, dest);
         if !self.is_exact_destination(proto, dest) {
             return;
@@ -213,11 +216,13 @@ impl Table {
 
     /// Destinations whose answer may differ from their address's: service addresses
     /// and host addresses of rows (here and on other nodes), vservice ports, and the
-    /// daemon's ports on every node address; those at an address `keep` takes.
+    /// daemon's ports on every node address; those at an address `keep` takes. Never
+    /// port 0, the key of every port of an address: a row there (only gossip can
+    /// publish one) is not reachable through the kernel driver.
     pub(super) fn exact_destinations(&self, keep: impl Fn(Ipv4Addr) -> bool) -> BTreeSet<(Proto, SocketAddrV4)> {
         let mut out = BTreeSet::new();
         let mut add = |proto, dest: SocketAddrV4| {
-            if keep(*dest.ip()) {
+            if dest.port() != 0 && keep(*dest.ip()) {
                 out.insert((proto, dest));
             }
         };
@@ -225,7 +230,7 @@ impl Table {
             add(b.proto, b.service);
             add(b.proto, b.host);
         }
-        for r in &self.remote.get().rows {
+        for r in self.remote.rows() {
             add(r.proto, r.service);
             add(r.proto, r.host);
         }
@@ -245,13 +250,14 @@ impl Table {
     /// True when `dest` over `proto` is one of [`Table::exact_destinations`].
     fn is_exact_destination(&self, proto: Proto, dest: SocketAddrV4) -> bool {
         let (ip, port) = (*dest.ip(), dest.port());
-        self.services.rows_at(proto, dest).next().is_some()
-            || self.services.row_at_host(proto, dest).is_some()
-            || self.remote.rows_at(proto, dest).next().is_some()
-            || self.remote.row_at_host(proto, dest).is_some()
-            || (proto == Proto::Tcp
-                && self.vservices.iter().any(|v| v.ip == ip && v.ports.iter().any(|m| m.vport == port)))
-            || (self.node.ports.own().any(|p| p == port) && is_node_address(&self.node, &self.remote, ip))
+        port != 0
+            && (self.services.rows_at(proto, dest).next().is_some()
+                || self.services.row_at_host(proto, dest).is_some()
+                || self.remote.rows_at(proto, dest).next().is_some()
+                || self.remote.row_at_host(proto, dest).is_some()
+                || (proto == Proto::Tcp
+                    && self.vservices.iter().any(|v| v.ip == ip && v.ports.iter().any(|m| m.vport == port)))
+                || (self.node.ports.own().any(|p| p == port) && is_node_address(&self.node, &self.remote, ip)))
     }
 }
 

@@ -168,11 +168,8 @@ impl Table {
         let dirty = std::mem::take(&mut self.kernel.dirty);
         let classes = self.kernel_classes();
         let config = self.kernel_config(broker);
-        // A row at port 0 (only gossip can say one) shares its key with the address's
-        // every-port entry: rebuilt from scratch, in the full build's order.
-        let port_zero = dirty.services.iter().chain(&dirty.dests).any(|(_, d)| d.port() == 0);
         let synced = self.kernel.synced.take();
-        let same = |s: &Synced| s.classes == classes && s.view.maps.config == config && !dirty.all && !port_zero;
+        let same = |s: &Synced| s.classes == classes && s.view.maps.config == config && !dirty.all;
         let reuse = synced.as_ref().is_some_and(same);
         let mut synced = match synced {
             Some(s) if reuse => s,
@@ -350,7 +347,8 @@ mod tests {
                         node: format!("n{n}"),
                         app: format!("r{b}"),
                         proto: if b % 5 == 0 { Proto::Udp } else { Proto::Tcp },
-                        service: SocketAddrV4::new(ip, 80 + u16::from(b % 2)),
+                        // Port 0 is a gossiper's word only.
+                        service: SocketAddrV4::new(ip, if b == 7 { 0 } else { 80 + u16::from(b % 2) }),
                         host: SocketAddrV4::new(n, 42000 + u16::from(b)),
                         labels: Labels::parse(LABELS[a as usize % 4]).unwrap(),
                     });
@@ -477,6 +475,41 @@ mod tests {
         assert_eq!(put, vec![(c, NODE), (c, "198.18.0.1".parse().unwrap())], "{changes:?}");
         let full = t.kernel_maps(broker).maps;
         assert_eq!(t.kernel_synced(), Some(&full));
+    }
+
+    /// A row another node publishes at port 0 cannot stand in for the every-port
+    /// entry of its address (port 0 is that entry's key): a virtual address still
+    /// refuses every port nobody serves.
+    #[test]
+    fn a_gossiped_row_at_port_0_leaves_the_whole_address_refused() {
+        let broker: SocketAddrV4 = BROKER.parse().unwrap();
+        let mut t = table();
+        let c = add(&mut t, None, "role=a", Driver::Kernel);
+        let vip: Ipv4Addr = "198.18.0.5".parse().unwrap();
+        let n: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let row = |port| RemoteRow {
+            node: "b".into(),
+            app: "x".into(),
+            proto: Proto::Tcp,
+            service: SocketAddrV4::new(vip, port),
+            host: SocketAddrV4::new(n, 42000 + port),
+            labels: Labels::parse("role=a").unwrap(),
+        };
+        let app = RemoteApp { node: "b".into(), id: "x".into(), name: None, ip: vip, expose: vec![] };
+        let remote = Remote { nodes: vec![("b".into(), n)], egress: vec![], rows: vec![row(80)], apps: vec![app] };
+        t.set_remote(remote.clone());
+        t.kernel_sync(broker);
+        t.set_remote(Remote { rows: vec![row(80), row(0)], ..remote });
+        t.kernel_sync(broker);
+        let m = t.kernel_synced().unwrap().clone();
+        let whole = RouteKey { class: ANY_CLASS, ip: vip, port: 0, proto: Proto::Tcp };
+        assert_eq!(m.routes.get(&whole), Some(&crate::kmap::Route::refuse()));
+        assert_eq!(m.lookup(c.0, Proto::Tcp, "198.18.0.5:81".parse().unwrap()), crate::kmap::Lookup::Refuse);
+        assert!(matches!(
+            m.lookup(c.0, Proto::Tcp, "198.18.0.5:80".parse().unwrap()),
+            crate::kmap::Lookup::Backends(_)
+        ));
+        assert_eq!(m, t.kernel_maps(broker).maps);
     }
 
     /// Prints what the kernel driver's maps cost: one build from nothing, and one sync

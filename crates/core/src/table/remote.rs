@@ -64,7 +64,7 @@ impl RemoteView {
         self.seen_virtual.extend(remote.apps.iter().map(|a| a.ip).filter(|ip| !nodes.contains(ip)));
         self.by_service.clear();
         self.by_host.clear();
-        for (i, r) in remote.rows.iter().enumerate() {
+        for (i, r) in remote.rows.iter().enumerate().filter(|(_, r)| serves(r)) {
             self.by_service.entry((r.proto, r.service)).or_default().push(i);
             self.by_host.entry((r.proto, r.host)).or_insert(i);
         }
@@ -100,6 +100,11 @@ impl RemoteView {
         self.now.apps.iter().filter(|a| a.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(label))).map(|a| a.ip)
     }
 
+    /// The rows other nodes publish that serve (see [`serves`]).
+    pub(super) fn rows(&self) -> impl Iterator<Item = &RemoteRow> {
+        self.now.rows.iter().filter(|r| serves(r))
+    }
+
     /// The rows other nodes publish for `service` over `proto`.
     pub(super) fn rows_at(&self, proto: Proto, service: SocketAddrV4) -> impl Iterator<Item = &RemoteRow> {
         let at = self.by_service.get(&(proto, service)).into_iter().flatten();
@@ -120,6 +125,13 @@ impl RemoteView {
     pub(super) fn gateways(&self) -> &[Ipv4Addr] {
         &self.now.egress
     }
+}
+
+/// True when a published row serves: one at port 0 (only a gossiper can say one; no
+/// connect goes there, and port 0 is the kernel driver's key for every port of an
+/// address) serves nothing.
+fn serves(r: &RemoteRow) -> bool {
+    r.service.port() != 0 && r.host.port() != 0
 }
 
 /// How many egress connections' real destinations are remembered for getpeername.
