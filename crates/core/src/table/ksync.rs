@@ -57,18 +57,27 @@ impl KernelState {
         self.dirty.all = true;
     }
 
+    // Nothing is noted before the first sync, which builds everything (a daemon
+    // under the user driver never syncs, and keeps no list that grows).
+
     pub(super) fn touch_ip(&mut self, ip: Ipv4Addr) {
-        self.dirty.ips.insert(ip);
+        if self.synced.is_some() {
+            self.dirty.ips.insert(ip);
+        }
     }
 
     pub(super) fn touch_dest(&mut self, proto: Proto, dest: SocketAddrV4) {
-        self.dirty.dests.insert((proto, dest));
+        if self.synced.is_some() {
+            self.dirty.dests.insert((proto, dest));
+        }
     }
 
     /// A row of `service` at `host` came or went.
     pub(super) fn touch_row(&mut self, proto: Proto, service: SocketAddrV4, host: SocketAddrV4) {
-        self.dirty.services.insert((proto, service));
-        self.dirty.dests.insert((proto, host));
+        if self.synced.is_some() {
+            self.dirty.services.insert((proto, service));
+            self.dirty.dests.insert((proto, host));
+        }
     }
 
     /// A binding came or went (a row when listening).
@@ -475,6 +484,20 @@ mod tests {
         assert_eq!(put, vec![(c, NODE), (c, "198.18.0.1".parse().unwrap())], "{changes:?}");
         let full = t.kernel_maps(broker).maps;
         assert_eq!(t.kernel_synced(), Some(&full));
+    }
+
+    /// A table nobody syncs (the user driver's) notes nothing: no list grows with
+    /// the rows that come and go.
+    #[test]
+    fn nothing_is_noted_before_the_first_sync() {
+        let mut t = table();
+        let a = add(&mut t, Some("198.18.0.1"), "role=a", Driver::Kernel);
+        serve(&mut t, a, "0.0.0.0:80", 1);
+        let noted = |t: &Table| t.kernel.dirty.ips.len() + t.kernel.dirty.services.len() + t.kernel.dirty.dests.len();
+        assert_eq!(noted(&t), 0);
+        t.kernel_sync(BROKER.parse().unwrap());
+        serve(&mut t, a, "0.0.0.0:81", 2);
+        assert_eq!(noted(&t), 2, "the new row's service and host");
     }
 
     /// A row another node publishes at port 0 cannot stand in for the every-port
