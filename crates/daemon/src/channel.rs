@@ -14,7 +14,7 @@ use ax_core::table::NewApp;
 use ax_core::vservice::{Expose, ExposeAt};
 use ax_core::{AppId, Driver, NodeInfo, PortRanges};
 use ax_sys::kernel::Linux;
-use ax_sys::seccomp::{LastId, Listener};
+use ax_sys::seccomp::{InFlight, Listener};
 use ax_trap::guard::Guard;
 use ax_trap::Engine;
 use tracing::{info, warn};
@@ -154,14 +154,15 @@ fn session(
 /// Calls that may have been in flight when a daemon died: more than an app has threads.
 const ORPHAN_SPAN: u64 = 256;
 
-/// Where the id of the last call an app's engine received is kept.
-pub fn last_id_path(run_dir: &Path, id: AppId) -> PathBuf {
+/// Where the call an app's engine has in hand is recorded (`InFlight`).
+pub fn in_flight_path(run_dir: &Path, id: AppId) -> PathBuf {
     run_dir.join("inflight").join(id.to_string())
 }
 
 /// Runs the app's trap engine on this thread until the app is gone. On a reattach,
-/// calls the previous daemon received but never answered (it died mid-call) are
-/// answered first with EINTR, so no thread of the app stays blocked for good.
+/// the calls the previous daemon received but never answered (it died mid-call) are
+/// answered first, so no thread of the app stays blocked for good: the one it had in
+/// hand is finished where that is safe (`Engine::resume`), the others get EINTR.
 fn serve_app(
     conn: &UnixStream,
     daemon: &Daemon,
@@ -171,18 +172,24 @@ fn serve_app(
     fd: OwnedFd,
     again: bool,
 ) -> Result<(), SessionError> {
-    let path = last_id_path(daemon.run_dir(), id);
+    let path = in_flight_path(daemon.run_dir(), id);
     let dir = path.parent().expect("a parent");
     std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    let last_id = LastId::open(&path).map_err(io(format!("cannot map {}", path.display())))?;
+    let in_flight = InFlight::open(&path).map_err(io(format!("cannot map {}", path.display())))?;
     let listener = Listener::new(fd);
-    if again && last_id.get() != 0 {
-        let n = listener.answer_orphans(last_id.get(), ORPHAN_SPAN, libc::EINTR);
-        if n > 0 {
-            warn!(app = %id, calls = n, "answered calls the previous daemon left pending (EINTR)");
+    // Read before this daemon's engine records calls of its own there.
+    let held = in_flight.held().filter(|_| again);
+    if again && in_flight.last() != 0 {
+        let except = held.map(|(n, _)| n.id);
+        let last = in_flight.last();
+        let answered = listener.answer_orphans(last, ORPHAN_SPAN, except, libc::EINTR);
+        if !answered.is_empty() {
+            // Ids relative to the last one the previous daemon received.
+            let ids: Vec<i64> = answered.iter().map(|a| a.wrapping_sub(last) as i64).collect();
+            warn!(app = %id, calls = answered.len(), ?ids, in_hand = except.is_some(), "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let mut kernel = Linux::new(listener, pid, last_id, guard.marks(), ax_core::limits::HELPERS_PER_APP)
+    let mut kernel = Linux::new(listener, pid, in_flight, guard.marks(), ax_core::limits::HELPERS_PER_APP)
         .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
     let driver = daemon.read(|s| s.table.app(id).map(|a| a.driver)).unwrap_or_default();
     match (driver, daemon.kernel()) {
@@ -197,6 +204,9 @@ fn serve_app(
         (Driver::User, _) => {}
     }
     let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone())).with_driver(driver);
+    if let Some((n, note)) = held {
+        engine.resume(&n, note);
+    }
     reply(conn, &RunReply::Attached)?;
     daemon.submit(Command::Attach(id));
     info!(app = %id, pid, "app started");

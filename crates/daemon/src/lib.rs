@@ -294,7 +294,7 @@ impl Daemon {
         }
         for app in effects.remove_files.drain(..) {
             names::remove_resolv_conf(self.run_dir(), app);
-            let _ = fs::remove_file(channel::last_id_path(self.run_dir(), app));
+            let _ = fs::remove_file(channel::in_flight_path(self.run_dir(), app));
         }
         // Written before the answer: the state as it is now, with every command applied
         // so far, unless a turn before this one wrote it after this command was applied.
@@ -665,7 +665,7 @@ const REATTACH_GRACE: Duration = Duration::from_secs(15);
 fn restore(daemon: &Daemon, saved: store::Saved) {
     let mut saved = saved;
     let before = saved.table.apps.len();
-    saved.table.apps.retain(|a| Path::new(&format!("/proc/{}", a.pid)).exists());
+    saved.table.apps.retain(|a| ax_sys::proc::is_running(a.pid));
     let restored: Vec<AppId> = saved.table.apps.iter().map(|a| a.id).collect();
     let gone = before - restored.len();
     info!(apps = restored.len(), gone, "restoring the saved state");

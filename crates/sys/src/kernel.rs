@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::bpf;
 use crate::pidfd::Pidfd;
 use crate::pool::Pool;
-use crate::seccomp::{LastId, Listener, Notification, Ready};
+use crate::seccomp::{InFlight, Listener, Notification, Ready};
 use crate::sock::{self, Received};
 use crate::{ns, proc};
 
@@ -61,8 +61,14 @@ pub trait Kernel: Send + Sync + 'static {
     fn id_valid(&self, id: u64) -> bool;
     fn answer(&self, id: u64, reply: Reply) -> Result<(), Errno>;
     /// Installs `fd` in the caller of `id`, at descriptor `at` or the lowest free one;
-    /// with `send` that also answers the call with the new descriptor's number.
-    fn add_fd(&self, id: u64, fd: &Self::Fd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno>;
+    /// the call stays pending (see `Listener::add_fd` for why it is never answered in
+    /// the same step).
+    fn add_fd(&self, id: u64, fd: &Self::Fd, at: Option<RawFd>, cloexec: bool) -> Result<RawFd, Errno>;
+    /// Records, for a daemon that would take over after this one died in the call last
+    /// received, what it needs to finish that call (`ax_trap::resume` says what).
+    fn note(&self, value: u64);
+    /// The caller's descriptor holding the socket with this inode, if any.
+    fn socket_fd(&self, tid: i32, inode: u64) -> Option<RawFd>;
 
     /// The soft limit on open files of thread `tid`'s process: `add_fd` at a number at
     /// or past it fails (EBADF).
@@ -159,7 +165,7 @@ pub struct Linux {
     host_ns: File,
     host_cookie: u64,
     /// Where the id of each call received is kept, for a daemon after a crash.
-    last_id: LastId,
+    in_flight: InFlight,
     /// The socket guard's marks, one per socket.
     marks: Arc<bpf::Map>,
     /// The kernel driver's socket states, for a kernel-driver app.
@@ -172,7 +178,7 @@ impl Linux {
     pub fn new(
         listener: Listener,
         pid: i32,
-        last_id: LastId,
+        in_flight: InFlight,
         marks: Arc<bpf::Map>,
         helpers: usize,
     ) -> io::Result<Linux> {
@@ -185,7 +191,7 @@ impl Linux {
             app_ns: ns::open_netns(pid)?,
             host_ns: ns::current_netns()?,
             host_cookie: sock::netns_cookie(probe.as_fd())?,
-            last_id,
+            in_flight,
             marks,
             kernel_marks: None,
         })
@@ -211,8 +217,7 @@ impl Kernel for Linux {
                 Ready::Hangup => return Ok(None),
             }
             // ENOENT: the caller was killed between the wake-up and now.
-            if let Ok(n) = self.listener.recv() {
-                self.last_id.set(n.id);
+            if let Ok(n) = self.in_flight.receive(&self.listener) {
                 return Ok(Some(n));
             }
         }
@@ -231,8 +236,16 @@ impl Kernel for Linux {
         .map_err(errno)
     }
 
-    fn add_fd(&self, id: u64, fd: &OwnedFd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno> {
-        self.listener.add_fd(id, fd.as_fd(), at, cloexec, send).map_err(errno)
+    fn add_fd(&self, id: u64, fd: &OwnedFd, at: Option<RawFd>, cloexec: bool) -> Result<RawFd, Errno> {
+        self.listener.add_fd(id, fd.as_fd(), at, cloexec).map_err(errno)
+    }
+
+    fn note(&self, value: u64) {
+        self.in_flight.note(value);
+    }
+
+    fn socket_fd(&self, tid: i32, inode: u64) -> Option<RawFd> {
+        proc::socket_fd(tid, inode)
     }
 
     fn fd_limit(&self, tid: i32) -> Result<u64, Errno> {

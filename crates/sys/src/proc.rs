@@ -431,6 +431,32 @@ pub fn fd_flags(tid: i32, fd: i32) -> Option<i32> {
     i32::from_str_radix(&flags, 8).ok()
 }
 
+/// Whether process `pid` runs: it exists and is not a zombie (killed but not yet
+/// reaped by its parent, which keeps its /proc entry).
+pub fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| running_state(&stat))
+}
+
+/// From /proc/<pid>/stat: the state follows the command name, which is in parentheses
+/// and may hold anything, spaces and parentheses included.
+fn running_state(stat: &str) -> bool {
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// The descriptor of thread `tid` that holds the socket with inode `inode`, if any
+/// (read from /proc: the lowest such number).
+pub fn socket_fd(tid: i32, inode: u64) -> Option<i32> {
+    let want = format!("socket:[{inode}]");
+    let mut found: Vec<i32> = std::fs::read_dir(format!("/proc/{tid}/fd"))
+        .ok()?
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    found.sort_unstable();
+    found.first().copied()
+}
+
 /// Copies `buf.len()` bytes of process `pid`'s memory at `addr` into `buf`, as the
 /// process itself could read them (process_vm_readv honours page protections, unlike
 /// /proc/<pid>/mem, which forces its way in). Returns how many bytes were copied: fewer
@@ -496,6 +522,28 @@ mod tests {
         let tid = unsafe { libc::gettid() };
         assert_eq!(may_bind_privileged(tid), holds);
         assert!(!may_bind_privileged(i32::MAX), "no such thread: no privilege");
+    }
+
+    #[test]
+    fn a_zombie_does_not_run() {
+        assert!(running_state("12 (a) b) c) S 1 12"));
+        assert!(!running_state("12 (a) Z) Z 1 12"));
+        assert!(!running_state("12 (x) X 1"));
+        assert!(!running_state("garbage"));
+        assert!(is_running(pid()));
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let id = child.id() as i32;
+        assert!(is_running(id));
+        child.kill().unwrap();
+        // Killed, not yet reaped: a zombie, whose /proc entry stays.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while is_running(id) {
+            assert!(std::time::Instant::now() < deadline, "the killed child never became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{id}")).exists());
+        child.wait().unwrap();
+        assert!(!is_running(id));
     }
 
     /// One page of our own memory, readable, writable or neither.

@@ -94,15 +94,6 @@ impl Listener {
         }
     }
 
-    /// Receives one notification. ENOENT means the caller went away before we took it.
-    pub fn recv(&self) -> io::Result<Notification> {
-        // SAFETY: seccomp_notif is plain data; the kernel requires it zeroed.
-        let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-        // SAFETY: RECV writes one seccomp_notif into `n`, which is large enough.
-        cvt(unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) })?;
-        Ok(Notification { id: n.id, pid: n.pid as i32, nr: n.data.nr, arch: n.data.arch, args: n.data.args })
-    }
-
     /// True while the notification is still waiting for an answer: its thread has not
     /// died or been interrupted. Checked after reading the app's memory, so a pid that
     /// was recycled meanwhile cannot make us act for another process.
@@ -118,14 +109,15 @@ impl Listener {
         Ok(())
     }
 
-    /// Answers with `errno` every call still pending around id `last` (within `span`):
-    /// calls a crashed daemon received and never answered. Calls not yet received are
-    /// left alone (the kernel refuses an answer to those). Returns how many were answered.
-    pub fn answer_orphans(&self, last: u64, span: u64, errno: i32) -> usize {
+    /// Answers with `errno` every call still pending around id `last` (within `span`)
+    /// but `except`: calls a crashed daemon received and never answered. Calls not yet
+    /// received are left alone (the kernel refuses an answer to those). Returns the ids
+    /// answered.
+    pub fn answer_orphans(&self, last: u64, span: u64, except: Option<u64>, errno: i32) -> Vec<u64> {
         (0..=2 * span)
             .map(|i| last.wrapping_sub(span).wrapping_add(i))
-            .filter(|id| self.id_valid(*id) && self.fail(*id, errno).is_ok())
-            .count()
+            .filter(|id| Some(*id) != except && self.id_valid(*id) && self.fail(*id, errno).is_ok())
+            .collect()
     }
 
     /// Answers the call with a return value.
@@ -144,24 +136,18 @@ impl Listener {
         self.send(id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
     }
 
-    /// Installs `fd` in the caller. With `at`, it replaces that descriptor number;
-    /// otherwise the kernel picks the lowest free one. With `answer`, the same ioctl
-    /// also answers the call with the new number (no separate reply).
-    pub fn add_fd(
-        &self,
-        id: u64,
-        fd: BorrowedFd<'_>,
-        at: Option<RawFd>,
-        cloexec: bool,
-        answer: bool,
-    ) -> io::Result<RawFd> {
-        let mut flags = 0;
-        if at.is_some() {
-            flags |= libc::SECCOMP_ADDFD_FLAG_SETFD;
-        }
-        if answer {
-            flags |= libc::SECCOMP_ADDFD_FLAG_SEND;
-        }
+    /// Installs `fd` in the caller; the call stays pending, to be answered with the
+    /// number. With `at`, it replaces that descriptor number; otherwise the kernel picks
+    /// the lowest free one.
+    ///
+    /// ADDFD's SEND flag (install and answer in one) is never used: when the ioctl is
+    /// interrupted (the daemon killed, a signal) before the caller's thread took the
+    /// descriptor, the kernel drops the descriptor but leaves the call marked answered
+    /// with nothing, and the app's socket() returns 0 (Linux 6.18, kernel/seccomp.c,
+    /// seccomp_notify_addfd): the app then takes its stdin for a socket. Without it,
+    /// the call stays pending, for this daemon's reply or the next one's.
+    pub fn add_fd(&self, id: u64, fd: BorrowedFd<'_>, at: Option<RawFd>, cloexec: bool) -> io::Result<RawFd> {
+        let flags = if at.is_some() { libc::SECCOMP_ADDFD_FLAG_SETFD } else { 0 };
         let mut addfd = libc::seccomp_notif_addfd {
             id,
             flags: flags as u32,
@@ -181,54 +167,110 @@ impl AsFd for Listener {
     }
 }
 
-/// The id of the last notification an engine received, kept in a small file mapped in
-/// memory (a plain store per call, no system call), so that a daemon restarted after a
-/// crash can find the calls its predecessor received but never answered: ids are
-/// consecutive, and such a call stays pending (and its caller blocked) until answered.
-pub struct LastId {
-    map: *mut u64,
+/// An [`InFlight`] file: the kernel's `struct seccomp_notif` as RECV wrote it, then
+/// the last id received and the engine's note.
+const IN_FLIGHT_LEN: usize = std::mem::size_of::<libc::seccomp_notif>() + 16;
+
+/// The call an engine has in hand, kept in a small file mapped in memory, so that a
+/// daemon restarted after a crash can find the calls its predecessor received but
+/// never answered (ids are consecutive, and such a call stays pending, its caller
+/// blocked, until answered) and finish the one it was carrying out: the call itself,
+/// and a note the engine adds on the way (what it already did, see `Kernel::note`).
+///
+/// The kernel writes the notification straight into the mapping (RECV's buffer is the
+/// mapping), so a daemon killed at any point after RECV took a call leaves it recorded:
+/// a SIGKILL takes effect on the way back to user space, after the copy.
+pub struct InFlight {
+    map: *mut u8,
 }
 
-// SAFETY: the mapping is private to this value and only ever accessed as one aligned
-// AtomicU64 (see `cell`), so moving it or sharing it between threads cannot race.
-unsafe impl Send for LastId {}
-// SAFETY: as for Send: every access is an atomic operation on the mapped word.
-unsafe impl Sync for LastId {}
+// SAFETY: the mapping is private to this value; the notification is only read and
+// written through volatile copies by the one engine thread that receives, and the two
+// words after it are only accessed as AtomicU64 (see `word`), so moving it or sharing
+// it between threads cannot race.
+unsafe impl Send for InFlight {}
+// SAFETY: as for Send.
+unsafe impl Sync for InFlight {}
 
-impl LastId {
-    /// Maps `path` (created, 8 bytes) shared.
-    pub fn open(path: &std::path::Path) -> io::Result<LastId> {
+impl InFlight {
+    /// Maps `path` (created, sized) shared.
+    pub fn open(path: &std::path::Path) -> io::Result<InFlight> {
         let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        f.set_len(8)?;
-        // SAFETY: mapping 8 bytes of a file we just sized to 8 bytes, shared, read-write;
-        // the kernel checks the fd and the length.
+        f.set_len(IN_FLIGHT_LEN as u64)?;
+        // SAFETY: mapping IN_FLIGHT_LEN bytes of a file we just sized to that, shared,
+        // read-write; the kernel checks the fd and the length.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), 8, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                IN_FLIGHT_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(LastId { map: p.cast() })
+        Ok(InFlight { map: p.cast() })
     }
 
-    fn cell(&self) -> &std::sync::atomic::AtomicU64 {
-        // SAFETY: `map` points at 8 mapped, page-aligned bytes that live as long as
-        // `self`; AtomicU64 has the size and alignment of u64.
-        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.map) }
+    fn notif(&self) -> *mut libc::seccomp_notif {
+        self.map.cast()
     }
 
-    pub fn set(&self, id: u64) {
-        self.cell().store(id, std::sync::atomic::Ordering::Relaxed);
+    /// Word 0 is the last id received, word 1 the note.
+    fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < 2);
+        // SAFETY: the two words after the notification are mapped, 8-byte aligned (the
+        // mapping is page-aligned and the notification's size a multiple of 8) and live
+        // as long as `self`; AtomicU64 has the size and alignment of u64.
+        unsafe {
+            let at = self.map.add(std::mem::size_of::<libc::seccomp_notif>()).cast::<u64>().add(i);
+            std::sync::atomic::AtomicU64::from_ptr(at)
+        }
     }
 
-    pub fn get(&self) -> u64 {
-        self.cell().load(std::sync::atomic::Ordering::Relaxed)
+    /// Receives the app's next call into the record (its note cleared). ENOENT means
+    /// the caller went away before we took it.
+    pub fn receive(&self, listener: &Listener) -> io::Result<Notification> {
+        self.word(1).store(0, std::sync::atomic::Ordering::Release);
+        // SAFETY: `notif` points at the mapped, aligned space for one seccomp_notif;
+        // RECV wants it zeroed and writes one there.
+        let n = unsafe {
+            std::ptr::write_volatile(self.notif(), std::mem::zeroed());
+            cvt(libc::ioctl(listener.0.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, self.notif()))?;
+            std::ptr::read_volatile(self.notif())
+        };
+        self.word(0).store(n.id, std::sync::atomic::Ordering::Release);
+        Ok(Notification { id: n.id, pid: n.pid as i32, nr: n.data.nr, arch: n.data.arch, args: n.data.args })
+    }
+
+    /// Adds what a daemon taking over would need to finish the call in hand.
+    pub fn note(&self, value: u64) {
+        self.word(1).store(value, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The id of the last call received (0: none yet).
+    pub fn last(&self) -> u64 {
+        self.held().map_or_else(|| self.word(0).load(std::sync::atomic::Ordering::Acquire), |(n, _)| n.id)
+    }
+
+    /// The call in hand, if any, and its note.
+    pub fn held(&self) -> Option<(Notification, u64)> {
+        // SAFETY: reads one seccomp_notif from the mapped, aligned space for it.
+        let n = unsafe { std::ptr::read_volatile(self.notif()) };
+        (n.id != 0).then(|| {
+            let call =
+                Notification { id: n.id, pid: n.pid as i32, nr: n.data.nr, arch: n.data.arch, args: n.data.args };
+            (call, self.word(1).load(std::sync::atomic::Ordering::Acquire))
+        })
     }
 }
 
-impl Drop for LastId {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        // SAFETY: unmapping the 8 bytes mapped in `open`, once.
-        unsafe { libc::munmap(self.map.cast(), 8) };
+        // SAFETY: unmapping the bytes mapped in `open`, once.
+        unsafe { libc::munmap(self.map.cast(), IN_FLIGHT_LEN) };
     }
 }

@@ -30,8 +30,6 @@ pub(crate) enum Answer {
     Value(i64),
     /// The kernel runs the call as made (only where that is safe).
     Proceed,
-    /// Already answered (ADDFD with SEND).
-    Sent,
     /// A helper thread answers it later.
     Later,
 }
@@ -120,7 +118,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Ok(Answer::Value(v)) => Reply::Value(v),
             Ok(Answer::Proceed) => Reply::Proceed,
             Err(e) => Reply::Fail(e),
-            Ok(Answer::Sent | Answer::Later) => return,
+            Ok(Answer::Later) => return,
         };
         // The caller may have died meanwhile (ENOENT); nothing is owed to anyone then.
         if let Err(e) = self.k.answer(n.id, reply) {
@@ -139,20 +137,19 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let tcp = Proto::from_sock_type(ty) == Some(Proto::Tcp);
         let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
         self.mark(&s, marks, None)?;
-        if tcp {
-            self.k.add_fd(n.id, &s, None, cloexec, true)?;
-        } else {
-            self.add_datagram_fd(n, &s, cloexec)?;
-        }
-        Ok(Answer::Sent)
+        // Should this daemon die before answering, the next one finds the socket in the
+        // app by its inode, if it was installed (see crate::resume).
+        self.k.note(self.k.inode(&s)?);
+        let fd = if tcp { self.k.add_fd(n.id, &s, None, cloexec)? } else { self.add_datagram_fd(n, &s, cloexec)? };
+        Ok(Answer::Value(fd.into()))
     }
 
     /// Installs a new UDP socket at a free number in [`fds::DATAGRAM_FDS`], where the
-    /// filter traps its sends and receives, and answers the call with it. `ax run` gives
+    /// filter traps its sends and receives; returns the number. `ax run` gives
     /// apps a soft open-file limit past the range; only an app that lowered its own
     /// meets EBADF (a number past its limit), and then its limit is looked up. EMFILE, as
     /// for a full descriptor table, when the range holds no free number below the limit.
-    fn add_datagram_fd(&self, n: &Notification, s: &K::Fd, cloexec: bool) -> Result<(), Errno> {
+    fn add_datagram_fd(&self, n: &Notification, s: &K::Fd, cloexec: bool) -> Result<RawFd, Errno> {
         let mut limit = None;
         loop {
             let below = limit.unwrap_or(u64::MAX);
@@ -172,11 +169,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 }
                 return Err(libc::EMFILE);
             };
-            match self.k.add_fd(n.id, s, Some(at), cloexec, true) {
+            match self.k.add_fd(n.id, s, Some(at), cloexec) {
                 Err(libc::EBADF) if limit.is_none() => limit = Some(self.k.fd_limit(n.pid)?),
                 // The app lowered its limit again meanwhile.
                 Err(libc::EBADF) => return Err(libc::EMFILE),
-                r => return r.map(|_| ()),
+                r => return r,
             }
         }
     }
@@ -407,7 +404,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     }
 
     /// Where the TCP socket's own connection stands (tcp_info's first byte: its state).
-    fn progress(&self, s: &K::Fd) -> Result<Progress, Errno> {
+    pub(crate) fn progress(&self, s: &K::Fd) -> Result<Progress, Errno> {
         let mut state = [0u8; 1];
         self.k.get_opt(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut state)?;
         Ok(Progress::from_tcp_state(state[0]))
@@ -416,7 +413,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// Answers a blocking connect from a helper once the socket's handshake is over, or
     /// with `timed_out` once SO_SNDTIMEO has passed (EINPROGRESS for the connect that
     /// started it, EALREADY for a later one, as in the kernel).
-    fn finish_later(&self, n: &Notification, s: K::Fd, timed_out: Errno) -> Result<Answer, Errno> {
+    pub(crate) fn finish_later(&self, n: &Notification, s: K::Fd, timed_out: Errno) -> Result<Answer, Errno> {
         let (k, id) = (Arc::clone(&self.k), n.id);
         self.later(move || {
             let timeout = timeout_ms(&*k, &s, libc::SO_SNDTIMEO);
@@ -449,6 +446,8 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let flags = self.k.file_flags(&s)?;
         let blocking = flags & libc::O_NONBLOCK == 0;
         if blocking {
+            // The next daemon puts them back, should this one die meanwhile.
+            self.k.note(crate::resume::restore_flags(flags));
             self.k.set_file_flags(&s, flags | libc::O_NONBLOCK)?;
         }
         let mut outcome = Attempt::Done(Err(libc::ECONNREFUSED));
@@ -518,7 +517,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
         self.k.set_file_flags(&fresh, self.k.file_flags(old)?)?;
         let cloexec = self.k.cloexec(n.pid, fd);
-        self.k.add_fd(n.id, &fresh, Some(fd), cloexec, false)?;
+        self.k.add_fd(n.id, &fresh, Some(fd), cloexec)?;
         Ok(fresh)
     }
 }

@@ -94,8 +94,9 @@ pub enum Op {
         sock: usize,
         at: Option<RawFd>,
         cloexec: bool,
-        send: bool,
     },
+    /// What the engine noted for a daemon taking over (see crate::resume).
+    Note(u64),
     Bind(usize, SocketAddr),
     Listen(usize, i32),
     Connect(usize, SocketAddr),
@@ -325,7 +326,7 @@ impl Kernel for Fake {
         Ok(())
     }
 
-    fn add_fd(&self, id: u64, fd: &FakeFd, at: Option<RawFd>, cloexec: bool, send: bool) -> Result<RawFd, Errno> {
+    fn add_fd(&self, id: u64, fd: &FakeFd, at: Option<RawFd>, cloexec: bool) -> Result<RawFd, Errno> {
         let mut s = self.state();
         s.pending(id)?;
         let n = at.unwrap_or_else(|| (3..).find(|n| !s.fds.contains_key(n)).expect("a free descriptor"));
@@ -338,11 +339,17 @@ impl Kernel for Fake {
         } else {
             s.cloexec.remove(&n);
         }
-        s.log.push(Op::AddFd { id, sock: fd.i, at, cloexec, send });
-        if send {
-            s.answers.push((id, Reply::Value(n as i64)));
-        }
+        s.log.push(Op::AddFd { id, sock: fd.i, at, cloexec });
         Ok(n)
+    }
+
+    fn note(&self, value: u64) {
+        self.state().log.push(Op::Note(value));
+    }
+
+    fn socket_fd(&self, _tid: i32, inode: u64) -> Option<RawFd> {
+        let s = self.state();
+        s.fds.iter().find(|(_, i)| s.socks[**i].inode == inode).map(|(fd, _)| *fd)
     }
 
     fn fd_limit(&self, _tid: i32) -> Result<u64, Errno> {

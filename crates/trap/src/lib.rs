@@ -15,6 +15,7 @@ mod helper;
 mod hooks;
 pub mod kdriver;
 pub mod policy;
+mod resume;
 
 #[cfg(test)]
 mod fake;

@@ -290,10 +290,7 @@ fn udp_sockets_go_to_the_top_of_the_range_and_tcp_ones_to_the_lowest_free_number
     assert_eq!(r.tcp(), 3);
     assert_eq!(r.socket(libc::AF_INET6, libc::SOCK_STREAM), 4);
     let adds: Vec<Option<RawFd>> =
-        r.k.ops()
-            .iter()
-            .filter_map(|o| if let Op::AddFd { at, send: true, .. } = o { Some(*at) } else { None })
-            .collect();
+        r.k.ops().iter().filter_map(|o| if let Op::AddFd { at, .. } = o { Some(*at) } else { None }).collect();
     assert_eq!(adds, [Some(HI - 1), Some(HI - 2), None, None]);
     assert!(r.k.state().cloexec.contains(&(HI - 2)), "SOCK_CLOEXEC holds at a chosen number too");
     assert_eq!(r.k.sock(HI - 1).marks, guard::GUARDED, "marked before the app has it");

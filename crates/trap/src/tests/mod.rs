@@ -8,6 +8,7 @@ mod connect;
 mod datagram;
 mod helpers;
 mod memory;
+mod resume;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
@@ -106,6 +107,14 @@ impl Rig {
     fn trap_as(&self, id: u64, nr: i64, args: [u64; 6]) -> Option<Reply> {
         self.engine.handle(&Notification { id, pid: 100, nr: nr as i32, arch: 0, args });
         self.k.answer_to(id)
+    }
+
+    /// Call `nr`, which a daemon that died received and never answered (having noted
+    /// `note`), finished by this one; returns the answer given, and the call's id.
+    fn resume(&self, nr: i64, args: [u64; 6], note: u64) -> (Option<Reply>, u64) {
+        let id = self.next_id();
+        self.engine.resume(&Notification { id, pid: 100, nr: nr as i32, arch: 0, args }, note);
+        (self.k.answer_to(id), id)
     }
 
     fn trap(&self, nr: i64, args: [u64; 6]) -> Option<Reply> {
