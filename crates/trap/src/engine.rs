@@ -396,7 +396,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             }
             Connect::Refused => Err(libc::ECONNREFUSED),
             Connect::Targets { targets, source } => self.connect_to(n, s, &targets, source, family),
-            Connect::Egress { gateway, dest } => self.egress(n, s, gateway, dest, family),
+            Connect::Egress { gateway, dest } => {
+                // A next daemon starts the gateway's handshake again (see crate::resume).
+                self.k.note(crate::resume::through_egress(self.k.file_flags(&s)?));
+                self.egress(n, s, gateway, dest, family)
+            }
             Connect::InProgress if self.k.file_flags(&s)? & libc::O_NONBLOCK != 0 => Err(libc::EALREADY),
             // A blocking connect on a socket whose handshake is under way waits for it.
             Connect::InProgress => self.finish_later(n, s, libc::EALREADY),

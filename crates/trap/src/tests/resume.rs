@@ -5,7 +5,7 @@ use ax_sys::kernel::Kernel;
 
 use super::*;
 use crate::fake::Tcp;
-use crate::resume::restore_flags;
+use crate::resume::{restore_flags, through_egress};
 
 const SOCKET: i64 = libc::SYS_socket;
 const TCP: [u64; 6] = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
@@ -72,6 +72,30 @@ fn a_connect_the_dead_daemon_started_is_answered_as_the_kernel_would() {
     r.k.state().socks[i].tcp = Tcp::Established;
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), OK);
+}
+
+#[test]
+fn a_connect_through_an_egress_gateway_is_reset_and_made_again() {
+    let r = Rig::new();
+    let gw: Ipv4Addr = "10.0.0.3".parse().unwrap();
+    r.table(|t| t.set_remote(Remote { nodes: vec![("g".into(), gw)], egress: vec![gw], ..Remote::default() }));
+    // The dead daemon had the socket connected to the gateway, mid-handshake, and left it
+    // non-blocking.
+    let fd = r.tcp();
+    let i = r.k.state().fds[&fd];
+    let flags = r.k.state().socks[i].flags;
+    r.k.state().socks[i].flags |= libc::O_NONBLOCK;
+    r.k.state().socks[i].tcp = Tcp::Established;
+    let (p, l) = r.addr("192.0.2.1:443");
+    let (answer, id) = r.resume(libc::SYS_connect, [fd as u64, p, l, 0, 0, 0], through_egress(flags));
+    assert_eq!(answer, None, "the new handshake answers later");
+    assert!(r.k.ops().contains(&Op::Disconnect(i)), "the old connection to the gateway is reset");
+    r.k.state().socks[i].inbox.push_back((b"OK\n".to_vec(), SocketAddr::from((gw, EGRESS_PORT))));
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(id), OK);
+    let s = r.k.sock(fd);
+    assert_eq!(s.sent.last().unwrap().0, b"AXEG 192.0.2.1:443\n");
+    assert_eq!(s.flags, flags);
 }
 
 #[test]
