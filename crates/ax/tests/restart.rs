@@ -18,15 +18,19 @@ fn kill_9_under_load_loses_nothing_and_forgets_apps_that_died_meanwhile() {
     h.python_backend("doomed", "198.18.7.2", 8000);
     h.wait_for_rows("198.18.7.1:8000", 1);
     h.wait_for_rows("198.18.7.2:8000", 1);
-    // Four clients making short connections for a while, counting failures (each one
-    // printed, with the call's errno, before the count).
-    let client = "import socket,time\nok=err=0\nend=time.time()+7\nwhile time.time()<end:\n  try:\n    \
-        c=socket.create_connection(('198.18.7.1',8000),timeout=30)\n    c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n    \
-        ok+=c.recv(4096).startswith(b'HTTP/1.0 200')\n    c.close()\n  except OSError as e:\n    err+=1\n    \
-        print('error',repr(e),flush=True)\n  time.sleep(0.02)\n\
-        print('ok=%d err=%d'%(ok,err),flush=True)";
+    // Four clients making short connections, counting failures (each one printed, with
+    // the call's errno), until each has made 20 more once the daemon is back.
+    let back = h.dir.join("back");
+    let client = format!(
+        "import socket,time,os\nok=err=after=0\nwhile after<20:\n  try:\n    \
+         c=socket.create_connection(('198.18.7.1',8000),timeout=30)\n    c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n    \
+         good=c.recv(4096).startswith(b'HTTP/1.0 200')\n    c.close()\n    ok+=good\n    \
+         after+=good and os.path.exists('{}')\n  except OSError as e:\n    err+=1\n    \
+         print('error',repr(e),flush=True)\n  time.sleep(0.02)\nprint('ok=%d err=%d'%(ok,err),flush=True)",
+        back.display()
+    );
     for i in 0..4 {
-        h.spawn_app(&format!("client{i}"), &["--", PY, "-c", client]);
+        h.spawn_app(&format!("client{i}"), &["--", PY, "-c", &client]);
     }
     std::thread::sleep(Duration::from_secs(2));
     h.signal_daemon("KILL");
@@ -38,12 +42,11 @@ fn kill_9_under_load_loses_nothing_and_forgets_apps_that_died_meanwhile() {
     });
     std::thread::sleep(Duration::from_secs(1));
     h.start_daemon(&[]);
+    std::fs::write(&back, "").unwrap();
     for i in 0..4 {
         let log = format!("client{i}");
         let done = h.wait_for_line(&log, "ok=");
         assert!(done.ends_with("err=0"), "client {i}: {}", h.app_log(&log));
-        let ok: u32 = done.trim_start_matches("ok=").split(' ').next().unwrap().parse().unwrap();
-        assert!(ok > 20, "client {i} made only {ok} connections");
     }
     assert_eq!(h.servers_at("198.18.7.1:8000").len(), 1, "the served row is back");
     assert!(h.servers_at("198.18.7.2:8000").is_empty(), "the dead app's row is gone");
@@ -93,6 +96,47 @@ fn calls_in_flight_when_the_daemon_is_killed_are_finished_by_the_next_one() {
     assert!(counts.iter().all(|&c| c > 0), "{done}");
     let finished = h.daemon_log().matches("finishing the call the previous daemon had in hand").count();
     eprintln!("{done}; calls finished by a next daemon: {finished}");
+}
+
+/// A new daemon that goes away before it answered `ax run`'s reattach (killed while it
+/// starts, say) is one more outage: `ax run` waits for the next daemon, it does not let
+/// its app go (its listener closed, every trapped call would fail with ENOSYS).
+#[test]
+fn a_daemon_gone_before_it_took_an_app_back_is_waited_out() {
+    support::require_root_and(&[PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.python_backend("srv", "198.18.7.50", 8000);
+    h.wait_for_rows("198.18.7.50:8000", 1);
+    let back = h.dir.join("back");
+    let client = format!(
+        "import socket,time,os\nafter=0\nwhile after<3:\n  try:\n    \
+         c=socket.create_connection(('198.18.7.50',8000),timeout=30)\n    c.close()\n    \
+         after+=os.path.exists('{}')\n  except OSError as e:\n    print('error',repr(e),flush=True)\n  \
+         time.sleep(0.05)\nprint('done',flush=True)",
+        back.display()
+    );
+    h.spawn_app("client", &["--", PY, "-c", &client]);
+    std::thread::sleep(Duration::from_secs(1));
+    h.signal_daemon("KILL");
+    // For two seconds the run socket takes every reattach and hangs up unanswered.
+    let hang_up = format!(
+        "import socket,os,time\np='{}'\ntry:\n  os.unlink(p)\nexcept OSError:\n  pass\n\
+         s=socket.socket(socket.AF_UNIX)\ns.bind(p)\ns.listen()\ns.settimeout(0.1)\nn=0\nend=time.time()+2\n\
+         while time.time()<end:\n  try:\n    c,_=s.accept();c.recv(100);c.close();n+=1\n  except socket.timeout:\n    pass\n\
+         os.unlink(p)\nprint(n)",
+        ax_api::RUN_SOCKET
+    );
+    let out = h.cmd(PY).args(["-c", &hang_up]).output().unwrap();
+    let hung_up: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(hung_up >= 2, "both ax runs tried while the socket hung up: {hung_up}");
+    h.start_daemon(&[]);
+    h.wait_until("both apps taken back", Duration::from_secs(30), || {
+        h.daemon_log().matches("app taken back after a restart").count() == 2
+    });
+    std::fs::write(&back, "").unwrap();
+    h.wait_for_line("client", "done");
+    assert!(!h.app_log("client").contains("error"), "{}", h.app_log("client"));
 }
 
 #[test]
@@ -176,13 +220,13 @@ fn a_flood_of_trapped_calls_from_one_app_starves_no_other() {
     h.python_backend("s", "198.18.7.20", 8000);
     h.wait_for_rows("198.18.7.20:8000", 1);
     // Two apps each trapping calls as fast as they can (getsockname on a bound socket,
-    // socket/close) until told to stop; each says when it has made 5,000, and its count
+    // socket/close) until told to stop; each says when it has made 1,000, and its count
     // at the end.
     let stop = h.dir.join("stop");
     let flood = format!(
         "import socket,os\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('',0))\nn=0\n\
          while not os.path.exists('{}'):\n  s.getsockname();socket.socket().close();n+=2\n  \
-         if n==5000:print('going',flush=True)\nprint('done',n,flush=True)",
+         if n==1000:print('going',flush=True)\nprint('done',n,flush=True)",
         stop.display()
     );
     h.spawn_app("flood1", &["--ip", "198.18.7.21", "--", PY, "-c", &flood]);
@@ -199,7 +243,7 @@ fn a_flood_of_trapped_calls_from_one_app_starves_no_other() {
     std::fs::write(&stop, "").unwrap();
     let done = h.wait_for_line("flood1", "done");
     let calls: u64 = done.trim_start_matches("done ").parse().unwrap();
-    assert!(calls > 5_000, "{done}");
+    assert!(calls > 1_000, "{done}");
 }
 
 #[test]

@@ -214,8 +214,9 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_
 /// Stays with the daemon. When its connection ends (the daemon stopped or died), waits
 /// for a new one and hands the listener over again; meanwhile the app's trapped calls
 /// wait in the kernel (the filter's listener stays open here), so they complete once a
-/// daemon is back. A daemon that no longer knows the app (started with --clean) ends
-/// the wait: the listener is closed, and trapped calls then fail instead of hanging.
+/// daemon is back. A daemon that goes away again before it answered is waited for like
+/// the first. A daemon that no longer knows the app (started with --clean) ends the
+/// wait: the listener is closed, and trapped calls then fail instead of hanging.
 fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid: i32) {
     loop {
         // Nothing more comes on this connection: it returns when the daemon goes.
@@ -232,6 +233,8 @@ fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid:
                     daemon = conn;
                     break;
                 }
+                // Killed or stopped while it took the app back: wait for the next one.
+                Err(RunError::Receive(_) | RunError::Closed) => continue,
                 Ok(other) => {
                     eprintln!("ax: unexpected answer from the new ax daemon: {other:?}");
                     return;
