@@ -222,6 +222,33 @@ fn threads_and_non_blocking_sockets() {
     assert_eq!(h.run_ok(&["--", PY, "-c", script]), "80\n20\n");
 }
 
+/// socket() may be answered with a socket the daemon made ahead (after the app's last
+/// call of the same kind): each must be exactly what the call asked for, and only ever
+/// the app's own, even with two apps calling at once.
+#[test]
+fn sockets_made_ahead_are_as_asked_and_each_apps_own() {
+    let mut h = host(&[PY]);
+    h.python_backend("srv", "198.18.4.9", 80);
+    h.wait_for_rows("198.18.4.9:80", 1);
+    // Kinds in turn, each several times (so spares of one kind sit while others are
+    // asked for); then connects, whose sockets must show the app's own address.
+    let script = "import socket,fcntl,os,ctypes,sys\nlibc=ctypes.CDLL(None,use_errno=True)\n\
+        S,D,N,C=socket.SOCK_STREAM,socket.SOCK_DGRAM,socket.SOCK_NONBLOCK,socket.SOCK_CLOEXEC\n\
+        kinds=[(2,S),(2,S|N),(2,S|C),(2,S|N|C),(10,S),(2,D),(10,D|N),(2,S,6),(10,D,17)]\nbad=0\n\
+        for _ in range(4):\n  for k in kinds:\n    f,t=k[0],k[1];p=k[2] if len(k)>2 else 0\n    \
+        fd=libc.socket(f,t,p)\n    s=socket.socket(fileno=fd)\n    \
+        got=(s.getsockopt(1,socket.SO_DOMAIN),s.getsockopt(1,socket.SO_TYPE),s.getsockopt(1,socket.SO_PROTOCOL),\n      \
+        bool(fcntl.fcntl(fd,fcntl.F_GETFL)&os.O_NONBLOCK),bool(fcntl.fcntl(fd,fcntl.F_GETFD)&fcntl.FD_CLOEXEC),s.getsockname()[1])\n    \
+        want=(f,t&~(N|C),6 if t&S==S else 17,bool(t&N),bool(t&C),0)\n    \
+        if got!=want:print('wrong',got,want);bad+=1\n    s.close()\n\
+        names=set()\nfor _ in range(40):\n  c=socket.create_connection(('198.18.4.9',80));names.add(c.getsockname()[0]);c.close()\n\
+        print('done',bad,*sorted(names),flush=True)";
+    h.spawn_app("other", &["--ip", "198.18.4.10", "--", PY, "-c", script]);
+    let mine = h.run_ok(&["--ip", "198.18.4.11", "--", PY, "-c", script]);
+    assert_eq!(mine, "done 0 198.18.4.11\n");
+    assert_eq!(h.wait_for_line("other", "done"), "done 0 198.18.4.10");
+}
+
 #[test]
 fn other_addresses_go_out_directly_from_the_host() {
     let mut h = host(&[PY, "curl"]);

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::call::{AddrIn, Call};
 use crate::helper::{wait_for_call, Helpers, Hush, Waited};
+use crate::spare::{Recipe, Spares};
 use crate::Node;
 use crate::{fds, guard};
 use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Progress, Use};
@@ -32,6 +33,8 @@ pub(crate) enum Answer {
     Proceed,
     /// A helper thread answers it later.
     Later,
+    /// Already answered, by the call itself.
+    Sent,
 }
 
 /// Answers the trapped calls of one app.
@@ -46,6 +49,8 @@ pub struct Engine<K: Kernel, N: Node> {
     hush_share: Hush,
     hush_pool: Hush,
     hush_fds: Hush,
+    /// Host sockets made ahead for the app's next `socket()` calls.
+    pub(crate) spares: Spares<K::Fd>,
     /// The app's driver: under the kernel driver, its host sockets are the kernel
     /// driver's programs' to rule (not GUARDED: the guard leaves them alone).
     driver: Driver,
@@ -63,6 +68,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             hush_share: hush(),
             hush_pool: hush(),
             hush_fds: hush(),
+            spares: Spares::default(),
             driver: Driver::User,
         }
     }
@@ -114,11 +120,16 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Call::RecvMsg { fd, msg, flags } => self.recvmsg(n, fd, msg, flags),
             Call::Other { .. } => Ok(Answer::Proceed),
         };
+        self.deliver(n, result);
+    }
+
+    /// Answers `n` with `result`, unless it is answered already or later.
+    pub(crate) fn deliver(&self, n: &Notification, result: Result<Answer, Errno>) {
         let reply = match result {
             Ok(Answer::Value(v)) => Reply::Value(v),
             Ok(Answer::Proceed) => Reply::Proceed,
             Err(e) => Reply::Fail(e),
-            Ok(Answer::Later) => return,
+            Ok(Answer::Later | Answer::Sent) => return,
         };
         // The caller may have died meanwhile (ENOENT); nothing is owed to anyone then.
         if let Err(e) = self.k.answer(n.id, reply) {
@@ -126,22 +137,50 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
     }
 
+    /// Answers with a host socket: the spare made for this recipe after the app's last
+    /// such call, or one made now. Once the app has its answer, the next spare is made
+    /// (see [`crate::spare`]).
     fn socket(&self, n: &Notification, domain: i32, ty: i32, protocol: i32) -> Result<Answer, Errno> {
         let Some((ty, cloexec)) = plan::socket(ty, protocol) else {
             // Raw, ICMP, SCTP and the like stay in the app's own (empty) namespace.
             return Ok(Answer::Proceed);
         };
-        let s = self.k.socket(Netns::Host, domain, ty, protocol)?;
-        // Before the app can touch it: from now on only the daemon may say where it goes,
-        // and a TCP socket takes connections from members only unless exposed.
-        let tcp = Proto::from_sock_type(ty) == Some(Proto::Tcp);
-        let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
-        self.mark(&s, marks, None)?;
+        let recipe = Recipe { domain, ty, protocol };
+        let s = match self.spares.take(recipe) {
+            Some(s) => s,
+            None => self.make(recipe)?,
+        };
         // Should this daemon die before answering, the next one finds the socket in the
         // app by its inode, if it was installed (see crate::resume).
         self.k.note(self.k.inode(&s)?);
-        let fd = if tcp { self.k.add_fd(n.id, &s, None, cloexec)? } else { self.add_datagram_fd(n, &s, cloexec)? };
-        Ok(Answer::Value(fd.into()))
+        let fd = if Proto::from_sock_type(ty) == Some(Proto::Tcp) {
+            self.k.add_fd(n.id, &s, None, cloexec)?
+        } else {
+            self.add_datagram_fd(n, &s, cloexec)?
+        };
+        drop(s);
+        // Answered here, so the next spare is made while the app goes on.
+        if let Err(e) = self.k.answer(n.id, Reply::Value(fd.into())) {
+            debug!(app = %self.app, "socket() answer not delivered: errno {e}");
+        }
+        if self.spares.wants(recipe) {
+            match self.make(recipe) {
+                Ok(spare) => self.spares.keep(recipe, spare),
+                Err(e) => debug!(app = %self.app, ?recipe, "no spare socket made: errno {e}"),
+            }
+        }
+        Ok(Answer::Sent)
+    }
+
+    /// Makes a host socket by `recipe`, marked before the app can touch it: from then on
+    /// only the daemon may say where it goes, and a TCP socket takes connections from
+    /// members only unless exposed.
+    fn make(&self, recipe: Recipe) -> Result<K::Fd, Errno> {
+        let s = self.k.socket(Netns::Host, recipe.domain, recipe.ty, recipe.protocol)?;
+        let tcp = Proto::from_sock_type(recipe.ty) == Some(Proto::Tcp);
+        let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
+        self.mark(&s, marks, None)?;
+        Ok(s)
     }
 
     /// Installs a new UDP socket at a free number in [`fds::DATAGRAM_FDS`], where the

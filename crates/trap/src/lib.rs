@@ -16,6 +16,7 @@ mod hooks;
 pub mod kdriver;
 pub mod policy;
 mod resume;
+mod spare;
 
 #[cfg(test)]
 mod fake;

@@ -22,7 +22,7 @@
 
 use ax_core::plan::{Kind, Progress};
 use ax_core::{Errno, Proto};
-use ax_sys::kernel::{Kernel, Reply};
+use ax_sys::kernel::Kernel;
 use ax_sys::seccomp::Notification;
 use tracing::info;
 
@@ -69,13 +69,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Call::Name { .. } => return self.handle(n),
             _ => Err(libc::EINTR),
         };
-        let reply = match done {
-            Ok(Answer::Value(v)) => Reply::Value(v),
-            Ok(Answer::Proceed) => Reply::Proceed,
-            Ok(Answer::Later) => return,
-            Err(e) => Reply::Fail(e),
-        };
-        let _ = self.k.answer(n.id, reply);
+        self.deliver(n, done);
     }
 
     /// How a connect the previous daemon may have started ends; None where it never

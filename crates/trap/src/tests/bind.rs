@@ -48,6 +48,79 @@ fn a_socket_for_a_caller_that_died_is_not_handed_to_anyone() {
     assert_eq!(r.k.state().fds.len(), before);
 }
 
+/// The engine's index of the socket at the app's descriptor `fd`.
+fn made(r: &Rig, fd: RawFd) -> usize {
+    r.k.state().fds[&fd]
+}
+
+/// The socket last made (the engine's spare, right after a socket() was answered).
+fn last_made(r: &Rig) -> usize {
+    r.k.state().socks.len() - 1
+}
+
+#[test]
+fn the_next_socket_is_the_spare_made_after_the_last_answer() {
+    let r = Rig::new();
+    let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK;
+    let first = r.socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC);
+    let made_at_call = Op::Socket(Netns::Host, libc::AF_INET, ty, 0);
+    let ops = r.k.ops();
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    assert!(matches!(ops[1], Op::Note(_)) && matches!(ops[2], Op::AddFd { .. }), "{ops:?}");
+    assert_eq!((&ops[0], &ops[3]), (&made_at_call, &made_at_call), "the spare is made once the socket is the app's");
+    let spare = last_made(&r);
+    assert_ne!(spare, made(&r, first));
+    assert_eq!(r.k.sock(first).marks, r.k.state().socks[spare].marks, "marked as one made at the call");
+    // CLOEXEC is the descriptor's, given at install: the spare serves a call without it.
+    let second = r.socket(libc::AF_INET, ty);
+    assert_eq!(made(&r, second), spare);
+    assert!(!r.k.state().cloexec.contains(&second));
+    assert_ne!(r.k.sock(second).flags & libc::O_NONBLOCK, 0);
+    let ops = r.k.ops();
+    assert!(matches!(ops[5], Op::AddFd { sock, cloexec: false, .. } if sock == spare), "{ops:?}");
+    assert_eq!(ops[6], made_at_call, "and the next spare made");
+    assert_eq!(r.engine.spares.len(), 1);
+}
+
+#[test]
+fn a_spare_goes_only_to_a_call_of_its_exact_recipe() {
+    let r = Rig::new();
+    r.tcp();
+    let spare = last_made(&r);
+    let other = |domain: i32, ty: i32, protocol: i32| {
+        let args = [domain as u64, ty as u64, protocol as u64, 0, 0, 0];
+        let Some(Reply::Value(fd)) = r.trap(libc::SYS_socket, args) else { panic!("socket") };
+        let s = r.k.sock(fd as RawFd);
+        let nonblock = if s.flags & libc::O_NONBLOCK != 0 { libc::SOCK_NONBLOCK } else { 0 };
+        assert_eq!((s.domain, s.ty | nonblock, s.protocol), (domain, ty, protocol));
+        made(&r, fd as RawFd)
+    };
+    for (domain, ty, protocol) in [
+        (libc::AF_INET6, libc::SOCK_STREAM, 0),
+        (libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0),
+        (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP),
+        (libc::AF_INET, libc::SOCK_DGRAM, 0),
+    ] {
+        assert_ne!(other(domain, ty, protocol), spare, "{domain} {ty} {protocol}");
+    }
+    assert_eq!(made(&r, r.tcp()), spare, "still there for its own recipe");
+    // One spare per recipe, a bound on all.
+    assert_eq!(r.engine.spares.len(), crate::spare::MAX_SPARES);
+}
+
+#[test]
+fn a_spare_meant_for_a_caller_that_died_is_closed_and_never_handed_out() {
+    let r = Rig::new();
+    r.tcp();
+    let spare = last_made(&r);
+    r.k.state().stale.insert(500);
+    assert_eq!(r.trap_as(500, libc::SYS_socket, [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0]), None);
+    assert_eq!(r.k.held(), 0, "the spare is closed, and none made for a call not answered");
+    let next = made(&r, r.tcp());
+    assert!(next > spare, "a socket made afresh");
+    assert!(!r.k.state().fds.values().any(|&i| i == spare));
+}
+
 #[test]
 fn calls_the_engine_has_no_business_with_proceed() {
     let r = Rig::new();
@@ -412,6 +485,11 @@ fn a_kernel_driver_apps_sockets_are_the_programs_not_the_guards() {
     let udp = r.socket(libc::AF_INET, libc::SOCK_DGRAM);
     assert_eq!(r.k.sock(udp).marks, 0);
     assert!(state(udp).is_some());
+    // The spare made ahead is this app's, marked as one made at the call.
+    let spared = r.tcp();
+    assert_eq!(r.k.ops().iter().filter(|o| matches!(o, Op::Socket(..))).count(), 5, "two made at calls, three spares");
+    assert_eq!(r.k.sock(spared).marks, guard::MEMBERS_ONLY);
+    assert_eq!(state(spared), Some(SockState { app: r.app.0, peer: None, local: None }));
     // A bind records what getsockname shows: the service address.
     assert_eq!(r.bind(tcp, "0.0.0.0:80"), OK);
     assert_eq!(r.k.sock(tcp).marks, guard::MEMBERS_ONLY);

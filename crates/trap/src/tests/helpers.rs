@@ -40,10 +40,10 @@ fn a_receive_whose_caller_is_killed_lets_go_of_its_socket_within_a_slice() {
     let r = Rig::new();
     let fd = r.udp();
     let id = blocking_recvfrom(&r, fd);
-    assert_eq!((r.k.held(), r.engine.helpers.count()), (1, 1), "the helper holds its copy of the socket");
+    assert_eq!((r.held(), r.engine.helpers.count()), (1, 1), "the helper holds its copy of the socket");
     abandon_at_wait(&r, id, 5);
     r.k.run_later();
-    assert_eq!((r.k.held(), r.engine.helpers.count()), (0, 0), "copy dropped, helper counted out");
+    assert_eq!((r.held(), r.engine.helpers.count()), (0, 0), "copy dropped, helper counted out");
     assert_eq!(r.k.answer_to(id), None);
     let w = waits(&r);
     assert_eq!(w.len(), 5, "no wait after the one during which the call went stale");
@@ -56,10 +56,10 @@ fn a_blocking_connect_whose_caller_is_killed_lets_go_of_its_socket() {
     r.k.state().silent.insert(sa("192.0.2.1:80"));
     let fd = r.tcp();
     let id = r.connect_later(fd, "192.0.2.1:80");
-    assert_eq!(r.k.held(), 1);
+    assert_eq!(r.held(), 1);
     abandon_at_wait(&r, id, 3);
     r.k.run_later();
-    assert_eq!((r.k.held(), r.engine.helpers.count(), r.k.answer_to(id)), (0, 0, None));
+    assert_eq!((r.held(), r.engine.helpers.count(), r.k.answer_to(id)), (0, 0, None));
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn an_egress_handshake_whose_caller_is_killed_stops_and_records_nothing() {
     // The gateway never answers; the caller is killed while the helper waits for it.
     abandon_at_wait(&r, id, 4);
     r.k.run_later();
-    assert_eq!((r.k.held(), r.engine.helpers.count(), r.k.answer_to(id)), (0, 0, None));
+    assert_eq!((r.held(), r.engine.helpers.count(), r.k.answer_to(id)), (0, 0, None));
     let local = r.k.sock(fd).local.unwrap();
     assert_eq!(r.table(|t| t.egress_peer(local)), None);
 }

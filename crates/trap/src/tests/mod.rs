@@ -121,6 +121,11 @@ impl Rig {
         self.trap_as(self.next_id(), nr, args)
     }
 
+    /// The sockets the engine holds for calls under way (its spares aside).
+    fn held(&self) -> usize {
+        self.k.held() - self.engine.spares.len()
+    }
+
     fn socket(&self, domain: i32, ty: i32) -> RawFd {
         match self.trap(libc::SYS_socket, [domain as u64, ty as u64, 0, 0, 0, 0]) {
             Some(Reply::Value(fd)) => fd as RawFd,
