@@ -190,6 +190,10 @@ pub enum RunRequest {
     },
 }
 
+fn guarded() -> bool {
+    true
+}
+
 /// The daemon's answers on the run channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -203,6 +207,11 @@ pub enum RunReply {
         /// driver's filter.
         #[serde(default)]
         driver: Driver,
+        /// Whether the daemon's socket guard (eBPF) polices the app's host sockets:
+        /// without it `ax run` installs the filter that traps what the guard would have
+        /// refused. Daemons from before the guard could be absent always had it.
+        #[serde(default = "guarded")]
+        socket_guard: bool,
     },
     Attached,
     Error {

@@ -73,9 +73,18 @@ impl Arena {
     }
 
     fn with_daemon(args: &[&str]) -> Arena {
+        Arena::started(|h| h.start_daemon(args))
+    }
+
+    /// With a daemon that cannot use BPF: no socket guard, the user driver.
+    fn without_bpf() -> Arena {
+        Arena::started(|h| h.start_daemon_without_bpf(&[]))
+    }
+
+    fn started(start: impl FnOnce(&mut TestHost)) -> Arena {
         support::require_root_and(&["gcc", PY, "ss", "getent"]);
         let mut h = TestHost::new();
-        h.start_daemon(args);
+        start(&mut h);
         let hostile = h.compile_c("hostile.c");
         h.spawn_app("prod", &["--ip", PROD_IP, "--name", "prod", "--labels", "role=prod", "--", PY, "-c", PROD]);
         h.wait_for_rows(PROD_TCP, 1);
@@ -502,4 +511,47 @@ fn a_source_route_on_a_connected_udp_socket_sends_nowhere_else() {
         line, "seen 0\n",
         "datagrams went to the source route's first hop, not where the daemon connected:\n{report}"
     );
+}
+
+// ---- without BPF: no socket guard, the filter traps what it would have refused ------
+
+#[test]
+fn without_bpf_a_udp_socket_moved_out_of_the_trapped_range_is_still_translated() {
+    // No guard refuses the copies' sends: the filter traps them on every descriptor, and
+    // the daemon decides them as it decides the original's (prod is role=prod only).
+    let a = Arena::without_bpf();
+    let report = a.attack(&["dgram-out", PROD_UDP, &a.prod_udp_host]);
+    assert!(report.starts_with("socket: fd 1023\n"), "{report}");
+    let copies: Vec<&str> = report.lines().filter(|l| l.starts_with("copy ")).collect();
+    assert_eq!(copies.len(), 7 * 2 * 2, "{report}");
+    assert!(copies.iter().all(|l| !l.ends_with(": ok")), "{report}");
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn without_bpf_sendmmsg_does_not_reach_a_prod_udp_service() {
+    let a = Arena::without_bpf();
+    a.attack(&["sendmmsg-udp", PROD_UDP, &a.prod_udp_host]);
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn without_bpf_dup2_race_on_connect_does_not_reach_prod() {
+    let a = Arena::without_bpf();
+    a.attack(&["race", "connect", RACE_SECONDS, "0", PROD_TCP, &a.prod_tcp_host]);
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn without_bpf_dup2_race_on_sendto_does_not_reach_prod() {
+    let a = Arena::without_bpf();
+    a.attack(&["race", "sendto", RACE_SECONDS, "0", PROD_UDP, &a.prod_udp_host]);
+    a.assert_prod_untouched();
+}
+
+#[test]
+fn without_bpf_close_and_reopen_race_on_connect_does_not_reach_prod() {
+    let a = Arena::without_bpf();
+    a.attack(&["race", "reopen", RACE_SECONDS, "0", &a.prod_tcp_host]);
+    a.assert_prod_untouched();
 }

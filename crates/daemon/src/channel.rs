@@ -16,6 +16,7 @@ use ax_core::{AppId, Driver, NodeInfo, PortRanges};
 use ax_sys::kernel::Linux;
 use ax_sys::seccomp::{InFlight, Listener};
 use ax_trap::guard::Guard;
+use ax_trap::policy::SocketGuard;
 use ax_trap::Engine;
 use tracing::{info, warn};
 
@@ -49,11 +50,11 @@ pub const MAX_APPS: usize = 4096;
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn spawn(listener: UnixListener, daemon: Daemon, guard: Arc<Guard>) -> std::io::Result<()> {
+pub fn spawn(listener: UnixListener, daemon: Daemon, guard: Option<Arc<Guard>>) -> std::io::Result<()> {
     std::thread::Builder::new().name("run-channel".into()).spawn(move || {
         let gate = Gate::new("run channel", MAX_APPS);
         gate.serve_blocking(&listener, |conn, permit| {
-            let (d, g) = (daemon.clone(), Arc::clone(&guard));
+            let (d, g) = (daemon.clone(), guard.clone());
             let spawned = std::thread::Builder::new().name("app".into()).spawn(move || {
                 serve(conn, d, g);
                 drop(permit);
@@ -74,7 +75,7 @@ fn recv(conn: &UnixStream) -> Result<Option<(RunRequest, Option<OwnedFd>)>, Sess
     wire::recv(conn.as_fd()).map_err(io("cannot read from ax run"))
 }
 
-fn serve(conn: UnixStream, daemon: Daemon, guard: Arc<Guard>) {
+fn serve(conn: UnixStream, daemon: Daemon, guard: Option<Arc<Guard>>) {
     let mut app = Registration { daemon: &daemon, id: None };
     if let Err(e) = session(&conn, &daemon, &guard, &mut app.id) {
         warn!("ax run session ended: {e}");
@@ -99,7 +100,7 @@ impl Drop for Registration<'_> {
 fn session(
     conn: &UnixStream,
     daemon: &Daemon,
-    guard: &Arc<Guard>,
+    guard: &Option<Arc<Guard>>,
     app: &mut Option<AppId>,
 ) -> Result<(), SessionError> {
     let cred = ax_sys::scm::peer_cred(conn.as_fd()).map_err(io("cannot read the credentials of ax run"))?;
@@ -139,7 +140,17 @@ fn session(
         _ => None,
     };
     let driver = registered.driver;
-    reply(conn, &RunReply::Registered { app_id: registered.id.to_string(), ip: registered.ip, resolv_conf, driver })?;
+    let socket_guard = guard.is_some();
+    reply(
+        conn,
+        &RunReply::Registered {
+            app_id: registered.id.to_string(),
+            ip: registered.ip,
+            resolv_conf,
+            driver,
+            socket_guard,
+        },
+    )?;
     timeout(ATTACH_TIMEOUT)?;
     let (pid, fd) = match recv(conn)? {
         Some((RunRequest::Attach { pid }, Some(fd))) => (pid, fd),
@@ -166,7 +177,7 @@ pub fn in_flight_path(run_dir: &Path, id: AppId) -> PathBuf {
 fn serve_app(
     conn: &UnixStream,
     daemon: &Daemon,
-    guard: &Arc<Guard>,
+    guard: &Option<Arc<Guard>>,
     id: AppId,
     pid: i32,
     fd: OwnedFd,
@@ -189,8 +200,9 @@ fn serve_app(
             warn!(app = %id, calls = answered.len(), ?ids, in_hand = except.is_some(), "answered calls the previous daemon left pending (EINTR)");
         }
     }
-    let mut kernel = Linux::new(listener, pid, in_flight, guard.marks(), ax_core::limits::HELPERS_PER_APP)
-        .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
+    let mut kernel =
+        Linux::new(listener, pid, in_flight, guard.as_ref().map(|g| g.marks()), ax_core::limits::HELPERS_PER_APP)
+            .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
     let driver = daemon.read(|s| s.table.app(id).map(|a| a.driver)).unwrap_or_default();
     match (driver, daemon.kernel()) {
         (Driver::Kernel, Some(k)) => {
@@ -203,7 +215,9 @@ fn serve_app(
         }
         (Driver::User, _) => {}
     }
-    let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone())).with_driver(driver);
+    let socket_guard = if guard.is_some() { SocketGuard::Installed } else { SocketGuard::Absent };
+    let engine =
+        Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone())).with_driver(driver).with_guard(socket_guard);
     if let Some((n, note)) = held {
         engine.resume(&n, note);
     }
@@ -220,7 +234,7 @@ fn serve_app(
 fn reattach(
     conn: &UnixStream,
     daemon: &Daemon,
-    guard: &Arc<Guard>,
+    guard: &Option<Arc<Guard>>,
     app: &mut Option<AppId>,
     app_id: &str,
     pid: i32,

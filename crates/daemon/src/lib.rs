@@ -104,8 +104,6 @@ pub enum Error {
     Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Profile(#[from] profile::ProfileError),
-    #[error("cannot install the socket guard that keeps apps' host sockets in ax's hands: {0}")]
-    Guard(#[from] ax_trap::guard::GuardError),
     /// Not the error's source: the message already carries it.
     #[error("--tls: {0}")]
     Tls(ax_tls::TlsError),
@@ -390,9 +388,9 @@ pub struct Listeners {
     pub rest: Vec<std::net::TcpListener>,
     /// The REST API over a Unix socket (root only).
     pub api: std::os::unix::net::UnixListener,
-    /// The run channel and the socket guard for apps' sockets; None serves no apps (API
-    /// tests).
-    pub run: Option<(std::os::unix::net::UnixListener, Arc<ax_trap::guard::Guard>)>,
+    /// The run channel and the socket guard for apps' sockets (None where the host has
+    /// no BPF for it); None serves no apps (API tests).
+    pub run: Option<(std::os::unix::net::UnixListener, Option<Arc<ax_trap::guard::Guard>>)>,
     pub dns: Option<names::Bound>,
     /// The node's egress port: `--egress-gateway`, or any node under `--tls` (the
     /// tunnel and the egress forwarder).
@@ -423,7 +421,9 @@ pub async fn serve(
     listeners.api.set_nonblocking(true).map_err(tokio_io("the API socket"))?;
     let unix = tokio::net::UnixListener::from_std(listeners.api).map_err(tokio_io("the API socket"))?;
     if let Some((run, guard)) = listeners.run {
-        members::spawn(daemon.clone(), Arc::clone(&guard)).map_err(io("cannot start the member updates"))?;
+        if let Some(guard) = &guard {
+            members::spawn(daemon.clone(), Arc::clone(guard)).map_err(io("cannot start the member updates"))?;
+        }
         channel::spawn(run, daemon.clone(), guard).map_err(io("cannot start the run channel"))?;
     }
     if let Some(dns) = listeners.dns {
@@ -558,12 +558,25 @@ pub fn run(config: Config) -> Result<(), Error> {
     } else {
         None
     };
-    let guard = Arc::new(ax_trap::guard::Guard::install(run_dir)?);
-    if let Some(egress) = &egress {
+    let guard = match ax_trap::guard::Guard::install(run_dir) {
+        Ok(guard) => Ok(Arc::new(guard)),
+        Err(e) => {
+            warn!(
+                "the socket guard cannot be installed ({e}): apps run under the user driver with every send and \
+                 receive that names an address trapped, and pool ports take packets from any host (README, \
+                 \"Without BPF\")"
+            );
+            Err(e)
+        }
+    };
+    if let (Some(egress), Ok(guard)) = (&egress, &guard) {
         // The port serves members (and this node), nobody else.
         guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress port"))?;
     }
     let chosen = driver::choose(config.driver, || {
+        if let Err(e) = &guard {
+            return Err(format!("it needs the socket guard, which cannot be installed ({e})"));
+        }
         if unprivileged_port_start <= ax_core::BROKER_PORT {
             return Err(format!(
                 "its broker's port {} would not be privileged (net.ipv4.ip_unprivileged_port_start is {unprivileged_port_start}): \
@@ -581,7 +594,9 @@ pub fn run(config: Config) -> Result<(), Error> {
             // restarts (the pinned programs keep sending there while the daemon is down).
             let broker = std::net::TcpListener::bind((node.ip, ax_core::BROKER_PORT))
                 .map_err(io(format!("cannot listen for the broker on port {}", ax_core::BROKER_PORT)))?;
-            guard.mark_members_only(broker.as_fd()).map_err(io("cannot guard the broker's port"))?;
+            if let Ok(guard) = &guard {
+                guard.mark_members_only(broker.as_fd()).map_err(io("cannot guard the broker's port"))?;
+            }
             let at = match broker.local_addr().map_err(io("cannot read the broker's address"))? {
                 std::net::SocketAddr::V4(a) => a,
                 std::net::SocketAddr::V6(_) => unreachable!("bound on the node's IPv4 address"),
@@ -617,7 +632,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let listeners = Listeners {
         rest,
         api,
-        run: Some((run_sock, guard)),
+        run: Some((run_sock, guard.ok())),
         dns,
         egress,
         gossip: Some((

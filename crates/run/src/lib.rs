@@ -119,6 +119,7 @@ struct Setup<'a> {
     ip: Ipv4Addr,
     resolv_conf: Option<String>,
     driver: Driver,
+    guard: policy::SocketGuard,
 }
 
 /// Signals the launcher passes on to the app; SIGCHLD tells it the app ended.
@@ -153,8 +154,9 @@ pub fn run(opts: Options) -> Result<i32> {
     });
     wire::send(daemon.as_fd(), &register, None).map_err(RunError::Send)?;
     let setup = match answer(&daemon)? {
-        RunReply::Registered { app_id, ip, resolv_conf, driver } => {
-            Setup { opts: &opts, app_id, ip, resolv_conf, driver }
+        RunReply::Registered { app_id, ip, resolv_conf, driver, socket_guard } => {
+            let guard = if socket_guard { policy::SocketGuard::Installed } else { policy::SocketGuard::Absent };
+            Setup { opts: &opts, app_id, ip, resolv_conf, driver, guard }
         }
         other => return Err(RunError::Unexpected(Box::new(other))),
     };
@@ -307,7 +309,8 @@ fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
     if let Some(path) = &setup.resolv_conf {
         ns::bind_mount(path, "/etc/resolv.conf").map_err(RunError::ResolvConf)?;
     }
-    let listener = seccomp::install_filter(&policy::compile(&policy::rules(setup.driver))).map_err(RunError::Filter)?;
+    let listener = seccomp::install_filter(&policy::compile(&policy::rules(setup.driver, setup.guard)))
+        .map_err(RunError::Filter)?;
     // From here on only calls the filter lets through: read and write.
     let mut io = parent;
     io.write_all(&listener.as_raw_fd().to_ne_bytes()).map_err(RunError::TellListener)?;

@@ -89,7 +89,8 @@ pub trait Kernel: Send + Sync + 'static {
     /// Whether the socket lives in the host's network namespace.
     fn in_host_netns(&self, fd: &Self::Fd) -> Result<bool, Errno>;
     /// Sets the socket guard's marks on a host socket (see `ax_trap::guard`): what the
-    /// kernel itself lets an app do with it, whatever the app races.
+    /// kernel itself lets an app do with it, whatever the app races. Nothing where the
+    /// host has no guard (no BPF).
     fn mark(&self, fd: &Self::Fd, marks: u32) -> Result<(), Errno>;
     /// Hands a kernel-driver app's socket to the kernel driver's programs with this
     /// state (`ax_core::kmap::SockState`, encoded); EPERM where the driver is not
@@ -166,8 +167,9 @@ pub struct Linux {
     host_cookie: u64,
     /// Where the id of each call received is kept, for a daemon after a crash.
     in_flight: InFlight,
-    /// The socket guard's marks, one per socket.
-    marks: Arc<bpf::Map>,
+    /// The socket guard's marks, one per socket; None where the guard could not be
+    /// installed.
+    marks: Option<Arc<bpf::Map>>,
     /// The kernel driver's socket states, for a kernel-driver app.
     kernel_marks: Option<Arc<bpf::Map>>,
 }
@@ -179,7 +181,7 @@ impl Linux {
         listener: Listener,
         pid: i32,
         in_flight: InFlight,
-        marks: Arc<bpf::Map>,
+        marks: Option<Arc<bpf::Map>>,
         helpers: usize,
     ) -> io::Result<Linux> {
         listener.set_sync_wakeup()?;
@@ -298,7 +300,10 @@ impl Kernel for Linux {
     }
 
     fn mark(&self, fd: &OwnedFd, marks: u32) -> Result<(), Errno> {
-        self.marks.update_socket(fd.as_fd(), marks).map_err(errno)
+        match &self.marks {
+            Some(map) => map.update_socket(fd.as_fd(), marks).map_err(errno),
+            None => Ok(()),
+        }
     }
 
     fn mark_kernel(&self, fd: &OwnedFd, state: &[u8]) -> Result<(), Errno> {

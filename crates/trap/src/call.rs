@@ -70,6 +70,13 @@ pub enum Call {
         msg: u64,
         flags: i32,
     },
+    /// Trapped only where no socket guard runs ([`crate::policy::rules`]).
+    SendMmsg {
+        fd: RawFd,
+        vec: u64,
+        vlen: u32,
+        flags: i32,
+    },
     RecvFrom(RecvFrom),
     RecvMsg {
         fd: RawFd,
@@ -98,6 +105,7 @@ impl Call {
                 Call::SendTo(SendTo { fd: int(0), buf: a[1], len: a[2], flags: int(3), to: addr(4, 5) })
             }
             libc::SYS_sendmsg => Call::SendMsg { fd: int(0), msg: a[1], flags: int(2) },
+            libc::SYS_sendmmsg => Call::SendMmsg { fd: int(0), vec: a[1], vlen: a[2] as u32, flags: int(3) },
             libc::SYS_recvfrom => Call::RecvFrom(RecvFrom {
                 fd: int(0),
                 buf: a[1],
@@ -146,6 +154,10 @@ mod tests {
             Call::SendTo(SendTo { fd: 6, buf: 0x30, len: 5, flags: 0x40, to: AddrIn { ptr: 0x50, len: 16 } })
         );
         assert_eq!(d(libc::SYS_sendmsg, [6, 0x60, 1, 0, 0, 0]), Call::SendMsg { fd: 6, msg: 0x60, flags: 1 });
+        assert_eq!(
+            d(libc::SYS_sendmmsg, [6, 0x60, (1 << 32) | 3, 0x40, 0, 0]),
+            Call::SendMmsg { fd: 6, vec: 0x60, vlen: 3, flags: 0x40 }
+        );
         assert_eq!(
             d(libc::SYS_recvfrom, [7, 0x70, 9, 2, 0x80, 0x90]),
             Call::RecvFrom(RecvFrom { fd: 7, buf: 0x70, len: 9, flags: 2, from: 0x80, from_len_ptr: 0x90 })

@@ -17,6 +17,7 @@ use ax_sys::sock::Received;
 use crate::call::{AddrIn, RecvFrom, SendTo};
 use crate::engine::{put_name, timeout_ms, Answer, Engine};
 use crate::helper::{wait_for_call, Waited};
+use crate::policy::SocketGuard;
 use crate::Node;
 use ax_core::plan::{self, Datagram, Kind, Use};
 
@@ -37,6 +38,15 @@ pub(crate) struct MsgHdr {
 }
 
 pub(crate) const MSGHDR_LEN: usize = 56;
+/// A `struct mmsghdr`: a msghdr, its `msg_len` (u32), padding.
+const MMSGHDR_LEN: u64 = 64;
+
+/// A datagram the daemon sent for the app.
+struct Sent {
+    len: i64,
+    /// The app's socket was replaced by a private one (a send to its own loopback).
+    replaced: bool,
+}
 const OFF_NAMELEN: u64 = 8;
 const OFF_CONTROLLEN: u64 = 40;
 const OFF_FLAGS: u64 = 48;
@@ -170,7 +180,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let SockAddr::Inet(dest) = self.read_addr(n, c.to, family, Use::Send)? else {
             return Err(libc::EAFNOSUPPORT);
         };
-        self.send_datagram(n, c.fd, s, family, &data, &[], c.flags, dest)
+        self.send_datagram(n, c.fd, &s, family, &data, &[], c.flags, dest).map(|sent| Answer::Value(sent.len))
     }
 
     pub(crate) fn sendmsg(&self, n: &Notification, fd: RawFd, msg: u64, flags: i32) -> Result<Answer, Errno> {
@@ -179,9 +189,63 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             return Self::tcp_send(flags);
         }
         let hdr = self.read_msghdr(n, msg)?;
-        if hdr.name == 0 || hdr.namelen == 0 {
+        if (hdr.name == 0 || hdr.namelen == 0) && self.guard == SocketGuard::Installed {
+            // Should a racing thread give it an address meanwhile, the guard refuses it.
             return Ok(Answer::Proceed);
         }
+        self.send_msghdr(n, fd, &s, family, &hdr, flags).map(|sent| Answer::Value(sent.len))
+    }
+
+    /// sendmmsg, trapped only where no socket guard runs: on a host UDP socket the
+    /// daemon sends each message as [`Self::sendmsg`] would and writes its length to
+    /// its `msg_len`. As in the kernel, a failure ends the batch: the count sent so far
+    /// is the answer, or the error when nothing was sent. A message to the app's own
+    /// loopback (its socket replaced by a private one) ends the batch too.
+    pub(crate) fn sendmmsg(
+        &self,
+        n: &Notification,
+        fd: RawFd,
+        vec: u64,
+        vlen: u32,
+        flags: i32,
+    ) -> Result<Answer, Errno> {
+        let Some((s, family, proto)) = self.host_socket(n, fd)? else { return Ok(Answer::Proceed) };
+        if proto == Proto::Tcp {
+            return Self::tcp_send(flags);
+        }
+        let mut count = 0i64;
+        for i in 0..u64::from(vlen).min(MAX_IOV) {
+            let at = vec.checked_add(i * MMSGHDR_LEN).ok_or(libc::EFAULT);
+            let one = at.and_then(|at| {
+                let sent = self.send_msghdr(n, fd, &s, family, &self.read_msghdr(n, at)?, flags)?;
+                self.k.write(n.pid, n.id, at + MSGHDR_LEN as u64, &(sent.len as u32).to_ne_bytes())?;
+                Ok(sent)
+            });
+            match one {
+                Ok(sent) => {
+                    count += 1;
+                    if sent.replaced {
+                        break;
+                    }
+                }
+                Err(e) if count == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(Answer::Value(count))
+    }
+
+    /// Sends the datagram `hdr` describes on host UDP socket `s`, with the daemon's own
+    /// copy of it: where its address says, or without one where the socket is connected.
+    fn send_msghdr(
+        &self,
+        n: &Notification,
+        fd: RawFd,
+        s: &K::Fd,
+        family: Family,
+        hdr: &MsgHdr,
+        flags: i32,
+    ) -> Result<Sent, Errno> {
         let mut data = Vec::new();
         for (base, len) in self.read_iovecs(n, hdr.iov, hdr.iovlen)? {
             if data.len().saturating_add(len) > MAX_PAYLOAD {
@@ -190,6 +254,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             data.extend(self.read_bytes(n, base, len)?);
         }
         let control = self.read_bytes(n, hdr.control, (hdr.controllen as usize).min(MAX_CONTROL))?;
+        if hdr.name == 0 || hdr.namelen == 0 {
+            let control = plan::host_control(&control)?;
+            let len = self.k.send_msg(s, &data, &control, flags, None)?;
+            return Ok(Sent { len: len as i64, replaced: false });
+        }
         let to = AddrIn { ptr: hdr.name, len: hdr.namelen };
         let SockAddr::Inet(dest) = self.read_addr(n, to, family, Use::Send)? else {
             return Err(libc::EAFNOSUPPORT);
@@ -202,25 +271,25 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         &self,
         n: &Notification,
         fd: RawFd,
-        s: K::Fd,
+        s: &K::Fd,
         family: Family,
         data: &[u8],
         control: &[u8],
         flags: i32,
         dest: SocketAddr,
-    ) -> Result<Answer, Errno> {
+    ) -> Result<Sent, Errno> {
         let to = match self.node.with_table(|t| plan::datagram(t, self.app, dest))? {
             Datagram::To(to) => to,
-            Datagram::Backends(backends) => SocketAddr::V4(plan::pinned(&backends, self.k.inode(&s)?)),
+            Datagram::Backends(backends) => SocketAddr::V4(plan::pinned(&backends, self.k.inode(s)?)),
             Datagram::Private => {
-                let fresh = self.privatize(n, fd, &s)?;
-                let sent = self.k.send_msg(&fresh, data, control, flags, Some(&dest))?;
-                return Ok(Answer::Value(sent as i64));
+                let fresh = self.privatize(n, fd, s)?;
+                let len = self.k.send_msg(&fresh, data, control, flags, Some(&dest))?;
+                return Ok(Sent { len: len as i64, replaced: true });
             }
         };
         let control = plan::host_control(control)?;
-        let sent = self.k.send_msg(&s, data, &control, flags, Some(&addr::for_family(to, family)))?;
-        Ok(Answer::Value(sent as i64))
+        let len = self.k.send_msg(s, data, &control, flags, Some(&addr::for_family(to, family)))?;
+        Ok(Sent { len: len as i64, replaced: false })
     }
 
     pub(crate) fn recvfrom(&self, n: &Notification, c: RecvFrom) -> Result<Answer, Errno> {

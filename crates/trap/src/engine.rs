@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::call::{AddrIn, Call};
 use crate::helper::{wait_for_call, Helpers, Hush, Waited};
+use crate::policy::SocketGuard;
 use crate::spare::{Recipe, Spares};
 use crate::Node;
 use crate::{fds, guard};
@@ -54,6 +55,8 @@ pub struct Engine<K: Kernel, N: Node> {
     /// The app's driver: under the kernel driver, its host sockets are the kernel
     /// driver's programs' to rule (not GUARDED: the guard leaves them alone).
     driver: Driver,
+    /// Whether the socket guard polices what this engine lets continue natively.
+    pub(crate) guard: SocketGuard,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -70,12 +73,18 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             hush_fds: hush(),
             spares: Spares::default(),
             driver: Driver::User,
+            guard: SocketGuard::Installed,
         }
     }
 
     /// The engine of an app of `driver`.
     pub fn with_driver(self, driver: Driver) -> Engine<K, N> {
         Engine { driver, ..self }
+    }
+
+    /// The engine of an app whose filter was made for `guard` ([`crate::policy::rules`]).
+    pub fn with_guard(self, guard: SocketGuard) -> Engine<K, N> {
+        Engine { guard, ..self }
     }
 
     /// Marks a host socket for the guard, and for a kernel-driver app hands it to the
@@ -116,6 +125,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Call::Name { fd, peer, addr, len_ptr } => self.name(n, fd, peer, addr, len_ptr),
             Call::SendTo(c) => self.sendto(n, c),
             Call::SendMsg { fd, msg, flags } => self.sendmsg(n, fd, msg, flags),
+            Call::SendMmsg { fd, vec, vlen, flags } => self.sendmmsg(n, fd, vec, vlen, flags),
             Call::RecvFrom(c) => self.recvfrom(n, c),
             Call::RecvMsg { fd, msg, flags } => self.recvmsg(n, fd, msg, flags),
             Call::Other { .. } => Ok(Answer::Proceed),

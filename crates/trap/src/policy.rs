@@ -180,13 +180,50 @@ pub const RULES: &[Rule] = &[
 /// that its apps' filters therefore let through.
 const ANSWERED_IN_KERNEL: &[i64] = &[libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername];
 
+/// Whether the socket guard ([`crate::guard`]) runs beside the filter on the app's host
+/// sockets. [`RULES`] lean on it: what they leave native (sends outside the datagram
+/// range, `sendmmsg`) the guard refuses when it would name a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketGuard {
+    Installed,
+    /// No BPF on the host: the filter traps what the guard would have policed.
+    Absent,
+}
+
+const BATCH_WHY: &str = "without the socket guard nothing else stops a batch send's addresses: the daemon sends \
+     each datagram of a host UDP socket itself";
+
 /// The rules of an app of `driver`: the kernel driver's are the user driver's without
-/// the traps of the calls its programs answer ([`ANSWERED_IN_KERNEL`]).
-pub fn rules(driver: ax_core::Driver) -> Vec<Rule> {
+/// the traps of the calls its programs answer ([`ANSWERED_IN_KERNEL`]). Without the
+/// socket guard, every trap kept to the datagram range holds on every descriptor, and
+/// `sendmmsg` is trapped as `sendmsg` is ([`unguarded`]).
+pub fn rules(driver: ax_core::Driver, guard: SocketGuard) -> Vec<Rule> {
     let trapped = |r: &&Rule| {
         driver == ax_core::Driver::User || !(r.action == Action::Notify && ANSWERED_IN_KERNEL.contains(&r.nr))
     };
-    RULES.iter().filter(trapped).copied().collect()
+    let kept = RULES.iter().filter(trapped).copied();
+    match guard {
+        SocketGuard::Installed => kept.collect(),
+        SocketGuard::Absent => kept.flat_map(unguarded).collect(),
+    }
+}
+
+/// `r` where no socket guard runs: a rule kept to [`When::DatagramFd`] applies on every
+/// descriptor (a UDP socket moved out of the range is no longer refused by the guard),
+/// and the `sendmsg` trap is followed by the same trap on `sendmmsg` (whose addresses
+/// only the guard saw).
+fn unguarded(r: Rule) -> impl Iterator<Item = Rule> {
+    let when = match r.when {
+        When::DatagramFd(inner) => *inner,
+        w => w,
+    };
+    let r = Rule { when, ..r };
+    let batch = (r.nr == libc::SYS_sendmsg && r.action == Action::Notify).then_some(Rule {
+        nr: libc::SYS_sendmmsg,
+        why: BATCH_WHY,
+        ..r
+    });
+    std::iter::once(r).chain(batch)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -495,7 +532,9 @@ mod tests {
     #[test]
     fn the_kernel_driver_traps_all_but_connect_and_the_name_queries() {
         use ax_core::Driver;
-        let call = |driver, nr: i64, args: [u64; 6]| run(&compile(&rules(driver)), AUDIT_ARCH, nr as u32, args);
+        let call = |driver, nr: i64, args: [u64; 6]| {
+            run(&compile(&rules(driver, SocketGuard::Installed)), AUDIT_ARCH, nr as u32, args)
+        };
         let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
         let fd = [3, 0x1000, 16, 0, 0x2000, 0];
         // A datagram socket's descriptor, in the range its sends and receives trap in.
@@ -518,10 +557,76 @@ mod tests {
         }
         // What the user driver refuses outright, the kernel driver refuses too.
         let refused: Vec<Rule> = RULES.iter().filter(|r| r.action != Action::Notify).copied().collect();
-        let kernel = rules(Driver::Kernel);
+        let kernel = rules(Driver::Kernel, SocketGuard::Installed);
         assert!(refused.iter().all(|r| kernel.iter().any(|k| k.nr == r.nr && k.action == r.action)));
-        assert_eq!(rules(Driver::User).len(), RULES.len());
+        assert_eq!(rules(Driver::User, SocketGuard::Installed).len(), RULES.len());
         assert_eq!(kernel.len(), RULES.len() - 3);
+    }
+
+    #[test]
+    fn without_the_guard_every_send_and_receive_that_names_an_address_is_trapped_on_every_descriptor() {
+        let unguarded = compile(&rules(ax_core::Driver::User, SocketGuard::Absent));
+        let call = |nr: i64, args: [u64; 6]| run(&unguarded, AUDIT_ARCH, nr as u32, args);
+        let guarded = |nr: i64, args: [u64; 6]| run(&compile(RULES), AUDIT_ARCH, nr as u32, args);
+        for fd in [0, 3, LO - 1, LO, HI - 1, HI, 1 << 20, u32::MAX as u64] {
+            // With an address (or a msghdr that may hold one): trapped, in the range or not.
+            for nr in [libc::SYS_sendto, libc::SYS_recvfrom] {
+                assert_eq!(call(nr, [fd, 0x1000, 8, 0, 0x2000, 16]), NOTIFY, "syscall {nr} on {fd:#x}");
+                // The address is a register: without one the kernel has none to use.
+                assert_eq!(call(nr, [fd, 0x1000, 8, 0, 0, 0]), ALLOW, "syscall {nr} on {fd:#x}");
+            }
+            for nr in [libc::SYS_sendmsg, libc::SYS_recvmsg, libc::SYS_sendmmsg] {
+                assert_eq!(call(nr, [fd, 0x1000, 1, 0, 0, 0]), NOTIFY, "syscall {nr} on {fd:#x}");
+            }
+            // recvmmsg names no destination; reads and writes none either.
+            for nr in [libc::SYS_recvmmsg, libc::SYS_read, libc::SYS_write, libc::SYS_accept4] {
+                assert_eq!(call(nr, [fd, 0x1000, 1, 0, 0, 0]), ALLOW, "syscall {nr} on {fd:#x}");
+            }
+            // What the guarded filter traps or refuses, the unguarded one does too.
+            for nr in [
+                libc::SYS_socket,
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_connect,
+                libc::SYS_getsockname,
+                libc::SYS_getpeername,
+                libc::SYS_io_uring_setup,
+            ] {
+                let args = [fd, 0x1000, 16, 0, 0x2000, 16];
+                assert_eq!(call(nr, args), guarded(nr, args), "syscall {nr} on {fd:#x}");
+            }
+        }
+        // Fast open and source routes are refused as before, batches included.
+        let fo = libc::MSG_FASTOPEN as u64;
+        let eopnotsupp = libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32;
+        assert_eq!(call(libc::SYS_sendmmsg, [3, 0x1000, 2, fo, 0, 0]), eopnotsupp);
+        assert_eq!(call(libc::SYS_sendmsg, [3, 0x1000, fo, 0, 0, 0]), eopnotsupp);
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let ip = libc::IPPROTO_IP as u64;
+        assert_eq!(call(libc::SYS_setsockopt, [3, ip, libc::IP_OPTIONS as u64, 0, 8, 0]), eperm);
+    }
+
+    #[test]
+    fn the_unguarded_rules_are_derived_from_the_guarded_ones() {
+        let unguarded = rules(ax_core::Driver::User, SocketGuard::Absent);
+        // Nothing of the range is left, and only sendmmsg's trap is added.
+        assert!(unguarded.iter().all(|r| !matches!(r.when, When::DatagramFd(_))));
+        assert_eq!(unguarded.len(), RULES.len() + 1);
+        let added: Vec<&Rule> =
+            unguarded.iter().filter(|u| !RULES.iter().any(|r| r.nr == u.nr && r.why == u.why)).collect();
+        assert_eq!(added.len(), 1);
+        assert_eq!((added[0].nr, added[0].action), (libc::SYS_sendmmsg, Action::Notify));
+        // The order holds: the fast-open refusals still come before the traps.
+        let at = |nr: i64, action: Action| unguarded.iter().position(|r| r.nr == nr && r.action == action).unwrap();
+        for nr in [libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_sendmmsg] {
+            assert!(at(nr, Action::Errno(libc::EOPNOTSUPP)) < at(nr, Action::Notify), "syscall {nr}");
+        }
+        // A rule changed in RULES changes its unguarded form: each comes from one.
+        for u in &unguarded {
+            let from = RULES.iter().find(|r| r.nr == u.nr && r.why == u.why);
+            assert!(from.is_some() || u.nr == libc::SYS_sendmmsg, "{u:?} comes from no rule");
+        }
+        assert_eq!(rules(ax_core::Driver::User, SocketGuard::Installed).len(), RULES.len());
     }
 
     #[test]

@@ -272,6 +272,26 @@ impl TestHost {
     pub fn start_daemon(&mut self, args: &[&str]) {
         let mut c = self.ax();
         c.arg("daemon").arg("--node-interface").arg("ax0").args(args).env("RUST_LOG", "ax=debug,info");
+        self.start_daemon_as(c);
+    }
+
+    /// Starts `ax daemon ARGS` where bpf(2) fails with EPERM, as under Docker's default
+    /// seccomp profile (support/nobpf.c), and waits until its API answers. The daemon
+    /// chooses its driver (`AX_TEST_DRIVER` is not passed on): where its eBPF programs
+    /// cannot be loaded, only the user driver can run.
+    pub fn start_daemon_without_bpf(&mut self, args: &[&str]) {
+        let c = self.daemon_without_bpf(args);
+        self.start_daemon_as(c);
+    }
+
+    /// `ax daemon --node-interface ax0 ARGS` in the test host, where bpf(2) fails.
+    pub fn daemon_without_bpf(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd(&self.compile_c("nobpf.c"));
+        c.args([ax_bin(), "daemon", "--node-interface", "ax0"]).args(args).env("RUST_LOG", "ax=debug,info");
+        c
+    }
+
+    fn start_daemon_as(&mut self, c: Command) {
         self.daemon = Some(self.logged(c, "daemon"));
         self.wait_until("the daemon answers", Duration::from_secs(10), || {
             self.ax().args(["get", "apps"]).output().is_ok_and(|o| o.status.success())

@@ -129,6 +129,66 @@ fn sendmsg_gathers_the_iovecs_and_passes_the_harmless_control_data() {
     assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, 0x8, 0, 0, 0, 0]), fail(libc::EFAULT));
 }
 
+/// A `struct mmsghdr` array of the msghdrs at `hdrs`; returns where it is.
+fn mmsghdrs(r: &Rig, hdrs: &[u64]) -> u64 {
+    let raw: Vec<u8> = hdrs.iter().flat_map(|&h| [r.k.peek(h, 56), vec![0xee; 8]].concat()).collect();
+    r.k.put(&raw)
+}
+
+#[test]
+fn without_the_guard_the_daemon_sends_what_it_let_run_natively() {
+    // No guard would refuse an address a racing thread puts in the header after the
+    // daemon read it: the daemon sends the datagram itself, on the connected socket.
+    let r = Rig::new().unguarded();
+    let fd = r.udp();
+    let no_name = msghdr(&r, None, &[b"x", b"y"], b"", 0);
+    assert_eq!(r.trap(libc::SYS_sendmsg, [fd as u64, no_name, 0, 0, 0, 0]), Some(Reply::Value(2)));
+    assert_eq!(r.k.sock(fd).sent, vec![(b"xy".to_vec(), Vec::new(), None)]);
+    // TCP and the app's own sockets still run natively.
+    assert_eq!(r.trap(libc::SYS_sendmsg, [r.tcp() as u64, no_name, 0, 0, 0, 0]), Some(Reply::Proceed));
+    assert_eq!(r.trap(libc::SYS_sendmsg, [NOT_A_SOCKET as u64, no_name, 0, 0, 0, 0]), Some(Reply::Proceed));
+}
+
+#[test]
+fn without_the_guard_each_datagram_of_a_batch_is_the_daemons_to_send() {
+    let r = Rig::new().unguarded();
+    let at = udp_server(&r, "198.18.0.53", "zone=default", "0.0.0.0:53");
+    let fd = r.udp();
+    let to_service = msghdr(&r, Some("198.18.0.53:53"), &[b"abc"], b"", 0);
+    let connected = msghdr(&r, None, &[b"de"], b"", 0);
+    let vec = mmsghdrs(&r, &[to_service, connected]);
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [fd as u64, vec, 2, 0, 0, 0]), Some(Reply::Value(2)));
+    let want = vec![(b"abc".to_vec(), Vec::new(), Some(SocketAddr::V4(at))), (b"de".to_vec(), Vec::new(), None)];
+    assert_eq!(r.k.sock(fd).sent, want);
+    // Each message's length is written after its header.
+    assert_eq!(r.k.peek(vec + 56, 4), 3u32.to_ne_bytes());
+    assert_eq!(r.k.peek(vec + 64 + 56, 4), 2u32.to_ne_bytes());
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [fd as u64, vec, 0, 0, 0, 0]), Some(Reply::Value(0)));
+    // TCP batches run natively, but fast open is refused.
+    let tcp = r.tcp();
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [tcp as u64, vec, 2, 0, 0, 0]), Some(Reply::Proceed));
+    let fo = libc::MSG_FASTOPEN as u64;
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [tcp as u64, vec, 2, fo, 0, 0]), fail(libc::EOPNOTSUPP));
+}
+
+#[test]
+fn without_the_guard_a_batch_stops_at_its_first_refusal() {
+    let r = Rig::with(NewApp { labels: Labels::parse("role=test").unwrap(), ..NewApp::default() }).unguarded();
+    udp_server(&r, "198.18.0.53", "role=prod", "0.0.0.0:53");
+    let fd = r.udp();
+    let allowed = msghdr(&r, Some("192.0.2.9:53"), &[b"ok"], b"", 0);
+    let refused = msghdr(&r, Some("198.18.0.53:53"), &[b"no"], b"", 0);
+    // The kernel's rule: the count sent, or the first error when nothing was.
+    let first = mmsghdrs(&r, &[refused, allowed]);
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [fd as u64, first, 2, 0, 0, 0]), fail(libc::ECONNREFUSED));
+    let second = mmsghdrs(&r, &[allowed, refused, allowed]);
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [fd as u64, second, 3, 0, 0, 0]), Some(Reply::Value(1)));
+    assert_eq!(r.k.sock(fd).sent, vec![(b"ok".to_vec(), Vec::new(), Some(sa("192.0.2.9:53")))]);
+    // A vector the app cannot give is EFAULT, as from the kernel.
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [fd as u64, 0x8, 1, 0, 0, 0]), fail(libc::EFAULT));
+    assert_eq!(r.trap(libc::SYS_sendmmsg, [fd as u64, u64::MAX - 8, 2, 0, 0, 0]), fail(libc::EFAULT));
+}
+
 #[test]
 fn too_many_iovecs_are_emsgsize() {
     let r = Rig::new();

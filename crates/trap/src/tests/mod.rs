@@ -81,6 +81,11 @@ impl Rig {
         Rig { engine, k, node, app, ids: AtomicU64::new(1) }
     }
 
+    /// The rig of an app whose host has no socket guard (no BPF).
+    fn unguarded(self) -> Rig {
+        Rig { engine: self.engine.with_guard(crate::policy::SocketGuard::Absent), ..self }
+    }
+
     /// Another app of the same node, with its own engine over the same kernel.
     fn other(&self, ip: Option<&str>, labels: &str) -> Rig {
         let new =
