@@ -309,6 +309,17 @@ fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
     if let Some(path) = &setup.resolv_conf {
         ns::bind_mount(path, "/etc/resolv.conf").map_err(RunError::ResolvConf)?;
     }
+    if setup.guard == policy::SocketGuard::Absent {
+        // No socket guard refuses a bind or connect the kernel runs on a host socket
+        // behind the daemon's back (a call on another descriptor let continue while a
+        // racing thread dup2()s a host socket onto its number): Landlock does, for TCP.
+        if let Err(e) = ax_sys::landlock::deny_tcp_bind_and_connect() {
+            eprintln!(
+                "ax: warning: the daemon runs without BPF and Landlock cannot deny this app's own TCP binds and \
+                 connects ({e}): a racing app may connect a host socket behind the daemon's back"
+            );
+        }
+    }
     let listener = seccomp::install_filter(&policy::compile(&policy::rules(setup.driver, setup.guard)))
         .map_err(RunError::Filter)?;
     // From here on only calls the filter lets through: read and write.

@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod bpf;
 pub mod epoll;
 pub mod kernel;
+pub mod landlock;
 pub mod netlink;
 pub mod ns;
 pub mod pidfd;

@@ -20,6 +20,10 @@
 //! Maps and links are pinned under the run directory, so a restarting daemon takes them
 //! over (it writes its own identity into the daemon map) and the rules never lapse; while
 //! no daemon runs, the identity is a gone process and every app's attempt is refused.
+//!
+//! Where the guard cannot be installed (no BPF), apps get the filter of
+//! [`crate::policy::SocketGuard::Absent`], which traps what the guard would refuse, and
+//! the engine sends itself what it would otherwise let continue on a host UDP socket.
 
 use std::collections::HashSet;
 use std::fs;
