@@ -150,3 +150,17 @@ fn without_bpf_driver_kernel_is_refused_with_the_reason() {
     );
     h.wait_until("nothing to serve", Duration::from_secs(1), || !h.run(&["--", "true"]).status.success());
 }
+
+#[test]
+fn a_daemon_without_bpf_does_not_serve_where_a_previous_one_left_its_guard() {
+    // The pinned guard still rules the sockets of the apps the previous daemon served
+    // (and refuses this daemon, whose identity it does not hold): no silent fallback.
+    support::require_root_and(&["gcc"]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.stop_daemon();
+    let out = h.daemon_without_bpf(&[]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("a previous daemon left") && said.contains("cannot be taken over"), "{said}");
+}

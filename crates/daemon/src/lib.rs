@@ -560,6 +560,13 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     let guard = match ax_trap::guard::Guard::install(run_dir) {
         Ok(guard) => Ok(Arc::new(guard)),
+        Err(e) if ax_trap::guard::Guard::left_behind(run_dir) => {
+            return Err(Error::Setting(format!(
+                "the socket guard a previous daemon left under {} cannot be taken over ({e}): its apps' sockets \
+                 are still guarded, so this daemon will not run without it; run the daemon where BPF works",
+                run_dir.join("bpf").display()
+            )))
+        }
         Err(e) => {
             warn!(
                 "the socket guard cannot be installed ({e}): apps run under the user driver with every send and \

@@ -147,6 +147,13 @@ impl Guard {
         Ok(Guard { sockets: Arc::new(maps.sockets), members: maps.members, known: Mutex::new(HashSet::new()) })
     }
 
+    /// Whether a previous daemon left its guard pinned under `run_dir`: its apps' sockets
+    /// are guarded still, so a daemon that cannot take the guard over must not serve
+    /// without one.
+    pub fn left_behind(run_dir: &Path) -> bool {
+        run_dir.join("bpf").join(LAYOUT).join("sockets").exists()
+    }
+
     /// The map of marks ([`GUARDED`], [`MEMBERS_ONLY`]) that engines write, one value per
     /// socket.
     pub fn marks(&self) -> Arc<Map> {
