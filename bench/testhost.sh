@@ -83,11 +83,12 @@ testhost_cleanup() {
 
 # The helpers below act on one test host: $IN enters it, $AX is the ax binary.
 
-# testhost_daemon LOG ARGS...: starts `ax daemon --node-interface ax0 ARGS` and waits
-# until it answers. If it exits first, returns 1 with its last line in DAEMON_ERR.
+# testhost_daemon LOG ARGS...: starts `ax daemon --node-interface ax0 ARGS` (under
+# $DAEMON_WRAP, a program that runs its arguments, when set) and waits until it answers.
+# If it exits first, returns 1 with its last line in DAEMON_ERR.
 testhost_daemon() {
   local log=$1 pid; shift
-  $IN $AX daemon --node-interface ax0 "$@" >>"$log" 2>&1 &
+  $IN ${DAEMON_WRAP:-} $AX daemon --node-interface ax0 "$@" >>"$log" 2>&1 &
   pid=$!
   for _ in $(seq 2000); do
     $IN $AX get apps >/dev/null 2>&1 && return 0
