@@ -14,6 +14,8 @@
 //! app could reach each of those before (change its msghdr after the daemon read it and
 //! let the call continue natively), so leaving the range gives it nothing it had not. A
 //! TCP socket moved into the range only costs the app a trap per send and receive.
+//! Where the guard cannot be installed (no BPF), the range does not limit the traps:
+//! see [`crate::policy::SocketGuard::Absent`].
 
 use std::ops::Range;
 use std::os::fd::RawFd;
