@@ -196,7 +196,7 @@ const BATCH_WHY: &str = "without the socket guard nothing else stops a batch sen
 /// The rules of an app of `driver`: the kernel driver's are the user driver's without
 /// the traps of the calls its programs answer ([`ANSWERED_IN_KERNEL`]). Without the
 /// socket guard, every trap kept to the datagram range holds on every descriptor, and
-/// `sendmmsg` is trapped as `sendmsg` is ([`unguarded`]).
+/// `sendmmsg` is trapped as `sendmsg` is (`unguarded` below).
 pub fn rules(driver: ax_core::Driver, guard: SocketGuard) -> Vec<Rule> {
     let trapped = |r: &&Rule| {
         driver == ax_core::Driver::User || !(r.action == Action::Notify && ANSWERED_IN_KERNEL.contains(&r.nr))
