@@ -285,6 +285,16 @@ impl Route {
         self.groups.iter().flatten().copied()
     }
 
+    /// The target every datagram of the socket whose cookie is `cookie` goes to (the
+    /// sendmsg programs' choice; a BACKENDS entry): group `cookie % ngroups`, in it
+    /// target `cookie / ngroups % len`. One socket keeps one backend, so replies make
+    /// sense, and sockets spread over the groups and their targets.
+    pub fn pinned(&self, cookie: u64) -> Option<SocketAddrV4> {
+        let n = self.groups.len() as u64;
+        let group = self.groups.get(usize::try_from(cookie.checked_rem(n)?).ok()?)?;
+        group.get(((cookie / n) % group.len() as u64) as usize).copied()
+    }
+
     /// The entry with its round-robin counter at 0.
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -400,6 +410,25 @@ impl PrivateKey {
     }
 }
 
+/// `ax_kpeers`: a UDP row's host address (the key) and its service address (the
+/// value), both this 8-byte layout: the recvmsg programs show a datagram from a row's
+/// host address as coming from its service, as the user driver's receive does
+/// (`Table::peer_name`).
+pub struct Peer;
+
+impl Peer {
+    pub const SIZE: usize = 8;
+    pub const IP_OFFSET: usize = 0;
+    pub const PORT_OFFSET: usize = 4;
+    pub const MAX_ENTRIES: u32 = 131_072;
+
+    pub fn encode(a: SocketAddrV4) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put_addr(&mut b, Self::IP_OFFSET, Self::PORT_OFFSET, a);
+        b
+    }
+}
+
 /// What the broker does with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -458,6 +487,8 @@ pub struct KernelMaps {
     pub apps: BTreeMap<u32, AppEntry>,
     pub routes: BTreeMap<RouteKey, Route>,
     pub private: BTreeSet<PrivateKey>,
+    /// UDP rows' host addresses and their services ([`Peer`]).
+    pub peers: BTreeMap<SocketAddrV4, SocketAddrV4>,
 }
 
 /// What the programs do with a connect, as [`KernelMaps::lookup`] models it.
@@ -485,12 +516,21 @@ pub enum Change {
     DeleteRoute(RouteKey),
     PutPrivate(PrivateKey),
     DeletePrivate(PrivateKey),
+    /// A UDP row's host address and its service.
+    PutPeer(SocketAddrV4, SocketAddrV4),
+    DeletePeer(SocketAddrV4),
 }
 
 impl KernelMaps {
     /// Empty maps under `config`.
     pub fn new(config: Config) -> KernelMaps {
-        KernelMaps { config, apps: BTreeMap::new(), routes: BTreeMap::new(), private: BTreeSet::new() }
+        KernelMaps {
+            config,
+            apps: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            private: BTreeSet::new(),
+            peers: BTreeMap::new(),
+        }
     }
 
     /// What a connect of `app`'s socket to `dest` over `proto` does, as the programs
@@ -545,6 +585,21 @@ impl KernelMaps {
         }
     }
 
+    /// The source a received UDP datagram from `from` shows (the recvmsg programs): a
+    /// row's host address shows as its service; anything else as it is.
+    pub fn shown_source(&self, from: std::net::SocketAddr) -> std::net::SocketAddr {
+        match crate::addr::unmap(from) {
+            std::net::SocketAddr::V4(v4) => match self.peers.get(&v4) {
+                Some(service) if from.is_ipv6() => {
+                    std::net::SocketAddr::new(service.ip().to_ipv6_mapped().into(), service.port())
+                }
+                Some(service) => (*service).into(),
+                None => from,
+            },
+            std::net::SocketAddr::V6(_) => from,
+        }
+    }
+
     /// What a connect to `dest` without an entry of its own does (maps complete).
     pub fn fallback(&self, proto: Proto, dest: SocketAddrV4) -> Route {
         if *dest.ip() == self.config.node_ip && self.config.in_pool(dest.port()) {
@@ -570,6 +625,11 @@ impl KernelMaps {
             }
         }
         out.extend(new.private.difference(&old.private).map(|k| Change::PutPrivate(*k)));
+        for (host, service) in &new.peers {
+            if old.peers.get(host) != Some(service) {
+                out.push(Change::PutPeer(*host, *service));
+            }
+        }
         for (id, a) in &new.apps {
             if old.apps.get(id) != Some(a) {
                 out.push(Change::PutApp(*id, *a));
@@ -578,6 +638,7 @@ impl KernelMaps {
         out.extend(old.apps.keys().filter(|id| !new.apps.contains_key(id)).map(|id| Change::DeleteApp(*id)));
         out.extend(old.routes.keys().filter(|k| !new.routes.contains_key(k)).map(|k| Change::DeleteRoute(*k)));
         out.extend(old.private.difference(&new.private).map(|k| Change::DeletePrivate(*k)));
+        out.extend(old.peers.keys().filter(|h| !new.peers.contains_key(h)).map(|h| Change::DeletePeer(*h)));
         out
     }
 
@@ -604,6 +665,12 @@ impl KernelMaps {
                 }
                 Change::DeletePrivate(k) => {
                     self.private.remove(k);
+                }
+                Change::PutPeer(host, service) => {
+                    self.peers.insert(*host, *service);
+                }
+                Change::DeletePeer(host) => {
+                    self.peers.remove(host);
                 }
             }
         }
@@ -744,12 +811,15 @@ mod tests {
                     };
                     m.routes.insert(key, route);
                 }
-                _ => {
+                2 => {
                     m.private.insert(PrivateKey {
                         app: u32::from(a % 5) + 1,
                         port: u16::from(b % 3),
                         proto: Proto::Tcp,
                     });
+                }
+                _ => {
+                    m.peers.insert(SocketAddrV4::new(ip, u16::from(a % 3)), SocketAddrV4::new(ip, u16::from(b)));
                 }
             }
         }
@@ -761,8 +831,8 @@ mod tests {
         /// what differs.
         #[test]
         fn the_diff_turns_old_into_new(
-            old in proptest::collection::vec((0u8..3, 0u8..8, 0u8..8), 0..30),
-            new in proptest::collection::vec((0u8..3, 0u8..8, 0u8..8), 0..30),
+            old in proptest::collection::vec((0u8..4, 0u8..8, 0u8..8), 0..30),
+            new in proptest::collection::vec((0u8..4, 0u8..8, 0u8..8), 0..30),
         ) {
             let (old, new) = (maps(&old), maps(&new));
             let changes = KernelMaps::diff(&old, &new);
@@ -794,5 +864,29 @@ mod tests {
             KernelMaps::diff(&old, &KernelMaps::new(config())),
             vec![Change::DeleteApp(5), Change::DeleteRoute(key)]
         );
+    }
+
+    #[test]
+    fn peers_are_laid_out_as_the_recvmsg_programs_read_them_and_show_services() {
+        let (host, service) = (v4("10.0.0.1:40001"), v4("198.18.0.1:53"));
+        assert_eq!(Peer::encode(host), [10, 0, 0, 1, 0x9c, 0x41, 0, 0]);
+        let mut m = KernelMaps::new(config());
+        m.peers.insert(host, service);
+        let shown = |from: &str| m.shown_source(from.parse().unwrap()).to_string();
+        assert_eq!(shown("10.0.0.1:40001"), "198.18.0.1:53");
+        assert_eq!(shown("[::ffff:10.0.0.1]:40001"), "[::ffff:198.18.0.1]:53");
+        assert_eq!(shown("10.0.0.1:40002"), "10.0.0.1:40002");
+        assert_eq!(shown("[2001:db8::1]:40001"), "[2001:db8::1]:40001");
+    }
+
+    #[test]
+    fn a_datagram_socket_is_pinned_to_one_target_and_sockets_spread_over_all() {
+        let (a, b, c) = (v4("10.0.0.1:1"), v4("10.0.0.1:2"), v4("10.0.0.2:1"));
+        let r = Route::backends(Lb::RoundRobin, None, vec![vec![a, b], vec![c]]).unwrap();
+        // Group cookie % 2, then target cookie / 2 % len.
+        let got: Vec<SocketAddrV4> = (0..4).map(|cookie| r.pinned(cookie).unwrap()).collect();
+        assert_eq!(got, [a, c, b, c]);
+        assert_eq!(r.pinned(u64::MAX), Some(c));
+        assert_eq!(Route::refuse().pinned(3), None);
     }
 }

@@ -36,12 +36,15 @@ pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 
 /// Attach types used here (the kernel's enum bpf_attach_type).
 pub const ATTACH_INGRESS: u32 = 0;
+pub const ATTACH_EGRESS: u32 = 1;
 pub const ATTACH_BIND4: u32 = 8;
 pub const ATTACH_BIND6: u32 = 9;
 pub const ATTACH_CONNECT4: u32 = 10;
 pub const ATTACH_CONNECT6: u32 = 11;
 pub const ATTACH_UDP4_SENDMSG: u32 = 14;
 pub const ATTACH_UDP6_SENDMSG: u32 = 15;
+pub const ATTACH_UDP4_RECVMSG: u32 = 19;
+pub const ATTACH_UDP6_RECVMSG: u32 = 20;
 pub const ATTACH_GETPEERNAME4: u32 = 29;
 pub const ATTACH_GETPEERNAME6: u32 = 30;
 pub const ATTACH_GETSOCKNAME4: u32 = 31;
@@ -445,6 +448,7 @@ const ALU_K: u8 = 0x04; // BPF_ALU (32 bits, zero-extended) | BPF_K, op added
 const ALU64_K: u8 = 0x07; // BPF_ALU64 | BPF_K, op added
 const ALU64_X: u8 = 0x0f; // BPF_ALU64 | BPF_X, op added
 const OP_ADD: u8 = 0x00;
+const OP_DIV: u8 = 0x30;
 const OP_OR: u8 = 0x40;
 const OP_AND: u8 = 0x50;
 const OP_LSH: u8 = 0x60;
@@ -545,6 +549,11 @@ impl Asm {
 
     pub fn or_imm(&mut self, dst: Reg, imm: i32) -> &mut Asm {
         self.push(ins(ALU64_K | OP_OR, dst, 0, 0, imm))
+    }
+
+    /// dst /= src (unsigned; the kernel gives 0 when src is 0)
+    pub fn div(&mut self, dst: Reg, src: Reg) -> &mut Asm {
+        self.push(ins(ALU64_X | OP_DIV, dst, src, 0, 0))
     }
 
     /// dst %= src (unsigned; the kernel leaves dst as it is when src is 0)

@@ -23,9 +23,18 @@
 //!   and `::1` as 127.0.0.1; other IPv6 destinations pass unchanged.
 //! - getpeername4/6, getsockname4/6: the addresses the app connected to and was bound
 //!   at, and its own virtual address for the node's.
-//! - bind4/6, udp sendmsg4/6: refused (EPERM) to every thread that is not the daemon's
-//!   (the daemon binds and sends addressed datagrams for the app, as the guard
-//!   demands of guarded sockets).
+//! - udp sendmsg4/6: a datagram's destination is routed as a connect's, except that
+//!   a socket's datagrams all go to one target of a BACKENDS entry (chosen by the
+//!   socket's cookie, `Route::pinned`), nothing is recorded, and nothing goes to the
+//!   broker (refused); the source the app may name (IP_PKTINFO) becomes the socket's
+//!   own address.
+//! - udp recvmsg4/6: the source of a datagram from a row's host address shows as its
+//!   service (`ax_kpeers`).
+//! - cgroup egress: packets of these sockets with IP options or IPv6 extension headers
+//!   (a source route in a send's control message, which no sock_addr program sees) are
+//!   dropped.
+//! - bind4/6: refused (EPERM) to every thread that is not the daemon's (the daemon
+//!   binds for the app, as the guard demands of guarded sockets).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -35,8 +44,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ax_core::kmap::{
-    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, KernelMaps, PrivateKey, Route, RouteKey, SockState,
-    Verdict, ANY_CLASS,
+    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, KernelMaps, Peer, PrivateKey, Route, RouteKey,
+    SockState, Verdict, ANY_CLASS,
 };
 use ax_sys::bpf::{self, Asm, Insn, Label, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use tracing::info;
@@ -44,7 +53,7 @@ use tracing::info;
 use crate::hooks::{self, Cgroup, InstallError};
 
 /// The pin directory's name; a new layout gets a new name.
-const LAYOUT: &str = "ax-kernel-v2";
+const LAYOUT: &str = "ax-kernel-v3";
 const WHO: &str = "kernel driver";
 
 /// offsetof(struct bpf_sock_addr, ...).
@@ -53,7 +62,14 @@ const USER_IP4: i16 = 4;
 const USER_IP6: i16 = 8;
 const USER_PORT: i16 = 24;
 const PROTOCOL: i16 = 36;
+const MSG_SRC_IP4: i16 = 40;
+const MSG_SRC_IP6: i16 = 44;
 const SK: i16 = 64;
+/// offsetof(struct bpf_sock, src_ip4 / src_ip6): the address the socket is bound to.
+const SOCK_SRC_IP4: i16 = 24;
+const SOCK_SRC_IP6: i16 = 28;
+/// offsetof(struct __sk_buff, sk).
+const SKB_SK: i16 = 168;
 
 /// The third word of a v4-mapped IPv6 address (::ffff:0:0/96) as a little-endian load
 /// of its bytes 00 00 ff ff gives it; and ::1's fourth.
@@ -69,6 +85,8 @@ const BROKER_ENTRY: i16 = -32; // BrokerEntry, 12 bytes
 const COOKIE: i16 = -40; // u64
 const PRIVATE_KEY: i16 = -64; // PrivateKey, 8 bytes
 const BIND_ADDR: i16 = -96; // sockaddr_in (16 bytes) or sockaddr_in6 (28)
+const PEER_KEY: i16 = -104; // the recvmsg programs' Peer key, 8 bytes
+const DEST: i16 = -112; // the destination the app named: ip (be32), port (be16)
 
 const fn at(base: i16, field: usize) -> i16 {
     base + field as i16
@@ -106,12 +124,13 @@ struct Maps {
     conf: Map,
     private: Map,
     broker: Map,
+    peers: Map,
     daemon: Map,
 }
 
 /// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
 /// later daemon takes the set over once that one is there.
-const MAPS: [&str; 7] = ["daemon", "apps", "routes", "conf", "private", "broker", "ksock"];
+const MAPS: [&str; 8] = ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "ksock"];
 
 impl Maps {
     fn make(name: &str) -> io::Result<Map> {
@@ -128,6 +147,7 @@ impl Maps {
             "broker" => {
                 Map::new(bpf::MAP_LRU_HASH, "ax_kbroker", 8, BrokerEntry::SIZE as u32, BrokerEntry::MAX_ENTRIES)
             }
+            "peers" => Map::hash_unallocated("ax_kpeers", Peer::SIZE as u32, Peer::SIZE as u32, Peer::MAX_ENTRIES),
             _ => Map::sk_storage("ax_ksock", SockState::SIZE as u32),
         }
     }
@@ -153,9 +173,9 @@ impl Maps {
         if taken {
             info!(pins = %dir.display(), "taking over the kernel driver's maps a previous daemon left");
         }
-        let [daemon, apps, routes, conf, private, broker, ksock]: [Map; 7] =
+        let [daemon, apps, routes, conf, private, broker, peers, ksock]: [Map; 8] =
             got.try_into().unwrap_or_else(|_| unreachable!("one map per name"));
-        Ok(Maps { ksock: Arc::new(ksock), apps, routes, conf, private, broker, daemon })
+        Ok(Maps { ksock: Arc::new(ksock), apps, routes, conf, private, broker, peers, daemon })
     }
 }
 
@@ -180,16 +200,19 @@ impl KernelDriver {
         hooks::claim(&maps.daemon).map_err(|e| InstallError::Maps(WHO, e))?;
         let sock_addr = |hook, name, insns| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, insns);
         let programs = [
-            sock_addr(bpf::ATTACH_CONNECT4, "kconnect4", connect(&maps, false)),
-            sock_addr(bpf::ATTACH_CONNECT6, "kconnect6", connect(&maps, true)),
+            sock_addr(bpf::ATTACH_CONNECT4, "kconnect4", route(&maps, false, Hook::Connect)),
+            sock_addr(bpf::ATTACH_CONNECT6, "kconnect6", route(&maps, true, Hook::Connect)),
             sock_addr(bpf::ATTACH_GETPEERNAME4, "kgetpeername4", getpeername(&maps, false)),
             sock_addr(bpf::ATTACH_GETPEERNAME6, "kgetpeername6", getpeername(&maps, true)),
             sock_addr(bpf::ATTACH_GETSOCKNAME4, "kgetsockname4", getsockname(&maps, false)),
             sock_addr(bpf::ATTACH_GETSOCKNAME6, "kgetsockname6", getsockname(&maps, true)),
             sock_addr(bpf::ATTACH_BIND4, "kbind4", daemon_only(&maps)),
             sock_addr(bpf::ATTACH_BIND6, "kbind6", daemon_only(&maps)),
-            sock_addr(bpf::ATTACH_UDP4_SENDMSG, "ksendmsg4", daemon_only(&maps)),
-            sock_addr(bpf::ATTACH_UDP6_SENDMSG, "ksendmsg6", daemon_only(&maps)),
+            sock_addr(bpf::ATTACH_UDP4_SENDMSG, "ksendmsg4", route(&maps, false, Hook::Send)),
+            sock_addr(bpf::ATTACH_UDP6_SENDMSG, "ksendmsg6", route(&maps, true, Hook::Send)),
+            sock_addr(bpf::ATTACH_UDP4_RECVMSG, "krecvmsg4", recvmsg(&maps, false)),
+            sock_addr(bpf::ATTACH_UDP6_RECVMSG, "krecvmsg6", recvmsg(&maps, true)),
+            (bpf::ATTACH_EGRESS, "kegress", bpf::PROG_CGROUP_SKB, egress(&maps)),
         ];
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
         info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "kernel driver installed");
@@ -255,6 +278,10 @@ impl KernelDriver {
                     m.private.update(&k.encode(), &PrivateKey::VALUE).map_err(|e| (e, "private listeners"))
                 }
                 Change::DeletePrivate(k) => m.private.delete(&k.encode()).map_err(|e| (e, "private listeners")),
+                Change::PutPeer(host, service) => {
+                    m.peers.update(&Peer::encode(*host), &Peer::encode(*service)).map_err(|e| (e, "peers"))
+                }
+                Change::DeletePeer(host) => m.peers.delete(&Peer::encode(*host)).map_err(|e| (e, "peers")),
             }
             .map_err(|(e, what)| MapError::Write(what, e))
         }
@@ -273,10 +300,12 @@ impl KernelDriver {
         let apps: BTreeSet<Vec<u8>> = want.apps.keys().map(|id| AppEntry::key(*id).to_vec()).collect();
         let routes: BTreeSet<Vec<u8>> = want.routes.keys().map(|k| k.encode().to_vec()).collect();
         let private: BTreeSet<Vec<u8>> = want.private.iter().map(|k| k.encode().to_vec()).collect();
+        let peers: BTreeSet<Vec<u8>> = want.peers.keys().map(|h| Peer::encode(*h).to_vec()).collect();
         for (map, size, keep, what) in [
             (&m.apps, 4, apps, "apps"),
             (&m.routes, RouteKey::SIZE, routes, "routes"),
             (&m.private, PrivateKey::SIZE, private, "private listeners"),
+            (&m.peers, Peer::SIZE, peers, "peers"),
         ] {
             let stale = map.keys(size).map_err(|e| MapError::Write(what, e))?;
             for key in stale.iter().filter(|k| !keep.contains(*k)) {
@@ -374,16 +403,41 @@ fn undecided(a: &mut Asm, maps: &Maps, refuse: Label) {
     a.here(not_pool);
 }
 
-/// connect4 / connect6.
-fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
+/// What a program that routes a destination is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    /// connect4/6: one target (balanced) for the connection, which getpeername shows
+    /// as the destination the app named.
+    Connect,
+    /// udp sendmsg4/6: the target the socket is pinned to ([`Route::pinned`]), for
+    /// this datagram only.
+    Send,
+}
+
+/// connect4/6 and udp sendmsg4/6.
+fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
     let mut a = Asm::default();
     let [refuse, native6, loopback6, have_dest, found, no_route, loopback, broker, backends, random, chosen] =
         [(); 11].map(|_| a.label());
     let wrong_family = a.label();
     sock_state(&mut a, maps);
-    // The kernel refuses a sockaddr of another family after the hook; so do we, before
-    // anything is written.
-    a.load(Size::W, R1, R6, USER_FAMILY).if_ne(R1, if v6 { libc::AF_INET6 } else { libc::AF_INET }, wrong_family);
+    if hook == Hook::Send {
+        // The source the app may name (IP_PKTINFO, IPV6_PKTINFO) is the socket's own
+        // address, as when the daemon sent for it and dropped that message: another
+        // of the host's addresses (127.0.0.1, ...) would be the app speaking as the node.
+        a.load(Size::DW, R1, R6, SK);
+        let (from, to, words) = if v6 { (SOCK_SRC_IP6, MSG_SRC_IP6, 4) } else { (SOCK_SRC_IP4, MSG_SRC_IP4, 1) };
+        for w in 0..words {
+            a.load(Size::W, R2, R1, from + 4 * w).store(Size::W, R6, to + 4 * w, R2);
+        }
+        // No address (a connected socket's send with ancillary data; the kernel refuses
+        // port 0 in an address before this hook): connect decided where it goes.
+        a.load(Size::W, R1, R6, USER_PORT).if_eq(R1, 0, V::Allow);
+    } else {
+        // The kernel refuses a sockaddr of another family after the hook; so do we,
+        // before anything is written.
+        a.load(Size::W, R1, R6, USER_FAMILY).if_ne(R1, if v6 { libc::AF_INET6 } else { libc::AF_INET }, wrong_family);
+    }
 
     // The destination's IPv4 address into the route key.
     if v6 {
@@ -414,20 +468,23 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
         .load(Size::W, R3, R6, PROTOCOL)
         .store(Size::B, R10, at(ROUTE_KEY, RouteKey::PROTO_OFFSET), R3)
         .store_imm(Size::B, R10, at(ROUTE_KEY, RouteKey::PROTO_OFFSET + 1), 0)
+        .store(Size::W, R10, DEST, R1)
+        .store(Size::H, R10, DEST + 4, R2);
+    if hook == Hook::Connect {
         // What getpeername will show: the destination the app named.
-        .store(Size::W, R7, off(SockState::PEER_IP_OFFSET), R1)
-        .store(Size::H, R7, off(SockState::PEER_PORT_OFFSET), R2)
-        .load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
-        .or_imm(R1, SockState::PEER_SET as i32)
-        .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1)
-        // The app's class; an app the maps do not know connects nowhere.
-        .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
-        .store(Size::W, R10, SCRATCH, R1);
+        a.store(Size::W, R7, off(SockState::PEER_IP_OFFSET), R1)
+            .store(Size::H, R7, off(SockState::PEER_PORT_OFFSET), R2)
+            .load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
+            .or_imm(R1, SockState::PEER_SET as i32)
+            .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1);
+    }
+    // The app's class; an app the maps do not know sends nowhere.
+    a.load(Size::W, R1, R7, off(SockState::APP_OFFSET)).store(Size::W, R10, SCRATCH, R1);
     lookup(&mut a, &maps.apps, SCRATCH, V::Deny);
     a.load(Size::W, R1, R0, off(AppEntry::CLASS_OFFSET))
         .store(Size::W, R10, at(ROUTE_KEY, RouteKey::CLASS_OFFSET), R1)
         // The loopback is the app's own, whatever the entries say.
-        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
+        .load(Size::W, R1, R10, DEST)
         .if_eq(R1, 0, loopback)
         .and_imm(R1, 0xff)
         .if_eq(R1, 127, loopback);
@@ -462,7 +519,7 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
     a.here(loopback)
         .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
         .store(Size::W, R10, at(PRIVATE_KEY, PrivateKey::APP_OFFSET), R1)
-        .load(Size::H, R1, R7, off(SockState::PEER_PORT_OFFSET))
+        .load(Size::H, R1, R10, DEST + 4)
         .store(Size::H, R10, at(PRIVATE_KEY, PrivateKey::PORT_OFFSET), R1)
         .load(Size::W, R1, R6, PROTOCOL)
         .store(Size::B, R10, at(PRIVATE_KEY, PrivateKey::PROTO_OFFSET), R1)
@@ -477,9 +534,9 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
         .if_ne(R1, libc::IPPROTO_TCP, refuse)
         .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
         .store(Size::W, R10, at(BROKER_ENTRY, BrokerEntry::APP_OFFSET), R1)
-        .load(Size::W, R1, R7, off(SockState::PEER_IP_OFFSET))
+        .load(Size::W, R1, R10, DEST)
         .store(Size::W, R10, at(BROKER_ENTRY, BrokerEntry::DEST_IP_OFFSET), R1)
-        .load(Size::H, R1, R7, off(SockState::PEER_PORT_OFFSET))
+        .load(Size::H, R1, R10, DEST + 4)
         .store(Size::H, R10, at(BROKER_ENTRY, BrokerEntry::DEST_PORT_OFFSET), R1)
         .store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET + 1), 0)
         .mov(R1, R6)
@@ -498,40 +555,84 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
     write_addr(&mut a, v6, R1, R2);
     a.goto(V::Allow);
 
-    // One target: the group by the entry's balancer, the target in it at random.
-    a.here(backends)
-        .load(Size::B, R8, R9, off(Route::NGROUPS_OFFSET))
-        .if_eq(R8, 0, refuse)
-        .load(Size::B, R1, R9, off(Route::LB_OFFSET))
-        .if_ne(R1, ax_core::kmap::Lb::RoundRobin as i32, random)
-        .mov_imm(R1, 1)
-        .fetch_add(Size::W, R9, off(Route::RR_OFFSET), R1)
-        .goto(chosen)
-        .here(random)
-        .call(bpf::FN_GET_PRANDOM_U32)
-        .mov(R1, R0)
-        .here(chosen)
-        .rem(R1, R8)
+    // One target: r8 its group's first target, r0 its place in the group.
+    a.here(backends).load(Size::B, R8, R9, off(Route::NGROUPS_OFFSET)).if_eq(R8, 0, refuse);
+    let group = |a: &mut Asm| {
         // ngroups <= 8: the mask changes nothing but shows the verifier the bound.
-        .and_imm(R1, ax_core::kmap::MAX_GROUPS as i32 - 1)
-        .lsh_imm(R1, Route::GROUP_SIZE.trailing_zeros() as i32)
-        .add(R1, R9)
-        .load(Size::B, R8, R1, off(Route::GROUPS_OFFSET))
-        .load(Size::B, R2, R1, off(Route::GROUPS_OFFSET + 1))
-        .if_eq(R2, 0, refuse)
-        .store(Size::W, R10, SCRATCH, R2)
-        .call(bpf::FN_GET_PRANDOM_U32)
-        .load(Size::W, R1, R10, SCRATCH)
-        .rem(R0, R1)
-        .add(R0, R8)
+        a.and_imm(R1, ax_core::kmap::MAX_GROUPS as i32 - 1)
+            .lsh_imm(R1, Route::GROUP_SIZE.trailing_zeros() as i32)
+            .add(R1, R9)
+            .load(Size::B, R2, R1, off(Route::GROUPS_OFFSET + 1))
+            .if_eq(R2, 0, refuse);
+    };
+    match hook {
+        // The group by the entry's balancer, the target in it at random.
+        Hook::Connect => {
+            a.load(Size::B, R1, R9, off(Route::LB_OFFSET))
+                .if_ne(R1, ax_core::kmap::Lb::RoundRobin as i32, random)
+                .mov_imm(R1, 1)
+                .fetch_add(Size::W, R9, off(Route::RR_OFFSET), R1)
+                .goto(chosen)
+                .here(random)
+                .call(bpf::FN_GET_PRANDOM_U32)
+                .mov(R1, R0)
+                .here(chosen)
+                .rem(R1, R8);
+            group(&mut a);
+            a.load(Size::B, R8, R1, off(Route::GROUPS_OFFSET))
+                .store(Size::W, R10, SCRATCH, R2)
+                .call(bpf::FN_GET_PRANDOM_U32)
+                .load(Size::W, R1, R10, SCRATCH)
+                .rem(R0, R1);
+        }
+        // By the socket's cookie: every datagram of a socket to the same backend.
+        Hook::Send => {
+            a.mov(R1, R6).call(bpf::FN_GET_SOCKET_COOKIE).store(Size::DW, R10, COOKIE, R0).mov(R1, R0).rem(R1, R8);
+            group(&mut a);
+            a.load(Size::DW, R0, R10, COOKIE)
+                .div(R0, R8)
+                .rem(R0, R2)
+                .load(Size::B, R8, R1, off(Route::GROUPS_OFFSET));
+        }
+    }
+    a.add(R0, R8)
         .and_imm(R0, ax_core::kmap::MAX_TARGETS as i32 - 1)
         .lsh_imm(R0, Route::TARGET_SIZE.trailing_zeros() as i32)
         .add(R0, R9)
         .load(Size::W, R1, R0, off(Route::TARGETS_OFFSET + Route::TARGET_IP_OFFSET))
         .load(Size::H, R2, R0, off(Route::TARGETS_OFFSET + Route::TARGET_PORT_OFFSET));
     write_addr(&mut a, v6, R1, R2);
-    // From the entry's source address, if it has one; a source that cannot be had
-    // fails the connect with the bind's errno rather than connecting from another.
+    if hook == Hook::Send {
+        // A datagram has no source route entry to bind to: the user driver's sends
+        // go from the socket as it is too.
+        a.goto(V::Allow);
+    } else {
+        bind_source(&mut a, v6);
+    }
+
+    if v6 {
+        // A real IPv6 destination passes as it is, and getpeername shows the kernel's.
+        a.here(native6);
+        if hook == Hook::Connect {
+            a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
+                .and_imm(R1, !(SockState::PEER_SET as i32))
+                .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1);
+        }
+        a.goto(V::Allow);
+    }
+    if hook == Hook::Connect {
+        a.here(wrong_family);
+        fail(&mut a, libc::EAFNOSUPPORT);
+    }
+    a.here(refuse);
+    fail(&mut a, libc::ECONNREFUSED);
+    a.finish()
+}
+
+/// The end of a connect to a target: from the entry's (r9) source address, if it has
+/// one; a source that cannot be had fails the connect with the bind's errno rather
+/// than connecting from another.
+fn bind_source(a: &mut Asm, v6: bool) {
     a.load(Size::W, R1, R9, off(Route::SOURCE_IP_OFFSET)).if_eq(R1, 0, V::Allow);
     if v6 {
         a.mov_imm(R2, 0)
@@ -554,19 +655,69 @@ fn connect(maps: &Maps, v6: bool) -> Vec<Insn> {
     }
     a.mov(R1, R6).mov(R2, R10).add_imm(R2, BIND_ADDR as i32).call(bpf::FN_BIND).if_eq(R0, 0, V::Allow);
     a.mov(R1, R0).call(bpf::FN_SET_RETVAL).ret(0);
+}
 
+/// udp recvmsg4/6: a datagram from a row's host address shows its service as the
+/// source (`ax_kpeers`), as the user driver's receive does; the rest as it is.
+fn recvmsg(maps: &Maps, v6: bool) -> Vec<Insn> {
+    let mut a = Asm::default();
+    sock_state(&mut a, maps);
     if v6 {
-        // A real IPv6 destination passes as it is, and getpeername shows the kernel's.
-        a.here(native6)
-            .load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
-            .and_imm(R1, !(SockState::PEER_SET as i32))
-            .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1)
-            .goto(V::Allow);
+        a.load(Size::W, R1, R6, USER_IP6)
+            .if_ne(R1, 0, V::Allow)
+            .load(Size::W, R1, R6, USER_IP6 + 4)
+            .if_ne(R1, 0, V::Allow)
+            .load(Size::W, R1, R6, USER_IP6 + 8)
+            .mov32_imm(R2, MAPPED)
+            .if_ne_reg(R1, R2, V::Allow)
+            .load(Size::W, R1, R6, USER_IP6 + 12);
+    } else {
+        a.load(Size::W, R1, R6, USER_IP4);
     }
-    a.here(wrong_family);
-    fail(&mut a, libc::EAFNOSUPPORT);
-    a.here(refuse);
-    fail(&mut a, libc::ECONNREFUSED);
+    // The port's word holds it in its low 16 bits: the key's padding stays zero.
+    a.store(Size::W, R10, at(PEER_KEY, Peer::IP_OFFSET), R1)
+        .load(Size::W, R1, R6, USER_PORT)
+        .store(Size::W, R10, at(PEER_KEY, Peer::PORT_OFFSET), R1);
+    lookup(&mut a, &maps.peers, PEER_KEY, V::Allow);
+    a.load(Size::W, R1, R0, off(Peer::IP_OFFSET)).load(Size::H, R2, R0, off(Peer::PORT_OFFSET));
+    write_addr(&mut a, v6, R1, R2);
+    a.goto(V::Allow);
+    a.finish()
+}
+
+/// cgroup egress: a packet of a kernel-driver app's socket carries no IP options and
+/// no IPv6 extension header but a fragment header, or is dropped (the send fails with
+/// EPERM). The sendmsg programs cannot see a send's control messages, and IP_RETOPTS
+/// (or an IPv6 routing header) would route a datagram to a first hop of the app's
+/// choosing, past the programs' decision.
+fn egress(maps: &Maps) -> Vec<Insn> {
+    let mut a = Asm::default();
+    a.mov(R6, R1)
+        .load(Size::DW, R2, R6, SKB_SK)
+        .if_eq(R2, 0, V::Allow)
+        .load_map(R1, &maps.ksock)
+        .mov_imm(R3, 0)
+        .mov_imm(R4, 0)
+        .call(bpf::FN_SK_STORAGE_GET)
+        .if_eq(R0, 0, V::Allow)
+        .mov(R1, R6)
+        .mov_imm(R2, 0)
+        .mov(R3, R10)
+        .add_imm(R3, -8)
+        .mov_imm(R4, 8)
+        .call(bpf::FN_SKB_LOAD_BYTES)
+        .if_ne(R0, 0, V::Deny)
+        // Version 4, header length 5 words.
+        .load(Size::B, R1, R10, -8)
+        .if_eq(R1, 0x45, V::Allow)
+        .rsh_imm(R1, 4)
+        .if_ne(R1, 6, V::Deny)
+        // IPv6's next header (byte 6).
+        .load(Size::B, R1, R10, -2)
+        .if_eq(R1, libc::IPPROTO_TCP, V::Allow)
+        .if_eq(R1, libc::IPPROTO_UDP, V::Allow)
+        .if_eq(R1, libc::IPPROTO_FRAGMENT, V::Allow)
+        .goto(V::Deny);
     a.finish()
 }
 
@@ -632,7 +783,7 @@ fn getsockname(maps: &Maps, v6: bool) -> Vec<Insn> {
     a.finish()
 }
 
-/// bind4/6 and udp sendmsg4/6: the daemon's threads only.
+/// bind4/6: the daemon's threads only.
 fn daemon_only(maps: &Maps) -> Vec<Insn> {
     let mut a = Asm::default();
     sock_state(&mut a, maps);

@@ -177,8 +177,18 @@ pub const RULES: &[Rule] = &[
 ];
 
 /// The calls the kernel driver's BPF programs answer on the daemon's host sockets, and
-/// that its apps' filters therefore let through.
-const ANSWERED_IN_KERNEL: &[i64] = &[libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername];
+/// that its apps' filters therefore let through: datagrams are routed by its udp
+/// sendmsg programs, their sources shown by its recvmsg programs, and what those cannot
+/// see (a source route in a control message) is dropped by its egress program.
+const ANSWERED_IN_KERNEL: &[i64] = &[
+    libc::SYS_connect,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+];
 
 /// Whether the socket guard ([`crate::guard`]) runs beside the filter on the app's host
 /// sockets. [`RULES`] lean on it: what they leave native (sends outside the datagram
@@ -530,37 +540,41 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_driver_traps_all_but_connect_and_the_name_queries() {
+    fn the_kernel_driver_traps_only_socket_bind_and_listen() {
         use ax_core::Driver;
         let call = |driver, nr: i64, args: [u64; 6]| {
             run(&compile(&rules(driver, SocketGuard::Installed)), AUDIT_ARCH, nr as u32, args)
         };
         let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
         let fd = [3, 0x1000, 16, 0, 0x2000, 0];
-        // A datagram socket's descriptor, in the range its sends and receives trap in.
+        // A datagram socket's descriptor, in the range its sends and receives trap in
+        // under the user driver.
         let dgram = [800, 0x1000, 16, 0, 0x2000, 0];
-        for nr in [libc::SYS_connect, libc::SYS_getsockname, libc::SYS_getpeername] {
-            assert_eq!(call(Driver::User, nr, fd), libc::SECCOMP_RET_USER_NOTIF, "{nr}");
-            assert_eq!(call(Driver::Kernel, nr, fd), libc::SECCOMP_RET_ALLOW, "{nr}");
-        }
         for (nr, args) in [
-            (libc::SYS_socket, inet),
-            (libc::SYS_bind, fd),
-            (libc::SYS_listen, fd),
+            (libc::SYS_connect, fd),
+            (libc::SYS_getsockname, fd),
+            (libc::SYS_getpeername, fd),
             (libc::SYS_sendto, dgram),
             (libc::SYS_sendmsg, dgram),
             (libc::SYS_recvfrom, dgram),
             (libc::SYS_recvmsg, dgram),
         ] {
+            assert_eq!(call(Driver::User, nr, args), libc::SECCOMP_RET_USER_NOTIF, "{nr}");
+            assert_eq!(call(Driver::Kernel, nr, args), libc::SECCOMP_RET_ALLOW, "{nr}");
+        }
+        for (nr, args) in [(libc::SYS_socket, inet), (libc::SYS_bind, fd), (libc::SYS_listen, fd)] {
             assert_eq!(call(Driver::Kernel, nr, args), call(Driver::User, nr, args), "{nr}");
             assert_eq!(call(Driver::Kernel, nr, args), libc::SECCOMP_RET_USER_NOTIF, "{nr}");
         }
-        // What the user driver refuses outright, the kernel driver refuses too.
+        // What the user driver refuses outright, the kernel driver refuses too: fast
+        // open on a datagram socket's sends among it.
+        let fastopen = [800, 0x1000, 16, libc::MSG_FASTOPEN as u64, 0x2000, 0];
+        assert_eq!(call(Driver::Kernel, libc::SYS_sendto, fastopen), libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32);
         let refused: Vec<Rule> = RULES.iter().filter(|r| r.action != Action::Notify).copied().collect();
         let kernel = rules(Driver::Kernel, SocketGuard::Installed);
         assert!(refused.iter().all(|r| kernel.iter().any(|k| k.nr == r.nr && k.action == r.action)));
         assert_eq!(rules(Driver::User, SocketGuard::Installed).len(), RULES.len());
-        assert_eq!(kernel.len(), RULES.len() - 3);
+        assert_eq!(kernel.len(), RULES.len() - 7);
     }
 
     #[test]

@@ -432,16 +432,16 @@ fn app(sock: &OwnedFd, mode: &str, args: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn app_threads_may_not_bind_or_send_addressed_datagrams_the_daemon_may() {
-    sandboxed("app_threads_may_not_bind_or_send_addressed_datagrams_the_daemon_may", |s| {
+fn app_threads_may_not_bind_and_their_datagrams_are_routed() {
+    sandboxed("app_threads_may_not_bind_and_their_datagrams_are_routed", |s| {
         let sink = UdpSocket::bind("10.251.0.1:5400").unwrap();
         let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
         sock::connect(u.as_fd(), &sa("10.251.0.1:5400")).unwrap();
         let got = app(&u, "bind-send", &["10.251.0.1", "5400"]);
         assert_eq!(
             got,
-            ["bind EPERM", "sendto EPERM", "send-unaddressed ok", "own-bind ok", "own-sendto ok"],
-            "the app's own sockets are its own business; the daemon's are not"
+            ["bind EPERM", "sendto ok", "send-unaddressed ok", "own-bind ok", "own-sendto ok"],
+            "the app's own sockets are its own business; the daemon's are bound by the daemon alone"
         );
         let t = s.tcp();
         assert_eq!(app(&t, "bind-send", &["10.251.0.1", "5400"])[0], "bind EPERM");
@@ -456,16 +456,226 @@ fn app_threads_may_not_bind_or_send_addressed_datagrams_the_daemon_may() {
         let mut buf = [0u8; 8];
         let mut got = Vec::new();
         sink.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        while got.len() < 5 {
+        while got.len() < 6 {
             let n = sink.recv(&mut buf).unwrap();
             got.push(buf[..n].to_vec());
         }
         got.sort();
-        let want: Vec<Vec<u8>> = [b"o", b"o", b"x", b"y", b"z"].iter().map(|b| b.to_vec()).collect();
-        assert_eq!(
-            got, want,
-            "the app's own sends (two runs), its connected send on the daemon's socket, the daemon's two"
-        );
+        let want: Vec<Vec<u8>> = [b"o", b"o", b"x", b"x", b"y", b"z"].iter().map(|b| b.to_vec()).collect();
+        assert_eq!(got, want, "the app's own sends (two runs), its two sends on the daemon's socket, the daemon's two");
+    });
+}
+
+/// A UDP sink per address: which one got the datagram `tag` (polled; None after
+/// `patience` with nothing).
+fn udp_landed(sinks: &[(SocketAddrV4, UdpSocket)], tag: &[u8], patience: Duration) -> Option<(SocketAddrV4, SocketAddr)> {
+    let deadline = Instant::now() + patience;
+    let mut buf = [0u8; 64];
+    loop {
+        for (at, sink) in sinks {
+            if let Ok((n, from)) = sink.recv_from(&mut buf) {
+                if &buf[..n] == tag {
+                    return Some((*at, from));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn cookie(fd: &OwnedFd) -> u64 {
+    let mut b = [0u8; 8];
+    sock::get_opt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, &mut b).unwrap();
+    u64::from_ne_bytes(b)
+}
+
+/// For random maps, every datagram does what the programs' model says
+/// (`KernelMaps::lookup`, `Route::pinned`): EPERM, ECONNREFUSED (a broker entry too:
+/// the broker takes connections), unchanged, or to the target the socket is pinned to,
+/// every datagram of it; the reply's source shows as `KernelMaps::shown_source` says,
+/// on IPv4 and IPv6 sockets.
+#[test]
+fn datagrams_do_what_the_model_of_the_maps_says() {
+    sandboxed("datagrams_do_what_the_model_of_the_maps_says", |s| {
+        let seed = env::var("AX_KDRIVER_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+        println!("seed {seed} (AX_KDRIVER_SEED repeats it)");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let ips: Vec<Ipv4Addr> = vec![Ipv4Addr::new(198, 18, 0, 1), NODE, Ipv4Addr::LOCALHOST];
+        sh(&["ip", "addr", "add", "198.18.0.1/32", "dev", "lo"]);
+        let ports = [80u16, 81];
+        let targets: Vec<SocketAddrV4> = (0..4).map(|i| SocketAddrV4::new(NODE, 40300 + i)).collect();
+        let mut sinks: Vec<(SocketAddrV4, UdpSocket)> = Vec::new();
+        for at in ips.iter().flat_map(|ip| ports.map(|p| SocketAddrV4::new(*ip, p))).chain(targets.iter().copied()) {
+            let u = UdpSocket::bind(at).unwrap();
+            u.set_nonblocking(true).unwrap();
+            sinks.push((at, u));
+        }
+        let mut current = KernelMaps::new(config(true));
+        for round in 0..6 {
+            let mut next = KernelMaps::new(Config { complete: rng.u8(0..4) != 0, ..config(true) });
+            next.apps.insert(APP, AppEntry { ip: APP_IP, class: CLASS });
+            for class in [CLASS, ANY_CLASS] {
+                for ip in &ips[..2] {
+                    for port in [80u16, 81, 0] {
+                        let route = match rng.u8(0..6) {
+                            0 => Route::refuse(),
+                            1 => Route::pass(),
+                            2 => Route::broker(),
+                            3 | 4 => {
+                                let lb = if rng.bool() { Lb::Random } else { Lb::RoundRobin };
+                                let groups = (0..rng.usize(1..=3))
+                                    .map(|_| (0..rng.usize(1..=3)).map(|_| targets[rng.usize(..targets.len())]).collect())
+                                    .collect();
+                                Route::backends(lb, None, groups).unwrap()
+                            }
+                            _ => continue,
+                        };
+                        next.routes.insert(RouteKey { class, ip: *ip, port, proto: Proto::Udp }, route);
+                    }
+                }
+            }
+            for t in &targets {
+                if rng.bool() {
+                    next.peers.insert(*t, SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, rng.u8(1..9)), 53));
+                }
+            }
+            s.driver.apply(&KernelMaps::diff(&current, &next)).unwrap();
+            current = next;
+            for app in [APP, 3] {
+                for ip in &ips {
+                    for port in ports {
+                        for v6 in [false, true] {
+                            let dest = SocketAddrV4::new(*ip, port);
+                            let (family, to) = if v6 {
+                                (libc::AF_INET6, SocketAddr::new(ip.to_ipv6_mapped().into(), port))
+                            } else {
+                                (libc::AF_INET, SocketAddr::V4(dest))
+                            };
+                            let u = s.socket(family, libc::SOCK_DGRAM, SockState { app, peer: None, local: None });
+                            let want = current.lookup(app, Proto::Udp, SocketAddr::V4(dest));
+                            let what = format!("round {round}, app {app} to {to}: model {want:?}");
+                            for n in 0..3u8 {
+                                let tag = [round as u8, app as u8, n, u8::from(v6), ip.octets()[3], port as u8];
+                                let sent = sock::send_msg(u.as_fd(), &tag, &[], 0, Some(&to)).map(|_| ());
+                                let landed = |sent: std::io::Result<()>| {
+                                    sent.expect(&what);
+                                    udp_landed(&sinks, &tag, Duration::from_secs(30)).expect(&what)
+                                };
+                                let at = match want {
+                                    Lookup::NoApp => {
+                                        assert_eq!(errno(sent), libc::EPERM, "{what}");
+                                        continue;
+                                    }
+                                    Lookup::Refuse | Lookup::Broker(_) => {
+                                        assert_eq!(errno(sent), libc::ECONNREFUSED, "{what}");
+                                        continue;
+                                    }
+                                    Lookup::Pass => {
+                                        let (at, _) = landed(sent);
+                                        assert_eq!(at, dest, "{what}");
+                                        at
+                                    }
+                                    Lookup::Backends(route) => {
+                                        let (at, _) = landed(sent);
+                                        assert_eq!(Some(at), route.pinned(cookie(&u)), "{what}");
+                                        at
+                                    }
+                                };
+                                // The answer, from the sink, and the source it shows.
+                                let sink = &sinks.iter().find(|(a, _)| *a == at).unwrap().1;
+                                let port = sock::local_addr(u.as_fd()).unwrap().unwrap().port();
+                                let mine = SocketAddrV4::new(NODE, port);
+                                sink.send_to(b"answer", mine).unwrap();
+                                sock::wait_readable(u.as_fd(), 30_000).unwrap();
+                                let got = sock::recv_msg(u.as_fd(), &mut [0u8; 16], &mut [], 0).unwrap();
+                                let real = if v6 {
+                                    SocketAddr::new(at.ip().to_ipv6_mapped().into(), at.port())
+                                } else {
+                                    SocketAddr::V4(at)
+                                };
+                                assert_eq!(got.from, Some(current.shown_source(real)), "{what}: the answer's source");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The source a send may name (IP_PKTINFO's spec_dst) becomes the socket's own address
+/// on a marked socket: an app cannot speak as another of the host's addresses. An
+/// unmarked socket keeps what it named (the test can fail).
+#[test]
+fn a_datagram_goes_from_the_sockets_own_address_whatever_pktinfo_names() {
+    sandboxed("a_datagram_goes_from_the_sockets_own_address_whatever_pktinfo_names", |s| {
+        let sink = UdpSocket::bind("10.251.0.1:5500").unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let spoofed: Ipv4Addr = "203.0.113.5".parse().unwrap();
+        let control = pktinfo(spoofed);
+        let to = sa("10.251.0.1:5500");
+        let marked = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        sock::bind(marked.as_fd(), &sa("10.251.0.1:0")).unwrap();
+        let unbound = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        let plain = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).unwrap();
+        let mut buf = [0u8; 8];
+        for (fd, want) in [(&marked, NODE), (&unbound, NODE), (&plain, spoofed)] {
+            sock::send_msg(fd.as_fd(), b"p", &control, 0, Some(&to)).unwrap();
+            let (_, from) = sink.recv_from(&mut buf).unwrap();
+            assert_eq!(from.ip(), std::net::IpAddr::V4(want));
+        }
+    });
+}
+
+/// One `struct cmsghdr` (64-bit layout) holding `data`.
+fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+    let len = 16 + data.len();
+    let mut b = Vec::with_capacity(len.next_multiple_of(8));
+    b.extend((len as u64).to_ne_bytes());
+    b.extend(level.to_ne_bytes());
+    b.extend(kind.to_ne_bytes());
+    b.extend(data);
+    b.resize(len.next_multiple_of(8), 0);
+    b
+}
+
+/// IP_PKTINFO naming `spec_dst` as the source.
+fn pktinfo(spec_dst: Ipv4Addr) -> Vec<u8> {
+    let mut info = vec![0u8; 12];
+    info[4..8].copy_from_slice(&spec_dst.octets());
+    cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &info)
+}
+
+/// A loose source route through `hop` in a send's control message leaves nothing on the
+/// wire from a marked socket (EPERM), connected or not; from an unmarked socket it goes
+/// (the test can fail).
+#[test]
+fn a_source_route_in_a_control_message_sends_nothing() {
+    sandboxed("a_source_route_in_a_control_message_sends_nothing", |s| {
+        let _sink = UdpSocket::bind("10.251.0.1:5600").unwrap();
+        let mut lsrr = vec![131u8, 7, 4];
+        lsrr.extend([203, 0, 113, 5]);
+        lsrr.push(1);
+        let control = cmsg(libc::IPPROTO_IP, libc::IP_RETOPTS, &lsrr);
+        let to = sa("10.251.0.1:5600");
+        let unconnected = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        let connected = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        sock::connect(connected.as_fd(), &to).unwrap();
+        let v6 = s.socket(libc::AF_INET6, libc::SOCK_DGRAM, fresh());
+        let to6 = sa("[::ffff:10.251.0.1]:5600");
+        let before = lo_packets();
+        assert_eq!(errno(sock::send_msg(unconnected.as_fd(), b"r", &control, 0, Some(&to)).map(|_| ())), libc::EPERM);
+        assert_eq!(errno(sock::send_msg(connected.as_fd(), b"r", &control, 0, None).map(|_| ())), libc::EPERM);
+        assert_eq!(errno(sock::send_msg(v6.as_fd(), b"r", &control, 0, Some(&to6)).map(|_| ())), libc::EPERM);
+        assert_eq!(lo_packets(), before, "a source-routed datagram left");
+        // Without options the same sockets send.
+        sock::send_msg(unconnected.as_fd(), b"r", &[], 0, Some(&to)).unwrap();
+        sock::send_msg(connected.as_fd(), b"r", &[], 0, None).unwrap();
+        let plain = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).unwrap();
+        sock::send_msg(plain.as_fd(), b"r", &control, 0, Some(&to)).unwrap();
     });
 }
 

@@ -65,6 +65,7 @@ impl Table {
             return view;
         }
         let mut pass = Pass::new(classes);
+        view.maps.peers = self.udp_peers();
         // Every port of an address first: what a port without its own entry gets.
         for (proto, ip) in self.whole_addresses() {
             self.put_whole(&mut view, &mut pass, proto, ip);
@@ -190,6 +191,20 @@ impl Table {
             Decision::Outbound(d) if self.egress_applies(proto, d) => (KRoute::broker(), false),
             Decision::Outbound(_) => (KRoute::pass(), false),
         }
+    }
+
+    /// What a datagram from each UDP row's host address (here and on other nodes) shows
+    /// as its source: the row's service, by the user driver's own answer
+    /// ([`Table::peer_name`]).
+    pub(super) fn udp_peers(&self) -> BTreeMap<SocketAddrV4, SocketAddrV4> {
+        let here = self.services.rows().filter(|b| b.proto == Proto::Udp).map(|b| b.host);
+        let there = self.remote.get().rows.iter().filter(|r| r.proto == Proto::Udp).map(|r| r.host);
+        here.chain(there)
+            .filter_map(|host| match self.peer_name(Proto::Udp, SocketAddr::V4(host)) {
+                Some(SocketAddr::V4(service)) if service != host => Some((host, service)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Addresses whose every port may answer other than the default: virtual
@@ -679,6 +694,10 @@ mod tests {
                                 let got: BTreeSet<SocketAddrV4> = r.targets().collect();
                                 prop_assert_eq!(&got, &want, "{:?} {} {:?}", proto, dest, c);
                                 prop_assert_eq!(r.source(), ts.iter().find_map(|t| t.source));
+                                // A datagram socket's pinned target is one of them, whatever its cookie.
+                                for cookie in [0, 1, 7, 8, 1 << 40, u64::MAX] {
+                                    prop_assert!(r.pinned(cookie).is_some_and(|p| want.contains(&p)));
+                                }
                             }
                             (Route::Direct(d), Lookup::Pass) if *d == crate::addr::unmap(dest) => {}
                             // A pool port of the node where no row listens: nothing
@@ -690,6 +709,11 @@ mod tests {
                         }
                     }
                 }
+            }
+            // A datagram's source shows as the user driver shows it.
+            for &from in &dests {
+                let user = t.peer_name(Proto::Udp, from).unwrap_or(crate::addr::unmap(from));
+                prop_assert_eq!(crate::addr::unmap(m.shown_source(from)), user, "{}", from);
             }
             // An app the maps do not know is refused by the programs (EPERM).
             prop_assert_eq!(m.lookup(1, Proto::Tcp, "198.18.0.1:80".parse().unwrap()), Lookup::NoApp);

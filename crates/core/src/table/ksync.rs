@@ -5,7 +5,7 @@
 //! everything. The entries it keeps equal [`Table::kernel_maps`]'s after any sequence
 //! of changes (the property test below holds it to that).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::kmap::{Change, KernelMaps, RouteKey, ANY_CLASS};
@@ -195,6 +195,8 @@ impl Table {
         let mut before = KernelMaps::new(config);
         before.apps = std::mem::replace(&mut view.maps.apps, self.kernel_apps(&classes));
         before.private = std::mem::replace(&mut view.maps.private, self.kernel_private(&view.maps.apps));
+        let peers = if classes.is_empty() { BTreeMap::new() } else { self.udp_peers() };
+        before.peers = std::mem::replace(&mut view.maps.peers, peers);
         let mut touched: BTreeSet<RouteKey> = BTreeSet::new();
         let mut pass = Pass::new(classes.clone());
         if !classes.is_empty() {
@@ -237,6 +239,7 @@ impl Table {
         let mut after = KernelMaps::new(config);
         after.apps = view.maps.apps.clone();
         after.private = view.maps.private.clone();
+        after.peers = view.maps.peers.clone();
         after.routes = touched.iter().filter_map(|k| Some((*k, view.maps.routes.get(k)?.clone()))).collect();
         let trimmed = touched.iter().filter(|k| view.trimmed.contains(k)).copied().collect();
         let changes = KernelMaps::diff(&before, &after);
