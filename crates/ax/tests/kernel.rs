@@ -2,8 +2,9 @@
 //! table (seen through real connects), a denied connect fails with ECONNREFUSED and
 //! sends nothing, apps read back virtual addresses without asking the daemon, loopback
 //! listeners are reached through the broker, and an app started before a daemon restart
-//! keeps connecting after it. Every test is skipped (with a message) where the kernel
-//! driver cannot be installed; `make test` asks `the_kernel_driver_installs_here` first.
+//! keeps connecting after it; the same for datagrams. Every test is skipped (with a
+//! message) where the kernel driver cannot be installed; `make test` asks
+//! `the_kernel_driver_installs_here` first.
 
 mod support;
 
@@ -219,4 +220,117 @@ fn a_user_cannot_take_the_brokers_place_across_a_restart() {
     assert_eq!(h.stdout_of("setpriv", &as_nobody).trim(), "13");
     assert!(h.start_kernel_daemon(&[]), "the kernel driver installed before and not after");
     assert!(h.inet_sockets("-ltun").iter().any(|s| s[2] == broker), "the broker is back at {broker}");
+}
+
+// ---- datagrams, in the kernel ------------------------------------------------------
+
+/// A UDP server on port 9000 answering each datagram with its first argument.
+const UDP_ECHO: &str = "import socket,sys
+u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind(('',9000))
+while True:
+  d,a=u.recvfrom(100);u.sendto(sys.argv[1].encode(),a)";
+
+/// `N` exchanges with HOST:9000, each on a new socket moved off the descriptors where
+/// the daemon puts UDP sockets (a dup: only the kernel driver's programs translate
+/// there; the user driver's guard refuses it); prints the answer and the source shown.
+const UDP_ASK: &str = "import os,socket,sys
+host,n=sys.argv[1],int(sys.argv[2])
+for _ in range(n):
+  u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+  c=socket.socket(fileno=os.dup(u.fileno()));u.close();c.settimeout(20)
+  c.sendto(b'hi',(host,9000));d,a=c.recvfrom(100)
+  print(d.decode(),a[0],a[1],flush=True);c.close()";
+
+fn udp_echo(h: &mut TestHost, name: &str, args: &[&str]) {
+    let mut full = args.to_vec();
+    full.extend(["--", PY, "-c", UDP_ECHO, name]);
+    h.spawn_app(name, &full);
+}
+
+/// UDP datagrams the test host has sent (`Udp: OutDatagrams` of /proc/net/snmp).
+fn udp_out_datagrams(h: &TestHost) -> u64 {
+    let snmp = h.stdout_of("cat", &["/proc/net/snmp"]);
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == "OutDatagrams").unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+#[test]
+fn udp_requests_by_name_spread_over_the_rows_and_answers_show_the_service_address() {
+    let Some(mut h) = kernel_host(&[PY]) else { return };
+    udp_echo(&mut h, "u1", &["--ip", "198.18.3.20", "--name", "udpecho"]);
+    udp_echo(&mut h, "u2", &["--ip", "198.18.3.20"]);
+    h.wait_for_rows("198.18.3.20:9000", 2);
+    let out = h.run_ok(&["--", PY, "-c", UDP_ASK, "udpecho", "40"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for line in out.lines() {
+        let (who, from) = line.split_once(' ').unwrap();
+        assert_eq!(from, "198.18.3.20 9000", "the answer's source is the service the app asked: {out}");
+        seen.insert(who.to_string());
+    }
+    assert_eq!(out.lines().count(), 40, "{out}");
+    assert_eq!(seen, ["u1".to_string(), "u2".to_string()].into(), "sockets spread over both rows: {out}");
+}
+
+#[test]
+fn a_denied_datagram_fails_with_econnrefused_and_sends_no_packet() {
+    let Some(mut h) = kernel_host(&[PY]) else { return };
+    udp_echo(&mut h, "db", &["--ip", "198.18.3.21", "--labels", "role=db"]);
+    h.wait_for_rows("198.18.3.21:9000", 1);
+    // Label-denied, an unserved port of a served address, the client's own address, and
+    // the server's host address (a pool port of the node).
+    let host = h.servers_at("198.18.3.21:9000")[0]["ipv4_addr"].as_str().unwrap().to_string();
+    let (host_ip, host_port) = host.split_once(':').unwrap();
+    let at_host = format!("{host_ip} {host_port}");
+    let denied = ["198.18.3.21 9000", "198.18.3.21 9001", "198.18.3.24 9000", at_host.as_str()];
+    let refused = "import socket,sys\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor t in sys.argv[1:]:\n  \
+        ip,port=t.split()\n  try:\n    u.sendto(b'x',(ip,int(port)));print(t,'sent')\n  \
+        except OSError as e:print(t,e.errno)\n";
+    let mut args = vec!["--ip", "198.18.3.24", "--labels", "role=web", "--", PY, "-c", refused];
+    args.extend(denied.iter().copied().cycle().take(40));
+    let before = udp_out_datagrams(&h);
+    let out = h.run_ok(&args);
+    let after = udp_out_datagrams(&h);
+    assert_eq!(out.lines().count(), 40, "{out}");
+    assert!(out.lines().all(|l| l.ends_with(&format!(" {}", ECONNREFUSED))), "{out}");
+    assert_eq!(after - before, 0, "a refused datagram was sent");
+    assert_eq!(h.app_log("db"), "", "the server heard nothing");
+    // The count does move when a datagram leaves: one to the blackhole.
+    let hole = h.blackhole();
+    let before = udp_out_datagrams(&h);
+    h.run_ok(&[
+        "--",
+        PY,
+        "-c",
+        &format!("import socket\nsocket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(b'x',('{hole}',9))"),
+    ]);
+    assert!(udp_out_datagrams(&h) > before, "the control datagram went nowhere");
+}
+
+#[test]
+fn an_app_started_before_a_restart_keeps_sending_datagrams_after_it() {
+    let Some(mut h) = kernel_host(&[PY]) else { return };
+    udp_echo(&mut h, "old", &["--ip", "198.18.3.22"]);
+    h.wait_for_rows("198.18.3.22:9000", 1);
+    // One socket made before the restart asks both servers every 50 ms: the one there
+    // from the start and, once it exists, the one started after the restart.
+    let client = "import socket,time\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.settimeout(2)\n\
+        ok={}\nend=time.time()+12\nwhile time.time()<end:\n  for ip in ('198.18.3.22','198.18.3.23'):\n    \
+        try:\n      u.sendto(b'hi',(ip,9000));d,a=u.recvfrom(100)\n      \
+        if a!=(ip,9000):print('error source',a,flush=True)\n      ok[ip]=ok.get(ip,0)+1\n    \
+        except OSError as e:\n      if ip=='198.18.3.22':print('error',e,flush=True)\n  time.sleep(0.05)\n\
+        print('ok',ok.get('198.18.3.22',0),ok.get('198.18.3.23',0),flush=True)";
+    h.spawn_app("client", &["--", PY, "-c", client]);
+    std::thread::sleep(Duration::from_secs(2));
+    h.signal_daemon("KILL");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(h.start_kernel_daemon(&[]), "the kernel driver installed before and not after");
+    udp_echo(&mut h, "new", &["--ip", "198.18.3.23"]);
+    h.wait_for_rows("198.18.3.23:9000", 1);
+    let done = h.wait_for_line("client", "ok");
+    assert!(!h.app_log("client").contains("error"), "{}", h.app_log("client"));
+    let counts: Vec<u32> = done.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
+    assert!(counts[0] > 50, "{done}");
+    assert!(counts[1] > 0, "the maps took in the row added after the restart: {done}");
 }

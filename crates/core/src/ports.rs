@@ -84,6 +84,27 @@ impl PortRanges {
         self.0.iter().any(|r| r.contains(&port))
     }
 
+    /// The widest run of ports of `within` that holds none of these (the first of
+    /// equals), if any: where a socket's automatic port may come from without taking
+    /// one of the pool's.
+    pub fn widest_gap(&self, within: RangeInclusive<u16>) -> Option<RangeInclusive<u16>> {
+        let (lo, hi) = (u32::from(*within.start()), u32::from(*within.end()));
+        let mut gaps = Vec::new();
+        let mut next = lo;
+        for r in &self.0 {
+            let (start, end) = (u32::from(*r.start()), u32::from(*r.end()));
+            if start > next && next <= hi {
+                gaps.push(next..=(start - 1).min(hi));
+            }
+            next = next.max(end + 1);
+        }
+        if next <= hi {
+            gaps.push(next..=hi);
+        }
+        let widest = gaps.into_iter().rev().max_by_key(|g| g.end() - g.start())?;
+        Some(*widest.start() as u16..=*widest.end() as u16)
+    }
+
     /// The `i`-th port of the pool in ascending order.
     fn nth(&self, mut i: usize) -> u16 {
         for r in &self.0 {
@@ -245,5 +266,19 @@ mod tests {
                 prop_assert_eq!(p.in_use(), held.len());
             }
         }
+    }
+
+    #[test]
+    fn the_widest_gap_of_a_range_holds_no_pool_port() {
+        let pool = PortRanges::parse("40000-60000").unwrap();
+        assert_eq!(pool.widest_gap(32768..=60999), Some(32768..=39999));
+        assert_eq!(pool.widest_gap(50000..=65535), Some(60001..=65535));
+        assert_eq!(pool.widest_gap(41000..=59000), None);
+        let split = PortRanges::parse("100-199,300-399").unwrap();
+        assert_eq!(split.widest_gap(100..=500), Some(400..=500));
+        assert_eq!(split.widest_gap(150..=350), Some(200..=299));
+        assert_eq!(split.widest_gap(1..=65535), Some(400..=65535));
+        // Equals: the first.
+        assert_eq!(PortRanges::parse("5").unwrap().widest_gap(3..=7), Some(3..=4));
     }
 }

@@ -101,6 +101,19 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
     }
 
+    /// Keeps a kernel-driver app's UDP socket's automatic port (at its first send) out
+    /// of the node's pool (IP_LOCAL_PORT_RANGE): the programs refuse datagrams to a pool
+    /// port that no entry decides (a row whose entries may not be written yet), and an
+    /// answer to this socket must not be one of them. Where the kernel's ephemeral range
+    /// lies wholly inside the pool, the socket keeps it (and answers to it are refused).
+    fn off_the_pool(&self, s: &K::Fd) -> Result<(), Errno> {
+        let Some(gap) = self.node.with_table(|t| t.pool().ranges().widest_gap(ephemeral_ports())) else {
+            return Ok(());
+        };
+        let range = u32::from(*gap.start()) | (u32::from(*gap.end()) << 16);
+        self.k.set_opt(s, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range.to_ne_bytes())
+    }
+
     /// Serves until every process of the app is gone.
     pub fn run(&self) {
         loop {
@@ -184,12 +197,16 @@ impl<K: Kernel, N: Node> Engine<K, N> {
 
     /// Makes a host socket by `recipe`, marked before the app can touch it: from then on
     /// only the daemon may say where it goes, and a TCP socket takes connections from
-    /// members only unless exposed.
+    /// members only unless exposed. A kernel-driver app's UDP socket picks its automatic
+    /// port outside the pool.
     fn make(&self, recipe: Recipe) -> Result<K::Fd, Errno> {
         let s = self.k.socket(Netns::Host, recipe.domain, recipe.ty, recipe.protocol)?;
         let tcp = Proto::from_sock_type(recipe.ty) == Some(Proto::Tcp);
         let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
         self.mark(&s, marks, None)?;
+        if !tcp && self.driver == Driver::Kernel {
+            self.off_the_pool(&s)?;
+        }
         Ok(s)
     }
 
@@ -576,6 +593,26 @@ impl<K: Kernel, N: Node> Engine<K, N> {
 }
 
 /// The socket's pending error, as a result.
+/// IP_LOCAL_PORT_RANGE (Linux 6.3; libc does not export it): a socket's own range for
+/// its automatic port, low 16 bits the first, high 16 the last.
+const IP_LOCAL_PORT_RANGE: i32 = 51;
+
+/// The host's range of automatic ports (net.ipv4.ip_local_port_range of the daemon's
+/// namespace, where host sockets live), read once; Linux's default if unreadable.
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    static RANGE: std::sync::OnceLock<std::ops::RangeInclusive<u16>> = std::sync::OnceLock::new();
+    RANGE
+        .get_or_init(|| {
+            let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+            let mut ends = text.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+            match (ends.next(), ends.next()) {
+                (Some(lo), Some(hi)) if lo <= hi => lo..=hi,
+                _ => 32768..=60999,
+            }
+        })
+        .clone()
+}
+
 pub(crate) fn so_error<K: Kernel>(k: &K, s: &K::Fd) -> Result<(), Errno> {
     match k.get_int(s, libc::SOL_SOCKET, libc::SO_ERROR)? {
         0 => Ok(()),

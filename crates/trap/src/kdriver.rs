@@ -589,10 +589,7 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
         Hook::Send => {
             a.mov(R1, R6).call(bpf::FN_GET_SOCKET_COOKIE).store(Size::DW, R10, COOKIE, R0).mov(R1, R0).rem(R1, R8);
             group(&mut a);
-            a.load(Size::DW, R0, R10, COOKIE)
-                .div(R0, R8)
-                .rem(R0, R2)
-                .load(Size::B, R8, R1, off(Route::GROUPS_OFFSET));
+            a.load(Size::DW, R0, R10, COOKIE).div(R0, R8).rem(R0, R2).load(Size::B, R8, R1, off(Route::GROUPS_OFFSET));
         }
     }
     a.add(R0, R8)
@@ -614,9 +611,12 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
         // A real IPv6 destination passes as it is, and getpeername shows the kernel's.
         a.here(native6);
         if hook == Hook::Connect {
-            a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
-                .and_imm(R1, !(SockState::PEER_SET as i32))
-                .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1);
+            a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET)).and_imm(R1, !(SockState::PEER_SET as i32)).store(
+                Size::W,
+                R7,
+                off(SockState::FLAGS_OFFSET),
+                R1,
+            );
         }
         a.goto(V::Allow);
     }
@@ -675,9 +675,12 @@ fn recvmsg(maps: &Maps, v6: bool) -> Vec<Insn> {
         a.load(Size::W, R1, R6, USER_IP4);
     }
     // The port's word holds it in its low 16 bits: the key's padding stays zero.
-    a.store(Size::W, R10, at(PEER_KEY, Peer::IP_OFFSET), R1)
-        .load(Size::W, R1, R6, USER_PORT)
-        .store(Size::W, R10, at(PEER_KEY, Peer::PORT_OFFSET), R1);
+    a.store(Size::W, R10, at(PEER_KEY, Peer::IP_OFFSET), R1).load(Size::W, R1, R6, USER_PORT).store(
+        Size::W,
+        R10,
+        at(PEER_KEY, Peer::PORT_OFFSET),
+        R1,
+    );
     lookup(&mut a, &maps.peers, PEER_KEY, V::Allow);
     a.load(Size::W, R1, R0, off(Peer::IP_OFFSET)).load(Size::H, R2, R0, off(Peer::PORT_OFFSET));
     write_addr(&mut a, v6, R1, R2);

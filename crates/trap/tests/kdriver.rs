@@ -468,7 +468,11 @@ fn app_threads_may_not_bind_and_their_datagrams_are_routed() {
 
 /// A UDP sink per address: which one got the datagram `tag` (polled; None after
 /// `patience` with nothing).
-fn udp_landed(sinks: &[(SocketAddrV4, UdpSocket)], tag: &[u8], patience: Duration) -> Option<(SocketAddrV4, SocketAddr)> {
+fn udp_landed(
+    sinks: &[(SocketAddrV4, UdpSocket)],
+    tag: &[u8],
+    patience: Duration,
+) -> Option<(SocketAddrV4, SocketAddr)> {
     let deadline = Instant::now() + patience;
     let mut buf = [0u8; 64];
     loop {
@@ -527,7 +531,9 @@ fn datagrams_do_what_the_model_of_the_maps_says() {
                             3 | 4 => {
                                 let lb = if rng.bool() { Lb::Random } else { Lb::RoundRobin };
                                 let groups = (0..rng.usize(1..=3))
-                                    .map(|_| (0..rng.usize(1..=3)).map(|_| targets[rng.usize(..targets.len())]).collect())
+                                    .map(|_| {
+                                        (0..rng.usize(1..=3)).map(|_| targets[rng.usize(..targets.len())]).collect()
+                                    })
                                     .collect();
                                 Route::backends(lb, None, groups).unwrap()
                             }

@@ -680,7 +680,7 @@ static int cmd_dgram_out(int argc, char **argv) {
  * Tried on the socket where the daemon put it, on a copy outside the trapped range,
  * and with sendmmsg. */
 
-static long srr_send(int fd, int batch, const struct sockaddr_in *hop) {
+static long srr_send(int fd, int batch, const struct sockaddr_in *hop, const struct sockaddr_in *to) {
     unsigned char opt[8] = {131 /* IPOPT_LSRR */, 7, 4, 0, 0, 0, 0, 1 /* NOP */};
     memcpy(opt + 3, &hop->sin_addr, 4);
     char control[CMSG_SPACE(sizeof opt)] __attribute__((aligned(8))) = {0};
@@ -691,6 +691,10 @@ static long srr_send(int fd, int batch, const struct sockaddr_in *hop) {
     memcpy(CMSG_DATA(c), opt, sizeof opt);
     struct iovec iov = {.iov_base = "hostile source route", .iov_len = 20};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    if (to) {
+        m.msg_name = (void *)to;
+        m.msg_namelen = sizeof *to;
+    }
     if (!batch)
         return sendmsg(fd, &m, 0);
     struct mmsghdr mm = {.msg_hdr = m};
@@ -705,11 +709,60 @@ static int cmd_udp_srr(int argc, char **argv) {
     say("socket: fd %d", fd);
     say("connect %s: %s", argv[0], outcome(connect(fd, (struct sockaddr *)&to, sizeof to)));
     int low = dup2(fd, 10);
+    /* And a socket that never connects, sending with the address. */
+    int free_fd = make_socket(AF_INET, SOCK_DGRAM);
+    int free_low = dup2(free_fd, 11);
     for (int i = 0; i < 3; i++) {
-        say("sendmsg fd %d via %s: %s", fd, argv[1], outcome(srr_send(fd, 0, &hop)));
-        say("sendmsg fd %d via %s: %s", low, argv[1], outcome(srr_send(low, 0, &hop)));
-        say("sendmmsg fd %d via %s: %s", fd, argv[1], outcome(srr_send(fd, 1, &hop)));
+        say("sendmsg fd %d via %s: %s", fd, argv[1], outcome(srr_send(fd, 0, &hop, NULL)));
+        say("sendmsg fd %d via %s: %s", low, argv[1], outcome(srr_send(low, 0, &hop, NULL)));
+        say("sendmmsg fd %d via %s: %s", fd, argv[1], outcome(srr_send(fd, 1, &hop, NULL)));
+        say("sendmsg fd %d to %s via %s: %s", free_fd, argv[0], argv[1], outcome(srr_send(free_fd, 0, &hop, &to)));
+        say("sendmsg fd %d to %s via %s: %s", free_low, argv[0], argv[1], outcome(srr_send(free_low, 0, &hop, &to)));
+        say("sendmmsg fd %d to %s via %s: %s", free_fd, argv[0], argv[1], outcome(srr_send(free_fd, 1, &hop, &to)));
     }
+    return 0;
+}
+
+/* ---- 13. A source address of the app's choosing: pktinfo-spoof DEST SOURCE ----
+ * Sends to DEST with an IP_PKTINFO control message whose ipi_spec_dst (the source the
+ * kernel sends from) is SOURCE, another of the host's addresses: the datagram must
+ * still go from the app's own socket address. Tried unconnected, on a copy outside the
+ * trapped range, with sendmmsg, and connected. */
+
+static long pktinfo_send(int fd, int batch, const struct sockaddr_in *to, struct in_addr source) {
+    struct in_pktinfo info = {.ipi_spec_dst = source};
+    char control[CMSG_SPACE(sizeof info)] __attribute__((aligned(8))) = {0};
+    struct cmsghdr *c = (struct cmsghdr *)control;
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof info);
+    memcpy(CMSG_DATA(c), &info, sizeof info);
+    struct iovec iov = {.iov_base = "hostile pktinfo", .iov_len = 15};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    if (to) {
+        m.msg_name = (void *)to;
+        m.msg_namelen = sizeof *to;
+    }
+    if (!batch)
+        return sendmsg(fd, &m, 0);
+    struct mmsghdr mm = {.msg_hdr = m};
+    return sendmmsg(fd, &mm, 1, 0);
+}
+
+static int cmd_pktinfo_spoof(int argc, char **argv) {
+    if (argc != 2)
+        die("usage: pktinfo-spoof DEST SOURCE");
+    struct sockaddr_in to = parse_addr(argv[0]);
+    struct in_addr source;
+    if (inet_pton(AF_INET, argv[1], &source) != 1)
+        die("bad address %s", argv[1]);
+    int fd = make_socket(AF_INET, SOCK_DGRAM);
+    int low = dup2(fd, 10);
+    say("sendmsg fd %d: %s", fd, outcome(pktinfo_send(fd, 0, &to, source)));
+    say("sendmsg fd %d: %s", low, outcome(pktinfo_send(low, 0, &to, source)));
+    say("sendmmsg fd %d: %s", fd, outcome(pktinfo_send(fd, 1, &to, source)));
+    say("connect: %s", outcome(connect(fd, (struct sockaddr *)&to, sizeof to)));
+    say("sendmsg connected fd %d: %s", fd, outcome(pktinfo_send(fd, 0, NULL, source)));
     return 0;
 }
 
@@ -724,6 +777,7 @@ int main(int argc, char **argv) {
         {"race", cmd_race},             {"dns-squat", cmd_dns_squat},     {"errnos", cmd_errnos},
         {"block-recv", cmd_block_recv}, {"block-connect", cmd_block_connect}, {"take-ports", cmd_take_ports},
         {"int80", cmd_int80},           {"dgram-out", cmd_dgram_out},     {"udp-srr", cmd_udp_srr},
+        {"pktinfo-spoof", cmd_pktinfo_spoof},
     };
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 2)
@@ -731,5 +785,5 @@ int main(int argc, char **argv) {
             if (!strcmp(argv[1], cmds[i].name))
                 return cmds[i].run(argc - 2, argv + 2);
     die("usage: hostile fastopen|tfo-connect|sendmmsg-udp|race|dns-squat|errnos|block-recv|block-connect|"
-        "take-ports|int80|dgram-out|udp-srr ...");
+        "take-ports|int80|dgram-out|udp-srr|pktinfo-spoof ...");
 }
