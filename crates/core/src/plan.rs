@@ -301,6 +301,14 @@ pub fn pinned(backends: &[SocketAddrV4], inode: u64) -> SocketAddrV4 {
     backends[(inode % backends.len() as u64) as usize]
 }
 
+/// The flags of an app's datagram send that the daemon sends with, on the app's host
+/// socket: those that change only how this one send waits or is framed. The rest are
+/// dropped, MSG_ZEROCOPY first (the kernel would keep sending from the daemon's
+/// buffer after the call, while the daemon reuses it for other apps' data).
+pub fn send_flags(flags: i32) -> i32 {
+    flags & (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_CONFIRM | libc::MSG_MORE | libc::MSG_EOR)
+}
+
 /// What getsockname (`peer` false) or getpeername shows for a socket of `proto` whose
 /// real address is `real` (and local address `local`, for getpeername); None: the
 /// real address, as the kernel says it.
@@ -333,6 +341,16 @@ pub fn name_fits(len: i32, full: usize) -> Result<usize, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_send_keeps_only_the_flags_of_how_it_waits_and_is_framed() {
+        let kept = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_CONFIRM | libc::MSG_MORE | libc::MSG_EOR;
+        assert_eq!(send_flags(kept), kept);
+        for dropped in [libc::MSG_ZEROCOPY, libc::MSG_DONTROUTE, libc::MSG_OOB, libc::MSG_TRUNC, libc::MSG_FASTOPEN] {
+            assert_eq!(send_flags(dropped | libc::MSG_DONTWAIT), libc::MSG_DONTWAIT, "{dropped:#x}");
+        }
+        assert_eq!(send_flags(-1), kept);
+    }
 
     fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
         let mut c = ((16 + data.len()) as u64).to_ne_bytes().to_vec();

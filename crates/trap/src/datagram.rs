@@ -256,7 +256,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let control = self.read_bytes(n, hdr.control, (hdr.controllen as usize).min(MAX_CONTROL))?;
         if hdr.name == 0 || hdr.namelen == 0 {
             let control = plan::host_control(&control)?;
-            let len = self.k.send_msg(s, &data, &control, flags, None)?;
+            let len = self.k.send_msg(s, &data, &control, plan::send_flags(flags), None)?;
             return Ok(Sent { len: len as i64, replaced: false });
         }
         let to = AddrIn { ptr: hdr.name, len: hdr.namelen };
@@ -278,6 +278,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         flags: i32,
         dest: SocketAddr,
     ) -> Result<Sent, Errno> {
+        let flags = plan::send_flags(flags);
         let to = match self.node.with_table(|t| plan::datagram(t, self.app, dest))? {
             Datagram::To(to) => to,
             Datagram::Backends(backends) => SocketAddr::V4(plan::pinned(&backends, self.k.inode(s)?)),
