@@ -18,8 +18,10 @@
                                        answer that still comes
   relay_peers.py hostile HOST PORT FLOOD_PORT
                                        clients that never read a flood, half-close and
-                                       sit, reset mid-stream, and flood connects; then
-                                       checks that a new connection still echoes 1 MiB
+                                       sit, reset mid-stream, and flood connects (prints
+                                       `flooded`, holding what it holds); then `from
+                                       ADDR` checks that a new connection from ADDR
+                                       echoes 1 MiB (answers `ok`), `quit` ends
 """
 import asyncio
 import os
@@ -170,9 +172,14 @@ def hostile(host, port, flood_port):
     # Flood connects: open and drop at once.
     for _ in range(2000):
         connect(host, port).close()
-    s = connect(host, port)
-    roundtrip(s, os.urandom(1 << 20))
-    print("ok", flush=True)
+    print("flooded", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "from":
+            roundtrip(connect(host, port, cmd[1]), os.urandom(1 << 20))
+            print("ok", flush=True)
+        elif cmd[0] == "quit":
+            return
 
 
 if __name__ == "__main__":
