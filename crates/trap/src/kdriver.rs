@@ -348,6 +348,23 @@ fn config(a: &mut Asm, maps: &Maps, missing: impl Into<bpf::Target> + Copy) {
     lookup(a, &maps.conf, SCRATCH, missing);
 }
 
+/// The user address's IPv4 (v4-mapped, on an IPv6 hook) into `dst`; any other IPv6
+/// address is left as it is (allowed). Uses R1 and R2 on the way.
+fn user_ip4(a: &mut Asm, v6: bool, dst: Reg) {
+    if v6 {
+        a.load(Size::W, R1, R6, USER_IP6)
+            .if_ne(R1, 0, V::Allow)
+            .load(Size::W, R1, R6, USER_IP6 + 4)
+            .if_ne(R1, 0, V::Allow)
+            .load(Size::W, R1, R6, USER_IP6 + 8)
+            .mov32_imm(R2, MAPPED)
+            .if_ne_reg(R1, R2, V::Allow)
+            .load(Size::W, dst, R6, USER_IP6 + 12);
+    } else {
+        a.load(Size::W, dst, R6, USER_IP4);
+    }
+}
+
 /// Writes the address `ip`:`port` (registers; `ip` an IPv4 address, be) into the
 /// context's user_ip4/user_port, or, for IPv6, as the v4-mapped ::ffff:`ip`. Clobbers
 /// r5.
@@ -662,18 +679,7 @@ fn bind_source(a: &mut Asm, v6: bool) {
 fn recvmsg(maps: &Maps, v6: bool) -> Vec<Insn> {
     let mut a = Asm::default();
     sock_state(&mut a, maps);
-    if v6 {
-        a.load(Size::W, R1, R6, USER_IP6)
-            .if_ne(R1, 0, V::Allow)
-            .load(Size::W, R1, R6, USER_IP6 + 4)
-            .if_ne(R1, 0, V::Allow)
-            .load(Size::W, R1, R6, USER_IP6 + 8)
-            .mov32_imm(R2, MAPPED)
-            .if_ne_reg(R1, R2, V::Allow)
-            .load(Size::W, R1, R6, USER_IP6 + 12);
-    } else {
-        a.load(Size::W, R1, R6, USER_IP4);
-    }
+    user_ip4(&mut a, v6, R1);
     // The port's word holds it in its low 16 bits: the key's padding stays zero.
     a.store(Size::W, R10, at(PEER_KEY, Peer::IP_OFFSET), R1).load(Size::W, R1, R6, USER_PORT).store(
         Size::W,
@@ -763,18 +769,7 @@ fn getsockname(maps: &Maps, v6: bool) -> Vec<Insn> {
     }
     write_addr(&mut a, v6, R1, R2);
     a.goto(V::Allow).here(not_bound);
-    if v6 {
-        a.load(Size::W, R1, R6, USER_IP6)
-            .if_ne(R1, 0, V::Allow)
-            .load(Size::W, R1, R6, USER_IP6 + 4)
-            .if_ne(R1, 0, V::Allow)
-            .load(Size::W, R1, R6, USER_IP6 + 8)
-            .mov32_imm(R2, MAPPED)
-            .if_ne_reg(R1, R2, V::Allow)
-            .load(Size::W, R8, R6, USER_IP6 + 12);
-    } else {
-        a.load(Size::W, R8, R6, USER_IP4);
-    }
+    user_ip4(&mut a, v6, R8);
     config(&mut a, maps, V::Allow);
     a.load(Size::W, R1, R0, off(Config::NODE_IP_OFFSET))
         .if_ne_reg(R8, R1, V::Allow)
