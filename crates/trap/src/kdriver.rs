@@ -326,8 +326,13 @@ impl KernelDriver {
 /// r6 = the context, r7 = the socket's `ax_ksock` state; a socket without one (or no
 /// socket) is left alone.
 fn sock_state(a: &mut Asm, maps: &Maps) {
+    sock_state_at(a, maps, SK);
+}
+
+/// [`sock_state`] for a context whose socket pointer is at `sk`.
+fn sock_state_at(a: &mut Asm, maps: &Maps, sk: i16) {
     a.mov(R6, R1)
-        .load(Size::DW, R2, R6, SK)
+        .load(Size::DW, R2, R6, sk)
         .if_eq(R2, 0, V::Allow)
         .load_map(R1, &maps.ksock)
         .mov_imm(R3, 0)
@@ -701,15 +706,8 @@ fn recvmsg(maps: &Maps, v6: bool) -> Vec<Insn> {
 /// choosing, past the programs' decision.
 fn egress(maps: &Maps) -> Vec<Insn> {
     let mut a = Asm::default();
-    a.mov(R6, R1)
-        .load(Size::DW, R2, R6, SKB_SK)
-        .if_eq(R2, 0, V::Allow)
-        .load_map(R1, &maps.ksock)
-        .mov_imm(R3, 0)
-        .mov_imm(R4, 0)
-        .call(bpf::FN_SK_STORAGE_GET)
-        .if_eq(R0, 0, V::Allow)
-        .mov(R1, R6)
+    sock_state_at(&mut a, maps, SKB_SK);
+    a.mov(R1, R6)
         .mov_imm(R2, 0)
         .mov(R3, R10)
         .add_imm(R3, -8)
