@@ -339,3 +339,29 @@ fn an_app_started_before_a_restart_keeps_sending_datagrams_after_it() {
     // programs may be lost (seen at most once per restart on this loaded machine).
     assert!(counts[2] <= 1, "datagrams lost: {done}");
 }
+
+/// An app's answer to `ax run` comes only once the kernel driver's maps hold the app:
+/// while another app floods the daemon with listens and closes (so that most commands
+/// find a later one queued), new apps with label sets of their own (each a new label
+/// class, a rebuild of every entry) connect at once, and every connect is carried.
+#[test]
+fn apps_started_during_a_flood_of_listens_connect_at_once() {
+    let Some(mut h) = kernel_host(&[PY]) else { return };
+    web(&mut h, "srv", "198.18.3.30", "zone=default");
+    h.wait_for_rows("198.18.3.30:80", 1);
+    let flood = "import socket,threading\ndef f():\n  while True:\n    s=socket.socket()\n    \
+        s.bind(('0.0.0.0',0));s.listen();s.close()\nfor _ in range(4): threading.Thread(target=f).start()\n";
+    // Rows enough that a new label class costs a long rebuild.
+    let hold = "import socket,time\nk=[]\nfor _ in range(500):\n  s=socket.socket();s.bind(('0.0.0.0',0));s.listen();k.append(s)\n\
+        print('held',flush=True)\ntime.sleep(3600)\n";
+    h.spawn_app("hold", &["--ip", "198.18.3.32", "--", PY, "-c", hold]);
+    h.wait_for_line("hold", "held");
+    h.spawn_app("flood", &["--ip", "198.18.3.31", "--", PY, "-c", flood]);
+    let client = "import socket\ntry:\n  socket.create_connection(('198.18.3.30',80),timeout=20);print('ok')\n\
+        except OSError as e:print('errno',e.errno)\n";
+    for i in 0..10 {
+        let labels = format!("zone=default,n{i}=x");
+        let out = h.run_ok(&["--labels", &labels, "--", PY, "-c", client]);
+        assert_eq!(out, "ok\n", "app {i} ({labels}): {out}");
+    }
+}

@@ -161,6 +161,9 @@ struct Outbox {
     kernel_generation: u64,
     /// A route entry had to leave backends out (logged once).
     kernel_trimmed: bool,
+    /// The last ticket whose command the kernel driver's maps were last synced with
+    /// (written or not: a failed write is tried again at the next change).
+    kernel_synced: u64,
 }
 
 /// One command's turn at the outbox. Ending it, however the effects went (a panic
@@ -307,12 +310,19 @@ impl Daemon {
             outbox.written = applied;
         }
         // A turn already issued after this one syncs anyway: a burst of commands (a
-        // listen flood from many threads) costs one rebuild, not one each.
+        // listen flood from many threads) costs one rebuild, not one each. The answer
+        // still waits for the maps to hold this command (a new app's entry, a row's
+        // routes): an app's first connect must not meet maps without it.
         let later = self.0.issued.load(Ordering::SeqCst) > ticket;
-        if let Some(k) = self.0.kernel.as_ref().filter(|_| !later) {
-            self.sync_kernel(k, outbox);
+        if let Some(k) = self.0.kernel.as_ref() {
+            if !later {
+                self.sync_kernel(k, outbox);
+            }
+            drop(turn);
+            self.await_kernel_sync(k, ticket);
+        } else {
+            drop(turn);
         }
-        drop(turn);
         if !failed.is_empty() {
             self.submit(Command::RelaysFailed(failed));
         }
@@ -339,6 +349,21 @@ impl Daemon {
         }
     }
 
+    /// Returns once the kernel driver's maps were synced with `ticket`'s command: by a
+    /// later turn, or here when no turn is left to do it (every issued one is done,
+    /// the last of them having skipped or failed to sync).
+    fn await_kernel_sync(&self, k: &driver::Kernel, ticket: u64) {
+        let mut outbox = self.outbox();
+        while outbox.kernel_synced < ticket {
+            if outbox.done == self.0.issued.load(Ordering::SeqCst) {
+                // No turn runs or waits: holding the outbox is holding the turn.
+                self.sync_kernel(k, &mut outbox);
+                return;
+            }
+            outbox = self.0.turn.wait(outbox).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Brings the kernel driver's maps to what the state says, writing what the
     /// table's changes since the last sync touched ([`Table::kernel_sync`]); the first
     /// time (at start, or after a failed write), everything, then removing what an
@@ -347,6 +372,8 @@ impl Daemon {
     fn sync_kernel(&self, k: &driver::Kernel, outbox: &mut Outbox) {
         let (changes, trimmed, whole, generation) = {
             let mut state = self.state();
+            // Every command issued so far is applied to the state read here.
+            outbox.kernel_synced = self.0.issued.load(Ordering::SeqCst);
             let generation = state.table.generation();
             if outbox.kernel_written && outbox.kernel_generation == generation {
                 return;
