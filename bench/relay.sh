@@ -70,6 +70,11 @@ ticks() {
   awk '{print $14 + $15}' /proc/$p/stat
 }
 hpid() { pgrep -f "haproxy -f $WORK/haproxy.cfg" | tail -1; }
+# The whole machine's busy ticks (user, nice, system, irq, softirq; not idle, iowait,
+# steal): what the client, the server, the relay and the kernel's work for them cost.
+busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# Softirq ticks, machine-wide (loopback delivery; nearly all of it the benchmark's own).
+softirq() { awk '$1 == "cpu" { print $8 }' /proc/stat; }
 # The system calls (all threads) process $1 makes per connection while ax-bench opens
 # them one at a time to port $2 (slowed by strace: the count is the figure).
 calls() {
@@ -89,12 +94,13 @@ for what in $ROWS; do
       case $col in native) off=3 ;; ax) off=2 ;; haproxy) off=4 ;; esac
       case $what in
         iperf)
-          c0=$(ticks $col)
+          c0=$(ticks $col) m0=$(busy) s0=$(softirq)
           $IN iperf3 -c $NODE -p 5${off}01 -t $T -J >$WORK/iperf.json
-          c1=$(ticks $col)
+          c1=$(ticks $col) m1=$(busy) s1=$(softirq)
           gbps <$WORK/iperf.json >>$WORK/$what.$col
-          python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bytes"], sys.argv[2])' \
-            $WORK/iperf.json $((c1 - c0)) >>$WORK/cpu.$col ;;
+          python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["end"]; u=e["cpu_utilization_percent"]; s=e["sum_received"]
+print(s["bytes"], sys.argv[2], sys.argv[3], (u["host_total"] + u["remote_total"]) / 100 * s["seconds"] * int(sys.argv[4]), sys.argv[5])' \
+            $WORK/iperf.json $((c1 - c0)) $((m1 - m0)) $(getconf CLK_TCK) $((s1 - s0)) >>$WORK/cpu.$col ;;
         conn) $IN $AXB connect $NODE:7${off}01 $T | sed 's/conns_per_sec=//' >>$WORK/$what.$col ;;
         ab) $IN ab -q -c 50 -t $T -n 10000000 http://$NODE:8${off}01/ 2>/dev/null |
           awk '/^Requests per second/ {print $4}' >>$WORK/$what.$col ;;
@@ -111,7 +117,16 @@ for what in $ROWS; do
   esac
   printf "%-30s %12s %12s %12s %10s %10s\n" "$name" "$N" "$A" "$H" "$(ratio $A $N)" "$(ratio $A $H)"
 done
-cpu() { awk -v hz=$(getconf CLK_TCK) '{ b += $1; t += $2 } END { if (b) printf "%.2f", t / hz / (b / 1e9); else print "n/a" }' $WORK/cpu.$1; }
-case " $ROWS " in *" iperf "*) echo "CPU-seconds per GB relayed (iperf3): ax $(cpu ax), HAProxy $(cpu haproxy)" ;; esac
+# cpu COLUMN FIELD: CPU-seconds per GB carried, of the relaying process (2), the whole
+# machine (3: other load counts too), the iperf3 client and server (4), softirq (5), or
+# the path's: client, server, relay and softirq (6).
+cpu() { awk -v hz=$(getconf CLK_TCK) -v f=$2 '{ $6 = $2 + $4 + $5; b += $1; t += $f } END { if (b) printf "%.2f", t / hz / (b / 1e9); else print "n/a" }' $WORK/cpu.$1; }
+case " $ROWS " in *" iperf "*)
+  echo "CPU-seconds per GB relayed (iperf3), relaying process: ax $(cpu ax 2), HAProxy $(cpu haproxy 2)"
+  echo "CPU-seconds per GB, iperf3 client and server: native $(cpu native 4), ax $(cpu ax 4), HAProxy $(cpu haproxy 4)"
+  echo "CPU-seconds per GB, softirq: native $(cpu native 5), ax $(cpu ax 5), HAProxy $(cpu haproxy 5)"
+  echo "CPU-seconds per GB, the path (client, server, relay, softirq): native $(cpu native 6), ax $(cpu ax 6), HAProxy $(cpu haproxy 6)"
+  echo "CPU-seconds per GB, whole machine (other load included): native $(cpu native 3), ax $(cpu ax 3), HAProxy $(cpu haproxy 3)" ;;
+esac
 P=$(dpid)
 echo "daemon: $(ls /proc/$P/task | wc -l) threads, $(awk '/VmRSS/ {print $2, $3}' /proc/$P/status) RSS"
