@@ -205,3 +205,62 @@ fn slow_readers_half_closes_resets_and_connect_floods_stall_no_one_else() {
     let out = h.cmd(PY).args([PEERS, "halfclose", NODE_IP, "9001"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answer to the question");
 }
+
+#[test]
+fn a_large_transfer_crosses_whole_and_in_order_and_each_end_comes_after_its_bytes() {
+    let h = relayed();
+    // 64 MiB each way through the echo, more than every buffer and pipe on the path
+    // holds: the client sends while it reads the echo, then shuts its writing; the echo
+    // ends its answer only once it has read that end, and the client's read ends only
+    // after the whole echo, so both ends were passed on after all their bytes.
+    let out = h.cmd(PY).args([PEERS, "bulk", NODE_IP, "9000", "64"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let sent = lines.next().and_then(|l| l.strip_prefix("sent ")).expect("the client's digest of what it sent");
+    let got = lines.next().and_then(|l| l.strip_prefix("got ")).expect("the client's digest of what came back");
+    assert_eq!(got, sent, "byte count and SHA-256 of the echo against what was sent");
+    assert!(sent.starts_with(&format!("{} ", 64 << 20)), "{sent}");
+}
+
+/// Bytes in the test host's TCP queues (every socket's receive and send queue).
+fn queued_bytes(h: &TestHost) -> u64 {
+    let queues = |l: &str| -> u64 { l.split_whitespace().skip(1).take(2).filter_map(|n| n.parse::<u64>().ok()).sum() };
+    h.stdout_of("ss", &["-H", "-tn"]).lines().map(queues).sum()
+}
+
+/// The largest buffer the test host's TCP sockets may grow to, for `dir` "rmem" or "wmem".
+fn tcp_buffer_max(h: &TestHost, dir: &str) -> u64 {
+    let v = h.stdout_of("cat", &[&format!("/proc/sys/net/ipv4/tcp_{dir}")]);
+    v.split_whitespace().nth(2).and_then(|n| n.parse().ok()).expect("tcp_rmem/tcp_wmem: min default max")
+}
+
+#[test]
+fn a_reader_that_stops_holds_back_its_sender_and_the_bytes_queued_stay_bounded() {
+    let h = relayed();
+    let rss0 = rss_kib(&h);
+    // A client of the flood that reads nothing: the flood fills the path, then is held
+    // back, and the bytes queued settle (two looks a second apart find the same).
+    let mut reader = Driven::start(&h, &["stall", NODE_IP, "9002", "256"]);
+    assert_eq!(reader.line(), "open");
+    let mut last = 0;
+    h.wait_until("the flood to be held back", Duration::from_secs(120), || {
+        let q = queued_bytes(&h);
+        let settled = q == last && q > 1 << 20;
+        last = q;
+        if !settled {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        settled
+    });
+    // At most what the path's four sockets may buffer (the reader's and the relay's
+    // receive queues, the relay's and the flood's send queues); the relay's pipe, 1 MiB
+    // at most, is not counted by ss. A relay that read on regardless would queue
+    // without bound (a sockmap redirect to the egress does: 1 GiB seen).
+    let bound = 2 * (tcp_buffer_max(&h, "rmem") + tcp_buffer_max(&h, "wmem"));
+    assert!(last <= bound, "{last} bytes queued while the reader stops; the sockets' bound is {bound}");
+    let grown = rss_kib(&h).saturating_sub(rss0);
+    assert!(grown < 16 * 1024, "the daemon's RSS grew by {grown} KiB while the reader stopped");
+    // The reader reads at last: 256 MiB of the flood come, every byte as sent.
+    assert_eq!(reader.ask("read"), "ok");
+}

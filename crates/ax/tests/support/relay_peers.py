@@ -16,6 +16,13 @@
                                        `quit` ends
   relay_peers.py halfclose HOST PORT   sends a question, shuts its writing, prints the
                                        answer that still comes
+  relay_peers.py bulk HOST PORT MIB     sends MIB MiB of random bytes to an echo while
+                                       reading the echo, shuts its writing, reads to
+                                       the end; prints the SHA-256 of what it sent and
+                                       of what came back
+  relay_peers.py stall HOST PORT MIB    connects to a flood and reads nothing (prints
+                                       `open`) until a line on stdin; then reads MIB
+                                       MiB, each byte checked (prints `ok`)
   relay_peers.py hostile HOST PORT FLOOD_PORT
                                        clients that never read a flood, half-close and
                                        sit, reset mid-stream, and flood connects (prints
@@ -24,11 +31,13 @@
                                        echoes 1 MiB (answers `ok`), `quit` ends
 """
 import asyncio
+import hashlib
 import os
 import resource
 import socket
 import struct
 import sys
+import threading
 
 
 def raise_fds(n):
@@ -152,6 +161,41 @@ def halfclose(host, port):
     print(got.decode())
 
 
+def bulk(host, port, mib):
+    s = connect(host, port)
+    sent = hashlib.sha256()
+
+    def send():
+        for _ in range(mib):
+            block = os.urandom(1 << 20)
+            sent.update(block)
+            s.sendall(block)
+        s.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    got, n = hashlib.sha256(), 0
+    while part := s.recv(1 << 20):
+        got.update(part)
+        n += len(part)
+    sender.join()
+    print(f"sent {mib << 20} {sent.hexdigest()}")
+    print(f"got {n} {got.hexdigest()}")
+
+
+def stall(host, port, mib):
+    s = connect(host, port)
+    print("open", flush=True)
+    sys.stdin.readline()
+    left = mib << 20
+    while left:
+        part = s.recv(min(left, 1 << 20))
+        if not part or part.strip(b"f"):
+            raise SystemExit(f"the flood ended or changed with {left} bytes still to read")
+        left -= len(part)
+    print("ok", flush=True)
+
+
 def hostile(host, port, flood_port):
     raise_fds(20000)
     held = []
@@ -192,5 +236,9 @@ if __name__ == "__main__":
         hog(args[0], int(args[1]), int(args[2]), args[3])
     elif what == "halfclose":
         halfclose(args[0], int(args[1]))
+    elif what == "bulk":
+        bulk(args[0], int(args[1]), int(args[2]))
+    elif what == "stall":
+        stall(args[0], int(args[1]), int(args[2]))
     elif what == "hostile":
         hostile(args[0], int(args[1]), int(args[2]))
