@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::call::{AddrIn, Call};
 use crate::helper::{wait_for_call, Helpers, Hush, Waited};
 use crate::policy::SocketGuard;
-use crate::spare::{Recipe, Spares};
+use crate::spare::{Made, Recipe, Spares};
 use crate::Node;
 use crate::{fds, guard};
 use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Progress, Use};
@@ -90,12 +90,16 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// Marks a host socket for the guard, and for a kernel-driver app hands it to the
     /// kernel driver's programs with `local` as what getsockname shows. The guard's
     /// GUARDED goes only on a user-driver app's sockets: on a kernel-driver app's the
-    /// programs refuse what app threads may not do.
-    fn mark(&self, s: &K::Fd, marks: u32, local: Option<SocketAddrV4>) -> Result<(), Errno> {
+    /// programs refuse what app threads may not do. A `fresh` socket has no marks yet:
+    /// none are written for none.
+    fn mark(&self, s: &K::Fd, marks: u32, local: Option<SocketAddrV4>, fresh: bool) -> Result<(), Errno> {
         match self.driver {
             Driver::User => self.k.mark(s, marks),
             Driver::Kernel => {
-                self.k.mark(s, marks & !guard::GUARDED)?;
+                let marks = marks & !guard::GUARDED;
+                if marks != 0 || !fresh {
+                    self.k.mark(s, marks)?;
+                }
                 self.k.mark_kernel(s, &SockState { app: self.app.0, peer: None, local }.encode())
             }
         }
@@ -175,17 +179,18 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         };
         // Should this daemon die before answering, the next one finds the socket in the
         // app by its inode, if it was installed (see crate::resume).
-        self.k.note(self.k.inode(&s)?);
+        self.k.note(s.inode);
         let fd = if Proto::from_sock_type(ty) == Some(Proto::Tcp) {
-            self.k.add_fd(n.id, &s, None, cloexec)?
+            self.k.add_fd(n.id, &s.fd, None, cloexec)?
         } else {
-            self.add_datagram_fd(n, &s, cloexec)?
+            self.add_datagram_fd(n, &s.fd, cloexec)?
         };
-        drop(s);
-        // Answered here, so the next spare is made while the app goes on.
+        // Answered here, so the next spare is made while the app goes on; our copy is
+        // closed after the answer too.
         if let Err(e) = self.k.answer(n.id, Reply::Value(fd.into())) {
             debug!(app = %self.app, "socket() answer not delivered: errno {e}");
         }
+        drop(s);
         if self.spares.wants(recipe) {
             match self.make(recipe) {
                 Ok(spare) => self.spares.keep(recipe, spare),
@@ -198,16 +203,16 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// Makes a host socket by `recipe`, marked before the app can touch it: from then on
     /// only the daemon may say where it goes, and a TCP socket takes connections from
     /// members only unless exposed. A kernel-driver app's UDP socket picks its automatic
-    /// port outside the pool.
-    fn make(&self, recipe: Recipe) -> Result<K::Fd, Errno> {
+    /// port outside the pool. Its inode is taken now, not while the app waits for it.
+    fn make(&self, recipe: Recipe) -> Result<Made<K::Fd>, Errno> {
         let s = self.k.socket(Netns::Host, recipe.domain, recipe.ty, recipe.protocol)?;
         let tcp = Proto::from_sock_type(recipe.ty) == Some(Proto::Tcp);
         let marks = if tcp { guard::GUARDED | guard::MEMBERS_ONLY } else { guard::GUARDED };
-        self.mark(&s, marks, None)?;
+        self.mark(&s, marks, None, true)?;
         if !tcp && self.driver == Driver::Kernel {
             self.off_the_pool(&s)?;
         }
-        Ok(s)
+        Ok(Made { inode: self.k.inode(&s)?, fd: s })
     }
 
     /// Installs a new UDP socket at a free number in [`fds::DATAGRAM_FDS`], where the
@@ -319,7 +324,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let bound = BoundSocket { inode: self.k.inode(s)?, proto, family, requested, flags: self.k.file_flags(s)? };
         if let Some(port) = exposed {
             // No proxy: the app's own socket is bound on the exposed port, open to all.
-            self.mark(s, guard::GUARDED, None)?;
+            self.mark(s, guard::GUARDED, None, false)?;
             self.bind_at(s, bound, service, port)?;
             return Ok(port);
         }
@@ -338,7 +343,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             return Err(libc::EADDRINUSE);
         }
         // A pool port serves apps and the cluster's members, nobody else.
-        self.mark(s, guard::GUARDED | guard::MEMBERS_ONLY, None)?;
+        self.mark(s, guard::GUARDED | guard::MEMBERS_ONLY, None, false)?;
         for tries in 1.. {
             let Some(port) = self.node.with_table(|t| t.take_port()) else {
                 if self.hush_pool.speak() {

@@ -107,6 +107,14 @@ pub enum Op {
     Wait(usize, i32),
     /// A look at the app's open-file limit.
     FdLimit,
+    /// The guard's marks set on a socket.
+    Mark(usize, u32),
+    /// The kernel driver's state set on a socket.
+    MarkKernel(usize),
+    /// A socket's inode looked up.
+    Inode(usize),
+    /// A call answered.
+    Answer(u64),
 }
 
 /// Changes the world while the engine waits (see [`State::on_wait`]).
@@ -323,6 +331,7 @@ impl Kernel for Fake {
         let mut s = self.state();
         s.pending(id)?;
         s.answers.push((id, reply));
+        s.log.push(Op::Answer(id));
         Ok(())
     }
 
@@ -409,12 +418,16 @@ impl Kernel for Fake {
     }
 
     fn mark(&self, fd: &FakeFd, marks: u32) -> Result<(), Errno> {
-        self.state().socks[fd.i].marks = marks;
+        let mut s = self.state();
+        s.socks[fd.i].marks = marks;
+        s.log.push(Op::Mark(fd.i, marks));
         Ok(())
     }
 
     fn mark_kernel(&self, fd: &FakeFd, state: &[u8]) -> Result<(), Errno> {
-        self.state().socks[fd.i].kernel = Some(state.to_vec());
+        let mut s = self.state();
+        s.socks[fd.i].kernel = Some(state.to_vec());
+        s.log.push(Op::MarkKernel(fd.i));
         Ok(())
     }
 
@@ -468,7 +481,9 @@ impl Kernel for Fake {
     }
 
     fn inode(&self, fd: &FakeFd) -> Result<u64, Errno> {
-        Ok(self.state().socks[fd.i].inode)
+        let mut s = self.state();
+        s.log.push(Op::Inode(fd.i));
+        Ok(s.socks[fd.i].inode)
     }
 
     fn file_flags(&self, fd: &FakeFd) -> Result<i32, Errno> {

@@ -8,8 +8,8 @@ fn inet_sockets_are_made_in_the_host_namespace_and_sent_in() {
     let fd = r.socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
     let ops = r.k.ops();
     assert_eq!(ops[0], Op::Socket(Netns::Host, libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0));
-    assert!(matches!(ops[1], Op::Note(_)));
-    assert!(matches!(ops[2], Op::AddFd { at: None, cloexec: true, .. }));
+    assert!(matches!(ops[3], Op::Note(_)));
+    assert!(matches!(ops[4], Op::AddFd { at: None, cloexec: true, .. }));
     let s = r.k.sock(fd);
     assert_eq!(s.ns, Netns::Host);
     assert_ne!(s.flags & libc::O_NONBLOCK, 0);
@@ -36,7 +36,7 @@ fn raw_icmp_and_sctp_sockets_stay_in_the_apps_namespace() {
             Some(Reply::Proceed)
         );
     }
-    assert!(r.k.ops().is_empty(), "nothing was made");
+    assert!(!r.k.ops().iter().any(|o| matches!(o, Op::Socket(..) | Op::AddFd { .. })), "nothing was made");
 }
 
 #[test]
@@ -64,22 +64,58 @@ fn the_next_socket_is_the_spare_made_after_the_last_answer() {
     let ty = libc::SOCK_STREAM | libc::SOCK_NONBLOCK;
     let first = r.socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC);
     let made_at_call = Op::Socket(Netns::Host, libc::AF_INET, ty, 0);
-    let ops = r.k.ops();
-    assert_eq!(ops.len(), 4, "{ops:?}");
-    assert!(matches!(ops[1], Op::Note(_)) && matches!(ops[2], Op::AddFd { .. }), "{ops:?}");
-    assert_eq!((&ops[0], &ops[3]), (&made_at_call, &made_at_call), "the spare is made once the socket is the app's");
+    let at_call = made(&r, first);
     let spare = last_made(&r);
-    assert_ne!(spare, made(&r, first));
-    assert_eq!(r.k.sock(first).marks, r.k.state().socks[spare].marks, "marked as one made at the call");
+    let marks = guard::GUARDED | guard::MEMBERS_ONLY;
+    let inode = |i: usize| r.k.state().socks[i].inode;
+    assert_ne!(spare, at_call);
+    let making = |i: usize| [Op::Mark(i, marks), Op::Inode(i)];
+    let mut want = vec![made_at_call.clone()];
+    want.extend(making(at_call));
+    want.extend([Op::Note(inode(at_call)), Op::AddFd { id: 1, sock: at_call, at: None, cloexec: true }, Op::Answer(1)]);
+    // Made once the socket is the app's: marked as one made at the call, its inode taken.
+    want.push(made_at_call.clone());
+    want.extend(making(spare));
+    assert_eq!(r.k.ops(), want);
     // CLOEXEC is the descriptor's, given at install: the spare serves a call without it.
+    // The app waits only for the note and the install: the spare's marks and inode were
+    // had before the call.
+    let before = r.k.ops().len();
     let second = r.socket(libc::AF_INET, ty);
     assert_eq!(made(&r, second), spare);
     assert!(!r.k.state().cloexec.contains(&second));
     assert_ne!(r.k.sock(second).flags & libc::O_NONBLOCK, 0);
-    let ops = r.k.ops();
-    assert!(matches!(ops[5], Op::AddFd { sock, cloexec: false, .. } if sock == spare), "{ops:?}");
-    assert_eq!(ops[6], made_at_call, "and the next spare made");
+    let next = last_made(&r);
+    let mut want =
+        vec![Op::Note(inode(spare)), Op::AddFd { id: 2, sock: spare, at: None, cloexec: false }, Op::Answer(2)];
+    want.push(made_at_call);
+    want.extend(making(next));
+    assert_eq!(r.k.ops()[before..], want, "and the next spare made");
     assert_eq!(r.engine.spares.len(), 1);
+}
+
+#[test]
+fn a_kernel_driver_apps_fresh_udp_socket_gets_no_empty_guard_mark() {
+    let r = Rig::with(NewApp {
+        ip: Some("198.18.0.1".parse().unwrap()),
+        labels: Labels::parse("zone=default").unwrap(),
+        driver: ax_core::Driver::Kernel,
+        expose: vec![Expose { internal: 8000, at: ExposeAt::ThisNode, host_port: 9999 }],
+        ..NewApp::default()
+    });
+    let udp = r.socket(libc::AF_INET, libc::SOCK_DGRAM);
+    let (i, spare) = (made(&r, udp), last_made(&r));
+    let ops = r.k.ops();
+    // No guard marks: nothing written (none is none), the programs' state all the same.
+    assert!(!ops.iter().any(|o| matches!(o, Op::Mark(..))), "{ops:?}");
+    assert!(ops.contains(&Op::MarkKernel(i)) && ops.contains(&Op::MarkKernel(spare)), "{ops:?}");
+    // A socket that may hold marks has them written, none included: an exposed bind
+    // takes MEMBERS_ONLY off a TCP socket.
+    let tcp = r.tcp();
+    assert_eq!(r.k.sock(tcp).marks, guard::MEMBERS_ONLY);
+    assert_eq!(r.bind(tcp, "0.0.0.0:8000"), OK);
+    assert_eq!(r.k.sock(tcp).marks, 0);
+    assert_eq!(r.k.ops().iter().rev().find(|o| matches!(o, Op::Mark(..))), Some(&Op::Mark(made(&r, tcp), 0)));
 }
 
 #[test]
