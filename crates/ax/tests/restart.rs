@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::TestHost;
+use support::{Cluster, TestHost};
 
 const PY: &str = "/usr/bin/python3";
 
@@ -96,6 +96,60 @@ fn calls_in_flight_when_the_daemon_is_killed_are_finished_by_the_next_one() {
     assert!(counts.iter().all(|&c| c > 0), "{done}");
     let finished = h.daemon_log().matches("finishing the call the previous daemon had in hand").count();
     eprintln!("{done}; calls finished by a next daemon: {finished}");
+}
+
+/// The daemon killed while a helper thread holds an app's egress handshake, and the
+/// app's other thread goes on making calls (so the call is no longer the engine's last
+/// one): the next daemon resets the socket and makes the handshake again. The app's
+/// blocking connect returns connected to its destination, its socket blocking as
+/// before; not EINTR on a socket connected to the gateway, the gateway's answer unread
+/// and O_NONBLOCK left set. (The user driver's egress; the kernel driver's goes through
+/// the daemon's broker.)
+#[test]
+fn an_egress_handshake_a_helper_held_is_made_again_by_the_next_daemon() {
+    support::require_root_and(&[PY]);
+    let mut c = Cluster::new(3);
+    let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    let flags = ["--driver", "user", "--node-name", "a", "--neighbors", &all];
+    c.hosts[0].start_daemon(&flags);
+    c.hosts[2].start_daemon(&["--node-name", "gw", "--neighbors", &all, "--egress-gateway"]);
+    let root = c.hosts[1].web_root("out", "who", "outside");
+    let mut server = c.hosts[1].cmd(PY);
+    server.args(["-m", "http.server", "9300", "--bind", &Cluster::ip(1), "--directory", &root]);
+    c.hosts[1].spawn_plain("outside", server);
+    let a = &c.hosts[0];
+    a.wait_until("the gateway", Duration::from_secs(20), || {
+        a.get("nodes").iter().any(|n| n["role"] == "egress-gateway" && n["live"] == true)
+    });
+    // The gateway's packets to the outside server go nowhere: its handshake waits.
+    let gw = &c.hosts[2];
+    let bogus = ["neigh", "replace", &Cluster::ip(1), "lladdr", "02:00:00:00:00:04", "dev", "ax0", "nud", "permanent"];
+    gw.stdout_of("ip", &bogus);
+    let app = format!(
+        "import socket,threading,os,fcntl,time\nstop=False\ndef busy():\n  while not stop:\n    \
+         socket.socket().close();time.sleep(0.005)\nt=threading.Thread(target=busy);t.start()\ntry:\n  \
+         c=socket.socket();c.connect(('{}',9300))\n  \
+         print('nonblock',fcntl.fcntl(c.fileno(),fcntl.F_GETFL)&os.O_NONBLOCK,flush=True)\n  \
+         c.sendall(b'GET /who HTTP/1.0\\r\\n\\r\\n')\n  print('reply',c.recv(12),flush=True)\n\
+         except OSError as e:print('error',repr(e),flush=True)\nstop=True;t.join();print('done',flush=True)",
+        Cluster::ip(1)
+    );
+    c.hosts[0].spawn_app("client", &["--", PY, "-c", &app]);
+    let (a, gw) = (&c.hosts[0], &c.hosts[2]);
+    gw.wait_until("the gateway's handshake with the outside", Duration::from_secs(30), || {
+        gw.inet_sockets("-tuan").iter().any(|s| s[1] == "SYN-SENT" && s[3].ends_with(":9300"))
+    });
+    assert!(!a.app_log("client").contains("done"), "{}", a.app_log("client"));
+    // The app's other thread has made calls since.
+    std::thread::sleep(Duration::from_millis(500));
+    c.hosts[0].signal_daemon("KILL");
+    c.hosts[0].start_daemon(&flags);
+    c.hosts[2].stdout_of("ip", &["neigh", "del", &Cluster::ip(1), "dev", "ax0"]);
+    let a = &c.hosts[0];
+    a.wait_for_line("client", "done");
+    let log = a.app_log("client");
+    assert!(log.contains("nonblock 0\n") && log.contains("reply b'HTTP/1.0 200'"), "{log}");
+    assert!(a.daemon_log().contains("finishing the call the previous daemon had in hand"), "{}", a.daemon_log());
 }
 
 /// A new daemon that goes away before it answered `ax run`'s reattach (killed while it

@@ -172,8 +172,9 @@ pub fn in_flight_path(run_dir: &Path, id: AppId) -> PathBuf {
 
 /// Runs the app's trap engine on this thread until the app is gone. On a reattach,
 /// the calls the previous daemon received but never answered (it died mid-call) are
-/// answered first, so no thread of the app stays blocked for good: the one it had in
-/// hand is finished where that is safe (`Engine::resume`), the others get EINTR.
+/// answered first, so no thread of the app stays blocked for good: the ones it was
+/// carrying out (in hand, or handed to its helper threads) are finished where that is
+/// safe (`Engine::resume`), the others get EINTR.
 fn serve_app(
     conn: &UnixStream,
     daemon: &Daemon,
@@ -186,18 +187,27 @@ fn serve_app(
     let path = in_flight_path(daemon.run_dir(), id);
     let dir = path.parent().expect("a parent");
     std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    let in_flight = InFlight::open(&path).map_err(io(format!("cannot map {}", path.display())))?;
+    // Twice the helpers: a helper leaves its place in the count just before its slot.
+    let in_flight = InFlight::open(&path, 2 * ax_core::limits::HELPERS_PER_APP)
+        .map_err(io(format!("cannot map {}", path.display())))?;
     let listener = Listener::new(fd);
     // Read before this daemon's engine records calls of its own there.
-    let held = in_flight.held().filter(|_| again);
+    let mut held = in_flight.take_handed();
+    held.extend(in_flight.held());
+    if !again {
+        held.clear();
+    }
+    // A call in hand may have been handed to a helper too: finished once.
+    let mut seen = std::collections::HashSet::new();
+    held.retain(|(n, _)| seen.insert(n.id));
     if again && in_flight.last() != 0 {
-        let except = held.map(|(n, _)| n.id);
+        let except: Vec<u64> = held.iter().map(|(n, _)| n.id).collect();
         let last = in_flight.last();
-        let answered = listener.answer_orphans(last, ORPHAN_SPAN, except, libc::EINTR);
+        let answered = listener.answer_orphans(last, ORPHAN_SPAN, &except, libc::EINTR);
         if !answered.is_empty() {
             // Ids relative to the last one the previous daemon received.
             let ids: Vec<i64> = answered.iter().map(|a| a.wrapping_sub(last) as i64).collect();
-            warn!(app = %id, calls = answered.len(), ?ids, in_hand = except.is_some(), "answered calls the previous daemon left pending (EINTR)");
+            warn!(app = %id, calls = answered.len(), ?ids, finished = except.len(), "answered calls the previous daemon left pending (EINTR)");
         }
     }
     let mut kernel =
@@ -218,7 +228,7 @@ fn serve_app(
     let socket_guard = if guard.is_some() { SocketGuard::Installed } else { SocketGuard::Absent };
     let engine =
         Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone())).with_driver(driver).with_guard(socket_guard);
-    if let Some((n, note)) = held {
+    for (n, note) in held {
         engine.resume(&n, note);
     }
     reply(conn, &RunReply::Attached)?;

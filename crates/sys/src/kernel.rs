@@ -120,9 +120,11 @@ pub trait Kernel: Send + Sync + 'static {
         to: Option<&SocketAddr>,
     ) -> Result<usize, Errno>;
     fn recv_msg(&self, fd: &Self::Fd, buf: &mut [u8], control: &mut [u8], flags: i32) -> Result<Received, Errno>;
-    /// Runs `f` on a helper thread (a call that will be answered later), while the
-    /// engine serves the app's other calls.
-    fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno>;
+    /// Runs `f` on a helper thread that answers `call` later, while the engine serves
+    /// the app's other calls. Until `f` returns, `call` stays recorded with `note` (see
+    /// `note`) for a daemon that would take over after this one died; EAGAIN where it
+    /// cannot be.
+    fn spawn(&self, call: &Notification, note: u64, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno>;
 
     fn get_int(&self, fd: &Self::Fd, level: i32, opt: i32) -> Result<i32, Errno> {
         let mut b = [0u8; 4];
@@ -166,7 +168,7 @@ pub struct Linux {
     host_ns: File,
     host_cookie: u64,
     /// Where the id of each call received is kept, for a daemon after a crash.
-    in_flight: InFlight,
+    in_flight: Arc<InFlight>,
     /// The socket guard's marks, one per socket; None where the guard could not be
     /// installed.
     marks: Option<Arc<bpf::Map>>,
@@ -193,7 +195,7 @@ impl Linux {
             app_ns: ns::open_netns(pid)?,
             host_ns: ns::current_netns()?,
             host_cookie: sock::netns_cookie(probe.as_fd())?,
-            in_flight,
+            in_flight: Arc::new(in_flight),
             marks,
             kernel_marks: None,
         })
@@ -378,8 +380,14 @@ impl Kernel for Linux {
         sock::recv_msg(fd.as_fd(), buf, control, flags).map_err(errno)
     }
 
-    fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno> {
-        self.helpers.run(f).map_err(errno)
+    fn spawn(&self, call: &Notification, note: u64, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno> {
+        let handed = self.in_flight.hand_over(call, note).ok_or(libc::EAGAIN)?;
+        self.helpers
+            .run(Box::new(move || {
+                f();
+                drop(handed);
+            }))
+            .map_err(errno)
     }
 }
 

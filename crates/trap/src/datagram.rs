@@ -333,7 +333,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             // Whether the socket blocks matters only when nothing is waiting.
             Err(libc::EAGAIN) if flags & libc::MSG_DONTWAIT == 0 && self.k.file_flags(&s)? & libc::O_NONBLOCK == 0 => {
                 let (k, node, tid, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.pid, n.id);
-                self.later(move || {
+                self.later(n, 0, move || {
                     let timeout = timeout_ms(&*k, &s, libc::SO_RCVTIMEO);
                     let recv = Receive { k: &*k, node: &*node, tid, id };
                     let answer = match wait_for_call(&*k, &s, Readiness::Readable, timeout, id) {

@@ -25,13 +25,14 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     pub(crate) fn egress(
         &self,
         n: &Notification,
+        note: u64,
         s: K::Fd,
         gateway: SocketAddrV4,
         dest: SocketAddr,
         family: Family,
     ) -> Result<Answer, Errno> {
         let (k, node, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.id);
-        self.later(move || {
+        self.later(n, note, move || {
             let reply = match handshake(&*k, &s, id, gateway, dest, family) {
                 Ok(local) => {
                     node.with_table(|t| t.record_egress(local, dest));

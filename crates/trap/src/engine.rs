@@ -469,8 +469,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Connect::Targets { targets, source } => self.connect_to(n, s, &targets, source, family),
             Connect::Egress { gateway, dest } => {
                 // A next daemon starts the gateway's handshake again (see crate::resume).
-                self.k.note(crate::resume::through_egress(self.k.file_flags(&s)?));
-                self.egress(n, s, gateway, dest, family)
+                let note = crate::resume::through_egress(self.k.file_flags(&s)?);
+                self.k.note(note);
+                self.egress(n, note, s, gateway, dest, family)
             }
             Connect::InProgress if self.k.file_flags(&s)? & libc::O_NONBLOCK != 0 => Err(libc::EALREADY),
             // A blocking connect on a socket whose handshake is under way waits for it.
@@ -490,7 +491,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// started it, EALREADY for a later one, as in the kernel).
     pub(crate) fn finish_later(&self, n: &Notification, s: K::Fd, timed_out: Errno) -> Result<Answer, Errno> {
         let (k, id) = (Arc::clone(&self.k), n.id);
-        self.later(move || {
+        self.later(n, 0, move || {
             let timeout = timeout_ms(&*k, &s, libc::SO_SNDTIMEO);
             let result = match wait_for_call(&*k, &s, Readiness::Writable, timeout, id) {
                 Ok(Waited::Ready) => settle(&*k, &s),

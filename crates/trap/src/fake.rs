@@ -151,6 +151,8 @@ pub struct State {
     pub on_wait: Option<OnWait>,
     /// Work handed to helper threads, run by the test with [`Fake::run_later`].
     pub later: Vec<Box<dyn FnOnce() + Send>>,
+    /// The calls helper threads hold (id, note), as a next daemon would find them.
+    pub handed: Vec<(u64, u64)>,
     /// No helper thread can be had.
     pub no_threads: bool,
     /// The app's soft limit on open files: no descriptor at or past it.
@@ -236,12 +238,14 @@ impl Fake {
         self.state().answers.iter().rev().find(|a| a.0 == id).map(|a| a.1)
     }
 
-    /// Runs the work handed to helper threads, as the threads would.
+    /// Runs the work handed to helper threads, as the threads would; their calls are
+    /// no longer held once they are done.
     pub fn run_later(&self) {
         let work = std::mem::take(&mut self.state().later);
         for w in work {
             w();
         }
+        self.state().handed.clear();
     }
 
     pub fn ops(&self) -> Vec<Op> {
@@ -672,12 +676,13 @@ impl Kernel for Fake {
         Ok(Received { len: data.len(), from: Some(from), control_len: 0, flags: 0 })
     }
 
-    fn spawn(&self, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno> {
+    fn spawn(&self, call: &Notification, note: u64, f: Box<dyn FnOnce() + Send>) -> Result<(), Errno> {
         let mut s = self.state();
         if s.no_threads {
             return Err(libc::EAGAIN);
         }
         s.later.push(f);
+        s.handed.push((call.id, note));
         Ok(())
     }
 }

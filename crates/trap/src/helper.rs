@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ax_core::limits::HELPERS_PER_APP;
 use ax_core::Errno;
 use ax_sys::kernel::{Kernel, Readiness};
+use ax_sys::seccomp::Notification;
 use tracing::warn;
 
 use crate::engine::{Answer, Engine};
@@ -106,10 +107,16 @@ impl Hush {
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
-    /// Runs `f` on a helper thread that will answer a call later; EAGAIN for the app if
+    /// Runs `f` on a helper thread that will answer call `n` later (recorded with
+    /// `note` meanwhile, for a next daemon: see [`crate::resume`]); EAGAIN for the app if
     /// it has all the helpers it may have, or no thread can be had (the engine itself
     /// must never die of it).
-    pub(crate) fn later(&self, f: impl FnOnce() + Send + 'static) -> Result<Answer, Errno> {
+    pub(crate) fn later(
+        &self,
+        n: &Notification,
+        note: u64,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<Answer, Errno> {
         let Some(helper) = self.helpers.enlist() else {
             if self.hush_helpers.speak() {
                 warn!(app = %self.app, "the app has {HELPERS_PER_APP} calls waiting on helper threads, its most; more fail with EAGAIN");
@@ -120,7 +127,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             let _helper = helper;
             f();
         };
-        self.k.spawn(Box::new(run)).map(|()| Answer::Later).map_err(|e| {
+        self.k.spawn(n, note, Box::new(run)).map(|()| Answer::Later).map_err(|e| {
             warn!(app = %self.app, "cannot start a helper thread: errno {e}");
             libc::EAGAIN
         })

@@ -2,8 +2,10 @@
 //! that call pending: its caller stays blocked in the kernel, the filter's listener
 //! alive in `ax run`, until the next daemon answers it. The engine records the call it
 //! has in hand (number and arguments, `ax_sys::seccomp::InFlight`) and notes what it
-//! did that cannot be seen from outside; the next daemon finishes the call where doing
-//! it again is safe, and answers EINTR only where it is not.
+//! did that cannot be seen from outside; so does each helper thread for the call it
+//! answers later (a blocking connect, an egress handshake, a blocking receive), while
+//! the engine goes on with the app's other calls. The next daemon finishes each such
+//! call where doing it again is safe, and answers EINTR only where it is not.
 //!
 //! - `socket()`: the note is the new socket's inode. Found in the caller's descriptor
 //!   table, it was installed and the call is answered with its number; otherwise

@@ -123,3 +123,31 @@ fn a_call_whose_redoing_is_unsafe_gets_eintr_and_a_call_answered_meanwhile_nothi
     assert_eq!(r.resume(SOCKET, TCP, 0), (None, id));
     assert_eq!(r.k.state().fds.len(), before);
 }
+
+/// A helper's call outlives the engine's own record (the engine receives the app's
+/// next calls meanwhile): it is kept apart, with its note, until the helper is done, so
+/// a next daemon finds an egress handshake to redo, and a blocking connect to finish.
+#[test]
+fn calls_handed_to_helpers_are_recorded_with_their_notes_until_answered() {
+    let r = Rig::new();
+    let gw: Ipv4Addr = "10.0.0.3".parse().unwrap();
+    r.table(|t| t.set_remote(Remote { nodes: vec![("g".into(), gw)], egress: vec![gw], ..Remote::default() }));
+    let fd = r.tcp();
+    let flags = r.k.sock(fd).flags;
+    let egress = r.connect_later(fd, "192.0.2.1:443");
+    // The engine goes on with other calls.
+    r.tcp();
+    assert_eq!(r.k.state().handed, [(egress, through_egress(flags))]);
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].inbox.push_back((b"OK\n".to_vec(), SocketAddr::from((gw, EGRESS_PORT))));
+    r.k.run_later();
+    assert_eq!(r.k.answer_to(egress), OK);
+    assert!(r.k.state().handed.is_empty());
+    // A blocking connect a helper waits for: its flags are the app's again (nothing to
+    // put back).
+    let r = Rig::new();
+    r.k.state().silent.insert(sa("192.0.2.1:80"));
+    let plain = r.connect_later(r.tcp(), "192.0.2.1:80");
+    r.tcp();
+    assert_eq!(r.k.state().handed, [(plain, 0)]);
+}
