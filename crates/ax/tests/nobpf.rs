@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::TestHost;
@@ -163,4 +164,61 @@ fn a_daemon_without_bpf_does_not_serve_where_a_previous_one_left_its_guard() {
     let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("a previous daemon left") && said.contains("cannot be taken over"), "{said}");
+}
+
+/// An app started under a daemon with the socket guard has the guard's filter, which
+/// lets through what the guard refuses. Taken back by a daemon without BPF (the pins
+/// lost with the bpffs mount, say) it could connect and bind host sockets behind that
+/// daemon's back: the reattach is refused, and said so in the daemon's log and on the
+/// app's stderr.
+#[test]
+fn an_app_that_relied_on_the_guard_is_not_taken_back_by_a_daemon_without_it() {
+    support::require_root_and(&["gcc", PY]);
+    if support::test_driver().as_deref() == Some("kernel") {
+        eprintln!("the daemon without BPF runs the user driver: tested in the user pass");
+        return;
+    }
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.spawn_app("guarded", &["--", PY, "-c", "import time\nwhile True: time.sleep(1)"]);
+    h.wait_until("the app registered", Duration::from_secs(30), || h.get("apps").len() == 1);
+    h.signal_daemon("KILL");
+    h.stdout_of("sh", &["-c", &format!("rm -r {}/bpf/ax-*", ax_api::RUN_DIR)]);
+    h.start_daemon_without_bpf(&[]);
+    h.wait_until("the reattach refused", Duration::from_secs(30), || h.daemon_log().contains("app not taken back"));
+    assert!(!h.daemon_log().contains("app taken back after a restart"), "{}", h.daemon_log());
+    h.wait_until("ax run told", Duration::from_secs(30), || h.app_log("guarded").contains("did not take app"));
+    assert!(h.app_log("guarded").contains("socket guard"), "{}", h.app_log("guarded"));
+}
+
+/// Pins of an older version's layout are a previous daemon's too: a daemon without BPF
+/// does not serve over them, and one with BPF removes them, and nothing else there.
+#[test]
+fn pins_of_an_older_layout_stop_a_daemon_without_bpf_and_are_removed_by_one_with_it() {
+    support::require_root_and(&["gcc"]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.stop_daemon();
+    let bpf = format!("{}/bpf", ax_api::RUN_DIR);
+    // As an older version would have left them (version 0 of each set), and someone
+    // else's directory beside them.
+    h.stdout_of("sh", &["-c", &format!("cd {bpf} && for d in ax-*; do mv $d ${{d%v*}}v0; done && mkdir other-v1")]);
+    let mut daemon = h.daemon_without_bpf(&[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stopped = None;
+    h.wait_until("the daemon without BPF to stop", Duration::from_secs(30), || {
+        stopped = daemon.try_wait().unwrap();
+        // One that serves instead is stopped here, the test failed.
+        stopped.is_some()
+            || (h.ax().args(["get", "apps"]).output().is_ok_and(|o| o.status.success()) && {
+                let _ = daemon.kill();
+                panic!("a daemon without BPF serves over an older version's pins")
+            })
+    });
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!stopped.unwrap().success() && said.contains("a previous daemon left"), "{said}");
+    h.start_daemon(&[]);
+    let left = h.stdout_of("ls", &[&bpf]);
+    assert!(!left.contains("v0") && left.contains("ax-guard-v") && left.contains("other-v1"), "{left}");
+    assert!(h.daemon_log().contains("removed the pins of older versions' programs"), "{}", h.daemon_log());
 }

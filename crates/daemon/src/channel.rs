@@ -121,7 +121,7 @@ fn session(
         let cluster_ips = t.remote().nodes.iter().map(|n| n.1).collect::<Vec<_>>();
         (t.node().clone(), t.pool().ranges().clone(), cluster_ips, s.driver)
     });
-    let new = validate(&req, cred.pid, &node, &ports, &cluster_ips, driver)?;
+    let new = validate(&req, cred.pid, &node, &ports, &cluster_ips, driver, guard.is_some())?;
     if new.name.is_some() && daemon.dns_domain().is_none() {
         return Err(refused("--name needs the daemon's DNS server, and this daemon runs with --dns=false"));
     }
@@ -139,8 +139,7 @@ fn session(
         ),
         _ => None,
     };
-    let driver = registered.driver;
-    let socket_guard = guard.is_some();
+    let (driver, socket_guard) = (registered.driver, registered.socket_guard);
     reply(
         conn,
         &RunReply::Registered {
@@ -213,7 +212,7 @@ fn serve_app(
     let mut kernel =
         Linux::new(listener, pid, in_flight, guard.as_ref().map(|g| g.marks()), ax_core::limits::HELPERS_PER_APP)
             .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
-    let driver = daemon.read(|s| s.table.app(id).map(|a| a.driver)).unwrap_or_default();
+    let (driver, app_guard) = daemon.read(|s| s.table.app(id).map(|a| (a.driver, a.socket_guard))).unwrap_or_default();
     match (driver, daemon.kernel()) {
         (Driver::Kernel, Some(k)) => {
             kernel = kernel.with_kernel_marks(k.driver.socket_states());
@@ -225,7 +224,9 @@ fn serve_app(
         }
         (Driver::User, _) => {}
     }
-    let socket_guard = if guard.is_some() { SocketGuard::Installed } else { SocketGuard::Absent };
+    // The app's filter is the one its first daemon chose: with the guard's rules, or
+    // trapping what the guard would refuse (a reattach checked that the guard is here).
+    let socket_guard = if app_guard { SocketGuard::Installed } else { SocketGuard::Absent };
     let engine =
         Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone())).with_driver(driver).with_guard(socket_guard);
     for (n, note) in held {
@@ -251,7 +252,8 @@ fn reattach(
     fd: OwnedFd,
 ) -> Result<(), SessionError> {
     let id = app_id.parse::<AppId>().map_err(|e| refused(e.to_string()))?;
-    if let Answer::Refused(r) = daemon.submit(Command::Reattach(id)) {
+    if let Answer::Refused(r) = daemon.submit(Command::Reattach { app: id, socket_guard: guard.is_some() }) {
+        warn!(app = %id, pid, "app not taken back: {r}");
         return Err(refused(r.to_string()));
     }
     *app = Some(id);
@@ -268,6 +270,7 @@ fn validate(
     ports: &PortRanges,
     cluster_ips: &[Ipv4Addr],
     driver: Driver,
+    socket_guard: bool,
 ) -> Result<NewApp, SessionError> {
     if let Some(name) = &req.name {
         ax_dns::wire::check_label(name).map_err(|e| refused(e.to_string()))?;
@@ -282,6 +285,7 @@ fn validate(
         pid: if req.pid > 0 { req.pid } else { peer_pid },
         driver,
         expose: req.expose.clone(),
+        socket_guard,
     })
 }
 

@@ -36,8 +36,9 @@ pub enum Command {
     Register(NewApp),
     /// An app's trap engine runs here.
     Attach(AppId),
-    /// A restarted daemon is asked to take a restored app back.
-    Reattach(AppId),
+    /// A restarted daemon is asked to take a restored app back; `socket_guard`: whether
+    /// it has the socket guard.
+    Reattach { app: AppId, socket_guard: bool },
     /// An app is gone (it exited, or was not taken back): its rows and files go too.
     Forget { app: AppId, why: &'static str },
     /// The reattach grace is over: restored apps not taken back by now are dropped.
@@ -165,7 +166,14 @@ impl State {
                 self.attached.insert(app);
                 Answer::Done
             }
-            Command::Reattach(app) => match self.table.app(app) {
+            Command::Reattach { app, socket_guard } => match self.table.app(app) {
+                // Its filter lets through what the guard refuses: without the guard,
+                // the app could connect and bind its host sockets behind our back.
+                Some(a) if a.socket_guard && !socket_guard => Answer::Refused(Refusal::Conflict(format!(
+                    "app {app} was started under a daemon with the socket guard, which its seccomp filter relies \
+                     on, and this daemon runs without it (no BPF): it is not taken back; restart the app, or run \
+                     the daemon where BPF works"
+                ))),
                 Some(_) => Answer::Done,
                 None => Answer::Refused(Refusal::Missing(format!(
                     "app {app} is not known to this daemon (was it started with --clean?)"

@@ -349,6 +349,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let app = &saved.table.apps[0];
         assert_eq!(app.labels.to_string(), "role=prod,team=a");
+        assert!(app.socket_guard, "an app of the first version relies on the guard, as all did");
         let expose: Vec<String> = app.expose.iter().map(|e| e.to_string()).collect();
         assert_eq!(expose, ["8000:9999", "8001:10.0.0.9:9998", "8002:0.0.0.0:9997"]);
         let protos: Vec<ax_core::Proto> = saved.table.bindings.iter().map(|b| b.proto).collect();
@@ -405,6 +406,7 @@ mod tests {
             pid: 4242,
             driver: ax_core::Driver::User,
             expose: Vec::new(),
+            socket_guard: true,
         }
     }
 

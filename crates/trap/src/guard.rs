@@ -34,7 +34,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ax_sys::bpf::{self, Asm, Insn, Map, Size, Verdict, R0, R1, R10, R2, R3, R4, R6, R7, R8};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::hooks::{self, Cgroup, InstallError};
 
@@ -144,14 +144,20 @@ impl Guard {
         programs.push((bpf::ATTACH_INGRESS, "ingress", bpf::PROG_CGROUP_SKB, ingress_program(&maps)));
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
         info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "socket guard installed");
+        match hooks::remove_old_layouts(run_dir, &[LAYOUT, crate::kdriver::LAYOUT]) {
+            Ok(old) if !old.is_empty() => info!(?old, "removed the pins of older versions' programs"),
+            Ok(_) => {}
+            Err(e) => warn!("cannot remove the pins of older versions' programs under {}: {e}", run_dir.display()),
+        }
         Ok(Guard { sockets: Arc::new(maps.sockets), members: maps.members, known: Mutex::new(HashSet::new()) })
     }
 
-    /// Whether a previous daemon left its guard pinned under `run_dir`: its apps' sockets
-    /// are guarded still, so a daemon that cannot take the guard over must not serve
+    /// Whether a previous daemon left programs pinned under `run_dir` (the guard's or the
+    /// kernel driver's, of this version's layout or an older one): its apps' sockets are
+    /// guarded still, so a daemon that cannot take the guard over must not serve
     /// without one.
     pub fn left_behind(run_dir: &Path) -> bool {
-        run_dir.join("bpf").join(LAYOUT).join("sockets").exists()
+        !hooks::pinned_layouts(run_dir).is_empty()
     }
 
     /// The map of marks ([`GUARDED`], [`MEMBERS_ONLY`]) that engines write, one value per

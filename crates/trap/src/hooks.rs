@@ -55,6 +55,43 @@ pub fn pin_dir(who: &'static str, run_dir: &Path, layout: &str) -> Result<PathBu
     Ok(pins.join(layout))
 }
 
+/// The names of ax's pin layouts, but for their version: `ax-guard-vN` (the socket
+/// guard), `ax-kernel-vN` (the kernel driver).
+const LAYOUT_SETS: [&str; 2] = ["ax-guard-v", "ax-kernel-v"];
+
+/// Whether `name` is the pin directory of one of ax's layouts, of any version.
+fn is_layout(name: &str) -> bool {
+    LAYOUT_SETS
+        .iter()
+        .any(|set| name.strip_prefix(set).is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// The pin directories under `run_dir`/bpf of ax's layouts, of any version, that hold
+/// pins: real directories only (a symbolic link is no layout of ours).
+pub fn pinned_layouts(run_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(run_dir.join("bpf")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(is_layout) && e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .filter(|dir| fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()))
+        .collect()
+}
+
+/// Removes the pin directories of ax's layouts other than `current` under `run_dir`/bpf
+/// (and nothing else): an older version's programs, which would go on acting on the
+/// daemon's sockets by maps no daemon updates any more. Returns those removed.
+pub fn remove_old_layouts(run_dir: &Path, current: &[&str]) -> io::Result<Vec<PathBuf>> {
+    let old: Vec<PathBuf> = pinned_layouts(run_dir)
+        .into_iter()
+        .filter(|dir| dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| !current.contains(&n)))
+        .collect();
+    for dir in &old {
+        fs::remove_dir_all(dir)?;
+    }
+    Ok(old)
+}
+
 /// A map holding the daemon's identity (one 24-byte value), for [`if_not_daemon`].
 pub fn daemon_map() -> io::Result<Map> {
     Map::new(bpf::MAP_ARRAY, "ax_daemon", 4, 24, 1)
@@ -186,6 +223,40 @@ mod tests {
         assert_eq!(cgroup2_mount(mi), Some(("/sys/fs/cgroup/unified", "/")));
         assert_eq!(cgroup2_mount("25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"), None);
         assert_eq!(cgroup2_mount("garbage\n"), None);
+    }
+
+    #[test]
+    fn old_layouts_of_ax_are_found_and_removed_and_nothing_else() {
+        let run = std::env::temp_dir().join(format!("ax-layouts-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&run);
+        let (pins, outside) = (run.join("bpf"), run.join("outside"));
+        for dir in
+            ["ax-guard-v1", "ax-guard-v2", "ax-kernel-v2", "ax-kernel-v10", "other-v1", "ax-guard-vx", "ax-guard-v"]
+        {
+            fs::create_dir_all(pins.join(dir)).unwrap();
+            fs::write(pins.join(dir).join("sockets"), "").unwrap();
+        }
+        fs::create_dir_all(pins.join("ax-kernel-v3")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("keep"), "").unwrap();
+        std::os::unix::fs::symlink(&outside, pins.join("ax-kernel-v1")).unwrap();
+        let names = |v: Vec<PathBuf>| {
+            let mut n: Vec<String> = v.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+            n.sort();
+            n
+        };
+        // The empty current kernel layout holds nothing; the others are ax's, any version.
+        let pinned = ["ax-guard-v1", "ax-guard-v2", "ax-kernel-v10", "ax-kernel-v2"];
+        assert_eq!(names(pinned_layouts(&run)), pinned);
+        let removed = remove_old_layouts(&run, &["ax-guard-v2", "ax-kernel-v3"]).unwrap();
+        assert_eq!(names(removed), ["ax-guard-v1", "ax-kernel-v10", "ax-kernel-v2"]);
+        let left: Vec<PathBuf> = fs::read_dir(&pins).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(
+            names(left),
+            ["ax-guard-v", "ax-guard-v2", "ax-guard-vx", "ax-kernel-v1", "ax-kernel-v3", "other-v1"]
+        );
+        assert!(outside.join("keep").exists(), "a link is not followed");
+        fs::remove_dir_all(&run).unwrap();
     }
 
     #[test]

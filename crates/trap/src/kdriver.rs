@@ -53,7 +53,7 @@ use tracing::info;
 use crate::hooks::{self, Cgroup, InstallError};
 
 /// The pin directory's name; a new layout gets a new name.
-const LAYOUT: &str = "ax-kernel-v3";
+pub(crate) const LAYOUT: &str = "ax-kernel-v3";
 const WHO: &str = "kernel driver";
 
 /// offsetof(struct bpf_sock_addr, ...).

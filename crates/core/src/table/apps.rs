@@ -64,6 +64,15 @@ pub struct App {
     /// `--expose` as given; the forms for this node bind the app's socket on the host
     /// port as it is, the others are relayed by the nodes they name.
     pub expose: Vec<Expose>,
+    /// Whether the app's seccomp filter relies on the socket guard (the daemon it
+    /// registered with had one): a daemon without the guard must not take it back.
+    /// States saved before apps could run without the guard had it.
+    #[serde(default = "guarded")]
+    pub socket_guard: bool,
+}
+
+fn guarded() -> bool {
+    true
 }
 
 /// What an app asks for when it registers.
@@ -75,6 +84,8 @@ pub struct NewApp {
     pub pid: i32,
     pub driver: Driver,
     pub expose: Vec<Expose>,
+    /// The daemon serves it with the socket guard.
+    pub socket_guard: bool,
 }
 
 /// Why an app could not be registered.
@@ -124,6 +135,7 @@ impl Apps {
             pid: new.pid,
             driver: new.driver,
             expose: new.expose,
+            socket_guard: new.socket_guard,
         };
         self.by_id.insert(id, app.clone());
         Ok(app)

@@ -124,10 +124,29 @@ fn after_the_grace_only_apps_taken_back_stay() {
 fn a_reattach_needs_an_app_this_daemon_knows() {
     let mut s = state();
     let app = register(&mut s, "198.18.0.1");
-    assert_eq!(s.apply(Command::Reattach(app.id)).answer, Answer::Done);
+    assert_eq!(s.apply(Command::Reattach { app: app.id, socket_guard: true }).answer, Answer::Done);
     let unknown: AppId = "f0000042".parse().unwrap();
-    let Refusal::Missing(m) = refusal(s.apply(Command::Reattach(unknown))) else { panic!() };
+    let Refusal::Missing(m) = refusal(s.apply(Command::Reattach { app: unknown, socket_guard: true })) else {
+        panic!()
+    };
     assert!(m.contains("--clean"), "{m}");
+}
+
+#[test]
+fn an_app_whose_filter_relies_on_the_guard_is_not_taken_back_without_it() {
+    let mut s = state();
+    let guarded = s.apply(Command::Register(NewApp { pid: 1, socket_guard: true, ..Default::default() }));
+    let Answer::Registered(guarded) = guarded.answer else { panic!() };
+    let Refusal::Conflict(m) = refusal(s.apply(Command::Reattach { app: guarded.id, socket_guard: false })) else {
+        panic!()
+    };
+    assert!(m.contains("socket guard") && m.contains("no BPF"), "{m}");
+    // An app started without the guard is taken back by either daemon.
+    let plain = register(&mut s, "198.18.0.1");
+    assert!(!plain.socket_guard);
+    for socket_guard in [false, true] {
+        assert_eq!(s.apply(Command::Reattach { app: plain.id, socket_guard }).answer, Answer::Done);
+    }
 }
 
 #[test]
