@@ -183,7 +183,10 @@ async fn nodes_started_together_gossip_out_of_step() {
     let mut joiners: Vec<Duration> =
         first.iter().filter(|(who, _)| *who != addr(0)).map(|(_, at)| *at - start).collect();
     assert_eq!(joiners.len(), n - 1, "every joining node gossiped");
-    assert!(joiners.iter().all(|at| *at < interval), "each within the first interval: {joiners:?}");
+    // Within the first interval, its end included: tokio's timer fires on whole
+    // milliseconds, rounding a deadline up, so a phase of 299.6 ms is a first round at
+    // 300 ms (one run in about fifteen drew such a phase and failed on `<`).
+    assert!(joiners.iter().all(|at| *at <= interval), "each within the first interval: {joiners:?}");
     joiners.sort();
     joiners.dedup();
     assert!(joiners.len() >= n / 2, "spread over the interval, not in a few instants: {joiners:?}");
