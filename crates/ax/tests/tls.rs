@@ -170,12 +170,17 @@ fn rogue_host(h: &mut TestHost, what: &str, ip: &str, name: &str) {
     h.spawn_plain(what, cmd);
 }
 
-/// Waits for the rogue's sixth report of whom it sees; returns the last.
+/// Waits for the rogue to start gossiping, then for its sixth report of whom it sees;
+/// returns the last. Each wait has its own deadline: the start (`ax run`, a debug binary
+/// paged in) is what a loaded machine slows most, and is not part of the six seconds
+/// the rogue is given to be heard. A rogue that could not start fails here with its
+/// reason, not after a timeout.
 fn rogue_sees(h: &TestHost, what: &str) -> String {
-    h.wait_until("the rogue's reports", Duration::from_secs(30), || {
-        h.app_log(what).matches("rogue: live").count() >= 6
-    });
-    h.app_log(what).lines().rfind(|l| l.starts_with("rogue: live")).unwrap().to_string()
+    let log = || h.app_log(what);
+    h.wait_until("the rogue to start", Duration::from_secs(30), || log().lines().any(|l| l.starts_with("rogue: ")));
+    assert!(log().contains("rogue: gossiping\n"), "the rogue did not start:\n{}", log());
+    h.wait_until("the rogue's reports", Duration::from_secs(30), || log().matches("rogue: live").count() >= 6);
+    log().lines().rfind(|l| l.starts_with("rogue: live")).unwrap().to_string()
 }
 
 /// Nothing the rogue published is anywhere: no node but the members, no row, no vservice.
