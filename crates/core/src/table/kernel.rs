@@ -3,12 +3,12 @@
 //! is not the programs' default gets an entry, per label class of this node's
 //! kernel-driver apps, or one for every class where all classes get the same answer.
 //! What the programs do with the entries is modelled by [`KernelMaps::lookup`]; the
-//! tests below hold the two to the user driver's answers.
+//! tests below hold the two to the user driver's answers. Which destinations may have
+//! an entry is `dests`'s; how many entries one app's rows may take, `room`'s.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use super::reserved::is_node_address;
 use crate::kmap::{AppEntry, Config, KernelMaps, Lb, PrivateKey, Route as KRoute, RouteKey, ANY_CLASS};
 use crate::kmap::{MAX_GROUPS, MAX_TARGETS};
 use crate::labels::Labels;
@@ -16,11 +16,11 @@ use crate::labels::Labels;
 use super::apps::Driver;
 use super::routing::{Balanced, Decision, Target};
 use super::{Proto, Route, Table};
-use crate::ids::AppId;
 
-/// The most route entries one app's service rows may need (see [`Table::kernel_room`]):
-/// an eighth of what `ax_kroutes` holds.
-pub const ROUTES_PER_APP: usize = RouteKey::MAX_ENTRIES as usize / 8;
+mod dests;
+mod room;
+
+pub use room::ROUTES_PER_APP;
 
 /// The maps, and the entries that held more backends than an entry can (a subset of
 /// them was kept).
@@ -138,17 +138,6 @@ impl Table {
         }
     }
 
-    /// True when `app` may add one more service row while the kernel driver serves
-    /// apps here: each row of an app costs up to two route entries (its service and its
-    /// host address) per label class of this node's kernel-driver apps, and one app's
-    /// rows may take at most [`ROUTES_PER_APP`] of them, so no app's rows crowd out
-    /// the others' entries. Without kernel-driver apps, always.
-    pub fn kernel_room(&self, app: AppId) -> bool {
-        let classes = self.kernel.class_count();
-        let rows = self.services.rows().filter(|b| b.app == app).count();
-        classes == 0 || (rows + 1) * 2 * classes <= ROUTES_PER_APP
-    }
-
     /// The entry for a connect to `dest` over `proto`, for each class in turn.
     fn answers(
         &mut self,
@@ -191,88 +180,6 @@ impl Table {
             Decision::Outbound(d) if self.egress_applies(proto, d) => (KRoute::broker(), false),
             Decision::Outbound(_) => (KRoute::pass(), false),
         }
-    }
-
-    /// What a datagram from each UDP row's host address (here and on other nodes) shows
-    /// as its source: the row's service, by the user driver's own answer
-    /// ([`Table::peer_name`]).
-    pub(super) fn udp_peers(&self) -> BTreeMap<SocketAddrV4, SocketAddrV4> {
-        let here = self.services.rows().filter(|b| b.proto == Proto::Udp).map(|b| b.host);
-        let there = self.remote.get().rows.iter().filter(|r| r.proto == Proto::Udp).map(|r| r.host);
-        here.chain(there)
-            .filter_map(|host| match self.peer_name(Proto::Udp, SocketAddr::V4(host)) {
-                Some(SocketAddr::V4(service)) if service != host => Some((host, service)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Addresses whose every port may answer other than the default: virtual
-    /// addresses (refused where nothing serves them) and node addresses (never through
-    /// egress).
-    fn whole_addresses(&self) -> BTreeSet<(Proto, Ipv4Addr)> {
-        let mut ips: BTreeSet<Ipv4Addr> = self.apps.iter().map(|a| a.ip).collect();
-        ips.extend(self.remote.get().apps.iter().map(|a| a.ip));
-        ips.extend(self.remote.seen_app_ips());
-        ips.extend(self.vservices.iter().map(|v| v.ip));
-        ips.insert(self.node.ip);
-        ips.extend(self.remote.get().nodes.iter().map(|n| n.1));
-        ips.into_iter().flat_map(|ip| [(Proto::Tcp, ip), (Proto::Udp, ip)]).collect()
-    }
-
-    /// True when `ip` is one of [`Table::whole_addresses`].
-    fn is_whole_address(&self, ip: Ipv4Addr) -> bool {
-        self.apps.has_ip(ip)
-            || self.remote.has_app_ip(ip)
-            || self.remote.was_app_ip(ip)
-            || self.vservices.has_ip(ip)
-            || is_node_address(&self.node, &self.remote, ip)
-    }
-
-    /// Destinations whose answer may differ from their address's: service addresses
-    /// and host addresses of rows (here and on other nodes), vservice ports, and the
-    /// daemon's ports on every node address; those at an address `keep` takes. Never
-    /// port 0, the key of every port of an address: a row there (only gossip can
-    /// publish one) is not reachable through the kernel driver.
-    pub(super) fn exact_destinations(&self, keep: impl Fn(Ipv4Addr) -> bool) -> BTreeSet<(Proto, SocketAddrV4)> {
-        let mut out = BTreeSet::new();
-        let mut add = |proto, dest: SocketAddrV4| {
-            if dest.port() != 0 && keep(*dest.ip()) {
-                out.insert((proto, dest));
-            }
-        };
-        for b in self.services.rows() {
-            add(b.proto, b.service);
-            add(b.proto, b.host);
-        }
-        for r in self.remote.rows() {
-            add(r.proto, r.service);
-            add(r.proto, r.host);
-        }
-        for v in self.vservices.iter() {
-            v.ports.iter().for_each(|m| add(Proto::Tcp, SocketAddrV4::new(v.ip, m.vport)));
-        }
-        let nodes = std::iter::once(self.node.ip).chain(self.remote.get().nodes.iter().map(|n| n.1));
-        for ip in nodes {
-            for port in self.node.ports.own() {
-                add(Proto::Tcp, SocketAddrV4::new(ip, port));
-                add(Proto::Udp, SocketAddrV4::new(ip, port));
-            }
-        }
-        out
-    }
-
-    /// True when `dest` over `proto` is one of [`Table::exact_destinations`].
-    fn is_exact_destination(&self, proto: Proto, dest: SocketAddrV4) -> bool {
-        let (ip, port) = (*dest.ip(), dest.port());
-        port != 0
-            && (self.services.rows_at(proto, dest).next().is_some()
-                || self.services.row_at_host(proto, dest).is_some()
-                || self.remote.rows_at(proto, dest).next().is_some()
-                || self.remote.row_at_host(proto, dest).is_some()
-                || (proto == Proto::Tcp
-                    && self.vservices.iter().any(|v| v.ip == ip && v.ports.iter().any(|m| m.vport == port)))
-                || (self.node.ports.own().any(|p| p == port) && is_node_address(&self.node, &self.remote, ip)))
     }
 }
 
@@ -333,15 +240,16 @@ fn backends(b: Balanced) -> (KRoute, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kmap::{BrokerKind, Change, Lookup, Verdict};
+    use crate::ids::AppId;
+    use crate::kmap::{BrokerKind, Lookup, Verdict};
     use crate::table::testing::*;
     use crate::table::{BindPlan, BoundSocket, NewApp, Origin, Remote, RemoteApp, RemoteRow};
     use crate::vservice::LbType;
     use proptest::prelude::*;
 
-    const BROKER: &str = "10.0.0.1:40500";
+    pub(super) const BROKER: &str = "10.0.0.1:40500";
 
-    fn kapp(t: &mut Table, ip: Option<&str>, labels: &str) -> AppId {
+    pub(super) fn kapp(t: &mut Table, ip: Option<&str>, labels: &str) -> AppId {
         t.add_app(NewApp {
             ip: ip.map(|s| s.parse().unwrap()),
             labels: Labels::parse(labels).unwrap(),
@@ -353,20 +261,20 @@ mod tests {
         .id
     }
 
-    fn maps(t: &mut Table) -> KernelMaps {
+    pub(super) fn maps(t: &mut Table) -> KernelMaps {
         t.kernel_maps(BROKER.parse().unwrap()).maps
     }
 
-    fn key(class: u32, dest: &str, proto: Proto) -> RouteKey {
+    pub(super) fn key(class: u32, dest: &str, proto: Proto) -> RouteKey {
         let d: SocketAddrV4 = dest.parse().unwrap();
         RouteKey { class, ip: *d.ip(), port: d.port(), proto }
     }
 
-    fn class(m: &KernelMaps, a: AppId) -> u32 {
+    pub(super) fn class(m: &KernelMaps, a: AppId) -> u32 {
         m.apps[&a.0].class
     }
 
-    fn host(port: u16) -> SocketAddrV4 {
+    pub(super) fn host(port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(NODE, port)
     }
 
@@ -417,42 +325,6 @@ mod tests {
         let one = KRoute::backends(Lb::Random, None, vec![vec![host(p2)]]).unwrap();
         assert_eq!(m.routes.get(&key(class(&m, prod), "198.18.0.1:80", Proto::Tcp)), Some(&both));
         assert_eq!(m.routes.get(&key(class(&m, dev), "198.18.0.1:80", Proto::Tcp)), Some(&one));
-    }
-
-    #[test]
-    fn virtual_addresses_refuse_every_port_nobody_serves_and_udp_is_its_own() {
-        let mut t = table();
-        let s = kapp(&mut t, Some("198.18.0.1"), "zone=default");
-        serve(&mut t, s, "0.0.0.0:80", 1);
-        let m = maps(&mut t);
-        for proto in [Proto::Tcp, Proto::Udp] {
-            assert_eq!(m.routes.get(&key(ANY_CLASS, "198.18.0.1:0", proto)), Some(&KRoute::refuse()));
-        }
-        assert_eq!(m.lookup(s.0, Proto::Udp, "198.18.0.1:80".parse().unwrap()), Lookup::Refuse);
-        assert!(matches!(m.lookup(s.0, Proto::Tcp, "198.18.0.1:80".parse().unwrap()), Lookup::Backends(_)));
-        // The node's own address and the outside pass, as the user driver's Direct.
-        assert_eq!(m.lookup(s.0, Proto::Tcp, "10.0.0.1:22".parse().unwrap()), Lookup::Pass);
-        assert_eq!(m.lookup(s.0, Proto::Tcp, "203.0.113.1:443".parse().unwrap()), Lookup::Pass);
-        assert_eq!(m.lookup(s.0, Proto::Tcp, "[2001:db8::1]:80".parse().unwrap()), Lookup::Pass);
-    }
-
-    #[test]
-    fn the_daemons_ports_are_refused_but_dns_whatever_rows_say() {
-        let mut t = table();
-        t.set_remote(Remote { nodes: vec![("b".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() });
-        let squatter = kapp(&mut t, None, "zone=default");
-        let p = t.take_port().unwrap();
-        t.add_binding(squatter, bound(1, "0.0.0.0:53"), SocketAddrV4::new(NODE, 53), p);
-        t.set_listening(Proto::Tcp, p, 1, 1);
-        let m = maps(&mut t);
-        for dest in ["10.0.0.1:6664", "10.0.0.1:7946", "10.0.0.2:6661", "10.0.0.2:7946"] {
-            for proto in [Proto::Tcp, Proto::Udp] {
-                assert_eq!(m.routes.get(&key(ANY_CLASS, dest, proto)), Some(&KRoute::refuse()), "{dest}");
-            }
-        }
-        // DNS passes (here the node's default), with no class entry despite the row.
-        assert_eq!(m.lookup(squatter.0, Proto::Tcp, "10.0.0.1:53".parse().unwrap()), Lookup::Pass);
-        assert!(m.routes.keys().all(|k| k.port != 53 || k.class == ANY_CLASS));
     }
 
     #[test]
@@ -762,89 +634,5 @@ mod tests {
         assert!(t.generation() > g2);
         t.remove_app(c);
         assert!(t.generation() > g2 + 1);
-    }
-
-    /// An app's rows may take up to ROUTES_PER_APP entries, counted at two per row and
-    /// label class: with one class that is half as many rows.
-    #[test]
-    fn an_app_may_add_rows_while_its_entries_fit_its_share() {
-        use crate::ports::PortRanges;
-        use crate::table::{NodeInfo, PortPool};
-        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE, ports: ports() };
-        let mut t = Table::new(node, PortPool::new(PortRanges::parse("20000-60000").unwrap()), 7);
-        let a = app(&mut t, Some("198.18.0.1"), "role=a");
-        assert!(t.kernel_room(a), "no kernel-driver app: no bound");
-        kapp(&mut t, Some("198.18.0.2"), "role=b");
-        let fits = ROUTES_PER_APP / 2;
-        for i in 0..fits {
-            assert!(t.kernel_room(a), "row {i}");
-            let port = t.take_port().unwrap();
-            t.add_binding(a, bound(i as u64 + 1, &format!("198.18.0.1:{}", 1024 + i)), host(port), port);
-            t.set_listening(Proto::Tcp, port, i as u64 + 1, 1);
-        }
-        assert!(!t.kernel_room(a));
-        let other = kapp(&mut t, Some("198.18.0.3"), "role=b");
-        assert!(t.kernel_room(other), "another app's share is its own");
-    }
-
-    // ---- review: one app's listeners against the routes map's capacity ----------------
-
-    /// One app with its share of the default pool (5000 listeners) beside two other
-    /// label classes needs more route entries than the map holds; the daemon's writes
-    /// stop at the first that fails, so a row added later gets no REFUSE entry at its
-    /// host address and falls back to the node address's PASS: a label bypass.
-    #[test]
-    fn one_apps_listeners_leave_room_in_the_routes_map_for_the_others() {
-        use crate::ports::PortRanges;
-        use crate::table::{NodeInfo, PortPool};
-        let node = NodeInfo { name: "n1".into(), cluster: "appswitch".into(), ip: NODE, ports: ports() };
-        let mut t = Table::new(node, PortPool::new(PortRanges::parse("40000-60000").unwrap()), 7);
-        let hostile = kapp(&mut t, Some("198.18.0.1"), "role=test");
-        let prod = kapp(&mut t, Some("198.18.0.2"), "role=prod");
-        kapp(&mut t, Some("198.18.0.3"), "role=web");
-        let share = crate::limits::pool_share(20_001);
-        for i in 0..share {
-            let ip = format!("198.18.0.1:{}", 1024 + i);
-            let BindPlan::Host { service, .. } = t.plan_bind(hostile, ip.parse().unwrap(), root).unwrap() else {
-                panic!("private")
-            };
-            let port = t.take_port().unwrap();
-            t.add_binding(hostile, bound(i as u64 + 1, &ip), service, port);
-            assert!(t.set_listening(Proto::Tcp, port, i as u64 + 1, 128).is_some());
-        }
-        let fits = |m: &KernelMaps, c: &Change| match c {
-            Change::PutRoute(k, _) => m.routes.contains_key(k) || m.routes.len() < RouteKey::MAX_ENTRIES as usize,
-            _ => true,
-        };
-        let write = |m: &mut KernelMaps, changes: Vec<Change>| {
-            // As KernelDriver::apply: in order, stopping at the first write the map refuses.
-            for c in changes {
-                if !fits(m, &c) {
-                    return false;
-                }
-                m.apply(&[c]);
-            }
-            true
-        };
-        // The apps' entries were written when they started, before any listener.
-        let full = maps(&mut t);
-        let mut written = KernelMaps::new(full.config);
-        written.apply(&full.apps.iter().map(|(id, e)| Change::PutApp(*id, *e)).collect::<Vec<_>>());
-        // Then the hostile app listens everywhere it may (the daemon's sync fails past
-        // the capacity and resyncs from scratch at the next change).
-        let all_written = write(&mut written, KernelMaps::diff(&KernelMaps::new(full.config), &full));
-        // prod starts listening afterwards.
-        let p = serve(&mut t, prod, "0.0.0.0:8080", 1_000_000);
-        let after = maps(&mut t);
-        write(&mut written, KernelMaps::diff(&KernelMaps::new(after.config), &after));
-        let at_host: std::net::SocketAddr = SocketAddrV4::new(NODE, p).into();
-        assert_eq!(after.lookup(hostile.0, Proto::Tcp, at_host), Lookup::Refuse, "the table's answer");
-        assert_eq!(
-            written.lookup(hostile.0, Proto::Tcp, at_host),
-            Lookup::Refuse,
-            "the maps as written: {} entries wanted, {} fit, all written before prod: {all_written}",
-            after.routes.len(),
-            RouteKey::MAX_ENTRIES
-        );
     }
 }
