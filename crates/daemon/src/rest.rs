@@ -336,7 +336,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let access = Arc::new(Access {
         euid: ax_sys::proc::effective_uid(),
-        api_socket: daemon.run_dir().join(crate::socket_name(API_SOCKET)),
+        api_socket: daemon.run_dir().join(crate::start::socket_name(API_SOCKET)),
     });
     let app = router(daemon)
         .layer(middleware::from_fn(bounded_body))

@@ -6,14 +6,16 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use ax_api::path;
+use ax_api::{path, API_SOCKET};
 use ax_core::table::{BoundSocket, NewApp};
 use ax_core::{Family, Proto};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::*;
+use crate::start::{drop_unattached_after, socket_name, REATTACH_GRACE};
 
 /// A run directory of its own, removed when the test ends.
 struct RunDir(PathBuf);
