@@ -297,6 +297,8 @@ fn from_first_version(mut v: Value) -> Option<Saved> {
     let mut saved: Saved = serde_json::from_value(v).ok()?;
     for (app, labels) in saved.table.apps.iter_mut().zip(labels) {
         app.labels = labels;
+        // The first version had no mode without the guard.
+        app.socket_guard = true;
     }
     Some(saved)
 }
@@ -359,6 +361,24 @@ mod tests {
         assert_eq!((spec.name.as_str(), spec.ports.to_string()), ("db", "80:8000".to_string()));
         assert_eq!(spec.lbtype, ax_core::vservice::LbType::RoundRobin);
         assert!(saved.vservices[1].spec.is_none(), "a deletion stays a deletion");
+    }
+
+    /// Daemons from the no-BPF mode until apps kept their guard mode saved apps without
+    /// it, those served without the guard (their filter traps every addressed send)
+    /// included: such an app is not one whose filter relies on the guard.
+    #[test]
+    fn an_app_saved_before_guard_modes_were_kept_is_not_taken_as_guarded() {
+        let dir = scratch("no-guard-mode");
+        let path = dir.join("state.json");
+        let mut saved = serde_json::to_value(Saved::default()).unwrap();
+        let mut a = serde_json::to_value(app(7, "198.18.0.1")).unwrap();
+        a.as_object_mut().unwrap().remove("socket_guard");
+        saved["table"]["apps"] = Value::from(vec![a]);
+        std::fs::write(&path, saved.to_string()).unwrap();
+        let Loaded::State(saved, dropped) = load(&path).unwrap() else { panic!("not loaded") };
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(dropped.is_empty(), "{dropped:?}");
+        assert!(!saved.table.apps[0].socket_guard, "a daemon without BPF must take it back");
     }
 
     fn scratch(name: &str) -> PathBuf {

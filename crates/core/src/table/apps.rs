@@ -66,13 +66,10 @@ pub struct App {
     pub expose: Vec<Expose>,
     /// Whether the app's seccomp filter relies on the socket guard (the daemon it
     /// registered with had one): a daemon without the guard must not take it back.
-    /// States saved before apps could run without the guard had it.
-    #[serde(default = "guarded")]
+    /// Not saved from the no-BPF mode on until this field: false then (the stricter
+    /// engine; a daemon without the guard starts only where none was left pinned).
+    #[serde(default)]
     pub socket_guard: bool,
-}
-
-fn guarded() -> bool {
-    true
 }
 
 /// What an app asks for when it registers.
