@@ -222,3 +222,26 @@ fn pins_of_an_older_layout_stop_a_daemon_without_bpf_and_are_removed_by_one_with
     assert!(!left.contains("v0") && left.contains("ax-guard-v") && left.contains("other-v1"), "{left}");
     assert!(h.daemon_log().contains("removed the pins of older versions' programs"), "{}", h.daemon_log());
 }
+
+/// Neither is it taken back by a daemon whose guard was made anew (its pins lost with
+/// the bpffs mount, or an older version's, removed): no socket of the app holds a mark
+/// in that guard's map, so its host sockets would go unguarded under a filter that lets
+/// through what the guard refuses.
+#[test]
+fn an_app_that_relied_on_the_guard_is_not_taken_back_by_a_guard_made_anew() {
+    support::require_root_and(&["gcc", PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.spawn_app("guarded", &["--", PY, "-c", "import time\nwhile True: time.sleep(1)"]);
+    h.wait_until("the app registered", Duration::from_secs(30), || h.get("apps").len() == 1);
+    h.signal_daemon("KILL");
+    h.stdout_of("sh", &["-c", &format!("rm -r {}/bpf/ax-*", ax_api::RUN_DIR)]);
+    h.start_daemon(&[]);
+    h.wait_until("the reattach refused", Duration::from_secs(30), || {
+        let log = h.daemon_log();
+        log.contains("app not taken back") || log.contains("app taken back after a restart")
+    });
+    assert!(!h.daemon_log().contains("app taken back after a restart"), "{}", h.daemon_log());
+    h.wait_until("ax run told", Duration::from_secs(30), || h.app_log("guarded").contains("did not take app"));
+    assert!(h.app_log("guarded").contains("made anew"), "{}", h.app_log("guarded"));
+}

@@ -252,7 +252,9 @@ fn reattach(
     fd: OwnedFd,
 ) -> Result<(), SessionError> {
     let id = app_id.parse::<AppId>().map_err(|e| refused(e.to_string()))?;
-    if let Answer::Refused(r) = daemon.submit(Command::Reattach { app: id, socket_guard: guard.is_some() }) {
+    // A guard made anew holds no mark of the app's sockets: as good as none for it.
+    let socket_guard = guard.as_ref().is_some_and(|g| g.taken_over());
+    if let Answer::Refused(r) = daemon.submit(Command::Reattach { app: id, socket_guard }) {
         warn!(app = %id, pid, "app not taken back: {r}");
         return Err(refused(r.to_string()));
     }

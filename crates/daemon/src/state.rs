@@ -37,7 +37,7 @@ pub enum Command {
     /// An app's trap engine runs here.
     Attach(AppId),
     /// A restarted daemon is asked to take a restored app back; `socket_guard`: whether
-    /// it has the socket guard.
+    /// it has the socket guard, with the marks a previous daemon left.
     Reattach { app: AppId, socket_guard: bool },
     /// An app is gone (it exited, or was not taken back): its rows and files go too.
     Forget { app: AppId, why: &'static str },
@@ -171,8 +171,9 @@ impl State {
                 // the app could connect and bind its host sockets behind our back.
                 Some(a) if a.socket_guard && !socket_guard => Answer::Refused(Refusal::Conflict(format!(
                     "app {app} was started under a daemon with the socket guard, which its seccomp filter relies \
-                     on, and this daemon runs without it (no BPF): it is not taken back; restart the app, or run \
-                     the daemon where BPF works"
+                     on, and this daemon runs without it (no BPF) or with one made anew that holds no mark of the \
+                     app's sockets (its pins lost or of an older version): it is not taken back; restart the app, \
+                     or run the daemon where BPF works"
                 ))),
                 Some(_) => Answer::Done,
                 None => Answer::Refused(Refusal::Missing(format!(

@@ -78,6 +78,8 @@ pub struct Guard {
     sockets: Arc<Map>,
     members: Map,
     known: Mutex<HashSet<Ipv4Addr>>,
+    /// The marks are a previous daemon's, taken over from its pins.
+    taken_over: bool,
 }
 
 /// The marks and the daemon's identity outlive a daemon (pinned); the members are
@@ -127,12 +129,12 @@ impl Guard {
         let dir = hooks::pin_dir(WHO, run_dir, LAYOUT)?;
         // Anything but "none yet" stops the daemon: starting over would drop the marks
         // of every running app's sockets.
-        let maps = match Maps::open(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))? {
+        let (maps, taken_over) = match Maps::open(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))? {
             Some(maps) => {
                 info!(pins = %dir.display(), "taking over the socket guard a previous daemon left");
-                maps
+                (maps, true)
             }
-            None => Maps::create(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))?,
+            None => (Maps::create(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))?, false),
         };
         hooks::claim(&maps.daemon).map_err(|e| InstallError::Maps(WHO, e))?;
 
@@ -149,7 +151,19 @@ impl Guard {
             Ok(_) => {}
             Err(e) => warn!("cannot remove the pins of older versions' programs under {}: {e}", run_dir.display()),
         }
-        Ok(Guard { sockets: Arc::new(maps.sockets), members: maps.members, known: Mutex::new(HashSet::new()) })
+        Ok(Guard {
+            sockets: Arc::new(maps.sockets),
+            members: maps.members,
+            known: Mutex::new(HashSet::new()),
+            taken_over,
+        })
+    }
+
+    /// Whether this guard's marks are the ones a previous daemon left (its pins, of this
+    /// layout): false when they were made anew (none pinned, lost with a bpffs mount, or
+    /// an older version's, removed), so no socket of an app started before holds one.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
     }
 
     /// Whether a previous daemon left programs pinned under `run_dir` (the guard's or the
