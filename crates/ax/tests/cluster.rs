@@ -210,19 +210,9 @@ fn expose_on_every_node_or_on_one_named_node() {
 #[test]
 fn egress_through_a_gateway_is_transparent_to_the_client() {
     support::require_root_and(&[PY, "curl"]);
-    let mut c = Cluster::new(3);
-    let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
-    c.hosts[0].start_daemon(&["--node-name", "a", "--neighbors", &all]);
-    c.hosts[2].start_daemon(&["--node-name", "gw", "--neighbors", &all, "--egress-gateway"]);
-    // b is a plain test host on the wire (no daemon): a server outside the cluster.
-    let root = c.hosts[1].web_root("out", "who", "outside");
-    let mut server = c.hosts[1].cmd(PY);
-    server.args(["-m", "http.server", "9300", "--bind", &Cluster::ip(1), "--directory", &root]);
-    c.hosts[1].spawn_plain("outside", server);
+    // b (host 1) is a plain test host on the wire (no daemon): a server outside the cluster.
+    let c = Cluster::with_egress_gateway(&[]);
     let a = &c.hosts[0];
-    a.wait_until("the gateway", Duration::from_secs(20), || {
-        a.get("nodes").iter().any(|n| n["role"] == "egress-gateway" && n["live"] == true)
-    });
     let url = format!("http://{}:9300/who", Cluster::ip(1));
     a.wait_until("the outside server", Duration::from_secs(10), || {
         a.run(&["--", "curl", "-sf", &url]).status.success()

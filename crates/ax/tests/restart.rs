@@ -108,19 +108,9 @@ fn calls_in_flight_when_the_daemon_is_killed_are_finished_by_the_next_one() {
 #[test]
 fn an_egress_handshake_a_helper_held_is_made_again_by_the_next_daemon() {
     support::require_root_and(&[PY]);
-    let mut c = Cluster::new(3);
     let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
     let flags = ["--driver", "user", "--node-name", "a", "--neighbors", &all];
-    c.hosts[0].start_daemon(&flags);
-    c.hosts[2].start_daemon(&["--node-name", "gw", "--neighbors", &all, "--egress-gateway"]);
-    let root = c.hosts[1].web_root("out", "who", "outside");
-    let mut server = c.hosts[1].cmd(PY);
-    server.args(["-m", "http.server", "9300", "--bind", &Cluster::ip(1), "--directory", &root]);
-    c.hosts[1].spawn_plain("outside", server);
-    let a = &c.hosts[0];
-    a.wait_until("the gateway", Duration::from_secs(20), || {
-        a.get("nodes").iter().any(|n| n["role"] == "egress-gateway" && n["live"] == true)
-    });
+    let mut c = Cluster::with_egress_gateway(&flags[..2]);
     // The gateway's packets to the outside server go nowhere: its handshake waits.
     let gw = &c.hosts[2];
     let bogus = ["neigh", "replace", &Cluster::ip(1), "lladdr", "02:00:00:00:00:04", "dev", "ax0", "nud", "permanent"];

@@ -121,6 +121,28 @@ impl Cluster {
         format!("10.251.0.{}", 11 + i)
     }
 
+    /// Three hosts: 0 a member node ("a", its daemon started with `flags` too), 2 the
+    /// cluster's egress gateway ("gw"), 1 a plain host on the wire (no daemon) serving
+    /// `who` = "outside" on :9300 (python's http.server, its log `outside`), outside the
+    /// cluster. Returns once node a sees the gateway live.
+    pub fn with_egress_gateway(flags: &[&str]) -> Cluster {
+        let mut c = Cluster::new(3);
+        let all = (0..3).map(Cluster::ip).collect::<Vec<_>>().join(",");
+        let mut a = vec!["--node-name", "a", "--neighbors", &all];
+        a.extend_from_slice(flags);
+        c.hosts[0].start_daemon(&a);
+        c.hosts[2].start_daemon(&["--node-name", "gw", "--neighbors", &all, "--egress-gateway"]);
+        let root = c.hosts[1].web_root("out", "who", "outside");
+        let mut server = c.hosts[1].cmd("/usr/bin/python3");
+        server.args(["-m", "http.server", "9300", "--bind", &Cluster::ip(1), "--directory", &root]);
+        c.hosts[1].spawn_plain("outside", server);
+        let h = &c.hosts[0];
+        h.wait_until("the gateway", Duration::from_secs(20), || {
+            h.get("nodes").iter().any(|n| n["role"] == "egress-gateway" && n["live"] == true)
+        });
+        c
+    }
+
     /// Cuts (or restores) host `i`'s wire to the switch.
     pub fn set_link(&self, i: usize, up: bool) {
         sh(Command::new("ip").args([
