@@ -178,17 +178,7 @@ fn an_app_that_relied_on_the_guard_is_not_taken_back_by_a_daemon_without_it() {
         eprintln!("the daemon without BPF runs the user driver: tested in the user pass");
         return;
     }
-    let mut h = TestHost::new();
-    h.start_daemon(&[]);
-    h.spawn_app("guarded", &["--", PY, "-c", "import time\nwhile True: time.sleep(1)"]);
-    h.wait_until("the app registered", Duration::from_secs(30), || h.get("apps").len() == 1);
-    h.signal_daemon("KILL");
-    h.stdout_of("sh", &["-c", &format!("rm -r {}/bpf/ax-*", ax_api::RUN_DIR)]);
-    h.start_daemon_without_bpf(&[]);
-    h.wait_until("the reattach refused", Duration::from_secs(30), || h.daemon_log().contains("app not taken back"));
-    assert!(!h.daemon_log().contains("app taken back after a restart"), "{}", h.daemon_log());
-    h.wait_until("ax run told", Duration::from_secs(30), || h.app_log("guarded").contains("did not take app"));
-    assert!(h.app_log("guarded").contains("socket guard"), "{}", h.app_log("guarded"));
+    guarded_app_refused_after_a_restart(|h| h.start_daemon_without_bpf(&[]), "socket guard");
 }
 
 /// Pins of an older version's layout are a previous daemon's too: a daemon without BPF
@@ -230,18 +220,25 @@ fn pins_of_an_older_layout_stop_a_daemon_without_bpf_and_are_removed_by_one_with
 #[test]
 fn an_app_that_relied_on_the_guard_is_not_taken_back_by_a_guard_made_anew() {
     support::require_root_and(&["gcc", PY]);
+    guarded_app_refused_after_a_restart(|h| h.start_daemon(&[]), "made anew");
+}
+
+/// An app started under the guard, the daemon killed and its pins removed, a daemon
+/// started by `restart`: it refuses the app (its log), and `ax run` says why
+/// (`reason` on its stderr).
+fn guarded_app_refused_after_a_restart(restart: impl FnOnce(&mut TestHost), reason: &str) {
     let mut h = TestHost::new();
     h.start_daemon(&[]);
     h.spawn_app("guarded", &["--", PY, "-c", "import time\nwhile True: time.sleep(1)"]);
     h.wait_until("the app registered", Duration::from_secs(30), || h.get("apps").len() == 1);
     h.signal_daemon("KILL");
     h.stdout_of("sh", &["-c", &format!("rm -r {}/bpf/ax-*", ax_api::RUN_DIR)]);
-    h.start_daemon(&[]);
+    restart(&mut h);
     h.wait_until("the reattach refused", Duration::from_secs(30), || {
         let log = h.daemon_log();
         log.contains("app not taken back") || log.contains("app taken back after a restart")
     });
     assert!(!h.daemon_log().contains("app taken back after a restart"), "{}", h.daemon_log());
     h.wait_until("ax run told", Duration::from_secs(30), || h.app_log("guarded").contains("did not take app"));
-    assert!(h.app_log("guarded").contains("made anew"), "{}", h.app_log("guarded"));
+    assert!(h.app_log("guarded").contains(reason), "{}", h.app_log("guarded"));
 }
