@@ -306,19 +306,9 @@ impl Daemon {
             }
             outbox.written = applied;
         }
-        // A turn already issued after this one syncs anyway: a burst of commands (a
-        // listen flood from many threads) costs one rebuild, not one each. The answer
-        // still waits for the maps to hold this command (a new app's entry, a row's
-        // routes): an app's first connect must not meet maps without it.
-        let later = self.0.issued.load(Ordering::SeqCst) > ticket;
+        drop(turn);
         if let Some(k) = self.0.kernel.as_ref() {
-            if !later {
-                self.sync_kernel(k, outbox);
-            }
-            drop(turn);
             self.await_kernel_sync(k, ticket);
-        } else {
-            drop(turn);
         }
         if !failed.is_empty() {
             self.submit(Command::RelaysFailed(failed));
@@ -346,9 +336,11 @@ impl Daemon {
         }
     }
 
-    /// Returns once the kernel driver's maps were synced with `ticket`'s command: by a
-    /// later turn, or here when no turn is left to do it (every issued one is done,
-    /// the last of them having skipped or failed to sync).
+    /// Returns once the kernel driver's maps hold `ticket`'s command (a new app's entry,
+    /// a row's routes: an app's first connect must not meet maps without it). The sync
+    /// is done by the last turn issued: a turn that finds a later one issued leaves it
+    /// to that one, so a burst of commands (a listen flood from many threads) costs one
+    /// sync, not one each.
     fn await_kernel_sync(&self, k: &driver::Kernel, ticket: u64) {
         let mut outbox = self.outbox();
         while outbox.kernel_synced < ticket {
