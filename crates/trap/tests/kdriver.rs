@@ -195,6 +195,32 @@ fn lo_packets() -> u64 {
     line.split_once(':').unwrap().1.split_whitespace().nth(9).unwrap().parse().unwrap()
 }
 
+/// A generator seeded from `AX_KDRIVER_SEED`, or at random (the seed is printed, so a
+/// failing run can be repeated).
+fn seeded_rng() -> fastrand::Rng {
+    let seed = env::var("AX_KDRIVER_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed} (AX_KDRIVER_SEED repeats it)");
+    fastrand::Rng::with_seed(seed)
+}
+
+/// A random route entry, or None (one time in six: no entry): refuse, pass, broker,
+/// or 1-3 groups of 1-`per_group` of `targets`, balanced at random or round robin.
+fn random_route(rng: &mut fastrand::Rng, targets: &[SocketAddrV4], per_group: usize) -> Option<Route> {
+    Some(match rng.u8(0..6) {
+        0 => Route::refuse(),
+        1 => Route::pass(),
+        2 => Route::broker(),
+        3 | 4 => {
+            let lb = if rng.bool() { Lb::Random } else { Lb::RoundRobin };
+            let groups = (0..rng.usize(1..=3))
+                .map(|_| (0..rng.usize(1..=per_group)).map(|_| targets[rng.usize(..targets.len())]).collect())
+                .collect();
+            Route::backends(lb, None, groups).unwrap()
+        }
+        _ => return None,
+    })
+}
+
 fn backends(lb: Lb, groups: &[&[&str]]) -> Route {
     Route::backends(lb, None, groups.iter().map(|g| g.iter().map(|a| v4(a)).collect()).collect()).unwrap()
 }
@@ -504,9 +530,7 @@ fn cookie(fd: &OwnedFd) -> u64 {
 #[test]
 fn datagrams_do_what_the_model_of_the_maps_says() {
     sandboxed("datagrams_do_what_the_model_of_the_maps_says", |s| {
-        let seed = env::var("AX_KDRIVER_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
-        println!("seed {seed} (AX_KDRIVER_SEED repeats it)");
-        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut rng = seeded_rng();
         let ips: Vec<Ipv4Addr> = vec![Ipv4Addr::new(198, 18, 0, 1), NODE, Ipv4Addr::LOCALHOST];
         sh(&["ip", "addr", "add", "198.18.0.1/32", "dev", "lo"]);
         let ports = [80u16, 81];
@@ -524,21 +548,7 @@ fn datagrams_do_what_the_model_of_the_maps_says() {
             for class in [CLASS, ANY_CLASS] {
                 for ip in &ips[..2] {
                     for port in [80u16, 81, 0] {
-                        let route = match rng.u8(0..6) {
-                            0 => Route::refuse(),
-                            1 => Route::pass(),
-                            2 => Route::broker(),
-                            3 | 4 => {
-                                let lb = if rng.bool() { Lb::Random } else { Lb::RoundRobin };
-                                let groups = (0..rng.usize(1..=3))
-                                    .map(|_| {
-                                        (0..rng.usize(1..=3)).map(|_| targets[rng.usize(..targets.len())]).collect()
-                                    })
-                                    .collect();
-                                Route::backends(lb, None, groups).unwrap()
-                            }
-                            _ => continue,
-                        };
+                        let Some(route) = random_route(&mut rng, &targets, 3) else { continue };
                         next.routes.insert(RouteKey { class, ip: *ip, port, proto: Proto::Udp }, route);
                     }
                 }
@@ -935,9 +945,7 @@ fn a_failed_install_says_why() {
 #[test]
 fn connects_do_what_the_model_of_the_maps_says() {
     sandboxed("connects_do_what_the_model_of_the_maps_says", |s| {
-        let seed = env::var("AX_KDRIVER_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
-        println!("seed {seed} (AX_KDRIVER_SEED repeats it)");
-        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut rng = seeded_rng();
         let ips: Vec<Ipv4Addr> =
             (1..=3).map(|i| Ipv4Addr::new(198, 18, 0, i)).chain([NODE, Ipv4Addr::LOCALHOST]).collect();
         for ip in &ips[..3] {
@@ -972,21 +980,7 @@ fn connects_do_what_the_model_of_the_maps_says() {
                         if port == 0 && class != ANY_CLASS {
                             continue;
                         }
-                        let route = match rng.u8(0..6) {
-                            0 => Route::refuse(),
-                            1 => Route::pass(),
-                            2 => Route::broker(),
-                            3 | 4 => {
-                                let lb = if rng.bool() { Lb::Random } else { Lb::RoundRobin };
-                                let groups = (0..rng.usize(1..=3))
-                                    .map(|_| {
-                                        (0..rng.usize(1..=2)).map(|_| targets[rng.usize(..targets.len())]).collect()
-                                    })
-                                    .collect();
-                                Route::backends(lb, None, groups).unwrap()
-                            }
-                            _ => continue,
-                        };
+                        let Some(route) = random_route(&mut rng, &targets, 2) else { continue };
                         next.routes.insert(RouteKey { class, ip: *ip, port, proto: Proto::Tcp }, route);
                     }
                 }
