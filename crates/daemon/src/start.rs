@@ -148,9 +148,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         guard.mark_members_only(egress.as_fd()).map_err(io("cannot guard the egress port"))?;
     }
     let chosen = driver::choose(config.driver, || {
-        if let Err(e) = &guard {
-            return Err(format!("it needs the socket guard, which cannot be installed ({e})"));
-        }
+        let guard = match &guard {
+            Ok(guard) => guard,
+            Err(e) => return Err(format!("it needs the socket guard, which cannot be installed ({e})")),
+        };
         if unprivileged_port_start <= ax_core::BROKER_PORT {
             return Err(format!(
                 "its broker's port {} would not be privileged (net.ipv4.ip_unprivileged_port_start is {unprivileged_port_start}): \
@@ -158,7 +159,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 ax_core::BROKER_PORT
             ));
         }
-        ax_trap::kdriver::KernelDriver::install(run_dir).map_err(|e| e.to_string())
+        ax_trap::kdriver::KernelDriver::install(run_dir, guard).map_err(|e| e.to_string())
     })
     .map_err(Error::Setting)?;
     let (kernel, broker) = match chosen.kernel {

@@ -15,6 +15,7 @@ mod asm;
 pub use asm::{Asm, Insn, Label, Reg, Size, Target, Verdict, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 
 const MAP_CREATE: i32 = 0;
+const MAP_LOOKUP_ELEM: i32 = 1;
 const MAP_UPDATE_ELEM: i32 = 2;
 const MAP_DELETE_ELEM: i32 = 3;
 const MAP_GET_NEXT_KEY: i32 = 4;
@@ -37,11 +38,14 @@ const F_CLONE: u32 = 0x200;
 
 /// Program types used here.
 pub const PROG_CGROUP_SKB: u32 = 8;
+pub const PROG_CGROUP_SOCK: u32 = 9;
 pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 
 /// Attach types used here (the kernel's enum bpf_attach_type).
 pub const ATTACH_INGRESS: u32 = 0;
 pub const ATTACH_EGRESS: u32 = 1;
+/// A new inet socket (cgroup/sock_create); a program's 0 fails socket() with EPERM.
+pub const ATTACH_INET_SOCK_CREATE: u32 = 2;
 pub const ATTACH_BIND4: u32 = 8;
 pub const ATTACH_BIND6: u32 = 9;
 pub const ATTACH_CONNECT4: u32 = 10;
@@ -66,6 +70,8 @@ pub const FN_SKB_LOAD_BYTES: i32 = 26;
 pub const FN_GET_SOCKET_COOKIE: i32 = 46;
 /// bpf_bind (connect4/6 programs only).
 pub const FN_BIND: i32 = 64;
+/// bpf_get_current_cgroup_id: the calling task's cgroup2 id (its directory's inode).
+pub const FN_GET_CURRENT_CGROUP_ID: i32 = 80;
 pub const FN_SK_STORAGE_GET: i32 = 107;
 pub const FN_GET_NS_CURRENT_PID_TGID: i32 = 120;
 /// bpf_set_retval: the errno a refusing cgroup program gives the call.
@@ -288,6 +294,12 @@ impl Map {
     /// The value at `key` (`value_size` bytes, the map's), removed from the map in the
     /// same step: of two takers, one gets it. None when absent.
     pub fn take(&self, key: &[u8], value_size: usize) -> io::Result<Option<Vec<u8>>> {
+        self.value(MAP_LOOKUP_AND_DELETE_ELEM, key, value_size)
+    }
+
+    /// The value at `key` by `cmd` (a lookup, or a lookup that removes it); None when
+    /// absent.
+    fn value(&self, cmd: i32, key: &[u8], value_size: usize) -> io::Result<Option<Vec<u8>>> {
         let mut value = vec![0u8; value_size];
         let mut a = MapElem {
             map_fd: self.fd.as_raw_fd() as u32,
@@ -295,11 +307,17 @@ impl Map {
             value: value.as_mut_ptr() as u64,
             ..Default::default()
         };
-        match bpf(MAP_LOOKUP_AND_DELETE_ELEM, &mut a) {
+        match bpf(cmd, &mut a) {
             Ok(_) => Ok(Some(value)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// A socket-storage map's value (`value_size` bytes, the map's) for the socket
+    /// `sock`; None when it has none.
+    pub fn socket_value(&self, sock: BorrowedFd<'_>, value_size: usize) -> io::Result<Option<Vec<u8>>> {
+        self.value(MAP_LOOKUP_ELEM, &sock.as_raw_fd().to_ne_bytes(), value_size)
     }
 
     /// Sets a socket-storage map's value for the socket `sock`.

@@ -30,7 +30,7 @@ use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ax_sys::bpf::{self, Asm, Insn, Map, Size, Verdict, R0, R1, R10, R2, R3, R4, R6, R7, R8};
@@ -75,8 +75,9 @@ pub type GuardError = InstallError;
 
 /// The guard, installed.
 pub struct Guard {
-    sockets: Arc<Map>,
-    members: Map,
+    maps: Maps,
+    /// Its pin directory.
+    dir: PathBuf,
     known: Mutex<HashSet<Ipv4Addr>>,
     /// The marks are a previous daemon's, taken over from its pins.
     taken_over: bool,
@@ -85,7 +86,7 @@ pub struct Guard {
 /// The marks and the daemon's identity outlive a daemon (pinned); the members are
 /// this daemon's to find out afresh.
 struct Maps {
-    sockets: Map,
+    sockets: Arc<Map>,
     daemon: Map,
     members: Map,
 }
@@ -99,13 +100,17 @@ impl Maps {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(Some(Maps { sockets, daemon: Map::open_pinned(&dir.join("daemon"))?, members: Maps::members()? }))
+        Ok(Some(Maps {
+            sockets: Arc::new(sockets),
+            daemon: Map::open_pinned(&dir.join("daemon"))?,
+            members: Maps::members()?,
+        }))
     }
 
     fn create(dir: &Path) -> io::Result<Maps> {
         fs::create_dir_all(dir)?;
         let maps = Maps {
-            sockets: Map::sk_storage("ax_sockets", 4)?,
+            sockets: Arc::new(Map::sk_storage("ax_sockets", 4)?),
             daemon: hooks::daemon_map()?,
             members: Maps::members()?,
         };
@@ -138,25 +143,23 @@ impl Guard {
         };
         hooks::claim(&maps.daemon).map_err(|e| InstallError::Maps(WHO, e))?;
 
-        let address = address_program(&maps);
-        let mut programs: Vec<hooks::Program> = ADDRESS_HOOKS
-            .iter()
-            .map(|&(hook, name)| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, address.clone()))
-            .collect();
-        programs.push((bpf::ATTACH_INGRESS, "ingress", bpf::PROG_CGROUP_SKB, ingress_program(&maps)));
-        hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
+        hooks::attach_and_pin(WHO, &cgroup, &dir, &programs(&maps))?;
         info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "socket guard installed");
         match hooks::remove_old_layouts(run_dir, &[LAYOUT, crate::kdriver::LAYOUT]) {
             Ok(old) if !old.is_empty() => info!(?old, "removed the pins of older versions' programs"),
             Ok(_) => {}
             Err(e) => warn!("cannot remove the pins of older versions' programs under {}: {e}", run_dir.display()),
         }
-        Ok(Guard {
-            sockets: Arc::new(maps.sockets),
-            members: maps.members,
-            known: Mutex::new(HashSet::new()),
-            taken_over,
-        })
+        Ok(Guard { maps, dir, known: Mutex::new(HashSet::new()), taken_over })
+    }
+
+    /// Attaches the guard's programs to `cgroup` too (and pins them), for the sockets
+    /// made there: the kernel driver's app cgroups, where the daemon's cgroup does not
+    /// hold them.
+    pub(crate) fn attach_to(&self, cgroup: &Cgroup) -> Result<(), GuardError> {
+        hooks::attach_and_pin(WHO, cgroup, &self.dir, &programs(&self.maps))?;
+        info!(cgroup = %cgroup.dir.display(), "socket guard attached");
+        Ok(())
     }
 
     /// Whether this guard's marks are the ones a previous daemon left (its pins, of this
@@ -177,26 +180,35 @@ impl Guard {
     /// The map of marks ([`GUARDED`], [`MEMBERS_ONLY`]) that engines write, one value per
     /// socket.
     pub fn marks(&self) -> Arc<Map> {
-        Arc::clone(&self.sockets)
+        Arc::clone(&self.maps.sockets)
     }
 
     /// Makes one of the daemon's own listeners take connections from members only.
     pub fn mark_members_only(&self, sock: BorrowedFd<'_>) -> io::Result<()> {
-        self.sockets.update_socket(sock, MEMBERS_ONLY)
+        self.maps.sockets.update_socket(sock, MEMBERS_ONLY)
     }
 
     /// Makes `members` the addresses pool ports take packets from.
     pub fn set_members(&self, members: &HashSet<Ipv4Addr>) -> io::Result<()> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         for gone in known.difference(members) {
-            self.members.delete(&gone.octets())?;
+            self.maps.members.delete(&gone.octets())?;
         }
         for new in members.difference(&known) {
-            self.members.update(&new.octets(), &1u32.to_ne_bytes())?;
+            self.maps.members.update(&new.octets(), &1u32.to_ne_bytes())?;
         }
         known.clone_from(members);
         Ok(())
     }
+}
+
+/// The guard's programs: on the calls that name an address, and on ingress.
+fn programs(maps: &Maps) -> Vec<hooks::Program> {
+    let address = address_program(maps);
+    let mut programs: Vec<hooks::Program> =
+        ADDRESS_HOOKS.iter().map(|&(hook, name)| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, address.clone())).collect();
+    programs.push((bpf::ATTACH_INGRESS, "ingress", bpf::PROG_CGROUP_SKB, ingress_program(maps)));
+    programs
 }
 
 /// r7 = the socket's marks (r6: the context, r8: the socket), from the socket pointer at

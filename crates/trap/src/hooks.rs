@@ -30,21 +30,50 @@ pub enum InstallError {
     Attach(&'static str, &'static str, PathBuf, io::Error),
 }
 
-/// The cgroup2 directory of this process, open: new sockets belong to it, so programs
-/// attached there see every socket the daemon makes.
+/// A cgroup2 directory, open: programs attached there run for the sockets made in it
+/// and in the cgroups under it.
 pub struct Cgroup {
     pub dir: PathBuf,
+    /// The root of the cgroup2 mount `dir` is in.
+    pub root: PathBuf,
     file: File,
 }
 
 impl Cgroup {
     /// This process's cgroup (a cgroup2 is mounted at `run_dir`/cgroup2 when this mount
-    /// namespace shows none).
+    /// namespace shows none): new sockets belong to it, so programs attached there see
+    /// every socket the daemon makes.
     pub fn own(who: &'static str, run_dir: &Path) -> Result<Cgroup, InstallError> {
-        let dir = own_cgroup(&run_dir.join("cgroup2")).map_err(|e| InstallError::Cgroup(who, e))?;
+        let (root, dir) = own_cgroup(&run_dir.join("cgroup2")).map_err(|e| InstallError::Cgroup(who, e))?;
+        Cgroup::open(who, root, dir)
+    }
+
+    /// The cgroup `name` right under the root, made if missing.
+    pub fn under_root(&self, who: &'static str, name: &str) -> Result<Cgroup, InstallError> {
+        let dir = self.root.join(name);
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(InstallError::Cgroup(who, io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))
+            }
+            _ => Cgroup::open(who, self.root.clone(), dir),
+        }
+    }
+
+    fn open(who: &'static str, root: PathBuf, dir: PathBuf) -> Result<Cgroup, InstallError> {
         let file = File::open(&dir)
             .map_err(|e| InstallError::Cgroup(who, io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
-        Ok(Cgroup { dir, file })
+        Ok(Cgroup { dir, root, file })
+    }
+
+    /// Whether `other` is this cgroup or one under it: programs attached here run for
+    /// its sockets too.
+    pub fn holds(&self, other: &Cgroup) -> bool {
+        other.dir.starts_with(&self.dir)
+    }
+
+    /// The cgroup's id (its directory's inode; what bpf_get_current_cgroup_id gives).
+    pub fn id(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.ino())
     }
 }
 
@@ -152,8 +181,9 @@ pub type Program = (u32, &'static str, u32, Vec<Insn>);
 /// Loads every program and attaches it to `cgroup` (alongside whatever else is attached
 /// there), then pins each link under `dir` per cgroup, replacing the pins a previous
 /// daemon in the same cgroup left: the new links are attached before the old pins go,
-/// so the rules never lapse. A daemon started in another cgroup leaves the links that
-/// rule the sockets made in the old one.
+/// so the rules never lapse. Pins under `dir` for this cgroup of programs not among
+/// `programs` (a previous daemon's set there was another) go too. A daemon started in
+/// another cgroup leaves the links that rule the sockets made in the old one.
 pub fn attach_and_pin(
     who: &'static str,
     cgroup: &Cgroup,
@@ -168,17 +198,37 @@ pub fn attach_and_pin(
             .map_err(|e| InstallError::Attach(who, name, cgroup.dir.clone(), e))?;
         links.push((*name, link));
     }
-    let cgroup_id = cgroup.file.metadata().map_err(|e| InstallError::Cgroup(who, e))?.ino();
-    for (name, link) in &links {
-        let path = dir.join(format!("link-{name}-{cgroup_id}"));
+    let cgroup_id = cgroup.id().map_err(|e| InstallError::Cgroup(who, e))?;
+    let pins: Vec<String> = links.iter().map(|(name, _)| link_pin(name, cgroup_id)).collect();
+    for ((_, link), pin) in links.iter().zip(&pins) {
+        let path = dir.join(pin);
         let _ = fs::remove_file(&path);
         link.pin(&path).map_err(|e| InstallError::Pins(who, path.clone(), e))?;
+    }
+    let stale = |name: &str| is_link_pin_of(name, cgroup_id) && !pins.iter().any(|p| p == name);
+    for e in fs::read_dir(dir).map_err(|e| InstallError::Pins(who, dir.to_path_buf(), e))?.flatten() {
+        if e.file_name().to_str().is_some_and(stale) {
+            fs::remove_file(e.path()).map_err(|err| InstallError::Pins(who, e.path(), err))?;
+        }
     }
     Ok(links.into_iter().map(|(_, l)| l).collect())
 }
 
-/// The cgroup2 directory of this process.
-fn own_cgroup(fallback: &Path) -> io::Result<PathBuf> {
+/// The pin name of program `name`'s link on cgroup `cgroup_id`.
+fn link_pin(name: &str, cgroup_id: u64) -> String {
+    format!("link-{name}-{cgroup_id}")
+}
+
+/// Whether `pin` is the pin name of a link on cgroup `cgroup_id`.
+fn is_link_pin_of(pin: &str, cgroup_id: u64) -> bool {
+    pin.strip_prefix("link-")
+        .and_then(|rest| rest.rsplit_once('-'))
+        .is_some_and(|(name, id)| !name.is_empty() && id == cgroup_id.to_string())
+}
+
+/// The root of the cgroup2 mount this process's cgroup is found in, and that cgroup's
+/// directory.
+fn own_cgroup(fallback: &Path) -> io::Result<(PathBuf, PathBuf)> {
     let cgroup = fs::read_to_string("/proc/self/cgroup")?;
     let path = unified_path(&cgroup).ok_or_else(|| io::Error::other("no cgroup2 line (0::) in /proc/self/cgroup"))?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
@@ -191,7 +241,8 @@ fn own_cgroup(fallback: &Path) -> io::Result<PathBuf> {
         }
     };
     let inside = path.strip_prefix(root.as_str()).unwrap_or(path).trim_start_matches('/');
-    Ok(mount.join(inside))
+    let dir = mount.join(inside);
+    Ok((mount, dir))
 }
 
 /// The cgroup2 mount point and the root it shows, from /proc/self/mountinfo.
@@ -257,6 +308,18 @@ mod tests {
         );
         assert!(outside.join("keep").exists(), "a link is not followed");
         fs::remove_dir_all(&run).unwrap();
+    }
+
+    #[test]
+    fn link_pins_are_told_by_their_cgroup() {
+        assert_eq!(link_pin("kconnect4", 42), "link-kconnect4-42");
+        assert!(is_link_pin_of("link-kconnect4-42", 42));
+        assert!(is_link_pin_of("link-sock-create-42", 42), "a name with dashes");
+        assert!(!is_link_pin_of("link-kconnect4-421", 42));
+        assert!(!is_link_pin_of("link-kconnect4-42", 4));
+        assert!(!is_link_pin_of("link--42", 42));
+        assert!(!is_link_pin_of("ksock", 42));
+        assert!(!is_link_pin_of("kconnect4-42", 42));
     }
 
     #[test]

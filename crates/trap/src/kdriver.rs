@@ -50,10 +50,13 @@ use ax_core::kmap::{
 use ax_sys::bpf::{self, Asm, Insn, Label, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use tracing::info;
 
+use crate::appcg::{self, AppCgroups};
+pub use crate::appcg::{AppCgroup, AppCgroupError};
+use crate::guard::Guard;
 use crate::hooks::{self, Cgroup, InstallError};
 
 /// The pin directory's name; a new layout gets a new name.
-pub(crate) const LAYOUT: &str = "ax-kernel-v3";
+pub(crate) const LAYOUT: &str = "ax-kernel-v4";
 const WHO: &str = "kernel driver";
 
 /// offsetof(struct bpf_sock_addr, ...).
@@ -126,11 +129,12 @@ struct Maps {
     broker: Map,
     peers: Map,
     daemon: Map,
+    cgroups: Arc<Map>,
 }
 
 /// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
 /// later daemon takes the set over once that one is there.
-const MAPS: [&str; 8] = ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "ksock"];
+const MAPS: [&str; 9] = ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "cgroups", "ksock"];
 
 impl Maps {
     fn make(name: &str) -> io::Result<Map> {
@@ -148,6 +152,7 @@ impl Maps {
                 Map::new(bpf::MAP_LRU_HASH, "ax_kbroker", 8, BrokerEntry::SIZE as u32, BrokerEntry::MAX_ENTRIES)
             }
             "peers" => Map::hash_unallocated("ax_kpeers", Peer::SIZE as u32, Peer::SIZE as u32, Peer::MAX_ENTRIES),
+            "cgroups" => Map::new(bpf::MAP_HASH, "ax_kcgroups", 8, 4, appcg::MAX_CGROUPS),
             _ => Map::sk_storage("ax_ksock", SockState::SIZE as u32),
         }
     }
@@ -173,9 +178,19 @@ impl Maps {
         if taken {
             info!(pins = %dir.display(), "taking over the kernel driver's maps a previous daemon left");
         }
-        let [daemon, apps, routes, conf, private, broker, peers, ksock]: [Map; 8] =
+        let [daemon, apps, routes, conf, private, broker, peers, cgroups, ksock]: [Map; 9] =
             got.try_into().unwrap_or_else(|_| unreachable!("one map per name"));
-        Ok(Maps { ksock: Arc::new(ksock), apps, routes, conf, private, broker, peers, daemon })
+        Ok(Maps {
+            ksock: Arc::new(ksock),
+            apps,
+            routes,
+            conf,
+            private,
+            broker,
+            peers,
+            daemon,
+            cgroups: Arc::new(cgroups),
+        })
     }
 }
 
@@ -183,6 +198,8 @@ impl Maps {
 /// pinned), its maps open.
 pub struct KernelDriver {
     maps: Maps,
+    /// `ax-apps`, where the apps that make their own TCP sockets live.
+    apps: AppCgroups,
     /// The config last written, for marking the maps incomplete (None: none written
     /// yet, and the programs refuse what no exact entry decides).
     config: Mutex<Option<Config>>,
@@ -192,14 +209,16 @@ impl KernelDriver {
     /// Installs the programs on this process's cgroup, creating the maps or taking over
     /// the ones a previous daemon pinned under `run_dir`/bpf (a bpffs is mounted there
     /// if need be; so is a cgroup2 at `run_dir`/cgroup2 when this mount namespace shows
-    /// none).
-    pub fn install(run_dir: &Path) -> Result<KernelDriver, KernelDriverError> {
+    /// none), and the sock_create program on `<cgroup2 root>/ax-apps` (made if
+    /// missing), which marks sockets there for `guard` too. Where the daemon's cgroup
+    /// does not hold `ax-apps`, the guard's programs and these are attached there too.
+    pub fn install(run_dir: &Path, guard: &Guard) -> Result<KernelDriver, KernelDriverError> {
         let cgroup = Cgroup::own(WHO, run_dir)?;
         let dir = hooks::pin_dir(WHO, run_dir, LAYOUT)?;
         let maps = Maps::open_or_create(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))?;
         hooks::claim(&maps.daemon).map_err(|e| InstallError::Maps(WHO, e))?;
         let sock_addr = |hook, name, insns| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, insns);
-        let programs = [
+        let programs = vec![
             sock_addr(bpf::ATTACH_CONNECT4, "kconnect4", route(&maps, false, Hook::Connect)),
             sock_addr(bpf::ATTACH_CONNECT6, "kconnect6", route(&maps, true, Hook::Connect)),
             sock_addr(bpf::ATTACH_GETPEERNAME4, "kgetpeername4", getpeername(&maps, false)),
@@ -215,8 +234,43 @@ impl KernelDriver {
             (bpf::ATTACH_EGRESS, "kegress", bpf::PROG_CGROUP_SKB, egress(&maps)),
         ];
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
-        info!(cgroup = %cgroup.dir.display(), pins = %dir.display(), "kernel driver installed");
-        Ok(KernelDriver { maps, config: Mutex::new(None) })
+        let apps = cgroup.under_root(WHO, appcg::APPS)?;
+        if apps.holds(&cgroup) {
+            let e = io::Error::other(format!("the daemon runs in {}, inside ax-apps", cgroup.dir.display()));
+            return Err(InstallError::Cgroup(WHO, e).into());
+        }
+        // What runs on the daemon's cgroup runs on the ones under it; elsewhere the
+        // programs go on ax-apps too.
+        let mut at_apps = if cgroup.holds(&apps) { Vec::new() } else { programs };
+        if !at_apps.is_empty() {
+            guard.attach_to(&apps)?;
+        }
+        let create = appcg::sock_create(&maps.cgroups, &guard.marks(), &maps.ksock);
+        at_apps.push((bpf::ATTACH_INET_SOCK_CREATE, "ksockcreate", bpf::PROG_CGROUP_SOCK, create));
+        hooks::attach_and_pin(WHO, &apps, &dir, &at_apps)?;
+        let id = apps.id().map_err(|e| InstallError::Cgroup(WHO, e))?;
+        info!(cgroup = %cgroup.dir.display(), apps = %apps.dir.display(), pins = %dir.display(), "kernel driver installed");
+        let apps = AppCgroups { dir: apps.dir, id, ids: Arc::clone(&maps.cgroups) };
+        Ok(KernelDriver { maps, apps, config: Mutex::new(None) })
+    }
+
+    /// The cgroup of app `app` (its kernel id, as in [`SockState::app`]), named `name`
+    /// under ax-apps: made if missing, its id entered in `ax_kcgroups` for `app`.
+    /// Idempotent: a restarted daemon takes its apps' cgroups over so.
+    pub fn app_cgroup(&self, name: &str, app: u32) -> Result<AppCgroup, AppCgroupError> {
+        self.apps.make(name, app)
+    }
+
+    /// Removes app `name`'s cgroup: its entry first (new sockets there fail), then its
+    /// processes (cgroup.kill), then the directory (tried again while they die; a
+    /// failure is logged and the cgroup left, its sockets refused).
+    pub fn remove_app_cgroup(&self, name: &str) {
+        self.apps.remove(name)
+    }
+
+    /// The names of the cgroups under ax-apps, for the daemon's restart cleanup.
+    pub fn app_cgroup_names(&self) -> Vec<String> {
+        self.apps.names()
     }
 
     /// Makes `sock` (a host socket the daemon made for a kernel-driver app) the

@@ -5,6 +5,7 @@
 //! (`ax_sys::kernel::Kernel`), so every decision is tested without root against a
 //! recording double of the kernel.
 
+mod appcg;
 pub mod call;
 mod datagram;
 mod egress;

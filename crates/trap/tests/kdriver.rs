@@ -10,7 +10,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use ax_core::kmap::{
 };
 use ax_core::Proto;
 use ax_sys::sock;
+use ax_trap::guard::Guard;
 use ax_trap::kdriver::KernelDriver;
 
 const INSIDE: &str = "AX_KDRIVER_SANDBOX";
@@ -47,11 +48,25 @@ fn sh(args: &[&str]) {
     assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Where the sandbox's daemon (the test process) runs in the sandbox's cgroup tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// At the root: its programs run on ax-apps by inheritance.
+    Root,
+    /// In a cgroup of its own below the root, beside ax-apps.
+    Beside,
+}
+
 /// Runs `body` in a sandbox of its own (the test re-runs itself there), or fails at once
 /// with a message saying why it cannot.
 fn sandboxed(name: &str, body: impl FnOnce(&Sandbox)) {
+    sandboxed_at(name, Place::Root, body)
+}
+
+/// [`sandboxed`], the daemon at `place`.
+fn sandboxed_at(name: &str, place: Place, body: impl FnOnce(&Sandbox)) {
     if env::var_os(INSIDE).is_some() {
-        body(&Sandbox::new());
+        body(&Sandbox::new(place));
         return;
     }
     let uid = fs::read_to_string("/proc/self/status").unwrap();
@@ -60,17 +75,60 @@ fn sandboxed(name: &str, body: impl FnOnce(&Sandbox)) {
         "the kernel driver's tests need root (they load BPF programs and make namespaces): run the README's test \
          command as root"
     );
-    let out = Command::new("unshare")
-        .args(["--mount", "--net", "--propagation", "private", "--"])
+    let cgroup = sandbox_cgroup(name);
+    // The sandbox starts in a cgroup of its own, the root of its cgroup namespace: the
+    // cgroup2 it mounts shows that cgroup as its root, so its ax-apps is its own.
+    let out = Command::new("sh")
+        .args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec "$@""#])
+        .arg(&cgroup)
+        .args(["unshare", "--cgroup", "--mount", "--net", "--propagation", "private", "--"])
         .arg(env::current_exe().unwrap())
         .args(["--exact", name, "--nocapture", "--test-threads=1", "--include-ignored"])
         .env(INSIDE, "1")
         .output()
         .expect("unshare (util-linux) runs the sandbox");
     let _ = fs::remove_dir(Sandbox::dir_of(out_pid(&out.stdout).unwrap_or(0)));
+    remove_cgroup_tree(&cgroup);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && stdout.contains("1 passed"), "the sandboxed run failed:\n{stdout}\n{stderr}");
     print!("{stdout}");
+}
+
+const SANDBOX_CGROUPS: &str = "ax-kdriver-test-";
+
+/// A new cgroup for the sandbox of test `name`, under the cgroup2 root; the ones of
+/// test processes that died before they could remove theirs are removed.
+fn sandbox_cgroup(name: &str) -> PathBuf {
+    let out = Command::new("findmnt").args(["-n", "-t", "cgroup2", "-o", "TARGET"]).output().expect("findmnt runs");
+    let mounts = String::from_utf8_lossy(&out.stdout);
+    let root = PathBuf::from(mounts.lines().next().expect("a cgroup2 is mounted"));
+    for e in fs::read_dir(&root).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = n.strip_prefix(SANDBOX_CGROUPS).and_then(|rest| rest.split('-').next()) {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let cgroup = root.join(format!("{SANDBOX_CGROUPS}{}-{name}", std::process::id()));
+    remove_cgroup_tree(&cgroup);
+    fs::create_dir(&cgroup).unwrap();
+    cgroup
+}
+
+/// Removes the cgroup `dir` and every cgroup under it, killing what runs there.
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::remove_dir(dir).is_err_and(|e| e.kind() != ErrorKind::NotFound) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The sandbox's pid, which it prints first.
@@ -78,9 +136,12 @@ fn out_pid(stdout: &[u8]) -> Option<u32> {
     String::from_utf8_lossy(stdout).lines().find_map(|l| l.strip_prefix("sandbox pid ")?.parse().ok())
 }
 
-/// The sandbox, from inside: the driver installed on a cgroup of its own.
+/// The sandbox, from inside: the guard and the driver installed on the daemon's cgroup,
+/// in a cgroup2 mount of its own.
 struct Sandbox {
+    guard: Guard,
     driver: KernelDriver,
+    /// The root of the sandbox's cgroup2 mount, and the daemon's cgroup.
     cgroups: PathBuf,
     cgroup: PathBuf,
 }
@@ -90,7 +151,11 @@ impl Sandbox {
         env::temp_dir().join(format!("ax-kdriver-{pid}"))
     }
 
-    fn new() -> Sandbox {
+    fn run_dir() -> PathBuf {
+        Sandbox::dir_of(std::process::id()).join("run")
+    }
+
+    fn new(place: Place) -> Sandbox {
         let pid = std::process::id();
         println!("sandbox pid {pid}");
         for args in [
@@ -99,8 +164,16 @@ impl Sandbox {
             &["ip", "addr", "add", "203.0.113.5/32", "dev", "lo"],
             &["ip", "addr", "add", "198.18.0.10/32", "dev", "lo"],
             &["ip", "-6", "addr", "add", "fd00::5/128", "dev", "lo", "nodad"],
+            // Ping sockets for everyone, so that refusing them is the programs' doing.
+            &["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647"],
         ] {
             sh(args);
+        }
+        // The host's cgroup2 mounts show cgroups outside this namespace: gone, so the
+        // programs find the one mounted here.
+        let mounts = Command::new("findmnt").args(["-n", "-t", "cgroup2", "-o", "TARGET"]).output().unwrap();
+        for m in String::from_utf8_lossy(&mounts.stdout).lines() {
+            sh(&["umount", "-l", m]);
         }
         // Everything under the directory goes with this mount namespace.
         let dir = Sandbox::dir_of(pid);
@@ -109,23 +182,20 @@ impl Sandbox {
         let cgroups = dir.join("cgroup2");
         fs::create_dir_all(&cgroups).unwrap();
         ax_sys::ns::mount_fs("cgroup2", &cgroups, "").unwrap();
-        // Cgroups of sandboxes that died before they could remove theirs.
-        for e in fs::read_dir(&cgroups).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(other) = name.strip_prefix("ax-kdriver-test-") {
-                if !PathBuf::from(format!("/proc/{other}")).exists() {
-                    let _ = fs::remove_dir(e.path());
-                }
-            }
+        let cgroup = match place {
+            Place::Root => cgroups.clone(),
+            Place::Beside => cgroups.join("daemon"),
+        };
+        if place == Place::Beside {
+            fs::create_dir(&cgroup).unwrap();
+            fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
         }
-        let cgroup = cgroups.join(format!("ax-kdriver-test-{pid}"));
-        fs::create_dir(&cgroup).unwrap();
-        fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
-        let driver = KernelDriver::install(&dir.join("run")).unwrap_or_else(|e| panic!("{e}"));
+        let guard = Guard::install(&Sandbox::run_dir()).unwrap_or_else(|e| panic!("{e}"));
+        let driver = KernelDriver::install(&Sandbox::run_dir(), &guard).unwrap_or_else(|e| panic!("{e}"));
         driver
             .apply(&[Change::Config(config(true)), Change::PutApp(APP, AppEntry { ip: APP_IP, class: CLASS })])
             .unwrap();
-        Sandbox { driver, cgroups, cgroup }
+        Sandbox { guard, driver, cgroups, cgroup }
     }
 
     fn route(&self, class: u32, dest: &str, proto: Proto, route: Route) {
@@ -143,13 +213,6 @@ impl Sandbox {
 
     fn tcp(&self) -> OwnedFd {
         self.socket(libc::AF_INET, libc::SOCK_STREAM, fresh())
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = fs::write(self.cgroups.join("cgroup.procs"), std::process::id().to_string());
-        let _ = fs::remove_dir(&self.cgroup);
     }
 }
 
@@ -852,7 +915,7 @@ fn a_restarted_daemon_takes_over_the_maps_and_the_marks() {
         s.route(CLASS, "198.18.0.90:80", Proto::Tcp, rr);
         let before = s.tcp();
         // The next daemon, same run directory: it takes the pins over.
-        let next = KernelDriver::install(&Sandbox::dir_of(std::process::id()).join("run")).unwrap();
+        let next = KernelDriver::install(&Sandbox::run_dir(), &s.guard).unwrap();
         sock::connect(before.as_fd(), &sa("198.18.0.90:80")).unwrap();
         assert_eq!(landed(&all), 0, "a socket marked before the restart, a route written before it");
         let after = sock::socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
@@ -890,7 +953,7 @@ fn a_restarted_daemon_takes_over_the_maps_and_the_marks() {
 #[test]
 fn the_guard_and_the_kernel_driver_share_the_daemons_cgroup() {
     sandboxed("the_guard_and_the_kernel_driver_share_the_daemons_cgroup", |s| {
-        let guard = ax_trap::guard::Guard::install(&Sandbox::dir_of(std::process::id()).join("run")).unwrap();
+        let guard = &s.guard;
         let backend = listener("10.251.0.1:40081");
         s.route(CLASS, "198.18.0.91:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40081"]]));
         // A kernel-driver socket (members-only in the guard's map, not guarded): the
@@ -929,10 +992,10 @@ fn a_fastopen_send_is_a_connect_to_the_programs() {
 
 #[test]
 fn a_failed_install_says_why() {
-    sandboxed("a_failed_install_says_why", |_| {
+    sandboxed("a_failed_install_says_why", |s| {
         let file = Sandbox::dir_of(std::process::id()).join("not-a-directory");
         fs::write(&file, "").unwrap();
-        let e = KernelDriver::install(&file).err().expect("no pins under a file").to_string();
+        let e = KernelDriver::install(&file, &s.guard).err().expect("no pins under a file").to_string();
         assert!(e.starts_with("the kernel driver cannot set up its pins at "), "{e}");
         assert!(e.contains("not-a-directory/bpf"), "{e}");
     });
@@ -1059,7 +1122,8 @@ fn cpu_ns() -> u64 {
 #[test]
 #[ignore]
 fn measure_connect_rates() {
-    sandboxed("measure_connect_rates", |s| {
+    // Beside: the cgroup made for the native rows holds none of the programs.
+    sandboxed_at("measure_connect_rates", Place::Beside, |s| {
         let server = TcpListener::bind("10.251.0.1:40090").unwrap();
         std::thread::spawn(move || {
             for c in server.incoming() {
@@ -1177,5 +1241,226 @@ fn a_pool_port_of_the_node_is_refused_until_an_entry_says_otherwise() {
         let c = s.tcp();
         sock::connect(c.as_fd(), &sa("10.251.0.1:7001")).unwrap();
         assert_eq!(landed(&[&row]), 0);
+    });
+}
+
+/// An app that makes its own sockets: it waits for a line on stdin (the test enters it
+/// into a cgroup meanwhile), then tries one socket of each kind and says what it got,
+/// shows the descriptors of its TCP sockets and waits again (the test reads their
+/// marks), then connects them to `ip:port` (v4, and v4-mapped on v6) and says what
+/// the programs show, and waits to be let go.
+const HOST_PY: &str = r#"
+import errno, socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+sys.stdin.readline()
+def made(family, kind, proto=0):
+    try:
+        return socket.socket(family, kind, proto), "ok"
+    except OSError as e:
+        return None, errno.errorcode[e.errno]
+A4, A6 = socket.AF_INET, socket.AF_INET6
+tcp4, got = made(A4, socket.SOCK_STREAM)
+print("tcp4", got)
+tcp6, got = made(A6, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+print("tcp6", got)
+for name, family, kind, proto in [
+    ("udp4", A4, socket.SOCK_DGRAM, 0),
+    ("udp6", A6, socket.SOCK_DGRAM, 0),
+    ("raw4", A4, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+    ("raw6", A6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6),
+    ("ping4", A4, socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
+    ("mptcp4", A4, socket.SOCK_STREAM, 262),
+    ("mptcp6", A6, socket.SOCK_STREAM, 262),
+    ("unix", socket.AF_UNIX, socket.SOCK_STREAM, 0),
+]:
+    print(name, made(family, kind, proto)[1])
+print("fds", tcp4.fileno() if tcp4 else -1, tcp6.fileno() if tcp6 else -1, flush=True)
+sys.stdin.readline()
+if tcp4 and tcp6:
+    tcp4.connect((ip, port))
+    print("v4", tcp4.getpeername(), tcp4.getsockname()[0])
+    tcp6.connect(("::ffff:" + ip, port))
+    print("v6", tcp6.getpeername()[:2], tcp6.getsockname()[0], flush=True)
+sys.stdin.readline()
+"#;
+
+/// A child process talked to by lines.
+struct Talk {
+    child: std::process::Child,
+    out: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Talk {
+    fn new(mut c: Command) -> Talk {
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("the app starts");
+        let out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        Talk { child, out }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn go(&mut self) {
+        std::io::Write::write_all(self.child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    }
+
+    /// The next `n` lines.
+    fn lines(&mut self, n: usize) -> Vec<String> {
+        (0..n).map(|_| self.out.next().expect("the app said less").unwrap()).collect()
+    }
+
+    /// The app's descriptor `fd`, ours too.
+    fn fd(&self, fd: &str) -> OwnedFd {
+        ax_sys::pidfd::Pidfd::open_thread(self.pid()).unwrap().get_fd(fd.parse().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Talk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The guard's mark and the kernel driver's state of socket `fd`.
+fn marks_of(s: &Sandbox, fd: &OwnedFd) -> (Option<u32>, Option<SockState>) {
+    let mark =
+        s.guard.marks().socket_value(fd.as_fd(), 4).unwrap().map(|v| u32::from_ne_bytes(v[..].try_into().unwrap()));
+    let state = s.driver.socket_states().socket_value(fd.as_fd(), SockState::SIZE).unwrap();
+    (mark, state.map(|v| SockState::decode(&v).unwrap()))
+}
+
+/// Runs HOST_PY to `dest`, entered into `cgroup` first if given (by the driver's
+/// `enter`); its report of the socket kinds, the marks of its two TCP sockets, and what
+/// the connects showed (None when there were no TCP sockets).
+#[allow(clippy::type_complexity)]
+fn host_app(
+    s: &Sandbox,
+    enter: impl FnOnce(i32),
+    dest: &str,
+) -> (Vec<String>, Vec<(Option<u32>, Option<SockState>)>, Option<Vec<String>>) {
+    let d = v4(dest);
+    let mut c = Command::new("python3");
+    c.args(["-c", HOST_PY, &d.ip().to_string(), &d.port().to_string()]);
+    let mut app = Talk::new(c);
+    enter(app.pid());
+    app.go();
+    let kinds = app.lines(10);
+    let fds = app.lines(1)[0].clone();
+    let fds: Vec<&str> = fds.strip_prefix("fds ").unwrap().split(' ').collect();
+    let marks = fds.iter().filter(|f| **f != "-1").map(|f| marks_of(s, &app.fd(f))).collect();
+    app.go();
+    let shown = (!fds.contains(&"-1")).then(|| app.lines(2));
+    app.go();
+    (kinds, marks, shown)
+}
+
+#[test]
+fn an_app_cgroup_makes_tcp_sockets_marked_as_the_daemons_and_no_others() {
+    sandboxed("an_app_cgroup_makes_tcp_sockets_marked_as_the_daemons_and_no_others", host_sockets);
+}
+
+/// The daemon's programs run on ax-apps by inheritance ([`Place::Root`]) or attached
+/// there too ([`Place::Beside`]): the same either way.
+#[test]
+fn an_app_cgroup_beside_the_daemons_makes_the_same_sockets() {
+    sandboxed_at("an_app_cgroup_beside_the_daemons_makes_the_same_sockets", Place::Beside, host_sockets);
+}
+
+/// An app cgroup's TCP sockets are marked and ruled as the daemon's, other inet
+/// sockets refused; a process outside ax-apps makes what it likes, unmarked.
+fn host_sockets(s: &Sandbox) {
+    let real = listener("198.18.0.10:80");
+    let backend = listener("10.251.0.1:40111");
+    s.route(CLASS, "198.18.0.10:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40111"]]));
+    let cg = s.driver.app_cgroup("app-1", APP).unwrap();
+    assert!(cg.dir().starts_with(s.cgroups.join("ax-apps")), "{}", cg.dir().display());
+
+    let (kinds, marks, shown) = host_app(s, |pid| cg.enter(pid).unwrap(), "198.18.0.10:80");
+    let refused = ["udp4", "udp6", "raw4", "raw6", "ping4", "mptcp4", "mptcp6"].map(|k| format!("{k} EPERM"));
+    assert_eq!(kinds[..2], ["tcp4 ok", "tcp6 ok"]);
+    assert_eq!(kinds[2..9], refused, "only TCP is made in an app cgroup");
+    assert_eq!(kinds[9], "unix ok", "not an inet socket: not the program's");
+    let daemons = (Some(ax_trap::guard::MEMBERS_ONLY), Some(fresh()));
+    assert_eq!(marks, [daemons, daemons], "marked as the daemon marks the TCP sockets it makes for the app");
+    let shown = shown.unwrap();
+    assert_eq!(shown[0], "v4 ('198.18.0.10', 80) 198.18.1.1", "the service and the app's address");
+    assert_eq!(shown[1], "v6 ('::ffff:198.18.0.10', 80) ::ffff:198.18.1.1");
+    assert_eq!(landed(&[&real, &backend]), 1, "v4: to the backend");
+    assert_eq!(landed(&[&real, &backend]), 1, "v6: to the backend");
+
+    // A process outside ax-apps: its sockets are its own, made and left alone.
+    let (kinds, marks, shown) = host_app(s, |_| {}, "198.18.0.10:80");
+    let mut all_made: Vec<String> = ["tcp4", "tcp6", "udp4", "udp6", "raw4", "raw6", "ping4", "mptcp4", "mptcp6"]
+        .iter()
+        .map(|k| format!("{k} ok"))
+        .collect();
+    all_made.push("unix ok".into());
+    assert_eq!(kinds, all_made);
+    assert_eq!(marks, [(None, None), (None, None)], "unmarked");
+    let shown = shown.unwrap();
+    assert!(shown[0].starts_with("v4 ('198.18.0.10', 80) 198.18.0.10"), "{}", shown[0]);
+    assert_eq!(landed(&[&real, &backend]), 0, "v4: not rewritten");
+    assert_eq!(landed(&[&real, &backend]), 0, "v6: not rewritten");
+}
+
+#[test]
+fn app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_processes() {
+    sandboxed("app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_processes", |s| {
+        let apps = s.cgroups.join("ax-apps");
+        let backend = listener("10.251.0.1:40121");
+        s.route(CLASS, "198.18.0.120:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40121"]]));
+        let cg = s.driver.app_cgroup("app-2", APP).unwrap();
+        assert_eq!(s.driver.app_cgroup("app-2", APP).unwrap(), cg, "idempotent");
+        // A cgroup made by hand (or left behind) under ax-apps has no entry.
+        fs::create_dir(apps.join("stray")).unwrap();
+        let by_hand = |pid: i32| fs::write(apps.join("stray/cgroup.procs"), pid.to_string()).unwrap();
+        let (kinds, marks, shown) = host_app(s, by_hand, "198.18.0.120:80");
+        assert_eq!(kinds[..2], ["tcp4 EPERM", "tcp6 EPERM"], "no entry: no inet socket");
+        assert!(kinds[2..9].iter().all(|k| k.ends_with(" EPERM")), "{kinds:?}");
+        assert_eq!(kinds[9], "unix ok");
+        assert!(marks.is_empty() && shown.is_none());
+
+        // Names that are not one cgroup under ax-apps.
+        for bad in ["", ".", "..", "a/b", "../app-2"] {
+            assert!(s.driver.app_cgroup(bad, APP).is_err(), "{bad:?}");
+            s.driver.remove_app_cgroup(bad);
+        }
+        let e = s.driver.app_cgroup("cgroup.procs", APP).unwrap_err().to_string();
+        assert!(e.contains("cannot make the app cgroup"), "{e}");
+        assert!(s.driver.app_cgroup("app-3", 0).is_err(), "no app 0");
+        assert!(apps.join("app-2").is_dir(), "nothing removed by a bad name");
+
+        // The next daemon takes the cgroups over.
+        let next = KernelDriver::install(&Sandbox::run_dir(), &s.guard).unwrap();
+        assert_eq!(next.app_cgroup_names(), ["app-2", "stray"]);
+        assert_eq!(next.app_cgroup("app-2", APP).unwrap(), cg);
+
+        // Removed: its processes (forked ones too) killed, the directory gone.
+        let mut c = Command::new("sh");
+        c.args(["-c", "read x; sleep 1000 & sleep 1000 & echo forked; wait"]);
+        let mut app = Talk::new(c);
+        cg.enter(app.pid()).unwrap();
+        app.go();
+        assert_eq!(app.lines(1), ["forked"]);
+        let procs = fs::read_to_string(cg.dir().join("cgroup.procs")).unwrap();
+        assert_eq!(procs.lines().count(), 3, "{procs}");
+        next.remove_app_cgroup("app-2");
+        assert!(!cg.dir().exists(), "the app cgroup is gone");
+        let status = app.child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        assert_eq!(next.app_cgroup_names(), ["stray"]);
+        next.remove_app_cgroup("stray");
+        assert!(next.app_cgroup_names().is_empty());
+        assert!(apps.is_dir(), "ax-apps stays");
+        // Made again: a new cgroup, a new entry.
+        let again = next.app_cgroup("app-2", APP).unwrap();
+        assert_ne!(again, cg);
+        let (kinds, marks, _) = host_app(s, |pid| again.enter(pid).unwrap(), "198.18.0.120:80");
+        assert_eq!(kinds[..2], ["tcp4 ok", "tcp6 ok"]);
+        assert_eq!(marks[0].1, Some(fresh()));
+        assert_eq!(landed(&[&backend]), 0);
+        assert_eq!(landed(&[&backend]), 0);
     });
 }
