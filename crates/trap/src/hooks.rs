@@ -52,17 +52,18 @@ impl Cgroup {
     pub fn under_root(&self, who: &'static str, name: &str) -> Result<Cgroup, InstallError> {
         let dir = self.root.join(name);
         match fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(InstallError::Cgroup(who, io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))
-            }
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Cgroup::error(who, &dir, e)),
             _ => Cgroup::open(who, self.root.clone(), dir),
         }
     }
 
     fn open(who: &'static str, root: PathBuf, dir: PathBuf) -> Result<Cgroup, InstallError> {
-        let file = File::open(&dir)
-            .map_err(|e| InstallError::Cgroup(who, io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
+        let file = File::open(&dir).map_err(|e| Cgroup::error(who, &dir, e))?;
         Ok(Cgroup { dir, root, file })
+    }
+
+    fn error(who: &'static str, dir: &Path, e: io::Error) -> InstallError {
+        InstallError::Cgroup(who, io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
     }
 
     /// Whether `other` is this cgroup or one under it: programs attached here run for

@@ -1464,3 +1464,41 @@ fn app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_pr
         assert_eq!(landed(&[&backend]), 0);
     });
 }
+
+/// A daemon beside ax-apps attached every program there too; the next one, at the root
+/// (it holds ax-apps), removes those links: one set of programs runs on an app's
+/// connect (two would route the connect twice).
+#[test]
+fn a_daemon_moved_to_the_root_leaves_one_set_of_programs_on_ax_apps() {
+    sandboxed_at("a_daemon_moved_to_the_root_leaves_one_set_of_programs_on_ax_apps", Place::Beside, |s| {
+        let b: Vec<TcpListener> = (1..=3).map(|i| listener(&format!("10.251.0.1:4013{i}"))).collect();
+        let all: Vec<&TcpListener> = b.iter().collect();
+        let rr = backends(Lb::RoundRobin, &[&["10.251.0.1:40131"], &["10.251.0.1:40132"], &["10.251.0.1:40133"]]);
+        s.route(CLASS, "198.18.0.130:80", Proto::Tcp, rr);
+        let apps_id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(s.cgroups.join("ax-apps")).unwrap());
+        let pins = Sandbox::run_dir().join("bpf");
+        let at_apps = || -> Vec<String> {
+            let layouts = fs::read_dir(&pins).unwrap().flatten();
+            let kernel = layouts.map(|e| e.path()).find(|p| p.to_string_lossy().contains("ax-kernel-v")).unwrap();
+            let mut names: Vec<String> = fs::read_dir(kernel)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(&format!("-{apps_id}")))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(at_apps().len(), 14, "beside: the 13 programs and sock_create on ax-apps: {:?}", at_apps());
+        assert_ne!(s.cgroup, s.cgroups);
+        fs::write(s.cgroups.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+        let next = KernelDriver::install(&Sandbox::run_dir(), &s.guard).unwrap();
+        assert_eq!(at_apps(), [format!("link-ksockcreate-{apps_id}")]);
+        let cg = next.app_cgroup("app-4", APP).unwrap();
+        let (_, _, shown) = host_app(s, |pid| cg.enter(pid).unwrap(), "198.18.0.130:80");
+        assert_eq!(shown.unwrap()[0], "v4 ('198.18.0.130', 80) 198.18.1.1");
+        // v4 then v6, the round robin stepped once each.
+        assert_eq!((landed(&all[..1]), landed(&all[1..2])), (0, 0));
+        nothing_waits(all[2]);
+    });
+}
