@@ -152,6 +152,18 @@ impl AppCgroups {
         }
     }
 
+    /// Removes the entries of cgroups that are gone (removed by someone else, or while
+    /// no daemon ran): what a daemon that took the map over does first, so that the
+    /// map does not fill with them.
+    pub(crate) fn prune(&self) -> io::Result<()> {
+        let live: Vec<[u8; 8]> =
+            self.names().iter().filter_map(|n| fs::metadata(self.dir.join(n)).ok()).map(|m| key(m.ino())).collect();
+        for gone in self.ids.keys(8)?.iter().filter(|k| !live.iter().any(|l| l == &k[..])) {
+            self.ids.delete(gone)?;
+        }
+        Ok(())
+    }
+
     /// The names of the cgroups under `ax-apps`.
     pub(crate) fn names(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };

@@ -35,6 +35,9 @@
 //!   dropped.
 //! - bind4/6: refused (EPERM) to every thread that is not the daemon's (the daemon
 //!   binds for the app, as the guard demands of guarded sockets).
+//! - sock_create, on `<cgroup2 root>/ax-apps` (`crate::appcg`): the TCP sockets an app
+//!   in a cgroup there makes itself get the marks of the daemon's, so the programs
+//!   above rule them alike; any other inet socket there is refused.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -251,6 +254,7 @@ impl KernelDriver {
         let id = apps.id().map_err(|e| InstallError::Cgroup(WHO, e))?;
         info!(cgroup = %cgroup.dir.display(), apps = %apps.dir.display(), pins = %dir.display(), "kernel driver installed");
         let apps = AppCgroups { dir: apps.dir, id, ids: Arc::clone(&maps.cgroups) };
+        apps.prune().map_err(|e| InstallError::Maps(WHO, e))?;
         Ok(KernelDriver { maps, apps, config: Mutex::new(None) })
     }
 

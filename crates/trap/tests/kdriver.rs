@@ -1432,8 +1432,14 @@ fn app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_pr
         assert!(s.driver.app_cgroup("app-3", 0).is_err(), "no app 0");
         assert!(apps.join("app-2").is_dir(), "nothing removed by a bad name");
 
-        // The next daemon takes the cgroups over.
+        // The next daemon takes the cgroups over, and drops the entries of cgroups gone.
+        let gone = s.driver.app_cgroup("app-5", APP).unwrap();
+        let mut both = vec![cgroup_id(cg.dir()), cgroup_id(gone.dir())];
+        both.sort();
+        fs::remove_dir(gone.dir()).unwrap();
+        assert_eq!(kcgroup_ids(), both);
         let next = KernelDriver::install(&Sandbox::run_dir(), &s.guard).unwrap();
+        assert_eq!(kcgroup_ids(), [cgroup_id(cg.dir())]);
         assert_eq!(next.app_cgroup_names(), ["app-2", "stray"]);
         assert_eq!(next.app_cgroup("app-2", APP).unwrap(), cg);
 
@@ -1448,6 +1454,7 @@ fn app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_pr
         assert_eq!(procs.lines().count(), 3, "{procs}");
         next.remove_app_cgroup("app-2");
         assert!(!cg.dir().exists(), "the app cgroup is gone");
+        assert!(kcgroup_ids().is_empty(), "its entry too");
         let status = app.child.wait().unwrap();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
         assert_eq!(next.app_cgroup_names(), ["stray"]);
@@ -1465,6 +1472,25 @@ fn app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_pr
     });
 }
 
+/// The kernel driver's pin directory (of this version's layout, the one there is).
+fn kernel_pins() -> PathBuf {
+    let layouts = fs::read_dir(Sandbox::run_dir().join("bpf")).unwrap().flatten();
+    layouts.map(|e| e.path()).find(|p| p.to_string_lossy().contains("ax-kernel-v")).unwrap()
+}
+
+/// The cgroup ids `ax_kcgroups` holds, sorted.
+fn kcgroup_ids() -> Vec<u64> {
+    let map = ax_sys::bpf::Map::open_pinned(&kernel_pins().join("cgroups")).unwrap();
+    let mut ids: Vec<u64> =
+        map.keys(8).unwrap().iter().map(|k| u64::from_ne_bytes(k[..].try_into().unwrap())).collect();
+    ids.sort();
+    ids
+}
+
+fn cgroup_id(dir: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&fs::metadata(dir).unwrap())
+}
+
 /// A daemon beside ax-apps attached every program there too; the next one, at the root
 /// (it holds ax-apps), removes those links: one set of programs runs on an app's
 /// connect (two would route the connect twice).
@@ -1475,12 +1501,9 @@ fn a_daemon_moved_to_the_root_leaves_one_set_of_programs_on_ax_apps() {
         let all: Vec<&TcpListener> = b.iter().collect();
         let rr = backends(Lb::RoundRobin, &[&["10.251.0.1:40131"], &["10.251.0.1:40132"], &["10.251.0.1:40133"]]);
         s.route(CLASS, "198.18.0.130:80", Proto::Tcp, rr);
-        let apps_id = std::os::unix::fs::MetadataExt::ino(&fs::metadata(s.cgroups.join("ax-apps")).unwrap());
-        let pins = Sandbox::run_dir().join("bpf");
+        let apps_id = cgroup_id(&s.cgroups.join("ax-apps"));
         let at_apps = || -> Vec<String> {
-            let layouts = fs::read_dir(&pins).unwrap().flatten();
-            let kernel = layouts.map(|e| e.path()).find(|p| p.to_string_lossy().contains("ax-kernel-v")).unwrap();
-            let mut names: Vec<String> = fs::read_dir(kernel)
+            let mut names: Vec<String> = fs::read_dir(kernel_pins())
                 .unwrap()
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
