@@ -127,9 +127,15 @@ impl AppCgroups {
         let dir = self.dir.join(name);
         let id = match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => m.ino(),
-            Ok(_) => return warn!("not removing {}: not a cgroup", dir.display()),
+            Ok(_) => {
+                warn!("not removing {}: not a cgroup", dir.display());
+                return;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(e) => return warn!("cannot remove the app cgroup {}: {e}", dir.display()),
+            Err(e) => {
+                warn!("cannot remove the app cgroup {}: {e}", dir.display());
+                return;
+            }
         };
         if let Err(e) = self.ids.delete(&key(id)) {
             warn!("cannot remove the entry of the app cgroup {} (its sockets are still made): {e}", dir.display());
@@ -140,15 +146,15 @@ impl AppCgroups {
         let deadline = Instant::now() + REMOVAL_PATIENCE;
         loop {
             match fs::remove_dir(&dir) {
-                Ok(()) => return info!(cgroup = %dir.display(), "app cgroup removed"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Ok(()) => info!(cgroup = %dir.display(), "app cgroup removed"),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
-                Err(e) => {
-                    return warn!("cannot remove the app cgroup {} (left, its sockets refused): {e}", dir.display())
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn!("cannot remove the app cgroup {} (left, its sockets refused): {e}", dir.display()),
             }
+            return;
         }
     }
 
