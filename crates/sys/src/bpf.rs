@@ -24,6 +24,8 @@ const OBJ_PIN: i32 = 6;
 const OBJ_GET: i32 = 7;
 const BTF_LOAD: i32 = 18;
 const LINK_CREATE: i32 = 28;
+const LINK_UPDATE: i32 = 29;
+const LINK_DETACH: i32 = 34;
 const MAP_LOOKUP_AND_DELETE_ELEM: i32 = 21;
 
 /// Map types used here.
@@ -140,6 +142,21 @@ struct LinkCreate {
     target_fd: u32,
     attach_type: u32,
     flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdate {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkDetach {
+    link_fd: u32,
 }
 
 #[repr(C)]
@@ -410,6 +427,28 @@ pub struct Link {
 impl Link {
     pub fn pin(&self, path: &Path) -> io::Result<()> {
         pin(self.fd.as_raw_fd(), path)
+    }
+
+    pub fn open_pinned(path: &Path) -> io::Result<Link> {
+        open_pinned(path).map(|fd| Link { fd })
+    }
+
+    /// Makes `prog` (of the link's program type and attach type) the link's program in
+    /// one step: every call runs the old program or the new one, never both or none.
+    pub fn update(&self, prog: &OwnedFd) -> io::Result<()> {
+        let mut a = LinkUpdate {
+            link_fd: self.fd.as_raw_fd() as u32,
+            new_prog_fd: prog.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(LINK_UPDATE, &mut a).map(drop)
+    }
+
+    /// Detaches the link's program now (dropping the last reference to a link, its pin
+    /// included, detaches it only later, from a kernel worker).
+    pub fn detach(&self) -> io::Result<()> {
+        let mut a = LinkDetach { link_fd: self.fd.as_raw_fd() as u32 };
+        bpf(LINK_DETACH, &mut a).map(drop)
     }
 }
 

@@ -180,39 +180,44 @@ pub fn if_not_daemon(a: &mut Asm, daemon: &Map, not: impl Into<Target> + Copy) {
 pub type Program = (u32, &'static str, u32, Vec<Insn>);
 
 /// Loads every program and attaches it to `cgroup` (alongside whatever else is attached
-/// there), then pins each link under `dir` per cgroup, replacing the pins a previous
-/// daemon in the same cgroup left: the new links are attached before the old pins go,
-/// so the rules never lapse. Pins under `dir` for this cgroup of programs not among
-/// `programs` (a previous daemon's set there was another) go too. A daemon started in
-/// another cgroup leaves the links that rule the sockets made in the old one.
+/// there), its link pinned under `dir` per cgroup. Where a previous daemon in the same
+/// cgroup left the program's link pinned, that link gets the new program in one step
+/// (no call runs neither or both: two connect programs would route a connect twice).
+/// The links pinned under `dir` for this cgroup of programs not among `programs` (a
+/// previous daemon's set there was another) are detached and go. A daemon started in another cgroup leaves the
+/// links that rule the sockets made in the old one.
 pub fn attach_and_pin(
     who: &'static str,
     cgroup: &Cgroup,
     dir: &Path,
     programs: &[Program],
-) -> Result<Vec<Link>, InstallError> {
-    let mut links = Vec::new();
-    for (hook, name, prog_type, insns) in programs {
+) -> Result<(), InstallError> {
+    let cgroup_id = cgroup.id().map_err(|e| InstallError::Cgroup(who, e))?;
+    let pins: Vec<String> = programs.iter().map(|(_, name, _, _)| link_pin(name, cgroup_id)).collect();
+    for ((hook, name, prog_type, insns), pin) in programs.iter().zip(&pins) {
         let prog: OwnedFd =
             bpf::load(*prog_type, *hook, &format!("ax_{name}"), insns).map_err(|e| InstallError::Load(who, name, e))?;
+        let path = dir.join(pin);
+        // A pinned link that cannot take the program (detached meanwhile) is replaced.
+        if Link::open_pinned(&path).and_then(|old| old.update(&prog)).is_ok() {
+            continue;
+        }
         let link = bpf::attach(&prog, &cgroup.file, *hook)
             .map_err(|e| InstallError::Attach(who, name, cgroup.dir.clone(), e))?;
-        links.push((*name, link));
-    }
-    let cgroup_id = cgroup.id().map_err(|e| InstallError::Cgroup(who, e))?;
-    let pins: Vec<String> = links.iter().map(|(name, _)| link_pin(name, cgroup_id)).collect();
-    for ((_, link), pin) in links.iter().zip(&pins) {
-        let path = dir.join(pin);
         let _ = fs::remove_file(&path);
         link.pin(&path).map_err(|e| InstallError::Pins(who, path.clone(), e))?;
     }
     let stale = |name: &str| is_link_pin_of(name, cgroup_id) && !pins.iter().any(|p| p == name);
     for e in fs::read_dir(dir).map_err(|e| InstallError::Pins(who, dir.to_path_buf(), e))?.flatten() {
         if e.file_name().to_str().is_some_and(stale) {
-            fs::remove_file(e.path()).map_err(|err| InstallError::Pins(who, e.path(), err))?;
+            // Detached first: gone from every call from now on.
+            Link::open_pinned(&e.path())
+                .and_then(|l| l.detach())
+                .and_then(|()| fs::remove_file(e.path()))
+                .map_err(|err| InstallError::Pins(who, e.path(), err))?;
         }
     }
-    Ok(links.into_iter().map(|(_, l)| l).collect())
+    Ok(())
 }
 
 /// The pin name of program `name`'s link on cgroup `cgroup_id`.
