@@ -70,6 +70,10 @@ pub struct AppView {
     pub cluster: String,
     pub app_ip: Ipv4Addr,
     pub driver: String,
+    /// The app lives in the host's network namespace and makes its TCP sockets itself
+    /// (kernel driver, unprivileged `--user`); false: in a namespace of its own.
+    #[serde(default)]
+    pub host_sockets: bool,
     pub labels: Labels,
     /// The labels as the manual's selectors (`zone==default`).
     pub zones: Vec<String>,
@@ -170,6 +174,11 @@ pub struct Register {
     pub expose: Vec<Expose>,
     /// The `ax run` process (the app's parent), for the log.
     pub pid: i32,
+    /// The app may live in the host's network namespace and make its own TCP sockets
+    /// there (it runs as a user other than root, in no namespace of its own choosing,
+    /// and Landlock can scope its abstract sockets): see [`RunReply::Registered`].
+    #[serde(default)]
+    pub host_sockets: bool,
 }
 
 /// Messages from `ax run` on the run channel, one JSON object per line.
@@ -212,6 +221,12 @@ pub enum RunReply {
         /// refused. Daemons from before the guard could be absent always had it.
         #[serde(default = "guarded")]
         socket_guard: bool,
+        /// The app lives in the host's network namespace, in a cgroup of its own where
+        /// the kernel driver's programs rule the TCP sockets it makes itself (`ax run`
+        /// lets `socket()` of TCP through and keeps the app's own namespace for its
+        /// loopback in its own process); false: as every app, in a namespace of its own.
+        #[serde(default)]
+        host_sockets: bool,
     },
     Attached,
     Error {
@@ -319,6 +334,7 @@ mod tests {
                 cluster: "c".into(),
                 app_ip: "198.18.0.1".parse().unwrap(),
                 driver: "user".into(),
+                host_sockets: false,
                 labels: labels(),
                 zones: labels().selectors(),
             },
@@ -466,8 +482,14 @@ mod tests {
             dns_override: true,
             expose: vec!["8000:0.0.0.0:9999".parse().unwrap()],
             pid: 9,
+            host_sockets: true,
         };
         let j = serde_json::to_value(RunRequest::Register(reg.clone())).unwrap();
+        // An older ax run asks for no host placement.
+        let mut old = j.clone();
+        old["register"].as_object_mut().unwrap().remove("host_sockets");
+        let RunRequest::Register(old) = serde_json::from_value::<RunRequest>(old).unwrap() else { panic!() };
+        assert!(!old.host_sockets);
         assert_eq!(j["register"]["labels"], json!({"role": "prod", "team": "a"}));
         assert_eq!(j["register"]["expose"], json!(["8000:0.0.0.0:9999"]));
         assert_eq!(serde_json::from_value::<RunRequest>(j.clone()).unwrap(), RunRequest::Register(reg));

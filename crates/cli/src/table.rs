@@ -42,7 +42,9 @@ impl Row for AppView {
     fn cells(&self) -> Vec<String> {
         let a = self.clone();
         let zones = format!("[{}]", a.zones.join(","));
-        vec![a.name, a.app_id, a.node_id, a.cluster, a.app_ip.to_string(), a.driver, a.labels.to_string(), zones]
+        // Where its sockets live, when not in a namespace of its own.
+        let driver = if a.host_sockets { format!("{}/host", a.driver) } else { a.driver };
+        vec![a.name, a.app_id, a.node_id, a.cluster, a.app_ip.to_string(), driver, a.labels.to_string(), zones]
     }
 }
 
@@ -138,10 +140,13 @@ mod tests {
             cluster: "appswitch".into(),
             app_ip: "198.18.0.1".parse().unwrap(),
             driver: "user".into(),
+            host_sockets: false,
             zones: labels.selectors(),
             labels,
         };
         assert_eq!(app.cells()[4..], ["198.18.0.1", "user", "zone=default,team=a", "[zone==default,team==a]"]);
+        let host = AppView { driver: "kernel".into(), host_sockets: true, ..app.clone() };
+        assert_eq!(host.cells()[5], "kernel/host");
         let v = VserviceView {
             name: "web".into(),
             lb_type: ax_api::LbType::RoundRobin,

@@ -112,7 +112,7 @@ fn session(
     let req = match recv(conn)? {
         Some((RunRequest::Register(req), _)) => req,
         Some((RunRequest::Reattach { app_id, pid }, Some(fd))) => {
-            return reattach(conn, daemon, guard, app, &app_id, pid, fd)
+            return reattach(conn, daemon, guard, app, &app_id, Pids { app: pid, run: cred.pid }, fd)
         }
         _ => return Err(refused("expected a register or reattach request first")),
     };
@@ -121,7 +121,9 @@ fn session(
         let cluster_ips = t.remote().nodes.iter().map(|n| n.1).collect::<Vec<_>>();
         (t.node().clone(), t.pool().ranges().clone(), cluster_ips, s.driver)
     });
-    let new = validate(&req, cred.pid, &node, &ports, &cluster_ips, driver, guard.is_some())?;
+    let mut new = validate(&req, cred.pid, &node, &ports, &cluster_ips, driver, guard.is_some())?;
+    // Only the kernel driver's programs can rule sockets an app makes itself.
+    new.host_sockets = req.host_sockets && driver == Driver::Kernel && daemon.kernel().is_some();
     if new.name.is_some() && daemon.dns_domain().is_none() {
         return Err(refused("--name needs the daemon's DNS server, and this daemon runs with --dns=false"));
     }
@@ -139,7 +141,7 @@ fn session(
         ),
         _ => None,
     };
-    let (driver, socket_guard) = (registered.driver, registered.socket_guard);
+    let (driver, socket_guard, host_sockets) = (registered.driver, registered.socket_guard, registered.host_sockets);
     reply(
         conn,
         &RunReply::Registered {
@@ -148,6 +150,7 @@ fn session(
             resolv_conf,
             driver,
             socket_guard,
+            host_sockets,
         },
     )?;
     timeout(ATTACH_TIMEOUT)?;
@@ -158,7 +161,26 @@ fn session(
         // ax run gave up before starting the app (a failed exec setup, say).
         None => return Ok(()),
     };
-    serve_app(conn, daemon, guard, registered.id, pid, fd, false)
+    if host_sockets {
+        enter_cgroup(daemon, registered.id, pid)?;
+    }
+    serve_app(conn, daemon, guard, registered.id, Pids { app: pid, run: cred.pid }, fd, false)
+}
+
+/// Moves a host-placement app's first process (not started yet) into its cgroup, where
+/// the kernel driver's programs mark the sockets it makes.
+fn enter_cgroup(daemon: &Daemon, id: AppId, pid: i32) -> Result<(), SessionError> {
+    let k = daemon.kernel().ok_or_else(|| refused("the kernel driver is gone"))?;
+    let cgroup = k.driver.app_cgroup(&id.to_string(), id.0).map_err(|e| refused(e.to_string()))?;
+    cgroup.enter(pid).map_err(io(format!("cannot move app {id} (pid {pid}) into its cgroup")))
+}
+
+/// The processes of an app's session: its first (`app`) and `ax run` (`run`, by the
+/// run connection's credentials: the process that registered it and keeps it).
+#[derive(Debug, Clone, Copy)]
+struct Pids {
+    app: i32,
+    run: i32,
 }
 
 /// Calls that may have been in flight when a daemon died: more than an app has threads.
@@ -179,10 +201,11 @@ fn serve_app(
     daemon: &Daemon,
     guard: &Option<Arc<Guard>>,
     id: AppId,
-    pid: i32,
+    pids: Pids,
     fd: OwnedFd,
     again: bool,
 ) -> Result<(), SessionError> {
+    let pid = pids.app;
     let path = in_flight_path(daemon.run_dir(), id);
     let dir = path.parent().expect("a parent");
     std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
@@ -209,14 +232,19 @@ fn serve_app(
             warn!(app = %id, calls = answered.len(), ?ids, finished = except.len(), "answered calls the previous daemon left pending (EINTR)");
         }
     }
+    let (driver, app_guard, host_sockets) =
+        daemon.read(|s| s.table.app(id).map(|a| (a.driver, a.socket_guard, a.host_sockets))).unwrap_or_default();
+    // The app's own namespace: its first process's, or for an app in the host's, the one
+    // ax run keeps for it.
+    let ns_pid = if host_sockets { pids.run } else { pid };
+    let netns = ax_sys::ns::open_netns(ns_pid).map_err(io(format!("cannot open app {id}'s namespace")))?;
+    let app_ns = netns.try_clone().map_err(io(format!("cannot open app {id}'s namespace")))?;
     let mut kernel =
-        Linux::new(listener, pid, in_flight, guard.as_ref().map(|g| g.marks()), ax_core::limits::HELPERS_PER_APP)
+        Linux::new(listener, app_ns, in_flight, guard.as_ref().map(|g| g.marks()), ax_core::limits::HELPERS_PER_APP)
             .map_err(io(format!("cannot take over app {id} (pid {pid})")))?;
-    let (driver, app_guard) = daemon.read(|s| s.table.app(id).map(|a| (a.driver, a.socket_guard))).unwrap_or_default();
     match (driver, daemon.kernel()) {
         (Driver::Kernel, Some(k)) => {
             kernel = kernel.with_kernel_marks(k.driver.socket_states());
-            let netns = ax_sys::ns::open_netns(pid).map_err(io(format!("cannot open app {id}'s namespace")))?;
             daemon.set_app_netns(id, Some(netns));
         }
         (Driver::Kernel, None) => {
@@ -227,8 +255,12 @@ fn serve_app(
     // The app's filter is the one its first daemon chose: with the guard's rules, or
     // trapping what the guard would refuse (a reattach checked that the guard is here).
     let socket_guard = if app_guard { SocketGuard::Installed } else { SocketGuard::Absent };
-    let engine =
-        Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone())).with_driver(driver).with_guard(socket_guard);
+    // `--new-netns=false` shares ours; a host-placement app lives in the host's.
+    let in_host_netns = host_sockets || same_netns(pid);
+    let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone()))
+        .with_driver(driver)
+        .with_guard(socket_guard)
+        .in_host_netns(in_host_netns);
     for (n, note) in held {
         engine.resume(&n, note);
     }
@@ -240,6 +272,16 @@ fn serve_app(
     Ok(())
 }
 
+/// Whether process `pid` lives in this daemon's network namespace (when unknown: yes,
+/// the stricter answer).
+fn same_netns(pid: i32) -> bool {
+    use ax_sys::ns::identity;
+    match (identity(&format!("/proc/{pid}/ns/net")), identity("/proc/self/ns/net")) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => true,
+    }
+}
+
 /// A restarted daemon takes back an app it restored: `ax run` hands its listener over
 /// again, and calls the app made meanwhile (queued in the kernel) are answered now.
 fn reattach(
@@ -248,19 +290,26 @@ fn reattach(
     guard: &Option<Arc<Guard>>,
     app: &mut Option<AppId>,
     app_id: &str,
-    pid: i32,
+    pids: Pids,
     fd: OwnedFd,
 ) -> Result<(), SessionError> {
     let id = app_id.parse::<AppId>().map_err(|e| refused(e.to_string()))?;
-    // A guard made anew holds no mark of the app's sockets: as good as none for it.
+    let pid = pids.app;
+    // A guard or kernel driver made anew holds no mark or state of the app's sockets: as
+    // good as none for it.
     let socket_guard = guard.as_ref().is_some_and(|g| g.taken_over());
-    if let Answer::Refused(r) = daemon.submit(Command::Reattach { app: id, socket_guard }) {
+    let kernel_driver = daemon.kernel().is_some_and(|k| k.driver.taken_over());
+    if let Answer::Refused(r) = daemon.submit(Command::Reattach { app: id, socket_guard, kernel_driver }) {
         warn!(app = %id, pid, "app not taken back: {r}");
+        // An app in the host's namespace makes TCP sockets no one would rule now.
+        if let Some(k) = daemon.kernel() {
+            k.driver.remove_app_cgroup(&id.to_string());
+        }
         return Err(refused(r.to_string()));
     }
     *app = Some(id);
     info!(app = %id, pid, "app taken back after a restart");
-    serve_app(conn, daemon, guard, id, pid, fd, true)
+    serve_app(conn, daemon, guard, id, pids, fd, true)
 }
 
 /// Checks what a registration's types cannot (its values were checked as it was read):
@@ -288,6 +337,8 @@ fn validate(
         driver,
         expose: req.expose.clone(),
         socket_guard,
+        // Decided by the caller, who knows whether the kernel driver runs.
+        host_sockets: false,
     })
 }
 

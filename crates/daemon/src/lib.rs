@@ -293,6 +293,10 @@ impl Daemon {
         for app in effects.remove_files.drain(..) {
             names::remove_resolv_conf(self.run_dir(), app);
             let _ = fs::remove_file(channel::in_flight_path(self.run_dir(), app));
+            // An app in the host's namespace leaves its cgroup (none: nothing is done).
+            if let Some(k) = self.kernel() {
+                k.driver.remove_app_cgroup(&app.to_string());
+            }
         }
         // Written before the answer: the state as it is now, with every command applied
         // so far, unless a turn before this one wrote it after this command was applied.

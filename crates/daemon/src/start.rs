@@ -220,6 +220,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         if let Some(saved) = saved {
             restore(&daemon, saved);
         }
+        stop_strays(&daemon);
         if let Some(broker) = broker {
             broker::spawn(broker, daemon.clone()).map_err(io("cannot start the broker"))?;
         }
@@ -261,6 +262,18 @@ fn restore(daemon: &Daemon, saved: store::Saved) {
     info!(apps = restored.len(), gone, "restoring the saved state");
     daemon.submit(Command::Restore { saved, at_ms: rest::now_ms() });
     drop_unattached_after(daemon.clone(), restored, REATTACH_GRACE);
+}
+
+/// Stops the apps in the host's namespace that a previous daemon left and this one does
+/// not know (started with --clean, or gone from the saved state): no one would rule the
+/// TCP sockets they make. Their cgroups' entries go first, so they make none meanwhile.
+fn stop_strays(daemon: &Daemon) {
+    let Some(k) = daemon.kernel() else { return };
+    let known: std::collections::HashSet<String> = daemon.read(|s| s.table.apps().map(|a| a.id.to_string()).collect());
+    for name in k.driver.app_cgroup_names().into_iter().filter(|n| !known.contains(n)) {
+        warn!(app = %name, "stopping an app in the host's namespace that this daemon does not know");
+        k.driver.remove_app_cgroup(&name);
+    }
 }
 
 /// After `grace`, drops those of `apps` whose `ax run` has not taken them back.

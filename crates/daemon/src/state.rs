@@ -37,8 +37,9 @@ pub enum Command {
     /// An app's trap engine runs here.
     Attach(AppId),
     /// A restarted daemon is asked to take a restored app back; `socket_guard`: whether
-    /// it has the socket guard, with the marks a previous daemon left.
-    Reattach { app: AppId, socket_guard: bool },
+    /// it has the socket guard, with the marks a previous daemon left; `kernel_driver`:
+    /// whether it has the kernel driver, with the sockets' states a previous one left.
+    Reattach { app: AppId, socket_guard: bool, kernel_driver: bool },
     /// An app is gone (it exited, or was not taken back): its rows and files go too.
     Forget { app: AppId, why: &'static str },
     /// The reattach grace is over: restored apps not taken back by now are dropped.
@@ -166,7 +167,7 @@ impl State {
                 self.attached.insert(app);
                 Answer::Done
             }
-            Command::Reattach { app, socket_guard } => match self.table.app(app) {
+            Command::Reattach { app, socket_guard, kernel_driver } => match self.table.app(app) {
                 // Its filter lets through what the guard refuses: without the guard,
                 // the app could connect and bind its host sockets behind our back.
                 Some(a) if a.socket_guard && !socket_guard => Answer::Refused(Refusal::Conflict(format!(
@@ -174,6 +175,13 @@ impl State {
                      on, and this daemon runs without it (no BPF) or with one made anew that holds no mark of the \
                      app's sockets (its pins lost or of an older version): it is not taken back; restart the app, \
                      or run the daemon where BPF works"
+                ))),
+                // Its connects and sends on the host sockets it holds are untrapped, and
+                // would be ruled by programs that know nothing of those sockets.
+                Some(a) if a.driver == Driver::Kernel && !kernel_driver => Answer::Refused(Refusal::Conflict(format!(
+                    "app {app} runs under the kernel driver, and this daemon has none or one made anew that holds \
+                         no state of the app's sockets (its pins lost or of an older version): it is not taken back \
+                         and is stopped; restart the app"
                 ))),
                 Some(_) => Answer::Done,
                 None => Answer::Refused(Refusal::Missing(format!(

@@ -427,6 +427,7 @@ mod tests {
             driver: ax_core::Driver::User,
             expose: Vec::new(),
             socket_guard: true,
+            host_sockets: false,
         }
     }
 

@@ -13,6 +13,7 @@ pub fn apps(t: &Table) -> Vec<AppView> {
             cluster: node.cluster.clone(),
             app_ip: a.ip,
             driver: a.driver.to_string(),
+            host_sockets: a.host_sockets,
             labels: a.labels.clone(),
             zones: a.labels.selectors(),
         })

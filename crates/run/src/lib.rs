@@ -5,6 +5,11 @@
 //! filter's listener to the daemon, switches to `--user`, and execs the program. The
 //! parent forwards signals and exits with the program's status.
 //!
+//! An app the daemon places in the host's namespace (`host_sockets`: an unprivileged
+//! `--user` under the kernel driver) gets a new mount namespace only, and Landlock's
+//! abstract-socket scope; the parent takes the new network namespace instead, as the
+//! app's own, where the daemon puts the app's loopback sockets.
+//!
 //! The launcher stays single-threaded so that the fork is sound.
 
 use std::ffi::OsString;
@@ -66,6 +71,10 @@ pub enum RunError {
     PrivateMounts(io::Error),
     #[error("cannot bring up lo in the app's namespace: {0}")]
     Loopback(io::Error),
+    #[error("cannot make the app's own network namespace (for its loopback) in ax run: {0}")]
+    OwnNetns(io::Error),
+    #[error("cannot keep the app from the host's abstract unix sockets (Landlock): {0}")]
+    Scope(io::Error),
     #[error("cannot mount the app's resolv.conf over /etc/resolv.conf: {0}")]
     ResolvConf(io::Error),
     #[error("cannot install the seccomp filter: {0}")]
@@ -120,6 +129,7 @@ struct Setup<'a> {
     resolv_conf: Option<String>,
     driver: Driver,
     guard: policy::SocketGuard,
+    placement: policy::Placement,
 }
 
 /// Signals the launcher passes on to the app; SIGCHLD tells it the app ended.
@@ -151,12 +161,14 @@ pub fn run(opts: Options) -> Result<i32> {
         dns_override: opts.dns_override,
         expose: opts.expose.clone(),
         pid: proc::pid(),
+        host_sockets: may_live_in_the_host_namespace(&opts),
     });
     wire::send(daemon.as_fd(), &register, None).map_err(RunError::Send)?;
     let setup = match answer(&daemon)? {
-        RunReply::Registered { app_id, ip, resolv_conf, driver, socket_guard } => {
+        RunReply::Registered { app_id, ip, resolv_conf, driver, socket_guard, host_sockets } => {
             let guard = if socket_guard { policy::SocketGuard::Installed } else { policy::SocketGuard::Absent };
-            Setup { opts: &opts, app_id, ip, resolv_conf, driver, guard }
+            let placement = if host_sockets { policy::Placement::Host } else { policy::Placement::OwnNetns };
+            Setup { opts: &opts, app_id, ip, resolv_conf, driver, guard, placement }
         }
         other => return Err(RunError::Unexpected(Box::new(other))),
     };
@@ -173,9 +185,22 @@ pub fn run(opts: Options) -> Result<i32> {
         }
         Fork::Parent(pid) => {
             drop(child_end);
-            parent(pid, parent_end, daemon, &all, setup.app_id.clone())
+            parent(pid, parent_end, daemon, &all, &setup)
         }
     }
+}
+
+/// Whether the app may live in the host's network namespace (the daemon decides, for
+/// the kernel driver): it will run as a user other than root (capabilities gone, and
+/// no_new_privs keeps setuid programs and file capabilities from giving any back), asks
+/// for a namespace of its own with nothing added to it, and Landlock can keep it from
+/// the host's abstract unix sockets. Root in the host's namespace holds CAP_NET_ADMIN
+/// over it, and could leave its cgroup.
+fn may_live_in_the_host_namespace(opts: &Options) -> bool {
+    opts.user.as_ref().is_some_and(|u| u.uid != 0)
+        && opts.new_netns
+        && opts.interface.is_none()
+        && ax_sys::landlock::can_scope()
 }
 
 fn answer(daemon: &UnixStream) -> Result<RunReply> {
@@ -186,7 +211,7 @@ fn answer(daemon: &UnixStream) -> Result<RunReply> {
     }
 }
 
-fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_id: String) -> Result<i32> {
+fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], setup: &Setup) -> Result<i32> {
     // The child says which descriptor holds its listener; we take it with pidfd_getfd.
     // (Passing it with sendmsg would trap the child on its own filter.)
     let mut number = [0u8; 4];
@@ -194,8 +219,18 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_
         // The child failed to set up and said why on stderr; pass its status on.
         return wait_for(pid, signals);
     }
-    let listener =
-        Pidfd::open_thread(pid).and_then(|p| p.get_fd(i32::from_ne_bytes(number))).map_err(RunError::TakeListener);
+    // An app in the host's namespace keeps its own here, in ax run: the daemon finds it
+    // by this process (the one that registered) and moves the app's loopback sockets in.
+    let own_netns = || -> Result<()> {
+        if setup.placement == policy::Placement::Host {
+            ns::unshare(false, true).map_err(RunError::OwnNetns)?;
+            ns::loopback_up().map_err(RunError::Loopback)?;
+        }
+        Ok(())
+    };
+    let listener = own_netns().and_then(|()| {
+        Pidfd::open_thread(pid).and_then(|p| p.get_fd(i32::from_ne_bytes(number))).map_err(RunError::TakeListener)
+    });
     // We keep our copy of the listener for as long as the app runs (DESIGN: it is what
     // a restarted daemon would be handed).
     let listener = match listener.and_then(|l| attach(&daemon, pid, &l).map(|()| l)) {
@@ -208,8 +243,10 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_
     };
     (&child).write_all(&[GO]).map_err(RunError::Start)?;
     // The fork is behind us: a second thread is sound from here on.
-    let _ =
-        std::thread::Builder::new().name("keeper".into()).spawn(move || keep_attached(daemon, listener, app_id, pid));
+    let (app_id, governed) = (setup.app_id.clone(), setup.driver == Driver::Kernel);
+    let _ = std::thread::Builder::new()
+        .name("keeper".into())
+        .spawn(move || keep_attached(daemon, listener, app_id, pid, governed));
     wait_for(pid, signals)
 }
 
@@ -218,8 +255,11 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], app_
 /// wait in the kernel (the filter's listener stays open here), so they complete once a
 /// daemon is back. A daemon that goes away again before it answered is waited for like
 /// the first. A daemon that no longer knows the app (started with --clean) ends the
-/// wait: the listener is closed, and trapped calls then fail instead of hanging.
-fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid: i32) {
+/// wait: the listener is closed, and trapped calls then fail instead of hanging. An
+/// app the kernel driver `governed` is killed then: its untrapped calls on the host
+/// sockets it holds would be ruled by no one (a new daemon that did not take the
+/// driver's maps over holds no state of them).
+fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid: i32, governed: bool) {
     loop {
         // Nothing more comes on this connection: it returns when the daemon goes.
         let _ = wire::recv::<RunReply>(daemon.as_fd());
@@ -243,6 +283,10 @@ fn keep_attached(mut daemon: UnixStream, listener: OwnedFd, app_id: String, pid:
                 }
                 Err(e) => {
                     eprintln!("ax: the new ax daemon did not take app {app_id} back: {e}");
+                    if governed {
+                        eprintln!("ax: app {app_id} is stopped: the kernel driver no longer rules its sockets");
+                        let _ = proc::kill(pid, libc::SIGKILL);
+                    }
                     return;
                 }
             }
@@ -298,10 +342,16 @@ fn child(parent: UnixStream, setup: &Setup) -> ! {
 fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
     let opts = setup.opts;
     proc::unblock_all_signals().map_err(RunError::UnblockSignals)?;
-    ns::unshare(opts.new_netns).map_err(RunError::Namespaces)?;
+    let own_netns = opts.new_netns && setup.placement == policy::Placement::OwnNetns;
+    ns::unshare(true, own_netns).map_err(RunError::Namespaces)?;
     ns::make_mounts_private().map_err(RunError::PrivateMounts)?;
-    if opts.new_netns {
+    if own_netns {
         ns::loopback_up().map_err(RunError::Loopback)?;
+    }
+    if setup.placement == policy::Placement::Host {
+        // The host's abstract unix sockets (and other apps') are out of reach; its own
+        // processes' stay in reach of each other.
+        ax_sys::landlock::scope_abstract_unix_sockets().map_err(RunError::Scope)?;
     }
     if let Some(name) = &opts.interface {
         add_interface(name, setup.ip)?;
@@ -320,8 +370,9 @@ fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
             );
         }
     }
-    let listener = seccomp::install_filter(&policy::compile(&policy::rules(setup.driver, setup.guard)))
-        .map_err(RunError::Filter)?;
+    let listener =
+        seccomp::install_filter(&policy::compile(&policy::rules(setup.driver, setup.guard, setup.placement)))
+            .map_err(RunError::Filter)?;
     // From here on only calls the filter lets through: read and write.
     let mut io = parent;
     io.write_all(&listener.as_raw_fd().to_ne_bytes()).map_err(RunError::TellListener)?;

@@ -177,11 +177,11 @@ pub struct Linux {
 }
 
 impl Linux {
-    /// The kernel for the app whose first process is `pid`, with at most `helpers`
-    /// helper threads.
+    /// The kernel for the app whose own network namespace is `app_ns` (its loopback
+    /// sockets are made there), with at most `helpers` helper threads.
     pub fn new(
         listener: Listener,
-        pid: i32,
+        app_ns: File,
         in_flight: InFlight,
         marks: Option<Arc<bpf::Map>>,
         helpers: usize,
@@ -192,7 +192,7 @@ impl Linux {
             listener,
             helpers: Pool::new("ax-later", helpers, HELPER_IDLE),
             tasks: Mutex::new(Tasks::default()),
-            app_ns: ns::open_netns(pid)?,
+            app_ns,
             host_ns: ns::current_netns()?,
             host_cookie: sock::netns_cookie(probe.as_fd())?,
             in_flight: Arc::new(in_flight),

@@ -11,10 +11,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use crate::{c_string, cvt};
 
-/// Moves the calling thread into a new mount namespace and, with `net`, a new network
-/// namespace.
-pub fn unshare(net: bool) -> io::Result<()> {
-    let flags = if net { libc::CLONE_NEWNET | libc::CLONE_NEWNS } else { libc::CLONE_NEWNS };
+/// Moves the calling thread into a new mount namespace (with `mounts`) and a new network
+/// namespace (with `net`).
+pub fn unshare(mounts: bool, net: bool) -> io::Result<()> {
+    let flags = if mounts { libc::CLONE_NEWNS } else { 0 } | if net { libc::CLONE_NEWNET } else { 0 };
     // SAFETY: unshare takes flags only.
     cvt(unsafe { libc::unshare(flags) })?;
     Ok(())
@@ -163,4 +163,11 @@ pub fn with_netns<T>(ns: &File, home: &File, f: impl FnOnce() -> T) -> io::Resul
         panic!("cannot return to the host's network namespace: {e}");
     }
     Ok(out)
+}
+
+/// The identity (device, inode) of the namespace at `path` (`/proc/PID/ns/net`, say):
+/// two paths name the same namespace when they give the same.
+pub fn identity(path: &str) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
 }

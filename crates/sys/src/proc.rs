@@ -342,9 +342,8 @@ const CAP_NET_BIND_SERVICE: u32 = 10;
 /// (a thread in a user namespace of its own has every capability there and none
 /// here). False when either cannot be read.
 pub fn may_bind_privileged(tid: i32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let ns = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-    let same_userns = ns(format!("/proc/{tid}/ns/user")).is_some_and(|t| ns("/proc/self/ns/user".into()) == Some(t));
+    let ns = |path: &str| crate::ns::identity(path).ok();
+    let same_userns = ns(&format!("/proc/{tid}/ns/user")).is_some_and(|t| ns("/proc/self/ns/user") == Some(t));
     same_userns
         && std::fs::read_to_string(format!("/proc/{tid}/status"))
             .ok()

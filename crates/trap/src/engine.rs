@@ -57,6 +57,10 @@ pub struct Engine<K: Kernel, N: Node> {
     driver: Driver,
     /// Whether the socket guard polices what this engine lets continue natively.
     pub(crate) guard: SocketGuard,
+    /// The app's processes live in the host's network namespace (`--new-netns=false`, or
+    /// placed there under the kernel driver): a socket let through natively is a host
+    /// socket no one rules.
+    in_host_netns: bool,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -74,6 +78,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             spares: Spares::default(),
             driver: Driver::User,
             guard: SocketGuard::Installed,
+            in_host_netns: false,
         }
     }
 
@@ -85,6 +90,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// The engine of an app whose filter was made for `guard` ([`crate::policy::rules`]).
     pub fn with_guard(self, guard: SocketGuard) -> Engine<K, N> {
         Engine { guard, ..self }
+    }
+
+    /// The engine of an app whose processes live in the host's network namespace.
+    pub fn in_host_netns(self, in_host_netns: bool) -> Engine<K, N> {
+        Engine { in_host_netns, ..self }
     }
 
     /// Marks a host socket for the guard, and for a kernel-driver app hands it to the
@@ -169,8 +179,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// (see [`crate::spare`]).
     fn socket(&self, n: &Notification, domain: i32, ty: i32, protocol: i32) -> Result<Answer, Errno> {
         let Some((ty, cloexec)) = plan::socket(ty, protocol) else {
-            // Raw, ICMP, SCTP and the like stay in the app's own (empty) namespace.
-            return Ok(Answer::Proceed);
+            // Raw, ICMP, SCTP, MPTCP and the like stay in the app's own (empty) namespace;
+            // where the app lives in the host's, they would connect and send anywhere.
+            return if self.in_host_netns { Err(libc::EPROTONOSUPPORT) } else { Ok(Answer::Proceed) };
         };
         let recipe = Recipe { domain, ty, protocol };
         let s = match self.spares.take(recipe) {

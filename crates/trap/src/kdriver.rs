@@ -160,8 +160,8 @@ impl Maps {
         }
     }
 
-    /// The maps pinned under `dir`, or new ones pinned there.
-    fn open_or_create(dir: &Path) -> io::Result<Maps> {
+    /// The maps pinned under `dir` (true), or new ones pinned there (false).
+    fn open_or_create(dir: &Path) -> io::Result<(Maps, bool)> {
         let taken = dir.join("ksock").exists();
         if !taken {
             fs::create_dir_all(dir)?;
@@ -183,7 +183,7 @@ impl Maps {
         }
         let [daemon, apps, routes, conf, private, broker, peers, cgroups, ksock]: [Map; 9] =
             got.try_into().unwrap_or_else(|_| unreachable!("one map per name"));
-        Ok(Maps {
+        let maps = Maps {
             ksock: Arc::new(ksock),
             apps,
             routes,
@@ -193,7 +193,8 @@ impl Maps {
             peers,
             daemon,
             cgroups: Arc::new(cgroups),
-        })
+        };
+        Ok((maps, taken))
     }
 }
 
@@ -206,6 +207,7 @@ pub struct KernelDriver {
     /// The config last written, for marking the maps incomplete (None: none written
     /// yet, and the programs refuse what no exact entry decides).
     config: Mutex<Option<Config>>,
+    taken_over: bool,
 }
 
 impl KernelDriver {
@@ -218,7 +220,7 @@ impl KernelDriver {
     pub fn install(run_dir: &Path, guard: &Guard) -> Result<KernelDriver, KernelDriverError> {
         let cgroup = Cgroup::own(WHO, run_dir)?;
         let dir = hooks::pin_dir(WHO, run_dir, LAYOUT)?;
-        let maps = Maps::open_or_create(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))?;
+        let (maps, taken_over) = Maps::open_or_create(&dir).map_err(|e| InstallError::Pins(WHO, dir.clone(), e))?;
         hooks::claim(&maps.daemon).map_err(|e| InstallError::Maps(WHO, e))?;
         let sock_addr = |hook, name, insns| (hook, name, bpf::PROG_CGROUP_SOCK_ADDR, insns);
         let programs = vec![
@@ -255,7 +257,7 @@ impl KernelDriver {
         info!(cgroup = %cgroup.dir.display(), apps = %apps.dir.display(), pins = %dir.display(), "kernel driver installed");
         let apps = AppCgroups { dir: apps.dir, id, ids: Arc::clone(&maps.cgroups) };
         apps.prune().map_err(|e| InstallError::Maps(WHO, e))?;
-        Ok(KernelDriver { maps, apps, config: Mutex::new(None) })
+        Ok(KernelDriver { maps, apps, config: Mutex::new(None), taken_over })
     }
 
     /// The cgroup of app `app` (its kernel id, as in [`SockState::app`]), named `name`
@@ -275,6 +277,13 @@ impl KernelDriver {
     /// The names of the cgroups under ax-apps, for the daemon's restart cleanup.
     pub fn app_cgroup_names(&self) -> Vec<String> {
         self.apps.names()
+    }
+
+    /// Whether the sockets' states are the ones a previous daemon left (its pins, of
+    /// this layout): false when they were made anew, so no socket of an app started
+    /// before has one, and the programs leave such sockets alone.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
     }
 
     /// Makes `sock` (a host socket the daemon made for a kernel-driver app) the

@@ -36,6 +36,9 @@ pub enum When {
     },
     /// The low 32 bits of each argument equal its value.
     ArgsEq(&'static [(usize, u32)]),
+    /// `socket()` asks for a TCP socket: an inet family, a stream type (whatever its
+    /// SOCK_NONBLOCK and SOCK_CLOEXEC flags), protocol 0 or IPPROTO_TCP.
+    TcpSocket,
     /// The descriptor (the low 32 bits of argument 0, as the kernel reads an int) is in
     /// [`DATAGRAM_FDS`], where the daemon puts the UDP sockets it makes, and the
     /// condition holds.
@@ -176,6 +179,25 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// Where an app's sockets live (see `ax_api::RunReply::Registered::host_sockets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// In a network namespace of its own: every inet `socket()` is the daemon's to make.
+    OwnNetns,
+    /// In the host's namespace, in a cgroup of its own: the app makes its TCP sockets
+    /// itself, and the kernel driver's programs mark and rule them there.
+    Host,
+}
+
+/// The one rule a host-placement app gets before all others.
+const OWN_TCP: Rule = Rule {
+    nr: libc::SYS_socket,
+    when: When::TcpSocket,
+    action: Action::Allow,
+    why: "a host-placement app makes its TCP sockets itself: its cgroup's sock_create program marks them for the \
+          kernel driver's programs, and refuses every other inet socket made there",
+};
+
 /// The calls the kernel driver's BPF programs answer on the daemon's host sockets, and
 /// that its apps' filters therefore let through: datagrams are routed by its udp
 /// sendmsg programs, their sources shown by its recvmsg programs, and what those cannot
@@ -206,15 +228,17 @@ const BATCH_WHY: &str = "without the socket guard nothing else stops a batch sen
 /// The rules of an app of `driver`: the kernel driver's are the user driver's without
 /// the traps of the calls its programs answer ([`ANSWERED_IN_KERNEL`]). Without the
 /// socket guard, every trap kept to the datagram range holds on every descriptor, and
-/// `sendmmsg` is trapped as `sendmsg` is (`unguarded` below).
-pub fn rules(driver: ax_core::Driver, guard: SocketGuard) -> Vec<Rule> {
+/// `sendmmsg` is trapped as `sendmsg` is (`unguarded` below). A host-placement app
+/// (the kernel driver's only, with its guard) makes its TCP sockets untrapped.
+pub fn rules(driver: ax_core::Driver, guard: SocketGuard, placement: Placement) -> Vec<Rule> {
     let trapped = |r: &&Rule| {
         driver == ax_core::Driver::User || !(r.action == Action::Notify && ANSWERED_IN_KERNEL.contains(&r.nr))
     };
     let kept = RULES.iter().filter(trapped).copied();
+    let own = (placement == Placement::Host).then_some(OWN_TCP);
     match guard {
-        SocketGuard::Installed => kept.collect(),
-        SocketGuard::Absent => kept.flat_map(unguarded).collect(),
+        SocketGuard::Installed => own.into_iter().chain(kept).collect(),
+        SocketGuard::Absent => own.into_iter().chain(kept.flat_map(unguarded)).collect(),
     }
 }
 
@@ -251,6 +275,9 @@ const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const BPF_JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const BPF_AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+/// The bits of socket()'s type argument that hold the type (the kernel's SOCK_TYPE_MASK).
+const SOCK_TYPE_MASK: u32 = 0xf;
 const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -307,6 +334,19 @@ fn test(when: When) -> Option<Vec<sock_filter>> {
             }
             t
         }
+        // Each miss jumps to the reload past the return: from the instruction at index i
+        // of the 9, that is 9 - i instructions on (one more than the ones left).
+        When::TcpSocket => vec![
+            stmt(BPF_LD_W_ABS, arg(0)),
+            jump(BPF_JEQ_K, libc::AF_INET as u32, 1, 0),
+            jump(BPF_JEQ_K, libc::AF_INET6 as u32, 0, 7),
+            stmt(BPF_LD_W_ABS, arg(1)),
+            stmt(BPF_AND_K, SOCK_TYPE_MASK),
+            jump(BPF_JEQ_K, libc::SOCK_STREAM as u32, 0, 4),
+            stmt(BPF_LD_W_ABS, arg(2)),
+            jump(BPF_JEQ_K, 0, 1, 0),
+            jump(BPF_JEQ_K, libc::IPPROTO_TCP as u32, 0, 1),
+        ],
         When::DatagramFd(inner) => {
             let inner = test(*inner).unwrap_or_default();
             let n = inner.len() as u8;
@@ -374,6 +414,7 @@ mod tests {
                 BPF_JEQ_K => pc += if acc == ins.k { ins.jt } else { ins.jf } as usize,
                 BPF_JGE_K => pc += if acc >= ins.k { ins.jt } else { ins.jf } as usize,
                 BPF_JSET_K => pc += if acc & ins.k != 0 { ins.jt } else { ins.jf } as usize,
+                BPF_AND_K => acc &= ins.k,
                 BPF_RET_K => return ins.k,
                 other => panic!("unexpected opcode {other}"),
             }
@@ -543,7 +584,7 @@ mod tests {
     fn the_kernel_driver_traps_only_socket_bind_and_listen() {
         use ax_core::Driver;
         let call = |driver, nr: i64, args: [u64; 6]| {
-            run(&compile(&rules(driver, SocketGuard::Installed)), AUDIT_ARCH, nr as u32, args)
+            run(&compile(&rules(driver, SocketGuard::Installed, Placement::OwnNetns)), AUDIT_ARCH, nr as u32, args)
         };
         let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
         let fd = [3, 0x1000, 16, 0, 0x2000, 0];
@@ -571,15 +612,15 @@ mod tests {
         let fastopen = [800, 0x1000, 16, libc::MSG_FASTOPEN as u64, 0x2000, 0];
         assert_eq!(call(Driver::Kernel, libc::SYS_sendto, fastopen), libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32);
         let refused: Vec<Rule> = RULES.iter().filter(|r| r.action != Action::Notify).copied().collect();
-        let kernel = rules(Driver::Kernel, SocketGuard::Installed);
+        let kernel = rules(Driver::Kernel, SocketGuard::Installed, Placement::OwnNetns);
         assert!(refused.iter().all(|r| kernel.iter().any(|k| k.nr == r.nr && k.action == r.action)));
-        assert_eq!(rules(Driver::User, SocketGuard::Installed).len(), RULES.len());
+        assert_eq!(rules(Driver::User, SocketGuard::Installed, Placement::OwnNetns).len(), RULES.len());
         assert_eq!(kernel.len(), RULES.len() - 7);
     }
 
     #[test]
     fn without_the_guard_every_send_and_receive_that_names_an_address_is_trapped_on_every_descriptor() {
-        let unguarded = compile(&rules(ax_core::Driver::User, SocketGuard::Absent));
+        let unguarded = compile(&rules(ax_core::Driver::User, SocketGuard::Absent, Placement::OwnNetns));
         let call = |nr: i64, args: [u64; 6]| run(&unguarded, AUDIT_ARCH, nr as u32, args);
         let guarded = |nr: i64, args: [u64; 6]| run(&compile(RULES), AUDIT_ARCH, nr as u32, args);
         for fd in [0, 3, LO - 1, LO, HI - 1, HI, 1 << 20, u32::MAX as u64] {
@@ -622,7 +663,7 @@ mod tests {
 
     #[test]
     fn the_unguarded_rules_are_derived_from_the_guarded_ones() {
-        let unguarded = rules(ax_core::Driver::User, SocketGuard::Absent);
+        let unguarded = rules(ax_core::Driver::User, SocketGuard::Absent, Placement::OwnNetns);
         // Nothing of the range is left, and only sendmmsg's trap is added.
         assert!(unguarded.iter().all(|r| !matches!(r.when, When::DatagramFd(_))));
         assert_eq!(unguarded.len(), RULES.len() + 1);
@@ -640,7 +681,53 @@ mod tests {
             let from = RULES.iter().find(|r| r.nr == u.nr && r.why == u.why);
             assert!(from.is_some() || u.nr == libc::SYS_sendmmsg, "{u:?} comes from no rule");
         }
-        assert_eq!(rules(ax_core::Driver::User, SocketGuard::Installed).len(), RULES.len());
+        assert_eq!(rules(ax_core::Driver::User, SocketGuard::Installed, Placement::OwnNetns).len(), RULES.len());
+    }
+
+    #[test]
+    fn a_host_placement_app_makes_tcp_sockets_untrapped_and_nothing_else_changes() {
+        use ax_core::Driver;
+        let host = compile(&rules(Driver::Kernel, SocketGuard::Installed, Placement::Host));
+        let own = compile(&rules(Driver::Kernel, SocketGuard::Installed, Placement::OwnNetns));
+        let socket = |prog: &[sock_filter], domain: i32, ty: i32, proto: i32| {
+            run(prog, AUDIT_ARCH, libc::SYS_socket as u32, [domain as u64, ty as u64, proto as u64, 0, 0, 0])
+        };
+        let flags = [0, libc::SOCK_NONBLOCK, libc::SOCK_CLOEXEC, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC];
+        for domain in [libc::AF_INET, libc::AF_INET6] {
+            for f in flags {
+                for proto in [0, libc::IPPROTO_TCP] {
+                    assert_eq!(socket(&host, domain, libc::SOCK_STREAM | f, proto), ALLOW, "{domain} {f:#x} {proto}");
+                    assert_eq!(socket(&own, domain, libc::SOCK_STREAM | f, proto), NOTIFY);
+                }
+                // Every other inet socket is still the daemon's to make (or refuse).
+                for (ty, proto) in [
+                    (libc::SOCK_DGRAM, 0),
+                    (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+                    (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+                    (libc::SOCK_RAW, libc::IPPROTO_TCP),
+                    (libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
+                    (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+                    (libc::SOCK_STREAM, libc::IPPROTO_UDP),
+                    (libc::SOCK_SEQPACKET, 0),
+                ] {
+                    assert_eq!(socket(&host, domain, ty | f, proto), NOTIFY, "{domain} {ty:#x} {f:#x} {proto}");
+                }
+            }
+            // The high half of a register does not count, as the kernel reads ints; a
+            // type with bits past the mask other than the flags is the kernel's to refuse.
+            let high = (1u64 << 32) | libc::SOCK_STREAM as u64;
+            assert_eq!(run(&host, AUDIT_ARCH, libc::SYS_socket as u32, [domain as u64, high, 0, 0, 0, 0]), ALLOW);
+        }
+        // Other families and calls: as for any kernel-driver app.
+        for domain in [libc::AF_UNIX, libc::AF_NETLINK, libc::AF_PACKET] {
+            assert_eq!(socket(&host, domain, libc::SOCK_STREAM, 0), socket(&own, domain, libc::SOCK_STREAM, 0));
+        }
+        for nr in [libc::SYS_bind, libc::SYS_listen, libc::SYS_connect, libc::SYS_sendmsg, libc::SYS_io_uring_setup] {
+            let args = [3, 0x1000, 16, 0, 0x2000, 16];
+            assert_eq!(run(&host, AUDIT_ARCH, nr as u32, args), run(&own, AUDIT_ARCH, nr as u32, args), "{nr}");
+        }
+        let placed = rules(Driver::Kernel, SocketGuard::Installed, Placement::Host);
+        assert_eq!(placed.len(), rules(Driver::Kernel, SocketGuard::Installed, Placement::OwnNetns).len() + 1);
     }
 
     #[test]

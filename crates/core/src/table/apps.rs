@@ -70,6 +70,10 @@ pub struct App {
     /// engine; a daemon without the guard starts only where none was left pinned).
     #[serde(default)]
     pub socket_guard: bool,
+    /// The app lives in the host's network namespace, in a cgroup of its own, and makes
+    /// its TCP sockets itself under the kernel driver's programs (see `RunReply`).
+    #[serde(default)]
+    pub host_sockets: bool,
 }
 
 /// What an app asks for when it registers.
@@ -83,6 +87,8 @@ pub struct NewApp {
     pub expose: Vec<Expose>,
     /// The daemon serves it with the socket guard.
     pub socket_guard: bool,
+    /// It lives in the host's namespace (see [`App::host_sockets`]).
+    pub host_sockets: bool,
 }
 
 /// Why an app could not be registered.
@@ -133,6 +139,7 @@ impl Apps {
             driver: new.driver,
             expose: new.expose,
             socket_guard: new.socket_guard,
+            host_sockets: new.host_sockets,
         };
         self.by_id.insert(id, app.clone());
         Ok(app)

@@ -124,9 +124,14 @@ fn after_the_grace_only_apps_taken_back_stay() {
 fn a_reattach_needs_an_app_this_daemon_knows() {
     let mut s = state();
     let app = register(&mut s, "198.18.0.1");
-    assert_eq!(s.apply(Command::Reattach { app: app.id, socket_guard: true }).answer, Answer::Done);
+    assert_eq!(
+        s.apply(Command::Reattach { app: app.id, socket_guard: true, kernel_driver: true }).answer,
+        Answer::Done
+    );
     let unknown: AppId = "f0000042".parse().unwrap();
-    let Refusal::Missing(m) = refusal(s.apply(Command::Reattach { app: unknown, socket_guard: true })) else {
+    let Refusal::Missing(m) =
+        refusal(s.apply(Command::Reattach { app: unknown, socket_guard: true, kernel_driver: true }))
+    else {
         panic!()
     };
     assert!(m.contains("--clean"), "{m}");
@@ -137,7 +142,9 @@ fn an_app_whose_filter_relies_on_the_guard_is_not_taken_back_without_it() {
     let mut s = state();
     let guarded = s.apply(Command::Register(NewApp { pid: 1, socket_guard: true, ..Default::default() }));
     let Answer::Registered(guarded) = guarded.answer else { panic!() };
-    let Refusal::Conflict(m) = refusal(s.apply(Command::Reattach { app: guarded.id, socket_guard: false })) else {
+    let Refusal::Conflict(m) =
+        refusal(s.apply(Command::Reattach { app: guarded.id, socket_guard: false, kernel_driver: true }))
+    else {
         panic!()
     };
     assert!(m.contains("socket guard") && m.contains("no BPF"), "{m}");
@@ -145,8 +152,29 @@ fn an_app_whose_filter_relies_on_the_guard_is_not_taken_back_without_it() {
     let plain = register(&mut s, "198.18.0.1");
     assert!(!plain.socket_guard);
     for socket_guard in [false, true] {
-        assert_eq!(s.apply(Command::Reattach { app: plain.id, socket_guard }).answer, Answer::Done);
+        assert_eq!(
+            s.apply(Command::Reattach { app: plain.id, socket_guard, kernel_driver: true }).answer,
+            Answer::Done
+        );
     }
+}
+
+#[test]
+fn a_kernel_driver_app_is_not_taken_back_without_the_state_of_its_sockets() {
+    let mut s = state();
+    let kernel = NewApp { pid: 1, driver: Driver::Kernel, socket_guard: true, ..Default::default() };
+    for host_sockets in [false, true] {
+        let app = s.apply(Command::Register(NewApp { host_sockets, ..kernel.clone() }));
+        let Answer::Registered(app) = app.answer else { panic!() };
+        let again = |kernel_driver| Command::Reattach { app: app.id, socket_guard: true, kernel_driver };
+        let Refusal::Conflict(m) = refusal(s.apply(again(false))) else { panic!() };
+        assert!(m.contains("kernel driver") && m.contains("stopped"), "{m}");
+        assert_eq!(s.apply(again(true)).answer, Answer::Done);
+    }
+    // A user-driver app does not care.
+    let plain = register(&mut s, "198.18.0.1");
+    let again = Command::Reattach { app: plain.id, socket_guard: false, kernel_driver: false };
+    assert_eq!(s.apply(again).answer, Answer::Done);
 }
 
 #[test]

@@ -21,22 +21,43 @@ fn inet_sockets_are_made_in_the_host_namespace_and_sent_in() {
     assert_eq!((r.k.sock(fd).marks, r.k.sock(fd6).marks), (members_only, guard::GUARDED));
 }
 
+/// Inet sockets the daemon does not make: raw, ICMP, SCTP, MPTCP and the like.
+const NOT_MADE: [(i32, i32); 6] = [
+    (libc::SOCK_RAW, libc::IPPROTO_ICMP),
+    (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+    (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+    (libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
+    (libc::SOCK_SEQPACKET, 0),
+    (libc::SOCK_STREAM, libc::IPPROTO_UDP),
+];
+
 #[test]
 fn raw_icmp_and_sctp_sockets_stay_in_the_apps_namespace() {
     let r = Rig::new();
-    for (ty, proto) in [
-        (libc::SOCK_RAW, libc::IPPROTO_ICMP),
-        (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
-        (libc::SOCK_STREAM, libc::IPPROTO_SCTP),
-        (libc::SOCK_SEQPACKET, 0),
-        (libc::SOCK_STREAM, libc::IPPROTO_UDP),
-    ] {
+    for (ty, proto) in NOT_MADE {
         assert_eq!(
             r.trap(libc::SYS_socket, [libc::AF_INET as u64, ty as u64, proto as u64, 0, 0, 0]),
             Some(Reply::Proceed)
         );
     }
     assert!(!r.k.ops().iter().any(|o| matches!(o, Op::Socket(..) | Op::AddFd { .. })), "nothing was made");
+}
+
+#[test]
+fn an_app_in_the_host_namespace_gets_no_socket_the_daemon_does_not_make() {
+    // Let through, they would be host sockets no one rules: connected, sent from anywhere.
+    let r = Rig::new();
+    let r = Rig { engine: r.engine.in_host_netns(true), ..r };
+    for domain in [libc::AF_INET, libc::AF_INET6] {
+        for (ty, proto) in NOT_MADE {
+            let args = [domain as u64, ty as u64, proto as u64, 0, 0, 0];
+            assert_eq!(r.trap(libc::SYS_socket, args), fail(libc::EPROTONOSUPPORT), "{domain} {ty} {proto}");
+        }
+    }
+    assert!(!r.k.ops().iter().any(|o| matches!(o, Op::Socket(..) | Op::AddFd { .. })), "nothing was made");
+    // TCP and UDP sockets are still made, in the host's namespace, as for every app.
+    let fd = r.socket(libc::AF_INET, libc::SOCK_DGRAM);
+    assert_eq!(r.k.sock(fd).ns, Netns::Host);
 }
 
 #[test]
