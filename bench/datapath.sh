@@ -2,13 +2,16 @@
 # The data path, ax vs native side by side in one run, for each driver: every row of the
 # performance table of issue 12. Run as root.
 #
-#   bench/datapath.sh                      # DRIVERS="user kernel", 3 s per run, 3 runs
+#   bench/datapath.sh                      # DRIVERS="user kernel kernel-host", 3 s per run, 3 runs
 #   DRIVERS=user DURATION=5 RUNS=5 bench/datapath.sh
 #   AX_BIN=... AXB_BIN=... bench/datapath.sh   # other builds of ax and ax-bench
 #   VERBOSE=1 bench/datapath.sh            # also every run's figures
 #   ROWS="memcached udp" bench/datapath.sh # some rows: ab conn memcached udp iperf3 redis relay
 #   DRIVERS="user nobpf" bench/datapath.sh # nobpf: the user driver on a daemon where bpf(2)
 #                                          # fails (no socket guard; needs gcc)
+#   DRIVERS=kernel-host bench/datapath.sh  # the kernel driver with the ax clients run as
+#                                          # `--user nobody`: in the host's namespace, their
+#                                          # TCP sockets made untrapped (servers as root)
 #
 # The physical limit compared against is native host networking in the same test host:
 # per driver, one test host of its own (a network, mount and PID namespace with a veth
@@ -24,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${DURATION:-3}
 RUNS=${RUNS:-3}
-DRIVERS=${DRIVERS:-user kernel}
+DRIVERS=${DRIVERS:-user kernel kernel-host}
 ROWS=" ${ROWS:-ab conn memcached udp iperf3 redis relay} "
 . bench/testhost.sh
 bench_prelude nsenter unshare setpriv ss python3
@@ -90,25 +93,25 @@ CFG
   echo "$WORK/nginx-$1.conf"
 }
 
-# Row functions (argument: seconds), native then ax.
+# Row functions (argument: seconds), native then ax (the ax clients run by $CLIENT).
 ab_rps() { awk '/^Requests per second:/ { print $4 }'; }
 ab_native() { $IN ab -r -q -c 50 -t "$1" -n $(($1 * 40000)) http://$NODE:8081/small.html | ab_rps; }
-ab_ax() { $RUN -- ab -r -q -c 50 -t "$1" -n $(($1 * 40000)) http://198.18.9.1/small.html | ab_rps; }
+ab_ax() { $CLIENT -- ab -r -q -c 50 -t "$1" -n $(($1 * 40000)) http://198.18.9.1/small.html | ab_rps; }
 conn_native() { $IN $AXB connect $NODE:7300 "$1" | sed 's/conns_per_sec=//'; }
-conn_ax() { $RUN -- $AXB connect 198.18.9.6:7200 "$1" | sed 's/conns_per_sec=//'; }
+conn_ax() { $CLIENT -- $AXB connect 198.18.9.6:7200 "$1" | sed 's/conns_per_sec=//'; }
 tps() { awk '/^Run time:/ { for (i = 1; i < NF; i++) if ($i == "TPS:") print $(i + 1) }'; }
 mc_native() { $IN memcaslap -s $NODE:11212 -T 2 -c 32 -t "$1s" | tps; }
-mc_ax() { $RUN -- memcaslap -s 198.18.9.2:11211 -T 2 -c 32 -t "$1s" | tps; }
+mc_ax() { $CLIENT -- memcaslap -s 198.18.9.2:11211 -T 2 -c 32 -t "$1s" | tps; }
 udp_rtt() { sed 's/rtt_per_sec=//'; }
 udp_native() { $IN python3 $PWD/bench/udploop.py ping $NODE 9400 $(($1 * 100000)) "$1" | udp_rtt; }
-udp_ax() { $RUN -- python3 $PWD/bench/udploop.py ping 198.18.9.3 9401 $(($1 * 100000)) "$1" | udp_rtt; }
+udp_ax() { $CLIENT -- python3 $PWD/bench/udploop.py ping 198.18.9.3 9401 $(($1 * 100000)) "$1" | udp_rtt; }
 iperf_native() { $IN iperf3 -c $NODE -p 5301 -t "$1" -J | gbps; }
-iperf_ax() { $RUN -- iperf3 -c 198.18.9.4 -p 5201 -t "$1" -J | gbps; }
+iperf_ax() { $CLIENT -- iperf3 -c 198.18.9.4 -p 5201 -t "$1" -J | gbps; }
 # The relay: a native client to the node port of an --external vservice whose backend
 # is the ax iperf3 server; the daemon relays every byte.
 relay_ax() { $IN iperf3 -c $NODE -p 5201 -t "$1" -J | gbps; }
 redis_native() { $IN redis-benchmark -h $NODE -p 6390 -n $(($1 * 50000)) -t "$REDIS_OP" --csv | rps "${REDIS_OP^^}"; }
-redis_ax() { $RUN -- redis-benchmark -h 198.18.9.5 -p 6379 -n $(($1 * 50000)) -t "$REDIS_OP" --csv | rps "${REDIS_OP^^}"; }
+redis_ax() { $CLIENT -- redis-benchmark -h 198.18.9.5 -p 6379 -n $(($1 * 50000)) -t "$REDIS_OP" --csv | rps "${REDIS_OP^^}"; }
 
 # The iperf3 servers, native and under ax, started once per test host.
 iperf_servers() {
@@ -126,6 +129,7 @@ bench_driver() {
   testhost axd-$$-$d axd-$$-$d-p $NODE
   IN="nsenter -t $INIT -m -n -p --"
   RUN="$IN $AX run"
+  CLIENT=$RUN
   # Short connections leave TIME_WAIT sockets on a non-loopback address: reuse them.
   $IN sysctl -qw net.ipv4.tcp_tw_reuse=1
   echo
@@ -138,6 +142,12 @@ bench_driver() {
     DAEMON_WRAP=$WORK/nobpf
     asked=user
   fi
+  # kernel-host: unprivileged clients, which the kernel driver places in the host's
+  # namespace (README, "Apps in the host's namespace").
+  if [ "$d" = kernel-host ]; then
+    asked=kernel
+    CLIENT="$RUN --user nobody"
+  fi
   if ! testhost_daemon "$WORK/daemon-$d.log" --driver "$asked"; then
     echo "$d driver: not available: $DAEMON_ERR"
     testhost_cleanup
@@ -147,7 +157,7 @@ bench_driver() {
   row "workload" "native" "ax" "ax/native" "target"
   row "--------" "------" "--" "---------" "------"
   # target USER KERNEL: the issue's target for this driver.
-  target() { if [ "$d" = kernel ]; then echo "$2"; else echo "$1"; fi; }
+  target() { if [ "$asked" = kernel ]; then echo "$2"; else echo "$1"; fi; }
 
   if want ab nginx ab; then
     $IN nginx -p "$WORK" -c "$(nginx_conf native $NODE:8081)" >/dev/null 2>&1 & wait_port 8081

@@ -147,6 +147,16 @@ fn loopback_listeners_are_reached_through_the_broker_and_others_refused() {
 
 #[test]
 fn an_app_started_before_a_restart_keeps_connecting_after_it() {
+    keeps_connecting_across_a_restart(&[]);
+}
+
+#[test]
+fn an_app_in_the_host_namespace_keeps_connecting_across_a_restart() {
+    keeps_connecting_across_a_restart(&["--user", "nobody"]);
+}
+
+/// A client (run with `as_user`) connects across a kill -9 of the daemon.
+fn keeps_connecting_across_a_restart(as_user: &[&str]) {
     let Some(mut h) = kernel_host(&[PY]) else { return };
     web(&mut h, "old", "198.18.3.7", "zone=default");
     h.wait_for_rows("198.18.3.7:80", 1);
@@ -160,7 +170,7 @@ fn an_app_started_before_a_restart_keeps_connecting_after_it() {
         ok[ip]=ok.get(ip,0)+c.recv(4096).startswith(b'HTTP/1.0 200');c.close()\n    \
         except OSError as e:\n      if ip=='198.18.3.7':print('error',repr(e),flush=True)\n  time.sleep(0.05)\n\
         print('ok',ok.get('198.18.3.7',0),ok.get('198.18.3.8',0),flush=True)";
-    h.spawn_app("client", &["--", PY, "-c", client]);
+    h.spawn_app("client", &[as_user, &["--", PY, "-c", client]].concat());
     std::thread::sleep(Duration::from_secs(2));
     h.signal_daemon("KILL");
     std::thread::sleep(Duration::from_secs(1));
@@ -364,4 +374,134 @@ fn apps_started_during_a_flood_of_listens_connect_at_once() {
         let out = h.run_ok(&["--labels", &labels, "--", PY, "-c", client]);
         assert_eq!(out, "ok\n", "app {i} ({labels}): {out}");
     }
+}
+
+/// The established TCP sockets of the test host (`/proc/net/tcp`, both families) with
+/// their owners' uids.
+fn established_owners(h: &TestHost) -> Vec<u32> {
+    let mut owners = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in h.stdout_of("cat", &[table]).lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // st 01 is ESTABLISHED; the uid is the eighth field.
+            if f.len() > 7 && f[3] == "01" {
+                owners.push(f[7].parse().unwrap());
+            }
+        }
+    }
+    owners
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn an_unprivileged_app_lives_in_the_host_namespace_and_makes_its_own_tcp_sockets() {
+    let Some(mut h) = kernel_host(&[PY, "curl"]) else { return };
+    web(&mut h, "web", "198.18.5.1", "role=a");
+    h.wait_for_rows("198.18.5.1:80", 1);
+    let hold = "import socket,time\nc=socket.create_connection(('198.18.5.1',80),timeout=20)\n\
+        print('peer',c.getpeername()[0],c.getpeername()[1],c.getsockname()[0],flush=True)\ntime.sleep(120)";
+    assert!(!established_owners(&h).contains(&NOBODY));
+    h.spawn_app("client", &["--user", "nobody", "--ip", "198.18.5.2", "--labels", "role=a", "--", PY, "-c", hold]);
+    // The programs answer the names on the app's own socket as on one the daemon made.
+    assert_eq!(h.wait_for_line("client", "peer"), "peer 198.18.5.1 80 198.18.5.2");
+    // Its connection is a socket of nobody's (the ones the daemon makes are root's): the
+    // app made it itself, untrapped.
+    assert!(established_owners(&h).contains(&NOBODY), "{:?}", established_owners(&h));
+    let apps = h.get("apps");
+    let placed = |ip: &str| apps.iter().find(|a| a["app_ip"] == ip).map(|a| a["host_sockets"].clone());
+    assert_eq!(placed("198.18.5.2"), Some(true.into()), "{apps:?}");
+    assert_eq!(placed("198.18.5.1"), Some(false.into()), "a root app keeps a namespace of its own");
+    // Labels hold on its sockets as on every other app's.
+    let curl = |labels| {
+        let url = "http://198.18.5.1/who";
+        h.run(&["--user", "nobody", "--labels", labels, "--", "curl", "-sf", "--max-time", "20", url]).status.code()
+    };
+    assert_eq!(curl("role=a"), Some(0));
+    assert_eq!(curl("role=b"), Some(7));
+}
+
+/// What a hostile app in the host's namespace tries: the host's loopback services and
+/// abstract sockets, sockets the programs do not rule, and leaving its cgroup. Its own
+/// loopback listener still answers it.
+const ESCAPES: &str = r#"
+import os,socket,sys,threading
+def made(*a):
+  try: socket.socket(*a).close(); return 'made'
+  except OSError as e: return e.errno
+def get(addr):
+  try:
+    c=socket.create_connection(addr,timeout=10); c.sendall(b'GET /who HTTP/1.0\r\n\r\n')
+    return repr(c.recv(100))
+  except OSError as e: return e.errno
+def abstract(name):
+  s=socket.socket(socket.AF_UNIX)
+  try: s.connect('\0'+name); return 'connected'
+  except OSError as e: return e.errno
+def write(path):
+  try:
+    with open(path,'w') as f: f.write(str(os.getpid()))
+    return 'moved'
+  except OSError as e: return e.errno
+print('loopback', get(('127.0.0.1',int(sys.argv[1]))))
+print('raw', made(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP))
+print('ping', made(socket.AF_INET,socket.SOCK_DGRAM,socket.IPPROTO_ICMP))
+print('sctp', made(socket.AF_INET6,socket.SOCK_STREAM,132))
+print('mptcp', made(socket.AF_INET,socket.SOCK_STREAM,262))
+print('abstract', abstract('ax-test-host'))
+print('cgroup', write(sys.argv[2]+'/cgroup.procs'))
+l=socket.socket(); l.bind(('127.0.0.1',7000)); l.listen()
+def serve():
+  c,_=l.accept(); c.recv(100); c.sendall(b'own'); c.close()
+threading.Thread(target=serve).start()
+print('own', get(('127.0.0.1',7000)))
+"#;
+
+#[test]
+fn an_app_in_the_host_namespace_reaches_nothing_of_the_host_the_others_cannot() {
+    let Some(mut h) = kernel_host(&[PY, "curl"]) else { return };
+    // The host's own: a web server on its loopback, an abstract socket.
+    let root = h.web_root("host", "who", "host");
+    let mut server = h.cmd(PY);
+    server.args(["-m", "http.server", "18080", "--bind", "127.0.0.1", "--directory", &root]);
+    h.spawn_plain("host-web", server);
+    let mut abstract_listener = h.cmd(PY);
+    let listen = "import socket\ns=socket.socket(socket.AF_UNIX);s.bind('\\0ax-test-host');s.listen()\n\
+        print('listening',flush=True)\nwhile True:\n  c,_=s.accept();c.sendall(b'host');c.close()";
+    abstract_listener.args(["-c", listen]);
+    h.spawn_plain("host-abstract", abstract_listener);
+    h.wait_for_line("host-abstract", "listening");
+    h.wait_until("the host's web server", Duration::from_secs(20), || {
+        h.cmd("curl").args(["-sf", "http://127.0.0.1:18080/who"]).output().is_ok_and(|o| o.stdout == b"host")
+    });
+    // The cgroup the daemon works in (here the root of the cgroup2 hierarchy).
+    let log = h.daemon_log();
+    let line = log.lines().find(|l| l.contains("kernel driver installed")).expect("the install line");
+    let cgroup = line.split("cgroup=").nth(1).unwrap().split_whitespace().next().unwrap().trim_matches('"');
+    let out = h.run_ok(&["--user", "nobody", "--", PY, "-c", ESCAPES, "18080", cgroup]);
+    let said: std::collections::HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once(' ')).collect();
+    // Refused, or let through to the broker and closed at once: never the host's server.
+    assert!(["111", "b''", "104"].contains(&said["loopback"]), "{out}");
+    for kind in ["raw", "ping", "sctp", "mptcp"] {
+        assert_eq!(said[kind], "93", "{kind}: EPROTONOSUPPORT\n{out}");
+    }
+    assert_eq!(said["abstract"], "1", "Landlock's scope: EPERM\n{out}");
+    assert_eq!(said["cgroup"], "13", "EACCES\n{out}");
+    assert_eq!(said["own"], "b'own'", "{out}");
+    assert!(!h.app_log("host-web").contains("GET"), "{}", h.app_log("host-web"));
+}
+
+#[test]
+fn an_app_in_the_host_namespace_that_a_new_daemon_does_not_know_is_stopped() {
+    let Some(mut h) = kernel_host(&[PY, "pgrep"]) else { return };
+    let busy = "import socket,time\nprint('up',flush=True)\nwhile True:\n  socket.socket().close();time.sleep(0.05)";
+    h.spawn_app("busy", &["--user", "nobody", "--", PY, "-c", busy]);
+    h.wait_for_line("busy", "up");
+    let running = |h: &TestHost| h.cmd("pgrep").args(["-u", "nobody", "-f", "while True"]).status().unwrap().success();
+    assert!(running(&h));
+    h.signal_daemon("KILL");
+    // Started afresh, this daemon would rule none of the TCP sockets the app makes.
+    assert!(h.start_kernel_daemon(&["--clean"]), "the kernel driver installed before and not after");
+    h.wait_until("the unknown app to be stopped", Duration::from_secs(30), || !running(&h));
+    assert!(h.daemon_log().contains("does not know"), "{}", h.daemon_log());
 }
