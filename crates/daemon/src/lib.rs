@@ -379,6 +379,9 @@ impl Daemon {
             outbox.kernel_trimmed = true;
             warn!(entries = ?trimmed, "a destination has more than {} backends or {} groups: the kernel driver balances over a subset of them", ax_core::kmap::MAX_TARGETS, ax_core::kmap::MAX_GROUPS);
         }
+        // The table has handed these changes over: should writing them panic, the next
+        // sync must rewrite everything rather than find nothing new.
+        outbox.kernel_written = false;
         let written = match whole {
             Some(maps) => k.driver.resync(&maps),
             None => k.driver.apply(&changes),

@@ -110,16 +110,21 @@ pub fn pinned_layouts(run_dir: &Path) -> Vec<PathBuf> {
 
 /// Removes the pin directories of ax's layouts other than `current` under `run_dir`/bpf
 /// (and nothing else): an older version's programs, which would go on acting on the
-/// daemon's sockets by maps no daemon updates any more. Returns those removed.
+/// daemon's sockets by maps no daemon updates any more. Returns those removed; one that
+/// cannot be removed does not keep the others (the first error is returned after all
+/// were tried).
 pub fn remove_old_layouts(run_dir: &Path, current: &[&str]) -> io::Result<Vec<PathBuf>> {
-    let old: Vec<PathBuf> = pinned_layouts(run_dir)
+    let old = pinned_layouts(run_dir)
         .into_iter()
-        .filter(|dir| dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| !current.contains(&n)))
-        .collect();
-    for dir in &old {
-        fs::remove_dir_all(dir)?;
+        .filter(|dir| dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| !current.contains(&n)));
+    let (mut removed, mut failed) = (Vec::new(), None);
+    for dir in old {
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(e) => failed = failed.or(Some(io::Error::new(e.kind(), format!("{}: {e}", dir.display())))),
+        }
     }
-    Ok(old)
+    failed.map_or(Ok(removed), Err)
 }
 
 /// A map holding the daemon's identity (one 24-byte value), for [`if_not_daemon`].
