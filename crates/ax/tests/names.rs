@@ -165,7 +165,8 @@ fn user_interface_and_callers_namespace() {
     assert!(links.contains("lo:") && !links.contains("ax0"), "{links}");
     // In the daemon's own namespace, an inet socket the daemon does not make (SCTP,
     // MPTCP, raw) would be a host socket that no one rules: refused.
-    let probe = "import socket\nfor t,p in ((1,132),(1,262),(3,1)):\n  try:\n    socket.socket(2,t,p);print('made')\n  \
+    let probe =
+        "import socket\nfor t,p in ((1,132),(1,262),(3,1)):\n  try:\n    socket.socket(2,t,p);print('made')\n  \
         except OSError as e:print(e.errno)";
     assert_eq!(h.run_ok(&["--new-netns=false", "--", PY, "-c", probe]), "93\n93\n93\n");
 }

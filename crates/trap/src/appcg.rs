@@ -1,7 +1,10 @@
-//! The kernel driver's app cgroups: `<cgroup2 root>/ax-apps/<name>`, one per app that
+//! The kernel driver's app cgroups: `<cgroup2 root>/ax-apps-N/<name>`, one per app that
 //! makes its TCP sockets itself ("host sockets"), and the `cgroup/sock_create` program on
-//! `ax-apps` that makes every inet socket made there the programs' to rule, as the
-//! daemon's are.
+//! `ax-apps-N` that makes every inet socket made there the programs' to rule, as the
+//! daemon's are. N is the inode of the daemon's network namespace: daemons of other
+//! namespaces on one machine (test hosts) share the cgroup2 hierarchy but not their
+//! apps' cgroups, and one's program never judges another's sockets. Below, `ax-apps`
+//! stands for it.
 //!
 //! `ax_kcgroups` maps a cgroup's id (its directory's inode) to the kernel id of the app
 //! it holds. For a socket made in a cgroup at or under `ax-apps`, the program:
@@ -26,8 +29,12 @@ use tracing::{info, warn};
 
 use crate::guard;
 
-/// The cgroup under the cgroup2 root that holds the app cgroups.
-pub(crate) const APPS: &str = "ax-apps";
+/// The name of the cgroup under the cgroup2 root that holds this daemon's app cgroups:
+/// `ax-apps-N`, N the inode of this thread's network namespace.
+pub fn apps_cgroup_name() -> io::Result<String> {
+    let (_, netns) = ax_sys::ns::identity("/proc/thread-self/ns/net")?;
+    Ok(format!("ax-apps-{netns}"))
+}
 /// Most entries of `ax_kcgroups`.
 pub(crate) const MAX_CGROUPS: u32 = 4096;
 /// How long a removal waits for the killed processes of a cgroup to be gone.

@@ -35,7 +35,7 @@
 //!   dropped.
 //! - bind4/6: refused (EPERM) to every thread that is not the daemon's (the daemon
 //!   binds for the app, as the guard demands of guarded sockets).
-//! - sock_create, on `<cgroup2 root>/ax-apps` (`crate::appcg`): the TCP sockets an app
+//! - sock_create, on `<cgroup2 root>/ax-apps-N` (`crate::appcg`): the TCP sockets an app
 //!   in a cgroup there makes itself get the marks of the daemon's, so the programs
 //!   above rule them alike; any other inet socket there is refused.
 
@@ -54,7 +54,7 @@ use ax_sys::bpf::{self, Asm, Insn, Label, Map, Reg, Size, Verdict as V, R0, R1, 
 use tracing::info;
 
 use crate::appcg::{self, AppCgroups};
-pub use crate::appcg::{AppCgroup, AppCgroupError};
+pub use crate::appcg::{apps_cgroup_name, AppCgroup, AppCgroupError};
 use crate::guard::Guard;
 use crate::hooks::{self, Cgroup, InstallError};
 
@@ -214,7 +214,7 @@ impl KernelDriver {
     /// Installs the programs on this process's cgroup, creating the maps or taking over
     /// the ones a previous daemon pinned under `run_dir`/bpf (a bpffs is mounted there
     /// if need be; so is a cgroup2 at `run_dir`/cgroup2 when this mount namespace shows
-    /// none), and the sock_create program on `<cgroup2 root>/ax-apps` (made if
+    /// none), and the sock_create program on `<cgroup2 root>/ax-apps-N` (made if
     /// missing), which marks sockets there for `guard` too. Where the daemon's cgroup
     /// does not hold `ax-apps`, the guard's programs and these are attached there too.
     pub fn install(run_dir: &Path, guard: &Guard) -> Result<KernelDriver, KernelDriverError> {
@@ -239,7 +239,8 @@ impl KernelDriver {
             (bpf::ATTACH_EGRESS, "kegress", bpf::PROG_CGROUP_SKB, egress(&maps)),
         ];
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
-        let apps = cgroup.under_root(WHO, appcg::APPS)?;
+        let name = appcg::apps_cgroup_name().map_err(|e| InstallError::Cgroup(WHO, e))?;
+        let apps = cgroup.under_root(WHO, &name)?;
         if apps.holds(&cgroup) {
             let e = io::Error::other(format!("the daemon runs in {}, inside ax-apps", cgroup.dir.display()));
             return Err(InstallError::Cgroup(WHO, e).into());

@@ -21,7 +21,7 @@ use ax_core::kmap::{
 use ax_core::Proto;
 use ax_sys::sock;
 use ax_trap::guard::Guard;
-use ax_trap::kdriver::KernelDriver;
+use ax_trap::kdriver::{apps_cgroup_name, KernelDriver};
 
 const INSIDE: &str = "AX_KDRIVER_SANDBOX";
 const NODE: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
@@ -1383,7 +1383,7 @@ fn host_sockets(s: &Sandbox) {
     let backend = listener("10.251.0.1:40111");
     s.route(CLASS, "198.18.0.10:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40111"]]));
     let cg = s.driver.app_cgroup("app-1", APP).unwrap();
-    assert!(cg.dir().starts_with(s.cgroups.join("ax-apps")), "{}", cg.dir().display());
+    assert!(cg.dir().starts_with(s.cgroups.join(apps_cgroup_name().unwrap())), "{}", cg.dir().display());
 
     let (kinds, marks, shown) = host_app(s, |pid| cg.enter(pid).unwrap(), "198.18.0.10:80");
     let refused = refused_kinds();
@@ -1418,7 +1418,7 @@ fn host_sockets(s: &Sandbox) {
 #[test]
 fn app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_processes() {
     sandboxed("app_cgroups_are_taken_over_refused_without_an_entry_and_removed_with_their_processes", |s| {
-        let apps = s.cgroups.join("ax-apps");
+        let apps = s.cgroups.join(apps_cgroup_name().unwrap());
         let backend = listener("10.251.0.1:40121");
         s.route(CLASS, "198.18.0.120:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40121"]]));
         let cg = s.driver.app_cgroup("app-2", APP).unwrap();
@@ -1511,7 +1511,7 @@ fn a_daemon_moved_to_the_root_leaves_one_set_of_programs_on_ax_apps() {
         let all: Vec<&TcpListener> = b.iter().collect();
         let rr = backends(Lb::RoundRobin, &[&["10.251.0.1:40131"], &["10.251.0.1:40132"], &["10.251.0.1:40133"]]);
         s.route(CLASS, "198.18.0.130:80", Proto::Tcp, rr);
-        let apps_id = cgroup_id(&s.cgroups.join("ax-apps"));
+        let apps_id = cgroup_id(&s.cgroups.join(apps_cgroup_name().unwrap()));
         let at_apps = || -> Vec<String> {
             let mut names: Vec<String> = fs::read_dir(kernel_pins())
                 .unwrap()
