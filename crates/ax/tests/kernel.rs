@@ -448,6 +448,10 @@ print('raw', made(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP))
 print('ping', made(socket.AF_INET,socket.SOCK_DGRAM,socket.IPPROTO_ICMP))
 print('sctp', made(socket.AF_INET6,socket.SOCK_STREAM,132))
 print('mptcp', made(socket.AF_INET,socket.SOCK_STREAM,262))
+print('packet', made(socket.AF_PACKET,socket.SOCK_DGRAM,0))
+print('vsock', made(40,socket.SOCK_STREAM,0))
+print('netlink', made(socket.AF_NETLINK,socket.SOCK_RAW,0))
+print('pair', socket.socketpair()[0].family.name)
 print('abstract', abstract('ax-test-host'))
 print('cgroup', write(sys.argv[2]+'/cgroup.procs'))
 l=socket.socket(); l.bind(('127.0.0.1',7000)); l.listen()
@@ -489,6 +493,11 @@ fn an_app_in_the_host_namespace_reaches_nothing_of_the_host_the_others_cannot() 
     for kind in ["raw", "ping", "sctp", "mptcp"] {
         assert_eq!(said[kind], "93", "{kind}: EPROTONOSUPPORT\n{out}");
     }
+    // Other families would carry traffic in kernel sockets no program rules.
+    for kind in ["packet", "vsock"] {
+        assert_eq!(said[kind], "97", "{kind}: EAFNOSUPPORT\n{out}");
+    }
+    assert_eq!((said["netlink"], said["pair"]), ("made", "AF_UNIX"), "{out}");
     assert_eq!(said["abstract"], "1", "Landlock's scope: EPERM\n{out}");
     assert_eq!(said["cgroup"], "13", "EACCES\n{out}");
     assert_eq!(said["own"], "b'own'", "{out}");

@@ -189,14 +189,46 @@ pub enum Placement {
     Host,
 }
 
-/// The one rule a host-placement app gets before all others.
-const OWN_TCP: Rule = Rule {
-    nr: libc::SYS_socket,
-    when: When::TcpSocket,
-    action: Action::Allow,
-    why: "a host-placement app makes its TCP sockets itself: its cgroup's sock_create program marks them for the \
-          kernel driver's programs, and refuses every other inet socket made there",
-};
+/// The rules a host-placement app gets before all others.
+const HOST_FIRST: &[Rule] = &[
+    Rule {
+        nr: libc::SYS_socket,
+        when: When::TcpSocket,
+        action: Action::Allow,
+        why: "a host-placement app makes its TCP sockets itself: its cgroup's sock_create program marks them for \
+              the kernel driver's programs, and refuses every other inet socket made there",
+    },
+    Rule {
+        nr: libc::SYS_socket,
+        when: When::ArgIn { arg: 0, values: HOST_NATIVE_FAMILIES },
+        action: Action::Allow,
+        why: "unix, netlink and crypto sockets reach nothing past the host: what any local user has",
+    },
+    Rule {
+        nr: libc::SYS_socketpair,
+        when: When::ArgIn { arg: 0, values: &[libc::AF_UNIX as u32] },
+        action: Action::Allow,
+        why: "a unix socket pair reaches nothing but itself",
+    },
+];
+
+/// The families a host-placement app makes sockets of natively, TCP aside: none reaches
+/// the network (AF_ALG is the kernel's crypto).
+const HOST_NATIVE_FAMILIES: &[u32] = &[libc::AF_UNIX as u32, libc::AF_NETLINK as u32, libc::AF_ALG as u32];
+const HOST_OTHER_WHY: &str = "in the host's namespace, other families (SMC, RDS, RxRPC, TIPC, packet, vsock...) \
+     would carry the app's traffic in kernel sockets (sock_create_kern) that no sock_create program sees";
+
+/// The rules a host-placement app gets after all others: every socket the rules before
+/// neither let through nor trapped.
+const HOST_LAST: &[Rule] = &[
+    Rule { nr: libc::SYS_socket, when: When::Always, action: Action::Errno(libc::EAFNOSUPPORT), why: HOST_OTHER_WHY },
+    Rule {
+        nr: libc::SYS_socketpair,
+        when: When::Always,
+        action: Action::Errno(libc::EAFNOSUPPORT),
+        why: HOST_OTHER_WHY,
+    },
+];
 
 /// The calls the kernel driver's BPF programs answer on the daemon's host sockets, and
 /// that its apps' filters therefore let through: datagrams are routed by its udp
@@ -229,16 +261,20 @@ const BATCH_WHY: &str = "without the socket guard nothing else stops a batch sen
 /// the traps of the calls its programs answer ([`ANSWERED_IN_KERNEL`]). Without the
 /// socket guard, every trap kept to the datagram range holds on every descriptor, and
 /// `sendmmsg` is trapped as `sendmsg` is (`unguarded` below). A host-placement app
-/// (the kernel driver's only, with its guard) makes its TCP sockets untrapped.
+/// (the kernel driver's only, with its guard) makes its TCP, unix and netlink sockets
+/// untrapped, and none of the other families.
 pub fn rules(driver: ax_core::Driver, guard: SocketGuard, placement: Placement) -> Vec<Rule> {
     let trapped = |r: &&Rule| {
         driver == ax_core::Driver::User || !(r.action == Action::Notify && ANSWERED_IN_KERNEL.contains(&r.nr))
     };
     let kept = RULES.iter().filter(trapped).copied();
-    let own = (placement == Placement::Host).then_some(OWN_TCP);
-    match guard {
-        SocketGuard::Installed => own.into_iter().chain(kept).collect(),
-        SocketGuard::Absent => own.into_iter().chain(kept.flat_map(unguarded)).collect(),
+    let kept: Vec<Rule> = match guard {
+        SocketGuard::Installed => kept.collect(),
+        SocketGuard::Absent => kept.flat_map(unguarded).collect(),
+    };
+    match placement {
+        Placement::OwnNetns => kept,
+        Placement::Host => HOST_FIRST.iter().copied().chain(kept).chain(HOST_LAST.iter().copied()).collect(),
     }
 }
 
@@ -718,16 +754,30 @@ mod tests {
             let high = (1u64 << 32) | libc::SOCK_STREAM as u64;
             assert_eq!(run(&host, AUDIT_ARCH, libc::SYS_socket as u32, [domain as u64, high, 0, 0, 0, 0]), ALLOW);
         }
-        // Other families and calls: as for any kernel-driver app.
-        for domain in [libc::AF_UNIX, libc::AF_NETLINK, libc::AF_PACKET] {
-            assert_eq!(socket(&host, domain, libc::SOCK_STREAM, 0), socket(&own, domain, libc::SOCK_STREAM, 0));
+        // Unix and netlink sockets as for any app; no other family at all.
+        for domain in [libc::AF_UNIX, libc::AF_NETLINK, libc::AF_ALG] {
+            assert_eq!(socket(&host, domain, libc::SOCK_DGRAM, 0), ALLOW);
         }
+        let eafnosupport = libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32;
+        for domain in
+            [libc::AF_PACKET, libc::AF_VSOCK, libc::AF_TIPC, libc::AF_RDS, libc::AF_RXRPC, 43, 46, -1, 1 << 20]
+        {
+            assert_eq!(socket(&host, domain, libc::SOCK_STREAM, 0), eafnosupport, "{domain}");
+            assert_eq!(socket(&own, domain, libc::SOCK_STREAM, 0), ALLOW, "{domain}: its own namespace is empty");
+        }
+        let pair = |prog: &[sock_filter], domain: i32| {
+            run(prog, AUDIT_ARCH, libc::SYS_socketpair as u32, [domain as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0])
+        };
+        assert_eq!(pair(&host, libc::AF_UNIX), ALLOW);
+        assert_eq!(pair(&host, libc::AF_TIPC), eafnosupport);
+        assert_eq!(pair(&own, libc::AF_TIPC), ALLOW);
         for nr in [libc::SYS_bind, libc::SYS_listen, libc::SYS_connect, libc::SYS_sendmsg, libc::SYS_io_uring_setup] {
             let args = [3, 0x1000, 16, 0, 0x2000, 16];
             assert_eq!(run(&host, AUDIT_ARCH, nr as u32, args), run(&own, AUDIT_ARCH, nr as u32, args), "{nr}");
         }
         let placed = rules(Driver::Kernel, SocketGuard::Installed, Placement::Host);
-        assert_eq!(placed.len(), rules(Driver::Kernel, SocketGuard::Installed, Placement::OwnNetns).len() + 1);
+        let own_rules = rules(Driver::Kernel, SocketGuard::Installed, Placement::OwnNetns);
+        assert_eq!(placed.len(), own_rules.len() + HOST_FIRST.len() + HOST_LAST.len());
     }
 
     #[test]

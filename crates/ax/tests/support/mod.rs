@@ -7,7 +7,8 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -566,17 +567,39 @@ impl Drop for TestHost {
                 eprintln!("--- {} app {app} log ---\n{log}", self.name);
             }
         }
+        // The kernel driver's app cgroups are named after the host's network namespace.
+        let netns = fs::metadata(format!("/run/netns/{}", self.name)).map(|m| m.ino());
         let _ = self.holder.kill();
         let _ = self.holder.wait();
         for c in self.background.iter_mut().chain(self.daemon.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Ok(netns) = netns {
+            remove_app_cgroups(&self.dir, netns);
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
         // A cluster host has no peer namespace: nothing to say then.
         let _ = Command::new("ip").args(["netns", "del", &format!("{}-p", self.name)]).stderr(Stdio::null()).status();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Removes the (empty, their processes gone) app cgroups a test host's daemon made,
+/// `ax-apps-NETNS` and what is under it, through a cgroup2 mounted in a mount namespace
+/// of its own: none is left behind by the tests.
+fn remove_app_cgroups(scratch: &Path, netns: u64) {
+    let mnt = scratch.join("cgroup2");
+    let _ = fs::create_dir_all(&mnt);
+    let script = format!(
+        "mount -t cgroup2 none {0} && for d in {0}/ax-apps-{1}/*/; do rmdir \"$d\"; done; rmdir {0}/ax-apps-{1}",
+        mnt.display(),
+        netns
+    );
+    let _ = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The driver the suites run under (`AX_TEST_DRIVER`); None: the daemon's own choice.
