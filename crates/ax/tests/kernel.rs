@@ -465,19 +465,13 @@ print('own', get(('127.0.0.1',7000)))
 fn an_app_in_the_host_namespace_reaches_nothing_of_the_host_the_others_cannot() {
     let Some(mut h) = kernel_host(&[PY, "curl"]) else { return };
     // The host's own: a web server on its loopback, an abstract socket.
-    let root = h.web_root("host", "who", "host");
-    let mut server = h.cmd(PY);
-    server.args(["-m", "http.server", "18080", "--bind", "127.0.0.1", "--directory", &root]);
-    h.spawn_plain("host-web", server);
+    host_loopback_server(&mut h, 18080);
     let mut abstract_listener = h.cmd(PY);
     let listen = "import socket\ns=socket.socket(socket.AF_UNIX);s.bind('\\0ax-test-host');s.listen()\n\
         print('listening',flush=True)\nwhile True:\n  c,_=s.accept();c.sendall(b'host');c.close()";
     abstract_listener.args(["-c", listen]);
     h.spawn_plain("host-abstract", abstract_listener);
     h.wait_for_line("host-abstract", "listening");
-    h.wait_until("the host's web server", Duration::from_secs(20), || {
-        h.cmd("curl").args(["-sf", "http://127.0.0.1:18080/who"]).output().is_ok_and(|o| o.stdout == b"host")
-    });
     // The cgroup the daemon works in (here the root of the cgroup2 hierarchy).
     let log = h.daemon_log();
     let line = log.lines().find(|l| l.contains("kernel driver installed")).expect("the install line");
@@ -517,4 +511,71 @@ fn an_app_in_the_host_namespace_that_a_new_daemon_does_not_know_is_stopped() {
     assert!(h.start_kernel_daemon(&["--clean"]), "the kernel driver installed before and not after");
     h.wait_until("the unknown app to be stopped", Duration::from_secs(30), || !running(&h));
     assert!(h.daemon_log().contains("does not know"), "{}", h.daemon_log());
+}
+
+/// A python web server of the test host's own (not under ax) on 127.0.0.1:`port`,
+/// serving `who` = "host", up (its log, `host-web`, shows curl's request).
+fn host_loopback_server(h: &mut TestHost, port: u16) {
+    let root = h.web_root("host", "who", "host");
+    let mut server = h.cmd(PY);
+    server.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", &root]);
+    h.spawn_plain("host-web", server);
+    let url = format!("http://127.0.0.1:{port}/who");
+    h.wait_until("the host's web server", Duration::from_secs(20), || {
+        h.cmd("curl").args(["-sf", &url]).output().is_ok_and(|o| o.stdout == b"host")
+    });
+}
+
+/// An app that holds TCP sockets it made while the programs ruled it, and tries one on
+/// the host's loopback server (argv[1]) every 2 ms: refused while the programs rule
+/// it; the first time it is not, it asks the server and says what it got.
+const SNEAK: &str = r#"
+import socket,sys,time
+pool=[socket.socket() for _ in range(20)]
+print('up',flush=True)
+probe=pool.pop()
+while True:
+  try: probe.connect(('127.0.0.1',int(sys.argv[1])))
+  except ConnectionRefusedError: time.sleep(0.002); continue
+  except OSError as e: print('error',e.errno,flush=True); time.sleep(0.002); continue
+  probe.sendall(b'GET /who HTTP/1.0\r\n\r\n'); print('reached',repr(probe.recv(300)[-4:]),flush=True); break
+while True: time.sleep(1)
+"#;
+
+#[test]
+fn an_app_in_the_host_namespace_is_stopped_before_an_older_layouts_programs_go() {
+    let Some(mut h) = kernel_host(&[PY, "curl", "pgrep"]) else { return };
+    host_loopback_server(&mut h, 18081);
+    let served = |h: &TestHost| h.app_log("host-web").matches("GET /who").count();
+    let before = served(&h);
+    h.spawn_app("sneak", &["--user", "nobody", "--", PY, "-c", SNEAK, "18081"]);
+    h.wait_for_line("sneak", "up");
+    let running =
+        |h: &TestHost| h.cmd("pgrep").args(["-u", "nobody", "-f", "pool=.socket"]).output().unwrap().status.success();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(running(&h) && !h.app_log("sneak").contains("reached"), "{}", h.app_log("sneak"));
+    h.signal_daemon("KILL");
+    // An upgrade: the pins left are an older layout's, which the new daemon removes.
+    let pins = format!("{}/bpf", ax_api::RUN_DIR);
+    h.stdout_of("mv", &[&format!("{pins}/ax-kernel-v4"), &format!("{pins}/ax-kernel-v3")]);
+    assert!(h.start_kernel_daemon(&[]));
+    h.wait_until("the app to be stopped", Duration::from_secs(30), || !running(&h));
+    assert_eq!(served(&h), before, "the app reached the host's server unruled\n{}", h.app_log("sneak"));
+    assert!(!h.app_log("sneak").contains("reached"), "{}", h.app_log("sneak"));
+}
+
+#[test]
+fn a_daemon_without_the_kernel_driver_stops_every_process_of_an_app_in_the_host_namespace() {
+    let Some(mut h) = kernel_host(&[PY, "pgrep"]) else { return };
+    // The app's first process and a child it forked, which makes TCP sockets.
+    let forks = "import os,socket,time\nif os.fork()==0:\n  while True: socket.socket().close();time.sleep(0.05)\n\
+        print('up',flush=True)\nwhile True: time.sleep(0.05)";
+    h.spawn_app("forks", &["--user", "nobody", "--", PY, "-c", forks]);
+    h.wait_for_line("forks", "up");
+    let count = |h: &TestHost| h.stdout_of("sh", &["-c", "pgrep -c -u nobody -f os.fork || true"]).trim().to_string();
+    assert_eq!(count(&h), "2");
+    h.signal_daemon("KILL");
+    // This one has no kernel driver: no program of its own would rule their sockets.
+    h.start_daemon(&["--driver", "user"]);
+    h.wait_until("every process of the app to be stopped", Duration::from_secs(40), || count(&h) == "0");
 }

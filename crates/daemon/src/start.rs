@@ -125,6 +125,13 @@ pub fn run(config: Config) -> Result<(), Error> {
     } else {
         None
     };
+    // The apps in the host's namespace make their TCP sockets under the programs and maps
+    // a previous daemon left pinned: where this one cannot take those over (an older
+    // layout's, which the guard's install removes, or none), they are stopped before any
+    // program goes, or they would make and connect sockets no program rules meanwhile.
+    if !ax_trap::kdriver::maps_left_behind(run_dir) {
+        stop_host_apps("the kernel driver's maps of this version were not left pinned");
+    }
     let guard = match ax_trap::guard::Guard::install(run_dir) {
         Ok(guard) => Ok(Arc::new(guard)),
         Err(e) if ax_trap::guard::Guard::left_behind(run_dir) => {
@@ -162,6 +169,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         ax_trap::kdriver::KernelDriver::install(run_dir, guard).map_err(|e| e.to_string())
     })
     .map_err(Error::Setting)?;
+    if chosen.kernel.is_none() {
+        stop_host_apps("this daemon runs without the kernel driver");
+    }
     let (kernel, broker) = match chosen.kernel {
         Some(k) => {
             // Where the programs send connects the daemon carries on (loopback, egress):
@@ -273,6 +283,16 @@ fn stop_strays(daemon: &Daemon) {
     for name in k.driver.app_cgroup_names().into_iter().filter(|n| !known.contains(n)) {
         warn!(app = %name, "stopping an app in the host's namespace that this daemon does not know");
         k.driver.remove_app_cgroup(&name);
+    }
+}
+
+/// Stops every process of the apps in the host's namespace a previous daemon left, which
+/// this one cannot rule (`why`).
+fn stop_host_apps(why: &str) {
+    match ax_trap::kdriver::stop_every_app() {
+        Ok(true) => warn!("stopped the apps in the host's namespace a previous daemon left: {why}"),
+        Ok(false) => {}
+        Err(e) => warn!("cannot stop the apps in the host's namespace a previous daemon left ({why}): {e}"),
     }
 }
 

@@ -35,6 +35,32 @@ pub fn apps_cgroup_name() -> io::Result<String> {
     let (_, netns) = ax_sys::ns::identity("/proc/thread-self/ns/net")?;
     Ok(format!("ax-apps-{netns}"))
 }
+
+/// Stops every process of every app under this daemon's `ax-apps` (cgroup.kill there
+/// reaches the cgroups under it) and waits briefly for them to be gone: what a daemon
+/// does first when it will not rule their sockets (it cannot take over the kernel
+/// driver's maps, or runs without the kernel driver), before any pinned program goes.
+/// Returns whether any process was there (none where no cgroup2 is mounted: no daemon
+/// could make app cgroups).
+pub fn stop_every_app() -> io::Result<bool> {
+    let Some(root) = crate::hooks::cgroup2_root()? else { return Ok(false) };
+    let apps = root.join(apps_cgroup_name()?);
+    let populated = || match fs::read_to_string(apps.join("cgroup.events")) {
+        Ok(events) => Ok(events.lines().any(|l| l == "populated 1")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
+    if !populated()? {
+        return Ok(false);
+    }
+    fs::write(apps.join("cgroup.kill"), "1")?;
+    let deadline = Instant::now() + REMOVAL_PATIENCE;
+    while populated()? && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(true)
+}
+
 /// Most entries of `ax_kcgroups`.
 pub(crate) const MAX_CGROUPS: u32 = 4096;
 /// How long a removal waits for the killed processes of a cgroup to be gone.

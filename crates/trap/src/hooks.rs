@@ -256,6 +256,13 @@ fn own_cgroup(fallback: &Path) -> io::Result<(PathBuf, PathBuf)> {
     Ok((mount, dir))
 }
 
+/// Where this mount namespace shows the cgroup2 hierarchy (as [`Cgroup::own`] finds it,
+/// but mounting nothing): None where it shows none.
+pub fn cgroup2_root() -> io::Result<Option<PathBuf>> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(cgroup2_mount(&mountinfo).map(|(mount, _)| PathBuf::from(mount)))
+}
+
 /// The cgroup2 mount point and the root it shows, from /proc/self/mountinfo.
 fn cgroup2_mount(mountinfo: &str) -> Option<(&str, &str)> {
     mountinfo.lines().find_map(|line| {

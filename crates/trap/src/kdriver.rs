@@ -54,7 +54,7 @@ use ax_sys::bpf::{self, Asm, Insn, Label, Map, Reg, Size, Verdict as V, R0, R1, 
 use tracing::info;
 
 use crate::appcg::{self, AppCgroups};
-pub use crate::appcg::{apps_cgroup_name, AppCgroup, AppCgroupError};
+pub use crate::appcg::{apps_cgroup_name, stop_every_app, AppCgroup, AppCgroupError};
 use crate::guard::Guard;
 use crate::hooks::{self, Cgroup, InstallError};
 
@@ -137,7 +137,14 @@ struct Maps {
 
 /// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
 /// later daemon takes the set over once that one is there.
-const MAPS: [&str; 9] = ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "cgroups", "ksock"];
+const MAPS: [&str; 9] = ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "cgroups", TAKEN_WITH];
+const TAKEN_WITH: &str = "ksock";
+
+/// Whether a previous daemon left this layout's maps pinned under `run_dir`: what
+/// [`KernelDriver::install`] takes over (else its apps' sockets have no state here).
+pub fn maps_left_behind(run_dir: &Path) -> bool {
+    run_dir.join("bpf").join(LAYOUT).join(TAKEN_WITH).exists()
+}
 
 impl Maps {
     fn make(name: &str) -> io::Result<Map> {
@@ -162,7 +169,7 @@ impl Maps {
 
     /// The maps pinned under `dir` (true), or new ones pinned there (false).
     fn open_or_create(dir: &Path) -> io::Result<(Maps, bool)> {
-        let taken = dir.join("ksock").exists();
+        let taken = dir.join(TAKEN_WITH).exists();
         if !taken {
             fs::create_dir_all(dir)?;
         }
