@@ -294,8 +294,17 @@ impl Daemon {
             names::remove_resolv_conf(self.run_dir(), app);
             let _ = fs::remove_file(channel::in_flight_path(self.run_dir(), app));
             // An app in the host's namespace leaves its cgroup (none: nothing is done).
+            // Killing what is left of it takes a moment: off the command turn, unless no
+            // thread can be had.
             if let Some(k) = self.kernel() {
-                k.driver.remove_app_cgroup(&app.to_string());
+                let (driver, name) = (Arc::clone(&k.driver), app.to_string());
+                let (theirs, named) = (Arc::clone(&driver), name.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("ax-cgroup".into())
+                    .spawn(move || theirs.remove_app_cgroup(&named));
+                if spawned.is_err() {
+                    driver.remove_app_cgroup(&name);
+                }
             }
         }
         // Written before the answer: the state as it is now, with every command applied
