@@ -53,7 +53,8 @@ want() {
   done
 }
 median() {
-  printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
+  # No figure at all (every run failed) is a row that says so, not the script's end.
+  printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g |
     awk '{ v[NR] = $1 } END { if (NR == 0) print "failed"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 row() { printf "%-44s %12s %12s %9s %8s\n" "$@"; }
@@ -93,25 +94,30 @@ CFG
   echo "$WORK/nginx-$1.conf"
 }
 
-# Row functions (argument: seconds), native then ax (the ax clients run by $CLIENT).
+# Row functions (argument: seconds), native then ax (the ax clients run by $CLIENT, which
+# ends with the program's start: `ax run ... --`).
 ab_rps() { awk '/^Requests per second:/ { print $4 }'; }
 ab_native() { $IN ab -r -q -c 50 -t "$1" -n $(($1 * 40000)) http://$NODE:8081/small.html | ab_rps; }
-ab_ax() { $CLIENT -- ab -r -q -c 50 -t "$1" -n $(($1 * 40000)) http://198.18.9.1/small.html | ab_rps; }
+ab_ax() { $CLIENT ab -r -q -c 50 -t "$1" -n $(($1 * 40000)) http://198.18.9.1/small.html | ab_rps; }
 conn_native() { $IN $AXB connect $NODE:7300 "$1" | sed 's/conns_per_sec=//'; }
-conn_ax() { $CLIENT -- $AXB connect 198.18.9.6:7200 "$1" | sed 's/conns_per_sec=//'; }
+conn_ax() { $CLIENT $AXB connect 198.18.9.6:7200 "$1" | sed 's/conns_per_sec=//'; }
 tps() { awk '/^Run time:/ { for (i = 1; i < NF; i++) if ($i == "TPS:") print $(i + 1) }'; }
-mc_native() { $IN memcaslap -s $NODE:11212 -T 2 -c 32 -t "$1s" | tps; }
-mc_ax() { $CLIENT -- memcaslap -s 198.18.9.2:11211 -T 2 -c 32 -t "$1s" | tps; }
+# memcaslap's own default workload, from a file: without one it writes one to the home
+# directory of its user (nobody has none).
+printf 'key\n64 64 1\nvalue\n1024 1024 1\ncmd\n0 0.1\n1 0.9\n' >"$WORK/memslap.cnf"
+chmod 644 "$WORK/memslap.cnf"
+mc_native() { $IN memcaslap -F "$WORK/memslap.cnf" -s $NODE:11212 -T 2 -c 32 -t "$1s" | tps; }
+mc_ax() { $CLIENT memcaslap -F "$WORK/memslap.cnf" -s 198.18.9.2:11211 -T 2 -c 32 -t "$1s" | tps; }
 udp_rtt() { sed 's/rtt_per_sec=//'; }
 udp_native() { $IN python3 $PWD/bench/udploop.py ping $NODE 9400 $(($1 * 100000)) "$1" | udp_rtt; }
-udp_ax() { $CLIENT -- python3 $PWD/bench/udploop.py ping 198.18.9.3 9401 $(($1 * 100000)) "$1" | udp_rtt; }
+udp_ax() { $CLIENT python3 $PWD/bench/udploop.py ping 198.18.9.3 9401 $(($1 * 100000)) "$1" | udp_rtt; }
 iperf_native() { $IN iperf3 -c $NODE -p 5301 -t "$1" -J | gbps; }
-iperf_ax() { $CLIENT -- iperf3 -c 198.18.9.4 -p 5201 -t "$1" -J | gbps; }
+iperf_ax() { $CLIENT iperf3 -c 198.18.9.4 -p 5201 -t "$1" -J | gbps; }
 # The relay: a native client to the node port of an --external vservice whose backend
 # is the ax iperf3 server; the daemon relays every byte.
 relay_ax() { $IN iperf3 -c $NODE -p 5201 -t "$1" -J | gbps; }
 redis_native() { $IN redis-benchmark -h $NODE -p 6390 -n $(($1 * 50000)) -t "$REDIS_OP" --csv | rps "${REDIS_OP^^}"; }
-redis_ax() { $CLIENT -- redis-benchmark -h 198.18.9.5 -p 6379 -n $(($1 * 50000)) -t "$REDIS_OP" --csv | rps "${REDIS_OP^^}"; }
+redis_ax() { $CLIENT redis-benchmark -h 198.18.9.5 -p 6379 -n $(($1 * 50000)) -t "$REDIS_OP" --csv | rps "${REDIS_OP^^}"; }
 
 # The iperf3 servers, native and under ax, started once per test host.
 iperf_servers() {
@@ -129,7 +135,7 @@ bench_driver() {
   testhost axd-$$-$d axd-$$-$d-p $NODE
   IN="nsenter -t $INIT -m -n -p --"
   RUN="$IN $AX run"
-  CLIENT=$RUN
+  CLIENT="$RUN --"
   # Short connections leave TIME_WAIT sockets on a non-loopback address: reuse them.
   $IN sysctl -qw net.ipv4.tcp_tw_reuse=1
   echo
@@ -146,7 +152,7 @@ bench_driver() {
   # namespace (README, "Apps in the host's namespace").
   if [ "$d" = kernel-host ]; then
     asked=kernel
-    CLIENT="$RUN --user nobody"
+    CLIENT="$RUN --user nobody --"
   fi
   if ! testhost_daemon "$WORK/daemon-$d.log" --driver "$asked"; then
     echo "$d driver: not available: $DAEMON_ERR"
