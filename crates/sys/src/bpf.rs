@@ -76,6 +76,8 @@ pub const FN_BIND: i32 = 64;
 pub const FN_GET_CURRENT_CGROUP_ID: i32 = 80;
 pub const FN_SK_STORAGE_GET: i32 = 107;
 pub const FN_GET_NS_CURRENT_PID_TGID: i32 = 120;
+/// bpf_get_netns_cookie; in a sock program it takes the context (the socket's namespace).
+pub const FN_GET_NETNS_COOKIE: i32 = 122;
 /// bpf_set_retval: the errno a refusing cgroup program gives the call.
 pub const FN_SET_RETVAL: i32 = 187;
 /// bpf_sk_storage_get's flag: make the socket's value (zeroed) when it has none.

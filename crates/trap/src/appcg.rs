@@ -230,9 +230,12 @@ fn key(id: u64) -> [u8; 8] {
     id.to_ne_bytes()
 }
 
-/// cgroup/sock_create on `ax-apps`: the socket's cgroup's app (`ids`), TCP only, marked
-/// members-only in the guard's `marks` and with the app's fresh state in `states`.
-pub(crate) fn sock_create(ids: &Map, marks: &Map, states: &Map) -> Vec<Insn> {
+/// cgroup/sock_create on `ax-apps`: the socket's cgroup's app (`ids`), TCP only, in the
+/// daemon's network namespace (`netns`, its cookie), marked members-only in the guard's
+/// `marks` and with the app's fresh state in `states`. A socket in a namespace of the
+/// app's own (an unprivileged user namespace gives it one) is refused: the programs would
+/// send its connects to a broker it cannot reach, leaving entries no one takes.
+pub(crate) fn sock_create(ids: &Map, marks: &Map, states: &Map, netns: u64) -> Vec<Insn> {
     let mut a = Asm::default();
     a.mov(R6, R1)
         .call(bpf::FN_GET_CURRENT_CGROUP_ID)
@@ -247,6 +250,13 @@ pub(crate) fn sock_create(ids: &Map, marks: &Map, states: &Map) -> Vec<Insn> {
         .if_ne(R1, libc::SOCK_STREAM, V::Deny)
         .load(Size::W, R1, R6, SOCK_PROTOCOL)
         .if_ne(R1, libc::IPPROTO_TCP, V::Deny)
+        .mov(R1, R6)
+        .call(bpf::FN_GET_NETNS_COOKIE)
+        .mov32_imm(R1, (netns >> 32) as u32)
+        .lsh_imm(R1, 32)
+        .mov32_imm(R2, netns as u32)
+        .add(R1, R2)
+        .if_ne_reg(R0, R1, V::Deny)
         .store_imm(Size::W, R10, MARK, guard::MEMBERS_ONLY as i32);
     create(&mut a, marks, MARK);
     // SockState { app, peer: None, local: None }: all zero but the app.

@@ -258,7 +258,10 @@ impl KernelDriver {
         if !at_apps.is_empty() {
             guard.attach_to(&apps)?;
         }
-        let create = appcg::sock_create(&maps.cgroups, &guard.marks(), &maps.ksock);
+        let netns = ax_sys::sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+            .and_then(|probe| ax_sys::sock::netns_cookie(std::os::fd::AsFd::as_fd(&probe)))
+            .map_err(|e| InstallError::Maps(WHO, e))?;
+        let create = appcg::sock_create(&maps.cgroups, &guard.marks(), &maps.ksock, netns);
         at_apps.push((bpf::ATTACH_INET_SOCK_CREATE, "ksockcreate", bpf::PROG_CGROUP_SOCK, create));
         hooks::attach_and_pin(WHO, &apps, &dir, &at_apps)?;
         let id = apps.id().map_err(|e| InstallError::Cgroup(WHO, e))?;

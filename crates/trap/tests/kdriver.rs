@@ -1397,6 +1397,16 @@ fn host_sockets(s: &Sandbox) {
     assert_eq!(shown[1], "v6 ('::ffff:198.18.0.10', 80) ::ffff:198.18.1.1");
     assert_eq!(landed(&[&real, &backend]), 1, "v4: to the backend");
     assert_eq!(landed(&[&real, &backend]), 1, "v6: to the backend");
+    // In a network namespace of its own (which a user namespace gives any app), the
+    // programs would send its connects to a broker out of its reach: refused.
+    let probe = "import socket\ntry:\n  socket.socket();print('made')\nexcept OSError as e:print(e.errno)";
+    let out = Command::new("sh")
+        .args(["-c", r#"echo $$ > "$0/cgroup.procs" && exec unshare --net python3 -c "$1""#])
+        .arg(cg.dir())
+        .arg(probe)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "EPERM: {out:?}");
 
     // A process outside ax-apps: its sockets are its own, made and left alone.
     let (kinds, marks, shown) = host_app(s, |_| {}, "198.18.0.10:80");
