@@ -121,9 +121,14 @@ fn session(
         let cluster_ips = t.remote().nodes.iter().map(|n| n.1).collect::<Vec<_>>();
         (t.node().clone(), t.pool().ranges().clone(), cluster_ips, s.driver)
     });
-    let mut new = validate(&req, cred.pid, &node, &ports, &cluster_ips, driver, guard.is_some())?;
     // Only the kernel driver's programs can rule sockets an app makes itself.
-    new.host_sockets = req.host_sockets && driver == Driver::Kernel && daemon.kernel().is_some();
+    let host_sockets = req.host_sockets && driver == Driver::Kernel && daemon.kernel().is_some();
+    let new = NewApp {
+        driver,
+        socket_guard: guard.is_some(),
+        host_sockets,
+        ..validate(&req, cred.pid, &node, &ports, &cluster_ips)?
+    };
     if new.name.is_some() && daemon.dns_domain().is_none() {
         return Err(refused("--name needs the daemon's DNS server, and this daemon runs with --dns=false"));
     }
@@ -314,14 +319,13 @@ fn reattach(
 
 /// Checks what a registration's types cannot (its values were checked as it was read):
 /// the name, and exposes against this node and its pool; every error names the field.
+/// The driver and placement are left at their defaults.
 fn validate(
     req: &Register,
     peer_pid: i32,
     node: &NodeInfo,
     ports: &PortRanges,
     cluster_ips: &[Ipv4Addr],
-    driver: Driver,
-    socket_guard: bool,
 ) -> Result<NewApp, SessionError> {
     if let Some(name) = &req.name {
         ax_dns::wire::check_label(name).map_err(|e| refused(e.to_string()))?;
@@ -334,11 +338,9 @@ fn validate(
         ip: req.ip.map(|ip| ip.get()),
         labels: req.labels.clone(),
         pid: if req.pid > 0 { req.pid } else { peer_pid },
-        driver,
         expose: req.expose.clone(),
-        socket_guard,
-        // Decided by the caller, who knows whether the kernel driver runs.
-        host_sockets: false,
+        // How the app is served is the caller's to say.
+        ..NewApp::default()
     })
 }
 

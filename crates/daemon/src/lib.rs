@@ -293,9 +293,10 @@ impl Daemon {
         for app in effects.remove_files.drain(..) {
             names::remove_resolv_conf(self.run_dir(), app);
             let _ = fs::remove_file(channel::in_flight_path(self.run_dir(), app));
-            // An app in the host's namespace leaves its cgroup (none: nothing is done).
-            // Killing what is left of it takes a moment: off the command turn, unless no
-            // thread can be had.
+        }
+        for app in effects.remove_cgroups.drain(..) {
+            // Killing what is left of the app takes a moment: off the command turn, unless
+            // no thread can be had.
             if let Some(k) = self.kernel() {
                 let (driver, name) = (Arc::clone(&k.driver), app.to_string());
                 let (theirs, named) = (Arc::clone(&driver), name.clone());

@@ -107,6 +107,8 @@ pub struct Effects {
     pub relays: Vec<RelayChange>,
     /// Files an app left (its resolv.conf, its last call id).
     pub remove_files: Vec<AppId>,
+    /// Apps in the host's namespace that are gone: their cgroups go too.
+    pub remove_cgroups: Vec<AppId>,
     /// The state is to be written before the answer is given.
     pub persist: bool,
     pub answer: Answer,
@@ -136,6 +138,7 @@ pub struct State {
 pub(crate) struct Out {
     relays: Vec<RelayChange>,
     remove_files: Vec<AppId>,
+    remove_cgroups: Vec<AppId>,
     persist: bool,
 }
 
@@ -254,13 +257,17 @@ impl State {
                 Answer::Done
             }
         };
-        Effects { relays: out.relays, remove_files: out.remove_files, persist: out.persist, answer }
+        let (relays, remove_files, remove_cgroups) = (out.relays, out.remove_files, out.remove_cgroups);
+        Effects { relays, remove_files, remove_cgroups, persist: out.persist, answer }
     }
 
     fn forget(&mut self, app: AppId, why: &str, out: &mut Out) {
         self.attached.remove(&app);
         out.remove_files.push(app);
-        if let Some((_, gone)) = self.table.remove_app(app) {
+        if let Some((removed, gone)) = self.table.remove_app(app) {
+            if removed.host_sockets {
+                out.remove_cgroups.push(app);
+            }
             let rows = gone.iter().filter(|b| b.listening).count();
             info!(app = %app, rows, sockets = gone.len(), "{why}; its rows are removed");
             out.persist = true;

@@ -178,6 +178,25 @@ fn a_kernel_driver_app_is_not_taken_back_without_the_state_of_its_sockets() {
 }
 
 #[test]
+fn only_an_app_in_the_host_namespace_leaves_a_cgroup_to_remove() {
+    let mut s = state();
+    let kernel = NewApp { pid: 1, driver: Driver::Kernel, socket_guard: true, ..Default::default() };
+    let mut ids = Vec::new();
+    for host_sockets in [false, true] {
+        let Answer::Registered(app) = s.apply(Command::Register(NewApp { host_sockets, ..kernel.clone() })).answer
+        else {
+            panic!()
+        };
+        ids.push(app.id);
+    }
+    let e = s.apply(Command::DropUnattached(ids.clone()));
+    assert_eq!(e.remove_files, ids);
+    assert_eq!(e.remove_cgroups, vec![ids[1]]);
+    // Forgotten already: nothing more to remove.
+    assert!(s.apply(Command::Forget { app: ids[1], why: "app exited" }).remove_cgroups.is_empty());
+}
+
+#[test]
 fn a_change_by_an_engine_is_saved() {
     let mut s = state();
     let e = s.apply(Command::TableChanged);
