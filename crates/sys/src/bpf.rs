@@ -41,6 +41,7 @@ const F_CLONE: u32 = 0x200;
 /// Program types used here.
 pub const PROG_CGROUP_SKB: u32 = 8;
 pub const PROG_CGROUP_SOCK: u32 = 9;
+pub const PROG_SOCK_OPS: u32 = 13;
 pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 
 /// Attach types used here (the kernel's enum bpf_attach_type).
@@ -48,6 +49,7 @@ pub const ATTACH_INGRESS: u32 = 0;
 pub const ATTACH_EGRESS: u32 = 1;
 /// A new inet socket (cgroup/sock_create); a program's 0 fails socket() with EPERM.
 pub const ATTACH_INET_SOCK_CREATE: u32 = 2;
+pub const ATTACH_SOCK_OPS: u32 = 3;
 pub const ATTACH_BIND4: u32 = 8;
 pub const ATTACH_BIND6: u32 = 9;
 pub const ATTACH_CONNECT4: u32 = 10;
@@ -70,6 +72,10 @@ pub const FN_GET_CURRENT_UID_GID: i32 = 15;
 pub const FN_SKB_LOAD_BYTES: i32 = 26;
 /// bpf_get_socket_cookie; in a sock_addr program it takes the context.
 pub const FN_GET_SOCKET_COOKIE: i32 = 46;
+/// bpf_setsockopt (a sock_ops program's socket).
+pub const FN_SETSOCKOPT: i32 = 49;
+/// bpf_sock_ops_cb_flags_set: which optional sock_ops calls a socket gets.
+pub const FN_SOCK_OPS_CB_FLAGS_SET: i32 = 59;
 /// bpf_bind (connect4/6 programs only).
 pub const FN_BIND: i32 = 64;
 /// bpf_get_current_cgroup_id: the calling task's cgroup2 id (its directory's inode).
@@ -78,6 +84,11 @@ pub const FN_SK_STORAGE_GET: i32 = 107;
 pub const FN_GET_NS_CURRENT_PID_TGID: i32 = 120;
 /// bpf_get_netns_cookie; in a sock program it takes the context (the socket's namespace).
 pub const FN_GET_NETNS_COOKIE: i32 = 122;
+/// bpf_load_hdr_opt, bpf_store_hdr_opt, bpf_reserve_hdr_opt: TCP header options in
+/// sock_ops programs.
+pub const FN_LOAD_HDR_OPT: i32 = 142;
+pub const FN_STORE_HDR_OPT: i32 = 143;
+pub const FN_RESERVE_HDR_OPT: i32 = 144;
 /// bpf_set_retval: the errno a refusing cgroup program gives the call.
 pub const FN_SET_RETVAL: i32 = 187;
 /// bpf_sk_storage_get's flag: make the socket's value (zeroed) when it has none.

@@ -188,6 +188,11 @@ impl Guard {
         self.maps.sockets.update_socket(sock, MEMBERS_ONLY)
     }
 
+    /// The member set, for programs that trust what members send.
+    pub(crate) fn members(&self) -> &Map {
+        &self.maps.members
+    }
+
     /// Makes `members` the addresses pool ports take packets from.
     pub fn set_members(&self, members: &HashSet<Ipv4Addr>) -> io::Result<()> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());

@@ -58,6 +58,8 @@ pub use crate::appcg::{apps_cgroup_name, stop_every_app, AppCgroup, AppCgroupErr
 use crate::guard::Guard;
 use crate::hooks::{self, Cgroup, InstallError};
 
+mod clientid;
+
 /// The pin directory's name; a new layout gets a new name.
 pub(crate) const LAYOUT: &str = "ax-kernel-v4";
 const WHO: &str = "kernel driver";
@@ -244,6 +246,7 @@ impl KernelDriver {
             sock_addr(bpf::ATTACH_UDP4_RECVMSG, "krecvmsg4", recvmsg(&maps, false)),
             sock_addr(bpf::ATTACH_UDP6_RECVMSG, "krecvmsg6", recvmsg(&maps, true)),
             (bpf::ATTACH_EGRESS, "kegress", bpf::PROG_CGROUP_SKB, egress(&maps)),
+            (bpf::ATTACH_SOCK_OPS, "kclientid", bpf::PROG_SOCK_OPS, clientid::program(&maps, guard.members())),
         ];
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
         let name = appcg::apps_cgroup_name().map_err(|e| InstallError::Cgroup(WHO, e))?;
