@@ -11,7 +11,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Cluster, TestHost};
+use support::{Cluster, TestHost, NODE_IP};
 
 const PY: &str = "/usr/bin/python3";
 
@@ -127,4 +127,84 @@ fn a_host_outside_the_cluster_cannot_claim_a_virtual_address() {
     assert_eq!(a.run_ok(&["--ip", "198.18.7.2", "--", PY, "-c", &client(&a_ip)]).trim(), "ok");
     let want = shown(a, "198.18.7.2", &a_ip);
     assert_eq!(next_peer(a, 1), format!("peer {want} {want}"));
+}
+
+/// The directory of PostgreSQL's server programs (Debian's postgresql package).
+fn postgres_bin() -> String {
+    let versions = std::fs::read_dir("/usr/lib/postgresql").expect("postgresql is not installed (.ci/run installs it)");
+    let mut bins: Vec<_> =
+        versions.flatten().map(|v| v.path().join("bin")).filter(|b| b.join("postgres").exists()).collect();
+    bins.sort();
+    bins.pop().expect("no PostgreSQL server under /usr/lib/postgresql").to_string_lossy().into_owned()
+}
+
+/// PostgreSQL under ax, run as its own user, with a pg_hba.conf that lets in one
+/// client address only: that client app's `--ip`, as an operator writes it.
+#[test]
+fn postgres_lets_in_the_client_its_pg_hba_names_and_no_other() {
+    support::require_root_and(&["psql", "runuser"]);
+    let bin = postgres_bin();
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let data = h.dir.join("pg");
+    std::fs::create_dir_all(&data).unwrap();
+    let data = data.to_string_lossy().into_owned();
+    for cmd in [vec!["chmod", "755", h.dir.to_str().unwrap()], vec!["chown", "postgres:", &data]] {
+        assert!(Command::new(cmd[0]).args(&cmd[1..]).status().unwrap().success());
+    }
+    let initdb =
+        h.cmd("runuser").args(["-u", "postgres", "--", &format!("{bin}/initdb"), "-D", &data]).output().unwrap();
+    assert!(initdb.status.success(), "{}", String::from_utf8_lossy(&initdb.stderr));
+    std::fs::write(format!("{data}/pg_hba.conf"), "host all all 198.18.8.2/32 trust\n").unwrap();
+    let postgres = format!("{bin}/postgres");
+    let settings = ["-c", "listen_addresses=*", "-c", "unix_socket_directories=", "-c", "log_connections=on"];
+    let mut args = vec!["--ip", "198.18.8.1", "--user", "postgres", "--", &postgres, "-D", &data];
+    args.extend(settings);
+    h.spawn_app("postgres", &args);
+    h.wait_until("postgres's row", Duration::from_secs(60), || !h.servers_at("198.18.8.1:5432").is_empty());
+
+    let ask = |ip: &str| {
+        h.run(&["--ip", ip, "--", "psql", "-h", "198.18.8.1", "-U", "postgres", "-Atc", "select inet_client_addr()"])
+    };
+    let named = ask("198.18.8.2");
+    let other = ask("198.18.8.3");
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    if h.daemon_driver() == "kernel" {
+        assert!(named.status.success(), "{}", err(&named));
+        assert_eq!(String::from_utf8_lossy(&named.stdout).trim(), "198.18.8.2");
+        assert!(err(&other).contains("no pg_hba.conf entry for host \"198.18.8.3\""), "{}", err(&other));
+    } else {
+        // The user driver: the server sees the node's address, which pg_hba.conf does not name.
+        for out in [&named, &other] {
+            assert!(err(out).contains(&format!("no pg_hba.conf entry for host \"{NODE_IP}\"")), "{}", err(out));
+        }
+    }
+}
+
+/// nginx's `$remote_addr` (its access log) is the client app's address.
+#[test]
+fn nginx_logs_the_client_apps_address() {
+    support::require_root_and(&["nginx", "curl"]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let root = h.web_root("www", "who", "nginx");
+    let conf = h.dir.join("nginx.conf");
+    let log = h.dir.join("access.log");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\n\
+             http {{ log_format who '$remote_addr'; access_log {log} who; \
+             server {{ listen 8080; root {root}; }} }}\n",
+            dir = h.dir.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    h.spawn_app("nginx", &["--ip", "198.18.9.1", "--", "nginx", "-c", conf.to_str().unwrap()]);
+    h.wait_until("nginx's row", Duration::from_secs(30), || !h.servers_at("198.18.9.1:8080").is_empty());
+    assert_eq!(h.run_ok(&["--ip", "198.18.9.2", "--", "curl", "-sf", "http://198.18.9.1:8080/who"]), "nginx");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    h.wait_until("nginx's access log line", Duration::from_secs(30), || !logged().is_empty());
+    assert_eq!(logged().trim(), shown(&h, "198.18.9.2", NODE_IP));
 }
