@@ -208,3 +208,37 @@ fn nginx_logs_the_client_apps_address() {
     h.wait_until("nginx's access log line", Duration::from_secs(30), || !logged().is_empty());
     assert_eq!(logged().trim(), shown(&h, "198.18.9.2", NODE_IP));
 }
+
+/// A Java server (the JDK's HttpServer) prints `getRemoteAddress()` per exchange.
+const JAVA_SERVER: &str = "
+import com.sun.net.httpserver.HttpServer;
+import java.net.InetSocketAddress;
+
+public class Who {
+    public static void main(String[] args) throws Exception {
+        HttpServer s = HttpServer.create(new InetSocketAddress(8000), 64);
+        s.createContext(\"/\", x -> {
+            System.out.println(\"peer \" + x.getRemoteAddress().getAddress().getHostAddress());
+            byte[] body = \"java\".getBytes();
+            x.sendResponseHeaders(200, body.length);
+            x.getResponseBody().write(body);
+            x.close();
+        });
+        s.start();
+        System.out.println(\"listening\");
+    }
+}
+";
+
+#[test]
+fn a_java_server_sees_the_client_apps_address() {
+    support::require_root_and(&["java", "curl"]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let src = h.dir.join("Who.java");
+    std::fs::write(&src, JAVA_SERVER).unwrap();
+    h.spawn_app("server", &["--ip", "198.18.9.5", "--", "java", src.to_str().unwrap()]);
+    h.wait_until("the java server's row", Duration::from_secs(60), || !h.servers_at("198.18.9.5:8000").is_empty());
+    assert_eq!(h.run_ok(&["--ip", "198.18.9.6", "--", "curl", "-sf", "http://198.18.9.5:8000/"]), "java");
+    assert_eq!(next_peer(&h, 0), format!("peer {}", shown(&h, "198.18.9.6", NODE_IP)));
+}
