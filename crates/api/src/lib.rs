@@ -39,6 +39,8 @@ pub mod path {
     pub const PROXIES: &str = "/v1/proxies";
     pub const NODES: &str = "/v1/nodes";
     pub const OPENAPI: &str = "/v1/openapi.json";
+    /// The daemon's metrics in the Prometheus text format (where Prometheus looks).
+    pub const METRICS: &str = "/metrics";
     /// One vservice, by name (axum's path syntax, as the OpenAPI document writes it).
     pub const VSERVICE: &str = "/v1/vservices/{name}";
 
@@ -55,6 +57,7 @@ pub mod path {
         ("get", PROXIES),
         ("get", NODES),
         ("get", OPENAPI),
+        ("get", METRICS),
     ];
 }
 

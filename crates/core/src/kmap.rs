@@ -15,8 +15,8 @@ use crate::table::Proto;
 pub mod layout;
 
 pub use layout::{
-    AppEntry, BrokerEntry, BrokerKind, Config, DecodeError, Lb, Peer, PrivateKey, Route, RouteError, RouteKey,
-    SockState, Verdict, ANY_CLASS, MAX_GROUPS, MAX_TARGETS,
+    AppEntry, BrokerEntry, BrokerKind, Config, ConnectCount, DecodeError, Lb, Peer, PrivateKey, Route, RouteError,
+    RouteKey, SockState, Verdict, ANY_CLASS, MAX_GROUPS, MAX_TARGETS,
 };
 
 /// Everything the daemon-filled maps should hold (`ax_ksock` and `ax_kbroker` are

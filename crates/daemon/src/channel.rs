@@ -265,7 +265,8 @@ fn serve_app(
     let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone()))
         .with_driver(driver)
         .with_guard(socket_guard)
-        .in_host_netns(in_host_netns);
+        .in_host_netns(in_host_netns)
+        .with_stats(Arc::clone(daemon.stats()));
     for (n, note) in held {
         engine.resume(&n, note);
     }

@@ -14,6 +14,7 @@ mod channel;
 mod cluster;
 mod driver;
 mod members;
+mod metrics;
 mod names;
 mod peer;
 mod profile;
@@ -141,6 +142,10 @@ struct Shared {
     netns: broker::Namespaces,
     /// The event loops that carry relayed connections, started with the first relay.
     pump: Mutex<Option<Arc<relay::pump::Pump>>>,
+    /// What the engines count, for `/metrics`.
+    stats: Arc<ax_trap::stats::Stats>,
+    /// The `service` labels `/metrics` has shown.
+    metric_labels: metrics::Labels,
 }
 
 /// Effects' side of the daemon: the running relays, and how far effects have got.
@@ -204,6 +209,8 @@ impl Daemon {
             kernel,
             netns: broker::Namespaces::default(),
             pump: Mutex::default(),
+            stats: Arc::default(),
+            metric_labels: metrics::Labels::default(),
         }))
     }
 
@@ -247,6 +254,22 @@ impl Daemon {
         let p = Arc::new(relay::pump::Pump::start(ax_sys::proc::fd_limits()?.0, relay::MAX_CONNECTIONS)?);
         *pump = Some(p.clone());
         Ok(p)
+    }
+
+    /// What the engines count, shared by all of them.
+    pub(crate) fn stats(&self) -> &Arc<ax_trap::stats::Stats> {
+        &self.0.stats
+    }
+
+    pub(crate) fn metric_labels(&self) -> &metrics::Labels {
+        &self.0.metric_labels
+    }
+
+    /// The relays' connections now and bytes carried so far (none before the first
+    /// relay starts).
+    pub(crate) fn relay_counts(&self) -> (usize, u64) {
+        let pump = self.0.pump.lock().unwrap_or_else(|p| p.into_inner());
+        pump.as_ref().map_or((0, 0), |p| (p.connections(), p.carried()))
     }
 
     /// Reads the state (views, checks); changes go through [`Daemon::submit`].

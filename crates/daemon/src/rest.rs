@@ -218,6 +218,7 @@ fn router(daemon: Daemon) -> Router {
         )
         .route(path::VSERVICE, delete(delete_vservice))
         .route(path::PROXIES, get(proxies))
+        .route(path::METRICS, get(metrics))
         .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::nodes(&s.nodes))) }))
         .route(
             path::OPENAPI,
@@ -235,6 +236,15 @@ async fn proxies(State(d): State<Daemon>) -> Response {
     match tokio::task::spawn_blocking(move || d.proxies()).await {
         Ok(views) => Json(views).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot list the relays: {e}")),
+    }
+}
+
+/// The kernel driver's counts are read from its maps and the relays' where effects are
+/// carried out: off the async workers.
+async fn metrics(State(d): State<Daemon>) -> Response {
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&crate::metrics::gather(&d))).await {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot gather the metrics: {e}")),
     }
 }
 

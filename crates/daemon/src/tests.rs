@@ -71,7 +71,8 @@ fn served_with(tls: Option<Arc<ax_tls::Reloadable>>) -> Served {
     Served { daemon, tcp, unix, stop, served, dir }
 }
 
-/// One HTTP/1.1 exchange: the status and the body as JSON (Null when empty).
+/// One HTTP/1.1 exchange: the status and the body as JSON (Null when empty, a string
+/// when not JSON).
 async fn exchange(
     mut conn: impl AsyncRead + AsyncWrite + Unpin,
     method: &str,
@@ -89,7 +90,12 @@ async fn exchange(
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, if body.is_empty() { Value::Null } else { serde_json::from_str(body).unwrap() })
+    // A body that is not JSON (the metrics' text) comes as a string.
+    let body = match body {
+        "" => Value::Null,
+        text => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
+    };
+    (status, body)
 }
 
 /// One request; the status, or None when the connection ended without an answer.
@@ -314,6 +320,26 @@ async fn bad_requests_are_400_and_name_the_field() {
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().starts_with("malformed vservice request"), "{body}");
     assert_eq!(s.tcp("GET", path::VSERVICES, None).await, (200, json!([])), "nothing changed");
+    s.stop().await;
+}
+
+/// `/metrics` answers on both transports, in the text format, with the table's counts.
+#[tokio::test]
+async fn metrics_are_served_on_both_transports_from_the_tables() {
+    let s = served();
+    let new = ax_core::table::NewApp {
+        name: Some("web".into()),
+        ip: Some("198.18.0.1".parse().unwrap()),
+        ..Default::default()
+    };
+    let Answer::Registered(_) = s.daemon.submit(Command::Register(new)) else { panic!("not registered") };
+    for (status, body) in [s.unix("GET", path::METRICS, None).await, s.tcp("GET", path::METRICS, None).await] {
+        assert_eq!(status, 200);
+        let text = body.as_str().unwrap_or_else(|| panic!("text, not {body}"));
+        assert!(text.lines().any(|l| l == "ax_apps{driver=\"user\"} 1"), "{text}");
+        assert!(text.lines().any(|l| l == "ax_service_rows{origin=\"local\"} 0"), "{text}");
+        assert!(text.contains("# TYPE ax_trapped_call_duration_seconds histogram"), "{text}");
+    }
     s.stop().await;
 }
 

@@ -32,6 +32,8 @@ const MAP_LOOKUP_AND_DELETE_ELEM: i32 = 21;
 pub const MAP_HASH: u32 = 1;
 pub const MAP_ARRAY: u32 = 2;
 pub const MAP_LRU_HASH: u32 = 9;
+/// A hash with one value per possible CPU, least recently used entries evicted when full.
+pub const MAP_LRU_PERCPU_HASH: u32 = 10;
 /// Storage attached to each socket, freed with it (needs BTF for its key and value).
 pub const MAP_SK_STORAGE: u32 = 24;
 const F_NO_PREALLOC: u32 = 1;
@@ -344,6 +346,16 @@ impl Map {
         }
     }
 
+    /// A per-CPU map's values at `key`, one per possible CPU (`value_size` bytes, the
+    /// map's, each); None when absent.
+    pub fn per_cpu_values(&self, key: &[u8], value_size: usize) -> io::Result<Option<Vec<Vec<u8>>>> {
+        // The kernel lays the values out 8-byte aligned, one per possible CPU.
+        let stride = value_size.next_multiple_of(8);
+        let cpus = possible_cpus()?;
+        let Some(all) = self.value(MAP_LOOKUP_ELEM, key, stride * cpus)? else { return Ok(None) };
+        Ok(Some(all.chunks(stride).map(|c| c[..value_size].to_vec()).collect()))
+    }
+
     /// A socket-storage map's value (`value_size` bytes, the map's) for the socket
     /// `sock`; None when it has none.
     pub fn socket_value(&self, sock: BorrowedFd<'_>, value_size: usize) -> io::Result<Option<Vec<u8>>> {
@@ -372,6 +384,21 @@ impl Map {
     pub fn open_pinned(path: &Path) -> io::Result<Map> {
         open_pinned(path).map(|fd| Map { fd })
     }
+}
+
+/// How many CPUs the kernel may ever bring up (per-CPU maps hold a value for each).
+pub fn possible_cpus() -> io::Result<usize> {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    cpu_count(&list).ok_or_else(|| io::Error::other(format!("cannot read the possible CPUs from {list:?}")))
+}
+
+/// The number of CPUs in a kernel CPU list ("0-3,5").
+fn cpu_count(list: &str) -> Option<usize> {
+    list.trim().split(',').try_fold(0, |n, part| {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi) = (lo.parse::<usize>().ok()?, hi.parse::<usize>().ok()?);
+        (lo <= hi).then(|| n + hi - lo + 1)
+    })
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -482,6 +509,15 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_list_counts_every_cpu_it_names() {
+        assert_eq!(cpu_count("0\n"), Some(1));
+        assert_eq!(cpu_count("0-3\n"), Some(4));
+        assert_eq!(cpu_count("0-1,4,6-7"), Some(5));
+        assert_eq!(cpu_count("3-1"), None);
+        assert_eq!(cpu_count(""), None);
+    }
 
     #[test]
     fn the_btf_blob_describes_an_int_array_for_larger_values() {

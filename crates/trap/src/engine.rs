@@ -10,6 +10,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ax_core::addr::{self, Family, SockAddr};
 use ax_core::kmap::SockState;
@@ -22,6 +23,7 @@ use crate::call::{AddrIn, Call};
 use crate::helper::{wait_for_call, Helpers, Hush, Waited};
 use crate::policy::SocketGuard;
 use crate::spare::{Made, Recipe, Spares};
+use crate::stats::Stats;
 use crate::Node;
 use crate::{fds, guard};
 use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Progress, Use};
@@ -61,6 +63,8 @@ pub struct Engine<K: Kernel, N: Node> {
     /// placed there under the kernel driver): a socket let through natively is a host
     /// socket no one rules.
     in_host_netns: bool,
+    /// What the daemon's `/metrics` shows of this engine's calls.
+    pub(crate) stats: Arc<Stats>,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -79,6 +83,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             driver: Driver::User,
             guard: SocketGuard::Installed,
             in_host_netns: false,
+            stats: Arc::default(),
         }
     }
 
@@ -95,6 +100,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// The engine of an app whose processes live in the host's network namespace.
     pub fn in_host_netns(self, in_host_netns: bool) -> Engine<K, N> {
         Engine { in_host_netns, ..self }
+    }
+
+    /// The engine counting into `stats` (its daemon's, shared by every engine).
+    pub fn with_stats(self, stats: Arc<Stats>) -> Engine<K, N> {
+        Engine { stats, ..self }
     }
 
     /// Marks a host socket for the guard, and for a kernel-driver app hands it to the
@@ -132,7 +142,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     pub fn run(&self) {
         loop {
             match self.k.next() {
-                Ok(Some(n)) => self.handle(&n),
+                Ok(Some(n)) => {
+                    let started = Instant::now();
+                    self.handle(&n);
+                    self.stats.call(i64::from(n.nr), started.elapsed());
+                }
                 Ok(None) => return,
                 Err(e) => {
                     warn!(app = %self.app, "the seccomp listener failed (errno {e}); the app's calls go unanswered");
@@ -464,7 +478,20 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Kind::Host(_, Proto::Tcp) => Some(self.progress(&s)?),
             _ => None,
         };
-        let plan = self.node.with_table(|t| plan::connect(t, self.app, kind, addr, progress))?;
+        let (plan, service) = self.node.with_table(|t| {
+            let plan = plan::connect(t, self.app, kind, addr, progress);
+            let service = match (&plan, kind, addr) {
+                (Ok(Connect::Refused | Connect::Targets { .. }), Kind::Host(_, proto), SockAddr::Inet(dest)) => {
+                    t.service_of_connect(proto, dest).map(|s| (proto, s))
+                }
+                _ => None,
+            };
+            (plan, service)
+        });
+        let plan = plan?;
+        if let Some((proto, service)) = service {
+            self.stats.connect(proto, service, plan != Connect::Refused);
+        }
         debug!(app = %self.app, ?addr, ?plan, "connect");
         match plan {
             Connect::Disconnect => {

@@ -47,8 +47,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ax_core::kmap::{
-    AppEntry, BrokerEntry, BrokerKind, Change, Config, DecodeError, KernelMaps, Peer, PrivateKey, Route, RouteKey,
-    SockState, Verdict, ANY_CLASS,
+    AppEntry, BrokerEntry, BrokerKind, Change, Config, ConnectCount, DecodeError, KernelMaps, Peer, PrivateKey, Route,
+    RouteKey, SockState, Verdict, ANY_CLASS,
 };
 use ax_sys::bpf::{self, Asm, Insn, Label, Map, Reg, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use tracing::info;
@@ -57,6 +57,7 @@ use crate::appcg::{self, AppCgroups};
 pub use crate::appcg::{apps_cgroup_name, stop_every_app, AppCgroup, AppCgroupError};
 use crate::guard::Guard;
 use crate::hooks::{self, Cgroup, InstallError};
+use crate::stats::Tally;
 
 mod clientid;
 
@@ -95,6 +96,8 @@ const PRIVATE_KEY: i16 = -64; // PrivateKey, 8 bytes
 const BIND_ADDR: i16 = -96; // sockaddr_in (16 bytes) or sockaddr_in6 (28)
 const PEER_KEY: i16 = -104; // the recvmsg programs' Peer key, 8 bytes
 const DEST: i16 = -112; // the destination the app named: ip (be32), port (be16)
+const COUNT_KEY: i16 = -120; // ConnectCount's key, 8 bytes
+const COUNT_VALUE: i16 = -136; // ConnectCount's value, 16 bytes
 
 const fn at(base: i16, field: usize) -> i16 {
     base + field as i16
@@ -119,6 +122,8 @@ pub enum MapError {
     Write(&'static str, io::Error),
     #[error("cannot read the kernel driver's broker map: {0}")]
     Read(io::Error),
+    #[error("cannot read the kernel driver's connect counts: {0}")]
+    Counts(io::Error),
     #[error("the kernel driver's broker map holds a bad entry: {0}")]
     Decode(#[from] DecodeError),
 }
@@ -135,6 +140,10 @@ struct Maps {
     peers: Map,
     daemon: Map,
     cgroups: Arc<Map>,
+    /// `ax_kconnects`: made anew by every daemon, never pinned (the programs it
+    /// installs count into it; counts start at zero with the daemon, as any of its
+    /// metrics do).
+    connects: Map,
 }
 
 /// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
@@ -202,6 +211,13 @@ impl Maps {
             peers,
             daemon,
             cgroups: Arc::new(cgroups),
+            connects: Map::new(
+                bpf::MAP_LRU_PERCPU_HASH,
+                "ax_kconnects",
+                ConnectCount::KEY_SIZE as u32,
+                ConnectCount::VALUE_SIZE as u32,
+                ConnectCount::MAX_ENTRIES,
+            )?,
         };
         Ok((maps, taken))
     }
@@ -396,6 +412,27 @@ impl KernelDriver {
         self.write(&Change::Config(want.config))
     }
 
+    /// The connects the connect programs counted, by route entry address, port and
+    /// protocol, summed over CPUs (see [`ConnectCount`]).
+    pub fn connect_counts(&self) -> Result<Vec<((ax_core::Proto, std::net::SocketAddrV4), Tally)>, MapError> {
+        let m = &self.maps.connects;
+        let mut out = Vec::new();
+        let bad = |e: DecodeError| MapError::Counts(io::Error::other(e));
+        for key in m.keys(ConnectCount::KEY_SIZE).map_err(MapError::Counts)? {
+            // Evicted since it was listed: nothing to add.
+            let Some(per_cpu) = m.per_cpu_values(&key, ConnectCount::VALUE_SIZE).map_err(MapError::Counts)? else {
+                continue;
+            };
+            let mut tally = Tally::default();
+            for v in per_cpu {
+                let (allowed, denied) = ConnectCount::decode_value(&v).map_err(bad)?;
+                tally.add(Tally { allowed, denied });
+            }
+            out.push((ConnectCount::decode_key(&key).map_err(bad)?, tally));
+        }
+        Ok(out)
+    }
+
     /// The broker entry a connect program wrote for the app socket with this cookie,
     /// removed (of two takers, one gets it); None when there is none.
     pub fn take_broker(&self, cookie: u64) -> Result<Option<BrokerEntry>, MapError> {
@@ -403,6 +440,54 @@ impl KernelDriver {
         Ok(got.map(|b| BrokerEntry::decode(&b)).transpose()?)
     }
 }
+
+/// Counts the connect the route entry at r9 decides in `ax_kconnects` (see
+/// [`ConnectCount`]): BACKENDS as allowed, REFUSE as denied, under the entry's address,
+/// port and protocol (the route key on the stack); an entry for a whole address (port
+/// 0) is not counted. Clobbers r0-r5 and r8.
+fn count_connect(a: &mut Asm, maps: &Maps) {
+    let [count, found, add, done] = [(); 4].map(|_| a.label());
+    let key = |field| at(COUNT_KEY, field);
+    a.load(Size::H, R1, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET))
+        .if_eq(R1, 0, done)
+        .load(Size::B, R8, R9, off(Route::VERDICT_OFFSET))
+        .if_eq(R8, Verdict::Backends as i32, count)
+        .if_ne(R8, Verdict::Refuse as i32, done)
+        .here(count)
+        .store(Size::H, R10, key(ConnectCount::PORT_OFFSET), R1)
+        .load(Size::W, R1, R10, at(ROUTE_KEY, RouteKey::IP_OFFSET))
+        .store(Size::W, R10, key(ConnectCount::IP_OFFSET), R1)
+        .load(Size::B, R1, R10, at(ROUTE_KEY, RouteKey::PROTO_OFFSET))
+        .store(Size::B, R10, key(ConnectCount::PROTO_OFFSET), R1)
+        .store_imm(Size::B, R10, key(ConnectCount::PROTO_OFFSET + 1), 0);
+    a.mov(R2, R10).add_imm(R2, COUNT_KEY as i32).load_map(R1, &maps.connects).call(bpf::FN_MAP_LOOKUP_ELEM);
+    // The first count of this address on this CPU: a zero value, then look again (an
+    // entry another CPU made meanwhile is as good).
+    a.if_ne(R0, 0, found)
+        .store_imm(Size::DW, R10, COUNT_VALUE, 0)
+        .store_imm(Size::DW, R10, COUNT_VALUE + 8, 0)
+        .load_map(R1, &maps.connects)
+        .mov(R2, R10)
+        .add_imm(R2, COUNT_KEY as i32)
+        .mov(R3, R10)
+        .add_imm(R3, COUNT_VALUE as i32)
+        .mov_imm(R4, BPF_NOEXIST)
+        .call(bpf::FN_MAP_UPDATE_ELEM);
+    a.mov(R2, R10).add_imm(R2, COUNT_KEY as i32).load_map(R1, &maps.connects).call(bpf::FN_MAP_LOOKUP_ELEM);
+    a.if_eq(R0, 0, done)
+        .here(found)
+        .if_eq(R8, Verdict::Backends as i32, add)
+        .add_imm(R0, ConnectCount::DENIED_OFFSET as i32)
+        .here(add)
+        // This CPU's own value: no other program writes it meanwhile.
+        .load(Size::DW, R1, R0, 0)
+        .add_imm(R1, 1)
+        .store(Size::DW, R0, 0, R1)
+        .here(done);
+}
+
+/// bpf_map_update_elem's flag: only if the key is not there yet.
+const BPF_NOEXIST: i32 = 1;
 
 /// r6 = the context, r7 = the socket's `ax_ksock` state; a socket without one (or no
 /// socket) is left alone.
@@ -599,9 +684,11 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
     a.store_imm(Size::H, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET), 0);
     lookup(&mut a, &maps.routes, ROUTE_KEY, no_route);
 
-    a.here(found)
-        .mov(R9, R0)
-        .load(Size::B, R1, R9, off(Route::VERDICT_OFFSET))
+    a.here(found).mov(R9, R0);
+    if hook == Hook::Connect {
+        count_connect(&mut a, maps);
+    }
+    a.load(Size::B, R1, R9, off(Route::VERDICT_OFFSET))
         .if_eq(R1, Verdict::Pass as i32, V::Allow)
         .if_eq(R1, Verdict::Backends as i32, backends)
         .if_ne(R1, Verdict::Broker as i32, refuse)

@@ -18,6 +18,7 @@ pub mod kdriver;
 pub mod policy;
 mod resume;
 mod spare;
+pub mod stats;
 
 #[cfg(test)]
 mod fake;

@@ -471,6 +471,41 @@ impl BrokerEntry {
     }
 }
 
+/// `ax_kconnects` (one value per CPU): the connects the connect programs decided by a
+/// route entry, allowed (BACKENDS) and denied (REFUSE), under the entry's address,
+/// port and protocol (entries for every port of an address, port 0, are not counted).
+/// The key is 8 bytes, the value two u64s (native order), allowed then denied.
+pub struct ConnectCount;
+
+impl ConnectCount {
+    pub const KEY_SIZE: usize = 8;
+    pub const IP_OFFSET: usize = 0;
+    pub const PORT_OFFSET: usize = 4;
+    pub const PROTO_OFFSET: usize = 6;
+    pub const VALUE_SIZE: usize = 16;
+    pub const ALLOWED_OFFSET: usize = 0;
+    pub const DENIED_OFFSET: usize = 8;
+    /// Addresses counted at once (least recently counted ones make room for new ones).
+    pub const MAX_ENTRIES: u32 = 16384;
+
+    pub fn decode_key(b: &[u8]) -> Result<(Proto, SocketAddrV4), DecodeError> {
+        let b = &sized::<{ Self::KEY_SIZE }>("connect count key", b)?;
+        let proto = match i32::from(b[Self::PROTO_OFFSET]) {
+            libc::IPPROTO_TCP => Proto::Tcp,
+            libc::IPPROTO_UDP => Proto::Udp,
+            p => return Err(DecodeError::Field { what: "connect count key", field: "protocol", value: p as u32 }),
+        };
+        Ok((proto, SocketAddrV4::new(ip_at(b, Self::IP_OFFSET), port_at(b, Self::PORT_OFFSET))))
+    }
+
+    /// One CPU's value: (allowed, denied).
+    pub fn decode_value(b: &[u8]) -> Result<(u64, u64), DecodeError> {
+        let b = &sized::<{ Self::VALUE_SIZE }>("connect count", b)?;
+        let at = |off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"));
+        Ok((at(Self::ALLOWED_OFFSET), at(Self::DENIED_OFFSET)))
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -594,5 +629,20 @@ pub(super) mod tests {
         assert_eq!(got, [a, c, b, c]);
         assert_eq!(r.pinned(u64::MAX), Some(c));
         assert_eq!(Route::refuse().pinned(3), None);
+    }
+
+    #[test]
+    fn connect_counts_read_as_the_connect_programs_write_them() {
+        // 198.18.0.1:80 (port big-endian), TCP, padding.
+        let key = [198, 18, 0, 1, 0, 80, 6, 0];
+        assert_eq!(ConnectCount::decode_key(&key), Ok((Proto::Tcp, v4("198.18.0.1:80"))));
+        assert_eq!(ConnectCount::decode_key(&[198, 18, 0, 1, 0, 53, 17, 0]), Ok((Proto::Udp, v4("198.18.0.1:53"))));
+        assert!(ConnectCount::decode_key(&[198, 18, 0, 1, 0, 80, 1, 0]).is_err());
+        assert!(ConnectCount::decode_key(&key[..7]).is_err());
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&7u64.to_ne_bytes());
+        value[8..].copy_from_slice(&2u64.to_ne_bytes());
+        assert_eq!(ConnectCount::decode_value(&value), Ok((7, 2)));
+        assert!(ConnectCount::decode_value(&value[..8]).is_err());
     }
 }

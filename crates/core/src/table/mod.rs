@@ -9,6 +9,7 @@ mod apps;
 mod gateway;
 mod kernel;
 mod ksync;
+mod metrics;
 mod remote;
 mod reserved;
 mod routing;

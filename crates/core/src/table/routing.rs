@@ -271,11 +271,11 @@ impl Table {
     }
 
     /// The service a row's host address serves, on this node or another.
-    fn service_of_host(&self, proto: Proto, host: SocketAddrV4) -> Option<SocketAddrV4> {
+    pub(super) fn service_of_host(&self, proto: Proto, host: SocketAddrV4) -> Option<SocketAddrV4> {
         self.services.service_of_host(proto, host).or_else(|| self.remote.service_of_host(proto, host))
     }
 
-    fn rows_at(&self, proto: Proto, service: SocketAddrV4) -> Vec<(SocketAddrV4, &Labels)> {
+    pub(super) fn rows_at(&self, proto: Proto, service: SocketAddrV4) -> Vec<(SocketAddrV4, &Labels)> {
         rows_at(&self.apps, &self.services, &self.remote, proto, service)
     }
 

@@ -23,6 +23,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,8 @@ enum Job {
 struct Budget {
     connections: Gate,
     fds: Arc<Gate>,
+    /// Bytes carried so far, both ways, over every connection (for `/metrics`).
+    carried: AtomicU64,
 }
 
 impl Budget {
@@ -184,6 +187,7 @@ impl Pump {
         let budget = Arc::new(Budget {
             connections: Gate::new("relayed connections", b.connections),
             fds: Arc::new(Gate::new("relay descriptors", b.pairs)),
+            carried: AtomicU64::new(0),
         });
         // Spare pipes a loop keeps: few, so that spares idle in one loop never leave
         // another without (they count against the budget).
@@ -205,6 +209,16 @@ impl Pump {
             "relay loops started"
         );
         Ok(Pump { loops, next: Default::default(), budget, bounds: b })
+    }
+
+    /// The connections held now (dialing or carrying).
+    pub fn connections(&self) -> usize {
+        self.budget.connections.open()
+    }
+
+    /// The bytes carried so far, both ways.
+    pub fn carried(&self) -> u64 {
+        self.budget.carried.load(Ordering::Relaxed)
     }
 
     /// How many connections one listener may hold.
@@ -637,8 +651,12 @@ impl Worker {
             let Some(slot) = self.slots.get_mut(idx).filter(|s| s.gen == gen) else { continue };
             let Entry::Conn(c) = &mut slot.entry else { continue };
             let Stage::Carrying { backend } = &c.stage else { continue };
-            let mut io =
-                Splicer { socks: [c.client.as_fd(), backend.as_fd()], pipes: &mut c.pipes, spares: &mut self.spares };
+            let mut io = Splicer {
+                socks: [c.client.as_fd(), backend.as_fd()],
+                pipes: &mut c.pipes,
+                spares: &mut self.spares,
+                carried: &self.budget.carried,
+            };
             match c.flow.run(&mut io) {
                 Status::Open => c.queued = false,
                 Status::More => self.queue.push_back(t),

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ax_sys::sock;
@@ -82,6 +83,8 @@ pub struct Splicer<'a> {
     pub socks: [BorrowedFd<'a>; 2],
     pub pipes: &'a mut [Option<Pipe>; 2],
     pub spares: &'a mut Spares,
+    /// Where the bytes delivered are counted.
+    pub carried: &'a AtomicU64,
 }
 
 impl Splicer<'_> {
@@ -110,7 +113,9 @@ impl Io for Splicer<'_> {
     }
 
     fn drain(&mut self, from: Side, max: usize) -> io::Result<usize> {
-        sock::splice(self.pipe(from)?.read.as_fd(), self.socks[from.other() as usize], max)
+        let n = sock::splice(self.pipe(from)?.read.as_fd(), self.socks[from.other() as usize], max)?;
+        self.carried.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 
     fn shut_write(&mut self, side: Side) -> io::Result<()> {

@@ -412,3 +412,28 @@ fn a_connected_udp_socket_may_connect_again() {
     assert_eq!(r.connect(fd, "192.0.2.2:53"), OK);
     assert_eq!(r.k.sock(fd).peer, Some(sa("192.0.2.2:53")));
 }
+
+#[test]
+fn connects_to_services_are_counted_allowed_or_denied_and_nothing_else_is() {
+    let r = Rig::with(NewApp { labels: Labels::parse("role=test").unwrap(), ..NewApp::default() });
+    let open = r.other(Some("198.18.0.1"), "role=test").serve("0.0.0.0:80");
+    let closed = r.other(Some("198.18.0.2"), "role=prod").serve("0.0.0.0:80");
+    assert_eq!(r.connect(r.tcp(), "198.18.0.1:80"), OK);
+    assert_eq!(r.connect(r.tcp(), &open.to_string()), OK, "the host port is the same service");
+    assert_eq!(r.connect(r.tcp(), "198.18.0.2:80"), fail(libc::ECONNREFUSED));
+    assert_eq!(r.connect(r.tcp(), &closed.to_string()), fail(libc::ECONNREFUSED));
+    // Not services: an outside address, one nobody serves, the app's loopback.
+    assert_eq!(r.connect(r.tcp(), "192.0.2.1:443"), OK);
+    assert_eq!(r.connect(r.tcp(), "198.18.0.1:81"), fail(libc::ECONNREFUSED));
+    assert_eq!(r.connect(r.tcp(), "127.0.0.1:80"), OK);
+    let mut got = r.engine.stats.connects();
+    got.sort();
+    let tally = |allowed, denied| crate::stats::Tally { allowed, denied };
+    assert_eq!(
+        got,
+        vec![
+            (Some((Proto::Tcp, "198.18.0.1:80".parse().unwrap())), tally(2, 0)),
+            (Some((Proto::Tcp, "198.18.0.2:80".parse().unwrap())), tally(0, 2)),
+        ]
+    );
+}
