@@ -1,6 +1,7 @@
 //! End-to-end tests of the control plane's bounds, as root: who may read and change the
-//! tables over which transport, what a flood of connections by a local user does, and
-//! what a restarted daemon takes back from a state file that was tampered with.
+//! tables over which transport, what a flood of connections by a local user does, what
+//! a restarted daemon takes back from a state file that was tampered with, and what
+//! `/metrics` shows an operator's Prometheus (and nobody else).
 
 mod support;
 
@@ -188,4 +189,137 @@ fn a_tampered_state_file_loses_its_bad_entries_with_a_log_line_each_and_keeps_th
     assert_eq!(h.servers_at("198.18.31.1:8000").len(), 1);
     assert!(h.servers_at("198.18.31.3:8000").is_empty(), "the row on host port 80 is gone");
     assert_eq!(h.run_ok(&["--", "curl", "-sf", "http://198.18.31.1:8000/who"]), "keep");
+}
+
+/// Reads the metrics text on stdin with the Prometheus client library's own parser
+/// (Debian python3-prometheus-client) and prints every sample as JSON; a text the
+/// parser refuses fails it.
+const PARSE_METRICS: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    for s in f.samples:
+        out.append({"type": f.type, "name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+
+/// The samples of one scrape of `/metrics` over TCP, as parsed by Prometheus' parser.
+fn scrape(h: &TestHost) -> Vec<Value> {
+    let (status, text) = curl(h.cmd("curl"), "GET", "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    let mut parse = h.cmd(PY);
+    parse.args(["-c", PARSE_METRICS]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    parse.stderr(std::process::Stdio::piped());
+    let mut child = parse.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the text: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels`; None if there is none.
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let has = |s: &&Value| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][k] == *v);
+    samples.iter().find(has).map(|s| s["value"].as_f64().unwrap())
+}
+
+/// Every histogram's buckets: by ascending `le`, counts never go down, and `+Inf`
+/// equals `_count`. Returns how many histograms were checked.
+fn check_histograms(samples: &[Value]) -> usize {
+    let mut by_series: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for s in samples.iter().filter(|s| s["type"] == "histogram" && s["name"].as_str().unwrap().ends_with("_bucket")) {
+        let call = s["labels"]["call"].as_str().unwrap().to_string();
+        let le: f64 = s["labels"]["le"].as_str().unwrap().parse().unwrap();
+        by_series.entry(call).or_default().push((le, s["value"].as_f64().unwrap()));
+    }
+    for (call, mut buckets) in by_series.clone() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{call}: buckets go down: {buckets:?}");
+        let (le, inf) = *buckets.last().unwrap();
+        assert!(le.is_infinite(), "{call}: no +Inf bucket");
+        let count = sample(samples, "ax_trapped_call_duration_seconds_count", &[("call", &call)]).unwrap();
+        assert_eq!(inf, count, "{call}: +Inf is not _count");
+        assert!(sample(samples, "ax_trapped_call_duration_seconds_sum", &[("call", &call)]).is_some());
+    }
+    by_series.len()
+}
+
+#[test]
+fn metrics_count_connects_allowed_and_denied_per_service_for_root_only() {
+    support::require_root_and(&[PY, "curl", "setpriv"]);
+    let parser = Command::new(PY).args(["-c", "import prometheus_client.parser"]).output().unwrap();
+    assert!(
+        parser.status.success(),
+        "python3-prometheus-client is not installed: .ci/run installs the Debian packages the tests use"
+    );
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let driver = h.daemon_driver();
+    h.spawn_app(
+        "web",
+        &["--name", "web", "--ip", "198.18.31.1", "--labels", "role=web", "--", PY, "-m", "http.server", "8000"],
+    );
+    h.wait_for_rows("198.18.31.1:8000", 1);
+    let url = "http://198.18.31.1:8000/";
+    let allowed = |h: &TestHost| h.run_ok(&["--labels", "role=web", "--", "curl", "-sf", "-o", "/dev/null", url]);
+    const ALLOWED: f64 = 3.0;
+    for _ in 0..ALLOWED as usize {
+        allowed(&h);
+    }
+    let denied = h.run(&["--labels", "role=other", "--", "curl", "-s", "-o", "/dev/null", url]);
+    assert_eq!(denied.status.code(), Some(7), "a label mismatch is refused: {denied:?}");
+
+    let m = scrape(&h);
+    let web = |result| {
+        sample(&m, "ax_service_connects_total", &[("service", "web:8000"), ("proto", "tcp"), ("result", result)])
+    };
+    assert!(web("allowed").unwrap() >= ALLOWED, "{driver}: {m:?}");
+    assert_eq!(web("denied"), Some(1.0), "{driver}: exactly the one denial");
+    let apps = h.get("apps");
+    for d in ["user", "kernel"] {
+        let running = apps.iter().filter(|a| a["driver"] == d).count() as f64;
+        assert_eq!(sample(&m, "ax_apps", &[("driver", d)]), Some(running), "{d}");
+    }
+    assert_eq!(sample(&m, "ax_service_rows", &[("origin", "local")]), Some(1.0));
+    assert_eq!(sample(&m, "ax_service_rows", &[("origin", "remote")]), Some(0.0));
+    assert_eq!(sample(&m, "ax_vservices", &[]), Some(0.0));
+    assert!(sample(&m, "ax_gossip_members", &[("state", "alive")]).is_some());
+    assert_eq!(sample(&m, "ax_relay_connections", &[]), Some(0.0));
+    assert!(sample(&m, "ax_relay_bytes_total", &[]).is_some());
+    // socket() is trapped under both drivers; connect() only under the user driver.
+    assert!(sample(&m, "ax_trapped_calls_total", &[("call", "socket")]).unwrap() >= ALLOWED + 1.0);
+    if driver == "user" {
+        assert!(sample(&m, "ax_trapped_calls_total", &[("call", "connect")]).unwrap() >= ALLOWED + 1.0);
+    }
+    assert!(check_histograms(&m) >= 1, "no histogram in {m:?}");
+
+    // Counters only go up: one more connect shows.
+    allowed(&h);
+    let again = scrape(&h);
+    let now = sample(&again, "ax_service_connects_total", &[("service", "web:8000"), ("result", "allowed")]).unwrap();
+    assert!(now >= web("allowed").unwrap() + 1.0, "{now}");
+
+    // A local user learns nothing from it, as from the rest of the API.
+    let (status, said) = curl(as_nobody(&h, "curl"), "GET", "/metrics", None);
+    assert_eq!(status, 403, "{said}");
+    assert!(said.contains("the API answers root only (uid 65534 is not)"), "{said}");
+    for secret in ["web", "198.18.31.1", "ax_"] {
+        assert!(!said.contains(secret), "nobody learnt {secret:?} from /metrics: {said}");
+    }
+
+    // A restarted daemon counts from zero again, and counts.
+    assert!(h.stop_daemon().success());
+    h.start_daemon(&[]);
+    h.wait_for_rows("198.18.31.1:8000", 1);
+    let denied = h.run(&["--labels", "role=other", "--", "curl", "-s", "-o", "/dev/null", url]);
+    assert_eq!(denied.status.code(), Some(7), "{denied:?}");
+    let after = scrape(&h);
+    let denied_after = sample(&after, "ax_service_connects_total", &[("service", "web:8000"), ("result", "denied")]);
+    assert_eq!(denied_after, Some(1.0), "{driver}: the new daemon's own count");
+    check_histograms(&after);
 }

@@ -140,10 +140,17 @@ struct Maps {
     peers: Map,
     daemon: Map,
     cgroups: Arc<Map>,
-    /// `ax_kconnects`: made anew by every daemon, never pinned (the programs it
-    /// installs count into it; counts start at zero with the daemon, as any of its
-    /// metrics do).
+    /// `ax_kconnects` and `ax_kconnports` ([`count_connect`]): made anew by every
+    /// daemon, never pinned (the programs it installs count into them; counts start at
+    /// zero with the daemon, as all of its metrics do).
     connects: Map,
+    connect_ports: Map,
+}
+
+/// A map of connect counts ([`ConnectCount`]), one value per CPU.
+fn connect_counts(name: &str) -> io::Result<Map> {
+    let (key, value) = (ConnectCount::KEY_SIZE as u32, ConnectCount::VALUE_SIZE as u32);
+    Map::new(bpf::MAP_LRU_PERCPU_HASH, name, key, value, ConnectCount::MAX_ENTRIES)
 }
 
 /// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
@@ -211,13 +218,8 @@ impl Maps {
             peers,
             daemon,
             cgroups: Arc::new(cgroups),
-            connects: Map::new(
-                bpf::MAP_LRU_PERCPU_HASH,
-                "ax_kconnects",
-                ConnectCount::KEY_SIZE as u32,
-                ConnectCount::VALUE_SIZE as u32,
-                ConnectCount::MAX_ENTRIES,
-            )?,
+            connects: connect_counts("ax_kconnects")?,
+            connect_ports: connect_counts("ax_kconnports")?,
         };
         Ok((maps, taken))
     }
@@ -412,23 +414,25 @@ impl KernelDriver {
         self.write(&Change::Config(want.config))
     }
 
-    /// The connects the connect programs counted, by route entry address, port and
-    /// protocol, summed over CPUs (see [`ConnectCount`]).
+    /// The connects the connect programs counted, by address, port and protocol,
+    /// summed over CPUs (see [`count_connect`]); an address may come twice (once from
+    /// each map).
     pub fn connect_counts(&self) -> Result<Vec<((ax_core::Proto, std::net::SocketAddrV4), Tally)>, MapError> {
-        let m = &self.maps.connects;
         let mut out = Vec::new();
         let bad = |e: DecodeError| MapError::Counts(io::Error::other(e));
-        for key in m.keys(ConnectCount::KEY_SIZE).map_err(MapError::Counts)? {
-            // Evicted since it was listed: nothing to add.
-            let Some(per_cpu) = m.per_cpu_values(&key, ConnectCount::VALUE_SIZE).map_err(MapError::Counts)? else {
-                continue;
-            };
-            let mut tally = Tally::default();
-            for v in per_cpu {
-                let (allowed, denied) = ConnectCount::decode_value(&v).map_err(bad)?;
-                tally.add(Tally { allowed, denied });
+        for m in [&self.maps.connects, &self.maps.connect_ports] {
+            for key in m.keys(ConnectCount::KEY_SIZE).map_err(MapError::Counts)? {
+                // Evicted since it was listed: nothing to add.
+                let Some(per_cpu) = m.per_cpu_values(&key, ConnectCount::VALUE_SIZE).map_err(MapError::Counts)? else {
+                    continue;
+                };
+                let mut tally = Tally::default();
+                for v in per_cpu {
+                    let (allowed, denied) = ConnectCount::decode_value(&v).map_err(bad)?;
+                    tally.add(Tally { allowed, denied });
+                }
+                out.push((ConnectCount::decode_key(&key).map_err(bad)?, tally));
             }
-            out.push((ConnectCount::decode_key(&key).map_err(bad)?, tally));
         }
         Ok(out)
     }
@@ -441,39 +445,51 @@ impl KernelDriver {
     }
 }
 
-/// Counts the connect the route entry at r9 decides in `ax_kconnects` (see
-/// [`ConnectCount`]): BACKENDS as allowed, REFUSE as denied, under the entry's address,
-/// port and protocol (the route key on the stack); an entry for a whole address (port
-/// 0) is not counted. Clobbers r0-r5 and r8.
+/// Counts the connect the route entry at r9 decides (see [`ConnectCount`]): BACKENDS
+/// as allowed, REFUSE as denied, under the entry's address, port and protocol (the
+/// route key on the stack) in `ax_kconnects`; where the entry is one for every port of
+/// the address (port 0), under the port the app named, in `ax_kconnports` (apart, so
+/// that connects to ports no entry names cannot crowd out the entries' counts).
+/// Clobbers r0-r5 and r8.
 fn count_connect(a: &mut Asm, maps: &Maps) {
-    let [count, found, add, done] = [(); 4].map(|_| a.label());
+    let [count, any_port, done] = [(); 3].map(|_| a.label());
     let key = |field| at(COUNT_KEY, field);
-    a.load(Size::H, R1, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET))
-        .if_eq(R1, 0, done)
-        .load(Size::B, R8, R9, off(Route::VERDICT_OFFSET))
+    a.load(Size::B, R8, R9, off(Route::VERDICT_OFFSET))
         .if_eq(R8, Verdict::Backends as i32, count)
         .if_ne(R8, Verdict::Refuse as i32, done)
         .here(count)
-        .store(Size::H, R10, key(ConnectCount::PORT_OFFSET), R1)
         .load(Size::W, R1, R10, at(ROUTE_KEY, RouteKey::IP_OFFSET))
         .store(Size::W, R10, key(ConnectCount::IP_OFFSET), R1)
         .load(Size::B, R1, R10, at(ROUTE_KEY, RouteKey::PROTO_OFFSET))
         .store(Size::B, R10, key(ConnectCount::PROTO_OFFSET), R1)
-        .store_imm(Size::B, R10, key(ConnectCount::PROTO_OFFSET + 1), 0);
-    a.mov(R2, R10).add_imm(R2, COUNT_KEY as i32).load_map(R1, &maps.connects).call(bpf::FN_MAP_LOOKUP_ELEM);
-    // The first count of this address on this CPU: a zero value, then look again (an
+        .store_imm(Size::B, R10, key(ConnectCount::PROTO_OFFSET + 1), 0)
+        .load(Size::H, R1, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET))
+        .store(Size::H, R10, key(ConnectCount::PORT_OFFSET), R1)
+        .if_eq(R1, 0, any_port);
+    bump_count(a, &maps.connects, done);
+    a.here(any_port).load(Size::H, R1, R10, DEST + 4).store(Size::H, R10, key(ConnectCount::PORT_OFFSET), R1);
+    bump_count(a, &maps.connect_ports, done);
+    a.here(done);
+}
+
+/// Adds one to this CPU's allowed (r8 BACKENDS) or denied count at the key on the
+/// stack at COUNT_KEY in `map`, then goes to `done`. Clobbers r0-r5.
+fn bump_count(a: &mut Asm, map: &Map, done: Label) {
+    let [found, add] = [(); 2].map(|_| a.label());
+    a.mov(R2, R10).add_imm(R2, COUNT_KEY as i32).load_map(R1, map).call(bpf::FN_MAP_LOOKUP_ELEM);
+    // The first count of this key on this CPU: a zero value, then look again (an
     // entry another CPU made meanwhile is as good).
     a.if_ne(R0, 0, found)
         .store_imm(Size::DW, R10, COUNT_VALUE, 0)
         .store_imm(Size::DW, R10, COUNT_VALUE + 8, 0)
-        .load_map(R1, &maps.connects)
+        .load_map(R1, map)
         .mov(R2, R10)
         .add_imm(R2, COUNT_KEY as i32)
         .mov(R3, R10)
         .add_imm(R3, COUNT_VALUE as i32)
         .mov_imm(R4, BPF_NOEXIST)
         .call(bpf::FN_MAP_UPDATE_ELEM);
-    a.mov(R2, R10).add_imm(R2, COUNT_KEY as i32).load_map(R1, &maps.connects).call(bpf::FN_MAP_LOOKUP_ELEM);
+    a.mov(R2, R10).add_imm(R2, COUNT_KEY as i32).load_map(R1, map).call(bpf::FN_MAP_LOOKUP_ELEM);
     a.if_eq(R0, 0, done)
         .here(found)
         .if_eq(R8, Verdict::Backends as i32, add)
@@ -483,7 +499,7 @@ fn count_connect(a: &mut Asm, maps: &Maps) {
         .load(Size::DW, R1, R0, 0)
         .add_imm(R1, 1)
         .store(Size::DW, R0, 0, R1)
-        .here(done);
+        .goto(done);
 }
 
 /// bpf_map_update_elem's flag: only if the key is not there yet.

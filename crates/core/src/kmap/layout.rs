@@ -471,10 +471,11 @@ impl BrokerEntry {
     }
 }
 
-/// `ax_kconnects` (one value per CPU): the connects the connect programs decided by a
-/// route entry, allowed (BACKENDS) and denied (REFUSE), under the entry's address,
-/// port and protocol (entries for every port of an address, port 0, are not counted).
-/// The key is 8 bytes, the value two u64s (native order), allowed then denied.
+/// `ax_kconnects` and `ax_kconnports` (one value per CPU each): the connects the
+/// connect programs decided by a route entry, allowed (BACKENDS) and denied (REFUSE),
+/// under the entry's address, port and protocol, or, for an entry of every port of an
+/// address (port 0), under the port the app named. The key is 8 bytes, the value two
+/// u64s (native order), allowed then denied.
 pub struct ConnectCount;
 
 impl ConnectCount {
@@ -485,8 +486,9 @@ impl ConnectCount {
     pub const VALUE_SIZE: usize = 16;
     pub const ALLOWED_OFFSET: usize = 0;
     pub const DENIED_OFFSET: usize = 8;
-    /// Addresses counted at once (least recently counted ones make room for new ones).
-    pub const MAX_ENTRIES: u32 = 16384;
+    /// Keys each map counts at once (least recently counted ones make room for new
+    /// ones; the maps hold a value per CPU, allocated up front).
+    pub const MAX_ENTRIES: u32 = 4096;
 
     pub fn decode_key(b: &[u8]) -> Result<(Proto, SocketAddrV4), DecodeError> {
         let b = &sized::<{ Self::KEY_SIZE }>("connect count key", b)?;
