@@ -57,7 +57,7 @@ use crate::appcg::{self, AppCgroups};
 pub use crate::appcg::{apps_cgroup_name, stop_every_app, AppCgroup, AppCgroupError};
 use crate::guard::Guard;
 use crate::hooks::{self, Cgroup, InstallError};
-use crate::stats::Tally;
+use crate::stats::{CountedAt, Tally};
 
 mod clientid;
 
@@ -417,7 +417,7 @@ impl KernelDriver {
     /// The connects the connect programs counted, by address, port and protocol,
     /// summed over CPUs (see [`count_connect`]); an address may come twice (once from
     /// each map).
-    pub fn connect_counts(&self) -> Result<Vec<((ax_core::Proto, std::net::SocketAddrV4), Tally)>, MapError> {
+    pub fn connect_counts(&self) -> Result<Vec<(CountedAt, Tally)>, MapError> {
         let mut out = Vec::new();
         let bad = |e: DecodeError| MapError::Counts(io::Error::other(e));
         for m in [&self.maps.connects, &self.maps.connect_ports] {

@@ -51,6 +51,10 @@ pub const BUCKETS_NS: [u64; 13] = [
 /// memory or the scrape without bound.
 pub const MAX_SERVICES: usize = 4096;
 
+/// What connects are counted under: a protocol and an address (a service's, or for
+/// the kernel driver a route entry's).
+pub type CountedAt = (Proto, SocketAddrV4);
+
 /// One call's counts: per bucket (not cumulative; the last is above every bound) and
 /// the sum of the times.
 #[derive(Default)]
@@ -94,7 +98,7 @@ impl Tally {
 pub struct Stats {
     calls: [CallCounts; CALLS.len() + 1],
     /// By (protocol, service address); None: services beyond [`MAX_SERVICES`].
-    connects: Mutex<HashMap<Option<(Proto, SocketAddrV4)>, Tally>>,
+    connects: Mutex<HashMap<Option<CountedAt>, Tally>>,
 }
 
 impl Default for Stats {
@@ -144,7 +148,7 @@ impl Stats {
 
     /// The connects counted so far, by service (None: the services beyond
     /// [`MAX_SERVICES`]).
-    pub fn connects(&self) -> Vec<(Option<(Proto, SocketAddrV4)>, Tally)> {
+    pub fn connects(&self) -> Vec<(Option<CountedAt>, Tally)> {
         let tallies = self.connects.lock().unwrap_or_else(|p| p.into_inner());
         tallies.iter().map(|(k, t)| (*k, *t)).collect()
     }
