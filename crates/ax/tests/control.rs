@@ -304,6 +304,16 @@ fn metrics_count_connects_allowed_and_denied_per_service_for_root_only() {
     let now = sample(&again, "ax_service_connects_total", &[("service", "web:8000"), ("result", "allowed")]).unwrap();
     assert!(now >= web("allowed").unwrap() + 1.0, "{now}");
 
+    // Connects from many threads at once are each counted.
+    let burst = "import socket,threading\ndef f():\n  for _ in range(10):\n    \
+        socket.create_connection(('198.18.31.1',8000),timeout=20).close()\n\
+        ts=[threading.Thread(target=f) for _ in range(8)]\n[t.start() for t in ts]\n[t.join() for t in ts]\nprint('done')\n";
+    assert_eq!(h.run_ok(&["--labels", "role=web", "--", PY, "-c", burst]), "done\n");
+    let burst_seen = scrape(&h);
+    let after_burst =
+        sample(&burst_seen, "ax_service_connects_total", &[("service", "web:8000"), ("result", "allowed")]).unwrap();
+    assert!(after_burst >= now + 80.0, "{driver}: {after_burst} after {now} and 80 more");
+
     // A local user learns nothing from it, as from the rest of the API.
     let (status, said) = curl(as_nobody(&h, "curl"), "GET", "/metrics", None);
     assert_eq!(status, 403, "{said}");

@@ -495,10 +495,10 @@ fn bump_count(a: &mut Asm, map: &Map, done: Label) {
         .if_eq(R8, Verdict::Backends as i32, add)
         .add_imm(R0, ConnectCount::DENIED_OFFSET as i32)
         .here(add)
-        // This CPU's own value: no other program writes it meanwhile.
-        .load(Size::DW, R1, R0, 0)
-        .add_imm(R1, 1)
-        .store(Size::DW, R0, 0, R1)
+        // Atomic even on this CPU's own value: a program may be preempted by another
+        // one on the same CPU between a read and a write.
+        .mov_imm(R1, 1)
+        .fetch_add(Size::DW, R0, 0, R1)
         .goto(done);
 }
 
