@@ -161,8 +161,9 @@ pub struct RunArgs {
     /// Take over application's DNS requests (default: true)
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub dns_override: Option<bool>,
-    /// The program and its arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+    /// The program and its arguments (every word from the program on is the program's;
+    /// a word before it that starts with '-' is an ax flag, so a mistyped one is an error)
+    #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
 
@@ -422,6 +423,39 @@ mod tests {
         let Command::Run(r) = cli.command else { panic!() };
         assert_eq!(r.command, vec![OsString::from("whoami")]);
         assert!(parse(&["ax", "run"]).is_err());
+    }
+
+    /// A mistyped flag before the program (or before `--`) is clap's error naming it,
+    /// with its suggestion; after the program every word is the program's.
+    #[test]
+    fn unknown_flags_before_the_program_are_errors_with_a_suggestion() {
+        for (args, flag, tip) in [
+            (&["ax", "run", "--lables", "role=x", "--", "true"][..], "--lables", "--labels"),
+            (&["ax", "run", "--ip", "198.18.0.1", "--expsoe", "80:8080", "true"], "--expsoe", "--expose"),
+            (&["ax", "run", "--new-netns=false", "--usr", "nobody", "--", "id"], "--usr", "--user"),
+            (&["ax", "tls-certs", "dir", "n1", "--clinet", "admin"], "--clinet", "--client"),
+            (&["ax", "get", "apps", "--outptu", "json"], "--outptu", "--output"),
+            (&["ax", "create", "vservice", "w", "--ip", "198.18.2.3", "--port", "80"], "--port", "--ports"),
+            (&["ax", "delete", "vservice", "w", "--sever", "https://n1"], "--sever", "--server"),
+            (&["ax", "daemon", "--node-nmae", "n1"], "--node-nmae", "--node-name"),
+        ] {
+            let e = refused(args);
+            assert!(e.contains(&format!("unexpected argument '{flag}' found")), "{args:?}: {e}");
+            assert!(e.contains(&format!("a similar argument exists: '{tip}'")), "{args:?}: {e}");
+        }
+        let e = refused(&["ax", "run", "-x", "true"]);
+        assert!(e.contains("unexpected argument '-x' found"), "{e}");
+        for (args, program) in [
+            (&["ax", "run", "--", "ls", "-l"][..], &["ls", "-l"][..]),
+            (&["ax", "run", "ls", "-l"], &["ls", "-l"]),
+            (&["ax", "run", "--ip", "198.18.0.1", "env", "--lables", "-u", "X"], &["env", "--lables", "-u", "X"]),
+            (&["ax", "run", "sh", "-c", "echo -- --labels"], &["sh", "-c", "echo -- --labels"]),
+            (&["ax", "run", "--", "ls", "--", "-l"], &["ls", "--", "-l"]),
+        ] {
+            let (cli, _) = parse(args).unwrap();
+            let Command::Run(r) = cli.command else { panic!() };
+            assert_eq!(r.command, program.iter().map(OsString::from).collect::<Vec<_>>(), "{args:?}");
+        }
     }
 
     #[test]
