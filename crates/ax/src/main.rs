@@ -195,6 +195,7 @@ fn run_options(r: RunArgs) -> Result<ax_run::Options> {
         new_netns,
         dns_override: r.dns_override.unwrap_or(true),
         expose: r.expose,
+        daemon_wait: std::time::Duration::from_secs(r.daemon_wait),
         command: r.command,
     })
 }

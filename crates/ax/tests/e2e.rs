@@ -322,9 +322,23 @@ fn bad_input_gets_clear_errors() {
     fails(h.ax().args(["daemon", "--tls-cert", "n.pem"]).output().unwrap(), "--tls-cert is given without --tls");
     // A second daemon on the same host is refused.
     fails(h.ax().args(["daemon", "--node-interface", "ax0"]).output().unwrap(), "another ax daemon is already serving");
-    // With no daemon: the message names the socket and how to start it.
+    // A mistyped flag is clap's usage error (status 2) with its suggestion, not a program.
+    let out = h.run(&["--lables", "role=x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    fails(out, "unexpected argument '--lables' found\n\n  tip: a similar argument exists: '--labels'");
+    // After the program, its flags are its own.
+    assert_eq!(h.run_ok(&["--labels", "role=x", "sh", "-c", "echo $0 $1", "--lables", "-x"]), "--lables -x\n");
+    // With no daemon: after the wait (said once, after a second), the message names the
+    // socket and how to start it; with no wait, at once and without a word of waiting.
     h.stop_daemon();
-    let out = h.run(&["--", "true"]);
+    let out = h.run(&["--daemon-wait", "2", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.matches("ax: waiting for the ax daemon at /var/run/appswitch/run.sock (").count(), 1, "{err}");
+    assert!(err.contains("up to 2s (--daemon-wait)"), "{err}");
+    fails(out, "cannot reach the ax daemon at /var/run/appswitch/run.sock");
+    let out =
+        h.cmd("timeout").env("AX_DAEMON_WAIT", "0").args(["60", support::ax_bin(), "run", "true"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("waiting"), "{out:?}");
     fails(out, "cannot reach the ax daemon at /var/run/appswitch/run.sock");
     let out = h.ax().args(["get", "apps"]).output().unwrap();
     fails(out, "start it first with 'ax daemon'");

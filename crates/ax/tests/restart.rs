@@ -58,6 +58,28 @@ fn kill_9_under_load_loses_nothing_and_forgets_apps_that_died_meanwhile() {
     assert!(h.get("servers").is_empty());
 }
 
+/// `ax run` started while no daemon listens (none started yet: no socket; killed: its
+/// socket left) waits, says so once, and runs the app once a daemon answers.
+#[test]
+fn ax_run_waits_for_a_daemon_that_is_not_there_yet() {
+    support::require_root_and(&[]);
+    let mut h = TestHost::new();
+    let waiting = "ax: waiting for the ax daemon at /var/run/appswitch/run.sock (";
+    h.spawn_app("first", &["--daemon-wait", "600", "--", "echo", "first ran"]);
+    h.wait_for_line("first", waiting);
+    h.start_daemon(&[]);
+    h.wait_for_line("first", "first ran");
+    h.signal_daemon("KILL");
+    h.spawn_app("second", &["--daemon-wait", "600", "--", "echo", "second ran"]);
+    let said = h.wait_for_line("second", waiting);
+    assert!(said.contains("Connection refused"), "the dead daemon's socket is left: {said}");
+    h.start_daemon(&[]);
+    h.wait_for_line("second", "second ran");
+    for app in ["first", "second"] {
+        assert_eq!(h.app_log(app).matches(waiting).count(), 1, "{}", h.app_log(app));
+    }
+}
+
 /// The daemon killed while it carries out a trapped call: the next one finishes it
 /// (socket() and connect() are made again, or answered with what the dead daemon
 /// already did), never EINTR where the app could not retry, never a descriptor the app

@@ -161,6 +161,9 @@ pub struct RunArgs {
     /// Take over application's DNS requests (default: true)
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub dns_override: Option<bool>,
+    /// Seconds to wait for a daemon that is restarting (its socket missing or refusing) before giving up; 0: do not wait
+    #[arg(long, env = "AX_DAEMON_WAIT", default_value_t = 30, value_name = "SECONDS")]
+    pub daemon_wait: u64,
     /// The program and its arguments (every word from the program on is the program's;
     /// a word before it that starts with '-' is an ax flag, so a mistyped one is an error)
     #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]

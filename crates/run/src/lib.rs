@@ -24,6 +24,8 @@ use ax_sys::proc::{self, Fork};
 use ax_sys::{ns, seccomp};
 use ax_trap::{fds, policy};
 
+mod reach;
+
 /// Why the app could not be started or handed to the daemon. Each step names what
 /// failed and, where the system said why, ends with its words.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,9 @@ pub struct Options {
     pub dns_override: bool,
     /// `--expose` values (checked by the daemon against its node and pool).
     pub expose: Vec<Expose>,
+    /// How long to wait for a daemon that is restarting (its socket missing or not
+    /// listened on) before giving up.
+    pub daemon_wait: std::time::Duration,
     pub command: Vec<OsString>,
 }
 
@@ -153,7 +158,18 @@ pub fn run(opts: Options) -> Result<i32> {
     if let Some(soft) = fds::soft_fd_limit(soft, hard)? {
         proc::set_soft_fd_limit(soft).map_err(RunError::SetFdLimit)?;
     }
-    let daemon = UnixStream::connect(RUN_SOCKET).map_err(RunError::Unreachable)?;
+    let daemon = reach::connect_waiting(
+        || UnixStream::connect(RUN_SOCKET),
+        opts.daemon_wait,
+        &mut reach::Wall,
+        |e| {
+            eprintln!(
+                "ax: waiting for the ax daemon at {RUN_SOCKET} ({e}), up to {}s (--daemon-wait)",
+                opts.daemon_wait.as_secs()
+            )
+        },
+    )
+    .map_err(RunError::Unreachable)?;
     let register = RunRequest::Register(Register {
         ip: opts.ip,
         name: opts.name.clone(),
