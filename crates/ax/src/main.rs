@@ -9,6 +9,8 @@ use ax_cli::remote::Remote;
 use ax_core::PortRanges;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+mod log;
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command, sub: &ArgMatches) -> Result<ExitCode> {
     match command {
         Command::Daemon(d) => {
-            init_logging(d.log_level.as_deref())?;
+            log::init(d.log_level.as_deref(), d.log_format)?;
             ax_daemon::run(daemon_config(*d)?)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -80,17 +82,6 @@ fn target(args: &ServerArgs, sub: &ArgMatches) -> Result<Target> {
         Some((server, files)) => Target::Remote(Remote::new(server, files)?),
         None => Target::Local,
     })
-}
-
-/// `--log-level` wins over RUST_LOG; without either, info.
-fn init_logging(level: Option<&str>) -> Result<()> {
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::try_new(l).map_err(|e| anyhow!("--log-level {l}: {e}"))?,
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    Ok(())
 }
 
 fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {

@@ -309,6 +309,29 @@ fn exit_status_is_the_programs() {
     assert_eq!(h.run(&["--", "sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
 }
 
+/// The daemon's log in a file (not a terminal) has no colour escapes; with
+/// `--log-format json` each line is one JSON object with its level and message.
+#[test]
+fn the_daemon_log_in_a_file_is_plain_text_or_json_lines() {
+    let mut h = host(&[]);
+    h.run_ok(&["--name", "logged", "--", "true"]);
+    assert!(h.stop_daemon().success());
+    let text = h.daemon_log();
+    assert!(text.contains(" INFO ") && text.contains("logged"), "{text}");
+    assert!(!text.contains('\x1b'), "escapes in a log file: {text:?}");
+    h.start_daemon(&["--log-format", "json"]);
+    h.run_ok(&["--name", "logged", "--", "true"]);
+    assert!(h.stop_daemon().success());
+    let json = &h.daemon_log()[text.len()..];
+    let lines: Vec<serde_json::Value> =
+        json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"))).collect();
+    for line in &lines {
+        assert!(line["level"].is_string() && line["message"].is_string(), "{line}");
+    }
+    let info = |what: &str| lines.iter().any(|l| l["level"] == "INFO" && l.to_string().contains(what));
+    assert!(info("logged"), "the app's registration: {json}");
+}
+
 #[test]
 fn bad_input_gets_clear_errors() {
     let mut h = host(&[]);

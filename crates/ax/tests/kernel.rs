@@ -486,9 +486,7 @@ fn an_app_in_the_host_namespace_reaches_nothing_of_the_host_the_others_cannot() 
     // The cgroup the daemon works in (here the root of the cgroup2 hierarchy).
     let log = h.daemon_log();
     let line = log.lines().find(|l| l.contains("kernel driver installed")).expect("the install line");
-    // Without the log's colours: each escape runs from ESC to its final 'm'.
-    let plain: String = line.split('\x1b').map(|part| part.split_once('m').map_or(part, |(_, rest)| rest)).collect();
-    let cgroup = plain.split("cgroup=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let cgroup = line.split("cgroup=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     let served = |h: &TestHost| h.app_log("host-web").matches("GET").count();
     let before = served(&h);
     let out = h.run_ok(&["--user", "nobody", "--", PY, "-c", ESCAPES, "18080", &cgroup]);

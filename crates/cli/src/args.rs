@@ -133,6 +133,15 @@ pub struct DaemonArgs {
     /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG-style filter); RUST_LOG also works
     #[arg(long, env = "AX_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log form: 'text' (coloured on a terminal only) or 'json' (one object a line, for log shippers)
+    #[arg(long, env = "AX_LOG_FORMAT", value_enum, default_value = "text", value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
