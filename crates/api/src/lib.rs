@@ -182,6 +182,10 @@ pub struct Register {
     /// and Landlock can scope its abstract sockets): see [`RunReply::Registered`].
     #[serde(default)]
     pub host_sockets: bool,
+    /// `--ip` may be an address of the host or inside a network it reaches directly
+    /// (`ax run --ip-overlap-ok`); an older `ax run` never asks.
+    #[serde(default)]
+    pub ip_overlap_ok: bool,
 }
 
 /// Messages from `ax run` on the run channel, one JSON object per line.
@@ -486,13 +490,15 @@ mod tests {
             expose: vec!["8000:0.0.0.0:9999".parse().unwrap()],
             pid: 9,
             host_sockets: true,
+            ip_overlap_ok: true,
         };
         let j = serde_json::to_value(RunRequest::Register(reg.clone())).unwrap();
-        // An older ax run asks for no host placement.
+        // An older ax run asks for no host placement and no overlap.
         let mut old = j.clone();
         old["register"].as_object_mut().unwrap().remove("host_sockets");
+        old["register"].as_object_mut().unwrap().remove("ip_overlap_ok");
         let RunRequest::Register(old) = serde_json::from_value::<RunRequest>(old).unwrap() else { panic!() };
-        assert!(!old.host_sockets);
+        assert!(!old.host_sockets && !old.ip_overlap_ok);
         assert_eq!(j["register"]["labels"], json!({"role": "prod", "team": "a"}));
         assert_eq!(j["register"]["expose"], json!(["8000:0.0.0.0:9999"]));
         assert_eq!(serde_json::from_value::<RunRequest>(j.clone()).unwrap(), RunRequest::Register(reg));

@@ -179,6 +179,7 @@ fn run_options(r: RunArgs) -> Result<ax_run::Options> {
     };
     Ok(ax_run::Options {
         ip: r.ip,
+        ip_overlap_ok: r.ip_overlap_ok,
         name: r.name,
         labels: r.labels,
         user,

@@ -309,6 +309,41 @@ fn exit_status_is_the_programs() {
     assert_eq!(h.run(&["--", "sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
 }
 
+/// An `--ip` that is an address of the host, or inside a network it reaches directly
+/// (an interface's prefix, or a link route), is refused naming the interface; the
+/// node's own address is taken, and `--ip-overlap-ok` takes the others.
+#[test]
+fn an_ip_of_the_hosts_own_networks_is_refused_unless_overlap_is_ok() {
+    let h = host(&[]);
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(["-n", &h.name]).args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // A second network on a bridge of its own, and one reached by a route out of ax0.
+    ip(&["link", "add", "axb", "type", "bridge"]);
+    ip(&["addr", "add", "198.18.250.1/24", "dev", "axb"]);
+    ip(&["link", "set", "axb", "up"]);
+    ip(&["route", "add", "198.18.251.0/24", "dev", "ax0"]);
+    for (given, want) in [
+        ("198.18.250.1", "--ip 198.18.250.1 is an address of this host (on axb)"),
+        ("198.18.250.9", "--ip 198.18.250.9 is inside 198.18.250.0/24, a network this host reaches directly (on axb)"),
+        ("198.18.251.9", "--ip 198.18.251.9 is inside 198.18.251.0/24, a network this host reaches directly (on ax0)"),
+        ("10.251.0.9", "--ip 10.251.0.9 is inside 10.251.0.0/24, a network this host reaches directly (on ax0)"),
+    ] {
+        let out = h.run(&["--ip", given, "--", "echo", "ran"]);
+        assert!(out.stdout.is_empty(), "{given}: {out:?}");
+        support::fails_with(out, want);
+        assert!(h.daemon_log().contains(want), "{given}: the daemon logs the refusal");
+    }
+    assert_eq!(h.run_ok(&["--ip", NODE_IP, "--", "echo", "ran"]), "ran\n");
+    assert_eq!(h.run_ok(&["--ip", "198.18.252.1", "--", "echo", "ran"]), "ran\n");
+    assert_eq!(h.run_ok(&["--ip", "198.18.250.9", "--ip-overlap-ok", "--", "echo", "ran"]), "ran\n");
+    support::fails_with(
+        h.run(&["--ip-overlap-ok", "--", "true"]),
+        "the following required arguments were not provided",
+    );
+}
+
 /// The daemon's log in a file (not a terminal) has no colour escapes; with
 /// `--log-format json` each line is one JSON object with its level and message.
 #[test]

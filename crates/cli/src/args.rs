@@ -149,6 +149,9 @@ pub struct RunArgs {
     /// IPv4 address at which services of this application would be reachable (default: the node address)
     #[arg(long, value_name = "ADDRESS")]
     pub ip: Option<VirtualIp>,
+    /// Let --ip be an address of this host or inside a network it reaches directly (ax apps then reach the app, not the real host there)
+    #[arg(long, requires = "ip")]
+    pub ip_overlap_ok: bool,
     /// DNS resolvable name of the application
     #[arg(long, value_name = "VALUE")]
     pub name: Option<String>,

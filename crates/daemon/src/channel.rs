@@ -2,7 +2,7 @@
 //! listener, and the connection's thread then runs the app's trap engine until the
 //! app's last process is gone, when the app and its rows leave the tables.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ax_api::{wire, Register, RunReply, RunRequest};
+use ax_core::addr::Subnet;
+use ax_core::hostnet::{self, HostNet};
 use ax_core::table::NewApp;
 use ax_core::vservice::{Expose, ExposeAt};
 use ax_core::{AppId, Driver, NodeInfo, PortRanges};
@@ -319,7 +321,8 @@ fn reattach(
 }
 
 /// Checks what a registration's types cannot (its values were checked as it was read):
-/// the name, and exposes against this node and its pool; every error names the field.
+/// the name, `--ip` against the host's own addresses and networks (read now: they
+/// change), and exposes against this node and its pool; every error names the field.
 /// The driver and placement are left at their defaults.
 fn validate(
     req: &Register,
@@ -330,6 +333,12 @@ fn validate(
 ) -> Result<NewApp, SessionError> {
     if let Some(name) = &req.name {
         ax_dns::wire::check_label(name).map_err(|e| refused(e.to_string()))?;
+    }
+    if let (Some(ip), false) = (req.ip, req.ip_overlap_ok) {
+        let host = host_networks().map_err(io("cannot list this host's networks to check --ip"))?;
+        if let Some(o) = hostnet::overlap(ip.get(), node.ip, &host) {
+            return Err(refused(o.to_string()));
+        }
     }
     for e in &req.expose {
         check_expose(e, node, ports, Some(cluster_ips)).map_err(refused)?;
@@ -343,6 +352,18 @@ fn validate(
         // How the app is served is the caller's to say.
         ..NewApp::default()
     })
+}
+
+/// The daemon's namespace's interface addresses and link-scope routes (IPv4).
+fn host_networks() -> std::io::Result<Vec<HostNet>> {
+    let addrs = ax_sys::proc::interface_addrs()?.into_iter().filter_map(|a| match a.addr {
+        IpAddr::V4(ip) => Some(HostNet::Address { interface: a.name, ip, prefix: a.prefix }),
+        IpAddr::V6(_) => None,
+    });
+    let routes = ax_sys::netlink::link_routes()?
+        .into_iter()
+        .map(|r| HostNet::Route { interface: r.interface, subnet: Subnet::new(r.dst, r.prefix) });
+    Ok(addrs.chain(routes).collect())
 }
 
 /// Checks one `--expose` against this node and its pool; `cluster_ips` are the live

@@ -104,6 +104,8 @@ type Result<T> = std::result::Result<T, RunError>;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub ip: Option<VirtualIp>,
+    /// `--ip` may hide a real host (`--ip-overlap-ok`).
+    pub ip_overlap_ok: bool,
     pub name: Option<String>,
     pub labels: Labels,
     /// Who the program runs as (looked up before anything starts).
@@ -178,6 +180,7 @@ pub fn run(opts: Options) -> Result<i32> {
         expose: opts.expose.clone(),
         pid: proc::pid(),
         host_sockets: may_live_in_the_host_namespace(&opts),
+        ip_overlap_ok: opts.ip_overlap_ok,
     });
     wire::send(daemon.as_fd(), &register, None).map_err(RunError::Send)?;
     let setup = match answer(&daemon)? {
