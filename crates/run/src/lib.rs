@@ -1,9 +1,10 @@
 //! `ax run`: makes sure the app may hold descriptors up to 1023 (the daemon puts its UDP
-//! sockets there: `ax_trap::fds`), registers the app with the daemon, forks, puts the
-//! child in new network and mount namespaces with only `lo` (and the `--interface`
-//! device), mounts its private resolv.conf, installs the seccomp filter, hands the
-//! filter's listener to the daemon, switches to `--user`, and execs the program. The
-//! parent forwards signals and exits with the program's status.
+//! sockets there: `ax_trap::fds`), registers the app with the daemon (waiting, bounded,
+//! for one that is restarting: `reach`), forks, puts the child in new network and mount
+//! namespaces with only `lo` (and the `--interface` device), mounts its private
+//! resolv.conf, installs the seccomp filter, hands the filter's listener to the daemon,
+//! switches to `--user`, and execs the program. The parent forwards signals and exits
+//! with the program's status.
 //!
 //! An app the daemon places in the host's namespace (`host_sockets`: an unprivileged
 //! `--user` under the kernel driver) gets a new mount namespace only, and Landlock's
