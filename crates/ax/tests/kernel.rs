@@ -335,10 +335,13 @@ fn an_app_started_before_a_restart_keeps_sending_datagrams_after_it() {
     udp_echo(&mut h, "old", &["--ip", "198.18.3.22"]);
     h.wait_for_rows("198.18.3.22:9000", 1);
     // One socket made before the restart asks both servers every 50 ms: the one there
-    // from the start and, once it exists, the one started after the restart. An
-    // unanswered request (5 s) is counted as lost; any other error is printed.
+    // from the start and, once it exists, the one started after the restart, until the
+    // first has answered 50 times and the second 3 (however slow a loaded machine makes
+    // each round). An unanswered request (5 s) is counted as lost; any other error is
+    // printed.
     let client = "import socket,time\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.settimeout(5)\n\
-        ok={};lost=0\nend=time.time()+12\nwhile time.time()<end:\n  for ip in ('198.18.3.22','198.18.3.23'):\n    \
+        ok={};lost=0\nwhile ok.get('198.18.3.22',0)<50 or ok.get('198.18.3.23',0)<3:\n  \
+        for ip in ('198.18.3.22','198.18.3.23'):\n    \
         try:\n      u.sendto(b'hi',(ip,9000));d,a=u.recvfrom(100)\n      \
         if a!=(ip,9000):print('error source',a,flush=True)\n      ok[ip]=ok.get(ip,0)+1\n    \
         except TimeoutError:lost+=1\n    \
@@ -351,11 +354,13 @@ fn an_app_started_before_a_restart_keeps_sending_datagrams_after_it() {
     assert!(h.start_kernel_daemon(&[]), "the kernel driver installed before and not after");
     udp_echo(&mut h, "new", &["--ip", "198.18.3.23"]);
     h.wait_for_rows("198.18.3.23:9000", 1);
-    let done = h.wait_for_line("client", "ok");
+    let done = || h.app_log("client").lines().find(|l| l.starts_with("ok")).map(str::to_string);
+    h.wait_until("the client's 50 and 3 answers", Duration::from_secs(120), || done().is_some());
+    let done = done().unwrap();
     assert!(!h.app_log("client").contains("error"), "{}", h.app_log("client"));
     let counts: Vec<u32> = done.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
-    assert!(counts[0] > 50, "{done}");
-    assert!(counts[1] > 0, "the maps took in the row added after the restart: {done}");
+    assert!(counts[0] >= 50, "{done}");
+    assert!(counts[1] >= 3, "the maps took in the row added after the restart: {done}");
     // Known, not yet understood: a datagram sent while the new daemon attaches its
     // programs may be lost (seen at most once per restart on this loaded machine).
     assert!(counts[2] <= 1, "datagrams lost: {done}");
@@ -376,7 +381,8 @@ fn apps_started_during_a_flood_of_listens_connect_at_once() {
     let hold = "import socket,time\nk=[]\nfor _ in range(500):\n  s=socket.socket();s.bind(('0.0.0.0',0));s.listen();k.append(s)\n\
         print('held',flush=True)\ntime.sleep(3600)\n";
     h.spawn_app("hold", &["--ip", "198.18.3.32", "--", PY, "-c", hold]);
-    h.wait_for_line("hold", "held");
+    // 500 trapped binds and listens: slow on a loaded machine, so a generous wait.
+    h.wait_until("the 500 listeners held", Duration::from_secs(180), || h.app_log("hold").contains("held"));
     h.spawn_app("flood", &["--ip", "198.18.3.31", "--", PY, "-c", flood]);
     let client = "import socket\ntry:\n  socket.create_connection(('198.18.3.30',80),timeout=20);print('ok')\n\
         except OSError as e:print('errno',e.errno)\n";
