@@ -79,21 +79,38 @@ pub enum Bind {
 /// How to carry out a bind by `app`; `privileged` says whether the calling thread holds
 /// CAP_NET_BIND_SERVICE, asked only when the port needs it. The daemon carries out
 /// every bind itself, loopback ones in the app's namespace included, so the kernel's
-/// privileged-port check is made here for all of them.
+/// privileged-port check is made here for all of them. `v6only`: the socket has
+/// IPV6_V6ONLY set. Such a socket takes no IPv4 address (a v4-mapped one is EINVAL, as
+/// in the kernel), and its `::` is served in the app's own namespace: the app's
+/// addresses are IPv4 ones, so nothing but the app itself (over `::1`) could reach it
+/// on a host either, and IPv4 clients are refused.
 pub fn bind(
     table: &Table,
     app: AppId,
     kind: Kind,
     addr: SockAddr,
+    v6only: bool,
     privileged: impl FnOnce() -> bool,
 ) -> Result<Bind, Errno> {
     let SockAddr::Inet(want) = addr else { return Err(libc::EAFNOSUPPORT) };
+    let private_v6 = match want {
+        SocketAddr::V6(v6) if v6only && v6.ip().to_ipv4_mapped().is_some() => return Err(libc::EINVAL),
+        SocketAddr::V6(v6) => v6only && v6.ip().is_unspecified(),
+        SocketAddr::V4(_) => false,
+    };
     match kind {
         Kind::Private(_) | Kind::Other => {
             if table.is_privileged_port(want.port()) && !privileged() {
                 return Err(libc::EACCES);
             }
             Ok(Bind::AsIs(want))
+        }
+        Kind::Host(..) if private_v6 => {
+            table.app(app).ok_or(libc::EPERM)?;
+            if table.is_privileged_port(want.port()) && !privileged() {
+                return Err(libc::EACCES);
+            }
+            Ok(Bind::Private(want))
         }
         Kind::Host(family, proto) => Ok(match table.plan_bind(app, want, privileged)? {
             BindPlan::Private => Bind::Private(want),
@@ -311,7 +328,8 @@ pub fn send_flags(flags: i32) -> i32 {
 
 /// What getsockname (`peer` false) or getpeername shows for a socket of `proto` whose
 /// real address is `real` (and local address `local`, for getpeername); None: the
-/// real address, as the kernel says it.
+/// real address, as the kernel says it. `unconnected`: for getsockname, the inode of
+/// the socket when it has no peer (a wildcard bind shows the wildcard until then).
 pub fn name(
     table: &Table,
     app: AppId,
@@ -319,9 +337,10 @@ pub fn name(
     peer: bool,
     real: SocketAddr,
     local: Option<SocketAddr>,
+    unconnected: Option<u64>,
 ) -> Option<SocketAddr> {
     let shown = if !peer {
-        table.local_name(app, proto, real)
+        table.local_name(app, proto, real, unconnected)
     } else if real.port() == EGRESS_PORT {
         // Through an egress gateway: the destination the app asked for.
         local.and_then(|l| table.egress_peer(l)).or_else(|| table.peer_name(proto, real))
@@ -418,10 +437,28 @@ mod tests {
         let a = crate::table::testing::app(&mut t, None, "zone=default");
         let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
         for kind in [Kind::Private(Family::V4), Kind::Host(Family::V4, Proto::Tcp)] {
-            assert_eq!(bind(&t, a, kind, SockAddr::Inet(lo), || false), Err(libc::EACCES), "{kind:?}");
+            assert_eq!(bind(&t, a, kind, SockAddr::Inet(lo), false, || false), Err(libc::EACCES), "{kind:?}");
         }
-        assert_eq!(bind(&t, a, Kind::Private(Family::V4), SockAddr::Inet(lo), || true), Ok(Bind::AsIs(lo)));
-        assert_eq!(bind(&t, a, Kind::Host(Family::V4, Proto::Tcp), SockAddr::Inet(lo), || true), Ok(Bind::Private(lo)));
+        assert_eq!(bind(&t, a, Kind::Private(Family::V4), SockAddr::Inet(lo), false, || true), Ok(Bind::AsIs(lo)));
+        let host = Kind::Host(Family::V4, Proto::Tcp);
+        assert_eq!(bind(&t, a, host, SockAddr::Inet(lo), false, || true), Ok(Bind::Private(lo)));
+    }
+
+    #[test]
+    fn a_v6only_socket_binds_its_wildcard_privately_and_no_ipv4_address() {
+        let mut t = crate::table::testing::table();
+        let a = crate::table::testing::app(&mut t, Some("198.18.0.1"), "zone=default");
+        let host = Kind::Host(Family::V6, Proto::Tcp);
+        let at = |s: &str| SockAddr::Inet(s.parse().unwrap());
+        let any: SocketAddr = "[::]:8000".parse().unwrap();
+        assert_eq!(bind(&t, a, host, at("[::]:8000"), true, || true), Ok(Bind::Private(any)));
+        assert_eq!(bind(&t, a, host, at("[::]:80"), true, || false), Err(libc::EACCES));
+        assert_eq!(bind(&t, a, host, at("[::ffff:198.18.0.1]:8000"), true, || true), Err(libc::EINVAL));
+        assert_eq!(bind(&t, a, host, at("[::ffff:0.0.0.0]:8000"), true, || true), Err(libc::EINVAL));
+        // Without IPV6_V6ONLY, `::` is every address: the node's, as a service.
+        assert!(matches!(bind(&t, a, host, at("[::]:8000"), false, || true), Ok(Bind::Host { .. })));
+        // An app the table does not know binds nothing.
+        assert_eq!(bind(&t, AppId(0xdead), host, at("[::]:8000"), true, || true), Err(libc::EPERM));
     }
 
     #[test]

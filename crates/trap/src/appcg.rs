@@ -13,7 +13,7 @@
 //! - refuses anything but TCP (SOCK_STREAM, IPPROTO_TCP): UDP, raw, ICMP, MPTCP, SCTP
 //!   sockets are the daemon's to make;
 //! - marks a TCP socket as the daemon marks the TCP sockets it makes for a kernel-driver
-//!   app: members-only in the guard's map, `SockState { app, no peer, no local }` in
+//!   app: members-only in the guard's map, `SockState { app, no peer, no local, local_any: false }` in
 //!   `ax_ksock` (refused when either cannot be written).
 
 use std::fs;
@@ -259,7 +259,7 @@ pub(crate) fn sock_create(ids: &Map, marks: &Map, states: &Map, netns: u64) -> V
         .if_ne_reg(R0, R1, V::Deny)
         .store_imm(Size::W, R10, MARK, guard::MEMBERS_ONLY as i32);
     create(&mut a, marks, MARK);
-    // SockState { app, peer: None, local: None }: all zero but the app.
+    // SockState { app, peer: None, local: None, local_any: false }: all zero but the app.
     for word in (0..SockState::SIZE as i16).step_by(8) {
         a.store_imm(Size::DW, R10, STATE + word, 0);
     }
@@ -301,6 +301,6 @@ mod tests {
         // All zero but the app, at its offset: what the program stores.
         let mut want = [0u8; SockState::SIZE];
         want[SockState::APP_OFFSET..SockState::APP_OFFSET + 4].copy_from_slice(&7u32.to_ne_bytes());
-        assert_eq!(SockState { app: 7, peer: None, local: None }.encode(), want);
+        assert_eq!(SockState { app: 7, peer: None, local: None, local_any: false }.encode(), want);
     }
 }

@@ -7,12 +7,14 @@
 //! notification is checked still valid before the daemon acts on it: an app racing its
 //! own memory only changes what it asked for, never what the daemon does.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ax_core::addr::{self, Family, SockAddr};
+use ax_core::conflict::{self, Held};
 use ax_core::kmap::SockState;
 use ax_core::{limits, AppId, BoundSocket, Driver, Errno, Proto};
 use ax_sys::kernel::{Kernel, Netns, Readiness, Reply};
@@ -65,6 +67,17 @@ pub struct Engine<K: Kernel, N: Node> {
     in_host_netns: bool,
     /// What the daemon's `/metrics` shows of this engine's calls.
     pub(crate) stats: Arc<Stats>,
+    /// The sockets the daemon bound in the app's own namespace for it, by protocol and
+    /// port: what a bind on the host must not conflict with (the kernel there sees only
+    /// its own). Entries of closed sockets go when their port is bound again.
+    private: Mutex<HashMap<(Proto, u16), Vec<PrivateBound>>>,
+}
+
+/// A socket bound in the app's own namespace: its inode and the address it was bound to.
+#[derive(Debug, Clone, Copy)]
+struct PrivateBound {
+    inode: u64,
+    addr: IpAddr,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -84,6 +97,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             guard: SocketGuard::Installed,
             in_host_netns: false,
             stats: Arc::default(),
+            private: Mutex::default(),
         }
     }
 
@@ -120,7 +134,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 if marks != 0 || !fresh {
                     self.k.mark(s, marks)?;
                 }
-                self.k.mark_kernel(s, &SockState { app: self.app.0, peer: None, local }.encode())
+                self.k.mark_kernel(s, &SockState { app: self.app.0, peer: None, local, local_any: false }.encode())
             }
         }
     }
@@ -310,22 +324,116 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let addr = self.read_addr(n, a, family, Use::BindOrConnect)?;
         // Asked of the caller's thread while its call is pending, so of that thread.
         let privileged = || self.k.may_bind_privileged(n.pid) && self.k.id_valid(n.id);
-        match self.node.with_table(|t| plan::bind(t, self.app, kind, addr, privileged))? {
+        let v6only = matches!(kind, Kind::Host(Family::V6, _)) && self.v6only(&s);
+        match self.node.with_table(|t| plan::bind(t, self.app, kind, addr, v6only, privileged))? {
             Bind::AsIs(want) => self.k.bind(&s, &want)?,
             Bind::Private(want) => {
+                // Only a host socket moves (the plan's word), so `proto` is always had.
+                let proto = match kind {
+                    Kind::Host(_, proto) => Some(proto),
+                    Kind::Private(_) | Kind::Other => None,
+                };
+                if let Some(proto) = proto {
+                    self.no_conflict(n, &s, proto, want, false)?;
+                }
                 let fresh = self.privatize(n, fd, &s)?;
                 self.k.bind(&fresh, &want)?;
-                // The kernel driver sends the app's connects to this port into its namespace.
-                if let (Kind::Host(_, proto), Some(local)) = (kind, self.k.local_addr(&fresh)?) {
-                    self.node.with_table(|t| t.add_private_bind(self.app, proto, local.port()));
-                    self.node.changed();
+                if let Some(proto) = proto {
+                    self.bound_privately(proto, &fresh, want.ip())?;
                 }
             }
             Bind::Host { family, proto, requested, service, exposed } => {
+                self.no_conflict(n, &s, proto, requested, false)?;
                 self.bind_host(&s, family, proto, requested, service, exposed)?;
             }
         }
         Ok(Answer::Value(0))
+    }
+
+    /// Whether an IPv6 socket has IPV6_V6ONLY set.
+    fn v6only(&self, s: &K::Fd) -> bool {
+        self.k.get_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).is_ok_and(|v| v != 0)
+    }
+
+    /// Records a socket bound in the app's namespace at `ip` (its port now the kernel's
+    /// answer): for bind conflicts with host sockets, and for the kernel driver, which
+    /// sends the app's connects to this port into its namespace.
+    fn bound_privately(&self, proto: Proto, fresh: &K::Fd, ip: IpAddr) -> Result<(), Errno> {
+        let Some(local) = self.k.local_addr(fresh)? else { return Ok(()) };
+        let entry = PrivateBound { inode: self.k.inode(fresh)?, addr: ip };
+        self.private.lock().unwrap_or_else(|p| p.into_inner()).entry((proto, local.port())).or_default().push(entry);
+        self.node.with_table(|t| t.add_private_bind(self.app, proto, local.port()));
+        self.node.changed();
+        Ok(())
+    }
+
+    /// EADDRINUSE when binding (`listening` false) or listening on the app's socket `s`
+    /// at `at` conflicts with another socket of the app at that port, as the kernel
+    /// decides it ([`conflict`]): the app's sockets each have a host port (or live in
+    /// its namespace), so the kernel never sees two of them meet. An automatic port
+    /// (0) never conflicts.
+    fn no_conflict(
+        &self,
+        n: &Notification,
+        s: &K::Fd,
+        proto: Proto,
+        at: SocketAddr,
+        listening: bool,
+    ) -> Result<(), Errno> {
+        if at.port() == 0 {
+            return Ok(());
+        }
+        let inode = self.k.inode(s)?;
+        let new = Held { listening, ..self.held(s, at.ip())? };
+        conflict::check(&new, &self.held_at(n, proto, at.port(), inode)?)
+    }
+
+    /// What the kernel weighs of the socket `s` bound at `addr`.
+    fn held(&self, s: &K::Fd, addr: IpAddr) -> Result<Held, Errno> {
+        let on = |level, opt| self.k.get_int(s, level, opt).map(|v| v != 0);
+        Ok(Held {
+            addr,
+            v6only: addr.is_ipv6() && self.v6only(s),
+            reuse_addr: on(libc::SOL_SOCKET, libc::SO_REUSEADDR)?,
+            reuse_port: on(libc::SOL_SOCKET, libc::SO_REUSEPORT)?,
+            listening: on(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)?,
+        })
+    }
+
+    /// The app's other sockets at `port` (host binds and binds in its namespace), as
+    /// they are now, but the one with inode `except`. Only sockets the caller's process
+    /// still holds count: a socket it closed is gone, even before the sweep drops its
+    /// row (and one held only by another process of the app is missed).
+    fn held_at(&self, n: &Notification, proto: Proto, port: u16, except: u64) -> Result<Vec<Held>, Errno> {
+        let app = self.app;
+        let mut bound: Vec<(u64, IpAddr)> = self.node.with_table(|t| {
+            t.bindings()
+                .filter(|b| b.app == app && b.proto == proto && b.service.port() == port)
+                .map(|b| (b.inode, b.requested.ip()))
+                .collect()
+        });
+        let mut private = self.private.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(here) = private.get_mut(&(proto, port)) {
+            // Entries of sockets the app closed go now: the list stays as long as the
+            // sockets it holds.
+            here.retain(|p| self.k.socket_fd(n.pid, p.inode).is_some());
+            bound.extend(here.iter().map(|p| (p.inode, p.addr)));
+        }
+        drop(private);
+        let mut held = Vec::new();
+        for (inode, addr) in bound.into_iter().filter(|(inode, _)| *inode != except) {
+            let Some(fd) = self.k.socket_fd(n.pid, inode) else { continue };
+            let s = match self.k.get_fd(n.pid, n.id, fd) {
+                Ok(s) => s,
+                Err(libc::EBADF) => continue,
+                Err(e) => return Err(e),
+            };
+            // Moved meanwhile (the app raced its own descriptors): not the socket looked for.
+            if self.k.inode(&s)? == inode {
+                held.push(self.held(&s, addr)?);
+            }
+        }
+        Ok(held)
     }
 
     /// Binds the socket on the node address, at its exposed host port or else at a pool
@@ -341,10 +449,6 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     ) -> Result<u16, Errno> {
         if self.k.local_addr(s)?.is_some_and(|a| a.port() != 0) {
             return Err(libc::EINVAL);
-        }
-        if family == Family::V6 && self.k.get_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0 {
-            // A v6-only `::` socket is served on the node's IPv4 address like any other.
-            self.k.set_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
         }
         let bound = BoundSocket { inode: self.k.inode(s)?, proto, family, requested, flags: self.k.file_flags(s)? };
         if let Some(port) = exposed {
@@ -401,17 +505,18 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
         let host = addr::for_family(SocketAddr::V4(SocketAddrV4::new(node, port)), bound.family);
         self.k.bind(s, &host)?;
-        let shown = self.node.with_table(|t| {
+        let (shown, local_any) = self.node.with_table(|t| {
             let b = t.add_binding(self.app, bound, service, port);
             if bound.proto == Proto::Udp && service.port() != 0 {
                 t.set_listening(bound.proto, port, b.inode, 0);
                 info!(app = %self.app, %service, %host, "udp service row added");
             }
-            b.service
+            (b.service, b.binds_wildcard())
         });
         if self.driver == Driver::Kernel {
             // What getsockname shows from now on.
-            self.k.mark_kernel(s, &SockState { app: self.app.0, peer: None, local: Some(shown) }.encode())?;
+            let state = SockState { app: self.app.0, peer: None, local: Some(shown), local_any };
+            self.k.mark_kernel(s, &state.encode())?;
         }
         self.node.changed();
         debug!(app = %self.app, %service, %host, "bound");
@@ -437,6 +542,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let (family, proto) = match kind {
             Kind::Host(family, proto) => (family, proto),
             Kind::Private(_) => {
+                if let Some((proto, at)) = self.bound_here(&s)? {
+                    self.no_conflict(n, &s, proto, at, true)?;
+                }
                 self.k.listen(&s, backlog)?;
                 return Ok(Answer::Value(0));
             }
@@ -448,6 +556,14 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         }
         let local = self.k.local_addr(&s)?.ok_or(libc::EINVAL)?;
         let inode = self.k.inode(&s)?;
+        if local.port() == 0 && family == Family::V6 && self.v6only(&s) {
+            // A v6-only socket's automatic port is a v6-only `::` bind: the app's own
+            // namespace's, as for bind().
+            let fresh = self.privatize(n, fd, &s)?;
+            self.k.listen(&fresh, backlog)?;
+            self.bound_privately(proto, &fresh, local.ip())?;
+            return Ok(Answer::Value(0));
+        }
         self.room_for_a_row()?;
         let port = if local.port() == 0 {
             // listen() on an unbound socket binds it to a wildcard port, as the kernel does.
@@ -455,11 +571,20 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             self.bind_host(&s, family, proto, local, SocketAddrV4::new(ip, 0), None)?
         } else {
             // The host port the socket was bound at (under the kernel driver,
-            // getsockname shows the service address it stands for).
+            // getsockname shows the service address it stands for), and the address the
+            // app bound it to, which a second listener at the port may conflict with.
             let bound = |t: &mut ax_core::Table| {
-                t.bindings().find(|b| b.inode == inode && b.proto == proto).map(|b| b.host.port())
+                t.bindings()
+                    .find(|b| b.inode == inode && b.proto == proto)
+                    .map(|b| (b.host.port(), SocketAddr::new(b.requested.ip(), b.service.port())))
             };
-            self.node.with_table(bound).unwrap_or(local.port())
+            match self.node.with_table(bound) {
+                Some((host_port, requested)) => {
+                    self.no_conflict(n, &s, proto, requested, true)?;
+                    host_port
+                }
+                None => local.port(),
+            }
         };
         self.k.listen(&s, backlog)?;
         let row = self.node.with_table(|t| t.set_listening(proto, port, inode, backlog).cloned());
@@ -468,6 +593,17 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             self.node.changed();
         }
         Ok(Answer::Value(0))
+    }
+
+    /// For a socket the daemon bound in the app's namespace: its protocol and the
+    /// address it was bound at.
+    fn bound_here(&self, s: &K::Fd) -> Result<Option<(Proto, SocketAddr)>, Errno> {
+        let inode = self.k.inode(s)?;
+        let private = self.private.lock().unwrap_or_else(|p| p.into_inner());
+        let found = private.iter().find_map(|((proto, port), here)| {
+            here.iter().find(|p| p.inode == inode).map(|p| (*proto, SocketAddr::new(p.addr, *port)))
+        });
+        Ok(found)
     }
 
     fn connect(&self, n: &Notification, fd: RawFd, a: AddrIn) -> Result<Answer, Errno> {
@@ -607,7 +743,10 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         // Only to look up an egress connection's destination; without it, the row's.
         let local =
             if peer && real.port() == ax_core::EGRESS_PORT { self.k.local_addr(&s).ok().flatten() } else { None };
-        let Some(shown) = self.node.with_table(|t| plan::name(t, self.app, proto, peer, real, local)) else {
+        // A socket without a peer may show the wildcard it was bound to.
+        let unconnected = if !peer && self.k.peer_addr(&s)?.is_none() { Some(self.k.inode(&s)?) } else { None };
+        let Some(shown) = self.node.with_table(|t| plan::name(t, self.app, proto, peer, real, local, unconnected))
+        else {
             return Ok(Answer::Proceed);
         };
         let family = if real.is_ipv4() { Family::V4 } else { Family::V6 };

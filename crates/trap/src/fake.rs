@@ -444,6 +444,7 @@ impl Kernel for Fake {
             (libc::SOL_SOCKET, libc::SO_PROTOCOL) => Some(sock.protocol),
             // Reading the pending error clears it, as in the kernel.
             (libc::SOL_SOCKET, libc::SO_ERROR) => Some(std::mem::take(&mut sock.so_error)),
+            (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => Some(i32::from(sock.listening.is_some())),
             _ => None,
         };
         if sock.domain == libc::AF_UNIX && level != libc::SOL_SOCKET {
@@ -507,9 +508,11 @@ impl Kernel for Fake {
         }
         // The kernel driver's getsockname program shows a bound socket's service address
         // (to every thread, the daemon's included).
-        let shown = sock.kernel.as_deref().and_then(|b| ax_core::kmap::SockState::decode(b).ok()).and_then(|k| k.local);
-        if let Some(service) = shown {
-            return Ok(Some(SocketAddr::V4(service)));
+        // (the wildcard, for a wildcard bind without a peer).
+        let state = sock.kernel.as_deref().and_then(|b| ax_core::kmap::SockState::decode(b).ok());
+        if let Some((service, any)) = state.and_then(|k| Some((k.local?, k.local_any))) {
+            let ip = if any && sock.peer.is_none() { Ipv4Addr::UNSPECIFIED } else { *service.ip() };
+            return Ok(Some(SocketAddr::from((ip, service.port()))));
         }
         // An unbound inet socket reports the wildcard address and port 0.
         Ok(Some(sock.local.unwrap_or_else(|| SocketAddr::new(unspecified(sock.domain), 0))))

@@ -77,6 +77,9 @@ const SK: i16 = 64;
 /// offsetof(struct bpf_sock, src_ip4 / src_ip6): the address the socket is bound to.
 const SOCK_SRC_IP4: i16 = 24;
 const SOCK_SRC_IP6: i16 = 28;
+/// offsetof(struct bpf_sock, state): the socket's TCP state (UDP: established once
+/// connected, else closed).
+const SOCK_STATE: i16 = 72;
 /// offsetof(struct __sk_buff, sk).
 const SKB_SK: i16 = 168;
 
@@ -926,17 +929,29 @@ fn getpeername(maps: &Maps, v6: bool) -> Vec<Insn> {
     a.finish()
 }
 
-/// getsockname4/6: the service address a socket the daemon bound stands for; the app's
-/// own address where the kernel's is the node's.
+/// getsockname4/6: the service address a socket the daemon bound stands for (the
+/// wildcard for a wildcard bind while the socket is closed or listening, as the kernel
+/// shows it; what it accepts inherits its state and shows the service address); the
+/// app's own address where the kernel's is the node's.
 fn getsockname(maps: &Maps, v6: bool) -> Vec<Insn> {
     let mut a = Asm::default();
-    let not_bound = a.label();
+    let (not_bound, any, shown) = (a.label(), a.label(), a.label());
     sock_state(&mut a, maps);
     a.load(Size::W, R1, R7, off(SockState::FLAGS_OFFSET))
         .and_imm(R1, SockState::LOCAL_SET as i32)
         .if_eq(R1, 0, not_bound)
         .load(Size::W, R1, R7, off(SockState::LOCAL_IP_OFFSET))
-        .load(Size::H, R2, R7, off(SockState::LOCAL_PORT_OFFSET));
+        .load(Size::H, R2, R7, off(SockState::LOCAL_PORT_OFFSET))
+        .load(Size::W, R3, R7, off(SockState::FLAGS_OFFSET))
+        .and_imm(R3, SockState::LOCAL_ANY as i32)
+        .if_eq(R3, 0, shown)
+        .load(Size::DW, R3, R6, SK)
+        .load(Size::W, R3, R3, SOCK_STATE)
+        .if_eq(R3, i32::from(ax_core::plan::TCP_CLOSE), any)
+        .if_ne(R3, i32::from(ax_core::plan::TCP_LISTEN), shown)
+        .here(any)
+        .mov_imm(R1, 0)
+        .here(shown);
     if v6 {
         // A wildcard bind of an IPv6 socket is `::`, not ::ffff:0.0.0.0.
         let mapped = a.label();

@@ -217,7 +217,7 @@ impl Sandbox {
 }
 
 fn fresh() -> SockState {
-    SockState { app: APP, peer: None, local: None }
+    SockState { app: APP, peer: None, local: None, local_any: false }
 }
 
 fn listener(addr: &str) -> TcpListener {
@@ -347,7 +347,11 @@ fn route_lookup_takes_the_class_then_any_then_any_port() {
         let mut buf = [0u8; 4];
         assert_eq!(real.recv(&mut buf).unwrap(), 1);
         // An app the maps do not know connects nowhere.
-        let stranger = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 99, peer: None, local: None });
+        let stranger = s.socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            SockState { app: 99, peer: None, local: None, local_any: false },
+        );
         assert_eq!(errno(sock::connect(stranger.as_fd(), &sa("198.18.0.30:80"))), libc::EPERM);
     });
 }
@@ -633,7 +637,11 @@ fn datagrams_do_what_the_model_of_the_maps_says() {
                             } else {
                                 (libc::AF_INET, SocketAddr::V4(dest))
                             };
-                            let u = s.socket(family, libc::SOCK_DGRAM, SockState { app, peer: None, local: None });
+                            let u = s.socket(
+                                family,
+                                libc::SOCK_DGRAM,
+                                SockState { app, peer: None, local: None, local_any: false },
+                            );
                             let want = current.lookup(app, Proto::Udp, SocketAddr::V4(dest));
                             let what = format!("round {round}, app {app} to {to}: model {want:?}");
                             for n in 0..3u8 {
@@ -815,7 +823,7 @@ fn v4_mapped_connects_behave_as_ipv4_and_other_ipv6_passes() {
 #[test]
 fn getsockname_shows_the_service_address_a_bound_socket_stands_for() {
     sandboxed("getsockname_shows_the_service_address_a_bound_socket_stands_for", |s| {
-        let state = SockState { app: APP, peer: None, local: Some(v4("198.18.1.1:80")) };
+        let state = SockState { app: APP, peer: None, local: Some(v4("198.18.1.1:80")), local_any: false };
         let l = s.socket(libc::AF_INET, libc::SOCK_STREAM, state);
         sock::bind(l.as_fd(), &sa("10.251.0.1:40051")).unwrap();
         sock::listen(l.as_fd(), 8).unwrap();
@@ -824,11 +832,11 @@ fn getsockname_shows_the_service_address_a_bound_socket_stands_for() {
         let _client = TcpStream::connect("10.251.0.1:40051").unwrap();
         let (accepted, _) = TcpListener::from(l).accept().unwrap();
         assert_eq!(accepted.local_addr().unwrap(), sa("198.18.1.1:80"));
-        let wild6 = SockState { app: APP, peer: None, local: Some(v4("0.0.0.0:8080")) };
+        let wild6 = SockState { app: APP, peer: None, local: Some(v4("0.0.0.0:8080")), local_any: false };
         let l6 = s.socket(libc::AF_INET6, libc::SOCK_STREAM, wild6);
         sock::bind(l6.as_fd(), &sa("[::]:40052")).unwrap();
         assert_eq!(sock::local_addr(l6.as_fd()).unwrap(), Some(sa("[::]:8080")));
-        let svc6 = SockState { app: APP, peer: None, local: Some(v4("198.18.1.1:8081")) };
+        let svc6 = SockState { app: APP, peer: None, local: Some(v4("198.18.1.1:8081")), local_any: false };
         let l6 = s.socket(libc::AF_INET6, libc::SOCK_STREAM, svc6);
         sock::bind(l6.as_fd(), &sa("[::]:40053")).unwrap();
         assert_eq!(sock::local_addr(l6.as_fd()).unwrap(), Some(sa("[::ffff:198.18.1.1]:8081")));
@@ -836,6 +844,42 @@ fn getsockname_shows_the_service_address_a_bound_socket_stands_for() {
         let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
         sock::bind(u.as_fd(), &sa("127.0.0.1:40054")).unwrap();
         assert_eq!(sock::local_addr(u.as_fd()).unwrap(), Some(sa("127.0.0.1:40054")));
+    });
+}
+
+#[test]
+fn getsockname_shows_a_wildcard_bind_until_the_socket_is_connected() {
+    sandboxed("getsockname_shows_a_wildcard_bind_until_the_socket_is_connected", |s| {
+        let any =
+            |port| SockState { app: APP, peer: None, local: Some(v4(&format!("198.18.1.1:{port}"))), local_any: true };
+        // Bound and listening: the wildcard and the app's port; what it accepts carries
+        // its state, and shows the service address, as the kernel shows the concrete one.
+        let l = s.socket(libc::AF_INET, libc::SOCK_STREAM, any(80));
+        sock::bind(l.as_fd(), &sa("10.251.0.1:40061")).unwrap();
+        assert_eq!(sock::local_addr(l.as_fd()).unwrap(), Some(sa("0.0.0.0:80")));
+        sock::listen(l.as_fd(), 8).unwrap();
+        assert_eq!(sock::local_addr(l.as_fd()).unwrap(), Some(sa("0.0.0.0:80")));
+        let _client = TcpStream::connect("10.251.0.1:40061").unwrap();
+        let (accepted, _) = TcpListener::from(l).accept().unwrap();
+        assert_eq!(accepted.local_addr().unwrap(), sa("198.18.1.1:80"));
+        let l6 = s.socket(libc::AF_INET6, libc::SOCK_STREAM, any(81));
+        sock::bind(l6.as_fd(), &sa("[::ffff:10.251.0.1]:40062")).unwrap();
+        assert_eq!(sock::local_addr(l6.as_fd()).unwrap(), Some(sa("[::]:81")));
+        // Bound to the wildcard, then connected: its own address.
+        let peer = TcpListener::bind("10.251.0.1:5610").unwrap();
+        s.route(CLASS, "10.251.0.1:5610", Proto::Tcp, Route::pass());
+        s.route(CLASS, "10.251.0.1:5610", Proto::Udp, Route::pass());
+        let c = s.socket(libc::AF_INET, libc::SOCK_STREAM, any(5000));
+        sock::bind(c.as_fd(), &sa("10.251.0.1:40064")).unwrap();
+        sock::connect(c.as_fd(), &sa("10.251.0.1:5610")).unwrap();
+        assert_eq!(sock::local_addr(c.as_fd()).unwrap(), Some(sa("198.18.1.1:5000")));
+        drop(peer);
+        // UDP: the wildcard until connected.
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, any(53));
+        sock::bind(u.as_fd(), &sa("10.251.0.1:40065")).unwrap();
+        assert_eq!(sock::local_addr(u.as_fd()).unwrap(), Some(sa("0.0.0.0:53")));
+        sock::connect(u.as_fd(), &sa("10.251.0.1:5610")).unwrap();
+        assert_eq!(sock::local_addr(u.as_fd()).unwrap(), Some(sa("198.18.1.1:53")));
     });
 }
 
@@ -945,7 +989,8 @@ fn a_restarted_daemon_takes_over_the_maps_and_the_marks() {
         // The refusal is gone: the connect passes, to an address no route reaches.
         let c = s.tcp();
         assert_eq!(errno(sock::connect(c.as_fd(), &sa("198.18.0.92:80"))), libc::ENETUNREACH);
-        let stale = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 2, peer: None, local: None });
+        let stale =
+            s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 2, peer: None, local: None, local_any: false });
         assert_eq!(errno(sock::connect(stale.as_fd(), &sa("198.18.0.90:80"))), libc::EPERM, "app 2 is gone");
     });
 }
@@ -1061,7 +1106,11 @@ fn connects_do_what_the_model_of_the_maps_says() {
                 for ip in &ips {
                     for port in ports {
                         let dest = SocketAddrV4::new(*ip, port);
-                        let c = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app, peer: None, local: None });
+                        let c = s.socket(
+                            libc::AF_INET,
+                            libc::SOCK_STREAM,
+                            SockState { app, peer: None, local: None, local_any: false },
+                        );
                         let got = sock::connect(c.as_fd(), &SocketAddr::V4(dest));
                         let want = current.lookup(app, Proto::Tcp, SocketAddr::V4(dest));
                         let what = format!("round {round}, app {app} to {dest}: model {want:?}, got {got:?}");
@@ -1209,7 +1258,8 @@ fn a_full_routes_map_refuses_what_it_cannot_decide() {
         assert_eq!(errno(sock::connect(c.as_fd(), &sa("10.251.0.1:80"))), libc::ECONNREFUSED, "undecided");
         nothing_waits(&open);
         // An exact entry still decides, for an app written after the failure too.
-        let late = s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 3, peer: None, local: None });
+        let late =
+            s.socket(libc::AF_INET, libc::SOCK_STREAM, SockState { app: 3, peer: None, local: None, local_any: false });
         sock::connect(late.as_fd(), &sa("198.18.0.120:80")).unwrap();
         assert_eq!(landed(&[&served]), 0);
         let mut want = KernelMaps::new(config(true));

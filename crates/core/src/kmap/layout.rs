@@ -74,6 +74,10 @@ pub struct SockState {
     pub peer: Option<SocketAddrV4>,
     /// What getsockname shows for a socket the daemon bound: the service address.
     pub local: Option<SocketAddrV4>,
+    /// The app bound `local`'s port on a wildcard address: getsockname shows the
+    /// wildcard while the socket is not connected (closed or listening), as the kernel
+    /// does; the connections it accepts (which inherit this state) show `local`.
+    pub local_any: bool,
 }
 
 impl SockState {
@@ -88,6 +92,8 @@ impl SockState {
     pub const PEER_SET: u32 = 1;
     /// `flags`: `local` holds what getsockname shows.
     pub const LOCAL_SET: u32 = 2;
+    /// `flags`: `local_any`.
+    pub const LOCAL_ANY: u32 = 4;
 
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -101,6 +107,9 @@ impl SockState {
             flags |= Self::LOCAL_SET;
             put_addr(&mut b, Self::LOCAL_IP_OFFSET, Self::LOCAL_PORT_OFFSET, l);
         }
+        if self.local_any {
+            flags |= Self::LOCAL_ANY;
+        }
         b[Self::FLAGS_OFFSET..Self::FLAGS_OFFSET + 4].copy_from_slice(&flags.to_le_bytes());
         b
     }
@@ -108,7 +117,7 @@ impl SockState {
     pub fn decode(b: &[u8]) -> Result<SockState, DecodeError> {
         let b = &sized::<{ Self::SIZE }>("socket state", b)?;
         let flags = u32_at(b, Self::FLAGS_OFFSET);
-        if flags & !(Self::PEER_SET | Self::LOCAL_SET) != 0 {
+        if flags & !(Self::PEER_SET | Self::LOCAL_SET | Self::LOCAL_ANY) != 0 {
             return Err(DecodeError::Field { what: "socket state", field: "flags", value: flags });
         }
         let addr = |set, ip, port| (flags & set != 0).then(|| SocketAddrV4::new(ip_at(b, ip), port_at(b, port)));
@@ -116,6 +125,7 @@ impl SockState {
             app: u32_at(b, Self::APP_OFFSET),
             peer: addr(Self::PEER_SET, Self::PEER_IP_OFFSET, Self::PEER_PORT_OFFSET),
             local: addr(Self::LOCAL_SET, Self::LOCAL_IP_OFFSET, Self::LOCAL_PORT_OFFSET),
+            local_any: flags & Self::LOCAL_ANY != 0,
         })
     }
 }
@@ -523,7 +533,7 @@ pub(super) mod tests {
 
     #[test]
     fn sock_state_is_laid_out_as_the_programs_read_it() {
-        let s = SockState { app: 0xf000_0001, peer: Some(v4("198.18.0.1:80")), local: None };
+        let s = SockState { app: 0xf000_0001, peer: Some(v4("198.18.0.1:80")), local: None, local_any: false };
         let b = s.encode();
         assert_eq!(&b[0..4], &[0x01, 0, 0, 0xf0]);
         assert_eq!(&b[4..8], &[1, 0, 0, 0]);
@@ -531,20 +541,24 @@ pub(super) mod tests {
         assert_eq!(&b[12..14], &[0, 80]);
         assert!(b[14..].iter().all(|x| *x == 0));
         assert_eq!(SockState::decode(&b), Ok(s));
-        let bound = SockState { app: 7, peer: None, local: Some(v4("198.18.0.2:8080")) };
+        let bound = SockState { app: 7, peer: None, local: Some(v4("198.18.0.2:8080")), local_any: false };
         let b = bound.encode();
         assert_eq!(&b[4..8], &[2, 0, 0, 0]);
         assert_eq!(&b[16..22], &[198, 18, 0, 2, 0x1f, 0x90]);
         assert_eq!(SockState::decode(&b), Ok(bound));
-        let fresh = SockState { app: 7, peer: None, local: None };
+        let fresh = SockState { app: 7, peer: None, local: None, local_any: false };
         assert_eq!(SockState::decode(&fresh.encode()), Ok(fresh));
+        let wildcard = SockState { local_any: true, ..bound };
+        let b = wildcard.encode();
+        assert_eq!(&b[4..8], &[6, 0, 0, 0]);
+        assert_eq!(SockState::decode(&b), Ok(wildcard));
     }
 
     #[test]
     fn decoding_refuses_what_no_writer_writes() {
-        let mut b = SockState { app: 7, peer: None, local: None }.encode();
-        b[4] = 4;
-        assert!(matches!(SockState::decode(&b), Err(DecodeError::Field { field: "flags", value: 4, .. })));
+        let mut b = SockState { app: 7, peer: None, local: None, local_any: false }.encode();
+        b[4] = 8;
+        assert!(matches!(SockState::decode(&b), Err(DecodeError::Field { field: "flags", value: 8, .. })));
         assert!(matches!(SockState::decode(&b[..20]), Err(DecodeError::Size { got: 20, want: 24, .. })));
         let mut e = BrokerEntry { app: 1, dest: v4("127.0.0.1:5000"), kind: BrokerKind::Loopback }.encode();
         e[10] = 3;

@@ -251,12 +251,24 @@ impl Table {
 
     /// What getsockname shows `app` for a socket whose real address is `real`: the
     /// virtual address of a socket it bound, or its own address in place of the node's.
-    pub fn local_name(&self, app: AppId, proto: Proto, real: SocketAddr) -> Option<SocketAddr> {
+    /// A socket bound to a wildcard (`unconnected`: its inode, while it has no peer)
+    /// shows the wildcard and its port, as the kernel does until a connection gives it
+    /// an address; the connections it accepts show the virtual address.
+    pub fn local_name(
+        &self,
+        app: AppId,
+        proto: Proto,
+        real: SocketAddr,
+        unconnected: Option<u64>,
+    ) -> Option<SocketAddr> {
         let SocketAddr::V4(v4) = addr::unmap(real) else { return None };
         if *v4.ip() != self.node.ip {
             return None;
         }
         if let Some(b) = self.services.get(proto, v4.port()).filter(|b| b.app == app) {
+            if unconnected == Some(b.inode) && b.binds_wildcard() {
+                return Some(SocketAddr::new(b.requested.ip(), b.service.port()));
+            }
             return Some(SocketAddr::V4(b.service));
         }
         let me = self.apps.get(app)?;
@@ -524,10 +536,22 @@ mod tests {
         let c = app(&mut t, Some("198.18.0.9"), "zone=default");
         let p = serve(&mut t, s, "[::]:80", 5);
         let host = SocketAddr::V4(SocketAddrV4::new(NODE, p));
-        assert_eq!(t.local_name(s, Proto::Tcp, host), Some(sa("198.18.0.1:80")));
+        assert_eq!(t.local_name(s, Proto::Tcp, host, None), Some(sa("198.18.0.1:80")));
         assert_eq!(t.peer_name(Proto::Tcp, host), Some(sa("198.18.0.1:80")));
-        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.0.0.1:33000")), Some(sa("198.18.0.9:33000")));
-        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.9.9.9:33000")), None);
+        // The listener itself shows the wildcard it was bound to, with its port; what it
+        // accepts (another inode, or the socket once connected) the virtual address.
+        assert_eq!(t.local_name(s, Proto::Tcp, host, Some(5)), Some(sa("[::]:80")));
+        assert_eq!(t.local_name(s, Proto::Tcp, host, Some(6)), Some(sa("198.18.0.1:80")));
+        let q = serve(&mut t, s, "198.18.0.1:81", 7);
+        let specific = SocketAddr::V4(SocketAddrV4::new(NODE, q));
+        assert_eq!(t.local_name(s, Proto::Tcp, specific, Some(7)), Some(sa("198.18.0.1:81")));
+        let r = serve(&mut t, s, "0.0.0.0:0", 8);
+        let any = SocketAddr::V4(SocketAddrV4::new(NODE, r));
+        assert_eq!(t.local_name(s, Proto::Tcp, any, Some(8)), Some(SocketAddr::from(([0, 0, 0, 0], r))));
+        // Another app's socket at that port shows nothing of it.
+        assert_eq!(t.local_name(c, Proto::Tcp, host, Some(5)), Some(SocketAddr::from(([198, 18, 0, 9], p))));
+        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.0.0.1:33000"), None), Some(sa("198.18.0.9:33000")));
+        assert_eq!(t.local_name(c, Proto::Tcp, sa("10.9.9.9:33000"), None), None);
         assert_eq!(t.peer_name(Proto::Tcp, sa("10.0.0.1:1")), None);
     }
 
@@ -590,8 +614,8 @@ mod tests {
         // A row of one protocol does not serve the other.
         assert_eq!(t.route_connect(c, Proto::Udp, sa("10.0.0.1:80")), Route::Direct(sa("10.0.0.1:80")));
         // The app that serves it sees the node address as its own in getsockname.
-        assert_eq!(t.local_name(own, Proto::Tcp, sa("[::ffff:10.0.0.1]:5000")), Some(sa("198.18.0.1:5000")));
-        assert_eq!(t.local_name(on_node, Proto::Tcp, sa("10.0.0.1:5000")), Some(sa("10.0.0.1:5000")));
+        assert_eq!(t.local_name(own, Proto::Tcp, sa("[::ffff:10.0.0.1]:5000"), None), Some(sa("198.18.0.1:5000")));
+        assert_eq!(t.local_name(on_node, Proto::Tcp, sa("10.0.0.1:5000"), None), Some(sa("10.0.0.1:5000")));
     }
 
     #[test]
@@ -602,7 +626,7 @@ mod tests {
         let stranger = AppId(0xf000_0000);
         assert_eq!(t.plan_bind(stranger, sa("0.0.0.0:80"), root), Err(libc::EPERM));
         assert_eq!(t.route_connect(stranger, Proto::Tcp, sa("198.18.0.1:80")), Route::Refused);
-        assert_eq!(t.local_name(stranger, Proto::Tcp, sa("10.0.0.1:1")), None);
+        assert_eq!(t.local_name(stranger, Proto::Tcp, sa("10.0.0.1:1"), None), None);
         // Loopback stays private even for an unknown app; a real IPv6 address goes out.
         assert_eq!(t.route_connect(stranger, Proto::Tcp, sa("127.0.0.1:80")), Route::Private);
         assert_eq!(t.route_connect(s, Proto::Tcp, sa("[2001:db8::1]:80")), Route::Direct(sa("[2001:db8::1]:80")));

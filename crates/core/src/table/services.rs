@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 
-use crate::addr::Family;
+use crate::addr::{self, Family};
 use crate::ids::AppId;
 use crate::ports::PortPool;
 
@@ -34,6 +34,13 @@ pub struct Binding {
     pub changed: u64,
     /// Listings of the kernel's sockets in a row that did not show this one.
     pub missed: u8,
+}
+
+impl Binding {
+    /// True when the app bound a wildcard address (`0.0.0.0`, `::`, `::ffff:0.0.0.0`).
+    pub fn binds_wildcard(&self) -> bool {
+        addr::unmap(self.requested).ip().is_unspecified()
+    }
 }
 
 /// How many listings in a row must miss a socket before its row goes.

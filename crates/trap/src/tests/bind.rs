@@ -248,8 +248,8 @@ fn a_wildcard_bind_takes_a_pool_port_on_the_node_and_records_the_service() {
     assert!(!b.listening);
     assert_eq!(r.k.sock(fd).marks, guard::GUARDED | guard::MEMBERS_ONLY);
     assert_eq!(r.changes(), 1, "saved before the app is answered");
-    // getsockname shows what the app asked for, on its own address.
-    assert_eq!(r.shown(fd, false), Some(sa("10.0.0.1:80")));
+    // getsockname shows what the app asked for: the wildcard, at its port.
+    assert_eq!(r.shown(fd, false), Some(sa("0.0.0.0:80")));
 }
 
 #[test]
@@ -258,7 +258,7 @@ fn a_bind_to_port_zero_reports_the_host_port_as_the_service_port() {
     let fd = r.tcp();
     assert_eq!(r.bind(fd, "0.0.0.0:0"), OK);
     assert_eq!(r.table(|t| t.binding(Proto::Tcp, 40000).unwrap().service), "198.18.0.5:40000".parse().unwrap());
-    assert_eq!(r.shown(fd, false), Some(sa("198.18.0.5:40000")));
+    assert_eq!(r.shown(fd, false), Some(sa("0.0.0.0:40000")));
 }
 
 #[test]
@@ -360,17 +360,166 @@ fn a_second_bind_is_einval_as_in_the_kernel() {
 }
 
 #[test]
-fn a_dual_stack_bind_clears_v6only_and_binds_the_mapped_node_address() {
+fn a_dual_stack_bind_binds_the_mapped_node_address() {
     let r = Rig::new();
     let fd = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
-    let i = r.k.state().fds[&fd];
-    r.k.state().socks[i].opts.insert((libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), 1i32.to_ne_bytes().to_vec());
+    assert_eq!(r.bind(fd, "[::]:80"), OK);
+    assert_eq!(r.k.sock(fd).local, Some(sa("[::ffff:10.0.0.1]:40000")));
+    assert_eq!(r.table(|t| t.binding(Proto::Tcp, 40000).unwrap().family), Family::V6);
+    assert_eq!(r.shown(fd, false), Some(sa("[::]:80")));
+}
+
+#[test]
+fn a_v6only_wildcard_bind_stays_in_the_apps_namespace() {
+    let r = Rig::new();
+    let fd = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    set(&r, fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
     assert_eq!(r.bind(fd, "[::]:80"), OK);
     let s = r.k.sock(fd);
-    assert_eq!(s.opts[&(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)], 0i32.to_ne_bytes());
-    assert_eq!(s.local, Some(sa("[::ffff:10.0.0.1]:40000")));
-    assert_eq!(r.table(|t| t.binding(Proto::Tcp, 40000).unwrap().family), Family::V6);
-    assert_eq!(r.shown(fd, false), Some(sa("[::ffff:10.0.0.1]:80")));
+    assert_eq!((s.ns, s.local), (Netns::App, Some(sa("[::]:80"))));
+    assert_eq!(s.opts[&(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)], 1i32.to_ne_bytes(), "still v6-only");
+    assert_eq!(r.table(|t| t.bindings().count()), 0, "no row: IPv4 clients are refused");
+    assert_eq!(r.shown(fd, false), None, "the kernel of its namespace answers");
+    // A v4-mapped address is no v6-only socket's, as the kernel says.
+    let mapped = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    set(&r, mapped, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+    assert_eq!(r.bind(mapped, "[::ffff:10.0.0.1]:81"), fail(libc::EINVAL));
+    // listen() without a bind picks a v6-only automatic port there too.
+    let auto = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    set(&r, auto, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+    assert_eq!(r.listen(auto), OK);
+    let s = r.k.sock(auto);
+    assert_eq!((s.ns, s.listening), (Netns::App, Some(128)));
+    assert_eq!(r.table(|t| t.bindings().count()), 0);
+}
+
+/// Sets the app's socket `fd`'s option to 1, as the app's setsockopt would.
+fn set(r: &Rig, fd: RawFd, level: i32, opt: i32) {
+    let i = r.k.state().fds[&fd];
+    r.k.state().socks[i].opts.insert((level, opt), 1i32.to_ne_bytes().to_vec());
+}
+
+/// An app on 198.18.0.1 (holding at most two ports of the test pool at once).
+fn on_own_address() -> Rig {
+    Rig::with(NewApp { ip: Some("198.18.0.1".parse().unwrap()), ..NewApp::default() })
+}
+
+#[test]
+fn a_port_the_app_holds_is_eaddrinuse() {
+    let r = on_own_address();
+    let first = r.tcp();
+    assert_eq!(r.bind(first, "0.0.0.0:80"), OK);
+    let binds = |r: &Rig| r.k.ops().iter().filter(|o| matches!(o, Op::Bind(..))).count();
+    let before = binds(&r);
+    for (domain, at) in [(libc::AF_INET, "0.0.0.0:80"), (libc::AF_INET, "198.18.0.1:80"), (libc::AF_INET6, "[::]:80")] {
+        let fd = r.socket(domain, libc::SOCK_STREAM);
+        assert_eq!(r.bind(fd, at), fail(libc::EADDRINUSE), "{at}");
+    }
+    assert_eq!(binds(&r), before, "nothing bound");
+    assert_eq!(r.table(|t| t.pool().in_use()), 1);
+    // Another port, and the same port of another app, are free.
+    assert_eq!(r.bind(r.tcp(), "0.0.0.0:81"), OK);
+    let other = r.other(Some("198.18.0.1"), "zone=default");
+    assert_eq!(other.bind(other.tcp(), "0.0.0.0:80"), OK);
+    // UDP: the same rules; a socket of the other protocol is no matter.
+    let r = on_own_address();
+    let (u, v) = (r.udp(), r.udp());
+    assert_eq!(r.bind(r.tcp(), "0.0.0.0:80"), OK);
+    assert_eq!((r.bind(u, "0.0.0.0:80"), r.bind(v, "0.0.0.0:80")), (OK, fail(libc::EADDRINUSE)));
+}
+
+#[test]
+fn so_reuseaddr_on_both_holds_while_neither_listens() {
+    let r = on_own_address();
+    let (a, b) = (r.tcp(), r.tcp());
+    set(&r, a, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    set(&r, b, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    assert_eq!((r.bind(a, "0.0.0.0:90"), r.bind(b, "0.0.0.0:90")), (OK, OK));
+    assert_eq!((r.listen(a), r.listen(b)), (OK, fail(libc::EADDRINUSE)));
+    assert_eq!(r.k.sock(b).listening, None);
+    assert_eq!(r.table(|t| t.services().count()), 1);
+}
+
+#[test]
+fn so_reuseport_on_both_makes_listeners_side_by_side() {
+    let r = on_own_address();
+    let (c, d) = (r.tcp(), r.tcp());
+    set(&r, c, libc::SOL_SOCKET, libc::SO_REUSEPORT);
+    assert_eq!((r.bind(c, "0.0.0.0:91"), r.listen(c)), (OK, OK));
+    assert_eq!(r.bind(d, "0.0.0.0:91"), fail(libc::EADDRINUSE), "on one only");
+    set(&r, d, libc::SOL_SOCKET, libc::SO_REUSEPORT);
+    assert_eq!((r.bind(d, "0.0.0.0:91"), r.listen(d)), (OK, OK));
+    assert_eq!(r.table(|t| t.services().count()), 2);
+}
+
+#[test]
+fn a_socket_the_app_closed_no_longer_holds_its_port() {
+    let r = Rig::new();
+    let first = r.tcp();
+    assert_eq!((r.bind(first, "0.0.0.0:80"), r.listen(first)), (OK, OK));
+    // Closed: its row stays until the sweep, but the port is the app's again.
+    r.k.state().fds.remove(&first);
+    assert_eq!(r.table(|t| t.services().count()), 1);
+    let again = r.tcp();
+    assert_eq!((r.bind(again, "0.0.0.0:80"), r.listen(again)), (OK, OK));
+}
+
+#[test]
+fn binds_in_the_apps_namespace_and_on_the_host_conflict_as_on_one_host() {
+    let r = on_own_address();
+    let v6only = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    set(&r, v6only, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+    assert_eq!(r.bind(v6only, "[::]:8000"), OK);
+    // `::` meets `::` (this one dual-stack), but not 0.0.0.0.
+    let dual = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    assert_eq!(r.bind(dual, "[::]:8000"), fail(libc::EADDRINUSE));
+    assert_eq!(r.bind(r.tcp(), "0.0.0.0:8000"), OK);
+    // A loopback socket meets the wildcard, both ways.
+    assert_eq!(r.bind(r.tcp(), "127.0.0.1:8000"), fail(libc::EADDRINUSE));
+    let lo = r.tcp();
+    assert_eq!(r.bind(lo, "127.0.0.1:8001"), OK);
+    assert_eq!(r.bind(r.tcp(), "0.0.0.0:8001"), fail(libc::EADDRINUSE));
+    // Gone from the app, the loopback socket holds nothing.
+    r.k.state().fds.remove(&lo);
+    assert_eq!(r.bind(r.tcp(), "0.0.0.0:8001"), OK);
+}
+
+#[test]
+fn a_second_listener_beside_a_loopback_one_is_refused_as_the_kernel_would() {
+    let r = on_own_address();
+    let (a, b) = (r.tcp(), r.tcp());
+    set(&r, a, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    set(&r, b, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    assert_eq!((r.bind(a, "0.0.0.0:8002"), r.bind(b, "127.0.0.1:8002")), (OK, OK));
+    assert_eq!((r.listen(a), r.listen(b)), (OK, fail(libc::EADDRINUSE)));
+    let (c, d) = (r.tcp(), r.tcp());
+    set(&r, c, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    set(&r, d, libc::SOL_SOCKET, libc::SO_REUSEADDR);
+    assert_eq!((r.bind(c, "127.0.0.1:8003"), r.bind(d, "0.0.0.0:8003")), (OK, OK));
+    assert_eq!((r.listen(c), r.listen(d)), (OK, fail(libc::EADDRINUSE)));
+}
+
+#[test]
+fn a_wildcard_listener_shows_the_wildcard_and_what_it_accepts_the_virtual_address() {
+    let r = on_own_address();
+    let l = r.tcp();
+    assert_eq!((r.bind(l, "0.0.0.0:80"), r.listen(l)), (OK, OK));
+    assert_eq!(r.shown(l, false), Some(sa("0.0.0.0:80")));
+    // A connection it accepted: the listener's host port, with a peer.
+    let accepted = 30;
+    let i = r.k.give(accepted, libc::AF_INET, libc::SOCK_STREAM, Netns::Host);
+    r.k.state().socks[i].local = Some(host(40000));
+    r.k.state().socks[i].peer = Some(sa("10.0.0.1:33000"));
+    assert_eq!(r.shown(accepted, false), Some(sa("198.18.0.1:80")));
+    // A socket bound to the wildcard that then connects shows its own address.
+    let c = r.tcp();
+    assert_eq!((r.bind(c, "0.0.0.0:5000"), r.connect(c, "192.0.2.1:80")), (OK, OK));
+    assert_eq!(r.shown(c, false), Some(sa("198.18.0.1:5000")));
+    // Bound to the app's own address: that address.
+    let r = on_own_address();
+    let own = r.tcp();
+    assert_eq!(r.bind(own, "198.18.0.1:81"), OK);
+    assert_eq!(r.shown(own, false), Some(sa("198.18.0.1:81")));
 }
 
 #[test]
@@ -464,6 +613,9 @@ fn an_exposed_port_is_bound_as_it_is_once() {
     assert_eq!(r.bind(a, "0.0.0.0:8000"), OK);
     assert_eq!(r.k.sock(a).local, Some(host(9999)));
     let b = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    // A second socket at the port, as a prefork server binds it (SO_REUSEPORT).
+    set(&r, a, libc::SOL_SOCKET, libc::SO_REUSEPORT);
+    set(&r, b, libc::SOL_SOCKET, libc::SO_REUSEPORT);
     assert_eq!(r.bind(b, "[::]:8000"), OK);
     assert_eq!(r.k.sock(b).local, Some(sa("[::ffff:10.0.0.1]:40000")));
     assert_eq!(r.table(|t| t.pool().in_use()), 1, "the exposed port is not the pool's");
@@ -538,7 +690,7 @@ fn a_kernel_driver_apps_sockets_are_the_programs_not_the_guards() {
     let state = |fd| r.k.sock(fd).kernel.map(|b| SockState::decode(&b).unwrap());
     let tcp = r.tcp();
     assert_eq!(r.k.sock(tcp).marks, guard::MEMBERS_ONLY, "not GUARDED: app threads may connect");
-    assert_eq!(state(tcp), Some(SockState { app: r.app.0, peer: None, local: None }));
+    assert_eq!(state(tcp), Some(SockState { app: r.app.0, peer: None, local: None, local_any: false }));
     let udp = r.socket(libc::AF_INET, libc::SOCK_DGRAM);
     assert_eq!(r.k.sock(udp).marks, 0);
     assert!(state(udp).is_some());
@@ -546,11 +698,16 @@ fn a_kernel_driver_apps_sockets_are_the_programs_not_the_guards() {
     let spared = r.tcp();
     assert_eq!(r.k.ops().iter().filter(|o| matches!(o, Op::Socket(..))).count(), 5, "two made at calls, three spares");
     assert_eq!(r.k.sock(spared).marks, guard::MEMBERS_ONLY);
-    assert_eq!(state(spared), Some(SockState { app: r.app.0, peer: None, local: None }));
-    // A bind records what getsockname shows: the service address.
+    assert_eq!(state(spared), Some(SockState { app: r.app.0, peer: None, local: None, local_any: false }));
+    // A bind records what getsockname shows: the service address, and for a wildcard
+    // bind the wildcard while the socket has no peer.
     assert_eq!(r.bind(tcp, "0.0.0.0:80"), OK);
     assert_eq!(r.k.sock(tcp).marks, guard::MEMBERS_ONLY);
-    assert_eq!(state(tcp).unwrap().local, Some("198.18.0.1:80".parse().unwrap()));
+    let bound = state(tcp).unwrap();
+    assert_eq!((bound.local, bound.local_any), (Some("198.18.0.1:80".parse().unwrap()), true));
+    let own = r.tcp();
+    assert_eq!(r.bind(own, "198.18.0.1:81"), OK);
+    assert!(!state(own).unwrap().local_any);
     // Its listen makes the row at the host port, though getsockname shows the service.
     assert_eq!(r.listen(tcp), OK);
     let rows: Vec<(u16, u16)> = r.table(|t| t.services().map(|b| (b.service.port(), b.host.port())).collect());
