@@ -35,10 +35,12 @@ fn two_backends_on_one_address_both_answer_curl() {
 fn nginx_with_its_stock_config_serves_on_both_stacks() {
     let mut h = host(&["curl", "nginx"]);
     h.spawn_app("nginx", &["--ip", "198.18.0.5", "--", "nginx", "-g", "daemon off;"]);
-    h.wait_for_rows("198.18.0.5:80", 2);
+    h.wait_for_rows("198.18.0.5:80", 1);
+    // Its `[::]:80` is v6-only (nginx's default): served in the app's own namespace, as
+    // the app's addresses are IPv4 ones; IPv4 clients (v4-mapped ones too) reach `80`.
     let sockets = h.get("sockets");
     let binds: HashSet<&str> = sockets.iter().map(|s| s["bind_ip"].as_str().unwrap()).collect();
-    assert_eq!(binds, HashSet::from(["0.0.0.0:80", "[::]:80"]));
+    assert_eq!(binds, HashSet::from(["0.0.0.0:80"]));
     for url in ["http://198.18.0.5/", "http://[::ffff:198.18.0.5]/"] {
         let body = h.run_ok(&["--", "curl", "-sf", url]);
         assert!(body.contains("Welcome to nginx"), "{url}: {body}");

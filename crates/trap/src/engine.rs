@@ -743,8 +743,12 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         // Only to look up an egress connection's destination; without it, the row's.
         let local =
             if peer && real.port() == ax_core::EGRESS_PORT { self.k.local_addr(&s).ok().flatten() } else { None };
-        // A socket without a peer may show the wildcard it was bound to.
-        let unconnected = if !peer && self.k.peer_addr(&s)?.is_none() { Some(self.k.inode(&s)?) } else { None };
+        // A socket without a peer (getpeername: ENOTCONN) may show the wildcard it was
+        // bound to.
+        let unconnected = match peer {
+            false if matches!(self.k.peer_addr(&s), Ok(None) | Err(libc::ENOTCONN)) => Some(self.k.inode(&s)?),
+            _ => None,
+        };
         let Some(shown) = self.node.with_table(|t| plan::name(t, self.app, proto, peer, real, local, unconnected))
         else {
             return Ok(Answer::Proceed);
