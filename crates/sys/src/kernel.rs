@@ -69,6 +69,8 @@ pub trait Kernel: Send + Sync + 'static {
     fn note(&self, value: u64);
     /// The caller's descriptor holding the socket with this inode, if any.
     fn socket_fd(&self, tid: i32, inode: u64) -> Option<RawFd>;
+    /// Every socket the caller holds, by inode, at its lowest descriptor.
+    fn socket_fds(&self, tid: i32) -> std::collections::HashMap<u64, RawFd>;
 
     /// The soft limit on open files of thread `tid`'s process: `add_fd` at a number at
     /// or past it fails (EBADF).
@@ -250,6 +252,10 @@ impl Kernel for Linux {
 
     fn socket_fd(&self, tid: i32, inode: u64) -> Option<RawFd> {
         proc::socket_fd(tid, inode)
+    }
+
+    fn socket_fds(&self, tid: i32) -> std::collections::HashMap<u64, RawFd> {
+        proc::socket_fds(tid)
     }
 
     fn fd_limit(&self, tid: i32) -> Result<u64, Errno> {

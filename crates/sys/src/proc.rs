@@ -445,15 +445,23 @@ fn running_state(stat: &str) -> bool {
 /// The descriptor of thread `tid` that holds the socket with inode `inode`, if any
 /// (read from /proc: the lowest such number).
 pub fn socket_fd(tid: i32, inode: u64) -> Option<i32> {
-    let want = format!("socket:[{inode}]");
-    let mut found: Vec<i32> = std::fs::read_dir(format!("/proc/{tid}/fd"))
-        .ok()?
-        .flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    found.sort_unstable();
-    found.first().copied()
+    socket_fds(tid).get(&inode).copied()
+}
+
+/// The sockets thread `tid` holds, by inode, each at its lowest descriptor (read from
+/// /proc in one pass); none when the thread is gone.
+pub fn socket_fds(tid: i32) -> std::collections::HashMap<u64, i32> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{tid}/fd")) else { return found };
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(link) = std::fs::read_link(e.path()) else { continue };
+        let inode = link.to_str().and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok());
+        if let Some(inode) = inode {
+            found.entry(inode).and_modify(|at: &mut i32| *at = (*at).min(fd)).or_insert(fd);
+        }
+    }
+    found
 }
 
 /// Copies `buf.len()` bytes of process `pid`'s memory at `addr` into `buf`, as the

@@ -408,21 +408,29 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let app = self.app;
         let mut bound: Vec<(u64, IpAddr)> = self.node.with_table(|t| {
             t.bindings()
-                .filter(|b| b.app == app && b.proto == proto && b.service.port() == port)
+                .filter(|b| b.app == app && b.proto == proto && b.service.port() == port && b.inode != except)
                 .map(|b| (b.inode, b.requested.ip()))
                 .collect()
         });
         let mut private = self.private.lock().unwrap_or_else(|p| p.into_inner());
+        if bound.is_empty() && !private.contains_key(&(proto, port)) {
+            return Ok(Vec::new());
+        }
+        // One look at the caller's descriptors, however many sockets there are.
+        let fds = self.k.socket_fds(n.pid);
         if let Some(here) = private.get_mut(&(proto, port)) {
-            // Entries of sockets the app closed go now: the list stays as long as the
-            // sockets it holds.
-            here.retain(|p| self.k.socket_fd(n.pid, p.inode).is_some());
-            bound.extend(here.iter().map(|p| (p.inode, p.addr)));
+            // Entries of sockets the app closed go now: the map holds no more than the
+            // sockets the app holds, and a port bound once.
+            here.retain(|p| fds.contains_key(&p.inode));
+            bound.extend(here.iter().filter(|p| p.inode != except).map(|p| (p.inode, p.addr)));
+            if here.is_empty() {
+                private.remove(&(proto, port));
+            }
         }
         drop(private);
         let mut held = Vec::new();
-        for (inode, addr) in bound.into_iter().filter(|(inode, _)| *inode != except) {
-            let Some(fd) = self.k.socket_fd(n.pid, inode) else { continue };
+        for (inode, addr) in bound {
+            let Some(&fd) = fds.get(&inode) else { continue };
             let s = match self.k.get_fd(n.pid, n.id, fd) {
                 Ok(s) => s,
                 Err(libc::EBADF) => continue,

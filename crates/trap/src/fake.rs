@@ -365,6 +365,15 @@ impl Kernel for Fake {
         s.fds.iter().find(|(_, i)| s.socks[**i].inode == inode).map(|(fd, _)| *fd)
     }
 
+    fn socket_fds(&self, _tid: i32) -> HashMap<u64, RawFd> {
+        let s = self.state();
+        let mut found = HashMap::new();
+        for (fd, i) in &s.fds {
+            found.entry(s.socks[*i].inode).or_insert(*fd);
+        }
+        found
+    }
+
     fn fd_limit(&self, _tid: i32) -> Result<u64, Errno> {
         let mut s = self.state();
         s.log.push(Op::FdLimit);
