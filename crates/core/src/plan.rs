@@ -194,13 +194,17 @@ impl Progress {
 /// a datagram socket may connect again at will, as in the kernel). A socket that is
 /// connected or connecting is answered as the kernel would, before any route is
 /// looked up: EISCONN, or the handshake's own outcome ([`Connect::InProgress`]);
-/// nothing about the new address is decided or done.
+/// nothing about the new address is decided or done. A TCP connect to the loopback
+/// reaches the app's own wildcard listener on the host ([`Table::own_rows`]) unless
+/// `listens_privately` (asked only then) says a listener of its namespace takes it,
+/// as a host's more specific listener would.
 pub fn connect(
     table: &mut Table,
     app: AppId,
     kind: Kind,
     addr: SockAddr,
     progress: Option<Progress>,
+    listens_privately: impl FnOnce() -> bool,
 ) -> Result<Connect, Errno> {
     let dest = match addr {
         SockAddr::Inet(a) => a,
@@ -217,7 +221,10 @@ pub fn connect(
         Some(Progress::Idle) | None => {}
     }
     Ok(match table.route_connect(app, proto, dest) {
-        Route::Private => Connect::Private(dest),
+        Route::Private => match table.own_rows(app, proto, dest) {
+            own if own.is_empty() || listens_privately() => Connect::Private(dest),
+            own => Connect::Targets { targets: own.into_iter().map(SocketAddr::V4).collect(), source: None },
+        },
         Route::Refused => Connect::Refused,
         Route::Direct(a) => Connect::Targets { targets: vec![a], source: None },
         Route::Egress { gateway, dest } => Connect::Egress { gateway, dest },
@@ -516,17 +523,52 @@ mod tests {
         let to = |s: &str| SockAddr::Inet(s.parse().unwrap());
         // Loopback would replace the socket, an unserved virtual address refuse: the
         // kernel says EISCONN first.
-        assert_eq!(connect(&mut t, app, tcp, to("127.0.0.1:80"), Some(Progress::Busy)), Err(libc::EISCONN));
-        assert_eq!(connect(&mut t, app, tcp, to("198.18.0.9:80"), Some(Progress::Busy)), Err(libc::EISCONN));
-        assert_eq!(connect(&mut t, app, tcp, to("192.0.2.1:80"), Some(Progress::Connecting)), Ok(Connect::InProgress));
+        assert_eq!(connect(&mut t, app, tcp, to("127.0.0.1:80"), Some(Progress::Busy), || false), Err(libc::EISCONN));
+        assert_eq!(connect(&mut t, app, tcp, to("198.18.0.9:80"), Some(Progress::Busy), || false), Err(libc::EISCONN));
         assert_eq!(
-            connect(&mut t, app, tcp, to("127.0.0.1:80"), Some(Progress::Idle)),
+            connect(&mut t, app, tcp, to("192.0.2.1:80"), Some(Progress::Connecting), || false),
+            Ok(Connect::InProgress)
+        );
+        assert_eq!(
+            connect(&mut t, app, tcp, to("127.0.0.1:80"), Some(Progress::Idle), || false),
             Ok(Connect::Private("127.0.0.1:80".parse().unwrap()))
         );
         // AF_UNSPEC dissolves whatever there is.
-        assert_eq!(connect(&mut t, app, tcp, SockAddr::Unspec, Some(Progress::Busy)), Ok(Connect::Disconnect));
+        assert_eq!(
+            connect(&mut t, app, tcp, SockAddr::Unspec, Some(Progress::Busy), || false),
+            Ok(Connect::Disconnect)
+        );
         // A datagram socket connects again at will.
         let udp = Kind::Host(Family::V4, Proto::Udp);
-        assert!(matches!(connect(&mut t, app, udp, to("192.0.2.1:53"), None), Ok(Connect::Targets { .. })));
+        assert!(matches!(connect(&mut t, app, udp, to("192.0.2.1:53"), None, || false), Ok(Connect::Targets { .. })));
+    }
+
+    #[test]
+    fn a_loopback_connect_reaches_the_apps_own_wildcard_listener_unless_a_private_one_takes_it() {
+        let mut t = crate::table::testing::table();
+        let app = crate::table::testing::app(&mut t, Some("198.18.0.1"), "zone=default");
+        let port = crate::table::testing::serve(&mut t, app, "0.0.0.0:8001", 1);
+        let tcp = Kind::Host(Family::V4, Proto::Tcp);
+        let to = |s: &str| SockAddr::Inet(s.parse().unwrap());
+        let own = Connect::Targets { targets: vec![SocketAddr::from(([10, 0, 0, 1], port))], source: None };
+        assert_eq!(connect(&mut t, app, tcp, to("127.0.0.1:8001"), Some(Progress::Idle), || false), Ok(own));
+        let lo = "127.0.0.1:8001".parse().unwrap();
+        assert_eq!(
+            connect(&mut t, app, tcp, to("127.0.0.1:8001"), Some(Progress::Idle), || true),
+            Ok(Connect::Private(lo))
+        );
+        // No listener of its own at the port: its namespace, which is asked nothing.
+        let other = "127.0.0.1:8002".parse().unwrap();
+        let asked = |_| panic!("asked for nothing");
+        assert_eq!(
+            connect(&mut t, app, tcp, to("127.0.0.1:8002"), Some(Progress::Idle), || asked(())),
+            Ok(Connect::Private(other))
+        );
+        // Another app's loopback is its own.
+        let b = crate::table::testing::app(&mut t, Some("198.18.0.2"), "zone=default");
+        assert_eq!(
+            connect(&mut t, b, tcp, to("127.0.0.1:8001"), Some(Progress::Idle), || false),
+            Ok(Connect::Private(lo))
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! without one is closed), makes the connection the user driver would have made, and
 //! moves the bytes with the relay's pump:
 //!
-//! - LOOPBACK: to the app's own loopback listener, inside the app's namespace;
+//! - LOOPBACK: to the app's own loopback listener, inside the app's namespace, else
+//!   to a wildcard listener of its own on the host (`Table::own_rows`);
 //! - EGRESS: through an egress gateway, with the gateway's handshake (or directly,
 //!   should the cluster have lost its gateways since).
 //!
@@ -120,7 +121,8 @@ fn serve(conn: TcpStream, daemon: &Daemon, apps: &PerApp) -> io::Result<()> {
     Ok(())
 }
 
-/// A connection to the app's own listener at the port it asked for, in its namespace.
+/// A connection to the app's own listener at the port it asked for: in its namespace,
+/// else its wildcard listener on the host.
 fn loopback(daemon: &Daemon, entry: &BrokerEntry) -> io::Result<TcpStream> {
     let app = AppId(entry.app);
     let netns = daemon.app_netns(app).ok_or_else(|| io::Error::other(format!("app {app} is not served here")))?;
@@ -130,16 +132,26 @@ fn loopback(daemon: &Daemon, entry: &BrokerEntry) -> io::Result<TcpStream> {
     // for a listener of IPv6 only.
     let asked = if entry.dest.ip().is_unspecified() { Ipv4Addr::LOCALHOST } else { *entry.dest.ip() };
     let tries = [SocketAddr::from((asked, port)), SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))];
-    ns::with_netns(&netns, &home, || {
-        let mut last = io::Error::from_raw_os_error(libc::ECONNREFUSED);
-        for to in tries {
-            match TcpStream::connect_timeout(&to, DIAL_TIMEOUT) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = e,
-            }
+    let private = ns::with_netns(&netns, &home, || first_answering(tries))?;
+    // None there: a wildcard listener of the app's own on the host, as a host's
+    // wildcard listener takes loopback connects.
+    private.or_else(|_| {
+        let own = ax_trap::Node::with_table(daemon, |t| t.own_rows(app, Proto::Tcp, SocketAddr::V4(entry.dest)));
+        first_answering(own.into_iter().map(SocketAddr::V4))
+    })
+}
+
+/// A connection to the first of `tries` that answers, or the last one's error
+/// (ECONNREFUSED for none).
+fn first_answering(tries: impl IntoIterator<Item = SocketAddr>) -> io::Result<TcpStream> {
+    let mut last = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+    for to in tries {
+        match TcpStream::connect_timeout(&to, DIAL_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
         }
-        Err(last)
-    })?
+    }
+    Err(last)
 }
 
 /// A connection out to the app's destination, decided again as the user driver

@@ -603,6 +603,33 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         Ok(Answer::Value(0))
     }
 
+    /// Whether a TCP listener in the app's namespace takes a connect to the loopback
+    /// `dest` (127.0.0.1 for `0.0.0.0`; `::1` or a v6-only `::` for `::1` and `::`), as
+    /// it would on a host before any wildcard listener. Reads the app's descriptors
+    /// only where the daemon bound a socket at that port there.
+    fn listens_privately(&self, n: &Notification, dest: SocketAddr) -> bool {
+        let dest = addr::unmap(dest);
+        let takes = |at: IpAddr| match dest.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => at == IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(ip) => at == IpAddr::V4(ip),
+            IpAddr::V6(_) => at.is_ipv6() && (at.is_loopback() || at.is_unspecified()),
+        };
+        let candidates: Vec<u64> = {
+            let private = self.private.lock().unwrap_or_else(|p| p.into_inner());
+            let here = private.get(&(Proto::Tcp, dest.port())).into_iter().flatten();
+            here.filter(|p| takes(p.addr)).map(|p| p.inode).collect()
+        };
+        if candidates.is_empty() {
+            return false;
+        }
+        let fds = self.k.socket_fds(n.pid);
+        candidates.iter().filter_map(|inode| fds.get(inode)).any(|fd| {
+            self.k
+                .get_fd(n.pid, n.id, *fd)
+                .is_ok_and(|s| self.k.get_int(&s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).is_ok_and(|on| on != 0))
+        })
+    }
+
     /// For a socket the daemon bound in the app's namespace: its protocol and the
     /// address it was bound at.
     fn bound_here(&self, s: &K::Fd) -> Result<Option<(Proto, SocketAddr)>, Errno> {
@@ -622,8 +649,12 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             Kind::Host(_, Proto::Tcp) => Some(self.progress(&s)?),
             _ => None,
         };
+        let listens_privately = || match addr {
+            SockAddr::Inet(dest) => self.listens_privately(n, dest),
+            _ => false,
+        };
         let (plan, service) = self.node.with_table(|t| {
-            let plan = plan::connect(t, self.app, kind, addr, progress);
+            let plan = plan::connect(t, self.app, kind, addr, progress, listens_privately);
             let service = match (&plan, kind, addr) {
                 (Ok(Connect::Refused | Connect::Targets { .. }), Kind::Host(_, proto), SockAddr::Inet(dest)) => {
                     t.service_of_connect(proto, dest).map(|s| (proto, s))

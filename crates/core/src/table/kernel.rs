@@ -88,10 +88,15 @@ impl Table {
         kernel_apps.filter_map(|a| Some((a.id.0, AppEntry { ip: a.ip, class: *class_of.get(&a.labels)? }))).collect()
     }
 
-    /// The private listeners of the apps in `apps`.
+    /// The loopback ports of the apps in `apps` that the broker carries on: where they
+    /// listen privately, and where a wildcard listener of theirs on the host takes
+    /// loopback connects ([`Table::own_rows`]).
     pub(super) fn kernel_private(&self, apps: &BTreeMap<u32, AppEntry>) -> BTreeSet<PrivateKey> {
         let private = self.private.iter().filter(|p| p.proto == Proto::Tcp && apps.contains_key(&p.app.0));
-        private.map(|p| PrivateKey { app: p.app.0, port: p.port, proto: p.proto }).collect()
+        let private = private.map(|p| PrivateKey { app: p.app.0, port: p.port, proto: p.proto });
+        let own =
+            self.services.rows().filter(|b| b.proto == Proto::Tcp && b.binds_wildcard() && apps.contains_key(&b.app.0));
+        private.chain(own.map(|b| PrivateKey { app: b.app.0, port: b.service.port(), proto: Proto::Tcp })).collect()
     }
 
     /// Brings the every-port entry of `ip` over `proto` in `view` to what the table
@@ -384,6 +389,15 @@ mod tests {
         assert_eq!(m.lookup(a.0, Proto::Tcp, "127.0.0.1:6380".parse().unwrap()), Lookup::Refuse);
         // No broker for datagrams: a UDP connect to loopback is refused.
         assert_eq!(m.lookup(a.0, Proto::Udp, "127.0.0.1:5353".parse().unwrap()), Lookup::Refuse);
+        // A wildcard listener of its own on the host takes its loopback connects too
+        // (the broker tries its namespace first); one on its own address does not.
+        let p = serve(&mut t, a, "0.0.0.0:8001", 1);
+        serve(&mut t, a, "198.18.0.1:8002", 2);
+        let m = maps(&mut t);
+        assert_eq!(m.lookup(a.0, Proto::Tcp, "127.0.0.1:8001".parse().unwrap()), Lookup::Broker(BrokerKind::Loopback));
+        assert_eq!(m.lookup(b.0, Proto::Tcp, "127.0.0.1:8001".parse().unwrap()), Lookup::Refuse);
+        assert_eq!(m.lookup(a.0, Proto::Tcp, "127.0.0.1:8002".parse().unwrap()), Lookup::Refuse);
+        assert_eq!(t.own_rows(a, Proto::Tcp, "127.0.0.1:8001".parse().unwrap()), [SocketAddrV4::new(NODE, p)]);
         t.remove_app(a);
         assert!(maps(&mut t).private.is_empty());
     }
@@ -555,7 +569,8 @@ mod tests {
                     for proto in [Proto::Tcp, Proto::Udp] {
                         let user = t.route_connect(c, proto, dest);
                         let kernel = m.lookup(c.0, proto, dest);
-                        let private = t.private_binds().any(|p| p.app == c && p.proto == proto && p.port == dest.port());
+                        let private = t.private_binds().any(|p| p.app == c && p.proto == proto && p.port == dest.port())
+                            || (proto == Proto::Tcp && !t.own_rows(c, proto, SocketAddr::new([127, 0, 0, 1].into(), dest.port())).is_empty());
                         match (&user, kernel) {
                             (Route::Private, Lookup::Broker(BrokerKind::Loopback)) if proto == Proto::Tcp && private => {}
                             (Route::Private, Lookup::Refuse) if proto == Proto::Udp || !private => {}

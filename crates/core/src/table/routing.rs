@@ -275,6 +275,25 @@ impl Table {
         Some(SocketAddr::V4(SocketAddrV4::new(me.ip, v4.port())))
     }
 
+    /// Where a connect by `app` to the loopback (`dest`: 127.0.0.0/8, `::1`, or the
+    /// unspecified address, which Linux takes as loopback) reaches a listener of its own
+    /// on the host, as on a host its wildcard listeners take loopback connections: the
+    /// host addresses of its TCP rows at that port bound to a wildcard that takes
+    /// `dest`'s family (`::` takes both, `0.0.0.0` and `::ffff:0.0.0.0` IPv4 only). No
+    /// one else's rows: another app's loopback is its own.
+    pub fn own_rows(&self, app: AppId, proto: Proto, dest: SocketAddr) -> Vec<SocketAddrV4> {
+        let ipv4 = addr::unmap(dest).is_ipv4();
+        let takes = |requested: SocketAddr| match requested {
+            SocketAddr::V6(v6) if v6.ip().is_unspecified() => true,
+            other => ipv4 && addr::unmap(other).ip().is_unspecified(),
+        };
+        self.services
+            .rows()
+            .filter(|b| b.app == app && b.proto == proto && b.service.port() == dest.port() && takes(b.requested))
+            .map(|b| b.host)
+            .collect()
+    }
+
     /// What getpeername shows for a peer whose real address is `real`: a service's
     /// virtual address in place of its host address.
     pub fn peer_name(&self, proto: Proto, real: SocketAddr) -> Option<SocketAddr> {
@@ -553,6 +572,30 @@ mod tests {
         assert_eq!(t.local_name(c, Proto::Tcp, sa("10.0.0.1:33000"), None), Some(sa("198.18.0.9:33000")));
         assert_eq!(t.local_name(c, Proto::Tcp, sa("10.9.9.9:33000"), None), None);
         assert_eq!(t.peer_name(Proto::Tcp, sa("10.0.0.1:1")), None);
+    }
+
+    #[test]
+    fn an_app_reaches_its_own_wildcard_listeners_over_loopback_and_no_one_elses() {
+        let mut t = table();
+        let a = app(&mut t, Some("198.18.0.1"), "zone=default");
+        let b = app(&mut t, Some("198.18.0.2"), "zone=default");
+        let any4 = serve(&mut t, a, "0.0.0.0:8001", 1);
+        let any6 = serve(&mut t, a, "[::]:8002", 2);
+        serve(&mut t, a, "198.18.0.1:8003", 3);
+        let host = |p| SocketAddrV4::new(NODE, p);
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("127.0.0.1:8001")), [host(any4)]);
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("0.0.0.0:8001")), [host(any4)]);
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("[::ffff:127.0.0.1]:8001")), [host(any4)]);
+        // ::1 reaches `::`, not 0.0.0.0 (IPv4 only), as on a host.
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("[::1]:8001")), []);
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("[::1]:8002")), [host(any6)]);
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("127.0.0.1:8002")), [host(any6)]);
+        // A listener on the app's own address takes no loopback connection.
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("127.0.0.1:8003")), []);
+        // Another app, another protocol, another port: nothing.
+        assert_eq!(t.own_rows(b, Proto::Tcp, sa("127.0.0.1:8001")), []);
+        assert_eq!(t.own_rows(a, Proto::Udp, sa("127.0.0.1:8001")), []);
+        assert_eq!(t.own_rows(a, Proto::Tcp, sa("127.0.0.1:8004")), []);
     }
 
     #[test]

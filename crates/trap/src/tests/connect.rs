@@ -54,6 +54,49 @@ fn loopback_connects_stay_in_the_apps_namespace() {
 }
 
 #[test]
+fn a_loopback_connect_reaches_the_apps_own_wildcard_listener() {
+    let r = Rig::with(NewApp { ip: Some("198.18.0.1".parse().unwrap()), ..NewApp::default() });
+    let host = r.serve("0.0.0.0:8001");
+    for dest in ["127.0.0.1:8001", "0.0.0.0:8001"] {
+        let fd = r.tcp();
+        assert_eq!(r.connect(fd, dest), OK);
+        let s = r.k.sock(fd);
+        assert_eq!((s.ns, s.peer), (Netns::Host, Some(SocketAddr::V4(host))), "{dest}");
+    }
+    // A 0.0.0.0 listener takes no IPv6 connection: ::1 stays in the namespace.
+    let v6 = r.socket(libc::AF_INET6, libc::SOCK_STREAM);
+    assert_eq!(r.connect(v6, "[::1]:8001"), OK);
+    assert_eq!(r.k.sock(v6).ns, Netns::App);
+    // Another app's loopback is its own: its namespace, never this app's row.
+    let other = r.other(Some("198.18.0.2"), "zone=default");
+    let fd = other.tcp();
+    assert_eq!(other.connect(fd, "127.0.0.1:8001"), OK);
+    assert_eq!(other.k.sock(fd).ns, Netns::App);
+}
+
+#[test]
+fn a_listener_in_the_apps_namespace_takes_loopback_connects_before_a_wildcard_one() {
+    let r = Rig::with(NewApp { ip: Some("198.18.0.1".parse().unwrap()), ..NewApp::default() });
+    let reuse = |fd: RawFd| {
+        let i = r.k.state().fds[&fd];
+        r.k.state().socks[i].opts.insert((libc::SOL_SOCKET, libc::SO_REUSEPORT), 1i32.to_ne_bytes().to_vec());
+    };
+    let (wild, lo) = (r.tcp(), r.tcp());
+    reuse(wild);
+    reuse(lo);
+    assert_eq!((r.bind(wild, "0.0.0.0:8001"), r.listen(wild)), (OK, OK));
+    assert_eq!(r.bind(lo, "127.0.0.1:8001"), OK);
+    // Bound, not listening: the wildcard one takes it.
+    let fd = r.tcp();
+    assert_eq!(r.connect(fd, "127.0.0.1:8001"), OK);
+    assert_eq!(r.k.sock(fd).ns, Netns::Host);
+    assert_eq!(r.listen(lo), OK);
+    let fd = r.tcp();
+    assert_eq!(r.connect(fd, "127.0.0.1:8001"), OK);
+    assert_eq!(r.k.sock(fd).ns, Netns::App);
+}
+
+#[test]
 fn a_refusing_backend_is_skipped_after_a_reset() {
     let r = Rig::new();
     let a = r.other(Some("198.18.0.1"), "zone=default").serve("0.0.0.0:80");
