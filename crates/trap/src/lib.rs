@@ -12,6 +12,7 @@ mod egress;
 mod engine;
 pub mod fds;
 pub mod guard;
+mod held;
 mod helper;
 mod hooks;
 pub mod kdriver;

@@ -463,15 +463,19 @@ mod tests {
         t.kernel_sync(broker);
         let p = serve(&mut t, b, "0.0.0.0:81", 2);
         let (changes, _) = t.kernel_sync(broker);
+        // Its route entries, and (a wildcard listener) its loopback port for the broker.
+        let own = crate::kmap::PrivateKey { app: b.0, port: 81, proto: Proto::Tcp };
         let keys: BTreeSet<(Ipv4Addr, u16)> = changes
             .iter()
-            .map(|c| match c {
-                Change::PutRoute(k, _) | Change::DeleteRoute(k) => (k.ip, k.port),
+            .filter_map(|c| match c {
+                Change::PutRoute(k, _) | Change::DeleteRoute(k) => Some((k.ip, k.port)),
+                Change::PutPrivate(k) if *k == own => None,
                 other => panic!("{other:?}"),
             })
             .collect();
         let want = BTreeSet::from([("198.18.0.2".parse().unwrap(), 81), (NODE, p)]);
         assert_eq!(keys, want);
+        assert!(changes.contains(&Change::PutPrivate(own)));
         // Nothing changed, nothing written.
         assert_eq!(t.kernel_sync(broker).0, vec![]);
         // A third label set: its class needs entries wherever its answer is its own.
