@@ -21,6 +21,9 @@ pub const API_SOCKET: &str = "/var/run/appswitch/ax.sock";
 pub const REST_PORT: u16 = 6664;
 /// The run channel: `ax run` registers here and hands over its listener.
 pub const RUN_SOCKET: &str = "/var/run/appswitch/run.sock";
+/// The daemon's DNS server as a resolv.conf: what a container mounts over its own where
+/// `ax run` cannot (no CAP_SYS_ADMIN).
+pub const CONTAINER_RESOLV_CONF: &str = "/var/run/appswitch/resolv.conf";
 
 pub mod wire;
 
@@ -175,7 +178,8 @@ pub struct Register {
     /// Give the app a resolv.conf pointing at the daemon's DNS server.
     pub dns_override: bool,
     pub expose: Vec<Expose>,
-    /// The `ax run` process (the app's parent), for the log.
+    /// The `ax run` process (the app's parent) as it numbers itself; its PID namespace may
+    /// be a container's, so the daemon takes the kernel's number (SO_PEERCRED) instead.
     pub pid: i32,
     /// The app may live in the host's network namespace and make its own TCP sockets
     /// there (it runs as a user other than root, in no namespace of its own choosing,

@@ -114,7 +114,8 @@ fn session(
     let req = match recv(conn)? {
         Some((RunRequest::Register(req), _)) => req,
         Some((RunRequest::Reattach { app_id, pid }, Some(fd))) => {
-            return reattach(conn, daemon, guard, app, &app_id, Pids { app: pid, run: cred.pid }, fd)
+            let pids = Pids { app: app_process(cred.pid, pid)?, run: cred.pid };
+            return reattach(conn, daemon, guard, app, &app_id, pids, fd);
         }
         _ => return Err(refused("expected a register or reattach request first")),
     };
@@ -168,6 +169,7 @@ fn session(
         // ax run gave up before starting the app (a failed exec setup, say).
         None => return Ok(()),
     };
+    let pid = app_process(cred.pid, pid)?;
     if host_sockets {
         enter_cgroup(daemon, registered.id, pid)?;
     }
@@ -180,6 +182,14 @@ fn enter_cgroup(daemon: &Daemon, id: AppId, pid: i32) -> Result<(), SessionError
     let k = daemon.kernel().ok_or_else(|| refused("the kernel driver is gone"))?;
     let cgroup = k.driver.app_cgroup(&id.to_string(), id.0).map_err(|e| refused(e.to_string()))?;
     cgroup.enter(pid).map_err(io(format!("cannot move app {id} (pid {pid}) into its cgroup")))
+}
+
+/// The app's first process as this daemon numbers it: `ax run`'s child, which `ax run`
+/// (`run`) numbers `nspid` in its own PID namespace (a container's, say).
+fn app_process(run: i32, nspid: i32) -> Result<i32, SessionError> {
+    ax_sys::ns::child_of(run, nspid)
+        .map_err(io("cannot look for the app's process"))?
+        .ok_or_else(|| refused(format!("process {nspid} (as ax run numbers it) is not a child of ax run")))
 }
 
 /// The processes of an app's session: its first (`app`) and `ax run` (`run`, by the
@@ -262,12 +272,15 @@ fn serve_app(
     // The app's filter is the one its first daemon chose: with the guard's rules, or
     // trapping what the guard would refuse (a reattach checked that the guard is here).
     let socket_guard = if app_guard { SocketGuard::Installed } else { SocketGuard::Absent };
-    // `--new-netns=false` shares ours; a host-placement app lives in the host's.
-    let in_host_netns = host_sockets || same_netns(pid);
+    // `--new-netns=false` shares ours; a host-placement app lives in the host's; an app
+    // that shares ax run's (a container's, where ax run may not make one) may route out
+    // of it as one in the host's would.
+    let shares = same_netns(pid, "self") || same_netns(pid, &pids.run.to_string());
     let engine = Engine::new(id, Arc::new(kernel), Arc::new(daemon.clone()))
         .with_driver(driver)
         .with_guard(socket_guard)
-        .in_host_netns(in_host_netns)
+        .in_host_netns(host_sockets || shares)
+        .shared_netns(shares && !host_sockets)
         .with_stats(Arc::clone(daemon.stats()));
     for (n, note) in held {
         engine.resume(&n, note);
@@ -280,11 +293,11 @@ fn serve_app(
     Ok(())
 }
 
-/// Whether process `pid` lives in this daemon's network namespace (when unknown: yes,
-/// the stricter answer).
-fn same_netns(pid: i32) -> bool {
+/// Whether process `pid` lives in the network namespace of process `other` (a pid, or
+/// `self`: this daemon); when unknown: yes, the stricter answer.
+fn same_netns(pid: i32, other: &str) -> bool {
     use ax_sys::ns::identity;
-    match (identity(&format!("/proc/{pid}/ns/net")), identity("/proc/self/ns/net")) {
+    match (identity(&format!("/proc/{pid}/ns/net")), identity(&format!("/proc/{other}/ns/net"))) {
         (Ok(theirs), Ok(ours)) => theirs == ours,
         _ => true,
     }
@@ -347,7 +360,9 @@ fn validate(
         name: req.name.clone(),
         ip: req.ip.map(|ip| ip.get()),
         labels: req.labels.clone(),
-        pid: if req.pid > 0 { req.pid } else { peer_pid },
+        // The kernel's number for ax run, in our PID namespace (ax run's own may be a
+        // container's).
+        pid: peer_pid,
         expose: req.expose.clone(),
         // How the app is served is the caller's to say.
         ..NewApp::default()

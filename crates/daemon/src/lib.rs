@@ -483,6 +483,9 @@ pub async fn serve(
         channel::spawn(run, daemon.clone(), guard).map_err(io("cannot start the run channel"))?;
     }
     if let Some(dns) = listeners.dns {
+        let (node, domain) = (daemon.read(|s| s.table.node().ip), daemon.dns_domain().unwrap_or_default().to_owned());
+        names::write_node_resolv_conf(daemon.run_dir(), node, &domain)
+            .map_err(io(format!("cannot write {}", daemon.run_dir().join("resolv.conf").display())))?;
         names::spawn(dns, daemon.clone()).map_err(io("cannot serve DNS"))?;
     }
     if let Some(egress) = listeners.egress {

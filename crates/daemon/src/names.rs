@@ -92,9 +92,22 @@ fn resolv_conf_path(run_dir: &Path, app: AppId) -> PathBuf {
 pub fn write_resolv_conf(run_dir: &Path, app: AppId, node: Ipv4Addr, domain: &str) -> std::io::Result<String> {
     let path = resolv_conf_path(run_dir, app);
     std::fs::create_dir_all(path.parent().expect("a parent"))?;
-    let text = format!("# written by ax for app {app}\nnameserver {node}\nsearch {domain}\noptions ndots:1\n");
-    std::fs::write(&path, text)?;
+    std::fs::write(&path, resolv_conf(&format!("app {app}"), node, domain))?;
     Ok(path.to_string_lossy().into_owned())
+}
+
+/// Writes `resolv.conf` in the run directory, the same for every app: a container whose
+/// `ax run` may not mount an app's own over /etc/resolv.conf (no CAP_SYS_ADMIN) mounts
+/// this one there (README: Containers and Kubernetes). Written to a temporary file and
+/// renamed, so a container never reads half of it.
+pub fn write_node_resolv_conf(run_dir: &Path, node: Ipv4Addr, domain: &str) -> std::io::Result<()> {
+    let (path, tmp) = (run_dir.join("resolv.conf"), run_dir.join("resolv.conf.tmp"));
+    std::fs::write(&tmp, resolv_conf("containers on this node", node, domain))?;
+    std::fs::rename(tmp, path)
+}
+
+fn resolv_conf(whom: &str, node: Ipv4Addr, domain: &str) -> String {
+    format!("# written by ax for {whom}\nnameserver {node}\nsearch {domain}\noptions ndots:1\n")
 }
 
 pub fn remove_resolv_conf(run_dir: &Path, app: AppId) {

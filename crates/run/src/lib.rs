@@ -11,9 +11,15 @@
 //! abstract-socket scope; the parent takes the new network namespace instead, as the
 //! app's own, where the daemon puts the app's loopback sockets.
 //!
+//! Where the kernel refuses a namespace with EPERM (a container without CAP_SYS_ADMIN,
+//! a Kubernetes pod's default), the app uses this one as its own, as with
+//! `--new-netns=false`, and `ax run` says so on stderr. The daemon sees the app share
+//! `ax run`'s namespace and rules it as it rules a `--new-netns=false` app.
+//!
 //! The launcher stays single-threaded so that the fork is sound.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -80,6 +86,10 @@ pub enum RunError {
     Scope(io::Error),
     #[error("cannot mount the app's resolv.conf over /etc/resolv.conf: {0}")]
     ResolvConf(io::Error),
+    #[error("--interface needs the app's own network namespace, which the kernel refused here: {0}")]
+    InterfaceWithoutNetns(io::Error),
+    #[error("cannot return the app to ax run's network namespace: {0}")]
+    ReturnHome(io::Error),
     #[error("cannot install the seccomp filter: {0}")]
     Filter(io::Error),
     #[error("cannot tell ax run where the seccomp listener is: {0}")]
@@ -138,6 +148,9 @@ struct Setup<'a> {
     driver: Driver,
     guard: policy::SocketGuard,
     placement: policy::Placement,
+    /// The caller's network namespace, where ax run took a new one for itself (the
+    /// host-placement app's own): the app starts back there.
+    home: Option<File>,
 }
 
 /// Signals the launcher passes on to the app; SIGCHLD tells it the app ended.
@@ -173,6 +186,9 @@ pub fn run(opts: Options) -> Result<i32> {
         },
     )
     .map_err(RunError::Unreachable)?;
+    // The own namespace of an app the daemon may place in the host's is ax run's: made
+    // now, so that where the kernel refuses it, the app is not offered for placement.
+    let home = if may_live_in_the_host_namespace(&opts) { keep_own_netns()? } else { None };
     let register = RunRequest::Register(Register {
         ip: opts.ip,
         name: opts.name.clone(),
@@ -180,7 +196,7 @@ pub fn run(opts: Options) -> Result<i32> {
         dns_override: opts.dns_override,
         expose: opts.expose.clone(),
         pid: proc::pid(),
-        host_sockets: may_live_in_the_host_namespace(&opts),
+        host_sockets: home.is_some(),
         ip_overlap_ok: opts.ip_overlap_ok,
     });
     wire::send(daemon.as_fd(), &register, None).map_err(RunError::Send)?;
@@ -188,7 +204,7 @@ pub fn run(opts: Options) -> Result<i32> {
         RunReply::Registered { app_id, ip, resolv_conf, driver, socket_guard, host_sockets } => {
             let guard = if socket_guard { policy::SocketGuard::Installed } else { policy::SocketGuard::Absent };
             let placement = if host_sockets { policy::Placement::Host } else { policy::Placement::OwnNetns };
-            Setup { opts: &opts, app_id, ip, resolv_conf, driver, guard, placement }
+            Setup { opts: &opts, app_id, ip, resolv_conf, driver, guard, placement, home }
         }
         other => return Err(RunError::Unexpected(Box::new(other))),
     };
@@ -223,6 +239,78 @@ fn may_live_in_the_host_namespace(opts: &Options) -> bool {
         && ax_sys::landlock::can_scope()
 }
 
+/// Moves ax run into a new network namespace with `lo` up; returns the one it left, or
+/// None where the kernel refused (EPERM: no CAP_SYS_ADMIN, as in a container).
+fn keep_own_netns() -> Result<Option<File>> {
+    let home = ns::current_netns().map_err(RunError::OwnNetns)?;
+    match ns::unshare(false, true) {
+        Ok(()) => {
+            ns::loopback_up().map_err(RunError::Loopback)?;
+            Ok(Some(home))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+        Err(e) => Err(RunError::OwnNetns(e)),
+    }
+}
+
+/// The namespaces the child could make: the kernel's EPERM (no CAP_SYS_ADMIN, as in a
+/// container) leaves the app in ours, as `--new-netns=false` does; any other failure
+/// is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Made {
+    mounts: bool,
+    netns: bool,
+}
+
+fn make_namespaces(netns: bool, unshare: impl Fn(bool, bool) -> io::Result<()>) -> Result<(Made, Option<io::Error>)> {
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::EPERM);
+    match unshare(true, netns) {
+        Ok(()) => return Ok((Made { mounts: true, netns }, None)),
+        Err(e) if !refused(&e) => return Err(RunError::Namespaces(e)),
+        Err(e) if !netns => return Ok((Made { mounts: false, netns: false }, Some(e))),
+        Err(_) => {}
+    }
+    // Without the network namespace, a mount namespace may still be allowed.
+    match unshare(true, false) {
+        Ok(()) => Ok((Made { mounts: true, netns: false }, Some(io::Error::from_raw_os_error(libc::EPERM)))),
+        Err(e) if refused(&e) => Ok((Made { mounts: false, netns: false }, Some(e))),
+        Err(e) => Err(RunError::Namespaces(e)),
+    }
+}
+
+/// What ax run says, once, when the app stays in this namespace: None when nothing the
+/// user asked for was refused.
+fn shared_notice(wanted: Made, made: Made, resolv_conf: Option<&str>, why: &io::Error) -> Option<String> {
+    let netns = wanted.netns && !made.netns;
+    // A container that mounted the daemon's resolv.conf over its own lost nothing.
+    let asks_the_daemon = |path: &str| {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        first_nameserver(&read("/etc/resolv.conf")).is_some_and(|ns| first_nameserver(&read(path)) == Some(ns))
+    };
+    let resolv = resolv_conf.filter(|path| !made.mounts && !asks_the_daemon(path));
+    let mut say = match (netns, resolv) {
+        (false, None) => return None,
+        (true, _) => format!(
+            "ax: cannot make the app a network namespace of its own ({why}; a container without CAP_SYS_ADMIN): \
+             it uses this one as its own, as with --new-netns=false"
+        ),
+        (false, Some(_)) => format!("ax: cannot make the app a mount namespace of its own ({why})"),
+    };
+    if let Some(path) = resolv {
+        say.push_str(&format!(
+            "; its /etc/resolv.conf stays this one's: app names resolve where it names the ax daemon's DNS \
+             (mount {path} or {} over it)",
+            ax_api::CONTAINER_RESOLV_CONF
+        ));
+    }
+    Some(say)
+}
+
+/// The first server a resolv.conf names: the one a resolver asks first.
+fn first_nameserver(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.trim().strip_prefix("nameserver")?.split_whitespace().next())
+}
+
 fn answer(daemon: &UnixStream) -> Result<RunReply> {
     match wire::recv::<RunReply>(daemon.as_fd()).map_err(RunError::Receive)? {
         Some((RunReply::Error { error }, _)) => Err(RunError::Refused(error)),
@@ -239,18 +327,11 @@ fn parent(pid: i32, child: UnixStream, daemon: UnixStream, signals: &[i32], setu
         // The child failed to set up and said why on stderr; pass its status on.
         return wait_for(pid, signals);
     }
-    // An app in the host's namespace keeps its own here, in ax run: the daemon finds it
-    // by this process (the one that registered) and moves the app's loopback sockets in.
-    let own_netns = || -> Result<()> {
-        if setup.placement == policy::Placement::Host {
-            ns::unshare(false, true).map_err(RunError::OwnNetns)?;
-            ns::loopback_up().map_err(RunError::Loopback)?;
-        }
-        Ok(())
-    };
-    let listener = own_netns().and_then(|()| {
-        Pidfd::open_thread(pid).and_then(|p| p.get_fd(i32::from_ne_bytes(number))).map_err(RunError::TakeListener)
-    });
+    // An app in the host's namespace keeps its own here, in ax run (made before it
+    // registered): the daemon finds it by this process and moves the app's loopback
+    // sockets in.
+    let listener =
+        Pidfd::open_thread(pid).and_then(|p| p.get_fd(i32::from_ne_bytes(number))).map_err(RunError::TakeListener);
     // We keep our copy of the listener for as long as the app runs (DESIGN: it is what
     // a restarted daemon would be handed).
     let listener = match listener.and_then(|l| attach(&daemon, pid, &l).map(|()| l)) {
@@ -362,10 +443,20 @@ fn child(parent: UnixStream, setup: &Setup) -> ! {
 fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
     let opts = setup.opts;
     proc::unblock_all_signals().map_err(RunError::UnblockSignals)?;
-    let own_netns = opts.new_netns && setup.placement == policy::Placement::OwnNetns;
-    ns::unshare(true, own_netns).map_err(RunError::Namespaces)?;
-    ns::make_mounts_private().map_err(RunError::PrivateMounts)?;
-    if own_netns {
+    if let Some(home) = &setup.home {
+        ns::enter_netns(home.as_fd()).map_err(RunError::ReturnHome)?;
+    }
+    let wanted = Made { mounts: true, netns: opts.new_netns && setup.placement == policy::Placement::OwnNetns };
+    let (made, refused) = make_namespaces(wanted.netns, ns::unshare)?;
+    if let Some(why) = &refused {
+        if let Some(say) = shared_notice(wanted, made, setup.resolv_conf.as_deref(), why) {
+            eprintln!("{say}");
+        }
+    }
+    if made.mounts {
+        ns::make_mounts_private().map_err(RunError::PrivateMounts)?;
+    }
+    if made.netns {
         ns::loopback_up().map_err(RunError::Loopback)?;
     }
     if setup.placement == policy::Placement::Host {
@@ -374,9 +465,12 @@ fn prepare(parent: &UnixStream, setup: &Setup) -> Result<bool> {
         ax_sys::landlock::scope_abstract_unix_sockets().map_err(RunError::Scope)?;
     }
     if let Some(name) = &opts.interface {
+        if let (false, Some(why)) = (made.netns, refused) {
+            return Err(RunError::InterfaceWithoutNetns(why));
+        }
         add_interface(name, setup.ip)?;
     }
-    if let Some(path) = &setup.resolv_conf {
+    if let (Some(path), true) = (&setup.resolv_conf, made.mounts) {
         ns::bind_mount(path, "/etc/resolv.conf").map_err(RunError::ResolvConf)?;
     }
     if setup.guard == policy::SocketGuard::Absent {
@@ -459,6 +553,65 @@ mod tests {
             check_interface_name("eth:0").unwrap_err().to_string(),
             "--interface 'eth:0' is not a valid interface name: 1-15 characters, no '/', ':' or spaces"
         );
+    }
+
+    fn errno(e: i32) -> io::Error {
+        io::Error::from_raw_os_error(e)
+    }
+
+    #[test]
+    fn a_refused_namespace_leaves_the_app_in_ours_and_other_failures_stop_it() {
+        let both = Made { mounts: true, netns: true };
+        let (made, why) = make_namespaces(true, |_, _| Ok(())).unwrap();
+        assert_eq!((made, why.is_none()), (both, true));
+        // A pod: no CAP_SYS_ADMIN, neither namespace.
+        let (made, why) = make_namespaces(true, |_, _| Err(errno(libc::EPERM))).unwrap();
+        assert_eq!((made, why.unwrap().raw_os_error()), (Made { mounts: false, netns: false }, Some(libc::EPERM)));
+        // Only the network namespace refused: the mount namespace is still made.
+        let (made, _) = make_namespaces(true, |_, net| if net { Err(errno(libc::EPERM)) } else { Ok(()) }).unwrap();
+        assert_eq!(made, Made { mounts: true, netns: false });
+        // --new-netns=false asks for mounts only.
+        let (made, _) = make_namespaces(false, |_, net| {
+            assert!(!net);
+            Err(errno(libc::EPERM))
+        })
+        .unwrap();
+        assert_eq!(made, Made { mounts: false, netns: false });
+        // Anything but EPERM is an error, not a fallback.
+        for netns in [true, false] {
+            let e = make_namespaces(netns, |_, _| Err(errno(libc::ENOMEM))).unwrap_err();
+            assert!(matches!(e, RunError::Namespaces(ref e) if e.raw_os_error() == Some(libc::ENOMEM)), "{e}");
+        }
+        let second = make_namespaces(true, |_, net| Err(errno(if net { libc::EPERM } else { libc::ENOSPC })));
+        assert!(matches!(second, Err(RunError::Namespaces(_))));
+    }
+
+    #[test]
+    fn the_notice_says_what_the_app_lost_once() {
+        let why = errno(libc::EPERM);
+        let (all, none) = (Made { mounts: true, netns: true }, Made { mounts: false, netns: false });
+        let pod = shared_notice(all, none, Some("/var/run/appswitch/resolv/1.conf"), &why).unwrap();
+        assert!(pod.starts_with("ax: cannot make the app a network namespace of its own ("), "{pod}");
+        assert!(pod.contains("it uses this one as its own, as with --new-netns=false"), "{pod}");
+        assert!(pod.contains(ax_api::CONTAINER_RESOLV_CONF), "{pod}");
+        assert_eq!(pod.lines().count(), 1);
+        let no_dns = shared_notice(all, none, None, &why).unwrap();
+        assert!(!no_dns.contains("resolv.conf"), "{no_dns}");
+        // --new-netns=false in a container: only the resolv.conf is lost.
+        let mounts_only = Made { mounts: true, netns: false };
+        let m = shared_notice(mounts_only, none, Some("/x.conf"), &why).unwrap();
+        assert!(m.starts_with("ax: cannot make the app a mount namespace of its own") && m.contains("/x.conf"), "{m}");
+        // Nothing asked for was refused: nothing to say.
+        assert_eq!(shared_notice(mounts_only, none, None, &why), None);
+        assert_eq!(shared_notice(mounts_only, mounts_only, Some("/x.conf"), &why), None);
+    }
+
+    #[test]
+    fn the_first_nameserver_is_the_one_asked() {
+        let daemons = "# written by ax\nnameserver 10.251.0.1\nsearch appswitch.local\n";
+        assert_eq!(first_nameserver(daemons), Some("10.251.0.1"));
+        assert_eq!(first_nameserver("search x\n  nameserver 10.96.0.10\nnameserver 10.251.0.1\n"), Some("10.96.0.10"));
+        assert_eq!(first_nameserver("# nameserver 1.2.3.4\noptions ndots:5\n"), None);
     }
 
     #[test]

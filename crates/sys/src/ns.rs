@@ -171,3 +171,55 @@ pub fn identity(path: &str) -> io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
 }
+
+/// The child of process `parent` whose number in `parent`'s PID namespace is `nspid`,
+/// both as this process numbers them (its /proc); None when `parent` has no such child.
+/// A parent in a container numbers its children in the container's PID namespace;
+/// where both namespaces are one, `nspid` is the answer and is tried first. Children
+/// of `parent`'s main thread only (`ax run` forks from it).
+pub fn child_of(parent: i32, nspid: i32) -> io::Result<Option<i32>> {
+    let is_it = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .is_some_and(|s| status_field(&s, "PPid:") == Some(parent) && status_field(&s, "NSpid:") == Some(nspid))
+    };
+    if is_it(nspid) {
+        return Ok(Some(nspid));
+    }
+    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))?;
+    Ok(children.split_whitespace().filter_map(|p| p.parse().ok()).find(|&pid| is_it(pid)))
+}
+
+/// The last number on a /proc status line (`NSpid:` lists a process's number in each
+/// PID namespace, its own last).
+fn status_field(status: &str, field: &str) -> Option<i32> {
+    status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().last()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_fields_read_the_innermost_number() {
+        let status = "Name:\tcurl\nPid:\t4242\nPPid:\t4241\nNSpid:\t4242\t7\nNSpgid:\t4242\t7\n";
+        assert_eq!(status_field(status, "PPid:"), Some(4241));
+        assert_eq!(status_field(status, "NSpid:"), Some(7));
+        assert_eq!(status_field(status, "Tgid:"), None);
+        assert_eq!(status_field("PPid:\tx\n", "PPid:"), None);
+    }
+
+    #[test]
+    fn a_child_is_found_by_its_number_and_only_under_its_parent() {
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        // One PID namespace here: its number is its number.
+        assert_eq!(child_of(me, pid).unwrap(), Some(pid));
+        assert_eq!(child_of(pid, pid).unwrap(), None, "not its own parent's child");
+        assert_eq!(child_of(me, pid + 100_000).unwrap(), None, "no child has that number");
+        assert_eq!(child_of(me, me).unwrap(), None, "not a child of its own");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

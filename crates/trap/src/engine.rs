@@ -71,6 +71,10 @@ pub struct Engine<K: Kernel, N: Node> {
     /// port: what a bind on the host must not conflict with (the kernel there sees only
     /// its own). Entries of closed sockets go when their port is bound again.
     pub(crate) private: Mutex<HashMap<(Proto, u16), Vec<PrivateBound>>>,
+    /// The app's namespace is one ax did not make for it (`--new-netns=false`, or a
+    /// container's where ax run may not make one): it may route anywhere, so every
+    /// inet socket in it is ruled as a host socket is, never let connect where it is.
+    shared_netns: bool,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -91,6 +95,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             in_host_netns: false,
             stats: Arc::default(),
             private: Mutex::default(),
+            shared_netns: false,
         }
     }
 
@@ -112,6 +117,11 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// The engine counting into `stats` (its daemon's, shared by every engine).
     pub fn with_stats(self, stats: Arc<Stats>) -> Engine<K, N> {
         Engine { stats, ..self }
+    }
+
+    /// The engine of an app that shares a namespace ax did not make for it.
+    pub fn shared_netns(self, shared_netns: bool) -> Engine<K, N> {
+        Engine { shared_netns, ..self }
     }
 
     /// Marks a host socket for the guard, and for a kernel-driver app hands it to the
@@ -290,7 +300,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let Some(family) = self.k.get_int(&s, libc::SOL_SOCKET, libc::SO_DOMAIN).ok().and_then(Family::from_raw) else {
             return Ok((s, Kind::Other));
         };
-        if !self.k.in_host_netns(&s)? {
+        if !self.shared_netns && !self.k.in_host_netns(&s)? {
             return Ok((s, Kind::Private(family)));
         }
         let kind = match Proto::from_sock_type(self.k.get_int(&s, libc::SOL_SOCKET, libc::SO_TYPE)?) {

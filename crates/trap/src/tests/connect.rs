@@ -252,6 +252,22 @@ fn the_apps_own_inet_sockets_connect_where_they_are() {
     assert_eq!(r.k.sock(21).peer, Some(sa("198.18.0.1:80")), "not routed: that namespace has only lo");
 }
 
+#[test]
+fn in_a_shared_namespace_the_apps_own_sockets_are_ruled_as_host_sockets() {
+    // A container's namespace (ax run could make none) routes out: a socket in it that
+    // connected where it is would reach what the daemon never chose.
+    let r = Rig::new();
+    let r = Rig { engine: r.engine.in_host_netns(true).shared_netns(true), ..r };
+    r.other(Some("198.18.0.1"), "zone=other").serve("0.0.0.0:80");
+    r.k.give(21, libc::AF_INET, libc::SOCK_STREAM, Netns::App);
+    assert_eq!(r.connect(21, "198.18.0.1:80"), fail(libc::ECONNREFUSED), "labels rule it");
+    assert_eq!(r.k.sock(21).peer, None);
+    r.k.give(22, libc::AF_INET, libc::SOCK_DGRAM, Netns::App);
+    assert_eq!(r.connect(22, "127.0.0.1:53"), OK);
+    assert_eq!(r.k.sock(22).peer, Some(sa("127.0.0.1:53")), "its loopback is still its own");
+    assert_eq!(r.k.sock(22).ns, Netns::App);
+}
+
 fn gateway_rig() -> (Rig, SocketAddrV4) {
     let r = Rig::new();
     let gw: Ipv4Addr = "10.0.0.3".parse().unwrap();
