@@ -111,3 +111,74 @@ fn a_pod_without_the_daemons_resolv_conf_is_told_what_to_mount() {
     assert!(stderr.contains("its /etc/resolv.conf stays this one's"), "{stderr}");
     assert!(stderr.contains(ax_api::CONTAINER_RESOLV_CONF), "{stderr}");
 }
+
+const CONTRIB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib");
+
+/// contrib/check_manifests.py on a copy of contrib/ with `edit` made to `file`: its
+/// output, and whether it passed.
+fn check_manifests(file: &str, edit: (&str, &str)) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("ax-manifests-{}-{}", std::process::id(), file.replace('/', "-")));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("kubernetes")).unwrap();
+    for f in ["kubernetes/daemonset.yaml", "kubernetes/pod.yaml", "compose.yaml"] {
+        let text = std::fs::read_to_string(format!("{CONTRIB}/{f}")).unwrap();
+        let text = if f == file {
+            assert!(text.contains(edit.0), "{f} has no {:?} to change", edit.0);
+            text.replacen(edit.0, edit.1, 1)
+        } else {
+            text
+        };
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    let out = std::process::Command::new("python3")
+        .arg(format!("{CONTRIB}/check_manifests.py"))
+        .arg(&dir)
+        .output()
+        .expect("python3 is needed: .ci/run installs it");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!said.contains("python3-yaml is not installed"), "{said}");
+    (out.status.success(), said)
+}
+
+#[test]
+fn the_kubernetes_and_compose_manifests_hold_together() {
+    let (ok, said) = check_manifests("", ("", ""));
+    assert!(ok, "{said}");
+    assert!(said.contains("manifests ok: run directory /var/run/appswitch"), "{said}");
+    // Each mistake a cluster would trip on is named.
+    let mistakes = [
+        (
+            "kubernetes/pod.yaml",
+            ("- name: ax-run\n          mountPath: /var/run", "- name: ax-rum\n          mountPath: /var/run"),
+            "names no volume (ax-rum)",
+        ),
+        (
+            "kubernetes/pod.yaml",
+            ("- /opt/ax/bin/ax", "- /usr/bin/ax"),
+            "/usr/bin/ax is not in a directory mounted from the node",
+        ),
+        (
+            "kubernetes/pod.yaml",
+            ("subPath: resolv.conf", "subPath: resolv"),
+            "/etc/resolv.conf is not /var/run/appswitch/resolv.conf",
+        ),
+        ("kubernetes/daemonset.yaml", ("hostPID: true", "hostPID: false"), "hostPID must be True for the DaemonSet"),
+        (
+            "kubernetes/daemonset.yaml",
+            ("path: /var/run/appswitch", "path: /run/ax"),
+            "mounts no hostPath /var/run/appswitch",
+        ),
+        (
+            "kubernetes/daemonset.yaml",
+            ("name: AX_NEIGHBORS", "name: AX_NEIGHBOURS"),
+            "AX_NEIGHBOURS is not a variable ax reads",
+        ),
+        ("compose.yaml", ("AX_NODE_INTERFACE:", "AX_NODE_IFACE:"), "AX_NODE_IFACE is not a variable ax reads"),
+        ("compose.yaml", ("pid: host", "pid: private"), "pid must be host"),
+    ];
+    for (file, edit, want) in mistakes {
+        let (ok, said) = check_manifests(file, edit);
+        assert!(!ok && said.contains(want), "{file} with {edit:?}: expected {want:?} in {said}");
+    }
+}

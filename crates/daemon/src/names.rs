@@ -98,12 +98,14 @@ pub fn write_resolv_conf(run_dir: &Path, app: AppId, node: Ipv4Addr, domain: &st
 
 /// Writes `resolv.conf` in the run directory, the same for every app: a container whose
 /// `ax run` may not mount an app's own over /etc/resolv.conf (no CAP_SYS_ADMIN) mounts
-/// this one there (README: Containers and Kubernetes). Written to a temporary file and
-/// renamed, so a container never reads half of it.
+/// this one there (README: Containers and Kubernetes). A file that already says the
+/// same is left as it is: a container's mount holds its inode.
 pub fn write_node_resolv_conf(run_dir: &Path, node: Ipv4Addr, domain: &str) -> std::io::Result<()> {
-    let (path, tmp) = (run_dir.join("resolv.conf"), run_dir.join("resolv.conf.tmp"));
-    std::fs::write(&tmp, resolv_conf("containers on this node", node, domain))?;
-    std::fs::rename(tmp, path)
+    let (path, text) = (run_dir.join("resolv.conf"), resolv_conf("containers on this node", node, domain));
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    std::fs::write(path, text)
 }
 
 fn resolv_conf(whom: &str, node: Ipv4Addr, domain: &str) -> String {
