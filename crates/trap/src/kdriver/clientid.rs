@@ -21,7 +21,7 @@
 use ax_core::kmap::{AppEntry, SockState};
 use ax_sys::bpf::{self, Asm, Insn, Map, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7};
 
-use super::{lookup, sock_state_at, Maps};
+use super::{lookup, off, sock_state_at, Maps};
 
 /// The option's experimental-kind magic: "ax".
 pub const MAGIC: u16 = 0x6178;
@@ -141,10 +141,6 @@ pub(super) fn program(maps: &Maps, members: &Map) -> Vec<Insn> {
         .store(Size::W, R7, off(SockState::FLAGS_OFFSET), R1)
         .goto(V::Allow);
     a.finish()
-}
-
-const fn off(field: usize) -> i16 {
-    field as i16
 }
 
 /// r7 = the socket's state; a socket without one is none of ax's apps': left alone.
