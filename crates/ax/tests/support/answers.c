@@ -217,6 +217,17 @@ static void wildcard_listener(const char *name, int family, const char *any) {
 }
 
 /* Two binds of one port: the second's answer, then the listens'. */
+/* A row: two UDP sockets with options `opts` bound to the same wildcard port. */
+static void udp_twice(const char *name, int opts) {
+    row(name);
+    int s1 = sock(AF_INET, SOCK_DGRAM, opts), s2 = sock(AF_INET, SOCK_DGRAM, opts);
+    do_bind("bind1", s1, "0.0.0.0", port);
+    do_bind("bind2", s2, "0.0.0.0", port);
+    int fds[] = {s1, s2};
+    close_all(fds, 2);
+    end_row();
+}
+
 static void twice(const char *name, int f1, const char *a1, int o1, int f2, const char *a2, int o2, int listen_first) {
     row(name);
     int s1 = sock(f1, SOCK_STREAM, o1), s2 = sock(f2, SOCK_STREAM, o2);
@@ -299,23 +310,8 @@ int main(int argc, char **argv) {
     twice("reuseport-first-only", AF_INET, "0.0.0.0", REUSEPORT, AF_INET, "0.0.0.0", 0, 1);
     twice("reuseport-tcp6-both", AF_INET6, "::", REUSEPORT, AF_INET6, "::", REUSEPORT, 1);
 
-    row("udp4-twice");
-    s = sock(AF_INET, SOCK_DGRAM, 0);
-    u = sock(AF_INET, SOCK_DGRAM, 0);
-    do_bind("bind1", s, "0.0.0.0", port);
-    do_bind("bind2", u, "0.0.0.0", port);
-    close(s);
-    close(u);
-    end_row();
-
-    row("udp4-reuseaddr-both");
-    s = sock(AF_INET, SOCK_DGRAM, REUSEADDR);
-    u = sock(AF_INET, SOCK_DGRAM, REUSEADDR);
-    do_bind("bind1", s, "0.0.0.0", port);
-    do_bind("bind2", u, "0.0.0.0", port);
-    close(s);
-    close(u);
-    end_row();
+    udp_twice("udp4-twice", 0);
+    udp_twice("udp4-reuseaddr-both", REUSEADDR);
 
     row("closed-then-bound-again");
     s = sock(AF_INET, SOCK_STREAM, 0);
