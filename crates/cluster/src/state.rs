@@ -43,6 +43,9 @@ pub struct AppRecord {
     pub ip: Ipv4Addr,
     #[serde(default)]
     pub expose: Vec<Expose>,
+    /// Its labels, which decide who may ping its address (absent from older nodes).
+    #[serde(default)]
+    pub labels: Option<Labels>,
 }
 
 impl AppRecord {
@@ -237,6 +240,7 @@ pub fn remote_view(me: &NodeRecord, others: &[Published]) -> Remote {
                 name: a.name.clone(),
                 ip: a.ip,
                 expose: a.expose.clone(),
+                labels: a.labels.clone(),
             });
         }
     }
@@ -266,6 +270,7 @@ mod tests {
                 name: Some("web".into()),
                 ip: "198.18.0.1".parse().unwrap(),
                 expose: vec![],
+                labels: Some("zone=default".parse().unwrap()),
             }],
             vservices: vec![vs("web", 3, "a", true)],
         }

@@ -8,6 +8,7 @@
 pub mod addr;
 pub mod conflict;
 pub mod hostnet;
+pub mod icmp;
 pub mod ids;
 pub mod kmap;
 pub mod labels;
@@ -23,9 +24,9 @@ pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
 pub use table::{
-    AddAppError, App, BadDriver, BindPlan, Binding, BoundSocket, DaemonPorts, Driver, KernelView, NewApp, NodeInfo,
-    Origin, PrivateBind, Proto, Refusal, Remote, RemoteApp, RemoteRow, Reserved, Route, Snapshot, Table, Target,
-    VserviceError, BROKER_PORT, DNS_PORT, EGRESS_PORT, ROUTES_PER_APP,
+    AddAppError, App, BadDriver, BindPlan, Binding, BoundSocket, DaemonPorts, Driver, Echo, KernelView, NewApp,
+    NodeInfo, Origin, PrivateBind, Proto, Refusal, Remote, RemoteApp, RemoteRow, Reserved, Route, Snapshot, Table,
+    Target, VserviceError, BROKER_PORT, DNS_PORT, EGRESS_PORT, ROUTES_PER_APP,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

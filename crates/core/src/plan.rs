@@ -144,6 +144,11 @@ pub enum Connect {
     /// Move the socket into the app's namespace and connect it there (loopback).
     Private(SocketAddr),
     Refused,
+    /// A datagram socket to a destination it may not reach: connected, as a host's
+    /// UDP connect always is, to the node's closed port ([`closed_port`]), so its sends
+    /// go nowhere and fail afterwards with ECONNREFUSED, as sends to a host's closed
+    /// port do; getpeername shows the destination.
+    Closed(SocketAddr),
     /// Try these in order; the first that does not refuse wins. `source`: the host
     /// address to connect from (a vservice's --source-ip).
     Targets {
@@ -225,6 +230,7 @@ pub fn connect(
             own if own.is_empty() || listens_privately() => Connect::Private(dest),
             own => Connect::Targets { targets: own.into_iter().map(SocketAddr::V4).collect(), source: None },
         },
+        Route::Refused if proto == Proto::Udp => Connect::Closed(dest),
         Route::Refused => Connect::Refused,
         Route::Direct(a) => Connect::Targets { targets: vec![a], source: None },
         Route::Egress { gateway, dest } => Connect::Egress { gateway, dest },
@@ -233,6 +239,13 @@ pub fn connect(
             targets: targets.into_iter().map(|t| SocketAddr::V4(t.addr)).collect(),
         },
     })
+}
+
+/// The node's closed datagram port: the broker's TCP port, which no one may bind on
+/// the node address for UDP (a daemon port, privileged), so the host's own stack
+/// answers every datagram there with port unreachable.
+pub fn closed_port(table: &Table) -> SocketAddrV4 {
+    SocketAddrV4::new(table.node().ip, crate::BROKER_PORT)
 }
 
 /// What one connect attempt came to, and what follows from it.
@@ -348,9 +361,10 @@ pub fn name(
 ) -> Option<SocketAddr> {
     let shown = if !peer {
         table.local_name(app, proto, real, unconnected)
-    } else if real.port() == EGRESS_PORT {
-        // Through an egress gateway: the destination the app asked for.
-        local.and_then(|l| table.egress_peer(l)).or_else(|| table.peer_name(proto, real))
+    } else if real.port() == EGRESS_PORT || addr::unmap(real) == SocketAddr::V4(closed_port(table)) {
+        // Through an egress gateway, or to the closed port: the destination the app
+        // asked for.
+        local.and_then(|l| table.remembered_peer(l)).or_else(|| table.peer_name(proto, real))
     } else {
         table.peer_name(proto, real)
     };

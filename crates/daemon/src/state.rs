@@ -383,7 +383,13 @@ impl State {
             rows: t.services().map(row).collect(),
             apps: t
                 .apps()
-                .map(|a| AppRecord { id: a.id.to_string(), name: a.name.clone(), ip: a.ip, expose: a.expose.clone() })
+                .map(|a| AppRecord {
+                    id: a.id.to_string(),
+                    name: a.name.clone(),
+                    ip: a.ip,
+                    expose: a.expose.clone(),
+                    labels: Some(a.labels.clone()),
+                })
                 .collect(),
             vservices: self.vservices.values().cloned().collect(),
         }

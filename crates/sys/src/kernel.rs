@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::pidfd::Pidfd;
 use crate::pool::Pool;
 use crate::seccomp::{InFlight, Listener, Notification, Ready};
 use crate::sock::{self, Received};
-use crate::{ns, proc};
+use crate::{ns, proc, tun};
 
 /// An errno value (positive, as in `errno`).
 pub type Errno = i32;
@@ -88,6 +88,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn may_bind_privileged(&self, tid: i32) -> bool;
 
     fn socket(&self, ns: Netns, domain: i32, ty: i32, protocol: i32) -> Result<Self::Fd, Errno>;
+    /// The echo device of the app's own namespace (see [`crate::tun`]), whose address
+    /// is `own`: made where there is none if `make`, else None then.
+    fn echo_device(&self, own: Ipv4Addr, make: bool) -> Result<Option<OwnedFd>, Errno>;
     /// Whether the socket lives in the host's network namespace.
     fn in_host_netns(&self, fd: &Self::Fd) -> Result<bool, Errno>;
     /// Sets the socket guard's marks on a host socket (see `ax_trap::guard`): what the
@@ -301,6 +304,17 @@ impl Kernel for Linux {
                 .map_err(errno)?
                 .map_err(errno),
         }
+    }
+
+    fn echo_device(&self, own: Ipv4Addr, make: bool) -> Result<Option<OwnedFd>, Errno> {
+        let ping_groups = tun::read_sysctl(tun::PING_GROUPS).map_err(errno)?;
+        let attach = || -> io::Result<Option<OwnedFd>> {
+            if !make && !ns::has_link(tun::ECHO_DEVICE)? {
+                return Ok(None);
+            }
+            Ok(Some(tun::echo_device(tun::ECHO_DEVICE, own, &ping_groups)?.into()))
+        };
+        ns::with_netns(&self.app_ns, &self.host_ns, attach).map_err(errno)?.map_err(errno)
     }
 
     fn in_host_netns(&self, fd: &OwnedFd) -> Result<bool, Errno> {

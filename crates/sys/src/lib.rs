@@ -18,6 +18,7 @@ pub mod proc;
 pub mod scm;
 pub mod seccomp;
 pub mod sock;
+pub mod tun;
 
 use std::io;
 

@@ -58,7 +58,7 @@ pub fn make_mounts_private() -> io::Result<()> {
     Ok(())
 }
 
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+pub(crate) fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -81,6 +81,18 @@ pub fn link_up(name: &str) -> io::Result<()> {
     // SAFETY: SIOCSIFFLAGS reads the name and flags from `ifr`.
     cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) })?;
     Ok(())
+}
+
+/// Whether the current network namespace has an interface `name`.
+pub fn has_link(name: &str) -> io::Result<bool> {
+    let sock = crate::sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let mut ifr = ifreq(name)?;
+    // SAFETY: SIOCGIFINDEX reads the name from `ifr` and writes the index into it.
+    match cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut ifr) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Brings the loopback interface of the current network namespace up.

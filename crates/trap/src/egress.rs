@@ -35,7 +35,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         self.later(n, note, move || {
             let reply = match handshake(&*k, &s, id, gateway, dest, family) {
                 Ok(local) => {
-                    node.with_table(|t| t.record_egress(local, dest));
+                    node.with_table(|t| t.record_peer(local, dest));
                     Reply::Value(0)
                 }
                 Err(e) => Reply::Fail(e),

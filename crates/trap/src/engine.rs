@@ -27,7 +27,7 @@ use crate::policy::SocketGuard;
 use crate::spare::{Made, Recipe, Spares};
 use crate::stats::Stats;
 use crate::Node;
-use crate::{fds, guard};
+use crate::{echo, fds, guard};
 use ax_core::plan::{self, Attempt, Bind, Connect, Kind, Progress, Use};
 
 /// How a trapped call is answered.
@@ -75,6 +75,10 @@ pub struct Engine<K: Kernel, N: Node> {
     /// container's where ax run may not make one): it may route anywhere, so every
     /// inet socket in it is ruled as a host socket is, never let connect where it is.
     shared_netns: bool,
+    /// The app's echo responder ([`crate::echo`]), once its first ping or raw socket
+    /// made its echo device.
+    echo: Mutex<Option<echo::Responder>>,
+    hush_echo: Hush,
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -96,6 +100,8 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             stats: Arc::default(),
             private: Mutex::default(),
             shared_netns: false,
+            echo: Mutex::default(),
+            hush_echo: hush(),
         }
     }
 
@@ -157,6 +163,8 @@ impl<K: Kernel, N: Node> Engine<K, N> {
 
     /// Serves until every process of the app is gone.
     pub fn run(&self) {
+        // A daemon before this one may have left the app an echo device.
+        self.echo(false);
         loop {
             match self.k.next() {
                 Ok(Some(n)) => {
@@ -212,7 +220,15 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let Some((ty, cloexec)) = plan::socket(ty, protocol) else {
             // Raw, ICMP, SCTP, MPTCP and the like stay in the app's own (empty) namespace;
             // where the app lives in the host's, they would connect and send anywhere.
-            return if self.in_host_netns { Err(libc::EPROTONOSUPPORT) } else { Ok(Answer::Proceed) };
+            if self.in_host_netns {
+                return Err(libc::EPROTONOSUPPORT);
+            }
+            // What a ping or raw socket sends, the daemon answers: the device is there
+            // before the socket is.
+            if domain == libc::AF_INET && (ty & 0xf == libc::SOCK_RAW || protocol == libc::IPPROTO_ICMP) {
+                self.echo(true);
+            }
+            return Ok(Answer::Proceed);
         };
         let recipe = Recipe { domain, ty, protocol };
         let s = match self.spares.take(recipe) {
@@ -240,6 +256,34 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             }
         }
         Ok(Answer::Sent)
+    }
+
+    /// Starts the app's echo responder unless it runs: on a device made now if `make`
+    /// (the app's namespace has none), else only on one a daemon before this one made.
+    /// Without one, the app's pings fail as they did before (no route).
+    fn echo(&self, make: bool) {
+        if self.in_host_netns {
+            return;
+        }
+        let mut running = self.echo.lock().unwrap_or_else(|p| p.into_inner());
+        if running.is_some() {
+            return;
+        }
+        let Some(own) = self.node.with_table(|t| t.app(self.app).map(|a| a.ip)) else { return };
+        let device = match self.k.echo_device(own, make) {
+            Ok(Some(device)) => device,
+            Ok(None) => return,
+            Err(e) => {
+                if self.hush_echo.speak() {
+                    warn!(app = %self.app, "no echo device for the app (errno {e}): its pings go unanswered");
+                }
+                return;
+            }
+        };
+        match echo::start(device, self.app, own, Arc::clone(&self.node)) {
+            Ok(r) => *running = Some(r),
+            Err(e) => warn!(app = %self.app, "the echo responder did not start: {e}"),
+        }
     }
 
     /// Makes a host socket by `recipe`, marked before the app can touch it: from then on
@@ -527,16 +571,18 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let (plan, service) = self.node.with_table(|t| {
             let plan = plan::connect(t, self.app, kind, addr, progress, listens_privately);
             let service = match (&plan, kind, addr) {
-                (Ok(Connect::Refused | Connect::Targets { .. }), Kind::Host(_, proto), SockAddr::Inet(dest)) => {
-                    t.service_of_connect(proto, dest).map(|s| (proto, s))
-                }
+                (
+                    Ok(Connect::Refused | Connect::Closed(_) | Connect::Targets { .. }),
+                    Kind::Host(_, proto),
+                    SockAddr::Inet(dest),
+                ) => t.service_of_connect(proto, dest).map(|s| (proto, s)),
                 _ => None,
             };
             (plan, service)
         });
         let plan = plan?;
         if let Some((proto, service)) = service {
-            self.stats.connect(proto, service, plan != Connect::Refused);
+            self.stats.connect(proto, service, !matches!(plan, Connect::Refused | Connect::Closed(_)));
         }
         debug!(app = %self.app, ?addr, ?plan, "connect");
         match plan {
@@ -550,6 +596,14 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 self.connect_to(n, fresh, &[dest], None, family)
             }
             Connect::Refused => Err(libc::ECONNREFUSED),
+            Connect::Closed(dest) => {
+                let closed = self.node.with_table(|t| plan::closed_port(t));
+                self.k.connect(&s, &addr::for_family(SocketAddr::V4(closed), family))?;
+                if let Some(SocketAddr::V4(local)) = self.k.local_addr(&s)?.map(addr::unmap) {
+                    self.node.with_table(|t| t.record_peer(local, dest));
+                }
+                Ok(Answer::Value(0))
+            }
             Connect::Targets { targets, source } => self.connect_to(n, s, &targets, source, family),
             Connect::Egress { gateway, dest } => {
                 // A next daemon starts the gateway's handshake again (see crate::resume).
@@ -650,9 +704,8 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         else {
             return Ok(Answer::Proceed);
         };
-        // Only to look up an egress connection's destination; without it, the row's.
-        let local =
-            if peer && real.port() == ax_core::EGRESS_PORT { self.k.local_addr(&s).ok().flatten() } else { None };
+        // To look up what the table remembers of a connection from it (egress, closed).
+        let local = if peer { self.k.local_addr(&s).ok().flatten() } else { None };
         // A socket without a peer (getpeername: ENOTCONN) may show the wildcard it was
         // bound to.
         let unconnected = match peer {

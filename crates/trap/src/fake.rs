@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -160,6 +161,12 @@ pub struct State {
     /// The app's threads lack CAP_NET_BIND_SERVICE (as under `--user nobody`).
     pub unprivileged: bool,
     pub notifications: VecDeque<Notification>,
+    /// The far end of the app's echo device, once made (a datagram socket pair stands
+    /// in for the tun: one packet per message); `echo_made` counts the devices made.
+    pub echo_wire: Option<UnixDatagram>,
+    pub echo_made: usize,
+    /// The device cannot be made (no /dev/net/tun).
+    pub no_tun: bool,
     next_port: u16,
     waits: usize,
 }
@@ -424,6 +431,20 @@ impl Kernel for Fake {
         let mut s = self.state();
         s.log.push(Op::Socket(ns, domain, ty, protocol));
         Ok(FakeFd::new(s.new_sock(domain, ty, protocol, ns), &self.held))
+    }
+
+    fn echo_device(&self, _own: Ipv4Addr, make: bool) -> Result<Option<OwnedFd>, Errno> {
+        let mut s = self.state();
+        if s.no_tun {
+            return Err(libc::ENOENT);
+        }
+        if !make && s.echo_wire.is_none() {
+            return Ok(None);
+        }
+        let (ours, wire) = UnixDatagram::pair().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        s.echo_wire = Some(wire);
+        s.echo_made += 1;
+        Ok(Some(ours.into()))
     }
 
     fn in_host_netns(&self, fd: &FakeFd) -> Result<bool, Errno> {

@@ -15,7 +15,8 @@
 //!   (127/8, 0.0.0.0) goes to the broker where the app has a private listener, else it
 //!   is refused; other destinations by route lookup (class, ip, port, proto), (ANY,
 //!   ip, port, proto), (ANY, ip, 0, proto), then the defaults; REFUSE fails the call with
-//!   ECONNREFUSED before any packet; BACKENDS picks a group (random or round robin)
+//!   ECONNREFUSED before any packet (a UDP socket's: connected to the node's closed
+//!   port instead, `ax_core::plan::closed_port`); BACKENDS picks a group (random or round robin)
 //!   and a target in it at random, and connects from the route's source address when
 //!   it has one (bpf_bind); BROKER records the destination under the socket's cookie
 //!   and sends the connect to the daemon's broker. The original destination is kept
@@ -834,6 +835,17 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
         fail(&mut a, libc::EAFNOSUPPORT);
     }
     a.here(refuse);
+    if hook == Hook::Connect {
+        // A UDP connect never fails on a host: connected to the node's closed port
+        // (the broker's, which takes TCP only: `plan::closed_port`), its sends go
+        // nowhere and fail afterwards, and getpeername shows the destination named.
+        let refused = a.label();
+        a.load(Size::W, R1, R6, PROTOCOL).if_ne(R1, libc::IPPROTO_UDP, refused);
+        config(&mut a, maps, refused);
+        a.load(Size::W, R1, R0, off(Config::BROKER_IP_OFFSET)).load(Size::H, R2, R0, off(Config::BROKER_PORT_OFFSET));
+        write_addr(&mut a, v6, R1, R2);
+        a.goto(V::Allow).here(refused);
+    }
     fail(&mut a, libc::ECONNREFUSED);
     a.finish()
 }

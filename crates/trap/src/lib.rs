@@ -8,6 +8,7 @@
 mod appcg;
 pub mod call;
 mod datagram;
+mod echo;
 mod egress;
 mod engine;
 pub mod fds;

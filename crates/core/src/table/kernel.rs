@@ -445,6 +445,7 @@ mod tests {
             name: None,
             ip: "198.18.0.7".parse().unwrap(),
             expose: vec![],
+            labels: None,
         }];
         t.set_remote(Remote {
             nodes: vec![("n2".into(), "10.0.0.2".parse().unwrap())],
@@ -506,7 +507,14 @@ mod tests {
                     let ip = format!("198.18.0.{}", 3 + b % 3).parse().unwrap();
                     if !remote.apps.iter().any(|x| x.ip == ip) {
                         let id = format!("x{b}");
-                        remote.apps.push(RemoteApp { node: format!("n{node}"), id, name: None, ip, expose: vec![] });
+                        remote.apps.push(RemoteApp {
+                            node: format!("n{node}"),
+                            id,
+                            name: None,
+                            ip,
+                            expose: vec![],
+                            labels: None,
+                        });
                     }
                     t.set_remote(remote.clone());
                 }

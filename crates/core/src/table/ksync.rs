@@ -365,8 +365,14 @@ mod tests {
                         labels: Labels::parse(LABELS[a as usize % 4]).unwrap(),
                     });
                     if !self.remote.apps.iter().any(|x| x.ip == ip) {
-                        let app =
-                            RemoteApp { node: format!("n{n}"), id: format!("x{b}"), name: None, ip, expose: vec![] };
+                        let app = RemoteApp {
+                            node: format!("n{n}"),
+                            id: format!("x{b}"),
+                            name: None,
+                            ip,
+                            expose: vec![],
+                            labels: None,
+                        };
                         self.remote.apps.push(app);
                     }
                     t.set_remote(self.remote.clone());
@@ -525,7 +531,7 @@ mod tests {
             host: SocketAddrV4::new(n, 42000 + port),
             labels: Labels::parse("role=a").unwrap(),
         };
-        let app = RemoteApp { node: "b".into(), id: "x".into(), name: None, ip: vip, expose: vec![] };
+        let app = RemoteApp { node: "b".into(), id: "x".into(), name: None, ip: vip, expose: vec![], labels: None };
         let remote = Remote { nodes: vec![("b".into(), n)], egress: vec![], rows: vec![row(80)], apps: vec![app] };
         t.set_remote(remote.clone());
         t.kernel_sync(broker);

@@ -62,6 +62,7 @@ mod tests {
             name: None,
             ip: "198.18.0.9".parse().unwrap(),
             expose: vec![],
+            labels: None,
         };
         t.set_remote(crate::table::Remote {
             nodes: vec![("n2".into(), "10.0.0.2".parse().unwrap())],

@@ -6,6 +6,7 @@
 //! daemon and the trap engine hold; its parts are not reachable on their own.
 
 mod apps;
+mod echo;
 mod gateway;
 mod kernel;
 mod ksync;
@@ -24,6 +25,7 @@ use crate::ids::{self, AppId};
 use crate::ports::PortPool;
 
 pub use apps::{AddAppError, App, BadDriver, Driver, NewApp};
+pub use echo::Echo;
 pub use gateway::Refusal;
 pub use kernel::{KernelView, ROUTES_PER_APP};
 pub use remote::{Remote, RemoteApp, RemoteRow};
@@ -142,13 +144,14 @@ impl Table {
         self.egress_gateway
     }
 
-    /// Remembers that the egress connection from `local` is to `dest`.
-    pub fn record_egress(&mut self, local: SocketAddrV4, dest: SocketAddr) {
+    /// Remembers that the connection from `local` is to `dest` as far as its app knows
+    /// (an egress connection, or a datagram socket connected to the closed port).
+    pub fn record_peer(&mut self, local: SocketAddrV4, dest: SocketAddr) {
         self.egress_peers.record(local, dest);
     }
 
-    /// Where the egress connection from `local` really goes.
-    pub fn egress_peer(&self, local: SocketAddr) -> Option<SocketAddr> {
+    /// Where the connection from `local` goes as far as its app knows.
+    pub fn remembered_peer(&self, local: SocketAddr) -> Option<SocketAddr> {
         self.egress_peers.peer(local)
     }
 

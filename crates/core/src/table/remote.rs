@@ -31,6 +31,9 @@ pub struct RemoteApp {
     pub name: Option<String>,
     pub ip: Ipv4Addr,
     pub expose: Vec<Expose>,
+    /// Its labels (what a ping of its address is decided by); None from a node of a
+    /// version that did not publish them.
+    pub labels: Option<Labels>,
 }
 
 /// What the rest of the cluster publishes, as last gossiped.
@@ -134,11 +137,13 @@ fn serves(r: &RemoteRow) -> bool {
     r.service.port() != 0 && r.host.port() != 0
 }
 
-/// How many egress connections' real destinations are remembered for getpeername.
+/// How many connections' destinations (as their apps know them) are remembered for
+/// getpeername.
 const EGRESS_MEMORY: usize = 4096;
 
-/// Where this node's egress connections really go, by local address: the gateway is
-/// their peer, the app asked for another. Bounded: the oldest is forgotten first, and
+/// Where this node's connections go as their apps know them, by local address, where
+/// the real peer is another: egress connections (the gateway is their peer) and
+/// datagram sockets connected to the closed port. Bounded: the oldest is forgotten first, and
 /// the newest wins when a local address comes back.
 #[derive(Debug, Default)]
 pub(super) struct EgressPeers(VecDeque<(SocketAddrV4, SocketAddr)>);
@@ -168,7 +173,14 @@ mod tests {
     }
 
     fn remote_app(node: &str, ip_: &str, name: Option<&str>) -> RemoteApp {
-        RemoteApp { node: node.into(), id: "f0000002".into(), name: name.map(Into::into), ip: ip(ip_), expose: vec![] }
+        RemoteApp {
+            node: node.into(),
+            id: "f0000002".into(),
+            name: name.map(Into::into),
+            ip: ip(ip_),
+            expose: vec![],
+            labels: None,
+        }
     }
 
     fn row(service: &str, host: &str) -> RemoteRow {
@@ -258,8 +270,16 @@ mod tests {
                     name: Some("web".into()),
                     ip: "198.18.3.1".parse().unwrap(),
                     expose: vec![],
+                    labels: None,
                 },
-                RemoteApp { node: "n2".into(), id: "f0000003".into(), name: None, ip: other, expose: vec![] },
+                RemoteApp {
+                    node: "n2".into(),
+                    id: "f0000003".into(),
+                    name: None,
+                    ip: other,
+                    expose: vec![],
+                    labels: None,
+                },
             ],
         });
         assert_eq!(first(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000"))), host);

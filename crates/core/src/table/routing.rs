@@ -214,7 +214,7 @@ impl Table {
         })
     }
 
-    fn decide_vservice(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Decision> {
+    pub(super) fn decide_vservice(&mut self, ip: Ipv4Addr, port: u16, client: Option<&Labels>) -> Option<Decision> {
         let (node, apps, services, remote) = (&self.node, &self.apps, &self.services, &self.remote);
         let is_app_ip = |ip| !is_node_address(node, remote, ip) && (apps.has_ip(ip) || remote.has_app_ip(ip));
         let reach = |addr, seen_app| reach(node, apps, services, remote, addr, seen_app);
@@ -430,6 +430,7 @@ mod tests {
             name: None,
             ip: "198.18.0.5".parse().unwrap(),
             expose: vec![every, elsewhere],
+            labels: None,
         };
         t.set_remote(Remote { apps: vec![remote_app], ..Remote::default() });
         let mut ext = vservice("pub", "198.18.2.1", crate::vservice::LbType::Random, "198.18.0.5");
@@ -635,9 +636,9 @@ mod tests {
         // A gateway's own apps go directly.
         t.set_egress_gateway(true);
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("192.0.2.1:443")), Route::Direct(sa("192.0.2.1:443")));
-        t.record_egress("10.0.0.1:33000".parse().unwrap(), sa("192.0.2.1:443"));
-        assert_eq!(t.egress_peer(sa("10.0.0.1:33000")), Some(sa("192.0.2.1:443")));
-        assert_eq!(t.egress_peer(sa("10.0.0.1:33001")), None);
+        t.record_peer("10.0.0.1:33000".parse().unwrap(), sa("192.0.2.1:443"));
+        assert_eq!(t.remembered_peer(sa("10.0.0.1:33000")), Some(sa("192.0.2.1:443")));
+        assert_eq!(t.remembered_peer(sa("10.0.0.1:33001")), None);
     }
 
     #[test]

@@ -383,8 +383,14 @@ mod tests {
     fn a_vservice_address_is_new_unicast_and_no_nodes_or_apps() {
         let mut t = table();
         app(&mut t, Some("198.18.1.1"), "zone=default");
-        let remote_app =
-            RemoteApp { node: "n2".into(), id: "f0000002".into(), name: None, ip: ip("198.18.1.5"), expose: vec![] };
+        let remote_app = RemoteApp {
+            node: "n2".into(),
+            id: "f0000002".into(),
+            name: None,
+            ip: ip("198.18.1.5"),
+            expose: vec![],
+            labels: None,
+        };
         t.set_remote(Remote {
             nodes: vec![("n2".into(), ip("10.0.0.2"))],
             apps: vec![remote_app],

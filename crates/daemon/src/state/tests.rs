@@ -445,6 +445,7 @@ fn remote_b(at: ExposeAt, host: &str) -> Remote {
             name: None,
             ip: Ipv4Addr::new(198, 18, 0, 1),
             expose: vec![Expose { internal: 8000, at, host_port: 9990 }],
+            labels: None,
         }],
     }
 }

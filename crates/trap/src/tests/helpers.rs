@@ -74,7 +74,7 @@ fn an_egress_handshake_whose_caller_is_killed_stops_and_records_nothing() {
     r.k.run_later();
     assert_eq!((r.held(), r.engine.helpers.count(), r.k.answer_to(id)), (0, 0, None));
     let local = r.k.sock(fd).local.unwrap();
-    assert_eq!(r.table(|t| t.egress_peer(local)), None);
+    assert_eq!(r.table(|t| t.remembered_peer(local)), None);
 }
 
 #[test]

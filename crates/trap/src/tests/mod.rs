@@ -6,6 +6,7 @@
 mod bind;
 mod connect;
 mod datagram;
+mod echo;
 mod helpers;
 mod memory;
 mod resume;
