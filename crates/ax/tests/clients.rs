@@ -242,3 +242,100 @@ fn a_java_server_sees_the_client_apps_address() {
     assert_eq!(h.run_ok(&["--ip", "198.18.9.6", "--", "curl", "-sf", "http://198.18.9.5:8000/"]), "java");
     assert_eq!(next_peer(&h, 0), format!("peer {}", shown(&h, "198.18.9.6", NODE_IP)));
 }
+
+/// A UDP server on 0.0.0.0:7001 printing, for each datagram, "from <recvfrom's address>
+/// <recvmsg's address>" (one datagram read with each, in turn), and echoing the
+/// datagram back to the address recvfrom or recvmsg showed.
+const UDP_SERVER: &str = "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 7001))
+n = 0
+while True:
+    if n % 2 == 0:
+        data, a = s.recvfrom(512)
+    else:
+        data, _, _, a = s.recvmsg(512)
+    n += 1
+    print('from', a[0], a[1], data.decode(), flush=True)
+    s.sendto(data, a)
+";
+
+/// A UDP client sending `word` to `dest`:7001 from an unbound socket (`reuse`: with
+/// SO_REUSEADDR set first) and printing "<its own port> <the echo>".
+fn udp_client(dest: &str, word: &str, reuse: bool) -> String {
+    let reuse = if reuse { "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n" } else { "" };
+    format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n{reuse}s.settimeout(20)\n\
+         s.sendto(b'{word}', ('{dest}', 7001))\nprint(s.getsockname()[1], s.recv(64).decode())"
+    )
+}
+
+/// The server's line for the datagram `word`: "from <ip> <port>".
+fn udp_from(h: &TestHost, word: &str) -> (String, String) {
+    let line = || h.app_log("server").lines().find(|l| l.ends_with(&format!(" {word}"))).map(str::to_string);
+    h.wait_until("the server's line for the datagram", Duration::from_secs(30), || line().is_some());
+    let line = line().unwrap();
+    let mut f = line.split_whitespace().skip(1);
+    (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+}
+
+#[test]
+fn a_udp_server_sees_the_client_apps_address_and_its_replies_reach_the_client() {
+    support::require_root_and(&[PY, "socat"]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.spawn_app("server", &["--ip", "198.18.10.1", "--", PY, "-c", UDP_SERVER]);
+    h.wait_until("the server's row", Duration::from_secs(30), || !h.servers_at("198.18.10.1:7001").is_empty());
+
+    // Two datagrams: the server reads one with recvfrom, one with recvmsg; its echo
+    // to the address shown comes back.
+    for word in ["one", "two"] {
+        let out = h.run_ok(&["--ip", "198.18.10.2", "--", PY, "-c", &udp_client("198.18.10.1", word, false)]);
+        let (port, echo) = out.trim().split_once(' ').unwrap();
+        assert_eq!(echo, word);
+        assert_eq!(udp_from(&h, word), (shown(&h, "198.18.10.2", NODE_IP).to_string(), port.to_string()));
+    }
+    // socat, a program of its own, connected to the service (its datagram is sent on
+    // a connected socket).
+    let out = h.cmd("sh")
+        .arg("-c")
+        .arg(format!("echo three | timeout 60 {} run --ip 198.18.10.3 -- socat -t 20 - UDP:198.18.10.1:7001", support::ax_bin()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "three", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(udp_from(&h, "three").0, shown(&h, "198.18.10.3", NODE_IP));
+}
+
+/// The attack: a local user not under ax shares the port of an app's UDP socket (both
+/// ask for SO_REUSEADDR, which the kernel then allows whoever binds) and sends from it.
+/// The app's socket is the one the kernel finds at that port (it is connected to the
+/// server), yet the datagram is not the app's: a socket that could share its port is
+/// never believed, so the server sees the node's address, for the intruder and for
+/// the app alike.
+#[test]
+fn a_local_user_sharing_an_apps_udp_port_is_not_seen_as_that_app() {
+    support::require_root_and(&[PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    h.spawn_app("server", &["--ip", "198.18.10.1", "--", PY, "-c", UDP_SERVER]);
+    h.wait_until("the server's row", Duration::from_secs(30), || !h.servers_at("198.18.10.1:7001").is_empty());
+    let victim = "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                  s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.connect(('198.18.10.1', 7001))\n\
+                  s.send(b'victim')\nprint('port', s.getsockname()[1], flush=True)\nsys.stdin.read()";
+    h.spawn_app("victim", &["--ip", "198.18.10.5", "--", PY, "-c", victim]);
+    let port = h.wait_for_line("victim", "port ");
+    let port = port.trim().strip_prefix("port ").unwrap();
+
+    let host_port = h.servers_at("198.18.10.1:7001")[0]["ipv4_addr"].as_str().unwrap().to_string();
+    let (host, to) = host_port.rsplit_once(':').unwrap();
+    let intruder = format!(
+        "import os, socket\nos.setgid(65534)\nos.setuid(65534)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', {port}))\n\
+         s.sendto(b'intruder', ('{host}', {to}))\nprint('sent')"
+    );
+    assert_eq!(h.stdout_of(PY, &["-c", &intruder]).trim(), "sent");
+    assert_eq!(udp_from(&h, "intruder"), (NODE_IP.to_string(), port.to_string()));
+    assert_eq!(udp_from(&h, "victim"), (NODE_IP.to_string(), port.to_string()));
+}

@@ -572,7 +572,7 @@ fn an_app_in_the_host_namespace_is_stopped_before_an_older_layouts_programs_go()
     h.signal_daemon("KILL");
     // An upgrade: the pins left are an older layout's, which the new daemon removes.
     let pins = format!("{}/bpf", ax_api::RUN_DIR);
-    h.stdout_of("mv", &[&format!("{pins}/ax-kernel-v4"), &format!("{pins}/ax-kernel-v3")]);
+    h.stdout_of("mv", &[&format!("{pins}/ax-kernel-v5"), &format!("{pins}/ax-kernel-v4")]);
     assert!(h.start_kernel_daemon(&[]));
     h.wait_until("the app to be stopped", Duration::from_secs(30), || !running(&h));
     assert_eq!(served(&h), before, "the app reached the host's server unruled\n{}", h.app_log("sneak"));

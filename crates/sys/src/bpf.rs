@@ -45,6 +45,7 @@ pub const PROG_CGROUP_SKB: u32 = 8;
 pub const PROG_CGROUP_SOCK: u32 = 9;
 pub const PROG_SOCK_OPS: u32 = 13;
 pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
+pub const PROG_CGROUP_SOCKOPT: u32 = 25;
 
 /// Attach types used here (the kernel's enum bpf_attach_type).
 pub const ATTACH_INGRESS: u32 = 0;
@@ -60,6 +61,7 @@ pub const ATTACH_UDP4_SENDMSG: u32 = 14;
 pub const ATTACH_UDP6_SENDMSG: u32 = 15;
 pub const ATTACH_UDP4_RECVMSG: u32 = 19;
 pub const ATTACH_UDP6_RECVMSG: u32 = 20;
+pub const ATTACH_SETSOCKOPT: u32 = 22;
 pub const ATTACH_GETPEERNAME4: u32 = 29;
 pub const ATTACH_GETPEERNAME6: u32 = 30;
 pub const ATTACH_GETSOCKNAME4: u32 = 31;
@@ -82,6 +84,10 @@ pub const FN_SOCK_OPS_CB_FLAGS_SET: i32 = 59;
 pub const FN_BIND: i32 = 64;
 /// bpf_get_current_cgroup_id: the calling task's cgroup2 id (its directory's inode).
 pub const FN_GET_CURRENT_CGROUP_ID: i32 = 80;
+/// bpf_sk_lookup_udp: the socket a datagram with the given tuple would reach (a
+/// reference, which bpf_sk_release gives back).
+pub const FN_SK_LOOKUP_UDP: i32 = 85;
+pub const FN_SK_RELEASE: i32 = 86;
 pub const FN_SK_STORAGE_GET: i32 = 107;
 pub const FN_GET_NS_CURRENT_PID_TGID: i32 = 120;
 /// bpf_get_netns_cookie; in a sock program it takes the context (the socket's namespace).

@@ -28,9 +28,14 @@
 //!   a socket's datagrams all go to one target of a BACKENDS entry (chosen by the
 //!   socket's cookie, `Route::pinned`), nothing is recorded, and nothing goes to the
 //!   broker (refused); the source the app may name (IP_PKTINFO) becomes the socket's
-//!   own address.
+//!   own address. A UDP destination no entry names that is an app's address at a port
+//!   its socket on this node holds (what recvmsg shows of that app) goes to that socket
+//!   (`sender`), for a connect as for a send.
 //! - udp recvmsg4/6: the source of a datagram from a row's host address shows as its
-//!   service (`ax_kpeers`).
+//!   service (`ax_kpeers`); one from an app's socket on this node, as that app's
+//!   address at the datagram's port (`sender`).
+//! - setsockopt: notes the sockets asked for SO_REUSEADDR or SO_REUSEPORT, whose
+//!   datagrams `sender` does not believe.
 //! - cgroup egress: packets of these sockets with IP options or IPv6 extension headers
 //!   (a source route in a send's control message, which no sock_addr program sees) are
 //!   dropped.
@@ -61,9 +66,10 @@ use crate::hooks::{self, Cgroup, InstallError};
 use crate::stats::{CountedAt, Tally};
 
 mod clientid;
+mod sender;
 
 /// The pin directory's name; a new layout gets a new name.
-pub(crate) const LAYOUT: &str = "ax-kernel-v4";
+pub(crate) const LAYOUT: &str = "ax-kernel-v5";
 const WHO: &str = "kernel driver";
 
 /// offsetof(struct bpf_sock_addr, ...).
@@ -142,6 +148,9 @@ struct Maps {
     private: Map,
     broker: Map,
     peers: Map,
+    /// `ax_kshared`: the sockets of ax's that were asked for SO_REUSEADDR or
+    /// SO_REUSEPORT (`sender::setsockopt`), whose datagrams prove no sender.
+    shared: Map,
     daemon: Map,
     cgroups: Arc<Map>,
     /// `ax_kconnects` and `ax_kconnports` ([`count_connect`]): made anew by every
@@ -159,7 +168,8 @@ fn connect_counts(name: &str) -> io::Result<Map> {
 
 /// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
 /// later daemon takes the set over once that one is there.
-const MAPS: [&str; 9] = ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "cgroups", TAKEN_WITH];
+const MAPS: [&str; 10] =
+    ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "cgroups", "shared", TAKEN_WITH];
 const TAKEN_WITH: &str = "ksock";
 
 /// Whether a previous daemon left this layout's maps pinned under `run_dir`: what
@@ -185,6 +195,7 @@ impl Maps {
             }
             "peers" => Map::hash_unallocated("ax_kpeers", Peer::SIZE as u32, Peer::SIZE as u32, Peer::MAX_ENTRIES),
             "cgroups" => Map::new(bpf::MAP_HASH, "ax_kcgroups", 8, 4, appcg::MAX_CGROUPS),
+            "shared" => Map::sk_storage("ax_kshared", 4),
             _ => Map::sk_storage("ax_ksock", SockState::SIZE as u32),
         }
     }
@@ -210,7 +221,7 @@ impl Maps {
         if taken {
             info!(pins = %dir.display(), "taking over the kernel driver's maps a previous daemon left");
         }
-        let [daemon, apps, routes, conf, private, broker, peers, cgroups, ksock]: [Map; 9] =
+        let [daemon, apps, routes, conf, private, broker, peers, cgroups, shared, ksock]: [Map; 10] =
             got.try_into().unwrap_or_else(|_| unreachable!("one map per name"));
         let maps = Maps {
             ksock: Arc::new(ksock),
@@ -220,6 +231,7 @@ impl Maps {
             private,
             broker,
             peers,
+            shared,
             daemon,
             cgroups: Arc::new(cgroups),
             connects: connect_counts("ax_kconnects")?,
@@ -269,6 +281,7 @@ impl KernelDriver {
             sock_addr(bpf::ATTACH_UDP6_RECVMSG, "krecvmsg6", recvmsg(&maps, true)),
             (bpf::ATTACH_EGRESS, "kegress", bpf::PROG_CGROUP_SKB, egress(&maps)),
             (bpf::ATTACH_SOCK_OPS, "kclientid", bpf::PROG_SOCK_OPS, clientid::program(&maps, guard.members())),
+            (bpf::ATTACH_SETSOCKOPT, "ksetsockopt", bpf::PROG_CGROUP_SOCKOPT, sender::setsockopt(&maps)),
         ];
         hooks::attach_and_pin(WHO, &cgroup, &dir, &programs)?;
         let name = appcg::apps_cgroup_name().map_err(|e| InstallError::Cgroup(WHO, e))?;
@@ -701,6 +714,16 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
     a.mov(R2, R10).add_imm(R2, ROUTE_KEY as i32).load_map(R1, &maps.routes).call(bpf::FN_MAP_LOOKUP_ELEM);
     a.if_ne(R0, 0, found);
     undecided(&mut a, maps, refuse);
+    // An app's address at a port it sends from on this node (what a server's recvmsg
+    // shows of that app): to that socket, at the node's address.
+    let not_client = a.label();
+    a.load(Size::W, R1, R6, PROTOCOL).if_ne(R1, libc::IPPROTO_UDP, not_client);
+    sender::app_at(&mut a, maps, None, DEST + 4, not_client);
+    a.load(Size::W, R2, R10, DEST).if_ne_reg(R1, R2, not_client);
+    config(&mut a, maps, not_client);
+    a.load(Size::W, R1, R0, off(Config::NODE_IP_OFFSET)).load(Size::H, R2, R10, DEST + 4);
+    write_addr(&mut a, v6, R1, R2);
+    a.goto(V::Allow).here(not_client);
     a.store_imm(Size::H, R10, at(ROUTE_KEY, RouteKey::PORT_OFFSET), 0);
     lookup(&mut a, &maps.routes, ROUTE_KEY, no_route);
 
@@ -891,8 +914,14 @@ fn recvmsg(maps: &Maps, v6: bool) -> Vec<Insn> {
         at(PEER_KEY, Peer::PORT_OFFSET),
         R1,
     );
-    lookup(&mut a, &maps.peers, PEER_KEY, V::Allow);
+    let client = a.label();
+    lookup(&mut a, &maps.peers, PEER_KEY, client);
     a.load(Size::W, R1, R0, off(Peer::IP_OFFSET)).load(Size::H, R2, R0, off(Peer::PORT_OFFSET));
+    write_addr(&mut a, v6, R1, R2);
+    a.goto(V::Allow).here(client);
+    // Else, from an app's socket on this node: that app, at the datagram's port.
+    sender::app_at(&mut a, maps, Some(at(PEER_KEY, Peer::IP_OFFSET)), at(PEER_KEY, Peer::PORT_OFFSET), V::Allow);
+    a.load(Size::W, R2, R6, USER_PORT);
     write_addr(&mut a, v6, R1, R2);
     a.goto(V::Allow);
     a.finish()
