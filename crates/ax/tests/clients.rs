@@ -50,6 +50,28 @@ fn two() -> Cluster {
     c
 }
 
+/// Two nodes under `--tls`, each seeded with the other, both live.
+fn two_tls() -> Cluster {
+    support::require_root_and(&[PY]);
+    let mut c = Cluster::new(2);
+    let all = (0..2).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    let pki = ax_tls::write_test_pki(&c.hosts[0].dir.join("pki"), &["a".into(), "b".into()]).unwrap();
+    for (h, name) in c.hosts.iter_mut().zip(["a", "b"]) {
+        let f = pki.files(name);
+        let s = |p: &std::path::Path| p.display().to_string();
+        let (ca, cert, key) = (s(&f.ca), s(&f.cert), s(&f.key));
+        h.start_daemon(&[
+            "--tls", "--tls-ca-cert", &ca, "--tls-cert", &cert, "--tls-key", &key, "--node-name", name, "--neighbors", &all,
+        ]);
+    }
+    for h in &c.hosts {
+        h.wait_until("both nodes live", Duration::from_secs(60), || {
+            h.get("nodes").iter().filter(|n| n["live"] == true).count() == 2
+        });
+    }
+    c
+}
+
 /// What a server of `h` is shown for a client app at `virtual` on node `node`.
 fn shown<'a>(h: &TestHost, virtual_ip: &'a str, node: &'a str) -> &'a str {
     if h.daemon_driver() == "kernel" {
@@ -338,4 +360,19 @@ fn a_local_user_sharing_an_apps_udp_port_is_not_seen_as_that_app() {
     assert_eq!(h.stdout_of(PY, &["-c", &intruder]).trim(), "sent");
     assert_eq!(udp_from(&h, "intruder"), (NODE_IP.to_string(), port.to_string()));
     assert_eq!(udp_from(&h, "victim"), (NODE_IP.to_string(), port.to_string()));
+}
+
+/// Under `--tls` too, a connection between apps on two nodes is the client app's own
+/// socket connected to the server's host address (the tunnel carries relays and
+/// egress, not these): its SYN names the client app, and the server sees it.
+#[test]
+fn under_tls_a_server_sees_a_client_app_on_another_node() {
+    let mut c = two_tls();
+    c.hosts[0].spawn_app("server", &["--ip", "198.18.7.1", "--", PY, "-c", SERVER]);
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    b.wait_until("the server's row on b", Duration::from_secs(30), || b.servers_at("198.18.7.1:7000").len() == 1);
+    assert_eq!(b.run_ok(&["--ip", "198.18.7.4", "--", PY, "-c", &client("198.18.7.1")]).trim(), "ok");
+    let b_ip = Cluster::ip(1);
+    let want = shown(a, "198.18.7.4", &b_ip);
+    assert_eq!(next_peer(a, 0), format!("peer {want} {want}"));
 }
