@@ -34,39 +34,27 @@ fn client(dest: &str) -> String {
     format!("import socket\ns = socket.create_connection(('{dest}', 7000))\nprint(s.recv(2).decode())")
 }
 
-/// Two nodes, each daemon seeded with the other, both live.
-fn two() -> Cluster {
+/// `n` nodes, each daemon seeded with all (`tls`: under `--tls`, with certificates of
+/// one CA), all live.
+fn nodes(n: usize, tls: bool) -> Cluster {
     support::require_root_and(&[PY]);
-    let mut c = Cluster::new(2);
-    let all = (0..2).map(Cluster::ip).collect::<Vec<_>>().join(",");
-    for (h, name) in c.hosts.iter_mut().zip(["a", "b"]) {
-        h.start_daemon(&["--node-name", name, "--neighbors", &all]);
-    }
-    for h in &c.hosts {
-        h.wait_until("both nodes live", Duration::from_secs(30), || {
-            h.get("nodes").iter().filter(|n| n["live"] == true).count() == 2
-        });
-    }
-    c
-}
-
-/// Two nodes under `--tls`, each seeded with the other, both live.
-fn two_tls() -> Cluster {
-    support::require_root_and(&[PY]);
-    let mut c = Cluster::new(2);
-    let all = (0..2).map(Cluster::ip).collect::<Vec<_>>().join(",");
-    let pki = ax_tls::write_test_pki(&c.hosts[0].dir.join("pki"), &["a".into(), "b".into()]).unwrap();
-    for (h, name) in c.hosts.iter_mut().zip(["a", "b"]) {
+    let mut c = Cluster::new(n);
+    let all = (0..n).map(Cluster::ip).collect::<Vec<_>>().join(",");
+    let names: Vec<String> = (0..n).map(|i| ((b'a' + i as u8) as char).to_string()).collect();
+    let pki = ax_tls::write_test_pki(&c.hosts[0].dir.join("pki"), &names).unwrap();
+    for (h, name) in c.hosts.iter_mut().zip(&names) {
         let f = pki.files(name);
         let s = |p: &std::path::Path| p.display().to_string();
         let (ca, cert, key) = (s(&f.ca), s(&f.cert), s(&f.key));
-        h.start_daemon(&[
-            "--tls", "--tls-ca-cert", &ca, "--tls-cert", &cert, "--tls-key", &key, "--node-name", name, "--neighbors", &all,
-        ]);
+        let mut args = vec!["--node-name", name, "--neighbors", &all];
+        if tls {
+            args.extend(["--tls", "--tls-ca-cert", &ca, "--tls-cert", &cert, "--tls-key", &key]);
+        }
+        h.start_daemon(&args);
     }
     for h in &c.hosts {
-        h.wait_until("both nodes live", Duration::from_secs(60), || {
-            h.get("nodes").iter().filter(|n| n["live"] == true).count() == 2
+        h.wait_until("every node live", Duration::from_secs(60), || {
+            h.get("nodes").iter().filter(|n| n["live"] == true).count() == n
         });
     }
     c
@@ -91,7 +79,7 @@ fn next_peer(h: &TestHost, seen: usize) -> String {
 
 #[test]
 fn a_server_sees_its_clients_virtual_addresses_on_one_node_and_across_nodes() {
-    let mut c = two();
+    let mut c = nodes(2, false);
     c.hosts[0].spawn_app("server", &["--ip", "198.18.7.1", "--", PY, "-c", SERVER]);
     for h in &c.hosts {
         h.wait_until("the server's row", Duration::from_secs(30), || h.servers_at("198.18.7.1:7000").len() == 1);
@@ -367,7 +355,7 @@ fn a_local_user_sharing_an_apps_udp_port_is_not_seen_as_that_app() {
 /// egress, not these): its SYN names the client app, and the server sees it.
 #[test]
 fn under_tls_a_server_sees_a_client_app_on_another_node() {
-    let mut c = two_tls();
+    let mut c = nodes(2, true);
     c.hosts[0].spawn_app("server", &["--ip", "198.18.7.1", "--", PY, "-c", SERVER]);
     let (a, b) = (&c.hosts[0], &c.hosts[1]);
     b.wait_until("the server's row on b", Duration::from_secs(30), || b.servers_at("198.18.7.1:7000").len() == 1);
@@ -375,4 +363,48 @@ fn under_tls_a_server_sees_a_client_app_on_another_node() {
     let b_ip = Cluster::ip(1);
     let want = shown(a, "198.18.7.4", &b_ip);
     assert_eq!(next_peer(a, 0), format!("peer {want} {want}"));
+}
+
+/// A relay carries a client's connection on (an `--external` vservice port on node b,
+/// its backend on node a; under `--tls` through a's tunnel, else dialled from b): the
+/// server sees the client, a host not under ax on node c, as itself (kernel driver),
+/// not the node that dialled it.
+fn a_relayed_client_is_seen_as_itself(tls: bool) {
+    let mut c = nodes(3, tls);
+    c.hosts[0].spawn_app("server", &["--ip", "198.18.7.1", "--", PY, "-c", SERVER]);
+    let a = &c.hosts[0];
+    a.wait_until("the server's row", Duration::from_secs(30), || a.servers_at("198.18.7.1:7000").len() == 1);
+    let front = ["create", "vservice", "front", "--ip", "198.18.7.9", "--ports", "7000:7000"];
+    let out = a.ax().args(front).args(["--backends", "198.18.7.1", "--external"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (b, cn) = (&c.hosts[1], &c.hosts[2]);
+    b.wait_until("the relay on b", Duration::from_secs(30), || {
+        !b.get("proxies").is_empty() && b.servers_at("198.18.7.1:7000").len() == 1
+    });
+    let (a_ip, b_ip, c_ip) = (Cluster::ip(0), Cluster::ip(1), Cluster::ip(2));
+    let plain = format!("import socket\ns = socket.create_connection(('{b_ip}', 7000))\nprint(s.recv(2).decode())");
+    assert_eq!(cn.stdout_of(PY, &["-c", &plain]).trim(), "ok");
+    let dialer = if tls { &a_ip } else { &b_ip };
+    let want = shown(a, &c_ip, dialer);
+    assert_eq!(next_peer(a, 0), format!("peer {want} {want}"));
+
+    // The attack: a local user on b connects to the relay from 127.0.0.1, to be shown
+    // to the server as its own host's loopback (which servers trust). It is shown the
+    // node that dialled.
+    let local = format!(
+        "import os, socket\nos.setgid(65534)\nos.setuid(65534)\n\
+         s = socket.create_connection(('{b_ip}', 7000), source_address=('127.0.0.1', 0))\nprint(s.recv(2).decode())"
+    );
+    assert_eq!(b.stdout_of(PY, &["-c", &local]).trim(), "ok");
+    assert_eq!(next_peer(a, 1), format!("peer {dialer} {dialer}"));
+}
+
+#[test]
+fn a_relayed_client_is_seen_as_itself_through_a_relay() {
+    a_relayed_client_is_seen_as_itself(false);
+}
+
+#[test]
+fn a_relayed_client_is_seen_as_itself_through_the_tls_tunnel() {
+    a_relayed_client_is_seen_as_itself(true);
 }

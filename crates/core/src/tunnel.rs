@@ -1,11 +1,12 @@
 //! The lines daemons speak on the egress port ([`crate::EGRESS_PORT`]) before the
 //! bytes: one request, one answer. `AXEG <ip:port>` asks an egress gateway to connect
-//! out; `AXRL <ip:port>` asks a node (under `--tls`) for a hop to one of its own rows'
-//! host addresses. The answer is `OK`, or `ERR <errno>`, the errno the kernel gave the
+//! out; `AXRL <ip:port> [<client ip>]` asks a node (under `--tls`) for a hop to one of
+//! its own rows' host addresses, on behalf of a client whose address the server is to
+//! see (the node's SYN names it, as an app's names the app). The answer is `OK`, or `ERR <errno>`, the errno the kernel gave the
 //! gateway (or the refusal's, ECONNREFUSED), which the app's connect then returns.
 
 use std::fmt;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::Errno;
 
@@ -20,8 +21,16 @@ pub enum Request {
     /// Connect out to `dest` (an egress gateway's service).
     Egress(SocketAddr),
     /// A hop to `to`, a host address of a row of the node asked (a relay that crosses
-    /// nodes, under `--tls`).
-    Relay(SocketAddrV4),
+    /// nodes, under `--tls`), for the relay's client at `client` (IPv4 only: what the
+    /// SYN can name).
+    Relay { to: SocketAddrV4, client: Option<Ipv4Addr> },
+}
+
+/// Whether a server may be shown `client` as the address of a connection carried on
+/// for it: not the loopback (a server trusts its own host there), nor an address no
+/// host connects from.
+pub fn claimable(client: Ipv4Addr) -> bool {
+    !(client.is_loopback() || client.is_unspecified() || client.is_multicast() || client.is_broadcast())
 }
 
 /// Why a request line is not one.
@@ -31,7 +40,7 @@ pub enum BadRequest {
     NotText,
     #[error("unknown request '{0}' (AXEG or AXRL expected)")]
     Unknown(String),
-    #[error("'{0}' is not an ip:port (an IPv4 ip:port for AXRL)")]
+    #[error("'{0}' is not an ip:port (for AXRL: an IPv4 ip:port, then a client's IPv4 address or nothing)")]
     Address(String),
 }
 
@@ -43,7 +52,15 @@ impl Request {
         let bad = || BadRequest::Address(addr.chars().take(MAX_REQUEST).collect());
         match verb {
             "AXEG" => addr.parse().map(Request::Egress).map_err(|_| bad()),
-            "AXRL" => addr.parse().map(Request::Relay).map_err(|_| bad()),
+            "AXRL" => {
+                let (to, client) = match addr.split_once(' ') {
+                    Some((to, client)) => {
+                        (to, Some(client.parse().ok().filter(|c| claimable(*c)).ok_or_else(bad)?))
+                    }
+                    None => (addr, None),
+                };
+                Ok(Request::Relay { to: to.parse().map_err(|_| bad())?, client })
+            }
             other => Err(BadRequest::Unknown(other.chars().take(8).collect())),
         }
     }
@@ -58,7 +75,8 @@ impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Request::Egress(dest) => write!(f, "AXEG {dest}"),
-            Request::Relay(to) => write!(f, "AXRL {to}"),
+            Request::Relay { to, client: None } => write!(f, "AXRL {to}"),
+            Request::Relay { to, client: Some(client) } => write!(f, "AXRL {to} {client}"),
         }
     }
 }
@@ -93,7 +111,8 @@ mod tests {
         for r in [
             Request::Egress("192.0.2.1:443".parse().unwrap()),
             Request::Egress("[2001:db8::1]:80".parse().unwrap()),
-            Request::Relay("10.0.0.2:40001".parse().unwrap()),
+            Request::Relay { to: "10.0.0.2:40001".parse().unwrap(), client: None },
+            Request::Relay { to: "10.0.0.2:40001".parse().unwrap(), client: Some("192.0.2.7".parse().unwrap()) },
         ] {
             let line = r.line();
             assert_eq!(line.last(), Some(&b'\n'));
@@ -112,6 +131,21 @@ mod tests {
         assert_eq!(Request::parse(b"AXEG 192.0.2.1:99999"), Err(BadRequest::Address("192.0.2.1:99999".into())));
         // A relay hop is to a node's row: IPv4 only.
         assert_eq!(Request::parse(b"AXRL [::1]:80"), Err(BadRequest::Address("[::1]:80".into())));
+        // The client a hop names is an IPv4 address, once, and one a server may be shown.
+        for bad in [
+            "10.0.0.2:80 2001:db8::1",
+            "10.0.0.2:80 192.0.2.7:9",
+            "10.0.0.2:80 192.0.2.7 192.0.2.8",
+            "10.0.0.2:80 ",
+            "10.0.0.2:80 127.0.0.1",
+            "10.0.0.2:80 127.9.9.9",
+            "10.0.0.2:80 0.0.0.0",
+            "10.0.0.2:80 224.0.0.1",
+            "10.0.0.2:80 255.255.255.255",
+        ] {
+            let line = format!("AXRL {bad}");
+            assert_eq!(Request::parse(line.as_bytes()), Err(BadRequest::Address(bad.into())), "{line}");
+        }
         assert_eq!(Request::parse(b"axeg 192.0.2.1:80"), Err(BadRequest::Unknown("axeg".into())));
     }
 

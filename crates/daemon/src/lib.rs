@@ -360,6 +360,18 @@ impl Daemon {
         self.0.kernel.as_ref()
     }
 
+    /// Under the kernel driver, makes the SYN of `dial` (a socket of the daemon's that
+    /// carries a relay's client on, not connected yet) name `client`, so that a server
+    /// under ax sees the client rather than this node (README, "Client addresses"). A
+    /// failure is logged: the server then sees this node, as under the user driver.
+    pub(crate) fn claim_client(&self, dial: std::os::fd::BorrowedFd<'_>, client: std::net::Ipv4Addr) {
+        if let Some(k) = self.kernel() {
+            if let Err(e) = k.driver.claim(dial, client) {
+                warn!(%client, "a relayed connection shows this node to its server: {e}");
+            }
+        }
+    }
+
     /// A kernel-driver app's network namespace, while its engine runs here.
     pub(crate) fn app_netns(&self, app: AppId) -> Option<Arc<fs::File>> {
         self.0.netns.get(app)

@@ -163,6 +163,13 @@ impl Serve for Dialer {
             .collect()
     }
 
+    /// The backend's server sees the relay's client (kernel driver).
+    fn dialing(&self, dial: std::os::fd::BorrowedFd<'_>, client: &TcpStream) {
+        if let Some(ip) = tunnel::client_ip(client) {
+            self.daemon.claim_client(dial, ip);
+        }
+    }
+
     fn tunnel(self: Arc<Self>, client: TcpStream, to: SocketAddrV4, rest: Vec<Hop>, held: Held) {
         let Some(t) = self.daemon.tunnel_client() else { return };
         t.spawn_relay(self.daemon.clone(), client, to, held, move |client, held| {

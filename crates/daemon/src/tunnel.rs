@@ -7,8 +7,9 @@
 //! - With `--tls` every node serves it, and it is two things by who connects:
 //!   - another host: the *tunnel*, TLS 1.3 with client certificates from the cluster's
 //!     CA, and the certificate must name the live member at the peer's address. It
-//!     serves `AXEG` (an egress gateway only) and `AXRL <host addr>`, a hop to one of
-//!     this node's own rows, for relays on other nodes.
+//!     serves `AXEG` (an egress gateway only) and `AXRL <host addr> [<client>]`, a hop
+//!     to one of this node's own rows, for relays on other nodes; the hop's SYN names
+//!     the client (kernel driver), so the server sees who the relay carries.
 //!   - this node's own address: the egress *forwarder*. The app's socket cannot carry
 //!     TLS (no kTLS here), so the trap engine connects it to the forwarder, which opens a
 //!     tunnel to a gateway and carries the bytes. Only sockets owned by root are served:
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ax_core::addr::unmap;
-use ax_core::tunnel::{answer_line, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
+use ax_core::tunnel::{answer_line, claimable, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
 use ax_core::{Errno, Table, EGRESS_PORT};
 use ax_trap::Node;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -109,7 +110,8 @@ impl Client {
     ) {
         let runtime = self.runtime.clone();
         runtime.spawn(async move {
-            let mut tunnel = match self.open(&daemon, *to.ip(), Request::Relay(to)).await {
+            let request = Request::Relay { to, client: client_ip(&client) };
+            let mut tunnel = match self.open(&daemon, *to.ip(), request).await {
                 Ok(t) => t,
                 Err(e) => {
                     debug!(%to, errno = e, "relay: no hop");
@@ -271,11 +273,13 @@ impl Server {
                 Err(libc::ECONNREFUSED)
             }
             Request::Egress(dest) => self.egress(peer, dest).await,
-            Request::Relay(to) if !self.daemon.read(|s| s.table.relay_hop_allowed(to)) => {
+            Request::Relay { to, .. } if !self.daemon.read(|s| s.table.relay_hop_allowed(to)) => {
                 self.refuse(peer, &format!("a relay hop to {to}, which is no row of this node"));
                 Err(libc::ECONNREFUSED)
             }
-            Request::Relay(to) => step(TcpStream::connect(to)).await,
+            // The member is authenticated: its word on its client is taken, as its
+            // SYN's is without --tls.
+            Request::Relay { to, client } => step(self.dial(to, client)).await,
         };
         if step(tls.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
             return;
@@ -285,6 +289,16 @@ impl Server {
             let _ = out.set_nodelay(true);
             copy(&mut out, &mut tls).await;
         }
+    }
+
+    /// Connects to `to` for a relay's `client`, whose address the server is to see
+    /// (under the kernel driver).
+    async fn dial(&self, to: SocketAddrV4, client: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        if let Some(client) = client {
+            self.daemon.claim_client(std::os::fd::AsFd::as_fd(&sock), client);
+        }
+        sock.connect(to.into()).await
     }
 
     /// Reads the request line; None (logged) when there is none.
@@ -317,6 +331,16 @@ impl Server {
         if let Some(n) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
             warn!(%peer, refused = n, "egress port: refused: {why}");
         }
+    }
+}
+
+/// The IPv4 address of a relay's client (v4-mapped or not) that its server may be
+/// shown ([`ax_core::tunnel::claimable`]: a local user connecting from 127.0.0.1 is not
+/// shown as the server's own host).
+pub fn client_ip(client: &std::net::TcpStream) -> Option<Ipv4Addr> {
+    match unmap(client.peer_addr().ok()?) {
+        SocketAddr::V4(v4) => Some(*v4.ip()).filter(|ip| claimable(*ip)),
+        SocketAddr::V6(_) => None,
     }
 }
 

@@ -151,6 +151,9 @@ struct Maps {
     /// `ax_kshared`: the sockets of ax's that were asked for SO_REUSEADDR or
     /// SO_REUSEPORT (`sender::setsockopt`), whose datagrams prove no sender.
     shared: Map,
+    /// `ax_kclaims`: the client address (IPv4, as on the wire) the SYN of a daemon's
+    /// socket names, for a connection the daemon carries on ([`KernelDriver::claim`]).
+    claims: Map,
     daemon: Map,
     cgroups: Arc<Map>,
     /// `ax_kconnects` and `ax_kconnports` ([`count_connect`]): made anew by every
@@ -168,8 +171,8 @@ fn connect_counts(name: &str) -> io::Result<Map> {
 
 /// The maps' pin names, in the order they are made and pinned: `ksock` last, since a
 /// later daemon takes the set over once that one is there.
-const MAPS: [&str; 10] =
-    ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "cgroups", "shared", TAKEN_WITH];
+const MAPS: [&str; 11] =
+    ["daemon", "apps", "routes", "conf", "private", "broker", "peers", "cgroups", "shared", "claims", TAKEN_WITH];
 const TAKEN_WITH: &str = "ksock";
 
 /// Whether a previous daemon left this layout's maps pinned under `run_dir`: what
@@ -196,6 +199,7 @@ impl Maps {
             "peers" => Map::hash_unallocated("ax_kpeers", Peer::SIZE as u32, Peer::SIZE as u32, Peer::MAX_ENTRIES),
             "cgroups" => Map::new(bpf::MAP_HASH, "ax_kcgroups", 8, 4, appcg::MAX_CGROUPS),
             "shared" => Map::sk_storage("ax_kshared", 4),
+            "claims" => Map::sk_storage("ax_kclaims", 4),
             _ => Map::sk_storage("ax_ksock", SockState::SIZE as u32),
         }
     }
@@ -221,7 +225,7 @@ impl Maps {
         if taken {
             info!(pins = %dir.display(), "taking over the kernel driver's maps a previous daemon left");
         }
-        let [daemon, apps, routes, conf, private, broker, peers, cgroups, shared, ksock]: [Map; 10] =
+        let [daemon, apps, routes, conf, private, broker, peers, cgroups, shared, claims, ksock]: [Map; 11] =
             got.try_into().unwrap_or_else(|_| unreachable!("one map per name"));
         let maps = Maps {
             ksock: Arc::new(ksock),
@@ -232,6 +236,7 @@ impl Maps {
             broker,
             peers,
             shared,
+            claims,
             daemon,
             cgroups: Arc::new(cgroups),
             connects: connect_counts("ax_kconnects")?,
@@ -339,6 +344,13 @@ impl KernelDriver {
     /// programs' to rule, with `state`; a socket's state goes with it when it closes.
     pub fn mark(&self, sock: BorrowedFd<'_>, state: &SockState) -> Result<(), MapError> {
         self.maps.ksock.set_socket(sock, &state.encode()).map_err(|e| MapError::Write("socket state", e))
+    }
+
+    /// Makes the SYN of `sock`, a socket of the daemon's own that carries a client's
+    /// connection on to an app (a relay's dial), name `client` as an app's connect
+    /// does its app (`clientid`): the server sees the client, not the daemon.
+    pub fn claim(&self, sock: BorrowedFd<'_>, client: std::net::Ipv4Addr) -> Result<(), MapError> {
+        self.maps.claims.set_socket(sock, &client.octets()).map_err(|e| MapError::Write("client claims", e))
     }
 
     /// The sockets' states, for the engines that mark kernel-driver apps' sockets.

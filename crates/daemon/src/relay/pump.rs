@@ -22,7 +22,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,6 +82,9 @@ pub trait Serve: Send + Sync {
     /// Carries `client` through a tunnel to `to`; when that cannot be made, hands the
     /// client back with [`Pump::dial`] for the `rest` of the hops.
     fn tunnel(self: Arc<Self>, client: TcpStream, to: SocketAddrV4, rest: Vec<Hop>, held: Held);
+    /// Readies `dial`, a socket about to connect to a backend for `client`: by default
+    /// nothing.
+    fn dialing(&self, _dial: BorrowedFd<'_>, _client: &TcpStream) {}
 }
 
 /// A listener the loops accept on.
@@ -580,7 +583,7 @@ impl Worker {
                     let Conn { client, _held: held, .. } = *c;
                     return serve.tunnel(client, to, rest, held);
                 }
-                Some(Hop::Direct(t)) => match dial(t) {
+                Some(Hop::Direct(t)) => match dial(t, |s| serve.dialing(s, &c.client)) {
                     Ok(s) => {
                         let deadline = Instant::now() + DIAL_TIMEOUT;
                         let tok = token(gen, idx, Side::Backend);
@@ -687,12 +690,13 @@ impl Worker {
     }
 }
 
-/// Starts a non-blocking connect to `t`.
-fn dial(t: Target) -> io::Result<TcpStream> {
+/// Starts a non-blocking connect to `t`, from a socket `ready` saw first.
+fn dial(t: Target, ready: impl FnOnce(BorrowedFd<'_>)) -> io::Result<TcpStream> {
     let s = sock::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
     if let Some(src) = t.source {
         sock::bind(s.as_fd(), &SocketAddr::from((src, 0)))?;
     }
+    ready(s.as_fd());
     match sock::connect(s.as_fd(), &SocketAddr::V4(t.addr)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

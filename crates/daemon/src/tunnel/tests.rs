@@ -213,7 +213,7 @@ async fn a_tunnel_is_opened_only_to_the_member_its_certificate_names() {
     let daemon = Daemon::new(State::for_test(NODE), &std::env::temp_dir(), None);
     daemon.with_table(|t| t.set_remote(Remote { nodes: vec![("n3".into(), FAR)], ..Remote::default() }));
     let client = Client::new(&reloadable(&pki, "a"));
-    let hop = Request::Relay(SocketAddrV4::new(FAR, 40000));
+    let hop = Request::Relay { to: SocketAddrV4::new(FAR, 40000), client: None };
     // One at a time: both far ends take 127.0.0.3:6661.
     let rogue = far_end(&pki, "rogue").await;
     assert_eq!(client.open(&daemon, FAR, hop).await.err(), Some(libc::ECONNREFUSED));

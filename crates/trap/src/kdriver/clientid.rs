@@ -4,7 +4,10 @@
 //!
 //! In band, in the SYN: a client app's connect to a member (this node or a live cluster
 //! member: the guard's member set) carries a TCP option, experimental kind 254 with
-//! the magic [`MAGIC`] (RFC 6994), holding the app's virtual IPv4 address. The kernel
+//! the magic [`MAGIC`] (RFC 6994), holding the app's virtual IPv4 address. So does a
+//! daemon's own connect that carries a client's connection on (a relay's dial, a
+//! tunnel's hop), with the address the daemon claimed for that client
+//! (`ax_kclaims`, [`super::KernelDriver::claim`]). The kernel
 //! keeps the SYN of a connection to an app's listener (`TCP_SAVE_SYN`, set when the
 //! listener starts). When the connection is accepted, the program reads the option from
 //! that SYN and, if the SYN came from a member, writes the address (with the client's
@@ -72,9 +75,10 @@ pub(super) fn program(maps: &Maps, members: &Map) -> Vec<Insn> {
         .if_eq(R1, OP_TCP_LISTEN, listen)
         .goto(V::Allow);
 
-    // A connect of an app's socket to a member: its SYN will carry the option.
+    // A connect of an app's socket (or a daemon's socket that carries a client's
+    // connection on) to a member: its SYN will carry the option.
     a.here(connect);
-    state(&mut a, maps);
+    client_ip(&mut a, maps);
     member(&mut a, members);
     a.load(Size::W, R2, R6, CB_FLAGS).or_imm(R2, WRITE_HDR_OPT_FLAG);
     a.mov(R1, R6).call(bpf::FN_SOCK_OPS_CB_FLAGS_SET).goto(V::Allow);
@@ -86,10 +90,8 @@ pub(super) fn program(maps: &Maps, members: &Map) -> Vec<Insn> {
 
     a.here(write);
     only_syn(&mut a);
-    state(&mut a, maps);
-    a.load(Size::W, R1, R7, off(SockState::APP_OFFSET)).store(Size::W, R10, SCRATCH, R1);
-    lookup(&mut a, &maps.apps, SCRATCH, V::Allow);
-    a.load(Size::W, R1, R0, off(AppEntry::IP_OFFSET)).store(Size::W, R10, OPTION + 4, R1);
+    client_ip(&mut a, maps);
+    a.store(Size::W, R10, OPTION + 4, R1);
     option_head(&mut a, OPTION_LEN);
     a.mov(R1, R6)
         .mov(R2, R10)
@@ -147,6 +149,32 @@ pub(super) fn program(maps: &Maps, members: &Map) -> Vec<Insn> {
 fn state(a: &mut Asm, maps: &Maps) {
     a.mov(R1, R6);
     sock_state_at(a, maps, SK);
+}
+
+/// r1 = the address the socket's SYN names: its app's virtual address, or the client
+/// address the daemon claimed for its own socket (`ax_kclaims`, [`super::KernelDriver::claim`]);
+/// any other socket is left alone.
+fn client_ip(a: &mut Asm, maps: &Maps) {
+    let (app, have) = (a.label(), a.label());
+    a.load(Size::DW, R2, R6, SK)
+        .if_eq(R2, 0, V::Allow)
+        .load_map(R1, &maps.ksock)
+        .mov_imm(R3, 0)
+        .mov_imm(R4, 0)
+        .call(bpf::FN_SK_STORAGE_GET)
+        .if_ne(R0, 0, app)
+        .load(Size::DW, R2, R6, SK)
+        .if_eq(R2, 0, V::Allow)
+        .load_map(R1, &maps.claims)
+        .mov_imm(R3, 0)
+        .mov_imm(R4, 0)
+        .call(bpf::FN_SK_STORAGE_GET)
+        .if_eq(R0, 0, V::Allow)
+        .load(Size::W, R1, R0, 0)
+        .goto(have);
+    a.here(app).load(Size::W, R1, R0, off(SockState::APP_OFFSET)).store(Size::W, R10, SCRATCH, R1);
+    lookup(a, &maps.apps, SCRATCH, V::Allow);
+    a.load(Size::W, R1, R0, off(AppEntry::IP_OFFSET)).here(have);
 }
 
 /// Goes on only where the remote address is a member.
