@@ -308,9 +308,13 @@ fn a_udp_server_sees_the_client_apps_address_and_its_replies_reach_the_client() 
     }
     // socat, a program of its own, connected to the service (its datagram is sent on
     // a connected socket).
-    let out = h.cmd("sh")
+    let out = h
+        .cmd("sh")
         .arg("-c")
-        .arg(format!("echo three | timeout 60 {} run --ip 198.18.10.3 -- socat -t 20 - UDP:198.18.10.1:7001", support::ax_bin()))
+        .arg(format!(
+            "echo three | timeout 60 {} run --ip 198.18.10.3 -- socat -t 20 - UDP:198.18.10.1:7001",
+            support::ax_bin()
+        ))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "three", "{}", String::from_utf8_lossy(&out.stderr));

@@ -54,9 +54,7 @@ impl Request {
             "AXEG" => addr.parse().map(Request::Egress).map_err(|_| bad()),
             "AXRL" => {
                 let (to, client) = match addr.split_once(' ') {
-                    Some((to, client)) => {
-                        (to, Some(client.parse().ok().filter(|c| claimable(*c)).ok_or_else(bad)?))
-                    }
+                    Some((to, client)) => (to, Some(client.parse().ok().filter(|c| claimable(*c)).ok_or_else(bad)?)),
                     None => (addr, None),
                 };
                 Ok(Request::Relay { to: to.parse().map_err(|_| bad())?, client })

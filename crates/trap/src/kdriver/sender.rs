@@ -21,7 +21,7 @@
 //! (README, "Client addresses").
 
 use ax_core::kmap::{AppEntry, Config, SockState};
-use ax_sys::bpf::{self, Asm, Insn, Size, Target, Verdict as V, R0, R1, R2, R3, R4, R5, R6, R8, R9, R10};
+use ax_sys::bpf::{self, Asm, Insn, Size, Target, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R8, R9};
 
 use super::{config, lookup, off, sock_state_at, Maps, SCRATCH, SK};
 
