@@ -542,15 +542,20 @@ fn sock_state(a: &mut Asm, maps: &Maps) {
 
 /// [`sock_state`] for a context whose socket pointer is at `sk`.
 fn sock_state_at(a: &mut Asm, maps: &Maps, sk: i16) {
-    a.mov(R6, R1)
-        .load(Size::DW, R2, R6, sk)
+    a.mov(R6, R1);
+    socket_value(a, &maps.ksock, sk);
+    a.if_eq(R0, 0, V::Allow).mov(R7, R0);
+}
+
+/// r0 = the value in the socket-storage `map` of the socket of the context (r6) whose
+/// pointer is at `sk`, or 0; a context without a socket is left alone.
+fn socket_value(a: &mut Asm, map: &Map, sk: i16) {
+    a.load(Size::DW, R2, R6, sk)
         .if_eq(R2, 0, V::Allow)
-        .load_map(R1, &maps.ksock)
+        .load_map(R1, map)
         .mov_imm(R3, 0)
         .mov_imm(R4, 0)
-        .call(bpf::FN_SK_STORAGE_GET)
-        .if_eq(R0, 0, V::Allow)
-        .mov(R7, R0);
+        .call(bpf::FN_SK_STORAGE_GET);
 }
 
 /// r0 = the map value at the key on the stack at `key`; jumps to `missing` if absent.

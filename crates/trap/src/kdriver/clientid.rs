@@ -24,7 +24,7 @@
 use ax_core::kmap::{AppEntry, SockState};
 use ax_sys::bpf::{self, Asm, Insn, Map, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7};
 
-use super::{lookup, off, sock_state_at, Maps};
+use super::{lookup, off, sock_state_at, socket_value, Maps};
 
 /// The option's experimental-kind magic: "ax".
 pub const MAGIC: u16 = 0x6178;
@@ -156,22 +156,10 @@ fn state(a: &mut Asm, maps: &Maps) {
 /// any other socket is left alone.
 fn client_ip(a: &mut Asm, maps: &Maps) {
     let (app, have) = (a.label(), a.label());
-    a.load(Size::DW, R2, R6, SK)
-        .if_eq(R2, 0, V::Allow)
-        .load_map(R1, &maps.ksock)
-        .mov_imm(R3, 0)
-        .mov_imm(R4, 0)
-        .call(bpf::FN_SK_STORAGE_GET)
-        .if_ne(R0, 0, app)
-        .load(Size::DW, R2, R6, SK)
-        .if_eq(R2, 0, V::Allow)
-        .load_map(R1, &maps.claims)
-        .mov_imm(R3, 0)
-        .mov_imm(R4, 0)
-        .call(bpf::FN_SK_STORAGE_GET)
-        .if_eq(R0, 0, V::Allow)
-        .load(Size::W, R1, R0, 0)
-        .goto(have);
+    socket_value(a, &maps.ksock, SK);
+    a.if_ne(R0, 0, app);
+    socket_value(a, &maps.claims, SK);
+    a.if_eq(R0, 0, V::Allow).load(Size::W, R1, R0, 0).goto(have);
     a.here(app).load(Size::W, R1, R0, off(SockState::APP_OFFSET)).store(Size::W, R10, SCRATCH, R1);
     lookup(a, &maps.apps, SCRATCH, V::Allow);
     a.load(Size::W, R1, R0, off(AppEntry::IP_OFFSET)).here(have);
