@@ -1,10 +1,12 @@
 //! End-to-end tests of what a server under ax sees of its clients (issue 13, part 1),
-//! as root: a client app's virtual address on one node and across nodes, a client not
-//! under ax as itself, with a plain socket server and with PostgreSQL's pg_hba.conf.
+//! as root: a client app's virtual address on one node and across nodes (`--tls` or
+//! not), a client not under ax as itself (through a relay too), with a plain socket
+//! server, PostgreSQL's pg_hba.conf, nginx, Java, and a UDP server (recvfrom, recvmsg).
 //!
-//! Under the kernel driver, a client app's SYN names its virtual address and the
-//! server's accept and getpeername show it. Under the user driver, nothing carries it,
-//! and a server sees the client's node address (README, "Client addresses").
+//! Under the kernel driver, a client app's SYN names its virtual address (a relay's, its
+//! client's) and the server's accept and getpeername show it; a datagram from an app's
+//! socket on the server's node shows that app. Under the user driver, nothing carries
+//! it, and a server sees the client's node address (README, "Client addresses").
 
 mod support;
 
@@ -307,18 +309,28 @@ fn a_udp_server_sees_the_client_apps_address_and_its_replies_reach_the_client() 
         assert_eq!(udp_from(&h, word), (shown(&h, "198.18.10.2", NODE_IP).to_string(), port.to_string()));
     }
     // socat, a program of its own, connected to the service (its datagram is sent on
-    // a connected socket).
-    let out = h
-        .cmd("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo three | timeout 60 {} run --ip 198.18.10.3 -- socat -t 20 - UDP:198.18.10.1:7001",
-            support::ax_bin()
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "three", "{}", String::from_utf8_lossy(&out.stderr));
+    // a connected socket). It waits for more after the echo (UDP has no end), so it
+    // runs in the background and its echo is waited for.
+    let mut socat = h.cmd("sh");
+    let ax = support::ax_bin();
+    socat.arg("-c").arg(format!("echo three | {ax} run --ip 198.18.10.3 -- socat -t 120 - UDP:198.18.10.1:7001"));
+    h.spawn_plain("socat", socat);
+    h.wait_until("socat's echo", Duration::from_secs(60), || h.app_log("socat").contains("three"));
+    assert_eq!(h.app_log("socat").trim(), "three");
     assert_eq!(udp_from(&h, "three").0, shown(&h, "198.18.10.3", NODE_IP));
+
+    // A program not under ax on the node, to the server's host port: itself. (From a
+    // port below the pool's: under the kernel driver a send to a pool port of the node
+    // that no row holds is refused, the reply included.)
+    let host_port = h.servers_at("198.18.10.1:7001")[0]["ipv4_addr"].as_str().unwrap().to_string();
+    let (host, port) = host_port.rsplit_once(':').unwrap();
+    let plain = udp_client(host, "four", false)
+        .replace("7001", port)
+        .replace("s.settimeout", "s.bind(('0.0.0.0', 31001))\ns.settimeout");
+    let out = h.stdout_of(PY, &["-c", &plain]);
+    let (port, echo) = out.trim().split_once(' ').unwrap();
+    assert_eq!(echo, "four");
+    assert_eq!(udp_from(&h, "four"), (NODE_IP.to_string(), port.to_string()));
 }
 
 /// The attack: a local user not under ax shares the port of an app's UDP socket (both
