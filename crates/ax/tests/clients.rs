@@ -333,6 +333,25 @@ fn a_udp_server_sees_the_client_apps_address_and_its_replies_reach_the_client() 
     assert_eq!(udp_from(&h, "four"), (NODE_IP.to_string(), port.to_string()));
 }
 
+/// The same through an IPv6 server socket (`::`, dual-stack): the app's address
+/// v4-mapped, and the reply to it reaches the client.
+#[test]
+fn an_ipv6_udp_server_sees_the_client_apps_address_v4_mapped() {
+    support::require_root_and(&[PY]);
+    let mut h = TestHost::new();
+    h.start_daemon(&[]);
+    let server = UDP_SERVER.replace("AF_INET,", "AF_INET6,").replace("'0.0.0.0'", "'::'");
+    h.spawn_app("server", &["--ip", "198.18.10.1", "--", PY, "-c", &server]);
+    h.wait_until("the server's row", Duration::from_secs(30), || !h.servers_at("198.18.10.1:7001").is_empty());
+    for word in ["one", "two"] {
+        let out = h.run_ok(&["--ip", "198.18.10.2", "--", PY, "-c", &udp_client("198.18.10.1", word, false)]);
+        let (port, echo) = out.trim().split_once(' ').unwrap();
+        assert_eq!(echo, word);
+        let want = format!("::ffff:{}", shown(&h, "198.18.10.2", NODE_IP));
+        assert_eq!(udp_from(&h, word), (want, port.to_string()));
+    }
+}
+
 /// The attack: a local user not under ax shares the port of an app's UDP socket (both
 /// ask for SO_REUSEADDR, which the kernel then allows whoever binds) and sends from it.
 /// The app's socket is the one the kernel finds at that port (it is connected to the
