@@ -402,8 +402,8 @@ fn under_tls_a_server_sees_a_client_app_on_another_node() {
 
 /// A relay carries a client's connection on (an `--external` vservice port on node b,
 /// its backend on node a; under `--tls` through a's tunnel, else dialled from b): the
-/// server sees the client, a host not under ax on node c, as itself (kernel driver),
-/// not the node that dialled it.
+/// server sees the client, a host not under ax on node c, as itself, and a client app
+/// on c as that app (kernel driver), not the node that dialled.
 fn a_relayed_client_is_seen_as_itself(tls: bool) {
     let mut c = nodes(3, tls);
     c.hosts[0].spawn_app("server", &["--ip", "198.18.7.1", "--", PY, "-c", SERVER]);
@@ -432,6 +432,12 @@ fn a_relayed_client_is_seen_as_itself(tls: bool) {
     );
     assert_eq!(b.stdout_of(PY, &["-c", &local]).trim(), "ok");
     assert_eq!(next_peer(a, 1), format!("peer {dialer} {dialer}"));
+
+    // A client app on c, to the relay by the node's address: its SYN names it, and the
+    // relay carries the name on (under --tls in the tunnel's session).
+    assert_eq!(cn.run_ok(&["--ip", "198.18.7.6", "--", PY, "-c", &client(&b_ip)]).trim(), "ok");
+    let want = shown(a, "198.18.7.6", dialer);
+    assert_eq!(next_peer(a, 2), format!("peer {want} {want}"));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! and everything here is tested without root.
 
 pub mod addr;
+pub mod clientid;
 pub mod conflict;
 pub mod hostnet;
 pub mod icmp;

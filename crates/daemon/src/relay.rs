@@ -17,6 +17,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use ax_api::ProxyView;
+use ax_core::clientid::shown_client;
 use ax_core::{Route, Target};
 use ax_sys::sock;
 use ax_trap::Node;
@@ -24,7 +25,7 @@ use tracing::{debug, info};
 
 use crate::bounds::Gate;
 use crate::{tunnel, Daemon};
-use pump::{Held, Hop, Listening, Serve};
+use pump::{Client, Held, Hop, Listening, Serve};
 
 /// Connections one relay (or the egress gateway) carries at once, at most: fewer when
 /// the daemon's descriptor budget is smaller ([`pump::bounds`]); one client address a
@@ -108,6 +109,9 @@ impl Relays {
             Some(l) => l,
             None => TcpListener::bind((daemon.node_ip(), key.port))?,
         };
+        // Its clients' SYNs are kept (and read at once as each is accepted): a client
+        // app's names the app, which the backend's server is then shown.
+        sock::set_int(listener.as_fd(), libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, 1)?;
         let pump = daemon.pump()?;
         self.next += 1;
         let id = self.next;
@@ -163,20 +167,36 @@ impl Serve for Dialer {
             .collect()
     }
 
-    /// The backend's server sees the relay's client (kernel driver).
-    fn dialing(&self, dial: std::os::fd::BorrowedFd<'_>, client: &TcpStream) {
-        if let Some(ip) = tunnel::client_ip(client) {
-            self.daemon.claim_client(dial, ip);
-        }
+    /// The client's address, or the client app its SYN names ([`relay_client`]).
+    fn shown(&self, client: &TcpStream) -> Option<Ipv4Addr> {
+        relay_client(&self.daemon, client)
     }
 
-    fn tunnel(self: Arc<Self>, client: TcpStream, to: SocketAddrV4, rest: Vec<Hop>, held: Held) {
+    /// The backend's server sees the relay's client (kernel driver).
+    fn dialing(&self, dial: std::os::fd::BorrowedFd<'_>, shown: Ipv4Addr) {
+        self.daemon.claim_client(dial, shown);
+    }
+
+    fn tunnel(self: Arc<Self>, client: Client, to: SocketAddrV4, rest: Vec<Hop>, held: Held) {
         let Some(t) = self.daemon.tunnel_client() else { return };
-        t.spawn_relay(self.daemon.clone(), client, to, held, move |client, held| {
+        let shown = client.shown;
+        t.spawn_relay(self.daemon.clone(), client.stream, shown, to, held, move |stream, held| {
             debug!(%to, "relay: no hop; the next backend");
             if let Ok(pump) = self.daemon.pump() {
-                pump.dial(client, rest, held, self.clone());
+                pump.dial(Client { stream, shown }, rest, held, self.clone());
             }
         });
     }
 }
+
+/// Who a relay's client is to be shown as to the backend's server
+/// ([`ax_core::clientid::shown_client`], from the SYN the relay's listener kept).
+fn relay_client(daemon: &Daemon, client: &TcpStream) -> Option<Ipv4Addr> {
+    let std::net::SocketAddr::V4(peer) = ax_core::addr::unmap(client.peer_addr().ok()?) else { return None };
+    let mut syn = [0u8; SAVED_SYN_MAX];
+    let kept = sock::get_opt(client.as_fd(), libc::IPPROTO_TCP, libc::TCP_SAVED_SYN, &mut syn).ok();
+    shown_client(*peer.ip(), kept.map(|n| &syn[..n]), |ip| daemon.read(|s| s.table.is_node_address(ip)))
+}
+
+/// The longest SYN a listener keeps: an IPv4 header and a TCP header, options and all.
+const SAVED_SYN_MAX: usize = 120;

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ax_core::addr::unmap;
-use ax_core::tunnel::{answer_line, claimable, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
+use ax_core::tunnel::{answer_line, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
 use ax_core::{Errno, Table, EGRESS_PORT};
 use ax_trap::Node;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -98,19 +98,21 @@ impl Client {
     }
 
     /// Carries `client` to `to`, a row's host address on another node, through that
-    /// node's tunnel, on the runtime, holding `guard` until it ends; when the hop
-    /// cannot be made, `fallback` gets the client and the guard (for the next backend).
+    /// node's tunnel, on the runtime, holding `guard` until it ends; the hop asks that
+    /// the server be `shown` the client as that address. When the hop cannot be made,
+    /// `fallback` gets the client and the guard (for the next backend).
     pub fn spawn_relay<G: Send + 'static>(
         self: Arc<Self>,
         daemon: Daemon,
         client: std::net::TcpStream,
+        shown: Option<Ipv4Addr>,
         to: SocketAddrV4,
         guard: G,
         fallback: impl FnOnce(std::net::TcpStream, G) + Send + 'static,
     ) {
         let runtime = self.runtime.clone();
         runtime.spawn(async move {
-            let request = Request::Relay { to, client: client_ip(&client) };
+            let request = Request::Relay { to, client: shown };
             let mut tunnel = match self.open(&daemon, *to.ip(), request).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -331,16 +333,6 @@ impl Server {
         if let Some(n) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
             warn!(%peer, refused = n, "egress port: refused: {why}");
         }
-    }
-}
-
-/// The IPv4 address of a relay's client (v4-mapped or not) that its server may be
-/// shown ([`ax_core::tunnel::claimable`]: a local user connecting from 127.0.0.1 is not
-/// shown as the server's own host).
-pub fn client_ip(client: &std::net::TcpStream) -> Option<Ipv4Addr> {
-    match unmap(client.peer_addr().ok()?) {
-        SocketAddr::V4(v4) => Some(*v4.ip()).filter(|ip| claimable(*ip)),
-        SocketAddr::V6(_) => None,
     }
 }
 

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,12 +79,24 @@ pub struct Held {
 pub trait Serve: Send + Sync {
     /// Where a new client goes, in the order to try; empty: nowhere (it is closed).
     fn hops(&self) -> Vec<Hop>;
+    /// Who a new client is to be shown as to the backend's server (what [`Serve::dialing`]
+    /// and [`Serve::tunnel`] then get), asked once as it is accepted: by default nobody.
+    fn shown(&self, _client: &TcpStream) -> Option<Ipv4Addr> {
+        None
+    }
     /// Carries `client` through a tunnel to `to`; when that cannot be made, hands the
     /// client back with [`Pump::dial`] for the `rest` of the hops.
-    fn tunnel(self: Arc<Self>, client: TcpStream, to: SocketAddrV4, rest: Vec<Hop>, held: Held);
-    /// Readies `dial`, a socket about to connect to a backend for `client`: by default
-    /// nothing.
-    fn dialing(&self, _dial: BorrowedFd<'_>, _client: &TcpStream) {}
+    fn tunnel(self: Arc<Self>, client: Client, to: SocketAddrV4, rest: Vec<Hop>, held: Held);
+    /// Readies `dial`, a socket about to connect to a backend for a client to be shown
+    /// as `shown`: by default nothing.
+    fn dialing(&self, _dial: BorrowedFd<'_>, _shown: Ipv4Addr) {}
+}
+
+/// A relay's client: its connection, and who the backend's server is to be shown
+/// ([`Serve::shown`]).
+pub struct Client {
+    pub stream: TcpStream,
+    pub shown: Option<Ipv4Addr>,
 }
 
 /// A listener the loops accept on.
@@ -99,7 +111,7 @@ pub struct Listening {
 enum Job {
     Listen(Arc<Listening>),
     Unlisten(u32),
-    Dial { client: TcpStream, hops: Vec<Hop>, held: Held, serve: Arc<dyn Serve> },
+    Dial { client: Client, hops: Vec<Hop>, held: Held, serve: Arc<dyn Serve> },
     Carry { a: TcpStream, b: TcpStream, held: Held },
 }
 
@@ -256,7 +268,7 @@ impl Pump {
     }
 
     /// Carries `client` to the first of `hops` that answers (`serve` takes tunnel hops).
-    pub fn dial(&self, client: TcpStream, hops: Vec<Hop>, held: Held, serve: Arc<dyn Serve>) {
+    pub fn dial(&self, client: Client, hops: Vec<Hop>, held: Held, serve: Arc<dyn Serve>) {
         self.pick().send(Job::Dial { client, hops, held, serve });
     }
 
@@ -276,6 +288,8 @@ enum Stage {
         backend: Option<(TcpStream, Instant)>,
         hops: VecDeque<Hop>,
         serve: Arc<dyn Serve>,
+        /// Who the backend's server is to see ([`Serve::shown`]).
+        shown: Option<Ipv4Addr>,
     },
     Carrying {
         backend: TcpStream,
@@ -454,9 +468,9 @@ impl Worker {
                         self.unlisten(idx);
                     }
                 }
-                Job::Dial { client, hops, held, serve } => {
-                    if client.set_nonblocking(true).is_ok() {
-                        self.admit(client, hops.into(), held, serve);
+                Job::Dial { client: Client { stream, shown }, hops, held, serve } => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.admit(stream, shown, hops.into(), held, serve);
                     }
                 }
                 Job::Carry { a, b, held } => {
@@ -506,8 +520,15 @@ impl Worker {
     }
 
     /// A client accepted (or handed back), non-blocking: on to its first hop.
-    fn admit(&mut self, client: TcpStream, hops: VecDeque<Hop>, held: Held, serve: Arc<dyn Serve>) {
-        if let Some(idx) = self.add_conn(client, Stage::Dialing { backend: None, hops, serve }, held) {
+    fn admit(
+        &mut self,
+        client: TcpStream,
+        shown: Option<Ipv4Addr>,
+        hops: VecDeque<Hop>,
+        held: Held,
+        serve: Arc<dyn Serve>,
+    ) {
+        if let Some(idx) = self.add_conn(client, Stage::Dialing { backend: None, hops, serve, shown }, held) {
             self.next_hop(idx);
         }
     }
@@ -541,7 +562,9 @@ impl Worker {
                 Ok((client, peer)) => {
                     let Some(permit) = l.gate.admit(peer.map(|p| p.ip())) else { continue };
                     let Some(held) = self.budget.admit(permit) else { continue };
-                    self.admit(TcpStream::from(client), l.serve.hops().into(), held, l.serve.clone());
+                    let client = TcpStream::from(client);
+                    let shown = l.serve.shown(&client);
+                    self.admit(client, shown, l.serve.hops().into(), held, l.serve.clone());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => match l.gate.accept_failed(&e) {
@@ -567,7 +590,7 @@ impl Worker {
         loop {
             let gen = self.slots[idx].gen;
             let Entry::Conn(c) = &mut self.slots[idx].entry else { return };
-            let Stage::Dialing { backend, hops, serve } = &mut c.stage else { return };
+            let Stage::Dialing { backend, hops, serve, shown } = &mut c.stage else { return };
             if let Some((_, deadline)) = backend.take() {
                 self.timers.remove(&(deadline, token(gen, idx, Side::Backend)));
             }
@@ -577,13 +600,13 @@ impl Worker {
                     return self.close(idx, false);
                 }
                 Some(Hop::Tunnel(to)) => {
-                    let (rest, serve) = (hops.drain(..).collect(), serve.clone());
+                    let (rest, serve, shown) = (hops.drain(..).collect(), serve.clone(), *shown);
                     let Entry::Conn(c) = self.remove(idx) else { return };
                     let _ = self.epoll.delete(c.client.as_fd());
                     let Conn { client, _held: held, .. } = *c;
-                    return serve.tunnel(client, to, rest, held);
+                    return serve.tunnel(Client { stream: client, shown }, to, rest, held);
                 }
-                Some(Hop::Direct(t)) => match dial(t, |s| serve.dialing(s, &c.client)) {
+                Some(Hop::Direct(t)) => match dial(t, |s| shown.iter().for_each(|ip| serve.dialing(s, *ip))) {
                     Ok(s) => {
                         let deadline = Instant::now() + DIAL_TIMEOUT;
                         let tok = token(gen, idx, Side::Backend);

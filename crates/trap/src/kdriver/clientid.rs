@@ -4,7 +4,7 @@
 //!
 //! In band, in the SYN: a client app's connect to a member (this node or a live cluster
 //! member: the guard's member set) carries a TCP option, experimental kind 254 with
-//! the magic [`MAGIC`] (RFC 6994), holding the app's virtual IPv4 address. So does a
+//! the magic [`ax_core::clientid::MAGIC`] (RFC 6994), holding the app's virtual IPv4 address. So does a
 //! daemon's own connect that carries a client's connection on (a relay's dial, a
 //! tunnel's hop), with the address the daemon claimed for that client
 //! (`ax_kclaims`, [`super::KernelDriver::claim`]). The kernel
@@ -21,16 +21,14 @@
 //! A SYN answered with a syncookie (a listener under a SYN flood) keeps no SYN, so
 //! its connection shows the client's node address.
 
+use ax_core::clientid::{KIND_EXPERIMENTAL, MAGIC};
 use ax_core::kmap::{AppEntry, SockState};
 use ax_sys::bpf::{self, Asm, Insn, Map, Size, Verdict as V, R0, R1, R10, R2, R3, R4, R5, R6, R7};
 
 use super::{lookup, off, sock_state_at, socket_value, Maps};
 
-/// The option's experimental-kind magic: "ax".
-pub const MAGIC: u16 = 0x6178;
-/// The option: kind, length, the magic, the IPv4 address.
-pub const OPTION_LEN: i32 = 8;
-const KIND_EXPERIMENTAL: i32 = 254;
+/// The option's length ([`ax_core::clientid`] has its layout).
+const OPTION_LEN: i32 = ax_core::clientid::OPTION_LEN as i32;
 
 /// offsetof(struct bpf_sock_ops, ...).
 const OP: i16 = 0;
@@ -179,7 +177,7 @@ fn only_syn(a: &mut Asm) {
 /// The option's kind, length `len` and magic at [`OPTION`].
 fn option_head(a: &mut Asm, len: i32) {
     let [hi, lo] = MAGIC.to_be_bytes();
-    a.store_imm(Size::B, R10, OPTION, KIND_EXPERIMENTAL)
+    a.store_imm(Size::B, R10, OPTION, i32::from(KIND_EXPERIMENTAL))
         .store_imm(Size::B, R10, OPTION + 1, len)
         .store_imm(Size::B, R10, OPTION + 2, i32::from(hi))
         .store_imm(Size::B, R10, OPTION + 3, i32::from(lo));

@@ -12,7 +12,7 @@ impl Serve for To {
     fn hops(&self) -> Vec<Hop> {
         self.0.clone()
     }
-    fn tunnel(self: Arc<Self>, _: TcpStream, to: SocketAddrV4, _: Vec<Hop>, _: Held) {
+    fn tunnel(self: Arc<Self>, _: Client, to: SocketAddrV4, _: Vec<Hop>, _: Held) {
         panic!("no tunnel in these tests (asked for {to})");
     }
 }
