@@ -41,6 +41,8 @@
 //!   dropped.
 //! - bind4/6: refused (EPERM) to every thread that is not the daemon's (the daemon
 //!   binds for the app, as the guard demands of guarded sockets).
+//! - sock_ops (`clientid`): a client app's SYN (or a daemon's, for a client it carries
+//!   on) names the client to a server under ax, whose accept and getpeername show it.
 //! - sock_create, on `<cgroup2 root>/ax-apps-N` (`crate::appcg`): the TCP sockets an app
 //!   in a cgroup there makes itself get the marks of the daemon's, so the programs
 //!   above rule them alike; any other inet socket there is refused.
