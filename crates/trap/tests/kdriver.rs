@@ -1602,7 +1602,7 @@ fn a_daemon_moved_to_the_root_leaves_one_set_of_programs_on_ax_apps() {
             names.sort();
             names
         };
-        assert_eq!(at_apps().len(), 15, "beside: the 14 programs and sock_create on ax-apps: {:?}", at_apps());
+        assert_eq!(at_apps().len(), 16, "beside: the 15 programs and sock_create on ax-apps: {:?}", at_apps());
         assert_ne!(s.cgroup, s.cgroups);
         fs::write(s.cgroups.join("cgroup.procs"), std::process::id().to_string()).unwrap();
         let next = KernelDriver::install(&Sandbox::run_dir(), &s.guard).unwrap();
