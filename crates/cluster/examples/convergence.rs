@@ -44,6 +44,7 @@ fn published(ip: Ipv4Addr, i: usize) -> Published {
         }],
         apps: vec![],
         vservices: vec![],
+        federation: Default::default(),
     }
 }
 

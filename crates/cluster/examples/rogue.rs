@@ -123,7 +123,7 @@ fn published(f: &Flags) -> Result<Published, String> {
         None => vec![],
     };
     let node = NodeRecord { name: f.name.clone(), cluster: f.cluster.clone(), ip, egress_gateway: true };
-    Ok(Published { node, rows, apps: vec![], vservices })
+    Ok(Published { node, rows, apps: vec![], vservices, federation: Default::default() })
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -17,6 +17,7 @@ use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tracing::warn;
 
+use crate::federation::FEDERATION_ID;
 use crate::hush::Hush;
 use crate::quic::{Identities, Trust};
 use crate::signed::{Sealed, Sealer, Seals, SEAL_KEY};
@@ -42,7 +43,13 @@ const GREETS_PER_ROUND: usize = 32;
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
     pub me: NodeRecord,
+    /// The chitchat cluster id: the cluster's name in a cluster, [`FEDERATION_ID`] on
+    /// the WAN (nodes of another id are never merged).
+    pub cluster_id: String,
     pub listen: SocketAddr,
+    /// The address the others reach this node's gossip at: `listen`, but for a
+    /// federation gateway behind NAT.
+    pub advertise: SocketAddr,
     /// `ip:port` of the nodes to contact first.
     pub seeds: Vec<String>,
     /// 300 ms: a sixth fewer bytes than 250 ms, for 0.2 s more to converge at 10
@@ -61,12 +68,35 @@ pub struct GossipConfig {
 
 impl GossipConfig {
     pub fn new(me: NodeRecord, listen: SocketAddr, seeds: Vec<String>, generation: u64) -> GossipConfig {
-        GossipConfig { me, listen, seeds, interval: Duration::from_millis(300), generation, phi_threshold: 6.0 }
+        let cluster_id = me.cluster.clone();
+        GossipConfig {
+            me,
+            cluster_id,
+            listen,
+            advertise: listen,
+            seeds,
+            interval: Duration::from_millis(300),
+            generation,
+            phi_threshold: 6.0,
+        }
+    }
+
+    /// A federation gateway's WAN gossip: among every cluster's gateways, reached at
+    /// `advertise` (`me.ip` must be its address: a node's record names the address it
+    /// gossips from).
+    pub fn federation(
+        me: NodeRecord,
+        listen: SocketAddr,
+        advertise: SocketAddr,
+        seeds: Vec<String>,
+        generation: u64,
+    ) -> GossipConfig {
+        GossipConfig { cluster_id: FEDERATION_ID.into(), advertise, ..GossipConfig::new(me, listen, seeds, generation) }
     }
 
     /// This node's chitchat id: its name, generation and gossip address.
     pub fn chitchat_id(&self) -> ChitchatId {
-        ChitchatId::new(self.me.name.clone(), self.generation, self.listen)
+        ChitchatId::new(self.me.name.clone(), self.generation, self.advertise)
     }
 }
 
@@ -149,7 +179,7 @@ impl Gossip {
         };
         let chitchat_config = ChitchatConfig {
             chitchat_id: id,
-            cluster_id: config.me.cluster.clone(),
+            cluster_id: config.cluster_id.clone(),
             gossip_interval: config.interval,
             listen_addr: config.listen,
             seed_nodes: config.seeds,
@@ -345,6 +375,37 @@ impl Gossip {
         }
     }
 
+    /// What the live nodes that count publish, and every node known with its liveness.
+    fn counted(&self, c: &Chitchat, members: &Members, now_ms: u64) -> (Vec<Published>, Vec<NodeStatus>) {
+        let mut published = Vec::new();
+        let mut nodes = Vec::new();
+        for id in &members.ids {
+            let sealed = self.sealed(c, id, now_ms);
+            let problem = sealed.problem.as_ref().map(ToString::to_string);
+            if let Some(p) = sealed.live().and_then(|p| self.read(id, p, now_ms)) {
+                nodes.push(NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len(), problem });
+                published.push(p);
+            }
+        }
+        // A dead node is listed as it was last taken (sealed long ago or not;
+        // nothing is checked for it).
+        for id in c.dead_nodes().filter(|id| self.proven(id)) {
+            let last = match &self.trust {
+                Some(t) => t.seals.last(id),
+                None => c.node_state(id).and_then(|n| Published::from_keys(n.key_values())),
+            };
+            if let Some(p) = last.and_then(|p| self.read(id, p, now_ms)) {
+                if !nodes.iter().any(|n| n.node.name == p.node.name) {
+                    nodes.push(NodeStatus { node: p.node.clone(), live: false, apps: p.apps.len(), problem: None });
+                }
+            }
+        }
+        if let Some(t) = &self.trust {
+            t.seals.retain(|id| c.node_state(id).is_some());
+        }
+        (published, nodes)
+    }
+
     /// The other live nodes' rows and apps, every node known with its liveness, and the
     /// vservice records they publish.
     pub async fn view(&self) -> (Remote, Vec<NodeStatus>, Vec<VsRecord>) {
@@ -352,42 +413,23 @@ impl Gossip {
         let now_ms = now_ms();
         self.handle
             .with_chitchat(|c| {
-                let mut published = Vec::new();
-                let mut nodes = Vec::new();
-                for id in &members.ids {
-                    let sealed = self.sealed(c, id, now_ms);
-                    let problem = sealed.problem.as_ref().map(ToString::to_string);
-                    if let Some(p) = sealed.live().and_then(|p| self.read(id, p, now_ms)) {
-                        nodes.push(NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len(), problem });
-                        published.push(p);
-                    }
-                }
-                // A dead node is listed as it was last taken (sealed long ago or not;
-                // nothing is checked for it).
-                for id in c.dead_nodes().filter(|id| self.proven(id)) {
-                    let last = match &self.trust {
-                        Some(t) => t.seals.last(id),
-                        None => c.node_state(id).and_then(|n| Published::from_keys(n.key_values())),
-                    };
-                    if let Some(p) = last.and_then(|p| self.read(id, p, now_ms)) {
-                        if !nodes.iter().any(|n| n.node.name == p.node.name) {
-                            let status =
-                                NodeStatus { node: p.node.clone(), live: false, apps: p.apps.len(), problem: None };
-                            nodes.push(status);
-                        }
-                    }
-                }
+                let (published, nodes) = self.counted(c, &members, now_ms);
                 let vservices = published
                     .iter()
                     .filter(|p| p.node.cluster == self.me.cluster)
                     .flat_map(|p| p.vservices.clone())
                     .collect();
-                if let Some(t) = &self.trust {
-                    t.seals.retain(|id| c.node_state(id).is_some());
-                }
                 (remote_view(&self.me, &published), nodes, vservices)
             })
             .await
+    }
+
+    /// On the WAN: what the other live gateways that count publish (of every cluster),
+    /// and every gateway known with its liveness.
+    pub async fn federation_view(&self) -> (Vec<Published>, Vec<NodeStatus>) {
+        let members = self.members_now().await;
+        let now_ms = now_ms();
+        self.handle.with_chitchat(|c| self.counted(c, &members, now_ms)).await
     }
 
     /// How many other live nodes that count publish at least one row (cheap without

@@ -396,6 +396,7 @@ mod tests {
             }],
             apps: vec![],
             vservices: vec![],
+            federation: Default::default(),
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Keys: `node` (the node itself), `row/<proto>/<host addr>` (one per service row),
 //! `app/<app id>` (one per app, for names and virtual addresses), `vs/<name>` (one per
-//! vservice). Values are JSON of typed records: protocol, labels, exposes and vservice
+//! vservice), and a federation gateway's (see [`crate::federation`]). Values are JSON of typed records: protocol, labels, exposes and vservice
 //! definitions are checked as they are read, like input from the API, and a record
 //! this version cannot read, or that does not check, is skipped, never fatal.
 
@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ax_core::vservice::{Expose, Spec};
-use ax_core::{addr, AppId, Labels, Proto, Remote, RemoteApp, RemoteRow};
+use ax_core::{addr, AppId, Labels, Proto, Remote, RemoteApp, RemoteRow, RemoteService};
 use serde::{Deserialize, Serialize};
+
+use crate::federation::Federation;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -121,6 +123,8 @@ pub struct Published {
     pub rows: Vec<RowRecord>,
     pub apps: Vec<AppRecord>,
     pub vservices: Vec<VsRecord>,
+    /// A federation gateway's record, exports (on the WAN) and imports (in its cluster).
+    pub federation: Federation,
 }
 
 pub const NODE_KEY: &str = "node";
@@ -139,6 +143,7 @@ impl Published {
         for v in &self.vservices {
             kv.insert(format!("vs/{}", v.name), json(v));
         }
+        self.federation.to_keys(&mut kv);
         kv
     }
 
@@ -146,6 +151,7 @@ impl Published {
     pub fn from_keys<'a>(kv: impl Iterator<Item = (&'a str, &'a str)>) -> Option<Published> {
         let mut node = None;
         let (mut rows, mut apps, mut vservices) = (Vec::new(), Vec::new(), Vec::new());
+        let mut federation = Federation::default();
         for (k, v) in kv {
             if k == NODE_KEY {
                 node = serde_json::from_str(v).ok();
@@ -155,9 +161,11 @@ impl Published {
                 apps.extend(serde_json::from_str::<AppRecord>(v).ok().filter(AppRecord::valid));
             } else if k.starts_with("vs/") {
                 vservices.extend(serde_json::from_str::<VsRecord>(v).ok().filter(VsRecord::valid));
+            } else {
+                federation.take(k, v);
             }
         }
-        Some(Published { node: node?, rows, apps, vservices })
+        Some(Published { node: node?, rows, apps, vservices, federation })
     }
 }
 
@@ -233,6 +241,17 @@ pub fn remote_view(me: &NodeRecord, others: &[Published]) -> Remote {
                 labels: r.labels.clone(),
             });
         }
+        // A gateway's imports: remote clusters' services, reached through it.
+        for i in p.federation.imports.iter().filter(|_| p.federation.gateway.is_some()) {
+            remote.federated.push(RemoteService {
+                cluster: i.cluster.clone(),
+                gateway: p.node.ip,
+                proto: i.export.proto,
+                service: i.export.service,
+                name: i.export.name.clone(),
+                labels: i.export.labels.clone(),
+            });
+        }
         for a in &p.apps {
             remote.apps.push(RemoteApp {
                 node: p.node.name.clone(),
@@ -273,6 +292,7 @@ mod tests {
                 labels: Some("zone=default".parse().unwrap()),
             }],
             vservices: vec![vs("web", 3, "a", true)],
+            federation: Default::default(),
         }
     }
 

@@ -206,6 +206,7 @@ mod tests {
             }],
             apps: vec![],
             vservices: vec![],
+            federation: Default::default(),
         }
     }
 

@@ -33,6 +33,7 @@ fn published(i: usize) -> Published {
         }],
         apps: vec![],
         vservices: vec![],
+        federation: Default::default(),
     }
 }
 

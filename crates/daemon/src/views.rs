@@ -123,6 +123,7 @@ mod tests {
             }],
             apps: vec![],
             vservices: vec![],
+            federation: Default::default(),
         };
         // As the gossip carries it: key-values of JSON, read back on this node.
         let kv = theirs.to_keys();

@@ -1,12 +1,13 @@
 //! The tables of one daemon, composed of one part per idea: `apps` (the registry
 //! and made-up addresses), `services` (bound sockets, service rows, the port pool and
 //! the sweep), `vservices` (the vservice set and its balancing), `remote` (the
-//! cluster's latest word and egress peers), and `routing`, the decisions for bind,
+//! cluster's latest word and egress peers), `federated` (remote clusters' services), and `routing`, the decisions for bind,
 //! connect, getsockname and getpeername that read all of them. [`Table`] is what the
 //! daemon and the trap engine hold; its parts are not reachable on their own.
 
 mod apps;
 mod echo;
+mod federated;
 mod gateway;
 mod kernel;
 mod ksync;
@@ -28,7 +29,7 @@ pub use apps::{AddAppError, App, BadDriver, Driver, NewApp};
 pub use echo::Echo;
 pub use gateway::Refusal;
 pub use kernel::{KernelView, ROUTES_PER_APP};
-pub use remote::{Remote, RemoteApp, RemoteRow};
+pub use remote::{Federated, Remote, RemoteApp, RemoteRow, RemoteService};
 pub use reserved::{DaemonPorts, Reserved, BROKER_PORT, DNS_PORT};
 pub use routing::{BindPlan, Route, Target, EGRESS_PORT};
 pub use services::{Binding, BoundSocket, SWEEP_MISSES};

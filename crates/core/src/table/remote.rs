@@ -1,9 +1,10 @@
 //! What this node knows of the rest of the cluster: the other live nodes, their egress
 //! gateways, the rows and apps they publish (as last gossiped), every app address ever
-//! published, and where this node's egress connections really go. Gossip itself is
-//! elsewhere (`ax-cluster`); this is only its latest word.
+//! published, the remote clusters' services our federation gateways lead to, and where
+//! this node's egress connections really go. Gossip itself is elsewhere
+//! (`ax-cluster`); this is only its latest word.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::addr;
@@ -36,6 +37,32 @@ pub struct RemoteApp {
     pub labels: Option<Labels>,
 }
 
+/// A service of another cluster of the federation, as a federation gateway of ours
+/// re-publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteService {
+    /// The cluster it belongs to.
+    pub cluster: String,
+    /// The node address of our gateway that leads there.
+    pub gateway: Ipv4Addr,
+    pub proto: Proto,
+    pub service: SocketAddrV4,
+    pub name: Option<String>,
+    /// The label sets of its backends.
+    pub labels: Vec<Labels>,
+}
+
+/// Where a connect to a remote cluster's service goes: to that cluster, through one of
+/// our gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Federated {
+    pub cluster: String,
+    /// Our gateways that lead there (node addresses), sorted.
+    pub gateways: Vec<Ipv4Addr>,
+    pub name: Option<String>,
+    pub labels: Vec<Labels>,
+}
+
 /// What the rest of the cluster publishes, as last gossiped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Remote {
@@ -45,6 +72,8 @@ pub struct Remote {
     pub egress: Vec<Ipv4Addr>,
     pub rows: Vec<RemoteRow>,
     pub apps: Vec<RemoteApp>,
+    /// Other clusters' services, as our gateways re-publish them.
+    pub federated: Vec<RemoteService>,
 }
 
 /// The latest [`Remote`], and the app addresses of every earlier one: an app address
@@ -58,6 +87,8 @@ pub(super) struct RemoteView {
     /// per gossip word: one lookup per destination, however many rows there are.
     by_service: HashMap<(Proto, SocketAddrV4), Vec<usize>>,
     by_host: HashMap<(Proto, SocketAddrV4), usize>,
+    /// `now.federated` by service, an address claimed by two clusters left out.
+    federated: HashMap<(Proto, SocketAddrV4), Federated>,
 }
 
 impl RemoteView {
@@ -71,7 +102,24 @@ impl RemoteView {
             self.by_service.entry((r.proto, r.service)).or_default().push(i);
             self.by_host.entry((r.proto, r.host)).or_insert(i);
         }
+        self.federated = index_federated(&remote.federated);
         self.now = remote;
+    }
+
+    /// The remote cluster's service at `service`, as our gateways publish it (whether
+    /// the address is ours is the table's to say).
+    pub(super) fn federated_at(&self, proto: Proto, service: SocketAddrV4) -> Option<&Federated> {
+        self.federated.get(&(proto, service))
+    }
+
+    /// True when a remote cluster's service is at `ip`.
+    pub(super) fn has_federated_ip(&self, ip: Ipv4Addr) -> bool {
+        self.federated.keys().any(|(_, s)| *s.ip() == ip)
+    }
+
+    /// Every remote cluster's service, by address.
+    pub(super) fn federated(&self) -> impl Iterator<Item = (&(Proto, SocketAddrV4), &Federated)> {
+        self.federated.iter()
     }
 
     pub(super) fn get(&self) -> &Remote {
@@ -128,6 +176,29 @@ impl RemoteView {
     pub(super) fn gateways(&self) -> &[Ipv4Addr] {
         &self.now.egress
     }
+}
+
+/// Remote services by address, gateways gathered. An address that two clusters claim
+/// (whatever the ports) is nobody's: one cluster cannot take over another's service.
+fn index_federated(services: &[RemoteService]) -> HashMap<(Proto, SocketAddrV4), Federated> {
+    let mut owners: BTreeMap<Ipv4Addr, BTreeSet<&str>> = BTreeMap::new();
+    for s in services {
+        owners.entry(*s.service.ip()).or_default().insert(&s.cluster);
+    }
+    let mut out: HashMap<(Proto, SocketAddrV4), Federated> = HashMap::new();
+    for s in services.iter().filter(|s| owners[s.service.ip()].len() == 1 && s.service.port() != 0) {
+        let f = out.entry((s.proto, s.service)).or_insert_with(|| Federated {
+            cluster: s.cluster.clone(),
+            gateways: Vec::new(),
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+        });
+        if !f.gateways.contains(&s.gateway) {
+            f.gateways.push(s.gateway);
+            f.gateways.sort();
+        }
+    }
+    out
 }
 
 /// True when a published row serves: one at port 0 (only a gossiper can say one; no
@@ -203,6 +274,7 @@ mod tests {
             rows: vec![row("198.18.3.1:80", "10.0.0.2:40000")],
             // An app without its own address has its node's: that is no app address.
             apps: vec![remote_app("n2", "198.18.3.1", Some("Web")), remote_app("n2", "10.0.0.2", None)],
+            federated: vec![],
         });
         let service = "198.18.3.1:80".parse().unwrap();
         let host = "10.0.0.2:40000".parse().unwrap();
@@ -281,6 +353,7 @@ mod tests {
                     labels: None,
                 },
             ],
+            federated: vec![],
         });
         assert_eq!(first(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000"))), host);
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.2:80")), Route::Refused);

@@ -310,7 +310,8 @@ impl Table {
         rows_at(&self.apps, &self.services, &self.remote, proto, service)
     }
 
-    /// True when `ip` is an app's or a vservice's address and not a node's own.
+    /// True when `ip` is an app's, a vservice's or a remote cluster's service's address
+    /// and not a node's own.
     pub fn is_virtual(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(v4) => {
@@ -319,7 +320,8 @@ impl Table {
                     && (self.apps.has_ip(v4)
                         || self.remote.has_app_ip(v4)
                         || self.remote.was_app_ip(v4)
-                        || self.vservices.has_ip(v4))
+                        || self.vservices.has_ip(v4)
+                        || self.remote.has_federated_ip(v4))
             }
             IpAddr::V6(_) => false,
         }

@@ -1,0 +1,137 @@
+//! Remote clusters' services in this node's table: what our federation gateways
+//! re-publish, as far as it does not touch this cluster's own addresses. A remote
+//! cluster never shadows or takes over a local service or name: an address in use here
+//! (an app's now or ever, a vservice's, a node's) is answered as ours whatever the
+//! gateways say, and names resolve to remote services only where no local one has them.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::remote::Federated;
+use super::reserved::is_node_address;
+use super::{Proto, Table};
+
+impl Table {
+    /// True when `ip` is in use in this cluster: a node's address, an app's (here or
+    /// on another node, now or ever), a vservice's.
+    pub fn is_cluster_address(&self, ip: Ipv4Addr) -> bool {
+        is_node_address(&self.node, &self.remote, ip)
+            || self.apps.has_ip(ip)
+            || self.remote.has_app_ip(ip)
+            || self.remote.was_app_ip(ip)
+            || self.vservices.has_ip(ip)
+    }
+
+    /// The remote cluster's service at `service` and our gateways that lead there, if
+    /// `service` is one and its address is not ours.
+    pub fn federated(&self, proto: Proto, service: SocketAddrV4) -> Option<&Federated> {
+        self.remote.federated_at(proto, service).filter(|_| !self.is_cluster_address(*service.ip()))
+    }
+
+    /// Every remote cluster's service that is not at one of our addresses, sorted by
+    /// protocol and address.
+    pub fn federated_services(&self) -> Vec<(Proto, SocketAddrV4, &Federated)> {
+        let mut all: Vec<_> = self
+            .remote
+            .federated()
+            .filter(|((_, s), _)| !self.is_cluster_address(*s.ip()))
+            .map(|((p, s), f)| (*p, *s, f))
+            .collect();
+        all.sort_by_key(|(p, s, _)| (p.name(), *s));
+        all
+    }
+
+    /// The addresses of remote services named `label` (without case), by cluster.
+    pub fn federated_named(&self, label: &str) -> BTreeMap<String, Vec<Ipv4Addr>> {
+        let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+        for (_, service, f) in self.federated_services() {
+            if f.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(label)) {
+                let ips = out.entry(f.cluster.clone()).or_default();
+                if !ips.contains(service.ip()) {
+                    ips.push(*service.ip());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::remote::RemoteService;
+    use crate::table::testing::{app, named, sa, table};
+    use crate::table::{Remote, RemoteApp, Route};
+
+    fn service(cluster: &str, gateway: &str, at: &str, name: Option<&str>) -> RemoteService {
+        RemoteService {
+            cluster: cluster.into(),
+            gateway: gateway.parse().unwrap(),
+            proto: Proto::Tcp,
+            service: at.parse().unwrap(),
+            name: name.map(Into::into),
+            labels: vec!["zone=default".parse().unwrap()],
+        }
+    }
+
+    fn with(federated: Vec<RemoteService>) -> Remote {
+        Remote { nodes: vec![("gw".into(), "10.0.0.9".parse().unwrap())], federated, ..Remote::default() }
+    }
+
+    #[test]
+    fn a_remote_service_is_known_with_the_gateways_that_lead_there() {
+        let mut t = table();
+        t.set_remote(with(vec![
+            service("c1", "10.0.0.9", "198.18.20.1:8000", Some("web")),
+            service("c1", "10.0.0.8", "198.18.20.1:8000", Some("web")),
+        ]));
+        let f = t.federated(Proto::Tcp, "198.18.20.1:8000".parse().unwrap()).unwrap();
+        assert_eq!(f.cluster, "c1");
+        assert_eq!(f.gateways, ["10.0.0.8".parse::<Ipv4Addr>().unwrap(), "10.0.0.9".parse().unwrap()]);
+        assert_eq!(t.federated(Proto::Udp, "198.18.20.1:8000".parse().unwrap()), None);
+        assert_eq!(t.federated(Proto::Tcp, "198.18.20.1:9".parse().unwrap()), None);
+        assert_eq!(t.federated_named("WEB"), BTreeMap::from([("c1".into(), vec!["198.18.20.1".parse().unwrap()])]));
+        // A local name is not a remote one.
+        assert_eq!(t.addresses_named("web"), None);
+    }
+
+    /// A remote cluster publishes our own app's address and name, a vservice's
+    /// address, a node's address, and an address another remote cluster uses: none of
+    /// it is taken, and our app keeps its address and name.
+    #[test]
+    fn a_hostile_remote_cluster_shadows_nothing_here() {
+        let mut t = table();
+        let ours = named(&mut t, "web", Some("198.18.10.1")).unwrap();
+        t.add_vservice(crate::table::testing::vservice("db", "198.18.10.2", Default::default(), "198.18.10.1"), crate::table::Origin::Request).unwrap();
+        let c = app(&mut t, None, "zone=default");
+        let mut remote = with(vec![
+            service("evil", "10.0.0.9", "198.18.10.1:80", Some("web")),
+            service("evil", "10.0.0.9", "198.18.10.2:80", Some("db")),
+            service("evil", "10.0.0.9", "10.0.0.9:22", None),
+            service("evil", "10.0.0.9", "198.18.10.3:80", Some("api")),
+            service("evil", "10.0.0.9", "198.18.20.1:8000", Some("shop")),
+            service("c1", "10.0.0.9", "198.18.20.1:8000", Some("shop")),
+        ]);
+        // An app of another node of ours, at an address the remote cluster claims too.
+        remote.apps.push(RemoteApp { node: "gw".into(), id: "f0000009".into(), name: Some("api".into()), ip: "198.18.10.3".parse().unwrap(), expose: vec![] });
+        t.set_remote(remote);
+        for at in ["198.18.10.1:80", "198.18.10.2:80", "10.0.0.9:22", "198.18.10.3:80", "198.18.20.1:8000"] {
+            assert_eq!(t.federated(Proto::Tcp, at.parse().unwrap()), None, "{at}");
+        }
+        assert!(t.federated_services().is_empty());
+        assert_eq!(t.addresses_named("web"), Some(vec![ours.ip]));
+        assert!(t.federated_named("web").is_empty() && t.federated_named("shop").is_empty());
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.10.1:80")), Route::Refused, "our app does not serve port 80");
+    }
+
+    /// Until the data path exists, a connect to a remote cluster's service is refused
+    /// like one to any virtual address without rows: never sent out of the host.
+    #[test]
+    fn a_connect_to_a_remote_service_never_leaves_the_host_directly() {
+        let mut t = table();
+        let c = app(&mut t, None, "zone=default");
+        t.set_remote(with(vec![service("c1", "10.0.0.9", "198.18.20.1:8000", Some("web"))]));
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.1:8000")), Route::Refused);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.9:8000")), Route::Direct(sa("198.18.20.9:8000")));
+    }
+}
