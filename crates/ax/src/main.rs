@@ -18,9 +18,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let sub = matches.subcommand().map(|(_, m)| m).expect("clap requires a subcommand");
-    let result =
-        args::unsupported(&cli.command, sub).map_err(anyhow::Error::from).and_then(|()| dispatch(cli.command, sub));
-    match result {
+    match dispatch(cli.command, sub) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ax: {e:#}");
@@ -34,7 +32,7 @@ fn dispatch(command: Command, sub: &ArgMatches) -> Result<ExitCode> {
     match command {
         Command::Daemon(d) => {
             log::init(d.log_level.as_deref(), d.log_format)?;
-            ax_daemon::run(daemon_config(*d)?)?;
+            ax_daemon::run(daemon_config(*d, sub)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(r) => {
@@ -84,7 +82,19 @@ fn target(args: &ServerArgs, sub: &ArgMatches) -> Result<Target> {
     })
 }
 
-fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
+/// `sub`: the daemon's matches (which flags were given).
+fn daemon_config(d: DaemonArgs, sub: &ArgMatches) -> Result<ax_daemon::Config> {
+    let federation = args::federation(&d, sub)?;
+    if let Some(f) = &federation {
+        if f.ip.parse::<std::net::Ipv4Addr>().is_err() {
+            ax_run::check_interface_name(&f.ip).map_err(|_| {
+                anyhow!(
+                    "--federation-gateway-ip '{}' is neither an IPv4 address nor an interface name (1-15 characters, no '/', ':' or spaces)",
+                    f.ip
+                )
+            })?;
+        }
+    }
     let ports = PortRanges::parse(&d.ports).map_err(|e| anyhow!("--ports {}: {e}", d.ports))?;
     let neighbors = d
         .neighbors
@@ -118,6 +128,13 @@ fn daemon_config(d: DaemonArgs) -> Result<ax_daemon::Config> {
             neighbors,
             auto_discover: d.gossip_auto_discover.then_some(32),
         },
+        federation: federation.map(|f| ax_daemon::FederationSettings {
+            ip: f.ip,
+            advertise: f.advertise,
+            port: f.port,
+            gossip_port: f.gossip_port,
+            neighbors: f.neighbors,
+        }),
         egress_gateway: d.egress_gateway,
         clean: d.clean,
         cpu_profile: d.cpu_profile.map(std::path::PathBuf::from),

@@ -1,6 +1,6 @@
 //! Every command and flag of the manual, with its default. Each daemon flag also reads
-//! `AX_<FLAG>` from the environment. Flags whose feature is not built yet are parsed,
-//! then refused by [`unsupported`] with a clear error; none is silently ignored.
+//! `AX_<FLAG>` from the environment. Flags that only go together are checked here
+//! ([`federation`]); none is silently ignored.
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
@@ -348,44 +348,101 @@ pub enum DeleteResource {
     },
 }
 
-/// A flag whose feature is not built yet.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} is not supported yet: {feature} is not built in this version of ax")]
-pub struct NotSupported {
-    pub what: &'static str,
-    pub feature: &'static str,
-}
-
 fn given(m: &ArgMatches, id: &str) -> bool {
     matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
 }
 
-/// Flags of the daemon that are parsed but whose features are not built yet, with the
-/// feature each belongs to.
-const DAEMON_PENDING: &[(&str, &str, &str)] = &[
-    ("federation_gateway_ip", "--federation-gateway-ip", "federation"),
-    ("federation_gateway_advertise_ip", "--federation-gateway-advertise-ip", "federation"),
-    ("federation_gateway_port", "--federation-gateway-port", "federation"),
-    ("federation_gateway_gossip_port", "--federation-gateway-gossip-port", "federation"),
-    ("federation_gateway_neighbors", "--federation-gateway-neighbors", "federation"),
-];
+/// The federation flags of a gateway, checked (the gateway address may still be an
+/// interface name: the daemon resolves it on its host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Federation {
+    /// `--federation-gateway-ip`: an IPv4 address or an interface name.
+    pub ip: String,
+    pub advertise: Option<Ipv4Addr>,
+    pub port: u16,
+    pub gossip_port: u16,
+    pub neighbors: Vec<Ipv4Addr>,
+}
 
-/// Refuses flags whose features are not built yet. `m` are the subcommand's matches.
-pub fn unsupported(command: &Command, m: &ArgMatches) -> Result<(), NotSupported> {
-    let check = |pending: &[(&str, &'static str, &'static str)]| -> Result<(), NotSupported> {
-        for (id, flag, feature) in pending {
-            if given(m, id) {
-                return Err(NotSupported { what: flag, feature });
-            }
-        }
-        Ok(())
+/// Why the federation flags do not make a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FederationError {
+    #[error("{0} is a federation gateway's: give --federation-gateway-ip (the gateway's WAN address or interface) too")]
+    NotAGateway(&'static str),
+    #[error("a federation gateway needs --cluster: cluster names must be unique in a federation, so name this one")]
+    NoCluster,
+    #[error("--cluster '{0}' is not a DNS label (letters, digits and '-'): remote services are named <name>.<cluster>.<domain>")]
+    ClusterName(String),
+    #[error("--federation-gateway-ip {0}: the address must be IPv4 (or name an interface)")]
+    Ip(String),
+    #[error("--federation-gateway-advertise-ip {0}: not an IPv4 address other gateways can reach (no wildcard, loopback or multicast)")]
+    Advertise(String),
+    #[error("--federation-gateway-neighbors: '{0}' is not an IPv4 address")]
+    Neighbor(String),
+    #[error("{0} 0: give a port number")]
+    PortZero(&'static str),
+    #[error("--federation-gateway-gossip-port {0} is also the cluster's --gossip-port: give each its own")]
+    GossipPort(u16),
+}
+
+/// A federation gateway's flags, checked; None when this node is no gateway. `m` are
+/// the daemon's matches (which flags were given).
+pub fn federation(d: &DaemonArgs, m: &ArgMatches) -> Result<Option<Federation>, FederationError> {
+    let Some(ip) = &d.federation_gateway_ip else {
+        let others = [
+            ("federation_gateway_advertise_ip", "--federation-gateway-advertise-ip"),
+            ("federation_gateway_port", "--federation-gateway-port"),
+            ("federation_gateway_gossip_port", "--federation-gateway-gossip-port"),
+            ("federation_gateway_neighbors", "--federation-gateway-neighbors"),
+        ];
+        return match others.iter().find(|(id, _)| given(m, id)) {
+            Some((_, flag)) => Err(FederationError::NotAGateway(flag)),
+            None => Ok(None),
+        };
     };
-    match command {
-        Command::Daemon(_) => check(DAEMON_PENDING),
-        Command::Run(_) => Ok(()),
-        Command::Create(_) | Command::Delete(_) => Ok(()),
-        Command::Get(_) | Command::Version | Command::TlsCerts(_) => Ok(()),
+    if !given(m, "cluster") {
+        return Err(FederationError::NoCluster);
     }
+    if ax_dns::wire::check_label(&d.cluster).is_err() {
+        return Err(FederationError::ClusterName(d.cluster.clone()));
+    }
+    let ip = ip.trim();
+    if ip.is_empty() || ip.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(FederationError::Ip(ip.into()));
+    }
+    let advertise = match d.federation_gateway_advertise_ip.as_deref().map(str::trim) {
+        Some(a) => match a.parse::<Ipv4Addr>() {
+            Ok(v) if !(v.is_unspecified() || v.is_loopback() || v.is_multicast() || v.is_broadcast()) => Some(v),
+            _ => return Err(FederationError::Advertise(a.into())),
+        },
+        None => None,
+    };
+    for (port, flag) in [
+        (d.federation_gateway_port, "--federation-gateway-port"),
+        (d.federation_gateway_gossip_port, "--federation-gateway-gossip-port"),
+    ] {
+        if port == 0 {
+            return Err(FederationError::PortZero(flag));
+        }
+    }
+    if d.federation_gateway_gossip_port == d.gossip_port {
+        return Err(FederationError::GossipPort(d.gossip_port));
+    }
+    let neighbors = d
+        .federation_gateway_neighbors
+        .iter()
+        .flat_map(|csv| csv.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| FederationError::Neighbor(s.into())))
+        .collect::<Result<Vec<Ipv4Addr>, _>>()?;
+    Ok(Some(Federation {
+        ip: ip.into(),
+        advertise,
+        port: d.federation_gateway_port,
+        gossip_port: d.federation_gateway_gossip_port,
+        neighbors,
+    }))
 }
 
 #[cfg(test)]
@@ -400,9 +457,10 @@ mod tests {
         Ok((cli, sub))
     }
 
-    fn verdict(args: &[&str]) -> Result<(), String> {
+    fn gateway(args: &[&str]) -> Result<Option<Federation>, String> {
         let (cli, m) = parse(args).map_err(|e| e.to_string())?;
-        unsupported(&cli.command, &m).map_err(|e| e.to_string())
+        let Command::Daemon(d) = cli.command else { panic!("a daemon command") };
+        federation(&d, &m).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -422,8 +480,7 @@ mod tests {
         assert_eq!(d.dns_domain, "appswitch.local");
         assert_eq!(d.cluster, "appswitch");
         assert_eq!(d.dns, None);
-        assert!(verdict(&["ax", "daemon"]).is_ok());
-        assert!(verdict(&["ax", "daemon", "--dns=false", "--clean", "--ports", "4000,6000-8000"]).is_ok());
+        assert_eq!(gateway(&["ax", "daemon"]), Ok(None));
     }
 
     #[test]
@@ -474,23 +531,60 @@ mod tests {
     }
 
     #[test]
-    fn pending_features_are_refused_by_name() {
-        let e = verdict(&["ax", "daemon", "--federation-gateway-port", "6660"]).unwrap_err();
-        assert_eq!(e, "--federation-gateway-port is not supported yet: federation is not built in this version of ax");
-        assert!(verdict(&["ax", "daemon", "--tls"]).is_ok(), "the daemon checks the files");
-        assert!(verdict(&["ax", "daemon", "--egress-gateway"]).is_ok());
-        assert!(verdict(&["ax", "daemon", "--neighbors", "10.0.0.2", "--gossip-port", "7000"]).is_ok());
-        assert!(verdict(&["ax", "daemon", "--driver", "kernel"]).is_ok());
-        assert!(verdict(&["ax", "daemon", "--driver", "user"]).is_ok());
-        assert!(parse(&["ax", "daemon", "--driver", "ebpf"]).is_err());
-        assert!(verdict(&["ax", "run", "--expose", "80:8080", "--", "true"]).is_ok());
-        assert!(verdict(&["ax", "run", "--name", "web", "--new-netns=false", "--", "true"]).is_ok());
-        assert!(verdict(&["ax", "run", "--new-netns", "--", "true"]).is_ok());
-        assert!(verdict(&["ax", "run", "--dns-override=false", "--", "true"]).is_ok());
-        let create = ["ax", "create", "vservice", "web", "--ip", "1.2.3.4", "--ports", "80", "--backends", "1.2.3.5"];
-        assert!(verdict(&create).is_ok());
-        assert!(parse(&create[..6]).is_err(), "--ports and --backends are required");
-        assert!(verdict(&["ax", "del", "vservice", "web"]).is_ok());
+    fn a_gateway_takes_every_federation_flag() {
+        let g = gateway(&[
+            "ax",
+            "daemon",
+            "--cluster",
+            "c0",
+            "--federation-gateway-ip",
+            "eth1",
+            "--federation-gateway-advertise-ip",
+            "203.0.113.7",
+            "--federation-gateway-neighbors",
+            "10.12.0.11, 10.12.0.12",
+        ]);
+        let want = Federation {
+            ip: "eth1".into(),
+            advertise: Some("203.0.113.7".parse().unwrap()),
+            port: 6660,
+            gossip_port: 7947,
+            neighbors: vec!["10.12.0.11".parse().unwrap(), "10.12.0.12".parse().unwrap()],
+        };
+        assert_eq!(g, Ok(Some(want)));
+        let g = gateway(&["ax", "daemon", "--cluster", "c1", "--federation-gateway-ip", "10.12.0.11"]).unwrap().unwrap();
+        assert_eq!((g.ip.as_str(), g.advertise, g.neighbors.len()), ("10.12.0.11", None, 0));
+        let ports = ["--federation-gateway-port", "7000", "--federation-gateway-gossip-port", "7001"];
+        let args = [&["ax", "daemon", "--cluster", "c1", "--federation-gateway-ip", "10.12.0.11"][..], &ports].concat();
+        let g = gateway(&args).unwrap().unwrap();
+        assert_eq!((g.port, g.gossip_port), (7000, 7001));
+    }
+
+    #[test]
+    fn bad_federation_flags_are_refused_by_name() {
+        let gw = ["ax", "daemon", "--cluster", "c0", "--federation-gateway-ip", "10.12.0.10"];
+        let with = |more: &[&str]| gateway(&[&gw[..], more].concat()).unwrap_err();
+        for (args, says) in [
+            (&["ax", "daemon", "--federation-gateway-neighbors", "10.12.0.11"][..], "--federation-gateway-neighbors is a federation gateway's: give --federation-gateway-ip"),
+            (&["ax", "daemon", "--federation-gateway-port", "6661"], "--federation-gateway-port is a federation gateway's"),
+            (&["ax", "daemon", "--federation-gateway-ip", "10.12.0.10"], "a federation gateway needs --cluster"),
+            (&["ax", "daemon", "--cluster", "c_0", "--federation-gateway-ip", "10.12.0.10"], "--cluster 'c_0' is not a DNS label"),
+            (&["ax", "daemon", "--cluster", "c0", "--federation-gateway-ip", "2001:db8::1"], "--federation-gateway-ip 2001:db8::1: the address must be IPv4"),
+        ] {
+            let e = gateway(args).unwrap_err();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+        for (more, says) in [
+            (&["--federation-gateway-advertise-ip", "0.0.0.0"][..], "--federation-gateway-advertise-ip 0.0.0.0: not an IPv4 address"),
+            (&["--federation-gateway-advertise-ip", "gw.example"], "--federation-gateway-advertise-ip gw.example"),
+            (&["--federation-gateway-neighbors", "10.12.0.11,nope"], "--federation-gateway-neighbors: 'nope' is not an IPv4 address"),
+            (&["--federation-gateway-port", "0"], "--federation-gateway-port 0: give a port number"),
+            (&["--federation-gateway-gossip-port", "7946"], "--federation-gateway-gossip-port 7946 is also the cluster's --gossip-port"),
+        ] {
+            let e = with(more);
+            assert!(e.contains(says), "{more:?}: {e}");
+        }
+        assert!(parse(&[&gw[..], &["--federation-gateway-port", "70000"]].concat()).is_err(), "clap checks the range");
     }
 
     #[test]

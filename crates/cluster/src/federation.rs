@@ -212,12 +212,13 @@ pub struct Federated {
 }
 
 /// Decides what to take from `wan` (the WAN members that count, this gateway not
-/// among them) for a gateway of `cluster`, whose cluster's gateways are named
-/// `our_gateways` (itself included, as our cluster's gossip shows them); `ours` says
-/// whether an address is in use in our cluster.
+/// among them) for a gateway of `cluster`, whose cluster's gateways are `our_gateways`
+/// by name (itself included, as our cluster's gossip shows them: a gateway of ours is
+/// one of them under the same name and record); `ours` says whether an address is in
+/// use in our cluster.
 pub fn federate(
     cluster: &str,
-    our_gateways: &BTreeSet<String>,
+    our_gateways: &BTreeMap<String, GatewayRecord>,
     wan: &[Published],
     ours: impl Fn(Ipv4Addr) -> bool,
 ) -> Federated {
@@ -228,7 +229,7 @@ pub fn federate(
     for p in wan {
         let Some(g) = &p.federation.gateway else { continue };
         if p.node.cluster == cluster {
-            if !our_gateways.contains(&p.node.name) {
+            if our_gateways.get(&p.node.name) != Some(g) {
                 out.clashes.push(Clash { name: p.node.name.clone(), cluster: p.node.cluster.clone(), at: p.node.ip });
             }
             continue;
@@ -300,8 +301,12 @@ mod tests {
         }
     }
 
-    fn mine(name: &str) -> BTreeSet<String> {
-        BTreeSet::from([name.to_string()])
+    fn ours(gateways: &[&Published]) -> BTreeMap<String, GatewayRecord> {
+        gateways.iter().map(|p| (p.node.name.clone(), p.federation.gateway.clone().unwrap())).collect()
+    }
+
+    fn mine() -> BTreeMap<String, GatewayRecord> {
+        ours(&[&gateway("h00", "c0", "10.12.0.10", vec![])])
     }
 
     #[test]
@@ -342,7 +347,7 @@ mod tests {
             gateway("h10", "c1", "10.12.0.11", vec![export("198.18.20.1:8000", Some("web"))]),
             gateway("h20", "c2", "10.12.0.12", vec![export("198.18.30.1:53", None)]),
         ];
-        let got = federate("c0", &mine("h00"), &wan, |_| false);
+        let got = federate("c0", &mine(), &wan, |_| false);
         assert_eq!(got.imports.len(), 2);
         assert_eq!(got.imports[0], Import { cluster: "c1".into(), export: export("198.18.20.1:8000", Some("web")) });
         assert_eq!(got.imports[1].cluster, "c2");
@@ -356,7 +361,7 @@ mod tests {
             gateway("h10", "c1", "10.12.0.11", vec![export("198.18.20.1:8000", Some("web"))]),
             gateway("h12", "c1", "10.12.0.13", vec![export("198.18.20.1:8000", Some("web"))]),
         ];
-        let got = federate("c0", &mine("h00"), &wan, |_| false);
+        let got = federate("c0", &mine(), &wan, |_| false);
         assert_eq!(got.imports.len(), 1);
         assert_eq!(got.gateways["c1"].len(), 2);
     }
@@ -376,7 +381,7 @@ mod tests {
             ),
             gateway("h10", "c1", "10.12.0.11", vec![export("198.18.20.1:8000", Some("web"))]),
         ];
-        let got = federate("c0", &mine("h00"), &wan, |ip| ip == our_web);
+        let got = federate("c0", &mine(), &wan, |ip| ip == our_web);
         assert!(got.imports.is_empty(), "{:?}", got.imports);
         assert_eq!(
             got.refused,
@@ -390,18 +395,21 @@ mod tests {
 
     #[test]
     fn a_gateway_claiming_our_cluster_name_is_refused() {
+        let fellow = gateway("h01", "c0", "10.12.0.14", vec![export("198.18.10.1:80", None)]);
         let wan = [
             // A fellow gateway of our cluster (our gossip shows it): neither a clash
             // nor a source of imports.
-            gateway("h01", "c0", "10.12.0.14", vec![export("198.18.10.1:80", None)]),
+            fellow.clone(),
             // Another cluster that took our name.
             gateway("x", "c0", "10.12.0.50", vec![export("198.18.50.1:80", None)]),
+            // ... and one that took the name of one of our gateways too.
+            gateway("h01", "c0", "10.12.0.51", vec![]),
         ];
-        let ours = BTreeSet::from(["h00".to_string(), "h01".to_string()]);
-        let got = federate("c0", &ours, &wan, |_| false);
+        let got = federate("c0", &ours(&[&gateway("h00", "c0", "10.12.0.10", vec![]), &fellow]), &wan, |_| false);
         assert!(got.imports.is_empty());
         assert!(got.gateways.is_empty());
-        assert_eq!(got.clashes, vec![Clash { name: "x".into(), cluster: "c0".into(), at: "10.12.0.50".parse().unwrap() }]);
+        let clash = |name: &str, at: &str| Clash { name: name.into(), cluster: "c0".into(), at: at.parse().unwrap() };
+        assert_eq!(got.clashes, vec![clash("h01", "10.12.0.51"), clash("x", "10.12.0.50")]);
         let msg = got.clashes[0].to_string();
         assert!(msg.contains("'c0'") && msg.contains("must be unique"), "{msg}");
     }

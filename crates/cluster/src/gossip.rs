@@ -17,7 +17,7 @@ use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use tracing::warn;
 
-use crate::federation::FEDERATION_ID;
+use crate::federation::{GatewayRecord, FEDERATION_ID};
 use crate::hush::Hush;
 use crate::quic::{Identities, Trust};
 use crate::signed::{Sealed, Sealer, Seals, SEAL_KEY};
@@ -109,6 +109,8 @@ pub struct NodeStatus {
     /// With TLS: why the node's current gossip state does not count (it counts as last
     /// sealed), if it does not.
     pub problem: Option<String>,
+    /// Its federation gateway record, if it is one.
+    pub gateway: Option<GatewayRecord>,
 }
 
 /// Chitchat would not start (its own error, as text: chitchat reports with anyhow).
@@ -383,7 +385,8 @@ impl Gossip {
             let sealed = self.sealed(c, id, now_ms);
             let problem = sealed.problem.as_ref().map(ToString::to_string);
             if let Some(p) = sealed.live().and_then(|p| self.read(id, p, now_ms)) {
-                nodes.push(NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len(), problem });
+                let gateway = p.federation.gateway.clone();
+                nodes.push(NodeStatus { node: p.node.clone(), live: true, apps: p.apps.len(), problem, gateway });
                 published.push(p);
             }
         }
@@ -396,7 +399,8 @@ impl Gossip {
             };
             if let Some(p) = last.and_then(|p| self.read(id, p, now_ms)) {
                 if !nodes.iter().any(|n| n.node.name == p.node.name) {
-                    nodes.push(NodeStatus { node: p.node.clone(), live: false, apps: p.apps.len(), problem: None });
+                    let (node, apps, gateway) = (p.node.clone(), p.apps.len(), p.federation.gateway.clone());
+                    nodes.push(NodeStatus { node, live: false, apps, problem: None, gateway });
                 }
             }
         }

@@ -8,9 +8,10 @@
 //! local users; a host that can send from the port (root elsewhere, spoofing) is stopped
 //! by `--tls` only.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
@@ -32,6 +33,29 @@ pub struct PortCheckedUdp {
     /// of them is a local user's, whatever port it binds.
     local: Arc<Vec<IpAddr>>,
     me: SelfId,
+    /// When set, only these addresses are heard (a federation gateway without TLS).
+    allowed: Option<Allowed>,
+}
+
+/// The addresses a transport hears from, shared with whoever learns more of them (a
+/// federation gateway's neighbors, then the gateways learned from them).
+#[derive(Debug, Clone, Default)]
+pub struct Allowed(Arc<RwLock<BTreeSet<IpAddr>>>);
+
+impl Allowed {
+    pub fn new(ips: impl IntoIterator<Item = IpAddr>) -> Allowed {
+        Allowed(Arc::new(RwLock::new(ips.into_iter().collect())))
+    }
+
+    /// Hears `ips` too.
+    pub fn extend(&self, ips: impl IntoIterator<Item = IpAddr>) {
+        let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
+        set.extend(ips);
+    }
+
+    fn allows(&self, ip: IpAddr) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(&ip)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +69,12 @@ impl PortCheckedUdp {
     /// Also drops gossip from `local` (this host's addresses), and from loopback when
     /// listening elsewhere.
     pub fn new(local: Vec<IpAddr>) -> PortCheckedUdp {
-        PortCheckedUdp { counts: Arc::default(), local: Arc::new(local), me: SelfId::default() }
+        PortCheckedUdp { counts: Arc::default(), local: Arc::new(local), me: SelfId::default(), allowed: None }
+    }
+
+    /// Hears only the addresses in `allowed` (as they are when each datagram comes).
+    pub fn only_from(self, allowed: Allowed) -> PortCheckedUdp {
+        PortCheckedUdp { allowed: Some(allowed), ..self }
     }
 
     /// Where to say which node this transport serves, before gossip starts on it (a
@@ -79,6 +108,7 @@ impl Transport for PortCheckedUdp {
             counts: self.counts.clone(),
             local: self.local.clone(),
             loopback_is_local: !listen.ip().is_loopback(),
+            allowed: self.allowed.clone(),
         }))
     }
 }
@@ -91,6 +121,7 @@ struct Checked {
     counts: Arc<Counts>,
     local: Arc<Vec<IpAddr>>,
     loopback_is_local: bool,
+    allowed: Option<Allowed>,
 }
 
 impl Checked {
@@ -101,6 +132,8 @@ impl Checked {
             Some("not from the gossip port: an app, or another program on that host")
         } else if self.local.contains(&ip) || (self.loopback_is_local && ip.is_loopback()) {
             Some("from this host's own address: a local program, not a node")
+        } else if self.allowed.as_ref().is_some_and(|a| !a.allows(ip)) {
+            Some("not a federation neighbor, nor a gateway learned from one")
         } else {
             None
         }
@@ -190,6 +223,31 @@ mod tests {
         assert_eq!(transport.dropped(), 3);
         socket.send(from, syn()).await.unwrap();
         assert_eq!(transport.bytes_sent(), bytes.len() as u64);
+    }
+
+    /// A transport hearing only its allowed addresses drops a stranger on the right
+    /// port, and hears it once it is allowed.
+    #[tokio::test]
+    async fn only_allowed_addresses_are_heard_when_asked() {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let allowed = Allowed::new(["127.0.0.2".parse().unwrap()]);
+        let transport = PortCheckedUdp::new(vec![]).only_from(allowed.clone());
+        let me: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut socket = transport.open(me).await.unwrap();
+        let neighbor = tokio::net::UdpSocket::bind(("127.0.0.2", port)).await.unwrap();
+        let stranger = tokio::net::UdpSocket::bind(("127.0.0.4", port)).await.unwrap();
+        let bytes = syn().serialize_to_vec();
+        stranger.send_to(&bytes, me).await.unwrap();
+        neighbor.send_to(&bytes, me).await.unwrap();
+        let (from, _) = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await.unwrap().unwrap();
+        assert_eq!(from, neighbor.local_addr().unwrap());
+        assert_eq!(transport.dropped(), 1);
+        allowed.extend(["127.0.0.4".parse().unwrap()]);
+        stranger.send_to(&bytes, me).await.unwrap();
+        let (from, _) = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await.unwrap().unwrap();
+        assert_eq!(from, stranger.local_addr().unwrap());
     }
 
     fn published(name: &str, ip: &str, port: u16) -> crate::state::Published {

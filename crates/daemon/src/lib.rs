@@ -13,6 +13,7 @@ mod broker;
 mod channel;
 mod cluster;
 mod driver;
+mod federation;
 mod members;
 mod metrics;
 mod names;
@@ -61,6 +62,8 @@ pub struct Config {
     /// The built-in DNS server: None with `--dns=false`.
     pub dns: Option<DnsConfig>,
     pub gossip: ClusterConfig,
+    /// `--federation-gateway-*`: this node is a federation gateway.
+    pub federation: Option<FederationSettings>,
     /// `--egress-gateway`: carry other nodes' connections to the outside.
     pub egress_gateway: bool,
     /// `--clean`: forget the state an earlier daemon saved.
@@ -84,6 +87,19 @@ pub struct DnsConfig {
 }
 
 pub use cluster::{ClusterConfig, GossipTransport};
+pub use federation::FederationConfig;
+
+/// `--federation-gateway-*` as given: the gateway address may be an interface name,
+/// resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationSettings {
+    /// `--federation-gateway-ip`: an IPv4 address of this host or an interface name.
+    pub ip: String,
+    pub advertise: Option<std::net::Ipv4Addr>,
+    pub port: u16,
+    pub gossip_port: u16,
+    pub neighbors: Vec<std::net::Ipv4Addr>,
+}
 
 /// Why the daemon cannot start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -465,6 +481,9 @@ pub struct Listeners {
     pub egress: Option<std::net::TcpListener>,
     /// Gossip: chitchat binds its UDP socket itself, from the config, on this transport.
     pub gossip: Option<(ClusterConfig, cluster::GossipTransport)>,
+    /// A federation gateway's WAN gossip, likewise (and, without TLS, the addresses
+    /// it hears).
+    pub federation: Option<(FederationConfig, cluster::GossipTransport, Option<ax_cluster::udp::Allowed>)>,
     /// `--tls`: the files every channel between daemons uses, read again on SIGHUP.
     pub tls: Option<Arc<ax_tls::Reloadable>>,
 }
@@ -515,8 +534,12 @@ pub async fn serve(
         Some((config, transport)) => Some(cluster::start(daemon.clone(), &config, transport).await?),
         None => None,
     };
+    let wan = match listeners.federation {
+        Some((config, transport, allowed)) => Some(federation::start(daemon.clone(), config, (transport, allowed)).await?),
+        None => None,
+    };
     let result = rest::serve(tcp, unix, listeners.tls, daemon, shutdown).await.map_err(io("the REST API failed"));
-    if let Some(g) = gossip {
+    for g in gossip.into_iter().chain(wan) {
         g.abort();
     }
     result

@@ -16,7 +16,7 @@ use ax_core::{AppId, DaemonPorts, NodeInfo, PortPool, Table};
 use tracing::{info, warn};
 
 use crate::{broker, cluster, driver, io, names, profile, rest, serve, store, watch};
-use crate::{Command, Config, Daemon, Error, Listeners, State};
+use crate::{Command, Config, Daemon, Error, FederationConfig, Listeners, State};
 
 /// Runs the daemon until SIGINT or SIGTERM: binds the real sockets under
 /// `config.run_dir` and on the node's address, restores the saved state, and serves.
@@ -29,15 +29,24 @@ pub fn run(config: Config) -> Result<(), Error> {
         warn!("cannot read net.ipv4.ip_unprivileged_port_start ({e}): ports below 1024 need CAP_NET_BIND_SERVICE");
         1024
     });
-    let ports =
+    let mut ports =
         DaemonPorts::new(config.dns.is_some(), config.gossip.gossip_port, config.rest_port, unprivileged_port_start);
+    let federation = match &config.federation {
+        Some(f) => {
+            let ip = interface_ip(&interfaces, "--federation-gateway-ip", Some(&f.ip))?;
+            ports = ports.with_federation(f.port, f.gossip_port);
+            let advertise = f.advertise.unwrap_or(ip);
+            Some(FederationConfig { ip, advertise, port: f.port, gossip_port: f.gossip_port, neighbors: f.neighbors.clone() })
+        }
+        None => None,
+    };
     let node = NodeInfo {
         name: match config.node_name {
             Some(n) => n,
             None => hostname()?,
         },
         cluster: config.cluster,
-        ip: node_ip(&interfaces, config.node_interface.as_deref())?,
+        ip: interface_ip(&interfaces, "--node-interface", config.node_interface.as_deref())?,
         ports,
     };
     let host_networks: Vec<Subnet> = interfaces
@@ -192,6 +201,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     let mut state = State::new(table);
     state.driver = chosen.driver;
+    state.gateway = federation.clone().map(crate::federation::Gateway::new);
     let daemon = Daemon::with_kernel(state, run_dir, config.dns.as_ref().map(|d| d.domain.clone()), kernel);
     info!(driver = %chosen.driver, why = %chosen.why, "driver chosen");
     info!(node = %node.name, cluster = %node.cluster, ip = %node.ip, ports = %config.ports, driver = %chosen.driver, made_up = ?made_up, fds, reserved = ?node.ports.own().collect::<Vec<_>>(), unprivileged_port_start, "ax daemon starting");
@@ -224,6 +234,14 @@ pub fn run(config: Config) -> Result<(), Error> {
             gossip,
             cluster::GossipTransport::new(tls.as_ref(), interfaces.iter().map(|a| a.addr).collect())?,
         )),
+        federation: match federation {
+            Some(f) => {
+                let local = interfaces.iter().map(|a| a.addr).collect();
+                let (transport, allowed) = crate::federation::transport(tls.as_ref(), local, &f.neighbors)?;
+                Some((f, transport, allowed))
+            }
+            None => None,
+        },
         tls,
     };
     let result = rt.block_on(async {
@@ -324,9 +342,10 @@ fn hostname() -> Result<String, Error> {
     Ok(h.trim().to_string())
 }
 
-/// The node address: `--node-interface` as an IPv4 address or an interface name, or
+/// An address of this host given to `flag` (`--node-interface`,
+/// `--federation-gateway-ip`) as an IPv4 address or an interface name; without one,
 /// the first non-loopback interface that is up and has an IPv4 address.
-fn node_ip(addrs: &[ax_sys::proc::InterfaceAddr], choice: Option<&str>) -> Result<Ipv4Addr, Error> {
+fn interface_ip(addrs: &[ax_sys::proc::InterfaceAddr], flag: &str, choice: Option<&str>) -> Result<Ipv4Addr, Error> {
     let v4 = |a: &ax_sys::proc::InterfaceAddr| match a.addr {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
@@ -338,22 +357,22 @@ fn node_ip(addrs: &[ax_sys::proc::InterfaceAddr], choice: Option<&str>) -> Resul
                 if addrs.iter().any(|a| a.addr == IpAddr::V4(ip)) {
                     return Ok(ip);
                 }
-                return Err(setting(format!("--node-interface {ip}: no interface of this host has that address")));
+                return Err(setting(format!("{flag} {ip}: no interface of this host has that address")));
             }
             if c.parse::<IpAddr>().is_ok() {
-                return Err(setting(format!("--node-interface {c}: the node address must be IPv4")));
+                return Err(setting(format!("{flag} {c}: the address must be IPv4")));
             }
             let named: Vec<_> = addrs.iter().filter(|a| a.name == c).collect();
             if named.is_empty() {
-                return Err(setting(format!("--node-interface {c}: no such interface with an address on this host")));
+                return Err(setting(format!("{flag} {c}: no such interface with an address on this host")));
             }
             named
                 .iter()
                 .find_map(|a| v4(a))
-                .ok_or_else(|| setting(format!("--node-interface {c}: the interface has no IPv4 address")))
+                .ok_or_else(|| setting(format!("{flag} {c}: the interface has no IPv4 address")))
         }
         None => addrs.iter().filter(|a| !a.loopback && a.up).find_map(v4).ok_or_else(|| {
-            setting("no non-loopback interface with an IPv4 address is up: name one with --node-interface".into())
+            setting(format!("no non-loopback interface with an IPv4 address is up: name one with {flag}"))
         }),
     }
 }

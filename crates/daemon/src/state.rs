@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use ax_api::VserviceRequest;
+use ax_cluster::federation::Federation;
 use ax_cluster::gossip::NodeStatus;
 use ax_cluster::state::{merge_vservices, AppRecord, NodeRecord, Published, RowRecord, VsRecord};
 use ax_core::table::NewApp;
@@ -19,6 +20,7 @@ use ax_core::{App, AppId, Binding, Driver, Origin, Proto, Remote, Table};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::federation::{Gateway, WanView};
 use crate::relay::{RelayKey, RelaySpec};
 use crate::store::{self, Saved};
 use crate::vservices::{self, Refusal};
@@ -57,6 +59,8 @@ pub enum Command {
     DeleteVservice { name: String, at_ms: u64 },
     /// One gossip round's view of the cluster.
     Gossip(GossipView),
+    /// A federation gateway's WAN gossip round.
+    Wan(WanView),
     /// Relays that could not start: they are not running, so they are not owed as
     /// such (an expose relay is tried again next round).
     RelaysFailed(Vec<RelayKey>),
@@ -131,6 +135,8 @@ pub struct State {
     exposes: BTreeMap<RelayKey, (String, Instant)>,
     /// The driver new apps run under (see `driver.rs`).
     pub driver: Driver,
+    /// This node as a federation gateway, if it is one.
+    pub gateway: Option<Gateway>,
 }
 
 /// Collects what applying a command asks for.
@@ -152,6 +158,7 @@ impl State {
             relays: BTreeMap::new(),
             exposes: BTreeMap::new(),
             driver: Driver::User,
+            gateway: None,
         }
     }
 
@@ -241,15 +248,20 @@ impl State {
             },
             Command::Gossip(view) => {
                 out.persist = self.converge(view.vservices, &mut out);
-                self.table.set_remote(view.remote);
+                let mut remote = view.remote;
+                if let Some(g) = &self.gateway {
+                    remote.federated.extend(g.own_imports(self.table.node().ip));
+                }
+                self.table.set_remote(remote);
                 let me = self.me();
                 let apps = self.table.apps().count();
-                self.nodes = std::iter::once(NodeStatus { node: me, live: true, apps, problem: None })
+                self.nodes = std::iter::once(NodeStatus { node: me, live: true, apps, problem: None, gateway: None })
                     .chain(view.nodes)
                     .collect();
                 self.relay_exposes(view.now, &mut out);
                 Answer::Publish(Box::new(self.published()))
             }
+            Command::Wan(view) => self.wan_round(view),
             Command::RelaysFailed(keys) => {
                 for k in keys {
                     self.relays.remove(&k);
@@ -392,6 +404,11 @@ impl State {
                 })
                 .collect(),
             vservices: self.vservices.values().cloned().collect(),
+            federation: Federation {
+                gateway: self.gateway.as_ref().map(|g| g.config.record()),
+                exports: Vec::new(),
+                imports: self.gateway.as_ref().map(|g| g.imports.clone()).unwrap_or_default(),
+            },
         }
     }
 

@@ -47,6 +47,12 @@ impl DaemonPorts {
         DaemonPorts { own, unprivileged_port_start }
     }
 
+    /// A federation gateway's too: its ingress session port and WAN gossip port.
+    pub fn with_federation(mut self, port: u16, gossip_port: u16) -> DaemonPorts {
+        self.own.extend([port, gossip_port]);
+        self
+    }
+
     pub fn own(&self) -> impl Iterator<Item = u16> + '_ {
         self.own.iter().copied()
     }

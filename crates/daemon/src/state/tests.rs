@@ -407,6 +407,7 @@ fn a_gossip_round_lists_this_node_first_and_publishes_its_rows_and_apps() {
         live: false,
         apps: 3,
         problem: None,
+        gateway: None,
     };
     let e = s.apply(Command::Gossip(GossipView {
         remote: Remote::default(),
