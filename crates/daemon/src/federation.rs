@@ -62,7 +62,7 @@ pub struct Gateway {
     /// The other clusters' gateways, as the WAN shows them (for `ax get nodes`).
     pub wan_nodes: Vec<NodeStatus>,
     /// Clashes and refusals of the last round: each is logged when it appears.
-    clashes: BTreeSet<Clash>,
+    pub(crate) clashes: BTreeSet<Clash>,
     refused: BTreeSet<Refusal>,
 }
 

@@ -293,9 +293,14 @@ impl Daemon {
         f(&self.state())
     }
 
-    /// The relays running here, for `ax get proxies`.
+    /// The relays running here, then a federation gateway's listeners, for `ax get
+    /// proxies`.
     pub fn proxies(&self) -> Vec<ax_api::ProxyView> {
-        self.outbox().relays.views()
+        let mut views = self.outbox().relays.views();
+        let next = views.iter().map(|v| v.id).max().unwrap_or(0) + 1;
+        let gateway = self.read(|s| s.gateway.as_ref().map(|g| views::federation_listeners(&g.config, next)));
+        views.extend(gateway.unwrap_or_default());
+        views
     }
 
     /// Applies `command` and carries out its effects; returns its answer.

@@ -47,6 +47,14 @@ impl Names for TableNames {
         self.0.read(|s| s.table.addresses_named(label))
     }
 
+    fn federated(&self, label: &str) -> std::collections::BTreeMap<String, Vec<Ipv4Addr>> {
+        self.0.read(|s| s.table.federated_named(label))
+    }
+
+    fn cluster(&self) -> String {
+        self.0.read(|s| s.table.node().cluster.clone())
+    }
+
     fn may_ask(&self, from: IpAddr) -> bool {
         self.0.read(|s| s.table.may_query_dns(from))
     }

@@ -255,7 +255,8 @@ impl State {
                 self.table.set_remote(remote);
                 let me = self.me();
                 let apps = self.table.apps().count();
-                self.nodes = std::iter::once(NodeStatus { node: me, live: true, apps, problem: None, gateway: None })
+                let gateway = self.gateway.as_ref().map(|g| g.config.record());
+                self.nodes = std::iter::once(NodeStatus { node: me, live: true, apps, problem: None, gateway })
                     .chain(view.nodes)
                     .collect();
                 self.relay_exposes(view.now, &mut out);

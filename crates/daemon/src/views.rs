@@ -1,7 +1,10 @@
 //! The API's rows, made from the tables (this node's and, as gossiped, the cluster's), as typed values.
 
-use ax_api::{AppView, DaemonInfo, NodeView, ServerView, SocketView};
-use ax_core::{Driver, Table};
+use ax_api::{AppView, DaemonInfo, NodeView, ProxyView, ServerView, SocketView};
+use ax_cluster::gossip::NodeStatus;
+use ax_core::{Driver, Proto, Table};
+
+use crate::federation::FederationConfig;
 
 pub fn apps(t: &Table) -> Vec<AppView> {
     let node = t.node();
@@ -44,20 +47,37 @@ pub fn servers(t: &Table) -> Vec<ServerView> {
     local.chain(remote).collect()
 }
 
-pub fn nodes(nodes: &[ax_cluster::gossip::NodeStatus]) -> Vec<NodeView> {
+/// The cluster's nodes (this one first), then, on a federation gateway, the other
+/// clusters' gateways as the WAN shows them. A gateway's external address is where
+/// other clusters' gateways reach it.
+pub fn nodes(nodes: &[NodeStatus], wan: &[NodeStatus]) -> Vec<NodeView> {
     nodes
         .iter()
-        .map(|n| NodeView {
-            name: n.node.name.clone(),
-            cluster: n.node.cluster.clone(),
-            ip: n.node.ip,
-            external_ip: n.node.ip,
-            role: if n.node.egress_gateway { "egress-gateway" } else { "node" }.into(),
-            app_count: n.apps,
-            live: n.live,
-            problem: n.problem.clone(),
+        .chain(wan)
+        .map(|n| {
+            let roles: Vec<&str> = [(n.node.egress_gateway, "egress-gateway"), (n.gateway.is_some(), "federation-gateway")]
+                .into_iter()
+                .filter_map(|(is, role)| is.then_some(role))
+                .collect();
+            NodeView {
+                name: n.node.name.clone(),
+                cluster: n.node.cluster.clone(),
+                ip: n.node.ip,
+                external_ip: n.gateway.as_ref().map_or(n.node.ip, |g| *g.ingress.ip()),
+                role: if roles.is_empty() { "node".into() } else { roles.join(",") },
+                app_count: n.apps,
+                live: n.live,
+                problem: n.problem.clone(),
+            }
         })
         .collect()
+}
+
+/// A federation gateway's listeners, numbered from `first_id`: ingress sessions from
+/// other clusters' gateways, from any address.
+pub fn federation_listeners(config: &FederationConfig, first_id: u32) -> Vec<ProxyView> {
+    let ingress = std::net::SocketAddrV4::new(config.ip, config.port);
+    vec![ProxyView { id: first_id, proto: Proto::Tcp, listener: ingress.to_string(), dialers: vec!["0.0.0.0:0".into()] }]
 }
 
 pub fn sockets(t: &Table) -> Vec<SocketView> {

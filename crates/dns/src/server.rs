@@ -196,6 +196,14 @@ mod tests {
             (label == "web").then(|| vec![Ipv4Addr::new(198, 18, 0, 1)])
         }
 
+        fn federated(&self, _: &str) -> std::collections::BTreeMap<String, Vec<Ipv4Addr>> {
+            Default::default()
+        }
+
+        fn cluster(&self) -> String {
+            "appswitch".into()
+        }
+
         fn may_ask(&self, from: std::net::IpAddr) -> bool {
             from == Ipv4Addr::LOCALHOST
         }

@@ -1,15 +1,29 @@
 //! What a queried name means to ax: one of its names (bare, like `web`, or under the
 //! domain, like `web.appswitch.local`), a name in its domain that does not exist
 //! (NXDOMAIN), or a name for the upstream servers.
+//!
+//! Across a federation: `web.c1.appswitch.local` is always the service named `web` of
+//! cluster `c1` (of our own cluster when `c1` is ours). The bare name, and the name
+//! under the domain, are our cluster's first; only where no local app or vservice has
+//! the name do they resolve to a remote cluster's service, and then only if exactly one
+//! remote cluster has it (a name two clusters use is ambiguous: NXDOMAIN in the
+//! domain, forwarded when bare). A remote cluster can never take a name from us.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::wire::{self, Query};
 
 /// Where the names come from, and who may ask for them (the daemon's tables).
 pub trait Names: Send + Sync {
-    /// Every address serving the bare name `label`, or None if no app has the name.
+    /// Every address serving the bare name `label` in our cluster, or None if no app
+    /// has the name.
     fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>>;
+    /// The addresses of remote clusters' services named `label`, by cluster (none
+    /// outside a federation).
+    fn federated(&self, label: &str) -> BTreeMap<String, Vec<Ipv4Addr>>;
+    /// Our cluster's name.
+    fn cluster(&self) -> String;
     /// Whether a query from `from` is answered at all.
     fn may_ask(&self, from: IpAddr) -> bool;
 }
@@ -60,7 +74,7 @@ impl Zone {
         } else {
             return Decision::Forward;
         };
-        match names.addresses(label).filter(|a| !a.is_empty()) {
+        match resolve(label, names).filter(|a| !a.is_empty()) {
             Some(mut addrs) => match q.qtype {
                 wire::TYPE_A | wire::TYPE_ANY => {
                     // Spread clients over the addresses serving one name.
@@ -73,6 +87,28 @@ impl Zone {
             None if ours => Decision::Answer { rcode: wire::RCODE_NXDOMAIN, addrs: Vec::new() },
             None => Decision::Forward,
         }
+    }
+}
+
+/// The addresses of `name` (in our domain, or bare): `label.cluster` is that cluster's
+/// service; `label` is ours, else the one remote cluster's that has it.
+fn resolve(name: &str, names: &dyn Names) -> Option<Vec<Ipv4Addr>> {
+    match name.split_once('.') {
+        Some((label, cluster)) if !cluster.contains('.') => {
+            if cluster == names.cluster().to_ascii_lowercase() {
+                names.addresses(label)
+            } else {
+                names.federated(label).into_iter().find(|(c, _)| c.eq_ignore_ascii_case(cluster)).map(|(_, a)| a)
+            }
+        }
+        Some(_) => None,
+        None => names.addresses(name).or_else(|| {
+            let mut remote = names.federated(name).into_values();
+            match (remote.next(), remote.next()) {
+                (Some(addrs), None) => Some(addrs),
+                _ => None,
+            }
+        }),
     }
 }
 
@@ -89,6 +125,21 @@ mod tests {
     impl Names for Fixed {
         fn addresses(&self, label: &str) -> Option<Vec<Ipv4Addr>> {
             (label == "web").then(|| vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)])
+        }
+
+        /// `web` in c1 and c2 (ours too), `shop` in c1 only, `db` in c1 and c2.
+        fn federated(&self, label: &str) -> BTreeMap<String, Vec<Ipv4Addr>> {
+            let at = |c: &str, ip: [u8; 4]| (c.to_string(), vec![Ipv4Addr::from(ip)]);
+            match label {
+                "web" => BTreeMap::from([at("c1", [198, 18, 20, 1]), at("c2", [198, 18, 30, 1])]),
+                "shop" => BTreeMap::from([at("c1", [198, 18, 20, 2])]),
+                "db" => BTreeMap::from([at("c1", [198, 18, 20, 3]), at("C2", [198, 18, 30, 3])]),
+                _ => BTreeMap::new(),
+            }
+        }
+
+        fn cluster(&self) -> String {
+            "C0".into()
         }
 
         fn may_ask(&self, _: IpAddr) -> bool {
@@ -119,6 +170,48 @@ mod tests {
         assert_eq!(decide("example.org", TYPE_A), Decision::Forward);
         assert_eq!(decide("xappswitch.local", TYPE_A), Decision::Forward);
         assert_eq!(decide("appswitch.local", TYPE_A), Decision::Answer { rcode: RCODE_OK, addrs: vec![] });
+    }
+
+    fn a(name: &str) -> Decision {
+        decide(name, TYPE_A)
+    }
+
+    fn addrs(ips: &[[u8; 4]]) -> Decision {
+        Decision::Answer { rcode: RCODE_OK, addrs: ips.iter().map(|ip| Ipv4Addr::from(*ip)).collect() }
+    }
+
+    #[test]
+    fn a_remote_service_by_cluster_always_and_bare_when_unique() {
+        // Qualified by cluster: that cluster's, ours included.
+        assert_eq!(a("web.c1.appswitch.local"), addrs(&[[198, 18, 20, 1]]));
+        assert_eq!(a("WEB.C2.appswitch.local"), addrs(&[[198, 18, 30, 1]]));
+        assert_eq!(a("db.c2.appswitch.local"), addrs(&[[198, 18, 30, 3]]));
+        let Decision::Answer { rcode, addrs: ours } = a("web.c0.appswitch.local") else { panic!() };
+        assert_eq!((rcode, ours.len()), (RCODE_OK, 2));
+        // Bare (or under the domain): unique among remote clusters.
+        assert_eq!(a("shop"), addrs(&[[198, 18, 20, 2]]));
+        assert_eq!(a("shop.appswitch.local"), addrs(&[[198, 18, 20, 2]]));
+        // No such name there, no such cluster, too many labels.
+        let nx = Decision::Answer { rcode: RCODE_NXDOMAIN, addrs: vec![] };
+        assert_eq!(a("shop.c2.appswitch.local"), nx);
+        assert_eq!(a("shop.c9.appswitch.local"), nx);
+        assert_eq!(a("x.shop.c1.appswitch.local"), nx);
+    }
+
+    /// A name two remote clusters use is nobody's unqualified, and our own name stays
+    /// ours whoever else publishes it.
+    #[test]
+    fn remote_names_never_shadow_ours_nor_each_other() {
+        let nx = Decision::Answer { rcode: RCODE_NXDOMAIN, addrs: vec![] };
+        assert_eq!(a("db.appswitch.local"), nx);
+        assert_eq!(a("db"), Decision::Forward);
+        for name in ["web", "web.appswitch.local"] {
+            let Decision::Answer { rcode, mut addrs } = a(name) else { panic!("{name}") };
+            addrs.sort();
+            assert_eq!((rcode, addrs), (RCODE_OK, vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)]));
+        }
+        // Bare names with a dot outside the domain are the upstreams'.
+        assert_eq!(a("web.c1"), Decision::Forward);
     }
 
     #[test]

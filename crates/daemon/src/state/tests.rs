@@ -448,6 +448,7 @@ fn remote_b(at: ExposeAt, host: &str) -> Remote {
             expose: vec![Expose { internal: 8000, at, host_port: 9990 }],
             labels: None,
         }],
+        federated: vec![],
     }
 }
 
@@ -531,4 +532,109 @@ fn a_relay_that_failed_to_start_is_tried_again_next_round() {
     assert!(e.relays.is_empty() && s.relays.is_empty());
     let e = gossip(&mut s, remote_b(ExposeAt::Every, "10.0.0.2:40000"), vec![], now);
     assert!(matches!(&e.relays[..], [RelayChange::Start(k, _)] if *k == expose_key()), "{:?}", e.relays);
+}
+
+/// This node as the gateway of cluster `appswitch`, at WAN address 10.12.0.10.
+fn gateway_state() -> State {
+    let mut s = state();
+    s.gateway = Some(crate::federation::Gateway::new(crate::federation::FederationConfig {
+        ip: "10.12.0.10".parse().unwrap(),
+        advertise: "10.12.0.10".parse().unwrap(),
+        port: 6660,
+        gossip_port: 7947,
+        neighbors: vec!["10.12.0.11".parse().unwrap()],
+    }));
+    s
+}
+
+/// Another cluster's gateway on the WAN, publishing `exports`.
+fn wan_gateway(name: &str, cluster: &str, ip: &str, exports: &[(&str, Option<&str>)]) -> Published {
+    use ax_cluster::federation::{Export, Federation, GatewayRecord};
+    let ip: Ipv4Addr = ip.parse().unwrap();
+    Published {
+        node: NodeRecord { name: name.into(), cluster: cluster.into(), ip, egress_gateway: false },
+        rows: vec![],
+        apps: vec![],
+        vservices: vec![],
+        federation: Federation {
+            gateway: Some(GatewayRecord { ingress: std::net::SocketAddrV4::new(ip, 6660) }),
+            exports: exports
+                .iter()
+                .map(|(at, name)| Export {
+                    proto: Proto::Tcp,
+                    service: at.parse().unwrap(),
+                    name: name.map(Into::into),
+                    labels: vec!["zone=default".parse().unwrap()],
+                })
+                .collect(),
+            imports: vec![],
+        },
+    }
+}
+
+fn wan(s: &mut State, members: Vec<Published>) -> Published {
+    let view = crate::federation::WanView { members, nodes: Vec::new() };
+    match s.apply(Command::Wan(view)).answer {
+        Answer::Publish(p) => *p,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_gateway_publishes_one_export_per_service_and_brings_remote_services_home() {
+    let mut s = gateway_state();
+    let app = register(&mut s, "198.18.0.1");
+    // Two sockets of the app serve one service: one export.
+    bind(&mut s, app.id, 11, true);
+    bind(&mut s, app.id, 12, true);
+    let p = wan(&mut s, vec![wan_gateway("h10", "c1", "10.12.0.11", &[("198.18.20.1:8000", Some("web"))])]);
+    assert_eq!(p.node.ip, "10.12.0.10".parse::<Ipv4Addr>().unwrap(), "on the WAN, the advertised address");
+    assert!(p.rows.is_empty() && p.apps.is_empty(), "the WAN carries no rows");
+    assert_eq!(p.federation.exports.len(), 1);
+    assert_eq!(p.federation.exports[0].service, "198.18.0.1:8000".parse().unwrap());
+    assert_eq!(p.federation.gateway.unwrap().ingress, "10.12.0.10:6660".parse().unwrap());
+    // The next cluster round: re-published into our cluster, and in our own table
+    // through ourselves.
+    let Answer::Publish(lan) = gossip(&mut s, Remote::default(), vec![], Instant::now()).answer else { panic!() };
+    assert_eq!(lan.federation.imports.len(), 1);
+    assert_eq!(lan.federation.imports[0].cluster, "c1");
+    assert!(lan.federation.gateway.is_some() && lan.federation.exports.is_empty());
+    let f = s.table.federated(Proto::Tcp, "198.18.20.1:8000".parse().unwrap()).unwrap();
+    assert_eq!((f.cluster.as_str(), f.gateways.clone()), ("c1", vec![Ipv4Addr::new(10, 0, 0, 1)]));
+    assert_eq!(s.nodes[0].gateway.as_ref().map(|g| g.ingress.port()), Some(6660));
+}
+
+/// A remote cluster publishes our app's address: not taken, here or in what we
+/// re-publish.
+#[test]
+fn a_gateway_does_not_import_our_own_addresses() {
+    let mut s = gateway_state();
+    register(&mut s, "198.18.0.1");
+    wan(&mut s, vec![wan_gateway("evil", "c9", "10.12.0.99", &[("198.18.0.1:8000", Some("web"))])]);
+    let Answer::Publish(lan) = gossip(&mut s, Remote::default(), vec![], Instant::now()).answer else { panic!() };
+    assert!(lan.federation.imports.is_empty());
+    assert!(s.table.federated_services().is_empty());
+}
+
+/// A gateway of another cluster named like ours: refused; our own fellow gateway (in
+/// our cluster's gossip with the same record) is not a clash.
+#[test]
+fn a_gateway_with_our_cluster_name_is_refused() {
+    let mut s = gateway_state();
+    let impostor = wan_gateway("x", "appswitch", "10.12.0.50", &[("198.18.50.1:80", Some("evil"))]);
+    wan(&mut s, vec![impostor]);
+    assert!(s.gateway.as_ref().unwrap().imports.is_empty());
+    assert_eq!(s.gateway.as_ref().unwrap().clashes.len(), 1);
+    let fellow = wan_gateway("b", "appswitch", "10.12.0.12", &[]);
+    let nodes = vec![NodeStatus {
+        node: NodeRecord { ip: "10.0.0.2".parse().unwrap(), ..fellow.node.clone() },
+        live: true,
+        apps: 0,
+        problem: None,
+        gateway: fellow.federation.gateway.clone(),
+    }];
+    s.apply(Command::Gossip(GossipView { remote: Remote::default(), nodes, vservices: vec![], now: Instant::now() }));
+    wan(&mut s, vec![fellow]);
+    assert!(s.gateway.as_ref().unwrap().imports.is_empty());
+    assert!(s.gateway.as_ref().unwrap().clashes.is_empty(), "a fellow gateway of ours");
 }
