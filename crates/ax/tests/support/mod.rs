@@ -93,28 +93,64 @@ fn fresh_name() -> String {
     format!("axt-{}-{n}", std::process::id())
 }
 
-/// Test hosts joined by a bridge in a namespace of its own, with no route out: a
-/// cluster on one machine. Host `i` has the node address 10.251.0.(11+i).
+/// A bridge in a namespace of its own, with no route out: a LAN (or a WAN) of test
+/// hosts. Its ports are `p0`, `p1`... in the order hosts are wired to it.
+pub struct Switch {
+    pub ns: String,
+    ports: usize,
+}
+
+impl Switch {
+    pub fn new() -> Switch {
+        let ns = format!("{}-sw", fresh_name());
+        sh(Command::new("ip").args(["netns", "add", &ns]));
+        sh(Command::new("ip").args(["-n", &ns, "link", "add", "br0", "type", "bridge"]));
+        sh(Command::new("ip").args(["-n", &ns, "link", "set", "br0", "up"]));
+        Switch { ns, ports: 0 }
+    }
+
+    /// Makes the veth end `end` (in this switch's namespace) its next port.
+    fn plug(&mut self, end: &str) {
+        let port = format!("p{}", self.ports);
+        self.ports += 1;
+        sh(Command::new("ip").args(["-n", &self.ns, "link", "set", end, "name", &port]));
+        sh(Command::new("ip").args(["-n", &self.ns, "link", "set", &port, "master", "br0", "up"]));
+    }
+
+    /// A new test host whose node interface (`ax0`, at `ip`/24) is wired here.
+    pub fn host(&mut self, ip: &str) -> TestHost {
+        let h = TestHost::with_link(fresh_name(), ip, &self.ns);
+        self.plug("ax1");
+        h
+    }
+
+    /// Wires test host `h` here too, by a second interface `ifname` at `ip`/24.
+    pub fn wire(&mut self, h: &TestHost, ifname: &str, ip: &str) {
+        sh(Command::new("ip")
+            .args(["link", "add", ifname, "netns", &h.name, "type", "veth", "peer", "name", "ax1", "netns", &self.ns]));
+        sh(Command::new("ip").args(["-n", &h.name, "addr", "add", &format!("{ip}/24"), "dev", ifname]));
+        sh(Command::new("ip").args(["-n", &h.name, "link", "set", ifname, "up"]));
+        self.plug("ax1");
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Test hosts joined by a [`Switch`]: a cluster on one machine. Host `i` has the node
+/// address 10.251.0.(11+i).
 pub struct Cluster {
     pub hosts: Vec<TestHost>,
-    switch: String,
+    switch: Switch,
 }
 
 impl Cluster {
     pub fn new(n: usize) -> Cluster {
-        let switch = format!("{}-sw", fresh_name());
-        sh(Command::new("ip").args(["netns", "add", &switch]));
-        sh(Command::new("ip").args(["-n", &switch, "link", "add", "br0", "type", "bridge"]));
-        sh(Command::new("ip").args(["-n", &switch, "link", "set", "br0", "up"]));
-        let hosts = (0..n)
-            .map(|i| {
-                let h = TestHost::with_link(fresh_name(), &Cluster::ip(i), &switch);
-                let port = format!("p{i}");
-                sh(Command::new("ip").args(["-n", &switch, "link", "set", "ax1", "name", &port]));
-                sh(Command::new("ip").args(["-n", &switch, "link", "set", &port, "master", "br0", "up"]));
-                h
-            })
-            .collect();
+        let mut switch = Switch::new();
+        let hosts = (0..n).map(|i| switch.host(&Cluster::ip(i))).collect();
         Cluster { hosts, switch }
     }
 
@@ -148,7 +184,7 @@ impl Cluster {
     pub fn set_link(&self, i: usize, up: bool) {
         sh(Command::new("ip").args([
             "-n",
-            &self.switch,
+            &self.switch.ns,
             "link",
             "set",
             &format!("p{i}"),
@@ -158,9 +194,9 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// The hosts go before their switch.
     fn drop(&mut self) {
         self.hosts.clear();
-        let _ = Command::new("ip").args(["netns", "del", &self.switch]).status();
     }
 }
 

@@ -1,0 +1,138 @@
+//! End-to-end tests of the federation's control plane, as root: two clusters on LANs of
+//! their own that do not route to each other, one gateway each, the gateways joined by
+//! a WAN; a daemon on every host. What one cluster serves becomes known (names, nodes)
+//! in the other through both gateways. The data path (sessions between gateways) is not
+//! built: a connect to a remote cluster's service is refused, never sent out.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Switch, TestHost};
+
+const PY: &str = "/usr/bin/python3";
+
+/// The manual's topology: cluster c0 = h00 (gateway; LAN 10.10.0.10, WAN 10.12.0.10)
+/// and h01 (10.10.0.11); cluster c1 = h10 (gateway; LAN 10.11.0.10, WAN 10.12.0.11)
+/// and h11 (10.11.0.11). Hosts in that order; the switches are kept with them.
+struct Federation {
+    hosts: Vec<TestHost>,
+    _switches: Vec<Switch>,
+}
+
+impl Federation {
+    /// Gateway h00 names its WAN interface, h10 its WAN address: both forms.
+    fn new(clusters: [&str; 2]) -> Federation {
+        let (mut lan0, mut lan1, mut wan) = (Switch::new(), Switch::new(), Switch::new());
+        let mut hosts =
+            vec![lan0.host("10.10.0.10"), lan0.host("10.10.0.11"), lan1.host("10.11.0.10"), lan1.host("10.11.0.11")];
+        wan.wire(&hosts[0], "wan0", "10.12.0.10");
+        wan.wire(&hosts[2], "wan0", "10.12.0.11");
+        let lans = ["10.10.0.10,10.10.0.11", "10.11.0.10,10.11.0.11"];
+        let gateway = [("wan0", "10.12.0.11"), ("10.12.0.11", "10.12.0.10")];
+        for (i, h) in hosts.iter_mut().enumerate() {
+            let (c, name) = (i / 2, ["h00", "h01", "h10", "h11"][i]);
+            let mut args = vec!["--node-name", name, "--cluster", clusters[c], "--neighbors", lans[c]];
+            if i % 2 == 0 {
+                args.extend(["--federation-gateway-ip", gateway[c].0, "--federation-gateway-neighbors", gateway[c].1]);
+            }
+            h.start_daemon(&args);
+        }
+        Federation { hosts, _switches: vec![lan0, lan1, wan] }
+    }
+}
+
+/// `dig +short NAME` under `ax run` on `h` (the daemon's DNS).
+fn dig(h: &TestHost, name: &str) -> String {
+    let out = h.run(&["--", "dig", "+short", "+time=2", "+tries=1", name]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways() {
+    support::require_root_and(&[PY, "curl", "dig"]);
+    let mut f = Federation::new(["c0", "c1"]);
+    // The plain nodes of the two clusters have no route to each other, nor to the WAN.
+    for (from, to) in [(1, "10.11.0.11"), (3, "10.10.0.11"), (1, "10.12.0.11"), (0, "10.11.0.11")] {
+        let out = f.hosts[from].cmd("ip").args(["route", "get", to]).output().unwrap();
+        assert!(!out.status.success(), "host {from} has a route to {to}: {out:?}");
+    }
+    let root = f.hosts[3].web_root("web", "who", "web");
+    f.hosts[3].spawn_app(
+        "web",
+        &["--name", "web", "--ip", "198.18.20.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
+    );
+    let h01 = &f.hosts[1];
+    h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(90), || {
+        dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    // Bare, and under the domain: unique in the federation, so c1's.
+    assert_eq!(dig(h01, "web"), "198.18.20.1");
+    assert_eq!(dig(h01, "web.appswitch.local"), "198.18.20.1");
+    // Not a service of c0's.
+    assert_eq!(dig(h01, "web.c0.appswitch.local"), "");
+    // Until the data path is built, a connect is refused here, never sent out.
+    let out = h01.run(&["--", "curl", "-s", "--max-time", "10", "http://198.18.20.1:8000/who"]);
+    assert!(!out.status.success() && out.status.code() != Some(28), "{out:?}");
+    // The gateways in `ax get nodes`: c0's on its plain node; on h00, c1's too.
+    let nodes = h01.get("nodes");
+    let h00 = nodes.iter().find(|n| n["name"] == "h00").expect("h00 listed on h01");
+    assert_eq!((h00["role"].as_str(), h00["cluster"].as_str()), (Some("federation-gateway"), Some("c0")));
+    assert_eq!(h00["external_ip"], "10.12.0.10");
+    let nodes = f.hosts[0].get("nodes");
+    let h10 = nodes.iter().find(|n| n["name"] == "h10").expect("h10 listed on h00");
+    assert_eq!((h10["role"].as_str(), h10["cluster"].as_str()), (Some("federation-gateway"), Some("c1")));
+    // The ingress listener in `ax get proxies`, in the manual's columns.
+    let proxies = f.hosts[0].get("proxies");
+    assert_eq!(proxies.len(), 1, "{proxies:?}");
+    assert_eq!((proxies[0]["listener"].as_str(), proxies[0]["proto"].as_str()), (Some("10.12.0.10:6660"), Some("tcp")));
+    let table = String::from_utf8(f.hosts[0].ax().args(["get", "proxies"]).output().unwrap().stdout).unwrap();
+    assert!(table.starts_with("ID") && table.contains("10.12.0.10:6660") && table.contains("[0.0.0.0:0]"), "{table}");
+    // Without --tls, both gateways said the WAN is unauthenticated; neither saw a
+    // clash of cluster names.
+    for g in [0, 2] {
+        let log = f.hosts[g].daemon_log();
+        assert!(log.contains("the federation's wide-area link is unauthenticated"));
+        assert!(!log.contains("claims the cluster name"), "{log}");
+    }
+}
+
+/// Both clusters call themselves c0: each gateway refuses the other, saying why, and
+/// takes nothing from it.
+#[test]
+fn a_cluster_name_clash_is_refused_on_both_sides() {
+    support::require_root_and(&[PY, "dig"]);
+    let mut f = Federation::new(["c0", "c0"]);
+    let root = f.hosts[3].web_root("web", "who", "web");
+    f.hosts[3].spawn_app(
+        "web",
+        &["--name", "web", "--ip", "198.18.21.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
+    );
+    for (g, other) in [(0, "h10"), (2, "h00")] {
+        let h = &f.hosts[g];
+        let says = format!("the federation gateway '{other}' at");
+        h.wait_until("the clash logged", Duration::from_secs(90), || {
+            let log = h.daemon_log();
+            log.contains(&says) && log.contains("claims the cluster name 'c0'")
+        });
+    }
+    assert_eq!(dig(&f.hosts[1], "web"), "", "nothing taken from the other c0");
+    assert_eq!(dig(&f.hosts[3], "web"), "198.18.21.1", "the name resolves in its own cluster");
+    assert!(!f.hosts[0].get("nodes").iter().any(|n| n["name"] == "h10"));
+}
+
+#[test]
+fn bad_federation_flags_stop_the_daemon_with_the_reason() {
+    support::require_root_and(&[]);
+    let mut lan = Switch::new();
+    let h = lan.host("10.10.0.10");
+    for (args, says) in [
+        (&["--federation-gateway-ip", "ax0"][..], "a federation gateway needs --cluster"),
+        (&["--cluster", "c0", "--federation-gateway-ip", "nosuch0"], "--federation-gateway-ip nosuch0: no such interface"),
+        (&["--cluster", "c0", "--federation-gateway-ip", "10.99.0.1"], "--federation-gateway-ip 10.99.0.1: no interface of this host has that address"),
+        (&["--federation-gateway-neighbors", "10.12.0.11"], "--federation-gateway-neighbors is a federation gateway's"),
+    ] {
+        let out = h.ax().args(["daemon", "--node-interface", "ax0"]).args(args).output().unwrap();
+        support::fails_with(out, says);
+    }
+}
