@@ -17,28 +17,55 @@ const PY: &str = "/usr/bin/python3";
 /// and h11 (10.11.0.11). Hosts in that order; the switches are kept with them.
 struct Federation {
     hosts: Vec<TestHost>,
-    _switches: Vec<Switch>,
+    switches: Vec<Switch>,
 }
 
 impl Federation {
-    /// Gateway h00 names its WAN interface, h10 its WAN address: both forms.
-    fn new(clusters: [&str; 2]) -> Federation {
+    /// Gateway h00 names its WAN interface, h10 its WAN address: both forms. With
+    /// `tls`, every daemon holds a certificate from one CA.
+    fn new(clusters: [&str; 2], tls: bool) -> Federation {
         let (mut lan0, mut lan1, mut wan) = (Switch::new(), Switch::new(), Switch::new());
         let mut hosts =
             vec![lan0.host("10.10.0.10"), lan0.host("10.10.0.11"), lan1.host("10.11.0.10"), lan1.host("10.11.0.11")];
         wan.wire(&hosts[0], "wan0", "10.12.0.10");
         wan.wire(&hosts[2], "wan0", "10.12.0.11");
+        let names = ["h00", "h01", "h10", "h11"];
+        let pki = tls.then(|| {
+            let dir = hosts[0].dir.join("pki");
+            ax_tls::write_test_pki(&dir, &names.map(String::from)).unwrap()
+        });
         let lans = ["10.10.0.10,10.10.0.11", "10.11.0.10,10.11.0.11"];
         let gateway = [("wan0", "10.12.0.11"), ("10.12.0.11", "10.12.0.10")];
         for (i, h) in hosts.iter_mut().enumerate() {
-            let (c, name) = (i / 2, ["h00", "h01", "h10", "h11"][i]);
-            let mut args = vec!["--node-name", name, "--cluster", clusters[c], "--neighbors", lans[c]];
+            let (c, name) = (i / 2, names[i]);
+            let mut args: Vec<String> =
+                ["--node-name", name, "--cluster", clusters[c], "--neighbors", lans[c]].map(String::from).to_vec();
             if i % 2 == 0 {
-                args.extend(["--federation-gateway-ip", gateway[c].0, "--federation-gateway-neighbors", gateway[c].1]);
+                let g = ["--federation-gateway-ip", gateway[c].0, "--federation-gateway-neighbors", gateway[c].1];
+                args.extend(g.map(String::from));
             }
-            h.start_daemon(&args);
+            if let Some(pki) = &pki {
+                let f = pki.files(name);
+                let (ca, cert, key) = (f.ca.display(), f.cert.display(), f.key.display());
+                args.extend([
+                    "--tls".into(),
+                    format!("--tls-ca-cert={ca}"),
+                    format!("--tls-cert={cert}"),
+                    format!("--tls-key={key}"),
+                ]);
+            }
+            h.start_daemon(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
-        Federation { hosts, _switches: vec![lan0, lan1, wan] }
+        Federation { hosts, switches: vec![lan0, lan1, wan] }
+    }
+
+    /// Starts `web` at 198.18.20.1:8000 on h11 (cluster c1's plain node).
+    fn serve_web(&mut self) {
+        let root = self.hosts[3].web_root("web", "who", "web");
+        self.hosts[3].spawn_app(
+            "web",
+            &["--name", "web", "--ip", "198.18.20.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
+        );
     }
 }
 
@@ -51,17 +78,13 @@ fn dig(h: &TestHost, name: &str) -> String {
 #[test]
 fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways() {
     support::require_root_and(&[PY, "curl", "dig"]);
-    let mut f = Federation::new(["c0", "c1"]);
+    let mut f = Federation::new(["c0", "c1"], false);
     // The plain nodes of the two clusters have no route to each other, nor to the WAN.
     for (from, to) in [(1, "10.11.0.11"), (3, "10.10.0.11"), (1, "10.12.0.11"), (0, "10.11.0.11")] {
         let out = f.hosts[from].cmd("ip").args(["route", "get", to]).output().unwrap();
         assert!(!out.status.success(), "host {from} has a route to {to}: {out:?}");
     }
-    let root = f.hosts[3].web_root("web", "who", "web");
-    f.hosts[3].spawn_app(
-        "web",
-        &["--name", "web", "--ip", "198.18.20.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
-    );
+    f.serve_web();
     let h01 = &f.hosts[1];
     h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(90), || {
         dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
@@ -102,12 +125,8 @@ fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways()
 #[test]
 fn a_cluster_name_clash_is_refused_on_both_sides() {
     support::require_root_and(&[PY, "dig"]);
-    let mut f = Federation::new(["c0", "c0"]);
-    let root = f.hosts[3].web_root("web", "who", "web");
-    f.hosts[3].spawn_app(
-        "web",
-        &["--name", "web", "--ip", "198.18.21.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
-    );
+    let mut f = Federation::new(["c0", "c0"], false);
+    f.serve_web();
     for (g, other) in [(0, "h10"), (2, "h00")] {
         let h = &f.hosts[g];
         let says = format!("the federation gateway '{other}' at");
@@ -117,8 +136,66 @@ fn a_cluster_name_clash_is_refused_on_both_sides() {
         });
     }
     assert_eq!(dig(&f.hosts[1], "web"), "", "nothing taken from the other c0");
-    assert_eq!(dig(&f.hosts[3], "web"), "198.18.21.1", "the name resolves in its own cluster");
+    assert_eq!(dig(&f.hosts[3], "web"), "198.18.20.1", "the name resolves in its own cluster");
     assert!(!f.hosts[0].get("nodes").iter().any(|n| n["name"] == "h10"));
+}
+
+/// Without --tls, a gateway hears WAN gossip only from its neighbors and the gateways
+/// learned from them: a gateway on the WAN that nobody named (it names h00) publishes a
+/// service nobody takes.
+#[test]
+fn without_tls_a_gateway_nobody_named_is_not_heard() {
+    support::require_root_and(&[PY, "dig"]);
+    let mut f = Federation::new(["c0", "c1"], false);
+    f.serve_web();
+    let mut lan = Switch::new();
+    let mut rogue = lan.host("10.13.0.10");
+    f.switches[2].wire(&rogue, "wan0", "10.12.0.99");
+    rogue.start_daemon(&[
+        "--node-name",
+        "rogue",
+        "--cluster",
+        "evil",
+        "--federation-gateway-ip",
+        "wan0",
+        "--federation-gateway-neighbors",
+        "10.12.0.10,10.12.0.11",
+    ]);
+    let root = rogue.web_root("shop", "who", "shop");
+    rogue.spawn_app(
+        "shop",
+        &["--name", "shop", "--ip", "198.18.30.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
+    );
+    let h00 = &f.hosts[0];
+    h00.wait_until("the rogue's gossip dropped", Duration::from_secs(90), || {
+        h00.daemon_log().lines().any(|l| l.contains("from=10.12.0.99") && l.contains("not a federation neighbor"))
+    });
+    let h01 = &f.hosts[1];
+    h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(90), || {
+        dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    assert_eq!(dig(h01, "shop.evil.appswitch.local"), "");
+    assert!(!h00.get("nodes").iter().any(|n| n["name"] == "rogue"));
+    f.switches.push(lan);
+}
+
+/// Under --tls the WAN gossip is QUIC with the cluster's certificates: no warning, and
+/// names cross as without.
+#[test]
+fn under_tls_the_wan_is_authenticated_and_names_cross() {
+    support::require_root_and(&[PY, "dig"]);
+    let mut f = Federation::new(["c0", "c1"], true);
+    f.serve_web();
+    let h01 = &f.hosts[1];
+    h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(90), || {
+        dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    for g in [0, 2] {
+        let log = f.hosts[g].daemon_log();
+        let wan = log.lines().find(|l| l.contains("federation gateway: gossiping on the WAN")).expect("the WAN line");
+        assert!(wan.contains("QUIC"), "{wan}");
+        assert!(!log.contains("wide-area link is unauthenticated"), "{log}");
+    }
 }
 
 #[test]
@@ -128,8 +205,14 @@ fn bad_federation_flags_stop_the_daemon_with_the_reason() {
     let h = lan.host("10.10.0.10");
     for (args, says) in [
         (&["--federation-gateway-ip", "ax0"][..], "a federation gateway needs --cluster"),
-        (&["--cluster", "c0", "--federation-gateway-ip", "nosuch0"], "--federation-gateway-ip nosuch0: no such interface"),
-        (&["--cluster", "c0", "--federation-gateway-ip", "10.99.0.1"], "--federation-gateway-ip 10.99.0.1: no interface of this host has that address"),
+        (
+            &["--cluster", "c0", "--federation-gateway-ip", "nosuch0"],
+            "--federation-gateway-ip nosuch0: no such interface",
+        ),
+        (
+            &["--cluster", "c0", "--federation-gateway-ip", "10.99.0.1"],
+            "--federation-gateway-ip 10.99.0.1: no interface of this host has that address",
+        ),
         (&["--federation-gateway-neighbors", "10.12.0.11"], "--federation-gateway-neighbors is a federation gateway's"),
     ] {
         let out = h.ax().args(["daemon", "--node-interface", "ax0"]).args(args).output().unwrap();

@@ -367,7 +367,9 @@ pub struct Federation {
 /// Why the federation flags do not make a gateway.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FederationError {
-    #[error("{0} is a federation gateway's: give --federation-gateway-ip (the gateway's WAN address or interface) too")]
+    #[error(
+        "{0} is a federation gateway's: give --federation-gateway-ip (the gateway's WAN address or interface) too"
+    )]
     NotAGateway(&'static str),
     #[error("a federation gateway needs --cluster: cluster names must be unique in a federation, so name this one")]
     NoCluster,
@@ -552,7 +554,8 @@ mod tests {
             neighbors: vec!["10.12.0.11".parse().unwrap(), "10.12.0.12".parse().unwrap()],
         };
         assert_eq!(g, Ok(Some(want)));
-        let g = gateway(&["ax", "daemon", "--cluster", "c1", "--federation-gateway-ip", "10.12.0.11"]).unwrap().unwrap();
+        let g =
+            gateway(&["ax", "daemon", "--cluster", "c1", "--federation-gateway-ip", "10.12.0.11"]).unwrap().unwrap();
         assert_eq!((g.ip.as_str(), g.advertise, g.neighbors.len()), ("10.12.0.11", None, 0));
         let ports = ["--federation-gateway-port", "7000", "--federation-gateway-gossip-port", "7001"];
         let args = [&["ax", "daemon", "--cluster", "c1", "--federation-gateway-ip", "10.12.0.11"][..], &ports].concat();
@@ -565,21 +568,42 @@ mod tests {
         let gw = ["ax", "daemon", "--cluster", "c0", "--federation-gateway-ip", "10.12.0.10"];
         let with = |more: &[&str]| gateway(&[&gw[..], more].concat()).unwrap_err();
         for (args, says) in [
-            (&["ax", "daemon", "--federation-gateway-neighbors", "10.12.0.11"][..], "--federation-gateway-neighbors is a federation gateway's: give --federation-gateway-ip"),
-            (&["ax", "daemon", "--federation-gateway-port", "6661"], "--federation-gateway-port is a federation gateway's"),
+            (
+                &["ax", "daemon", "--federation-gateway-neighbors", "10.12.0.11"][..],
+                "--federation-gateway-neighbors is a federation gateway's: give --federation-gateway-ip",
+            ),
+            (
+                &["ax", "daemon", "--federation-gateway-port", "6661"],
+                "--federation-gateway-port is a federation gateway's",
+            ),
             (&["ax", "daemon", "--federation-gateway-ip", "10.12.0.10"], "a federation gateway needs --cluster"),
-            (&["ax", "daemon", "--cluster", "c_0", "--federation-gateway-ip", "10.12.0.10"], "--cluster 'c_0' is not a DNS label"),
-            (&["ax", "daemon", "--cluster", "c0", "--federation-gateway-ip", "2001:db8::1"], "--federation-gateway-ip 2001:db8::1: the address must be IPv4"),
+            (
+                &["ax", "daemon", "--cluster", "c_0", "--federation-gateway-ip", "10.12.0.10"],
+                "--cluster 'c_0' is not a DNS label",
+            ),
+            (
+                &["ax", "daemon", "--cluster", "c0", "--federation-gateway-ip", "2001:db8::1"],
+                "--federation-gateway-ip 2001:db8::1: the address must be IPv4",
+            ),
         ] {
             let e = gateway(args).unwrap_err();
             assert!(e.contains(says), "{args:?}: {e}");
         }
         for (more, says) in [
-            (&["--federation-gateway-advertise-ip", "0.0.0.0"][..], "--federation-gateway-advertise-ip 0.0.0.0: not an IPv4 address"),
+            (
+                &["--federation-gateway-advertise-ip", "0.0.0.0"][..],
+                "--federation-gateway-advertise-ip 0.0.0.0: not an IPv4 address",
+            ),
             (&["--federation-gateway-advertise-ip", "gw.example"], "--federation-gateway-advertise-ip gw.example"),
-            (&["--federation-gateway-neighbors", "10.12.0.11,nope"], "--federation-gateway-neighbors: 'nope' is not an IPv4 address"),
+            (
+                &["--federation-gateway-neighbors", "10.12.0.11,nope"],
+                "--federation-gateway-neighbors: 'nope' is not an IPv4 address",
+            ),
             (&["--federation-gateway-port", "0"], "--federation-gateway-port 0: give a port number"),
-            (&["--federation-gateway-gossip-port", "7946"], "--federation-gateway-gossip-port 7946 is also the cluster's --gossip-port"),
+            (
+                &["--federation-gateway-gossip-port", "7946"],
+                "--federation-gateway-gossip-port 7946 is also the cluster's --gossip-port",
+            ),
         ] {
             let e = with(more);
             assert!(e.contains(says), "{more:?}: {e}");

@@ -253,7 +253,8 @@ pub fn federate(
     }
     for (ip, clusters) in &owners {
         if clusters.len() > 1 && !ours(*ip) {
-            out.refused.push(Refusal::Ambiguous { clusters: clusters.iter().map(|c| c.to_string()).collect(), ip: *ip });
+            out.refused
+                .push(Refusal::Ambiguous { clusters: clusters.iter().map(|c| c.to_string()).collect(), ip: *ip });
         }
     }
     for ((_, service), by) in offered {
@@ -336,7 +337,11 @@ mod tests {
     #[test]
     fn label_sets_are_bounded() {
         let labels: Vec<Labels> = (0..20).map(|i| format!("k=v{i}").parse().unwrap()).collect();
-        let rows = labels.iter().map(|l| ServiceRow { proto: Proto::Tcp, service: "198.18.0.1:80".parse().unwrap(), labels: l });
+        let rows = labels.iter().map(|l| ServiceRow {
+            proto: Proto::Tcp,
+            service: "198.18.0.1:80".parse().unwrap(),
+            labels: l,
+        });
         let got = summarize(rows, |_| false, |_| None);
         assert_eq!(got[0].labels.len(), MAX_LABEL_SETS);
     }
@@ -426,10 +431,16 @@ mod tests {
         for v in bad {
             assert!(f.take("export/tcp/x", v));
         }
-        assert!(f.take("import/c1/tcp/x", r#"{"cluster":"c 1","proto":"tcp","service":"198.18.0.1:80","name":null,"labels":[]}"#));
+        assert!(f.take(
+            "import/c1/tcp/x",
+            r#"{"cluster":"c 1","proto":"tcp","service":"198.18.0.1:80","name":null,"labels":[]}"#
+        ));
         assert!(!f.take("row/tcp/x", "{}"));
         assert_eq!(f, Federation::default());
-        assert!(f.take("export/tcp/x", r#"{"proto":"tcp","service":"198.18.0.1:80","name":"web","labels":[{"zone":"default"}]}"#));
+        assert!(f.take(
+            "export/tcp/x",
+            r#"{"proto":"tcp","service":"198.18.0.1:80","name":"web","labels":[{"zone":"default"}]}"#
+        ));
         assert_eq!(f.exports, vec![export("198.18.0.1:80", Some("web"))]);
     }
 

@@ -59,7 +59,14 @@ impl Net {
         config.interval = Duration::from_millis(100);
         transport.self_id().set(config.chitchat_id()).unwrap();
         let mut g = Gossip::start(config, &transport, Some(transport.trust())).await.unwrap();
-        g.publish(&Published { rows: vec![row(self.ip(i), i)], node: me, apps: vec![], vservices, federation: Default::default() }).await;
+        g.publish(&Published {
+            rows: vec![row(self.ip(i), i)],
+            node: me,
+            apps: vec![],
+            vservices,
+            federation: Default::default(),
+        })
+        .await;
         g
     }
 }
@@ -357,7 +364,14 @@ async fn a_member_relaying_another_nodes_state_rewritten_or_replayed_is_not_beli
     let mut second = row(net.ip(1), 1);
     second.host.set_port(40001);
     let me = NodeRecord { name: "n1".into(), cluster: "appswitch".into(), ip: net.ip(1), egress_gateway: false };
-    n1.publish(&Published { rows: vec![row(net.ip(1), 1), second], node: me, apps: vec![], vservices: vec![], federation: Default::default() }).await;
+    n1.publish(&Published {
+        rows: vec![row(net.ip(1), 1), second],
+        node: me,
+        apps: vec![],
+        vservices: vec![],
+        federation: Default::default(),
+    })
+    .await;
     until("n2 counts n1's second row", || async { n1_seen_by(&n2).await.0 == vec![40000, 40001] }).await;
     until("the relay holds it", || async {
         relayed(&relay, "n1").await.is_some_and(|(_, kv, _)| has(&kv, &row_key(40001)))

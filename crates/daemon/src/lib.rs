@@ -540,7 +540,9 @@ pub async fn serve(
         None => None,
     };
     let wan = match listeners.federation {
-        Some((config, transport, allowed)) => Some(federation::start(daemon.clone(), config, (transport, allowed)).await?),
+        Some((config, transport, allowed)) => {
+            Some(federation::start(daemon.clone(), config, (transport, allowed)).await?)
+        }
         None => None,
     };
     let result = rest::serve(tcp, unix, listeners.tls, daemon, shutdown).await.map_err(io("the REST API failed"));

@@ -219,7 +219,12 @@ fn router(daemon: Daemon) -> Router {
         .route(path::VSERVICE, delete(delete_vservice))
         .route(path::PROXIES, get(proxies))
         .route(path::METRICS, get(metrics))
-        .route(path::NODES, get(|State(d): State<Daemon>| async move { Json(d.read(|s| views::nodes(&s.nodes, s.gateway.as_ref().map_or(&[], |g| &g.wan_nodes)))) }))
+        .route(
+            path::NODES,
+            get(|State(d): State<Daemon>| async move {
+                Json(d.read(|s| views::nodes(&s.nodes, s.gateway.as_ref().map_or(&[], |g| &g.wan_nodes))))
+            }),
+        )
         .route(
             path::OPENAPI,
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], ax_api::OPENAPI_DOCUMENT) }),

@@ -36,7 +36,13 @@ pub fn run(config: Config) -> Result<(), Error> {
             let ip = interface_ip(&interfaces, "--federation-gateway-ip", Some(&f.ip))?;
             ports = ports.with_federation(f.port, f.gossip_port);
             let advertise = f.advertise.unwrap_or(ip);
-            Some(FederationConfig { ip, advertise, port: f.port, gossip_port: f.gossip_port, neighbors: f.neighbors.clone() })
+            Some(FederationConfig {
+                ip,
+                advertise,
+                port: f.port,
+                gossip_port: f.gossip_port,
+                neighbors: f.neighbors.clone(),
+            })
         }
         None => None,
     };

@@ -63,7 +63,8 @@ fn served_with(tls: Option<Arc<ax_tls::Reloadable>>) -> Served {
     let tcp = rest.local_addr().unwrap();
     let unix = dir.0.join(socket_name(API_SOCKET));
     let api = std::os::unix::net::UnixListener::bind(&unix).unwrap();
-    let listeners = Listeners { rest: vec![rest], api, run: None, dns: None, egress: None, gossip: None, federation: None, tls };
+    let listeners =
+        Listeners { rest: vec![rest], api, run: None, dns: None, egress: None, gossip: None, federation: None, tls };
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let served = tokio::spawn(serve(daemon.clone(), listeners, async {
         let _ = stopped.await;

@@ -55,10 +55,11 @@ pub fn nodes(nodes: &[NodeStatus], wan: &[NodeStatus]) -> Vec<NodeView> {
         .iter()
         .chain(wan)
         .map(|n| {
-            let roles: Vec<&str> = [(n.node.egress_gateway, "egress-gateway"), (n.gateway.is_some(), "federation-gateway")]
-                .into_iter()
-                .filter_map(|(is, role)| is.then_some(role))
-                .collect();
+            let roles: Vec<&str> =
+                [(n.node.egress_gateway, "egress-gateway"), (n.gateway.is_some(), "federation-gateway")]
+                    .into_iter()
+                    .filter_map(|(is, role)| is.then_some(role))
+                    .collect();
             NodeView {
                 name: n.node.name.clone(),
                 cluster: n.node.cluster.clone(),
@@ -77,7 +78,12 @@ pub fn nodes(nodes: &[NodeStatus], wan: &[NodeStatus]) -> Vec<NodeView> {
 /// other clusters' gateways, from any address.
 pub fn federation_listeners(config: &FederationConfig, first_id: u32) -> Vec<ProxyView> {
     let ingress = std::net::SocketAddrV4::new(config.ip, config.port);
-    vec![ProxyView { id: first_id, proto: Proto::Tcp, listener: ingress.to_string(), dialers: vec!["0.0.0.0:0".into()] }]
+    vec![ProxyView {
+        id: first_id,
+        proto: Proto::Tcp,
+        listener: ingress.to_string(),
+        dialers: vec!["0.0.0.0:0".into()],
+    }]
 }
 
 pub fn sockets(t: &Table) -> Vec<SocketView> {

@@ -102,7 +102,11 @@ mod tests {
     fn a_hostile_remote_cluster_shadows_nothing_here() {
         let mut t = table();
         let ours = named(&mut t, "web", Some("198.18.10.1")).unwrap();
-        t.add_vservice(crate::table::testing::vservice("db", "198.18.10.2", Default::default(), "198.18.10.1"), crate::table::Origin::Request).unwrap();
+        t.add_vservice(
+            crate::table::testing::vservice("db", "198.18.10.2", Default::default(), "198.18.10.1"),
+            crate::table::Origin::Request,
+        )
+        .unwrap();
         let c = app(&mut t, None, "zone=default");
         let mut remote = with(vec![
             service("evil", "10.0.0.9", "198.18.10.1:80", Some("web")),
@@ -113,7 +117,13 @@ mod tests {
             service("c1", "10.0.0.9", "198.18.20.1:8000", Some("shop")),
         ]);
         // An app of another node of ours, at an address the remote cluster claims too.
-        remote.apps.push(RemoteApp { node: "gw".into(), id: "f0000009".into(), name: Some("api".into()), ip: "198.18.10.3".parse().unwrap(), expose: vec![] });
+        remote.apps.push(RemoteApp {
+            node: "gw".into(),
+            id: "f0000009".into(),
+            name: Some("api".into()),
+            ip: "198.18.10.3".parse().unwrap(),
+            expose: vec![],
+        });
         t.set_remote(remote);
         for at in ["198.18.10.1:80", "198.18.10.2:80", "10.0.0.9:22", "198.18.10.3:80", "198.18.20.1:8000"] {
             assert_eq!(t.federated(Proto::Tcp, at.parse().unwrap()), None, "{at}");
@@ -121,7 +131,11 @@ mod tests {
         assert!(t.federated_services().is_empty());
         assert_eq!(t.addresses_named("web"), Some(vec![ours.ip]));
         assert!(t.federated_named("web").is_empty() && t.federated_named("shop").is_empty());
-        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.10.1:80")), Route::Refused, "our app does not serve port 80");
+        assert_eq!(
+            t.route_connect(c, Proto::Tcp, sa("198.18.10.1:80")),
+            Route::Refused,
+            "our app does not serve port 80"
+        );
     }
 
     /// Until the data path exists, a connect to a remote cluster's service is refused

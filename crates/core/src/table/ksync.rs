@@ -140,7 +140,11 @@ impl KernelState {
         }
         // Remote clusters' services make their addresses virtual (see `is_virtual`).
         let ips = |r: &Remote| {
-            r.apps.iter().map(|a| a.ip).chain(r.federated.iter().map(|s| *s.service.ip())).collect::<BTreeSet<Ipv4Addr>>()
+            r.apps
+                .iter()
+                .map(|a| a.ip)
+                .chain(r.federated.iter().map(|s| *s.service.ip()))
+                .collect::<BTreeSet<Ipv4Addr>>()
         };
         let (was, is) = (ips(old), ips(new));
         was.symmetric_difference(&is).for_each(|ip| self.touch_ip(*ip));
@@ -535,7 +539,13 @@ mod tests {
             labels: Labels::parse("role=a").unwrap(),
         };
         let app = RemoteApp { node: "b".into(), id: "x".into(), name: None, ip: vip, expose: vec![], labels: None };
-        let remote = Remote { nodes: vec![("b".into(), n)], egress: vec![], rows: vec![row(80)], apps: vec![app], federated: vec![] };
+        let remote = Remote {
+            nodes: vec![("b".into(), n)],
+            egress: vec![],
+            rows: vec![row(80)],
+            apps: vec![app],
+            federated: vec![],
+        };
         t.set_remote(remote.clone());
         t.kernel_sync(broker);
         t.set_remote(Remote { rows: vec![row(80), row(0)], ..remote });
