@@ -96,14 +96,8 @@ fn daemon_config(d: DaemonArgs, sub: &ArgMatches) -> Result<ax_daemon::Config> {
         }
     }
     let ports = PortRanges::parse(&d.ports).map_err(|e| anyhow!("--ports {}: {e}", d.ports))?;
-    let neighbors = d
-        .neighbors
-        .iter()
-        .flat_map(|csv| csv.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| anyhow!("--neighbors: '{s}' is not an IPv4 address")))
-        .collect::<Result<Vec<std::net::Ipv4Addr>>>()?;
+    let neighbors =
+        args::ipv4_list(d.neighbors.as_deref()).map_err(|s| anyhow!("--neighbors: '{s}' is not an IPv4 address"))?;
     let dns = match d.dns {
         Some(false) => None,
         _ => {

@@ -352,6 +352,13 @@ fn given(m: &ArgMatches, id: &str) -> bool {
     matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
 }
 
+/// The addresses of a CSV list (`--neighbors`, `--federation-gateway-neighbors`), blanks
+/// skipped; the first item that is not an IPv4 address is the error.
+pub fn ipv4_list(csv: Option<&str>) -> Result<Vec<Ipv4Addr>, String> {
+    let items = csv.into_iter().flat_map(|csv| csv.split(',')).map(str::trim).filter(|s| !s.is_empty());
+    items.map(|s| s.parse().map_err(|_| s.to_string())).collect()
+}
+
 /// The federation flags of a gateway, checked (the gateway address may still be an
 /// interface name: the daemon resolves it on its host).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -430,14 +437,7 @@ pub fn federation(d: &DaemonArgs, m: &ArgMatches) -> Result<Option<Federation>, 
     if d.federation_gateway_gossip_port == d.gossip_port {
         return Err(FederationError::GossipPort(d.gossip_port));
     }
-    let neighbors = d
-        .federation_gateway_neighbors
-        .iter()
-        .flat_map(|csv| csv.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| FederationError::Neighbor(s.into())))
-        .collect::<Result<Vec<Ipv4Addr>, _>>()?;
+    let neighbors = ipv4_list(d.federation_gateway_neighbors.as_deref()).map_err(FederationError::Neighbor)?;
     Ok(Some(Federation {
         ip: ip.into(),
         advertise,

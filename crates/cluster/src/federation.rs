@@ -289,17 +289,8 @@ mod tests {
 
     fn gateway(name: &str, cluster: &str, ip: &str, exports: Vec<Export>) -> Published {
         let ip: Ipv4Addr = ip.parse().unwrap();
-        Published {
-            node: NodeRecord { name: name.into(), cluster: cluster.into(), ip, egress_gateway: false },
-            rows: vec![],
-            apps: vec![],
-            vservices: vec![],
-            federation: Federation {
-                gateway: Some(GatewayRecord { ingress: SocketAddrV4::new(ip, 6660) }),
-                exports,
-                imports: vec![],
-            },
-        }
+        let node = NodeRecord { name: name.into(), cluster: cluster.into(), ip, egress_gateway: false };
+        Published::wan(node, GatewayRecord { ingress: SocketAddrV4::new(ip, 6660) }, exports)
     }
 
     fn ours(gateways: &[&Published]) -> BTreeMap<String, GatewayRecord> {

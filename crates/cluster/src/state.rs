@@ -13,7 +13,7 @@ use ax_core::vservice::{Expose, Spec};
 use ax_core::{addr, AppId, Labels, Proto, Remote, RemoteApp, RemoteRow, RemoteService};
 use serde::{Deserialize, Serialize};
 
-use crate::federation::Federation;
+use crate::federation::{Export, Federation, GatewayRecord};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -130,6 +130,14 @@ pub struct Published {
 pub const NODE_KEY: &str = "node";
 
 impl Published {
+    /// What a federation gateway publishes on the WAN: itself (`node`, at its WAN
+    /// address), its gateway record and its cluster's exports; no rows, apps or
+    /// vservices.
+    pub fn wan(node: NodeRecord, gateway: GatewayRecord, exports: Vec<Export>) -> Published {
+        let federation = Federation { gateway: Some(gateway), exports, imports: Vec::new() };
+        Published { node, rows: Vec::new(), apps: Vec::new(), vservices: Vec::new(), federation }
+    }
+
     /// The key-values that say this.
     pub fn to_keys(&self) -> BTreeMap<String, String> {
         let mut kv = BTreeMap::new();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ax_cluster::federation::{federate, Export, Federation, GatewayRecord};
+use ax_cluster::federation::{federate, Export, GatewayRecord};
 use ax_cluster::gossip::{Gossip, GossipConfig};
 use ax_cluster::state::{NodeRecord, Published};
 use chitchat::transport::{ChannelTransport, Socket, Transport};
@@ -43,17 +43,8 @@ fn gateway(c: usize) -> Published {
             labels: vec!["zone=default".parse().unwrap()],
         })
         .collect();
-    Published {
-        node: NodeRecord { name: format!("gw{c}"), cluster: cluster(c), ip: wan_ip(c), egress_gateway: false },
-        rows: vec![],
-        apps: vec![],
-        vservices: vec![],
-        federation: Federation {
-            gateway: Some(GatewayRecord { ingress: SocketAddrV4::new(wan_ip(c), 6660) }),
-            exports,
-            imports: vec![],
-        },
-    }
+    let node = NodeRecord { name: format!("gw{c}"), cluster: cluster(c), ip: wan_ip(c), egress_gateway: false };
+    Published::wan(node, GatewayRecord { ingress: SocketAddrV4::new(wan_ip(c), 6660) }, exports)
 }
 
 /// Counts the bytes each gateway sends (chitchat's encoding, as on the wire).

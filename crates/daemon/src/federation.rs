@@ -11,12 +11,12 @@
 //! it sealed it); without, it is unauthenticated (said at start) and heard only from
 //! the `--federation-gateway-neighbors` and the gateways learned from them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ax_cluster::federation::{self, Clash, Federation, GatewayRecord, Import, Refusal, ServiceRow};
+use ax_cluster::federation::{self, Clash, GatewayRecord, Import, Refusal, ServiceRow};
 use ax_cluster::gossip::{Gossip, GossipConfig, NodeStatus};
 use ax_cluster::quic::QuicTransport;
 use ax_cluster::state::{NodeRecord, Published};
@@ -103,10 +103,15 @@ pub fn exports(t: &Table) -> Vec<federation::Export> {
         .services()
         .filter_map(|b| t.app(b.app).map(|a| ServiceRow { proto: b.proto, service: b.service, labels: &a.labels }));
     let remote = t.remote().rows.iter().map(|r| ServiceRow { proto: r.proto, service: r.service, labels: &r.labels });
-    let name_of = |ip: Ipv4Addr| {
-        let local = t.apps().find(|a| a.ip == ip).and_then(|a| a.name.clone());
-        local.or_else(|| t.remote().apps.iter().find(|a| a.ip == ip).and_then(|a| a.name.clone()))
-    };
+    // Names by address, ours first (one pass, not one per service).
+    let mut names: HashMap<Ipv4Addr, &str> = HashMap::new();
+    let apps = t.apps().map(|a| (a.ip, &a.name)).chain(t.remote().apps.iter().map(|a| (a.ip, &a.name)));
+    for (ip, name) in apps {
+        if let Some(n) = name {
+            names.entry(ip).or_insert(n);
+        }
+    }
+    let name_of = |ip: Ipv4Addr| names.get(&ip).map(|n| n.to_string());
     federation::summarize(local.chain(remote), |ip| t.is_node_address(ip), name_of)
 }
 
@@ -141,8 +146,7 @@ impl State {
         (g.clashes, g.refused, g.imports) = (clashes, refused, got.imports);
         g.wan_nodes = view.nodes.into_iter().filter(|n| n.node.cluster != me.cluster).collect();
         let node = NodeRecord { ip: g.config.advertise, ..me };
-        let federation = Federation { gateway: Some(g.config.record()), exports, imports: Vec::new() };
-        Answer::Publish(Box::new(Published { node, rows: vec![], apps: vec![], vservices: vec![], federation }))
+        Answer::Publish(Box::new(Published::wan(node, g.config.record(), exports)))
     }
 }
 

@@ -549,27 +549,19 @@ fn gateway_state() -> State {
 
 /// Another cluster's gateway on the WAN, publishing `exports`.
 fn wan_gateway(name: &str, cluster: &str, ip: &str, exports: &[(&str, Option<&str>)]) -> Published {
-    use ax_cluster::federation::{Export, Federation, GatewayRecord};
+    use ax_cluster::federation::{Export, GatewayRecord};
     let ip: Ipv4Addr = ip.parse().unwrap();
-    Published {
-        node: NodeRecord { name: name.into(), cluster: cluster.into(), ip, egress_gateway: false },
-        rows: vec![],
-        apps: vec![],
-        vservices: vec![],
-        federation: Federation {
-            gateway: Some(GatewayRecord { ingress: std::net::SocketAddrV4::new(ip, 6660) }),
-            exports: exports
-                .iter()
-                .map(|(at, name)| Export {
-                    proto: Proto::Tcp,
-                    service: at.parse().unwrap(),
-                    name: name.map(Into::into),
-                    labels: vec!["zone=default".parse().unwrap()],
-                })
-                .collect(),
-            imports: vec![],
-        },
-    }
+    let exports = exports
+        .iter()
+        .map(|(at, name)| Export {
+            proto: Proto::Tcp,
+            service: at.parse().unwrap(),
+            name: name.map(Into::into),
+            labels: vec!["zone=default".parse().unwrap()],
+        })
+        .collect();
+    let node = NodeRecord { name: name.into(), cluster: cluster.into(), ip, egress_gateway: false };
+    Published::wan(node, GatewayRecord { ingress: std::net::SocketAddrV4::new(ip, 6660) }, exports)
 }
 
 fn wan(s: &mut State, members: Vec<Published>) -> Published {
