@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ax_cluster::federation::{self, Clash, GatewayRecord, Import, Refusal, ServiceRow};
+use ax_cluster::federation::{self, Clash, GatewayRecord, Import, Refusal, RemoteGateway, ServiceRow};
 use ax_cluster::gossip::{Gossip, GossipConfig, NodeStatus};
 use ax_cluster::quic::QuicTransport;
 use ax_cluster::state::{NodeRecord, Published};
@@ -59,6 +59,9 @@ pub struct Gateway {
     pub config: FederationConfig,
     /// The remote services re-published into our cluster (last WAN round).
     pub imports: Vec<Import>,
+    /// The other clusters' live gateways that count, by cluster: where sessions to
+    /// each cluster go (last WAN round).
+    pub remote: BTreeMap<String, Vec<RemoteGateway>>,
     /// The other clusters' gateways, as the WAN shows them (for `ax get nodes`).
     pub wan_nodes: Vec<NodeStatus>,
     /// Clashes and refusals of the last round: each is logged when it appears.
@@ -71,6 +74,7 @@ impl Gateway {
         Gateway {
             config,
             imports: Vec::new(),
+            remote: BTreeMap::new(),
             wan_nodes: Vec::new(),
             clashes: BTreeSet::new(),
             refused: BTreeSet::new(),
@@ -143,7 +147,7 @@ impl State {
         if g.imports != got.imports {
             info!(services = got.imports.len(), clusters = got.gateways.len(), "remote clusters' services changed");
         }
-        (g.clashes, g.refused, g.imports) = (clashes, refused, got.imports);
+        (g.clashes, g.refused, g.imports, g.remote) = (clashes, refused, got.imports, got.gateways);
         g.wan_nodes = view.nodes.into_iter().filter(|n| n.node.cluster != me.cluster).collect();
         let node = NodeRecord { ip: g.config.advertise, ..me };
         Answer::Publish(Box::new(Published::wan(node, g.config.record(), exports)))

@@ -585,6 +585,9 @@ fn a_gateway_publishes_one_export_per_service_and_brings_remote_services_home() 
     assert_eq!(p.federation.exports.len(), 1);
     assert_eq!(p.federation.exports[0].service, "198.18.0.1:8000".parse().unwrap());
     assert_eq!(p.federation.gateway.unwrap().ingress, "10.12.0.10:6660".parse().unwrap());
+    // Where sessions to c1 go.
+    let c1 = &s.gateway.as_ref().unwrap().remote["c1"];
+    assert_eq!((c1.len(), c1[0].ingress), (1, "10.12.0.11:6660".parse().unwrap()));
     // The next cluster round: re-published into our cluster, and in our own table
     // through ourselves.
     let Answer::Publish(lan) = gossip(&mut s, Remote::default(), vec![], Instant::now()).answer else { panic!() };
