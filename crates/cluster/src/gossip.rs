@@ -1,6 +1,8 @@
 //! Chitchat, run for ax: one instance per daemon, on a transport it is given (QUIC or
-//! UDP on the node interface in the daemon, channels in simulations). The daemon
-//! publishes its [`Published`] state every round and reads the others' back.
+//! UDP on the node interface in the daemon, channels in simulations), and a second on a
+//! federation gateway's WAN address, among every cluster's gateways (its own chitchat
+//! cluster id, [`FEDERATION_ID`]). The daemon publishes its [`Published`] state every
+//! round and reads the others' back.
 //!
 //! Who counts: a live node (chitchat's node id is the node name) whose address proved
 //! that name at a handshake with this node (with TLS: [`Identities`]; without, anyone),

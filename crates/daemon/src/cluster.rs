@@ -19,7 +19,8 @@ use tracing::info;
 use crate::state::{Answer, Command, GossipView};
 use crate::Daemon;
 
-const ROUND: Duration = Duration::from_millis(250);
+/// A gossip round (the cluster's, and a federation gateway's WAN gossip).
+pub(crate) const ROUND: Duration = Duration::from_millis(250);
 /// Rounds between greetings of every seed while no other node is known.
 const PROBE_ROUNDS: u64 = 8;
 /// Rounds to listen for a node already using our name before serving.

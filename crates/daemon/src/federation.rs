@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ax_cluster::federation::{self, Clash, GatewayRecord, Import, Refusal, RemoteGateway, ServiceRow};
 use ax_cluster::gossip::{Gossip, GossipConfig, NodeStatus};
@@ -24,11 +24,9 @@ use ax_cluster::udp::{Allowed, PortCheckedUdp};
 use ax_core::{RemoteService, Table};
 use tracing::{error, info, warn};
 
-use crate::cluster::{ClusterError, GossipTransport};
+use crate::cluster::{ClusterError, GossipTransport, ROUND};
 use crate::state::{Answer, Command, State};
 use crate::Daemon;
-
-const ROUND: Duration = Duration::from_millis(250);
 
 /// `--federation-gateway-*`, resolved: this node is a federation gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +123,8 @@ impl State {
     pub(crate) fn wan_round(&mut self, view: WanView) -> Answer {
         let me = self.me();
         let exports = exports(&self.table);
-        let our_gateways: BTreeMap<String, GatewayRecord> = self
+        // Our cluster's gateways as its gossip shows them (this one included).
+        let mut our_gateways: BTreeMap<String, GatewayRecord> = self
             .nodes
             .iter()
             .filter(|n| n.live && n.node.cluster == me.cluster)
@@ -133,7 +132,6 @@ impl State {
             .collect();
         let table = &self.table;
         let Some(g) = &mut self.gateway else { return Answer::Done };
-        let mut our_gateways = our_gateways;
         our_gateways.insert(me.name.clone(), g.config.record());
         let got = federation::federate(&me.cluster, &our_gateways, &view.members, |ip| table.is_cluster_address(ip));
         let clashes: BTreeSet<Clash> = got.clashes.into_iter().collect();
