@@ -181,4 +181,53 @@ mod tests {
         assert_eq!(j[0]["zones"], json!(["zone==default", "team==a"]));
         assert_eq!(j[0]["app_ip"], "198.18.5.1");
     }
+
+    #[test]
+    fn gateways_show_their_role_and_wan_address_and_the_ingress_listener() {
+        use ax_cluster::federation::GatewayRecord;
+        let status = |name: &str, cluster: &str, ip: &str, egress: bool, gateway: Option<&str>| NodeStatus {
+            node: NodeRecord {
+                name: name.into(),
+                cluster: cluster.into(),
+                ip: ip.parse().unwrap(),
+                egress_gateway: egress,
+            },
+            live: true,
+            apps: 0,
+            problem: None,
+            gateway: gateway.map(|g| GatewayRecord { ingress: g.parse().unwrap() }),
+        };
+        let lan = [
+            status("h00", "c0", "10.10.0.10", false, Some("10.12.0.10:6660")),
+            status("h01", "c0", "10.10.0.11", false, None),
+            status("e", "c0", "10.10.0.12", true, Some("10.12.0.12:6660")),
+        ];
+        let wan = [status("h10", "c1", "10.12.0.11", false, Some("203.0.113.9:6660"))];
+        let v = nodes(&lan, &wan);
+        let roles: Vec<(&str, &str, String)> =
+            v.iter().map(|n| (n.name.as_str(), n.role.as_str(), n.external_ip.to_string())).collect();
+        assert_eq!(
+            roles,
+            [
+                ("h00", "federation-gateway", "10.12.0.10".to_string()),
+                ("h01", "node", "10.10.0.11".to_string()),
+                ("e", "egress-gateway,federation-gateway", "10.12.0.12".to_string()),
+                ("h10", "federation-gateway", "203.0.113.9".to_string()),
+            ]
+        );
+        assert_eq!(v[3].cluster, "c1");
+        let config = FederationConfig {
+            ip: "10.12.0.10".parse().unwrap(),
+            advertise: "203.0.113.10".parse().unwrap(),
+            port: 6660,
+            gossip_port: 7947,
+            neighbors: vec![],
+        };
+        // The listener is where it binds, not the address advertised through NAT.
+        let p = federation_listeners(&config, 3);
+        assert_eq!(
+            serde_json::to_value(p).unwrap(),
+            json!([{"id": 3, "proto": "tcp", "listener": "10.12.0.10:6660", "dialers": ["0.0.0.0:0"]}])
+        );
+    }
 }
