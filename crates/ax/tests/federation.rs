@@ -61,10 +61,15 @@ impl Federation {
 
     /// Starts `web` at 198.18.20.1:8000 on h11 (cluster c1's plain node).
     fn serve_web(&mut self) {
-        let root = self.hosts[3].web_root("web", "who", "web");
-        self.hosts[3].spawn_app(
-            "web",
-            &["--name", "web", "--ip", "198.18.20.1", "--", PY, "-m", "http.server", "8000", "--directory", &root],
+        self.serve(3, "web", "198.18.20.1", "web");
+    }
+
+    /// Starts an app `name` at `ip`:8000 on host `i`, its `who` saying `says`.
+    fn serve(&mut self, i: usize, name: &str, ip: &str, says: &str) {
+        let root = self.hosts[i].web_root(name, "who", says);
+        self.hosts[i].spawn_app(
+            name,
+            &["--name", name, "--ip", ip, "--", PY, "-m", "http.server", "8000", "--directory", &root],
         );
     }
 }
@@ -118,6 +123,32 @@ fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways()
         assert!(log.contains("the federation's wide-area link is unauthenticated"));
         assert!(!log.contains("claims the cluster name"), "{log}");
     }
+}
+
+/// Cluster c1 turns hostile: it publishes a service at the address of c0's own app
+/// (`evil`), and one under the name of c0's app (`web`). In c0 the address stays its
+/// app's, and the bare name too; the remote `web` is reached only by its cluster's
+/// name, the remote `evil` not at all.
+#[test]
+fn a_remote_cluster_cannot_take_our_address_or_our_name() {
+    support::require_root_and(&[PY, "curl", "dig"]);
+    let mut f = Federation::new(["c0", "c1"], false);
+    f.serve(1, "web", "198.18.10.1", "ours");
+    f.serve(3, "web", "198.18.20.1", "theirs");
+    f.serve(3, "evil", "198.18.10.1", "evil");
+    let h00 = &f.hosts[0];
+    h00.wait_until("the gateway refuses c1's claim on our address", Duration::from_secs(90), || {
+        h00.daemon_log().contains("cluster 'c1' publishes 198.18.10.1:8000, an address of this cluster: refused")
+    });
+    let h01 = &f.hosts[1];
+    h01.wait_until("web.c1 resolves in c0", Duration::from_secs(90), || {
+        dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    assert_eq!(dig(h01, "web"), "198.18.10.1", "the bare name stays ours");
+    assert_eq!(dig(h01, "web.appswitch.local"), "198.18.10.1");
+    assert_eq!(dig(h01, "evil.c1.appswitch.local"), "", "c1's service at our address is not taken");
+    assert_eq!(dig(h01, "evil"), "");
+    assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "10", "http://198.18.10.1:8000/who"]), "ours");
 }
 
 /// Both clusters call themselves c0: each gateway refuses the other, saying why, and
