@@ -171,3 +171,41 @@ async fn a_gateway_that_stops_takes_its_services_with_it() {
     }
     eprintln!("a stopped gateway's services left the others' imports in {:?}", start.elapsed());
 }
+
+/// A gateway behind NAT: it listens on a private address and is reached at its public
+/// one (the transport here opens its socket at the public address: as a router's
+/// DNAT and SNAT would, every message to the public address reaches it and every
+/// message from it comes from there). Advertising the public address
+/// (`--federation-gateway-advertise-ip`), it is heard and its services imported.
+#[tokio::test(start_paused = true)]
+async fn a_gateway_behind_nat_is_reached_at_its_advertised_address() {
+    #[derive(Clone)]
+    struct Nat {
+        inner: ChannelTransport,
+        private: SocketAddr,
+        public: SocketAddr,
+    }
+    #[async_trait::async_trait]
+    impl Transport for Nat {
+        async fn open(&self, listen: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+            self.inner.open(if listen == self.private { self.public } else { listen }).await
+        }
+    }
+    let private = SocketAddr::from(([192, 168, 0, 10], 7947));
+    let public = addr(1);
+    let transport = Nat { inner: ChannelTransport::with_mtu(65_507), private, public };
+    let config = GossipConfig::federation(gateway(0).node, addr(0), addr(0), vec![], 1);
+    let mut g0 = Gossip::start(config, &transport, None).await.unwrap();
+    g0.publish(&gateway(0)).await;
+    // Gateway 1's record names its public address; it listens on the private one.
+    let config = GossipConfig::federation(gateway(1).node, private, public, vec![addr(0).to_string()], 1);
+    let mut g1 = Gossip::start(config, &transport, None).await.unwrap();
+    g1.publish(&gateway(1)).await;
+    let start = Instant::now();
+    while imported(0, &g0).await != SERVICES || imported(1, &g1).await != SERVICES {
+        assert!(start.elapsed() < Duration::from_secs(30), "no convergence through the NAT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (members, _) = g0.federation_view().await;
+    assert_eq!(members[0].federation.gateway.as_ref().unwrap().ingress, SocketAddrV4::new(wan_ip(1), 6660));
+}
