@@ -163,6 +163,53 @@ fn a_remote_cluster_cannot_take_our_address_or_our_name() {
     assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "10", "http://198.18.10.1:8000/who"]), "ours");
 }
 
+/// A second gateway of c0 (h02, LAN 10.10.0.12, WAN 10.12.0.12): no clash of names
+/// with its fellow, both listed in both clusters, and when h00's daemon dies c1's
+/// service stays known in c0 through h02.
+#[test]
+fn a_second_gateway_is_a_fellow_and_takes_over_the_names_when_the_first_dies() {
+    support::require_root_and(&[PY, "dig"]);
+    let mut f = Federation::new(["c0", "c1"], false);
+    let mut h02 = f.switches[0].host("10.10.0.12");
+    f.switches[2].wire(&h02, "wan0", "10.12.0.12");
+    h02.start_daemon(&[
+        "--node-name",
+        "h02",
+        "--cluster",
+        "c0",
+        "--neighbors",
+        "10.10.0.10,10.10.0.11",
+        "--federation-gateway-ip",
+        "wan0",
+        "--federation-gateway-neighbors",
+        "10.12.0.11",
+    ]);
+    f.serve_web();
+    let gateways_of = |h: &TestHost, cluster: &str| {
+        let nodes = h.get("nodes");
+        let mut names: Vec<String> = nodes
+            .iter()
+            .filter(|n| n["live"] == true && n["cluster"] == cluster && n["role"] == "federation-gateway")
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let (h01, h10) = (&f.hosts[1], &f.hosts[2]);
+    h01.wait_until("both gateways of c0 on h01", Duration::from_secs(90), || gateways_of(h01, "c0") == ["h00", "h02"]);
+    h10.wait_until("both gateways of c0 on h10", Duration::from_secs(90), || gateways_of(h10, "c0") == ["h00", "h02"]);
+    h01.wait_until("web.c1 resolves in c0", Duration::from_secs(90), || {
+        dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    f.hosts[0].signal_daemon("KILL");
+    let h01 = &f.hosts[1];
+    h01.wait_until("h00 gone from h01", Duration::from_secs(60), || gateways_of(h01, "c0") == ["h02"]);
+    assert_eq!(dig(h01, "web.c1.appswitch.local"), "198.18.20.1", "through h02");
+    for h in [&f.hosts[0], &h02, &f.hosts[2]] {
+        assert!(!h.daemon_log().contains("claims the cluster name"), "{}", h.daemon_log());
+    }
+}
+
 /// Both clusters call themselves c0: each gateway refuses the other, saying why, and
 /// takes nothing from it.
 #[test]

@@ -227,8 +227,14 @@ impl Gossip {
     /// Greets every seed at once (chitchat alone gossips with a few at random each
     /// round, which is slow to find the live ones among a whole subnet's addresses).
     pub fn probe(&self) {
-        for seed in &self.seeds {
-            let _ = self.handle.gossip(*seed);
+        self.greet(self.seeds.iter().copied());
+    }
+
+    /// Greets `addrs` directly (a federation gateway its cluster's other gateways, which
+    /// its cluster's gossip names and no seed list may).
+    pub fn greet(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for addr in addrs {
+            let _ = self.handle.gossip(addr);
         }
     }
 

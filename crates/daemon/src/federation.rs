@@ -9,7 +9,8 @@
 //! Trust: under `--tls` the WAN gossip runs over the cluster's QUIC transport (a
 //! gateway counts once its certificate from the CA proved its name, its state only as
 //! it sealed it); without, it is unauthenticated (said at start) and heard only from
-//! the `--federation-gateway-neighbors` and the gateways learned from them.
+//! the `--federation-gateway-neighbors`, the gateways learned from them, and our own
+//! cluster's gateways (as our cluster's gossip names them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -123,11 +124,13 @@ impl State {
     pub(crate) fn wan_round(&mut self, view: WanView) -> Answer {
         let me = self.me();
         let exports = exports(&self.table);
-        // Our cluster's gateways as its gossip shows them (this one included).
+        // Our cluster's gateways as its gossip shows them (this one included), the
+        // dead too: one that died is still on the WAN until the WAN's failure
+        // detector says so, and is no impostor meanwhile.
         let mut our_gateways: BTreeMap<String, GatewayRecord> = self
             .nodes
             .iter()
-            .filter(|n| n.live && n.node.cluster == me.cluster)
+            .filter(|n| n.node.cluster == me.cluster)
             .filter_map(|n| n.gateway.clone().map(|g| (n.node.name.clone(), g)))
             .collect();
         let table = &self.table;
@@ -165,7 +168,7 @@ pub fn transport(
             (GossipTransport { trust: Some(quic.trust()), me: quic.self_id(), transport: Box::new(quic) }, None)
         }
         None => {
-            warn!("the federation's wide-area link is unauthenticated: without --tls, WAN gossip is taken only from --federation-gateway-neighbors and the gateways learned from them, and anyone who can send from those addresses can publish services to this cluster (see the README, Federation)");
+            warn!("the federation's wide-area link is unauthenticated: without --tls, WAN gossip is taken only from --federation-gateway-neighbors, the gateways learned from them and this cluster's other gateways, and anyone who can send from those addresses can publish services to this cluster (see the README, Federation)");
             let allowed = Allowed::new(neighbors.iter().map(|ip| IpAddr::V4(*ip)));
             let udp = PortCheckedUdp::new(local).only_from(allowed.clone());
             (GossipTransport { me: udp.self_id(), transport: Box::new(udp), trust: None }, Some(allowed))
@@ -200,9 +203,25 @@ pub async fn start(
     Ok(tokio::spawn(async move {
         for round in 0u64.. {
             let (members, nodes) = gossip.federation_view().await;
+            // Our cluster's other gateways, as its gossip names them (at the gossip port
+            // of ours: one WAN gossip port for the federation).
+            let fellows: Vec<SocketAddr> = daemon.read(|s| {
+                let others = s.nodes.iter().skip(1).filter(|n| n.live && n.node.cluster == me.cluster);
+                others
+                    .filter_map(|n| n.gateway.as_ref())
+                    .map(|g| (*g.ingress.ip(), config.gossip_port).into())
+                    .collect()
+            });
             if let Some(allowed) = &allowed {
-                // The gateways learned from the neighbors are heard too.
-                allowed.extend(nodes.iter().map(|n| IpAddr::V4(n.node.ip)));
+                // Heard too: the gateways learned from the neighbors, and our own
+                // cluster's (through whom the others learn of a gateway that no
+                // neighbor list names).
+                allowed.extend(nodes.iter().map(|n| IpAddr::V4(n.node.ip)).chain(fellows.iter().map(|a| a.ip())));
+            }
+            if round % 8 == 0 {
+                // A fellow not on the WAN yet may know nobody there who hears it.
+                let known = |a: &SocketAddr| nodes.iter().any(|n| n.live && IpAddr::V4(n.node.ip) == a.ip());
+                gossip.greet(fellows.iter().filter(|a| !known(a)).copied());
             }
             let d = daemon.clone();
             let view = WanView { members, nodes };

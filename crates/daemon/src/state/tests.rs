@@ -612,7 +612,8 @@ fn a_gateway_does_not_import_our_own_addresses() {
 }
 
 /// A gateway of another cluster named like ours: refused; our own fellow gateway (in
-/// our cluster's gossip with the same record) is not a clash.
+/// our cluster's gossip with the same record, even dead there while the WAN still has
+/// it) is not a clash.
 #[test]
 fn a_gateway_with_our_cluster_name_is_refused() {
     let mut s = gateway_state();
@@ -623,7 +624,7 @@ fn a_gateway_with_our_cluster_name_is_refused() {
     let fellow = wan_gateway("b", "appswitch", "10.12.0.12", &[]);
     let nodes = vec![NodeStatus {
         node: NodeRecord { ip: "10.0.0.2".parse().unwrap(), ..fellow.node.clone() },
-        live: true,
+        live: false,
         apps: 0,
         problem: None,
         gateway: fellow.federation.gateway.clone(),
