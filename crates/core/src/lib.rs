@@ -25,9 +25,9 @@ pub use ids::AppId;
 pub use labels::Labels;
 pub use ports::{PortPool, PortRanges};
 pub use table::{
-    AddAppError, App, BadDriver, BindPlan, Binding, BoundSocket, DaemonPorts, Driver, Echo, Federated, KernelView, NewApp,
-    NodeInfo, Origin, PrivateBind, Proto, Refusal, Remote, RemoteApp, RemoteRow, RemoteService, Reserved, Route,
-    Snapshot, Table, Target, VserviceError, BROKER_PORT, DNS_PORT, EGRESS_PORT, ROUTES_PER_APP,
+    AddAppError, App, BadDriver, BindPlan, Binding, BoundSocket, DaemonPorts, Driver, Echo, Federated, KernelView,
+    NewApp, NodeInfo, Origin, PrivateBind, Proto, Refusal, Remote, RemoteApp, RemoteRow, RemoteService, Reserved,
+    Route, Snapshot, Table, Target, VserviceError, BROKER_PORT, DNS_PORT, EGRESS_PORT, ROUTES_PER_APP,
 };
 
 /// An errno value to hand back to an app (positive, as in `errno`).

@@ -123,6 +123,7 @@ mod tests {
             name: Some("api".into()),
             ip: "198.18.10.3".parse().unwrap(),
             expose: vec![],
+            labels: None,
         });
         t.set_remote(remote);
         for at in ["198.18.10.1:80", "198.18.10.2:80", "10.0.0.9:22", "198.18.10.3:80", "198.18.20.1:8000"] {
