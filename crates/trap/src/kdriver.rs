@@ -659,7 +659,7 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
     let mut a = Asm::default();
     let [refuse, native6, loopback6, have_dest, found, no_route, loopback, broker, backends, random, chosen] =
         [(); 11].map(|_| a.label());
-    let wrong_family = a.label();
+    let [wrong_family, loopback_refused] = [(); 2].map(|_| a.label());
     sock_state(&mut a, maps);
     if hook == Hook::Send {
         // The source the app may name (IP_PKTINFO, IPV6_PKTINFO) is the socket's own
@@ -776,14 +776,14 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
         .load(Size::W, R1, R6, PROTOCOL)
         .store(Size::B, R10, at(PRIVATE_KEY, PrivateKey::PROTO_OFFSET), R1)
         .store_imm(Size::B, R10, at(PRIVATE_KEY, PrivateKey::PROTO_OFFSET + 1), 0);
-    lookup(&mut a, &maps.private, PRIVATE_KEY, refuse);
+    lookup(&mut a, &maps.private, PRIVATE_KEY, loopback_refused);
     a.store_imm(Size::B, R10, at(BROKER_ENTRY, BrokerEntry::KIND_OFFSET), BrokerKind::Loopback as i32);
 
     // To the broker (TCP only: it takes connections), with the destination recorded
     // under the socket's cookie for it.
     a.here(broker)
         .load(Size::W, R1, R6, PROTOCOL)
-        .if_ne(R1, libc::IPPROTO_TCP, refuse)
+        .if_ne(R1, libc::IPPROTO_TCP, loopback_refused)
         .load(Size::W, R1, R7, off(SockState::APP_OFFSET))
         .store(Size::W, R10, at(BROKER_ENTRY, BrokerEntry::APP_OFFSET), R1)
         .load(Size::W, R1, R10, DEST)
@@ -888,6 +888,9 @@ fn route(maps: &Maps, v6: bool, hook: Hook) -> Vec<Insn> {
         write_addr(&mut a, v6, R1, R2);
         a.goto(V::Allow).here(refused);
     }
+    // The loopback without a listener of the app's, and a socket the broker cannot
+    // carry: refused, UDP too (it has no closed port on the loopback to go to).
+    a.here(loopback_refused);
     fail(&mut a, libc::ECONNREFUSED);
     a.finish()
 }

@@ -373,6 +373,23 @@ fn a_refused_connect_fails_with_econnrefused_and_sends_nothing() {
         }
         assert_eq!(lo_packets(), before, "a refused connect sends no packet");
         nothing_waits(&outside);
+        // A UDP connect never fails, as on a host: connected to the node's closed port
+        // (the broker's, which takes TCP only), it shows its destination, and its
+        // datagrams reach no one but earn port unreachable.
+        let sink = UdpSocket::bind("203.0.113.5:53").unwrap();
+        sink.set_nonblocking(true).unwrap();
+        s.route(CLASS, "203.0.113.5:53", Proto::Udp, Route::refuse());
+        let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
+        sock::connect(u.as_fd(), &sa("203.0.113.5:53")).unwrap();
+        assert_eq!(sock::peer_addr(u.as_fd()).unwrap(), Some(sa("203.0.113.5:53")));
+        sock::send_msg(u.as_fd(), b"closed", &[], 0, None).unwrap();
+        let refused = (0..600).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            sock::send_msg(u.as_fd(), b"closed", &[], 0, None)
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED))
+        });
+        assert!(refused, "no port unreachable from the closed port");
+        assert!(sink.recv(&mut [0u8; 8]).is_err(), "the refused destination got a datagram");
         // The same socket then connects where it may.
         let ok = listener("10.251.0.1:40021");
         s.route(CLASS, "198.18.0.41:80", Proto::Tcp, backends(Lb::Random, &[&["10.251.0.1:40021"]]));
@@ -418,8 +435,7 @@ fn broker_routes_record_the_destination_and_land_on_the_broker() {
         assert_eq!(errno(sock::connect(c.as_fd(), &sa("127.0.0.1:5001"))), libc::ECONNREFUSED);
         nothing_waits(&host_lo);
 
-        // An explicit BROKER entry; UDP, which the broker cannot carry, is connected to
-        // the closed port (the broker's, for TCP only) instead, showing its destination.
+        // An explicit BROKER entry, and UDP, which the broker cannot carry: refused.
         s.route(CLASS, "198.18.0.50:25", Proto::Tcp, Route::broker());
         let c = s.tcp();
         sock::connect(c.as_fd(), &sa("198.18.0.50:25")).unwrap();
@@ -427,17 +443,7 @@ fn broker_routes_record_the_destination_and_land_on_the_broker() {
         assert_eq!(s.driver.take_broker(cookie(&c)).unwrap().unwrap().dest, v4("198.18.0.50:25"));
         s.driver.apply(&[Change::PutPrivate(PrivateKey { app: APP, port: 5300, proto: Proto::Udp })]).unwrap();
         let u = s.socket(libc::AF_INET, libc::SOCK_DGRAM, fresh());
-        sock::connect(u.as_fd(), &sa("127.0.0.1:5300")).unwrap();
-        assert_eq!(sock::peer_addr(u.as_fd()).unwrap(), Some(sa("127.0.0.1:5300")));
-        // Its datagrams reach no one: the closed port answers port unreachable.
-        let tag = b"closed";
-        sock::send_msg(u.as_fd(), tag, &[], 0, None).unwrap();
-        let refused = (0..600).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            sock::send_msg(u.as_fd(), tag, &[], 0, None).is_err_and(|e| e.raw_os_error() == Some(libc::ECONNREFUSED))
-        });
-        assert!(refused, "no port unreachable from the closed port");
-        nothing_waits(&broker);
+        assert_eq!(errno(sock::connect(u.as_fd(), &sa("127.0.0.1:5300"))), libc::ECONNREFUSED);
     });
 }
 
