@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::fs;
 use std::time::{Duration, Instant};
 
 use support::{TestHost, NODE_IP};
@@ -353,6 +354,20 @@ impl Usage {
         Usage { threads, fds, table_sockets: h.get("sockets").len(), host_sockets }
     }
 
+    /// The baseline: after one app came and went (so what the first app starts is
+    /// there), once that app's thread has ended too (a moment after the app: until
+    /// then it would be counted in the baseline, and a bound on top of it never met).
+    fn settled(a: &Arena) -> Usage {
+        a.h.run_ok(&["--", "true"]);
+        let app_threads = || {
+            let tasks = fs::read_dir(format!("/proc/{}/task", a.h.daemon_pid())).unwrap();
+            let named = |t: &fs::DirEntry| fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            tasks.filter_map(Result::ok).filter(|t| named(t).trim() == "app").count()
+        };
+        a.h.wait_until("one app thread, prod's", Duration::from_secs(60), || app_threads() == 1);
+        Usage::of(&a.h)
+    }
+
     fn within(&self, base: &Usage) -> bool {
         self.threads <= base.threads
             && self.fds <= base.fds
@@ -364,8 +379,7 @@ impl Usage {
 /// Twenty apps, each killed (SIGKILL) while blocked in the call `args(i)` makes; then
 /// everything the daemon held for them must be released.
 fn killed_mid_call(a: &mut Arena, args: impl Fn(usize) -> Vec<String>) {
-    a.h.run_ok(&["--", "true"]);
-    let base = Usage::of(&a.h);
+    let base = Usage::settled(a);
     for i in 0..20 {
         let what = format!("blocked{i}");
         let args = args(i);
@@ -430,8 +444,7 @@ fn an_app_blocking_many_threads_gets_bounded_helpers_and_they_go_with_it() {
     const HELPERS: usize = ax_core::limits::HELPERS_PER_APP;
     let blockers = HELPERS + 16;
     let mut a = Arena::new();
-    a.h.run_ok(&["--", "true"]);
-    let base = Usage::of(&a.h);
+    let base = Usage::settled(&a);
     let n = blockers.to_string();
     a.h.spawn_app("blockers", &["--user", "nobody", "--labels", "role=test", "--", PY, "-c", BLOCKERS, &n]);
     let started = a.h.wait_for_line("blockers", "started ");
