@@ -29,18 +29,18 @@ const QUOTED: usize = 576 - 20 - 8;
 
 /// A packet from the device worth an answer.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Request<'p> {
+struct Request<'p> {
     /// The whole datagram, cut to its total length.
     datagram: &'p [u8],
     header_len: usize,
-    pub to: Ipv4Addr,
+    to: Ipv4Addr,
     /// An ICMP echo request (else: anything else of the app's).
-    pub echo: bool,
+    echo: bool,
 }
 
 /// Reads `packet` from the echo device of the app at `own`: None when it earns no
 /// answer.
-pub fn read(packet: &[u8], own: Ipv4Addr) -> Option<Request<'_>> {
+fn read(packet: &[u8], own: Ipv4Addr) -> Option<Request<'_>> {
     let first = *packet.first()?;
     let header_len = usize::from(first & 0x0f) * 4;
     if first >> 4 != 4 || header_len < 20 || packet.len() < header_len {
@@ -99,7 +99,7 @@ impl Request<'_> {
 }
 
 /// The echo request an app's kernel sends for `ping` (identifier `id`, sequence `seq`):
-/// what the engine's tests and the benchmark feed a responder.
+/// what the engine's tests feed a responder.
 pub fn echo_request(from: Ipv4Addr, to: Ipv4Addr, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
     let mut m = vec![ECHO_REQUEST, 0, 0, 0];
     m.extend_from_slice(&id.to_be_bytes());

@@ -147,8 +147,11 @@ pub enum Connect {
     /// A datagram socket to a destination it may not reach: connected, as a host's
     /// UDP connect always is, to the node's closed port ([`closed_port`]), so its sends
     /// go nowhere and fail afterwards with ECONNREFUSED, as sends to a host's closed
-    /// port do; getpeername shows the destination.
-    Closed(SocketAddr),
+    /// port do; getpeername shows `dest`.
+    Closed {
+        closed: SocketAddrV4,
+        dest: SocketAddr,
+    },
     /// Try these in order; the first that does not refuse wins. `source`: the host
     /// address to connect from (a vservice's --source-ip).
     Targets {
@@ -230,7 +233,7 @@ pub fn connect(
             own if own.is_empty() || listens_privately() => Connect::Private(dest),
             own => Connect::Targets { targets: own.into_iter().map(SocketAddr::V4).collect(), source: None },
         },
-        Route::Refused if proto == Proto::Udp => Connect::Closed(dest),
+        Route::Refused if proto == Proto::Udp => Connect::Closed { closed: closed_port(table), dest },
         Route::Refused => Connect::Refused,
         Route::Direct(a) => Connect::Targets { targets: vec![a], source: None },
         Route::Egress { gateway, dest } => Connect::Egress { gateway, dest },
@@ -555,6 +558,30 @@ mod tests {
         // A datagram socket connects again at will.
         let udp = Kind::Host(Family::V4, Proto::Udp);
         assert!(matches!(connect(&mut t, app, udp, to("192.0.2.1:53"), None, || false), Ok(Connect::Targets { .. })));
+    }
+
+    #[test]
+    fn a_refused_udp_connect_goes_to_the_closed_port_and_a_tcp_one_is_refused() {
+        let mut t = crate::table::testing::table();
+        let app = crate::table::testing::app(&mut t, Some("198.18.0.1"), "role=a");
+        let other = crate::table::testing::app(&mut t, Some("198.18.0.2"), "role=b");
+        crate::table::testing::serve(&mut t, other, "0.0.0.0:80", 1);
+        let to = |s: &str| SockAddr::Inet(s.parse().unwrap());
+        let (udp, tcp) = (Kind::Host(Family::V4, Proto::Udp), Kind::Host(Family::V4, Proto::Tcp));
+        let closed = SocketAddrV4::new(crate::table::testing::NODE, crate::BROKER_PORT);
+        // An unserved port, and a service whose labels the app does not share.
+        for dest in ["198.18.0.2:1025", "198.18.0.2:80"] {
+            assert_eq!(
+                connect(&mut t, app, udp, to(dest), None, || false),
+                Ok(Connect::Closed { closed, dest: dest.parse().unwrap() })
+            );
+            assert_eq!(connect(&mut t, app, tcp, to(dest), Some(Progress::Idle), || false), Ok(Connect::Refused));
+        }
+        // The app's getpeername of it shows the destination the table remembers.
+        let local: SocketAddrV4 = "10.0.0.1:33000".parse().unwrap();
+        t.record_peer(local, "198.18.0.2:1025".parse().unwrap());
+        let shown = name(&t, app, Proto::Udp, true, SocketAddr::V4(closed), Some(SocketAddr::V4(local)), None);
+        assert_eq!(shown, Some("198.18.0.2:1025".parse().unwrap()));
     }
 
     #[test]

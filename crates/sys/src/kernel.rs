@@ -307,7 +307,8 @@ impl Kernel for Linux {
     }
 
     fn echo_device(&self, own: Ipv4Addr, make: bool) -> Result<Option<OwnedFd>, Errno> {
-        let ping_groups = tun::read_sysctl(tun::PING_GROUPS).map_err(errno)?;
+        // The host's, read here in its namespace; only a device made now takes it.
+        let ping_groups = if make { tun::read_sysctl(tun::PING_GROUPS).map_err(errno)? } else { String::new() };
         let attach = || -> io::Result<Option<OwnedFd>> {
             if !make && !ns::has_link(tun::ECHO_DEVICE)? {
                 return Ok(None);

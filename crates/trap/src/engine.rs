@@ -572,7 +572,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             let plan = plan::connect(t, self.app, kind, addr, progress, listens_privately);
             let service = match (&plan, kind, addr) {
                 (
-                    Ok(Connect::Refused | Connect::Closed(_) | Connect::Targets { .. }),
+                    Ok(Connect::Refused | Connect::Closed { .. } | Connect::Targets { .. }),
                     Kind::Host(_, proto),
                     SockAddr::Inet(dest),
                 ) => t.service_of_connect(proto, dest).map(|s| (proto, s)),
@@ -582,7 +582,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         });
         let plan = plan?;
         if let Some((proto, service)) = service {
-            self.stats.connect(proto, service, !matches!(plan, Connect::Refused | Connect::Closed(_)));
+            self.stats.connect(proto, service, !matches!(plan, Connect::Refused | Connect::Closed { .. }));
         }
         debug!(app = %self.app, ?addr, ?plan, "connect");
         match plan {
@@ -596,8 +596,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 self.connect_to(n, fresh, &[dest], None, family)
             }
             Connect::Refused => Err(libc::ECONNREFUSED),
-            Connect::Closed(dest) => {
-                let closed = self.node.with_table(|t| plan::closed_port(t));
+            Connect::Closed { closed, dest } => {
                 self.k.connect(&s, &addr::for_family(SocketAddr::V4(closed), family))?;
                 if let Some(SocketAddr::V4(local)) = self.k.local_addr(&s)?.map(addr::unmap) {
                     self.node.with_table(|t| t.record_peer(local, dest));
@@ -704,8 +703,10 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         else {
             return Ok(Answer::Proceed);
         };
-        // To look up what the table remembers of a connection from it (egress, closed).
-        let local = if peer { self.k.local_addr(&s).ok().flatten() } else { None };
+        // Only to look up what the table remembers of a connection from it: one to an
+        // egress gateway, or to the closed port (the broker's); without it, the row's.
+        let remembered = matches!(real.port(), ax_core::EGRESS_PORT | ax_core::BROKER_PORT);
+        let local = if peer && remembered { self.k.local_addr(&s).ok().flatten() } else { None };
         // A socket without a peer (getpeername: ENOTCONN) may show the wildcard it was
         // bound to.
         let unconnected = match peer {

@@ -431,3 +431,17 @@ fn a_tcp_socket_moved_into_the_range_still_runs_natively() {
         fail(libc::EOPNOTSUPP)
     );
 }
+
+#[test]
+fn a_refused_udp_connect_is_connected_to_the_closed_port_and_shows_its_destination() {
+    let r = Rig::new();
+    let _b = r.other(Some("198.18.0.20"), "zone=default");
+    let fd = r.udp();
+    // Nobody serves the port: a host's UDP connect succeeds all the same.
+    assert_eq!(r.connect(fd, "198.18.0.20:1025"), OK);
+    assert_eq!(r.k.sock(fd).peer, Some(sa("10.0.0.1:1021")), "the node's closed port");
+    assert_eq!(r.shown(fd, true), Some(sa("198.18.0.20:1025")));
+    // A TCP socket is refused at once.
+    let tcp = r.tcp();
+    assert_eq!(r.connect(tcp, "198.18.0.20:1025"), fail(libc::ECONNREFUSED));
+}
