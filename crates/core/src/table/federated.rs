@@ -8,18 +8,13 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::remote::Federated;
-use super::reserved::is_node_address;
 use super::{Proto, Table};
 
 impl Table {
     /// True when `ip` is in use in this cluster: a node's address, an app's (here or
     /// on another node, now or ever), a vservice's.
     pub fn is_cluster_address(&self, ip: Ipv4Addr) -> bool {
-        is_node_address(&self.node, &self.remote, ip)
-            || self.apps.has_ip(ip)
-            || self.remote.has_app_ip(ip)
-            || self.remote.was_app_ip(ip)
-            || self.vservices.has_ip(ip)
+        self.is_node_address(ip) || self.is_app_or_vservice_address(ip)
     }
 
     /// The remote cluster's service at `service` and our gateways that lead there, if

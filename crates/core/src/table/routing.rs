@@ -315,16 +315,16 @@ impl Table {
     pub fn is_virtual(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(v4) => {
-                v4 != self.node.ip
-                    && !self.remote.is_node(v4)
-                    && (self.apps.has_ip(v4)
-                        || self.remote.has_app_ip(v4)
-                        || self.remote.was_app_ip(v4)
-                        || self.vservices.has_ip(v4)
-                        || self.remote.has_federated_ip(v4))
+                !self.is_node_address(v4) && (self.is_app_or_vservice_address(v4) || self.remote.has_federated_ip(v4))
             }
             IpAddr::V6(_) => false,
         }
+    }
+
+    /// True when `ip` is an app's (here or on another node, now or ever) or a
+    /// vservice's.
+    pub(super) fn is_app_or_vservice_address(&self, ip: Ipv4Addr) -> bool {
+        self.apps.has_ip(ip) || self.remote.has_app_ip(ip) || self.remote.was_app_ip(ip) || self.vservices.has_ip(ip)
     }
 }
 
