@@ -231,7 +231,10 @@ fn guarded_app_refused_after_a_restart(restart: impl FnOnce(&mut TestHost), reas
     let mut h = TestHost::new();
     h.start_daemon(&[]);
     h.spawn_app("guarded", &["--", PY, "-c", "import time\nwhile True: time.sleep(1)"]);
-    h.wait_until("the app registered", Duration::from_secs(30), || h.get("apps").len() == 1);
+    // Started, not only registered: a daemon killed between the two finds the app gone.
+    h.wait_until("the app started", Duration::from_secs(30), || {
+        h.get("apps").len() == 1 && h.daemon_log().contains("app started")
+    });
     h.signal_daemon("KILL");
     h.stdout_of("sh", &["-c", &format!("rm -r {}/bpf/ax-*", ax_api::RUN_DIR)]);
     restart(&mut h);
