@@ -131,6 +131,9 @@ pub struct ProxyView {
     pub proto: Proto,
     pub listener: String,
     pub dialers: Vec<String>,
+    /// A federation gateway's listeners: the connections they carry now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
 }
 
 /// `ax get nodes`: one row per node of the cluster, this one first.
@@ -402,7 +405,13 @@ mod tests {
         );
         check_schema(
             "ProxyView",
-            ProxyView { id: 1, proto: Proto::Tcp, listener: "10.0.0.1:80".into(), dialers: vec!["198.18.1.1".into()] },
+            ProxyView {
+                id: 1,
+                proto: Proto::Tcp,
+                listener: "10.0.0.1:80".into(),
+                dialers: vec!["198.18.1.1".into()],
+                sessions: None,
+            },
         );
         check_schema(
             "VserviceView",

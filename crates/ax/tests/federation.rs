@@ -111,9 +111,13 @@ fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways()
     assert_eq!(dig(h01, "web.appswitch.local"), "198.18.20.1");
     // Not a service of c0's.
     assert_eq!(dig(h01, "web.c0.appswitch.local"), "");
-    // Until the data path is built, a connect is refused here, never sent out.
-    let out = h01.run(&["--", "curl", "-s", "--max-time", "10", "http://198.18.20.1:8000/who"]);
-    assert!(!out.status.success() && out.status.code() != Some(28), "{out:?}");
+    // The connection: h01 -> h00 (egress) -> h10 (ingress) -> h11, by address and by
+    // name.
+    for url in ["http://198.18.20.1:8000/who", "http://web:8000/who", "http://web.c1.appswitch.local:8000/who"] {
+        assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", url]), "web", "{url}");
+    }
+    // From the gateway's own apps too.
+    assert_eq!(f.hosts[0].run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
     // The gateways in `ax get nodes`: c0's on its plain node; on h00, c1's too.
     let nodes = h01.get("nodes");
     let h00 = nodes.iter().find(|n| n["name"] == "h00").expect("h00 listed on h01");
@@ -122,12 +126,16 @@ fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways()
     let nodes = f.hosts[0].get("nodes");
     let h10 = nodes.iter().find(|n| n["name"] == "h10").expect("h10 listed on h00");
     assert_eq!((h10["role"].as_str(), h10["cluster"].as_str()), (Some("federation-gateway"), Some("c1")));
-    // The ingress listener in `ax get proxies`, in the manual's columns.
+    // The ingress and egress listeners in `ax get proxies`, in the manual's columns:
+    // the egress dials c1's gateway.
     let proxies = f.hosts[0].get("proxies");
-    assert_eq!(proxies.len(), 1, "{proxies:?}");
+    assert_eq!(proxies.len(), 2, "{proxies:?}");
     assert_eq!((proxies[0]["listener"].as_str(), proxies[0]["proto"].as_str()), (Some("10.12.0.10:6660"), Some("tcp")));
+    assert_eq!(proxies[1]["listener"], "10.10.0.10:6661");
+    assert_eq!(proxies[1]["dialers"], serde_json::json!(["10.12.0.11:6660"]));
     let table = String::from_utf8(f.hosts[0].ax().args(["get", "proxies"]).output().unwrap().stdout).unwrap();
     assert!(table.starts_with("ID") && table.contains("10.12.0.10:6660") && table.contains("[0.0.0.0:0]"), "{table}");
+    assert!(table.contains("[10.12.0.11:6660]"), "{table}");
     // Without --tls, both gateways said the WAN is unauthenticated; neither saw a
     // clash of cluster names.
     for g in [0, 2] {

@@ -53,7 +53,7 @@ impl Allowed {
         set.extend(ips);
     }
 
-    fn allows(&self, ip: IpAddr) -> bool {
+    pub fn allows(&self, ip: IpAddr) -> bool {
         self.0.read().unwrap_or_else(|e| e.into_inner()).contains(&ip)
     }
 }

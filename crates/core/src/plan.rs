@@ -163,6 +163,11 @@ pub enum Connect {
         gateway: SocketAddrV4,
         dest: SocketAddr,
     },
+    /// To a remote cluster's `service`, through `via` (see [`Route::Federated`]).
+    Federated {
+        via: SocketAddrV4,
+        service: SocketAddrV4,
+    },
     /// The socket's own handshake is under way: EALREADY for a non-blocking socket; a
     /// blocking one waits for its outcome, as in the kernel.
     InProgress,
@@ -237,6 +242,7 @@ pub fn connect(
         Route::Refused => Connect::Refused,
         Route::Direct(a) => Connect::Targets { targets: vec![a], source: None },
         Route::Egress { gateway, dest } => Connect::Egress { gateway, dest },
+        Route::Federated { via, service } => Connect::Federated { via, service },
         Route::Backends(targets) => Connect::Targets {
             source: targets.iter().find_map(|t| t.source),
             targets: targets.into_iter().map(|t| SocketAddr::V4(t.addr)).collect(),
@@ -287,7 +293,8 @@ pub enum Datagram {
 pub fn datagram(table: &mut Table, app: AppId, dest: SocketAddr) -> Result<Datagram, Errno> {
     match table.route_connect(app, Proto::Udp, dest) {
         Route::Private => Ok(Datagram::Private),
-        Route::Refused => Err(libc::ECONNREFUSED),
+        // Federation carries TCP only (decided so already).
+        Route::Refused | Route::Federated { .. } => Err(libc::ECONNREFUSED),
         Route::Direct(a) | Route::Egress { dest: a, .. } => Ok(Datagram::To(a)),
         Route::Backends(targets) if !targets.is_empty() => {
             let mut backends: Vec<SocketAddrV4> = targets.into_iter().map(|t| t.addr).collect();

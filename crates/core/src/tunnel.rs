@@ -2,21 +2,28 @@
 //! bytes: one request, one answer. `AXEG <ip:port>` asks an egress gateway to connect
 //! out; `AXRL <ip:port> [<client ip>]` asks a node (under `--tls`) for a hop to one of
 //! its own rows' host addresses, on behalf of a client whose address the server is to
-//! see (the node's SYN names it, as an app's names the app). The answer is `OK`, or `ERR <errno>`, the errno the kernel gave the
-//! gateway (or the refusal's, ECONNREFUSED), which the app's connect then returns.
+//! see (the node's SYN names it, as an app's names the app); `AXFD <ip:port> <client
+//! ip> <labels>` asks a federation gateway for a connection to a remote cluster's
+//! service on behalf of a client app with that address and those labels (a node asks
+//! one of its cluster's gateways, which asks a gateway of the service's cluster on its
+//! federation port the same). The answer is `OK`, or `ERR <errno>`, the errno the
+//! kernel gave the gateway (or the refusal's, ECONNREFUSED), which the app's connect
+//! then returns. Only daemons write requests: on a socket no app holds yet.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use crate::labels::Labels;
 use crate::Errno;
 
-/// The longest request line (without its newline) a daemon reads.
-pub const MAX_REQUEST: usize = 128;
+/// The longest request line (without its newline) a daemon reads: a federated
+/// request carries the client's labels.
+pub const MAX_REQUEST: usize = 4096;
 /// The longest answer line a daemon or a trap engine reads.
 pub const MAX_ANSWER: usize = 32;
 
 /// What a daemon asks another on the egress port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Connect out to `dest` (an egress gateway's service).
     Egress(SocketAddr),
@@ -24,6 +31,10 @@ pub enum Request {
     /// nodes, under `--tls`), for the relay's client at `client` (IPv4 only: what the
     /// SYN can name).
     Relay { to: SocketAddrV4, client: Option<Ipv4Addr> },
+    /// A connection to `service`, a remote cluster's (federation), for the client app
+    /// at `client` with `labels` (checked again by the gateway of the service's
+    /// cluster; `-` on the wire for none).
+    Federate { service: SocketAddrV4, client: Ipv4Addr, labels: Labels },
 }
 
 /// Whether a server may be shown `client` as the address of a connection carried on
@@ -38,8 +49,10 @@ pub fn claimable(client: Ipv4Addr) -> bool {
 pub enum BadRequest {
     #[error("the request is not text")]
     NotText,
-    #[error("unknown request '{0}' (AXEG or AXRL expected)")]
+    #[error("unknown request '{0}' (AXEG, AXRL or AXFD expected)")]
     Unknown(String),
+    #[error("'{0}' is not a federated request (an IPv4 ip:port, a client's IPv4 address, labels or '-')")]
+    Federated(String),
     #[error("'{0}' is not an ip:port (for AXRL: an IPv4 ip:port, then a client's IPv4 address or nothing)")]
     Address(String),
 }
@@ -59,6 +72,22 @@ impl Request {
                 };
                 Ok(Request::Relay { to: to.parse().map_err(|_| bad())?, client })
             }
+            "AXFD" => {
+                let bad = || BadRequest::Federated(addr.chars().take(MAX_REQUEST).collect());
+                let mut parts = addr.split(' ');
+                let (Some(service), Some(client), Some(labels), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(bad());
+                };
+                let client: Ipv4Addr = client.parse().ok().filter(|c| claimable(*c)).ok_or_else(bad)?;
+                let labels = match labels {
+                    "-" => Labels::default(),
+                    "" => return Err(bad()),
+                    l => l.parse().map_err(|_| bad())?,
+                };
+                Ok(Request::Federate { service: service.parse().map_err(|_| bad())?, client, labels })
+            }
             other => Err(BadRequest::Unknown(other.chars().take(8).collect())),
         }
     }
@@ -75,6 +104,10 @@ impl fmt::Display for Request {
             Request::Egress(dest) => write!(f, "AXEG {dest}"),
             Request::Relay { to, client: None } => write!(f, "AXRL {to}"),
             Request::Relay { to, client: Some(client) } => write!(f, "AXRL {to} {client}"),
+            Request::Federate { service, client, labels } if *labels == Labels::default() => {
+                write!(f, "AXFD {service} {client} -")
+            }
+            Request::Federate { service, client, labels } => write!(f, "AXFD {service} {client} {labels}"),
         }
     }
 }
@@ -111,6 +144,16 @@ mod tests {
             Request::Egress("[2001:db8::1]:80".parse().unwrap()),
             Request::Relay { to: "10.0.0.2:40001".parse().unwrap(), client: None },
             Request::Relay { to: "10.0.0.2:40001".parse().unwrap(), client: Some("192.0.2.7".parse().unwrap()) },
+            Request::Federate {
+                service: "198.18.20.1:8000".parse().unwrap(),
+                client: "198.18.0.7".parse().unwrap(),
+                labels: "zone=default,role=web".parse().unwrap(),
+            },
+            Request::Federate {
+                service: "198.18.20.1:8000".parse().unwrap(),
+                client: "198.18.0.7".parse().unwrap(),
+                labels: Labels::default(),
+            },
         ] {
             let line = r.line();
             assert_eq!(line.last(), Some(&b'\n'));
@@ -145,6 +188,23 @@ mod tests {
             assert_eq!(Request::parse(line.as_bytes()), Err(BadRequest::Address(bad.into())), "{line}");
         }
         assert_eq!(Request::parse(b"axeg 192.0.2.1:80"), Err(BadRequest::Unknown("axeg".into())));
+        // A federated request names an IPv4 service, a client one may be shown, and
+        // labels (or `-`), each once.
+        for bad in [
+            "198.18.20.1:8000 198.18.0.7",
+            "198.18.20.1:8000 198.18.0.7 ",
+            "198.18.20.1:8000 198.18.0.7 zone=a extra",
+            "[::1]:80 198.18.0.7 zone=a",
+            "198.18.20.1 198.18.0.7 zone=a",
+            "198.18.20.1:8000 127.0.0.1 zone=a",
+            "198.18.20.1:8000 0.0.0.0 zone=a",
+            "198.18.20.1:8000 198.18.0.7 zone",
+            "198.18.20.1:8000 198.18.0.7 =a",
+            "198.18.20.1:8000  198.18.0.7 zone=a",
+        ] {
+            let line = format!("AXFD {bad}");
+            assert_eq!(Request::parse(line.as_bytes()), Err(BadRequest::Federated(bad.into())), "{line}");
+        }
     }
 
     #[test]

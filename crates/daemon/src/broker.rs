@@ -8,7 +8,8 @@
 //! - LOOPBACK: to the app's own loopback listener, inside the app's namespace, else
 //!   to a wildcard listener of its own on the host (`Table::own_rows`);
 //! - EGRESS: through an egress gateway, with the gateway's handshake (or directly,
-//!   should the cluster have lost its gateways since).
+//!   should the cluster have lost its gateways since); a remote cluster's service
+//!   through a federation gateway, the request naming the app and its labels.
 //!
 //! The app's connect has succeeded by then: a far end that refuses shows as a
 //! connection closed at once (a documented difference from the user driver).
@@ -16,7 +17,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -155,32 +156,42 @@ fn first_answering(tries: impl IntoIterator<Item = SocketAddr>) -> io::Result<Tc
 }
 
 /// A connection out to the app's destination, decided again as the user driver
-/// decides it (through a gateway while the cluster has one).
+/// decides it: through a gateway while the cluster has one, and to a remote cluster's
+/// service through a federation gateway, asked with the app's address and labels.
 fn egress(daemon: &Daemon, entry: &BrokerEntry) -> io::Result<TcpStream> {
-    let dest = SocketAddr::V4(entry.dest);
-    let route = ax_trap::Node::with_table(daemon, |t| t.route_connect(AppId(entry.app), Proto::Tcp, dest));
-    match route {
-        Route::Egress { gateway, dest } => {
-            let mut s = TcpStream::connect_timeout(&SocketAddr::V4(gateway), DIAL_TIMEOUT)?;
-            s.set_read_timeout(Some(DIAL_TIMEOUT))?;
-            s.write_all(&Request::Egress(dest).line())?;
-            // Byte by byte: what follows the answer is the destination's.
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while line.len() < MAX_ANSWER {
-                match s.read(&mut b)? {
-                    0 => return Err(io::Error::from_raw_os_error(libc::ECONNRESET)),
-                    _ if b[0] == b'\n' => break,
-                    _ => line.push(b[0]),
-                }
-            }
-            parse_answer(&line).map_err(io::Error::from_raw_os_error)?;
-            s.set_read_timeout(None)?;
-            Ok(s)
+    let (app, dest) = (AppId(entry.app), SocketAddr::V4(entry.dest));
+    let (route, me) = ax_trap::Node::with_table(daemon, |t| {
+        (t.route_connect(app, Proto::Tcp, dest), t.app(app).map(|a| (a.ip, a.labels.clone())))
+    });
+    match (route, me) {
+        (Route::Egress { gateway, dest }, _) => through(gateway, &Request::Egress(dest)),
+        (Route::Federated { via, service }, Some((client, labels))) => {
+            through(via, &Request::Federate { service, client, labels })
         }
-        Route::Direct(to) => TcpStream::connect_timeout(&to, DIAL_TIMEOUT),
-        other => Err(io::Error::other(format!("{dest} is no longer outside ({other:?}): closed"))),
+        (Route::Direct(to), _) => TcpStream::connect_timeout(&to, DIAL_TIMEOUT),
+        (other, _) => Err(io::Error::other(format!("{dest} is no longer outside ({other:?}): closed"))),
     }
+}
+
+/// A connection through the gateway (or forwarder) at `via`, which `request` was asked
+/// of and which said yes.
+fn through(via: SocketAddrV4, request: &Request) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(via), DIAL_TIMEOUT)?;
+    s.set_read_timeout(Some(DIAL_TIMEOUT))?;
+    s.write_all(&request.line())?;
+    // Byte by byte: what follows the answer is the destination's.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < MAX_ANSWER {
+        match s.read(&mut b)? {
+            0 => return Err(io::Error::from_raw_os_error(libc::ECONNRESET)),
+            _ if b[0] == b'\n' => break,
+            _ => line.push(b[0]),
+        }
+    }
+    parse_answer(&line).map_err(io::Error::from_raw_os_error)?;
+    s.set_read_timeout(None)?;
+    Ok(s)
 }
 
 /// Where the daemon keeps the apps' namespaces for the broker.

@@ -4,7 +4,7 @@
 //! back the other clusters' services, which it re-publishes into its own cluster (see
 //! `ax_cluster::federation` for what is taken and what is refused). The sessions that
 //! carry connections between clusters (ingress on `--federation-gateway-port`, egress
-//! from the cluster's nodes) are not here yet.
+//! from the cluster's nodes) are [`path`]'s.
 //!
 //! Trust: under `--tls` the WAN gossip runs over the cluster's QUIC transport (a
 //! gateway counts once its certificate from the CA proved its name, its state only as
@@ -24,6 +24,8 @@ use ax_cluster::state::{NodeRecord, Published};
 use ax_cluster::udp::{Allowed, PortCheckedUdp};
 use ax_core::{RemoteService, Table};
 use tracing::{error, info, warn};
+
+pub mod path;
 
 use crate::cluster::{ClusterError, GossipTransport, ROUND};
 use crate::state::{Answer, Command, State};

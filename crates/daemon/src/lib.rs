@@ -34,7 +34,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -152,6 +152,8 @@ struct Shared {
     dns_domain: Option<String>,
     /// `--tls`: tunnels to other nodes, set once the egress port serves.
     tunnel: OnceLock<Arc<tunnel::Client>>,
+    /// A federation gateway's data path, set once its ingress serves.
+    federation: OnceLock<Arc<federation::path::Path>>,
     /// The kernel driver, when it is installed.
     kernel: Option<driver::Kernel>,
     /// Kernel-driver apps' network namespaces, for the broker's loopback connects.
@@ -222,6 +224,7 @@ impl Daemon {
             node_ip,
             dns_domain,
             tunnel: OnceLock::new(),
+            federation: OnceLock::new(),
             kernel,
             netns: broker::Namespaces::default(),
             pump: Mutex::default(),
@@ -253,6 +256,11 @@ impl Daemon {
     /// Tunnels to other nodes (`--tls`); None: the cluster's TCP goes in the clear.
     fn tunnel(&self) -> Option<&tunnel::Client> {
         self.0.tunnel.get().map(|t| &**t)
+    }
+
+    /// A federation gateway's data path (None on other nodes).
+    fn federation(&self) -> Option<Arc<federation::path::Path>> {
+        self.0.federation.get().cloned()
     }
 
     /// The tunnel client itself, for work that outlives the caller.
@@ -298,8 +306,10 @@ impl Daemon {
     pub fn proxies(&self) -> Vec<ax_api::ProxyView> {
         let mut views = self.outbox().relays.views();
         let next = views.iter().map(|v| v.id).max().unwrap_or(0) + 1;
-        let gateway = self.read(|s| s.gateway.as_ref().map(|g| views::federation_listeners(&g.config, next)));
-        views.extend(gateway.unwrap_or_default());
+        let ingress = self.read(|s| s.gateway.as_ref().map(|g| SocketAddrV4::new(g.config.ip, g.config.port)));
+        if let (Some(path), Some(ingress)) = (self.federation(), ingress) {
+            views.extend(path.views(self, ingress, next));
+        }
         views
     }
 
@@ -488,9 +498,18 @@ pub struct Listeners {
     pub gossip: Option<(ClusterConfig, cluster::GossipTransport)>,
     /// A federation gateway's WAN gossip, likewise (and, without TLS, the addresses
     /// it hears).
-    pub federation: Option<(FederationConfig, cluster::GossipTransport, Option<ax_cluster::udp::Allowed>)>,
+    pub federation: Option<Federation>,
     /// `--tls`: the files every channel between daemons uses, read again on SIGHUP.
     pub tls: Option<Arc<ax_tls::Reloadable>>,
+}
+
+/// A federation gateway's listeners: its WAN gossip's transport (and, without TLS, the
+/// addresses it hears, which its ingress takes sessions from too), and its ingress.
+pub struct Federation {
+    pub config: FederationConfig,
+    pub transport: cluster::GossipTransport,
+    pub allowed: Option<ax_cluster::udp::Allowed>,
+    pub ingress: std::net::TcpListener,
 }
 
 /// Serves the API, the run channel, DNS, the egress gateway and gossip on `listeners`
@@ -540,8 +559,14 @@ pub async fn serve(
         None => None,
     };
     let wan = match listeners.federation {
-        Some((config, transport, allowed)) => {
-            Some(federation::start(daemon.clone(), config, (transport, allowed)).await?)
+        Some(f) => {
+            let cap = daemon.pump().map_err(io("cannot start the relay loops"))?.per_listener();
+            let path = Arc::new(federation::path::Path::new(listeners.tls.as_ref(), f.allowed.clone(), cap));
+            let _ = daemon.0.federation.set(path.clone());
+            let at = SocketAddrV4::new(f.config.ip, f.config.port);
+            federation::path::spawn_ingress(f.ingress, daemon.clone(), path)
+                .map_err(io(format!("cannot serve the federation ingress on {at}")))?;
+            Some(federation::start(daemon.clone(), f.config, (f.transport, f.allowed)).await?)
         }
         None => None,
     };

@@ -93,6 +93,7 @@ impl Relays {
                 proto: ax_core::Proto::Tcp,
                 listener: r.listener.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 dialers: r.dialers.clone(),
+                sessions: None,
             })
             .collect()
     }

@@ -132,7 +132,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         Some(d) => Some(names::bind(node.ip, d)?),
         None => None,
     };
-    let egress = if config.egress_gateway || tls.is_some() {
+    // A federation gateway takes its cluster's federated connections there too.
+    let egress = if config.egress_gateway || tls.is_some() || federation.is_some() {
         Some(
             std::net::TcpListener::bind((node.ip, ax_core::EGRESS_PORT))
                 .map_err(io(format!("cannot serve the egress port {}", ax_core::EGRESS_PORT)))?,
@@ -241,10 +242,13 @@ pub fn run(config: Config) -> Result<(), Error> {
             cluster::GossipTransport::new(tls.as_ref(), interfaces.iter().map(|a| a.addr).collect())?,
         )),
         federation: match federation {
-            Some(f) => {
+            Some(config) => {
                 let local = interfaces.iter().map(|a| a.addr).collect();
-                let (transport, allowed) = crate::federation::transport(tls.as_ref(), local, &f.neighbors)?;
-                Some((f, transport, allowed))
+                let (transport, allowed) = crate::federation::transport(tls.as_ref(), local, &config.neighbors)?;
+                let at = (config.ip, config.port);
+                let ingress = std::net::TcpListener::bind(at)
+                    .map_err(io(format!("cannot listen for the federation ingress on {}:{}", at.0, at.1)))?;
+                Some(crate::Federation { config, transport, allowed, ingress })
             }
             None => None,
         },

@@ -40,6 +40,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::bounds::{Burst, Gate, Permit};
+use crate::federation::path::{self, Session};
 use crate::{peer, Daemon};
 
 /// The ALPN protocol of the tunnel.
@@ -79,7 +80,7 @@ impl Client {
 
     /// Opens a tunnel to the member at `node` and asks it `request`; the tunnel, once the
     /// member said OK. The member must show a certificate naming it.
-    async fn open(&self, daemon: &Daemon, node: Ipv4Addr, request: Request) -> Result<Tunnel, Errno> {
+    pub(crate) async fn open(&self, daemon: &Daemon, node: Ipv4Addr, request: Request) -> Result<Tunnel, Errno> {
         let tcp = step(TcpStream::connect((node, EGRESS_PORT))).await?;
         let _ = tcp.set_nodelay(true);
         let tcp = BufReader::with_capacity(TLS_READ_BUFFER, tcp);
@@ -135,7 +136,7 @@ impl Client {
 }
 
 /// A tunnel, from the end that opened it.
-type Tunnel = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
+pub(crate) type Tunnel = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
 
 /// The egress port's server.
 struct Server {
@@ -203,22 +204,36 @@ impl Server {
     }
 
     /// Without `--tls`: a gateway request from a member's address, on the connection of
-    /// the app's socket itself.
+    /// the app's socket itself (egress), or of the daemon's for one (federation).
     async fn plain(&self, mut conn: TcpStream, peer: SocketAddr, permit: Permit) {
         let member = matches!(unmap(peer).ip(), IpAddr::V4(ip) if self.daemon.read(|s| s.table.is_node_address(ip)));
         if !member {
             return self.refuse(peer, "not a node of this cluster");
         }
         let Some(request) = self.request(&mut conn, peer).await else { return };
-        let Request::Egress(dest) = request else {
-            return self.refuse(peer, "a relay hop without --tls");
+        let (out, permit) = match &request {
+            Request::Egress(_) if !self.daemon.read(|s| s.table.egress_gateway()) => {
+                return self.refuse(peer, "egress asked of a node that is no egress gateway");
+            }
+            Request::Egress(dest) => (self.egress(peer, *dest).await, permit),
+            Request::Federate { .. } => {
+                let Some(path) = self.daemon.federation() else {
+                    return self.refuse(peer, "a federated connection asked of a node that is no federation gateway");
+                };
+                // The session's place stands for the connection's from here on.
+                match path.open(&self.daemon, &request).await {
+                    Ok((Session::Plain(s), held)) => (Ok(s), held),
+                    Ok((Session::Tls(_), _)) => unreachable!("sessions are TLS only under --tls"),
+                    Err(e) => (Err(e), permit),
+                }
+            }
+            Request::Relay { .. } => return self.refuse(peer, "a relay hop without --tls"),
         };
-        let out = self.egress(peer, dest).await;
         if step(conn.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
             return;
         }
         let Ok(out) = out else { return };
-        debug!(%peer, %dest, "egress connection");
+        debug!(%peer, %request, "gateway connection");
         // In the clear both ways: splice(2) in the relays' event loops.
         let (Ok(a), Ok(b)) = (conn.into_std(), out.into_std()) else { return };
         match self.daemon.pump() {
@@ -227,8 +242,10 @@ impl Server {
         }
     }
 
-    /// Under `--tls`, from this node's own address: the trap engine's request for an
-    /// app's socket, carried to a gateway through a tunnel.
+    /// Under `--tls`, from this node's own address: the trap engine's (or the
+    /// broker's) request for an app's connection, carried to a gateway through a
+    /// tunnel; a federated one straight to the other cluster when this node is a
+    /// gateway that leads there.
     async fn forward(&self, mut app: TcpStream, peer: SocketAddr, client: &Client) {
         let Ok(us) = app.local_addr() else { return };
         let owner = tokio::task::spawn_blocking(move || peer::owner(peer, us)).await.ok().flatten();
@@ -236,15 +253,25 @@ impl Server {
             return self.refuse(peer, "the egress forwarder serves apps' sockets only, and this one is not root's");
         }
         let Some(request) = self.request(&mut app, peer).await else { return };
-        let Request::Egress(dest) = request else {
-            return self.refuse(peer, "the egress forwarder takes egress requests only");
+        let via = match &request {
+            Request::Egress(_) => self.daemon.with_table(Table::pick_gateway),
+            Request::Federate { service, .. } => {
+                let gateway = self.daemon.with_table(|t| t.federation_gateway(*service));
+                match (gateway, self.daemon.federation()) {
+                    (Some(gw), Some(path)) if gw == self.node => {
+                        return path::answer_and_carry(&mut app, path.open(&self.daemon, &request).await).await;
+                    }
+                    (gateway, _) => gateway,
+                }
+            }
+            Request::Relay { .. } => return self.refuse(peer, "the egress forwarder takes no relay hops"),
         };
-        let tunnel = match self.daemon.with_table(Table::pick_gateway) {
-            Some(gw) => client.open(&self.daemon, gw, request).await,
+        let tunnel = match via {
+            Some(gw) => client.open(&self.daemon, gw, request.clone()).await,
             None => Err(libc::ECONNREFUSED),
         };
         if let Err(e) = &tunnel {
-            debug!(%dest, errno = e, "egress through the forwarder refused");
+            debug!(%request, errno = e, "a request through the forwarder refused");
         }
         if step(app.write_all(&answer_line(tunnel.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
             return;
@@ -269,19 +296,27 @@ impl Server {
             return self.refuse(peer, "its certificate names no live member at its address");
         };
         let Some(request) = self.request(&mut tls, peer).await else { return };
-        let out = match request {
+        let out = match &request {
             Request::Egress(_) if !self.daemon.read(|s| s.table.egress_gateway()) => {
                 self.refuse(peer, "egress asked of a node that is no egress gateway");
                 Err(libc::ECONNREFUSED)
             }
-            Request::Egress(dest) => self.egress(peer, dest).await,
-            Request::Relay { to, .. } if !self.daemon.read(|s| s.table.relay_hop_allowed(to)) => {
+            Request::Egress(dest) => self.egress(peer, *dest).await,
+            Request::Relay { to, .. } if !self.daemon.read(|s| s.table.relay_hop_allowed(*to)) => {
                 self.refuse(peer, &format!("a relay hop to {to}, which is no row of this node"));
                 Err(libc::ECONNREFUSED)
             }
             // The member is authenticated: its word on its client is taken, as its
             // SYN's is without --tls.
-            Request::Relay { to, client } => step(self.dial(to, client)).await,
+            Request::Relay { to, client } => step(dial(&self.daemon, *to, *client)).await,
+            Request::Federate { .. } => match self.daemon.federation() {
+                // Another node's client app, for a remote cluster: on through a session.
+                Some(path) => return path::answer_and_carry(&mut tls, path.open(&self.daemon, &request).await).await,
+                None => {
+                    self.refuse(peer, "a federated connection asked of a node that is no federation gateway");
+                    Err(libc::ECONNREFUSED)
+                }
+            },
         };
         if step(tls.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
             return;
@@ -291,16 +326,6 @@ impl Server {
             let _ = out.set_nodelay(true);
             copy(&mut out, &mut tls).await;
         }
-    }
-
-    /// Connects to `to` for a relay's `client`, whose address the server is to see
-    /// (under the kernel driver).
-    async fn dial(&self, to: SocketAddrV4, client: Option<Ipv4Addr>) -> io::Result<TcpStream> {
-        let sock = tokio::net::TcpSocket::new_v4()?;
-        if let Some(client) = client {
-            self.daemon.claim_client(std::os::fd::AsFd::as_fd(&sock), client);
-        }
-        sock.connect(to.into()).await
     }
 
     /// Reads the request line; None (logged) when there is none.
@@ -336,6 +361,18 @@ impl Server {
     }
 }
 
+/// Connects to `to` for a `client` (a relay's, a federated connection's) whose address
+/// the server is to see (under the kernel driver).
+pub(crate) async fn dial(daemon: &Daemon, to: SocketAddrV4, client: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    if let Some(client) = client {
+        daemon.claim_client(std::os::fd::AsFd::as_fd(&sock), client);
+    }
+    let s = sock.connect(to.into()).await?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
 /// The name of the live member at `ip` that the (handshake-verified) certificate `cert`
 /// names; None for anyone else.
 fn member_named(table: &Table, ip: IpAddr, cert: Option<&CertificateDer<'_>>) -> Option<String> {
@@ -345,7 +382,7 @@ fn member_named(table: &Table, ip: IpAddr, cert: Option<&CertificateDer<'_>>) ->
 }
 
 /// Runs one step of a connection's setup within [`STEP`]; its error as an errno.
-async fn step<T>(f: impl std::future::Future<Output = io::Result<T>>) -> Result<T, Errno> {
+pub(crate) async fn step<T>(f: impl std::future::Future<Output = io::Result<T>>) -> Result<T, Errno> {
     match timeout(STEP, f).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(e.raw_os_error().unwrap_or(libc::ECONNREFUSED)),
@@ -355,7 +392,7 @@ async fn step<T>(f: impl std::future::Future<Output = io::Result<T>>) -> Result<
 
 /// Reads one line (without its newline) of at most `max` bytes, byte by byte: nothing
 /// past the newline is taken.
-async fn read_line(r: &mut (impl AsyncRead + Unpin), max: usize) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_line(r: &mut (impl AsyncRead + Unpin), max: usize) -> io::Result<Vec<u8>> {
     let mut line = Vec::new();
     loop {
         match r.read_u8().await? {
@@ -368,7 +405,7 @@ async fn read_line(r: &mut (impl AsyncRead + Unpin), max: usize) -> io::Result<V
 
 /// Moves bytes both ways until both directions have ended (an end one way is passed on
 /// as a shutdown of that direction: close_notify, then FIN, on the tunnel).
-async fn copy(a: &mut (impl AsyncRead + AsyncWrite + Unpin), b: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+pub(crate) async fn copy(a: &mut (impl AsyncRead + AsyncWrite + Unpin), b: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
     let _ = tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await;
 }
 

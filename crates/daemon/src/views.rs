@@ -1,10 +1,8 @@
 //! The API's rows, made from the tables (this node's and, as gossiped, the cluster's), as typed values.
 
-use ax_api::{AppView, DaemonInfo, NodeView, ProxyView, ServerView, SocketView};
+use ax_api::{AppView, DaemonInfo, NodeView, ServerView, SocketView};
 use ax_cluster::gossip::NodeStatus;
-use ax_core::{Driver, Proto, Table};
-
-use crate::federation::FederationConfig;
+use ax_core::{Driver, Table};
 
 pub fn apps(t: &Table) -> Vec<AppView> {
     let node = t.node();
@@ -72,18 +70,6 @@ pub fn nodes(nodes: &[NodeStatus], wan: &[NodeStatus]) -> Vec<NodeView> {
             }
         })
         .collect()
-}
-
-/// A federation gateway's listeners, numbered from `first_id`: ingress sessions from
-/// other clusters' gateways, from any address.
-pub fn federation_listeners(config: &FederationConfig, first_id: u32) -> Vec<ProxyView> {
-    let ingress = std::net::SocketAddrV4::new(config.ip, config.port);
-    vec![ProxyView {
-        id: first_id,
-        proto: Proto::Tcp,
-        listener: ingress.to_string(),
-        dialers: vec!["0.0.0.0:0".into()],
-    }]
 }
 
 pub fn sockets(t: &Table) -> Vec<SocketView> {
@@ -183,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn gateways_show_their_role_and_wan_address_and_the_ingress_listener() {
+    fn gateways_show_their_role_and_wan_address() {
         use ax_cluster::federation::GatewayRecord;
         let status = |name: &str, cluster: &str, ip: &str, egress: bool, gateway: Option<&str>| NodeStatus {
             node: NodeRecord {
@@ -216,18 +202,5 @@ mod tests {
             ]
         );
         assert_eq!(v[3].cluster, "c1");
-        let config = FederationConfig {
-            ip: "10.12.0.10".parse().unwrap(),
-            advertise: "203.0.113.10".parse().unwrap(),
-            port: 6660,
-            gossip_port: 7947,
-            neighbors: vec![],
-        };
-        // The listener is where it binds, not the address advertised through NAT.
-        let p = federation_listeners(&config, 3);
-        assert_eq!(
-            serde_json::to_value(p).unwrap(),
-            json!([{"id": 3, "proto": "tcp", "listener": "10.12.0.10:6660", "dialers": ["0.0.0.0:0"]}])
-        );
     }
 }

@@ -4,17 +4,23 @@
 //! [`ax_core::tunnel`]), and only then does the app's connect return, with the gateway's
 //! answer. The app never sees the gateway: getpeername shows the destination it asked
 //! for.
+//!
+//! A connect to a remote cluster's service goes the same way to a federation gateway,
+//! with one difference: the request carries the client's labels, which the gateways
+//! believe, so the app must not write it. The handshake is made on a fresh socket the
+//! app does not hold, which then takes the place of the app's ([`Engine::federate`]).
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ax_core::addr::{self, Family};
 use ax_core::tunnel::{parse_answer, Request, MAX_ANSWER};
 use ax_core::Errno;
-use ax_sys::kernel::{Kernel, Readiness, Reply};
+use ax_sys::kernel::{Kernel, Netns, Readiness, Reply};
 use ax_sys::seccomp::Notification;
 
-use crate::engine::{so_error, Answer, Engine};
+use crate::engine::{install, replacement, so_error, Answer, Engine};
 use crate::helper::{wait_for_call, Waited};
 use crate::Node;
 
@@ -33,7 +39,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     ) -> Result<Answer, Errno> {
         let (k, node, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.id);
         self.later(n, note, move || {
-            let reply = match handshake(&*k, &s, id, gateway, dest, family) {
+            let reply = match handshake(&*k, &s, id, gateway, &Request::Egress(dest), family) {
                 Ok(local) => {
                     node.with_table(|t| t.record_peer(local, dest));
                     Reply::Value(0)
@@ -41,6 +47,43 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 Err(e) => Reply::Fail(e),
             };
             let _ = k.answer(id, reply);
+        })
+    }
+
+    /// Connects the app's socket `s` (its descriptor `fd`) to a remote cluster's
+    /// `service` through `via` (a federation gateway's egress port, or this node's
+    /// forwarder): the daemon's own socket makes the handshake, the request naming the
+    /// app's address and labels, and only then takes the place of the app's socket, so
+    /// no thread of the app can write a request of its own first. Options the app set
+    /// are carried over (as for a socket made private).
+    pub(crate) fn federate(
+        &self,
+        n: &Notification,
+        fd: RawFd,
+        s: K::Fd,
+        via: SocketAddrV4,
+        service: SocketAddrV4,
+        family: Family,
+    ) -> Result<Answer, Errno> {
+        let me = self.node.with_table(|t| t.app(self.app).map(|a| (a.ip, a.labels.clone())));
+        let (client, labels) = me.ok_or(libc::EPERM)?;
+        let request = Request::Federate { service, client, labels };
+        if request.line().len() > ax_core::tunnel::MAX_REQUEST {
+            // Labels past what a gateway reads: it would refuse the request anyway.
+            return Err(libc::ECONNREFUSED);
+        }
+        let fresh = replacement(&*self.k, &s, Netns::Host)?;
+        let flags = self.k.file_flags(&s)?;
+        let (k, node, n2) = (Arc::clone(&self.k), Arc::clone(&self.node), *n);
+        self.later(n, 0, move || {
+            let id = n2.id;
+            let done = handshake(&*k, &fresh, id, via, &request, family).and_then(|local| {
+                k.set_file_flags(&fresh, flags)?;
+                install(&*k, &n2, fd, &fresh)?;
+                node.with_table(|t| t.record_peer(local, SocketAddr::V4(service)));
+                Ok(())
+            });
+            let _ = k.answer(id, done.map_or_else(Reply::Fail, |()| Reply::Value(0)));
         })
     }
 }
@@ -52,12 +95,12 @@ fn handshake<K: Kernel>(
     s: &K::Fd,
     id: u64,
     gateway: SocketAddrV4,
-    dest: SocketAddr,
+    request: &Request,
     family: Family,
 ) -> Result<SocketAddrV4, Errno> {
     let flags = k.file_flags(s)?;
     k.set_file_flags(s, flags | libc::O_NONBLOCK)?;
-    let result = ask(&Step { k, s, id }, gateway, dest, family);
+    let result = ask(&Step { k, s, id }, gateway, request, family);
     k.set_file_flags(s, flags)?;
     result?;
     match k.local_addr(s)?.map(addr::unmap) {
@@ -83,7 +126,7 @@ impl<K: Kernel> Step<'_, K> {
     }
 }
 
-fn ask<K: Kernel>(step: &Step<'_, K>, gateway: SocketAddrV4, dest: SocketAddr, family: Family) -> Result<(), Errno> {
+fn ask<K: Kernel>(step: &Step<'_, K>, gateway: SocketAddrV4, request: &Request, family: Family) -> Result<(), Errno> {
     let (k, s) = (step.k, step.s);
     match k.connect(s, &addr::for_family(SocketAddr::V4(gateway), family)) {
         Ok(()) => {}
@@ -93,7 +136,7 @@ fn ask<K: Kernel>(step: &Step<'_, K>, gateway: SocketAddrV4, dest: SocketAddr, f
         }
         Err(e) => return Err(e),
     }
-    let mut ask = Request::Egress(dest).line();
+    let mut ask = request.line();
     while !ask.is_empty() {
         step.ready(Readiness::Writable)?;
         let sent = k.send_msg(s, &ask, &[], libc::MSG_NOSIGNAL, None)?;

@@ -610,6 +610,7 @@ impl<K: Kernel, N: Node> Engine<K, N> {
                 self.k.note(note);
                 self.egress(n, note, s, gateway, dest, family)
             }
+            Connect::Federated { via, service } => self.federate(n, fd, s, via, service, family),
             Connect::InProgress if self.k.file_flags(&s)? & libc::O_NONBLOCK != 0 => Err(libc::EALREADY),
             // A blocking connect on a socket whose handshake is under way waits for it.
             Connect::InProgress => self.finish_later(n, s, libc::EALREADY),
@@ -726,21 +727,34 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     /// the same type and the options that matter, so a loopback bind or connect stays
     /// private to the app. Returns our copy of the new socket.
     pub(crate) fn privatize(&self, n: &Notification, fd: RawFd, old: &K::Fd) -> Result<K::Fd, Errno> {
-        let get = |opt| self.k.get_int(old, libc::SOL_SOCKET, opt);
-        let (domain, ty, protocol) = (get(libc::SO_DOMAIN)?, get(libc::SO_TYPE)?, get(libc::SO_PROTOCOL)?);
-        let fresh = self.k.socket(Netns::App, domain, ty, protocol)?;
-        let mut buf = [0u8; 16];
-        for &(level, opt, size) in CARRIED_OPTIONS {
-            // Options that do not apply to this socket's family or type fail both ways.
-            if let Ok(got) = self.k.get_opt(old, level, opt, &mut buf[..size]) {
-                let _ = self.k.set_opt(&fresh, level, opt, &buf[..got.min(size)]);
-            }
-        }
+        let fresh = replacement(&*self.k, old, Netns::App)?;
         self.k.set_file_flags(&fresh, self.k.file_flags(old)?)?;
-        let cloexec = self.k.cloexec(n.pid, fd);
-        self.k.add_fd(n.id, &fresh, Some(fd), cloexec)?;
+        install(&*self.k, n, fd, &fresh)?;
         Ok(fresh)
     }
+}
+
+/// A fresh socket in `ns` of the app's socket `old`'s type, with the options that
+/// matter carried over (not its file flags: the caller sets them when it hands it over).
+pub(crate) fn replacement<K: Kernel>(k: &K, old: &K::Fd, ns: Netns) -> Result<K::Fd, Errno> {
+    let get = |opt| k.get_int(old, libc::SOL_SOCKET, opt);
+    let (domain, ty, protocol) = (get(libc::SO_DOMAIN)?, get(libc::SO_TYPE)?, get(libc::SO_PROTOCOL)?);
+    let fresh = k.socket(ns, domain, ty, protocol)?;
+    let mut buf = [0u8; 16];
+    for &(level, opt, size) in CARRIED_OPTIONS {
+        // Options that do not apply to this socket's family or type fail both ways.
+        if let Ok(got) = k.get_opt(old, level, opt, &mut buf[..size]) {
+            let _ = k.set_opt(&fresh, level, opt, &buf[..got.min(size)]);
+        }
+    }
+    Ok(fresh)
+}
+
+/// Puts `fresh` in the place of the app's descriptor `fd` (call `n` pending), keeping
+/// its close-on-exec flag.
+pub(crate) fn install<K: Kernel>(k: &K, n: &Notification, fd: RawFd, fresh: &K::Fd) -> Result<(), Errno> {
+    let cloexec = k.cloexec(n.pid, fd);
+    k.add_fd(n.id, fresh, Some(fd), cloexec).map(|_| ())
 }
 
 /// The socket's pending error, as a result.

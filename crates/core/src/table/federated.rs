@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::remote::Federated;
-use super::{Proto, Table};
+use super::routing::Decision;
+use super::{Proto, Route, Table};
+use crate::labels::Labels;
 
 impl Table {
     /// True when `ip` is in use in this cluster: a node's address, an app's (here or
@@ -36,6 +38,21 @@ impl Table {
         all
     }
 
+    /// Where a connection that another cluster's gateway carries in (ingress) goes: to
+    /// this cluster's rows of `service` that a client with `labels` may reach, in the
+    /// balancer's order; Refused for anything else (no service of ours there, or none
+    /// the labels reach). Never outside the cluster nor on to a third one: an ingress
+    /// is no open relay.
+    pub fn route_inbound(&mut self, labels: &Labels, service: SocketAddrV4) -> Route {
+        if self.rows_at(Proto::Tcp, service).is_empty() {
+            return Route::Refused;
+        }
+        match self.decide_rows(labels, Proto::Tcp, service) {
+            Decision::Balanced(b) => self.vservices.balance(b, &mut self.rng),
+            _ => Route::Refused,
+        }
+    }
+
     /// The addresses of remote services named `label` (without case), by cluster.
     pub fn federated_named(&self, label: &str) -> BTreeMap<String, Vec<Ipv4Addr>> {
         let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
@@ -55,8 +72,8 @@ impl Table {
 mod tests {
     use super::*;
     use crate::table::remote::RemoteService;
-    use crate::table::testing::{app, named, sa, table};
-    use crate::table::{Remote, RemoteApp, Route};
+    use crate::table::testing::{app, named, sa, serve, table};
+    use crate::table::{Remote, RemoteApp};
 
     fn service(cluster: &str, gateway: &str, at: &str, name: Option<&str>) -> RemoteService {
         RemoteService {
@@ -134,14 +151,51 @@ mod tests {
         );
     }
 
-    /// Until the data path exists, a connect to a remote cluster's service is refused
-    /// like one to any virtual address without rows: never sent out of the host.
+    /// A connect to a remote cluster's service goes through our gateways when the
+    /// client shares a label with one of its backends; otherwise, at another port of
+    /// its address, or over UDP, it is refused like one to any virtual address without
+    /// rows: never sent out of the host.
     #[test]
-    fn a_connect_to_a_remote_service_never_leaves_the_host_directly() {
+    fn a_connect_to_a_remote_service_goes_to_the_federation_when_labels_allow() {
         let mut t = table();
         let c = app(&mut t, None, "zone=default");
+        let other = app(&mut t, None, "zone=other");
         t.set_remote(with(vec![service("c1", "10.0.0.9", "198.18.20.1:8000", Some("web"))]));
-        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.1:8000")), Route::Refused);
+        let web = sa("198.18.20.1:8000");
+        let via = "10.0.0.9:6661".parse().unwrap();
+        let service = "198.18.20.1:8000".parse().unwrap();
+        assert_eq!(t.route_connect(c, Proto::Tcp, web), Route::Federated { via, service });
+        assert_eq!(t.route_connect(other, Proto::Tcp, web), Route::Refused, "no label in common");
+        assert_eq!(t.route_connect(c, Proto::Udp, web), Route::Refused, "TCP only");
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.1:9")), Route::Refused);
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.9:8000")), Route::Direct(sa("198.18.20.9:8000")));
+    }
+
+    /// What another cluster's gateway carries in reaches this cluster's rows of the
+    /// service the labels allow, and nothing else: no outside address, no vservice, no
+    /// daemon port, no third cluster's service.
+    #[test]
+    fn an_inbound_connection_reaches_only_our_rows_its_labels_allow() {
+        let mut t = table();
+        let s = app(&mut t, Some("198.18.20.1"), "zone=default");
+        let port = serve(&mut t, s, "0.0.0.0:8000", 1);
+        let zone: Labels = "zone=default".parse().unwrap();
+        let web = "198.18.20.1:8000".parse().unwrap();
+        let host = SocketAddrV4::new(t.node().ip, port);
+        assert_eq!(t.route_inbound(&zone, web), Route::Backends(vec![crate::Target { addr: host, source: None }]));
+        assert_eq!(t.route_inbound(&"zone=other".parse().unwrap(), web), Route::Refused, "no label in common");
+        assert_eq!(t.route_inbound(&Labels::default(), web), Route::Refused, "no labels");
+        assert_eq!(t.route_inbound(&zone, host), Route::Refused, "a host address is no service");
+        t.add_vservice(
+            crate::table::testing::vservice("db", "198.18.10.2", Default::default(), "198.18.20.1"),
+            crate::table::Origin::Request,
+        )
+        .unwrap();
+        t.set_remote(with(vec![service("c2", "10.0.0.9", "198.18.30.1:80", None)]));
+        for refused in ["203.0.113.1:80", "198.18.10.2:80", "198.18.30.1:80", "198.18.20.1:9"] {
+            assert_eq!(t.route_inbound(&zone, refused.parse().unwrap()), Route::Refused, "{refused}");
+        }
+        let node = SocketAddrV4::new(t.node().ip, crate::EGRESS_PORT);
+        assert_eq!(t.route_inbound(&zone, node), Route::Refused, "a daemon port");
     }
 }

@@ -178,9 +178,11 @@ impl Table {
             // Loopback is never a key: the programs' defaults carry it out.
             Decision::Final(Route::Refused | Route::Private) => (KRoute::refuse(), false),
             Decision::Final(Route::Direct(_)) => (KRoute::pass(), false),
-            Decision::Final(r @ (Route::Backends(_) | Route::Egress { .. })) => {
-                unreachable!("decide_connect leaves {r:?} to the balancer and the egress choice")
+            Decision::Final(r @ (Route::Backends(_) | Route::Egress { .. } | Route::Federated { .. })) => {
+                unreachable!("decide_connect leaves {r:?} to the balancer and the gateway choices")
             }
+            // The broker asks a federation gateway on the app's behalf.
+            Decision::Federated(_) => (KRoute::broker(), false),
             Decision::Balanced(b) => backends(b),
             Decision::Outbound(d) if self.egress_applies(proto, d) => (KRoute::broker(), false),
             Decision::Outbound(_) => (KRoute::pass(), false),
@@ -600,6 +602,7 @@ mod tests {
                             (Route::Direct(SocketAddr::V4(d)) | Route::Egress { dest: SocketAddr::V4(d), .. }, Lookup::Refuse)
                                 if *d.ip() == NODE && t.pool().ranges().contains(d.port()) => {}
                             (Route::Egress { dest: d, .. }, Lookup::Broker(BrokerKind::Egress)) if *d == crate::addr::unmap(dest) => {}
+                            (Route::Federated { service, .. }, Lookup::Broker(BrokerKind::Egress)) if SocketAddr::V4(*service) == crate::addr::unmap(dest) => {}
                             (u, k) => prop_assert!(false, "{:?} {} by {}: user {:?}, kernel {:?}", proto, dest, c, u, k),
                         }
                     }

@@ -138,16 +138,20 @@ impl KernelState {
             self.touch_all();
             return;
         }
-        // Remote clusters' services make their addresses virtual (see `is_virtual`).
-        let ips = |r: &Remote| {
-            r.apps
-                .iter()
-                .map(|a| a.ip)
-                .chain(r.federated.iter().map(|s| *s.service.ip()))
-                .collect::<BTreeSet<Ipv4Addr>>()
-        };
+        let ips = |r: &Remote| r.apps.iter().map(|a| a.ip).collect::<BTreeSet<Ipv4Addr>>();
         let (was, is) = (ips(old), ips(new));
         was.symmetric_difference(&is).for_each(|ip| self.touch_ip(*ip));
+        // Remote clusters' services make their addresses virtual (see `is_virtual`),
+        // and their labels decide who reaches them: any change touches the address.
+        let gone = old.federated.iter().filter(|s| !new.federated.contains(s));
+        let changed: BTreeSet<(Proto, SocketAddrV4)> = gone
+            .chain(new.federated.iter().filter(|s| !old.federated.contains(s)))
+            .map(|s| (s.proto, s.service))
+            .collect();
+        for (proto, service) in changed {
+            self.touch_ip(*service.ip());
+            self.touch_dest(proto, service);
+        }
         // Rows as a multiset: a row published twice serves twice.
         let mut count: HashMap<&RemoteRow, isize> = HashMap::new();
         old.rows.iter().for_each(|r| *count.entry(r).or_default() -= 1);
@@ -518,6 +522,43 @@ mod tests {
         t.kernel_sync(BROKER.parse().unwrap());
         serve(&mut t, a, "0.0.0.0:81", 2);
         assert_eq!(noted(&t), 2, "the new row's service and host");
+    }
+
+    /// A remote cluster's service goes to the broker for the classes its labels
+    /// allow and is refused for the rest, at every other port of its address too;
+    /// a change of its labels alone reaches the synced maps.
+    #[test]
+    fn a_remote_clusters_service_goes_to_the_broker_for_the_classes_it_allows() {
+        use crate::kmap::{BrokerKind, Lookup};
+        let broker: SocketAddrV4 = BROKER.parse().unwrap();
+        let mut t = table();
+        let a = add(&mut t, None, "role=a", Driver::Kernel);
+        let b = add(&mut t, None, "role=b", Driver::Kernel);
+        let service = |labels: &str| crate::table::RemoteService {
+            cluster: "c1".into(),
+            gateway: "10.0.0.2".parse().unwrap(),
+            proto: Proto::Tcp,
+            service: "198.18.20.1:8000".parse().unwrap(),
+            name: None,
+            labels: vec![Labels::parse(labels).unwrap()],
+        };
+        let remote = Remote { nodes: vec![("gw".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() };
+        t.set_remote(Remote { federated: vec![service("role=a")], ..remote.clone() });
+        t.kernel_sync(broker);
+        let m = t.kernel_synced().unwrap().clone();
+        let web = "198.18.20.1:8000".parse().unwrap();
+        assert_eq!(m.lookup(a.0, Proto::Tcp, web), Lookup::Broker(BrokerKind::Egress));
+        assert_eq!(m.lookup(b.0, Proto::Tcp, web), Lookup::Refuse);
+        for other in ["198.18.20.1:8001", "198.18.20.1:0"] {
+            assert_eq!(m.lookup(a.0, Proto::Tcp, other.parse().unwrap()), Lookup::Refuse, "{other}");
+        }
+        assert_eq!(m.lookup(a.0, Proto::Udp, web), Lookup::Refuse);
+        t.set_remote(Remote { federated: vec![service("role=b")], ..remote });
+        t.kernel_sync(broker);
+        let m = t.kernel_synced().unwrap().clone();
+        assert_eq!(m.lookup(a.0, Proto::Tcp, web), Lookup::Refuse);
+        assert_eq!(m.lookup(b.0, Proto::Tcp, web), Lookup::Broker(BrokerKind::Egress));
+        assert_eq!(m, t.kernel_maps(broker).maps);
     }
 
     /// A row another node publishes at port 0 cannot stand in for the every-port

@@ -37,6 +37,8 @@ pub(super) enum Decision {
     Balanced(Balanced),
     /// Not ax's: out directly or through an egress gateway.
     Outbound(SocketAddr),
+    /// A remote cluster's service the client may reach: through a federation gateway.
+    Federated(SocketAddrV4),
 }
 
 /// The choices of a connect to a service or vservice: groups (a vservice's backends in
@@ -72,6 +74,11 @@ pub enum Route {
     /// gateway's egress port, or this node's forwarder under `--tls`) and ask it for
     /// `dest`.
     Egress { gateway: SocketAddrV4, dest: SocketAddr },
+    /// A remote cluster's service the client may reach: connect to `via` (the egress
+    /// port of one of our federation gateways that leads there, or this node's
+    /// forwarder under `--tls`) and ask for `service` there; the daemon asks, on a
+    /// socket the app does not hold yet, since the request carries the client's labels.
+    Federated { via: SocketAddrV4, service: SocketAddrV4 },
 }
 
 impl Table {
@@ -124,6 +131,7 @@ impl Table {
             Decision::Final(route) => route,
             Decision::Balanced(b) => self.vservices.balance(b, &mut self.rng),
             Decision::Outbound(dest) => self.outbound(proto, dest),
+            Decision::Federated(service) => self.federation(service),
         }
     }
 
@@ -182,6 +190,11 @@ impl Table {
         let dest = SocketAddr::V4(service);
         let rows = self.rows_at(proto, service);
         if rows.is_empty() {
+            if let Some(f) = self.federated(proto, service) {
+                // Labels are checked here, and again by the service's own cluster.
+                let allowed = proto == Proto::Tcp && f.labels.iter().any(|l| l.shares(labels));
+                return if allowed { Decision::Federated(service) } else { Decision::Final(Route::Refused) };
+            }
             if self.is_virtual(dest.ip()) {
                 return Decision::Final(Route::Refused);
             }
@@ -211,6 +224,8 @@ impl Table {
             Decision::Balanced(b) => self.vservices.balance(b, &mut self.rng),
             Decision::Final(route) => route,
             Decision::Outbound(dest) => Route::Direct(dest),
+            // A vservice's backends are this cluster's.
+            Decision::Federated(_) => Route::Refused,
         })
     }
 
@@ -234,6 +249,31 @@ impl Table {
             Some(ip) => Route::Egress { gateway: SocketAddrV4::new(ip, EGRESS_PORT), dest },
             None => Route::Direct(dest),
         }
+    }
+
+    /// A connect to a remote cluster's `service`: to this node's forwarder under
+    /// `--tls` (it opens the tunnel), else to one of our gateways that leads there
+    /// ([`Table::federation_gateway`]); refused when none does.
+    fn federation(&mut self, service: SocketAddrV4) -> Route {
+        let via = if self.egress_forwarder { Some(self.node.ip) } else { self.federation_gateway(service) };
+        match via {
+            Some(ip) => Route::Federated { via: SocketAddrV4::new(ip, EGRESS_PORT), service },
+            None => Route::Refused,
+        }
+    }
+
+    /// The gateway of ours a connection to a remote cluster's `service` goes through:
+    /// this node when it is one that leads there, else one of those at random.
+    pub fn federation_gateway(&mut self, service: SocketAddrV4) -> Option<Ipv4Addr> {
+        let (n, here) = {
+            let gateways = &self.federated(Proto::Tcp, service)?.gateways;
+            (gateways.len(), gateways.contains(&self.node.ip))
+        };
+        if here {
+            return Some(self.node.ip);
+        }
+        let pick = (n > 0).then(|| self.rng.usize(..n))?;
+        self.federated(Proto::Tcp, service).map(|f| f.gateways[pick])
     }
 
     /// True when a connect to `dest` outside the service table goes through an egress

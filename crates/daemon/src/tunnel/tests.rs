@@ -216,9 +216,9 @@ async fn a_tunnel_is_opened_only_to_the_member_its_certificate_names() {
     let hop = Request::Relay { to: SocketAddrV4::new(FAR, 40000), client: None };
     // One at a time: both far ends take 127.0.0.3:6661.
     let rogue = far_end(&pki, "rogue").await;
-    assert_eq!(client.open(&daemon, FAR, hop).await.err(), Some(libc::ECONNREFUSED));
+    assert_eq!(client.open(&daemon, FAR, hop.clone()).await.err(), Some(libc::ECONNREFUSED));
     assert_eq!(rogue.await.unwrap(), None, "the request went to a server that is not n3");
     let n3 = far_end(&pki, "n3").await;
-    assert!(client.open(&daemon, FAR, hop).await.is_ok());
+    assert!(client.open(&daemon, FAR, hop.clone()).await.is_ok());
     assert_eq!(n3.await.unwrap(), Some(hop.to_string().into_bytes()));
 }

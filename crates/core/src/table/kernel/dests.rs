@@ -24,13 +24,14 @@ impl Table {
     }
 
     /// Addresses whose every port may answer other than the default: virtual
-    /// addresses (refused where nothing serves them) and node addresses (never through
-    /// egress).
+    /// addresses (refused where nothing serves them; remote clusters' services' too)
+    /// and node addresses (never through egress).
     pub(super) fn whole_addresses(&self) -> BTreeSet<(Proto, Ipv4Addr)> {
         let mut ips: BTreeSet<Ipv4Addr> = self.apps.iter().map(|a| a.ip).collect();
         ips.extend(self.remote.get().apps.iter().map(|a| a.ip));
         ips.extend(self.remote.seen_app_ips());
         ips.extend(self.vservices.iter().map(|v| v.ip));
+        ips.extend(self.federated_services().into_iter().map(|(_, s, _)| *s.ip()));
         ips.insert(self.node.ip);
         ips.extend(self.remote.get().nodes.iter().map(|n| n.1));
         ips.into_iter().flat_map(|ip| [(Proto::Tcp, ip), (Proto::Udp, ip)]).collect()
@@ -42,11 +43,13 @@ impl Table {
             || self.remote.has_app_ip(ip)
             || self.remote.was_app_ip(ip)
             || self.vservices.has_ip(ip)
+            || self.remote.has_federated_ip(ip)
             || is_node_address(&self.node, &self.remote, ip)
     }
 
     /// Destinations whose answer may differ from their address's: service addresses
-    /// and host addresses of rows (here and on other nodes), vservice ports, and the
+    /// and host addresses of rows (here and on other nodes), vservice ports, remote
+    /// clusters' services, and the
     /// daemon's ports on every node address; those at an address `keep` takes. Never
     /// port 0, the key of every port of an address: a row there (only gossip can
     /// publish one) is not reachable through the kernel driver.
@@ -71,6 +74,9 @@ impl Table {
         for v in self.vservices.iter() {
             v.ports.iter().for_each(|m| add(Proto::Tcp, SocketAddrV4::new(v.ip, m.vport)));
         }
+        for (proto, service, _) in self.federated_services() {
+            add(proto, service);
+        }
         let nodes = std::iter::once(self.node.ip).chain(self.remote.get().nodes.iter().map(|n| n.1));
         for ip in nodes {
             for port in self.node.ports.own() {
@@ -91,6 +97,7 @@ impl Table {
                 || self.remote.row_at_host(proto, dest).is_some()
                 || (proto == Proto::Tcp
                     && self.vservices.iter().any(|v| v.ip == ip && v.ports.iter().any(|m| m.vport == port)))
+                || self.federated(proto, dest).is_some()
                 || (self.node.ports.own().any(|p| p == port) && is_node_address(&self.node, &self.remote, ip)))
     }
 }

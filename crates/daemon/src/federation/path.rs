@@ -1,0 +1,314 @@
+//! The federation's data path on a gateway. A connection to a remote cluster's service
+//! comes to one of our gateways' egress port as an `AXFD` request (from the client
+//! app's node: its daemon writes it, with the app's address and labels), and the
+//! gateway carries it on:
+//!
+//! - **egress**: it opens a session to the ingress (`--federation-gateway-port`) of a
+//!   live gateway of the service's cluster, chosen at random, the others tried should
+//!   one not answer, and asks it the same request;
+//! - **ingress**: a gateway takes sessions from other clusters' gateways only (under
+//!   `--tls`, a certificate from the CA naming a gateway the WAN shows; without, the
+//!   addresses the WAN gossip hears), checks the client's labels against the service's
+//!   rows in its own cluster ([`ax_core::Table::route_inbound`]: nothing else is
+//!   reachable through it) and connects to a backend, which is shown the client's
+//!   address under the kernel driver.
+//!
+//! A session carries one connection, its bytes unframed: splice(2) in the relays'
+//! event loops where both sides are plain TCP; under `--tls` TLS 1.3 in user space (this
+//! kernel offers no kTLS). Each session's answer line is the errno of the far end's
+//! connect, so the client app's connect fails as a direct one would.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ax_api::ProxyView;
+use ax_cluster::udp::Allowed;
+use ax_core::tunnel::{answer_line, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
+use ax_core::{addr::unmap, Errno, Proto, Route};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+use crate::bounds::{Burst, Gate, Permit};
+use crate::tunnel::{self, copy, read_line, step};
+use crate::Daemon;
+
+/// The ALPN protocol of sessions between gateways.
+const ALPN: &[u8] = b"ax-federation";
+/// Sessions at once from one address (other clusters' gateways hold many; anyone else
+/// is refused before this matters).
+const PER_GATEWAY: usize = 16 * 1024;
+
+/// A stream a connection is carried on: plain TCP or a TLS session over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A session to another cluster's gateway, its request answered.
+pub enum Session {
+    Plain(TcpStream),
+    Tls(Box<dyn Stream>),
+}
+
+/// A gateway's side of the federation's data path.
+pub struct Path {
+    /// `--tls`: sessions are TLS 1.3 with certificates from the CA, both ways.
+    tls: Option<(TlsConnector, TlsAcceptor)>,
+    /// Without `--tls`: the addresses the ingress takes sessions from (those the WAN
+    /// gossip hears).
+    allowed: Option<Allowed>,
+    /// The ingress's bound, and the sessions carried out's (their counts are what `ax
+    /// get proxies` shows).
+    ingress: Gate,
+    egress: Gate,
+    refused: Mutex<Burst>,
+}
+
+impl Path {
+    pub fn new(tls: Option<&Arc<ax_tls::Reloadable>>, allowed: Option<Allowed>, cap: usize) -> Path {
+        let tls = tls.map(|t| {
+            let connector = TlsConnector::from(Arc::new(t.client_config(&[ALPN])));
+            (connector, TlsAcceptor::from(Arc::new(t.node_server_config(&[ALPN]))))
+        });
+        Path {
+            tls,
+            allowed,
+            ingress: Gate::new("federation ingress", cap).per_peer(PER_GATEWAY),
+            egress: Gate::new("federation egress", cap),
+            refused: Mutex::default(),
+        }
+    }
+
+    /// Opens a session for `request` (an `AXFD`) to a gateway of the service's
+    /// cluster and asks it there: the first gateway that answers, in random order. Its
+    /// answer is final (a refusal there is the connect's); one that cannot be reached
+    /// leaves the next to try. The permit holds the session's place under the egress's
+    /// bound.
+    pub async fn open(&self, daemon: &Daemon, request: &Request) -> Result<(Session, Permit), Errno> {
+        let Request::Federate { service, .. } = request else { return Err(libc::ECONNREFUSED) };
+        let mut gateways = daemon.read(|s| {
+            let cluster = s.table.federated(Proto::Tcp, *service)?.cluster.clone();
+            s.gateway.as_ref()?.remote.get(&cluster).cloned()
+        });
+        let Some(gateways) = gateways.as_mut().filter(|g| !g.is_empty()) else {
+            debug!(%service, "federation: no gateway of the service's cluster");
+            return Err(libc::ECONNREFUSED);
+        };
+        let permit = self.egress.claim().ok_or(libc::EAGAIN)?;
+        // At random, so that sessions spread over the cluster's gateways.
+        fastrand::shuffle(gateways);
+        let mut last = libc::ECONNREFUSED;
+        for g in gateways.iter() {
+            let session = match self.session(g).await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(gateway = %g.name, ingress = %g.ingress, errno = e, "federation: no session");
+                    last = e;
+                    continue;
+                }
+            };
+            let mut session = session;
+            let asked = match &mut session {
+                Session::Plain(s) => ask(s, request).await,
+                Session::Tls(s) => ask(s, request).await,
+            };
+            asked?;
+            return Ok((session, permit));
+        }
+        Err(last)
+    }
+
+    /// A session to `g`'s ingress; under `--tls`, its certificate must name `g`.
+    async fn session(&self, g: &ax_cluster::federation::RemoteGateway) -> Result<Session, Errno> {
+        let tcp = step(TcpStream::connect(g.ingress)).await?;
+        let _ = tcp.set_nodelay(true);
+        let Some((connector, _)) = &self.tls else { return Ok(Session::Plain(tcp)) };
+        let tls = step(connector.connect(ServerName::IpAddress(IpAddr::V4(*g.ingress.ip()).into()), tcp)).await?;
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        if !cert.is_some_and(|c| ax_tls::names(c, &g.name)) {
+            self.refuse(SocketAddr::V4(g.ingress), &format!("its certificate does not name gateway {}", g.name));
+            return Err(libc::ECONNREFUSED);
+        }
+        Ok(Session::Tls(Box::new(tls)))
+    }
+
+    /// `ax get proxies`: the ingress (dialing any of the cluster's backends) and the
+    /// egress, the node's egress port (dialing the other clusters' ingresses), with
+    /// the sessions each carries now; numbered from `first_id`.
+    pub fn views(&self, daemon: &Daemon, ingress: SocketAddrV4, first_id: u32) -> Vec<ProxyView> {
+        let remote: Vec<String> = daemon.read(|s| {
+            let g = s.gateway.as_ref().map(|g| g.remote.values().flatten().map(|r| r.ingress.to_string()));
+            g.map(Iterator::collect).unwrap_or_default()
+        });
+        let any = vec!["0.0.0.0:0".to_string()];
+        let egress = SocketAddrV4::new(daemon.node_ip(), ax_core::EGRESS_PORT);
+        let view = |id, listener: SocketAddrV4, dialers: Vec<String>, gate: &Gate| ProxyView {
+            id,
+            proto: Proto::Tcp,
+            listener: listener.to_string(),
+            dialers,
+            sessions: Some(gate.open() as u64),
+        };
+        vec![
+            view(first_id, ingress, any.clone(), &self.ingress),
+            view(first_id + 1, egress, if remote.is_empty() { any } else { remote }, &self.egress),
+        ]
+    }
+
+    /// Logs a refusal: the first of a burst, then at most one line per quiet period.
+    fn refuse(&self, peer: SocketAddr, why: &str) {
+        if let Some(n) = self.refused.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now()) {
+            warn!(%peer, refused = n, "federation: refused: {why}");
+        }
+    }
+}
+
+/// Answers the request `conn` made with what opening its session came to, then carries
+/// the connection on the session.
+pub async fn answer_and_carry(
+    conn: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    opened: Result<(Session, Permit), Errno>,
+) {
+    if step(conn.write_all(&answer_line(opened.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+        return;
+    }
+    match opened {
+        Ok((Session::Plain(mut s), _held)) => copy(conn, &mut s).await,
+        Ok((Session::Tls(mut s), _held)) => copy(conn, &mut s).await,
+        Err(_) => {}
+    }
+}
+
+/// Writes `request` on `s` and reads the answer.
+async fn ask(s: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &Request) -> Result<(), Errno> {
+    step(s.write_all(&request.line())).await?;
+    parse_answer(&step(read_line(s, MAX_ANSWER)).await?)
+}
+
+/// Serves the ingress on `listener` (the gateway's `--federation-gateway-port`), on the
+/// runtime this is called from.
+pub fn spawn_ingress(listener: std::net::TcpListener, daemon: Daemon, path: Arc<Path>) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let over = if path.tls.is_some() { "TLS" } else { "TCP, unauthenticated" };
+    info!(at = %listener.local_addr()?, over, "federation gateway: serving the ingress");
+    tokio::spawn(async move {
+        let p = path.clone();
+        let served = p.ingress.serve_async(&listener, std::future::pending(), |conn, permit| {
+            tokio::spawn(ingress(daemon.clone(), path.clone(), conn, permit));
+        });
+        if let Err(e) = served.await {
+            warn!("the federation ingress stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// One session from another cluster's gateway.
+async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permit) {
+    let Ok(peer) = conn.peer_addr() else { return };
+    let _ = conn.set_nodelay(true);
+    match &path.tls {
+        None => {
+            let heard = matches!(unmap(peer).ip(), ip if path.allowed.as_ref().is_some_and(|a| a.allows(ip)));
+            if !heard {
+                return path.refuse(peer, "a session from an address the federation's gossip does not hear");
+            }
+            let mut conn = conn;
+            let Some(request) = read_request(&path, &mut conn, peer).await else { return };
+            let out = inbound(&daemon, &request).await;
+            if step(conn.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+                return;
+            }
+            match out {
+                Ok(Backend::Plain(b)) => {
+                    let (Ok(a), Ok(b)) = (conn.into_std(), b.into_std()) else { return };
+                    match daemon.pump() {
+                        Ok(pump) => pump.carry(a, b, permit),
+                        Err(e) => warn!("federation: cannot start the relay loops: {e}"),
+                    }
+                }
+                Ok(Backend::Tunnel(mut b)) => copy(&mut conn, &mut b).await,
+                Err(_) => {}
+            }
+        }
+        Some((_, acceptor)) => {
+            let mut tls = match step(acceptor.accept(conn)).await {
+                Ok(t) => t,
+                Err(_) => return path.ingress.handshake_failed(Some(peer), &"no certificate from the CA in time"),
+            };
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let gateway = daemon.read(|s| {
+                let g = s.gateway.as_ref()?;
+                let known = g.remote.values().flatten();
+                known.map(|r| &r.name).find(|name| cert.is_some_and(|c| ax_tls::names(c, name))).cloned()
+            });
+            if gateway.is_none() {
+                return path.refuse(peer, "its certificate names no gateway of another cluster");
+            }
+            let Some(request) = read_request(&path, &mut tls, peer).await else { return };
+            let out = inbound(&daemon, &request).await;
+            if step(tls.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+                return;
+            }
+            match out {
+                Ok(Backend::Plain(mut b)) => copy(&mut tls, &mut b).await,
+                Ok(Backend::Tunnel(mut b)) => copy(&mut tls, &mut b).await,
+                Err(_) => {}
+            }
+            drop(permit);
+        }
+    }
+}
+
+/// Reads a session's request: an `AXFD`, nothing else.
+async fn read_request(path: &Path, conn: &mut (impl AsyncRead + Unpin), peer: SocketAddr) -> Option<Request> {
+    let line = step(read_line(conn, MAX_REQUEST)).await.ok()?;
+    match Request::parse(&line) {
+        Ok(r @ Request::Federate { .. }) => Some(r),
+        Ok(other) => {
+            path.refuse(peer, &format!("'{other}' asked of the federation port"));
+            None
+        }
+        Err(e) => {
+            path.refuse(peer, &e.to_string());
+            None
+        }
+    }
+}
+
+/// A backend connection at the ingress: on this node's network, or through the tunnel
+/// of the node it is on (`--tls`).
+enum Backend {
+    Plain(TcpStream),
+    Tunnel(Box<dyn Stream>),
+}
+
+/// Connects a session's `request` to a backend of ours that its client's labels reach:
+/// the first that answers, in the balancer's order.
+async fn inbound(daemon: &Daemon, request: &Request) -> Result<Backend, Errno> {
+    let Request::Federate { service, client, labels } = request else { return Err(libc::ECONNREFUSED) };
+    let route = ax_trap::Node::with_table(daemon, |t| t.route_inbound(labels, *service));
+    let Route::Backends(targets) = route else {
+        debug!(%service, %client, "federation ingress: refused (no service of ours its labels reach)");
+        return Err(libc::ECONNREFUSED);
+    };
+    let tunnel = daemon.tunnel_client();
+    let mut last = libc::ECONNREFUSED;
+    for t in targets {
+        let made = match &tunnel {
+            Some(c) if tunnel::Client::crosses(daemon, t.addr) => {
+                let hop = Request::Relay { to: t.addr, client: Some(*client) };
+                c.open(daemon, *t.addr.ip(), hop).await.map(|s| Backend::Tunnel(Box::new(s)))
+            }
+            _ => step(tunnel::dial(daemon, t.addr, Some(*client))).await.map(Backend::Plain),
+        };
+        match made {
+            Ok(b) => return Ok(b),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
