@@ -145,6 +145,49 @@ fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways()
     }
 }
 
+/// Labels hold across clusters: at the client's node, and again at the ingress of the
+/// service's cluster, whose gateway is no open relay (only its cluster's rows, and only
+/// `AXFD`) and takes sessions only from other clusters' gateways. No app reaches an
+/// ingress itself, not even one on a gateway, which reaches the WAN.
+#[test]
+fn labels_hold_across_clusters_and_the_ingress_serves_only_what_it_should() {
+    support::require_root_and(&[PY, "curl", "dig"]);
+    let mut f = Federation::new(["c0", "c1"], false);
+    f.serve_web();
+    let (h00, h01) = (&f.hosts[0], &f.hosts[1]);
+    h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(90), || {
+        dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    let url = "http://198.18.20.1:8000/who";
+    assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", url]), "web");
+    // Labels that share nothing with web's: refused on the client's node (curl's 7).
+    let out = h01.run(&["--labels", "zone=other", "--", "curl", "-s", "--max-time", "30", url]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    // Straight to c1's ingress from c0's gateway host, an address c1 hears.
+    let ask = |request: &str| h00.ask(None, "10.12.0.11", "6660", request, None);
+    assert_eq!(ask("AXFD 198.18.20.1:8000 198.18.0.9 zone=default"), "OK");
+    assert_eq!(ask("AXFD 198.18.20.1:8000 198.18.0.9 zone=other"), "ERR 111", "labels checked again");
+    assert_eq!(ask("AXFD 198.18.20.1:8000 198.18.0.9 -"), "ERR 111");
+    for to in ["198.18.20.1:9", "10.11.0.11:7946", "10.11.0.10:6661", "203.0.113.1:80"] {
+        assert_eq!(ask(&format!("AXFD {to} 198.18.0.9 zone=default")), "ERR 111", "{to}: no service of c1");
+    }
+    for request in ["AXEG 10.11.0.11:8000", "AXRL 10.11.0.11:8000", "GET / HTTP/1.0"] {
+        let said = ask(request);
+        assert!(!said.starts_with("OK") && !said.starts_with("ERR"), "{request}: {said}");
+    }
+    // Apps under ax on the gateway: c1's ingress is a daemon port, and so is c0's own.
+    for ingress in ["10.12.0.11:6660", "10.12.0.10:6660"] {
+        let out = h00.run(&["--", "curl", "-s", "--max-time", "30", &format!("http://{ingress}/")]);
+        assert_eq!(out.status.code(), Some(7), "{ingress}: {out:?}");
+    }
+    // c0's gateway at its own ingress is no other cluster's gateway.
+    let said = h00.ask(None, "10.12.0.10", "6660", "AXFD 198.18.20.1:8000 198.18.0.9 zone=default", None);
+    assert!(!said.starts_with("OK") && !said.starts_with("ERR"), "{said}");
+    assert!(h00.daemon_log().contains("a session from no other cluster's gateway"), "{}", h00.daemon_log());
+    let log = f.hosts[2].daemon_log();
+    assert!(log.contains("federation: refused: 'AXEG 10.11.0.11:8000' asked of the federation port"), "{log}");
+}
+
 /// Cluster c1 turns hostile: it publishes a service at the address of c0's own app
 /// (`evil`), and one under the name of c0's app (`web`). In c0 the address stays its
 /// app's, and the bare name too; the remote `web` is reached only by its cluster's
@@ -278,16 +321,19 @@ fn without_tls_a_gateway_nobody_named_is_not_heard() {
 }
 
 /// Under --tls the WAN gossip is QUIC with the cluster's certificates: no warning, and
-/// names cross as without.
+/// names and connections cross as without (the connection through h01's forwarder,
+/// a tunnel to h00, a TLS session to h10 and h10's tunnel to h11).
 #[test]
-fn under_tls_the_wan_is_authenticated_and_names_cross() {
-    support::require_root_and(&[PY, "dig"]);
+fn under_tls_the_wan_is_authenticated_and_names_and_connections_cross() {
+    support::require_root_and(&[PY, "dig", "curl"]);
     let mut f = Federation::new(["c0", "c1"], true);
     f.serve_web();
     let h01 = &f.hosts[1];
     h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(90), || {
         dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
     });
+    assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
+    assert_eq!(f.hosts[0].run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
     for g in [0, 2] {
         let log = f.hosts[g].daemon_log();
         let wan = log.lines().find(|l| l.contains("federation gateway: gossiping on the WAN")).expect("the WAN line");

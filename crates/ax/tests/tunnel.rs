@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -35,31 +35,10 @@ fn start(h: &mut TestHost, name: &str, all: &str, extra: &[String]) {
     h.start_daemon(&args);
 }
 
-/// The request-asking script (support/ask.py), where any user may read it.
-fn ask_script(h: &TestHost) -> String {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/ask.py");
-    let to = h.dir.join("ask.py");
-    std::fs::copy(src, &to).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&h.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    to.to_string_lossy().into_owned()
-}
-
 /// The first answer line to `request` on `ip`'s egress port, asked from host `h` by
 /// `user` (root: None); `cert`: TLS with that certificate prefix, "-" for none.
 fn ask(h: &TestHost, user: Option<&str>, ip: &str, request: &str, cert: Option<&str>) -> String {
-    let script = ask_script(h);
-    let mut c = match user {
-        None => h.cmd(PY),
-        Some(u) => {
-            let mut c = h.cmd("setpriv");
-            c.args([&format!("--reuid={u}"), "--regid=nogroup", "--clear-groups", PY]);
-            c
-        }
-    };
-    c.args([script.as_str(), ip, EGRESS_PORT, request]).args(cert);
-    let out = c.output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    h.ask(user, ip, EGRESS_PORT, request, cert.map(|c| (c, "ax-tunnel")))
 }
 
 /// True when what `ask` printed is no answer at all (a refused handshake, a closed or

@@ -249,6 +249,9 @@ pub fn remote_view(me: &NodeRecord, others: &[Published]) -> Remote {
                 labels: r.labels.clone(),
             });
         }
+        if let Some(g) = &p.federation.gateway {
+            remote.ingresses.push(g.ingress);
+        }
         // A gateway's imports: remote clusters' services, reached through it.
         for i in p.federation.imports.iter().filter(|_| p.federation.gateway.is_some()) {
             remote.federated.push(RemoteService {

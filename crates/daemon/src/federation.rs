@@ -82,6 +82,13 @@ impl Gateway {
         }
     }
 
+    /// The ingresses this gateway knows of: its own (where it listens, and where it is
+    /// reached) and the other clusters' gateways'.
+    pub fn ingresses(&self) -> impl Iterator<Item = SocketAddrV4> + '_ {
+        let own = [SocketAddrV4::new(self.config.ip, self.config.port), self.config.record().ingress];
+        own.into_iter().chain(self.remote.values().flatten().map(|r| r.ingress))
+    }
+
     /// Our imports as the table takes them: reached through this node.
     pub fn own_imports(&self, node: Ipv4Addr) -> impl Iterator<Item = RemoteService> + '_ {
         self.imports.iter().map(move |i| RemoteService {

@@ -251,6 +251,7 @@ impl State {
                 let mut remote = view.remote;
                 if let Some(g) = &self.gateway {
                     remote.federated.extend(g.own_imports(self.table.node().ip));
+                    remote.ingresses.extend(g.ingresses());
                 }
                 self.table.set_remote(remote);
                 let me = self.me();

@@ -448,6 +448,32 @@ impl TestHost {
         seen
     }
 
+    /// The first answer line to `request` on `ip:port` (a daemon's port that takes
+    /// request lines), asked from this host by `user` (root: None) with
+    /// support/ask.py; `tls`: TLS 1.3 presenting that certificate prefix ("-" for
+    /// none) with that ALPN protocol.
+    pub fn ask(&self, user: Option<&str>, ip: &str, port: &str, request: &str, tls: Option<(&str, &str)>) -> String {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/ask.py");
+        let script = self.dir.join("ask.py");
+        fs::copy(src, &script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = match user {
+            None => self.cmd("/usr/bin/python3"),
+            Some(u) => {
+                let mut c = self.cmd("setpriv");
+                c.args([&format!("--reuid={u}"), "--regid=nogroup", "--clear-groups", "/usr/bin/python3"]);
+                c
+            }
+        };
+        c.arg(&script).args([ip, port, request]);
+        if let Some((cert, alpn)) = tls {
+            c.args([cert, alpn]);
+        }
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `ax get RESOURCE -o json`.
     pub fn get(&self, resource: &str) -> Vec<Value> {
         let out = sh(self.ax().args(["get", resource, "-o", "json"]));

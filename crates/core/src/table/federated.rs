@@ -171,6 +171,19 @@ mod tests {
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.9:8000")), Route::Direct(sa("198.18.20.9:8000")));
     }
 
+    /// A federation gateway's ingress is a daemon port wherever it is: an app on a
+    /// gateway, which reaches the WAN, cannot stand in for a gateway there.
+    #[test]
+    fn no_app_reaches_a_gateways_ingress() {
+        let mut t = table();
+        let c = app(&mut t, None, "zone=default");
+        let ingress = sa("10.12.0.11:6660");
+        assert_eq!(t.route_connect(c, Proto::Tcp, ingress), Route::Direct(ingress));
+        t.set_remote(Remote { ingresses: vec!["10.12.0.11:6660".parse().unwrap()], ..with(vec![]) });
+        assert_eq!(t.route_connect(c, Proto::Tcp, ingress), Route::Refused);
+        assert_eq!(t.route_connect(c, Proto::Tcp, sa("10.12.0.11:80")), Route::Direct(sa("10.12.0.11:80")));
+    }
+
     /// What another cluster's gateway carries in reaches this cluster's rows of the
     /// service the labels allow, and nothing else: no outside address, no vservice, no
     /// daemon port, no third cluster's service.

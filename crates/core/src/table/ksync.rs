@@ -134,7 +134,7 @@ impl KernelState {
     /// The cluster's word goes from `old` to `new`: other nodes or gateways rebuild
     /// everything; apps touch their addresses, rows their services and hosts.
     pub(super) fn remote_changed(&mut self, old: &Remote, new: &Remote) {
-        if old.nodes != new.nodes || old.egress != new.egress {
+        if old.nodes != new.nodes || old.egress != new.egress || old.ingresses != new.ingresses {
             self.touch_all();
             return;
         }
@@ -526,7 +526,8 @@ mod tests {
 
     /// A remote cluster's service goes to the broker for the classes its labels
     /// allow and is refused for the rest, at every other port of its address too;
-    /// a change of its labels alone reaches the synced maps.
+    /// a change of its labels alone reaches the synced maps; gateways' ingresses are
+    /// refused to all.
     #[test]
     fn a_remote_clusters_service_goes_to_the_broker_for_the_classes_it_allows() {
         use crate::kmap::{BrokerKind, Lookup};
@@ -542,10 +543,17 @@ mod tests {
             name: None,
             labels: vec![Labels::parse(labels).unwrap()],
         };
+        let ingress: SocketAddrV4 = "10.12.0.11:6660".parse().unwrap();
         let remote = Remote { nodes: vec![("gw".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() };
-        t.set_remote(Remote { federated: vec![service("role=a")], ..remote.clone() });
+        t.kernel_sync(broker);
+        assert_eq!(t.kernel_synced().unwrap().lookup(a.0, Proto::Tcp, ingress.into()), Lookup::Pass);
+        t.set_remote(Remote { federated: vec![service("role=a")], ingresses: vec![ingress], ..remote.clone() });
         t.kernel_sync(broker);
         let m = t.kernel_synced().unwrap().clone();
+        // A gateway's ingress is a daemon port: no app of any class reaches it.
+        for app in [a, b] {
+            assert_eq!(m.lookup(app.0, Proto::Tcp, ingress.into()), Lookup::Refuse);
+        }
         let web = "198.18.20.1:8000".parse().unwrap();
         assert_eq!(m.lookup(a.0, Proto::Tcp, web), Lookup::Broker(BrokerKind::Egress));
         assert_eq!(m.lookup(b.0, Proto::Tcp, web), Lookup::Refuse);
@@ -553,7 +561,7 @@ mod tests {
             assert_eq!(m.lookup(a.0, Proto::Tcp, other.parse().unwrap()), Lookup::Refuse, "{other}");
         }
         assert_eq!(m.lookup(a.0, Proto::Udp, web), Lookup::Refuse);
-        t.set_remote(Remote { federated: vec![service("role=b")], ..remote });
+        t.set_remote(Remote { federated: vec![service("role=b")], ingresses: vec![ingress], ..remote });
         t.kernel_sync(broker);
         let m = t.kernel_synced().unwrap().clone();
         assert_eq!(m.lookup(a.0, Proto::Tcp, web), Lookup::Refuse);
@@ -586,6 +594,7 @@ mod tests {
             rows: vec![row(80)],
             apps: vec![app],
             federated: vec![],
+            ingresses: vec![],
         };
         t.set_remote(remote.clone());
         t.kernel_sync(broker);

@@ -74,6 +74,10 @@ pub struct Remote {
     pub apps: Vec<RemoteApp>,
     /// Other clusters' services, as our gateways re-publish them.
     pub federated: Vec<RemoteService>,
+    /// The federation gateways' ingresses (`--federation-gateway-port` on their WAN
+    /// addresses): our cluster's, and on a gateway the other clusters' it knows. They
+    /// are daemon ports, which no app may connect to.
+    pub ingresses: Vec<SocketAddrV4>,
 }
 
 /// The latest [`Remote`], and the app addresses of every earlier one: an app address
@@ -274,7 +278,7 @@ mod tests {
             rows: vec![row("198.18.3.1:80", "10.0.0.2:40000")],
             // An app without its own address has its node's: that is no app address.
             apps: vec![remote_app("n2", "198.18.3.1", Some("Web")), remote_app("n2", "10.0.0.2", None)],
-            federated: vec![],
+            ..Remote::default()
         });
         let service = "198.18.3.1:80".parse().unwrap();
         let host = "10.0.0.2:40000".parse().unwrap();
@@ -353,7 +357,7 @@ mod tests {
                     labels: None,
                 },
             ],
-            federated: vec![],
+            ..Remote::default()
         });
         assert_eq!(first(t.route_connect(c, Proto::Tcp, sa("198.18.3.1:8000"))), host);
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.3.2:80")), Route::Refused);

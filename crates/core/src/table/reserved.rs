@@ -72,7 +72,8 @@ pub(super) fn is_node_address(node: &NodeInfo, remote: &RemoteView, ip: Ipv4Addr
 }
 
 pub(super) fn is_daemon_port(node: &NodeInfo, remote: &RemoteView, addr: SocketAddrV4) -> bool {
-    node.ports.own.contains(&addr.port()) && is_node_address(node, remote, *addr.ip())
+    (node.ports.own.contains(&addr.port()) && is_node_address(node, remote, *addr.ip()))
+        || remote.get().ingresses.contains(&addr)
 }
 
 /// True when an `--expose` at `at`, of an app on this node (`local`) or another, is

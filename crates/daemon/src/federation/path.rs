@@ -134,6 +134,21 @@ impl Path {
         Ok(Session::Tls(Box::new(tls)))
     }
 
+    /// Without `--tls`: whether a session from `ip` may be another cluster's gateway's:
+    /// an address the WAN gossip hears, none of our cluster's (its nodes, its gateways'
+    /// WAN addresses), so that no host of ours passes for another cluster.
+    fn hears(&self, daemon: &Daemon, ip: IpAddr) -> bool {
+        let IpAddr::V4(v4) = ip else { return false };
+        self.allowed.as_ref().is_some_and(|a| a.allows(ip))
+            && !daemon.read(|s| {
+                let me = s.table.node();
+                let ours = s.nodes.iter().filter(|n| n.node.cluster == me.cluster);
+                let gateways = ours.filter_map(|n| n.gateway.as_ref().map(|g| *g.ingress.ip()));
+                let own = s.gateway.as_ref().map(|g| [g.config.ip, g.config.advertise]);
+                s.table.is_node_address(v4) || gateways.chain(own.into_iter().flatten()).any(|g| g == v4)
+            })
+    }
+
     /// `ax get proxies`: the ingress (dialing any of the cluster's backends) and the
     /// egress, the node's egress port (dialing the other clusters' ingresses), with
     /// the sessions each carries now; numbered from `first_id`.
@@ -212,9 +227,8 @@ async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permi
     let _ = conn.set_nodelay(true);
     match &path.tls {
         None => {
-            let heard = matches!(unmap(peer).ip(), ip if path.allowed.as_ref().is_some_and(|a| a.allows(ip)));
-            if !heard {
-                return path.refuse(peer, "a session from an address the federation's gossip does not hear");
+            if !path.hears(&daemon, unmap(peer).ip()) {
+                return path.refuse(peer, "a session from no other cluster's gateway the federation's gossip hears");
             }
             let mut conn = conn;
             let Some(request) = read_request(&path, &mut conn, peer).await else { return };

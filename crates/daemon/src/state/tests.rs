@@ -449,6 +449,7 @@ fn remote_b(at: ExposeAt, host: &str) -> Remote {
             labels: None,
         }],
         federated: vec![],
+        ingresses: vec![],
     }
 }
 

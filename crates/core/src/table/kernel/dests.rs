@@ -77,6 +77,9 @@ impl Table {
         for (proto, service, _) in self.federated_services() {
             add(proto, service);
         }
+        for ingress in &self.remote.get().ingresses {
+            add(Proto::Tcp, *ingress);
+        }
         let nodes = std::iter::once(self.node.ip).chain(self.remote.get().nodes.iter().map(|n| n.1));
         for ip in nodes {
             for port in self.node.ports.own() {
@@ -98,6 +101,7 @@ impl Table {
                 || (proto == Proto::Tcp
                     && self.vservices.iter().any(|v| v.ip == ip && v.ports.iter().any(|m| m.vport == port)))
                 || self.federated(proto, dest).is_some()
+                || (proto == Proto::Tcp && self.remote.get().ingresses.contains(&dest))
                 || (self.node.ports.own().any(|p| p == port) && is_node_address(&self.node, &self.remote, ip)))
     }
 }
