@@ -261,6 +261,84 @@ fn a_second_gateway_is_a_fellow_and_takes_over_the_names_when_the_first_dies() {
     }
 }
 
+/// Two gateways per cluster (c0: h00 and h02 at WAN 10.12.0.12; c1: h10 and h12 at
+/// LAN 10.11.0.12, WAN 10.12.0.13): connections spread over c1's two ingresses, and
+/// when one gateway of each cluster dies, connections go through the others and the
+/// dead one leaves the other cluster's gateways' tables.
+#[test]
+fn several_gateways_share_the_load_and_dead_ones_are_passed_over() {
+    support::require_root_and(&[PY, "curl", "dig"]);
+    let mut f = Federation::new(["c0", "c1"], false);
+    let mut h02 = f.switches[0].host("10.10.0.12");
+    let mut h12 = f.switches[1].host("10.11.0.12");
+    f.switches[2].wire(&h02, "wan0", "10.12.0.12");
+    f.switches[2].wire(&h12, "wan0", "10.12.0.13");
+    for (h, name, cluster, lan, wan) in [
+        (&mut h02, "h02", "c0", "10.10.0.10,10.10.0.11", "10.12.0.11"),
+        (&mut h12, "h12", "c1", "10.11.0.10,10.11.0.11", "10.12.0.10"),
+    ] {
+        h.start_daemon(&[
+            "--node-name",
+            name,
+            "--cluster",
+            cluster,
+            "--neighbors",
+            lan,
+            "--federation-gateway-ip",
+            "wan0",
+            "--federation-gateway-neighbors",
+            wan,
+        ]);
+    }
+    f.serve_web();
+    let dialers = |h: &TestHost| {
+        let proxies = h.get("proxies");
+        let egress = proxies.iter().find(|p| p["listener"].as_str().is_some_and(|l| l.ends_with(":6661")));
+        let mut d: Vec<String> = egress.map_or_else(Vec::new, |e| {
+            e["dialers"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()
+        });
+        d.sort();
+        d
+    };
+    for h in [&f.hosts[0], &h02] {
+        h.wait_until("both of c1's ingresses known", Duration::from_secs(90), || {
+            dialers(h) == ["10.12.0.11:6660", "10.12.0.13:6660"]
+        });
+    }
+    let h01 = &f.hosts[1];
+    let url = "http://198.18.20.1:8000/who";
+    h01.wait_until("web reached from c0", Duration::from_secs(90), || {
+        h01.run(&["--", "curl", "-sf", "--max-time", "30", url]).stdout == b"web"
+    });
+    // 16 connections held open: both of c1's ingresses carry some (all on one: 2^-15).
+    let hold = "import socket, time; \
+                held = [socket.create_connection(('198.18.20.1', 8000), 60) for _ in range(16)]; \
+                print('open', flush=True); time.sleep(600)";
+    f.hosts[1].spawn_app("holder", &["--", PY, "-c", hold]);
+    f.hosts[1].wait_for_line("holder", "open");
+    let sessions = |h: &TestHost| {
+        let proxies = h.get("proxies");
+        let ingress = proxies.iter().find(|p| p["listener"].as_str().is_some_and(|l| l.ends_with(":6660")));
+        ingress.and_then(|p| p["sessions"].as_u64()).unwrap_or(0)
+    };
+    let (on_h10, on_h12) = (sessions(&f.hosts[2]), sessions(&h12));
+    assert!(on_h10 > 0 && on_h12 > 0 && on_h10 + on_h12 == 16, "h10 {on_h10}, h12 {on_h12}");
+    // One gateway of each cluster dies.
+    let t0 = Instant::now();
+    f.hosts[0].signal_daemon("KILL");
+    f.hosts[2].signal_daemon("KILL");
+    let h01 = &f.hosts[1];
+    h01.wait_until("web reached through h02 and h12", Duration::from_secs(90), || {
+        h01.run(&["--", "curl", "-sf", "--max-time", "30", url]).stdout == b"web"
+    });
+    eprintln!("reached again through the other gateways {:?} after the kill", t0.elapsed());
+    h02.wait_until("h10 gone from h02's table", Duration::from_secs(90), || dialers(&h02) == ["10.12.0.13:6660"]);
+    eprintln!("h10 left h02's table {:?} after the kill", t0.elapsed());
+    for _ in 0..5 {
+        assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", url]), "web");
+    }
+}
+
 /// Both clusters call themselves c0: each gateway refuses the other, saying why, and
 /// takes nothing from it.
 #[test]

@@ -163,9 +163,10 @@ pub enum Connect {
         gateway: SocketAddrV4,
         dest: SocketAddr,
     },
-    /// To a remote cluster's `service`, through `via` (see [`Route::Federated`]).
+    /// To a remote cluster's `service`, through the first of `via` that answers (see
+    /// [`Route::Federated`]).
     Federated {
-        via: SocketAddrV4,
+        via: Vec<SocketAddrV4>,
         service: SocketAddrV4,
     },
     /// The socket's own handshake is under way: EALREADY for a non-blocking socket; a

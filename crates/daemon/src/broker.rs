@@ -166,7 +166,16 @@ fn egress(daemon: &Daemon, entry: &BrokerEntry) -> io::Result<TcpStream> {
     match (route, me) {
         (Route::Egress { gateway, dest }, _) => through(gateway, &Request::Egress(dest)),
         (Route::Federated { via, service }, Some((client, labels))) => {
-            through(via, &Request::Federate { service, client, labels })
+            // A gateway that is down is passed over (gossip has not said so yet).
+            let request = Request::Federate { service, client, labels };
+            let mut last = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+            for gateway in via {
+                match through(gateway, &request) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
         }
         (Route::Direct(to), _) => TcpStream::connect_timeout(&to, DIAL_TIMEOUT),
         (other, _) => Err(io::Error::other(format!("{dest} is no longer outside ({other:?}): closed"))),

@@ -253,23 +253,27 @@ impl Server {
             return self.refuse(peer, "the egress forwarder serves apps' sockets only, and this one is not root's");
         }
         let Some(request) = self.request(&mut app, peer).await else { return };
-        let via = match &request {
-            Request::Egress(_) => self.daemon.with_table(Table::pick_gateway),
+        let via: Vec<Ipv4Addr> = match &request {
+            Request::Egress(_) => self.daemon.with_table(Table::pick_gateway).into_iter().collect(),
             Request::Federate { service, .. } => {
-                let gateway = self.daemon.with_table(|t| t.federation_gateway(*service));
-                match (gateway, self.daemon.federation()) {
-                    (Some(gw), Some(path)) if gw == self.node => {
+                let gateways = self.daemon.with_table(|t| t.federation_gateways(*service));
+                match self.daemon.federation() {
+                    Some(path) if gateways.first() == Some(&self.node) => {
                         return path::answer_and_carry(&mut app, path.open(&self.daemon, &request).await).await;
                     }
-                    (gateway, _) => gateway,
+                    _ => gateways,
                 }
             }
             Request::Relay { .. } => return self.refuse(peer, "the egress forwarder takes no relay hops"),
         };
-        let tunnel = match via {
-            Some(gw) => client.open(&self.daemon, gw, request.clone()).await,
-            None => Err(libc::ECONNREFUSED),
-        };
+        // The first gateway that answers (one that is down is passed over).
+        let mut tunnel = Err(libc::ECONNREFUSED);
+        for gw in via {
+            tunnel = client.open(&self.daemon, gw, request.clone()).await;
+            if tunnel.is_ok() {
+                break;
+            }
+        }
         if let Err(e) = &tunnel {
             debug!(%request, errno = e, "a request through the forwarder refused");
         }

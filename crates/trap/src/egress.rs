@@ -51,17 +51,18 @@ impl<K: Kernel, N: Node> Engine<K, N> {
     }
 
     /// Connects the app's socket `s` (its descriptor `fd`) to a remote cluster's
-    /// `service` through `via` (a federation gateway's egress port, or this node's
-    /// forwarder): the daemon's own socket makes the handshake, the request naming the
-    /// app's address and labels, and only then takes the place of the app's socket, so
-    /// no thread of the app can write a request of its own first. Options the app set
-    /// are carried over (as for a socket made private).
+    /// `service` through the first of `via` that answers (federation gateways' egress
+    /// ports, or this node's forwarder): a socket of the daemon's own makes the
+    /// handshake, the request naming the app's address and labels, and only then takes
+    /// the place of the app's socket, so no thread of the app can write a request of
+    /// its own first. Options the app set are carried over (as for a socket made
+    /// private).
     pub(crate) fn federate(
         &self,
         n: &Notification,
         fd: RawFd,
         s: K::Fd,
-        via: SocketAddrV4,
+        via: Vec<SocketAddrV4>,
         service: SocketAddrV4,
         family: Family,
     ) -> Result<Answer, Errno> {
@@ -72,17 +73,24 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             // Labels past what a gateway reads: it would refuse the request anyway.
             return Err(libc::ECONNREFUSED);
         }
-        let fresh = replacement(&*self.k, &s, Netns::Host)?;
         let flags = self.k.file_flags(&s)?;
         let (k, node, n2) = (Arc::clone(&self.k), Arc::clone(&self.node), *n);
         self.later(n, 0, move || {
             let id = n2.id;
-            let done = handshake(&*k, &fresh, id, via, &request, family).and_then(|local| {
-                k.set_file_flags(&fresh, flags)?;
-                install(&*k, &n2, fd, &fresh)?;
-                node.with_table(|t| t.record_peer(local, SocketAddr::V4(service)));
-                Ok(())
-            });
+            let mut done = Err(libc::ECONNREFUSED);
+            for gateway in via {
+                // A gateway that is down is passed over (gossip has not said so yet).
+                done = replacement(&*k, &s, Netns::Host).and_then(|fresh| {
+                    let local = handshake(&*k, &fresh, id, gateway, &request, family)?;
+                    k.set_file_flags(&fresh, flags)?;
+                    install(&*k, &n2, fd, &fresh)?;
+                    node.with_table(|t| t.record_peer(local, SocketAddr::V4(service)));
+                    Ok(())
+                });
+                if matches!(done, Ok(()) | Err(libc::EINTR)) {
+                    break;
+                }
+            }
             let _ = k.answer(id, done.map_or_else(Reply::Fail, |()| Reply::Value(0)));
         })
     }

@@ -162,13 +162,39 @@ mod tests {
         let other = app(&mut t, None, "zone=other");
         t.set_remote(with(vec![service("c1", "10.0.0.9", "198.18.20.1:8000", Some("web"))]));
         let web = sa("198.18.20.1:8000");
-        let via = "10.0.0.9:6661".parse().unwrap();
+        let via = vec!["10.0.0.9:6661".parse().unwrap()];
         let service = "198.18.20.1:8000".parse().unwrap();
         assert_eq!(t.route_connect(c, Proto::Tcp, web), Route::Federated { via, service });
         assert_eq!(t.route_connect(other, Proto::Tcp, web), Route::Refused, "no label in common");
         assert_eq!(t.route_connect(c, Proto::Udp, web), Route::Refused, "TCP only");
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.1:9")), Route::Refused);
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.9:8000")), Route::Direct(sa("198.18.20.9:8000")));
+    }
+
+    /// Every gateway that leads there is tried, this node first when it is one.
+    #[test]
+    fn a_connection_tries_every_gateway_this_node_first() {
+        let mut t = table();
+        let me = t.node().ip;
+        t.set_remote(with(vec![
+            service("c1", "10.0.0.9", "198.18.20.1:8000", None),
+            service("c1", "10.0.0.8", "198.18.20.1:8000", None),
+        ]));
+        let web = "198.18.20.1:8000".parse().unwrap();
+        let mut got = t.federation_gateways(web);
+        got.sort();
+        assert_eq!(got, ["10.0.0.8".parse::<Ipv4Addr>().unwrap(), "10.0.0.9".parse().unwrap()]);
+        let mut remote = with(vec![
+            service("c1", "10.0.0.9", "198.18.20.1:8000", None),
+            service("c1", "10.0.0.8", "198.18.20.1:8000", None),
+        ]);
+        remote.federated.push(RemoteService { gateway: me, ..service("c1", "10.0.0.9", "198.18.20.1:8000", None) });
+        t.set_remote(remote);
+        for _ in 0..20 {
+            let got = t.federation_gateways(web);
+            assert_eq!((got.len(), got[0]), (3, me));
+        }
+        assert!(t.federation_gateways("198.18.20.1:9".parse().unwrap()).is_empty());
     }
 
     /// A federation gateway's ingress is a daemon port wherever it is: an app on a

@@ -74,11 +74,12 @@ pub enum Route {
     /// gateway's egress port, or this node's forwarder under `--tls`) and ask it for
     /// `dest`.
     Egress { gateway: SocketAddrV4, dest: SocketAddr },
-    /// A remote cluster's service the client may reach: connect to `via` (the egress
-    /// port of one of our federation gateways that leads there, or this node's
-    /// forwarder under `--tls`) and ask for `service` there; the daemon asks, on a
-    /// socket the app does not hold yet, since the request carries the client's labels.
-    Federated { via: SocketAddrV4, service: SocketAddrV4 },
+    /// A remote cluster's service the client may reach: connect to the first of `via`
+    /// that answers (the egress ports of our federation gateways that lead there, in
+    /// the order to try, or this node's forwarder under `--tls`) and ask for `service`
+    /// there; the daemon asks, on a socket the app does not hold yet, since the request
+    /// carries the client's labels.
+    Federated { via: Vec<SocketAddrV4>, service: SocketAddrV4 },
 }
 
 impl Table {
@@ -252,28 +253,27 @@ impl Table {
     }
 
     /// A connect to a remote cluster's `service`: to this node's forwarder under
-    /// `--tls` (it opens the tunnel), else to one of our gateways that leads there
-    /// ([`Table::federation_gateway`]); refused when none does.
+    /// `--tls` (it opens the tunnel), else to our gateways that lead there
+    /// ([`Table::federation_gateways`]); refused when none does.
     fn federation(&mut self, service: SocketAddrV4) -> Route {
-        let via = if self.egress_forwarder { Some(self.node.ip) } else { self.federation_gateway(service) };
-        match via {
-            Some(ip) => Route::Federated { via: SocketAddrV4::new(ip, EGRESS_PORT), service },
-            None => Route::Refused,
+        let via = if self.egress_forwarder { vec![self.node.ip] } else { self.federation_gateways(service) };
+        match via.is_empty() {
+            true => Route::Refused,
+            false => Route::Federated { via: via.into_iter().map(|ip| SocketAddrV4::new(ip, EGRESS_PORT)).collect(), service },
         }
     }
 
-    /// The gateway of ours a connection to a remote cluster's `service` goes through:
-    /// this node when it is one that leads there, else one of those at random.
-    pub fn federation_gateway(&mut self, service: SocketAddrV4) -> Option<Ipv4Addr> {
-        let (n, here) = {
-            let gateways = &self.federated(Proto::Tcp, service)?.gateways;
-            (gateways.len(), gateways.contains(&self.node.ip))
-        };
-        if here {
-            return Some(self.node.ip);
+    /// The gateways of ours a connection to a remote cluster's `service` may go
+    /// through, in the order to try: this node first when it is one, the others in
+    /// random order (one that died is tried, and passed over, until gossip says so).
+    pub fn federation_gateways(&mut self, service: SocketAddrV4) -> Vec<Ipv4Addr> {
+        let Some(f) = self.federated(Proto::Tcp, service) else { return Vec::new() };
+        let mut gateways = f.gateways.clone();
+        self.rng.shuffle(&mut gateways);
+        if let Some(i) = gateways.iter().position(|g| *g == self.node.ip) {
+            gateways[..=i].rotate_right(1);
         }
-        let pick = (n > 0).then(|| self.rng.usize(..n))?;
-        self.federated(Proto::Tcp, service).map(|f| f.gateways[pick])
+        gateways
     }
 
     /// True when a connect to `dest` outside the service table goes through an egress
