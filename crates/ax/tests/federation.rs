@@ -118,6 +118,14 @@ fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways()
     }
     // From the gateway's own apps too.
     assert_eq!(f.hosts[0].run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
+    // The server sees the client app's own address under the kernel driver (the
+    // ingress claims it for the backend's connection); under the user driver, the
+    // ingress gateway's node address (README, "Client addresses").
+    let url = "http://198.18.20.1:8000/client";
+    h01.run(&["--ip", "198.18.10.7", "--", "curl", "-s", "--max-time", "30", url]);
+    let shown = if f.hosts[3].daemon_driver() == "kernel" { "198.18.10.7" } else { "10.11.0.10" };
+    let line = f.hosts[3].app_log("web").lines().find(|l| l.contains("GET /client")).map(str::to_string);
+    assert!(line.as_deref().is_some_and(|l| l.contains(shown)), "{line:?} shows no {shown}");
     // The gateways in `ax get nodes`: c0's on its plain node; on h00, c1's too.
     let nodes = h01.get("nodes");
     let h00 = nodes.iter().find(|n| n["name"] == "h00").expect("h00 listed on h01");
@@ -154,6 +162,11 @@ fn labels_hold_across_clusters_and_the_ingress_serves_only_what_it_should() {
     support::require_root_and(&[PY, "curl", "dig"]);
     let mut f = Federation::new(["c0", "c1"], false);
     f.serve_web();
+    // A service of c1 that c0's default apps may not reach.
+    let root = f.hosts[3].web_root("secret", "who", "secret");
+    let secret = ["--name", "secret", "--ip", "198.18.20.2", "--labels", "zone=admin", "--"];
+    let server = [PY, "-m", "http.server", "8000", "--directory", &root];
+    f.hosts[3].spawn_app("secret", &[&secret[..], &server[..]].concat());
     let (h00, h01) = (&f.hosts[0], &f.hosts[1]);
     h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(90), || {
         dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
@@ -163,6 +176,30 @@ fn labels_hold_across_clusters_and_the_ingress_serves_only_what_it_should() {
     // Labels that share nothing with web's: refused on the client's node (curl's 7).
     let out = h01.run(&["--labels", "zone=other", "--", "curl", "-s", "--max-time", "30", url]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
+    // An app racing its own descriptor: a thread writes federated requests naming a
+    // service its labels do not reach (`secret`, zone=admin) on the socket another
+    // thread connects to web, 20 times. The request is the daemon's, on a socket the
+    // app holds only once it was answered: nothing of the app's reaches secret.
+    h01.wait_until("secret known in c0", Duration::from_secs(90), || {
+        dig(h01, "secret.c1.appswitch.local") == "198.18.20.2"
+    });
+    let race = "import os, socket, threading\n\
+                forged = b'AXFD 198.18.20.2:8000 198.18.0.9 zone=admin\\nGET /who HTTP/1.0\\r\\n\\r\\n'\n\
+                for _ in range(20):\n\
+                \x20   s = socket.socket()\n\
+                \x20   done = threading.Event()\n\
+                \x20   def spam(fd=s.fileno()):\n\
+                \x20       while not done.is_set():\n\
+                \x20           try: os.write(fd, forged)\n\
+                \x20           except OSError: pass\n\
+                \x20   t = threading.Thread(target=spam); t.start()\n\
+                \x20   try: s.connect(('198.18.20.1', 8000))\n\
+                \x20   except OSError as e: print('connect', e)\n\
+                \x20   done.set(); t.join(); s.close()\n\
+                print('raced', flush=True)";
+    assert!(h01.run_ok(&["--", PY, "-c", race]).contains("raced"));
+    let log = f.hosts[3].app_log("secret");
+    assert!(!log.contains("GET"), "the app reached secret: {log}");
     // Straight to c1's ingress from c0's gateway host, an address c1 hears.
     let ask = |request: &str| h00.ask(None, "10.12.0.11", "6660", request, None);
     assert_eq!(ask("AXFD 198.18.20.1:8000 198.18.0.9 zone=default"), "OK");

@@ -259,7 +259,10 @@ impl Table {
         let via = if self.egress_forwarder { vec![self.node.ip] } else { self.federation_gateways(service) };
         match via.is_empty() {
             true => Route::Refused,
-            false => Route::Federated { via: via.into_iter().map(|ip| SocketAddrV4::new(ip, EGRESS_PORT)).collect(), service },
+            false => Route::Federated {
+                via: via.into_iter().map(|ip| SocketAddrV4::new(ip, EGRESS_PORT)).collect(),
+                service,
+            },
         }
     }
 
