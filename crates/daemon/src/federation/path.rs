@@ -16,13 +16,18 @@
 //! A session carries one connection, its bytes unframed: splice(2) in the relays'
 //! event loops where both sides are plain TCP; under `--tls` TLS 1.3 in user space (this
 //! kernel offers no kTLS). Each session's answer line is the errno of the far end's
-//! connect, so the client app's connect fails as a direct one would.
+//! connect, so the client app's connect fails as a direct one would. Sessions are
+//! opened ahead ([`WARM`] per remote gateway in use, handshakes done): a new connection
+//! takes one and pays no TCP or TLS handshake across the WAN.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ax_api::ProxyView;
+use ax_cluster::federation::RemoteGateway;
 use ax_cluster::udp::Allowed;
 use ax_core::tunnel::{answer_line, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
 use ax_core::{addr::unmap, Errno, Proto, Route};
@@ -41,6 +46,13 @@ const ALPN: &[u8] = b"ax-federation";
 /// Sessions at once from one address (other clusters' gateways hold many; anyone else
 /// is refused before this matters).
 const PER_GATEWAY: usize = 16 * 1024;
+/// Sessions kept open ahead per remote gateway that connections go to.
+const WARM: usize = 4;
+/// How long a session opened ahead is used: less than the ingress waits for its
+/// request ([`REQUEST_WAIT`]), so that one taken is still served.
+const WARM_AGE: Duration = Duration::from_secs(20);
+/// How long the ingress waits for a session's request (sessions are opened ahead).
+const REQUEST_WAIT: Duration = Duration::from_secs(30);
 
 /// A stream a connection is carried on: plain TCP or a TLS session over it.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -63,7 +75,14 @@ pub struct Path {
     /// get proxies` shows).
     ingress: Gate,
     egress: Gate,
+    /// Sessions at the ingress still waiting for their request (opened ahead): not
+    /// counted as carried.
+    waiting: AtomicUsize,
     refused: Mutex<Burst>,
+    /// Sessions opened ahead, by remote gateway (ingress and name), oldest first.
+    warm: Mutex<HashMap<(SocketAddrV4, String), VecDeque<(Session, Instant)>>>,
+    /// Remote gateways whose warm sessions are being opened now.
+    filling: Mutex<HashSet<(SocketAddrV4, String)>>,
 }
 
 impl Path {
@@ -77,7 +96,10 @@ impl Path {
             allowed,
             ingress: Gate::new("federation ingress", cap).per_peer(PER_GATEWAY),
             egress: Gate::new("federation egress", cap),
+            waiting: AtomicUsize::new(0),
             refused: Mutex::default(),
+            warm: Mutex::default(),
+            filling: Mutex::default(),
         }
     }
 
@@ -86,7 +108,7 @@ impl Path {
     /// answer is final (a refusal there is the connect's); one that cannot be reached
     /// leaves the next to try. The permit holds the session's place under the egress's
     /// bound.
-    pub async fn open(&self, daemon: &Daemon, request: &Request) -> Result<(Session, Permit), Errno> {
+    pub async fn open(self: &Arc<Self>, daemon: &Daemon, request: &Request) -> Result<(Session, Permit), Errno> {
         let Request::Federate { service, .. } = request else { return Err(libc::ECONNREFUSED) };
         let mut gateways = daemon.read(|s| {
             let cluster = s.table.federated(Proto::Tcp, *service)?.cluster.clone();
@@ -101,23 +123,76 @@ impl Path {
         fastrand::shuffle(gateways);
         let mut last = libc::ECONNREFUSED;
         for g in gateways.iter() {
-            let session = match self.session(g).await {
-                Ok(s) => s,
-                Err(e) => {
-                    debug!(gateway = %g.name, ingress = %g.ingress, errno = e, "federation: no session");
-                    last = e;
-                    continue;
+            loop {
+                // One opened ahead first; one the far end closed since is passed over.
+                let (mut session, ahead) = match self.take_warm(g) {
+                    Some(s) => (s, true),
+                    None => match self.session(g).await {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            debug!(gateway = %g.name, ingress = %g.ingress, errno = e, "federation: no session");
+                            last = e;
+                            break;
+                        }
+                    },
+                };
+                let asked = match &mut session {
+                    Session::Plain(s) => ask(s, request).await,
+                    Session::Tls(s) => ask(s, request).await,
+                };
+                match asked {
+                    Ok(answer) => {
+                        self.fill(g);
+                        return answer.map(|()| (session, permit));
+                    }
+                    Err(_) if ahead => continue,
+                    Err(e) => {
+                        last = e;
+                        break;
+                    }
                 }
-            };
-            let mut session = session;
-            let asked = match &mut session {
-                Session::Plain(s) => ask(s, request).await,
-                Session::Tls(s) => ask(s, request).await,
-            };
-            asked?;
-            return Ok((session, permit));
+            }
         }
         Err(last)
+    }
+
+    /// A session opened ahead to `g` and still young enough, if one is there.
+    fn take_warm(&self, g: &RemoteGateway) -> Option<Session> {
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        let ready = warm.get_mut(&(g.ingress, g.name.clone()))?;
+        while let Some((session, at)) = ready.pop_front() {
+            if at.elapsed() < WARM_AGE {
+                return Some(session);
+            }
+        }
+        None
+    }
+
+    /// Opens sessions ahead to `g` until [`WARM`] young ones wait (in the background;
+    /// once at a time per gateway; it stops at the first that cannot be opened).
+    fn fill(self: &Arc<Self>, g: &RemoteGateway) {
+        let key = (g.ingress, g.name.clone());
+        if !self.filling.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+            return;
+        }
+        let (path, g) = (self.clone(), g.clone());
+        tokio::spawn(async move {
+            loop {
+                let young = {
+                    let mut warm = path.warm.lock().unwrap_or_else(|p| p.into_inner());
+                    let ready = warm.entry(key.clone()).or_default();
+                    ready.retain(|(_, at)| at.elapsed() < WARM_AGE);
+                    ready.len()
+                };
+                if young >= WARM {
+                    break;
+                }
+                let Ok(session) = path.session(&g).await else { break };
+                let mut warm = path.warm.lock().unwrap_or_else(|p| p.into_inner());
+                warm.entry(key.clone()).or_default().push_back((session, Instant::now()));
+            }
+            path.filling.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
     }
 
     /// A session to `g`'s ingress; under `--tls`, its certificate must name `g`.
@@ -159,16 +234,17 @@ impl Path {
         });
         let any = vec!["0.0.0.0:0".to_string()];
         let egress = SocketAddrV4::new(daemon.node_ip(), ax_core::EGRESS_PORT);
-        let view = |id, listener: SocketAddrV4, dialers: Vec<String>, gate: &Gate| ProxyView {
+        let view = |id, listener: SocketAddrV4, dialers: Vec<String>, sessions: usize| ProxyView {
             id,
             proto: Proto::Tcp,
             listener: listener.to_string(),
             dialers,
-            sessions: Some(gate.open() as u64),
+            sessions: Some(sessions as u64),
         };
+        let carried_in = self.ingress.open().saturating_sub(self.waiting.load(Ordering::Relaxed));
         vec![
-            view(first_id, ingress, any.clone(), &self.ingress),
-            view(first_id + 1, egress, if remote.is_empty() { any } else { remote }, &self.egress),
+            view(first_id, ingress, any.clone(), carried_in),
+            view(first_id + 1, egress, if remote.is_empty() { any } else { remote }, self.egress.open()),
         ]
     }
 
@@ -196,10 +272,11 @@ pub async fn answer_and_carry(
     }
 }
 
-/// Writes `request` on `s` and reads the answer.
-async fn ask(s: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &Request) -> Result<(), Errno> {
+/// Writes `request` on `s` and reads the answer: the far end's word (Ok), or what
+/// kept it from being heard (Err).
+async fn ask(s: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &Request) -> Result<Result<(), Errno>, Errno> {
     step(s.write_all(&request.line())).await?;
-    parse_answer(&step(read_line(s, MAX_ANSWER)).await?)
+    Ok(parse_answer(&step(read_line(s, MAX_ANSWER)).await?))
 }
 
 /// Serves the ingress on `listener` (the gateway's `--federation-gateway-port`), on the
@@ -277,9 +354,12 @@ async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permi
     }
 }
 
-/// Reads a session's request: an `AXFD`, nothing else.
+/// Reads a session's request: an `AXFD`, nothing else (counted as waiting meanwhile).
 async fn read_request(path: &Path, conn: &mut (impl AsyncRead + Unpin), peer: SocketAddr) -> Option<Request> {
-    let line = step(read_line(conn, MAX_REQUEST)).await.ok()?;
+    path.waiting.fetch_add(1, Ordering::Relaxed);
+    let line = tokio::time::timeout(REQUEST_WAIT, read_line(conn, MAX_REQUEST)).await;
+    path.waiting.fetch_sub(1, Ordering::Relaxed);
+    let line = line.ok()?.ok()?;
     match Request::parse(&line) {
         Ok(r @ Request::Federate { .. }) => Some(r),
         Ok(other) => {
