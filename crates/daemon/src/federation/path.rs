@@ -64,6 +64,9 @@ pub enum Session {
     Tls(Box<dyn Stream>),
 }
 
+/// A remote gateway, as sessions opened ahead are kept: its ingress and its name.
+type GatewayKey = (SocketAddrV4, String);
+
 /// A gateway's side of the federation's data path.
 pub struct Path {
     /// `--tls`: sessions are TLS 1.3 with certificates from the CA, both ways.
@@ -80,9 +83,9 @@ pub struct Path {
     waiting: AtomicUsize,
     refused: Mutex<Burst>,
     /// Sessions opened ahead, by remote gateway (ingress and name), oldest first.
-    warm: Mutex<HashMap<(SocketAddrV4, String), VecDeque<(Session, Instant)>>>,
+    warm: Mutex<HashMap<GatewayKey, VecDeque<(Session, Instant)>>>,
     /// Remote gateways whose warm sessions are being opened now.
-    filling: Mutex<HashSet<(SocketAddrV4, String)>>,
+    filling: Mutex<HashSet<GatewayKey>>,
 }
 
 impl Path {
