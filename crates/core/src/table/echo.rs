@@ -1,7 +1,8 @@
 //! Whether an app's ping is answered: an ICMP echo request to a virtual address earns a
 //! reply when the app could reach something at that address (the address of an app
-//! that shares a label with it, of a row it may connect to, or of a vservice with a
-//! backend it may reach), as its connects would find. Anything else fails at once, as
+//! that shares a label with it, of a row it may connect to, of a vservice with a
+//! backend it may reach, or of a remote cluster's service it may connect to), as its
+//! connects would find. Anything else fails at once, as
 //! a host's ping of an address nobody answers on its own network does. Nothing here
 //! says whether a port is open: a real host answers pings whatever it serves.
 
@@ -56,7 +57,11 @@ impl Table {
             .rows()
             .any(|b| *b.service.ip() == ip && self.apps.get(b.app).is_some_and(|a| a.labels.shares(labels)));
         let remote_row = self.remote.rows().any(|r| *r.service.ip() == ip && r.labels.shares(labels));
-        local_app || remote_app || local_row || remote_row
+        let federated = self
+            .federated_services()
+            .iter()
+            .any(|(_, s, f)| *s.ip() == ip && f.labels.iter().any(|l| l.shares(labels)));
+        local_app || remote_app || local_row || remote_row || federated
     }
 
     /// Whether `ip` is a vservice's with a port whose connect by an app with `labels`

@@ -168,6 +168,9 @@ mod tests {
         assert_eq!(t.route_connect(other, Proto::Tcp, web), Route::Refused, "no label in common");
         assert_eq!(t.route_connect(c, Proto::Udp, web), Route::Refused, "TCP only");
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.1:9")), Route::Refused);
+        // A ping is answered as connects go.
+        let at = "198.18.20.1".parse().unwrap();
+        assert_eq!((t.echo(c, at), t.echo(other, at)), (crate::Echo::Reply, crate::Echo::HostUnreachable));
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.9:8000")), Route::Direct(sa("198.18.20.9:8000")));
     }
 
