@@ -410,7 +410,7 @@ mod tests {
                 proto: Proto::Tcp,
                 listener: "10.0.0.1:80".into(),
                 dialers: vec!["198.18.1.1".into()],
-                sessions: None,
+                sessions: Some(3),
             },
         );
         check_schema(

@@ -172,8 +172,15 @@ impl Flow {
                     d.held += n;
                     true
                 }
+                // Nothing to read, unless the pipe has bytes: then the pipe may be
+                // what is full (each splice takes one of its slots, however few bytes
+                // it moved), and the socket is read again once it drained. Taken for
+                // an empty socket, the next edge would never come: the sender waits
+                // on a full window.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.ready[from as usize].readable = false;
+                    if d.held == 0 {
+                        self.ready[from as usize].readable = false;
+                    }
                     false
                 }
                 Err(e) => return Err(e),
@@ -239,6 +246,12 @@ mod tests {
         holding: [bool; 2],
         taken: [usize; 2],
         grows: usize,
+        /// A pipe's slots (None: as many as bytes): each read takes one, at most
+        /// `chunk` bytes each; a pipe whose slots are taken refuses more (would block)
+        /// until it is empty again.
+        slots: Option<usize>,
+        chunk: usize,
+        used: [usize; 2],
     }
 
     /// Sockets with nothing to read and no room, and two pipes of `size` to take.
@@ -272,12 +285,20 @@ mod tests {
         fn fill(&mut self, from: Side, max: usize) -> io::Result<usize> {
             assert!(self.holding[from as usize], "a read into no pipe");
             self.calls += 1;
+            if self.pipe[from as usize].is_empty() {
+                self.used[from as usize] = 0;
+            }
+            if self.slots.is_some_and(|s| self.used[from as usize] == s) {
+                return Err(would_block());
+            }
             let input = &mut self.input[from as usize];
             match input.front() {
                 Some(None) => return Ok(0),
                 None => return Err(self.read_error[from as usize].map_or_else(would_block, io::Error::from)),
                 Some(Some(_)) => {}
             }
+            self.used[from as usize] += 1;
+            let max = if self.slots.is_some() { max.min(self.chunk) } else { max };
             let mut n = 0;
             while n < max {
                 match input.front() {
@@ -327,6 +348,25 @@ mod tests {
 
     const C: Side = Side::Client;
     const B: Side = Side::Backend;
+
+    /// A pipe can be full of slots with room left in bytes (each splice takes a slot):
+    /// reading the socket then would block, though it has bytes. The socket is read
+    /// again once the pipe drained, not left for an edge that never comes (the
+    /// sender waits on a full window).
+    #[test]
+    fn a_pipe_full_of_slots_does_not_stop_the_reading() {
+        let mut io = fake(1000);
+        (io.slots, io.chunk) = (Some(2), 10);
+        bytes(&mut io.input[C as usize], &[7; 100]);
+        let mut f = Flow::new();
+        f.ready(C, true, false);
+        assert_eq!(f.run(&mut io), Status::Open);
+        assert_eq!(io.pipe[C as usize].len(), 20, "two slots of 10, the backend not writable yet");
+        io.room[B as usize] = 1000;
+        f.ready(B, false, true);
+        f.run(&mut io);
+        assert_eq!(io.received[B as usize].len(), 100, "read on after the pipe drained");
+    }
 
     #[test]
     fn bytes_cross_both_ways_and_nothing_moves_without_readiness() {
