@@ -24,25 +24,53 @@ impl Federation {
     /// Gateway h00 names its WAN interface, h10 its WAN address: both forms. With
     /// `tls`, every daemon holds a certificate from one CA.
     fn new(clusters: [&str; 2], tls: bool) -> Federation {
+        Federation::build(clusters, tls, false)
+    }
+
+    /// As `new` without TLS, but h10 sits behind a NAT router (hosts[4], on the WAN at
+    /// [`NAT_PUBLIC`]) on a network of its own, 10.14.0.0/24: h10 is 10.14.0.11 there
+    /// and advertises [`NAT_PUBLIC`], which h00 names as its neighbor. The router sends
+    /// the WAN gossip and session ports of its public address on to h10 (nftables
+    /// DNAT), and what h10 sends out leaves from its public address (masquerade).
+    fn behind_nat(clusters: [&str; 2]) -> Federation {
+        Federation::build(clusters, false, true)
+    }
+
+    fn build(clusters: [&str; 2], tls: bool, nat: bool) -> Federation {
         let (mut lan0, mut lan1, mut wan) = (Switch::new(), Switch::new(), Switch::new());
         let mut hosts =
             vec![lan0.host("10.10.0.10"), lan0.host("10.10.0.11"), lan1.host("10.11.0.10"), lan1.host("10.11.0.11")];
+        let mut switches = Vec::new();
         wan.wire(&hosts[0], "wan0", "10.12.0.10");
-        wan.wire(&hosts[2], "wan0", "10.12.0.11");
+        let mut c1_gateway = vec!["--federation-gateway-ip", "10.12.0.11"];
+        if nat {
+            let router = wan.host(NAT_PUBLIC);
+            let mut inside = Switch::new();
+            inside.wire(&router, "lan0", "10.14.0.1");
+            inside.wire(&hosts[2], "wan0", "10.14.0.11");
+            nat_router(&router, "10.14.0.11");
+            hosts[2].stdout_of("ip", &["route", "add", "10.12.0.0/24", "via", "10.14.0.1"]);
+            hosts.push(router);
+            switches.push(inside);
+            c1_gateway = vec!["--federation-gateway-ip", "10.14.0.11", "--federation-gateway-advertise-ip", NAT_PUBLIC];
+        } else {
+            wan.wire(&hosts[2], "wan0", "10.12.0.11");
+        }
         let names = ["h00", "h01", "h10", "h11"];
         let pki = tls.then(|| {
             let dir = hosts[0].dir.join("pki");
             ax_tls::write_test_pki(&dir, &names.map(String::from)).unwrap()
         });
         let lans = ["10.10.0.10,10.10.0.11", "10.11.0.10,10.11.0.11"];
-        let gateway = [("wan0", "10.12.0.11"), ("10.12.0.11", "10.12.0.10")];
-        for (i, h) in hosts.iter_mut().enumerate() {
+        let c0_neighbor = if nat { NAT_PUBLIC } else { "10.12.0.11" };
+        c1_gateway.extend(["--federation-gateway-neighbors", "10.12.0.10"]);
+        let gateway = [vec!["--federation-gateway-ip", "wan0", "--federation-gateway-neighbors", c0_neighbor], c1_gateway];
+        for (i, h) in hosts.iter_mut().take(4).enumerate() {
             let (c, name) = (i / 2, names[i]);
             let mut args: Vec<String> =
                 ["--node-name", name, "--cluster", clusters[c], "--neighbors", lans[c]].map(String::from).to_vec();
             if i % 2 == 0 {
-                let g = ["--federation-gateway-ip", gateway[c].0, "--federation-gateway-neighbors", gateway[c].1];
-                args.extend(g.map(String::from));
+                args.extend(gateway[c].iter().map(|a| a.to_string()));
             }
             if let Some(pki) = &pki {
                 let f = pki.files(name);
@@ -56,7 +84,8 @@ impl Federation {
             }
             h.start_daemon(&args.iter().map(String::as_str).collect::<Vec<_>>());
         }
-        Federation { hosts, switches: vec![lan0, lan1, wan] }
+        switches.splice(0..0, [lan0, lan1, wan]);
+        Federation { hosts, switches }
     }
 
     /// Starts `web` at 198.18.20.1:8000 on h11 (cluster c1's plain node).
@@ -72,6 +101,34 @@ impl Federation {
             &["--name", name, "--ip", ip, "--", PY, "-m", "http.server", "8000", "--directory", &root],
         );
     }
+}
+
+/// The public (WAN) address of the NAT router in front of c1's gateway.
+const NAT_PUBLIC: &str = "10.12.0.99";
+
+/// Makes test host `router` (its `ax0` on the WAN at [`NAT_PUBLIC`]) a NAT router for
+/// the gateway at `inside`: the WAN gossip port (UDP) and the session port (TCP) of
+/// its public address go to `inside` (DNAT), and what the inside network sends out to
+/// the WAN leaves from the public address (masquerade), as a home or cloud NAT does.
+fn nat_router(router: &TestHost, inside: &str) {
+    let rules = format!(
+        "table ip nat {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {NAT_PUBLIC} udp dport 7947 dnat to {inside}
+    ip daddr {NAT_PUBLIC} tcp dport 6660 dnat to {inside}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname \"ax0\" masquerade
+  }}
+}}
+"
+    );
+    let file = router.dir.join("nat.nft");
+    std::fs::write(&file, rules).unwrap();
+    router.stdout_of("nft", &["-f", &file.to_string_lossy()]);
+    router.stdout_of("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
 }
 
 /// `dig +short NAME` under `ax run` on `h` (the daemon's DNS).
@@ -477,4 +534,36 @@ fn bad_federation_flags_stop_the_daemon_with_the_reason() {
         let out = h.ax().args(["daemon", "--node-interface", "ax0"]).args(args).output().unwrap();
         support::fails_with(out, says);
     }
+}
+
+/// c1's gateway sits behind a NAT router that forwards its public address's gossip
+/// and session ports to the gateway's private one: with
+/// `--federation-gateway-advertise-ip` the public address, the clusters federate
+/// through the NAT, and c0 knows the gateway by its public address only.
+#[test]
+fn a_gateway_behind_nat_is_reached_at_its_advertised_address() {
+    support::require_root_and(&[PY, "dig", "nft"]);
+    let mut f = Federation::behind_nat(["c0", "c1"]);
+    // h10 has no address on the WAN: only the router's public one leads to it.
+    let out = f.hosts[0].cmd("ip").args(["route", "get", "10.14.0.11"]).output().unwrap();
+    assert!(!out.status.success(), "h00 has a route to h10's private address: {out:?}");
+    f.serve_web();
+    let h01 = &f.hosts[1];
+    h01.wait_until("web.c1 resolves on a plain node of c0", Duration::from_secs(120), || {
+        dig(h01, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    let h00 = &f.hosts[0];
+    h00.wait_until("h10 live on h00", Duration::from_secs(60), || {
+        h00.get("nodes").iter().any(|n| n["name"] == "h10" && n["live"] == true)
+    });
+    let nodes = h00.get("nodes");
+    let h10 = nodes.iter().find(|n| n["name"] == "h10").unwrap();
+    assert_eq!((h10["role"].as_str(), h10["cluster"].as_str()), (Some("federation-gateway"), Some("c1")));
+    assert_eq!((h10["ip"].as_str(), h10["external_ip"].as_str()), (Some(NAT_PUBLIC), Some(NAT_PUBLIC)));
+    assert!(!nodes.iter().any(|n| n["ip"] == "10.14.0.11" || n["external_ip"] == "10.14.0.11"), "{nodes:?}");
+    // Its own cluster knows it by its advertised address too (where sessions go).
+    let h11 = &f.hosts[3];
+    let nodes = h11.get("nodes");
+    let h10 = nodes.iter().find(|n| n["name"] == "h10").expect("h10 listed on h11");
+    assert_eq!((h10["ip"].as_str(), h10["external_ip"].as_str()), (Some("10.11.0.10"), Some(NAT_PUBLIC)));
 }
