@@ -566,4 +566,10 @@ fn a_gateway_behind_nat_is_reached_at_its_advertised_address() {
     let nodes = h11.get("nodes");
     let h10 = nodes.iter().find(|n| n["name"] == "h10").expect("h10 listed on h11");
     assert_eq!((h10["ip"].as_str(), h10["external_ip"].as_str()), (Some("10.11.0.10"), Some(NAT_PUBLIC)));
+    // The connection goes through the NAT: h01 -> h00 (egress) -> the router's public
+    // address -> h10 (ingress) -> h11; h00's egress dials the advertised address.
+    assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
+    let proxies = h00.get("proxies");
+    let egress = proxies.iter().find(|p| p["listener"] == "10.10.0.10:6661").expect("h00's egress listener");
+    assert_eq!(egress["dialers"], serde_json::json!([format!("{NAT_PUBLIC}:6660")]));
 }
