@@ -64,7 +64,8 @@ impl Federation {
         let lans = ["10.10.0.10,10.10.0.11", "10.11.0.10,10.11.0.11"];
         let c0_neighbor = if nat { NAT_PUBLIC } else { "10.12.0.11" };
         c1_gateway.extend(["--federation-gateway-neighbors", "10.12.0.10"]);
-        let gateway = [vec!["--federation-gateway-ip", "wan0", "--federation-gateway-neighbors", c0_neighbor], c1_gateway];
+        let gateway =
+            [vec!["--federation-gateway-ip", "wan0", "--federation-gateway-neighbors", c0_neighbor], c1_gateway];
         for (i, h) in hosts.iter_mut().take(4).enumerate() {
             let (c, name) = (i / 2, names[i]);
             let mut args: Vec<String> =
