@@ -102,11 +102,12 @@ sees() {
   return 1
 }
 # stop PID...: the programs that `on` started as PID (nsenter forks them into the host's
-# PID namespace): SIGTERM to each, then waits for them.
+# PID namespace): SIGINT to each (bash reports a job's death by SIGTERM on stderr, not
+# by SIGINT), then waits for them.
 stop() {
   local pid
-  for pid in "$@"; do kill -TERM $(cat /proc/$pid/task/$pid/children 2>/dev/null) 2>/dev/null || true; done
-  for pid in "$@"; do { wait $pid; } 2>/dev/null || true; done
+  for pid in "$@"; do kill -INT $(cat /proc/$pid/task/$pid/children 2>/dev/null) 2>/dev/null || true; done
+  for pid in "$@"; do wait $pid 2>/dev/null || true; done
 }
 
 # known NAME IP: until NAME.c1 resolves to IP on h01 (c1's service known in c0; 30 s at
