@@ -1,8 +1,8 @@
-//! End-to-end tests of the federation's control plane, as root: two clusters on LANs of
-//! their own that do not route to each other, one gateway each, the gateways joined by
-//! a WAN; a daemon on every host. What one cluster serves becomes known (names, nodes)
-//! in the other through both gateways. The data path (sessions between gateways) is not
-//! built: a connect to a remote cluster's service is refused, never sent out.
+//! End-to-end tests of the federation, as root: two clusters on LANs of their own that
+//! do not route to each other, one gateway each, the gateways joined by a WAN (or one
+//! of them behind a NAT router); a daemon on every host. What one cluster serves becomes
+//! known (names, nodes) in the other through both gateways, and is reached through
+//! them (sessions between gateways).
 
 mod support;
 
@@ -564,9 +564,9 @@ fn a_gateway_behind_nat_is_reached_at_its_advertised_address() {
     assert!(!nodes.iter().any(|n| n["ip"] == "10.14.0.11" || n["external_ip"] == "10.14.0.11"), "{nodes:?}");
     // Its own cluster knows it by its advertised address too (where sessions go).
     let h11 = &f.hosts[3];
-    let nodes = h11.get("nodes");
-    let h10 = nodes.iter().find(|n| n["name"] == "h10").expect("h10 listed on h11");
-    assert_eq!((h10["ip"].as_str(), h10["external_ip"].as_str()), (Some("10.11.0.10"), Some(NAT_PUBLIC)));
+    h11.wait_until("h10 listed on h11 at the advertised address", Duration::from_secs(60), || {
+        h11.get("nodes").iter().any(|n| n["name"] == "h10" && n["ip"] == "10.11.0.10" && n["external_ip"] == NAT_PUBLIC)
+    });
     // The connection goes through the NAT: h01 -> h00 (egress) -> the router's public
     // address -> h10 (ingress) -> h11; h00's egress dials the advertised address.
     assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
