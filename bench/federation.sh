@@ -8,8 +8,8 @@
 # routes added, both undone after) and under ax (daemons on all four hosts, the client's
 # connections through both gateways), without --tls and with it; and under ax the time
 # from listen() on h11 to the first successful connect from h01 (median of
-# LISTEN_SAMPLES). A row ax cannot run says "n/a (connect failed)". The issue's targets
-# are printed next to the ratios, not enforced. Run as root.
+# LISTEN_SAMPLES). A row ax cannot run says why ("n/a (connect failed)"). The issue's
+# targets are printed next to the ratios, not enforced. Run as root.
 #
 #   bench/federation.sh                 # 5 s per run
 #   SECONDS_PER_RUN=10 LISTEN_SAMPLES=9 bench/federation.sh
@@ -164,6 +164,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 
 declare -A R
 FAILED="n/a (connect failed)"
+UNKNOWN="n/a (name not in c0)"
 # measure MODE: the ax rows, through both gateways.
 measure() {
   local m=$1 lat=() k v servers=()
@@ -176,7 +177,8 @@ measure() {
   [ ${#lat[@]} -lt "$SAMPLES" ] || R[$m.listen]=$(printf '%s\n' "${lat[@]}" | median)
   on 3 $AX run --ip 198.18.20.1 --name iperf -- iperf3 -s -p 5201 >/dev/null 2>&1 &
   servers+=($!)
-  if known iperf 198.18.20.1; then
+  known iperf 198.18.20.1 || R[$m.iperf]=$UNKNOWN
+  if [ "${R[$m.iperf]}" = "$FAILED" ]; then
     on 1 timeout $((T + 60)) $AX run -- iperf3 -c 198.18.20.1 -p 5201 -t $T -J >"$WORK/$m.json" 2>>"$WORK/errors" || true
     v=$(gbps <"$WORK/$m.json" 2>>"$WORK/errors" || true)
     [ -z "$v" ] || R[$m.iperf]=$v
@@ -184,7 +186,8 @@ measure() {
   fi
   on 3 $AX run --ip 198.18.20.2 --name accept -- $AXB serve 0.0.0.0:7200 >/dev/null 2>&1 &
   servers+=($!)
-  if known accept 198.18.20.2; then
+  known accept 198.18.20.2 || R[$m.conn]=$UNKNOWN
+  if [ "${R[$m.conn]}" = "$FAILED" ]; then
     v=$(on 1 $AX run -- $AXB connect 198.18.20.2:7200 $T 2>>"$WORK/errors" | sed 's/conns_per_sec=//' || true)
     [ -z "$v" ] || R[$m.conn]=$v
   fi
