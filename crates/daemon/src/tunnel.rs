@@ -210,7 +210,7 @@ impl Server {
         if !member {
             return self.refuse(peer, "not a node of this cluster");
         }
-        let Some(request) = self.request(&mut conn, peer).await else { return };
+        let Some(request) = self.request(peek_line(&mut conn, MAX_REQUEST), peer).await else { return };
         let (out, permit) = match &request {
             Request::Egress(_) if !self.daemon.read(|s| s.table.egress_gateway()) => {
                 return self.refuse(peer, "egress asked of a node that is no egress gateway");
@@ -252,7 +252,7 @@ impl Server {
         if owner != Some(0) {
             return self.refuse(peer, "the egress forwarder serves apps' sockets only, and this one is not root's");
         }
-        let Some(request) = self.request(&mut app, peer).await else { return };
+        let Some(request) = self.request(peek_line(&mut app, MAX_REQUEST), peer).await else { return };
         let via: Vec<Ipv4Addr> = match &request {
             Request::Egress(_) => self.daemon.with_table(Table::pick_gateway).into_iter().collect(),
             Request::Federate { service, .. } => {
@@ -299,7 +299,7 @@ impl Server {
         let Some(member) = self.daemon.read(|s| member_named(&s.table, peer.ip(), cert)) else {
             return self.refuse(peer, "its certificate names no live member at its address");
         };
-        let Some(request) = self.request(&mut tls, peer).await else { return };
+        let Some(request) = self.request(read_line(&mut tls, MAX_REQUEST), peer).await else { return };
         let out = match &request {
             Request::Egress(_) if !self.daemon.read(|s| s.table.egress_gateway()) => {
                 self.refuse(peer, "egress asked of a node that is no egress gateway");
@@ -332,9 +332,13 @@ impl Server {
         }
     }
 
-    /// Reads the request line; None (logged) when there is none.
-    async fn request(&self, conn: &mut (impl AsyncRead + Unpin), peer: SocketAddr) -> Option<Request> {
-        let line = step(read_line(conn, MAX_REQUEST)).await.ok()?;
+    /// Takes the request `line` read; None (logged) when there is none.
+    async fn request(
+        &self,
+        line: impl std::future::Future<Output = io::Result<Vec<u8>>>,
+        peer: SocketAddr,
+    ) -> Option<Request> {
+        let line = step(line).await.ok()?;
         match Request::parse(&line) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -403,6 +407,34 @@ pub(crate) async fn read_line(r: &mut (impl AsyncRead + Unpin), max: usize) -> i
             b'\n' => return Ok(line),
             _ if line.len() == max => return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long")),
             b => line.push(b),
+        }
+    }
+}
+
+/// [`read_line`] on a plain TCP stream, in a few system calls rather than one per
+/// byte: what has arrived is peeked at, and only the line is taken (nothing past its
+/// newline).
+pub(crate) async fn peek_line(s: &mut TcpStream, max: usize) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut buf = vec![0u8; max + 1];
+    loop {
+        let room = max + 1 - line.len();
+        let n = s.peek(&mut buf[..room]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let end = buf[..n].iter().position(|b| *b == b'\n');
+        let take = end.map_or(n, |i| i + 1);
+        s.read_exact(&mut buf[..take]).await?;
+        match end {
+            Some(i) => {
+                line.extend_from_slice(&buf[..i]);
+                return Ok(line);
+            }
+            None if line.len() + n > max => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+            None => line.extend_from_slice(&buf[..n]),
         }
     }
 }

@@ -311,7 +311,9 @@ async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permi
                 return path.refuse(peer, "a session from no other cluster's gateway the federation's gossip hears");
             }
             let mut conn = conn;
-            let Some(request) = read_request(&path, &mut conn, peer).await else { return };
+            let Some(request) = read_request(&path, tunnel::peek_line(&mut conn, MAX_REQUEST), peer).await else {
+                return;
+            };
             let out = inbound(&daemon, &request).await;
             if step(conn.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
                 return;
@@ -342,7 +344,7 @@ async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permi
             if gateway.is_none() {
                 return path.refuse(peer, "its certificate names no gateway of another cluster");
             }
-            let Some(request) = read_request(&path, &mut tls, peer).await else { return };
+            let Some(request) = read_request(&path, read_line(&mut tls, MAX_REQUEST), peer).await else { return };
             let out = inbound(&daemon, &request).await;
             if step(tls.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
                 return;
@@ -358,9 +360,13 @@ async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permi
 }
 
 /// Reads a session's request: an `AXFD`, nothing else (counted as waiting meanwhile).
-async fn read_request(path: &Path, conn: &mut (impl AsyncRead + Unpin), peer: SocketAddr) -> Option<Request> {
+async fn read_request(
+    path: &Path,
+    line: impl std::future::Future<Output = std::io::Result<Vec<u8>>>,
+    peer: SocketAddr,
+) -> Option<Request> {
     path.waiting.fetch_add(1, Ordering::Relaxed);
-    let line = tokio::time::timeout(REQUEST_WAIT, read_line(conn, MAX_REQUEST)).await;
+    let line = tokio::time::timeout(REQUEST_WAIT, line).await;
     path.waiting.fetch_sub(1, Ordering::Relaxed);
     let line = line.ok()?.ok()?;
     match Request::parse(&line) {

@@ -184,11 +184,41 @@ async fn a_line_is_read_up_to_its_newline_and_no_further() {
     a.read_exact(&mut rest).await.unwrap();
     assert_eq!(&rest, b"rest");
     b.write_all(&[b'x'; 200]).await.unwrap();
-    assert_eq!(read_line(&mut a, MAX_REQUEST).await.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    assert_eq!(read_line(&mut a, 128).await.unwrap_err().kind(), io::ErrorKind::InvalidData);
     drop(b);
     let (mut a, b) = tokio::io::duplex(8);
     drop(b);
     assert_eq!(read_line(&mut a, 8).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+}
+
+/// The same on plain TCP by peeking: the line, in pieces too, and nothing past it; too
+/// long; an end before the newline.
+#[tokio::test]
+async fn a_line_peeked_is_read_up_to_its_newline_and_no_further() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut b = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (mut a, _) = listener.accept().await.unwrap();
+    b.write_all(b"AXEG 192.0.2.1:80\nrest").await.unwrap();
+    assert_eq!(peek_line(&mut a, MAX_REQUEST).await.unwrap(), b"AXEG 192.0.2.1:80");
+    let mut rest = [0u8; 4];
+    a.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"rest");
+    let writer = tokio::spawn(async move {
+        b.write_all(b"AXEG 192.0").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        b.write_all(b".2.1:80\nmore").await.unwrap();
+        b
+    });
+    assert_eq!(peek_line(&mut a, MAX_REQUEST).await.unwrap(), b"AXEG 192.0.2.1:80");
+    let mut b = writer.await.unwrap();
+    a.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"more");
+    b.write_all(&[b'x'; 200]).await.unwrap();
+    assert_eq!(peek_line(&mut a, 128).await.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    b.write_all(b"\nAXEG").await.unwrap();
+    drop(b);
+    let _ = peek_line(&mut a, 4096).await;
+    assert_eq!(peek_line(&mut a, 4096).await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
 }
 
 /// A node's tunnel as a client meets it: at 127.0.0.3:6661 with `name`'s certificate,
