@@ -140,8 +140,8 @@ impl Path {
                     },
                 };
                 let asked = match &mut session {
-                    Session::Plain(s) => ask(s, request).await,
-                    Session::Tls(s) => ask(s, request).await,
+                    Session::Plain(s) => ask(s, request, |s| Box::pin(tunnel::peek_line(s, MAX_ANSWER))).await,
+                    Session::Tls(s) => ask(s, request, |s| Box::pin(read_line(s, MAX_ANSWER))).await,
                 };
                 match asked {
                     Ok(answer) => {
@@ -277,10 +277,17 @@ pub async fn answer_and_carry(
 
 /// Writes `request` on `s` and reads the answer: the far end's word (Ok), or what
 /// kept it from being heard (Err).
-async fn ask(s: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &Request) -> Result<Result<(), Errno>, Errno> {
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    request: &Request,
+    answer: impl FnOnce(&mut S) -> LineRead<'_>,
+) -> Result<Result<(), Errno>, Errno> {
     step(s.write_all(&request.line())).await?;
-    Ok(parse_answer(&step(read_line(s, MAX_ANSWER)).await?))
+    Ok(parse_answer(&step(answer(s)).await?))
 }
+
+/// A line being read (by [`tunnel::peek_line`] on plain TCP, [`read_line`] on TLS).
+type LineRead<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<u8>>> + Send + 'a>>;
 
 /// Serves the ingress on `listener` (the gateway's `--federation-gateway-port`), on the
 /// runtime this is called from.
