@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{Switch, TestHost};
@@ -432,6 +433,39 @@ fn several_gateways_share_the_load_and_dead_ones_are_passed_over() {
     for _ in 0..5 {
         assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", url]), "web");
     }
+}
+
+/// A cluster cut from the WAN (h00's WAN port down) loses only the remote services:
+/// they leave its tables and names, while its own service still serves, by name too;
+/// with the link back, the remote ones come back.
+#[test]
+fn a_cluster_cut_from_the_wan_loses_only_the_remote_services() {
+    support::require_root_and(&[PY, "curl", "dig"]);
+    let mut f = Federation::new(["c0", "c1"], false);
+    f.serve_web();
+    f.serve(1, "shop", "198.18.10.2", "shop");
+    let h00 = &f.hosts[0];
+    h00.wait_until("c1's web known in c0", Duration::from_secs(90), || {
+        dig(h00, "web.c1.appswitch.local") == "198.18.20.1"
+    });
+    let web = ["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"];
+    assert_eq!(h00.run_ok(&web), "web");
+    let wan_port = |state: &str| {
+        let out = Command::new("ip").args(["-n", &f.switches[2].ns, "link", "set", "p0", state]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    wan_port("down");
+    let t0 = Instant::now();
+    h00.wait_until("c1's web gone from c0", Duration::from_secs(90), || dig(h00, "web.c1.appswitch.local").is_empty());
+    eprintln!("the remote service left c0's gateway {:?} after the cut", t0.elapsed());
+    let h01 = &f.hosts[1];
+    h01.wait_until("and c0's plain node", Duration::from_secs(60), || dig(h01, "web.c1.appswitch.local").is_empty());
+    for h in [h00, h01] {
+        assert_eq!(h.run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://shop:8000/who"]), "shop");
+        assert!(!h.run(&web).status.success());
+    }
+    wan_port("up");
+    h01.wait_until("c1's web back in c0", Duration::from_secs(120), || h01.run(&web).stdout == b"web");
 }
 
 /// Both clusters call themselves c0: each gateway refuses the other, saying why, and
