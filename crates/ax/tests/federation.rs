@@ -541,6 +541,22 @@ fn under_tls_the_wan_is_authenticated_and_names_and_connections_cross() {
     });
     assert_eq!(h01.run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
     assert_eq!(f.hosts[0].run_ok(&["--", "curl", "-sf", "--max-time", "30", "http://web:8000/who"]), "web");
+    // A client retrying before its server exists gets through once the server listens.
+    let retry = "import socket, time\n\
+                 deadline = time.time() + 90\n\
+                 while time.time() < deadline:\n\
+                 \x20   try:\n\
+                 \x20       socket.create_connection(('198.18.21.1', 8000), timeout=1).close()\n\
+                 \x20       print('connected', flush=True)\n\
+                 \x20       break\n\
+                 \x20   except OSError:\n\
+                 \x20       time.sleep(0.05)\n";
+    f.hosts[1].spawn_app("retry", &["--", PY, "-c", retry]);
+    f.serve(3, "late", "198.18.21.1", "late");
+    let h01 = &f.hosts[1];
+    h01.wait_until("the retrying client through", Duration::from_secs(90), || {
+        h01.app_log("retry").contains("connected")
+    });
     for g in [0, 2] {
         let log = f.hosts[g].daemon_log();
         let wan = log.lines().find(|l| l.contains("federation gateway: gossiping on the WAN")).expect("the WAN line");
