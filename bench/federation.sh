@@ -21,7 +21,7 @@ SAMPLES=${LISTEN_SAMPLES:-5}
 bench_prelude nsenter unshare setpriv ss python3 iperf3 dig
 P=axf-$$
 WORK=$(mktemp -d)
-trap 'testhost_cleanup; rm -rf "$WORK"' EXIT
+trap 'testhost_cleanup; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM HUP
 
 # The topology: h00 h01 on LAN 0, h10 h11 on LAN 1, the gateways also on the WAN.
