@@ -172,6 +172,9 @@ mod tests {
         let at = "198.18.20.1".parse().unwrap();
         assert_eq!((t.echo(c, at), t.echo(other, at)), (crate::Echo::Reply, crate::Echo::HostUnreachable));
         assert_eq!(t.route_connect(c, Proto::Tcp, sa("198.18.20.9:8000")), Route::Direct(sa("198.18.20.9:8000")));
+        // Gone (the WAN cut, say), its address stays virtual: refused, never sent out.
+        t.set_remote(with(vec![]));
+        assert_eq!(t.route_connect(c, Proto::Tcp, web), Route::Refused);
     }
 
     /// Every gateway that leads there is tried, this node first when it is one.

@@ -527,7 +527,7 @@ mod tests {
     /// A remote cluster's service goes to the broker for the classes its labels
     /// allow and is refused for the rest, at every other port of its address too;
     /// a change of its labels alone reaches the synced maps; gateways' ingresses are
-    /// refused to all.
+    /// refused to all; gone, the address stays refused.
     #[test]
     fn a_remote_clusters_service_goes_to_the_broker_for_the_classes_it_allows() {
         use crate::kmap::{BrokerKind, Lookup};
@@ -566,6 +566,12 @@ mod tests {
         let m = t.kernel_synced().unwrap().clone();
         assert_eq!(m.lookup(a.0, Proto::Tcp, web), Lookup::Refuse);
         assert_eq!(m.lookup(b.0, Proto::Tcp, web), Lookup::Broker(BrokerKind::Egress));
+        assert_eq!(m, t.kernel_maps(broker).maps);
+        // Gone, its address stays refused (never sent out of the host).
+        t.set_remote(Remote { nodes: vec![("gw".into(), "10.0.0.2".parse().unwrap())], ..Remote::default() });
+        t.kernel_sync(broker);
+        let m = t.kernel_synced().unwrap().clone();
+        assert_eq!(m.lookup(b.0, Proto::Tcp, web), Lookup::Refuse);
         assert_eq!(m, t.kernel_maps(broker).maps);
     }
 

@@ -82,11 +82,14 @@ pub struct Remote {
 
 /// The latest [`Remote`], and the app addresses of every earlier one: an app address
 /// stays virtual after its node dies, so a connect to it is refused rather than sent
-/// out of the host. A node's own address is never taken for an app's.
+/// out of the host. A node's own address is never taken for an app's. Remote
+/// clusters' service addresses likewise stay virtual once they left (a gateway died,
+/// the WAN was cut).
 #[derive(Debug, Default)]
 pub(super) struct RemoteView {
     now: Remote,
     seen_virtual: BTreeSet<Ipv4Addr>,
+    seen_federated: BTreeSet<Ipv4Addr>,
     /// `now.rows` by service and by host address (the first row at a host), made once
     /// per gossip word: one lookup per destination, however many rows there are.
     by_service: HashMap<(Proto, SocketAddrV4), Vec<usize>>,
@@ -107,6 +110,7 @@ impl RemoteView {
             self.by_host.entry((r.proto, r.host)).or_insert(i);
         }
         self.federated = index_federated(&remote.federated);
+        self.seen_federated.extend(self.federated.keys().map(|(_, s)| *s.ip()));
         self.now = remote;
     }
 
@@ -116,9 +120,14 @@ impl RemoteView {
         self.federated.get(&(proto, service))
     }
 
-    /// True when a remote cluster's service is at `ip`.
-    pub(super) fn has_federated_ip(&self, ip: Ipv4Addr) -> bool {
-        self.federated.keys().any(|(_, s)| *s.ip() == ip)
+    /// True when a remote cluster's service is at `ip`, or was.
+    pub(super) fn was_federated_ip(&self, ip: Ipv4Addr) -> bool {
+        self.seen_federated.contains(&ip)
+    }
+
+    /// Every address a remote cluster's service has had.
+    pub(super) fn seen_federated_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.seen_federated.iter().copied()
     }
 
     /// Every remote cluster's service, by address.

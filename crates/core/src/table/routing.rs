@@ -354,11 +354,11 @@ impl Table {
     }
 
     /// True when `ip` is an app's, a vservice's or a remote cluster's service's address
-    /// and not a node's own.
+    /// (now or ever) and not a node's own.
     pub fn is_virtual(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(v4) => {
-                !self.is_node_address(v4) && (self.is_app_or_vservice_address(v4) || self.remote.has_federated_ip(v4))
+                !self.is_node_address(v4) && (self.is_app_or_vservice_address(v4) || self.remote.was_federated_ip(v4))
             }
             IpAddr::V6(_) => false,
         }

@@ -31,7 +31,7 @@ impl Table {
         ips.extend(self.remote.get().apps.iter().map(|a| a.ip));
         ips.extend(self.remote.seen_app_ips());
         ips.extend(self.vservices.iter().map(|v| v.ip));
-        ips.extend(self.federated_services().into_iter().map(|(_, s, _)| *s.ip()));
+        ips.extend(self.remote.seen_federated_ips());
         ips.insert(self.node.ip);
         ips.extend(self.remote.get().nodes.iter().map(|n| n.1));
         ips.into_iter().flat_map(|ip| [(Proto::Tcp, ip), (Proto::Udp, ip)]).collect()
@@ -43,7 +43,7 @@ impl Table {
             || self.remote.has_app_ip(ip)
             || self.remote.was_app_ip(ip)
             || self.vservices.has_ip(ip)
-            || self.remote.has_federated_ip(ip)
+            || self.remote.was_federated_ip(ip)
             || is_node_address(&self.node, &self.remote, ip)
     }
 
