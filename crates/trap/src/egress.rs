@@ -1,21 +1,20 @@
-//! Connects through an egress gateway: the app's socket is connected to the gateway's
-//! egress port (or, under `--tls`, to this node's forwarder, which carries it to a
-//! gateway over TLS), the daemon asks for the real destination (one line each way, see
-//! [`ax_core::tunnel`]), and only then does the app's connect return, with the gateway's
-//! answer. The app never sees the gateway: getpeername shows the destination it asked
-//! for.
-//!
-//! A connect to a remote cluster's service goes the same way to a federation gateway,
-//! with one difference: the request carries the client's labels, which the gateways
-//! believe, so the app must not write it. The handshake is made on a fresh socket the
-//! app does not hold, which then takes the place of the app's ([`Engine::federate`]).
+//! Connects through a gateway: an egress gateway (`AXEG`: the real destination) or a
+//! federation gateway (`AXFD`: a remote cluster's service, with the client app's
+//! address and labels, which the gateways believe). The daemon makes the handshake (one
+//! line each way, see [`ax_core::tunnel`]) on a fresh socket of its own, connected to
+//! the gateway's egress port (or, under `--tls`, to this node's forwarder, which carries
+//! it on over TLS), and only once the gateway said yes does that socket take the place
+//! of the app's, with the options the app had set: no thread of the app can write a
+//! request of its own first, racing the daemon on its descriptor. Only then does the
+//! app's connect return, with the gateway's answer. The app never sees the gateway:
+//! getpeername shows the destination it asked for.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ax_core::addr::{self, Family};
-use ax_core::tunnel::{parse_answer, Request, MAX_ANSWER};
+use ax_core::tunnel::{parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
 use ax_core::Errno;
 use ax_sys::kernel::{Kernel, Netns, Readiness, Reply};
 use ax_sys::seccomp::Notification;
@@ -28,40 +27,13 @@ use crate::Node;
 const STEP_MS: i32 = 10_000;
 
 impl<K: Kernel, N: Node> Engine<K, N> {
-    pub(crate) fn egress(
-        &self,
-        n: &Notification,
-        note: u64,
-        s: K::Fd,
-        gateway: SocketAddrV4,
-        dest: SocketAddr,
-        family: Family,
-    ) -> Result<Answer, Errno> {
-        let (k, node, id) = (Arc::clone(&self.k), Arc::clone(&self.node), n.id);
-        self.later(n, note, move || {
-            let reply = match handshake(&*k, &s, id, gateway, &Request::Egress(dest), family) {
-                Ok(local) => {
-                    node.with_table(|t| t.record_peer(local, dest));
-                    Reply::Value(0)
-                }
-                Err(e) => Reply::Fail(e),
-            };
-            let _ = k.answer(id, reply);
-        })
-    }
-
-    /// Connects the app's socket `s` (its descriptor `fd`) to a remote cluster's
-    /// `service` through the first of `via` that answers (federation gateways' egress
-    /// ports, or this node's forwarder): a socket of the daemon's own makes the
-    /// handshake, the request naming the app's address and labels, and only then takes
-    /// the place of the app's socket, so no thread of the app can write a request of
-    /// its own first. Options the app set are carried over (as for a socket made
-    /// private).
+    /// Connects the app's socket (`s`, its descriptor `fd`) to a remote cluster's
+    /// `service` through the first of `via` that answers, the request naming the app's
+    /// address and labels.
     pub(crate) fn federate(
         &self,
         n: &Notification,
-        fd: RawFd,
-        s: K::Fd,
+        (fd, s): (RawFd, K::Fd),
         via: Vec<SocketAddrV4>,
         service: SocketAddrV4,
         family: Family,
@@ -69,22 +41,38 @@ impl<K: Kernel, N: Node> Engine<K, N> {
         let me = self.node.with_table(|t| t.app(self.app).map(|a| (a.ip, a.labels.clone())));
         let (client, labels) = me.ok_or(libc::EPERM)?;
         let request = Request::Federate { service, client, labels };
-        if request.line().len() > ax_core::tunnel::MAX_REQUEST {
+        if request.line().len() > MAX_REQUEST {
             // Labels past what a gateway reads: it would refuse the request anyway.
             return Err(libc::ECONNREFUSED);
         }
+        self.through_gateway(n, (fd, s), via, request, SocketAddr::V4(service), family)
+    }
+
+    /// Connects the app's socket through the first of `via` that answers `request`
+    /// (one that is down is passed over: gossip may not have said so yet), on a fresh
+    /// socket that then takes the app's socket's place; `shown` is what getpeername
+    /// shows. A daemon that dies meanwhile leaves the app's socket untouched (the next
+    /// one makes the call again) or replaced and connected (it answers 0).
+    pub(crate) fn through_gateway(
+        &self,
+        n: &Notification,
+        (fd, s): (RawFd, K::Fd),
+        via: Vec<SocketAddrV4>,
+        request: Request,
+        shown: SocketAddr,
+        family: Family,
+    ) -> Result<Answer, Errno> {
         let flags = self.k.file_flags(&s)?;
         let (k, node, n2) = (Arc::clone(&self.k), Arc::clone(&self.node), *n);
         self.later(n, 0, move || {
             let id = n2.id;
             let mut done = Err(libc::ECONNREFUSED);
             for gateway in via {
-                // A gateway that is down is passed over (gossip has not said so yet).
                 done = replacement(&*k, &s, Netns::Host).and_then(|fresh| {
                     let local = handshake(&*k, &fresh, id, gateway, &request, family)?;
                     k.set_file_flags(&fresh, flags)?;
                     install(&*k, &n2, fd, &fresh)?;
-                    node.with_table(|t| t.record_peer(local, SocketAddr::V4(service)));
+                    node.with_table(|t| t.record_peer(local, shown));
                     Ok(())
                 });
                 if matches!(done, Ok(()) | Err(libc::EINTR)) {

@@ -605,12 +605,9 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             }
             Connect::Targets { targets, source } => self.connect_to(n, s, &targets, source, family),
             Connect::Egress { gateway, dest } => {
-                // A next daemon starts the gateway's handshake again (see crate::resume).
-                let note = crate::resume::through_egress(self.k.file_flags(&s)?);
-                self.k.note(note);
-                self.egress(n, note, s, gateway, dest, family)
+                self.through_gateway(n, (fd, s), vec![gateway], ax_core::tunnel::Request::Egress(dest), dest, family)
             }
-            Connect::Federated { via, service } => self.federate(n, fd, s, via, service, family),
+            Connect::Federated { via, service } => self.federate(n, (fd, s), via, service, family),
             Connect::InProgress if self.k.file_flags(&s)? & libc::O_NONBLOCK != 0 => Err(libc::EALREADY),
             // A blocking connect on a socket whose handshake is under way waits for it.
             Connect::InProgress => self.finish_later(n, s, libc::EALREADY),

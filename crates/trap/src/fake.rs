@@ -145,6 +145,9 @@ pub struct State {
     pub slow: HashSet<SocketAddr>,
     /// Destinations whose handshake never finishes.
     pub silent: HashSet<SocketAddr>,
+    /// What a destination says once a socket connected to it (a gateway's answer
+    /// line): in that socket's inbox.
+    pub says: HashMap<SocketAddr, Vec<u8>>,
     /// Destinations whose handshake takes time and then fails: refused, found out by a
     /// wait that is allowed to last.
     pub refusing_late: HashSet<SocketAddr>,
@@ -634,6 +637,9 @@ impl Kernel for Fake {
         }
         sock.tcp = Tcp::Established;
         sock.connected = true;
+        if let Some(said) = s.says.get(&plain).cloned() {
+            s.socks[fd.i].inbox.push_back((said, plain));
+        }
         Ok(())
     }
 

@@ -15,9 +15,10 @@
 //!   back (the engine makes it non-blocking while it connects; the note holds them). A
 //!   handshake the previous daemon started is answered as the kernel would have
 //!   answered it: connected, 0; under way, EINPROGRESS on a non-blocking socket, its
-//!   outcome on a blocking one. A socket that never connected is connected now. One
-//!   sent through an egress gateway (noted so) is reset and connected again: its
-//!   connection to the gateway carries a handshake the app must never see.
+//!   outcome on a blocking one. A socket that never connected is connected now. A
+//!   connect through a gateway never touches the app's socket until its handshake is
+//!   done (a fresh socket takes its place then, see `egress`): untouched, it is made
+//!   again; replaced, it is connected.
 //! - `getsockname()`/`getpeername()` only read: made again.
 //! - Everything else (bind and listen, which change the tables; datagram sends, which
 //!   may have left): EINTR, the kernel's word for a call that was interrupted.
@@ -36,17 +37,9 @@ use crate::Node;
 /// are told apart from no note.
 const RESTORE_FLAGS: u64 = 1 << 32;
 
-/// A connect's note: it went to an egress gateway.
-const THROUGH_EGRESS: u64 = 1 << 33;
-
 /// The note for a blocking socket made non-blocking while the engine connects it.
 pub(crate) fn restore_flags(flags: i32) -> u64 {
     RESTORE_FLAGS | u64::from(flags as u32)
-}
-
-/// The note for a connect handed to an egress gateway, the socket's flags being `flags`.
-pub(crate) fn through_egress(flags: i32) -> u64 {
-    THROUGH_EGRESS | restore_flags(flags)
 }
 
 impl<K: Kernel, N: Node> Engine<K, N> {
@@ -84,10 +77,6 @@ impl<K: Kernel, N: Node> Engine<K, N> {
             self.k.set_file_flags(&s, flags)?;
         }
         let Kind::Host(_, Proto::Tcp) = kind else { return Ok(None) };
-        if note & THROUGH_EGRESS != 0 {
-            self.k.disconnect(&s)?;
-            return Ok(None);
-        }
         Ok(match self.progress(&s)? {
             Progress::Busy => Some(Answer::Value(0)),
             Progress::Connecting if flags & libc::O_NONBLOCK != 0 => return Err(libc::EINPROGRESS),

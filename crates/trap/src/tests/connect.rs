@@ -275,15 +275,20 @@ fn gateway_rig() -> (Rig, SocketAddrV4) {
     (r, SocketAddrV4::new(gw, EGRESS_PORT))
 }
 
+/// The handshake is the daemon's, on a socket of its own that takes the app's
+/// socket's place once the gateway said yes: the app's own socket never carried a byte.
 #[test]
 fn an_egress_connect_asks_the_gateway_and_shows_the_real_destination() {
     let (r, gw) = gateway_rig();
+    r.k.state().says.insert(SocketAddr::V4(gw), b"OK\nHTTP".to_vec());
     let fd = r.tcp();
+    let old = r.k.state().fds[&fd];
     let id = r.connect_later(fd, "192.0.2.1:443");
-    let i = r.k.state().fds[&fd];
-    r.k.state().socks[i].inbox.push_back((b"OK\nHTTP".to_vec(), SocketAddr::V4(gw)));
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), OK);
+    assert_ne!(r.k.state().fds[&fd], old, "a fresh socket in its place");
+    let untouched = { r.k.state().socks[old].sent.is_empty() && r.k.state().socks[old].peer.is_none() };
+    assert!(untouched, "the app's socket was never used");
     let s = r.k.sock(fd);
     assert_eq!(s.peer, Some(SocketAddr::V4(gw)));
     assert_eq!(s.sent[0].0, b"AXEG 192.0.2.1:443\n");
@@ -295,17 +300,18 @@ fn an_egress_connect_asks_the_gateway_and_shows_the_real_destination() {
 #[test]
 fn a_gateway_that_cannot_reach_the_destination_fails_the_connect_with_its_errno() {
     let (r, gw) = gateway_rig();
+    r.k.state().says.insert(SocketAddr::V4(gw), b"ERR 113\n".to_vec());
     let fd = r.tcp();
+    let old = r.k.state().fds[&fd];
     let id = r.connect_later(fd, "192.0.2.1:443");
-    let i = r.k.state().fds[&fd];
-    r.k.state().socks[i].inbox.push_back((b"ERR 113\n".to_vec(), SocketAddr::V4(gw)));
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), fail(libc::EHOSTUNREACH));
+    assert_eq!(r.k.state().fds[&fd], old, "the app keeps its own socket, unconnected");
+    assert_eq!(r.k.sock(fd).peer, None);
     // A gateway that closes without answering.
+    r.k.state().says.insert(SocketAddr::V4(gw), Vec::new());
     let fd = r.tcp();
     let id = r.connect_later(fd, "192.0.2.1:443");
-    let i = r.k.state().fds[&fd];
-    r.k.state().socks[i].inbox.push_back((Vec::new(), SocketAddr::V4(gw)));
     r.k.run_later();
     assert_eq!(r.k.answer_to(id), fail(libc::ECONNRESET));
 }
