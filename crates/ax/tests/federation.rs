@@ -25,7 +25,7 @@ impl Federation {
     /// Gateway h00 names its WAN interface, h10 its WAN address: both forms. With
     /// `tls`, every daemon holds a certificate from one CA.
     fn new(clusters: [&str; 2], tls: bool) -> Federation {
-        Federation::build(clusters, tls, false)
+        Federation::build(clusters, tls, false, &[])
     }
 
     /// As `new` without TLS, but h10 sits behind a NAT router (hosts[4], on the WAN at
@@ -34,10 +34,11 @@ impl Federation {
     /// the WAN gossip and session ports of its public address on to h10 (nftables
     /// DNAT), and what h10 sends out leaves from its public address (masquerade).
     fn behind_nat(clusters: [&str; 2]) -> Federation {
-        Federation::build(clusters, false, true)
+        Federation::build(clusters, false, true, &[])
     }
 
-    fn build(clusters: [&str; 2], tls: bool, nat: bool) -> Federation {
+    /// `gateway0`: more flags for c0's gateway h00.
+    fn build(clusters: [&str; 2], tls: bool, nat: bool, gateway0: &[&str]) -> Federation {
         let (mut lan0, mut lan1, mut wan) = (Switch::new(), Switch::new(), Switch::new());
         let mut hosts =
             vec![lan0.host("10.10.0.10"), lan0.host("10.10.0.11"), lan1.host("10.11.0.10"), lan1.host("10.11.0.11")];
@@ -73,6 +74,9 @@ impl Federation {
                 ["--node-name", name, "--cluster", clusters[c], "--neighbors", lans[c]].map(String::from).to_vec();
             if i % 2 == 0 {
                 args.extend(gateway[c].iter().map(|a| a.to_string()));
+            }
+            if i == 0 {
+                args.extend(gateway0.iter().map(|a| a.to_string()));
             }
             if let Some(pki) = &pki {
                 let f = pki.files(name);
@@ -623,4 +627,44 @@ fn a_gateway_behind_nat_is_reached_at_its_advertised_address() {
     let proxies = h00.get("proxies");
     let egress = proxies.iter().find(|p| p["listener"] == "10.10.0.10:6661").expect("h00's egress listener");
     assert_eq!(egress["dialers"], serde_json::json!([format!("{NAT_PUBLIC}:6660")]));
+}
+
+/// An egress connection's handshake is made on the app's own socket (user driver), so
+/// a thread of the app can race a line of its own onto it: a federated request naming
+/// a service its labels do not reach, to c0's gateway, which is also the egress
+/// gateway. The egress port must not take it there: nothing of the app's reaches
+/// `secret`.
+#[test]
+fn a_federated_request_raced_onto_an_egress_handshake_reaches_nothing() {
+    support::require_root_and(&[PY, "dig"]);
+    let mut f = Federation::build(["c0", "c1"], false, false, &["--egress-gateway"]);
+    f.serve_web();
+    let root = f.hosts[3].web_root("secret", "who", "secret");
+    let secret = ["--name", "secret", "--ip", "198.18.20.2", "--labels", "zone=admin", "--"];
+    let server = [PY, "-m", "http.server", "8000", "--directory", &root];
+    f.hosts[3].spawn_app("secret", &[&secret[..], &server[..]].concat());
+    let h01 = &f.hosts[1];
+    h01.wait_until("secret known in c0", Duration::from_secs(90), || {
+        dig(h01, "secret.c1.appswitch.local") == "198.18.20.2"
+    });
+    h01.wait_until("the egress gateway", Duration::from_secs(60), || {
+        h01.get("nodes").iter().any(|n| n["role"].as_str().is_some_and(|r| r.contains("egress")) && n["live"] == true)
+    });
+    let race = "import os, socket, threading\n\
+                forged = b'AXFD 198.18.20.2:8000 198.18.0.9 zone=admin\\nGET /who HTTP/1.0\\r\\n\\r\\n'\n\
+                for _ in range(40):\n\
+                \x20   s = socket.socket()\n\
+                \x20   done = threading.Event()\n\
+                \x20   def spam(fd=s.fileno()):\n\
+                \x20       while not done.is_set():\n\
+                \x20           try: os.write(fd, forged)\n\
+                \x20           except OSError: pass\n\
+                \x20   t = threading.Thread(target=spam); t.start()\n\
+                \x20   try: s.connect(('203.0.113.1', 80))\n\
+                \x20   except OSError as e: print('connect', e)\n\
+                \x20   done.set(); t.join(); s.close()\n\
+                print('raced', flush=True)";
+    assert!(h01.run_ok(&["--", PY, "-c", race]).contains("raced"));
+    let log = f.hosts[3].app_log("secret");
+    assert!(!log.contains("GET"), "the app reached secret: {log}");
 }
