@@ -43,9 +43,9 @@ use crate::Daemon;
 
 /// The ALPN protocol of sessions between gateways.
 const ALPN: &[u8] = b"ax-federation";
-/// Sessions at once from one address (other clusters' gateways hold many; anyone else
-/// is refused before this matters).
-const PER_GATEWAY: usize = 16 * 1024;
+/// The share of the ingress one address may hold at most (a quarter), so that one
+/// remote gateway, hostile or stuck, cannot shut the other clusters out.
+const PER_GATEWAY_SHARE: usize = 4;
 /// Sessions kept open ahead per remote gateway that connections go to.
 const WARM: usize = 4;
 /// How long a session opened ahead is used: less than the ingress waits for its
@@ -97,7 +97,7 @@ impl Path {
         Path {
             tls,
             allowed,
-            ingress: Gate::new("federation ingress", cap).per_peer(PER_GATEWAY),
+            ingress: Gate::new("federation ingress", cap).per_peer((cap / PER_GATEWAY_SHARE).max(1)),
             egress: Gate::new("federation egress", cap),
             waiting: AtomicUsize::new(0),
             refused: Mutex::default(),
@@ -121,7 +121,8 @@ impl Path {
             debug!(%service, "federation: no gateway of the service's cluster");
             return Err(libc::ECONNREFUSED);
         };
-        let permit = self.egress.claim().ok_or(libc::EAGAIN)?;
+        // A full egress refuses, as a server whose backlog is full would.
+        let permit = self.egress.claim().ok_or(libc::ECONNREFUSED)?;
         // At random, so that sessions spread over the cluster's gateways.
         fastrand::shuffle(gateways);
         let mut last = libc::ECONNREFUSED;
@@ -159,16 +160,16 @@ impl Path {
         Err(last)
     }
 
-    /// A session opened ahead to `g` and still young enough, if one is there.
+    /// A session opened ahead to `g` and still young enough, if one is there. Those
+    /// too old are closed, for every gateway (one no connection goes to any more keeps
+    /// none).
     fn take_warm(&self, g: &RemoteGateway) -> Option<Session> {
         let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        let ready = warm.get_mut(&(g.ingress, g.name.clone()))?;
-        while let Some((session, at)) = ready.pop_front() {
-            if at.elapsed() < WARM_AGE {
-                return Some(session);
-            }
+        for ready in warm.values_mut() {
+            ready.retain(|(_, at)| at.elapsed() < WARM_AGE);
         }
-        None
+        warm.retain(|_, ready| !ready.is_empty());
+        warm.get_mut(&(g.ingress, g.name.clone()))?.pop_front().map(|(session, _)| session)
     }
 
     /// Opens sessions ahead to `g` until [`WARM`] young ones wait (in the background;
@@ -421,4 +422,32 @@ async fn inbound(daemon: &Daemon, request: &Request) -> Result<Backend, Errno> {
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(name: &str, at: &str) -> RemoteGateway {
+        RemoteGateway { name: name.into(), cluster: "c1".into(), ingress: at.parse().unwrap() }
+    }
+
+    /// Sessions opened ahead are used young and closed old, for every gateway: one no
+    /// connection goes to any more keeps none.
+    #[tokio::test]
+    async fn sessions_opened_ahead_are_used_young_and_closed_old() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let session = || async { Session::Plain(TcpStream::connect(at).await.unwrap()) };
+        let path = Path::new(None, None, 8);
+        let (a, b) = (gateway("a", "10.12.0.11:6660"), gateway("b", "10.12.0.13:6660"));
+        let old = Instant::now().checked_sub(WARM_AGE + Duration::from_secs(1)).unwrap();
+        let made = [(&a, session().await, old), (&b, session().await, old), (&b, session().await, Instant::now())];
+        for (g, s, at) in made {
+            path.warm.lock().unwrap().entry((g.ingress, g.name.clone())).or_default().push_back((s, at));
+        }
+        assert!(path.take_warm(&b).is_some(), "b's young one");
+        assert!(path.take_warm(&b).is_none(), "b's old one was closed, not used");
+        assert!(path.warm.lock().unwrap().is_empty(), "a's old one closed too");
+    }
 }
