@@ -143,6 +143,32 @@ fn dig(h: &TestHost, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// On h01, `times` times, a thread writes federated requests naming `secret`
+/// (198.18.20.2, zone=admin, on h11) on the socket another thread connects to `dest`;
+/// asserts secret never got a request.
+fn race_forged_requests(f: &Federation, dest: &str, times: usize) {
+    let (ip, port) = dest.split_once(':').unwrap();
+    let race = format!(
+        "import os, socket, threading\n\
+         forged = b'AXFD 198.18.20.2:8000 198.18.0.9 zone=admin\\nGET /who HTTP/1.0\\r\\n\\r\\n'\n\
+         for _ in range({times}):\n\
+         \x20   s = socket.socket()\n\
+         \x20   done = threading.Event()\n\
+         \x20   def spam(fd=s.fileno()):\n\
+         \x20       while not done.is_set():\n\
+         \x20           try: os.write(fd, forged)\n\
+         \x20           except OSError: pass\n\
+         \x20   t = threading.Thread(target=spam); t.start()\n\
+         \x20   try: s.connect(('{ip}', {port}))\n\
+         \x20   except OSError as e: print('connect', e)\n\
+         \x20   done.set(); t.join(); s.close()\n\
+         print('raced', flush=True)"
+    );
+    assert!(f.hosts[1].run_ok(&["--", PY, "-c", &race]).contains("raced"));
+    let log = f.hosts[3].app_log("secret");
+    assert!(!log.contains("GET"), "the app reached secret: {log}");
+}
+
 #[test]
 fn a_service_of_one_cluster_is_known_by_name_in_the_other_through_two_gateways() {
     support::require_root_and(&[PY, "curl", "dig"]);
@@ -246,23 +272,7 @@ fn labels_hold_across_clusters_and_the_ingress_serves_only_what_it_should() {
     h01.wait_until("secret known in c0", Duration::from_secs(90), || {
         dig(h01, "secret.c1.appswitch.local") == "198.18.20.2"
     });
-    let race = "import os, socket, threading\n\
-                forged = b'AXFD 198.18.20.2:8000 198.18.0.9 zone=admin\\nGET /who HTTP/1.0\\r\\n\\r\\n'\n\
-                for _ in range(20):\n\
-                \x20   s = socket.socket()\n\
-                \x20   done = threading.Event()\n\
-                \x20   def spam(fd=s.fileno()):\n\
-                \x20       while not done.is_set():\n\
-                \x20           try: os.write(fd, forged)\n\
-                \x20           except OSError: pass\n\
-                \x20   t = threading.Thread(target=spam); t.start()\n\
-                \x20   try: s.connect(('198.18.20.1', 8000))\n\
-                \x20   except OSError as e: print('connect', e)\n\
-                \x20   done.set(); t.join(); s.close()\n\
-                print('raced', flush=True)";
-    assert!(h01.run_ok(&["--", PY, "-c", race]).contains("raced"));
-    let log = f.hosts[3].app_log("secret");
-    assert!(!log.contains("GET"), "the app reached secret: {log}");
+    race_forged_requests(&f, "198.18.20.1:8000", 20);
     // Straight to c1's ingress from c0's gateway host, an address c1 hears.
     let ask = |request: &str| h00.ask(None, "10.12.0.11", "6660", request, None);
     assert_eq!(ask("AXFD 198.18.20.1:8000 198.18.0.9 zone=default"), "OK");
@@ -650,21 +660,5 @@ fn a_federated_request_raced_onto_an_egress_handshake_reaches_nothing() {
     h01.wait_until("the egress gateway", Duration::from_secs(60), || {
         h01.get("nodes").iter().any(|n| n["role"].as_str().is_some_and(|r| r.contains("egress")) && n["live"] == true)
     });
-    let race = "import os, socket, threading\n\
-                forged = b'AXFD 198.18.20.2:8000 198.18.0.9 zone=admin\\nGET /who HTTP/1.0\\r\\n\\r\\n'\n\
-                for _ in range(40):\n\
-                \x20   s = socket.socket()\n\
-                \x20   done = threading.Event()\n\
-                \x20   def spam(fd=s.fileno()):\n\
-                \x20       while not done.is_set():\n\
-                \x20           try: os.write(fd, forged)\n\
-                \x20           except OSError: pass\n\
-                \x20   t = threading.Thread(target=spam); t.start()\n\
-                \x20   try: s.connect(('203.0.113.1', 80))\n\
-                \x20   except OSError as e: print('connect', e)\n\
-                \x20   done.set(); t.join(); s.close()\n\
-                print('raced', flush=True)";
-    assert!(h01.run_ok(&["--", PY, "-c", race]).contains("raced"));
-    let log = f.hosts[3].app_log("secret");
-    assert!(!log.contains("GET"), "the app reached secret: {log}");
+    race_forged_requests(&f, "203.0.113.1:80", 40);
 }
