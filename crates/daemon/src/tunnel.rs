@@ -220,16 +220,16 @@ impl Server {
                 let Some(path) = self.daemon.federation() else {
                     return self.refuse(peer, "a federated connection asked of a node that is no federation gateway");
                 };
-                // The session's place stands for the connection's from here on.
+                // The session's place stands for the connection's from here on; a
+                // session in the clear is spliced, anything else answered and copied.
                 match path.open(&self.daemon, &request).await {
                     Ok((Session::Plain(s), held)) => (Ok(s), held),
-                    Ok((Session::Tls(_), _)) => unreachable!("sessions are TLS only under --tls"),
-                    Err(e) => (Err(e), permit),
+                    other => return path::answer_and_carry(&mut conn, other).await,
                 }
             }
             Request::Relay { .. } => return self.refuse(peer, "a relay hop without --tls"),
         };
-        if step(conn.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+        if !answer(&mut conn, &out).await {
             return;
         }
         let Ok(out) = out else { return };
@@ -277,7 +277,7 @@ impl Server {
         if let Err(e) = &tunnel {
             debug!(%request, errno = e, "a request through the forwarder refused");
         }
-        if step(app.write_all(&answer_line(tunnel.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+        if !answer(&mut app, &tunnel).await {
             return;
         }
         if let Ok(mut tunnel) = tunnel {
@@ -322,7 +322,7 @@ impl Server {
                 }
             },
         };
-        if step(tls.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+        if !answer(&mut tls, &out).await {
             return;
         }
         if let Ok(mut out) = out {
@@ -409,6 +409,18 @@ pub(crate) async fn read_line(r: &mut (impl AsyncRead + Unpin), max: usize) -> i
             b => line.push(b),
         }
     }
+}
+
+/// Writes the answer line for `result` (the outcome of what was asked) within a
+/// [`STEP`]; false when it could not be written.
+pub(crate) fn answer<'c, T>(
+    conn: &'c mut (impl AsyncWrite + Unpin),
+    result: &Result<T, Errno>,
+) -> impl std::future::Future<Output = bool> + 'c {
+    // The line is made now: the future holds no borrow of `result` (which may not be
+    // shared across threads).
+    let line = answer_line(result.as_ref().map(|_| ()).map_err(|e| *e));
+    async move { step(conn.write_all(&line)).await.is_ok() }
 }
 
 /// [`read_line`] on a plain TCP stream, in a few system calls rather than one per

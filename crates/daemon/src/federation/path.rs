@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use ax_api::ProxyView;
 use ax_cluster::federation::RemoteGateway;
 use ax_cluster::udp::Allowed;
-use ax_core::tunnel::{answer_line, parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
+use ax_core::tunnel::{parse_answer, Request, MAX_ANSWER, MAX_REQUEST};
 use ax_core::{addr::unmap, Errno, Proto, Route};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -38,7 +38,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::bounds::{Burst, Gate, Permit};
-use crate::tunnel::{self, copy, read_line, step};
+use crate::tunnel::{self, answer, copy, read_line, step};
 use crate::Daemon;
 
 /// The ALPN protocol of sessions between gateways.
@@ -200,7 +200,7 @@ impl Path {
     }
 
     /// A session to `g`'s ingress; under `--tls`, its certificate must name `g`.
-    async fn session(&self, g: &ax_cluster::federation::RemoteGateway) -> Result<Session, Errno> {
+    async fn session(&self, g: &RemoteGateway) -> Result<Session, Errno> {
         let tcp = step(TcpStream::connect(g.ingress)).await?;
         let _ = tcp.set_nodelay(true);
         let Some((connector, _)) = &self.tls else { return Ok(Session::Plain(tcp)) };
@@ -266,7 +266,7 @@ pub async fn answer_and_carry(
     conn: &mut (impl AsyncRead + AsyncWrite + Unpin),
     opened: Result<(Session, Permit), Errno>,
 ) {
-    if step(conn.write_all(&answer_line(opened.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+    if !answer(conn, &opened).await {
         return;
     }
     match opened {
@@ -323,7 +323,7 @@ async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permi
                 return;
             };
             let out = inbound(&daemon, &request).await;
-            if step(conn.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+            if !answer(&mut conn, &out).await {
                 return;
             }
             match out {
@@ -354,7 +354,7 @@ async fn ingress(daemon: Daemon, path: Arc<Path>, conn: TcpStream, permit: Permi
             }
             let Some(request) = read_request(&path, read_line(&mut tls, MAX_REQUEST), peer).await else { return };
             let out = inbound(&daemon, &request).await;
-            if step(tls.write_all(&answer_line(out.as_ref().map(|_| ()).map_err(|e| *e)))).await.is_err() {
+            if !answer(&mut tls, &out).await {
                 return;
             }
             match out {
