@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::remote::Federated;
 use super::routing::Decision;
-use super::{Proto, Route, Table};
+use super::{Proto, Route, Table, EGRESS_PORT};
 use crate::labels::Labels;
 
 impl Table {
@@ -36,6 +36,33 @@ impl Table {
             .collect();
         all.sort_by_key(|(p, s, _)| (p.name(), *s));
         all
+    }
+
+    /// A connect to a remote cluster's `service`: to this node's forwarder under
+    /// `--tls` (it opens the tunnel), else to our gateways that lead there
+    /// ([`Table::federation_gateways`]); refused when none does.
+    pub(super) fn federation(&mut self, service: SocketAddrV4) -> Route {
+        let via = if self.egress_forwarder { vec![self.node.ip] } else { self.federation_gateways(service) };
+        match via.is_empty() {
+            true => Route::Refused,
+            false => Route::Federated {
+                via: via.into_iter().map(|ip| SocketAddrV4::new(ip, EGRESS_PORT)).collect(),
+                service,
+            },
+        }
+    }
+
+    /// The gateways of ours a connection to a remote cluster's `service` may go
+    /// through, in the order to try: this node first when it is one, the others in
+    /// random order (one that died is tried, and passed over, until gossip says so).
+    pub fn federation_gateways(&mut self, service: SocketAddrV4) -> Vec<Ipv4Addr> {
+        let Some(f) = self.federated(Proto::Tcp, service) else { return Vec::new() };
+        let mut gateways = f.gateways.clone();
+        self.rng.shuffle(&mut gateways);
+        if let Some(i) = gateways.iter().position(|g| *g == self.node.ip) {
+            gateways[..=i].rotate_right(1);
+        }
+        gateways
     }
 
     /// Where a connection that another cluster's gateway carries in (ingress) goes: to

@@ -252,33 +252,6 @@ impl Table {
         }
     }
 
-    /// A connect to a remote cluster's `service`: to this node's forwarder under
-    /// `--tls` (it opens the tunnel), else to our gateways that lead there
-    /// ([`Table::federation_gateways`]); refused when none does.
-    fn federation(&mut self, service: SocketAddrV4) -> Route {
-        let via = if self.egress_forwarder { vec![self.node.ip] } else { self.federation_gateways(service) };
-        match via.is_empty() {
-            true => Route::Refused,
-            false => Route::Federated {
-                via: via.into_iter().map(|ip| SocketAddrV4::new(ip, EGRESS_PORT)).collect(),
-                service,
-            },
-        }
-    }
-
-    /// The gateways of ours a connection to a remote cluster's `service` may go
-    /// through, in the order to try: this node first when it is one, the others in
-    /// random order (one that died is tried, and passed over, until gossip says so).
-    pub fn federation_gateways(&mut self, service: SocketAddrV4) -> Vec<Ipv4Addr> {
-        let Some(f) = self.federated(Proto::Tcp, service) else { return Vec::new() };
-        let mut gateways = f.gateways.clone();
-        self.rng.shuffle(&mut gateways);
-        if let Some(i) = gateways.iter().position(|g| *g == self.node.ip) {
-            gateways[..=i].rotate_right(1);
-        }
-        gateways
-    }
-
     /// True when a connect to `dest` outside the service table goes through an egress
     /// gateway: TCP, from a node that is not one, while a gateway lives, to an address
     /// that is not another node's.
